@@ -1,0 +1,356 @@
+"""The tables (first cut of DESIGN.md). Each class says what one row is.
+
+Uniqueness that the invariants rest on lives here, not in Python:
+``orders(channel_account_id, external_id)``, ``inbox_events(channel_account_id, dedupe_key)``,
+``idempotency_keys(key)``, ``invoices(series, number)``, ``payments(order_id)``,
+``labels(idempotency_key)``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from db.base import Base, Currency, ExternalId, created_at, updated_at
+from orders.states import InboxStatus, OrderState
+
+__all__ = [
+    "ChannelAccount",
+    "IdempotencyKey",
+    "InboxEvent",
+    "Invoice",
+    "InvoiceCounter",
+    "Label",
+    "Listing",
+    "Order",
+    "OrderEvent",
+    "OrderLine",
+    "OutboxMessage",
+    "Payment",
+    "Shipment",
+    "StockItem",
+    "StockReservation",
+    "SyncRun",
+]
+
+JSONDict = dict[str, Any]
+
+
+class ChannelAccount(Base):
+    """One merchant shop on one marketplace, with its credentials and sync cursor."""
+
+    __tablename__ = "channel_accounts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    channel: Mapped[str] = mapped_column(String(20))
+    # shop domain, site URL or marketplace id, depending on the channel
+    shop: Mapped[str] = mapped_column(String(255), default="")
+    api_base_url: Mapped[str | None] = mapped_column(String(500))
+    # a reference (env var / secret store key) or the credentials themselves for the sandbox;
+    # never logged, masked by every command that prints an account
+    credentials: Mapped[JSONDict] = mapped_column(JSON, default=dict)
+    webhook_secret: Mapped[str | None] = mapped_column(String(255))
+    poll_cursor: Mapped[dt.datetime | None]
+    rate_limits: Mapped[JSONDict] = mapped_column(JSON, default=dict)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[dt.datetime] = created_at()
+    updated_at: Mapped[dt.datetime] = updated_at()
+
+
+class Order(Base):
+    """Our copy of one marketplace order, newest data wins (``external_updated_at``)."""
+
+    __tablename__ = "orders"
+    __table_args__ = (
+        UniqueConstraint("channel_account_id", "external_id"),
+        Index("ix_orders_state_updated", "state", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel_account_id: Mapped[int] = mapped_column(ForeignKey("channel_accounts.id"))
+    channel: Mapped[str] = mapped_column(String(20))
+    external_id: Mapped[str] = mapped_column(ExternalId)
+    external_number: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(20), default=OrderState.NEW)
+    financial_status: Mapped[str | None] = mapped_column(String(32))
+    fulfillment_status: Mapped[str | None] = mapped_column(String(32))
+    currency: Mapped[str] = mapped_column(Currency)
+    subtotal: Mapped[Decimal]
+    tax_total: Mapped[Decimal]
+    shipping_total: Mapped[Decimal]
+    discount_total: Mapped[Decimal]
+    total: Mapped[Decimal]
+    buyer_name: Mapped[str | None] = mapped_column(String(255))
+    buyer_email: Mapped[str | None] = mapped_column(String(255))
+    shipping_address: Mapped[JSONDict | None] = mapped_column(JSON)
+    payment_collected_by_marketplace: Mapped[bool] = mapped_column(Boolean, default=False)
+    external_created_at: Mapped[dt.datetime | None]
+    external_updated_at: Mapped[dt.datetime]
+    cancelled_at: Mapped[dt.datetime | None]
+    raw: Mapped[JSONDict] = mapped_column(JSON, default=dict)
+    # fencing token: every state write checks and bumps it
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    # set when state is needs_attention: where it failed, why, after how many attempts
+    failed_step: Mapped[str | None] = mapped_column(String(50))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = created_at()
+    updated_at: Mapped[dt.datetime] = updated_at()
+
+    lines: Mapped[list[OrderLine]] = relationship(
+        back_populates="order", cascade="all, delete-orphan", order_by="OrderLine.id"
+    )
+    events: Mapped[list[OrderEvent]] = relationship(
+        back_populates="order", order_by="OrderEvent.id"
+    )
+
+
+class OrderLine(Base):
+    """One line of an order: a SKU, a quantity and its prices."""
+
+    __tablename__ = "order_lines"
+    __table_args__ = (UniqueConstraint("order_id", "external_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
+    external_id: Mapped[str] = mapped_column(ExternalId)
+    sku: Mapped[str | None] = mapped_column(String(100), index=True)
+    title: Mapped[str] = mapped_column(String(500), default="")
+    quantity: Mapped[int] = mapped_column(Integer)
+    unit_price: Mapped[Decimal]
+    tax: Mapped[Decimal]
+    total: Mapped[Decimal]
+
+    order: Mapped[Order] = relationship(back_populates="lines")
+
+
+class OrderEvent(Base):
+    """The order's timeline: who or what did what, when, from which state to which."""
+
+    __tablename__ = "order_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"), index=True)
+    at: Mapped[dt.datetime] = created_at()
+    actor: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(50))
+    from_state: Mapped[str | None] = mapped_column(String(20))
+    to_state: Mapped[str | None] = mapped_column(String(20))
+    detail: Mapped[JSONDict] = mapped_column(JSON, default=dict)
+
+    order: Mapped[Order] = relationship(back_populates="events")
+
+
+class InboxEvent(Base):
+    """A raw webhook delivery, committed before we answer 2xx; the dedupe key makes it once."""
+
+    __tablename__ = "inbox_events"
+    __table_args__ = (
+        UniqueConstraint("channel_account_id", "dedupe_key"),
+        Index("ix_inbox_events_status_received_at", "status", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel_account_id: Mapped[int] = mapped_column(ForeignKey("channel_accounts.id"))
+    channel: Mapped[str] = mapped_column(String(20))
+    topic: Mapped[str] = mapped_column(String(100))
+    dedupe_key: Mapped[str] = mapped_column(String(255))
+    # only the headers that matter (topic, ids, timestamps); never the signature
+    headers: Mapped[JSONDict] = mapped_column(JSON, default=dict)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(20), default=InboxStatus.RECEIVED)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id", ondelete="SET NULL"))
+    received_at: Mapped[dt.datetime] = created_at()
+    processed_at: Mapped[dt.datetime | None]
+
+
+class OutboxMessage(Base):
+    """A task to publish, written in the transaction that needs it; the sweeper republishes."""
+
+    __tablename__ = "outbox_messages"
+    __table_args__ = (Index("ix_outbox_messages_published_at", "published_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(200))
+    args: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    queue: Mapped[str | None] = mapped_column(String(50))
+    # delayed work waits here, not as a long ETA in the broker
+    not_before: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = created_at()
+    published_at: Mapped[dt.datetime | None]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class IdempotencyKey(Base):
+    """Stripe/brandur-style key for one side effect: request hash, recovery point, response."""
+
+    __tablename__ = "idempotency_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), unique=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    recovery_point: Mapped[str] = mapped_column(String(50), default="started")
+    locked_at: Mapped[dt.datetime | None]
+    response_code: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[JSONDict | None] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = created_at()
+    last_run_at: Mapped[dt.datetime | None]
+
+
+class StockItem(Base):
+    """Stock of one SKU: on hand and reserved; available = on_hand - reserved, never < 0."""
+
+    __tablename__ = "stock_items"
+    __table_args__ = (
+        CheckConstraint("reserved >= 0", name="reserved_not_negative"),
+        CheckConstraint("reserved <= on_hand", name="reserved_within_on_hand"),
+    )
+
+    sku: Mapped[str] = mapped_column(String(100), primary_key=True)
+    on_hand: Mapped[int] = mapped_column(Integer, default=0)
+    reserved: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[dt.datetime] = updated_at()
+
+
+class StockReservation(Base):
+    """Units of one SKU held for one order (held → consumed on ship, or released)."""
+
+    __tablename__ = "stock_reservations"
+    __table_args__ = (UniqueConstraint("order_id", "sku"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
+    sku: Mapped[str] = mapped_column(ForeignKey("stock_items.sku"))
+    quantity: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="held")
+    created_at: Mapped[dt.datetime] = created_at()
+
+
+class Listing(Base):
+    """A SKU as listed on one channel, with the buffer rules applied to the pushed quantity."""
+
+    __tablename__ = "listings"
+    __table_args__ = (UniqueConstraint("channel_account_id", "sku"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel_account_id: Mapped[int] = mapped_column(ForeignKey("channel_accounts.id"))
+    sku: Mapped[str] = mapped_column(String(100))
+    external_id: Mapped[str | None] = mapped_column(ExternalId)
+    buffer_percent: Mapped[int] = mapped_column(Integer, default=0)
+    buffer_max: Mapped[int | None] = mapped_column(Integer)
+    zero_at_or_below: Mapped[int] = mapped_column(Integer, default=0)
+    last_pushed_qty: Mapped[int | None] = mapped_column(Integer)
+    last_pushed_at: Mapped[dt.datetime | None]
+
+
+class Payment(Base):
+    """The one payment of an order: captured by us, or collected by the marketplace."""
+
+    __tablename__ = "payments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), unique=True)
+    provider: Mapped[str] = mapped_column(String(50))
+    amount: Mapped[Decimal]
+    currency: Mapped[str] = mapped_column(Currency)
+    status: Mapped[str] = mapped_column(String(20))
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    collected_by_marketplace: Mapped[bool] = mapped_column(Boolean, default=False)
+    captured_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = created_at()
+
+
+class InvoiceCounter(Base):
+    """Next number of one invoice series; locked in the invoice's transaction (gap-free)."""
+
+    __tablename__ = "invoice_counters"
+
+    series: Mapped[str] = mapped_column(String(50), primary_key=True)
+    next_number: Mapped[int] = mapped_column(Integer, default=1)
+
+
+class Invoice(Base):
+    """A finalised invoice or credit note; never deleted."""
+
+    __tablename__ = "invoices"
+    __table_args__ = (
+        UniqueConstraint("series", "number"),
+        UniqueConstraint("order_id", "kind"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
+    kind: Mapped[str] = mapped_column(String(20), default="invoice")
+    series: Mapped[str] = mapped_column(String(50))
+    number: Mapped[int] = mapped_column(Integer)
+    full_number: Mapped[str] = mapped_column(String(80), unique=True)
+    total: Mapped[Decimal]
+    currency: Mapped[str] = mapped_column(Currency)
+    credits_invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoices.id"))
+    pdf: Mapped[bytes | None] = mapped_column(LargeBinary)
+    issued_at: Mapped[dt.datetime] = created_at()
+
+
+class Shipment(Base):
+    """The parcel of an order: its carrier, tracking number and where it is."""
+
+    __tablename__ = "shipments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), unique=True)
+    carrier: Mapped[str] = mapped_column(String(50))
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    tracking_number: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = created_at()
+    shipped_at: Mapped[dt.datetime | None]
+
+
+class Label(Base):
+    """The one label of a shipment, bought once with an idempotency key; reprints reuse it."""
+
+    __tablename__ = "labels"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    shipment_id: Mapped[int] = mapped_column(ForeignKey("shipments.id"), unique=True)
+    carrier: Mapped[str] = mapped_column(String(50))
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    tracking_number: Mapped[str] = mapped_column(String(100))
+    pdf: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = created_at()
+
+
+class SyncRun(Base):
+    """One poll or full sync of one account: window, counts, outcome."""
+
+    __tablename__ = "sync_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel_account_id: Mapped[int] = mapped_column(ForeignKey("channel_accounts.id"))
+    kind: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    window_from: Mapped[dt.datetime | None]
+    window_to: Mapped[dt.datetime | None]
+    orders_seen: Mapped[int] = mapped_column(Integer, default=0)
+    orders_changed: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[dt.datetime] = created_at()
+    finished_at: Mapped[dt.datetime | None]

@@ -1,0 +1,119 @@
+"""The canonical order: what every marketplace mapper produces and the pipeline consumes.
+
+Money is ``Decimal`` (parsed from strings or numbers, never through float arithmetic), ids are
+strings, timestamps are timezone-aware UTC, and the marketplace payload is kept whole in ``raw``
+so that nothing a mapper does not understand yet is lost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+)
+
+from orders.states import Channel, OrderState
+
+__all__ = ["Address", "CanonicalLine", "CanonicalOrder", "MoneyField", "to_decimal"]
+
+
+def to_decimal(value: Any) -> Decimal:
+    """A money value from a string (``"598.94"``) or a JSON number (``3``, ``0.06``)."""
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"not a money amount: {value!r}")
+    if isinstance(value, float):
+        return Decimal(repr(value))  # the shortest text that round-trips, not the binary value
+    text = str(value).strip()
+    if not text:
+        raise ValueError("empty money amount")
+    result = Decimal(text)
+    if not result.is_finite():
+        raise ValueError(f"not a finite amount: {value!r}")
+    return result
+
+
+def _aware_utc(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamp without a time zone")
+    return value.astimezone(dt.UTC)
+
+
+MoneyField = Annotated[Decimal, BeforeValidator(to_decimal)]
+UTCTimestamp = Annotated[dt.datetime, AfterValidator(_aware_utc)]
+ExternalIdStr = Annotated[
+    str,
+    BeforeValidator(lambda v: str(v) if isinstance(v, int) and not isinstance(v, bool) else v),
+    Field(min_length=1, max_length=64),
+]
+
+
+class Address(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str | None = None
+    company: str | None = None
+    line1: str | None = None
+    line2: str | None = None
+    city: str | None = None
+    region: str | None = None
+    postal_code: str | None = None
+    country_code: str | None = None
+    phone: str | None = None
+
+
+class CanonicalLine(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    external_id: ExternalIdStr
+    sku: str | None = None
+    title: str = ""
+    quantity: int = Field(ge=0)
+    unit_price: MoneyField
+    tax: MoneyField = Decimal(0)
+    discount: MoneyField = Decimal(0)
+    total: MoneyField
+
+
+class CanonicalOrder(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    channel: Channel
+    account: str
+    external_id: ExternalIdStr
+    external_number: str | None = None
+    status: OrderState = OrderState.NEW
+    marketplace_status: str | None = None
+    financial_status: str | None = None
+    fulfillment_status: str | None = None
+    currency: str = Field(min_length=3, max_length=3)
+    subtotal: MoneyField
+    tax_total: MoneyField = Decimal(0)
+    shipping_total: MoneyField = Decimal(0)
+    discount_total: MoneyField = Decimal(0)
+    total: MoneyField
+    lines: list[CanonicalLine] = Field(default_factory=list)
+    shipping_address: Address | None = None
+    buyer_name: str | None = None
+    buyer_email: str | None = None
+    payment_collected_by_marketplace: bool = False
+    created_at: UTCTimestamp | None = None
+    updated_at: UTCTimestamp
+    cancelled_at: UTCTimestamp | None = None
+    raw: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+    @field_validator("currency")
+    @classmethod
+    def _upper_currency(cls, value: str) -> str:
+        if not value.isalpha():
+            raise ValueError(f"not a currency code: {value!r}")
+        return value.upper()

@@ -1,0 +1,160 @@
+"""The HTTP seam every outside-world client is built on (marketplaces, payments, carriers).
+
+- explicit timeouts; a ``transport`` argument (``httpx.MockTransport`` or respx in tests);
+- a rate-limit bucket per (account, operation), waited for before each request;
+- non-2xx answers and transport failures become ``integrations.errors`` classes;
+- a few in-call retries for retryable failures (honouring ``Retry-After``), after which the error
+  goes up to the task, which retries with backoff or surfaces the order to staff.
+
+Headers that carry credentials are never logged; only method, operation, status and duration.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Mapping
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+import structlog
+
+from integrations.errors import (
+    IntegrationError,
+    RateLimited,
+    RetryableError,
+    TransportError,
+    error_for_status,
+)
+from integrations.ratelimit import Bucket, MemoryRateLimiter, RateLimiter
+
+__all__ = ["DEFAULT_TIMEOUT", "ApiClient", "parse_retry_after"]
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_TIMEOUT = httpx.Timeout(20.0, connect=5.0)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: either a number or an HTTP date."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class ApiClient:
+    """Base for the typed clients. Subclasses add auth (``auth_headers``) and operations."""
+
+    #: operation → documented bucket; subclasses fill this from the marketplace's docs
+    rate_limits: Mapping[str, Bucket] = {}
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        account: str = "default",
+        transport: httpx.BaseTransport | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        limiter: RateLimiter | None = None,
+        max_attempts: int = 3,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.account = account
+        self.limiter: RateLimiter = limiter or MemoryRateLimiter()
+        self.max_attempts = max_attempts
+        self.sleep = sleep
+        self.http = httpx.Client(base_url=base_url, transport=transport, timeout=timeout)
+        for operation, bucket in self.rate_limits.items():
+            self.limiter.configure(self.limit_key(operation), bucket)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def limit_key(self, operation: str) -> str:
+        return f"{type(self).__name__}:{self.account}:{operation}"
+
+    def auth_headers(self) -> dict[str, str]:
+        return {}
+
+    def observe(self, operation: str, response: httpx.Response) -> None:
+        """Hook: correct the bucket from the response's rate-limit headers."""
+
+    def error_code(self, response: httpx.Response) -> str | None:
+        """Hook: the remote error code from an error body, for the message (no PII)."""
+        return None
+
+    def request(
+        self, operation: str, method: str, url: str, *, cost: float = 1.0, **kwargs: Any
+    ) -> httpx.Response:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._send_once(operation, method, url, cost=cost, **kwargs)
+            except RetryableError as exc:
+                if attempt >= self.max_attempts:
+                    raise
+                delay = exc.retry_after
+                if delay is None:
+                    delay = random.uniform(0, min(30.0, 0.5 * 2**attempt))
+                log.info(
+                    "http.retry",
+                    operation=operation,
+                    account=self.account,
+                    attempt=attempt,
+                    delay=round(delay, 3),
+                    error=type(exc).__name__,
+                )
+                self.sleep(delay)
+
+    def _send_once(
+        self, operation: str, method: str, url: str, *, cost: float, **kwargs: Any
+    ) -> httpx.Response:
+        key = self.limit_key(operation)
+        wait = self.limiter.acquire(key, cost)
+        if wait > 0:
+            self.sleep(wait)
+        headers = {**self.auth_headers(), **kwargs.pop("headers", {})}
+        started = time.perf_counter()
+        try:
+            response = self.http.request(method, url, headers=headers, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise TransportError(f"{operation}: timeout ({type(exc).__name__})") from exc
+        except httpx.TransportError as exc:
+            raise TransportError(f"{operation}: {type(exc).__name__}") from exc
+        log.debug(
+            "http.response",
+            operation=operation,
+            account=self.account,
+            method=method,
+            status=response.status_code,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        self.observe(operation, response)
+        if response.is_success:
+            return response
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        error: IntegrationError = error_for_status(
+            response.status_code,
+            f"{operation}: HTTP {response.status_code}",
+            code=self.error_code(response),
+            retry_after=retry_after,
+        )
+        if isinstance(error, RateLimited):
+            self.limiter.pause(key, retry_after if retry_after is not None else 1.0)
+        raise error

@@ -1,0 +1,1 @@
+"""Shopify: Admin GraphQL client, REST/webhook order payloads, mapper and webhook checks."""

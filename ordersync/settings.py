@@ -1,0 +1,102 @@
+"""Effective configuration, read from ``ORDERSYNC_*`` environment variables (and ``.env``).
+
+Defaults are the embedded laptop setup: a SQLite file under ``var/`` and a Redis server that
+ordersync starts itself. Production sets ``ORDERSYNC_DATABASE_URL`` (PostgreSQL) and
+``ORDERSYNC_REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings", "mask_url"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ORDERSYNC_", env_file=".env", extra="ignore")
+
+    var_dir: Path = Field(default=Path("var"), description="state of the embedded setup")
+    database_url: str = Field(default="", description="SQLAlchemy URL; default sqlite in var/")
+    redis_url: str | None = Field(
+        default=None, description="broker and result backend; unset = embedded redis-server"
+    )
+
+    web_host: str = "127.0.0.1"
+    web_port: int = 8000
+
+    # Queues of DESIGN.md: short intake, pipeline steps, long syncs, PDFs, pushes out.
+    queue_intake: str = "intake"
+    queue_orders: str = "orders"
+    queue_sync: str = "sync"
+    queue_documents: str = "documents"
+    queue_outbound: str = "outbound"
+
+    # Retries: exponential backoff with full jitter, capped; then the work is surfaced to staff.
+    retry_max_attempts: int = Field(default=8, ge=0)
+    retry_backoff_base_s: float = Field(default=2.0, gt=0)
+    retry_backoff_max_s: float = Field(default=600.0, gt=0)
+    # One visibility timeout everywhere (broker and result backend); longer than any task or
+    # countdown, or Redis hands an unacked message to a second worker while the first still runs.
+    visibility_timeout_s: int = Field(default=3600, ge=60)
+    task_time_limit_s: int = Field(default=600, ge=1)
+    # A committed inbox row still unprocessed after this long is republished by the sweeper.
+    sweep_after_s: int = Field(default=60, ge=1)
+    worker_concurrency: int = Field(default=2, ge=1)
+
+    log_level: str = "INFO"
+    log_json: bool = False
+    secret_key: SecretStr = SecretStr("")
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if not self.database_url:
+            path = (self.var_dir / "ordersync.db").resolve()
+            self.database_url = f"sqlite:///{path}"
+        return self
+
+    @property
+    def queues(self) -> list[str]:
+        return [
+            self.queue_intake,
+            self.queue_orders,
+            self.queue_sync,
+            self.queue_documents,
+            self.queue_outbound,
+        ]
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings for display: passwords in URLs and secrets hidden."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "********" if value.get_secret_value() else ""
+            elif name.endswith("_url") and isinstance(value, str):
+                value = mask_url(value)
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        if self.redis_url is None:
+            out["redis_url"] = "(embedded redis-server under var/)"
+        return out
+
+
+def mask_url(url: str) -> str:
+    """``scheme://user:secret@host`` → ``scheme://user:***@host``; anything else unchanged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return Settings()

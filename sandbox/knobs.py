@@ -1,0 +1,50 @@
+"""Fault knobs shared by every simulator: latency, 5xx rate, 429 rate, timeouts.
+
+A simulator calls ``await knobs.disturb()`` at the top of each handler; it sleeps for the
+latency and may return an error response (or hang past the client's timeout) instead of the
+real answer. Randomness comes from one seeded ``random.Random`` so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+
+from fastapi.responses import JSONResponse, Response
+
+__all__ = ["Knobs"]
+
+
+@dataclass
+class Knobs:
+    latency_s: float = 0.0
+    error_rate: float = 0.0  # fraction of requests answered 500/503
+    rate_429: float = 0.0  # fraction of requests answered 429 regardless of the bucket
+    timeout_rate: float = 0.0  # fraction of requests that hang for ``timeout_s``
+    timeout_s: float = 30.0
+    seed: int = 0
+    rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    async def disturb(self, error_body: dict[str, object] | None = None) -> Response | None:
+        """None = go on and answer normally; otherwise the response to send instead."""
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        roll = self.rng.random()
+        if roll < self.timeout_rate:
+            await asyncio.sleep(self.timeout_s)
+            return JSONResponse({"error": "timeout"}, status_code=504)
+        roll -= self.timeout_rate
+        if roll < self.rate_429:
+            return JSONResponse(
+                error_body or {"errors": "Too Many Requests"},
+                status_code=429,
+                headers={"Retry-After": "1"},
+            )
+        roll -= self.rate_429
+        if roll < self.error_rate:
+            return JSONResponse({"errors": "Service Unavailable"}, status_code=503)
+        return None
