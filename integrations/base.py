@@ -1,0 +1,68 @@
+"""What every marketplace connector offers the workflows (OCA's Backend + Adapter in one).
+
+A connector is built from an ``AccountConfig`` (the row in ``channel_accounts``, detached from
+the database) plus the seams tests swap: an httpx transport, a rate limiter, a sleep function.
+The workflows only ever see ``CanonicalOrder`` objects.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import httpx
+
+from integrations.canonical import CanonicalOrder
+from integrations.ratelimit import RateLimiter
+from orders.states import Channel
+
+__all__ = ["AccountConfig", "ConnectorSeams", "MarketplaceConnector"]
+
+
+@dataclass(frozen=True)
+class AccountConfig:
+    name: str
+    channel: Channel
+    shop: str = ""  # shop domain / site URL / marketplace id
+    api_base_url: str | None = None  # None = the marketplace's production URL
+    credentials: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
+
+
+@dataclass
+class ConnectorSeams:
+    transport: httpx.BaseTransport | None = None
+    limiter: RateLimiter | None = None
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+
+
+class MarketplaceConnector(Protocol):
+    channel: Channel
+
+    def fetch_updated_orders(
+        self, since: dt.datetime, until: dt.datetime | None = None
+    ) -> Iterator[CanonicalOrder]:
+        """Every order updated in [since, until), page by page within the rate limit."""
+        ...
+
+    def get_order(self, external_id: str) -> CanonicalOrder: ...
+
+    def push_fulfillment(
+        self, external_id: str, *, tracking_number: str, carrier: str, idempotency_key: str
+    ) -> None:
+        """Tell the marketplace the order shipped, with its tracking number."""
+        ...
+
+    def push_stock(self, quantities: Mapping[str, int]) -> None:
+        """Set available quantity per SKU on the channel (batched to the API's maximum)."""
+        ...
+
+    def test_connection(self) -> str:
+        """One real authenticated call; returns a short description or raises an error."""
+        ...
+
+    def close(self) -> None: ...
