@@ -1,0 +1,1 @@
+"""ordersync: marketplace orders in, stock and status out, every effect exactly once."""

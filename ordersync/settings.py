@@ -51,7 +51,6 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = False
-    secret_key: SecretStr = SecretStr("")
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

@@ -1,22 +1,100 @@
-"""Shopify REST / webhook order → ``CanonicalOrder``.
+"""Shopify order payloads → ``CanonicalOrder``: the REST / webhook shape (``map_order``) and the
+GraphQL Admin API ``Order`` node (``map_graphql_order``). Both give the same canonical order for
+the same Shopify order, so a webhook and a poll never disagree.
 
-Totals are the order's *original* ones (``total_price``), not ``current_total_price`` (which
-drops refunded and removed lines): we invoice what was sold; refunds are separate documents.
+Totals are the order's *original* ones (``total_price`` / ``totalPriceSet``), not the
+``current_*`` ones (which drop refunded and removed lines): we invoice what was sold; refunds
+are separate documents.
+
+Anything that cannot be mapped raises ``PayloadError`` naming the field paths, never the values
+(payloads carry customer names and addresses).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
+
+import pydantic
 
 from integrations.canonical import Address, CanonicalLine, CanonicalOrder, to_decimal
-from integrations.shopify.payloads import ShopifyAddress, ShopifyOrder
+from integrations.errors import PayloadError
+from integrations.shopify.payloads import (
+    GqlAddress,
+    GqlMoneyBag,
+    GqlOrder,
+    ShopifyAddress,
+    ShopifyOrder,
+)
 from orders.states import Channel, OrderState
 
-__all__ = ["map_order"]
+__all__ = ["gid_to_id", "map_graphql_order", "map_order"]
+
+T = TypeVar("T")
+
+# GraphQL ``OrderDisplayFulfillmentStatus`` → the REST ``fulfillment_status`` words, so both
+# mappers agree (REST says "partial" where GraphQL says PARTIALLY_FULFILLED).
+_GQL_FULFILLMENT = {
+    "UNFULFILLED": "unfulfilled",
+    "FULFILLED": "fulfilled",
+    "PARTIALLY_FULFILLED": "partial",
+    "RESTOCKED": "restocked",
+}
+
+# Shopify Payments / the shop's gateway took the money at checkout: nothing for us to capture
+_COLLECTED = frozenset({"paid", "partially_refunded", "refunded"})
 
 
-def _address(addr: ShopifyAddress | None) -> Address | None:
+def _describe(exc: pydantic.ValidationError, prefix: str) -> str:
+    """Field paths and error types only: pydantic's own message repeats the input values."""
+    parts = []
+    for err in exc.errors()[:5]:
+        path = ".".join(str(p) for p in err.get("loc", ())) or "<root>"
+        parts.append(f"{prefix}{path} ({err.get('type', 'invalid')})")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+@contextmanager
+def _mapping(kind: str, stage: str) -> Iterator[None]:
+    try:
+        yield
+    except PayloadError:
+        raise
+    except pydantic.ValidationError as exc:
+        prefix = "" if stage == "payload" else "canonical."
+        raise PayloadError(f"shopify {kind} order: invalid {_describe(exc, prefix)}") from None
+    except (ArithmeticError, ValueError, TypeError) as exc:
+        # Decimal overflow on absurd amounts, and the like
+        raise PayloadError(f"shopify {kind} order: cannot map ({type(exc).__name__})") from None
+
+
+def _validate(model: Callable[[Any], T], payload: Any, kind: str) -> T:
+    if not isinstance(payload, dict):
+        raise PayloadError(f"shopify {kind} order: payload is not a JSON object")
+    with _mapping(kind, "payload"):
+        return model(payload)
+
+
+def gid_to_id(gid: str) -> str:
+    """``gid://shopify/Order/450789469`` → ``450789469`` (the REST id webhooks carry)."""
+    tail = gid.rsplit("/", 1)[-1].split("?", 1)[0]
+    if not tail:
+        raise PayloadError("shopify graphql order: id is not a Shopify GID")
+    return tail
+
+
+def _marketplace_status(cancelled: bool, closed: bool) -> str:
+    # the REST ``status`` filter vocabulary: open / closed (archived) / cancelled
+    return "cancelled" if cancelled else ("closed" if closed else "open")
+
+
+# --- REST / webhook ---------------------------------------------------------------------
+
+
+def _rest_address(addr: ShopifyAddress | None) -> Address | None:
     if addr is None:
         return None
     name = addr.name or " ".join(p for p in (addr.first_name, addr.last_name) if p) or None
@@ -33,67 +111,160 @@ def _address(addr: ShopifyAddress | None) -> Address | None:
     )
 
 
-def _shipping_total(order: ShopifyOrder) -> Decimal:
+def _rest_shipping_total(order: ShopifyOrder) -> Decimal:
     money = (order.total_shipping_price_set or {}).get("shop_money") or {}
-    if money.get("amount") is not None:
+    if isinstance(money, dict) and money.get("amount") is not None:
         return to_decimal(money["amount"])
     return sum((line.price for line in order.shipping_lines), Decimal(0))
 
 
 def map_order(payload: dict[str, Any], account: str) -> CanonicalOrder:
-    """Map one order payload. Raises ``pydantic.ValidationError`` on a payload we cannot use."""
-    order = ShopifyOrder.model_validate(payload)
-    lines = []
-    for item in order.line_items:
-        discount = sum((d.amount for d in item.discount_allocations), Decimal(0))
-        if not item.discount_allocations and item.total_discount:
-            discount = item.total_discount
-        tax = sum((t.price for t in item.tax_lines), Decimal(0))
-        title = item.title or item.name or ""
-        if item.variant_title:
-            title = f"{title} - {item.variant_title}"
-        lines.append(
-            CanonicalLine(
-                external_id=item.id,
-                sku=item.sku or None,
-                title=title,
-                quantity=item.quantity,
-                unit_price=item.price,
-                tax=tax,
-                discount=discount,
-                total=item.price * item.quantity - discount,
+    """Map one REST / webhook order payload. Raises ``PayloadError`` if it cannot be mapped."""
+    order = _validate(ShopifyOrder.model_validate, payload, "rest")
+    with _mapping("rest", "canonical"):
+        lines = []
+        for item in order.line_items:
+            discount = sum((d.amount for d in item.discount_allocations), Decimal(0))
+            if not item.discount_allocations and item.total_discount:
+                discount = item.total_discount
+            tax = sum((t.price for t in item.tax_lines), Decimal(0))
+            title = item.title or item.name or ""
+            if item.variant_title:
+                title = f"{title} - {item.variant_title}"
+            lines.append(
+                CanonicalLine(
+                    external_id=item.id,
+                    sku=item.sku or None,
+                    title=title,
+                    quantity=item.quantity,
+                    unit_price=item.price,
+                    tax=tax,
+                    discount=discount,
+                    total=item.price * item.quantity - discount,
+                )
             )
+        subtotal = order.subtotal_price
+        if subtotal is None:
+            subtotal = sum((line.total for line in lines), Decimal(0))
+        customer = order.customer
+        buyer_name = None
+        if customer is not None:
+            buyer_name = " ".join(p for p in (customer.first_name, customer.last_name) if p)
+        number = order.name or (str(order.order_number) if order.order_number else None)
+        return CanonicalOrder(
+            channel=Channel.SHOPIFY,
+            account=account,
+            external_id=order.id,
+            external_number=number,
+            status=OrderState.CANCELLED if order.cancelled_at else OrderState.NEW,
+            marketplace_status=_marketplace_status(bool(order.cancelled_at), bool(order.closed_at)),
+            financial_status=order.financial_status,
+            fulfillment_status=order.fulfillment_status or "unfulfilled",
+            currency=order.currency,
+            subtotal=subtotal,
+            tax_total=order.total_tax or Decimal(0),
+            shipping_total=_rest_shipping_total(order),
+            discount_total=order.total_discounts or Decimal(0),
+            total=order.total_price,
+            lines=lines,
+            shipping_address=_rest_address(order.shipping_address),
+            buyer_name=buyer_name or None,
+            buyer_email=order.email or (customer.email if customer else None),
+            payment_collected_by_marketplace=order.financial_status in _COLLECTED,
+            created_at=order.created_at,
+            updated_at=order.updated_at,
+            cancelled_at=order.cancelled_at,
+            raw=payload,
         )
-    subtotal = order.subtotal_price
-    if subtotal is None:
-        subtotal = sum((line.total for line in lines), Decimal(0))
-    customer = order.customer
-    buyer_name = None
-    if customer is not None:
-        buyer_name = " ".join(p for p in (customer.first_name, customer.last_name) if p) or None
-    return CanonicalOrder(
-        channel=Channel.SHOPIFY,
-        account=account,
-        external_id=order.id,
-        external_number=order.name or (str(order.order_number) if order.order_number else None),
-        status=OrderState.CANCELLED if order.cancelled_at else OrderState.NEW,
-        marketplace_status="cancelled" if order.cancelled_at else (order.financial_status or None),
-        financial_status=order.financial_status,
-        fulfillment_status=order.fulfillment_status or "unfulfilled",
-        currency=order.currency,
-        subtotal=subtotal,
-        tax_total=order.total_tax or Decimal(0),
-        shipping_total=_shipping_total(order),
-        discount_total=order.total_discounts or Decimal(0),
-        total=order.total_price,
-        lines=lines,
-        shipping_address=_address(order.shipping_address),
-        buyer_name=buyer_name,
-        buyer_email=order.email or (customer.email if customer else None),
-        # Shopify Payments / the shop's gateway collected the money at checkout
-        payment_collected_by_marketplace=order.financial_status in ("paid", "partially_refunded"),
-        created_at=order.created_at,
-        updated_at=order.updated_at,
-        cancelled_at=order.cancelled_at,
-        raw=payload,
+
+
+# --- GraphQL ----------------------------------------------------------------------------
+
+
+def _amount(bag: GqlMoneyBag | None) -> Decimal | None:
+    return None if bag is None else bag.shopMoney.amount
+
+
+def _gql_address(addr: GqlAddress | None) -> Address | None:
+    if addr is None:
+        return None
+    name = addr.name or " ".join(p for p in (addr.firstName, addr.lastName) if p) or None
+    return Address(
+        name=name,
+        company=addr.company or None,
+        line1=addr.address1 or None,
+        line2=addr.address2 or None,
+        city=addr.city or None,
+        region=addr.provinceCode or addr.province or None,
+        postal_code=addr.zip or None,
+        country_code=addr.countryCodeV2 or None,
+        phone=addr.phone or None,
     )
+
+
+def map_graphql_order(node: dict[str, Any], account: str) -> CanonicalOrder:
+    """Map one GraphQL ``Order`` node (the fields ``client.ORDER_FIELDS`` asks for).
+
+    The node must hold *all* its line items (the client pages ``lineItems`` to the end first).
+    """
+    order = _validate(GqlOrder.model_validate, node, "graphql")
+    if order.lineItems.pageInfo.hasNextPage:
+        raise PayloadError("shopify graphql order: lineItems is not complete (hasNextPage)")
+    with _mapping("graphql", "canonical"):
+        lines = []
+        for item in order.lineItems.nodes:
+            unit = item.originalUnitPriceSet.shopMoney.amount
+            discount = sum(
+                (d.allocatedAmountSet.shopMoney.amount for d in item.discountAllocations),
+                Decimal(0),
+            )
+            tax = sum((t.priceSet.shopMoney.amount for t in item.taxLines), Decimal(0))
+            title = item.title or item.name or ""
+            if item.variantTitle:
+                title = f"{title} - {item.variantTitle}"
+            lines.append(
+                CanonicalLine(
+                    external_id=gid_to_id(item.id),
+                    sku=item.sku or None,
+                    title=title,
+                    quantity=item.quantity,
+                    unit_price=unit,
+                    tax=tax,
+                    discount=discount,
+                    total=unit * item.quantity - discount,
+                )
+            )
+        subtotal = _amount(order.subtotalPriceSet)
+        if subtotal is None:
+            subtotal = sum((line.total for line in lines), Decimal(0))
+        financial = order.displayFinancialStatus.lower() if order.displayFinancialStatus else None
+        fulfillment = order.displayFulfillmentStatus or "UNFULFILLED"
+        customer = order.customer
+        buyer_name = None
+        if customer is not None:
+            buyer_name = " ".join(p for p in (customer.firstName, customer.lastName) if p)
+        return CanonicalOrder(
+            channel=Channel.SHOPIFY,
+            account=account,
+            external_id=order.legacyResourceId or gid_to_id(order.id),
+            external_number=order.name,
+            status=OrderState.CANCELLED if order.cancelledAt else OrderState.NEW,
+            marketplace_status=_marketplace_status(bool(order.cancelledAt), bool(order.closedAt)),
+            financial_status=financial,
+            fulfillment_status=_GQL_FULFILLMENT.get(fulfillment, fulfillment.lower()),
+            currency=order.currencyCode,
+            subtotal=subtotal,
+            tax_total=_amount(order.totalTaxSet) or Decimal(0),
+            shipping_total=_amount(order.totalShippingPriceSet) or Decimal(0),
+            discount_total=_amount(order.totalDiscountsSet) or Decimal(0),
+            total=order.totalPriceSet.shopMoney.amount,
+            lines=lines,
+            shipping_address=_gql_address(order.shippingAddress),
+            buyer_name=buyer_name or None,
+            buyer_email=order.email or None,
+            payment_collected_by_marketplace=financial in _COLLECTED,
+            created_at=order.createdAt,
+            updated_at=order.updatedAt,
+            cancelled_at=order.cancelledAt,
+            raw=node,
+        )

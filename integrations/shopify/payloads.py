@@ -1,7 +1,14 @@
-"""Pydantic shapes of Shopify's REST / webhook order JSON (the fields we read; the rest is kept
-in ``raw``). Webhook bodies for ``orders/*`` topics have the REST order shape.
-Quirks: ids are JSON integers above 2^32 (kept as strings), money is a decimal string, ``null``
-is common (``fulfillment_status: null`` = unfulfilled), timestamps carry local offsets.
+"""Pydantic shapes of Shopify's order payloads (the fields we read; the rest stays in ``raw``).
+
+Two shapes of one order:
+
+- REST / webhook JSON (``orders/*`` webhook bodies have the REST order shape): snake_case, ids
+  are JSON integers above 2^32 (kept as strings), money is a decimal string, ``null`` is common
+  (``fulfillment_status: null`` = unfulfilled), timestamps carry local offsets.
+- GraphQL Admin API ``Order`` nodes: camelCase, ids are GIDs (``gid://shopify/Order/450789469``)
+  with ``legacyResourceId`` the REST id, money in ``MoneyBag`` objects
+  (``totalPriceSet.shopMoney.amount``), statuses as upper-case enums.
+  https://shopify.dev/docs/api/admin-graphql/2026-07/objects/Order
 """
 
 from __future__ import annotations
@@ -12,9 +19,17 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from integrations.canonical import MoneyField
+from integrations.canonical import to_decimal
 
-__all__ = ["ShopifyAddress", "ShopifyLineItem", "ShopifyOrder", "ShopifyTaxLine"]
+__all__ = [
+    "GqlLineItem",
+    "GqlMoneyBag",
+    "GqlOrder",
+    "ShopifyAddress",
+    "ShopifyLineItem",
+    "ShopifyOrder",
+    "ShopifyTaxLine",
+]
 
 
 def _id_str(value: Any) -> Any:
@@ -23,12 +38,29 @@ def _id_str(value: Any) -> Any:
     return str(value) if isinstance(value, int) else value
 
 
+def _money(value: Any) -> Decimal:
+    # ``canonical.to_decimal`` lets ``decimal.InvalidOperation`` ("abc") escape, which pydantic
+    # does not turn into a validation error; make it a ValueError so it names the field
+    try:
+        return to_decimal(value)
+    except ArithmeticError as exc:
+        raise ValueError("not a money amount") from exc
+
+
+def _opt_money(value: Any) -> Decimal | None:
+    return None if value is None or value == "" else _money(value)
+
+
 IdStr = Annotated[str, BeforeValidator(_id_str), Field(min_length=1, max_length=64)]
-OptMoney = Annotated[Decimal | None, BeforeValidator(lambda v: None if v in (None, "") else v)]
+MoneyField = Annotated[Decimal, BeforeValidator(_money)]
+OptMoney = Annotated[Decimal | None, BeforeValidator(_opt_money)]
 
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+# --- REST / webhook shape ---------------------------------------------------------------
 
 
 class ShopifyTaxLine(_Lenient):
@@ -105,3 +137,91 @@ class ShopifyOrder(_Lenient):
     shipping_address: ShopifyAddress | None = None
     billing_address: ShopifyAddress | None = None
     customer: ShopifyCustomer | None = None
+
+
+# --- GraphQL Admin API shape ------------------------------------------------------------
+
+
+class GqlMoney(_Lenient):
+    amount: MoneyField
+    currencyCode: str | None = None
+
+
+class GqlMoneyBag(_Lenient):
+    shopMoney: GqlMoney
+
+
+class GqlTaxLine(_Lenient):
+    priceSet: GqlMoneyBag
+    rate: Decimal | None = None
+    title: str | None = None
+
+
+class GqlDiscountAllocation(_Lenient):
+    allocatedAmountSet: GqlMoneyBag
+
+
+class GqlLineItem(_Lenient):
+    id: str = Field(min_length=1, max_length=128)
+    sku: str | None = None
+    name: str | None = None
+    title: str | None = None
+    variantTitle: str | None = None
+    quantity: int = Field(ge=0)
+    originalUnitPriceSet: GqlMoneyBag
+    taxLines: list[GqlTaxLine] = Field(default_factory=list)
+    discountAllocations: list[GqlDiscountAllocation] = Field(default_factory=list)
+
+
+class GqlPageInfo(_Lenient):
+    hasNextPage: bool = False
+    endCursor: str | None = None
+
+
+class GqlLineItemConnection(_Lenient):
+    nodes: list[GqlLineItem] = Field(default_factory=list)
+    pageInfo: GqlPageInfo = Field(default_factory=GqlPageInfo)
+
+
+class GqlAddress(_Lenient):
+    name: str | None = None
+    firstName: str | None = None
+    lastName: str | None = None
+    company: str | None = None
+    address1: str | None = None
+    address2: str | None = None
+    city: str | None = None
+    province: str | None = None
+    provinceCode: str | None = None
+    zip: str | None = None
+    countryCodeV2: str | None = None
+    phone: str | None = None
+
+
+class GqlCustomer(_Lenient):
+    firstName: str | None = None
+    lastName: str | None = None
+
+
+class GqlOrder(_Lenient):
+    id: str = Field(min_length=1, max_length=128)
+    legacyResourceId: IdStr | None = None
+    name: str | None = None
+    email: str | None = None
+    currencyCode: str
+    subtotalPriceSet: GqlMoneyBag | None = None
+    totalPriceSet: GqlMoneyBag
+    totalTaxSet: GqlMoneyBag | None = None
+    totalDiscountsSet: GqlMoneyBag | None = None
+    totalShippingPriceSet: GqlMoneyBag | None = None
+    displayFinancialStatus: str | None = None
+    displayFulfillmentStatus: str | None = None
+    cancelledAt: dt.datetime | None = None
+    cancelReason: str | None = None
+    closedAt: dt.datetime | None = None
+    createdAt: dt.datetime | None = None
+    updatedAt: dt.datetime
+    test: bool = False
+    lineItems: GqlLineItemConnection = Field(default_factory=GqlLineItemConnection)
+    shippingAddress: GqlAddress | None = None
+    customer: GqlCustomer | None = None

@@ -1,0 +1,179 @@
+"""Typed client for the SP-API Orders API v0 (the operations ordersync needs).
+
+- auth: an LWA access token in ``x-amz-access-token`` (``integrations.amazon.lwa``); no SigV4
+  (Amazon dropped the signing requirement in 2023);
+- rate limits: one bucket per operation from the documented usage plans, corrected from the
+  ``x-amzn-RateLimit-Limit`` header Amazon sends with the rate granted to this seller;
+- errors: ``{"errors": [{"code", "message", "details"}]}``; the code (``QuotaExceeded``,
+  ``InvalidInput``, ``Unauthorized``) goes in the exception, never the message text.
+https://developer-docs.amazon.com/sp-api/docs/usage-plans-and-rate-limits
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import structlog
+
+from integrations.amazon.lwa import LwaTokenProvider
+from integrations.errors import PayloadError
+from integrations.http import ApiClient
+from integrations.ratelimit import Bucket
+
+__all__ = ["DEFAULT_API_BASE_URL", "RATE_LIMITS", "SpApiClient", "iso"]
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_API_BASE_URL = "https://sellingpartnerapi-na.amazon.com"
+USER_AGENT = "ordersync/0.1 (Language=Python)"
+
+#: documented default usage plans (rate per second, burst), from the Orders v0 model
+#: (ordersV0.json "Usage Plan" tables)
+RATE_LIMITS: Mapping[str, Bucket] = {
+    "getOrders": Bucket(rate=0.0167, burst=20),
+    "getOrder": Bucket(rate=0.5, burst=30),
+    "getOrderItems": Bucket(rate=0.5, burst=30),
+    "confirmShipment": Bucket(rate=2.0, burst=10),
+}
+
+
+def iso(value: dt.datetime) -> str:
+    """ISO 8601 UTC with ``Z``, to the second (what the Orders API documents)."""
+    if value.tzinfo is None:
+        raise ValueError("timestamp without a time zone")
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class SpApiClient(ApiClient):
+    """Orders v0 over httpx; ``tokens`` supplies the LWA access token."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        tokens: LwaTokenProvider,
+        rate_limits: Mapping[str, Bucket] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # an instance attribute, read by ApiClient.__init__ to seed the limiter
+        self._buckets = dict(RATE_LIMITS if rate_limits is None else rate_limits)
+        self.rate_limits = self._buckets
+        self.tokens = tokens
+        super().__init__(base_url, **kwargs)
+
+    def close(self) -> None:
+        super().close()
+        self.tokens.close()
+
+    # ------------------------------------------------------------------ ApiClient hooks
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"x-amz-access-token": self.tokens.token(), "user-agent": USER_AGENT}
+
+    def observe(self, operation: str, response: httpx.Response) -> None:
+        if response.status_code in (401, 403):
+            self.tokens.invalidate()  # expired or revoked early: the next call exchanges again
+        header = response.headers.get("x-amzn-RateLimit-Limit")
+        current = self._buckets.get(operation)
+        if not header or current is None:
+            return
+        try:
+            rate = float(header)
+        except ValueError:
+            return
+        if rate > 0 and rate != current.rate:
+            # Amazon tells us the rate this seller really has; the burst is not sent, keep ours
+            bucket = Bucket(rate=rate, burst=current.burst)
+            self._buckets[operation] = bucket
+            self.limiter.configure(self.limit_key(operation), bucket)
+            log.info("amazon.rate_corrected", operation=operation, rate=rate)
+
+    def error_code(self, response: httpx.Response) -> str | None:
+        try:
+            errors = response.json().get("errors")
+            code = errors[0].get("code")
+        except (ValueError, AttributeError, IndexError, KeyError, TypeError):
+            return None
+        return code if isinstance(code, str) else None
+
+    # ------------------------------------------------------------------ operations
+
+    def _payload(self, operation: str, response: httpx.Response) -> dict[str, Any]:
+        try:
+            body = response.json()
+        except ValueError:
+            raise PayloadError(f"{operation}: response is not JSON") from None
+        payload = body.get("payload") if isinstance(body, dict) else None
+        if not isinstance(payload, dict):
+            raise PayloadError(f"{operation}: response has no payload object")
+        return payload
+
+    def get_orders(
+        self,
+        marketplace_ids: Sequence[str],
+        *,
+        last_updated_after: dt.datetime,
+        last_updated_before: dt.datetime | None = None,
+        next_token: str | None = None,
+        max_results: int = 100,
+    ) -> dict[str, Any]:
+        """One page of ``getOrders``: ``{"Orders": [...], "NextToken"?, "LastUpdatedBefore"?}``.
+
+        The next page is the same request plus ``NextToken`` (Amazon answers InvalidInput when
+        the filters are dropped or changed between pages).
+        """
+        params: dict[str, str | int] = {
+            "MarketplaceIds": ",".join(marketplace_ids),  # array in csv collection format
+            "LastUpdatedAfter": iso(last_updated_after),
+            "MaxResultsPerPage": max_results,
+        }
+        if last_updated_before is not None:
+            params["LastUpdatedBefore"] = iso(last_updated_before)
+        if next_token:
+            params["NextToken"] = next_token
+        response = self.request("getOrders", "GET", "/orders/v0/orders", params=params)
+        payload = self._payload("getOrders", response)
+        if not isinstance(payload.get("Orders"), list):
+            raise PayloadError("getOrders: payload.Orders is not a list")
+        return payload
+
+    def get_order(self, order_id: str) -> dict[str, Any]:
+        response = self.request("getOrder", "GET", f"/orders/v0/orders/{quote(order_id, safe='')}")
+        return self._payload("getOrder", response)
+
+    def get_order_items(self, order_id: str, next_token: str | None = None) -> dict[str, Any]:
+        """One page of ``getOrderItems``: ``{"AmazonOrderId", "OrderItems", "NextToken"?}``."""
+        params = {"NextToken": next_token} if next_token else None
+        response = self.request(
+            "getOrderItems",
+            "GET",
+            f"/orders/v0/orders/{quote(order_id, safe='')}/orderItems",
+            params=params,
+        )
+        payload = self._payload("getOrderItems", response)
+        if not isinstance(payload.get("OrderItems"), list):
+            raise PayloadError("getOrderItems: payload.OrderItems is not a list")
+        return payload
+
+    def all_order_items(self, order_id: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            page = self.get_order_items(order_id, token)
+            items.extend(page["OrderItems"])
+            token = page.get("NextToken") or None
+            if token is None:
+                return items
+
+    def confirm_shipment(self, order_id: str, body: Mapping[str, Any]) -> None:
+        """``confirmShipment``: 204 on success."""
+        self.request(
+            "confirmShipment",
+            "POST",
+            f"/orders/v0/orders/{quote(order_id, safe='')}/shipmentConfirmation",
+            json=dict(body),
+        )

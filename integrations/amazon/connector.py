@@ -1,0 +1,229 @@
+"""Amazon SP-API connector: polling only (Amazon pushes notifications to SQS/EventBridge, not to
+a webhook), Orders API v0.
+
+Credential keys read from ``account.credentials``:
+
+- ``refresh_token``, ``client_id``, ``client_secret`` (LWA app credentials, required);
+- ``marketplace_ids``: list (or comma-separated string) of marketplace ids; falls back to
+  ``account.shop`` when absent;
+- ``lwa_url`` (optional, default ``https://api.amazon.com``; in the sandbox the same base URL as
+  the API, which serves ``/auth/o2/token`` under its prefix).
+
+``account.api_base_url`` defaults to the North America endpoint.
+
+Polling: ``getOrders`` by ``LastUpdatedAfter`` page by page with ``NextToken``, then
+``getOrderItems`` per order (items are a separate call in v0), merged as ``OrderItems`` for the
+mapper. Amazon requires ``LastUpdatedBefore`` to be at least two minutes in the past, so an
+``until`` later than that is clamped; ``last_window_end`` tells the poller what was covered.
+
+``push_stock`` is not supported: quantities go through the Listings Items / Feeds APIs, which
+need a seller id and product types this connector does not model (it raises ``PermanentError``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import structlog
+
+from integrations.amazon.client import DEFAULT_API_BASE_URL, SpApiClient
+from integrations.amazon.lwa import DEFAULT_LWA_URL, LwaTokenProvider
+from integrations.amazon.mapper import map_order
+from integrations.amazon.payloads import parse_timestamp
+from integrations.base import AccountConfig, ConnectorSeams
+from integrations.canonical import CanonicalOrder
+from integrations.errors import AuthError, PayloadError, PermanentError, ValidationError
+from integrations.ratelimit import Bucket
+from orders.states import Channel
+
+__all__ = ["LAST_UPDATED_BEFORE_MIN_AGE", "AmazonConnector"]
+
+log = structlog.get_logger(__name__)
+
+#: "LastUpdatedBefore ... must be ... at least two minutes before current time" (getOrders)
+LAST_UPDATED_BEFORE_MIN_AGE = dt.timedelta(minutes=2)
+_SHIPPED = frozenset({"Shipped", "InvoiceUnconfirmed"})
+_REQUIRED = ("refresh_token", "client_id", "client_secret")
+
+
+def _marketplace_ids(account: AccountConfig) -> list[str]:
+    raw = account.credentials.get("marketplace_ids") or account.shop
+    ids = raw.split(",") if isinstance(raw, str) else list(raw or [])
+    return [str(i).strip() for i in ids if str(i).strip()]
+
+
+def package_reference_id(idempotency_key: str) -> str:
+    """A stable positive number per idempotency key (Amazon accepts numeric ids only)."""
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+    return str(int(digest[:12], 16) % 999_999_999 + 1)
+
+
+class AmazonConnector:
+    channel = Channel.AMAZON
+
+    def __init__(
+        self,
+        account: AccountConfig,
+        seams: ConnectorSeams | None = None,
+        *,
+        rate_limits: Mapping[str, Bucket] | None = None,
+    ) -> None:
+        seams = seams or ConnectorSeams()
+        creds = account.credentials
+        missing = [key for key in _REQUIRED if not creds.get(key)]
+        if missing:
+            raise AuthError(f"amazon account {account.name}: missing credentials {missing}")
+        self.marketplace_ids = _marketplace_ids(account)
+        if not self.marketplace_ids:
+            raise ValidationError(f"amazon account {account.name}: no marketplace_ids")
+        self.account = account
+        self._clock = seams.clock
+        tokens = LwaTokenProvider(
+            client_id=str(creds["client_id"]),
+            client_secret=str(creds["client_secret"]),
+            refresh_token=str(creds["refresh_token"]),
+            lwa_url=str(creds.get("lwa_url") or DEFAULT_LWA_URL),
+            transport=seams.transport,
+            clock=seams.clock,
+        )
+        self.client = SpApiClient(
+            account.api_base_url or DEFAULT_API_BASE_URL,
+            tokens=tokens,
+            rate_limits=rate_limits,
+            account=account.name,
+            transport=seams.transport,
+            limiter=seams.limiter,
+            sleep=seams.sleep,
+        )
+        #: upper bound of the last poll as Amazon applied it (None = not known)
+        self.last_window_end: dt.datetime | None = None
+
+    def __repr__(self) -> str:
+        return f"<AmazonConnector account={self.account.name!r}>"
+
+    def close(self) -> None:
+        self.client.close()
+
+    # ------------------------------------------------------------------ reading
+
+    def _with_items(self, order: dict[str, Any]) -> CanonicalOrder:
+        order_id = order.get("AmazonOrderId")
+        if not isinstance(order_id, str) or not order_id:
+            return map_order(order, self.account.name)  # raises PayloadError naming the field
+        items = self.client.all_order_items(order_id)
+        return map_order({**order, "OrderItems": items}, self.account.name)
+
+    def fetch_updated_orders(
+        self, since: dt.datetime, until: dt.datetime | None = None
+    ) -> Iterator[CanonicalOrder]:
+        before: dt.datetime | None = None
+        if until is not None:
+            before = min(until, self._clock() - LAST_UPDATED_BEFORE_MIN_AGE)
+            if before < since:  # the window is too recent to ask for yet
+                self.last_window_end = since
+                return
+        token: str | None = None
+        pages = 0
+        while True:
+            page = self.client.get_orders(
+                self.marketplace_ids,
+                last_updated_after=since,
+                last_updated_before=before,
+                next_token=token,
+            )
+            pages += 1
+            if pages == 1:
+                self.last_window_end = _bound(page.get("LastUpdatedBefore")) or before
+            for order in page["Orders"]:
+                yield self._with_items(order)
+            token = page.get("NextToken") or None
+            if token is None:
+                log.info("amazon.poll_done", account=self.account.name, pages=pages)
+                return
+
+    def get_order(self, external_id: str) -> CanonicalOrder:
+        return self._with_items(self.client.get_order(external_id))
+
+    # ------------------------------------------------------------------ writing
+
+    def push_fulfillment(
+        self, external_id: str, *, tracking_number: str, carrier: str, idempotency_key: str
+    ) -> None:
+        """``confirmShipment`` for every item not shipped yet, in one package.
+
+        Amazon has no idempotency key: the order's status is checked first (a shipped order is
+        left alone), and the package reference id is derived from our key, so a retry after a
+        lost answer either finds the order shipped or sends the very same package.
+        """
+        order = self.client.get_order(external_id)
+        status = order.get("OrderStatus")
+        if status in _SHIPPED:
+            log.info("amazon.already_shipped", account=self.account.name)
+            return
+        if status == "Canceled":
+            raise PermanentError(f"confirmShipment: order is cancelled ({external_id})")
+        items = _unshipped(self.client.all_order_items(external_id))
+        if not items:
+            return
+        body = {
+            "marketplaceId": order.get("MarketplaceId") or self.marketplace_ids[0],
+            "packageDetail": {
+                "packageReferenceId": package_reference_id(idempotency_key),
+                # carrierName is only required with carrierCode "Other"; sending both is accepted
+                "carrierCode": carrier,
+                "carrierName": carrier,
+                "trackingNumber": tracking_number,
+                "shipDate": self._clock().astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "orderItems": items,
+            },
+        }
+        self.client.confirm_shipment(external_id, body)
+
+    def push_stock(self, quantities: Mapping[str, int]) -> None:
+        raise PermanentError(
+            "amazon: stock push is not supported (quantities go through the Listings Items or "
+            "Feeds API, which this connector does not implement)",
+            code="NotImplemented",
+        )
+
+    def test_connection(self) -> str:
+        page = self.client.get_orders(
+            self.marketplace_ids,
+            last_updated_after=self._clock() - dt.timedelta(days=1),
+            max_results=1,
+        )
+        return (
+            f"Amazon SP-API: {len(self.marketplace_ids)} marketplace(s), "
+            f"{len(page['Orders'])} order(s) updated in the last day on the first page"
+        )
+
+
+def _unshipped(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``confirmShipment`` order items: what is ordered and not yet shipped, per item."""
+    result = []
+    for index, item in enumerate(items):
+        try:
+            item_id = item["OrderItemId"]
+            remaining = int(item["QuantityOrdered"]) - int(item.get("QuantityShipped") or 0)
+        except (KeyError, TypeError, ValueError):
+            raise PayloadError(
+                f"getOrderItems: OrderItems.{index}.OrderItemId/QuantityOrdered unusable"
+            ) from None
+        if remaining > 0:
+            result.append({"orderItemId": str(item_id), "quantity": remaining})
+    return result
+
+
+def _bound(value: Any) -> dt.datetime | None:
+    try:
+        parsed = parse_timestamp(value)
+        if isinstance(parsed, str):
+            parsed = dt.datetime.fromisoformat(parsed.replace("Z", "+00:00"))
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(parsed, dt.datetime) or parsed.tzinfo is None:
+        return None
+    return parsed.astimezone(dt.UTC)

@@ -1,0 +1,186 @@
+"""The GraphQL Admin API (2026-07) documents the Shopify client sends, with cost estimates.
+
+Cost estimates follow Shopify's static analysis: an object costs 1, a scalar 0, a connection
+2 + ``first`` × the cost of one node; nested connections multiply. That is why the poll is two
+steps: a cheap page of order ids (``orders(first: 100)`` ≈ 102 points) and then the orders
+themselves in chunks via ``nodes(ids:)`` sized to the bucket: one page of 50 orders with
+their line items would request several thousand points, more than a whole bucket
+(``MAX_COST_EXCEEDED``). The client corrects these estimates from ``requestedQueryCost``.
+https://shopify.dev/docs/api/usage/limits#cost-calculation
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "API_VERSION",
+    "FULFILLMENT_CREATE",
+    "INVENTORY_ITEMS_BY_SKU",
+    "INVENTORY_SET_QUANTITIES",
+    "LINE_ITEMS_FIRST",
+    "LOCATIONS",
+    "ORDER",
+    "ORDERS_BY_IDS",
+    "ORDERS_PAGE_SIZE",
+    "ORDERS_UPDATED_SINCE",
+    "ORDER_CANCEL",
+    "ORDER_FULFILLMENT_STATE",
+    "ORDER_LINE_ITEMS",
+    "SHOP",
+    "order_cost",
+]
+
+API_VERSION = "2026-07"
+
+#: order ids per page of the poll (Shopify allows up to 250 per connection)
+ORDERS_PAGE_SIZE = 100
+#: line items fetched with each order; orders with more get the rest via ORDER_LINE_ITEMS
+LINE_ITEMS_FIRST = 10
+#: line items per follow-up page
+LINE_ITEMS_PAGE = 50
+
+_MONEY = "shopMoney { amount currencyCode }"
+
+_LINE_ITEM_FIELDS = f"""
+  id sku name title variantTitle quantity
+  originalUnitPriceSet {{ {_MONEY} }}
+  taxLines {{ rate title priceSet {{ {_MONEY} }} }}
+  discountAllocations {{ allocatedAmountSet {{ {_MONEY} }} }}
+"""
+#: LineItem 1 + unit price bag 2 + a tax line ~3 + a discount allocation ~3
+LINE_ITEM_COST = 9
+
+ORDER_FIELDS = f"""
+fragment OrderFields on Order {{
+  id legacyResourceId name email test currencyCode
+  createdAt updatedAt cancelledAt cancelReason closedAt
+  displayFinancialStatus displayFulfillmentStatus
+  subtotalPriceSet {{ {_MONEY} }}
+  totalPriceSet {{ {_MONEY} }}
+  totalTaxSet {{ {_MONEY} }}
+  totalDiscountsSet {{ {_MONEY} }}
+  totalShippingPriceSet {{ {_MONEY} }}
+  customer {{ firstName lastName }}
+  shippingAddress {{
+    name firstName lastName company address1 address2 city province provinceCode zip
+    countryCodeV2 phone
+  }}
+  lineItems(first: $lineItemsFirst) {{
+    pageInfo {{ hasNextPage endCursor }}
+    nodes {{ {_LINE_ITEM_FIELDS} }}
+  }}
+}}
+"""
+#: Order 1 + five money bags × 2 + customer 1 + shipping address 1
+ORDER_BASE_COST = 13
+
+
+def order_cost(line_items_first: int = LINE_ITEMS_FIRST) -> int:
+    return ORDER_BASE_COST + 2 + line_items_first * LINE_ITEM_COST
+
+
+ORDERS_UPDATED_SINCE = """
+query OrdersUpdatedSince($first: Int!, $after: String, $query: String!) {
+  orders(first: $first, after: $after, query: $query, sortKey: UPDATED_AT) {
+    pageInfo { hasNextPage endCursor }
+    nodes { id updatedAt }
+  }
+}
+"""
+
+ORDERS_BY_IDS = (
+    """
+query OrdersByIds($ids: [ID!]!, $lineItemsFirst: Int!) {
+  nodes(ids: $ids) { ... on Order { ...OrderFields } }
+}
+"""
+    + ORDER_FIELDS
+)
+
+ORDER = (
+    """
+query Order($id: ID!, $lineItemsFirst: Int!) {
+  order(id: $id) { ...OrderFields }
+}
+"""
+    + ORDER_FIELDS
+)
+
+ORDER_LINE_ITEMS = f"""
+query OrderLineItems($id: ID!, $first: Int!, $after: String) {{
+  order(id: $id) {{
+    lineItems(first: $first, after: $after) {{
+      pageInfo {{ hasNextPage endCursor }}
+      nodes {{ {_LINE_ITEM_FIELDS} }}
+    }}
+  }}
+}}
+"""
+
+ORDER_FULFILLMENT_STATE = """
+query OrderFulfillmentState($id: ID!) {
+  order(id: $id) {
+    id cancelledAt
+    fulfillmentOrders(first: 20) {
+      nodes { id status assignedLocation { location { id } } }
+    }
+    fulfillments(first: 20) { id status trackingInfo(first: 5) { number company } }
+  }
+}
+"""
+FULFILLMENT_STATE_COST = 1 + (2 + 20 * 3) + 20 * 2
+
+# https://shopify.dev/docs/api/admin-graphql/2026-07/mutations/fulfillmentCreate
+FULFILLMENT_CREATE = """
+mutation FulfillmentCreate($fulfillment: FulfillmentInput!, $message: String) {
+  fulfillmentCreate(fulfillment: $fulfillment, message: $message) {
+    fulfillment { id status trackingInfo(first: 5) { number company url } }
+    userErrors { field message }
+  }
+}
+"""
+MUTATION_COST = 10  # Shopify's documented flat cost of a mutation
+
+INVENTORY_ITEMS_BY_SKU = """
+query InventoryItemsBySku($first: Int!, $query: String!) {
+  inventoryItems(first: $first, query: $query) { nodes { id sku } }
+}
+"""
+
+LOCATIONS = """
+query Locations($first: Int!) {
+  locations(first: $first, query: "active:true") { nodes { id name } }
+}
+"""
+
+# As of 2026-04 the @idempotent directive is mandatory for this mutation, and every quantity
+# must carry changeFromQuantity (null = no compare-and-swap: we are the source of truth).
+# https://shopify.dev/changelog/making-idempotency-mandatory-for-inventory-adjustments-and-refund-mutations
+# https://shopify.dev/docs/api/admin-graphql/2026-07/mutations/inventorySetQuantities
+INVENTORY_SET_QUANTITIES = """
+mutation InventorySetQuantities($input: InventorySetQuantitiesInput!, $idempotencyKey: String!) {
+  inventorySetQuantities(input: $input) @idempotent(key: $idempotencyKey) {
+    inventoryAdjustmentGroup { id reason changes { name delta quantityAfterChange } }
+    userErrors { code field message }
+  }
+}
+"""
+#: Shopify refuses any input array longer than 250 items
+#: https://shopify.dev/docs/api/usage/limits#input-limits
+INVENTORY_SET_MAX = 250
+
+# https://shopify.dev/docs/api/admin-graphql/2026-07/mutations/orderCancel
+ORDER_CANCEL = """
+mutation OrderCancel($orderId: ID!, $reason: OrderCancelReason!,
+                     $refundMethod: OrderCancelRefundMethodInput!, $restock: Boolean!,
+                     $notifyCustomer: Boolean, $staffNote: String) {
+  orderCancel(orderId: $orderId, reason: $reason, refundMethod: $refundMethod,
+              restock: $restock, notifyCustomer: $notifyCustomer, staffNote: $staffNote) {
+    job { id done }
+    orderCancelUserErrors { field message code }
+  }
+}
+"""
+
+SHOP = """
+query Shop { shop { name myshopifyDomain } }
+"""

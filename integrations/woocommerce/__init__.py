@@ -1,0 +1,1 @@
+"""WooCommerce: REST v3 client, order payloads, mapper, webhook checks and the connector."""

@@ -1,0 +1,189 @@
+"""Intake: write a canonical order into ``orders`` / ``order_lines``, once, newest data winning.
+
+Invariant 1 (one order per external order) rests on the unique key
+``(channel_account_id, external_id)`` and an ``INSERT … ON CONFLICT DO NOTHING``; invariant 2
+(newer never loses to older) on a conditional ``UPDATE … WHERE external_updated_at < :new``.
+Both are single statements, so any number of concurrent webhooks, polls and retries for the same
+order end with one row holding the newest data, whatever the interleaving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.base import utcnow
+from db.models import Order, OrderEvent, OrderLine
+from integrations.canonical import CanonicalOrder
+from orders.states import OrderState, can_transition
+
+__all__ = ["IntakeOutcome", "IntakeResult", "apply_order", "record_event"]
+
+
+class IntakeOutcome(StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    STALE = "stale"  # older than (or as old as) what we hold: ignored on purpose
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    order_id: int
+    outcome: IntakeOutcome
+    state: OrderState
+
+
+def _order_values(order: CanonicalOrder) -> dict[str, Any]:
+    return {
+        "external_number": order.external_number,
+        "financial_status": order.financial_status,
+        "fulfillment_status": order.fulfillment_status,
+        "currency": order.currency,
+        "subtotal": order.subtotal,
+        "tax_total": order.tax_total,
+        "shipping_total": order.shipping_total,
+        "discount_total": order.discount_total,
+        "total": order.total,
+        "buyer_name": order.buyer_name,
+        "buyer_email": order.buyer_email,
+        "shipping_address": (
+            order.shipping_address.model_dump(exclude_none=True) if order.shipping_address else None
+        ),
+        "payment_collected_by_marketplace": order.payment_collected_by_marketplace,
+        "external_created_at": order.created_at,
+        "external_updated_at": order.updated_at,
+        "cancelled_at": order.cancelled_at,
+        "raw": order.raw,
+    }
+
+
+def _insert(session: Session) -> Any:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(Order)
+    if dialect == "sqlite":
+        return sqlite.insert(Order)
+    raise NotImplementedError(f"upsert not implemented for {dialect}")
+
+
+def record_event(
+    session: Session,
+    order_id: int,
+    *,
+    actor: str,
+    kind: str,
+    from_state: str | None = None,
+    to_state: str | None = None,
+    **detail: Any,
+) -> None:
+    session.execute(
+        insert(OrderEvent).values(
+            order_id=order_id,
+            at=utcnow(),
+            actor=actor,
+            kind=kind,
+            from_state=from_state,
+            to_state=to_state,
+            detail=detail,
+        )
+    )
+
+
+def _replace_lines(session: Session, order_id: int, order: CanonicalOrder) -> None:
+    session.execute(delete(OrderLine).where(OrderLine.order_id == order_id))
+    if order.lines:
+        session.execute(
+            insert(OrderLine),
+            [
+                {
+                    "order_id": order_id,
+                    "external_id": line.external_id,
+                    "sku": line.sku,
+                    "title": line.title[:500],
+                    "quantity": line.quantity,
+                    "unit_price": line.unit_price,
+                    "tax": line.tax,
+                    "total": line.total,
+                }
+                for line in order.lines
+            ],
+        )
+
+
+def apply_order(
+    session: Session, account_id: int, order: CanonicalOrder, *, actor: str
+) -> IntakeResult:
+    """Create the order, update it if this data is newer, or leave it if this data is stale."""
+    values = _order_values(order)
+    now = utcnow()
+    initial_state = OrderState.CANCELLED if order.status == OrderState.CANCELLED else OrderState.NEW
+    created_id = session.execute(
+        _insert(session)
+        .values(
+            channel_account_id=account_id,
+            channel=order.channel.value,
+            external_id=order.external_id,
+            state=initial_state.value,
+            version=1,
+            attempts=0,
+            created_at=now,
+            updated_at=now,
+            **values,
+        )
+        .on_conflict_do_nothing(index_elements=["channel_account_id", "external_id"])
+        .returning(Order.id)
+    ).scalar_one_or_none()
+    if created_id is not None:
+        _replace_lines(session, created_id, order)
+        record_event(
+            session,
+            created_id,
+            actor=actor,
+            kind="received",
+            to_state=initial_state.value,
+            external_updated_at=order.updated_at.isoformat(),
+        )
+        return IntakeResult(created_id, IntakeOutcome.CREATED, initial_state)
+
+    key = (Order.channel_account_id == account_id) & (Order.external_id == order.external_id)
+    row = session.execute(
+        update(Order)
+        .where(key, Order.external_updated_at < order.updated_at)
+        .values(**values, version=Order.version + 1, updated_at=now)
+        .returning(Order.id, Order.state)
+    ).one_or_none()
+    if row is None:
+        current = session.execute(select(Order.id, Order.state).where(key)).one()
+        return IntakeResult(current.id, IntakeOutcome.STALE, OrderState(current.state))
+
+    order_id, state = row.id, OrderState(row.state)
+    _replace_lines(session, order_id, order)
+    record_event(
+        session,
+        order_id,
+        actor=actor,
+        kind="updated",
+        external_updated_at=order.updated_at.isoformat(),
+    )
+    if order.status == OrderState.CANCELLED and can_transition(state, OrderState.CANCELLED):
+        session.execute(
+            update(Order)
+            .where(Order.id == order_id)
+            .values(state=OrderState.CANCELLED.value, version=Order.version + 1)
+        )
+        record_event(
+            session,
+            order_id,
+            actor=actor,
+            kind="transition",
+            from_state=state.value,
+            to_state=OrderState.CANCELLED.value,
+            reason="cancelled on the marketplace",
+        )
+        state = OrderState.CANCELLED
+    return IntakeResult(order_id, IntakeOutcome.UPDATED, state)

@@ -1,0 +1,195 @@
+"""The ``ordersync`` command line (typer)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ordersync.logging import configure_logging
+from ordersync.settings import get_settings
+
+__all__ = ["main"]
+
+cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+db_cli = typer.Typer(no_args_is_help=True, help="Database migrations.")
+cli.add_typer(db_cli, name="db")
+console = Console(stderr=True)
+
+
+def _setup_logging() -> None:
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+
+
+@cli.command()
+def config(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Print the effective settings (secrets masked)."""
+    values = get_settings().masked()
+    if as_json:
+        print(json.dumps(values, default=str))
+        return
+    table = Table("setting", "value", title="ordersync settings (env prefix ORDERSYNC_)")
+    for key, value in values.items():
+        table.add_row(key.upper(), str(value))
+    Console().print(table)
+
+
+@db_cli.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    from db.migrate import upgrade
+    from ordersync.settings import mask_url
+
+    upgrade(revision=revision)
+    console.print(f"database at {revision}: {mask_url(get_settings().database_url)}")
+
+
+@db_cli.command("downgrade")
+def db_downgrade(revision: str) -> None:
+    """Revert migrations down to REVISION (e.g. -1, base)."""
+    from db.migrate import downgrade
+
+    downgrade(revision=revision)
+
+
+@cli.command()
+def web(
+    host: Annotated[str | None, typer.Option()] = None,
+    port: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Run the web app: webhooks, staff dashboard, JSON API."""
+    import uvicorn
+
+    from web.app import create_app
+
+    _setup_logging()
+    settings = get_settings()
+    uvicorn.run(
+        create_app(),
+        host=host or settings.web_host,
+        port=port or settings.web_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@cli.command()
+def worker(
+    concurrency: Annotated[int | None, typer.Option("-c", "--concurrency")] = None,
+    queues: Annotated[str | None, typer.Option("-Q", "--queues", help="comma-separated")] = None,
+    pool: Annotated[str, typer.Option(help="prefork, threads or solo")] = "prefork",
+) -> None:
+    """Run a Celery worker on all queues (or --queues)."""
+    from workflows import app
+
+    _setup_logging()
+    settings = get_settings()
+    app.worker_main(
+        [
+            "worker",
+            "--queues", queues or ",".join(settings.queues),
+            "--concurrency", str(concurrency or settings.worker_concurrency),
+            "--pool", pool,
+            "--loglevel", settings.log_level,
+            "--hostname", f"ordersync-{os.getpid()}@{socket.gethostname()}",
+            "--without-mingle",
+            "--without-gossip",
+        ]
+    )  # fmt: skip
+
+
+@cli.command()
+def beat() -> None:
+    """Run Celery Beat (exactly one per deployment): polls, nightly sync, sweeper."""
+    from workflows import app
+
+    _setup_logging()
+    settings = get_settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    app.start(
+        [
+            "beat",
+            "--schedule", str(settings.var_dir / "celerybeat-schedule"),
+            "--loglevel", settings.log_level,
+        ]
+    )  # fmt: skip
+
+
+def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@cli.command()
+def up(
+    workers: Annotated[int, typer.Option(help="worker processes")] = 1,
+) -> None:
+    """Run everything in one command: web, worker(s), Beat (and the embedded Redis)."""
+    from db.migrate import upgrade
+    from ordersync.runtime import embedded_redis, redis_url
+    from ordersync.supervisor import ProcessGroup
+
+    _setup_logging()
+    settings = get_settings()
+    redis_url()  # the embedded server when no URL is set; children inherit the URL
+    upgrade()
+    group = ProcessGroup(env=dict(os.environ))
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    code = 0
+    try:
+        group.start("web", ["web"])
+        for i in range(workers):
+            group.start(f"worker-{i + 1}", ["worker"])
+        group.start("beat", ["beat"])
+        console.print(
+            f"ordersync is up: http://{settings.web_host}:{settings.web_port}/ (Ctrl-C stops)"
+        )
+        dead = group.wait()
+        console.print(f"[red]{dead.name} exited ({dead.process and dead.process.returncode})")
+        code = 1
+    except KeyboardInterrupt:
+        console.print("stopping…")
+    finally:
+        group.stop()
+        embedded_redis().stop()
+    raise typer.Exit(code)
+
+
+@cli.command()
+def demo(
+    orders: Annotated[int, typer.Option(help="orders the sandbox sends")] = 200,
+    as_json: Annotated[bool, typer.Option("--json", help="summary as JSON on the last line")] = False,
+    keep: Annotated[bool, typer.Option(help="leave everything running afterwards")] = False,
+    duplicate_rate: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.15,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for processing")] = 300.0,
+) -> None:
+    """Start everything plus the sandbox, send N signed order webhooks, report what happened."""
+    from ordersync.demo import run_demo
+
+    code = run_demo(
+        orders=orders,
+        as_json=as_json,
+        keep=keep,
+        duplicate_rate=duplicate_rate,
+        timeout_s=timeout,
+    )
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    cli(prog_name="ordersync")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Webhook receiver, staff dashboard and JSON API (FastAPI)."""

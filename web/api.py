@@ -1,0 +1,163 @@
+"""Staff JSON API: where every order stands, what is stuck and why, and safe retries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, selectinload
+
+from db.models import ChannelAccount, InboxEvent, Order
+from db.session import get_sessionmaker
+from orders.states import InboxStatus, OrderState
+from workflows.publish import publish_after_commit
+from workflows.tasks import process_event
+
+__all__ = ["router", "summary"]
+
+router = APIRouter(prefix="/api", tags=["staff"])
+
+
+def _order_json(order: Order, *, detail: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": order.id,
+        "channel": order.channel,
+        "external_id": order.external_id,
+        "external_number": order.external_number,
+        "state": order.state,
+        "currency": order.currency,
+        "total": str(order.total),
+        "external_updated_at": order.external_updated_at.isoformat(),
+        "failed_step": order.failed_step,
+        "last_error": order.last_error,
+        "attempts": order.attempts,
+        "version": order.version,
+    }
+    if detail:
+        out["lines"] = [
+            {
+                "sku": line.sku,
+                "title": line.title,
+                "quantity": line.quantity,
+                "unit_price": str(line.unit_price),
+                "tax": str(line.tax),
+                "total": str(line.total),
+            }
+            for line in order.lines
+        ]
+        out["events"] = [
+            {
+                "at": ev.at.isoformat(),
+                "actor": ev.actor,
+                "kind": ev.kind,
+                "from": ev.from_state,
+                "to": ev.to_state,
+                "detail": ev.detail,
+            }
+            for ev in order.events
+        ]
+    return out
+
+
+def summary(session: Session) -> dict[str, Any]:
+    """Counts staff look at first: orders by state and channel, inbox by status."""
+    by_state = dict(session.execute(select(Order.state, func.count()).group_by(Order.state)).all())
+    by_channel = dict(
+        session.execute(select(Order.channel, func.count()).group_by(Order.channel)).all()
+    )
+    inbox = dict(
+        session.execute(select(InboxEvent.status, func.count()).group_by(InboxEvent.status)).all()
+    )
+    return {
+        "orders": sum(by_state.values()),
+        "by_state": by_state,
+        "by_channel": by_channel,
+        "inbox": inbox,
+    }
+
+
+@router.get("/summary")
+def get_summary() -> dict[str, Any]:
+    with get_sessionmaker()() as session:
+        return summary(session)
+
+
+@router.get("/orders")
+def list_orders(
+    state: OrderState | None = None,
+    channel: str | None = None,
+    limit: int = Query(50, ge=1, le=500),
+    before_id: int | None = None,
+) -> dict[str, Any]:
+    query = select(Order).order_by(Order.id.desc()).limit(limit)
+    if state is not None:
+        query = query.where(Order.state == state.value)
+    if channel:
+        query = query.where(Order.channel == channel)
+    if before_id:
+        query = query.where(Order.id < before_id)
+    with get_sessionmaker()() as session:
+        orders = session.scalars(query).all()
+        return {"orders": [_order_json(o) for o in orders]}
+
+
+@router.get("/orders/{order_id}")
+def get_order(order_id: int) -> dict[str, Any]:
+    with get_sessionmaker()() as session:
+        order = session.scalars(
+            select(Order)
+            .where(Order.id == order_id)
+            .options(selectinload(Order.lines), selectinload(Order.events))
+        ).one_or_none()
+        if order is None:
+            raise HTTPException(404, "no such order")
+        return _order_json(order, detail=True)
+
+
+def _inbox_json(event: InboxEvent, account: str) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "channel": event.channel,
+        "account": account,
+        "topic": event.topic,
+        "status": event.status,
+        "error": event.error,
+        "attempts": event.attempts,
+        "order_id": event.order_id,
+        "received_at": event.received_at.isoformat(),
+        "bytes": len(event.body),
+    }
+
+
+@router.get("/inbox")
+def list_inbox(
+    status: InboxStatus | None = None, limit: int = Query(50, ge=1, le=500)
+) -> dict[str, Any]:
+    query = (
+        select(InboxEvent, ChannelAccount.name)
+        .join(ChannelAccount, ChannelAccount.id == InboxEvent.channel_account_id)
+        .order_by(InboxEvent.id.desc())
+        .limit(limit)
+    )
+    if status is not None:
+        query = query.where(InboxEvent.status == status.value)
+    with get_sessionmaker()() as session:
+        return {"events": [_inbox_json(ev, name) for ev, name in session.execute(query).all()]}
+
+
+@router.post("/inbox/{inbox_id}/retry")
+def retry_inbox(inbox_id: int) -> dict[str, Any]:
+    """Put a failed delivery back in the queue (e.g. after a mapper fix). Safe to repeat."""
+    with get_sessionmaker()() as session, session.begin():
+        changed = session.execute(
+            update(InboxEvent)
+            .where(InboxEvent.id == inbox_id, InboxEvent.status == InboxStatus.FAILED)
+            .values(status=InboxStatus.RECEIVED, error=None)
+        ).rowcount
+        if not changed:
+            if session.get(InboxEvent, inbox_id) is None:
+                raise HTTPException(404, "no such inbox event")
+            raise HTTPException(409, "only failed events can be retried")
+        publish_after_commit(session, process_event.si(inbox_id))
+    return {"id": inbox_id, "status": InboxStatus.RECEIVED}

@@ -1,0 +1,140 @@
+"""The webhook receiver: verify, store, answer, then publish (invariant 7).
+
+``POST /webhooks/{channel}/{account}``:
+
+1. look up the account (404 if unknown or not of that channel);
+2. verify the signature over the *raw* body, constant-time (401 and a log line if bad; nothing
+   is stored);
+3. insert the raw delivery into ``inbox_events`` with the channel's dedupe key,
+   ``ON CONFLICT DO NOTHING`` (a redelivery of the same webhook is absorbed here);
+4. commit, answer 200, and only then publish ``process_event(inbox_id)`` (if the row is new).
+
+The body is never parsed here: a payload we cannot parse is still stored and answered 200, and
+the task marks it ``failed`` with the parse error for staff to see.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import structlog
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.base import utcnow
+from db.models import ChannelAccount, InboxEvent
+from db.session import get_sessionmaker
+from integrations.shopify import webhooks as shopify_webhooks
+from orders.states import Channel, InboxStatus
+from workflows.publish import publish_after_commit
+from workflows.tasks import process_event
+
+__all__ = ["RECEIVERS", "Receiver", "router"]
+
+log = structlog.get_logger(__name__)
+router = APIRouter(tags=["webhooks"])
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """How one marketplace signs, names and identifies its deliveries."""
+
+    signature_header: str
+    verify: Callable[[str, bytes, str | None], bool]
+    topic: Callable[[Mapping[str, str]], str]
+    dedupe_key: Callable[[Mapping[str, str], bytes], str]
+    kept_headers: Callable[[Mapping[str, str]], dict[str, str]]
+    # an unsigned "ping" that must be answered 200 and otherwise ignored (WooCommerce)
+    is_ping: Callable[[Mapping[str, str], bytes], bool] = lambda _h, _b: False
+
+
+def _shopify_dedupe(headers: Mapping[str, str], body: bytes) -> str:
+    webhook_id = headers.get("x-shopify-webhook-id")
+    if webhook_id:
+        return webhook_id
+    topic = headers.get("x-shopify-topic", "")
+    return f"body:{topic}:{hashlib.sha256(body).hexdigest()}"
+
+
+RECEIVERS: dict[Channel, Receiver] = {
+    Channel.SHOPIFY: Receiver(
+        signature_header="x-shopify-hmac-sha256",
+        verify=shopify_webhooks.verify_signature,
+        topic=lambda h: h.get("x-shopify-topic", "unknown"),
+        dedupe_key=_shopify_dedupe,
+        kept_headers=shopify_webhooks.kept_headers,
+    ),
+}
+
+
+def _account(session: Session, channel: Channel, name: str) -> ChannelAccount | None:
+    return session.execute(
+        select(ChannelAccount).where(
+            ChannelAccount.name == name,
+            ChannelAccount.channel == channel.value,
+            ChannelAccount.active.is_(True),
+        )
+    ).scalar_one_or_none()
+
+
+def _store(channel: Channel, account_name: str, headers: dict[str, str], body: bytes) -> dict[str, object]:
+    receiver = RECEIVERS[channel]
+    with get_sessionmaker()() as session, session.begin():
+        account = _account(session, channel, account_name)
+        if account is None:
+            log.warning("webhook.unknown_account", channel=channel.value, account=account_name)
+            raise HTTPException(404, "unknown account")
+        if receiver.is_ping(headers, body):
+            log.info("webhook.ping", channel=channel.value, account=account_name)
+            return {"status": "ping"}
+        if not receiver.verify(account.webhook_secret or "", body, headers.get(receiver.signature_header)):
+            log.warning(
+                "webhook.bad_signature",
+                channel=channel.value,
+                account=account_name,
+                topic=receiver.topic(headers),
+                bytes=len(body),
+            )
+            raise HTTPException(401, "invalid signature")
+        dedupe_key = receiver.dedupe_key(headers, body)
+        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        inbox_id = session.execute(
+            insert(InboxEvent)
+            .values(
+                channel_account_id=account.id,
+                channel=channel.value,
+                topic=receiver.topic(headers)[:100],
+                dedupe_key=dedupe_key[:255],
+                headers=receiver.kept_headers(headers),
+                body=body,
+                status=InboxStatus.RECEIVED.value,
+                attempts=0,
+                received_at=utcnow(),
+            )
+            .on_conflict_do_nothing(index_elements=["channel_account_id", "dedupe_key"])
+            .returning(InboxEvent.id)
+        ).scalar_one_or_none()
+        if inbox_id is None:
+            log.info("webhook.duplicate", channel=channel.value, account=account_name)
+            return {"status": "duplicate"}
+        publish_after_commit(session, process_event.si(inbox_id))
+    log.info("webhook.accepted", channel=channel.value, account=account_name, inbox_id=inbox_id)
+    return {"status": "accepted", "inbox_id": inbox_id}
+
+
+@router.post("/webhooks/{channel}/{account}")
+async def receive(channel: str, account: str, request: Request) -> dict[str, object]:
+    try:
+        ch = Channel(channel)
+    except ValueError:
+        raise HTTPException(404, "unknown channel") from None
+    if ch not in RECEIVERS:
+        raise HTTPException(404, f"{channel} does not send webhooks")
+    body = await request.body()
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    return await run_in_threadpool(_store, ch, account, headers, body)

@@ -1,0 +1,87 @@
+"""The Celery application: queues and the reliability settings of DESIGN.md.
+
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged only after its
+  task finished, so a worker that dies mid-task leaves it to be delivered again (tasks are
+  idempotent: they reload state and skip what is done).
+- ``worker_prefetch_multiplier = 1``: a worker holds one message at a time, so a crash strands
+  at most one and long tasks do not sit behind each other.
+- One ``visibility_timeout`` for the broker and the result backend, longer than any task or
+  countdown: Redis redelivers an unacknowledged message after it, to whoever asks.
+- JSON only; explicit task names; ``result_expires`` longer than any chord can take.
+
+The broker URL is resolved lazily (on first use), so importing this module never starts Redis.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from ordersync.settings import get_settings
+
+__all__ = ["app"]
+
+app = Celery("ordersync")
+
+
+def _config() -> dict[str, Any]:
+    from ordersync.runtime import redis_url
+
+    settings = get_settings()
+    url = redis_url()
+    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    return {
+        "broker_url": url,
+        "result_backend": url,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "visibility_timeout": settings.visibility_timeout_s,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_concurrency": settings.worker_concurrency,
+        "task_time_limit": settings.task_time_limit_s,
+        "task_soft_time_limit": max(1, settings.task_time_limit_s - 30),
+        "result_expires": max(86_400, settings.visibility_timeout_s * 2),
+        "result_extended": True,
+        "task_track_started": True,
+        "task_default_queue": settings.queue_orders,
+        "task_queues": [Queue(name, routing_key=name) for name in settings.queues],
+        "task_routes": {
+            "ordersync.intake.*": {"queue": settings.queue_intake},
+            "ordersync.orders.*": {"queue": settings.queue_orders},
+            "ordersync.sync.*": {"queue": settings.queue_sync},
+            "ordersync.documents.*": {"queue": settings.queue_documents},
+            "ordersync.outbound.*": {"queue": settings.queue_outbound},
+            "ordersync.maintenance.*": {"queue": settings.queue_intake},
+        },
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "timezone": "UTC",
+        "enable_utc": True,
+        "beat_schedule": _beat_schedule(),
+    }
+
+
+def _beat_schedule() -> dict[str, Any]:
+    settings = get_settings()
+    return {
+        "sweep-unprocessed": {
+            "task": "ordersync.maintenance.sweep",
+            # half the age at which rows count as stuck: nothing waits much longer than that
+            "schedule": max(5.0, settings.sweep_after_s / 2),
+            "options": {"expires": max(5.0, settings.sweep_after_s / 2)},
+        },
+    }
+
+
+app.add_defaults(_config)
+app.autodiscover_tasks(["workflows"], related_name="tasks", force=False)

@@ -1,0 +1,185 @@
+"""Tasks. Each takes ids, reloads state, does its one step only if not done yet.
+
+- ``ordersync.intake.process_event(inbox_id)``: parse and apply one webhook delivery.
+- ``ordersync.maintenance.sweep()``: republish committed work that never got processed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pydantic
+import structlog
+from sqlalchemy import select, update
+
+from db.base import utcnow
+from db.models import ChannelAccount, InboxEvent, OutboxMessage
+from integrations import registry
+from integrations.errors import PayloadError
+from orders.intake import IntakeResult, apply_order
+from orders.states import Channel, InboxStatus
+from ordersync.settings import get_settings
+from workflows.base import OrdersyncTask
+from workflows.celery_app import app
+from workflows.publish import publish_after_commit
+
+__all__ = ["process_event", "sweep"]
+
+log = structlog.get_logger(__name__)
+
+
+class IntakeTask(OrdersyncTask):
+    def on_permanent_failure(
+        self, exc: Exception, args: Any, kwargs: Any, *, attempts: int
+    ) -> None:
+        inbox_id = args[0] if args else kwargs.get("inbox_id")
+        with self.transaction() as session:
+            session.execute(
+                update(InboxEvent)
+                .where(InboxEvent.id == inbox_id, InboxEvent.status == InboxStatus.RECEIVED)
+                .values(
+                    status=InboxStatus.FAILED,
+                    error=f"{type(exc).__name__}: {exc}"[:2000],
+                    attempts=attempts,
+                    processed_at=utcnow(),
+                )
+            )
+
+
+def _order_topic(
+    session: Any, event: InboxEvent, account: ChannelAccount, payload: dict[str, Any]
+) -> IntakeResult:
+    order = registry.mapper(Channel(event.channel))(payload, account.name)
+    return apply_order(session, account.id, order, actor=f"webhook:{event.channel}")
+
+
+# topic → handler; unknown topics are logged and kept as ``ignored``
+TOPIC_HANDLERS: dict[str, Callable[..., IntakeResult]] = {
+    topic: _order_topic
+    for topic in (
+        # Shopify
+        "orders/create",
+        "orders/updated",
+        "orders/cancelled",
+        "orders/paid",
+        "orders/fulfilled",
+        "orders/partially_fulfilled",
+        "orders/edited",
+        # WooCommerce
+        "order.created",
+        "order.updated",
+        "order.restored",
+    )
+}
+
+
+def _parse(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadError(f"body is not JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise PayloadError(f"body is JSON {type(payload).__name__}, expected an object")
+    return payload
+
+
+def _payload_error_message(exc: Exception) -> str:
+    if isinstance(exc, pydantic.ValidationError):
+        # field paths and error types only: the values may be customer data
+        parts = [
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:10]
+        ]
+        return f"payload does not map: {'; '.join(parts)}"
+    return str(exc)
+
+
+@app.task(
+    base=IntakeTask,
+    bind=True,
+    name="ordersync.intake.process_event",
+)
+def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
+    with self.transaction() as session:
+        event = session.execute(
+            select(InboxEvent).where(InboxEvent.id == inbox_id).with_for_update()
+        ).scalar_one_or_none()
+        if event is None:
+            log.warning("inbox.missing", inbox_id=inbox_id)
+            return {"inbox_id": inbox_id, "status": "missing"}
+        if event.status != InboxStatus.RECEIVED:
+            return {"inbox_id": inbox_id, "status": event.status, "order_id": event.order_id}
+        event.attempts += 1
+        account = session.get(ChannelAccount, event.channel_account_id)
+        assert account is not None  # FK
+        handler = TOPIC_HANDLERS.get(event.topic)
+        if handler is None:
+            log.info("inbox.ignored_topic", inbox_id=inbox_id, topic=event.topic)
+            event.status = InboxStatus.IGNORED
+            event.error = f"topic {event.topic!r} is not handled"
+            event.processed_at = utcnow()
+            return {"inbox_id": inbox_id, "status": event.status}
+        try:
+            payload = _parse(event.body)
+            with session.begin_nested():  # a failed mapping must not leave half an order
+                result = handler(session, event, account, payload)
+        except (PayloadError, pydantic.ValidationError) as exc:
+            message = _payload_error_message(exc)
+            log.warning("inbox.unparseable", inbox_id=inbox_id, error=message[:300])
+            event.status = InboxStatus.FAILED
+            event.error = message[:2000]
+            event.processed_at = utcnow()
+            return {"inbox_id": inbox_id, "status": event.status, "error": message}
+        event.status = InboxStatus.PROCESSED
+        event.order_id = result.order_id
+        event.error = "stale: older than the stored order" if result.outcome == "stale" else None
+        event.processed_at = utcnow()
+        log.info(
+            "inbox.processed",
+            inbox_id=inbox_id,
+            order_id=result.order_id,
+            outcome=result.outcome,
+        )
+        return {
+            "inbox_id": inbox_id,
+            "status": event.status,
+            "order_id": result.order_id,
+            "outcome": result.outcome,
+        }
+
+
+@app.task(base=OrdersyncTask, bind=True, name="ordersync.maintenance.sweep")
+def sweep(self: OrdersyncTask, limit: int = 500) -> dict[str, int]:
+    """Republish inbox events and outbox messages committed but not processed in time."""
+    cutoff = utcnow() - dt.timedelta(seconds=get_settings().sweep_after_s)
+    with self.transaction() as session:
+        stuck = session.scalars(
+            select(InboxEvent.id)
+            .where(InboxEvent.status == InboxStatus.RECEIVED, InboxEvent.received_at < cutoff)
+            .order_by(InboxEvent.id)
+            .limit(limit)
+        ).all()
+        for inbox_id in stuck:
+            publish_after_commit(session, process_event.si(inbox_id))
+        outbox = session.scalars(
+            select(OutboxMessage)
+            .where(
+                OutboxMessage.published_at.is_(None),
+                (OutboxMessage.not_before.is_(None)) | (OutboxMessage.not_before <= utcnow()),
+                OutboxMessage.created_at < cutoff,
+            )
+            .order_by(OutboxMessage.id)
+            .limit(limit)
+        ).all()
+        for message in outbox:
+            publish_after_commit(
+                session,
+                app.signature(message.task_name, args=message.args, queue=message.queue),
+            )
+            message.published_at = utcnow()
+            message.attempts += 1
+    if stuck or outbox:
+        log.info("sweep.republished", inbox=len(stuck), outbox=len(outbox))
+    return {"inbox": len(stuck), "outbox": len(outbox)}
