@@ -131,8 +131,8 @@ def map_order(payload: dict[str, Any], account: str) -> CanonicalOrder:
         raise PayloadError(f"amazon {version} order: invalid {_paths(exc)}") from None
     try:
         if isinstance(order, V0Order):
-            return _map_v0(order, account, payload)
-        return _map_new(order, account, payload)
+            return _map_v0(order, account, body)
+        return _map_new(order, account, body)
     except _Mismatch as exc:
         raise PayloadError(f"amazon {version} order: currency differs at {exc.path}") from None
     except pydantic.ValidationError as exc:

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from integrations.canonical import MoneyField
+from integrations.canonical import to_decimal
 
 __all__ = [
     "AmazonTimestamp",
@@ -63,6 +64,15 @@ def _aware(value: dt.datetime) -> dt.datetime:
     return value.astimezone(dt.UTC)
 
 
+def _money(value: Any) -> Decimal:
+    # canonical.to_decimal lets decimal.InvalidOperation through (not a ValueError, so pydantic
+    # would not turn it into a ValidationError with the field's path)
+    try:
+        return to_decimal(value)
+    except InvalidOperation:
+        raise ValueError("not a decimal amount") from None
+
+
 def _id_str(value: Any) -> Any:
     # ids are strings in every Amazon payload; an int would already have lost leading zeros
     if not isinstance(value, str):
@@ -71,6 +81,7 @@ def _id_str(value: Any) -> Any:
 
 
 AmazonTimestamp = Annotated[dt.datetime, BeforeValidator(parse_timestamp), AfterValidator(_aware)]
+MoneyField = Annotated[Decimal, BeforeValidator(_money)]
 IdStr = Annotated[str, BeforeValidator(_id_str), Field(min_length=1, max_length=64)]
 Currency = Annotated[str, Field(pattern=r"^[A-Za-z]{3}$")]
 #: booleans Amazon sends as "true"/"false" strings next to real booleans

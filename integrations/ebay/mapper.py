@@ -4,10 +4,10 @@ What means what (https://developer.ebay.com/api-docs/sell/fulfillment/types/sel:
 
 - ``subtotal`` = ``pricingSummary.priceSubtotal`` (all units of all lines, *before* discounts);
   ``discount_total`` = |``priceDiscount``| (eBay documents it as a negative number);
-  ``shipping_total`` = ``deliveryCost`` − |``deliveryDiscount``|; ``tax_total`` = ``tax``;
+  ``shipping_total`` = ``deliveryCost`` - |``deliveryDiscount``|; ``tax_total`` = ``tax``;
   ``total`` = ``pricingSummary.total``. The connector asks for ``fieldGroups=TAX_BREAKDOWN`` so
   that eBay Collect-and-Remit tax is inside the totals (the spec says it is left out otherwise).
-- A line's ``lineItemCost`` is unit price × quantity; its canonical ``total`` is the goods after
+- A line's ``lineItemCost`` is unit price * quantity; its canonical ``total`` is the goods after
   the line's promotions (``discountedLineItemCost``), like the other channels' line totals.
   eBay's own ``lineItems[].total`` also holds delivery and tax; it stays in ``raw``.
 - Status: ``cancelStatus.cancelState == CANCELED`` → ``cancelled``, anything else → ``new``;
@@ -146,7 +146,8 @@ def _build(order: EbayOrder, payload: dict[str, Any], account: str) -> Canonical
 
     cancel = order.cancelStatus
     cancelled = cancel is not None and cancel.cancelState == "CANCELED"
-    updated_at = _aware(order.lastModifiedDate, "lastModifiedDate")
+    updated_at = order.lastModifiedDate
+    _aware(updated_at, "lastModifiedDate")
     cancelled_at = _aware(cancel.cancelledDate if cancel else None, "cancelStatus.cancelledDate")
     if cancelled and cancelled_at is None:
         cancelled_at = updated_at

@@ -1,7 +1,7 @@
 """The GraphQL Admin API (2026-07) documents the Shopify client sends, with cost estimates.
 
 Cost estimates follow Shopify's static analysis: an object costs 1, a scalar 0, a connection
-2 + ``first`` × the cost of one node; nested connections multiply. That is why the poll is two
+2 + ``first`` x the cost of one node; nested connections multiply. That is why the poll is two
 steps: a cheap page of order ids (``orders(first: 100)`` ≈ 102 points) and then the orders
 themselves in chunks via ``nodes(ids:)`` sized to the bucket: one page of 50 orders with
 their line items would request several thousand points, more than a whole bucket
@@ -70,7 +70,7 @@ fragment OrderFields on Order {{
   }}
 }}
 """
-#: Order 1 + five money bags × 2 + customer 1 + shipping address 1
+#: Order 1 + five money bags x 2 + customer 1 + shipping address 1
 ORDER_BASE_COST = 13
 
 

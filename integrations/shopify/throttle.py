@@ -23,7 +23,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DEFAULT_MAXIMUM", "DEFAULT_RESTORE_RATE", "CostBucket", "ThrottleStatus", "shared_bucket"]
+__all__ = [
+    "DEFAULT_MAXIMUM",
+    "DEFAULT_RESTORE_RATE",
+    "CostBucket",
+    "ThrottleStatus",
+    "shared_bucket",
+]
 
 #: the documented defaults before the first response tells us the shop's real numbers
 DEFAULT_MAXIMUM = 1000.0
@@ -65,7 +71,10 @@ class ThrottleStatus:
                 return None
 
         return cls(
-            maximum, available, rate, _num(cost.get("requestedQueryCost")),
+            maximum,
+            available,
+            rate,
+            _num(cost.get("requestedQueryCost")),
             _num(cost.get("actualQueryCost")),
         )
 

@@ -74,7 +74,7 @@ def triggered_at(headers: Mapping[str, str]) -> dt.datetime | None:
     main, sep, rest = text.partition(".")
     if sep:  # trim the fraction to 6 digits, keep the offset
         digits = len(rest) - len(rest.lstrip("0123456789"))
-        text = f"{main}.{rest[:min(digits, 6)]}{rest[digits:]}"
+        text = f"{main}.{rest[: min(digits, 6)]}{rest[digits:]}"
         if digits == 0:
             return None
     try:

@@ -173,7 +173,9 @@ class WooCommerceConnector:
         unknown = sorted(set(quantities) - set(refs))
         if unknown:
             # the others were pushed; these SKUs have no listing in this shop
-            raise NotFound(f"woocommerce: {len(unknown)} SKU(s) not found in the shop")
+            raise NotFound(
+                f"woocommerce: {len(unknown)} SKU(s) not in the shop: {', '.join(unknown[:10])}"
+            )
 
     # -- misc ------------------------------------------------------------------------------
 

@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-FIXTURES = Path(__file__).resolve().parents[4] / ".." / "shared" / "fixtures" / "official" / "amazon"
+FIXTURES = (
+    Path(__file__).resolve().parents[4] / ".." / "shared" / "fixtures" / "official" / "amazon"
+)
 
 
 def load(name: str) -> Any:

@@ -103,7 +103,7 @@ def test_a_cancelled_order_is_cancelled_with_its_date_and_refund_status() -> Non
     assert order.marketplace_status == "CANCELED"
     assert order.cancelled_at == dt.datetime(2026, 1, 1, 7, 3, 18, 220000, tzinfo=dt.UTC)
     assert order.financial_status == "fully_refunded"
-    assert order.shipping_total == Decimal("0.00")  # 4.90 delivery − 4.90 delivery discount
+    assert order.shipping_total == Decimal("0.00")  # 4.90 delivery - 4.90 delivery discount
     assert order.total == Decimal("19.90")
     assert order.lines[0].sku is None  # auction line listed without SKU
     assert order.buyer_email == "katrin.mueller@example.de"

@@ -1,0 +1,198 @@
+"""eBay connector: the ``MarketplaceConnector`` for one seller account on the Sell Fulfillment API.
+
+Reads from ``account.credentials``: ``client_id`` and ``client_secret`` (the application
+keyset: App ID and Cert ID) and ``refresh_token`` (the seller's user refresh token, granted
+with the ``sell.fulfillment`` scope). ``account.api_base_url`` defaults to
+``https://api.ebay.com``; the sandbox simulator serves the same paths under ``/ebay``.
+
+- Polling pages ``getOrders`` by ``offset`` under ``lastmodifieddate:[since..until]``. eBay's
+  range is inclusive at both ends and refuses an end in the future (error 30850), so the end is
+  left open when it has not happened yet and orders modified at or after ``until`` are dropped
+  here, giving the ``[since, until)`` the protocol promises. Offset pages shift when orders are
+  modified mid-poll; an order seen twice in one poll is yielded once, and the poller's overlap
+  catches any that moved past us.
+- ``push_fulfillment`` is ``createShippingFulfillment`` with every line item of the order. The
+  API takes no idempotency key, so the tracking number is ours: we look at the order's
+  fulfillments first and do nothing if one already carries it (a retry after a lost answer).
+- ``push_stock`` is not part of the Fulfillment API: eBay quantities are set through the Sell
+  Inventory API (``bulkUpdatePriceQuantity``), which this connector does not cover yet; it
+  raises ``PermanentError`` so that a stock push to eBay is visible instead of silently lost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import structlog
+from pydantic import ValidationError as PydanticValidationError
+
+from integrations.base import AccountConfig, ConnectorSeams
+from integrations.canonical import CanonicalOrder
+from integrations.ebay.client import (
+    API_BASE_URL,
+    MAX_PAGE_LIMIT,
+    EbayClient,
+    ebay_timestamp,
+    lastmodified_filter,
+)
+from integrations.ebay.mapper import map_order
+from integrations.ebay.payloads import EbayOrder, EbayOrderPage, EbayShippingFulfillmentPage
+from integrations.errors import AuthError, Conflict, PayloadError, PermanentError
+from orders.states import Channel
+
+__all__ = ["EbayConnector"]
+
+log = structlog.get_logger(__name__)
+
+CREDENTIAL_KEYS = ("client_id", "client_secret", "refresh_token")
+
+
+class EbayConnector:
+    channel = Channel.EBAY
+
+    def __init__(
+        self,
+        account: AccountConfig,
+        seams: ConnectorSeams | None = None,
+        *,
+        page_limit: int = MAX_PAGE_LIMIT,
+    ) -> None:
+        seams = seams or ConnectorSeams()
+        creds = account.credentials
+        missing = [key for key in CREDENTIAL_KEYS if not creds.get(key)]
+        if missing:
+            raise AuthError(f"eBay account {account.name}: missing credentials {missing}")
+        self.account = account
+        self.clock = seams.clock
+        self.page_limit = max(1, min(page_limit, MAX_PAGE_LIMIT))
+        self.client = EbayClient(
+            account.api_base_url or API_BASE_URL,
+            client_id=str(creds["client_id"]),
+            client_secret=str(creds["client_secret"]),
+            refresh_token=str(creds["refresh_token"]),
+            clock=seams.clock,
+            account=account.name,
+            transport=seams.transport,
+            limiter=seams.limiter,
+            sleep=seams.sleep,
+        )
+
+    def __repr__(self) -> str:
+        return f"EbayConnector(account={self.account.name!r})"
+
+    def fetch_updated_orders(
+        self, since: dt.datetime, until: dt.datetime | None = None
+    ) -> Iterator[CanonicalOrder]:
+        end = until if until is not None and until <= self.clock() else None
+        query = lastmodified_filter(since, end)
+        seen: set[str] = set()
+        offset = 0
+        while True:
+            page = _page(self.client.get_orders(filter=query, limit=self.page_limit, offset=offset))
+            for raw in page.orders:
+                order = self._map(raw)
+                if until is not None and order.updated_at >= until:
+                    continue
+                if order.external_id in seen:
+                    continue
+                seen.add(order.external_id)
+                yield order
+            if not page.next or not page.orders:
+                return
+            following = _next_offset(page.next, offset + len(page.orders))
+            if following <= offset:
+                raise PayloadError(f"eBay getOrders: next page does not advance past {offset}")
+            if page.total is not None and following >= page.total:
+                return
+            offset = following
+
+    def get_order(self, external_id: str) -> CanonicalOrder:
+        return self._map(self.client.get_order(external_id))
+
+    def push_fulfillment(
+        self, external_id: str, *, tracking_number: str, carrier: str, idempotency_key: str
+    ) -> None:
+        if self._has_fulfillment(external_id, tracking_number):
+            log.info("ebay.fulfillment.exists", order=external_id, key=idempotency_key)
+            return
+        try:
+            order = EbayOrder.model_validate(self.client.get_order(external_id))
+        except PydanticValidationError:
+            raise PayloadError(f"eBay order {external_id}: line items unreadable") from None
+        body = {
+            "lineItems": [
+                {"lineItemId": item.lineItemId, "quantity": item.quantity}
+                for item in order.lineItems
+                if item.quantity > 0
+            ],
+            "shippedDate": ebay_timestamp(self.clock()),
+            # eBay's carrier enumeration (USPS, UPS, FEDEX, DHL, Royal Mail, …) from
+            # GeteBayDetails; we pass the label's carrier code through unchanged
+            "shippingCarrierCode": carrier,
+            "trackingNumber": tracking_number,
+        }
+        try:
+            location = self.client.create_shipping_fulfillment(external_id, body)
+        except Conflict:
+            # 409: maybe our own earlier attempt landed; if it did, this push is done
+            if self._has_fulfillment(external_id, tracking_number):
+                return
+            raise
+        log.info(
+            "ebay.fulfillment.created", order=external_id, key=idempotency_key, location=location
+        )
+
+    def push_stock(self, quantities: Mapping[str, int]) -> None:
+        if not quantities:
+            return
+        raise PermanentError(
+            "eBay stock is set through the Sell Inventory API (bulkUpdatePriceQuantity), "
+            "which the eBay connector does not cover yet"
+        )
+
+    def test_connection(self) -> str:
+        page = _page(self.client.get_orders(limit=1))
+        return f"eBay Sell Fulfillment: {page.total or 0} orders in the last 90 days"
+
+    def close(self) -> None:
+        self.client.close()
+
+    def _map(self, raw: Any) -> CanonicalOrder:
+        try:
+            return map_order(raw, self.account.name)
+        except PayloadError as exc:
+            order_id = raw.get("orderId") if isinstance(raw, dict) else None
+            if isinstance(order_id, str) and str(exc).startswith("eBay order:"):
+                message = str(exc).replace("eBay order:", f"eBay order {order_id[:64]}:", 1)
+                raise PayloadError(message) from None
+            raise
+
+    def _has_fulfillment(self, external_id: str, tracking_number: str) -> bool:
+        try:
+            page = EbayShippingFulfillmentPage.model_validate(
+                self.client.get_shipping_fulfillments(external_id)
+            )
+        except PydanticValidationError:
+            raise PayloadError(f"eBay order {external_id}: fulfillments unreadable") from None
+        return any(f.shipmentTrackingNumber == tracking_number for f in page.fulfillments)
+
+
+def _page(body: dict[str, Any]) -> EbayOrderPage:
+    try:
+        return EbayOrderPage.model_validate(body)
+    except PydanticValidationError as exc:
+        fields = ", ".join(".".join(str(p) for p in e["loc"]) for e in exc.errors()[:5])
+        raise PayloadError(f"eBay getOrders: invalid page fields: {fields}") from None
+
+
+def _next_offset(next_url: str, fallback: int) -> int:
+    """The ``offset`` in eBay's ``next`` URI; we never follow the URI itself (it would carry our
+    bearer token to whatever host it names)."""
+    values = parse_qs(urlsplit(next_url).query).get("offset")
+    try:
+        return int(values[0]) if values else fallback
+    except ValueError:
+        return fallback

@@ -1,0 +1,508 @@
+"""Amazon SP-API simulator: LWA token exchange and the Orders API v0 calls ordersync makes.
+
+Mount with ``app.include_router(sim.build_router(), prefix="/amazon")``; a connector whose
+``api_base_url`` and ``lwa_url`` are both ``http://host:port/amazon`` talks to it as to Amazon:
+
+- ``POST /auth/o2/token``: refresh-token grant; a wrong client id/secret gets LWA's real
+  ``401 {"error_description": "Client authentication failed", "error": "invalid_client"}``;
+- ``GET /orders/v0/orders`` (``LastUpdatedAfter``/``CreatedAfter``, ``LastUpdatedBefore`` at
+  least ``min_before_age_s`` in the past, ``MaxResultsPerPage`` ≤ 100, opaque ``NextToken``),
+  ``GET /orders/v0/orders/{id}``, ``GET /orders/v0/orders/{id}/orderItems`` (own NextToken),
+  ``POST /orders/v0/orders/{id}/shipmentConfirmation`` (204, recorded in ``shipments``);
+- ``x-amz-access-token`` checked (403 ``Unauthorized`` as SP-API answers), a token bucket per
+  operation at the documented usage plan (429 ``QuotaExceeded``), ``x-amzn-RateLimit-Limit``
+  and ``x-amzn-RequestId`` on every response. ``rate_limits`` overrides the plans for tests.
+
+Payloads copy the shapes of the official fixtures (``getOrders.200.sandbox-1.json``,
+``getOrderItems.200.sandbox-1.json``): money as ``{"CurrencyCode", "Amount"}`` strings, string
+booleans, 14-digit item ids that may start with zeros, Pending orders without ``OrderTotal``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from sandbox.knobs import Knobs
+
+__all__ = [
+    "DEFAULT_RATE_LIMITS",
+    "SANDBOX_CLIENT_ID",
+    "SANDBOX_CLIENT_SECRET",
+    "SANDBOX_MARKETPLACE_ID",
+    "SANDBOX_REFRESH_TOKEN",
+    "AmazonSimulator",
+]
+
+SANDBOX_CLIENT_ID = "amzn1.application-oa2-client.ordersync-sandbox"
+SANDBOX_CLIENT_SECRET = "amzn1.oa2-cs.v1.ordersync-sandbox-secret"  # noqa: S105 (fixed sandbox value)
+SANDBOX_REFRESH_TOKEN = "Atzr|ordersync-sandbox-refresh-token"  # noqa: S105 (fixed sandbox value)
+SANDBOX_MARKETPLACE_ID = "ATVPDKIKX0DER"
+
+#: operation → (rate per second, burst): the Orders v0 usage plans
+DEFAULT_RATE_LIMITS: Mapping[str, tuple[float, float]] = {
+    "getOrders": (0.0167, 20),
+    "getOrder": (0.5, 30),
+    "getOrderItems": (0.5, 30),
+    "confirmShipment": (2.0, 10),
+}
+QUOTA_EXCEEDED = {
+    "errors": [
+        {
+            "code": "QuotaExceeded",
+            "message": "You exceeded your quota for the requested resource.",
+            "details": "",
+        }
+    ]
+}
+_CENT = Decimal("0.01")
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(int(epoch), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_iso(text: str) -> float:
+    value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return value.timestamp()
+
+
+def _money(amount: Decimal, currency: str) -> dict[str, str]:
+    return {"CurrencyCode": currency, "Amount": str(amount.quantize(_CENT))}
+
+
+def _errors(code: str, message: str) -> dict[str, Any]:
+    return {"errors": [{"code": code, "message": message, "details": ""}]}
+
+
+class _Bucket:
+    """Token bucket on the simulator's clock (what Amazon's usage plans describe)."""
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = float(burst), now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class AmazonSimulator:
+    def __init__(
+        self,
+        knobs: Knobs | None = None,
+        *,
+        seed: int = 0,
+        skus: Sequence[str] = ("SKU-RED-S", "SKU-RED-M", "SKU-BLUE-L", "SKU-MUG", "SKU-CAP"),
+        marketplace_id: str = SANDBOX_MARKETPLACE_ID,
+        currency: str = "USD",
+        rate_limits: Mapping[str, tuple[float, float]] | None = None,
+        pending_ratio: float = 0.2,
+        items_page_size: int = 100,
+        token_lifetime_s: int = 3600,
+        min_before_age_s: float = 120.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.knobs = knobs or Knobs(seed=seed)
+        self.skus = tuple(skus)
+        self.marketplace_id = marketplace_id
+        self.currency = currency
+        self.pending_ratio = pending_ratio
+        self.items_page_size = items_page_size
+        self.token_lifetime_s = token_lifetime_s
+        self.min_before_age_s = min_before_age_s
+        self.clock = clock
+        self._rng = random.Random(seed)
+        self._lock = threading.Lock()
+        self._limits = dict(DEFAULT_RATE_LIMITS if rate_limits is None else rate_limits)
+        now = clock()
+        self._buckets = {op: _Bucket(r, b, now) for op, (r, b) in self._limits.items()}
+        #: AmazonOrderId → the v0 Order object / its OrderItems
+        self.orders: dict[str, dict[str, Any]] = {}
+        self.items: dict[str, list[dict[str, Any]]] = {}
+        self._updated: dict[str, int] = {}  # AmazonOrderId → LastUpdateDate, epoch seconds
+        self._tokens: dict[str, float] = {}  # access token → expiry epoch
+        self._cursors: dict[str, list[str]] = {}  # NextToken → ids still to return
+        self._item_cursors: dict[str, tuple[str, int]] = {}  # NextToken → (order id, offset)
+        #: (AmazonOrderId, packageReferenceId) → confirmShipment packageDetail
+        self.shipments: dict[tuple[str, str], dict[str, Any]] = {}
+        self.request_log: list[tuple[str, int]] = []
+
+    # ------------------------------------------------------------------ test-side API
+
+    def add_orders(self, n: int) -> list[str]:
+        with self._lock:
+            return [self._new_order() for _ in range(n)]
+
+    def touch_order(self, external_id: str) -> None:
+        """An update: Pending orders get paid (→ Unshipped, OrderTotal appears); others bump."""
+        with self._lock:
+            order = self.orders[external_id]
+            if order["OrderStatus"] == "Pending":
+                order["OrderStatus"] = "Unshipped"
+                order["OrderTotal"] = self._order_total(self.items[external_id])
+            self._bump(external_id)
+
+    def access_token(self) -> str:
+        """A valid token without the LWA round trip (for tests poking the API directly)."""
+        with self._lock:
+            return self._issue_token()
+
+    # ------------------------------------------------------------------ state helpers
+
+    def _new_id(self) -> str:
+        while True:
+            r = self._rng
+            order_id = f"{r.randrange(111, 999)}-{r.randrange(10**7):07d}-{r.randrange(10**7):07d}"
+            if order_id not in self.orders:
+                return order_id
+
+    def _new_order(self) -> str:
+        order_id = self._new_id()
+        now = self.clock()
+        items = []
+        for index in range(self._rng.randint(1, 3)):
+            qty = self._rng.randint(1, 3)
+            unit = Decimal(self._rng.randrange(500, 8000)) / 100
+            price = unit * qty
+            items.append(
+                {
+                    "ASIN": f"B0{self._rng.randrange(10**8):08d}",
+                    # 14 digits, leading zeros kept (getOrderItems.200.sandbox-1.json)
+                    "OrderItemId": f"{self._rng.randrange(10**13):014d}",
+                    "SellerSKU": self._rng.choice(self.skus),
+                    "Title": f"Sandbox product {index + 1}",
+                    "QuantityOrdered": qty,
+                    "QuantityShipped": 0,
+                    "ProductInfo": {"NumberOfItems": "1"},
+                    "ItemPrice": _money(price, self.currency),
+                    "ItemTax": _money(
+                        (price * Decimal("0.08")).quantize(_CENT, ROUND_HALF_UP), self.currency
+                    ),
+                    "ShippingPrice": _money(
+                        Decimal("4.99") if index == 0 else Decimal(0), self.currency
+                    ),
+                    "PromotionDiscount": _money(Decimal(0), self.currency),
+                    "IsGift": "false",
+                    "ConditionId": "New",
+                    "ConditionSubtypeId": "New",
+                    "IsTransparency": False,
+                    "SerialNumberRequired": False,
+                }
+            )
+        pending = self._rng.random() < self.pending_ratio
+        order: dict[str, Any] = {
+            "AmazonOrderId": order_id,
+            "PurchaseDate": _iso(now),
+            "LastUpdateDate": _iso(now),
+            "OrderStatus": "Pending" if pending else "Unshipped",
+            "FulfillmentChannel": "MFN",
+            "SalesChannel": "Amazon.com",
+            "ShipServiceLevel": "Std US D2D Dom",
+            "NumberOfItemsShipped": 0,
+            "NumberOfItemsUnshipped": sum(i["QuantityOrdered"] for i in items),
+            "PaymentMethod": "Other",
+            "PaymentMethodDetails": ["Standard"],
+            "IsReplacementOrder": False,
+            "MarketplaceId": self.marketplace_id,
+            "ShipmentServiceLevelCategory": "Standard",
+            "OrderType": "StandardOrder",
+            "IsBusinessOrder": False,
+            "IsPrime": False,
+            "IsGlobalExpressEnabled": False,
+            "IsPremiumOrder": False,
+            "IsSoldByAB": False,
+            "IsIBA": False,
+            "IsISPU": False,
+            "IsAccessPointOrder": False,
+            "EasyShipShipmentStatus": "PendingPickUp",
+            "ElectronicInvoiceStatus": "NotRequired",
+        }
+        if not pending:  # Amazon sends no OrderTotal before payment is authorised
+            order["OrderTotal"] = self._order_total(items)
+        self.orders[order_id] = order
+        self.items[order_id] = items
+        self._updated[order_id] = int(now)
+        return order_id
+
+    def _order_total(self, items: list[dict[str, Any]]) -> dict[str, str]:
+        total = Decimal(0)
+        for item in items:
+            for key in ("ItemPrice", "ItemTax", "ShippingPrice"):
+                total += Decimal(item[key]["Amount"])
+            total -= Decimal(item["PromotionDiscount"]["Amount"])
+        return _money(total, self.currency)
+
+    def _bump(self, order_id: str) -> None:
+        now = self.clock()
+        self.orders[order_id]["LastUpdateDate"] = _iso(now)
+        self._updated[order_id] = int(now)
+
+    def _issue_token(self) -> str:
+        token = "Atza|" + base64.b64encode(self._rng.randbytes(24)).decode()
+        self._tokens[token] = self.clock() + self.token_lifetime_s
+        return token
+
+    def _new_cursor(self) -> str:
+        # real NextTokens are base64 with '+', '/' and '=': clients must URL-encode them
+        return base64.b64encode(self._rng.randbytes(30)).decode()
+
+    # ------------------------------------------------------------------ HTTP plumbing
+
+    def _reply(
+        self,
+        operation: str,
+        status: int,
+        body: Any = None,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        self.request_log.append((operation, status))
+        all_headers = {"x-amzn-RequestId": str(uuid.uuid4()), **(headers or {})}
+        if operation in self._limits:
+            all_headers["x-amzn-RateLimit-Limit"] = str(self._limits[operation][0])
+        if body is None:
+            return Response(status_code=status, headers=all_headers)
+        return JSONResponse(body, status_code=status, headers=all_headers)
+
+    async def _gate(self, operation: str, request: Request) -> Response | None:
+        """Fault knobs, then auth, then the operation's bucket (API Gateway's order)."""
+        disturbed = await self.knobs.disturb(QUOTA_EXCEEDED)
+        if disturbed is not None:
+            self.request_log.append((operation, disturbed.status_code))
+            disturbed.headers["x-amzn-RateLimit-Limit"] = str(self._limits[operation][0])
+            return disturbed
+        token = request.headers.get("x-amz-access-token")
+        with self._lock:
+            expiry = self._tokens.get(token or "")
+            now = self.clock()
+            if expiry is None:
+                return self._reply(
+                    operation,
+                    403,
+                    _errors("Unauthorized", "Access to requested resource is denied."),
+                )
+            if now >= expiry:
+                return self._reply(
+                    operation,
+                    403,
+                    _errors("Unauthorized", "The access token you provided has expired."),
+                )
+            if not self._buckets[operation].take(now):
+                return self._reply(operation, 429, QUOTA_EXCEEDED)
+        return None
+
+    # ------------------------------------------------------------------ handlers
+
+    async def _lwa_token(self, request: Request) -> Response:
+        disturbed = await self.knobs.disturb()
+        if disturbed is not None:
+            self.request_log.append(("lwaToken", disturbed.status_code))
+            return disturbed
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
+        with self._lock:
+            if form.get("grant_type") != "refresh_token":
+                body = {
+                    "error_description": "The authorization grant type is not supported by the authorization server",
+                    "error": "unsupported_grant_type",
+                }
+                return self._reply("lwaToken", 400, body)
+            if (
+                form.get("client_id") != SANDBOX_CLIENT_ID
+                or form.get("client_secret") != SANDBOX_CLIENT_SECRET
+            ):
+                body = {
+                    "error_description": "Client authentication failed",
+                    "error": "invalid_client",
+                }
+                return self._reply("lwaToken", 401, body)
+            if form.get("refresh_token") != SANDBOX_REFRESH_TOKEN:
+                body = {
+                    "error_description": "The request has an invalid grant parameter : refresh_token",
+                    "error": "invalid_grant",
+                }
+                return self._reply("lwaToken", 400, body)
+            body = {
+                "access_token": self._issue_token(),
+                "refresh_token": SANDBOX_REFRESH_TOKEN,
+                "token_type": "bearer",
+                "expires_in": self.token_lifetime_s,
+            }
+            return self._reply("lwaToken", 200, body)
+
+    async def _get_orders(self, request: Request) -> Response:
+        if (denied := await self._gate("getOrders", request)) is not None:
+            return denied
+        q = request.query_params
+        with self._lock:
+            if not q.get("MarketplaceIds"):
+                return self._reply(
+                    "getOrders",
+                    400,
+                    _errors("InvalidInput", "Missing required parameter MarketplaceIds"),
+                )
+            try:
+                size = int(q.get("MaxResultsPerPage", "100"))
+            except ValueError:
+                size = 0
+            if not 1 <= size <= 100:
+                return self._reply(
+                    "getOrders", 400, _errors("InvalidInput", "MaxResultsPerPage must be 1 - 100")
+                )
+            extra: dict[str, str] = {}
+            token = q.get("NextToken")
+            if token:
+                remaining = self._cursors.pop(token, None)
+                if remaining is None:
+                    return self._reply(
+                        "getOrders", 400, _errors("InvalidInput", "Invalid NextToken")
+                    )
+            else:
+                selected = self._select(q)
+                if isinstance(selected, Response):
+                    return selected
+                remaining, extra = selected
+            page, rest = remaining[:size], remaining[size:]
+            payload: dict[str, Any] = {"Orders": [dict(self.orders[i]) for i in page], **extra}
+            if rest:
+                payload["NextToken"] = next_token = self._new_cursor()
+                self._cursors[next_token] = rest
+            return self._reply("getOrders", 200, {"payload": payload})
+
+    def _select(self, q: Any) -> tuple[list[str], dict[str, str]] | Response:
+        now = self.clock()
+        try:
+            if q.get("LastUpdatedAfter"):
+                after = _parse_iso(q["LastUpdatedAfter"])
+                before = _parse_iso(q["LastUpdatedBefore"]) if q.get("LastUpdatedBefore") else now
+                if q.get("LastUpdatedBefore") and (
+                    before < after or before > now - self.min_before_age_s
+                ):
+                    raise ValueError("LastUpdatedBefore")
+                when, bound_key = self._updated, "LastUpdatedBefore"
+            elif q.get("CreatedAfter"):
+                after, before = _parse_iso(q["CreatedAfter"]), now
+                when = {i: int(_parse_iso(o["PurchaseDate"])) for i, o in self.orders.items()}
+                bound_key = "CreatedBefore"
+            else:
+                raise ValueError("CreatedAfter or LastUpdatedAfter is required")
+        except (ValueError, KeyError):
+            return self._reply("getOrders", 400, _errors("InvalidInput", "Invalid Input"))
+        marketplaces = set(q["MarketplaceIds"].split(","))
+        ids = [
+            i
+            for i, at in when.items()
+            if after <= at <= before and self.orders[i]["MarketplaceId"] in marketplaces
+        ]
+        ids.sort(key=lambda i: (when[i], i))
+        return ids, {bound_key: _iso(before)}
+
+    async def _get_order(self, order_id: str, request: Request) -> Response:
+        if (denied := await self._gate("getOrder", request)) is not None:
+            return denied
+        with self._lock:
+            order = self.orders.get(order_id)
+            if order is None:
+                return self._reply("getOrder", 404, _errors("NotFound", "Order not found"))
+            return self._reply("getOrder", 200, {"payload": dict(order)})
+
+    async def _get_order_items(self, order_id: str, request: Request) -> Response:
+        if (denied := await self._gate("getOrderItems", request)) is not None:
+            return denied
+        with self._lock:
+            if order_id not in self.orders:
+                return self._reply("getOrderItems", 404, _errors("NotFound", "Order not found"))
+            offset = 0
+            token = request.query_params.get("NextToken")
+            if token:
+                cursor = self._item_cursors.pop(token, None)
+                if cursor is None or cursor[0] != order_id:
+                    return self._reply(
+                        "getOrderItems", 400, _errors("InvalidInput", "Invalid NextToken")
+                    )
+                offset = cursor[1]
+            items = self.items[order_id]
+            end = offset + self.items_page_size
+            payload: dict[str, Any] = {
+                "AmazonOrderId": order_id,
+                "OrderItems": [dict(i) for i in items[offset:end]],
+            }
+            if end < len(items):
+                payload["NextToken"] = next_token = self._new_cursor()
+                self._item_cursors[next_token] = (order_id, end)
+            return self._reply("getOrderItems", 200, {"payload": payload})
+
+    async def _confirm_shipment(self, order_id: str, request: Request) -> Response:
+        if (denied := await self._gate("confirmShipment", request)) is not None:
+            return denied
+        try:
+            body = await request.json()
+            package = body["packageDetail"]
+            key = (order_id, str(package["packageReferenceId"]))
+            lines = {str(i["orderItemId"]): int(i["quantity"]) for i in package["orderItems"]}
+            _parse_iso(package["shipDate"])
+            valid = bool(
+                body["marketplaceId"] and package["carrierCode"] and package["trackingNumber"]
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            valid = False
+        with self._lock:
+            if order_id not in self.orders:
+                return self._reply("confirmShipment", 404, _errors("NotFound", "Order not found"))
+            items = {i["OrderItemId"]: i for i in self.items[order_id]}
+            if (
+                not valid
+                or key in self.shipments
+                or self.orders[order_id]["OrderStatus"] in ("Pending", "Canceled")
+                or any(
+                    item_id not in items
+                    or not 0
+                    < qty
+                    <= items[item_id]["QuantityOrdered"] - items[item_id]["QuantityShipped"]
+                    for item_id, qty in lines.items()
+                )
+            ):
+                return self._reply("confirmShipment", 400, _errors("InvalidInput", "Invalid Input"))
+            for item_id, qty in lines.items():
+                items[item_id]["QuantityShipped"] += qty
+            shipped = sum(i["QuantityShipped"] for i in items.values())
+            ordered = sum(i["QuantityOrdered"] for i in items.values())
+            order = self.orders[order_id]
+            order["OrderStatus"] = "Shipped" if shipped == ordered else "PartiallyShipped"
+            order["NumberOfItemsShipped"] = shipped
+            order["NumberOfItemsUnshipped"] = ordered - shipped
+            self.shipments[key] = dict(package)
+            self._bump(order_id)
+            return self._reply("confirmShipment", 204)
+
+    def build_router(self) -> APIRouter:
+        router = APIRouter()
+        router.add_api_route("/auth/o2/token", self._lwa_token, methods=["POST"])
+        router.add_api_route("/orders/v0/orders", self._get_orders, methods=["GET"])
+        router.add_api_route("/orders/v0/orders/{order_id}", self._get_order, methods=["GET"])
+        router.add_api_route(
+            "/orders/v0/orders/{order_id}/orderItems", self._get_order_items, methods=["GET"]
+        )
+        router.add_api_route(
+            "/orders/v0/orders/{order_id}/shipmentConfirmation",
+            self._confirm_shipment,
+            methods=["POST"],
+        )
+        return router

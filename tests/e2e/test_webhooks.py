@@ -1,0 +1,248 @@
+"""Webhooks end to end: a real web server, real Celery workers, real Redis, SQLite and Postgres.
+
+The stack is started once per database; each test uses its own shop account so tests do not
+see each other's rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.migrate import upgrade
+from db.models import ChannelAccount, InboxEvent, Order
+from db.session import make_engine
+from integrations.shopify.webhooks import sign
+from orders.states import InboxStatus
+from tests.support.stack import Stack, run_stack, wait_until
+
+pytestmark = pytest.mark.slow
+
+SECRET = "shpss_test_secret"
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> Iterator[tuple[Stack, sessionmaker[Session]]]:
+    var_dir = tmp_path_factory.mktemp("e2e")
+    if request.param == "sqlite":
+        url = f"sqlite:///{var_dir / 'ordersync.db'}"
+    else:
+        url = _module_postgres(request)
+    upgrade(url)
+    engine = make_engine(url)
+    with run_stack(database_url=url, redis_url=redis_url, var_dir=var_dir, workers=2) as running:
+        yield running, sessionmaker(bind=engine, expire_on_commit=False)
+    engine.dispose()
+
+
+def _module_postgres(request: pytest.FixtureRequest) -> str:
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    admin_url = request.getfixturevalue("postgres_admin_url")
+    name = f"ordersync_e2e_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    request.addfinalizer(drop)
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def shop(stack: tuple[Stack, sessionmaker[Session]]) -> str:
+    _, maker = stack
+    name = f"shop-{uuid.uuid4().hex[:8]}"
+    with maker() as session, session.begin():
+        session.add(ChannelAccount(name=name, channel="shopify", webhook_secret=SECRET))
+    return name
+
+
+def _order(fixtures_dir: Path, **changes: Any) -> dict[str, Any]:
+    order: dict[str, Any] = json.loads(
+        (fixtures_dir / "shopify" / "rest-2026-07" / "order.get.json").read_text()
+    )["order"]
+    order.update(changes)
+    return order
+
+
+def _post(
+    base_url: str,
+    shop: str,
+    body: bytes,
+    *,
+    webhook_id: str,
+    topic: str = "orders/updated",
+    signature: str | None = None,
+) -> httpx.Response:
+    headers = {
+        "Content-Type": "application/json",
+        "X-Shopify-Topic": topic,
+        "X-Shopify-Hmac-Sha256": signature if signature is not None else sign(SECRET, body),
+        "X-Shopify-Shop-Domain": f"{shop}.myshopify.com",
+        "X-Shopify-Webhook-Id": webhook_id,
+        "X-Shopify-Triggered-At": dt.datetime.now(dt.UTC).isoformat(),
+        "X-Shopify-API-Version": "2026-07",
+    }
+    return httpx.post(f"{base_url}/webhooks/shopify/{shop}", content=body, headers=headers)
+
+
+def _settled(maker: sessionmaker[Session], shop: str, expected_rows: int) -> bool:
+    """All of the shop's inbox rows exist and none is still waiting to be processed."""
+    with maker() as session:
+        rows = session.execute(
+            select(InboxEvent.status, func.count())
+            .join(ChannelAccount)
+            .where(ChannelAccount.name == shop)
+            .group_by(InboxEvent.status)
+        ).all()
+    counts = dict(rows)
+    return sum(counts.values()) == expected_rows and InboxStatus.RECEIVED not in counts
+
+
+def _orders(maker: sessionmaker[Session], shop: str) -> list[Order]:
+    with maker() as session:
+        return list(
+            session.scalars(select(Order).join(ChannelAccount).where(ChannelAccount.name == shop))
+        )
+
+
+def test_twenty_simultaneous_deliveries_of_one_webhook_make_one_order_and_one_inbox_row(
+    stack: tuple[Stack, sessionmaker[Session]], shop: str, fixtures_dir: Path
+) -> None:
+    # given one delivery, posted 20 times at the same moment (Shopify retrying a slow answer)
+    running, maker = stack
+    body = json.dumps(_order(fixtures_dir, id=8_102_334_455_667_788)).encode()
+    barrier = threading.Barrier(20)
+
+    def deliver(_: int) -> int:
+        barrier.wait()
+        return _post(running.base_url, shop, body, webhook_id="b1d2c3-retry").status_code
+
+    # when
+    with ThreadPoolExecutor(20) as pool:
+        statuses = list(pool.map(deliver, range(20)))
+
+    # then every delivery is acknowledged, one inbox row exists, and one order
+    assert statuses == [200] * 20
+    wait_until(lambda: _settled(maker, shop, 1), what="inbox processed")
+    orders = _orders(maker, shop)
+    assert [o.external_id for o in orders] == ["8102334455667788"]  # > 2^53, kept exact
+    assert orders[0].total == Decimal("598.94")
+
+
+def test_the_same_order_under_two_webhook_ids_is_one_order_with_two_inbox_rows(
+    stack: tuple[Stack, sessionmaker[Session]], shop: str, fixtures_dir: Path
+) -> None:
+    running, maker = stack
+    body = json.dumps(_order(fixtures_dir)).encode()
+    barrier = threading.Barrier(2)
+
+    def deliver(webhook_id: str) -> int:
+        barrier.wait()
+        return _post(running.base_url, shop, body, webhook_id=webhook_id).status_code
+
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(deliver, ["create-1", "update-2"])) == [200, 200]
+
+    wait_until(lambda: _settled(maker, shop, 2), what="inbox processed")
+    assert len(_orders(maker, shop)) == 1
+
+
+def test_an_older_update_arriving_after_a_newer_one_leaves_the_newer_data(
+    stack: tuple[Stack, sessionmaker[Session]], shop: str, fixtures_dir: Path
+) -> None:
+    running, maker = stack
+    newer = _order(fixtures_dir, updated_at="2026-05-02T10:00:00-04:00", total_price="120.00")
+    older = _order(fixtures_dir, updated_at="2026-05-02T09:00:00-04:00", total_price="80.00")
+
+    assert _post(running.base_url, shop, json.dumps(newer).encode(), webhook_id="n").is_success
+    wait_until(lambda: _settled(maker, shop, 1), what="newer processed")
+    assert _post(running.base_url, shop, json.dumps(older).encode(), webhook_id="o").is_success
+    wait_until(lambda: _settled(maker, shop, 2), what="older processed")
+
+    (order,) = _orders(maker, shop)
+    assert order.total == Decimal("120.00")
+    assert order.external_updated_at == dt.datetime(2026, 5, 2, 14, 0, tzinfo=dt.UTC)
+
+
+def test_a_bad_signature_gets_401_and_stores_nothing(
+    stack: tuple[Stack, sessionmaker[Session]], shop: str, fixtures_dir: Path
+) -> None:
+    running, maker = stack
+    body = json.dumps(_order(fixtures_dir)).encode()
+    tampered = body.replace(b"598.94", b"0.01")
+
+    forged = _post(running.base_url, shop, body, webhook_id="x", signature="AAAA")
+    altered = _post(running.base_url, shop, tampered, webhook_id="y", signature=sign(SECRET, body))
+
+    assert (forged.status_code, altered.status_code) == (401, 401)
+    with maker() as session:
+        count = session.scalar(
+            select(func.count()).select_from(InboxEvent).join(ChannelAccount)
+            .where(ChannelAccount.name == shop)
+        )  # fmt: skip
+    assert count == 0
+
+
+def test_an_unparseable_body_with_a_valid_signature_is_kept_and_shown_as_failed(
+    stack: tuple[Stack, sessionmaker[Session]], shop: str
+) -> None:
+    running, maker = stack
+    body = b'{"id": 1, "currency": "USD", "total_price": '  # cut off mid-way
+
+    response = _post(running.base_url, shop, body, webhook_id="broken")
+
+    assert response.status_code == 200
+    wait_until(lambda: _settled(maker, shop, 1), what="broken delivery processed")
+    inbox = httpx.get(f"{running.base_url}/api/inbox", params={"status": "failed"}).json()
+    mine = [e for e in inbox["events"] if e["account"] == shop]
+    assert len(mine) == 1
+    assert mine[0]["error"].startswith("body is not JSON")
+    with maker() as session:
+        stored = session.scalars(select(InboxEvent.body).join(ChannelAccount)
+                                 .where(ChannelAccount.name == shop)).one()  # fmt: skip
+    assert stored == body
+    assert _orders(maker, shop) == []
+
+
+def test_a_payload_that_does_not_map_fails_with_field_names_and_no_order(
+    stack: tuple[Stack, sessionmaker[Session]], shop: str, fixtures_dir: Path
+) -> None:
+    running, maker = stack
+    order = _order(fixtures_dir)
+    del order["total_price"]
+    order["updated_at"] = "not a date"
+
+    assert _post(running.base_url, shop, json.dumps(order).encode(), webhook_id="m").is_success
+
+    wait_until(lambda: _settled(maker, shop, 1), what="delivery processed")
+    with maker() as session:
+        event = session.scalars(
+            select(InboxEvent).join(ChannelAccount).where(ChannelAccount.name == shop)
+        ).one()
+    assert event.status == InboxStatus.FAILED
+    assert event.error is not None
+    assert "total_price" in event.error and "updated_at" in event.error
+    assert _orders(maker, shop) == []

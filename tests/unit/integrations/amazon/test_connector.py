@@ -1,0 +1,431 @@
+"""The Amazon connector and SP-API client against respx mocks built from the official fixtures."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+import respx
+
+from integrations.amazon.connector import AmazonConnector, package_reference_id
+from integrations.base import AccountConfig, ConnectorSeams
+from integrations.errors import (
+    AuthError,
+    PermanentError,
+    RateLimited,
+    ServerError,
+    ValidationError,
+)
+from integrations.ratelimit import Bucket, MemoryRateLimiter
+from orders.states import Channel
+from tests.unit.integrations.amazon.fixtures import load
+
+API = "https://sp.test"
+LWA = "https://lwa.test"
+SECRET = "amzn1.oa2-cs.v1.very-secret"
+REFRESH = "Atzr|refresh-secret"
+NOW = dt.datetime(2024, 6, 1, 12, 0, tzinfo=dt.UTC)
+ORDERS = f"{API}/orders/v0/orders"
+QUOTA = {
+    "errors": [
+        {
+            "code": "QuotaExceeded",
+            "message": "You exceeded your quota for the requested resource.",
+            "details": "",
+        }
+    ]
+}
+DENIED = {
+    "errors": [
+        {
+            "code": "Unauthorized",
+            "message": "Access to requested resource is denied.",
+            "details": "",
+        }
+    ]
+}
+
+
+def empty() -> httpx.Response:
+    return httpx.Response(200, json={"payload": {"Orders": []}})
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+        self.mono = 1000.0
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.mono
+
+
+class Env:
+    def __init__(self, rate_limits: dict[str, Bucket] | None = None) -> None:
+        self.router = respx.MockRouter(assert_all_called=False)
+        self.clock = Clock()
+        self.sleeps: list[float] = []
+        self.limiter = MemoryRateLimiter(clock=self.clock.monotonic)
+        self.tokens_issued = 0
+
+        def issue(request: httpx.Request) -> httpx.Response:
+            self.tokens_issued += 1
+            return httpx.Response(
+                200,
+                json={
+                    "access_token": f"Atza|token-{self.tokens_issued}",
+                    "refresh_token": REFRESH,
+                    "token_type": "bearer",
+                    "expires_in": 3600,
+                },
+            )
+
+        self.lwa = self.router.post(f"{LWA}/auth/o2/token").mock(side_effect=issue)
+        account = AccountConfig(
+            name="acct",
+            channel=Channel.AMAZON,
+            api_base_url=API,
+            credentials={
+                "refresh_token": REFRESH,
+                "client_id": "amzn1.application-oa2-client.abc",
+                "client_secret": SECRET,
+                "lwa_url": LWA,
+                "marketplace_ids": ["ATVPDKIKX0DER"],
+            },
+        )
+        seams = ConnectorSeams(
+            transport=httpx.MockTransport(self.router.handler),
+            limiter=self.limiter,
+            sleep=self.sleeps.append,
+            clock=self.clock,
+        )
+        self.connector = AmazonConnector(account, seams, rate_limits=rate_limits)
+
+
+@pytest.fixture
+def env() -> Iterator[Env]:
+    e = Env()
+    yield e
+    e.connector.close()
+
+
+def items_route(env: Env) -> respx.Route:
+    return env.router.get(url__regex=rf"{API}/orders/v0/orders/[^/]+/orderItems").mock(
+        return_value=httpx.Response(200, json=load("getOrderItems.200.sandbox-1.json"))
+    )
+
+
+def query(request: httpx.Request) -> dict[str, list[str]]:
+    return parse_qs(request.url.query.decode())
+
+
+# ------------------------------------------------------------------ polling and pagination
+
+
+def test_poll_follows_next_token_to_the_last_page_with_the_same_filters(env: Env) -> None:
+    # given page 1 of the sandbox (NextToken set) and a last page without a NextToken
+    first = load("getOrders.200.sandbox-2.json")
+    last = load("getOrders.200.sandbox-1.json")
+    orders = env.router.get(ORDERS).mock(
+        side_effect=[httpx.Response(200, json=first), httpx.Response(200, json=last)]
+    )
+    items = items_route(env)
+    since = NOW - dt.timedelta(hours=1)
+
+    # when
+    got = list(env.connector.fetch_updated_orders(since))
+
+    # then: every order of both pages, each with its items, and exactly two getOrders calls
+    assert [o.external_id for o in got] == [
+        "902-3159896-1390916",
+        "902-1845936-5435065",
+        "902-8745147-1934268",
+    ]
+    assert all(o.lines[0].external_id == "05015851154158" for o in got)
+    assert orders.call_count == 2 and items.call_count == 3
+    q1, q2 = (query(call.request) for call in orders.calls)
+    assert "NextToken" not in q1
+    assert q2["NextToken"] == ["2YgYW55IGNhcm5hbCBwbGVhc3VyZS4"]
+    assert q1["LastUpdatedAfter"] == q2["LastUpdatedAfter"] == ["2024-06-01T11:00:00Z"]
+    assert q1["MarketplaceIds"] == q2["MarketplaceIds"] == ["ATVPDKIKX0DER"]
+
+
+def test_order_items_follow_their_own_next_token(env: Env) -> None:
+    first = load("getOrderItems.200.example.json")  # has a NextToken
+    last = load("getOrderItems.200.sandbox-1.json")
+    route = env.router.get(f"{ORDERS}/903-1671087-0812628/orderItems").mock(
+        side_effect=[httpx.Response(200, json=first), httpx.Response(200, json=last)]
+    )
+
+    got = env.connector.client.all_order_items("903-1671087-0812628")
+
+    assert [i["OrderItemId"] for i in got] == ["68828574383266", "79039765272157", "05015851154158"]
+    assert query(route.calls[1].request)["NextToken"] == ["2YgYW55IGNhcm5hbCBwbGVhc3VyZS4"]
+
+
+def test_until_is_clamped_to_two_minutes_before_now(env: Env) -> None:
+    route = env.router.get(ORDERS).mock(
+        return_value=httpx.Response(200, json={"payload": {"Orders": []}})
+    )
+
+    list(env.connector.fetch_updated_orders(NOW - dt.timedelta(hours=1), until=NOW))
+    earlier = NOW - dt.timedelta(minutes=30)
+    list(env.connector.fetch_updated_orders(NOW - dt.timedelta(hours=1), until=earlier))
+
+    clamped, kept = (query(call.request)["LastUpdatedBefore"] for call in route.calls)
+    assert clamped == ["2024-06-01T11:58:00Z"]
+    assert kept == ["2024-06-01T11:30:00Z"]
+    assert env.connector.last_window_end == NOW - dt.timedelta(minutes=30)
+
+
+def test_a_window_younger_than_two_minutes_is_not_asked_for(env: Env) -> None:
+    route = env.router.get(ORDERS).mock(return_value=httpx.Response(500))
+
+    got = list(env.connector.fetch_updated_orders(NOW - dt.timedelta(seconds=30), until=NOW))
+
+    assert got == [] and route.call_count == 0
+
+
+# ------------------------------------------------------------------ LWA tokens
+
+
+def test_access_token_is_cached_and_refreshed_after_expiry(env: Env) -> None:
+    route = env.router.get(ORDERS).mock(
+        return_value=httpx.Response(200, json={"payload": {"Orders": []}})
+    )
+    since = NOW - dt.timedelta(hours=1)
+
+    # when: two polls within the hour, then one after the token expired
+    list(env.connector.fetch_updated_orders(since))
+    list(env.connector.fetch_updated_orders(since))
+    env.clock.now += dt.timedelta(seconds=3600)
+    list(env.connector.fetch_updated_orders(since))
+
+    # then: one exchange per token lifetime, each token sent in x-amz-access-token
+    assert env.lwa.call_count == 2
+    sent = [call.request.headers["x-amz-access-token"] for call in route.calls]
+    assert sent == ["Atza|token-1", "Atza|token-1", "Atza|token-2"]
+    form = parse_qs(env.lwa.calls[0].request.content.decode())
+    assert form == {
+        "grant_type": ["refresh_token"],
+        "refresh_token": [REFRESH],
+        "client_id": ["amzn1.application-oa2-client.abc"],
+        "client_secret": [SECRET],
+    }
+
+
+def test_token_is_refreshed_shortly_before_expiry_not_after(env: Env) -> None:
+    env.router.get(ORDERS).mock(return_value=httpx.Response(200, json={"payload": {"Orders": []}}))
+    list(env.connector.fetch_updated_orders(NOW - dt.timedelta(hours=1)))
+
+    env.clock.now += dt.timedelta(seconds=3600 - 30)  # inside the refresh margin
+    list(env.connector.fetch_updated_orders(NOW - dt.timedelta(hours=1)))
+
+    assert env.lwa.call_count == 2
+
+
+def test_lwa_401_is_an_auth_error_without_secrets(env: Env) -> None:
+    env.lwa.mock(
+        side_effect=None,
+        return_value=httpx.Response(
+            401,
+            json={"error_description": "Client authentication failed", "error": "invalid_client"},
+        ),
+    )
+    orders = env.router.get(ORDERS).mock(return_value=empty())
+
+    with pytest.raises(AuthError) as caught:
+        list(env.connector.fetch_updated_orders(NOW - dt.timedelta(hours=1)))
+
+    assert caught.value.code == "invalid_client"
+    assert env.lwa.call_count == 1 and orders.call_count == 0  # permanent: no retry
+    text = f"{caught.value} {caught.value!r} {env.connector!r} {env.connector.client.tokens!r}"
+    assert SECRET not in text and REFRESH not in text
+
+
+def test_lwa_5xx_is_retried(env: Env) -> None:
+    good = httpx.Response(200, json={"access_token": "Atza|x", "expires_in": 3600})
+    env.lwa.mock(side_effect=[httpx.Response(503), good])
+    env.router.get(ORDERS).mock(return_value=httpx.Response(200, json={"payload": {"Orders": []}}))
+
+    assert list(env.connector.fetch_updated_orders(NOW - dt.timedelta(hours=1))) == []
+    assert env.lwa.call_count == 2
+
+
+def test_sp_api_403_is_permanent_and_forgets_the_token(env: Env) -> None:
+    route = env.router.get(ORDERS).mock(
+        side_effect=[
+            httpx.Response(403, json=DENIED),
+            httpx.Response(200, json={"payload": {"Orders": []}}),
+        ]
+    )
+
+    with pytest.raises(AuthError) as caught:
+        list(env.connector.fetch_updated_orders(NOW - dt.timedelta(hours=1)))
+    list(env.connector.fetch_updated_orders(NOW - dt.timedelta(hours=1)))
+
+    assert caught.value.code == "Unauthorized" and caught.value.status == 403
+    assert route.call_count == 2
+    assert env.lwa.call_count == 2  # a new token was exchanged after the 403
+
+
+# ------------------------------------------------------------------ errors and retries
+
+
+def test_400_invalid_input_is_permanent_with_amazons_code(env: Env) -> None:
+    route = env.router.get(ORDERS).mock(
+        return_value=httpx.Response(400, json=load("getOrders.400.sandbox-1.json"))
+    )
+
+    with pytest.raises(ValidationError) as caught:
+        list(env.connector.fetch_updated_orders(NOW - dt.timedelta(hours=1)))
+
+    assert caught.value.code == "InvalidInput" and route.call_count == 1
+
+
+def test_5xx_is_retried_then_succeeds(env: Env) -> None:
+    route = env.router.get(ORDERS).mock(
+        side_effect=[httpx.Response(503), httpx.Response(200, json={"payload": {"Orders": []}})]
+    )
+
+    assert list(env.connector.fetch_updated_orders(NOW - dt.timedelta(hours=1))) == []
+    assert route.call_count == 2
+
+
+def test_5xx_every_time_gives_up_with_a_retryable_error(env: Env) -> None:
+    route = env.router.get(ORDERS).mock(return_value=httpx.Response(500))
+
+    with pytest.raises(ServerError):
+        list(env.connector.fetch_updated_orders(NOW - dt.timedelta(hours=1)))
+
+    assert route.call_count == 3  # ApiClient's in-call attempts
+
+
+def test_429_quota_exceeded_pauses_the_bucket_then_retries(env: Env) -> None:
+    route = env.router.get(ORDERS).mock(
+        side_effect=[
+            httpx.Response(429, json=QUOTA),
+            httpx.Response(200, json={"payload": {"Orders": []}}),
+        ]
+    )
+
+    assert list(env.connector.fetch_updated_orders(NOW - dt.timedelta(hours=1))) == []
+
+    assert route.call_count == 2
+    # the retry waited for the paused bucket: at least one getOrders token (1 / 0.0167 s)
+    assert max(env.sleeps) >= 1 / 0.0167
+
+
+def test_429_that_persists_surfaces_as_rate_limited(env: Env) -> None:
+    env.router.get(ORDERS).mock(return_value=httpx.Response(429, json=QUOTA))
+
+    with pytest.raises(RateLimited) as caught:
+        list(env.connector.fetch_updated_orders(NOW - dt.timedelta(hours=1)))
+
+    assert caught.value.code == "QuotaExceeded"
+
+
+def test_rate_limit_header_corrects_the_bucket() -> None:
+    # given a getOrders bucket with a burst of one at the documented 0.0167/s
+    env = Env(rate_limits={"getOrders": Bucket(rate=0.0167, burst=1)})
+    page1 = load("getOrders.200.sandbox-2.json")
+    page2 = {"payload": {"Orders": []}}
+    env.router.get(ORDERS).mock(
+        side_effect=[
+            httpx.Response(200, json=page1, headers={"x-amzn-RateLimit-Limit": "2.0"}),
+            httpx.Response(200, json=page2, headers={"x-amzn-RateLimit-Limit": "2.0"}),
+        ]
+    )
+    items_route(env)
+
+    list(env.connector.fetch_updated_orders(NOW - dt.timedelta(hours=1)))
+
+    # then: the second page waited 1/2.0 s (the granted rate), not 1/0.0167 s
+    assert env.sleeps == [pytest.approx(0.5)]
+    assert env.connector.client.rate_limits["getOrders"] == Bucket(rate=2.0, burst=1)
+    env.connector.close()
+
+
+def test_non_json_payload_is_a_payload_error(env: Env) -> None:
+    from integrations.errors import PayloadError
+
+    env.router.get(ORDERS).mock(return_value=httpx.Response(200, text="<html>"))
+
+    with pytest.raises(PayloadError):
+        list(env.connector.fetch_updated_orders(NOW - dt.timedelta(hours=1)))
+
+
+# ------------------------------------------------------------------ get_order and pushes
+
+
+def test_get_order_merges_its_items(env: Env) -> None:
+    env.router.get(f"{ORDERS}/902-1845936-5435065").mock(
+        return_value=httpx.Response(200, json=load("getOrder.200.sandbox-1.json"))
+    )
+    items_route(env)
+
+    order = env.connector.get_order("902-1845936-5435065")
+
+    assert [line.sku for line in order.lines] == ["NABetaASINB00551Q3CS"]
+
+
+def test_push_fulfillment_confirms_every_unshipped_item(env: Env) -> None:
+    env.router.get(f"{ORDERS}/902-1845936-5435065").mock(
+        return_value=httpx.Response(200, json=load("getOrder.200.sandbox-1.json"))
+    )
+    items_route(env)
+    confirm = env.router.post(f"{ORDERS}/902-1845936-5435065/shipmentConfirmation").mock(
+        return_value=httpx.Response(204)
+    )
+
+    env.connector.push_fulfillment(
+        "902-1845936-5435065", tracking_number="1Z999", carrier="UPS", idempotency_key="ship:42"
+    )
+
+    body: dict[str, Any] = json.loads(confirm.calls[0].request.content)
+    assert body["marketplaceId"] == "ATVPDKIKX0DER"
+    package = body["packageDetail"]
+    assert package["orderItems"] == [{"orderItemId": "05015851154158", "quantity": 1}]
+    assert (package["carrierCode"], package["trackingNumber"]) == ("UPS", "1Z999")
+    assert package["packageReferenceId"] == package_reference_id("ship:42")
+    assert package["packageReferenceId"].isdigit() and int(package["packageReferenceId"]) > 0
+    assert package["shipDate"] == "2024-06-01T12:00:00Z"
+
+
+def test_push_fulfillment_leaves_a_shipped_order_alone(env: Env) -> None:
+    env.router.get(f"{ORDERS}/921-3175655-0452641").mock(
+        return_value=httpx.Response(200, json=load("getOrder.200.sandbox-2.json"))  # Shipped
+    )
+    confirm = env.router.post(url__regex=r".*/shipmentConfirmation").mock(
+        return_value=httpx.Response(204)
+    )
+
+    env.connector.push_fulfillment(
+        "921-3175655-0452641", tracking_number="1Z", carrier="DHL", idempotency_key="ship:1"
+    )
+
+    assert confirm.call_count == 0
+
+
+def test_push_stock_is_a_permanent_not_implemented_error(env: Env) -> None:
+    with pytest.raises(PermanentError) as caught:
+        env.connector.push_stock({"SKU-1": 3})
+    assert caught.value.code == "NotImplemented"
+
+
+def test_missing_credentials_are_an_auth_error_naming_only_the_keys() -> None:
+    account = AccountConfig(
+        name="acct", channel=Channel.AMAZON, credentials={"client_secret": SECRET}
+    )
+
+    with pytest.raises(AuthError) as caught:
+        AmazonConnector(account)
+
+    assert "refresh_token" in str(caught.value) and SECRET not in str(caught.value)

@@ -1,0 +1,392 @@
+"""The WooCommerce client and connector against respx mocks shaped like the official samples."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import datetime as dt
+import json
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from integrations.base import AccountConfig, ConnectorSeams
+from integrations.errors import (
+    AuthError,
+    NotFound,
+    RateLimited,
+    ServerError,
+    ValidationError,
+)
+from integrations.ratelimit import MemoryRateLimiter
+from integrations.woocommerce.client import WooCommerceClient
+from integrations.woocommerce.connector import FULFILLMENT_META_KEY, WooCommerceConnector
+from orders.states import Channel
+from tests.unit.integrations.woocommerce.conftest import load
+
+SITE = "https://shop.example.com"
+BASE = SITE + "/wp-json/wc/v3"
+KEY, SECRET = "ck_test_0123456789", "cs_test_abcdefghij"
+SINCE = dt.datetime(2017, 3, 21, 0, 0, tzinfo=dt.UTC)
+UNTIL = dt.datetime(2017, 3, 23, 0, 0, 0, 500000, tzinfo=dt.UTC)
+
+
+class Sleeps(list[float]):
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+@pytest.fixture
+def router() -> respx.MockRouter:
+    return respx.MockRouter(base_url=BASE, assert_all_called=False)
+
+
+@pytest.fixture
+def sleeps() -> Sleeps:
+    return Sleeps()
+
+
+@pytest.fixture
+def connector(router: respx.MockRouter, sleeps: Sleeps) -> WooCommerceConnector:
+    account = AccountConfig(
+        name="shop-1",
+        channel=Channel.WOOCOMMERCE,
+        shop="shop.example.com",
+        credentials={"consumer_key": KEY, "consumer_secret": SECRET},
+    )
+    seams = ConnectorSeams(transport=httpx.MockTransport(router.handler), sleep=sleeps)
+    return WooCommerceConnector(account, seams)
+
+
+def _orders(n: int, start: int = 1000) -> list[dict[str, Any]]:
+    template = load("order.retrieve.json")
+    out = []
+    for i in range(n):
+        order = copy.deepcopy(template)
+        order["id"], order["number"] = start + i, str(start + i)
+        order["date_modified_gmt"] = f"2017-03-22T19:{i // 60:02d}:{i % 60:02d}"
+        out.append(order)
+    return out
+
+
+def _page(items: list[dict[str, Any]], total: int, pages: int) -> httpx.Response:
+    headers = {"X-WP-Total": str(total), "X-WP-TotalPages": str(pages)}
+    return httpx.Response(200, json=items, headers=headers)
+
+
+def _error(status: int, code: str, message: str, **headers: str) -> httpx.Response:
+    body = {"code": code, "message": message, "data": {"status": status}}
+    return httpx.Response(status, json=body, headers=headers)
+
+
+# -- polling -------------------------------------------------------------------------------
+
+
+def test_poll_follows_x_wp_totalpages_to_the_last_page(router, connector):
+    # given: 250 orders over three pages
+    orders = _orders(250)
+    route = router.get("/orders").mock(
+        side_effect=[
+            _page(orders[:100], 250, 3),
+            _page(orders[100:200], 250, 3),
+            _page(orders[200:], 250, 3),
+        ]
+    )
+
+    # when
+    got = list(connector.fetch_updated_orders(SINCE, UNTIL))
+
+    # then
+    assert [o.external_id for o in got] == [str(1000 + i) for i in range(250)]
+    assert route.call_count == 3
+    params = [dict(call.request.url.params) for call in route.calls]
+    assert [p["page"] for p in params] == ["1", "2", "3"]
+    assert params[0] == {
+        "modified_after": "2017-03-20T23:59:59",  # strict ">" on Woo's side: one second back
+        "modified_before": "2017-03-23T00:00:01",  # until rounded up to a whole second
+        "dates_are_gmt": "true",
+        "orderby": "modified",
+        "order": "asc",
+        "per_page": "100",
+        "page": "1",
+    }
+
+
+def test_poll_sends_basic_auth_and_never_keys_in_the_url(router, connector):
+    route = router.get("/orders").mock(return_value=_page([], 0, 0))
+    list(connector.fetch_updated_orders(SINCE, UNTIL))
+    request = route.calls.last.request
+    expected = base64.b64encode(f"{KEY}:{SECRET}".encode()).decode()
+    assert request.headers["Authorization"] == f"Basic {expected}"
+    assert KEY not in str(request.url) and SECRET not in str(request.url)
+
+
+def test_poll_restarts_from_page_one_when_an_order_leaves_the_window(router, connector):
+    # given: order 1000 is modified during the poll, so page 2 starts one order later
+    orders = _orders(150)
+    route = router.get("/orders").mock(
+        side_effect=[
+            _page(orders[:100], 150, 2),
+            _page(orders[101:150], 149, 2),  # total shrank: 1100 would have been skipped
+            _page(orders[1:101], 149, 2),
+            _page(orders[101:150], 149, 2),
+        ]
+    )
+
+    # when
+    ids = [o.external_id for o in connector.fetch_updated_orders(SINCE, UNTIL)]
+
+    # then: every order exactly once, including the one at the page boundary
+    assert sorted(ids) == sorted(str(o["id"]) for o in orders)
+    assert len(ids) == len(set(ids)) == 150
+    assert route.call_count == 4
+
+
+def test_poll_without_until_uses_the_clock_as_a_fixed_end(router, sleeps):
+    now = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
+    account = AccountConfig(
+        name="a", channel=Channel.WOOCOMMERCE, api_base_url=SITE,
+        credentials={"consumer_key": KEY, "consumer_secret": SECRET},
+    )
+    seams = ConnectorSeams(transport=httpx.MockTransport(router.handler), clock=lambda: now)
+    route = router.get("/orders").mock(return_value=_page([], 0, 0))
+    list(WooCommerceConnector(account, seams).fetch_updated_orders(SINCE))
+    assert route.calls.last.request.url.params["modified_before"] == "2024-05-01T12:00:00"
+
+
+def test_get_order_maps_the_official_sample(router, connector):
+    router.get("/orders/727").mock(return_value=httpx.Response(200, json=load("order.retrieve.json")))
+    order = connector.get_order("727")
+    assert (order.external_id, str(order.total)) == ("727", "29.35")
+
+
+# -- errors --------------------------------------------------------------------------------
+
+
+def test_429_is_retried_after_retry_after_then_succeeds(router, connector, sleeps):
+    router.get("/orders/727").mock(
+        side_effect=[
+            _error(429, "rate_limit_exceeded", "Too many requests.", **{"Retry-After": "7"}),
+            httpx.Response(200, json=load("order.retrieve.json")),
+        ]
+    )
+    assert connector.get_order("727").external_id == "727"
+    assert 7.0 in sleeps
+
+
+def test_429_that_persists_is_rate_limited_and_retryable(router, connector):
+    route = router.get("/orders/727").mock(
+        return_value=_error(429, "rate_limit_exceeded", "Too many requests.", **{"Retry-After": "1"})
+    )
+    with pytest.raises(RateLimited) as info:
+        connector.get_order("727")
+    assert info.value.retryable and info.value.retry_after == 1.0
+    assert route.call_count == 3  # max_attempts
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+def test_5xx_is_a_retryable_server_error(router, connector, status):
+    route = router.get("/orders/727").mock(return_value=_error(status, "internal", "Oops"))
+    with pytest.raises(ServerError) as info:
+        connector.get_order("727")
+    assert info.value.retryable and info.value.status == status
+    assert route.call_count == 3
+
+
+def test_401_is_permanent_and_not_retried_and_leaks_no_key(router, connector):
+    route = router.get("/orders/727").mock(
+        return_value=_error(401, "woocommerce_rest_authentication_error", "Consumer key is invalid.")
+    )
+    with pytest.raises(AuthError) as info:
+        connector.get_order("727")
+    assert not info.value.retryable
+    assert info.value.code == "woocommerce_rest_authentication_error"
+    assert route.call_count == 1
+    assert KEY not in str(info.value) and SECRET not in repr(connector.client)
+
+
+def test_404_is_permanent_not_found(router, connector):
+    route = router.get("/orders/9").mock(
+        return_value=_error(404, "woocommerce_rest_shop_order_invalid_id", "Invalid ID.")
+    )
+    with pytest.raises(NotFound) as info:
+        connector.get_order("9")
+    assert info.value.code == "woocommerce_rest_shop_order_invalid_id"
+    assert route.call_count == 1
+
+
+def test_order_ids_that_are_not_integers_never_reach_the_path(connector):
+    with pytest.raises(ValidationError):
+        connector.get_order("727/notes")
+
+
+def test_ratelimit_remaining_zero_pauses_the_bucket(router, sleeps):
+    # given: a host that announces its window is spent for 4 more seconds
+    clock = [100.0]
+    limiter = MemoryRateLimiter(clock=lambda: clock[0])
+    client = WooCommerceClient(
+        SITE, KEY, SECRET, transport=httpx.MockTransport(router.handler),
+        limiter=limiter, sleep=sleeps,
+    )
+    router.get("/orders/727").mock(
+        return_value=httpx.Response(
+            200, json=load("order.retrieve.json"),
+            headers={"RateLimit-Remaining": "0", "RateLimit-Retry-After": "4"},
+        )
+    )
+
+    # when
+    client.get_order("727")
+    client.get_order("727")
+
+    # then: the second call waited for the window instead of drawing a 429
+    assert sleeps and sleeps[-1] == pytest.approx(4.0, abs=0.3)
+
+
+# -- stock ---------------------------------------------------------------------------------
+
+
+def _product(pid: int, sku: str, parent: int = 0) -> dict[str, Any]:
+    return {"id": pid, "sku": sku, "type": "variation" if parent else "simple",
+            "parent_id": parent, "manage_stock": True, "stock_quantity": 0}
+
+
+def _lookup_from(catalogue: dict[str, dict[str, Any]]):
+    def handler(request: httpx.Request) -> httpx.Response:
+        skus = request.url.params["sku"].split(",")
+        items = [catalogue[s] for s in skus if s in catalogue]
+        return _page(items, len(items), 1)
+    return handler
+
+
+def _batch_echo(request: httpx.Request) -> httpx.Response:
+    body = json.loads(request.content)
+    return httpx.Response(200, json={"update": [dict(u) for u in body["update"]]})
+
+
+def test_push_stock_batches_at_most_100_per_call_and_caches_the_sku_lookup(router, connector):
+    # given: 250 simple products and 3 variations of product 9000
+    catalogue = {f"SKU-{i:04d}": _product(5000 + i, f"SKU-{i:04d}") for i in range(250)}
+    catalogue |= {f"VAR-{i}": _product(9100 + i, f"VAR-{i}", parent=9000) for i in range(3)}
+    lookup = router.get("/products").mock(side_effect=_lookup_from(catalogue))
+    batch = router.post("/products/batch").mock(side_effect=_batch_echo)
+    variations = router.post("/products/9000/variations/batch").mock(side_effect=_batch_echo)
+    quantities = {sku: i for i, sku in enumerate(sorted(catalogue))}
+
+    # when
+    connector.push_stock(quantities)
+
+    # then
+    sizes = [len(json.loads(c.request.content)["update"]) for c in batch.calls]
+    assert sizes == [100, 100, 50]
+    sent = [u for c in batch.calls for u in json.loads(c.request.content)["update"]]
+    assert {u["id"] for u in sent} == {5000 + i for i in range(250)}
+    assert all(u["manage_stock"] is True for u in sent)
+    assert sent[0] == {"id": 5000, "manage_stock": True, "stock_quantity": quantities["SKU-0000"]}
+    var_updates = json.loads(variations.calls.last.request.content)["update"]
+    assert sorted(u["id"] for u in var_updates) == [9100, 9101, 9102]
+    lookups = lookup.call_count
+    assert lookups == 6  # 253 SKUs in chunks of 50
+
+    # when: a second push of the same SKUs
+    connector.push_stock({"SKU-0001": 3, "VAR-2": 0})
+
+    # then: no new lookup
+    assert lookup.call_count == lookups
+    assert json.loads(variations.calls.last.request.content)["update"] == [
+        {"id": 9102, "manage_stock": True, "stock_quantity": 0}
+    ]
+
+
+def test_push_stock_pushes_known_skus_then_reports_unknown_ones(router, connector):
+    router.get("/products").mock(side_effect=_lookup_from({"A": _product(1, "A")}))
+    batch = router.post("/products/batch").mock(side_effect=_batch_echo)
+    with pytest.raises(NotFound) as info:
+        connector.push_stock({"A": 5, "GHOST": 1})
+    assert batch.call_count == 1
+    assert "GHOST" in str(info.value)
+
+
+def test_push_stock_item_error_raises_and_forgets_the_stale_id(router, connector):
+    lookup = router.get("/products").mock(side_effect=_lookup_from({"A": _product(1, "A")}))
+    router.post("/products/batch").mock(
+        return_value=httpx.Response(200, json={"update": [{"id": 0, "error": {
+            "code": "woocommerce_rest_product_invalid_id", "message": "Invalid ID.",
+            "data": {"status": 400}}}]})
+    )
+    with pytest.raises(ValidationError) as info:
+        connector.push_stock({"A": 5})
+    assert "woocommerce_rest_product_invalid_id" in str(info.value)
+    with pytest.raises(ValidationError):
+        connector.push_stock({"A": 5})
+    assert lookup.call_count == 2  # looked up again after the refusal
+
+
+# -- fulfillment ---------------------------------------------------------------------------
+
+
+def test_push_fulfillment_adds_a_tracking_note_then_completes_once(router, connector):
+    # given
+    state = copy.deepcopy(load("order.retrieve.json"))
+    notes: list[dict[str, Any]] = []
+
+    def put(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        state["status"] = body["status"]
+        state["meta_data"] = state["meta_data"] + body["meta_data"]
+        return httpx.Response(200, json=state)
+
+    def add_note(request: httpx.Request) -> httpx.Response:
+        note = {"id": len(notes) + 1, **json.loads(request.content)}
+        notes.append(note)
+        return httpx.Response(201, json=note)
+
+    router.get("/orders/727").mock(side_effect=lambda r: httpx.Response(200, json=state))
+    router.get("/orders/727/notes").mock(side_effect=lambda r: httpx.Response(200, json=notes))
+    note_route = router.post("/orders/727/notes").mock(side_effect=add_note)
+    put_route = router.put("/orders/727").mock(side_effect=put)
+
+    # when: pushed twice with one key (a task retried after the work was done)
+    for _ in range(2):
+        connector.push_fulfillment(
+            "727", tracking_number="1Z999AA10123456784", carrier="UPS", idempotency_key="ful:42"
+        )
+
+    # then
+    assert note_route.call_count == 1 and put_route.call_count == 1
+    assert notes[0]["customer_note"] is True and "1Z999AA10123456784" in notes[0]["note"]
+    assert state["status"] == "completed"
+    assert {"key": FULFILLMENT_META_KEY, "value": "ful:42"} in state["meta_data"]
+
+
+def test_push_fulfillment_after_a_crash_between_note_and_status_adds_no_second_note(router, connector):
+    router.get("/orders/727").mock(return_value=httpx.Response(200, json=load("order.retrieve.json")))
+    router.get("/orders/727/notes").mock(
+        return_value=httpx.Response(200, json=[{"id": 5, "note": "shipped, tracking TRK1"}])
+    )
+    note_route = router.post("/orders/727/notes").mock(return_value=httpx.Response(201, json={}))
+    put_route = router.put("/orders/727").mock(
+        return_value=httpx.Response(200, json=load("order.update.json"))
+    )
+    connector.push_fulfillment("727", tracking_number="TRK1", carrier="DHL", idempotency_key="k")
+    assert note_route.call_count == 0 and put_route.call_count == 1
+
+
+def test_push_fulfillment_refuses_a_cancelled_order(router, connector):
+    order = load("order.retrieve.json") | {"status": "cancelled"}
+    router.get("/orders/727").mock(return_value=httpx.Response(200, json=order))
+    with pytest.raises(ValidationError):
+        connector.push_fulfillment("727", tracking_number="T", carrier="UPS", idempotency_key="k")
+
+
+def test_missing_credentials_are_an_auth_error():
+    account = AccountConfig(name="a", channel=Channel.WOOCOMMERCE, shop="s.example.com")
+    with pytest.raises(AuthError):
+        WooCommerceConnector(account)
+
+
+def test_test_connection_reports_the_order_count(router, connector):
+    router.get("/orders").mock(return_value=_page(load("orders.list.json")[:1], 2, 2))
+    assert "2 orders" in connector.test_connection()
