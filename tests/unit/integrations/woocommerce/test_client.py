@@ -24,7 +24,7 @@ from integrations.ratelimit import MemoryRateLimiter
 from integrations.woocommerce.client import WooCommerceClient
 from integrations.woocommerce.connector import FULFILLMENT_META_KEY, WooCommerceConnector
 from orders.states import Channel
-from tests.unit.integrations.woocommerce.conftest import load
+from tests.unit.integrations.woocommerce.official import load
 
 SITE = "https://shop.example.com"
 BASE = SITE + "/wp-json/wc/v3"
@@ -126,7 +126,9 @@ def test_poll_sends_basic_auth_and_never_keys_in_the_url(router, connector):
 def test_poll_restarts_from_page_one_when_an_order_leaves_the_window(router, connector):
     # given: order 1000 is modified during the poll, so page 2 starts one order later
     orders = _orders(150)
-    route = router.get("/orders").mock(
+    route = router.get(
+        "/orders"
+    ).mock(
         side_effect=[
             _page(orders[:100], 150, 2),
             _page(orders[101:150], 149, 2),  # total shrank: 1100 would have been skipped
@@ -147,7 +149,9 @@ def test_poll_restarts_from_page_one_when_an_order_leaves_the_window(router, con
 def test_poll_without_until_uses_the_clock_as_a_fixed_end(router, sleeps):
     now = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
     account = AccountConfig(
-        name="a", channel=Channel.WOOCOMMERCE, api_base_url=SITE,
+        name="a",
+        channel=Channel.WOOCOMMERCE,
+        api_base_url=SITE,
         credentials={"consumer_key": KEY, "consumer_secret": SECRET},
     )
     seams = ConnectorSeams(transport=httpx.MockTransport(router.handler), clock=lambda: now)
@@ -157,7 +161,9 @@ def test_poll_without_until_uses_the_clock_as_a_fixed_end(router, sleeps):
 
 
 def test_get_order_maps_the_official_sample(router, connector):
-    router.get("/orders/727").mock(return_value=httpx.Response(200, json=load("order.retrieve.json")))
+    router.get("/orders/727").mock(
+        return_value=httpx.Response(200, json=load("order.retrieve.json"))
+    )
     order = connector.get_order("727")
     assert (order.external_id, str(order.total)) == ("727", "29.35")
 
@@ -178,7 +184,9 @@ def test_429_is_retried_after_retry_after_then_succeeds(router, connector, sleep
 
 def test_429_that_persists_is_rate_limited_and_retryable(router, connector):
     route = router.get("/orders/727").mock(
-        return_value=_error(429, "rate_limit_exceeded", "Too many requests.", **{"Retry-After": "1"})
+        return_value=_error(
+            429, "rate_limit_exceeded", "Too many requests.", **{"Retry-After": "1"}
+        )
     )
     with pytest.raises(RateLimited) as info:
         connector.get_order("727")
@@ -197,7 +205,9 @@ def test_5xx_is_a_retryable_server_error(router, connector, status):
 
 def test_401_is_permanent_and_not_retried_and_leaks_no_key(router, connector):
     route = router.get("/orders/727").mock(
-        return_value=_error(401, "woocommerce_rest_authentication_error", "Consumer key is invalid.")
+        return_value=_error(
+            401, "woocommerce_rest_authentication_error", "Consumer key is invalid."
+        )
     )
     with pytest.raises(AuthError) as info:
         connector.get_order("727")
@@ -227,12 +237,17 @@ def test_ratelimit_remaining_zero_pauses_the_bucket(router, sleeps):
     clock = [100.0]
     limiter = MemoryRateLimiter(clock=lambda: clock[0])
     client = WooCommerceClient(
-        SITE, KEY, SECRET, transport=httpx.MockTransport(router.handler),
-        limiter=limiter, sleep=sleeps,
+        SITE,
+        KEY,
+        SECRET,
+        transport=httpx.MockTransport(router.handler),
+        limiter=limiter,
+        sleep=sleeps,
     )
     router.get("/orders/727").mock(
         return_value=httpx.Response(
-            200, json=load("order.retrieve.json"),
+            200,
+            json=load("order.retrieve.json"),
             headers={"RateLimit-Remaining": "0", "RateLimit-Retry-After": "4"},
         )
     )
@@ -249,8 +264,14 @@ def test_ratelimit_remaining_zero_pauses_the_bucket(router, sleeps):
 
 
 def _product(pid: int, sku: str, parent: int = 0) -> dict[str, Any]:
-    return {"id": pid, "sku": sku, "type": "variation" if parent else "simple",
-            "parent_id": parent, "manage_stock": True, "stock_quantity": 0}
+    return {
+        "id": pid,
+        "sku": sku,
+        "type": "variation" if parent else "simple",
+        "parent_id": parent,
+        "manage_stock": True,
+        "stock_quantity": 0,
+    }
 
 
 def _lookup_from(catalogue: dict[str, dict[str, Any]]):
@@ -258,6 +279,7 @@ def _lookup_from(catalogue: dict[str, dict[str, Any]]):
         skus = request.url.params["sku"].split(",")
         items = [catalogue[s] for s in skus if s in catalogue]
         return _page(items, len(items), 1)
+
     return handler
 
 
@@ -312,9 +334,21 @@ def test_push_stock_pushes_known_skus_then_reports_unknown_ones(router, connecto
 def test_push_stock_item_error_raises_and_forgets_the_stale_id(router, connector):
     lookup = router.get("/products").mock(side_effect=_lookup_from({"A": _product(1, "A")}))
     router.post("/products/batch").mock(
-        return_value=httpx.Response(200, json={"update": [{"id": 0, "error": {
-            "code": "woocommerce_rest_product_invalid_id", "message": "Invalid ID.",
-            "data": {"status": 400}}}]})
+        return_value=httpx.Response(
+            200,
+            json={
+                "update": [
+                    {
+                        "id": 0,
+                        "error": {
+                            "code": "woocommerce_rest_product_invalid_id",
+                            "message": "Invalid ID.",
+                            "data": {"status": 400},
+                        },
+                    }
+                ]
+            },
+        )
     )
     with pytest.raises(ValidationError) as info:
         connector.push_stock({"A": 5})
@@ -361,8 +395,12 @@ def test_push_fulfillment_adds_a_tracking_note_then_completes_once(router, conne
     assert {"key": FULFILLMENT_META_KEY, "value": "ful:42"} in state["meta_data"]
 
 
-def test_push_fulfillment_after_a_crash_between_note_and_status_adds_no_second_note(router, connector):
-    router.get("/orders/727").mock(return_value=httpx.Response(200, json=load("order.retrieve.json")))
+def test_push_fulfillment_after_a_crash_between_note_and_status_adds_no_second_note(
+    router, connector
+):
+    router.get("/orders/727").mock(
+        return_value=httpx.Response(200, json=load("order.retrieve.json"))
+    )
     router.get("/orders/727/notes").mock(
         return_value=httpx.Response(200, json=[{"id": 5, "note": "shipped, tracking TRK1"}])
     )

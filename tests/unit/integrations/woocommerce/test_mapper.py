@@ -12,13 +12,17 @@ import pytest
 from integrations.errors import PayloadError
 from integrations.woocommerce.mapper import map_order
 from orders.states import Channel, OrderState
-from tests.unit.integrations.woocommerce.conftest import load
+from tests.unit.integrations.woocommerce.official import load
 
 
 def _all_orders() -> list[tuple[str, dict[str, Any]]]:
     found: list[tuple[str, dict[str, Any]]] = []
-    for name in ("order.create.json", "order.retrieve.json", "order.update.json",
-                 "order.delete.json"):
+    for name in (
+        "order.create.json",
+        "order.retrieve.json",
+        "order.update.json",
+        "order.delete.json",
+    ):
         found.append((name, load(name)))
     for i, order in enumerate(load("orders.list.json")):
         found.append((f"orders.list.json[{i}]", order))
@@ -33,17 +37,66 @@ ALL = _all_orders()
 # fixture → (id, status, financial, fulfillment, subtotal, tax, shipping, discount, total, skus)
 EXPECTED: dict[str, tuple[str, OrderState, str, str, str, str, str, str, str, list[str | None]]]
 EXPECTED = {
-    "order.retrieve.json": ("727", OrderState.NEW, "paid", "unfulfilled",
-                            "18.00", "1.35", "10.00", "0.00", "29.35", [None, "Bar3"]),
-    "order.update.json": ("727", OrderState.NEW, "paid", "fulfilled",
-                          "18.00", "1.35", "10.00", "0.00", "29.35", [None, "Bar3"]),
-    "orders.list.json[1]": ("723", OrderState.NEW, "partially_refunded", "fulfilled",
-                            "29.00", "0.00", "10.00", "0.00", "39.00", [None, None]),
-    "orders.batch.json:create[0]": ("728", OrderState.NEW, "unpaid", "unfulfilled",
-                                    "30.00", "2.25", "30.00", "0.00", "62.25",
-                                    [None, None, "Bar3"]),
-    "orders.batch.json:create[1]": ("729", OrderState.NEW, "paid", "unfulfilled",
-                                    "32.00", "2.40", "20.00", "0.00", "54.40", ["Bar3", None]),
+    "order.retrieve.json": (
+        "727",
+        OrderState.NEW,
+        "paid",
+        "unfulfilled",
+        "18.00",
+        "1.35",
+        "10.00",
+        "0.00",
+        "29.35",
+        [None, "Bar3"],
+    ),
+    "order.update.json": (
+        "727",
+        OrderState.NEW,
+        "paid",
+        "fulfilled",
+        "18.00",
+        "1.35",
+        "10.00",
+        "0.00",
+        "29.35",
+        [None, "Bar3"],
+    ),
+    "orders.list.json[1]": (
+        "723",
+        OrderState.NEW,
+        "partially_refunded",
+        "fulfilled",
+        "29.00",
+        "0.00",
+        "10.00",
+        "0.00",
+        "39.00",
+        [None, None],
+    ),
+    "orders.batch.json:create[0]": (
+        "728",
+        OrderState.NEW,
+        "unpaid",
+        "unfulfilled",
+        "30.00",
+        "2.25",
+        "30.00",
+        "0.00",
+        "62.25",
+        [None, None, "Bar3"],
+    ),
+    "orders.batch.json:create[1]": (
+        "729",
+        OrderState.NEW,
+        "paid",
+        "unfulfilled",
+        "32.00",
+        "2.40",
+        "20.00",
+        "0.00",
+        "54.40",
+        ["Bar3", None],
+    ),
 }
 
 
@@ -90,7 +143,11 @@ def test_official_orders_map_to_the_expected_values(name: str):
     assert order.financial_status == financial
     assert order.fulfillment_status == fulfillment
     assert (order.subtotal, order.tax_total, order.shipping_total, order.discount_total) == (
-        Decimal(sub), Decimal(tax), Decimal(ship), Decimal(disc))
+        Decimal(sub),
+        Decimal(tax),
+        Decimal(ship),
+        Decimal(disc),
+    )
     assert order.total == Decimal(total)
     assert [line.sku for line in order.lines] == skus
 

@@ -12,10 +12,13 @@ from hypothesis import strategies as st
 from integrations.canonical import CanonicalOrder
 from integrations.errors import PayloadError
 from integrations.woocommerce.mapper import map_order
-from tests.unit.integrations.woocommerce.conftest import load
+from tests.unit.integrations.woocommerce.official import load
 
-BASES = [load("order.retrieve.json"), load("orders.list.json")[1],
-         *load("orders.batch.json")["create"]]
+BASES = [
+    load("order.retrieve.json"),
+    load("orders.list.json")[1],
+    *load("orders.batch.json")["create"],
+]
 
 ORDER_KEYS = sorted({k for b in BASES for k in b})
 LINE_KEYS = sorted(BASES[0]["line_items"][0])
@@ -26,8 +29,23 @@ scalars = st.one_of(
     st.integers(min_value=-(10**30), max_value=10**80),  # huge ids
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=30),  # unicode
-    st.sampled_from(["", "0", "-1", "12.50", "1e400", "NaN", "  ", "2017-03-22T19:28:08",
-                     "2017-03-22T19:28:08Z", "processing", "completed", "ÉUR", "usd"]),
+    st.sampled_from(
+        [
+            "",
+            "0",
+            "-1",
+            "12.50",
+            "1e400",
+            "NaN",
+            "  ",
+            "2017-03-22T19:28:08",
+            "2017-03-22T19:28:08Z",
+            "processing",
+            "completed",
+            "ÉUR",
+            "usd",
+        ]
+    ),
 )
 
 
@@ -79,8 +97,13 @@ def test_mapper_returns_a_valid_order_or_a_payload_error(base: dict[str, Any], o
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.recursive(scalars, lambda c: st.lists(c, max_size=3)
-                    | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=15))
+@given(
+    st.recursive(
+        scalars,
+        lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+        max_leaves=15,
+    )
+)
 def test_arbitrary_json_never_raises_anything_but_payload_error(value: Any) -> None:
     try:
         map_order(value, "shop-1")

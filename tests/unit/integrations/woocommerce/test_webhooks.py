@@ -17,7 +17,7 @@ from integrations.woocommerce.webhooks import (
     topic,
     verify_signature,
 )
-from tests.unit.integrations.woocommerce.conftest import FIXTURES
+from tests.unit.integrations.woocommerce.official import FIXTURES
 
 SECRET = "wh-secret-123"
 # the order webhook body is the REST order resource, bytes as Woo sends them
@@ -74,8 +74,10 @@ def test_secret_with_html_entities_matches_what_wordpress_signs_with():
 
 
 def test_ping_sent_when_the_webhook_is_saved_is_detected():
-    headers = {"User-Agent": "WooCommerce/9.8.0 Hookshot (WordPress/6.8)",
-               "Content-Type": "application/x-www-form-urlencoded"}
+    headers = {
+        "User-Agent": "WooCommerce/9.8.0 Hookshot (WordPress/6.8)",
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
     assert is_ping(headers, b"webhook_id=142")
 
 

@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 FIXTURES = (
     Path(__file__).resolve().parents[4] / ".." / "shared" / "fixtures" / "official" / "woocommerce"
 )
@@ -15,8 +13,3 @@ FIXTURES = (
 
 def load(name: str) -> Any:
     return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
-
-
-@pytest.fixture
-def fixture() -> Any:
-    return load

@@ -1,0 +1,217 @@
+"""The WooCommerce connector against the WooCommerce simulator over real HTTP."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from integrations.base import AccountConfig, ConnectorSeams
+from integrations.errors import AuthError
+from integrations.woocommerce.connector import WooCommerceConnector
+from integrations.woocommerce.webhooks import dedupe_key, is_ping, verify_signature
+from orders.states import Channel
+from sandbox.knobs import Knobs
+from sandbox.woocommerce import (
+    SANDBOX_CONSUMER_KEY,
+    SANDBOX_CONSUMER_SECRET,
+    SANDBOX_WEBHOOK_SECRET,
+    WooCommerceSimulator,
+)
+from tests.support.servers import serve_app
+
+
+class FakeClock:
+    """One clock for the simulator's rate window and the connector's sleeps: no real waiting."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+        self.sleeps: list[float] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def serve() -> Iterator[object]:
+    servers: list[object] = []
+
+    def start(sim: WooCommerceSimulator) -> str:
+        app = FastAPI()
+        app.include_router(sim.build_router(), prefix="/woocommerce")
+        ctx = serve_app(app)
+        servers.append(ctx)
+        return ctx.__enter__() + "/woocommerce"
+
+    yield start
+    for ctx in servers:
+        ctx.__exit__(None, None, None)  # type: ignore[attr-defined]
+
+
+def _connector(
+    base: str, seams: ConnectorSeams | None = None, **creds: str
+) -> WooCommerceConnector:
+    credentials = {"consumer_key": SANDBOX_CONSUMER_KEY, "consumer_secret": SANDBOX_CONSUMER_SECRET}
+    account = AccountConfig(
+        name="woo-sandbox",
+        channel=Channel.WOOCOMMERCE,
+        api_base_url=base,
+        credentials=credentials | creds,
+    )
+    return WooCommerceConnector(account, seams)
+
+
+def test_full_poll_returns_every_order_exactly_once_mapped(serve):
+    # given: 250 orders = three pages of 100
+    sim = WooCommerceSimulator(seed=1)
+    ids = sim.add_orders(250)
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    connector = _connector(serve(sim))
+
+    # when
+    orders = list(connector.fetch_updated_orders(since))
+
+    # then
+    assert sorted(o.external_id for o in orders) == sorted(ids)
+    assert len({o.external_id for o in orders}) == 250
+    for order in orders:
+        raw = sim.orders[order.external_id]
+        assert order.total == Decimal(raw["total"])
+        assert order.subtotal + order.shipping_total + order.tax_total == order.total
+        assert [line.sku for line in order.lines] == [i["sku"] for i in raw["line_items"]]
+        assert order.updated_at.tzinfo is not None
+    assert [op for op, _ in sim.request_log] == ["list_orders"] * 3
+    connector.close()
+
+
+def test_second_poll_from_the_cursor_sees_only_touched_orders(serve):
+    clock = FakeClock()
+    sim = WooCommerceSimulator(seed=2, clock=clock.time)
+    ids = sim.add_orders(30)
+    clock.now += 120
+    cursor = dt.datetime.fromtimestamp(clock.now, dt.UTC)
+    clock.now += 60
+    sim.touch_order(ids[3])
+    sim.touch_order(ids[17])
+    connector = _connector(serve(sim))
+
+    touched = list(
+        connector.fetch_updated_orders(cursor, dt.datetime.fromtimestamp(clock.now + 1, dt.UTC))
+    )
+
+    assert sorted(o.external_id for o in touched) == sorted([ids[3], ids[17]])
+    assert all(o.financial_status in ("paid", "partially_refunded") for o in touched)
+
+
+def test_fulfillment_and_stock_reach_the_shop_once(serve):
+    sim = WooCommerceSimulator(seed=3)
+    (oid,) = sim.add_orders(1)
+    connector = _connector(serve(sim))
+
+    for _ in range(2):  # a retried task
+        connector.push_fulfillment(
+            oid, tracking_number="1Z999", carrier="UPS", idempotency_key=f"fulfil:{oid}"
+        )
+    connector.push_stock({"SKU-RED-S": 7, "SKU-RED-M": 0, "SKU-MUG": 12})
+
+    assert len(sim.ledger[f"note:{oid}"]) == 1
+    assert len(sim.ledger[f"fulfillment:{oid}"]) == 1
+    assert sim.orders[oid]["status"] == "completed"
+    assert (sim.stock("SKU-RED-S"), sim.stock("SKU-RED-M"), sim.stock("SKU-MUG")) == (7, 0, 12)
+    assert connector.get_order(oid).fulfillment_status == "fulfilled"
+    ops = [op for op, _ in sim.request_log]
+    assert "batch_variations" in ops and "batch_products" in ops  # SKU-RED-M is a variation
+
+
+def test_poll_under_the_shops_rate_limit_still_completes(serve):
+    # given: 2 requests per 10 s window, and one fake clock for the window and our sleeps
+    clock = FakeClock()
+    sim = WooCommerceSimulator(seed=4, clock=clock.time, rate_limit=(2, 10.0))
+    ids = sim.add_orders(450)  # five pages
+    since = dt.datetime.fromtimestamp(clock.now - 60, dt.UTC)
+    connector = _connector(
+        serve(sim),
+        ConnectorSeams(
+            sleep=clock.sleep, clock=lambda: dt.datetime.fromtimestamp(clock.now + 1, dt.UTC)
+        ),
+    )
+
+    # when
+    orders = list(connector.fetch_updated_orders(since))
+
+    # then
+    assert sorted(o.external_id for o in orders) == sorted(ids)
+    assert clock.sleeps, "the connector waited for the window"
+    statuses = [status for _, status in sim.request_log]
+    assert statuses.count(200) == 5
+
+
+def test_poll_survives_injected_429s(serve):
+    clock = FakeClock()
+    sim = WooCommerceSimulator(Knobs(rate_429=0.3, seed=7), clock=clock.time, rate_limit=None)
+    ids = sim.add_orders(300)
+    since = dt.datetime.fromtimestamp(clock.now - 60, dt.UTC)
+    connector = _connector(
+        serve(sim),
+        ConnectorSeams(
+            sleep=clock.sleep, clock=lambda: dt.datetime.fromtimestamp(clock.now + 1, dt.UTC)
+        ),
+    )
+
+    orders = list(connector.fetch_updated_orders(since))
+
+    assert sorted(o.external_id for o in orders) == sorted(ids)
+    assert any(status == 429 for _, status in sim.request_log)
+    assert 1.0 in clock.sleeps  # Retry-After honoured
+
+
+def test_wrong_secret_is_refused_with_woos_error(serve):
+    sim = WooCommerceSimulator()
+    connector = _connector(serve(sim), consumer_secret="cs_wrong")
+    with pytest.raises(AuthError) as info:
+        connector.test_connection()
+    assert info.value.code == "woocommerce_rest_authentication_error"
+
+
+def test_simulated_deliveries_verify_and_dedupe():
+    sim = WooCommerceSimulator(seed=5)
+    (oid,) = sim.add_orders(1)
+    headers, body = sim.webhook_delivery(oid, "order.updated", SANDBOX_WEBHOOK_SECRET)
+    assert verify_signature(SANDBOX_WEBHOOK_SECRET, body, headers["X-WC-Webhook-Signature"])
+    assert b"\\/" in body  # wp_json_encode escapes slashes: verify the raw bytes
+    again_headers, again = sim.webhook_delivery(oid, "order.updated", SANDBOX_WEBHOOK_SECRET)
+    assert dedupe_key(headers, body) == dedupe_key(again_headers, again)
+    assert not is_ping(headers, body)
+    assert is_ping(*sim.ping_delivery())
+
+
+def test_simulator_enforces_woos_limits_and_query_string_auth(serve):
+    sim = WooCommerceSimulator(rate_limit=None)
+    base = serve(sim) + "/wp-json/wc/v3"
+    auth = (SANDBOX_CONSUMER_KEY, SANDBOX_CONSUMER_SECRET)
+    with httpx.Client() as http:
+        too_many = http.get(f"{base}/orders", params={"per_page": "101"}, auth=auth)
+        too_big = http.post(
+            f"{base}/products/batch", json={"update": [{"id": 100}] * 101}, auth=auth
+        )
+        by_query = http.get(
+            f"{base}/orders",
+            params={"consumer_key": auth[0], "consumer_secret": auth[1]},
+        )
+        anonymous = http.get(f"{base}/orders")
+    assert (too_many.status_code, too_many.json()["code"]) == (400, "rest_invalid_param")
+    assert (too_big.status_code, too_big.json()["code"]) == (413, "rest_request_entity_too_large")
+    assert by_query.status_code == 200 and by_query.headers["X-WP-Total"] == "0"
+    assert (anonymous.status_code, anonymous.json()["code"]) == (
+        401,
+        "woocommerce_rest_cannot_view",
+    )
