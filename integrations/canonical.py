@@ -8,7 +8,7 @@ so that nothing a mapper does not understand yet is lost.
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 from pydantic import (
@@ -36,7 +36,10 @@ def to_decimal(value: Any) -> Decimal:
     text = str(value).strip()
     if not text:
         raise ValueError("empty money amount")
-    result = Decimal(text)
+    try:
+        result = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"not a money amount: {text[:20]!r}") from None
     if not result.is_finite():
         raise ValueError(f"not a finite amount: {value!r}")
     return result

@@ -57,7 +57,7 @@ DEFAULT_RATE_LIMITS: Mapping[str, tuple[float, float]] = {
     "getOrderItems": (0.5, 30),
     "confirmShipment": (2.0, 10),
 }
-QUOTA_EXCEEDED = {
+QUOTA_EXCEEDED: dict[str, object] = {
     "errors": [
         {
             "code": "QuotaExceeded",
@@ -115,6 +115,7 @@ class AmazonSimulator:
         currency: str = "USD",
         rate_limits: Mapping[str, tuple[float, float]] | None = None,
         pending_ratio: float = 0.2,
+        page_size: int = 100,
         items_page_size: int = 100,
         token_lifetime_s: int = 3600,
         min_before_age_s: float = 120.0,
@@ -125,13 +126,15 @@ class AmazonSimulator:
         self.marketplace_id = marketplace_id
         self.currency = currency
         self.pending_ratio = pending_ratio
+        self.page_size = page_size  # a cap below MaxResultsPerPage, to test pagination
         self.items_page_size = items_page_size
         self.token_lifetime_s = token_lifetime_s
         self.min_before_age_s = min_before_age_s
         self.clock = clock
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
-        self._limits = dict(DEFAULT_RATE_LIMITS if rate_limits is None else rate_limits)
+        # overrides per operation; the others keep Amazon's documented plans
+        self._limits = {**DEFAULT_RATE_LIMITS, **(rate_limits or {})}
         now = clock()
         self._buckets = {op: _Bucket(r, b, now) for op, (r, b) in self._limits.items()}
         #: AmazonOrderId → the v0 Order object / its OrderItems
@@ -320,7 +323,9 @@ class AmazonSimulator:
         with self._lock:
             if form.get("grant_type") != "refresh_token":
                 body = {
-                    "error_description": "The authorization grant type is not supported by the authorization server",
+                    "error_description": (
+                        "The authorization grant type is not supported by the authorization server"
+                    ),
                     "error": "unsupported_grant_type",
                 }
                 return self._reply("lwaToken", 400, body)
@@ -335,17 +340,19 @@ class AmazonSimulator:
                 return self._reply("lwaToken", 401, body)
             if form.get("refresh_token") != SANDBOX_REFRESH_TOKEN:
                 body = {
-                    "error_description": "The request has an invalid grant parameter : refresh_token",
+                    "error_description": (
+                        "The request has an invalid grant parameter : refresh_token"
+                    ),
                     "error": "invalid_grant",
                 }
                 return self._reply("lwaToken", 400, body)
-            body = {
+            granted: dict[str, object] = {
                 "access_token": self._issue_token(),
                 "refresh_token": SANDBOX_REFRESH_TOKEN,
                 "token_type": "bearer",
                 "expires_in": self.token_lifetime_s,
             }
-            return self._reply("lwaToken", 200, body)
+            return self._reply("lwaToken", 200, granted)
 
     async def _get_orders(self, request: Request) -> Response:
         if (denied := await self._gate("getOrders", request)) is not None:
@@ -379,6 +386,7 @@ class AmazonSimulator:
                 if isinstance(selected, Response):
                     return selected
                 remaining, extra = selected
+            size = min(size, self.page_size)
             page, rest = remaining[:size], remaining[size:]
             payload: dict[str, Any] = {"Orders": [dict(self.orders[i]) for i in page], **extra}
             if rest:
