@@ -209,6 +209,11 @@ class IdempotencyKey(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     recovery_point: Mapped[str] = mapped_column(String(50), default="started")
     locked_at: Mapped[dt.datetime | None]
+    # who holds it: the Celery task id, the same on a redelivery of the same message, so an
+    # attempt that died (SIGKILL, lost worker) is resumed at once by its own redelivery
+    locked_by: Mapped[str | None] = mapped_column(String(255))
+    # the last failure, for staff
+    last_error: Mapped[str | None] = mapped_column(Text)
     response_code: Mapped[int | None] = mapped_column(Integer)
     response_body: Mapped[JSONDict | None] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = created_at()

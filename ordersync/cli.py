@@ -169,7 +169,9 @@ def up(
 @cli.command()
 def demo(
     orders: Annotated[int, typer.Option(help="orders the sandbox sends")] = 200,
-    as_json: Annotated[bool, typer.Option("--json", help="summary as JSON on the last line")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="summary as JSON on the last line")
+    ] = False,
     keep: Annotated[bool, typer.Option(help="leave everything running afterwards")] = False,
     duplicate_rate: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.15,
     timeout: Annotated[float, typer.Option(help="seconds to wait for processing")] = 300.0,

@@ -32,11 +32,11 @@ from sqlalchemy import func, select
 from db.migrate import upgrade
 from db.models import ChannelAccount, InboxEvent, Order
 from db.session import session_scope
+from orders.states import InboxStatus
 from ordersync.logging import configure_logging
 from ordersync.runtime import embedded_redis, redis_url
 from ordersync.settings import get_settings
 from ordersync.supervisor import ProcessGroup
-from orders.states import InboxStatus
 from sandbox.server import Sandbox
 
 __all__ = ["run_demo"]
@@ -276,7 +276,9 @@ def run_demo(
         if as_json:
             print(json.dumps(summary, sort_keys=True), flush=True)
         if keep:
-            err.print(f"still running: dashboard {base_url}/  sandbox {sandbox.url}  (Ctrl-C stops)")
+            err.print(
+                f"still running: dashboard {base_url}/  sandbox {sandbox.url}  (Ctrl-C stops)"
+            )
             dead = group.wait()
             err.print(f"[red]{dead.name} exited")
         ok = summary["failed"] == 0 and summary["orders_created"] == len(ids) and not rejected

@@ -100,7 +100,7 @@ class EmbeddedRedis:
 
     def _start(self) -> str:
         port = _free_port()
-        log = open(self.dir / "redis.log", "ab")  # noqa: SIM115 (owned by the child)
+        log = open(self.dir / "redis.log", "ab")
         self.process = subprocess.Popen(
             [
                 find_redis_server(),

@@ -42,7 +42,7 @@ class ProcessGroup:
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             child.log_path = self.log_dir / f"{name}.log"
-            handle = open(child.log_path, "ab")  # noqa: SIM115 (owned by the child)
+            handle = open(child.log_path, "ab")
             stdout = handle.fileno()
         child.process = subprocess.Popen(
             argv,

@@ -15,7 +15,6 @@ the task marks it ``failed`` with the parse error for staff to see.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -30,6 +29,7 @@ from db.base import utcnow
 from db.models import ChannelAccount, InboxEvent
 from db.session import get_sessionmaker
 from integrations.shopify import webhooks as shopify_webhooks
+from integrations.woocommerce import webhooks as woocommerce_webhooks
 from orders.states import Channel, InboxStatus
 from workflows.publish import publish_after_commit
 from workflows.tasks import process_event
@@ -53,21 +53,21 @@ class Receiver:
     is_ping: Callable[[Mapping[str, str], bytes], bool] = lambda _h, _b: False
 
 
-def _shopify_dedupe(headers: Mapping[str, str], body: bytes) -> str:
-    webhook_id = headers.get("x-shopify-webhook-id")
-    if webhook_id:
-        return webhook_id
-    topic = headers.get("x-shopify-topic", "")
-    return f"body:{topic}:{hashlib.sha256(body).hexdigest()}"
-
-
 RECEIVERS: dict[Channel, Receiver] = {
     Channel.SHOPIFY: Receiver(
         signature_header="x-shopify-hmac-sha256",
         verify=shopify_webhooks.verify_signature,
-        topic=lambda h: h.get("x-shopify-topic", "unknown"),
-        dedupe_key=_shopify_dedupe,
+        topic=lambda h: h.get("x-shopify-topic") or "unknown",
+        dedupe_key=shopify_webhooks.dedupe_key,
         kept_headers=shopify_webhooks.kept_headers,
+    ),
+    Channel.WOOCOMMERCE: Receiver(
+        signature_header="x-wc-webhook-signature",
+        verify=woocommerce_webhooks.verify_signature,
+        topic=lambda h: woocommerce_webhooks.topic(h) or "unknown",
+        dedupe_key=woocommerce_webhooks.dedupe_key,
+        kept_headers=woocommerce_webhooks.kept_headers,
+        is_ping=woocommerce_webhooks.is_ping,
     ),
 }
 
@@ -82,7 +82,9 @@ def _account(session: Session, channel: Channel, name: str) -> ChannelAccount | 
     ).scalar_one_or_none()
 
 
-def _store(channel: Channel, account_name: str, headers: dict[str, str], body: bytes) -> dict[str, object]:
+def _store(
+    channel: Channel, account_name: str, headers: dict[str, str], body: bytes
+) -> dict[str, object]:
     receiver = RECEIVERS[channel]
     with get_sessionmaker()() as session, session.begin():
         account = _account(session, channel, account_name)
@@ -92,7 +94,9 @@ def _store(channel: Channel, account_name: str, headers: dict[str, str], body: b
         if receiver.is_ping(headers, body):
             log.info("webhook.ping", channel=channel.value, account=account_name)
             return {"status": "ping"}
-        if not receiver.verify(account.webhook_secret or "", body, headers.get(receiver.signature_header)):
+        if not receiver.verify(
+            account.webhook_secret or "", body, headers.get(receiver.signature_header)
+        ):
             log.warning(
                 "webhook.bad_signature",
                 channel=channel.value,
@@ -102,7 +106,9 @@ def _store(channel: Channel, account_name: str, headers: dict[str, str], body: b
             )
             raise HTTPException(401, "invalid signature")
         dedupe_key = receiver.dedupe_key(headers, body)
-        insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        insert = (
+            postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+        )
         inbox_id = session.execute(
             insert(InboxEvent)
             .values(

@@ -104,7 +104,8 @@ def test_a_cancellation_moves_an_open_order_to_cancelled_with_a_timeline_entry(
     migrated_url: str, fixtures_dir: Path
 ) -> None:
     maker, account_id = _setup(migrated_url)
-    open_order = map_order(_payload(fixtures_dir, updated_at="2026-03-01T10:00:00Z", total="9"), "s")
+    open_payload = _payload(fixtures_dir, updated_at="2026-03-01T10:00:00Z", total="9")
+    open_order = map_order(open_payload, "s")
     cancelled_payload = _payload(fixtures_dir, updated_at="2026-03-01T11:00:00Z", total="9")
     cancelled_payload["cancelled_at"] = "2026-03-01T11:00:00Z"
     cancelled = map_order(cancelled_payload, "s")
