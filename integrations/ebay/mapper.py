@@ -201,6 +201,8 @@ def map_order(payload: dict[str, Any], account: str) -> CanonicalOrder:
         order = EbayOrder.model_validate(payload)
     except ValidationError as exc:
         raise PayloadError(f"eBay order: invalid fields: {_fields(exc)}") from None
+    except ArithmeticError as exc:  # defensive: a number pydantic handed straight to Decimal
+        raise PayloadError(f"eBay order: unreadable amount ({type(exc).__name__})") from None
     try:
         return _build(order, payload, account)
     except PayloadError:

@@ -12,11 +12,12 @@ timestamps are UTC with milliseconds (``2015-08-04T19:09:02.768Z``).
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
-from integrations.canonical import MoneyField
+from integrations.canonical import to_decimal
 
 __all__ = [
     "EbayAddress",
@@ -37,12 +38,24 @@ __all__ = [
 IdStr = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
+def _amount(value: Any) -> Decimal:
+    # any ArithmeticError (a Decimal trap) becomes a ValueError, which pydantic reports as a
+    # field error, so the mapper can name the field instead of crashing
+    try:
+        return to_decimal(value)
+    except ArithmeticError:
+        raise ValueError("not a decimal amount") from None
+
+
+Money = Annotated[Decimal, BeforeValidator(_amount)]
+
+
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
 class EbayAmount(_Lenient):
-    value: MoneyField
+    value: Money
     currency: Annotated[str, StringConstraints(min_length=3, max_length=3)]
     convertedFromValue: str | None = None
     convertedFromCurrency: str | None = None

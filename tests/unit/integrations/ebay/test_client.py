@@ -7,6 +7,8 @@ import base64
 import copy
 import datetime as dt
 import json
+import logging
+import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -15,6 +17,7 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 import respx
+import structlog
 
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.ebay.client import SCOPE
@@ -565,3 +568,50 @@ def test_credentials_never_show_in_reprs(clock: Clock, sleeps: list[float]) -> N
     for text in (repr(ebay), repr(ebay.client), repr(ebay.account)):
         for secret in CREDS.values():
             assert secret not in text
+
+
+def test_credentials_and_tokens_never_reach_the_logs(
+    mock: respx.MockRouter, clock: Clock, sleeps: list[float], capsys: pytest.CaptureFixture[str]
+) -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    try:
+        mock.post(TOKEN).mock(return_value=token_ok())
+        mock.get(ORDERS).mock(
+            side_effect=[
+                httpx.Response(429, json=TOO_MANY, headers={"Retry-After": "1"}),
+                paged([make_order(1)], 200),
+            ]
+        )
+        list(connector(clock, sleeps).fetch_updated_orders(T0 - dt.timedelta(days=1)))
+    finally:
+        structlog.reset_defaults()
+    out = capsys.readouterr()
+    logged = out.out + out.err
+    assert "operation=getOrders" in logged  # the logs were captured at all
+    for secret in (
+        *CREDS.values(),
+        "v^1.1#i^1#USER",
+        base64.b64encode(b"App-ID-1:Cert-SECRET-42").decode(),
+    ):
+        assert secret not in logged
+
+
+def test_concurrent_callers_share_one_token_refresh(
+    mock: respx.MockRouter, clock: Clock, sleeps: list[float]
+) -> None:
+    gate = threading.Barrier(8)
+    token = mock.post(TOKEN).mock(return_value=token_ok())
+    client = connector(clock, sleeps).client
+    tokens: list[str] = []
+
+    def call() -> None:
+        gate.wait()
+        tokens.append(client.access_token())
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert token.call_count == 1
+    assert tokens == ["v^1.1#i^1#USER"] * 8

@@ -227,3 +227,9 @@ def test_a_currency_the_canonical_model_refuses_is_a_payload_error(
 def test_a_non_object_payload_is_a_payload_error() -> None:
     with pytest.raises(PayloadError):
         map_order([], "a")  # type: ignore[arg-type]
+
+
+def test_an_amount_that_is_not_a_number_names_its_field(us_order: dict[str, Any]) -> None:
+    us_order["lineItems"][1]["taxes"][0]["amount"]["value"] = "1,96 USD"
+    with pytest.raises(PayloadError, match=r"lineItems\.1\.taxes\.0\.amount\.value"):
+        map_order(us_order, "a")
