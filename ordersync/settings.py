@@ -48,6 +48,18 @@ class Settings(BaseSettings):
     # A committed inbox row still unprocessed after this long is republished by the sweeper.
     sweep_after_s: int = Field(default=60, ge=1)
     worker_concurrency: int = Field(default=2, ge=1)
+    # an order with no progress for this long in a pipeline state is pushed on by the sweeper
+    stuck_after_s: int = Field(default=600, ge=10)
+    # an idempotency key locked by an attempt that stopped answering is taken over after this
+    idempotency_lock_timeout_s: int = Field(default=90, ge=1)
+
+    # outside services of the pipeline (the demo points them at the sandbox)
+    payments_url: str | None = None
+    payments_api_key: SecretStr = SecretStr("")
+    carrier_url: str | None = None
+    carrier_api_key: SecretStr = SecretStr("")
+    seller_name: str = "ordersync demo shop"
+    invoice_series_prefix: str = "INV"
 
     log_level: str = "INFO"
     log_json: bool = False

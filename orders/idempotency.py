@@ -1,0 +1,148 @@
+"""Idempotency keys for side effects in the outside world (brandur / Stripe style).
+
+A key such as ``capture:{order_id}`` is stored locally *before* the outside call is made, with
+a hash of the request, a recovery point, who holds it (``locked_by``, the Celery task id) and,
+once finished, the response. The same key is sent to the provider (``Idempotency-Key``), so
+even a call whose answer we never saw is applied once there.
+
+``begin`` decides what an attempt may do:
+
+- new key → created, locked by this attempt; go ahead;
+- same key, different request → ``IdempotencyMismatch`` (a bug or tampering: never retry);
+- finished → the stored response; do nothing;
+- locked by a live attempt (another owner, lock younger than the timeout) → ``KeyLocked``
+  (retryable: try again later);
+- locked by this same owner (a redelivery after the worker died), or by an owner whose lock
+  expired → taken over and resumed from its recovery point.
+
+Each function runs in the caller's transaction; the caller commits ``begin`` before the outside
+call and ``finish`` together with the local effect it records (e.g. the payment row).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.base import utcnow
+from db.models import IdempotencyKey
+from integrations.errors import PermanentError, RetryableError
+
+__all__ = [
+    "Attempt",
+    "IdempotencyMismatch",
+    "KeyLocked",
+    "begin",
+    "fail",
+    "finish",
+    "request_hash",
+    "set_recovery_point",
+]
+
+STARTED = "started"
+FINISHED = "finished"
+
+
+class IdempotencyMismatch(PermanentError):
+    """The key was used before for a different request."""
+
+
+class KeyLocked(RetryableError):
+    """Another live attempt holds the key; try again later."""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    key: str
+    recovery_point: str
+    response: dict[str, Any] | None  # set when the key had already finished
+
+    @property
+    def finished(self) -> bool:
+        return self.recovery_point == FINISHED
+
+
+def request_hash(params: dict[str, Any]) -> str:
+    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def begin(
+    session: Session,
+    key: str,
+    params: dict[str, Any],
+    *,
+    owner: str,
+    lock_timeout: dt.timedelta = dt.timedelta(seconds=90),
+) -> Attempt:
+    digest = request_hash(params)
+    now = utcnow()
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    created = session.execute(
+        insert(IdempotencyKey)
+        .values(
+            key=key,
+            request_hash=digest,
+            recovery_point=STARTED,
+            locked_at=now,
+            locked_by=owner,
+            created_at=now,
+            last_run_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["key"])
+        .returning(IdempotencyKey.id)
+    ).scalar_one_or_none()
+    if created is not None:
+        return Attempt(key, STARTED, None)
+
+    row = session.execute(
+        select(IdempotencyKey).where(IdempotencyKey.key == key).with_for_update()
+    ).scalar_one()
+    if row.request_hash != digest:
+        raise IdempotencyMismatch(f"idempotency key {key} was used for a different request")
+    if row.recovery_point == FINISHED:
+        return Attempt(key, FINISHED, row.response_body)
+    live = row.locked_at is not None and now - row.locked_at < lock_timeout
+    if live and row.locked_by not in (None, owner):
+        raise KeyLocked(f"{key} is in progress elsewhere", retry_after=5.0)
+    row.locked_at = now
+    row.locked_by = owner
+    row.last_run_at = now
+    return Attempt(key, row.recovery_point, None)
+
+
+def set_recovery_point(session: Session, key: str, point: str) -> None:
+    session.execute(
+        update(IdempotencyKey).where(IdempotencyKey.key == key).values(recovery_point=point)
+    )
+
+
+def finish(session: Session, key: str, response: dict[str, Any], *, code: int = 200) -> None:
+    session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.key == key)
+        .values(
+            recovery_point=FINISHED,
+            response_code=code,
+            response_body=response,
+            locked_at=None,
+            locked_by=None,
+            last_error=None,
+        )
+    )
+
+
+def fail(session: Session, key: str, error: str) -> None:
+    """Release the key after a failed attempt, keeping its recovery point for the next one."""
+    session.execute(
+        update(IdempotencyKey)
+        .where(IdempotencyKey.key == key)
+        .values(locked_at=None, locked_by=None, last_error=error[:2000])
+    )

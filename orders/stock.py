@@ -1,0 +1,147 @@
+"""Stock: reservations that can never oversell (invariant 6).
+
+A reservation is one conditional update per SKU, ``reserved = reserved + q WHERE on_hand -
+reserved >= q``, in the same transaction as the order's state change; if any line is short,
+the savepoint is rolled back (no partial reservation) and the order goes ``on_hold``. The
+database's CHECK constraints (``0 <= reserved <= on_hand``) are the last line of defence.
+
+SKUs with no ``stock_items`` row are not stock-managed (like "don't track inventory" in a shop)
+and reserve nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.base import utcnow
+from db.models import Order, OrderLine, StockItem, StockReservation
+
+__all__ = [
+    "ReservationResult",
+    "consume",
+    "orders_waiting_for",
+    "release",
+    "reserve",
+    "set_on_hand",
+]
+
+HELD, RELEASED, CONSUMED = "held", "released", "consumed"
+
+
+@dataclass(frozen=True)
+class ReservationResult:
+    ok: bool
+    short: dict[str, int]  # sku → units missing
+    reserved: dict[str, int]
+
+
+def _wanted(session: Session, order_id: int) -> Counter[str]:
+    wanted: Counter[str] = Counter()
+    for sku, qty in session.execute(
+        select(OrderLine.sku, OrderLine.quantity).where(
+            OrderLine.order_id == order_id, OrderLine.sku.is_not(None)
+        )
+    ):
+        wanted[sku] += qty
+    return wanted
+
+
+def reserve(session: Session, order_id: int) -> ReservationResult:
+    wanted = _wanted(session, order_id)
+    tracked = set(
+        session.scalars(select(StockItem.sku).where(StockItem.sku.in_(list(wanted)))).all()
+    )
+    short: dict[str, int] = {}
+    reserved: dict[str, int] = {}
+    savepoint = session.begin_nested()
+    for sku in sorted(tracked):  # one order of locking everywhere: no deadlocks between orders
+        qty = wanted[sku]
+        if qty <= 0:
+            continue
+        took = session.execute(
+            update(StockItem)
+            .where(StockItem.sku == sku, StockItem.on_hand - StockItem.reserved >= qty)
+            .values(reserved=StockItem.reserved + qty, updated_at=utcnow())
+        ).rowcount
+        if took != 1:
+            available = session.scalar(
+                select(StockItem.on_hand - StockItem.reserved).where(StockItem.sku == sku)
+            )
+            short[sku] = qty - max(0, int(available or 0))
+        else:
+            reserved[sku] = qty
+    if short:
+        savepoint.rollback()
+        return ReservationResult(False, short, {})
+    for sku, qty in reserved.items():
+        session.add(StockReservation(order_id=order_id, sku=sku, quantity=qty, status=HELD))
+    savepoint.commit()
+    return ReservationResult(True, {}, reserved)
+
+
+def _settle(session: Session, order_id: int, status: str, *, consume_on_hand: bool) -> int:
+    held = session.scalars(
+        select(StockReservation)
+        .where(StockReservation.order_id == order_id, StockReservation.status == HELD)
+        .order_by(StockReservation.sku)
+        .with_for_update()
+    ).all()
+    for reservation in held:
+        values = {"reserved": StockItem.reserved - reservation.quantity, "updated_at": utcnow()}
+        if consume_on_hand:
+            values["on_hand"] = StockItem.on_hand - reservation.quantity
+        session.execute(update(StockItem).where(StockItem.sku == reservation.sku).values(values))
+        reservation.status = status
+    return len(held)
+
+
+def release(session: Session, order_id: int) -> int:
+    """Give the order's held units back (cancellation)."""
+    return _settle(session, order_id, RELEASED, consume_on_hand=False)
+
+
+def consume(session: Session, order_id: int) -> int:
+    """The parcel left: held units leave the shelf."""
+    return _settle(session, order_id, CONSUMED, consume_on_hand=True)
+
+
+def set_on_hand(session: Session, sku: str, on_hand: int) -> int:
+    """Set the counted quantity of a SKU (creating it); returns the units now available."""
+    if on_hand < 0:
+        raise ValueError("on_hand cannot be negative")
+    reserved = session.scalar(
+        select(StockItem.reserved).where(StockItem.sku == sku).with_for_update()
+    )
+    if reserved is not None and on_hand < reserved:
+        raise ValueError(f"{sku}: {reserved} units are reserved by open orders; on hand >= that")
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(
+        insert(StockItem)
+        .values(sku=sku, on_hand=on_hand, reserved=0, updated_at=utcnow())
+        .on_conflict_do_update(
+            index_elements=["sku"], set_={"on_hand": on_hand, "updated_at": utcnow()}
+        )
+    )
+    available = session.scalar(
+        select(StockItem.on_hand - StockItem.reserved).where(StockItem.sku == sku)
+    )
+    return int(available or 0)
+
+
+def orders_waiting_for(session: Session, sku: str, limit: int = 500) -> list[int]:
+    """On-hold orders with a line of ``sku``, oldest first (first come, first served)."""
+    return list(
+        session.scalars(
+            select(Order.id)
+            .join(OrderLine, OrderLine.order_id == Order.id)
+            .where(Order.state == "on_hold", OrderLine.sku == sku)
+            .group_by(Order.id)
+            .order_by(func.min(Order.created_at), Order.id)
+            .limit(limit)
+        ).all()
+    )
