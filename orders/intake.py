@@ -36,6 +36,7 @@ class IntakeResult:
     order_id: int
     outcome: IntakeOutcome
     state: OrderState
+    cancelled_now: bool = False  # this update moved the order to cancelled
 
 
 def _order_values(order: CanonicalOrder) -> dict[str, Any]:
@@ -185,5 +186,5 @@ def apply_order(
             to_state=OrderState.CANCELLED.value,
             reason="cancelled on the marketplace",
         )
-        state = OrderState.CANCELLED
+        return IntakeResult(order_id, IntakeOutcome.UPDATED, OrderState.CANCELLED, True)
     return IntakeResult(order_id, IntakeOutcome.UPDATED, state)

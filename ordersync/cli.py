@@ -1,4 +1,4 @@
-"""The ``ordersync`` command line (typer)."""
+"""ordersync: marketplace orders in, stock and status out, every effect exactly once."""
 
 from __future__ import annotations
 
@@ -16,12 +16,16 @@ from rich.table import Table
 
 from ordersync.logging import configure_logging
 from ordersync.settings import get_settings
+from ordersync.staff_cli import accounts_cli, orders_cli, stock_cli
 
 __all__ = ["main"]
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 db_cli = typer.Typer(no_args_is_help=True, help="Database migrations.")
 cli.add_typer(db_cli, name="db")
+cli.add_typer(orders_cli, name="orders")
+cli.add_typer(stock_cli, name="stock")
+cli.add_typer(accounts_cli, name="accounts")
 console = Console(stderr=True)
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, Response
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from db.models import ChannelAccount, InboxEvent, Order
+from db.models import ChannelAccount, InboxEvent, Invoice, Label, Order, Shipment
 from db.session import get_sessionmaker
+from integrations.errors import PermanentError
 from orders.states import InboxStatus, OrderState
 from workflows.publish import publish_after_commit
 from workflows.tasks import process_event
@@ -161,3 +162,87 @@ def retry_inbox(inbox_id: int) -> dict[str, Any]:
             raise HTTPException(409, "only failed events can be retried")
         publish_after_commit(session, process_event.si(inbox_id))
     return {"id": inbox_id, "status": InboxStatus.RECEIVED}
+
+
+def _staff_action(fn: Any, order_id: int) -> dict[str, Any]:
+    from orders.transitions import IllegalTransition
+
+    try:
+        with get_sessionmaker()() as session, session.begin():
+            return fn(session, order_id)  # type: ignore[no-any-return]
+    except IllegalTransition as exc:
+        raise HTTPException(409, str(exc)) from None
+    except PermanentError as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+@router.post("/orders/{order_id}/retry")
+def retry_order(order_id: int) -> dict[str, Any]:
+    """Resume a needs_attention order from the step that failed. A second click gets 409."""
+    from workflows.pipeline import retry_order as resume
+
+    def act(session: Session, oid: int) -> dict[str, Any]:
+        return {"id": oid, "resumed_from": resume(session, oid, actor="staff:api")}
+
+    return _staff_action(act, order_id)
+
+
+@router.post("/orders/{order_id}/ship")
+def ship_order(order_id: int) -> dict[str, Any]:
+    """Mark a ready_to_ship order as handed to the carrier (tracking goes to the marketplace)."""
+    from workflows.pipeline import ship
+
+    def act(session: Session, oid: int) -> dict[str, Any]:
+        order = session.get(Order, oid)
+        if order is None:
+            raise HTTPException(404, "no such order")
+        if order.state != OrderState.READY_TO_SHIP:
+            raise HTTPException(409, f"order is {order.state}, not ready_to_ship")
+        publish_after_commit(session, ship.si(oid))
+        return {"id": oid, "status": "shipping"}
+
+    return _staff_action(act, order_id)
+
+
+@router.put("/stock/{sku}")
+def set_stock(sku: str, on_hand: int = Query(..., ge=0)) -> dict[str, Any]:
+    """Set the counted quantity; on-hold orders waiting for the SKU are pushed on."""
+    from orders.stock import set_on_hand
+    from workflows.pipeline import release_waiting
+
+    with get_sessionmaker()() as session, session.begin():
+        try:
+            available = set_on_hand(session, sku, on_hand)
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+        waiting = release_waiting(session, sku)
+    return {"sku": sku, "on_hand": on_hand, "available": available, "released": waiting}
+
+
+@router.get("/orders/{order_id}/invoice.pdf")
+def invoice_pdf(order_id: int, kind: str = "invoice") -> Response:
+    with get_sessionmaker()() as session:
+        invoice = session.scalar(
+            select(Invoice).where(Invoice.order_id == order_id, Invoice.kind == kind)
+        )
+        if invoice is None or invoice.pdf is None:
+            raise HTTPException(404, f"no {kind} for this order")
+        return Response(
+            invoice.pdf,
+            media_type="application/pdf",
+            headers={"Content-Disposition": f'inline; filename="{invoice.full_number}.pdf"'},
+        )
+
+
+@router.get("/orders/{order_id}/label.pdf")
+def label_pdf(order_id: int) -> Response:
+    """The stored label: a reprint never buys a second one."""
+    with get_sessionmaker()() as session:
+        label = session.scalar(select(Label).join(Shipment).where(Shipment.order_id == order_id))
+        if label is None:
+            raise HTTPException(404, "no label for this order")
+        return Response(
+            label.pdf,
+            media_type="application/pdf",
+            headers={"Content-Disposition": f'inline; filename="{label.tracking_number}.pdf"'},
+        )

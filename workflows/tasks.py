@@ -16,11 +16,11 @@ import structlog
 from sqlalchemy import select, update
 
 from db.base import utcnow
-from db.models import ChannelAccount, InboxEvent, OutboxMessage
+from db.models import ChannelAccount, InboxEvent, Order, OutboxMessage
 from integrations import registry
 from integrations.errors import PayloadError
-from orders.intake import IntakeResult, apply_order
-from orders.states import Channel, InboxStatus
+from orders.intake import IntakeOutcome, IntakeResult, apply_order
+from orders.states import Channel, InboxStatus, OrderState
 from ordersync.settings import get_settings
 from workflows.base import OrdersyncTask
 from workflows.celery_app import app
@@ -74,6 +74,16 @@ TOPIC_HANDLERS: dict[str, Callable[..., IntakeResult]] = {
         "order.restored",
     )
 }
+
+
+def _after_intake(session: Any, result: IntakeResult) -> None:
+    """New orders enter the pipeline; orders cancelled by the marketplace release their stock."""
+    from workflows.pipeline import on_cancelled, pipeline
+
+    if result.outcome == IntakeOutcome.CREATED and result.state == OrderState.NEW:
+        publish_after_commit(session, pipeline(result.order_id))
+    elif result.outcome == IntakeOutcome.UPDATED and result.cancelled_now:
+        on_cancelled(session, result.order_id)
 
 
 def _parse(body: bytes) -> dict[str, Any]:
@@ -132,6 +142,7 @@ def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
             event.error = message[:2000]
             event.processed_at = utcnow()
             return {"inbox_id": inbox_id, "status": event.status, "error": message}
+        _after_intake(session, result)
         event.status = InboxStatus.PROCESSED
         event.order_id = result.order_id
         event.error = "stale: older than the stored order" if result.outcome == "stale" else None
@@ -180,6 +191,30 @@ def sweep(self: OrdersyncTask, limit: int = 500) -> dict[str, int]:
             )
             message.published_at = utcnow()
             message.attempts += 1
-    if stuck or outbox:
-        log.info("sweep.republished", inbox=len(stuck), outbox=len(outbox))
-    return {"inbox": len(stuck), "outbox": len(outbox)}
+        orders = _stuck_orders(session, limit)
+    if stuck or outbox or orders:
+        log.info("sweep.republished", inbox=len(stuck), outbox=len(outbox), orders=len(orders))
+    return {"inbox": len(stuck), "outbox": len(outbox), "orders": len(orders)}
+
+
+def _stuck_orders(session: Any, limit: int) -> list[int]:
+    """Orders in a pipeline state with no progress for ``stuck_after_s``: push them on again
+    (every step skips what is done, so this is safe however often it happens)."""
+    from workflows.pipeline import pipeline
+
+    cutoff = utcnow() - dt.timedelta(seconds=get_settings().stuck_after_s)
+    order_ids = session.scalars(
+        select(Order.id)
+        .where(
+            Order.state.in_(
+                [OrderState.NEW, OrderState.RESERVED, OrderState.PAID, OrderState.DOCUMENTED]
+            ),
+            Order.updated_at < cutoff,
+        )
+        .order_by(Order.updated_at)
+        .limit(limit)
+    ).all()
+    for order_id in order_ids:
+        publish_after_commit(session, pipeline(order_id))
+        session.execute(update(Order).where(Order.id == order_id).values(updated_at=utcnow()))
+    return list(order_ids)

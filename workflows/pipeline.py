@@ -1,0 +1,436 @@
+"""The order pipeline: one canvas, one task per step, each step exactly once in effect.
+
+    pipeline(order_id) = chain(
+        reserve_stock.si(order_id),        # or on_hold when stock is short (the chain stops)
+        capture_payment.si(order_id),      # recorded without a call when the marketplace collected
+        chord([issue_invoice.si(order_id), buy_label.si(order_id)],
+              mark_ready_to_ship.si(order_id)),
+    )
+    ship(order_id): tracking back to the marketplace → shipped
+
+Every task takes the order id, holds the Redis lock of (order, step), reloads the order and does
+its step only if it is not done yet; outside calls carry idempotency keys derived from our ids
+(``capture:{order_id}``, ``label:{order_id}``) that are stored before the call. When a step
+fails for good (a permanent error, or retries exhausted) the order goes to ``needs_attention``
+with the step, the error and the attempts; ``retry_order`` resumes it from that step.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import structlog
+from celery import chain, chord
+from celery.canvas import Signature
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.base import utcnow
+from db.models import ChannelAccount, Invoice, Label, Order, OrderLine, Payment, Shipment
+from integrations.canonical import Address
+from orders import idempotency, stock
+from orders.intake import record_event
+from orders.states import OrderState
+from orders.transitions import IllegalTransition, load_for_update, transition
+from ordersync.settings import get_settings
+from workflows.base import OrdersyncTask
+from workflows.celery_app import app
+from workflows.locks import LockBusy, order_lock
+from workflows.providers import carrier_client, connector_for, payments_client
+from workflows.publish import publish_after_commit
+
+__all__ = [
+    "buy_label",
+    "capture_payment",
+    "issue_invoice",
+    "mark_ready_to_ship",
+    "pipeline",
+    "reserve_stock",
+    "retry_order",
+    "ship",
+]
+
+log = structlog.get_logger(__name__)
+S = OrderState
+
+#: the state a failed step starts from: staff retry moves the order back there
+RESUME_STATE = {
+    "reserve_stock": S.NEW,
+    "capture_payment": S.RESERVED,
+    "issue_invoice": S.PAID,
+    "buy_label": S.PAID,
+    "mark_ready_to_ship": S.PAID,
+    "ship": S.READY_TO_SHIP,
+}
+_DONE_OR_GONE = {S.CANCELLED, S.NEEDS_ATTENTION, S.DELIVERED}
+# a contended step lock is retried this often before the task gives up (the holder finishes
+# the step anyway; the order itself never fails because of contention)
+LOCK_RETRIES = 60
+
+
+class StepTask(OrdersyncTask):
+    abstract = True
+    step: str = ""
+
+    def owner(self) -> str:
+        return str(self.request.id or uuid.uuid4())
+
+    def stop_chain(self) -> None:
+        """Do not run the rest of the pipeline after this task (on hold, cancelled, …)."""
+        self.request.chain = None
+        self.request.callbacks = None
+
+    def _handle_error(self, exc: Exception, args: Any, kwargs: Any) -> Any:
+        if isinstance(exc, LockBusy) and self.request.retries < LOCK_RETRIES:
+            raise self.retry(exc=exc, countdown=0.5 + self.request.retries * 0.5, max_retries=None)
+        return super()._handle_error(exc, args, kwargs)
+
+    def on_permanent_failure(
+        self, exc: Exception, args: Any, kwargs: Any, *, attempts: int
+    ) -> None:
+        order_id = args[0] if args else kwargs["order_id"]
+        message = f"{type(exc).__name__}: {exc}"[:2000]
+        with self.transaction() as session:
+            order = load_for_update(session, order_id)
+            if OrderState(order.state) in _DONE_OR_GONE:
+                return
+            transition(
+                session,
+                order,
+                S.NEEDS_ATTENTION,
+                actor=f"task:{self.step}",
+                step=self.step,
+                error=message,
+                attempts=attempts,
+            )
+            order.failed_step = self.step
+            order.last_error = message
+            order.attempts = attempts
+
+
+def _task(step: str, queue_prefix: str) -> Any:
+    return app.task(base=StepTask, bind=True, name=f"ordersync.{queue_prefix}.{step}", step=step)
+
+
+# --- reserve ------------------------------------------------------------------------------
+
+
+@_task("reserve_stock", "orders")
+def reserve_stock(self: StepTask, order_id: int) -> str:
+    with order_lock(order_id, self.step, self.owner()), self.transaction() as session:
+        order = load_for_update(session, order_id)
+        state = OrderState(order.state)
+        if state not in (S.NEW, S.ON_HOLD):
+            if state in _DONE_OR_GONE:
+                self.stop_chain()
+            return f"skip: {state}"
+        result = stock.reserve(session, order_id)
+        if result.ok:
+            transition(session, order, S.RESERVED, actor="task:reserve_stock",
+                       reserved=result.reserved)  # fmt: skip
+            return "reserved"
+        if state == S.NEW:
+            transition(session, order, S.ON_HOLD, actor="task:reserve_stock", short=result.short)
+        self.stop_chain()  # stock arriving (`ordersync stock set`) resumes it
+        return "on_hold"
+
+
+# --- capture ------------------------------------------------------------------------------
+
+
+def _has_payment(session: Session, order_id: int) -> bool:
+    return session.scalar(select(Payment.id).where(Payment.order_id == order_id)) is not None
+
+
+@_task("capture_payment", "orders")
+def capture_payment(self: StepTask, order_id: int) -> str:
+    key = f"capture:{order_id}"
+    with order_lock(order_id, self.step, self.owner()):
+        with self.transaction() as session:
+            order = load_for_update(session, order_id)
+            state = OrderState(order.state)
+            if state != S.RESERVED:
+                if state in _DONE_OR_GONE or state in (S.NEW, S.ON_HOLD):
+                    self.stop_chain()
+                return f"skip: {state}"
+            if _has_payment(session, order_id):
+                transition(session, order, S.PAID, actor="task:capture_payment")
+                return "already captured"
+            amount, currency = order.total, order.currency
+            if order.payment_collected_by_marketplace:
+                session.add(
+                    Payment(
+                        order_id=order_id,
+                        provider=order.channel,
+                        amount=amount,
+                        currency=currency,
+                        status="collected",
+                        idempotency_key=key,
+                        collected_by_marketplace=True,
+                        captured_at=utcnow(),
+                    )
+                )
+                transition(session, order, S.PAID, actor="task:capture_payment",
+                           collected_by=order.channel)  # fmt: skip
+                return "collected by marketplace"
+            params = {"order_ref": str(order_id), "amount": str(amount), "currency": currency}
+            idempotency.begin(
+                session,
+                key,
+                params,
+                owner=self.owner(),
+                lock_timeout=dt.timedelta(seconds=get_settings().idempotency_lock_timeout_s),
+            )
+            idempotency.set_recovery_point(session, key, "capture_sent")
+        # committed: the key exists before the call, so a crash here is resumed, not repeated
+        try:
+            client = payments_client()
+            try:
+                capture = client.capture(
+                    order_ref=str(order_id), amount=amount, currency=currency, idempotency_key=key
+                )
+            finally:
+                client.close()
+        except Exception as exc:
+            with self.transaction() as session:
+                idempotency.fail(session, key, f"{type(exc).__name__}: {exc}")
+            raise
+        with self.transaction() as session:
+            order = load_for_update(session, order_id)
+            if _has_payment(session, order_id):
+                return "already recorded"
+            session.add(
+                Payment(
+                    order_id=order_id,
+                    provider="payments",
+                    amount=capture.amount,
+                    currency=capture.currency,
+                    status=capture.status,
+                    external_id=capture.id,
+                    idempotency_key=key,
+                    captured_at=utcnow(),
+                )
+            )
+            idempotency.finish(session, key, {"id": capture.id, "status": capture.status})
+            if OrderState(order.state) != S.RESERVED:
+                # cancelled while the capture was in flight: the money was taken, so it is
+                # recorded, and staff see that it needs refunding
+                record_event(session, order_id, actor="task:capture_payment",
+                             kind="captured_after_cancel", payment=capture.id)  # fmt: skip
+                return f"captured, but order is {order.state}"
+            transition(session, order, S.PAID, actor="task:capture_payment",
+                       payment=capture.id, replayed=capture.replayed)  # fmt: skip
+        return "captured"
+
+
+# --- documents ----------------------------------------------------------------------------
+
+
+@_task("issue_invoice", "documents")
+def issue_invoice(self: StepTask, order_id: int) -> str:
+    from orders.invoices import Seller
+    from orders.invoices import issue_invoice as issue
+
+    with order_lock(order_id, self.step, self.owner()), self.transaction() as session:
+        state = OrderState(session.scalar(select(Order.state).where(Order.id == order_id)))
+        if state != S.PAID:
+            return f"skip: {state}"
+        invoice = issue(session, order_id, seller=Seller(name=get_settings().seller_name))
+        return invoice.full_number
+
+
+def _address(order: Order) -> Address:
+    return Address(**(order.shipping_address or {}))
+
+
+def _parcel_grams(session: Session, order_id: int) -> int:
+    # no product weights in the first cut: 400 g per unit, at least one unit's worth
+    units = sum(session.scalars(select(OrderLine.quantity).where(OrderLine.order_id == order_id)))
+    return max(1, units) * 400
+
+
+@_task("buy_label", "outbound")
+def buy_label(self: StepTask, order_id: int) -> str:
+    from integrations.carriers.payloads import Parcel
+
+    key = f"label:{order_id}"
+    with order_lock(order_id, self.step, self.owner()):
+        with self.transaction() as session:
+            order = session.get(Order, order_id)
+            assert order is not None
+            if OrderState(order.state) != S.PAID:
+                return f"skip: {order.state}"
+            existing = session.scalar(
+                select(Label.tracking_number).join(Shipment).where(Shipment.order_id == order_id)
+            )
+            if existing:
+                return existing
+            ship_to = _address(order)
+            grams = _parcel_grams(session, order_id)
+            params = {"ship_to": ship_to.model_dump(), "grams": grams}
+            attempt = idempotency.begin(
+                session,
+                key,
+                params,
+                owner=self.owner(),
+                lock_timeout=dt.timedelta(seconds=get_settings().idempotency_lock_timeout_s),
+            )
+            if not attempt.finished:
+                idempotency.set_recovery_point(session, key, "label_requested")
+        try:
+            client = carrier_client()
+            try:
+                label = client.buy_label(
+                    shipment_ref=f"order-{order_id}",
+                    ship_to=ship_to,
+                    ship_from=Address(name=get_settings().seller_name, country_code="US"),
+                    parcel=Parcel(weight_grams=grams, length_cm=30, width_cm=20, height_cm=10),
+                    idempotency_key=key,
+                )
+            finally:
+                client.close()
+        except Exception as exc:
+            with self.transaction() as session:
+                idempotency.fail(session, key, f"{type(exc).__name__}: {exc}")
+            raise
+        with self.transaction() as session:
+            shipment = session.scalar(select(Shipment).where(Shipment.order_id == order_id))
+            if shipment is None:
+                shipment = Shipment(order_id=order_id, carrier=label.carrier, status="labelled")
+                session.add(shipment)
+                session.flush()
+            if session.scalar(select(Label.id).where(Label.shipment_id == shipment.id)):
+                return "already recorded"
+            shipment.tracking_number = label.tracking_number
+            shipment.status = "labelled"
+            session.add(
+                Label(
+                    shipment_id=shipment.id,
+                    carrier=label.carrier,
+                    idempotency_key=key,
+                    tracking_number=label.tracking_number,
+                    pdf=label.pdf,
+                )
+            )
+            response = {"label_id": label.label_id, "tracking_number": label.tracking_number}
+            idempotency.finish(session, key, response)
+            record_event(session, order_id, actor="task:buy_label", kind="label",
+                         tracking_number=label.tracking_number, carrier=label.carrier)  # fmt: skip
+        return label.tracking_number
+
+
+@_task("mark_ready_to_ship", "orders")
+def mark_ready_to_ship(self: StepTask, order_id: int) -> str:
+    with order_lock(order_id, self.step, self.owner()), self.transaction() as session:
+        order = load_for_update(session, order_id)
+        state = OrderState(order.state)
+        if state not in (S.PAID, S.DOCUMENTED):
+            return f"skip: {state}"
+        if state == S.PAID:
+            has_invoice = session.scalar(
+                select(Invoice.id).where(Invoice.order_id == order_id, Invoice.kind == "invoice")
+            )
+            has_label = session.scalar(
+                select(Label.id).join(Shipment).where(Shipment.order_id == order_id)
+            )
+            if not (has_invoice and has_label):
+                raise IllegalTransition(f"order {order_id}: invoice or label missing")
+            transition(session, order, S.DOCUMENTED, actor="task:mark_ready_to_ship")
+        transition(session, order, S.READY_TO_SHIP, actor="task:mark_ready_to_ship")
+        return "ready_to_ship"
+
+
+# --- ship, cancel ---------------------------------------------------------------------------
+
+
+@_task("ship", "outbound")
+def ship(self: StepTask, order_id: int) -> str:
+    """The parcel left: tracking goes back to the marketplace, held stock leaves the shelf."""
+    with order_lock(order_id, self.step, self.owner()):
+        with self.transaction() as session:
+            order = session.get(Order, order_id)
+            assert order is not None
+            if OrderState(order.state) != S.READY_TO_SHIP:
+                return f"skip: {order.state}"
+            shipment = session.scalar(select(Shipment).where(Shipment.order_id == order_id))
+            account = session.get(ChannelAccount, order.channel_account_id)
+            assert shipment is not None and account is not None
+            external_id, tracking, carrier = (
+                order.external_id, shipment.tracking_number or "", shipment.carrier
+            )  # fmt: skip
+        if account.api_base_url or account.credentials:
+            connector: Any = connector_for(account)
+            try:
+                connector.push_fulfillment(
+                    external_id,
+                    tracking_number=tracking,
+                    carrier=carrier,
+                    idempotency_key=f"fulfill:{order_id}",
+                )
+            finally:
+                connector.close()
+        with self.transaction() as session:
+            order = load_for_update(session, order_id)
+            if OrderState(order.state) != S.READY_TO_SHIP:
+                return f"skip: {order.state}"
+            stock.consume(session, order_id)
+            shipment = session.scalar(select(Shipment).where(Shipment.order_id == order_id))
+            assert shipment is not None
+            shipment.status, shipment.shipped_at = "shipped", utcnow()
+            transition(session, order, S.SHIPPED, actor="task:ship", tracking_number=tracking)
+        return "shipped"
+
+
+@_task("credit_note", "documents")
+def credit_note(self: StepTask, order_id: int) -> str:
+    """A cancelled order that was invoiced gets one credit note (invoices are never deleted)."""
+    from orders.invoices import Seller, issue_credit_note
+
+    with self.transaction() as session:
+        note = issue_credit_note(session, order_id, seller=Seller(name=get_settings().seller_name))
+        return note.full_number if note else "no invoice"
+
+
+def on_cancelled(session: Session, order_id: int) -> None:
+    """Called in the transaction that cancelled the order."""
+    released = stock.release(session, order_id)
+    if released:
+        record_event(session, order_id, actor="system", kind="stock_released", lines=released)
+    publish_after_commit(session, credit_note.si(order_id))
+
+
+# --- canvas and staff actions ---------------------------------------------------------------
+
+
+def pipeline(order_id: int) -> Signature:
+    return chain(
+        reserve_stock.si(order_id),
+        capture_payment.si(order_id),
+        chord(
+            [issue_invoice.si(order_id), buy_label.si(order_id)], mark_ready_to_ship.si(order_id)
+        ),
+    )
+
+
+def retry_order(session: Session, order_id: int, *, actor: str) -> OrderState:
+    """Staff retry: resume a ``needs_attention`` order from the step that failed."""
+    order = load_for_update(session, order_id)
+    if OrderState(order.state) != S.NEEDS_ATTENTION:
+        raise IllegalTransition(f"order {order_id} is {order.state}, not needs_attention")
+    resume = RESUME_STATE.get(order.failed_step or "", S.NEW)
+    transition(session, order, resume, actor=actor, retry_of=order.failed_step)
+    order.failed_step, order.last_error, order.attempts = None, None, 0
+    publish_after_commit(
+        session, ship.si(order_id) if resume == S.READY_TO_SHIP else pipeline(order_id)
+    )
+    return resume
+
+
+def release_waiting(session: Session, sku: str) -> list[int]:
+    """After stock arrived: push the on-hold orders that wait for ``sku`` through again."""
+    waiting = stock.orders_waiting_for(session, sku)
+    for order_id in waiting:
+        publish_after_commit(session, pipeline(order_id))
+    return waiting

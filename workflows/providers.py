@@ -1,0 +1,56 @@
+"""Wiring: the outside-world clients the pipeline uses, built from settings (one place)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from integrations.base import AccountConfig
+from integrations.errors import PermanentError
+from orders.states import Channel
+from ordersync.settings import get_settings
+
+if TYPE_CHECKING:
+    from db.models import ChannelAccount
+    from integrations.carriers.client import CarrierClient
+    from integrations.payments.client import PaymentsClient
+
+__all__ = ["account_config", "carrier_client", "connector_for", "payments_client"]
+
+
+class NotConfigured(PermanentError):
+    """A setting the step needs is missing; staff fix the configuration, then retry."""
+
+
+def payments_client() -> PaymentsClient:
+    from integrations.payments.client import PaymentsClient
+
+    settings = get_settings()
+    if not settings.payments_url:
+        raise NotConfigured("no payment provider configured (ORDERSYNC_PAYMENTS_URL)")
+    return PaymentsClient(settings.payments_url, settings.payments_api_key.get_secret_value())
+
+
+def carrier_client() -> CarrierClient:
+    from integrations.carriers.client import CarrierClient
+
+    settings = get_settings()
+    if not settings.carrier_url:
+        raise NotConfigured("no carrier configured (ORDERSYNC_CARRIER_URL)")
+    return CarrierClient(settings.carrier_url, settings.carrier_api_key.get_secret_value())
+
+
+def account_config(account: ChannelAccount) -> AccountConfig:
+    return AccountConfig(
+        name=account.name,
+        channel=Channel(account.channel),
+        shop=account.shop,
+        api_base_url=account.api_base_url,
+        credentials=dict(account.credentials or {}),
+        webhook_secret=account.webhook_secret,
+    )
+
+
+def connector_for(account: ChannelAccount) -> object:
+    from integrations import registry
+
+    return registry.connector_class(Channel(account.channel))(account_config(account))
