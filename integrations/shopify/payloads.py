@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from integrations.canonical import to_decimal
+from integrations.canonical import MoneyField, to_decimal
 
 __all__ = [
     "GqlLineItem",
@@ -38,21 +38,11 @@ def _id_str(value: Any) -> Any:
     return str(value) if isinstance(value, int) else value
 
 
-def _money(value: Any) -> Decimal:
-    # ``canonical.to_decimal`` lets ``decimal.InvalidOperation`` ("abc") escape, which pydantic
-    # does not turn into a validation error; make it a ValueError so it names the field
-    try:
-        return to_decimal(value)
-    except ArithmeticError as exc:
-        raise ValueError("not a money amount") from exc
-
-
 def _opt_money(value: Any) -> Decimal | None:
-    return None if value is None or value == "" else _money(value)
+    return None if value is None or value == "" else to_decimal(value)
 
 
 IdStr = Annotated[str, BeforeValidator(_id_str), Field(min_length=1, max_length=64)]
-MoneyField = Annotated[Decimal, BeforeValidator(_money)]
 OptMoney = Annotated[Decimal | None, BeforeValidator(_opt_money)]
 
 

@@ -15,11 +15,17 @@ from orders.states import Channel, OrderState
 from tests.unit.integrations.shopify.fixtures import all_orders, order
 
 D = Decimal
+Line = tuple[str | None, int, D, D, D, D]
+Expected = tuple[D, D, D, D, D, list[Line]]
 
 # label → (total, subtotal, tax, shipping, discount, [(sku, qty, unit, tax, discount, total)])
-EXPECTED: dict[str, tuple[D, D, D, D, D, list[tuple[str | None, int, D, D, D, D]]]] = {
+EXPECTED: dict[str, Expected] = {
     "order.json": (
-        D("409.94"), D("398.00"), D("11.94"), D("0.00"), D("0.00"),
+        D("409.94"),
+        D("398.00"),
+        D("11.94"),
+        D("0.00"),
+        D("0.00"),
         [
             ("IPOD2008GREEN", 1, D("199.00"), D(0), D(0), D("199.00")),
             ("IPOD2008RED", 1, D("199.00"), D(0), D(0), D("199.00")),
@@ -27,7 +33,11 @@ EXPECTED: dict[str, tuple[D, D, D, D, D, list[tuple[str | None, int, D, D, D, D]
         ],
     ),
     "ruby-order.json": (
-        D("409.94"), D("398.00"), D("11.94"), D("0.00"), D("0.00"),
+        D("409.94"),
+        D("398.00"),
+        D("11.94"),
+        D("0.00"),
+        D("0.00"),
         [
             ("IPOD2008GREEN", 1, D("199.00"), D(0), D(0), D("199.00")),
             ("IPOD2008RED", 1, D("199.00"), D(0), D(0), D("199.00")),
@@ -35,7 +45,11 @@ EXPECTED: dict[str, tuple[D, D, D, D, D, list[tuple[str | None, int, D, D, D, D]
         ],
     ),
     "ruby-order_with_properties.json": (
-        D("409.94"), D("398.00"), D("11.94"), D("0.00"), D("0.00"),
+        D("409.94"),
+        D("398.00"),
+        D("11.94"),
+        D("0.00"),
+        D("0.00"),
         [
             (None, 1, D("45.00"), D(0), D(0), D("45.00")),  # "sku": "" means no SKU
             (None, 1, D("24.00"), D(0), D(0), D("24.00")),
@@ -43,16 +57,23 @@ EXPECTED: dict[str, tuple[D, D, D, D, D, list[tuple[str | None, int, D, D, D, D]
     ),
     "orders.json[0]": (D("598.94"), D("597.00"), D("11.94"), D("0.00"), D("10.00"), []),
 }
-_MODERN = (
-    D("598.94"), D("597.00"), D("11.94"), D("0.00"), D("10.00"),
+_MODERN: Expected = (
+    D("598.94"),
+    D("597.00"),
+    D("11.94"),
+    D("0.00"),
+    D("10.00"),
     [
         ("IPOD2008GREEN", 1, D("199.00"), D("3.98"), D("3.34"), D("195.66")),
         ("IPOD2008RED", 1, D("199.00"), D("3.98"), D("3.33"), D("195.67")),
         ("IPOD2008BLACK", 1, D("199.00"), D("3.98"), D("3.33"), D("195.67")),
     ],
 )
-for _label in ("rest-2026-07/order.get.json", "rest-2026-07/order.close.json",
-               "rest-2026-07/orders.list.json[0]"):
+for _label in (
+    "rest-2026-07/order.get.json",
+    "rest-2026-07/order.close.json",
+    "rest-2026-07/orders.list.json[0]",
+):
     EXPECTED[_label] = _MODERN
 
 FIXTURES = all_orders()
@@ -78,7 +99,9 @@ def test_maps_totals_lines_tax_shipping_and_discounts(label: str, payload: dict[
     assert result.currency == "USD"
     assert (result.total, result.subtotal, result.tax_total) == (total, subtotal, tax)
     assert (result.shipping_total, result.discount_total) == (shipping, discount)
-    got = [(ln.sku, ln.quantity, ln.unit_price, ln.tax, ln.discount, ln.total) for ln in result.lines]
+    got = [
+        (ln.sku, ln.quantity, ln.unit_price, ln.tax, ln.discount, ln.total) for ln in result.lines
+    ]
     assert got == lines
     assert all(isinstance(v, Decimal) for v in (result.total, result.subtotal, result.tax_total))
     assert result.updated_at.tzinfo is dt.UTC

@@ -1,0 +1,1040 @@
+"""Shopify simulator: the GraphQL Admin API (2026-07) as the Shopify connector uses it.
+
+``POST /admin/api/{version}/graphql.json`` with ``X-Shopify-Access-Token``; the operation is
+picked from ``operationName`` (or the document's first ``query``/``mutation`` name) and answered
+with Shopify's response shapes, ``extensions.cost`` included. A real leaky bucket limits query
+cost (1000 points, 50/s restore by default): a query whose requested cost exceeds what is
+available gets ``THROTTLED`` like Shopify's, one above the whole bucket ``MAX_COST_EXCEEDED``.
+
+Orders are kept in the REST shape (``rest-2026-07/order.get.json``) with big-integer ids and
+totals that add up; GraphQL nodes and webhook bodies are derived from them. Ledgers record what
+the connector pushed: ``fulfillments``, ``inventory_sets`` (by idempotency key), ``cancels``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+import random
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from sandbox.knobs import Knobs
+
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_SKUS",
+    "SANDBOX_ACCESS_TOKEN",
+    "SANDBOX_SHOP",
+    "ShopifySimulator",
+    "graphql_order",
+]
+
+SANDBOX_SHOP = "ordersync-sandbox.myshopify.com"
+SANDBOX_ACCESS_TOKEN = "shpat_sandbox_00000000000000000000000000000000"  # noqa: S105 - public
+API_VERSION = "2026-07"
+DEFAULT_SKUS = ("SKU-RED-S", "SKU-RED-M", "SKU-BLUE-S", "SKU-BLUE-M", "SKU-GREEN-L")
+ORDER_TOPICS = ("orders/create", "orders/updated", "orders/cancelled")
+
+CENT = Decimal("0.01")
+TAX_RATE = Decimal("0.06")
+SHOP_OFFSET = dt.timezone(dt.timedelta(hours=-4))  # REST timestamps carry the shop's offset
+LOCATION_GID = "gid://shopify/Location/655441491"
+
+# Shopify's static cost analysis, as the client's estimates assume it: object 1, connection
+# 2 + first x node. ORDER_BASE: Order + five money bags x 2 + customer + shipping address.
+ORDER_BASE, LINE_COST, MUTATION_COST = 13, 9, 10
+
+_OP_NAME = re.compile(r"\b(?:query|mutation)\s+([A-Za-z_]\w*)")
+
+
+def _money(value: Decimal | str) -> str:
+    return str(Decimal(value).quantize(CENT))
+
+
+def _gql_amount(value: Any) -> str:
+    # GraphQL's Decimal scalar drops trailing zeros: "199.0", "3.98"
+    text = format(Decimal(str(value)).normalize(), "f")
+    return text if "." in text else text + ".0"
+
+
+def _set(amount: Decimal | str, currency: str) -> dict[str, Any]:
+    money = {"amount": _money(amount), "currency_code": currency}
+    return {"shop_money": money, "presentment_money": dict(money)}
+
+
+def _rest_time(value: dt.datetime) -> str:
+    return value.astimezone(SHOP_OFFSET).replace(microsecond=0).isoformat()
+
+
+def _parse_time(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(dt.UTC)
+
+
+def _gql_time(value: str | None) -> str | None:
+    return None if not value else _parse_time(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def graphql_order(order: dict[str, Any]) -> dict[str, Any]:
+    """A REST order as the GraphQL ``Order`` node the connector's ``OrderFields`` selects
+    (all line items; the router slices ``lineItems`` to the requested page)."""
+    cur = order["currency"]
+
+    def bag(amount: Any) -> dict[str, Any] | None:
+        if amount is None or amount == "":
+            return None
+        return {"shopMoney": {"amount": _gql_amount(amount), "currencyCode": cur}}
+
+    shipping = ((order.get("total_shipping_price_set") or {}).get("shop_money") or {}).get("amount")
+    if shipping is None:
+        shipping = sum((Decimal(str(s["price"])) for s in order.get("shipping_lines") or []), 0)
+    addr = order.get("shipping_address")
+    customer = order.get("customer")
+    fulfillment = {None: "UNFULFILLED", "partial": "PARTIALLY_FULFILLED"}.get(
+        order.get("fulfillment_status"), str(order.get("fulfillment_status")).upper()
+    )
+    lines = []
+    for item in order.get("line_items") or []:
+        lines.append(
+            {
+                "id": item.get("admin_graphql_api_id") or f"gid://shopify/LineItem/{item['id']}",
+                "sku": item.get("sku"),
+                "name": item.get("name"),
+                "title": item.get("title"),
+                "variantTitle": item.get("variant_title") or None,
+                "quantity": item["quantity"],
+                "originalUnitPriceSet": bag(item["price"]),
+                "taxLines": [
+                    {"rate": t.get("rate"), "title": t.get("title"), "priceSet": bag(t["price"])}
+                    for t in item.get("tax_lines") or []
+                ],
+                "discountAllocations": [
+                    {"allocatedAmountSet": bag(d["amount"])}
+                    for d in item.get("discount_allocations") or []
+                ],
+            }
+        )
+    return {
+        "id": order.get("admin_graphql_api_id") or f"gid://shopify/Order/{order['id']}",
+        "legacyResourceId": str(order["id"]),
+        "name": order.get("name"),
+        "email": order.get("email"),
+        "test": bool(order.get("test")),
+        "currencyCode": cur,
+        "createdAt": _gql_time(order.get("created_at")),
+        "updatedAt": _gql_time(order.get("updated_at")),
+        "cancelledAt": _gql_time(order.get("cancelled_at")),
+        "cancelReason": (order.get("cancel_reason") or "").upper() or None,
+        "closedAt": _gql_time(order.get("closed_at")),
+        "displayFinancialStatus": (order.get("financial_status") or "").upper() or None,
+        "displayFulfillmentStatus": fulfillment,
+        "subtotalPriceSet": bag(order.get("subtotal_price")),
+        "totalPriceSet": bag(order["total_price"]),
+        "totalTaxSet": bag(order.get("total_tax") or "0"),
+        "totalDiscountsSet": bag(order.get("total_discounts") or "0"),
+        "totalShippingPriceSet": bag(shipping),
+        "customer": None
+        if not customer
+        else {"firstName": customer.get("first_name"), "lastName": customer.get("last_name")},
+        "shippingAddress": None
+        if not addr
+        else {
+            "name": addr.get("name"),
+            "firstName": addr.get("first_name"),
+            "lastName": addr.get("last_name"),
+            "company": addr.get("company"),
+            "address1": addr.get("address1"),
+            "address2": addr.get("address2"),
+            "city": addr.get("city"),
+            "province": addr.get("province"),
+            "provinceCode": addr.get("province_code"),
+            "zip": addr.get("zip"),
+            "countryCodeV2": addr.get("country_code"),
+            "phone": addr.get("phone"),
+        },
+        "lineItems": {"nodes": lines, "pageInfo": {"hasNextPage": False, "endCursor": None}},
+    }
+
+
+def _cursor(*parts: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(parts).encode()).decode()
+
+
+def _uncursor(value: str) -> list[Any]:
+    parsed = json.loads(base64.urlsafe_b64decode(value.encode()))
+    if not isinstance(parsed, list):
+        raise ValueError("bad cursor")
+    return parsed
+
+
+def _gql_error(message: str, code: str, **extra: Any) -> dict[str, Any]:
+    return {"message": message, "extensions": {"code": code, **extra}}
+
+
+class _GraphQLFailure(Exception):
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error["message"])
+        self.error = error
+
+
+class ShopifySimulator:
+    def __init__(
+        self,
+        knobs: Knobs | None = None,
+        *,
+        seed: int = 0,
+        skus: Iterable[str] = DEFAULT_SKUS,
+        shop: str = SANDBOX_SHOP,
+        access_token: str = SANDBOX_ACCESS_TOKEN,
+        bucket_max: float = 1000.0,
+        restore_rate: float = 50.0,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self.knobs = knobs or Knobs(seed=seed)
+        self.rng = random.Random(seed)
+        self.skus = tuple(skus)
+        self.shop = shop
+        self.access_token = access_token
+        self.bucket_max = bucket_max
+        self.restore_rate = restore_rate
+        self._clock = clock
+        self._now = now
+        self._lock = threading.RLock()
+        self._available = bucket_max
+        self._at = clock()
+        self._seq = 0
+        #: external id (REST id as a string) → REST order JSON
+        self.orders: dict[str, dict[str, Any]] = {}
+        self._fulfillment_orders: dict[str, dict[str, Any]] = {}  # order id → its one FO
+        self.prices = {sku: Decimal("14.90") + 5 * i for i, sku in enumerate(self.skus)}
+        self.inventory_items = {
+            sku: f"gid://shopify/InventoryItem/{49148385000 + 17 * i}"
+            for i, sku in enumerate(self.skus)
+        }
+        self.inventory: dict[str, int] = dict.fromkeys(self.skus, 100)  # sku → available
+        #: ledgers of what the connector pushed
+        self.fulfillments: list[dict[str, Any]] = []
+        self.inventory_sets: dict[str, dict[str, Any]] = {}  # idempotency key → the set
+        self.cancels: list[dict[str, Any]] = []
+        #: (operation, HTTP status); a THROTTLED answer is logged as 429, its REST equivalent
+        #: (on the wire it is a 200 with errors[].extensions.code = THROTTLED)
+        self.request_log: list[tuple[str, int]] = []
+
+    # --- the shop's side --------------------------------------------------------------------
+
+    def add_orders(self, n: int) -> list[str]:
+        with self._lock:
+            now = self._now()
+            ids = []
+            for _ in range(n):
+                order = self._new_order(now)
+                self.orders[str(order["id"])] = order
+                ids.append(str(order["id"]))
+            return ids
+
+    def _new_order(self, now: dt.datetime) -> dict[str, Any]:
+        rng = self.rng
+        self._seq += 1
+        seq = self._seq
+        order_id = 5_700_000_000_000 + seq * 1_009 + rng.randrange(1_000)
+        cur = "USD"
+        chosen = rng.sample(self.skus, k=min(len(self.skus), rng.randint(1, 3)))
+        items = [(sku, rng.randint(1, 3)) for sku in chosen]
+        gross = [self.prices[sku] * qty for sku, qty in items]
+        discount = Decimal("10.00") if seq % 4 == 0 else Decimal(0)
+        allocations = self._allocate(discount, gross)
+        line_items = []
+        for i, ((sku, qty), alloc) in enumerate(zip(items, allocations, strict=True)):
+            line_id = order_id * 10 + i + 1
+            tax = ((self.prices[sku] * qty - alloc) * TAX_RATE).quantize(CENT, ROUND_HALF_UP)
+            line_items.append(self._line_item(line_id, sku, qty, tax, alloc, cur))
+        tax_total = sum((Decimal(li["tax_lines"][0]["price"]) for li in line_items), Decimal(0))
+        shipping = rng.choice((Decimal("0.00"), Decimal("4.90"), Decimal("9.90")))
+        line_total = sum(gross, Decimal(0))
+        subtotal = line_total - discount
+        total = subtotal + shipping + tax_total
+        financial = rng.choice(("paid", "paid", "paid", "authorized", "pending"))
+        stamp = _rest_time(now)
+        first, last = rng.choice((("Bob", "Norman"), ("Ada", "Lovelace"), ("Ana", "Silva")))
+        address = {
+            "first_name": first,
+            "address1": f"Chestnut Street {seq % 200 + 1}",
+            "phone": "+1(502)-459-2181",
+            "city": "Louisville",
+            "zip": "40202",
+            "province": "Kentucky",
+            "country": "United States",
+            "last_name": last,
+            "address2": "",
+            "company": None,
+            "latitude": 45.41634,
+            "longitude": -75.6868,
+            "name": f"{first} {last}",
+            "country_code": "US",
+            "province_code": "KY",
+        }
+        email = f"{first.lower()}.{last.lower()}.{seq}@mail.example.com"
+        order: dict[str, Any] = {
+            "id": order_id,
+            "admin_graphql_api_id": f"gid://shopify/Order/{order_id}",
+            "app_id": None,
+            "browser_ip": "0.0.0.0",  # noqa: S104 - a payload value, not a bind address
+            "buyer_accepts_marketing": False,
+            "cancel_reason": None,
+            "cancelled_at": None,
+            "cart_token": uuid.UUID(int=rng.getrandbits(128)).hex,
+            "checkout_id": order_id // 7,
+            "checkout_token": uuid.UUID(int=rng.getrandbits(128)).hex,
+            "client_details": {"accept_language": None, "browser_ip": "0.0.0.0"},  # noqa: S104
+            "closed_at": None,
+            "confirmation_number": f"X{seq:08d}",
+            "confirmed": True,
+            "contact_email": email,
+            "created_at": stamp,
+            "currency": cur,
+            "current_subtotal_price": _money(subtotal),
+            "current_subtotal_price_set": _set(subtotal, cur),
+            "current_total_additional_fees_set": None,
+            "current_total_discounts": _money(discount),
+            "current_total_discounts_set": _set(discount, cur),
+            "current_total_duties_set": None,
+            "current_total_price": _money(total),
+            "current_total_price_set": _set(total, cur),
+            "current_total_tax": _money(tax_total),
+            "current_total_tax_set": _set(tax_total, cur),
+            "customer_locale": "en",
+            "device_id": None,
+            "discount_codes": [{"code": "TENOFF", "amount": "10.00", "type": "fixed_amount"}]
+            if discount
+            else [],
+            "duties_included": False,
+            "email": email,
+            "estimated_taxes": False,
+            "financial_status": financial,
+            "fulfillment_status": None,
+            "landing_site": None,
+            "landing_site_ref": None,
+            "location_id": None,
+            "merchant_business_entity_id": "MTU0ODM4MDAwOQ",
+            "merchant_of_record_app_id": None,
+            "name": f"#{1000 + seq}",
+            "note": None,
+            "note_attributes": [],
+            "number": seq,
+            "order_number": 1000 + seq,
+            "order_status_url": f"https://{self.shop}/orders/{order_id}/authenticate",
+            "original_total_additional_fees_set": None,
+            "original_total_duties_set": None,
+            "payment_gateway_names": ["shopify_payments"],
+            "phone": None,
+            "po_number": None,
+            "presentment_currency": cur,
+            "processed_at": stamp,
+            "reference": None,
+            "referring_site": None,
+            "source_identifier": None,
+            "source_name": "web",
+            "source_url": None,
+            "subtotal_price": _money(subtotal),
+            "subtotal_price_set": _set(subtotal, cur),
+            "tags": "",
+            "tax_exempt": False,
+            "tax_lines": [
+                {
+                    "price": _money(tax_total),
+                    "rate": 0.06,
+                    "title": "State Tax",
+                    "price_set": _set(tax_total, cur),
+                    "channel_liable": None,
+                }
+            ],
+            "taxes_included": False,
+            "test": False,
+            "token": uuid.UUID(int=rng.getrandbits(128)).hex,
+            "total_cash_rounding_payment_adjustment_set": _set("0", cur),
+            "total_cash_rounding_refund_adjustment_set": _set("0", cur),
+            "total_discounts": _money(discount),
+            "total_discounts_set": _set(discount, cur),
+            "total_line_items_price": _money(line_total),
+            "total_line_items_price_set": _set(line_total, cur),
+            "total_outstanding": _money(total if financial != "paid" else Decimal(0)),
+            "total_price": _money(total),
+            "total_price_set": _set(total, cur),
+            "total_shipping_price_set": _set(shipping, cur),
+            "total_tax": _money(tax_total),
+            "total_tax_set": _set(tax_total, cur),
+            "total_tip_received": "0.00",
+            "total_weight": 200 * sum(qty for _, qty in items),
+            "updated_at": stamp,
+            "user_id": None,
+            "billing_address": dict(address),
+            "customer": {
+                "id": 207119551 + seq,
+                "email": email,
+                "created_at": stamp,
+                "updated_at": stamp,
+                "first_name": first,
+                "last_name": last,
+                "state": "disabled",
+                "note": None,
+                "verified_email": True,
+                "tax_exempt": False,
+                "currency": cur,
+                "admin_graphql_api_id": f"gid://shopify/Customer/{207119551 + seq}",
+            },
+            "discount_applications": [
+                {
+                    "target_type": "line_item",
+                    "type": "discount_code",
+                    "value": "10.0",
+                    "value_type": "fixed_amount",
+                    "allocation_method": "across",
+                    "target_selection": "all",
+                    "code": "TENOFF",
+                }
+            ]
+            if discount
+            else [],
+            "fulfillments": [],
+            "line_items": line_items,
+            "payment_terms": None,
+            "refunds": [],
+            "shipping_address": address,
+            "shipping_lines": [
+                {
+                    "id": order_id + 3,
+                    "carrier_identifier": None,
+                    "code": "Standard",
+                    "discounted_price": _money(shipping),
+                    "discounted_price_set": _set(shipping, cur),
+                    "is_removed": False,
+                    "phone": None,
+                    "price": _money(shipping),
+                    "price_set": _set(shipping, cur),
+                    "requested_fulfillment_service_id": None,
+                    "source": "shopify",
+                    "title": "Standard",
+                    "tax_lines": [],
+                    "discount_allocations": [],
+                }
+            ],
+        }
+        self._fulfillment_orders[str(order_id)] = {
+            "id": f"gid://shopify/FulfillmentOrder/{order_id + 1}",
+            "status": "OPEN",
+            "assignedLocation": {"location": {"id": LOCATION_GID}},
+        }
+        return order
+
+    @staticmethod
+    def _allocate(discount: Decimal, gross: list[Decimal]) -> list[Decimal]:
+        """Split a fixed discount across lines by value, remainder cents on the first line."""
+        if not discount:
+            return [Decimal(0)] * len(gross)
+        base = sum(gross, Decimal(0))
+        shares = [(discount * g / base).quantize(CENT, ROUND_HALF_UP) for g in gross]
+        shares[0] += discount - sum(shares, Decimal(0))
+        return shares
+
+    def _line_item(
+        self, line_id: int, sku: str, qty: int, tax: Decimal, alloc: Decimal, cur: str
+    ) -> dict[str, Any]:
+        color, size = [*sku.split("-"), "", ""][1:3]
+        title = f"T-Shirt {color.title()}".strip()
+        return {
+            "id": line_id,
+            "admin_graphql_api_id": f"gid://shopify/LineItem/{line_id}",
+            "attributed_staffs": [],
+            "current_quantity": qty,
+            "fulfillable_quantity": qty,
+            "fulfillment_service": "manual",
+            "fulfillment_status": None,
+            "gift_card": False,
+            "grams": 200,
+            "name": f"{title} - {size}",
+            "price": _money(self.prices[sku]),
+            "price_set": _set(self.prices[sku], cur),
+            "product_exists": True,
+            "product_id": 632910392,
+            "properties": [],
+            "quantity": qty,
+            "requires_shipping": True,
+            "sku": sku,
+            "taxable": True,
+            "title": title,
+            "total_discount": "0.00",
+            "total_discount_set": _set("0", cur),
+            "variant_id": 39072856 + self.skus.index(sku),
+            "variant_inventory_management": "shopify",
+            "variant_title": size,
+            "vendor": None,
+            "tax_lines": [
+                {
+                    "channel_liable": None,
+                    "price": _money(tax),
+                    "price_set": _set(tax, cur),
+                    "rate": 0.06,
+                    "title": "State Tax",
+                }
+            ],
+            "duties": [],
+            "discount_allocations": [
+                {
+                    "amount": _money(alloc),
+                    "amount_set": _set(alloc, cur),
+                    "discount_application_index": 0,
+                }
+            ]
+            if alloc
+            else [],
+        }
+
+    def _bump(self, order: dict[str, Any]) -> None:
+        # Shopify timestamps have whole seconds: make every update visibly newer
+        previous = _parse_time(order["updated_at"])
+        order["updated_at"] = _rest_time(max(self._now(), previous + dt.timedelta(seconds=1)))
+
+    def touch_order(self, external_id: str, *, cancel: bool = False) -> None:
+        """An update in the shop admin: a pending/authorized payment is captured, else a tag
+        is added; ``cancel=True`` cancels the order as a merchant would."""
+        with self._lock:
+            order = self.orders[external_id]
+            if cancel:
+                self._cancel(order, "customer")
+            elif order["financial_status"] in ("pending", "authorized"):
+                order["financial_status"] = "paid"
+                order["total_outstanding"] = "0.00"
+            else:
+                order["tags"] = ", ".join(t for t in (order["tags"], "touched") if t)
+            self._bump(order)
+
+    def _cancel(self, order: dict[str, Any], reason: str) -> None:
+        stamp = _rest_time(max(self._now(), _parse_time(order["updated_at"])))
+        order["cancelled_at"] = order["closed_at"] = stamp
+        order["cancel_reason"] = reason
+        self._fulfillment_orders[str(order["id"])]["status"] = "CLOSED"
+
+    def webhook_delivery(
+        self, external_id: str, topic: str, secret: str, webhook_id: str | None = None
+    ) -> tuple[dict[str, str], bytes]:
+        """The headers and raw body Shopify would POST for this order and topic."""
+        if topic not in ORDER_TOPICS:
+            raise ValueError(f"unsupported topic {topic!r}")
+        with self._lock:
+            body = json.dumps(self.orders[external_id], separators=(",", ":")).encode()
+            event_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+            webhook_id = webhook_id or str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+        now = self._now().astimezone(dt.UTC)
+        headers = {
+            "Content-Type": "application/json",
+            "X-Shopify-Topic": topic,
+            "X-Shopify-Hmac-Sha256": base64.b64encode(digest).decode(),
+            "X-Shopify-Shop-Domain": self.shop,
+            "X-Shopify-Webhook-Id": webhook_id,
+            # nanoseconds, as Shopify sends them
+            "X-Shopify-Triggered-At": now.strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z",
+            "X-Shopify-API-Version": API_VERSION,
+            "X-Shopify-Event-Id": event_id,
+        }
+        return headers, body
+
+    # --- the cost bucket ----------------------------------------------------------------------
+
+    def spend(self, points: float) -> None:
+        """Points used by someone else (another app on this shop): the next queries may be
+        THROTTLED, as they are when a client shares its shop's bucket."""
+        with self._lock:
+            self._refill()
+            self._available = max(0.0, self._available - points)
+
+    def _throttle_status(self) -> dict[str, Any]:
+        return {
+            "maximumAvailable": float(self.bucket_max),
+            "currentlyAvailable": max(0, int(self._available)),
+            "restoreRate": float(self.restore_rate),
+        }
+
+    def _refill(self) -> None:
+        now = self._clock()
+        if now > self._at:
+            self._available = min(
+                self.bucket_max, self._available + (now - self._at) * self.restore_rate
+            )
+            self._at = now
+
+    # --- the API ------------------------------------------------------------------------------
+
+    def build_router(self) -> APIRouter:
+        router = APIRouter()
+
+        @router.post("/admin/api/{version}/graphql.json")
+        async def graphql(version: str, request: Request) -> Response:
+            operation = "graphql"
+            disturbed = await self.knobs.disturb({"errors": "Exceeded 2 calls per second"})
+            if disturbed is not None:
+                self.request_log.append((operation, disturbed.status_code))
+                return disturbed
+            if request.headers.get("X-Shopify-Access-Token") != self.access_token:
+                self.request_log.append((operation, 401))
+                return JSONResponse(
+                    {
+                        "errors": "[API] Invalid API key or access token (unrecognized login or "
+                        "wrong password)"
+                    },
+                    status_code=401,
+                )
+            try:
+                body = json.loads(await request.body())
+                query = body["query"]
+                variables = body.get("variables") or {}
+                if not isinstance(query, str) or not isinstance(variables, dict):
+                    raise TypeError
+            except (ValueError, KeyError, TypeError):
+                self.request_log.append((operation, 400))
+                return JSONResponse(
+                    {"errors": {"query": "Required parameter missing or invalid"}},
+                    status_code=400,
+                )
+            match = _OP_NAME.search(query)
+            operation = body.get("operationName") or (match.group(1) if match else "anonymous")
+            status, payload = self.execute(operation, query, variables)
+            self.request_log.append((operation, status))
+            return JSONResponse(
+                payload, headers={"X-Shopify-API-Version": API_VERSION, "X-Request-Id": "sim"}
+            )
+
+        return router
+
+    def execute(
+        self, operation: str, query: str, variables: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        """One GraphQL operation → (status for the request log, response body)."""
+        handler = _HANDLERS.get(operation)
+        with self._lock:
+            self._refill()
+            if handler is None:
+                error = _gql_error(f"Unknown operation {operation}", "GRAPHQL_VALIDATION_FAILED")
+                return 200, {"errors": [error]}
+            try:
+                requested = handler.requested(variables)
+            except (KeyError, ValueError, TypeError):
+                error = _gql_error(
+                    f"Variables of {operation} are missing or invalid", "GRAPHQL_VALIDATION_FAILED"
+                )
+                return 200, {"errors": [error]}
+            if requested > self.bucket_max:
+                error = _gql_error(
+                    f"Query cost is {requested}, which exceeds the single query max cost limit "
+                    f"({int(self.bucket_max)}).",
+                    "MAX_COST_EXCEEDED",
+                    cost=requested,
+                    maxCost=int(self.bucket_max),
+                )
+                return 200, {"errors": [error]}
+            if requested > self._available:
+                error = _gql_error("Throttled", "THROTTLED")
+                error["extensions"]["documentation"] = "https://shopify.dev/api/usage/limits"
+                cost = {
+                    "requestedQueryCost": requested,
+                    "actualQueryCost": None,
+                    "throttleStatus": self._throttle_status(),
+                }
+                return 429, {"errors": [error], "extensions": {"cost": cost}}
+            errors: list[dict[str, Any]] | None = None
+            try:
+                data, actual = handler.run(self, query, variables)
+            except _GraphQLFailure as failure:
+                data, actual, errors = None, 1, [failure.error]
+            except (KeyError, ValueError, TypeError):
+                error = _gql_error(f"Invalid input for {operation}", "GRAPHQL_VALIDATION_FAILED")
+                data, actual, errors = None, 1, [error]
+            self._available -= actual
+            payload: dict[str, Any] = {"data": data} if errors is None else {"errors": errors}
+            payload["extensions"] = {
+                "cost": {
+                    "requestedQueryCost": requested,
+                    "actualQueryCost": actual,
+                    "throttleStatus": self._throttle_status(),
+                }
+            }
+            return 200, payload
+
+    # --- operations (called under the lock) ---------------------------------------------------
+
+    def _order_node(self, order: dict[str, Any], first: int, after: str | None) -> dict[str, Any]:
+        node = graphql_order(order)
+        node["lineItems"] = self._slice(node["lineItems"]["nodes"], first, after)
+        return node
+
+    @staticmethod
+    def _slice(items: list[dict[str, Any]], first: int, after: str | None) -> dict[str, Any]:
+        start = int(_uncursor(after)[0]) if after else 0
+        page = items[start : start + first]
+        end = start + len(page)
+        return {
+            "nodes": page,
+            "pageInfo": {
+                "hasNextPage": end < len(items),
+                "endCursor": _cursor(end) if page else None,
+            },
+        }
+
+    def _orders_updated_since(
+        self, query: str, variables: dict[str, Any]
+    ) -> tuple[dict[str, Any], int]:
+        first = int(variables["first"])
+        lower, upper = _time_bounds(str(variables.get("query") or ""))
+        rows = sorted((_parse_time(o["updated_at"]), o["id"], o) for o in self.orders.values())
+        after = variables.get("after")
+        if after:
+            stamp, last_id = _uncursor(after)
+            key = (_parse_time(stamp), int(last_id))
+            rows = [r for r in rows if (r[0], r[1]) > key]
+        rows = [
+            r for r in rows if (lower is None or r[0] >= lower) and (upper is None or r[0] < upper)
+        ]
+        page = rows[:first]
+        nodes = [
+            {"id": o["admin_graphql_api_id"], "updatedAt": _gql_time(o["updated_at"])}
+            for _, _, o in page
+        ]
+        end = _cursor(page[-1][0].isoformat(), page[-1][1]) if page else None
+        data = {
+            "orders": {
+                "pageInfo": {"hasNextPage": len(rows) > first, "endCursor": end},
+                "nodes": nodes,
+            }
+        }
+        return data, 2 + len(nodes)
+
+    def _orders_by_ids(self, query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        first = int(variables["lineItemsFirst"])
+        nodes: list[dict[str, Any] | None] = []
+        actual = 0
+        for gid in variables["ids"]:
+            order = self.orders.get(str(gid).rsplit("/", 1)[-1])
+            nodes.append(None if order is None else self._order_node(order, first, None))
+            if order is not None:
+                actual += ORDER_BASE + 2 + LINE_COST * min(first, len(order["line_items"]))
+        return {"nodes": nodes}, max(1, actual)
+
+    def _order(self, query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        order = self._lookup(variables["id"])
+        first = int(variables["lineItemsFirst"])
+        if order is None:
+            return {"order": None}, 1
+        lines = min(first, len(order["line_items"]))
+        return {"order": self._order_node(order, first, None)}, ORDER_BASE + 2 + LINE_COST * lines
+
+    def _order_line_items(
+        self, query: str, variables: dict[str, Any]
+    ) -> tuple[dict[str, Any], int]:
+        order = self._lookup(variables["id"])
+        if order is None:
+            return {"order": None}, 1
+        items = graphql_order(order)["lineItems"]["nodes"]
+        conn = self._slice(items, int(variables["first"]), variables.get("after"))
+        return {"order": {"lineItems": conn}}, 3 + LINE_COST * len(conn["nodes"])
+
+    def _fulfillment_state(
+        self, query: str, variables: dict[str, Any]
+    ) -> tuple[dict[str, Any], int]:
+        order = self._lookup(variables["id"])
+        if order is None:
+            return {"order": None}, 1
+        fo = self._fulfillment_orders[str(order["id"])]
+        fulfillments = [
+            {
+                "id": f["id"],
+                "status": "SUCCESS",
+                "trackingInfo": [{"number": f["tracking_number"], "company": f["company"]}],
+            }
+            for f in self.fulfillments
+            if f["order_id"] == str(order["id"])
+        ]
+        node = {
+            "id": order["admin_graphql_api_id"],
+            "cancelledAt": _gql_time(order["cancelled_at"]),
+            "fulfillmentOrders": {"nodes": [dict(fo)]},
+            "fulfillments": fulfillments,
+        }
+        return {"order": node}, 4 + 2 * len(fulfillments)
+
+    def _fulfillment_create(
+        self, query: str, variables: dict[str, Any]
+    ) -> tuple[dict[str, Any], int]:
+        spec = variables["fulfillment"]
+        tracking = spec.get("trackingInfo") or {}
+        targets = []
+        for group in spec.get("lineItemsByFulfillmentOrder") or []:
+            fo_gid = group.get("fulfillmentOrderId")
+            found = [
+                (oid, fo) for oid, fo in self._fulfillment_orders.items() if fo["id"] == fo_gid
+            ]
+            if not found:
+                return _user_errors(
+                    "fulfillmentCreate", ["fulfillment"], "Fulfillment order does not exist."
+                )
+            oid, fo = found[0]
+            if fo["status"] not in ("OPEN", "IN_PROGRESS"):
+                number = fo_gid.rsplit("/", 1)[-1]
+                return _user_errors(
+                    "fulfillmentCreate",
+                    ["fulfillment"],
+                    f"Fulfillment order {number} has an unfulfillable status= closed.",
+                )
+            targets.append((oid, fo))
+        if not targets:
+            return _user_errors(
+                "fulfillmentCreate",
+                ["fulfillment"],
+                "Line items by fulfillment order can't be blank.",
+            )
+        fulfillment_id = f"gid://shopify/Fulfillment/{255858046 + len(self.fulfillments) + 1}"
+        for oid, fo in targets:
+            fo["status"] = "CLOSED"
+            order = self.orders[oid]
+            order["fulfillment_status"] = "fulfilled"
+            order["fulfillments"].append(
+                {
+                    "id": int(fulfillment_id.rsplit("/", 1)[-1]),
+                    "admin_graphql_api_id": fulfillment_id,
+                    "status": "success",
+                    "tracking_company": tracking.get("company"),
+                    "tracking_number": tracking.get("number"),
+                    "tracking_numbers": [tracking.get("number")],
+                }
+            )
+            self._bump(order)
+            self.fulfillments.append(
+                {
+                    "id": fulfillment_id,
+                    "order_id": oid,
+                    "fulfillment_order_id": fo["id"],
+                    "tracking_number": tracking.get("number"),
+                    "company": tracking.get("company"),
+                    "notify_customer": bool(spec.get("notifyCustomer")),
+                }
+            )
+        info = [{"number": tracking.get("number"), "company": tracking.get("company"), "url": None}]
+        payload = {
+            "fulfillment": {"id": fulfillment_id, "status": "SUCCESS", "trackingInfo": info},
+            "userErrors": [],
+        }
+        return {"fulfillmentCreate": payload}, MUTATION_COST
+
+    def _order_cancel(self, query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        order = self._lookup(variables["orderId"])
+        if order is None:
+            return _user_errors(
+                "orderCancel",
+                ["orderId"],
+                "Order does not exist",
+                code="NOT_FOUND",
+                key="orderCancelUserErrors",
+            )
+        if order["cancelled_at"]:
+            return _user_errors(
+                "orderCancel",
+                ["orderId"],
+                "Cannot cancel a cancelled order.",
+                code="INVALID",
+                key="orderCancelUserErrors",
+            )
+        self._cancel(order, str(variables["reason"]).lower())
+        self._bump(order)
+        job = f"gid://shopify/Job/{uuid.UUID(int=self.rng.getrandbits(128), version=4)}"
+        self.cancels.append(
+            {
+                "order_id": str(order["id"]),
+                "reason": variables["reason"],
+                "restock": variables["restock"],
+                "refund_method": variables.get("refundMethod"),
+                "job": job,
+            }
+        )
+        payload = {"job": {"id": job, "done": False}, "orderCancelUserErrors": []}
+        return {"orderCancel": payload}, MUTATION_COST
+
+    def _inventory_items_by_sku(
+        self, query: str, variables: dict[str, Any]
+    ) -> tuple[dict[str, Any], int]:
+        wanted = re.findall(r"sku:'((?:[^'\\]|\\.)*)'", str(variables.get("query") or ""))
+        wanted = [re.sub(r"\\(.)", r"\1", w) for w in wanted]
+        nodes = [
+            {"id": self.inventory_items[s], "sku": s} for s in wanted if s in self.inventory_items
+        ][: int(variables["first"])]
+        return {"inventoryItems": {"nodes": nodes}}, 2 + len(nodes)
+
+    def _locations(self, query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        return {"locations": {"nodes": [{"id": LOCATION_GID, "name": "Shop location"}]}}, 3
+
+    def _inventory_set_quantities(
+        self, query: str, variables: dict[str, Any]
+    ) -> tuple[dict[str, Any], int]:
+        key = variables.get("idempotencyKey")
+        if "@idempotent" not in query or not key:
+            raise _GraphQLFailure(
+                _gql_error(
+                    "The @idempotent directive is required for this mutation but was not provided.",
+                    "BAD_REQUEST",
+                )
+            )
+        spec = variables["input"]
+        quantities = spec.get("quantities") or []
+        if len(quantities) > 250:
+            raise _GraphQLFailure(
+                _gql_error(
+                    "The input array size of 251 is greater than the maximum allowed of 250.",
+                    "MAX_INPUT_SIZE_EXCEEDED",
+                )
+            )
+        if any("changeFromQuantity" not in qty for qty in quantities):
+            raise _GraphQLFailure(
+                _gql_error(
+                    "InventoryQuantityInput must include the following argument: "
+                    "changeFromQuantity.",
+                    "INVALID_FIELD_ARGUMENTS",
+                )
+            )
+        fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+        earlier = self.inventory_sets.get(key)
+        if earlier is not None:  # Shopify answers a repeated key with the original result
+            if earlier["fingerprint"] != fingerprint:
+                return _user_errors(
+                    "inventorySetQuantities",
+                    ["idempotencyKey"],
+                    "The same idempotency key cannot be used with different operation parameters.",
+                    code="IDEMPOTENCY_KEY_PARAMETER_MISMATCH",
+                )
+            return {"inventorySetQuantities": earlier["result"]}, MUTATION_COST
+        by_item = {gid: sku for sku, gid in self.inventory_items.items()}
+        changes = []
+        for i, qty in enumerate(quantities):
+            sku = by_item.get(qty.get("inventoryItemId"))
+            if sku is None:
+                return _user_errors(
+                    "inventorySetQuantities",
+                    ["input", "quantities", str(i), "inventoryItemId"],
+                    "The specified inventory item could not be found.",
+                    code="INVALID_INVENTORY_ITEM",
+                )
+            if qty.get("locationId") != LOCATION_GID:
+                return _user_errors(
+                    "inventorySetQuantities",
+                    ["input", "quantities", str(i), "locationId"],
+                    "The specified location could not be found.",
+                    code="INVALID_LOCATION",
+                )
+            expected = qty.get("changeFromQuantity")
+            if expected is not None and expected != self.inventory[sku]:
+                return _user_errors(
+                    "inventorySetQuantities",
+                    ["input", "quantities", str(i), "changeFromQuantity"],
+                    "The changeFromQuantity value does not match persisted value.",
+                    code="CHANGE_FROM_QUANTITY_STALE",
+                )
+            changes.append((sku, int(qty["quantity"])))
+        result_changes = []
+        for sku, value in changes:
+            result_changes.append(
+                {
+                    "name": "available",
+                    "delta": value - self.inventory[sku],
+                    "quantityAfterChange": value,
+                }
+            )
+            self.inventory[sku] = value
+        result = {
+            "inventoryAdjustmentGroup": {
+                "id": f"gid://shopify/InventoryAdjustmentGroup/{len(self.inventory_sets) + 1}",
+                "reason": spec.get("reason"),
+                "changes": result_changes,
+            },
+            "userErrors": [],
+        }
+        self.inventory_sets[key] = {
+            "fingerprint": fingerprint,
+            "quantities": dict(changes),
+            "reference": spec.get("referenceDocumentUri"),
+            "result": result,
+        }
+        return {"inventorySetQuantities": result}, MUTATION_COST
+
+    def _shop(self, query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        return {"shop": {"name": "ordersync sandbox", "myshopifyDomain": self.shop}}, 1
+
+    def _lookup(self, gid: Any) -> dict[str, Any] | None:
+        return self.orders.get(str(gid).rsplit("/", 1)[-1])
+
+
+def _user_errors(
+    field: str,
+    path: list[str],
+    message: str,
+    *,
+    code: str | None = None,
+    key: str = "userErrors",
+) -> tuple[dict[str, Any], int]:
+    error: dict[str, Any] = {"field": path, "message": message}
+    if code is not None:
+        error["code"] = code
+    return {field: {key: [error]}}, MUTATION_COST
+
+
+_BOUND = re.compile(r"updated_at:(>=|<)'?([0-9T:\-+.Z]+)'?")
+
+
+def _time_bounds(search: str) -> tuple[dt.datetime | None, dt.datetime | None]:
+    lower = upper = None
+    for op, value in _BOUND.findall(search):
+        if op == ">=":
+            lower = _parse_time(value)
+        else:
+            upper = _parse_time(value)
+    return lower, upper
+
+
+class _Handler:
+    def __init__(
+        self,
+        requested: Callable[[dict[str, Any]], int],
+        run: Callable[[ShopifySimulator, str, dict[str, Any]], tuple[Any, int]],
+    ) -> None:
+        self.requested = requested
+        self.run = run
+
+
+def _order_cost(first: Any) -> int:
+    return ORDER_BASE + 2 + LINE_COST * int(first)
+
+
+_S = ShopifySimulator
+_HANDLERS: dict[str, _Handler] = {
+    "OrdersUpdatedSince": _Handler(lambda v: 2 + int(v["first"]), _S._orders_updated_since),
+    "OrdersByIds": _Handler(
+        lambda v: len(v["ids"]) * _order_cost(v["lineItemsFirst"]), _S._orders_by_ids
+    ),
+    "Order": _Handler(lambda v: _order_cost(v["lineItemsFirst"]), _S._order),
+    "OrderLineItems": _Handler(lambda v: 3 + LINE_COST * int(v["first"]), _S._order_line_items),
+    "OrderFulfillmentState": _Handler(lambda v: 1 + 62 + 40, _S._fulfillment_state),
+    "FulfillmentCreate": _Handler(lambda v: MUTATION_COST, _S._fulfillment_create),
+    "OrderCancel": _Handler(lambda v: MUTATION_COST, _S._order_cancel),
+    "InventoryItemsBySku": _Handler(lambda v: 2 + int(v["first"]), _S._inventory_items_by_sku),
+    "Locations": _Handler(lambda v: 2 + int(v["first"]), _S._locations),
+    "InventorySetQuantities": _Handler(lambda v: MUTATION_COST, _S._inventory_set_quantities),
+    "Shop": _Handler(lambda v: 1, _S._shop),
+}

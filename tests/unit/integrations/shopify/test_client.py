@@ -1,0 +1,567 @@
+"""The GraphQL client and connector against respx mocks built from the official fixtures:
+cursor pages, the cost bucket, THROTTLED, error mapping, fulfillment, stock and cancel."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from integrations.base import AccountConfig, ConnectorSeams
+from integrations.errors import (
+    AuthError,
+    NotFound,
+    PayloadError,
+    PermanentError,
+    RateLimited,
+    RetryableError,
+    ServerError,
+    ValidationError,
+)
+from integrations.shopify.connector import ShopifyConnector
+from integrations.shopify.throttle import CostBucket
+from orders.states import Channel
+from sandbox.shopify import graphql_order
+from tests.unit.integrations.shopify.fixtures import order
+
+SHOP = "jsmith.myshopify.com"
+TOKEN = "shpat_test_token_1234"
+URL = f"https://{SHOP}/admin/api/2026-07/graphql.json"
+SINCE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+
+class FakeTime:
+    """A clock that only moves when slept on: waits are asserted, never spent."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def time_() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+def mock() -> Iterator[respx.MockRouter]:
+    with respx.mock(assert_all_called=False) as router:
+        yield router
+
+
+def connector(time_: FakeTime, *, maximum: float = 1000.0, **credentials: Any) -> ShopifyConnector:
+    account = AccountConfig(
+        name="shop-1",
+        channel=Channel.SHOPIFY,
+        shop=SHOP,
+        credentials={"access_token": TOKEN, **credentials},
+    )
+    bucket = CostBucket(maximum, 50.0, clock=time_.clock)
+    return ShopifyConnector(account, ConnectorSeams(sleep=time_.sleep), cost_bucket=bucket)
+
+
+def cost(
+    requested: float, actual: float | None, available: float, maximum: float = 1000.0
+) -> dict[str, Any]:
+    return {
+        "cost": {
+            "requestedQueryCost": requested,
+            "actualQueryCost": actual,
+            "throttleStatus": {
+                "maximumAvailable": maximum,
+                "currentlyAvailable": available,
+                "restoreRate": 50.0,
+            },
+        }
+    }
+
+
+def fixture_node(order_id: int, updated: str = "2026-07-01T10:00:00Z") -> dict[str, Any]:
+    """The 2026-07 fixture order as a GraphQL node, with another id."""
+    node = graphql_order(order("rest-2026-07/order.get.json"))
+    node["id"] = f"gid://shopify/Order/{order_id}"
+    node["legacyResourceId"] = str(order_id)
+    node["updatedAt"] = updated
+    return node
+
+
+def ok(data: dict[str, Any], extensions: dict[str, Any] | None = None) -> httpx.Response:
+    return httpx.Response(200, json={"data": data, "extensions": extensions or cost(10, 5, 990)})
+
+
+def throttled(requested: float, available: float) -> httpx.Response:
+    error = {"message": "Throttled", "extensions": {"code": "THROTTLED"}}
+    return httpx.Response(
+        200, json={"errors": [error], "extensions": cost(requested, None, available)}
+    )
+
+
+def gql_error(code: str) -> httpx.Response:
+    return httpx.Response(200, json={"errors": [{"message": "no", "extensions": {"code": code}}]})
+
+
+Handlers = dict[str, Callable[[dict[str, Any]], httpx.Response]]
+Calls = list[tuple[str, dict[str, Any]]]
+
+
+def by_operation(
+    handlers: Handlers,
+) -> tuple[Callable[[httpx.Request], httpx.Response], Calls]:
+    """A respx side effect answering by ``operationName``, and the calls it saw."""
+    calls: Calls = []
+
+    def side_effect(request: httpx.Request) -> httpx.Response:
+        assert request.headers["X-Shopify-Access-Token"] == TOKEN
+        body = json.loads(request.content)
+        calls.append((body["operationName"], body["variables"]))
+        return handlers[body["operationName"]](body["variables"])
+
+    return side_effect, calls
+
+
+# --- poll ---------------------------------------------------------------------------------
+
+
+def test_poll_follows_the_cursor_to_the_last_page(mock: respx.MockRouter, time_: FakeTime) -> None:
+    # given: three pages of ids, the orders themselves from the fixture
+    pages = {None: ([1, 2], "c1"), "c1": ([3, 4], "c2"), "c2": ([5], None)}
+    ids = {f"gid://shopify/Order/{5_700_000_000_000 + i}": i for i in range(1, 6)}
+
+    def page(v: dict[str, Any]) -> httpx.Response:
+        nums, cursor = pages[v["after"]]
+        nodes = [
+            {"id": f"gid://shopify/Order/{5_700_000_000_000 + n}", "updatedAt": "x"} for n in nums
+        ]
+        info = {"hasNextPage": cursor is not None, "endCursor": cursor or "last"}
+        return ok({"orders": {"pageInfo": info, "nodes": nodes}}, cost(102, 7, 900))
+
+    def details(v: dict[str, Any]) -> httpx.Response:
+        return ok({"nodes": [fixture_node(int(g.rsplit("/", 1)[1])) for g in v["ids"]]})
+
+    side_effect, calls = by_operation({"OrdersUpdatedSince": page, "OrdersByIds": details})
+    mock.post(URL).mock(side_effect=side_effect)
+
+    # when
+    orders = list(connector(time_).fetch_updated_orders(SINCE, SINCE + dt.timedelta(days=1)))
+
+    # then
+    assert [o.external_id for o in orders] == [str(5_700_000_000_000 + i) for i in range(1, 6)]
+    assert all(o.total == orders[0].total for o in orders)
+    page_calls = [v for op, v in calls if op == "OrdersUpdatedSince"]
+    assert [v["after"] for v in page_calls] == [None, "c1", "c2"]
+    assert page_calls[0]["query"] == (
+        "updated_at:>='2026-01-01T00:00:00Z' AND updated_at:<'2026-01-02T00:00:00Z'"
+    )
+    assert page_calls[0]["first"] >= 50
+    assert sorted(g for op, v in calls if op == "OrdersByIds" for g in v["ids"]) == sorted(ids)
+
+
+def test_poll_fetches_the_rest_of_long_line_item_lists(
+    mock: respx.MockRouter, time_: FakeTime
+) -> None:
+    # given: the order's first page of line items holds one, two more follow
+    full = fixture_node(11)
+    lines = full["lineItems"]["nodes"]
+
+    def page(v: dict[str, Any]) -> httpx.Response:
+        info = {"hasNextPage": False, "endCursor": "e"}
+        return ok({"orders": {"pageInfo": info, "nodes": [{"id": full["id"], "updatedAt": "x"}]}})
+
+    def details(v: dict[str, Any]) -> httpx.Response:
+        node = copy.deepcopy(full)
+        node["lineItems"] = {
+            "nodes": lines[:1],
+            "pageInfo": {"hasNextPage": True, "endCursor": "l1"},
+        }
+        return ok({"nodes": [node]})
+
+    def more(v: dict[str, Any]) -> httpx.Response:
+        assert v["after"] == "l1"
+        conn = {"nodes": lines[1:], "pageInfo": {"hasNextPage": False, "endCursor": "l3"}}
+        return ok({"order": {"lineItems": conn}})
+
+    side_effect, _ = by_operation(
+        {"OrdersUpdatedSince": page, "OrdersByIds": details, "OrderLineItems": more}
+    )
+    mock.post(URL).mock(side_effect=side_effect)
+
+    # when
+    [result] = list(connector(time_).fetch_updated_orders(SINCE))
+
+    # then
+    assert [line.sku for line in result.lines] == ["IPOD2008GREEN", "IPOD2008RED", "IPOD2008BLACK"]
+
+
+def test_a_node_deleted_between_the_two_calls_is_skipped(
+    mock: respx.MockRouter, time_: FakeTime
+) -> None:
+    def page(v: dict[str, Any]) -> httpx.Response:
+        nodes = [
+            {"id": "gid://shopify/Order/1", "updatedAt": "x"},
+            {"id": "gid://shopify/Order/2", "updatedAt": "x"},
+        ]
+        return ok(
+            {"orders": {"pageInfo": {"hasNextPage": False, "endCursor": None}, "nodes": nodes}}
+        )
+
+    side_effect, _ = by_operation(
+        {
+            "OrdersUpdatedSince": page,
+            "OrdersByIds": lambda v: ok({"nodes": [None, fixture_node(2)]}),
+        }
+    )
+    mock.post(URL).mock(side_effect=side_effect)
+
+    assert [o.external_id for o in connector(time_).fetch_updated_orders(SINCE)] == ["2"]
+
+
+# --- throttling ---------------------------------------------------------------------------
+
+
+def test_the_cost_bucket_waits_instead_of_hitting_throttled(
+    mock: respx.MockRouter, time_: FakeTime
+) -> None:
+    # given: Shopify reports only 60 points left after the first query
+    responses = iter(
+        [
+            ok({"order": fixture_node(1)}, cost(105, 40, 60)),
+            ok({"order": fixture_node(1)}, cost(105, 40, 920)),
+        ]
+    )
+    route = mock.post(URL).mock(side_effect=lambda request: next(responses))
+    shopify = connector(time_)
+
+    # when
+    shopify.get_order("1")
+    shopify.get_order("1")
+
+    # then: the second query waited for 45 points (105 - 60) at 50/s before being sent
+    assert route.call_count == 2
+    assert time_.sleeps == [pytest.approx(0.9)]
+
+
+def test_a_throttled_answer_is_retried_after_the_restore(
+    mock: respx.MockRouter, time_: FakeTime
+) -> None:
+    # given: another client drained the bucket: 5 points left, the query requests 105
+    responses = iter([throttled(105, 5), ok({"order": fixture_node(1)}, cost(105, 40, 960))])
+    route = mock.post(URL).mock(side_effect=lambda request: next(responses))
+
+    # when
+    result = connector(time_).get_order("1")
+
+    # then: waited (105 - 5) / 50 = 2 s, then succeeded
+    assert result.external_id == "1"
+    assert route.call_count == 2
+    assert time_.sleeps == [pytest.approx(2.0)]
+
+
+def test_throttled_again_and_again_becomes_rate_limited(
+    mock: respx.MockRouter, time_: FakeTime
+) -> None:
+    route = mock.post(URL).mock(side_effect=lambda request: throttled(105, 0))
+
+    with pytest.raises(RateLimited) as caught:
+        connector(time_).get_order("1")
+
+    assert route.call_count == 5
+    assert caught.value.retry_after == pytest.approx(105 / 50)
+    assert caught.value.retryable
+
+
+def test_the_estimate_is_corrected_from_requested_query_cost(
+    mock: respx.MockRouter, time_: FakeTime
+) -> None:
+    # given: Shopify says the query really requests 300 points, and 100 are left
+    responses = iter(
+        [
+            ok({"order": fixture_node(1)}, cost(300, 40, 100)),
+            ok({"order": fixture_node(1)}, cost(300, 40, 900)),
+        ]
+    )
+    mock.post(URL).mock(side_effect=lambda request: next(responses))
+    shopify = connector(time_)
+
+    # when
+    shopify.get_order("1")
+    shopify.get_order("1")
+
+    # then: the second call waited for 300, not for the client's own estimate
+    assert time_.sleeps == [pytest.approx((300 - 100) / 50)]
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("response", "error", "calls"),
+    [
+        (
+            httpx.Response(401, json={"errors": "[API] Invalid API key or access token"}),
+            AuthError,
+            1,
+        ),
+        (httpx.Response(403, json={"errors": "Forbidden"}), AuthError, 1),
+        (httpx.Response(402, json={"errors": "Unavailable Shop"}), PermanentError, 1),
+        (httpx.Response(423, json={"errors": "Locked"}), PermanentError, 1),
+        (httpx.Response(404, json={"errors": "Not Found"}), NotFound, 1),
+        (httpx.Response(503, json={"errors": "Unavailable"}), ServerError, 3),
+        (gql_error("ACCESS_DENIED"), AuthError, 1),
+        (gql_error("MAX_COST_EXCEEDED"), ValidationError, 1),
+        (gql_error("INTERNAL_SERVER_ERROR"), ServerError, 1),
+        (httpx.Response(200, text="<html>oops</html>"), PayloadError, 1),
+    ],
+)
+def test_errors_map_to_the_tree(
+    mock: respx.MockRouter,
+    time_: FakeTime,
+    response: httpx.Response,
+    error: type[Exception],
+    calls: int,
+) -> None:
+    route = mock.post(URL).mock(return_value=response)
+
+    with pytest.raises(error) as caught:
+        connector(time_).get_order("1")
+
+    assert route.call_count == calls
+    assert TOKEN not in str(caught.value) and TOKEN not in repr(caught.value)
+
+
+def test_permanent_and_retryable_are_told_apart(mock: respx.MockRouter, time_: FakeTime) -> None:
+    mock.post(URL).mock(return_value=httpx.Response(402, json={"errors": "Unavailable Shop"}))
+    with pytest.raises(PermanentError) as frozen:
+        connector(time_).get_order("1")
+    assert frozen.value.code == "SHOP_FROZEN" and not frozen.value.retryable
+
+    mock.post(URL).mock(return_value=httpx.Response(502))
+    with pytest.raises(RetryableError):
+        connector(time_).get_order("1")
+
+
+def test_a_5xx_is_retried_in_call_then_succeeds(mock: respx.MockRouter, time_: FakeTime) -> None:
+    responses = iter([httpx.Response(503), ok({"order": fixture_node(9)})])
+    route = mock.post(URL).mock(side_effect=lambda request: next(responses))
+
+    assert connector(time_).get_order("9").external_id == "9"
+    assert route.call_count == 2
+
+
+def test_a_missing_order_is_not_found(mock: respx.MockRouter, time_: FakeTime) -> None:
+    mock.post(URL).mock(return_value=ok({"order": None}))
+
+    with pytest.raises(NotFound):
+        connector(time_).get_order("404")
+
+
+def test_the_token_stays_out_of_reprs(time_: FakeTime) -> None:
+    shopify = connector(time_)
+
+    assert TOKEN not in repr(shopify) and TOKEN not in repr(shopify.client)
+    assert TOKEN not in repr(shopify.account)
+
+
+def test_a_missing_token_is_an_auth_error() -> None:
+    account = AccountConfig(name="x", channel=Channel.SHOPIFY, shop=SHOP, credentials={})
+
+    with pytest.raises(AuthError):
+        ShopifyConnector(account)
+
+
+# --- fulfillment, cancel, stock -------------------------------------------------------------
+
+
+def fulfillment_state(
+    status: str = "OPEN", tracking: list[str] | None = None, cancelled: str | None = None
+) -> httpx.Response:
+    fulfillments = [
+        {
+            "id": "gid://shopify/Fulfillment/1",
+            "status": "SUCCESS",
+            "trackingInfo": [{"number": n, "company": "UPS"}],
+        }
+        for n in tracking or []
+    ]
+    return ok(
+        {
+            "order": {
+                "id": "gid://shopify/Order/450789469",
+                "cancelledAt": cancelled,
+                "fulfillmentOrders": {
+                    "nodes": [
+                        {
+                            "id": "gid://shopify/FulfillmentOrder/1046000778",
+                            "status": status,
+                            "assignedLocation": {
+                                "location": {"id": "gid://shopify/Location/24826418"}
+                            },
+                        }
+                    ]
+                },
+                "fulfillments": fulfillments,
+            }
+        }
+    )
+
+
+def test_push_fulfillment_creates_one_with_tracking(
+    mock: respx.MockRouter, time_: FakeTime
+) -> None:
+    created = {
+        "fulfillmentCreate": {
+            "fulfillment": {"id": "gid://shopify/Fulfillment/2"},
+            "userErrors": [],
+        }
+    }
+    side_effect, calls = by_operation(
+        {
+            "OrderFulfillmentState": lambda v: fulfillment_state(),
+            "FulfillmentCreate": lambda v: ok(created),
+        }
+    )
+    mock.post(URL).mock(side_effect=side_effect)
+
+    connector(time_).push_fulfillment(
+        "450789469", tracking_number="1Z999", carrier="UPS", idempotency_key="ship:1"
+    )
+
+    [(_, variables)] = [c for c in calls if c[0] == "FulfillmentCreate"]
+    assert variables["fulfillment"] == {
+        "lineItemsByFulfillmentOrder": [
+            {"fulfillmentOrderId": "gid://shopify/FulfillmentOrder/1046000778"}
+        ],
+        "notifyCustomer": True,
+        "trackingInfo": {"number": "1Z999", "company": "UPS"},
+    }
+
+
+def test_push_fulfillment_again_does_nothing(mock: respx.MockRouter, time_: FakeTime) -> None:
+    side_effect, calls = by_operation(
+        {"OrderFulfillmentState": lambda v: fulfillment_state("CLOSED", ["1Z999"])}
+    )
+    mock.post(URL).mock(side_effect=side_effect)
+
+    connector(time_).push_fulfillment(
+        "450789469", tracking_number="1Z999", carrier="UPS", idempotency_key="ship:1"
+    )
+
+    assert [op for op, _ in calls] == ["OrderFulfillmentState"]
+
+
+@pytest.mark.parametrize(
+    ("state", "code"),
+    [
+        (lambda: fulfillment_state("CLOSED", ["OTHER1"]), "NOTHING_TO_FULFILL"),
+        (lambda: fulfillment_state(cancelled="2026-07-01T00:00:00Z"), "ORDER_CANCELLED"),
+    ],
+)
+def test_push_fulfillment_refuses_what_cannot_be_shipped(
+    mock: respx.MockRouter, time_: FakeTime, state: Any, code: str
+) -> None:
+    mock.post(URL).mock(side_effect=lambda request: state())
+
+    with pytest.raises(ValidationError) as caught:
+        connector(time_).push_fulfillment(
+            "1", tracking_number="1Z999", carrier="UPS", idempotency_key="k"
+        )
+
+    assert caught.value.code == code
+
+
+def test_user_errors_become_validation_errors(mock: respx.MockRouter, time_: FakeTime) -> None:
+    failed = {
+        "fulfillmentCreate": {
+            "fulfillment": None,
+            "userErrors": [{"field": ["fulfillment"], "message": "unfulfillable"}],
+        }
+    }
+    side_effect, _ = by_operation(
+        {
+            "OrderFulfillmentState": lambda v: fulfillment_state(),
+            "FulfillmentCreate": lambda v: ok(failed),
+        }
+    )
+    mock.post(URL).mock(side_effect=side_effect)
+
+    with pytest.raises(ValidationError, match="userErrors USER_ERROR at fulfillment"):
+        connector(time_).push_fulfillment(
+            "1", tracking_number="1Z", carrier="UPS", idempotency_key="k"
+        )
+
+
+def test_cancel_sends_order_cancel_once(mock: respx.MockRouter, time_: FakeTime) -> None:
+    cancelled = {
+        "orderCancel": {
+            "job": {"id": "gid://shopify/Job/1", "done": False},
+            "orderCancelUserErrors": [],
+        }
+    }
+    states = iter([fulfillment_state(), fulfillment_state(cancelled="2026-07-01T00:00:00Z")])
+    side_effect, calls = by_operation(
+        {"OrderFulfillmentState": lambda v: next(states), "OrderCancel": lambda v: ok(cancelled)}
+    )
+    mock.post(URL).mock(side_effect=side_effect)
+    shopify = connector(time_)
+
+    shopify.cancel_order("450789469", reason="CUSTOMER")
+    shopify.cancel_order("450789469", reason="CUSTOMER")
+
+    cancels = [v for op, v in calls if op == "OrderCancel"]
+    assert len(cancels) == 1
+    assert cancels[0]["orderId"] == "gid://shopify/Order/450789469"
+    assert cancels[0]["refundMethod"] == {"originalPaymentMethodsRefund": True}
+
+
+def test_push_stock_looks_skus_up_once_and_batches_by_250(
+    mock: respx.MockRouter, time_: FakeTime
+) -> None:
+    # given: 300 SKUs the shop knows, one it does not
+    skus = [f"SKU-{i:03d}" for i in range(300)]
+
+    def lookup(v: dict[str, Any]) -> httpx.Response:
+        wanted = [part.split("'")[1] for part in v["query"].split(" OR ")]
+        nodes = [
+            {"id": f"gid://shopify/InventoryItem/{s[4:]}", "sku": s}
+            for s in wanted
+            if s != "SKU-UNKNOWN"
+        ]
+        return ok({"inventoryItems": {"nodes": nodes}})
+
+    done = {"inventorySetQuantities": {"inventoryAdjustmentGroup": {"id": "g"}, "userErrors": []}}
+    side_effect, calls = by_operation(
+        {"InventoryItemsBySku": lookup, "InventorySetQuantities": lambda v: ok(done)}
+    )
+    mock.post(URL).mock(side_effect=side_effect)
+    shopify = connector(time_, location_id="gid://shopify/Location/1")
+
+    # when
+    shopify.push_stock({**dict.fromkeys(skus, 7), "SKU-UNKNOWN": 1})
+    shopify.push_stock({"SKU-000": -3})
+
+    # then
+    sets = [v for op, v in calls if op == "InventorySetQuantities"]
+    assert [len(v["input"]["quantities"]) for v in sets] == [250, 50, 1]
+    assert sets[0]["input"]["name"] == "available"
+    assert sets[0]["input"]["quantities"][0] == {
+        "inventoryItemId": "gid://shopify/InventoryItem/000",
+        "locationId": "gid://shopify/Location/1",
+        "quantity": 7,
+        "changeFromQuantity": None,
+    }
+    assert sets[2]["input"]["quantities"][0]["quantity"] == 0  # never negative
+    assert len({v["idempotencyKey"] for v in sets}) == 3
+    lookups = [v for op, v in calls if op == "InventoryItemsBySku"]
+    assert len(lookups) == 7  # 301 SKUs by 50; the second push hit the cache

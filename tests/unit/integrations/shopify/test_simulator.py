@@ -1,0 +1,150 @@
+"""The Shopify simulator's own rules: the cost bucket, idempotent inventory sets, updates."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sandbox.shopify import ShopifySimulator
+from tests.unit.integrations.shopify.fixtures import order
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def page(sim: ShopifySimulator, first: int = 100) -> tuple[int, dict[str, Any]]:
+    return sim.execute("OrdersUpdatedSince", "", {"first": first, "after": None, "query": ""})
+
+
+def test_the_bucket_throttles_then_restores() -> None:
+    # given: 300 points, 10 restored per second
+    clock = Clock()
+    sim = ShopifySimulator(bucket_max=300.0, restore_rate=10.0, clock=clock)
+    sim.add_orders(3)
+
+    # when: each page requests 102 and costs 2 + 3 actual
+    statuses = [page(sim)[0] for _ in range(3)]
+    clock.now += 10.0  # +100 points, capped at the bucket's 300
+
+    # then
+    assert statuses == [200, 200, 200]
+    status, body = page(sim, first=250)  # requests 252 of 300
+    assert status == 200
+    assert body["extensions"]["cost"]["throttleStatus"]["currentlyAvailable"] == 295
+    sim.spend(255)  # another app: 40 left
+    status, body = page(sim)  # requests 102
+    assert status == 429
+    assert body["errors"][0]["extensions"]["code"] == "THROTTLED"
+    assert body["extensions"]["cost"]["actualQueryCost"] is None
+    assert body["extensions"]["cost"]["throttleStatus"]["currentlyAvailable"] == 40
+    assert "data" not in body
+    clock.now += 6.5  # +65 points: 105 available
+    assert page(sim)[0] == 200
+
+
+def test_a_query_above_the_whole_bucket_is_refused() -> None:
+    sim = ShopifySimulator(bucket_max=1000.0)
+
+    status, body = sim.execute("OrdersByIds", "", {"ids": ["x"] * 20, "lineItemsFirst": 10})
+
+    assert status == 200
+    assert body["errors"][0]["extensions"]["code"] == "MAX_COST_EXCEEDED"
+
+
+def test_every_response_reports_its_cost() -> None:
+    sim = ShopifySimulator()
+    [external_id] = sim.add_orders(1)
+
+    _, body = sim.execute(
+        "OrdersByIds", "", {"ids": [f"gid://shopify/Order/{external_id}"], "lineItemsFirst": 10}
+    )
+
+    cost = body["extensions"]["cost"]
+    assert cost["requestedQueryCost"] == 13 + 2 + 10 * 9
+    assert 0 < cost["actualQueryCost"] < cost["requestedQueryCost"]
+    assert cost["throttleStatus"]["currentlyAvailable"] == 1000 - cost["actualQueryCost"]
+
+
+def set_input(quantity: int, **extra: Any) -> dict[str, Any]:
+    item = {
+        "inventoryItemId": "gid://shopify/InventoryItem/49148385000",
+        "locationId": "gid://shopify/Location/655441491",
+        "quantity": quantity,
+        **extra,
+    }
+    return {"name": "available", "reason": "correction", "quantities": [item]}
+
+
+MUTATION = "mutation InventorySetQuantities { inventorySetQuantities @idempotent(key: $k) }"
+
+
+def test_inventory_sets_need_the_idempotent_directive_and_change_from_quantity() -> None:
+    sim = ShopifySimulator()
+
+    _, no_key = sim.execute("InventorySetQuantities", "mutation X { x }", {"input": set_input(1)})
+    _, no_cas = sim.execute(
+        "InventorySetQuantities", MUTATION, {"input": set_input(1), "idempotencyKey": "k"}
+    )
+
+    assert no_key["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+    assert no_cas["errors"][0]["extensions"]["code"] == "INVALID_FIELD_ARGUMENTS"
+    assert sim.inventory["SKU-RED-S"] == 100 and not sim.inventory_sets
+
+
+def test_a_repeated_idempotency_key_applies_once() -> None:
+    sim = ShopifySimulator()
+    variables = {"input": set_input(5, changeFromQuantity=None), "idempotencyKey": "k-1"}
+
+    first = sim.execute("InventorySetQuantities", MUTATION, variables)
+    sim.inventory["SKU-RED-S"] = 4  # a sale in the meantime
+    again = sim.execute("InventorySetQuantities", MUTATION, variables)
+    other = sim.execute(
+        "InventorySetQuantities",
+        MUTATION,
+        {"input": set_input(6, changeFromQuantity=None), "idempotencyKey": "k-1"},
+    )
+
+    assert first[1]["data"] == again[1]["data"]
+    assert sim.inventory["SKU-RED-S"] == 4  # the replay did not set it again
+    errors = other[1]["data"]["inventorySetQuantities"]["userErrors"]
+    assert errors[0]["code"] == "IDEMPOTENCY_KEY_PARAMETER_MISMATCH"
+
+
+def test_touching_an_order_makes_it_strictly_newer() -> None:
+    moment = dt.datetime(2026, 7, 1, 12, 0, tzinfo=dt.UTC)
+    sim = ShopifySimulator(now=lambda: moment)
+    [external_id] = sim.add_orders(1)
+    before = sim.orders[external_id]["updated_at"]
+
+    sim.touch_order(external_id)
+    sim.touch_order(external_id, cancel=True)
+
+    after = sim.orders[external_id]
+    assert before == "2026-07-01T08:00:00-04:00"
+    assert after["updated_at"] == "2026-07-01T08:00:02-04:00"
+    assert after["cancelled_at"] and after["cancel_reason"] == "customer"
+
+
+def test_orders_have_the_official_rest_shape() -> None:
+    sim = ShopifySimulator()
+    [external_id] = sim.add_orders(1)
+    official = order("rest-2026-07/order.get.json")
+    built = sim.orders[external_id]
+
+    assert set(official) <= set(built)
+    assert set(official["line_items"][0]) <= set(built["line_items"][0])
+    assert set(official["shipping_address"]) <= set(built["shipping_address"])
+
+
+def test_the_same_seed_builds_the_same_orders() -> None:
+    moment = dt.datetime(2026, 7, 1, tzinfo=dt.UTC)
+    a = ShopifySimulator(seed=4, now=lambda: moment)
+    b = ShopifySimulator(seed=4, now=lambda: moment)
+
+    assert a.add_orders(5) == b.add_orders(5)
+    assert a.orders == b.orders
