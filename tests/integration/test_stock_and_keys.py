@@ -1,0 +1,190 @@
+"""Stock reservations and idempotency keys under real concurrency, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.base import utcnow
+from db.models import ChannelAccount, IdempotencyKey, Order, OrderLine, StockItem, StockReservation
+from db.session import make_engine
+from orders import idempotency, stock
+from orders.states import OrderState
+from orders.transitions import IllegalTransition, StaleOrder, load_for_update, transition
+
+
+def _maker(url: str) -> sessionmaker[Session]:
+    return sessionmaker(bind=make_engine(url, **({} if url.startswith("sqlite") else
+                                                  {"pool_size": 30})), expire_on_commit=False)  # fmt: skip
+
+
+def _orders(maker: sessionmaker[Session], lines: list[dict[str, int]]) -> list[int]:
+    with maker() as session, session.begin():
+        account = ChannelAccount(name="a", channel="shopify")
+        session.add(account)
+        session.flush()
+        ids = []
+        for i, skus in enumerate(lines):
+            order = Order(channel_account_id=account.id, channel="shopify", external_id=f"o{i}",
+                          currency="USD", subtotal=Decimal(1), tax_total=Decimal(0),
+                          shipping_total=Decimal(0), discount_total=Decimal(0), total=Decimal(1),
+                          external_updated_at=utcnow(), raw={})  # fmt: skip
+            session.add(order)
+            session.flush()
+            for j, (sku, qty) in enumerate(skus.items()):
+                session.add(OrderLine(order_id=order.id, external_id=str(j), sku=sku, quantity=qty,
+                                      unit_price=Decimal(1), tax=Decimal(0), total=Decimal(qty)))  # fmt: skip
+            ids.append(order.id)
+        return ids
+
+
+def _concurrently(n: int, fn: Any) -> list[Any]:
+    barrier = threading.Barrier(n)
+
+    def run(i: int) -> Any:
+        barrier.wait()
+        return fn(i)
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(run, range(n)))
+
+
+def test_two_orders_competing_for_the_last_unit_one_reserves_one_is_short(
+    migrated_url: str,
+) -> None:
+    maker = _maker(migrated_url)
+    first, second = _orders(maker, [{"LAST": 1}, {"LAST": 1}])
+    with maker() as session, session.begin():
+        stock.set_on_hand(session, "LAST", 1)
+
+    def attempt(i: int) -> bool:
+        with maker() as session, session.begin():
+            return stock.reserve(session, (first, second)[i]).ok
+
+    results = _concurrently(2, attempt)
+
+    assert sorted(results) == [False, True]
+    with maker() as session:
+        item = session.get(StockItem, "LAST")
+        assert item is not None and (item.on_hand, item.reserved) == (1, 1)
+        assert len(session.scalars(select(StockReservation)).all()) == 1
+
+
+def test_many_orders_never_oversell_and_a_short_order_reserves_nothing(migrated_url: str) -> None:
+    # 24 orders each want 1 A + 1 B; there are 10 A and 30 B: exactly 10 orders get both,
+    # the others get neither (no B held for an order that could not get its A)
+    maker = _maker(migrated_url)
+    ids = _orders(maker, [{"A": 1, "B": 1}] * 24)
+    with maker() as session, session.begin():
+        stock.set_on_hand(session, "A", 10)
+        stock.set_on_hand(session, "B", 30)
+
+    def attempt(i: int) -> bool:
+        with maker() as session, session.begin():
+            return stock.reserve(session, ids[i]).ok
+
+    results = _concurrently(24, attempt)
+
+    assert results.count(True) == 10
+    with maker() as session:
+        a, b = session.get(StockItem, "A"), session.get(StockItem, "B")
+        assert a is not None and b is not None
+        assert (a.reserved, b.reserved) == (10, 10)
+
+
+def test_release_gives_units_back_and_consume_takes_them_off_the_shelf(migrated_url: str) -> None:
+    maker = _maker(migrated_url)
+    cancelled, shipped = _orders(maker, [{"X": 2}, {"X": 3}])
+    with maker() as session, session.begin():
+        stock.set_on_hand(session, "X", 5)
+        assert stock.reserve(session, cancelled).ok and stock.reserve(session, shipped).ok
+    with maker() as session, session.begin():
+        assert stock.release(session, cancelled) == 1
+        assert stock.release(session, cancelled) == 0  # twice is once
+        assert stock.consume(session, shipped) == 1
+    with maker() as session:
+        item = session.get(StockItem, "X")
+        assert item is not None and (item.on_hand, item.reserved) == (2, 0)
+
+
+def test_on_hand_cannot_be_set_below_what_open_orders_hold(migrated_url: str) -> None:
+    maker = _maker(migrated_url)
+    (order,) = _orders(maker, [{"Y": 4}])
+    with maker() as session, session.begin():
+        stock.set_on_hand(session, "Y", 4)
+        stock.reserve(session, order)
+    with pytest.raises(ValueError, match="reserved"), maker() as session, session.begin():
+        stock.set_on_hand(session, "Y", 3)
+
+
+def test_an_idempotency_key_is_created_once_under_concurrency_and_replays_when_finished(
+    migrated_url: str,
+) -> None:
+    maker = _maker(migrated_url)
+    params = {"amount": "10.00", "currency": "EUR"}
+
+    def begin(i: int) -> str:
+        try:
+            with maker() as session, session.begin():
+                return idempotency.begin(session, "capture:1", params, owner=f"task-{i}").key
+        except idempotency.KeyLocked:
+            return "locked"
+
+    outcomes = _concurrently(12, begin)
+
+    assert outcomes.count("capture:1") == 1 and outcomes.count("locked") == 11
+    with maker() as session, session.begin():
+        idempotency.finish(session, "capture:1", {"id": "pi_1"})
+    with maker() as session, session.begin():
+        again = idempotency.begin(session, "capture:1", params, owner="task-99")
+    assert again.finished and again.response == {"id": "pi_1"}
+    with maker() as session:
+        assert len(session.scalars(select(IdempotencyKey)).all()) == 1
+
+
+def test_a_key_reused_for_another_request_is_refused(migrated_url: str) -> None:
+    maker = _maker(migrated_url)
+    with maker() as session, session.begin():
+        idempotency.begin(session, "k", {"amount": "1"}, owner="a")
+    with pytest.raises(idempotency.IdempotencyMismatch), maker() as session, session.begin():
+        idempotency.begin(session, "k", {"amount": "2"}, owner="a")
+
+
+def test_a_redelivered_attempt_resumes_its_own_key_and_a_dead_ones_key_after_the_timeout(
+    migrated_url: str,
+) -> None:
+    maker = _maker(migrated_url)
+    with maker() as session, session.begin():
+        idempotency.begin(session, "k", {}, owner="task-a")
+        idempotency.set_recovery_point(session, "k", "capture_sent")
+    with maker() as session, session.begin():  # the same task id, redelivered after a crash
+        assert idempotency.begin(session, "k", {}, owner="task-a").recovery_point == "capture_sent"
+    with pytest.raises(idempotency.KeyLocked), maker() as session, session.begin():
+        idempotency.begin(session, "k", {}, owner="task-b")
+    with maker() as session, session.begin():
+        taken = idempotency.begin(session, "k", {}, owner="task-b",
+                                  lock_timeout=dt.timedelta(seconds=0))  # fmt: skip
+    assert taken.recovery_point == "capture_sent"
+
+
+def test_transitions_are_checked_and_fenced(migrated_url: str) -> None:
+    maker = _maker(migrated_url)
+    (order_id,) = _orders(maker, [{"Z": 1}])
+    with pytest.raises(IllegalTransition), maker() as session, session.begin():
+        transition(session, load_for_update(session, order_id), OrderState.PAID, actor="t")
+    with maker() as session, session.begin():
+        stale = load_for_update(session, order_id)
+    with maker() as session, session.begin():
+        transition(session, load_for_update(session, order_id), OrderState.RESERVED, actor="t")
+    with pytest.raises(StaleOrder), maker() as session, session.begin():
+        transition(session, stale, OrderState.ON_HOLD, actor="stale writer")
+    with maker() as session:
+        order = session.get(Order, order_id)
+        assert order is not None and order.state == OrderState.RESERVED and order.version == 2

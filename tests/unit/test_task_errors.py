@@ -1,0 +1,35 @@
+"""Which failures a task retries, and the backoff it waits."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from sqlalchemy import exc as sa_exc
+
+from integrations.errors import AuthError, RateLimited, ServerError, ValidationError
+from workflows.base import backoff_delay, is_retryable
+
+
+@pytest.mark.parametrize(
+    "error, retry",
+    [
+        (ServerError("503"), True),
+        (RateLimited("429", retry_after=3), True),
+        (TimeoutError(), True),
+        (sa_exc.OperationalError("BEGIN", {}, sqlite3.OperationalError("database is locked")), True),
+        (AuthError("401"), False),
+        (ValidationError("422"), False),
+        (ValueError("bug"), False),
+        (sa_exc.IntegrityError("INSERT", {}, sqlite3.IntegrityError("UNIQUE")), False),
+    ],
+)
+def test_retryable_errors_are_told_apart_from_permanent_ones(error: Exception, retry: bool) -> None:
+    assert is_retryable(error) is retry
+
+
+def test_backoff_is_jittered_below_an_exponential_cap() -> None:
+    for attempt in range(12):
+        delays = {backoff_delay(attempt, base=2.0, cap=60.0) for _ in range(50)}
+        assert all(0 <= d <= min(60.0, 2.0 * 2**attempt) for d in delays)
+        assert len(delays) > 1  # jitter: concurrent retries do not line up
