@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     # an idempotency key locked by an attempt that stopped answering is taken over after this
     idempotency_lock_timeout_s: int = Field(default=90, ge=1)
 
+    # polling: webhooks get lost, so every account is also polled (window = cursor - overlap)
+    poll_interval_s: int = Field(default=300, ge=5)
+    poll_overlap_s: int = Field(default=300, ge=0)
+    first_poll_days: int = Field(default=30, ge=1)
+    full_sync_days: int = Field(default=30, ge=1)
+    full_sync_hour_utc: int = Field(default=3, ge=0, le=23)
+
     # outside services of the pipeline (the demo points them at the sandbox)
     payments_url: str | None = None
     payments_api_key: SecretStr = SecretStr("")

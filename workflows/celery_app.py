@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.schedules import crontab
 from kombu import Queue
 
 from ordersync.settings import get_settings
@@ -79,6 +80,16 @@ def _beat_schedule() -> dict[str, Any]:
             # half the age at which rows count as stuck: nothing waits much longer than that
             "schedule": max(5.0, settings.sweep_after_s / 2),
             "options": {"expires": max(5.0, settings.sweep_after_s / 2)},
+        },
+        "poll-due-accounts": {
+            "task": "ordersync.sync.poll_due",
+            "schedule": 60.0,
+            "options": {"expires": 60.0},
+        },
+        "nightly-full-sync": {
+            "task": "ordersync.sync.full_sync_all",
+            "schedule": crontab(minute=0, hour=settings.full_sync_hour_utc),
+            "options": {"expires": 3600.0},
         },
     }
 

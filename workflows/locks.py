@@ -11,6 +11,7 @@ id, so it takes its own lock back at once instead of waiting for the TTL to run 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ import redis
 from integrations.errors import RetryableError
 from ordersync.runtime import redis_url
 
-__all__ = ["LockBusy", "OrderLock", "order_lock"]
+__all__ = ["LockBusy", "OrderLock", "order_lock", "redis_lock"]
 
 DEFAULT_TTL_S = 120
 
@@ -75,13 +76,17 @@ class OrderLock:
 
 
 @contextmanager
-def order_lock(
-    order_id: int, step: str, token: str, *, ttl_s: int = DEFAULT_TTL_S
-) -> Iterator[OrderLock]:
-    lock = OrderLock(_client(redis_url()), f"ordersync:lock:order:{order_id}:{step}", token, ttl_s)
+def redis_lock(name: str, token: str, *, ttl_s: int = DEFAULT_TTL_S) -> Iterator[OrderLock]:
+    lock = OrderLock(_client(redis_url()), f"ordersync:lock:{name}", token, ttl_s)
     if not lock.acquire():
-        raise LockBusy(f"order {order_id} {step} is running elsewhere", retry_after=1.0)
+        raise LockBusy(f"{name} is running elsewhere", retry_after=1.0)
     try:
         yield lock
     finally:
         lock.release()
+
+
+def order_lock(
+    order_id: int, step: str, token: str, *, ttl_s: int = DEFAULT_TTL_S
+) -> contextlib.AbstractContextManager[OrderLock]:
+    return redis_lock(f"order:{order_id}:{step}", token, ttl_s=ttl_s)

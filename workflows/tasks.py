@@ -76,7 +76,7 @@ TOPIC_HANDLERS: dict[str, Callable[..., IntakeResult]] = {
 }
 
 
-def _after_intake(session: Any, result: IntakeResult) -> None:
+def after_intake(session: Any, result: IntakeResult) -> None:
     """New orders enter the pipeline; orders cancelled by the marketplace release their stock."""
     from workflows.pipeline import on_cancelled, pipeline
 
@@ -142,7 +142,7 @@ def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
             event.error = message[:2000]
             event.processed_at = utcnow()
             return {"inbox_id": inbox_id, "status": event.status, "error": message}
-        _after_intake(session, result)
+        after_intake(session, result)
         event.status = InboxStatus.PROCESSED
         event.order_id = result.order_id
         event.error = "stale: older than the stored order" if result.outcome == "stale" else None
