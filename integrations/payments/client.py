@@ -1,0 +1,269 @@
+"""Typed client for a Stripe-compatible payment provider (API v1, ``/v1/payment_intents``).
+
+One call captures an order's payment: a PaymentIntent created with ``confirm=true`` and
+``capture_method=automatic`` charges the payment method at once
+(https://docs.stripe.com/api/payment_intents/create). Every POST carries an ``Idempotency-Key``
+(https://docs.stripe.com/api/idempotent_requests): the provider stores the status and body of
+the first request that began executing under a key for at least 24 hours and answers retries
+with that stored result plus ``Idempotent-Replayed: true``. So a retry after a timeout or a
+dropped connection never charges twice, as long as it reuses the key and the same parameters.
+
+Errors, on top of ``integrations.errors``::
+
+    PermanentError
+    ├── IdempotencyMismatch     400 ``idempotency_error``: key reused with other parameters
+    └── PaymentDeclined         402 ``card_error`` (card_declined, expired_card, …)
+    Conflict (retryable)        409 ``idempotency_key_in_use``: the first request is in flight
+    RateLimited (retryable)     429, including ``lock_timeout`` on a contended object
+
+Auth is ``Authorization: Bearer sk_…``; the key never reaches a log line or an exception.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import httpx
+
+from integrations.base import ConnectorSeams
+from integrations.errors import (
+    IntegrationError,
+    PayloadError,
+    PermanentError,
+    ValidationError,
+)
+from integrations.http import ApiClient
+from integrations.payments.payloads import (
+    THREE_DECIMAL_CURRENCIES,
+    Capture,
+    capture_from_intent,
+    form_pairs,
+    to_minor,
+)
+from integrations.ratelimit import Bucket
+
+__all__ = [
+    "DEFAULT_PAYMENT_METHOD",
+    "MAX_IDEMPOTENCY_KEY_LENGTH",
+    "IdempotencyMismatch",
+    "PaymentDeclined",
+    "PaymentsClient",
+]
+
+# Stripe's test-mode card that always succeeds; a live integration passes a saved PaymentMethod
+DEFAULT_PAYMENT_METHOD = "pm_card_visa"
+MAX_IDEMPOTENCY_KEY_LENGTH = 255  # documented maximum
+SEARCH_PAGE_LIMIT = 100  # documented maximum ``limit`` for search
+MAX_SEARCH_PAGES = 10  # an order has a handful of intents; more pages means something is off
+# Stripe's documented defaults: 25 write/read operations per second in test mode (100 live) and
+# 20 per second for search; the lower numbers are safe in both modes.
+_WRITES = Bucket(rate=25.0, burst=25.0)
+_SEARCH = Bucket(rate=20.0, burst=20.0)
+_SAFE_REF = re.compile(r"^[\w.:/#-]{1,500}$")
+
+
+class IdempotencyMismatch(PermanentError):
+    """The idempotency key was first used with other parameters: our key derivation is wrong."""
+
+
+class PaymentDeclined(PermanentError):
+    """The card or bank refused the payment; ``code`` is ``card_declined:<decline_code>``."""
+
+
+class PaymentsClient(ApiClient):
+    rate_limits = {"capture": _WRITES, "retrieve": _WRITES, "search": _SEARCH}
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        seams: ConnectorSeams | None = None,
+        account: str = "default",
+        max_attempts: int = 3,
+    ) -> None:
+        if not api_key:
+            raise ValueError("payments: api_key is required")
+        seams = seams or ConnectorSeams()
+        self.__authorization = f"Bearer {api_key}"
+        super().__init__(
+            base_url.rstrip("/"),
+            account=account,
+            transport=seams.transport,
+            limiter=seams.limiter,
+            sleep=seams.sleep,
+            max_attempts=max_attempts,
+        )
+
+    def __repr__(self) -> str:
+        return f"PaymentsClient(base_url={str(self.http.base_url)!r}, account={self.account!r})"
+
+    # -- ApiClient hooks -------------------------------------------------------------------
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": self.__authorization, "Accept": "application/json"}
+
+    def error_code(self, response: httpx.Response) -> str | None:
+        """Stripe's ``error.code`` (or ``error.type`` when there is none, as for
+        ``idempotency_error``), plus ``:decline_code`` on card errors. Never the message,
+        which can echo a masked key or a customer's card details."""
+        try:
+            body = response.json()
+        except ValueError:
+            return None
+        error = body.get("error") if isinstance(body, dict) else None
+        if not isinstance(error, dict):
+            return None
+        code = error.get("code") or error.get("type")
+        if not isinstance(code, str):
+            return None
+        decline = error.get("decline_code")
+        if isinstance(decline, str) and decline:
+            code = f"{code}:{decline}"
+        return code[:80]
+
+    # -- operations ------------------------------------------------------------------------
+
+    def capture(
+        self,
+        *,
+        order_ref: str,
+        amount: Decimal,
+        currency: str,
+        idempotency_key: str,
+        payment_method: str = DEFAULT_PAYMENT_METHOD,
+    ) -> Capture:
+        """Create and confirm a PaymentIntent that captures at once; one call, one charge.
+
+        Retry with the same ``idempotency_key`` and arguments after any RetryableError: the
+        provider replays the first result (``Capture.replayed``) instead of charging again.
+        Raises IdempotencyMismatch, PaymentDeclined, ValidationError (bad amount, before any
+        request), Conflict (the key's first request still running; retry later).
+        """
+        if not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise ValueError("payments.capture: idempotency_key must be 1..255 characters")
+        code = currency.upper()
+        try:
+            minor = to_minor(amount, code)
+        except ValueError as exc:
+            raise ValidationError(f"payments.capture: {exc}") from exc
+        if minor <= 0:
+            raise ValidationError("payments.capture: amount must be positive")
+        if code in THREE_DECIMAL_CURRENCIES and minor % 10:
+            # Stripe refuses a non-zero last digit for these; rounding money is not ours to do
+            raise ValidationError(f"payments.capture: {code} amounts must be multiples of 0.010")
+        params: dict[str, Any] = {
+            "amount": minor,
+            "currency": code.lower(),  # Stripe wants lowercase ISO codes
+            "confirm": True,
+            "capture_method": "automatic",
+            "payment_method": payment_method,
+            # card only: a redirect-based method would need a return_url and a customer present
+            "payment_method_types": ["card"],
+            "metadata": {"order_ref": order_ref},
+        }
+        response = self._call(
+            "capture",
+            "POST",
+            "/v1/payment_intents",
+            data=dict(form_pairs(params)),
+            headers={"Idempotency-Key": idempotency_key},
+        )
+        replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
+        return self._parse(response, replayed=replayed)
+
+    def retrieve(self, intent_id: str) -> Capture:
+        """One PaymentIntent by id (strongly consistent, unlike search)."""
+        if not re.fullmatch(r"pi_\w+", intent_id):
+            raise ValueError("payments.retrieve: not a PaymentIntent id")
+        return self._parse(self._call("retrieve", "GET", f"/v1/payment_intents/{intent_id}"))
+
+    def retrieve_by_order(self, order_ref: str) -> Capture | None:
+        """The order's PaymentIntent found by ``metadata['order_ref']``: the succeeded one if
+        any, else the newest attempt, else None.
+
+        Stripe's search is eventually consistent ("data is searchable in under 1 minute",
+        https://docs.stripe.com/search#data-freshness): None right after a crash does NOT prove
+        there was no capture. Within the 24 h key window the authoritative check is to repeat
+        ``capture`` with the same key; use this for reconciliation and for older attempts.
+        """
+        intents = [
+            intent
+            for intent in self._search(f"metadata['order_ref']:'{_quoted(order_ref)}'")
+            if (intent.get("metadata") or {}).get("order_ref") == order_ref
+        ]
+        if not intents:
+            return None
+        succeeded = [i for i in intents if i.get("status") == "succeeded"]
+        # search order is not documented: pick explicitly
+        chosen = (
+            succeeded[0] if succeeded else max(intents, key=lambda i: int(i.get("created") or 0))
+        )
+        try:
+            return capture_from_intent(chosen)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PayloadError("payments.search: result is not a payment_intent") from exc
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _search(self, query: str) -> Iterator[dict[str, Any]]:
+        params: dict[str, str | int] = {"query": query, "limit": SEARCH_PAGE_LIMIT}
+        for _ in range(MAX_SEARCH_PAGES):
+            body = self._json(
+                self._call("search", "GET", "/v1/payment_intents/search", params=params)
+            )
+            data = body.get("data")
+            if body.get("object") != "search_result" or not isinstance(data, list):
+                raise PayloadError("payments.search: not a search_result")
+            yield from (item for item in data if isinstance(item, dict))
+            if not body.get("has_more") or not body.get("next_page"):
+                return
+            params = {**params, "page": str(body["next_page"])}
+        raise PayloadError("payments.search: too many result pages")
+
+    def _call(self, operation: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """``ApiClient.request`` with Stripe's errors mapped onto our classes."""
+        try:
+            return self.request(operation, method, url, **kwargs)
+        except IntegrationError as exc:
+            raise _translate(operation, exc) from exc
+
+    @staticmethod
+    def _json(response: httpx.Response) -> dict[str, Any]:
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise PayloadError("payments: response is not JSON") from exc
+        if not isinstance(body, dict):
+            raise PayloadError("payments: response is not a JSON object")
+        return body
+
+    def _parse(self, response: httpx.Response, *, replayed: bool = False) -> Capture:
+        try:
+            return capture_from_intent(self._json(response), replayed=replayed)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PayloadError("payments: response is not a payment_intent") from exc
+
+
+def _translate(operation: str, exc: IntegrationError) -> IntegrationError:
+    code = exc.code or ""
+    if exc.status == 400 and code == "idempotency_error":
+        return IdempotencyMismatch(
+            f"payments.{operation}: idempotency key reused with different parameters",
+            status=400,
+            code=code,
+        )
+    if exc.status == 402:
+        return PaymentDeclined(f"payments.{operation}: payment declined", status=402, code=code)
+    return exc
+
+
+def _quoted(value: str) -> str:
+    """A value safe inside a search query's single quotes."""
+    if not _SAFE_REF.match(value):
+        # our refs are ids like "order:123"; refuse anything that would need escaping
+        raise ValueError("payments: order_ref has characters a search query cannot carry")
+    return value

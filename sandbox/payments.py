@@ -1,0 +1,475 @@
+"""A local Stripe-like payment provider (API v1 PaymentIntents) with a ledger of captures.
+
+Served (mount with ``app.include_router(sim.build_router(), prefix="/payments")``):
+
+- ``POST /v1/payment_intents`` — form-encoded; with ``confirm=true`` the intent is charged at
+  once (``succeeded``), or declined: 402 ``card_error``/``card_declined`` for
+  ``payment_method=pm_card_chargeDeclined`` (Stripe's test card) or at ``decline_rate``;
+- ``GET /v1/payment_intents/search?query=metadata['order_ref']:'X'`` — a ``search_result``;
+- ``GET /v1/payment_intents/{id}``.
+
+Idempotency as Stripe documents it (https://docs.stripe.com/api/idempotent_requests): the status
+and body of the first request that began executing under a key are stored and replayed, with
+``Idempotent-Replayed: true``, for every later request with that key and the same parameters
+(including a 402); other parameters or another endpoint → 400 ``idempotency_error``; a request
+arriving while the first is still executing → 409 ``idempotency_key_in_use``; keys are pruned
+after 24 h, then the key executes anew. Requests refused before execution (auth, validation,
+injected 429/5xx) store nothing. Keys are scoped per API key, as per account at Stripe.
+
+Faults: the shared ``Knobs`` (latency, 429, 5xx, timeouts) hit before execution;
+``processing_s`` keeps a request "in flight" (the card network) so concurrent duplicates see
+409; ``drop_after_apply_rate`` records the capture and stores the response, then breaks the
+connection mid-response, so the client sees a transport error and only a retry with the same
+key learns the outcome (from the replay).
+
+The ledger ``captures`` lists every successful charge as the outside world counts it;
+``capture_count()`` is what tests and the demo compare with the orders we marked paid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import random
+import re
+import string
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from sandbox.knobs import Knobs
+
+__all__ = ["IDEMPOTENCY_TTL_S", "SANDBOX_API_KEY", "DroppedConnection", "PaymentsSimulator"]
+
+# public, fixed sandbox credential (never valid anywhere else)
+SANDBOX_API_KEY = "sk_test_ordersync_sandbox_000000000000000000"
+IDEMPOTENCY_TTL_S = 24 * 3600  # "at least 24 hours old" before Stripe prunes a key
+MAX_KEY_LENGTH = 255
+MAX_AMOUNT = 99_999_999  # "supports up to eight digits"
+MIN_AMOUNT = {"usd": 50}  # $0.50; other currencies: any positive amount here
+THREE_DECIMAL = {"bhd", "jod", "kwd", "omr", "tnd"}
+DECLINING_METHODS = {"pm_card_chargeDeclined": "generic_decline"}
+_CLAUSE = re.compile(r"\s*(?:metadata\['([^'\]]+)'\]|(status|currency)):'([^'\\]*)'\s*")
+_ALNUM = string.ascii_letters + string.digits
+
+
+class DroppedConnection(RuntimeError):
+    """Raised inside the response to break the connection after the effect was applied."""
+
+
+def _error(status: int, type_: str, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"type": type_, "message": message, **extra}}, status_code=status)
+
+
+@dataclass
+class _KeyRecord:
+    method_path: str
+    params: tuple[tuple[str, str], ...]
+    created: float
+    request_id: str
+    done: bool = False
+    status: int = 0
+    body: bytes = b""
+
+
+class PaymentsSimulator:
+    def __init__(
+        self,
+        knobs: Knobs | None = None,
+        *,
+        seed: int = 0,
+        api_key: str = SANDBOX_API_KEY,
+        decline_rate: float = 0.0,
+        drop_after_apply_rate: float = 0.0,
+        processing_s: float = 0.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.knobs = knobs or Knobs(seed=seed)
+        self.api_key = api_key
+        self.decline_rate = decline_rate
+        self.drop_after_apply_rate = drop_after_apply_rate
+        self.processing_s = processing_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        # separate streams: a decline roll must not shift the drop rolls and vice versa
+        self._ids = random.Random(seed)
+        self._declines = random.Random(seed + 1)
+        self._drops = random.Random(seed + 2)
+        self.intents: dict[str, dict[str, Any]] = {}
+        self._keys: dict[tuple[str, str], _KeyRecord] = {}  # (api key, idempotency key)
+        #: every successful charge: id, order_ref, amount (minor units), currency, key, created
+        self.captures: list[dict[str, Any]] = []
+        self.declines: list[dict[str, Any]] = []
+        self.stats = {"executed": 0, "replayed": 0, "conflicts": 0, "mismatches": 0, "dropped": 0}
+
+    # -- ledger ----------------------------------------------------------------------------
+
+    def capture_count(self) -> int:
+        """Distinct successful captures (what "at most one capture per order" is checked on)."""
+        with self._lock:
+            return len({c["id"] for c in self.captures})
+
+    def captures_for(self, order_ref: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(c) for c in self.captures if c["order_ref"] == order_ref]
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _new_id(self, prefix: str) -> str:
+        return prefix + "".join(self._ids.choice(_ALNUM) for _ in range(24))
+
+    def _authorized(self, request: Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "basic":  # curl -u sk_…: works too
+            try:
+                token = base64.b64decode(token).decode().partition(":")[0]
+            except (binascii.Error, UnicodeDecodeError):
+                return False
+        elif scheme.lower() != "bearer":
+            return False
+        return token == self.api_key
+
+    @staticmethod
+    def _unauthorized(request: Request) -> JSONResponse:
+        if not request.headers.get("Authorization"):
+            message = "You did not provide an API key."
+        else:
+            # Stripe echoes a masked key; the sandbox echoes nothing of it
+            message = "Invalid API Key provided."
+        return _error(401, "invalid_request_error", message)
+
+    def _prune(self, now: float) -> None:
+        expired = [
+            k for k, r in self._keys.items() if r.done and now - r.created > IDEMPOTENCY_TTL_S
+        ]
+        for key in expired:
+            del self._keys[key]
+
+    @staticmethod
+    def _validate(params: dict[str, str]) -> JSONResponse | None:
+        """Parameter checks that refuse a request before it executes (nothing is stored)."""
+        currency = params.get("currency", "")
+        if not re.fullmatch(r"[a-z]{3}", currency):
+            return _error(
+                400,
+                "invalid_request_error",
+                "Invalid currency.",
+                param="currency",
+                code="parameter_invalid_string",
+            )
+        try:
+            amount = int(params.get("amount", ""))
+        except ValueError:
+            return _error(
+                400,
+                "invalid_request_error",
+                "Invalid integer.",
+                param="amount",
+                code="parameter_invalid_integer",
+            )
+        if amount < MIN_AMOUNT.get(currency, 1):
+            return _error(
+                400,
+                "invalid_request_error",
+                "Amount must be at least the minimum.",
+                param="amount",
+                code="amount_too_small",
+            )
+        if amount > MAX_AMOUNT:
+            return _error(
+                400,
+                "invalid_request_error",
+                "Amount must be no more than 8 digits.",
+                param="amount",
+                code="amount_too_large",
+            )
+        if currency in THREE_DECIMAL and amount % 10:
+            return _error(
+                400,
+                "invalid_request_error",
+                "Amounts in three-decimal currencies must end in 0.",
+                param="amount",
+            )
+        if params.get("confirm") == "true" and not params.get("payment_method"):
+            return _error(
+                400,
+                "invalid_request_error",
+                "A payment method is required to confirm.",
+                param="payment_method",
+                code="parameter_missing",
+            )
+        return None
+
+    def _execute(self, params: dict[str, str], idempotency_key: str | None) -> tuple[int, bytes]:
+        """Create (and confirm) the intent; record the charge. Caller holds the lock."""
+        now = int(self._clock())
+        intent_id = self._new_id("pi_")
+        amount, currency = int(params["amount"]), params["currency"]
+        metadata = {
+            k[len("metadata[") : -1]: v for k, v in params.items() if k.startswith("metadata[")
+        }
+        methods = [v for k, v in sorted(params.items()) if k.startswith("payment_method_types[")]
+        intent: dict[str, Any] = {
+            "id": intent_id,
+            "object": "payment_intent",
+            "amount": amount,
+            "amount_capturable": 0,
+            "amount_received": 0,
+            "capture_method": params.get("capture_method", "automatic"),
+            "client_secret": f"{intent_id}_secret_{self._new_id('')}",
+            "confirmation_method": "automatic",
+            "created": now,
+            "currency": currency,
+            "customer": None,
+            "description": params.get("description"),
+            "last_payment_error": None,
+            "latest_charge": None,
+            "livemode": False,
+            "metadata": metadata,
+            "next_action": None,
+            "payment_method": params.get("payment_method"),
+            "payment_method_types": methods or ["card"],
+            "status": "requires_payment_method",
+        }
+        self.intents[intent_id] = intent
+        self.stats["executed"] += 1
+        if params.get("confirm") != "true":
+            return 200, json.dumps(intent).encode()
+        method = params.get("payment_method", "")
+        decline_code = DECLINING_METHODS.get(method)
+        if decline_code is None and self._declines.random() < self.decline_rate:
+            decline_code = "generic_decline"
+        charge_id = self._new_id("ch_")
+        intent["latest_charge"] = charge_id
+        if decline_code is not None:
+            error = {
+                "type": "card_error",
+                "code": "card_declined",
+                "decline_code": decline_code,
+                "message": "Your card was declined.",
+                "charge": charge_id,
+                "doc_url": "https://docs.stripe.com/error-codes/card-declined",
+            }
+            intent["last_payment_error"] = {k: v for k, v in error.items() if k != "charge"}
+            self.declines.append({"id": intent_id, "order_ref": metadata.get("order_ref")})
+            return 402, json.dumps({"error": {**error, "payment_intent": intent}}).encode()
+        if intent["capture_method"] == "manual":
+            intent["status"], intent["amount_capturable"] = "requires_capture", amount
+        else:
+            intent["status"], intent["amount_received"] = "succeeded", amount
+            self.captures.append(
+                {
+                    "id": intent_id,
+                    "order_ref": metadata.get("order_ref"),
+                    "amount": amount,
+                    "currency": currency,
+                    "idempotency_key": idempotency_key,
+                    "created": now,
+                }
+            )
+        return 200, json.dumps(intent).encode()
+
+    # -- routes ----------------------------------------------------------------------------
+
+    def build_router(self) -> APIRouter:
+        router = APIRouter()
+
+        @router.post("/v1/payment_intents")
+        async def create_intent(request: Request) -> Response:
+            if not self._authorized(request):
+                return self._unauthorized(request)
+            refused = await self.knobs.disturb(
+                {
+                    "error": {
+                        "type": "invalid_request_error",
+                        "code": "rate_limit",
+                        "message": "Too many requests hit the API too quickly.",
+                    }
+                }
+            )
+            if refused is not None:
+                return refused
+            raw = (await request.body()).decode("utf-8", "replace")
+            pairs = tuple(sorted(parse_qsl(raw, keep_blank_values=True)))
+            params = dict(pairs)
+            invalid = self._validate(params)
+            if invalid is not None:
+                return invalid
+            key = request.headers.get("Idempotency-Key")
+            if key is None:  # Stripe executes it, unprotected
+                with self._lock:
+                    status, body = self._execute(params, None)
+                return Response(body, status_code=status, media_type="application/json")
+            if len(key) > MAX_KEY_LENGTH:
+                return _error(400, "invalid_request_error", "Idempotency key is too long.")
+            slot = (self.api_key, key)
+            with self._lock:
+                self._prune(self._clock())
+                record = self._keys.get(slot)
+                if record is not None:
+                    return self._answer_repeat(record, "POST /v1/payment_intents", pairs, key)
+                record = _KeyRecord(
+                    "POST /v1/payment_intents", pairs, self._clock(), self._new_id("req_")
+                )
+                self._keys[slot] = record
+            drop = False
+            try:
+                if self.processing_s:
+                    await asyncio.sleep(self.processing_s)  # the card network: key in flight
+                with self._lock:
+                    record.status, record.body = self._execute(params, key)
+                    record.done = True
+                    drop = self._drops.random() < self.drop_after_apply_rate
+                    if drop:
+                        self.stats["dropped"] += 1
+            finally:
+                if not record.done:  # never executed: Stripe saves nothing, the key is free
+                    with self._lock:
+                        self._keys.pop(slot, None)
+            headers = {"Idempotency-Key": key, "Request-Id": record.request_id}
+            if drop:
+                return StreamingResponse(
+                    _broken_body(record.body),
+                    status_code=record.status,
+                    media_type="application/json",
+                    headers=headers,
+                )
+            return Response(
+                record.body,
+                status_code=record.status,
+                media_type="application/json",
+                headers=headers,
+            )
+
+        @router.get("/v1/payment_intents/search")
+        async def search_intents(request: Request) -> Response:
+            if not self._authorized(request):
+                return self._unauthorized(request)
+            refused = await self.knobs.disturb()
+            if refused is not None:
+                return refused
+            q = request.query_params
+            clauses = _parse_query(q.get("query", ""))
+            if clauses is None:
+                return _error(400, "invalid_request_error", "Invalid search query.", param="query")
+            try:
+                limit, offset = int(q.get("limit", "10")), int(q.get("page") or 0)
+            except ValueError:
+                return _error(400, "invalid_request_error", "Invalid integer.", param="limit")
+            if not 1 <= limit <= 100 or offset < 0:
+                return _error(400, "invalid_request_error", "Invalid limit.", param="limit")
+            with self._lock:
+                hits = [i for i in self.intents.values() if _matches(i, clauses)]
+                hits.sort(key=lambda i: (i["created"], i["id"]), reverse=True)
+                page = json.loads(json.dumps(hits[offset : offset + limit]))
+            more = offset + limit < len(hits)
+            return JSONResponse(
+                {
+                    "object": "search_result",
+                    "url": "/v1/payment_intents/search",
+                    "has_more": more,
+                    "data": page,
+                    "next_page": str(offset + limit) if more else None,
+                }
+            )
+
+        @router.get("/v1/payment_intents/{intent_id}")
+        async def retrieve_intent(intent_id: str, request: Request) -> Response:
+            if not self._authorized(request):
+                return self._unauthorized(request)
+            refused = await self.knobs.disturb()
+            if refused is not None:
+                return refused
+            with self._lock:
+                intent = self.intents.get(intent_id)
+                body = json.loads(json.dumps(intent)) if intent else None
+            if body is None:
+                return _error(
+                    404,
+                    "invalid_request_error",
+                    f"No such payment_intent: '{intent_id}'",
+                    code="resource_missing",
+                    param="intent",
+                )
+            return JSONResponse(body)
+
+        return router
+
+    def _answer_repeat(
+        self,
+        record: _KeyRecord,
+        method_path: str,
+        pairs: tuple[tuple[str, str], ...],
+        key: str,
+    ) -> Response:
+        """A request whose key was seen before. Caller holds the lock."""
+        if record.method_path != method_path or record.params != pairs:
+            self.stats["mismatches"] += 1
+            return _error(
+                400,
+                "idempotency_error",
+                "Keys for idempotent requests can only be used with the same parameters they "
+                "were first used with. Try using a key other than the one you sent if you "
+                "meant to execute a different request.",
+            )
+        if not record.done:
+            self.stats["conflicts"] += 1
+            return _error(
+                409,
+                "invalid_request_error",
+                "There is currently another in-progress request using this Idempotent Key "
+                "(that probably means you submitted twice, and the other request is still "
+                "going through). Please try again later.",
+                code="idempotency_key_in_use",
+                doc_url="https://docs.stripe.com/error-codes/idempotency-key-in-use",
+            )
+        self.stats["replayed"] += 1
+        return Response(
+            record.body,
+            status_code=record.status,
+            media_type="application/json",
+            headers={
+                "Idempotency-Key": key,
+                "Idempotent-Replayed": "true",
+                "Original-Request": record.request_id,
+                "Request-Id": self._new_id("req_"),
+            },
+        )
+
+
+async def _broken_body(body: bytes) -> AsyncIterator[bytes]:
+    """Send the status line, headers and half the body, then fail: uvicorn aborts the
+    connection and the client reads an incomplete response (a transport error)."""
+    yield body[: len(body) // 2]
+    raise DroppedConnection("sandbox: connection dropped after the capture was applied")
+
+
+def _parse_query(query: str) -> list[tuple[str, str]] | None:
+    """``metadata['k']:'v' AND status:'succeeded'`` → [("metadata.k", "v"), ("status", …)]."""
+    clauses: list[tuple[str, str]] = []
+    for part in re.split(r"\s+AND\s+", query.strip()):
+        match = _CLAUSE.fullmatch(part)
+        if match is None:
+            return None
+        meta, field, value = match.groups()
+        clauses.append((f"metadata.{meta}" if meta else field, value))
+    return clauses
+
+
+def _matches(intent: dict[str, Any], clauses: list[tuple[str, str]]) -> bool:
+    for field, value in clauses:
+        if field.startswith("metadata."):
+            if intent["metadata"].get(field[len("metadata.") :]) != value:
+                return False
+        elif str(intent.get(field)) != value:
+            return False
+    return True

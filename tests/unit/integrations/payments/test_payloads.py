@@ -1,0 +1,102 @@
+"""Minor units and Stripe's form encoding, as pure functions."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from integrations.payments.payloads import (
+    currency_exponent,
+    form_pairs,
+    from_minor,
+    to_minor,
+)
+
+EXPONENTS = {"USD": 2, "EUR": 2, "JPY": 0, "KRW": 0, "KWD": 3, "BHD": 3}
+
+
+@pytest.mark.parametrize(("currency", "exponent"), sorted(EXPONENTS.items()))
+def test_each_currency_has_its_documented_number_of_decimals(currency, exponent):
+    assert currency_exponent(currency) == exponent
+    assert currency_exponent(currency.lower()) == exponent
+
+
+@given(
+    currency=st.sampled_from(["USD", "JPY", "KWD"]),
+    minor=st.integers(min_value=-(10**15), max_value=10**15),
+)
+def test_minor_units_round_trip_through_decimal(currency, minor):
+    amount = from_minor(minor, currency)
+    assert to_minor(amount, currency) == minor
+    # the Decimal carries exactly the currency's places: 10.50, 500, 5.120
+    assert amount.as_tuple().exponent == -currency_exponent(currency)
+
+
+@given(
+    currency=st.sampled_from(["USD", "JPY", "KWD"]),
+    data=st.data(),
+)
+def test_amounts_with_the_currencys_decimals_round_trip_through_minor_units(currency, data):
+    places = currency_exponent(currency)
+    amount = data.draw(
+        st.decimals(
+            min_value=Decimal("-1e9"),
+            max_value=Decimal("1e9"),
+            places=places,
+            allow_nan=False,
+            allow_infinity=False,
+        )
+    )
+    assert from_minor(to_minor(amount, currency), currency) == amount
+
+
+@given(
+    currency=st.sampled_from(["USD", "JPY", "KWD"]),
+    minor=st.integers(min_value=-(10**12), max_value=10**12),
+    extra=st.integers(min_value=1, max_value=9),
+)
+def test_an_amount_finer_than_the_minor_unit_is_refused_not_rounded(currency, minor, extra):
+    too_fine = from_minor(minor, currency) + Decimal(extra).scaleb(-currency_exponent(currency) - 1)
+    with pytest.raises(ValueError):
+        to_minor(too_fine, currency)
+
+
+def test_trailing_zeros_beyond_the_minor_unit_are_fine():
+    assert to_minor(Decimal("500.000"), "JPY") == 500
+    assert to_minor(Decimal("10.5000"), "USD") == 1050
+    assert to_minor(Decimal("1E+2"), "USD") == 10000
+
+
+@pytest.mark.parametrize("bad", ["US", "usd1", "", "12$"])
+def test_something_that_is_not_a_currency_code_is_refused(bad):
+    with pytest.raises(ValueError):
+        currency_exponent(bad)
+
+
+def test_non_finite_and_non_integer_inputs_are_refused():
+    with pytest.raises(ValueError):
+        to_minor(Decimal("NaN"), "USD")
+    with pytest.raises(ValueError):
+        from_minor(True, "USD")  # type: ignore[arg-type]
+
+
+def test_nested_params_are_written_with_brackets_and_stripe_booleans():
+    pairs = form_pairs(
+        {
+            "amount": 1050,
+            "confirm": True,
+            "metadata": {"order_ref": "order:1"},
+            "payment_method_types": ["card", "link"],
+            "description": None,
+        }
+    )
+    assert pairs == [
+        ("amount", "1050"),
+        ("confirm", "true"),
+        ("metadata[order_ref]", "order:1"),
+        ("payment_method_types[0]", "card"),
+        ("payment_method_types[1]", "link"),
+    ]
