@@ -1,0 +1,305 @@
+"""Invoices and credit notes: exactly one per order, numbered without gaps per series.
+
+Invariant 4 rests on three things, all inside the caller's transaction:
+
+- **A counter row per series** (``invoice_counters``), incremented with a row lock held until the
+  transaction ends. A database sequence would be simpler but is not gap-free: a rolled-back
+  transaction burns its value. Here a rollback also rolls back the increment, so the next invoice
+  takes the same number.
+- **A lock on the order row** before anything else, so two workers invoicing (or crediting) the
+  same order queue up behind each other; the second then finds the first one's invoice and
+  returns it. The unique ``(order_id, kind)`` is the backstop. Lock order is always order row,
+  then counter row, so the two never deadlock.
+- **Nothing is ever updated or deleted.** Cancelling an invoiced order issues a credit note
+  (negative total, pointing at the invoice) in its own series.
+
+On PostgreSQL the locks are ``SELECT … FOR UPDATE`` / ``UPDATE`` row locks under READ COMMITTED
+(the default; each statement sees what committed before it, which the re-check after the lock
+relies on). On SQLite the session already holds the database write lock from ``BEGIN IMMEDIATE``
+(``db/session.py``), which serialises writers; ``FOR UPDATE`` compiles to nothing there.
+
+The series' lock is held until the caller commits, so keep that transaction short: rendering the
+PDF inside it costs a few milliseconds per invoice (``render=False`` + ``attach_pdf`` later moves
+it out of the lock if that ever matters).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from db.base import utcnow
+from db.models import Invoice, InvoiceCounter, Order
+from orders.invoice_pdf import DocumentLine, InvoiceDocument, Seller, render_invoice
+from orders.states import OrderState
+
+__all__ = [
+    "CREDIT_NOTE",
+    "DEMO_SELLER",
+    "INVOICE",
+    "InvoiceRefused",
+    "Seller",
+    "attach_pdf",
+    "build_document",
+    "find_gaps",
+    "format_number",
+    "issue_credit_note",
+    "issue_invoice",
+    "next_number",
+    "series_for",
+]
+
+INVOICE = "invoice"
+CREDIT_NOTE = "credit_note"
+_PREFIX = {INVOICE: "INV", CREDIT_NOTE: "CN"}
+_TITLE = {INVOICE: "Invoice", CREDIT_NOTE: "Credit note"}
+
+DEMO_SELLER = Seller(
+    name="Ordersync Demo Shop Ltd.",
+    address_lines=("1 Example Street", "10115 Berlin", "Germany"),
+    vat_id="DE000000000",
+)
+
+
+class InvoiceRefused(Exception):
+    """The order cannot get this document now (e.g. an invoice for a cancelled order).
+
+    Permanent for this order's current state: retrying will not help.
+    """
+
+
+def series_for(order: Order, at: dt.datetime, *, kind: str = INVOICE) -> str:
+    """``INV-2026`` / ``CN-2026``: one series per document kind and calendar year (UTC).
+
+    ``order`` is there so a series can later depend on the shop or country without changing
+    callers; today it does not.
+    """
+    return f"{_PREFIX[kind]}-{at.astimezone(dt.UTC).year}"
+
+
+def format_number(series: str, number: int) -> str:
+    """``INV-2026-000123``: six digits, more once a series passes 999,999."""
+    return f"{series}-{number:06d}"
+
+
+def _insert_ignore(session: Session) -> postgresql.Insert | sqlite.Insert:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(InvoiceCounter).on_conflict_do_nothing()
+    if dialect == "sqlite":
+        return sqlite.insert(InvoiceCounter).on_conflict_do_nothing()
+    raise NotImplementedError(f"invoice counters not implemented for {dialect}")
+
+
+def next_number(session: Session, series: str) -> int:
+    """Take the next number of ``series``; the counter row stays locked until the caller ends.
+
+    One ``UPDATE … RETURNING`` both locks the row and increments it (the same row lock a
+    ``SELECT … FOR UPDATE`` would take, one round trip fewer while holding the hottest lock in
+    the system). A missing counter is created with ``INSERT … ON CONFLICT DO NOTHING``, so two
+    transactions creating it at once end up with one row, and then both go through the update.
+    """
+    bump = (
+        update(InvoiceCounter)
+        .where(InvoiceCounter.series == series)
+        .values(next_number=InvoiceCounter.next_number + 1)
+        .returning(InvoiceCounter.next_number)
+    )
+    taken = session.execute(bump).scalar_one_or_none()
+    if taken is None:
+        session.execute(_insert_ignore(session).values(series=series, next_number=1))
+        taken = session.execute(bump).scalar_one()
+    return taken - 1
+
+
+def _lock_order(session: Session, order_id: int) -> Order:
+    order = session.get(Order, order_id, with_for_update=True, populate_existing=True)
+    if order is None:
+        raise LookupError(f"order {order_id} not found")
+    return order
+
+
+def _existing(session: Session, order_id: int, kind: str) -> Invoice | None:
+    return session.scalars(
+        select(Invoice).where(Invoice.order_id == order_id, Invoice.kind == kind)
+    ).one_or_none()
+
+
+def _address_lines(address: dict[str, object] | None) -> tuple[str, ...]:
+    """The canonical ``Address`` dict (see integrations/canonical.py) as printable lines."""
+    if not address:
+        return ()
+    a = {k: str(v) for k, v in address.items() if v}
+    city = " ".join(part for part in (a.get("postal_code"), a.get("city")) if part)
+    lines = (
+        a.get("company"),
+        a.get("line1"),
+        a.get("line2"),
+        city,
+        a.get("region"),
+        a.get("country_code"),
+    )
+    return tuple(line for line in lines if line)
+
+
+def build_document(
+    order: Order, invoice: Invoice, *, seller: Seller, credits: Invoice | None = None
+) -> InvoiceDocument:
+    """The printable view of ``invoice``; a credit note negates every amount of the order."""
+    sign = -1 if invoice.kind == CREDIT_NOTE else 1
+    address = order.shipping_address or {}
+    buyer = order.buyer_name or str(address.get("name") or "") or "Customer"
+    return InvoiceDocument(
+        title=_TITLE[invoice.kind],
+        full_number=invoice.full_number,
+        issued_at=invoice.issued_at,
+        seller=seller,
+        buyer_name=buyer,
+        buyer_address_lines=_address_lines(address),
+        currency=order.currency,
+        lines=[
+            DocumentLine(
+                sku=line.sku,
+                title=line.title,
+                quantity=line.quantity,
+                unit_price=sign * line.unit_price,
+                tax=sign * line.tax,
+                total=sign * line.total,
+            )
+            for line in order.lines
+        ],
+        subtotal=sign * order.subtotal,
+        tax_total=sign * order.tax_total,
+        shipping_total=sign * order.shipping_total,
+        discount_total=sign * order.discount_total,
+        total=invoice.total,
+        order_reference=order.external_number or order.external_id,
+        credits_number=credits.full_number if credits is not None else None,
+    )
+
+
+def _issue(
+    session: Session,
+    order: Order,
+    *,
+    kind: str,
+    seller: Seller,
+    render: bool,
+    credits: Invoice | None = None,
+) -> Invoice:
+    at = utcnow()
+    series = series_for(order, at, kind=kind)
+    number = next_number(session, series)
+    invoice = Invoice(
+        order_id=order.id,
+        kind=kind,
+        series=series,
+        number=number,
+        full_number=format_number(series, number),
+        # what the buyer was charged, as the marketplace recorded it (Decimal end to end)
+        total=-order.total if kind == CREDIT_NOTE else order.total,
+        currency=order.currency,
+        credits_invoice_id=credits.id if credits is not None else None,
+        issued_at=at,
+    )
+    if render:
+        invoice.pdf = render_invoice(build_document(order, invoice, seller=seller, credits=credits))
+    session.add(invoice)
+    session.flush()
+    return invoice
+
+
+def issue_invoice(
+    session: Session, order_id: int, *, seller: Seller = DEMO_SELLER, render: bool = True
+) -> Invoice:
+    """The order's invoice: the existing one unchanged, or a new one numbered in its series.
+
+    Raises ``InvoiceRefused`` for a cancelled order without an invoice (the cancellation won the
+    race; an invoice now would never be credited) and ``LookupError`` for an unknown order.
+    """
+    # cheap path for retries and reprints: no lock when the invoice is already there
+    found = _existing(session, order_id, INVOICE)
+    if found is not None:
+        return found
+    order = _lock_order(session, order_id)
+    # re-check under the lock: a concurrent worker may have committed it while we waited
+    found = _existing(session, order_id, INVOICE)
+    if found is not None:
+        return found
+    if order.state == OrderState.CANCELLED:
+        raise InvoiceRefused(f"order {order_id} is cancelled; no invoice issued")
+    return _issue(session, order, kind=INVOICE, seller=seller, render=render)
+
+
+def issue_credit_note(
+    session: Session, order_id: int, *, seller: Seller = DEMO_SELLER, render: bool = True
+) -> Invoice | None:
+    """The credit note of a cancelled, invoiced order (once); ``None`` if it has no invoice.
+
+    The invoice itself is left exactly as it was. Raises ``InvoiceRefused`` if the order is not
+    cancelled.
+    """
+    order = _lock_order(session, order_id)
+    found = _existing(session, order_id, CREDIT_NOTE)
+    if found is not None:
+        return found
+    if order.state != OrderState.CANCELLED:
+        raise InvoiceRefused(f"order {order_id} is not cancelled; no credit note issued")
+    invoice = _existing(session, order_id, INVOICE)
+    if invoice is None:
+        return None
+    return _issue(session, order, kind=CREDIT_NOTE, seller=seller, render=render, credits=invoice)
+
+
+def attach_pdf(session: Session, invoice_id: int, *, seller: Seller = DEMO_SELLER) -> Invoice:
+    """Render the PDF of an invoice issued with ``render=False``; a stored PDF is kept as is.
+
+    Rendering is deterministic, so a retry after a crash produces the same bytes.
+    """
+    invoice = session.get(Invoice, invoice_id, with_for_update=True, populate_existing=True)
+    if invoice is None:
+        raise LookupError(f"invoice {invoice_id} not found")
+    if invoice.pdf is None:
+        order = session.get_one(Order, invoice.order_id)
+        credits = (
+            session.get_one(Invoice, invoice.credits_invoice_id)
+            if invoice.credits_invoice_id is not None
+            else None
+        )
+        invoice.pdf = render_invoice(build_document(order, invoice, seller=seller, credits=credits))
+        session.flush()
+    return invoice
+
+
+def find_gaps(session: Session) -> dict[str, list[int]]:
+    """Numbers missing inside each series: ``{"INV-2026": [7, 8]}``; empty when all is well.
+
+    "Inside" means 1 up to the counter's last issued number, so a missing last invoice counts
+    too. Gaps between neighbours are found in SQL (``LAG``), so the cost is one scan, not one
+    Python int per invoice.
+    """
+    prev = func.lag(Invoice.number, 1, 0).over(partition_by=Invoice.series, order_by=Invoice.number)
+    numbered = select(Invoice.series, Invoice.number, prev.label("prev")).subquery()
+    gaps: dict[str, list[int]] = {}
+    for series, number, before in session.execute(
+        select(numbered.c.series, numbered.c.number, numbered.c.prev)
+        .where(numbered.c.number - numbered.c.prev > 1)
+        .order_by(numbered.c.series, numbered.c.number)
+    ):
+        gaps.setdefault(series, []).extend(range(before + 1, number))
+
+    highest = {
+        series: top
+        for series, top in session.execute(
+            select(Invoice.series, func.max(Invoice.number)).group_by(Invoice.series)
+        )
+    }
+    counters = session.execute(select(InvoiceCounter.series, InvoiceCounter.next_number))
+    for series, counter_next in counters:
+        top = highest.get(series, 0)
+        if counter_next - 1 > top:
+            gaps.setdefault(series, []).extend(range(top + 1, counter_next))
+    return gaps
