@@ -1,11 +1,17 @@
 """``ordersync demo``: the whole system against the sandbox marketplaces, in one command.
 
 Starts the embedded Redis (when no URL is set), migrates the database, starts the sandbox
-server, the web app, a worker and Beat; creates run-scoped demo accounts; has the Shopify
-simulator send N signed ``orders/create`` webhooks (some delivered twice with the same webhook
-id, some followed by an ``orders/updated`` under a new id, a few reordered); waits until the
-inbox is drained and prints a summary. ``--json`` adds the summary as one JSON object on the
-last line of stdout. ``--keep`` leaves everything running with the dashboard URL.
+(four marketplaces, a payment provider, a carrier), the web app, a worker and Beat; creates
+run-scoped accounts; then the N orders arrive as they would in production:
+
+- Shopify and WooCommerce send signed webhooks (some delivered twice with the same id, some
+  followed by an update under a new id, a few reordered);
+- Amazon and eBay send nothing: their orders are found by polling (``poll_account``).
+
+Every order then runs the pipeline (stock, payment, invoice, label) until it is
+``ready_to_ship`` or ``on_hold`` (the demo stock is set to run out). The summary counts what
+happened from our side and from the sandbox's ledgers (captures, labels). ``--json`` adds it as
+one JSON object on the last line of stdout; ``--keep`` leaves everything running.
 """
 
 from __future__ import annotations
@@ -30,24 +36,34 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from db.migrate import upgrade
-from db.models import ChannelAccount, InboxEvent, Order
+from db.models import ChannelAccount, InboxEvent, Invoice, Label, Order, Payment, Shipment
 from db.session import session_scope
 from orders.states import InboxStatus
+from orders.stock import set_on_hand
 from ordersync.logging import configure_logging
 from ordersync.runtime import embedded_redis, redis_url
 from ordersync.settings import get_settings
 from ordersync.supervisor import ProcessGroup
+from sandbox import carrier as sandbox_carrier
+from sandbox import payments as sandbox_payments
 from sandbox.server import Sandbox
 
 __all__ = ["run_demo"]
 
 SEND_THREADS = 8
+#: share of the N orders per marketplace (the rest goes to eBay)
+SPLIT = {"shopify": 0.4, "woocommerce": 0.3, "amazon": 0.15}
+#: units on hand per SKU per order of the run: low enough that popular SKUs run out
+STOCK_PER_ORDER = 0.45
+SETTLED = {"ready_to_ship", "on_hold", "needs_attention", "cancelled", "shipped", "delivered"}
+Delivery = tuple[str, dict[str, str], bytes]  # (path, headers, body)
 
 
 @dataclass
-class Deliveries:
-    items: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    distinct_ids: set[str] = field(default_factory=set)
+class Plan:
+    deliveries: list[Delivery] = field(default_factory=list)
+    distinct: int = 0  # distinct deliveries = inbox rows expected
+    per_channel: dict[str, int] = field(default_factory=dict)
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -65,51 +81,84 @@ def _free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def _plan_deliveries(
-    sandbox: Sandbox, n: int, secret: str, duplicate_rate: float, rng: random.Random
-) -> tuple[list[str], Deliveries]:
-    """N orders created in the simulator and the webhook deliveries Shopify would make."""
-    sim = sandbox.shopify
-    ids = sim.add_orders(n)
-    plan = Deliveries()
-    for external_id in ids:
-        headers, body = sim.webhook_delivery(external_id, "orders/create", secret)
-        plan.items.append((headers, body))
-        plan.distinct_ids.add(headers["X-Shopify-Webhook-Id"])
+def _split(n: int) -> dict[str, int]:
+    counts = {ch: int(n * share) for ch, share in SPLIT.items()}
+    counts["ebay"] = n - sum(counts.values())
+    return counts
+
+
+def _webhooks(
+    sandbox: Sandbox, counts: dict[str, int], accounts: dict[str, str], secret: str,
+    duplicate_rate: float, rng: random.Random,
+) -> Plan:  # fmt: skip
+    """Orders created in the Shopify and WooCommerce simulators and the deliveries they make."""
+    plan = Plan()
+    shop, woo = sandbox.shopify, sandbox.woocommerce
+    for external_id in shop.add_orders(counts["shopify"]):
+        path = f"/webhooks/shopify/{accounts['shopify']}"
+        headers, body = shop.webhook_delivery(external_id, "orders/create", secret)
+        plan.deliveries.append((path, headers, body))
+        plan.distinct += 1
         roll = rng.random()
         if roll < duplicate_rate:  # Shopify retried: the same delivery again
-            plan.items.append((headers, body))
+            plan.deliveries.append((path, headers, body))
         elif roll < duplicate_rate * 1.5:  # edited in the admin: a new delivery, same order
-            sim.touch_order(external_id)
-            headers2, body2 = sim.webhook_delivery(external_id, "orders/updated", secret)
-            plan.items.append((headers2, body2))
-            plan.distinct_ids.add(headers2["X-Shopify-Webhook-Id"])
+            shop.touch_order(external_id)
+            headers2, body2 = shop.webhook_delivery(external_id, "orders/updated", secret)
+            plan.deliveries.append((path, headers2, body2))
+            plan.distinct += 1
+    for external_id in woo.add_orders(counts["woocommerce"]):
+        path = f"/webhooks/woocommerce/{accounts['woocommerce']}"
+        headers, body = woo.webhook_delivery(external_id, "order.created", secret)
+        plan.deliveries.append((path, headers, body))
+        plan.distinct += 1
+        if rng.random() < duplicate_rate:  # a resend of the same delivery
+            plan.deliveries.append((path, headers, body))
     # webhooks are not ordered: shuffle within small windows (a retry may overtake its original)
     window = 8
-    for start in range(0, len(plan.items), window):
-        chunk = plan.items[start : start + window]
+    for start in range(0, len(plan.deliveries), window):
+        chunk = plan.deliveries[start : start + window]
         rng.shuffle(chunk)
-        plan.items[start : start + window] = chunk
-    return ids, plan
+        plan.deliveries[start : start + window] = chunk
+    return plan
 
 
-def _inbox_progress(account_ids: list[int]) -> tuple[int, int]:
-    """(rows stored, rows no longer waiting) for the run's accounts."""
+def _demo_skus(sandbox: Sandbox) -> set[str]:
+    from sandbox import woocommerce
+
+    skus = set(woocommerce.DEFAULT_SKUS)
+    for sim in (sandbox.shopify, sandbox.amazon, sandbox.ebay):
+        skus.update(sim.skus)
+    return skus
+
+
+def _progress(account_ids: list[int]) -> tuple[int, int, int]:
+    """(orders received, orders settled, inbox rows still waiting) for the run's accounts."""
     with session_scope() as session:
-        rows = dict(
+        states = dict(
             session.execute(
-                select(InboxEvent.status, func.count())
-                .where(InboxEvent.channel_account_id.in_(account_ids))
-                .group_by(InboxEvent.status)
+                select(Order.state, func.count())
+                .where(Order.channel_account_id.in_(account_ids))
+                .group_by(Order.state)
             ).all()
         )
-    total = sum(rows.values())
-    return total, total - rows.get(InboxStatus.RECEIVED, 0)
+        waiting = session.scalar(
+            select(func.count())
+            .select_from(InboxEvent)
+            .where(
+                InboxEvent.channel_account_id.in_(account_ids),
+                InboxEvent.status == InboxStatus.RECEIVED,
+            )
+        )
+    settled = sum(n for state, n in states.items() if state in SETTLED)
+    return sum(states.values()), settled, int(waiting or 0)
 
 
 def _summary(
-    account_ids: list[int], orders_sent: int, deliveries: int, seconds: float
+    account_ids: list[int], sandbox: Sandbox, orders_sent: int, deliveries: int, seconds: float
 ) -> dict[str, Any]:
+    from orders.invoices import find_gaps
+
     with session_scope() as session:
         in_run = Order.channel_account_id.in_(account_ids)
         by_state = dict(
@@ -123,24 +172,54 @@ def _summary(
             ).all()
         )
         failed = session.scalar(
-            select(func.count())
-            .select_from(InboxEvent)
-            .where(
+            select(func.count()).select_from(InboxEvent).where(
                 InboxEvent.channel_account_id.in_(account_ids),
                 InboxEvent.status == InboxStatus.FAILED,
             )
-        )
+        )  # fmt: skip
+        run_orders = select(Order.id).where(in_run)
+        paid = session.scalar(
+            select(func.count()).select_from(Payment).where(
+                Payment.order_id.in_(run_orders), Payment.collected_by_marketplace.is_(False)
+            )
+        )  # fmt: skip
+        collected = session.scalar(
+            select(func.count()).select_from(Payment).where(
+                Payment.order_id.in_(run_orders), Payment.collected_by_marketplace.is_(True)
+            )
+        )  # fmt: skip
+        documented = session.scalar(
+            select(func.count()).select_from(Label).join(Shipment)
+            .where(Shipment.order_id.in_(run_orders))
+        )  # fmt: skip
+        invoices = session.scalar(
+            select(func.count()).select_from(Invoice)
+            .where(Invoice.order_id.in_(run_orders), Invoice.kind == "invoice")
+        )  # fmt: skip
+        gaps = find_gaps(session)
     created = sum(by_state.values())
+    failed = int(failed or 0)
+    ledger = sandbox.ledger()
     return {
         "orders_sent": orders_sent,
         "deliveries_sent": deliveries,
         "orders_created": created,
-        # deliveries that did not make a new order: same webhook id again, or another event of
-        # an order we already had
-        "duplicates_absorbed": deliveries - created - int(failed or 0),
-        "failed": int(failed or 0),
+        # webhook deliveries that did not make a new order: the same id again, or another event
+        # of an order we already had
+        "duplicates_absorbed": deliveries
+        - by_channel.get("shopify", 0)
+        - by_channel.get("woocommerce", 0)
+        - failed,
+        "failed": failed,
         "by_state": by_state,
         "by_channel": by_channel,
+        "paid_orders": int(paid or 0),
+        "payments_collected_by_marketplace": int(collected or 0),
+        "captures_in_ledger": ledger["payments"]["captures"],
+        "documented_orders": int(documented or 0),
+        "labels_in_ledger": ledger["carrier"]["labels"],
+        "invoices": int(invoices or 0),
+        "invoice_gaps": sum(len(missing) for missing in gaps.values()),
         "seconds": round(seconds, 2),
         "orders_per_s": round(created / seconds, 1) if seconds else None,
     }
@@ -148,13 +227,12 @@ def _summary(
 
 def _print_table(summary: dict[str, Any], console: Console) -> None:
     table = Table("", "", title="ordersync demo", show_header=False)
-    for key in ("orders_sent", "deliveries_sent", "orders_created", "duplicates_absorbed",
-                "failed", "seconds", "orders_per_s"):  # fmt: skip
-        table.add_row(key.replace("_", " "), str(summary[key]))
-    for state, count in sorted(summary["by_state"].items()):
-        table.add_row(f"state: {state}", str(count))
-    for channel, count in sorted(summary["by_channel"].items()):
-        table.add_row(f"channel: {channel}", str(count))
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            for sub, count in sorted(value.items()):
+                table.add_row(f"{key.removeprefix('by_')}: {sub}", str(count))
+        else:
+            table.add_row(key.replace("_", " "), str(value))
     console.print(table)
 
 
@@ -179,9 +257,35 @@ def _wait_ready(base_url: str, broker: str, group: ProcessGroup, timeout_s: floa
         probe.close()
 
 
+def _send_all(base_url: str, plan: Plan, on_sent: Any) -> list[int]:
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+
+        def send(delivery: Delivery) -> int:
+            path, headers, body = delivery
+            for attempt in range(5):  # like the marketplaces: retry what was not acknowledged
+                try:
+                    response = client.post(path, content=body, headers=headers)
+                    if response.status_code < 500:
+                        return response.status_code
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2 * 2**attempt)
+            return 599
+
+        statuses = []
+        with ThreadPoolExecutor(SEND_THREADS) as pool:
+            for status in pool.map(send, plan.deliveries):
+                statuses.append(status)
+                on_sent()
+        return statuses
+
+
 def run_demo(
     *, orders: int, as_json: bool, keep: bool, duplicate_rate: float, timeout_s: float
 ) -> int:
+    from workflows.pipeline import release_waiting  # noqa: F401  (loads the task modules)
+    from workflows.sync import poll_account
+
     settings = get_settings()
     configure_logging("WARNING", settings.log_json)
     out = Console()
@@ -198,22 +302,39 @@ def run_demo(
 
     sandbox = Sandbox(seed=rng.randrange(2**31))
     sandbox.start()
+    accounts: dict[str, str] = {}
+    account_ids: list[int] = []
     with session_scope() as session:
-        account = ChannelAccount(
-            name=f"demo-shopify-{run}",
-            channel="shopify",
-            shop=sandbox.shopify.shop,
-            api_base_url=f"{sandbox.url}/shopify",
-            webhook_secret=secret,
-        )
-        session.add(account)
-        session.flush()
-        account_ids = [account.id]
-        account_name = account.name
+        for channel, spec in sandbox.accounts(secret).items():
+            account = ChannelAccount(
+                name=f"demo-{channel}-{run}",
+                channel=channel,
+                shop=spec.shop,
+                api_base_url=spec.api_base_url,
+                credentials=spec.credentials,
+                webhook_secret=spec.webhook_secret,
+                # polled right away by the demo; Beat then polls on its own interval
+                poll_cursor=None,
+            )
+            session.add(account)
+            session.flush()
+            accounts[channel] = account.name
+            account_ids.append(account.id)
+        by_name = {name: i for name, i in zip(accounts.values(), account_ids, strict=True)}
+        for sku in sorted(_demo_skus(sandbox)):
+            set_on_hand(session, sku, max(3, int(orders * STOCK_PER_ORDER)))
 
-    env = {**os.environ, "ORDERSYNC_WEB_PORT": str(port), "ORDERSYNC_REDIS_URL": broker}
+    env = {
+        **os.environ,
+        "ORDERSYNC_WEB_PORT": str(port),
+        "ORDERSYNC_REDIS_URL": broker,
+        "ORDERSYNC_PAYMENTS_URL": f"{sandbox.url}/payments",
+        "ORDERSYNC_PAYMENTS_API_KEY": sandbox_payments.SANDBOX_API_KEY,
+        "ORDERSYNC_CARRIER_URL": f"{sandbox.url}/carrier",
+        "ORDERSYNC_CARRIER_API_KEY": sandbox_carrier.SANDBOX_API_KEY,
+    }
     group = ProcessGroup(env=env, log_dir=settings.var_dir / "logs" / f"demo-{run}")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
     try:
         group.start("web", ["web"])
@@ -222,56 +343,45 @@ def run_demo(
         err.print(f"starting web ({base_url}), worker and Beat; logs in {group.log_dir}")
         _wait_ready(base_url, broker, group, timeout_s=60)
 
-        ids, plan = _plan_deliveries(sandbox, orders, secret, duplicate_rate, rng)
-        url = f"{base_url}/webhooks/shopify/{account_name}"
+        counts = _split(orders)
+        plan = _webhooks(sandbox, counts, accounts, secret, duplicate_rate, rng)
+        sandbox.add_amazon_orders(counts["amazon"])
+        sandbox.ebay.add_orders(counts["ebay"])
         started = time.monotonic()
-        with httpx.Client(timeout=30) as client:
-
-            def send(item: tuple[dict[str, str], bytes]) -> int:
-                headers, body = item
-                for attempt in range(5):  # like Shopify: retry what was not acknowledged
-                    try:
-                        response = client.post(url, content=body, headers=headers)
-                        if response.status_code < 500:
-                            return response.status_code
-                    except httpx.TransportError:
-                        pass
-                    time.sleep(0.2 * 2**attempt)
-                return 599
-
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=err,
-                transient=as_json,
-            ) as progress:
-                sent_bar = progress.add_task("webhooks sent", total=len(plan.items))
-                done_bar = progress.add_task("events processed", total=len(plan.distinct_ids))
-                with ThreadPoolExecutor(SEND_THREADS) as pool:
-                    statuses = []
-                    for status in pool.map(send, plan.items):
-                        statuses.append(status)
-                        progress.advance(sent_bar)
-                        _, done = _inbox_progress(account_ids)
-                        progress.update(done_bar, completed=done)
-                deadline = time.monotonic() + timeout_s
-                while True:
-                    stored, done = _inbox_progress(account_ids)
-                    progress.update(done_bar, completed=done)
-                    if stored >= len(plan.distinct_ids) and done == stored:
-                        break
-                    if group.dead():
-                        raise RuntimeError("a process died during the demo; see the logs")
-                    if time.monotonic() > deadline:
-                        err.print("[red]timed out waiting for the workers")
-                        break
-                    time.sleep(0.2)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=as_json,
+        ) as progress:
+            sent_bar = progress.add_task("webhooks sent", total=len(plan.deliveries))
+            got_bar = progress.add_task("orders received", total=orders)
+            done_bar = progress.add_task("orders through the pipeline", total=orders)
+            # Amazon and eBay have no webhooks: their orders are found by polling
+            for channel in ("amazon", "ebay"):
+                poll_account.delay(by_name[accounts[channel]])
+            statuses = _send_all(base_url, plan, lambda: progress.advance(sent_bar))
+            deadline = time.monotonic() + timeout_s
+            while True:
+                received, settled, waiting = _progress(account_ids)
+                progress.update(got_bar, completed=received)
+                progress.update(done_bar, completed=settled)
+                if received >= orders and settled >= received and not waiting:
+                    break
+                if group.dead():
+                    raise RuntimeError("a process died during the demo; see the logs")
+                if time.monotonic() > deadline:
+                    err.print("[red]timed out waiting for the workers")
+                    break
+                time.sleep(0.25)
         rejected = [s for s in statuses if s != 200]
         if rejected:
             err.print(f"[red]{len(rejected)} deliveries were not accepted: {sorted(set(rejected))}")
-        summary = _summary(account_ids, len(ids), len(plan.items), time.monotonic() - started)
+        summary = _summary(
+            account_ids, sandbox, orders, len(plan.deliveries), time.monotonic() - started
+        )
         _print_table(summary, err if as_json else out)
         if as_json:
             print(json.dumps(summary, sort_keys=True), flush=True)
@@ -281,7 +391,14 @@ def run_demo(
             )
             dead = group.wait()
             err.print(f"[red]{dead.name} exited")
-        ok = summary["failed"] == 0 and summary["orders_created"] == len(ids) and not rejected
+        ok = (
+            not rejected
+            and summary["failed"] == 0
+            and summary["orders_created"] == orders
+            and summary["invoice_gaps"] == 0
+            and summary["captures_in_ledger"] == summary["paid_orders"]
+            and summary["labels_in_ledger"] == summary["documented_orders"]
+        )
         return 0 if ok else 1
     except KeyboardInterrupt:
         err.print("stopping…")
@@ -290,3 +407,7 @@ def run_demo(
         group.stop()
         sandbox.stop()
         embedded_redis().stop()
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt

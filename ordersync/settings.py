@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     carrier_url: str | None = None
     carrier_api_key: SecretStr = SecretStr("")
     seller_name: str = "ordersync demo shop"
+    # where parcels leave from (the label's ship-from address)
+    ship_from_line1: str = "1 Example Street"
+    ship_from_city: str = "Louisville"
+    ship_from_region: str = "KY"
+    ship_from_postal_code: str = "40202"
+    ship_from_country: str = "US"
     invoice_series_prefix: str = "INV"
 
     log_level: str = "INFO"

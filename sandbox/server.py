@@ -1,6 +1,12 @@
-"""One local HTTP server that simulates the outside world: each marketplace under its own
-prefix (``/shopify``, …) with the real API's paths, so a client whose base URL is
-``{sandbox}/shopify`` talks to it exactly as to the real thing.
+"""One local HTTP server that simulates the outside world.
+
+Each simulator sits under its own prefix with the real API's paths below it, so a client whose
+base URL is ``{sandbox}/amazon`` talks to it exactly as to the real thing:
+
+    /shopify   Shopify Admin GraphQL           /payments  a Stripe-like payment provider
+    /woocommerce  WooCommerce REST v3          /carrier   a label-buying carrier
+    /amazon    SP-API Orders v0 + LWA          /_sandbox/ledger  effects, counted from outside
+    /ebay      eBay Sell Fulfillment + OAuth
 
 ``Sandbox`` runs it in a background thread (the demo, tests, benchmarks); ``ordersync sandbox``
 runs it in the foreground for a merchant to try ordersync before connecting a real shop.
@@ -11,27 +17,95 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
+from sandbox import amazon, carrier, ebay, payments, shopify, woocommerce
 from sandbox.knobs import Knobs
-from sandbox.shopify import ShopifySimulator
 
-__all__ = ["Sandbox"]
+__all__ = ["AccountSpec", "Sandbox"]
+
+
+@dataclass(frozen=True)
+class AccountSpec:
+    """What `ordersync accounts add` needs to connect to one sandbox marketplace."""
+
+    channel: str
+    shop: str
+    api_base_url: str
+    credentials: dict[str, Any] = field(repr=False)
+    webhook_secret: str | None = field(default=None, repr=False)
+
+
+class ShiftableClock:
+    """``time.time`` with an offset: lets the demo place Amazon orders a few minutes in the past
+    (SP-API only lists changes at least two minutes old)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    @contextmanager
+    def shifted(self, seconds: float) -> Iterator[None]:
+        self.offset = seconds
+        try:
+            yield
+        finally:
+            self.offset = 0.0
 
 
 class Sandbox:
     def __init__(
-        self, *, seed: int = 0, knobs: Knobs | None = None, host: str = "127.0.0.1", port: int = 0
+        self,
+        *,
+        seed: int = 0,
+        knobs: Knobs | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        fast: bool = True,
     ) -> None:
+        """``fast`` raises the simulated rate limits (the demo's hundreds of orders would take
+        minutes at Amazon's documented 0.5 getOrderItems/s); the limits stay enforced."""
         self.knobs = knobs or Knobs(seed=seed)
-        self.shopify = ShopifySimulator(self.knobs, seed=seed)
         self.host = host
         self.port = port
+        self.amazon_clock = ShiftableClock()
+        self.shopify = shopify.ShopifySimulator(
+            self.knobs, seed=seed, **({"restore_rate": 500.0, "bucket_max": 4000.0} if fast else {})
+        )
+        self.woocommerce = woocommerce.WooCommerceSimulator(
+            self.knobs, seed=seed, **({"rate_limit": (200, 1.0)} if fast else {})
+        )
+        self.amazon = amazon.AmazonSimulator(
+            self.knobs,
+            seed=seed,
+            clock=self.amazon_clock,
+            **(
+                {"rate_limits": {"getOrders": (5.0, 20.0), "getOrderItems": (50.0, 60.0)}}
+                if fast
+                else {}
+            ),
+        )
+        self.ebay = ebay.EbaySimulator(self.knobs, seed=seed)
+        self.payments = payments.PaymentsSimulator(self.knobs, seed=seed)
+        self.carrier = carrier.CarrierSimulator(self.knobs, seed=seed)
         self.app = FastAPI(title="ordersync sandbox")
-        self.app.include_router(self.shopify.build_router(), prefix="/shopify")
+        for prefix, sim in (
+            ("/shopify", self.shopify),
+            ("/woocommerce", self.woocommerce),
+            ("/amazon", self.amazon),
+            ("/ebay", self.ebay),
+            ("/payments", self.payments),
+            ("/carrier", self.carrier),
+        ):
+            self.app.include_router(sim.build_router(), prefix=prefix)
         self.app.get("/_sandbox/ledger")(self.ledger)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -40,15 +114,69 @@ class Sandbox:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    def accounts(self, webhook_secret: str) -> dict[str, AccountSpec]:
+        """Connection settings for each sandbox marketplace (fixed sandbox credentials)."""
+        base = self.url
+        return {
+            "shopify": AccountSpec(
+                "shopify",
+                self.shopify.shop,
+                f"{base}/shopify",
+                {"access_token": shopify.SANDBOX_ACCESS_TOKEN},
+                webhook_secret,
+            ),
+            "woocommerce": AccountSpec(
+                "woocommerce",
+                f"{base}/woocommerce",
+                f"{base}/woocommerce",
+                {
+                    "consumer_key": woocommerce.SANDBOX_CONSUMER_KEY,
+                    "consumer_secret": woocommerce.SANDBOX_CONSUMER_SECRET,
+                },
+                webhook_secret,
+            ),
+            "amazon": AccountSpec(
+                "amazon",
+                amazon.SANDBOX_MARKETPLACE_ID,
+                f"{base}/amazon",
+                {
+                    "client_id": amazon.SANDBOX_CLIENT_ID,
+                    "client_secret": amazon.SANDBOX_CLIENT_SECRET,
+                    "refresh_token": amazon.SANDBOX_REFRESH_TOKEN,
+                    "lwa_url": f"{base}/amazon",
+                    "marketplace_ids": [amazon.SANDBOX_MARKETPLACE_ID],
+                },
+            ),
+            "ebay": AccountSpec(
+                "ebay",
+                "EBAY_US",
+                f"{base}/ebay",
+                {
+                    "client_id": ebay.SANDBOX_CLIENT_ID,
+                    "client_secret": ebay.SANDBOX_CLIENT_SECRET,
+                    "refresh_token": ebay.SANDBOX_REFRESH_TOKEN,
+                },
+            ),
+        }
+
+    def add_amazon_orders(self, n: int, *, age_s: float = 300.0) -> list[str]:
+        """Amazon orders last updated ``age_s`` ago, so the next poll can already see them."""
+        with self.amazon_clock.shifted(-age_s):
+            return self.amazon.add_orders(n)
+
     def ledger(self) -> dict[str, Any]:
         """Effects as the outside world counts them."""
         return {
             "shopify": {
                 "orders": len(self.shopify.orders),
                 "fulfillments": len(self.shopify.fulfillments),
-                "inventory_sets": len(self.shopify.inventory_sets),
                 "cancels": len(self.shopify.cancels),
             },
+            "woocommerce": {"orders": len(self.woocommerce.orders)},
+            "amazon": {"orders": len(self.amazon.orders), "shipments": len(self.amazon.shipments)},
+            "ebay": {"orders": len(self.ebay.orders)},
+            "payments": {"captures": self.payments.capture_count()},
+            "carrier": {"labels": self.carrier.label_count()},
         }
 
     def _bind(self) -> socket.socket:

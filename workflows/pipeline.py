@@ -17,6 +17,7 @@ with the step, the error and the attempts; ``retry_order`` resumes it from that 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from typing import Any
@@ -230,15 +231,32 @@ def capture_payment(self: StepTask, order_id: int) -> str:
 
 @_task("issue_invoice", "documents")
 def issue_invoice(self: StepTask, order_id: int) -> str:
-    from orders.invoices import Seller
     from orders.invoices import issue_invoice as issue
 
     with order_lock(order_id, self.step, self.owner()), self.transaction() as session:
         state = OrderState(session.scalar(select(Order.state).where(Order.id == order_id)))
         if state != S.PAID:
             return f"skip: {state}"
-        invoice = issue(session, order_id, seller=Seller(name=get_settings().seller_name))
+        invoice = issue(session, order_id, seller=_seller())
         return invoice.full_number
+
+
+def _seller() -> Any:
+    from orders.invoices import DEMO_SELLER
+
+    return dataclasses.replace(DEMO_SELLER, name=get_settings().seller_name)
+
+
+def _ship_from() -> Address:
+    settings = get_settings()
+    return Address(
+        name=settings.seller_name,
+        line1=settings.ship_from_line1,
+        city=settings.ship_from_city,
+        region=settings.ship_from_region,
+        postal_code=settings.ship_from_postal_code,
+        country_code=settings.ship_from_country,
+    )
 
 
 def _address(order: Order) -> Address:
@@ -285,7 +303,7 @@ def buy_label(self: StepTask, order_id: int) -> str:
                 label = client.buy_label(
                     shipment_ref=f"order-{order_id}",
                     ship_to=ship_to,
-                    ship_from=Address(name=get_settings().seller_name, country_code="US"),
+                    ship_from=_ship_from(),
                     parcel=Parcel(weight_grams=grams, length_cm=30, width_cm=20, height_cm=10),
                     idempotency_key=key,
                 )
@@ -386,10 +404,10 @@ def ship(self: StepTask, order_id: int) -> str:
 @_task("credit_note", "documents")
 def credit_note(self: StepTask, order_id: int) -> str:
     """A cancelled order that was invoiced gets one credit note (invoices are never deleted)."""
-    from orders.invoices import Seller, issue_credit_note
+    from orders.invoices import issue_credit_note
 
     with self.transaction() as session:
-        note = issue_credit_note(session, order_id, seller=Seller(name=get_settings().seller_name))
+        note = issue_credit_note(session, order_id, seller=_seller())
         return note.full_number if note else "no invoice"
 
 
