@@ -27,7 +27,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -40,6 +40,7 @@ __all__ = [
     "IdempotencyMismatch",
     "KeyLocked",
     "begin",
+    "current_key",
     "fail",
     "finish",
     "request_hash",
@@ -48,6 +49,9 @@ __all__ = [
 
 STARTED = "started"
 FINISHED = "finished"
+#: the provider refused the request (a 4xx, a decline): nothing was applied, and the key is
+#: never used again; the next attempt, after a person changed something, takes a new key
+REJECTED = "rejected"
 
 
 class IdempotencyMismatch(PermanentError):
@@ -67,6 +71,23 @@ class Attempt:
     @property
     def finished(self) -> bool:
         return self.recovery_point == FINISHED
+
+
+def current_key(session: Session, base: str) -> str:
+    """``base`` until an attempt under it was rejected, then ``base:2``, ``base:3``, …
+
+    Only a rejected key moves on: a key whose attempt may have been applied (a timeout, a
+    crash) is kept, so the provider replays that result instead of doing it twice.
+    """
+    rejected = session.scalar(
+        select(func.count())
+        .select_from(IdempotencyKey)
+        .where(
+            (IdempotencyKey.key == base) | IdempotencyKey.key.startswith(f"{base}:"),
+            IdempotencyKey.recovery_point == REJECTED,
+        )
+    )
+    return base if not rejected else f"{base}:{rejected + 1}"
 
 
 def request_hash(params: dict[str, Any]) -> str:
@@ -109,6 +130,8 @@ def begin(
         raise IdempotencyMismatch(f"idempotency key {key} was used for a different request")
     if row.recovery_point == FINISHED:
         return Attempt(key, FINISHED, row.response_body)
+    if row.recovery_point == REJECTED:
+        raise IdempotencyMismatch(f"idempotency key {key} was rejected; use current_key()")
     live = row.locked_at is not None and now - row.locked_at < lock_timeout
     if live and row.locked_by not in (None, owner):
         raise KeyLocked(f"{key} is in progress elsewhere", retry_after=5.0)
@@ -139,10 +162,10 @@ def finish(session: Session, key: str, response: dict[str, Any], *, code: int = 
     )
 
 
-def fail(session: Session, key: str, error: str) -> None:
-    """Release the key after a failed attempt, keeping its recovery point for the next one."""
-    session.execute(
-        update(IdempotencyKey)
-        .where(IdempotencyKey.key == key)
-        .values(locked_at=None, locked_by=None, last_error=error[:2000])
-    )
+def fail(session: Session, key: str, error: str, *, rejected: bool = False) -> None:
+    """Release the key after a failed attempt. A retryable failure keeps its recovery point for
+    the next attempt; ``rejected`` (the provider refused it) retires the key for good."""
+    values: dict[str, Any] = {"locked_at": None, "locked_by": None, "last_error": error[:2000]}
+    if rejected:
+        values["recovery_point"] = REJECTED
+    session.execute(update(IdempotencyKey).where(IdempotencyKey.key == key).values(**values))

@@ -54,7 +54,7 @@ SEND_THREADS = 8
 #: share of the N orders per marketplace (the rest goes to eBay)
 SPLIT = {"shopify": 0.4, "woocommerce": 0.3, "amazon": 0.15}
 #: units on hand per SKU per order of the run: low enough that popular SKUs run out
-STOCK_PER_ORDER = 0.45
+STOCK_PER_ORDER = 0.8
 SETTLED = {"ready_to_ship", "on_hold", "needs_attention", "cancelled", "shipped", "delivered"}
 Delivery = tuple[str, dict[str, str], bytes]  # (path, headers, body)
 

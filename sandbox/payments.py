@@ -90,6 +90,7 @@ class PaymentsSimulator:
         decline_rate: float = 0.0,
         drop_after_apply_rate: float = 0.0,
         processing_s: float = 0.0,
+        reply_delay_s: float = 0.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.knobs = knobs or Knobs(seed=seed)
@@ -97,6 +98,9 @@ class PaymentsSimulator:
         self.decline_rate = decline_rate
         self.drop_after_apply_rate = drop_after_apply_rate
         self.processing_s = processing_s
+        # applied, then the answer waits: a window in which the caller can crash after the
+        # capture happened but before it learnt so (the chaos tests kill a worker there)
+        self.reply_delay_s = reply_delay_s
         self._clock = clock
         self._lock = threading.Lock()
         # separate streams: a decline roll must not shift the drop rolls and vice versa
@@ -335,6 +339,8 @@ class PaymentsSimulator:
                 if not record.done:  # never executed: Stripe saves nothing, the key is free
                     with self._lock:
                         self._keys.pop(slot, None)
+            if self.reply_delay_s:
+                await asyncio.sleep(self.reply_delay_s)
             headers = {"Idempotency-Key": key, "Request-Id": record.request_id}
             if drop:
                 return StreamingResponse(

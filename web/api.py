@@ -187,6 +187,19 @@ def retry_order(order_id: int) -> dict[str, Any]:
     return _staff_action(act, order_id)
 
 
+@router.post("/orders/{order_id}/push")
+def push_order(order_id: int) -> dict[str, Any]:
+    """Run the order's pipeline again. Always safe: every step skips what is already done,
+    so a double click (or fifty) never makes a second reservation, charge, invoice or label."""
+    from workflows.pipeline import pipeline
+
+    with get_sessionmaker()() as session, session.begin():
+        if session.get(Order, order_id) is None:
+            raise HTTPException(404, "no such order")
+        publish_after_commit(session, pipeline(order_id))
+    return {"id": order_id, "status": "pushed"}
+
+
 @router.post("/orders/{order_id}/ship")
 def ship_order(order_id: int) -> dict[str, Any]:
     """Mark a ready_to_ship order as handed to the carrier (tracking goes to the marketplace)."""

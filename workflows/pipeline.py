@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from db.base import utcnow
 from db.models import ChannelAccount, Invoice, Label, Order, OrderLine, Payment, Shipment
 from integrations.canonical import Address
+from integrations.errors import PermanentError
 from orders import idempotency, stock
 from orders.intake import record_event
 from orders.states import OrderState
@@ -141,15 +142,22 @@ def reserve_stock(self: StepTask, order_id: int) -> str:
 # --- capture ------------------------------------------------------------------------------
 
 
+def _refused(exc: Exception) -> bool:
+    """The provider answered 4xx: it refused the request and applied nothing (an unparseable
+    2xx or a transport failure might have been applied, so they keep their key)."""
+    status = getattr(exc, "status", None)
+    return isinstance(exc, PermanentError) and status is not None and 400 <= status < 500
+
+
 def _has_payment(session: Session, order_id: int) -> bool:
     return session.scalar(select(Payment.id).where(Payment.order_id == order_id)) is not None
 
 
 @_task("capture_payment", "orders")
 def capture_payment(self: StepTask, order_id: int) -> str:
-    key = f"capture:{order_id}"
     with order_lock(order_id, self.step, self.owner()):
         with self.transaction() as session:
+            key = idempotency.current_key(session, f"capture:{order_id}")
             order = load_for_update(session, order_id)
             state = OrderState(order.state)
             if state != S.RESERVED:
@@ -196,7 +204,8 @@ def capture_payment(self: StepTask, order_id: int) -> str:
                 client.close()
         except Exception as exc:
             with self.transaction() as session:
-                idempotency.fail(session, key, f"{type(exc).__name__}: {exc}")
+                idempotency.fail(session, key, f"{type(exc).__name__}: {exc}",
+                                 rejected=_refused(exc))  # fmt: skip
             raise
         with self.transaction() as session:
             order = load_for_update(session, order_id)
@@ -273,9 +282,9 @@ def _parcel_grams(session: Session, order_id: int) -> int:
 def buy_label(self: StepTask, order_id: int) -> str:
     from integrations.carriers.payloads import Parcel
 
-    key = f"label:{order_id}"
     with order_lock(order_id, self.step, self.owner()):
         with self.transaction() as session:
+            key = idempotency.current_key(session, f"label:{order_id}")
             order = session.get(Order, order_id)
             assert order is not None
             if OrderState(order.state) != S.PAID:
@@ -311,7 +320,8 @@ def buy_label(self: StepTask, order_id: int) -> str:
                 client.close()
         except Exception as exc:
             with self.transaction() as session:
-                idempotency.fail(session, key, f"{type(exc).__name__}: {exc}")
+                idempotency.fail(session, key, f"{type(exc).__name__}: {exc}",
+                                 rejected=_refused(exc))  # fmt: skip
             raise
         with self.transaction() as session:
             shipment = session.scalar(select(Shipment).where(Shipment.order_id == order_id))

@@ -1,0 +1,384 @@
+"""The order pipeline end to end: real web server, real Celery workers, real Redis, the sandbox
+payment provider and carrier over real HTTP, on SQLite and on PostgreSQL.
+
+Every test attacks one invariant of DESIGN.md and counts effects from the outside world's side
+(the sandbox ledgers) as well as ours.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import os
+import signal
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+import sqlalchemy as sa
+from celery import Celery
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.migrate import upgrade
+from db.models import (
+    ChannelAccount,
+    Invoice,
+    Label,
+    Order,
+    OrderEvent,
+    Payment,
+    Shipment,
+    StockItem,
+    StockReservation,
+)
+from db.session import make_engine
+from integrations.shopify.webhooks import sign
+from orders.invoices import find_gaps
+from orders.stock import set_on_hand
+from sandbox import carrier as sandbox_carrier
+from sandbox import payments as sandbox_payments
+from sandbox.server import Sandbox
+from tests.support.stack import Stack, run_stack, wait_until
+
+pytestmark = pytest.mark.slow
+
+SECRET = "pipeline-webhook-secret"
+
+
+class World:
+    def __init__(self, stack: Stack, maker: sessionmaker[Session], sandbox: Sandbox, redis: str):
+        self.stack, self.maker, self.sandbox, self.redis_url = stack, maker, sandbox, redis
+
+    def account(self) -> str:
+        name = f"shop-{uuid.uuid4().hex[:8]}"
+        with self.maker() as session, session.begin():
+            session.add(ChannelAccount(name=name, channel="shopify", webhook_secret=SECRET))
+        return name
+
+    def post(self, shop: str, order: dict[str, Any], topic: str = "orders/updated") -> None:
+        body = json.dumps(order).encode()
+        response = httpx.post(
+            f"{self.stack.base_url}/webhooks/shopify/{shop}",
+            content=body,
+            headers={
+                "Content-Type": "application/json",
+                "X-Shopify-Topic": topic,
+                "X-Shopify-Hmac-Sha256": sign(SECRET, body),
+                "X-Shopify-Webhook-Id": str(uuid.uuid4()),
+            },
+        )
+        assert response.status_code == 200, response.text
+
+    def order(self, shop: str, external_id: str) -> Order | None:
+        with self.maker() as session:
+            return session.scalar(
+                select(Order).join(ChannelAccount)
+                .where(ChannelAccount.name == shop, Order.external_id == external_id)
+            )  # fmt: skip
+
+    def wait_state(self, shop: str, external_id: str, *states: str, timeout: float = 60) -> Order:
+        def reached() -> Order | None:
+            order = self.order(shop, external_id)
+            return order if order is not None and order.state in states else None
+
+        try:
+            return wait_until(reached, timeout=timeout, what=f"order in {states}")
+        except AssertionError:
+            order = self.order(shop, external_id)
+            raise AssertionError(
+                f"order is {order and order.state} ({order and order.last_error}), "
+                f"wanted {states}\n{self.stack.logs()}"
+            ) from None
+
+    def wait_idle(self) -> None:
+        """No task queued or running anywhere (duplicates have all finished skipping)."""
+        probe = Celery("probe", broker=self.redis_url)
+        client = probe.connection_for_write().default_channel.client
+
+        def idle() -> bool:
+            queued = sum(client.llen(q) for q in ("intake", "orders", "documents", "outbound"))
+            active = probe.control.inspect(timeout=0.5).active() or {}
+            reserved = probe.control.inspect(timeout=0.5).reserved() or {}
+            busy = sum(len(v) for v in active.values()) + sum(len(v) for v in reserved.values())
+            return queued == 0 and busy == 0 and bool(active)
+
+        try:
+            wait_until(idle, timeout=60, what="workers idle")
+        finally:
+            probe.close()
+
+
+def _postgres(request: pytest.FixtureRequest) -> str:
+    admin_url = request.getfixturevalue("postgres_admin_url")
+    name = f"ordersync_pipe_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    request.addfinalizer(drop)
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> Iterator[World]:
+    var_dir = tmp_path_factory.mktemp("pipeline")
+    url = (
+        f"sqlite:///{var_dir / 'ordersync.db'}" if request.param == "sqlite" else _postgres(request)
+    )
+    upgrade(url)
+    sandbox = Sandbox(seed=7)
+    sandbox.start()
+    engine = make_engine(url)
+    env = {
+        "ORDERSYNC_PAYMENTS_URL": f"{sandbox.url}/payments",
+        "ORDERSYNC_PAYMENTS_API_KEY": sandbox_payments.SANDBOX_API_KEY,
+        "ORDERSYNC_CARRIER_URL": f"{sandbox.url}/carrier",
+        "ORDERSYNC_CARRIER_API_KEY": sandbox_carrier.SANDBOX_API_KEY,
+        "ORDERSYNC_RETRY_BACKOFF_BASE_S": "0.2",
+        "ORDERSYNC_RETRY_BACKOFF_MAX_S": "2",
+    }
+    try:
+        with run_stack(
+            database_url=url, redis_url=redis_url, var_dir=var_dir, workers=2, extra_env=env
+        ) as stack:
+            yield World(
+                stack, sessionmaker(bind=engine, expire_on_commit=False), sandbox, redis_url
+            )
+    finally:
+        engine.dispose()
+        sandbox.stop()
+
+
+def _fixture_order(fixtures_dir: Path, **changes: Any) -> dict[str, Any]:
+    order: dict[str, Any] = json.loads(
+        (fixtures_dir / "shopify" / "rest-2026-07" / "order.get.json").read_text()
+    )["order"]
+    order = copy.deepcopy(order)
+    order["id"] = int(uuid.uuid4().int % 10**13)
+    for item in order["line_items"]:
+        item["sku"] = f"{item['sku']}-{order['id']}"  # SKUs of its own: tests do not share stock
+    order.update(changes)
+    return order
+
+
+def _stock(world: World, order: dict[str, Any], per_unit: int = 1) -> dict[str, int]:
+    wanted: dict[str, int] = {}
+    for item in order["line_items"]:
+        wanted[item["sku"]] = wanted.get(item["sku"], 0) + item["quantity"]
+    with world.maker() as session, session.begin():
+        for sku, qty in wanted.items():
+            set_on_hand(session, sku, qty * per_unit)
+    return wanted
+
+
+def test_fifty_concurrent_triggers_make_one_reservation_capture_invoice_and_label(
+    world: World, fixtures_dir: Path
+) -> None:
+    # given an order that we must charge (Shopify only authorised the payment)
+    shop = world.account()
+    payload = _fixture_order(fixtures_dir, financial_status="authorized")
+    wanted = _stock(world, payload, per_unit=3)
+    world.post(shop, payload, topic="orders/create")
+    order = world.wait_state(shop, str(payload["id"]), "new", "reserved", "paid", "documented",
+                             "ready_to_ship")  # fmt: skip
+
+    # when staff (or a webhook storm) trigger its pipeline 50 more times at once
+    barrier = threading.Barrier(50)
+
+    def push(_: int) -> int:
+        barrier.wait()
+        return httpx.post(f"{world.stack.base_url}/api/orders/{order.id}/push").status_code
+
+    with ThreadPoolExecutor(50) as pool:
+        assert set(pool.map(push, range(50))) == {200}
+    world.wait_state(shop, str(payload["id"]), "ready_to_ship")
+    world.wait_idle()
+
+    # then there is one of everything, on our side and in the outside world's ledgers
+    with world.maker() as session:
+        reservations = session.scalars(
+            select(StockReservation).where(StockReservation.order_id == order.id)
+        ).all()
+        assert {r.sku: r.quantity for r in reservations} == wanted
+        for sku, qty in wanted.items():
+            item = session.get(StockItem, sku)
+            assert item is not None and item.reserved == qty
+        payments = session.scalars(select(Payment).where(Payment.order_id == order.id)).all()
+        assert len(payments) == 1 and not payments[0].collected_by_marketplace
+        invoices = session.scalars(select(Invoice).where(Invoice.order_id == order.id)).all()
+        assert len(invoices) == 1
+        labels = session.scalars(
+            select(Label).join(Shipment).where(Shipment.order_id == order.id)
+        ).all()
+        assert len(labels) == 1
+    captures = world.sandbox.payments.captures_for(str(order.id))
+    assert len(captures) == 1 and captures[0]["id"] == payments[0].external_id
+    assert len([k for k in world.sandbox.carrier.labels if k == f"label:{order.id}"]) == 1
+
+
+def test_a_worker_killed_after_the_capture_but_before_recording_it_charges_once(
+    world: World, fixtures_dir: Path
+) -> None:
+    # given a capture that the provider applies and then answers slowly
+    shop = world.account()
+    payload = _fixture_order(fixtures_dir, financial_status="pending")
+    _stock(world, payload)
+    world.sandbox.payments.reply_delay_s = 3.0
+    try:
+        world.post(shop, payload, topic="orders/create")
+        order = world.wait_state(shop, str(payload["id"]), "reserved", "paid", timeout=30)
+        wait_until(lambda: world.sandbox.payments.captures_for(str(order.id)),
+                   timeout=30, what="capture applied at the provider")  # fmt: skip
+
+        # when every worker pool process is SIGKILLed while the answer is on its way
+        killed = 0
+        for child in world.stack.group.children:
+            if child.name.startswith("worker") and child.process is not None:
+                for pool_process in psutil.Process(child.process.pid).children(recursive=True):
+                    os.kill(pool_process.pid, signal.SIGKILL)
+                    killed += 1
+        assert killed > 0
+    finally:
+        world.sandbox.payments.reply_delay_s = 0.0
+
+    # then the redelivered task resumes with the same key: one capture, and the order completes
+    done = world.wait_state(shop, str(payload["id"]), "ready_to_ship", timeout=90)
+    captures = world.sandbox.payments.captures_for(str(order.id))
+    assert len(captures) == 1
+    with world.maker() as session:
+        payment = session.scalars(select(Payment).where(Payment.order_id == done.id)).one()
+    assert payment.external_id == captures[0]["id"]
+
+
+def test_two_orders_for_the_last_unit_one_waits_on_hold_until_stock_arrives(
+    world: World, fixtures_dir: Path
+) -> None:
+    shop = world.account()
+    first = _fixture_order(fixtures_dir)
+    second = copy.deepcopy(first)
+    second["id"] = first["id"] + 1
+    wanted = _stock(world, first)  # exactly one order's worth
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda o: world.post(shop, o, topic="orders/create"), [first, second]))
+
+    outcomes = sorted(
+        world.wait_state(shop, str(o["id"]), "ready_to_ship", "on_hold").state
+        for o in (first, second)
+    )
+    assert outcomes == ["on_hold", "ready_to_ship"]
+    with world.maker() as session:
+        for sku, qty in wanted.items():
+            item = session.get(StockItem, sku)
+            assert item is not None and (item.on_hand, item.reserved) == (qty, qty)
+
+    # when stock arrives, the waiting order goes on by itself
+    for sku, qty in wanted.items():
+        response = httpx.put(f"{world.stack.base_url}/api/stock/{sku}", params={"on_hand": qty * 2})
+        assert response.status_code == 200
+    for o in (first, second):
+        world.wait_state(shop, str(o["id"]), "ready_to_ship")
+
+
+def test_a_failed_step_goes_to_needs_attention_and_staff_retry_resumes_it(
+    world: World, fixtures_dir: Path
+) -> None:
+    # given an address the carrier rejects
+    shop = world.account()
+    payload = _fixture_order(fixtures_dir, updated_at="2026-06-01T10:00:00Z")
+    payload["shipping_address"] = {**payload["shipping_address"], "zip": "00000"}
+    _stock(world, payload)
+    world.post(shop, payload, topic="orders/create")
+
+    stuck = world.wait_state(shop, str(payload["id"]), "needs_attention")
+    assert stuck.failed_step == "buy_label"
+    assert stuck.last_error and "AddressRejected" in stuck.last_error
+    assert "00000" not in stuck.last_error  # no customer data in errors
+
+    # when the customer's address is corrected and staff retry
+    fixed = copy.deepcopy(payload)
+    fixed["updated_at"] = "2026-06-01T11:00:00Z"
+    fixed["shipping_address"]["zip"] = "40202"
+    world.post(shop, fixed)
+    wait_until(lambda: (o := world.order(shop, str(payload["id"]))) and
+               (o.shipping_address or {}).get("postal_code") == "40202",
+               what="corrected address stored")  # fmt: skip
+    retry = httpx.post(f"{world.stack.base_url}/api/orders/{stuck.id}/retry")
+    assert retry.status_code == 200 and retry.json()["resumed_from"] == "paid"
+
+    # then it completes, and a second retry click is refused instead of repeating work
+    world.wait_state(shop, str(payload["id"]), "ready_to_ship")
+    assert httpx.post(f"{world.stack.base_url}/api/orders/{stuck.id}/retry").status_code == 409
+    with world.maker() as session:
+        kinds = [
+            (e.from_state, e.to_state)
+            for e in session.scalars(
+                select(OrderEvent).where(OrderEvent.order_id == stuck.id, OrderEvent.kind == "transition")
+            )
+        ]  # fmt: skip
+    assert ("paid", "needs_attention") in kinds and ("needs_attention", "paid") in kinds
+
+
+def test_stale_and_reordered_events_never_move_an_order_back_and_a_cancel_credits_it(
+    world: World, fixtures_dir: Path
+) -> None:
+    shop = world.account()
+    payload = _fixture_order(fixtures_dir, updated_at="2026-07-01T10:00:00Z")
+    wanted = _stock(world, payload)
+    world.post(shop, payload, topic="orders/create")
+    ready = world.wait_state(shop, str(payload["id"]), "ready_to_ship")
+
+    # an older event arrives late, then a newer ordinary update
+    older = copy.deepcopy(payload)
+    older["updated_at"] = "2026-07-01T09:00:00Z"
+    older["total_price"] = "1.00"
+    newer = copy.deepcopy(payload)
+    newer["updated_at"] = "2026-07-01T12:00:00Z"
+    newer["note"] = "gift wrap"
+    world.post(shop, older)
+    world.post(shop, newer)
+    wait_until(lambda: (o := world.order(shop, str(payload["id"]))) and
+               o.external_updated_at == dt.datetime(2026, 7, 1, 12, tzinfo=dt.UTC),
+               what="newer update applied")  # fmt: skip
+    order = world.order(shop, str(payload["id"]))
+    assert order is not None
+    assert order.state == "ready_to_ship" and str(order.total) == "598.9400"
+
+    # the marketplace cancels it: stock goes back and the invoice is credited, once
+    cancelled = copy.deepcopy(newer)
+    cancelled["updated_at"] = "2026-07-01T13:00:00Z"
+    cancelled["cancelled_at"] = "2026-07-01T13:00:00Z"
+    world.post(shop, cancelled, topic="orders/cancelled")
+    world.wait_state(shop, str(payload["id"]), "cancelled")
+
+    def credited() -> bool:
+        with world.maker() as session:
+            return session.scalar(
+                select(func.count()).select_from(Invoice)
+                .where(Invoice.order_id == ready.id, Invoice.kind == "credit_note")
+            ) == 1  # fmt: skip
+
+    wait_until(credited, what="credit note issued")
+    with world.maker() as session:
+        for sku in wanted:
+            item = session.get(StockItem, sku)
+            assert item is not None and item.reserved == 0
+        assert find_gaps(session) == {}
