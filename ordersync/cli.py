@@ -171,6 +171,39 @@ def up(
 
 
 @cli.command()
+def sandbox(
+    port: Annotated[int, typer.Option(help="port of the sandbox server")] = 8900,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    latency: Annotated[float, typer.Option(help="seconds added to every answer")] = 0.0,
+    error_rate: Annotated[float, typer.Option(help="share of 503 answers")] = 0.0,
+    rate_429: Annotated[float, typer.Option("--429-rate", help="share of 429 answers")] = 0.0,
+    timeout_rate: Annotated[float, typer.Option(help="share of answers that hang")] = 0.0,
+    orders: Annotated[int, typer.Option(help="orders to seed in each marketplace")] = 20,
+) -> None:
+    """Run the sandbox marketplaces, payment provider and carrier (try ordersync safely)."""
+    from sandbox.knobs import Knobs
+    from sandbox.server import Sandbox
+
+    knobs = Knobs(latency_s=latency, error_rate=error_rate, rate_429=rate_429,
+                  timeout_rate=timeout_rate)  # fmt: skip
+    box = Sandbox(knobs=knobs, host=host, port=port)
+    box.shopify.add_orders(orders)
+    box.woocommerce.add_orders(orders)
+    box.add_amazon_orders(orders)
+    box.ebay.add_orders(orders)
+    console.print(f"sandbox on {box.url}; connect it with:")
+    sandbox_secret = "sandbox-webhook-secret"  # noqa: S105 (a fixed, public sandbox value)
+    for channel, spec in box.accounts(webhook_secret=sandbox_secret).items():
+        creds = " ".join(f"-c {k}={v}" for k, v in spec.credentials.items() if isinstance(v, str))
+        console.print(
+            f"  ordersync accounts add {channel} sandbox-{channel} --shop {spec.shop} "
+            f"--api-base-url {spec.api_base_url} {creds}",
+            soft_wrap=True,
+        )
+    box.serve_forever()
+
+
+@cli.command()
 def demo(
     orders: Annotated[int, typer.Option(help="orders the sandbox sends")] = 200,
     as_json: Annotated[
