@@ -296,7 +296,9 @@ def run_demo(
     broker = redis_url()
     upgrade()
     host = settings.web_host
-    port = settings.web_port if _port_free(host, settings.web_port) else _free_port(host)
+    port = settings.web_port
+    if not port or not _port_free(host, port):  # 0 = any free port
+        port = _free_port(host)
     base_url = f"http://{host}:{port}"
     secret = secrets.token_urlsafe(24)
 
