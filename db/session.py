@@ -11,15 +11,15 @@ import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from ordersync.settings import get_settings
 
-__all__ = ["get_engine", "get_sessionmaker", "make_engine", "session_scope"]
+__all__ = ["get_engine", "get_sessionmaker", "make_engine", "rowcount", "session_scope"]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -57,6 +57,11 @@ def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def rowcount(result: Result[Any]) -> int:
+    """Rows matched by an UPDATE/DELETE (``Session.execute`` is typed as a plain ``Result``)."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 @functools.cache

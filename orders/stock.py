@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from db.base import utcnow
 from db.models import Order, OrderLine, StockItem, StockReservation
+from db.session import rowcount
 
 __all__ = [
     "ReservationResult",
@@ -47,7 +48,7 @@ def _wanted(session: Session, order_id: int) -> Counter[str]:
             OrderLine.order_id == order_id, OrderLine.sku.is_not(None)
         )
     ):
-        wanted[sku] += qty
+        wanted[str(sku)] += qty
     return wanted
 
 
@@ -63,11 +64,13 @@ def reserve(session: Session, order_id: int) -> ReservationResult:
         qty = wanted[sku]
         if qty <= 0:
             continue
-        took = session.execute(
-            update(StockItem)
-            .where(StockItem.sku == sku, StockItem.on_hand - StockItem.reserved >= qty)
-            .values(reserved=StockItem.reserved + qty, updated_at=utcnow())
-        ).rowcount
+        took = rowcount(
+            session.execute(
+                update(StockItem)
+                .where(StockItem.sku == sku, StockItem.on_hand - StockItem.reserved >= qty)
+                .values(reserved=StockItem.reserved + qty, updated_at=utcnow())
+            )
+        )
         if took != 1:
             available = session.scalar(
                 select(StockItem.on_hand - StockItem.reserved).where(StockItem.sku == sku)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from db.base import utcnow
 from db.models import Order
+from db.session import rowcount
 from integrations.errors import PermanentError, RetryableError
 from orders.intake import record_event
 from orders.states import OrderState, can_transition
@@ -54,12 +55,14 @@ def transition(
         raise IllegalTransition(f"order {order.id}: {current} is not one of {sorted(allowed_from)}")
     if not can_transition(current, to):
         raise IllegalTransition(f"order {order.id}: {current} → {to} is not allowed")
-    changed = session.execute(
-        update(Order)
-        .where(Order.id == order.id, Order.version == order.version)
-        .values(state=to.value, version=order.version + 1, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    changed = rowcount(
+        session.execute(
+            update(Order)
+            .where(Order.id == order.id, Order.version == order.version)
+            .values(state=to.value, version=order.version + 1, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+    )
     if changed != 1:
         raise StaleOrder(f"order {order.id} changed concurrently")
     order.state = to.value

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import socket
-import sys
 from types import FrameType
 from typing import Annotated
 
@@ -231,4 +230,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

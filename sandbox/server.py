@@ -77,20 +77,22 @@ class Sandbox:
         self.host = host
         self.port = port
         self.amazon_clock = ShiftableClock()
-        self.shopify = shopify.ShopifySimulator(
-            self.knobs, seed=seed, **({"restore_rate": 500.0, "bucket_max": 4000.0} if fast else {})
+        self.shopify = (
+            shopify.ShopifySimulator(self.knobs, seed=seed, restore_rate=500.0, bucket_max=4000.0)
+            if fast
+            else shopify.ShopifySimulator(self.knobs, seed=seed)
         )
-        self.woocommerce = woocommerce.WooCommerceSimulator(
-            self.knobs, seed=seed, **({"rate_limit": (200, 1.0)} if fast else {})
+        self.woocommerce = (
+            woocommerce.WooCommerceSimulator(self.knobs, seed=seed, rate_limit=(200, 1.0))
+            if fast
+            else woocommerce.WooCommerceSimulator(self.knobs, seed=seed)
         )
         self.amazon = amazon.AmazonSimulator(
             self.knobs,
             seed=seed,
             clock=self.amazon_clock,
-            **(
-                {"rate_limits": {"getOrders": (5.0, 20.0), "getOrderItems": (50.0, 60.0)}}
-                if fast
-                else {}
+            rate_limits=(
+                {"getOrders": (5.0, 20.0), "getOrderItems": (50.0, 60.0)} if fast else None
             ),
         )
         self.ebay = ebay.EbaySimulator(self.knobs, seed=seed)

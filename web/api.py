@@ -9,7 +9,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from db.models import ChannelAccount, InboxEvent, Invoice, Label, Order, Shipment
-from db.session import get_sessionmaker
+from db.session import get_sessionmaker, rowcount
 from integrations.errors import PermanentError
 from orders.states import InboxStatus, OrderState
 from workflows.publish import publish_after_commit
@@ -151,11 +151,13 @@ def list_inbox(
 def retry_inbox(inbox_id: int) -> dict[str, Any]:
     """Put a failed delivery back in the queue (e.g. after a mapper fix). Safe to repeat."""
     with get_sessionmaker()() as session, session.begin():
-        changed = session.execute(
-            update(InboxEvent)
-            .where(InboxEvent.id == inbox_id, InboxEvent.status == InboxStatus.FAILED)
-            .values(status=InboxStatus.RECEIVED, error=None)
-        ).rowcount
+        changed = rowcount(
+            session.execute(
+                update(InboxEvent)
+                .where(InboxEvent.id == inbox_id, InboxEvent.status == InboxStatus.FAILED)
+                .values(status=InboxStatus.RECEIVED, error=None)
+            )
+        )
         if not changed:
             if session.get(InboxEvent, inbox_id) is None:
                 raise HTTPException(404, "no such inbox event")

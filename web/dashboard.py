@@ -1,51 +1,272 @@
-"""The staff dashboard: counts by state, what is stuck and why, recent orders (server-rendered)."""
+"""The staff dashboard, server-rendered: where every order stands, what is stuck and why.
+
+- ``/``: counts by state, orders that need attention (step, error, attempts, Retry), webhooks
+  that failed (parse error, Retry), the latest sync run of each account, on-hold orders with the
+  SKUs they wait for;
+- ``/orders?state=&channel=&q=&page=``: the order list, filtered and paged;
+- ``/orders/{id}``: one order: totals, lines, payment, invoice, label, timeline, actions.
+
+Pages only read. Every button posts to the staff JSON API (``web/api.py``) with ``fetch``
+(``static/dashboard.js``), so a retry here is exactly the retry of the API and the CLI, and a
+second click gets the API's 409, shown as "already done". Templates autoescape everything; list
+pages show no buyer data at all, the detail page only the name and the city.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import math
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy.orm import Session, selectinload
 
-from db.models import ChannelAccount, InboxEvent, Order
+from db.models import (
+    ChannelAccount,
+    InboxEvent,
+    Invoice,
+    Label,
+    Order,
+    OrderEvent,
+    Payment,
+    Shipment,
+    SyncRun,
+)
 from db.session import get_sessionmaker
-from orders.states import InboxStatus, OrderState
+from orders.states import Channel, InboxStatus, OrderState
 from web.api import summary
 
 __all__ = ["router"]
 
+HERE = Path(__file__).parent
+PAGE_SIZE = 50
+# how much of each worklist the overview shows; the full lists are one click away
+OVERVIEW_LIMIT = 50
+CENT = Decimal("0.01")
+
 router = APIRouter(tags=["dashboard"])
-templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+router.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+
+def _money(value: Decimal | str | None, currency: str = "") -> str:
+    if value is None:
+        return ""
+    amount = Decimal(value).quantize(CENT, rounding=ROUND_HALF_UP)
+    return f"{amount} {currency}".strip()
+
+
+def _when(value: dt.datetime | None) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def _detail(value: Any) -> str:
+    """One timeline detail value as text (dicts such as ``short`` as compact JSON)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+
+templates.env.filters.update(money=_money, when=_when, detail=_detail)
+
+
+def _render(request: Request, name: str, **context: Any) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, {"states": list(OrderState), **context})
+
+
+# --- overview ---------------------------------------------------------------------------------
+
+
+def _latest_sync_runs(session: Session) -> list[tuple[SyncRun, ChannelAccount]]:
+    """The newest run of each kind (poll, full sync) of each account, failed first."""
+    newest = (
+        select(func.max(SyncRun.id))
+        .group_by(SyncRun.channel_account_id, SyncRun.kind)
+        .scalar_subquery()
+    )
+    rows = session.execute(
+        select(SyncRun, ChannelAccount)
+        .join(ChannelAccount, ChannelAccount.id == SyncRun.channel_account_id)
+        .where(SyncRun.id.in_(newest))
+        .order_by(ChannelAccount.name, SyncRun.kind)
+    ).all()
+    return sorted(((run, account) for run, account in rows), key=lambda r: r[0].status != "failed")
+
+
+def _on_hold(session: Session) -> list[tuple[Order, dict[str, int]]]:
+    """On-hold orders, oldest first, each with what its last ``on_hold`` transition was short of."""
+    orders = session.scalars(
+        select(Order)
+        .where(Order.state == OrderState.ON_HOLD)
+        .order_by(Order.updated_at)
+        .limit(OVERVIEW_LIMIT)
+    ).all()
+    short: dict[int, dict[str, int]] = {}
+    for order_id, detail in session.execute(
+        select(OrderEvent.order_id, OrderEvent.detail)
+        .where(
+            OrderEvent.order_id.in_([o.id for o in orders]),
+            OrderEvent.kind == "transition",
+            OrderEvent.to_state == OrderState.ON_HOLD,
+        )
+        .order_by(OrderEvent.id)
+    ):
+        short[order_id] = (detail or {}).get("short") or {}  # the newest one wins
+    return [(o, short.get(o.id, {})) for o in orders]
 
 
 @router.get("/", response_class=HTMLResponse)
 def index(request: Request) -> HTMLResponse:
     with get_sessionmaker()() as session:
-        counts = summary(session)
-        failed = session.execute(
-            select(InboxEvent, ChannelAccount.name)
-            .join(ChannelAccount, ChannelAccount.id == InboxEvent.channel_account_id)
-            .where(InboxEvent.status == InboxStatus.FAILED)
-            .order_by(InboxEvent.id.desc())
-            .limit(50)
-        ).all()
-        attention = session.scalars(
-            select(Order)
-            .where(Order.state == OrderState.NEEDS_ATTENTION)
-            .order_by(Order.updated_at.desc())
-            .limit(50)
-        ).all()
-        recent = session.scalars(select(Order).order_by(Order.id.desc()).limit(25)).all()
-        return templates.TemplateResponse(
+        return _render(
             request,
             "index.html",
-            {
-                "counts": counts,
-                "states": list(OrderState),
-                "failed": failed,
-                "attention": attention,
-                "recent": recent,
+            now=dt.datetime.now(dt.UTC),
+            counts=summary(session),
+            attention=session.scalars(
+                select(Order)
+                .where(Order.state == OrderState.NEEDS_ATTENTION)
+                .order_by(Order.updated_at.desc())
+                .limit(OVERVIEW_LIMIT)
+            ).all(),
+            failed=session.execute(
+                select(InboxEvent, ChannelAccount.name)
+                .join(ChannelAccount, ChannelAccount.id == InboxEvent.channel_account_id)
+                .where(InboxEvent.status == InboxStatus.FAILED)
+                .order_by(InboxEvent.id.desc())
+                .limit(OVERVIEW_LIMIT)
+            ).all(),
+            sync_runs=_latest_sync_runs(session),
+            on_hold=_on_hold(session),
+            limit=OVERVIEW_LIMIT,
+        )
+
+
+# --- order list -------------------------------------------------------------------------------
+
+
+def _conditions(state: str, channel: str, q: str) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = []
+    if state:
+        conditions.append(Order.state == state)
+    if channel:
+        conditions.append(Order.channel == channel)
+    if q:
+        # an order number, a marketplace id, or our own id
+        match = [
+            Order.external_number.icontains(q, autoescape=True),
+            Order.external_id.icontains(q, autoescape=True),
+        ]
+        digits = q.lstrip("#")
+        if digits.isdigit() and len(digits) < 19:  # fits a BIGINT
+            match.append(Order.id == int(digits))
+        conditions.append(or_(*match))
+    return conditions
+
+
+@router.get("/orders", response_class=HTMLResponse)
+def orders(
+    request: Request,
+    state: str = "",
+    channel: str = "",
+    q: str = Query("", max_length=100),
+    page: int = Query(1, ge=1),
+) -> HTMLResponse:
+    q = q.strip()
+    if state and state not in set(OrderState):
+        raise HTTPException(400, f"unknown state {state!r}")
+    if channel and channel not in set(Channel):
+        raise HTTPException(400, f"unknown channel {channel!r}")
+    with get_sessionmaker()() as session:
+        where = _conditions(state, channel, q)
+        total = session.scalar(select(func.count()).select_from(Order).where(*where)) or 0
+        rows = session.execute(
+            select(Order, ChannelAccount.name)
+            .join(ChannelAccount, ChannelAccount.id == Order.channel_account_id)
+            .where(*where)
+            .order_by(Order.id.desc())
+            .offset((page - 1) * PAGE_SIZE)
+            .limit(PAGE_SIZE)
+        ).all()
+    pages = max(1, math.ceil(total / PAGE_SIZE))
+    filters = {k: v for k, v in {"state": state, "channel": channel, "q": q}.items() if v}
+
+    def page_url(n: int) -> str:
+        return "/orders?" + urlencode({**filters, "page": n})
+
+    return _render(
+        request,
+        "orders.html",
+        rows=rows,
+        total=total,
+        page=page,
+        pages=pages,
+        prev_url=page_url(page - 1) if page > 1 else None,
+        next_url=page_url(page + 1) if page < pages else None,
+        state=state,
+        channel=channel,
+        q=q,
+        channels=list(Channel),
+    )
+
+
+# --- one order --------------------------------------------------------------------------------
+
+
+@router.get("/orders/{order_id}", response_class=HTMLResponse)
+def order_detail(request: Request, order_id: int) -> HTMLResponse:
+    with get_sessionmaker()() as session:
+        order = session.scalars(
+            select(Order)
+            .where(Order.id == order_id)
+            .options(selectinload(Order.lines), selectinload(Order.events))
+        ).one_or_none()
+        if order is None:
+            raise HTTPException(404, "no such order")
+        account = session.get(ChannelAccount, order.channel_account_id)
+        payment = session.scalar(select(Payment).where(Payment.order_id == order_id))
+        # columns only: the PDFs stay in the database until someone opens them
+        invoices = session.execute(
+            select(
+                Invoice.kind,
+                Invoice.full_number,
+                Invoice.total,
+                Invoice.currency,
+                Invoice.issued_at,
+                Invoice.pdf.is_not(None).label("has_pdf"),
+            )
+            .where(Invoice.order_id == order_id)
+            .order_by(Invoice.id)
+        ).all()
+        shipment = session.scalar(select(Shipment).where(Shipment.order_id == order_id))
+        label = None
+        if shipment is not None:
+            label = session.execute(
+                select(Label.carrier, Label.tracking_number, Label.created_at).where(
+                    Label.shipment_id == shipment.id
+                )
+            ).one_or_none()
+        address = order.shipping_address or {}
+        return _render(
+            request,
+            "order.html",
+            order=order,
+            account=account.name if account else "",
+            ship_to={
+                "name": address.get("name") or order.buyer_name,
+                "city": address.get("city"),
+                "country": address.get("country_code"),
             },
+            payment=payment,
+            invoices=invoices,
+            shipment=shipment,
+            label=label,
         )

@@ -18,7 +18,7 @@ from typing import Any
 
 from celery import Celery
 from celery.schedules import crontab
-from kombu import Queue
+from kombu.entity import Queue
 
 from ordersync.settings import get_settings
 

@@ -243,7 +243,7 @@ def issue_invoice(self: StepTask, order_id: int) -> str:
     from orders.invoices import issue_invoice as issue
 
     with order_lock(order_id, self.step, self.owner()), self.transaction() as session:
-        state = OrderState(session.scalar(select(Order.state).where(Order.id == order_id)))
+        state = OrderState(session.scalar(select(Order.state).where(Order.id == order_id)) or "")
         if state != S.PAID:
             return f"skip: {state}"
         invoice = issue(session, order_id, seller=_seller())

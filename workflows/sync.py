@@ -27,6 +27,7 @@ from db.models import ChannelAccount, SyncRun
 from integrations.base import ConnectorSeams
 from integrations.ratelimit import RedisRateLimiter
 from orders.intake import IntakeOutcome, apply_order
+from orders.states import Channel
 from ordersync.runtime import redis_url
 from ordersync.settings import get_settings
 from workflows.base import OrdersyncTask, is_retryable
@@ -50,7 +51,7 @@ def _limiter() -> RedisRateLimiter:
 def _connector(account: ChannelAccount) -> Any:
     from integrations import registry
 
-    cls = registry.connector_class(account.channel)
+    cls = registry.connector_class(Channel(account.channel))
     return cls(account_config(account), ConnectorSeams(limiter=_limiter()))
 
 
@@ -63,6 +64,7 @@ def _sync(
         account = session.get(ChannelAccount, account_id)
         if account is None or not account.active:
             return {"account_id": account_id, "status": "inactive"}
+        channel = account.channel
         if since is None:
             cursor = account.poll_cursor or now - dt.timedelta(days=settings.first_poll_days)
             since = cursor - dt.timedelta(seconds=settings.poll_overlap_s)
@@ -80,9 +82,7 @@ def _sync(
             nonlocal changed, created
             with task.transaction() as session:
                 for order in batch:
-                    result = apply_order(
-                        session, account_id, order, actor=f"{kind}:{account.channel}"
-                    )
+                    result = apply_order(session, account_id, order, actor=f"{kind}:{channel}")
                     after_intake(session, result)
                     if result.outcome != IntakeOutcome.STALE:
                         changed += 1

@@ -9,128 +9,38 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import json
 import os
 import signal
 import threading
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psutil
 import pytest
-import sqlalchemy as sa
-from celery import Celery
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
 
-from db.migrate import upgrade
 from db.models import (
-    ChannelAccount,
     Invoice,
     Label,
-    Order,
     OrderEvent,
     Payment,
     Shipment,
     StockItem,
     StockReservation,
 )
-from db.session import make_engine
-from integrations.shopify.webhooks import sign
 from orders.invoices import find_gaps
-from orders.stock import set_on_hand
-from sandbox import carrier as sandbox_carrier
-from sandbox import payments as sandbox_payments
-from sandbox.server import Sandbox
-from tests.support.stack import Stack, run_stack, wait_until
+from tests.support.stack import wait_until
+from tests.support.world import (
+    World,
+    fixture_order,
+    module_database_url,
+    running_world,
+    stock_for,
+)
 
 pytestmark = pytest.mark.slow
-
-SECRET = "pipeline-webhook-secret"
-
-
-class World:
-    def __init__(self, stack: Stack, maker: sessionmaker[Session], sandbox: Sandbox, redis: str):
-        self.stack, self.maker, self.sandbox, self.redis_url = stack, maker, sandbox, redis
-
-    def account(self) -> str:
-        name = f"shop-{uuid.uuid4().hex[:8]}"
-        with self.maker() as session, session.begin():
-            session.add(ChannelAccount(name=name, channel="shopify", webhook_secret=SECRET))
-        return name
-
-    def post(self, shop: str, order: dict[str, Any], topic: str = "orders/updated") -> None:
-        body = json.dumps(order).encode()
-        response = httpx.post(
-            f"{self.stack.base_url}/webhooks/shopify/{shop}",
-            content=body,
-            headers={
-                "Content-Type": "application/json",
-                "X-Shopify-Topic": topic,
-                "X-Shopify-Hmac-Sha256": sign(SECRET, body),
-                "X-Shopify-Webhook-Id": str(uuid.uuid4()),
-            },
-        )
-        assert response.status_code == 200, response.text
-
-    def order(self, shop: str, external_id: str) -> Order | None:
-        with self.maker() as session:
-            return session.scalar(
-                select(Order).join(ChannelAccount)
-                .where(ChannelAccount.name == shop, Order.external_id == external_id)
-            )  # fmt: skip
-
-    def wait_state(self, shop: str, external_id: str, *states: str, timeout: float = 60) -> Order:
-        def reached() -> Order | None:
-            order = self.order(shop, external_id)
-            return order if order is not None and order.state in states else None
-
-        try:
-            return wait_until(reached, timeout=timeout, what=f"order in {states}")
-        except AssertionError:
-            order = self.order(shop, external_id)
-            raise AssertionError(
-                f"order is {order and order.state} ({order and order.last_error}), "
-                f"wanted {states}\n{self.stack.logs()}"
-            ) from None
-
-    def wait_idle(self) -> None:
-        """No task queued or running anywhere (duplicates have all finished skipping)."""
-        probe = Celery("probe", broker=self.redis_url)
-        client = probe.connection_for_write().default_channel.client
-
-        def idle() -> bool:
-            queued = sum(client.llen(q) for q in ("intake", "orders", "documents", "outbound"))
-            active = probe.control.inspect(timeout=0.5).active() or {}
-            reserved = probe.control.inspect(timeout=0.5).reserved() or {}
-            busy = sum(len(v) for v in active.values()) + sum(len(v) for v in reserved.values())
-            return queued == 0 and busy == 0 and bool(active)
-
-        try:
-            wait_until(idle, timeout=60, what="workers idle")
-        finally:
-            probe.close()
-
-
-def _postgres(request: pytest.FixtureRequest) -> str:
-    admin_url = request.getfixturevalue("postgres_admin_url")
-    name = f"ordersync_pipe_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    request.addfinalizer(drop)
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 
 @pytest.fixture(
@@ -140,53 +50,9 @@ def world(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_url: str
 ) -> Iterator[World]:
     var_dir = tmp_path_factory.mktemp("pipeline")
-    url = (
-        f"sqlite:///{var_dir / 'ordersync.db'}" if request.param == "sqlite" else _postgres(request)
-    )
-    upgrade(url)
-    sandbox = Sandbox(seed=7)
-    sandbox.start()
-    engine = make_engine(url)
-    env = {
-        "ORDERSYNC_PAYMENTS_URL": f"{sandbox.url}/payments",
-        "ORDERSYNC_PAYMENTS_API_KEY": sandbox_payments.SANDBOX_API_KEY,
-        "ORDERSYNC_CARRIER_URL": f"{sandbox.url}/carrier",
-        "ORDERSYNC_CARRIER_API_KEY": sandbox_carrier.SANDBOX_API_KEY,
-        "ORDERSYNC_RETRY_BACKOFF_BASE_S": "0.2",
-        "ORDERSYNC_RETRY_BACKOFF_MAX_S": "2",
-    }
-    try:
-        with run_stack(
-            database_url=url, redis_url=redis_url, var_dir=var_dir, workers=2, extra_env=env
-        ) as stack:
-            yield World(
-                stack, sessionmaker(bind=engine, expire_on_commit=False), sandbox, redis_url
-            )
-    finally:
-        engine.dispose()
-        sandbox.stop()
-
-
-def _fixture_order(fixtures_dir: Path, **changes: Any) -> dict[str, Any]:
-    order: dict[str, Any] = json.loads(
-        (fixtures_dir / "shopify" / "rest-2026-07" / "order.get.json").read_text()
-    )["order"]
-    order = copy.deepcopy(order)
-    order["id"] = int(uuid.uuid4().int % 10**13)
-    for item in order["line_items"]:
-        item["sku"] = f"{item['sku']}-{order['id']}"  # SKUs of its own: tests do not share stock
-    order.update(changes)
-    return order
-
-
-def _stock(world: World, order: dict[str, Any], per_unit: int = 1) -> dict[str, int]:
-    wanted: dict[str, int] = {}
-    for item in order["line_items"]:
-        wanted[item["sku"]] = wanted.get(item["sku"], 0) + item["quantity"]
-    with world.maker() as session, session.begin():
-        for sku, qty in wanted.items():
-            set_on_hand(session, sku, qty * per_unit)
-    return wanted
+    url = module_database_url(request, var_dir, request.param)
+    with running_world(url, redis_url, var_dir) as world:
+        yield world
 
 
 def test_fifty_concurrent_triggers_make_one_reservation_capture_invoice_and_label(
@@ -194,8 +60,8 @@ def test_fifty_concurrent_triggers_make_one_reservation_capture_invoice_and_labe
 ) -> None:
     # given an order that we must charge (Shopify only authorised the payment)
     shop = world.account()
-    payload = _fixture_order(fixtures_dir, financial_status="authorized")
-    wanted = _stock(world, payload, per_unit=3)
+    payload = fixture_order(fixtures_dir, financial_status="authorized")
+    wanted = stock_for(world, payload, per_unit=3)
     world.post(shop, payload, topic="orders/create")
     order = world.wait_state(shop, str(payload["id"]), "new", "reserved", "paid", "documented",
                              "ready_to_ship")  # fmt: skip
@@ -239,8 +105,8 @@ def test_a_worker_killed_after_the_capture_but_before_recording_it_charges_once(
 ) -> None:
     # given a capture that the provider applies and then answers slowly
     shop = world.account()
-    payload = _fixture_order(fixtures_dir, financial_status="pending")
-    _stock(world, payload)
+    payload = fixture_order(fixtures_dir, financial_status="pending")
+    stock_for(world, payload)
     world.sandbox.payments.reply_delay_s = 3.0
     try:
         world.post(shop, payload, topic="orders/create")
@@ -272,10 +138,10 @@ def test_two_orders_for_the_last_unit_one_waits_on_hold_until_stock_arrives(
     world: World, fixtures_dir: Path
 ) -> None:
     shop = world.account()
-    first = _fixture_order(fixtures_dir)
+    first = fixture_order(fixtures_dir)
     second = copy.deepcopy(first)
     second["id"] = first["id"] + 1
-    wanted = _stock(world, first)  # exactly one order's worth
+    wanted = stock_for(world, first)  # exactly one order's worth
 
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(lambda o: world.post(shop, o, topic="orders/create"), [first, second]))
@@ -303,9 +169,9 @@ def test_a_failed_step_goes_to_needs_attention_and_staff_retry_resumes_it(
 ) -> None:
     # given an address the carrier rejects
     shop = world.account()
-    payload = _fixture_order(fixtures_dir, updated_at="2026-06-01T10:00:00Z")
+    payload = fixture_order(fixtures_dir, updated_at="2026-06-01T10:00:00Z")
     payload["shipping_address"] = {**payload["shipping_address"], "zip": "00000"}
-    _stock(world, payload)
+    stock_for(world, payload)
     world.post(shop, payload, topic="orders/create")
 
     stuck = world.wait_state(shop, str(payload["id"]), "needs_attention")
@@ -328,12 +194,12 @@ def test_a_failed_step_goes_to_needs_attention_and_staff_retry_resumes_it(
     world.wait_state(shop, str(payload["id"]), "ready_to_ship")
     assert httpx.post(f"{world.stack.base_url}/api/orders/{stuck.id}/retry").status_code == 409
     with world.maker() as session:
-        kinds = [
-            (e.from_state, e.to_state)
-            for e in session.scalars(
-                select(OrderEvent).where(OrderEvent.order_id == stuck.id, OrderEvent.kind == "transition")
+        events = session.scalars(
+            select(OrderEvent).where(
+                OrderEvent.order_id == stuck.id, OrderEvent.kind == "transition"
             )
-        ]  # fmt: skip
+        ).all()
+        kinds = [(e.from_state, e.to_state) for e in events]
     assert ("paid", "needs_attention") in kinds and ("needs_attention", "paid") in kinds
 
 
@@ -341,8 +207,8 @@ def test_stale_and_reordered_events_never_move_an_order_back_and_a_cancel_credit
     world: World, fixtures_dir: Path
 ) -> None:
     shop = world.account()
-    payload = _fixture_order(fixtures_dir, updated_at="2026-07-01T10:00:00Z")
-    wanted = _stock(world, payload)
+    payload = fixture_order(fixtures_dir, updated_at="2026-07-01T10:00:00Z")
+    wanted = stock_for(world, payload)
     world.post(shop, payload, topic="orders/create")
     ready = world.wait_state(shop, str(payload["id"]), "ready_to_ship")
 

@@ -27,6 +27,7 @@ from db.session import make_engine
 from integrations.shopify.webhooks import sign
 from orders.states import InboxStatus
 from tests.support.stack import Stack, run_stack, wait_until
+from tests.support.world import module_database_url
 
 pytestmark = pytest.mark.slow
 
@@ -40,34 +41,12 @@ def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_url: str
 ) -> Iterator[tuple[Stack, sessionmaker[Session]]]:
     var_dir = tmp_path_factory.mktemp("e2e")
-    if request.param == "sqlite":
-        url = f"sqlite:///{var_dir / 'ordersync.db'}"
-    else:
-        url = _module_postgres(request)
+    url = module_database_url(request, var_dir, request.param)
     upgrade(url)
     engine = make_engine(url)
     with run_stack(database_url=url, redis_url=redis_url, var_dir=var_dir, workers=2) as running:
         yield running, sessionmaker(bind=engine, expire_on_commit=False)
     engine.dispose()
-
-
-def _module_postgres(request: pytest.FixtureRequest) -> str:
-    import sqlalchemy as sa
-    from sqlalchemy.engine import make_url
-
-    admin_url = request.getfixturevalue("postgres_admin_url")
-    name = f"ordersync_e2e_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-
-    def drop() -> None:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-    request.addfinalizer(drop)
-    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
 
 
 @pytest.fixture

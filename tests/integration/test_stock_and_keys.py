@@ -21,8 +21,8 @@ from orders.transitions import IllegalTransition, StaleOrder, load_for_update, t
 
 
 def _maker(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=make_engine(url, **({} if url.startswith("sqlite") else
-                                                  {"pool_size": 30})), expire_on_commit=False)  # fmt: skip
+    options = {} if url.startswith("sqlite") else {"pool_size": 30}
+    return sessionmaker(bind=make_engine(url, **options), expire_on_commit=False)
 
 
 def _orders(maker: sessionmaker[Session], lines: list[dict[str, int]]) -> list[int]:
@@ -39,8 +39,11 @@ def _orders(maker: sessionmaker[Session], lines: list[dict[str, int]]) -> list[i
             session.add(order)
             session.flush()
             for j, (sku, qty) in enumerate(skus.items()):
-                session.add(OrderLine(order_id=order.id, external_id=str(j), sku=sku, quantity=qty,
-                                      unit_price=Decimal(1), tax=Decimal(0), total=Decimal(qty)))  # fmt: skip
+                price = {"unit_price": Decimal(1), "tax": Decimal(0), "total": Decimal(qty)}
+                line = OrderLine(
+                    order_id=order.id, external_id=str(j), sku=sku, quantity=qty, **price
+                )
+                session.add(line)
             ids.append(order.id)
         return ids
 

@@ -1,0 +1,280 @@
+"""The staff dashboard in a real headless Chromium, against a real web server and Celery worker,
+real Redis, SQLite, and the sandbox payment provider and carrier over real HTTP.
+
+Orders get where they are the way they do in production (signed webhooks, the pipeline), except
+the sync runs, which are written as rows (polling a marketplace is not what is tested here).
+Waits are Playwright's auto-waiting ``expect`` or polls of the staff API, never sleeps.
+
+Chromium is taken from ``/usr/bin/chromium`` (``ORDERSYNC_TEST_CHROMIUM``); where it or the
+``playwright`` package is missing these tests are skipped on a laptop but FAIL under CI.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from db.base import utcnow
+from db.models import ChannelAccount, SyncRun
+from integrations.shopify.webhooks import sign
+from tests.support.stack import wait_until
+from tests.support.world import (
+    SECRET,
+    World,
+    fixture_order,
+    running_world,
+    stock_for,
+    unavailable,
+)
+
+try:
+    from playwright.sync_api import Browser, Page, expect, sync_playwright
+except ImportError:  # reported by the browser fixture: skipped, or failed under CI
+    sync_playwright = None
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path(os.environ.get("ORDERSYNC_TEST_CHROMIUM", "/usr/bin/chromium"))
+# the machine may have no outside network: nothing may phone home or update itself
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# customer data the fixture order carries that no list page may show
+EMAIL, PHONE = "bob.norman@mail.example.com", "+557734881234"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if sync_playwright is None:
+        unavailable("the playwright package is not installed")
+    if not CHROMIUM.exists():
+        unavailable(f"no Chromium at {CHROMIUM}")
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[World]:
+    var_dir = tmp_path_factory.mktemp("dashboard")
+    with running_world(f"sqlite:///{var_dir / 'ordersync.db'}", redis_url, var_dir,
+                       seed=11, workers=1) as world:  # fmt: skip
+        yield world
+
+
+@pytest.fixture
+def page(browser: Browser, world: World) -> Iterator[Page]:
+    """A fresh browser context; an uncaught script error on any page fails the test."""
+    context = browser.new_context(base_url=world.stack.base_url)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    expect.set_options(timeout=15_000)
+    try:
+        yield page
+    finally:
+        context.close()
+    assert errors == [], errors
+
+
+def _api(world: World, path: str) -> Any:
+    response = httpx.get(f"{world.stack.base_url}/api{path}", timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def _wait_api_state(world: World, order_id: int, state: str) -> None:
+    def reached() -> bool:
+        return bool(_api(world, f"/orders/{order_id}")["state"] == state)
+
+    try:
+        wait_until(reached, timeout=60, what=f"order {order_id} {state}")
+    except AssertionError:
+        raise AssertionError(
+            f"{_api(world, f'/orders/{order_id}')}\n{world.stack.logs()}"
+        ) from None
+
+
+def test_a_stuck_order_is_shown_with_its_step_and_error_and_retry_moves_it_on(
+    world: World, page: Page, fixtures_dir: Path
+) -> None:
+    # given an order whose label the carrier refuses (postal code 00000)
+    shop = world.account()
+    payload = fixture_order(fixtures_dir, updated_at="2026-06-01T10:00:00Z")
+    payload["shipping_address"] = {**payload["shipping_address"], "zip": "00000"}
+    stock_for(world, payload)
+    world.post(shop, payload, topic="orders/create")
+    stuck = world.wait_state(shop, str(payload["id"]), "needs_attention")
+
+    # then the overview lists it under needs attention, with its step and error
+    page.goto("/")
+    row = page.locator(f"#attention tr[data-order-id='{stuck.id}']")
+    expect(row.locator(".step")).to_have_text("buy_label")
+    expect(row.locator(".error")).to_contain_text("AddressRejected")
+    content = page.content()
+    assert EMAIL not in content and PHONE not in content and "00000" not in content
+
+    # when the address is corrected on the marketplace and staff click Retry (twice)
+    fixed = copy.deepcopy(payload)
+    fixed["updated_at"] = "2026-06-01T11:00:00Z"
+    fixed["shipping_address"]["zip"] = "40202"
+    world.post(shop, fixed)
+    wait_until(lambda: (o := world.order(shop, str(payload["id"]))) and
+               (o.shipping_address or {}).get("postal_code") == "40202",
+               what="corrected address stored")  # fmt: skip
+    retry = row.get_by_role("button", name="Retry")
+    retry.click()
+    expect(row.locator("output")).to_have_text("retry started (resumes at paid)")
+    retry.click()
+    expect(row.locator("output")).to_contain_text("already done")
+
+    # then it moves on: the reloaded overview no longer lists it, the list shows it ready
+    _wait_api_state(world, stuck.id, "ready_to_ship")
+    page.reload()
+    expect(page.locator(f"#attention tr[data-order-id='{stuck.id}']")).to_have_count(0)
+    page.locator("#states a[href='/orders?state=ready_to_ship']").click()
+    listed = page.locator(f"#orders tr[data-order-id='{stuck.id}']")
+    expect(listed.locator(".state")).to_have_text("ready_to_ship")
+    expect(listed).to_contain_text("598.94 USD")
+    content = page.content()
+    assert EMAIL not in content and PHONE not in content
+
+    # and its page shows the whole story, the documents and the one action left (Ship)
+    listed.get_by_role("link", name=f"#{stuck.id}", exact=True).click()
+    expect(page.locator("h1 .state")).to_have_text("ready_to_ship")
+    expect(page.locator("#order-total")).to_have_text("598.94 USD")
+    moves = page.locator("#timeline td.move")
+    expect(moves.filter(has_text="paid → needs_attention")).to_have_count(1)
+    expect(moves.filter(has_text="needs_attention → paid")).to_have_count(1)
+    expect(page.locator("#timeline")).to_contain_text("buy_label")
+    expect(page.locator("#header")).to_contain_text("Louisville")
+    expect(page.get_by_role("button", name="Ship")).to_be_visible()
+    expect(page.get_by_role("button", name="Retry")).to_have_count(0)
+    assert EMAIL not in page.content() and PHONE not in page.content()
+    for name in ("invoice PDF", "label PDF"):
+        href = page.get_by_role("link", name=name).get_attribute("href")
+        assert href
+        pdf = page.request.get(href)
+        assert pdf.status == 200 and pdf.headers["content-type"] == "application/pdf", name
+        assert pdf.body().startswith(b"%PDF"), name
+
+
+def test_a_webhook_we_cannot_parse_is_listed_with_its_error(world: World, page: Page) -> None:
+    # given a correctly signed delivery whose body is not JSON
+    shop = world.account()
+    body = b'{"id": 42, "line_items": ['
+    response = httpx.post(
+        f"{world.stack.base_url}/webhooks/shopify/{shop}",
+        content=body,
+        headers={
+            "Content-Type": "application/json",
+            "X-Shopify-Topic": "orders/create",
+            "X-Shopify-Hmac-Sha256": sign(SECRET, body),
+            "X-Shopify-Webhook-Id": str(uuid.uuid4()),
+        },
+    )
+    assert response.status_code == 200, response.text
+    inbox_id = response.json()["inbox_id"]
+
+    def failed() -> dict[str, Any] | None:
+        events = _api(world, "/inbox?status=failed&limit=500")["events"]
+        return next((e for e in events if e["id"] == inbox_id), None)
+
+    event = wait_until(failed, what="the delivery marked failed")
+
+    # then the overview lists it with the parse error, and Retry queues it again
+    page.goto("/")
+    row = page.locator(f"#failed-inbox tr[data-inbox-id='{inbox_id}']")
+    expect(row).to_contain_text(shop)
+    expect(row.locator(".error")).to_have_text(event["error"])
+    expect(row.locator(".error")).to_contain_text("body is not JSON")
+    row.get_by_role("button", name="Retry").click()
+    expect(row.locator("output")).to_have_text("queued again")
+
+
+def test_an_on_hold_order_shows_the_skus_it_waits_for_and_marketplace_markup_stays_text(
+    world: World, page: Page, fixtures_dir: Path
+) -> None:
+    # given an order for SKUs that are out of stock, whose number is HTML
+    shop = world.account()
+    evil = '<img src=x onerror="document.title=1">'
+    payload = fixture_order(fixtures_dir, name=evil)
+    missing = stock_for(world, payload, per_unit=0)
+    world.post(shop, payload, topic="orders/create")
+    held = world.wait_state(shop, str(payload["id"]), "on_hold")
+
+    # then the overview shows it on hold with each SKU it waits for, the number as text
+    page.goto("/")
+    row = page.locator(f"#on-hold tr[data-order-id='{held.id}']")
+    for sku, quantity in missing.items():
+        expect(row.locator(".short")).to_contain_text(f"{sku} ({quantity} missing)")
+    expect(row).to_contain_text(evil)
+    expect(row.locator("img")).to_have_count(0)
+
+    # and the list finds it by its number, filtered by state and channel
+    page.goto("/orders")
+    page.locator("select[name=state]").select_option("on_hold")
+    page.locator("select[name=channel]").select_option("shopify")
+    page.locator(".filters input[name=q]").fill(str(payload["id"]))
+    page.locator(".filters").get_by_role("button", name="Show").click()
+    expect(page.locator("#orders tbody tr")).to_have_count(1)
+    expect(page.locator(f"#orders tr[data-order-id='{held.id}'] .state")).to_have_text("on_hold")
+    expect(page.locator("#count")).to_have_text("1 order")
+    page.get_by_role("link", name=f"#{held.id}", exact=True).click()
+    expect(page.locator("h1")).to_contain_text(evil)
+    expect(page.locator("img")).to_have_count(0)
+    expect(page.locator("#timeline td.move").filter(has_text="new → on_hold")).to_have_count(1)
+    expect(page.get_by_role("button")).to_have_count(0)  # nothing to do but wait for stock
+
+
+def test_the_latest_sync_run_of_each_account_is_shown_and_a_failed_one_stands_out(
+    world: World, page: Page
+) -> None:
+    # given an account whose last poll failed after an earlier one succeeded, and a full sync
+    name = f"amazon-{uuid.uuid4().hex[:8]}"
+    with world.maker() as session, session.begin():
+        account = ChannelAccount(name=name, channel="amazon")
+        session.add(account)
+        session.flush()
+        for kind, status, error in [
+            ("poll", "ok", None),
+            ("poll", "failed", "RateLimited: <quota> exhausted"),
+            ("full", "ok", None),
+        ]:
+            session.add(
+                SyncRun(channel_account_id=account.id, kind=kind, status=status, error=error,
+                        orders_seen=3, finished_at=utcnow())
+            )  # fmt: skip
+
+    # then the overview shows one row per kind: the failed poll highlighted with its error
+    page.goto("/")
+    rows = page.locator(f"#sync-runs tr[data-account='{name}']")
+    expect(rows).to_have_count(2)
+    failed = rows.filter(has_text="poll")
+    expect(failed).to_have_class("sync-failed failed")
+    expect(failed.locator(".error")).to_have_text("RateLimited: <quota> exhausted")
+    expect(rows.filter(has_text="full").locator(".status")).to_have_text("ok")
+
+
+def test_staff_pages_answer_plainly_for_what_does_not_exist(world: World) -> None:
+    base = world.stack.base_url
+    assert httpx.get(f"{base}/orders/999999999").status_code == 404
+    assert httpx.get(f"{base}/orders", params={"state": "lost"}).status_code == 400
+    empty = httpx.get(f"{base}/orders", params={"q": "no-such-order", "page": 3})
+    assert empty.status_code == 200 and "No orders match." in empty.text

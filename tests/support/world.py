@@ -1,0 +1,187 @@
+"""A running ordersync for end-to-end tests: the sandbox (payment provider, carrier,
+marketplaces), the web app and Celery workers as real processes, and helpers to drive orders
+through them as a marketplace would."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from celery import Celery
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from db.migrate import upgrade
+from db.models import ChannelAccount, Order
+from db.session import make_engine
+from integrations.shopify.webhooks import sign
+from orders.stock import set_on_hand
+from sandbox import carrier as sandbox_carrier
+from sandbox import payments as sandbox_payments
+from sandbox.server import Sandbox
+from tests.support.stack import Stack, run_stack, wait_until
+
+__all__ = [
+    "IN_CI",
+    "SECRET",
+    "World",
+    "fixture_order",
+    "module_database_url",
+    "running_world",
+    "stock_for",
+    "unavailable",
+]
+
+SECRET = "pipeline-webhook-secret"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(reason: str) -> None:
+    """Skip on a laptop; fail under CI, which must run everything."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI must run these tests)")
+    pytest.skip(reason)
+
+
+class World:
+    def __init__(self, stack: Stack, maker: sessionmaker[Session], sandbox: Sandbox, redis: str):
+        self.stack, self.maker, self.sandbox, self.redis_url = stack, maker, sandbox, redis
+
+    def account(self) -> str:
+        name = f"shop-{uuid.uuid4().hex[:8]}"
+        with self.maker() as session, session.begin():
+            session.add(ChannelAccount(name=name, channel="shopify", webhook_secret=SECRET))
+        return name
+
+    def post(self, shop: str, order: dict[str, Any], topic: str = "orders/updated") -> None:
+        body = json.dumps(order).encode()
+        response = httpx.post(
+            f"{self.stack.base_url}/webhooks/shopify/{shop}",
+            content=body,
+            headers={
+                "Content-Type": "application/json",
+                "X-Shopify-Topic": topic,
+                "X-Shopify-Hmac-Sha256": sign(SECRET, body),
+                "X-Shopify-Webhook-Id": str(uuid.uuid4()),
+            },
+        )
+        assert response.status_code == 200, response.text
+
+    def order(self, shop: str, external_id: str) -> Order | None:
+        with self.maker() as session:
+            return session.scalar(
+                select(Order).join(ChannelAccount)
+                .where(ChannelAccount.name == shop, Order.external_id == external_id)
+            )  # fmt: skip
+
+    def wait_state(self, shop: str, external_id: str, *states: str, timeout: float = 60) -> Order:
+        def reached() -> Order | None:
+            order = self.order(shop, external_id)
+            return order if order is not None and order.state in states else None
+
+        try:
+            return wait_until(reached, timeout=timeout, what=f"order in {states}")
+        except AssertionError:
+            order = self.order(shop, external_id)
+            raise AssertionError(
+                f"order is {order and order.state} ({order and order.last_error}), "
+                f"wanted {states}\n{self.stack.logs()}"
+            ) from None
+
+    def wait_idle(self) -> None:
+        """No task queued or running anywhere (duplicates have all finished skipping)."""
+        probe = Celery("probe", broker=self.redis_url)
+        client = probe.connection_for_write().default_channel.client
+
+        def idle() -> bool:
+            queued = sum(client.llen(q) for q in ("intake", "orders", "documents", "outbound"))
+            active = probe.control.inspect(timeout=0.5).active() or {}
+            reserved = probe.control.inspect(timeout=0.5).reserved() or {}
+            busy = sum(len(v) for v in active.values()) + sum(len(v) for v in reserved.values())
+            return queued == 0 and busy == 0 and bool(active)
+
+        try:
+            wait_until(idle, timeout=60, what="workers idle")
+        finally:
+            probe.close()
+
+
+def module_database_url(request: pytest.FixtureRequest, var_dir: Path, kind: str) -> str:
+    """A fresh database for a module-scoped stack: a SQLite file, or a new PostgreSQL database
+    dropped when the module is done."""
+    if kind == "sqlite":
+        return f"sqlite:///{var_dir / 'ordersync.db'}"
+    admin_url = request.getfixturevalue("postgres_admin_url")
+    name = f"ordersync_e2e_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    request.addfinalizer(drop)
+    return make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+@contextmanager
+def running_world(
+    url: str, redis_url: str, var_dir: Path, *, seed: int = 7, workers: int = 2
+) -> Iterator[World]:
+    """Migrate ``url``, start the sandbox, the web app and ``workers`` Celery workers."""
+    upgrade(url)
+    sandbox = Sandbox(seed=seed)
+    sandbox.start()
+    engine = make_engine(url)
+    env = {
+        "ORDERSYNC_PAYMENTS_URL": f"{sandbox.url}/payments",
+        "ORDERSYNC_PAYMENTS_API_KEY": sandbox_payments.SANDBOX_API_KEY,
+        "ORDERSYNC_CARRIER_URL": f"{sandbox.url}/carrier",
+        "ORDERSYNC_CARRIER_API_KEY": sandbox_carrier.SANDBOX_API_KEY,
+        "ORDERSYNC_RETRY_BACKOFF_BASE_S": "0.2",
+        "ORDERSYNC_RETRY_BACKOFF_MAX_S": "2",
+    }
+    try:
+        with run_stack(
+            database_url=url, redis_url=redis_url, var_dir=var_dir, workers=workers, extra_env=env
+        ) as stack:
+            yield World(
+                stack, sessionmaker(bind=engine, expire_on_commit=False), sandbox, redis_url
+            )
+    finally:
+        engine.dispose()
+        sandbox.stop()
+
+
+def fixture_order(fixtures_dir: Path, **changes: Any) -> dict[str, Any]:
+    order: dict[str, Any] = json.loads(
+        (fixtures_dir / "shopify" / "rest-2026-07" / "order.get.json").read_text()
+    )["order"]
+    order = copy.deepcopy(order)
+    order["id"] = int(uuid.uuid4().int % 10**13)
+    for item in order["line_items"]:
+        item["sku"] = f"{item['sku']}-{order['id']}"  # SKUs of its own: tests do not share stock
+    order.update(changes)
+    return order
+
+
+def stock_for(world: World, order: dict[str, Any], per_unit: int = 1) -> dict[str, int]:
+    wanted: dict[str, int] = {}
+    for item in order["line_items"]:
+        wanted[item["sku"]] = wanted.get(item["sku"], 0) + item["quantity"]
+    with world.maker() as session, session.begin():
+        for sku, qty in wanted.items():
+            set_on_hand(session, sku, qty * per_unit)
+    return wanted
