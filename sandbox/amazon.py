@@ -9,9 +9,22 @@ Mount with ``app.include_router(sim.build_router(), prefix="/amazon")``; a conne
   least ``min_before_age_s`` in the past, ``MaxResultsPerPage`` ≤ 100, opaque ``NextToken``),
   ``GET /orders/v0/orders/{id}``, ``GET /orders/v0/orders/{id}/orderItems`` (own NextToken),
   ``POST /orders/v0/orders/{id}/shipmentConfirmation`` (204, recorded in ``shipments``);
+- ``POST /tokens/2021-03-01/restrictedDataToken`` (``createRestrictedDataToken``): called with
+  an LWA token, answers ``{"restrictedDataToken": "Atz.sprdt|...", "expiresIn": 3600}`` for a
+  valid ``restrictedResources`` list (``400 InvalidInput`` otherwise); with
+  ``pii_role=False`` the application lacks the restricted role: ``403 Unauthorized``;
 - ``x-amz-access-token`` checked (403 ``Unauthorized`` as SP-API answers), a token bucket per
   operation at the documented usage plan (429 ``QuotaExceeded``), ``x-amzn-RateLimit-Limit``
   and ``x-amzn-RequestId`` on every response. ``rate_limits`` overrides the plans for tests.
+
+Buyer PII, as the Orders v0 model documents it: every order has a seeded US shipping address
+and an anonymised buyer email (``addresses`` / ``buyers``). ``getOrders`` and ``getOrder``
+return the full ``ShippingAddress`` (Name, AddressLine1/2, Phone, AddressType...) only to an RDT
+whose resources cover that call's path with ``dataElements`` ``shippingAddress``, and
+``BuyerInfo`` (BuyerEmail, BuyerName) only with ``buyerInfo``; the plain LWA token gets City,
+StateOrRegion, PostalCode and CountryCode and an empty ``BuyerInfo``. ``ShippingAddress`` is
+absent on ``Pending`` orders ("only available for Unshipped, PartiallyShipped, Shipped and
+InvoiceUnconfirmed"). An RDT is accepted only on the restricted calls it names.
 
 Payloads copy the shapes of the official fixtures (``getOrders.200.sandbox-1.json``,
 ``getOrderItems.200.sandbox-1.json``): money as ``{"CurrencyCode", "Amount"}`` strings, string
@@ -50,12 +63,13 @@ SANDBOX_CLIENT_SECRET = "amzn1.oa2-cs.v1.ordersync-sandbox-secret"  # noqa: S105
 SANDBOX_REFRESH_TOKEN = "Atzr|ordersync-sandbox-refresh-token"  # noqa: S105 (fixed sandbox value)
 SANDBOX_MARKETPLACE_ID = "ATVPDKIKX0DER"
 
-#: operation → (rate per second, burst): the Orders v0 usage plans
+#: operation → (rate per second, burst): the Orders v0 and Tokens 2021-03-01 usage plans
 DEFAULT_RATE_LIMITS: Mapping[str, tuple[float, float]] = {
     "getOrders": (0.0167, 20),
     "getOrder": (0.5, 30),
     "getOrderItems": (0.5, 30),
     "confirmShipment": (2.0, 10),
+    "createRestrictedDataToken": (1.0, 10),
 }
 QUOTA_EXCEEDED: dict[str, object] = {
     "errors": [
@@ -67,6 +81,58 @@ QUOTA_EXCEEDED: dict[str, object] = {
     ]
 }
 _CENT = Decimal("0.01")
+DENIED = "Access to requested resource is denied."
+
+#: restricted Orders v0 operations (method, path template) and the data elements they take
+_RESTRICTED_PATHS = (
+    ("GET", "/orders/v0/orders"),
+    ("GET", "/orders/v0/orders/{orderId}"),
+    ("GET", "/orders/v0/orders/{orderId}/orderItems"),
+    ("GET", "/orders/v0/orders/{orderId}/address"),
+    ("GET", "/orders/v0/orders/{orderId}/buyerInfo"),
+    ("GET", "/orders/v0/orders/{orderId}/orderItems/buyerInfo"),
+)
+_DATA_ELEMENTS = frozenset({"buyerInfo", "shippingAddress", "buyerTaxInformation"})
+#: getOrder/getOrders/getOrderItems need dataElements; the address/buyerInfo calls do not
+_NEEDS_ELEMENTS = frozenset(
+    {"/orders/v0/orders", "/orders/v0/orders/{orderId}", "/orders/v0/orders/{orderId}/orderItems"}
+)
+#: ShippingAddress fields Amazon returns without an RDT (ordersV0.json: the others are restricted)
+_PUBLIC_ADDRESS = ("City", "StateOrRegion", "PostalCode", "CountryCode")
+_ADDRESS_STATUSES = frozenset({"Unshipped", "PartiallyShipped", "Shipped", "InvoiceUnconfirmed"})
+
+# seeded PII: (city, state, first three ZIP digits, area code)
+_CITIES = (
+    ("Seattle", "WA", "981", "206"),
+    ("Portland", "OR", "972", "503"),
+    ("Austin", "TX", "787", "512"),
+    ("Denver", "CO", "802", "303"),
+    ("Chicago", "IL", "606", "312"),
+    ("Columbus", "OH", "432", "614"),
+    ("Atlanta", "GA", "303", "404"),
+    ("Nashville", "TN", "372", "615"),
+    ("Phoenix", "AZ", "850", "602"),
+    ("Minneapolis", "MN", "554", "612"),
+    ("Boston", "MA", "021", "617"),
+    ("Raleigh", "NC", "276", "919"),
+    ("San Diego", "CA", "921", "619"),
+    ("Madison", "WI", "537", "608"),
+    ("Salt Lake City", "UT", "841", "801"),
+    ("Pittsburgh", "PA", "152", "412"),
+)
+_FIRST = (
+    "James", "Mary", "Robert", "Patricia", "John", "Jennifer", "Michael", "Linda", "David",
+    "Elizabeth", "Maria", "Daniel", "Susan", "Carlos", "Aisha", "Wei", "Priya", "Thomas",
+)  # fmt: skip
+_LAST = (
+    "Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodriguez",
+    "Martinez", "Nguyen", "Patel", "Kim", "Anderson", "Taylor", "Thomas", "Moore", "Chen",
+)  # fmt: skip
+_STREETS = (
+    "Maple", "Oak", "Pine", "Cedar", "Elm", "Washington", "Lake", "Hill", "Park", "Main",
+    "Lincoln", "Jefferson", "Sunset", "Highland", "Ridge", "Willow",
+)  # fmt: skip
+_SUFFIXES = ("St", "Ave", "Blvd", "Dr", "Ln", "Rd", "Way", "Ct")
 
 
 def _iso(epoch: float) -> str:
@@ -104,6 +170,28 @@ class _Bucket:
         return False
 
 
+def _path_matches(template: str, path: str) -> bool:
+    """``/orders/v0/orders/{orderId}`` covers every order id; a specific path only itself."""
+    want, got = template.strip("/").split("/"), path.strip("/").split("/")
+    return len(want) == len(got) and all(
+        w == g or (w.startswith("{") and w.endswith("}") and g)
+        for w, g in zip(want, got, strict=True)
+    )
+
+
+class _Rdt:
+    """An issued RDT: its expiry and (method, path) → the data elements it grants there."""
+
+    def __init__(self, expiry: float, grants: list[tuple[str, str, frozenset[str]]]) -> None:
+        self.expiry = expiry
+        self.grants = grants
+
+    def elements(self, method: str, path: str) -> frozenset[str] | None:
+        """What this RDT grants on ``method path``; None = it does not cover that call."""
+        found = [els for m, p, els in self.grants if m == method and _path_matches(p, path)]
+        return frozenset().union(*found) if found else None
+
+
 class AmazonSimulator:
     def __init__(
         self,
@@ -120,6 +208,8 @@ class AmazonSimulator:
         token_lifetime_s: int = 3600,
         min_before_age_s: float = 120.0,
         clock: Callable[[], float] = time.time,
+        pii_role: bool = True,
+        rdt_lifetime_s: int = 3600,
     ) -> None:
         self.knobs = knobs or Knobs(seed=seed)
         self.skus = tuple(skus)
@@ -131,7 +221,12 @@ class AmazonSimulator:
         self.token_lifetime_s = token_lifetime_s
         self.min_before_age_s = min_before_age_s
         self.clock = clock
+        #: the application holds a restricted role (Direct-to-Consumer Shipping): RDTs granted
+        self.pii_role = pii_role
+        self.rdt_lifetime_s = rdt_lifetime_s
         self._rng = random.Random(seed)
+        # PII from its own stream, so that ids, items and statuses stay what a seed gave before
+        self._pii_rng = random.Random(f"amazon-pii:{seed}")
         self._lock = threading.Lock()
         # overrides per operation; the others keep Amazon's documented plans
         self._limits = {**DEFAULT_RATE_LIMITS, **(rate_limits or {})}
@@ -142,6 +237,10 @@ class AmazonSimulator:
         self.items: dict[str, list[dict[str, Any]]] = {}
         self._updated: dict[str, int] = {}  # AmazonOrderId → LastUpdateDate, epoch seconds
         self._tokens: dict[str, float] = {}  # access token → expiry epoch
+        self._rdts: dict[str, _Rdt] = {}  # restricted data token → what it grants
+        #: AmazonOrderId → the full v0 ShippingAddress / BuyerInfo (served only to an RDT)
+        self.addresses: dict[str, dict[str, str]] = {}
+        self.buyers: dict[str, dict[str, str]] = {}
         self._cursors: dict[str, list[str]] = {}  # NextToken → ids still to return
         self._item_cursors: dict[str, tuple[str, int]] = {}  # NextToken → (order id, offset)
         #: (AmazonOrderId, packageReferenceId) → confirmShipment packageDetail
@@ -167,6 +266,15 @@ class AmazonSimulator:
         """A valid token without the LWA round trip (for tests poking the API directly)."""
         with self._lock:
             return self._issue_token()
+
+    def restricted_token(
+        self,
+        path: str = "/orders/v0/orders",
+        data_elements: Sequence[str] = ("buyerInfo", "shippingAddress"),
+    ) -> str:
+        """A valid RDT for ``GET path`` without the Tokens API round trip (for tests)."""
+        with self._lock:
+            return self._issue_rdt([("GET", path, frozenset(data_elements))])
 
     # ------------------------------------------------------------------ state helpers
 
@@ -242,8 +350,50 @@ class AmazonSimulator:
             order["OrderTotal"] = self._order_total(items)
         self.orders[order_id] = order
         self.items[order_id] = items
+        self._new_pii(order_id)
         self._updated[order_id] = int(now)
         return order_id
+
+    def _new_pii(self, order_id: str) -> None:
+        r = self._pii_rng
+        city, state, zip3, area = r.choice(_CITIES)
+        name = f"{r.choice(_FIRST)} {r.choice(_LAST)}"
+        postal = f"{zip3}{r.randrange(100):02d}"
+        if r.random() < 0.5:  # Amazon often returns ZIP+4 ("98121-2778")
+            postal += f"-{r.randrange(10000):04d}"
+        address = {
+            "Name": name,
+            "AddressLine1": f"{r.randrange(1, 9900)} {r.choice(_STREETS)} {r.choice(_SUFFIXES)}",
+            "City": city,
+            "StateOrRegion": state,
+            "PostalCode": postal,
+            "CountryCode": "US",
+            "Phone": f"+1 {area}-555-01{r.randrange(100):02d}",  # 555-01xx: fictional numbers
+            "AddressType": "Residential",
+        }
+        if r.random() < 0.3:
+            address["AddressLine2"] = f"Apt {r.randrange(1, 40)}{r.choice('ABCD')}"
+        if r.random() < 0.1:
+            address["AddressType"] = "Commercial"
+            address["CompanyName"] = f"{r.choice(_LAST)} {r.choice(('LLC', 'Inc', 'Co'))}"
+        self.addresses[order_id] = address
+        handle = "".join(r.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(15))
+        self.buyers[order_id] = {
+            "BuyerEmail": f"{handle}@marketplace.amazon.com",  # Amazon's anonymised relay
+            "BuyerName": name,
+        }
+
+    def _view(self, order_id: str, granted: frozenset[str]) -> dict[str, Any]:
+        """The order as this caller may see it: PII only for what its RDT grants."""
+        order = dict(self.orders[order_id])
+        if order["OrderStatus"] in _ADDRESS_STATUSES:
+            full = self.addresses[order_id]
+            if "shippingAddress" in granted:
+                order["ShippingAddress"] = dict(full)
+            else:
+                order["ShippingAddress"] = {k: full[k] for k in _PUBLIC_ADDRESS if k in full}
+        order["BuyerInfo"] = dict(self.buyers[order_id]) if "buyerInfo" in granted else {}
+        return order
 
     def _order_total(self, items: list[dict[str, Any]]) -> dict[str, str]:
         total = Decimal(0)
@@ -261,6 +411,11 @@ class AmazonSimulator:
     def _issue_token(self) -> str:
         token = "Atza|" + base64.b64encode(self._rng.randbytes(24)).decode()
         self._tokens[token] = self.clock() + self.token_lifetime_s
+        return token
+
+    def _issue_rdt(self, grants: list[tuple[str, str, frozenset[str]]]) -> str:
+        token = "Atz.sprdt|" + base64.urlsafe_b64encode(self._rng.randbytes(36)).decode()
+        self._rdts[token] = _Rdt(self.clock() + self.rdt_lifetime_s, grants)
         return token
 
     def _new_cursor(self) -> str:
@@ -285,23 +440,32 @@ class AmazonSimulator:
             return Response(status_code=status, headers=all_headers)
         return JSONResponse(body, status_code=status, headers=all_headers)
 
-    async def _gate(self, operation: str, request: Request) -> Response | None:
-        """Fault knobs, then auth, then the operation's bucket (API Gateway's order)."""
+    async def _gate(
+        self, operation: str, request: Request, path: str | None = None
+    ) -> Response | frozenset[str]:
+        """Fault knobs, then auth, then the operation's bucket (API Gateway's order).
+
+        The data elements the caller may see (empty for an LWA token), or the error response.
+        ``path``: the restricted resource this call is (``GET path``); None = not restricted,
+        where an RDT is no access token at all.
+        """
         disturbed = await self.knobs.disturb(QUOTA_EXCEEDED)
         if disturbed is not None:
             self.request_log.append((operation, disturbed.status_code))
             disturbed.headers["x-amzn-RateLimit-Limit"] = str(self._limits[operation][0])
             return disturbed
-        token = request.headers.get("x-amz-access-token")
+        token = request.headers.get("x-amz-access-token") or ""
         with self._lock:
-            expiry = self._tokens.get(token or "")
             now = self.clock()
-            if expiry is None:
-                return self._reply(
-                    operation,
-                    403,
-                    _errors("Unauthorized", "Access to requested resource is denied."),
-                )
+            granted: frozenset[str] | None = frozenset()
+            rdt = self._rdts.get(token)
+            if rdt is not None:
+                expiry: float | None = rdt.expiry
+                granted = rdt.elements("GET", path) if path is not None else None
+            else:
+                expiry = self._tokens.get(token)
+            if expiry is None or granted is None:
+                return self._reply(operation, 403, _errors("Unauthorized", DENIED))
             if now >= expiry:
                 return self._reply(
                     operation,
@@ -310,7 +474,7 @@ class AmazonSimulator:
                 )
             if not self._buckets[operation].take(now):
                 return self._reply(operation, 429, QUOTA_EXCEEDED)
-        return None
+        return granted
 
     # ------------------------------------------------------------------ handlers
 
@@ -354,9 +518,28 @@ class AmazonSimulator:
             }
             return self._reply("lwaToken", 200, granted)
 
-    async def _get_orders(self, request: Request) -> Response:
-        if (denied := await self._gate("getOrders", request)) is not None:
+    async def _create_rdt(self, request: Request) -> Response:
+        operation = "createRestrictedDataToken"
+        if isinstance(denied := await self._gate(operation, request), Response):
             return denied
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        with self._lock:
+            if not self.pii_role:  # the app was not granted a restricted role
+                return self._reply(operation, 403, _errors("Unauthorized", DENIED))
+            grants = _parse_resources(body)
+            if isinstance(grants, str):
+                return self._reply(operation, 400, _errors("InvalidInput", grants))
+            token = self._issue_rdt(grants)
+            answer = {"restrictedDataToken": token, "expiresIn": self.rdt_lifetime_s}
+            return self._reply(operation, 200, answer)
+
+    async def _get_orders(self, request: Request) -> Response:
+        granted = await self._gate("getOrders", request, "/orders/v0/orders")
+        if isinstance(granted, Response):
+            return granted
         q = request.query_params
         with self._lock:
             if not q.get("MarketplaceIds"):
@@ -388,7 +571,7 @@ class AmazonSimulator:
                 remaining, extra = selected
             size = min(size, self.page_size)
             page, rest = remaining[:size], remaining[size:]
-            payload: dict[str, Any] = {"Orders": [dict(self.orders[i]) for i in page], **extra}
+            payload: dict[str, Any] = {"Orders": [self._view(i, granted) for i in page], **extra}
             if rest:
                 payload["NextToken"] = next_token = self._new_cursor()
                 self._cursors[next_token] = rest
@@ -423,16 +606,17 @@ class AmazonSimulator:
         return ids, {bound_key: _iso(before)}
 
     async def _get_order(self, order_id: str, request: Request) -> Response:
-        if (denied := await self._gate("getOrder", request)) is not None:
-            return denied
+        granted = await self._gate("getOrder", request, f"/orders/v0/orders/{order_id}")
+        if isinstance(granted, Response):
+            return granted
         with self._lock:
-            order = self.orders.get(order_id)
-            if order is None:
+            if order_id not in self.orders:
                 return self._reply("getOrder", 404, _errors("NotFound", "Order not found"))
-            return self._reply("getOrder", 200, {"payload": dict(order)})
+            return self._reply("getOrder", 200, {"payload": self._view(order_id, granted)})
 
     async def _get_order_items(self, order_id: str, request: Request) -> Response:
-        if (denied := await self._gate("getOrderItems", request)) is not None:
+        path = f"/orders/v0/orders/{order_id}/orderItems"
+        if isinstance(denied := await self._gate("getOrderItems", request, path), Response):
             return denied
         with self._lock:
             if order_id not in self.orders:
@@ -458,7 +642,7 @@ class AmazonSimulator:
             return self._reply("getOrderItems", 200, {"payload": payload})
 
     async def _confirm_shipment(self, order_id: str, request: Request) -> Response:
-        if (denied := await self._gate("confirmShipment", request)) is not None:
+        if isinstance(denied := await self._gate("confirmShipment", request), Response):
             return denied
         try:
             body = await request.json()
@@ -503,6 +687,9 @@ class AmazonSimulator:
     def build_router(self) -> APIRouter:
         router = APIRouter()
         router.add_api_route("/auth/o2/token", self._lwa_token, methods=["POST"])
+        router.add_api_route(
+            "/tokens/2021-03-01/restrictedDataToken", self._create_rdt, methods=["POST"]
+        )
         router.add_api_route("/orders/v0/orders", self._get_orders, methods=["GET"])
         router.add_api_route("/orders/v0/orders/{order_id}", self._get_order, methods=["GET"])
         router.add_api_route(
@@ -514,3 +701,34 @@ class AmazonSimulator:
             methods=["POST"],
         )
         return router
+
+
+def _parse_resources(body: Any) -> list[tuple[str, str, frozenset[str]]] | str:
+    """``restrictedResources`` → (method, path, data elements) grants, or the 400 message."""
+    resources = body.get("restrictedResources") if isinstance(body, dict) else None
+    if not isinstance(resources, list) or not resources:
+        return "Request is missing or has invalid parameters: restrictedResources"
+    if len(resources) > 50:
+        return "restrictedResources: at most 50 resources"
+    grants = []
+    for index, resource in enumerate(resources):
+        where = f"restrictedResources[{index}]"
+        if not isinstance(resource, dict):
+            return f"{where}: not an object"
+        method, path = resource.get("method"), resource.get("path")
+        elements = resource.get("dataElements", [])
+        if method not in ("GET", "PUT", "POST", "DELETE") or not isinstance(path, str):
+            return f"{where}: method and path are required"
+        template = next(
+            (p for m, p in _RESTRICTED_PATHS if m == method and _path_matches(p, path)), None
+        )
+        if template is None:
+            return f"{where}: {method} {path} is not a restricted resource"
+        if not isinstance(elements, list) or not all(isinstance(e, str) for e in elements):
+            return f"{where}: dataElements must be a list of strings"
+        if set(elements) - _DATA_ELEMENTS:
+            return f"{where}: unknown dataElements"
+        if template in _NEEDS_ELEMENTS and not elements:
+            return f"{where}: dataElements is required for {template}"
+        grants.append((method, path, frozenset(elements)))
+    return grants

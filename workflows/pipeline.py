@@ -66,6 +66,8 @@ RESUME_STATE = {
     "mark_ready_to_ship": S.PAID,
     "ship": S.READY_TO_SHIP,
 }
+#: financial statuses of an order whose marketplace collects the money but has not yet
+AWAITING_PAYMENT = {"pending", "unpaid", "authorized_pending", "payment_pending"}
 _DONE_OR_GONE = {S.CANCELLED, S.NEEDS_ATTENTION, S.DELIVERED}
 # a contended step lock is retried this often before the task gives up (the holder finishes
 # the step anyway; the order itself never fails because of contention)
@@ -168,6 +170,13 @@ def capture_payment(self: StepTask, order_id: int) -> str:
                 transition(session, order, S.PAID, actor="task:capture_payment")
                 return "already captured"
             amount, currency = order.total, order.currency
+            if order.payment_collected_by_marketplace and (
+                (order.financial_status or "").lower() in AWAITING_PAYMENT
+            ):
+                # the marketplace has not taken the money yet (Amazon "Pending"): wait for the
+                # update that says it has; intake pushes the order on then
+                self.stop_chain()
+                return "awaiting the marketplace's payment"
             if order.payment_collected_by_marketplace:
                 session.add(
                     Payment(

@@ -82,6 +82,11 @@ def after_intake(session: Any, result: IntakeResult) -> None:
 
     if result.outcome == IntakeOutcome.CREATED and result.state == OrderState.NEW:
         publish_after_commit(session, pipeline(result.order_id))
+    elif result.outcome == IntakeOutcome.UPDATED and result.state in (
+        OrderState.NEW,
+        OrderState.RESERVED,  # e.g. waiting for the marketplace's payment, which may be news
+    ):
+        publish_after_commit(session, pipeline(result.order_id))
     elif result.outcome == IntakeOutcome.UPDATED and result.cancelled_now:
         on_cancelled(session, result.order_id)
 

@@ -2,6 +2,10 @@
 
 - auth: an LWA access token in ``x-amz-access-token`` (``integrations.amazon.lwa``); no SigV4
   (Amazon dropped the signing requirement in 2023);
+- PII: ``getOrders``/``getOrder`` go out with a Restricted Data Token instead
+  (``createRestrictedDataToken``, ``integrations.amazon.rdt``) so that orders carry the full
+  ``ShippingAddress`` and ``BuyerInfo``; an application without the restricted roles (403) falls
+  back to the LWA token, and orders arrive with City/StateOrRegion/PostalCode/CountryCode only;
 - rate limits: one bucket per operation from the documented usage plans, corrected from the
   ``x-amzn-RateLimit-Limit`` header Amazon sends with the rate granted to this seller;
 - errors: ``{"errors": [{"code", "message", "details"}]}``; the code (``QuotaExceeded``,
@@ -12,7 +16,7 @@ https://developer-docs.amazon.com/sp-api/docs/usage-plans-and-rate-limits
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -20,24 +24,43 @@ import httpx
 import structlog
 
 from integrations.amazon.lwa import LwaTokenProvider
-from integrations.errors import PayloadError
+from integrations.amazon.rdt import (
+    DEFAULT_DENIED_TTL,
+    DEFAULT_RDT_MARGIN,
+    ORDER_PII,
+    RestrictedResource,
+    RestrictedTokenCache,
+)
+from integrations.errors import AuthError, PayloadError
 from integrations.http import ApiClient
 from integrations.ratelimit import Bucket
 
-__all__ = ["DEFAULT_API_BASE_URL", "RATE_LIMITS", "SpApiClient", "iso"]
+__all__ = [
+    "DEFAULT_API_BASE_URL",
+    "ORDERS_PATH",
+    "RATE_LIMITS",
+    "RDT_PATH",
+    "SpApiClient",
+    "iso",
+]
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_API_BASE_URL = "https://sellingpartnerapi-na.amazon.com"
 USER_AGENT = "ordersync/0.1 (Language=Python)"
+ORDERS_PATH = "/orders/v0/orders"
+RDT_PATH = "/tokens/2021-03-01/restrictedDataToken"
+#: the bulk resource: one RDT authorises every getOrders page of every poll for an hour
+ORDERS_PII = (RestrictedResource("GET", ORDERS_PATH, ORDER_PII),)
 
-#: documented default usage plans (rate per second, burst), from the Orders v0 model
-#: (ordersV0.json "Usage Plan" tables)
+#: documented default usage plans (rate per second, burst), from the Orders v0 and Tokens
+#: 2021-03-01 models ("Usage Plan" tables)
 RATE_LIMITS: Mapping[str, Bucket] = {
     "getOrders": Bucket(rate=0.0167, burst=20),
     "getOrder": Bucket(rate=0.5, burst=30),
     "getOrderItems": Bucket(rate=0.5, burst=30),
     "confirmShipment": Bucket(rate=2.0, burst=10),
+    "createRestrictedDataToken": Bucket(rate=1.0, burst=10),
 }
 
 
@@ -49,7 +72,7 @@ def iso(value: dt.datetime) -> str:
 
 
 class SpApiClient(ApiClient):
-    """Orders v0 over httpx; ``tokens`` supplies the LWA access token."""
+    """Orders v0 over httpx; ``tokens`` supplies the LWA access token, ``rdt`` the RDTs."""
 
     def __init__(
         self,
@@ -57,6 +80,9 @@ class SpApiClient(ApiClient):
         *,
         tokens: LwaTokenProvider,
         rate_limits: Mapping[str, Bucket] | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        rdt_margin: dt.timedelta = DEFAULT_RDT_MARGIN,
+        rdt_denied_ttl: dt.timedelta = DEFAULT_DENIED_TTL,
         **kwargs: Any,
     ) -> None:
         # an instance attribute, read by ApiClient.__init__ to seed the limiter
@@ -64,6 +90,13 @@ class SpApiClient(ApiClient):
         self.rate_limits = self._buckets
         self.tokens = tokens
         super().__init__(base_url, **kwargs)
+        self.rdt = RestrictedTokenCache(
+            self._fetch_rdt,
+            account=self.account,
+            clock=clock,
+            refresh_margin=rdt_margin,
+            denied_ttl=rdt_denied_ttl,
+        )
 
     def close(self) -> None:
         super().close()
@@ -75,8 +108,11 @@ class SpApiClient(ApiClient):
         return {"x-amz-access-token": self.tokens.token(), "user-agent": USER_AGENT}
 
     def observe(self, operation: str, response: httpx.Response) -> None:
-        if response.status_code in (401, 403):
-            self.tokens.invalidate()  # expired or revoked early: the next call exchanges again
+        if response.status_code in (401, 403) and operation != "createRestrictedDataToken":
+            # expired or revoked early: the next call exchanges again. (A 403 from the Tokens
+            # API usually means "no PII role", with a good LWA token: see _fetch_rdt.)
+            self.tokens.invalidate()
+            self.rdt.invalidate()
         header = response.headers.get("x-amzn-RateLimit-Limit")
         current = self._buckets.get(operation)
         if not header or current is None:
@@ -112,6 +148,58 @@ class SpApiClient(ApiClient):
             raise PayloadError(f"{operation}: response has no payload object")
         return payload
 
+    def create_restricted_data_token(
+        self, resources: Sequence[RestrictedResource]
+    ) -> tuple[str, float]:
+        """``createRestrictedDataToken``: (the RDT, its lifetime in seconds).
+
+        Called with the LWA token; ``AuthError`` (403 ``Unauthorized``) when the application
+        lacks the restricted roles for these resources.
+        """
+        body = {"restrictedResources": [r.as_json() for r in resources]}
+        response = self.request("createRestrictedDataToken", "POST", RDT_PATH, json=body)
+        try:
+            answer = response.json()
+        except ValueError:
+            raise PayloadError("createRestrictedDataToken: response is not JSON") from None
+        if not isinstance(answer, dict):
+            raise PayloadError("createRestrictedDataToken: response is not an object")
+        token = answer.get("restrictedDataToken")
+        lifetime = answer.get("expiresIn")
+        if not isinstance(token, str) or not token:
+            raise PayloadError("createRestrictedDataToken: response has no restrictedDataToken")
+        if isinstance(lifetime, str):  # integer in the model; some clients type it as a string
+            try:
+                lifetime = float(lifetime)
+            except ValueError:
+                lifetime = None
+        if isinstance(lifetime, bool) or not isinstance(lifetime, int | float) or lifetime <= 0:
+            raise PayloadError("createRestrictedDataToken: response has an invalid expiresIn")
+        return token, float(lifetime)
+
+    def _fetch_rdt(self, resources: tuple[RestrictedResource, ...]) -> tuple[str, float] | None:
+        """For ``RestrictedTokenCache``: the RDT, or None when the application is denied.
+
+        A 403 can also mean the LWA token was revoked early: one more try with a fresh one
+        before concluding that the restricted role is missing. Other errors (throttled after the
+        in-call retries, 5xx, LWA credentials) go up: the poll is retried later rather than
+        importing orders without their addresses.
+        """
+        for attempt in (1, 2):
+            try:
+                return self.create_restricted_data_token(resources)
+            except AuthError as exc:
+                if exc.status != 403:
+                    raise
+                if attempt == 1:
+                    self.tokens.invalidate()
+        return None
+
+    def _restricted(self, resources: Sequence[RestrictedResource]) -> dict[str, str]:
+        """Headers that replace the LWA token with an RDT; none when there is no RDT to use."""
+        token = self.rdt.token(resources)
+        return {"x-amz-access-token": token} if token else {}
+
     def get_orders(
         self,
         marketplace_ids: Sequence[str],
@@ -120,11 +208,13 @@ class SpApiClient(ApiClient):
         last_updated_before: dt.datetime | None = None,
         next_token: str | None = None,
         max_results: int = 100,
+        restricted: bool = True,
     ) -> dict[str, Any]:
         """One page of ``getOrders``: ``{"Orders": [...], "NextToken"?, "LastUpdatedBefore"?}``.
 
         The next page is the same request plus ``NextToken`` (Amazon answers InvalidInput when
-        the filters are dropped or changed between pages).
+        the filters are dropped or changed between pages). ``restricted``: with an RDT for
+        ``buyerInfo`` and ``shippingAddress`` (cached an hour; the LWA token if denied).
         """
         params: dict[str, str | int] = {
             "MarketplaceIds": ",".join(marketplace_ids),  # array in csv collection format
@@ -135,14 +225,21 @@ class SpApiClient(ApiClient):
             params["LastUpdatedBefore"] = iso(last_updated_before)
         if next_token:
             params["NextToken"] = next_token
-        response = self.request("getOrders", "GET", "/orders/v0/orders", params=params)
+        headers = self._restricted(ORDERS_PII) if restricted else {}
+        response = self.request("getOrders", "GET", ORDERS_PATH, params=params, headers=headers)
         payload = self._payload("getOrders", response)
         if not isinstance(payload.get("Orders"), list):
             raise PayloadError("getOrders: payload.Orders is not a list")
         return payload
 
-    def get_order(self, order_id: str) -> dict[str, Any]:
-        response = self.request("getOrder", "GET", f"/orders/v0/orders/{quote(order_id, safe='')}")
+    def get_order(self, order_id: str, *, restricted: bool = True) -> dict[str, Any]:
+        """``getOrder``; ``restricted``: with an RDT for this order's path (the documented form
+        of a getOrder resource), so the order carries its address and buyer."""
+        path = f"{ORDERS_PATH}/{quote(order_id, safe='')}"
+        headers = (
+            self._restricted((RestrictedResource("GET", path, ORDER_PII),)) if restricted else {}
+        )
+        response = self.request("getOrder", "GET", path, headers=headers)
         return self._payload("getOrder", response)
 
     def get_order_items(self, order_id: str, next_token: str | None = None) -> dict[str, Any]:

@@ -11,6 +11,12 @@ Credential keys read from ``account.credentials``:
 
 ``account.api_base_url`` defaults to the North America endpoint.
 
+Buyer PII: ``getOrders`` (and ``get_order``) are called with a Restricted Data Token for
+``buyerInfo`` + ``shippingAddress`` (Tokens API, cached until shortly before its hour runs out),
+so orders carry the address the label step needs. An application without the restricted role
+gets 403 from the Tokens API: a warning is logged, the LWA token is used and orders map without
+name/street/email (the Tokens API is asked again after ``rdt_denied_ttl``).
+
 Polling: ``getOrders`` by ``LastUpdatedAfter`` page by page with ``NextToken``, then
 ``getOrderItems`` per order (items are a separate call in v0), merged as ``OrderItems`` for the
 mapper. Amazon requires ``LastUpdatedBefore`` to be at least two minutes in the past, so an
@@ -93,6 +99,7 @@ class AmazonConnector:
             account.api_base_url or DEFAULT_API_BASE_URL,
             tokens=tokens,
             rate_limits=rate_limits,
+            clock=seams.clock,
             account=account.name,
             transport=seams.transport,
             limiter=seams.limiter,
@@ -141,7 +148,12 @@ class AmazonConnector:
                 yield self._with_items(order)
             token = page.get("NextToken") or None
             if token is None:
-                log.info("amazon.poll_done", account=self.account.name, pages=pages)
+                log.info(
+                    "amazon.poll_done",
+                    account=self.account.name,
+                    pages=pages,
+                    restricted_data=not self.client.rdt.denied,
+                )
                 return
 
     def get_order(self, external_id: str) -> CanonicalOrder:
@@ -158,7 +170,7 @@ class AmazonConnector:
         left alone), and the package reference id is derived from our key, so a retry after a
         lost answer either finds the order shipped or sends the very same package.
         """
-        order = self.client.get_order(external_id)
+        order = self.client.get_order(external_id, restricted=False)  # the status is enough
         status = order.get("OrderStatus")
         if status in _SHIPPED:
             log.info("amazon.already_shipped", account=self.account.name)
@@ -195,9 +207,14 @@ class AmazonConnector:
             last_updated_after=self._clock() - dt.timedelta(days=1),
             max_results=1,
         )
+        pii = (
+            "no buyer PII (the app lacks a restricted role: orders come without address)"
+            if self.client.rdt.denied
+            else "buyer PII via restricted data token"
+        )
         return (
             f"Amazon SP-API: {len(self.marketplace_ids)} marketplace(s), "
-            f"{len(page['Orders'])} order(s) updated in the last day on the first page"
+            f"{len(page['Orders'])} order(s) updated in the last day on the first page, {pii}"
         )
 
 

@@ -31,6 +31,7 @@ SECRET = "amzn1.oa2-cs.v1.very-secret"
 REFRESH = "Atzr|refresh-secret"
 NOW = dt.datetime(2024, 6, 1, 12, 0, tzinfo=dt.UTC)
 ORDERS = f"{API}/orders/v0/orders"
+RDT = f"{API}/tokens/2021-03-01/restrictedDataToken"
 QUOTA = {
     "errors": [
         {
@@ -88,6 +89,19 @@ class Env:
             )
 
         self.lwa = self.router.post(f"{LWA}/auth/o2/token").mock(side_effect=issue)
+        self.rdts_issued = 0
+
+        def issue_rdt(request: httpx.Request) -> httpx.Response:
+            self.rdts_issued += 1
+            return httpx.Response(
+                200,
+                json={
+                    "restrictedDataToken": f"Atz.sprdt|rdt-{self.rdts_issued}",
+                    "expiresIn": 3600,
+                },
+            )
+
+        self.rdt = self.router.post(RDT).mock(side_effect=issue_rdt)
         account = AccountConfig(
             name="acct",
             channel=Channel.AMAZON,
@@ -208,10 +222,13 @@ def test_access_token_is_cached_and_refreshed_after_expiry(env: Env) -> None:
     env.clock.now += dt.timedelta(seconds=3600)
     list(env.connector.fetch_updated_orders(since))
 
-    # then: one exchange per token lifetime, each token sent in x-amz-access-token
+    # then: one exchange per token lifetime, each token sent in x-amz-access-token (to the
+    # Tokens API, whose RDT then goes to getOrders)
     assert env.lwa.call_count == 2
-    sent = [call.request.headers["x-amz-access-token"] for call in route.calls]
-    assert sent == ["Atza|token-1", "Atza|token-1", "Atza|token-2"]
+    sent = [call.request.headers["x-amz-access-token"] for call in env.rdt.calls]
+    assert sent == ["Atza|token-1", "Atza|token-2"]
+    used = [call.request.headers["x-amz-access-token"] for call in route.calls]
+    assert used == ["Atz.sprdt|rdt-1", "Atz.sprdt|rdt-1", "Atz.sprdt|rdt-2"]
     form = parse_qs(env.lwa.calls[0].request.content.decode())
     assert form == {
         "grant_type": ["refresh_token"],
@@ -336,7 +353,7 @@ def test_rate_limit_header_corrects_the_bucket() -> None:
     # given a getOrders bucket with a burst of one at the documented 0.0167/s
     env = Env(rate_limits={"getOrders": Bucket(rate=0.0167, burst=1)})
     page1 = load("getOrders.200.sandbox-2.json")
-    page2 = {"payload": {"Orders": []}}
+    page2: dict[str, Any] = {"payload": {"Orders": []}}
     env.router.get(ORDERS).mock(
         side_effect=[
             httpx.Response(200, json=page1, headers={"x-amzn-RateLimit-Limit": "2.0"}),

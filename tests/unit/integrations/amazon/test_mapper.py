@@ -237,3 +237,59 @@ def test_item_in_another_currency_than_the_order_total_is_a_payload_error() -> N
 def test_non_object_payloads_raise_payload_error(payload: Any) -> None:
     with pytest.raises(PayloadError):
         map_order(payload, "acct")
+
+
+def test_v0_restricted_address_and_buyer_map_in_full() -> None:
+    # given an order as getOrders answers it to a Restricted Data Token
+    order = load("getOrders.200.sandbox-1.json")["payload"]["Orders"][0]
+    order["ShippingAddress"] = {
+        "Name": "Jane Roe",
+        "CompanyName": "Roe LLC",
+        "AddressLine1": "1200 Maple Ave",
+        "AddressLine2": "Apt 4B",
+        "AddressLine3": "Building C",
+        "City": "Seattle",
+        "StateOrRegion": "WA",
+        "PostalCode": "98121-2778",
+        "CountryCode": "US",
+        "Phone": "+1 206-555-0142",
+        "AddressType": "Residential",
+    }
+    order["BuyerInfo"] = {"BuyerEmail": "abc123@marketplace.amazon.com", "BuyerName": "Jane Roe"}
+
+    mapped = map_order(order, "acct")
+
+    address = mapped.shipping_address
+    assert address is not None
+    assert address.model_dump() == {
+        "name": "Jane Roe",
+        "company": "Roe LLC",
+        "line1": "1200 Maple Ave",
+        "line2": "Apt 4B, Building C",
+        "city": "Seattle",
+        "region": "WA",
+        "postal_code": "98121-2778",
+        "country_code": "US",
+        "phone": "+1 206-555-0142",
+    }
+    assert (mapped.buyer_name, mapped.buyer_email) == ("Jane Roe", "abc123@marketplace.amazon.com")
+
+
+def test_v0_order_without_rdt_maps_the_public_address_fields_only() -> None:
+    # given what the plain LWA token gets: no name/street/phone, an empty BuyerInfo
+    order = load("getOrders.200.sandbox-1.json")["payload"]["Orders"][0]
+    order["ShippingAddress"] = {
+        "City": "Seattle",
+        "StateOrRegion": "WA",
+        "PostalCode": "98121",
+        "CountryCode": "US",
+    }
+    order["BuyerInfo"] = {}
+
+    mapped = map_order(order, "acct")
+
+    address = mapped.shipping_address
+    assert address is not None
+    assert (address.name, address.line1, address.line2, address.phone) == (None,) * 4
+    assert (address.city, address.region, address.postal_code) == ("Seattle", "WA", "98121")
+    assert (mapped.buyer_name, mapped.buyer_email) == (None, None)

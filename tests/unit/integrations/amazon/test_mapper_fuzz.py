@@ -64,7 +64,7 @@ def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 
 @st.composite
 def mutated_orders(draw: st.DrawFn) -> dict[str, Any]:
-    order = copy.deepcopy(draw(st.sampled_from(SEEDS)))
+    order: dict[str, Any] = copy.deepcopy(draw(st.sampled_from(SEEDS)))
     for _ in range(draw(st.integers(min_value=1, max_value=4))):
         paths = _paths(order)
         if not paths:
