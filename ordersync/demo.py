@@ -36,7 +36,16 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from db.migrate import upgrade
-from db.models import ChannelAccount, InboxEvent, Invoice, Label, Order, Payment, Shipment
+from db.models import (
+    ChannelAccount,
+    InboxEvent,
+    Invoice,
+    Label,
+    Order,
+    Payment,
+    Shipment,
+    SyncRun,
+)
 from db.session import session_scope
 from orders.states import InboxStatus
 from orders.stock import set_on_hand
@@ -152,6 +161,17 @@ def _progress(account_ids: list[int]) -> tuple[int, int, int]:
         )
     settled = sum(n for state, n in states.items() if state in SETTLED)
     return sum(states.values()), settled, int(waiting or 0)
+
+
+def _polled(account_id: int) -> bool:
+    with session_scope() as session:
+        return bool(
+            session.scalar(
+                select(func.count())
+                .select_from(SyncRun)
+                .where(SyncRun.channel_account_id == account_id, SyncRun.status == "ok")
+            )
+        )
 
 
 def _summary(
@@ -366,7 +386,14 @@ def run_demo(
                 poll_account.delay(by_name[accounts[channel]])
             statuses = _send_all(base_url, plan, lambda: progress.advance(sent_bar))
             deadline = time.monotonic() + timeout_s
+            amazon_paid = False
             while True:
+                if not amazon_paid and _polled(by_name[accounts["amazon"]]):
+                    # minutes later Amazon authorises the Pending orders' payments; the next
+                    # poll brings the change and those orders go on through the pipeline
+                    if sandbox.pay_pending_amazon_orders():
+                        poll_account.delay(by_name[accounts["amazon"]])
+                    amazon_paid = True
                 received, settled, waiting = _progress(account_ids)
                 progress.update(got_bar, completed=received)
                 progress.update(done_bar, completed=settled)

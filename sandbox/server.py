@@ -166,6 +166,15 @@ class Sandbox:
         with self.amazon_clock.shifted(-age_s):
             return self.amazon.add_orders(n)
 
+    def pay_pending_amazon_orders(self, *, age_s: float = 240.0) -> list[str]:
+        """Amazon authorises the payment of every Pending order (→ Unshipped), as happens
+        minutes after checkout; the change is ``age_s`` old so the next poll sees it."""
+        pending = [i for i, o in self.amazon.orders.items() if o["OrderStatus"] == "Pending"]
+        with self.amazon_clock.shifted(-age_s):
+            for order_id in pending:
+                self.amazon.touch_order(order_id)
+        return pending
+
     def ledger(self) -> dict[str, Any]:
         """Effects as the outside world counts them."""
         return {

@@ -1,0 +1,1 @@
+"""Benchmarks against the sandbox simulators (``python -m bench.<name>``); see bench/README.md."""
