@@ -149,7 +149,8 @@ class WooCommerceClient(ApiClient):
         if wait is None and reset is not None:
             wait = max(0.0, reset - time.time())
         if wait:
-            self.limiter.pause(self.limit_key(operation), wait)
+            # a new window admits requests at once: resume with a token, not an empty bucket
+            self.limiter.pause(self.limit_key(operation), wait, resume_tokens=1.0)
 
     # -- helpers ---------------------------------------------------------------------------
 

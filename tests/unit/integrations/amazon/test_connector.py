@@ -73,7 +73,7 @@ class Env:
         self.router = respx.MockRouter(assert_all_called=False)
         self.clock = Clock()
         self.sleeps: list[float] = []
-        self.limiter = MemoryRateLimiter(clock=self.clock.monotonic)
+        self.limiter = MemoryRateLimiter(clock=self.clock.monotonic, headroom=1.0, margin_s=0.0)
         self.tokens_issued = 0
 
         def issue(request: httpx.Request) -> httpx.Response:

@@ -235,7 +235,7 @@ def test_order_ids_that_are_not_integers_never_reach_the_path(connector):
 def test_ratelimit_remaining_zero_pauses_the_bucket(router, sleeps):
     # given: a host that announces its window is spent for 4 more seconds
     clock = [100.0]
-    limiter = MemoryRateLimiter(clock=lambda: clock[0])
+    limiter = MemoryRateLimiter(clock=lambda: clock[0], headroom=1.0, margin_s=0.0)
     client = WooCommerceClient(
         SITE,
         KEY,
