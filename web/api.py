@@ -103,17 +103,22 @@ def list_orders(
         return {"orders": [_order_json(o) for o in orders]}
 
 
+def load_order(session: Session, order_id: int) -> Order:
+    """The order with its lines and timeline, or 404."""
+    order = session.scalars(
+        select(Order)
+        .where(Order.id == order_id)
+        .options(selectinload(Order.lines), selectinload(Order.events))
+    ).one_or_none()
+    if order is None:
+        raise HTTPException(404, "no such order")
+    return order
+
+
 @router.get("/orders/{order_id}")
 def get_order(order_id: int) -> dict[str, Any]:
     with get_sessionmaker()() as session:
-        order = session.scalars(
-            select(Order)
-            .where(Order.id == order_id)
-            .options(selectinload(Order.lines), selectinload(Order.events))
-        ).one_or_none()
-        if order is None:
-            raise HTTPException(404, "no such order")
-        return _order_json(order, detail=True)
+        return _order_json(load_order(session, order_id), detail=True)
 
 
 def _inbox_json(event: InboxEvent, account: str) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import ColumnElement, func, or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from db.models import (
     ChannelAccount,
@@ -42,7 +42,7 @@ from db.models import (
 )
 from db.session import get_sessionmaker
 from orders.states import Channel, InboxStatus, OrderState
-from web.api import summary
+from web.api import load_order, summary
 
 __all__ = ["router"]
 
@@ -224,13 +224,7 @@ def orders(
 @router.get("/orders/{order_id}", response_class=HTMLResponse)
 def order_detail(request: Request, order_id: int) -> HTMLResponse:
     with get_sessionmaker()() as session:
-        order = session.scalars(
-            select(Order)
-            .where(Order.id == order_id)
-            .options(selectinload(Order.lines), selectinload(Order.events))
-        ).one_or_none()
-        if order is None:
-            raise HTTPException(404, "no such order")
+        order = load_order(session, order_id)
         account = session.get(ChannelAccount, order.channel_account_id)
         payment = session.scalar(select(Payment).where(Payment.order_id == order_id))
         # columns only: the PDFs stay in the database until someone opens them

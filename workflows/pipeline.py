@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import uuid
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from typing import Any
 
 import structlog
@@ -80,6 +82,18 @@ class StepTask(OrdersyncTask):
 
     def owner(self) -> str:
         return str(self.request.id or uuid.uuid4())
+
+    @contextmanager
+    def outside_call(self, key: str) -> Iterator[None]:
+        """Around a call to the outside world under ``key``: a failure releases the key (and
+        retires it when the provider refused the request) before the error goes on."""
+        try:
+            yield
+        except Exception as exc:
+            with self.transaction() as session:
+                idempotency.fail(session, key, f"{type(exc).__name__}: {exc}",
+                                 rejected=_refused(exc))  # fmt: skip
+            raise
 
     def stop_chain(self) -> None:
         """Do not run the rest of the pipeline after this task (on hold, cancelled, …)."""
@@ -203,19 +217,10 @@ def capture_payment(self: StepTask, order_id: int) -> str:
             )
             idempotency.set_recovery_point(session, key, "capture_sent")
         # committed: the key exists before the call, so a crash here is resumed, not repeated
-        try:
-            client = payments_client()
-            try:
-                capture = client.capture(
-                    order_ref=str(order_id), amount=amount, currency=currency, idempotency_key=key
-                )
-            finally:
-                client.close()
-        except Exception as exc:
-            with self.transaction() as session:
-                idempotency.fail(session, key, f"{type(exc).__name__}: {exc}",
-                                 rejected=_refused(exc))  # fmt: skip
-            raise
+        with self.outside_call(key), closing(payments_client()) as client:
+            capture = client.capture(
+                order_ref=str(order_id), amount=amount, currency=currency, idempotency_key=key
+            )
         with self.transaction() as session:
             order = load_for_update(session, order_id)
             if _has_payment(session, order_id):
@@ -315,23 +320,14 @@ def buy_label(self: StepTask, order_id: int) -> str:
             )
             if not attempt.finished:
                 idempotency.set_recovery_point(session, key, "label_requested")
-        try:
-            client = carrier_client()
-            try:
-                label = client.buy_label(
-                    shipment_ref=f"order-{order_id}",
-                    ship_to=ship_to,
-                    ship_from=_ship_from(),
-                    parcel=Parcel(weight_grams=grams, length_cm=30, width_cm=20, height_cm=10),
-                    idempotency_key=key,
-                )
-            finally:
-                client.close()
-        except Exception as exc:
-            with self.transaction() as session:
-                idempotency.fail(session, key, f"{type(exc).__name__}: {exc}",
-                                 rejected=_refused(exc))  # fmt: skip
-            raise
+        with self.outside_call(key), closing(carrier_client()) as client:
+            label = client.buy_label(
+                shipment_ref=f"order-{order_id}",
+                ship_to=ship_to,
+                ship_from=_ship_from(),
+                parcel=Parcel(weight_grams=grams, length_cm=30, width_cm=20, height_cm=10),
+                idempotency_key=key,
+            )
         with self.transaction() as session:
             shipment = session.scalar(select(Shipment).where(Shipment.order_id == order_id))
             if shipment is None:
