@@ -21,7 +21,7 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 import structlog
@@ -217,8 +217,8 @@ def capture_payment(self: StepTask, order_id: int) -> str:
             )
             idempotency.set_recovery_point(session, key, "capture_sent")
         # committed: the key exists before the call, so a crash here is resumed, not repeated
-        with self.outside_call(key), closing(payments_client()) as client:
-            capture = client.capture(
+        with self.outside_call(key):
+            capture = payments_client().capture(
                 order_ref=str(order_id), amount=amount, currency=currency, idempotency_key=key
             )
         with self.transaction() as session:
@@ -320,8 +320,8 @@ def buy_label(self: StepTask, order_id: int) -> str:
             )
             if not attempt.finished:
                 idempotency.set_recovery_point(session, key, "label_requested")
-        with self.outside_call(key), closing(carrier_client()) as client:
-            label = client.buy_label(
+        with self.outside_call(key):
+            label = carrier_client().buy_label(
                 shipment_ref=f"order-{order_id}",
                 ship_to=ship_to,
                 ship_from=_ship_from(),

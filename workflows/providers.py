@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from integrations.base import AccountConfig
@@ -21,6 +22,10 @@ class NotConfigured(PermanentError):
     """A setting the step needs is missing; staff fix the configuration, then retry."""
 
 
+# One client per process, reused by every task: building an httpx.Client costs ~50 ms (it loads
+# the TLS trust store), more than the call itself. Clients are thread-safe and created lazily,
+# so each prefork child builds its own after the fork.
+@functools.cache
 def payments_client() -> PaymentsClient:
     from integrations.payments.client import PaymentsClient
 
@@ -30,6 +35,7 @@ def payments_client() -> PaymentsClient:
     return PaymentsClient(settings.payments_url, settings.payments_api_key.get_secret_value())
 
 
+@functools.cache
 def carrier_client() -> CarrierClient:
     from integrations.carriers.client import CarrierClient
 
