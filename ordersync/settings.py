@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     # A committed inbox row still unprocessed after this long is republished by the sweeper.
     sweep_after_s: int = Field(default=60, ge=1)
     worker_concurrency: int = Field(default=2, ge=1)
+    task_events: bool = Field(default=False, description="Celery task events (for Flower)")
     # an order with no progress for this long in a pipeline state is pushed on by the sweeper
     stuck_after_s: int = Field(default=600, ge=10)
     # an idempotency key locked by an attempt that stopped answering is taken over after this

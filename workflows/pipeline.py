@@ -128,8 +128,16 @@ class StepTask(OrdersyncTask):
             order.attempts = attempts
 
 
-def _task(step: str, queue_prefix: str) -> Any:
-    return app.task(base=StepTask, bind=True, name=f"ordersync.{queue_prefix}.{step}", step=step)
+def _task(step: str, queue_prefix: str, *, chord_header: bool = False) -> Any:
+    # Only the chord's header tasks store a result (the chord counts them); for the others a
+    # result is a Redis write nobody reads, and a publisher that keeps it would subscribe to it.
+    return app.task(
+        base=StepTask,
+        bind=True,
+        name=f"ordersync.{queue_prefix}.{step}",
+        step=step,
+        ignore_result=not chord_header,
+    )
 
 
 # --- reserve ------------------------------------------------------------------------------
@@ -252,7 +260,7 @@ def capture_payment(self: StepTask, order_id: int) -> str:
 # --- documents ----------------------------------------------------------------------------
 
 
-@_task("issue_invoice", "documents")
+@_task("issue_invoice", "documents", chord_header=True)
 def issue_invoice(self: StepTask, order_id: int) -> str:
     from orders.invoices import issue_invoice as issue
 
@@ -292,7 +300,7 @@ def _parcel_grams(session: Session, order_id: int) -> int:
     return max(1, units) * 400
 
 
-@_task("buy_label", "outbound")
+@_task("buy_label", "outbound", chord_header=True)
 def buy_label(self: StepTask, order_id: int) -> str:
     from integrations.carriers.payloads import Parcel
 

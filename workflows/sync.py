@@ -129,7 +129,7 @@ def _sync(
             "created": created}  # fmt: skip
 
 
-@app.task(base=OrdersyncTask, bind=True, name="ordersync.sync.poll_account")
+@app.task(base=OrdersyncTask, bind=True, name="ordersync.sync.poll_account", ignore_result=True)
 def poll_account(self: OrdersyncTask, account_id: int) -> dict[str, Any]:
     # one poll per account at a time; a second trigger while one runs is simply dropped
     try:
@@ -160,7 +160,7 @@ def reconcile_report(self: OrdersyncTask, results: list[dict[str, Any]]) -> dict
     return report
 
 
-@app.task(base=OrdersyncTask, bind=True, name="ordersync.sync.full_sync_all")
+@app.task(base=OrdersyncTask, bind=True, name="ordersync.sync.full_sync_all", ignore_result=True)
 def full_sync_all(self: OrdersyncTask) -> int:
     with self.transaction() as session:
         accounts = session.scalars(select(ChannelAccount).where(ChannelAccount.active)).all()
@@ -170,7 +170,7 @@ def full_sync_all(self: OrdersyncTask) -> int:
     return len(ids)
 
 
-@app.task(base=OrdersyncTask, bind=True, name="ordersync.sync.poll_due")
+@app.task(base=OrdersyncTask, bind=True, name="ordersync.sync.poll_due", ignore_result=True)
 def poll_due(self: OrdersyncTask) -> list[int]:
     cutoff = utcnow() - dt.timedelta(seconds=get_settings().poll_interval_s)
     with self.transaction() as session:

@@ -115,6 +115,7 @@ def _payload_error_message(exc: Exception) -> str:
     base=IntakeTask,
     bind=True,
     name="ordersync.intake.process_event",
+    ignore_result=True,  # the web app publishes it per webhook and never reads a result
 )
 def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
     with self.transaction() as session:
@@ -166,7 +167,7 @@ def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
         }
 
 
-@app.task(base=OrdersyncTask, bind=True, name="ordersync.maintenance.sweep")
+@app.task(base=OrdersyncTask, bind=True, name="ordersync.maintenance.sweep", ignore_result=True)
 def sweep(self: OrdersyncTask, limit: int = 500) -> dict[str, int]:
     """Republish inbox events and outbox messages committed but not processed in time."""
     cutoff = utcnow() - dt.timedelta(seconds=get_settings().sweep_after_s)

@@ -17,7 +17,10 @@ from workflows.base import backoff_delay, is_retryable
         (ServerError("503"), True),
         (RateLimited("429", retry_after=3), True),
         (TimeoutError(), True),
-        (sa_exc.OperationalError("BEGIN", {}, sqlite3.OperationalError("database is locked")), True),
+        (
+            sa_exc.OperationalError("BEGIN", {}, sqlite3.OperationalError("database is locked")),
+            True,
+        ),
         (AuthError("401"), False),
         (ValidationError("422"), False),
         (ValueError("bug"), False),
