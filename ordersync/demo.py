@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from celery import Celery
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -52,7 +51,7 @@ from orders.stock import set_on_hand
 from ordersync.logging import configure_logging
 from ordersync.runtime import embedded_redis, redis_url
 from ordersync.settings import get_settings
-from ordersync.supervisor import ProcessGroup
+from ordersync.supervisor import ProcessGroup, free_port, wait_ready
 from sandbox import carrier as sandbox_carrier
 from sandbox import payments as sandbox_payments
 from sandbox.server import Sandbox
@@ -82,12 +81,6 @@ def _port_free(host: str, port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _split(n: int) -> dict[str, int]:
@@ -256,27 +249,6 @@ def _print_table(summary: dict[str, Any], console: Console) -> None:
     console.print(table)
 
 
-def _wait_ready(base_url: str, broker: str, group: ProcessGroup, timeout_s: float) -> None:
-    probe = Celery("probe", broker=broker)
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            dead = group.dead()
-            if dead:
-                raise RuntimeError(f"{dead[0].name} exited while starting; see {dead[0].log_path}")
-            try:
-                web_ok = httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                web_ok = False
-            if web_ok and probe.control.ping(timeout=0.5):
-                return
-            if time.monotonic() > deadline:
-                raise RuntimeError("web app or worker did not come up in time")
-            time.sleep(0.2)
-    finally:
-        probe.close()
-
-
 def _send_all(base_url: str, plan: Plan, on_sent: Any) -> list[int]:
     with httpx.Client(base_url=base_url, timeout=30) as client:
 
@@ -318,7 +290,7 @@ def run_demo(
     host = settings.web_host
     port = settings.web_port
     if not port or not _port_free(host, port):  # 0 = any free port
-        port = _free_port(host)
+        port = free_port(host)
     base_url = f"http://{host}:{port}"
     secret = secrets.token_urlsafe(24)
 
@@ -363,7 +335,7 @@ def run_demo(
         group.start("worker", ["worker"])
         group.start("beat", ["beat"])
         err.print(f"starting web ({base_url}), worker and Beat; logs in {group.log_dir}")
-        _wait_ready(base_url, broker, group, timeout_s=60)
+        wait_ready(base_url, broker, group, timeout_s=60)
 
         counts = _split(orders)
         plan = _webhooks(sandbox, counts, accounts, secret, duplicate_rate, rng)

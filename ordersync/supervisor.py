@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Child", "ProcessGroup"]
+__all__ = ["Child", "ProcessGroup", "free_port", "wait_ready"]
 
 
 @dataclass
@@ -86,3 +87,38 @@ class ProcessGroup:
                 except ProcessLookupError:
                     pass
                 child.process.wait()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (for servers started on demand)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(
+    base_url: str, broker: str, group: ProcessGroup, *, workers: int = 1, timeout_s: float = 60
+) -> None:
+    """Until the web app answers ``/healthz`` and ``workers`` Celery workers answer a ping (so
+    they consume). Raises if a child dies first or time runs out."""
+    import httpx
+    from celery import Celery
+
+    probe = Celery("probe", broker=broker)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            dead = group.dead()
+            if dead:
+                raise RuntimeError(f"{dead[0].name} exited while starting; see {dead[0].log_path}")
+            try:
+                web_ok = httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                web_ok = False
+            if web_ok and len(probe.control.ping(timeout=0.5)) >= workers:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("web app or worker did not come up in time")
+            time.sleep(0.2)
+    finally:
+        probe.close()

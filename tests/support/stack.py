@@ -14,11 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import httpx
-from celery import Celery
-
-from ordersync.supervisor import ProcessGroup
-from tests.support.servers import free_port
+from ordersync.supervisor import ProcessGroup, free_port, wait_ready
 
 __all__ = ["Stack", "run_stack", "wait_until"]
 
@@ -53,15 +49,6 @@ class Stack:
         return "\n".join(out)
 
 
-def _workers_ready(redis_url: str, count: int) -> bool:
-    """Every worker answers a remote-control ping (so it is consuming)."""
-    probe = Celery("probe", broker=redis_url)
-    try:
-        return len(probe.control.ping(timeout=0.5)) >= count
-    finally:
-        probe.close()
-
-
 @contextmanager
 def run_stack(
     *,
@@ -90,16 +77,10 @@ def run_stack(
         for i in range(workers):
             group.start(f"worker-{i + 1}", ["worker", "--concurrency", str(concurrency)])
 
-        def _up() -> bool:
-            if group.dead():
-                raise AssertionError(f"a process died while starting:\n{stack.logs()}")
-            try:
-                ok = httpx.get(f"{stack.base_url}/healthz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-            return ok and _workers_ready(redis_url, workers)
-
-        wait_until(_up, timeout=60, what="web server and worker")
+        try:
+            wait_ready(stack.base_url, redis_url, group, workers=workers, timeout_s=60)
+        except RuntimeError as exc:
+            raise AssertionError(f"{exc}\n{stack.logs()}") from None
         yield stack
     finally:
         group.stop(timeout_s=20)
