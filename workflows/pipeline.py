@@ -95,6 +95,12 @@ class StepTask(OrdersyncTask):
                                  rejected=_refused(exc))  # fmt: skip
             raise
 
+    def claim_key(self, session: Session, key: str, params: dict[str, Any], point: str) -> None:
+        """Store (or take back) the idempotency key before the outside call, at ``point``."""
+        timeout = dt.timedelta(seconds=get_settings().idempotency_lock_timeout_s)
+        idempotency.begin(session, key, params, owner=self.owner(), lock_timeout=timeout)
+        idempotency.set_recovery_point(session, key, point)
+
     def stop_chain(self) -> None:
         """Do not run the rest of the pipeline after this task (on hold, cancelled, …)."""
         self.request.chain = None
@@ -216,14 +222,8 @@ def capture_payment(self: StepTask, order_id: int) -> str:
                            collected_by=order.channel)  # fmt: skip
                 return "collected by marketplace"
             params = {"order_ref": str(order_id), "amount": str(amount), "currency": currency}
-            idempotency.begin(
-                session,
-                key,
-                params,
-                owner=self.owner(),
-                lock_timeout=dt.timedelta(seconds=get_settings().idempotency_lock_timeout_s),
-            )
-            idempotency.set_recovery_point(session, key, "capture_sent")
+            # a finished key would mean a recorded payment (same transaction): returned above
+            self.claim_key(session, key, params, "capture_sent")
         # committed: the key exists before the call, so a crash here is resumed, not repeated
         with self.outside_call(key):
             capture = payments_client().capture(
@@ -319,15 +319,8 @@ def buy_label(self: StepTask, order_id: int) -> str:
             ship_to = _address(order)
             grams = _parcel_grams(session, order_id)
             params = {"ship_to": ship_to.model_dump(), "grams": grams}
-            attempt = idempotency.begin(
-                session,
-                key,
-                params,
-                owner=self.owner(),
-                lock_timeout=dt.timedelta(seconds=get_settings().idempotency_lock_timeout_s),
-            )
-            if not attempt.finished:
-                idempotency.set_recovery_point(session, key, "label_requested")
+            # a finished key would mean a recorded label (same transaction): returned above
+            self.claim_key(session, key, params, "label_requested")
         with self.outside_call(key):
             label = carrier_client().buy_label(
                 shipment_ref=f"order-{order_id}",
