@@ -3,11 +3,22 @@
 SQLite (the embedded default) is made fit for several processes writing at once: WAL journal, a
 busy timeout, and ``BEGIN IMMEDIATE`` so a transaction takes the write lock up front instead of
 failing to upgrade a read lock halfway through (``database is locked``).
+
+Writers also queue on an advisory file lock (``flock`` on ``<database>-writers``) before
+``BEGIN IMMEDIATE``, held until the commit or rollback. SQLite's own busy handler polls with
+sleeps that grow to 100 ms, so under contention a waiter often sleeps long after the lock was
+freed (the pipeline benchmark measured its workers idle a third of the time). A waiter
+blocked in ``flock`` is woken by the kernel the moment the holder lets go, and a process that
+dies loses its lock with its file descriptors. SQLite's busy timeout still covers everything
+else (a checkpoint, a process that does not use this engine).
 """
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,11 +40,13 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(
-            url,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
-            **kwargs,
-        )
+        connect_args: dict[str, Any] = {
+            "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+            "check_same_thread": False,
+        }
+        if parsed.database and parsed.database != ":memory:":
+            connect_args["factory"] = _queued_writers(f"{parsed.database}-writers")
+        engine = create_engine(url, connect_args=connect_args, **kwargs)
         _configure_sqlite(engine)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
@@ -56,7 +69,60 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        dbapi_conn = conn.connection.dbapi_connection
+        if isinstance(dbapi_conn, QueuedWriterConnection):
+            dbapi_conn.take_write_lock()
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            if isinstance(dbapi_conn, QueuedWriterConnection):
+                dbapi_conn.drop_write_lock()
+            raise
+
+
+class QueuedWriterConnection(sqlite3.Connection):
+    """A pysqlite connection that holds the writers' ``flock`` from ``BEGIN`` to the end of the
+    transaction (see the module docstring). Its subclasses name the lock file."""
+
+    lock_path = ""
+    _lock_fd: int | None = None
+
+    def take_write_lock(self) -> None:
+        if self._lock_fd is None:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # blocks; woken as soon as the holder unlocks
+            except BaseException:
+                os.close(fd)
+                raise
+            self._lock_fd = fd
+
+    def drop_write_lock(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor releases the flock
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self.drop_write_lock()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self.drop_write_lock()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.drop_write_lock()
+
+
+def _queued_writers(lock_path: str) -> type[QueuedWriterConnection]:
+    return type("QueuedWriterConnection", (QueuedWriterConnection,), {"lock_path": lock_path})
 
 
 def rowcount(result: Result[Any]) -> int:
