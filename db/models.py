@@ -103,7 +103,9 @@ class Order(Base):
     external_created_at: Mapped[dt.datetime | None]
     external_updated_at: Mapped[dt.datetime]
     cancelled_at: Mapped[dt.datetime | None]
-    raw: Mapped[JSONDict] = mapped_column(JSON, default=dict)
+    # the marketplace's payload as received: read by staff, not by the pipeline (not loaded
+    # with the order unless asked for)
+    raw: Mapped[JSONDict] = mapped_column(JSON, default=dict, deferred=True)
     # fencing token: every state write checks and bumps it
     version: Mapped[int] = mapped_column(Integer, default=1)
     # set when state is needs_attention: where it failed, why, after how many attempts

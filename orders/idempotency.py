@@ -39,7 +39,9 @@ __all__ = [
     "Attempt",
     "IdempotencyMismatch",
     "KeyLocked",
+    "KeyRejected",
     "begin",
+    "claim",
     "current_key",
     "fail",
     "finish",
@@ -56,6 +58,10 @@ REJECTED = "rejected"
 
 class IdempotencyMismatch(PermanentError):
     """The key was used before for a different request."""
+
+
+class KeyRejected(IdempotencyMismatch):
+    """The key was retired after the provider refused its request; ``claim`` moves on."""
 
 
 class KeyLocked(RetryableError):
@@ -102,7 +108,11 @@ def begin(
     *,
     owner: str,
     lock_timeout: dt.timedelta = dt.timedelta(seconds=90),
+    point: str | None = None,
 ) -> Attempt:
+    """Start or resume an attempt under ``key`` (see the module docstring). With ``point``, the
+    key is stored at that recovery point (in the same statement that creates it) or moved
+    there when taken over; the returned ``Attempt`` says where it was before."""
     digest = request_hash(params)
     now = utcnow()
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
@@ -111,7 +121,7 @@ def begin(
         .values(
             key=key,
             request_hash=digest,
-            recovery_point=STARTED,
+            recovery_point=point or STARTED,
             locked_at=now,
             locked_by=owner,
             created_at=now,
@@ -126,19 +136,47 @@ def begin(
     row = session.execute(
         select(IdempotencyKey).where(IdempotencyKey.key == key).with_for_update()
     ).scalar_one()
+    if row.recovery_point == REJECTED:
+        raise KeyRejected(f"idempotency key {key} was rejected; use claim() or current_key()")
     if row.request_hash != digest:
         raise IdempotencyMismatch(f"idempotency key {key} was used for a different request")
     if row.recovery_point == FINISHED:
         return Attempt(key, FINISHED, row.response_body)
-    if row.recovery_point == REJECTED:
-        raise IdempotencyMismatch(f"idempotency key {key} was rejected; use current_key()")
     live = row.locked_at is not None and now - row.locked_at < lock_timeout
     if live and row.locked_by not in (None, owner):
         raise KeyLocked(f"{key} is in progress elsewhere", retry_after=5.0)
+    was = row.recovery_point
     row.locked_at = now
     row.locked_by = owner
     row.last_run_at = now
-    return Attempt(key, row.recovery_point, None)
+    if point is not None:
+        row.recovery_point = point
+    return Attempt(key, was, None)
+
+
+def claim(
+    session: Session,
+    base: str,
+    params: dict[str, Any],
+    *,
+    owner: str,
+    point: str,
+    lock_timeout: dt.timedelta = dt.timedelta(seconds=90),
+) -> Attempt:
+    """``begin`` under the current key of ``base`` (see ``current_key``), stored at ``point``.
+
+    The common case is one statement: the key is new. Keys retired by a rejection are stepped
+    over (``base``, ``base:2``, …) only when they exist.
+    """
+    n = 1
+    while True:
+        key = base if n == 1 else f"{base}:{n}"
+        try:
+            return begin(
+                session, key, params, owner=owner, lock_timeout=lock_timeout, point=point
+            )
+        except KeyRejected:
+            n += 1
 
 
 def set_recovery_point(session: Session, key: str, point: str) -> None:

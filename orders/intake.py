@@ -82,21 +82,42 @@ def record_event(
     to_state: str | None = None,
     **detail: Any,
 ) -> None:
-    session.execute(
-        insert(OrderEvent).values(
-            order_id=order_id,
-            at=utcnow(),
-            actor=actor,
-            kind=kind,
-            from_state=from_state,
-            to_state=to_state,
-            detail=detail,
-        )
+    record_events(
+        session,
+        order_id,
+        [{"kind": kind, "from_state": from_state, "to_state": to_state, **detail}],
+        actor=actor,
     )
 
 
-def _replace_lines(session: Session, order_id: int, order: CanonicalOrder) -> None:
-    session.execute(delete(OrderLine).where(OrderLine.order_id == order_id))
+def record_events(
+    session: Session, order_id: int, events: list[dict[str, Any]], *, actor: str
+) -> None:
+    """Timeline rows in one INSERT: each a dict of ``kind``, ``from_state``, ``to_state`` and
+    the detail (everything else)."""
+    at = utcnow()
+    rows = []
+    for event in events:
+        detail = dict(event)
+        rows.append(
+            {
+                "order_id": order_id,
+                "at": at,
+                "actor": actor,
+                "kind": detail.pop("kind"),
+                "from_state": detail.pop("from_state", None),
+                "to_state": detail.pop("to_state", None),
+                "detail": detail,
+            }
+        )
+    session.execute(insert(OrderEvent).values(rows))
+
+
+def _replace_lines(
+    session: Session, order_id: int, order: CanonicalOrder, *, new: bool = False
+) -> None:
+    if not new:
+        session.execute(delete(OrderLine).where(OrderLine.order_id == order_id))
     if order.lines:
         session.execute(
             insert(OrderLine),
@@ -140,7 +161,7 @@ def apply_order(
         .returning(Order.id)
     ).scalar_one_or_none()
     if created_id is not None:
-        _replace_lines(session, created_id, order)
+        _replace_lines(session, created_id, order, new=True)
         record_event(
             session,
             created_id,

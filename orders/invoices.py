@@ -46,6 +46,7 @@ __all__ = [
     "build_document",
     "find_gaps",
     "format_number",
+    "invoice_for",
     "issue_credit_note",
     "issue_invoice",
     "next_number",
@@ -220,17 +221,19 @@ def issue_invoice(
     Raises ``InvoiceRefused`` for a cancelled order without an invoice (the cancellation won the
     race; an invoice now would never be credited) and ``LookupError`` for an unknown order.
     """
-    # cheap path for retries and reprints: no lock when the invoice is already there
-    found = _existing(session, order_id, INVOICE)
-    if found is not None:
-        return found
-    order = _lock_order(session, order_id)
-    # re-check under the lock: a concurrent worker may have committed it while we waited
-    found = _existing(session, order_id, INVOICE)
+    return invoice_for(session, _lock_order(session, order_id), seller=seller, render=render)
+
+
+def invoice_for(
+    session: Session, order: Order, *, seller: Seller = DEMO_SELLER, render: bool = True
+) -> Invoice:
+    """``issue_invoice`` for an order the caller has already locked (``load_for_update``)."""
+    # checked under the order's lock: a concurrent worker may have committed it while we waited
+    found = _existing(session, order.id, INVOICE)
     if found is not None:
         return found
     if order.state == OrderState.CANCELLED:
-        raise InvoiceRefused(f"order {order_id} is cancelled; no invoice issued")
+        raise InvoiceRefused(f"order {order.id} is cancelled; no invoice issued")
     return _issue(session, order, kind=INVOICE, seller=seller, render=render)
 
 

@@ -11,10 +11,9 @@ and reserve nothing.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -41,29 +40,27 @@ class ReservationResult:
     reserved: dict[str, int]
 
 
-def _wanted(session: Session, order_id: int) -> Counter[str]:
-    wanted: Counter[str] = Counter()
-    for sku, qty in session.execute(
-        select(OrderLine.sku, OrderLine.quantity).where(
-            OrderLine.order_id == order_id, OrderLine.sku.is_not(None)
-        )
-    ):
-        wanted[str(sku)] += qty
-    return wanted
+def _wanted(session: Session, order_id: int) -> dict[str, int]:
+    """Units per stock-managed SKU of the order (SKUs with no ``stock_items`` row reserve
+    nothing), in SKU order: one order of locking everywhere, so orders never deadlock."""
+    rows = session.execute(
+        select(OrderLine.sku, func.sum(OrderLine.quantity))
+        .join(StockItem, StockItem.sku == OrderLine.sku)
+        .where(OrderLine.order_id == order_id)
+        .group_by(OrderLine.sku)
+        .order_by(OrderLine.sku)
+    )
+    return {str(sku): int(qty) for sku, qty in rows if qty and qty > 0}
 
 
 def reserve(session: Session, order_id: int) -> ReservationResult:
     wanted = _wanted(session, order_id)
-    tracked = set(
-        session.scalars(select(StockItem.sku).where(StockItem.sku.in_(list(wanted)))).all()
-    )
     short: dict[str, int] = {}
     reserved: dict[str, int] = {}
-    savepoint = session.begin_nested()
-    for sku in sorted(tracked):  # one order of locking everywhere: no deadlocks between orders
-        qty = wanted[sku]
-        if qty <= 0:
-            continue
+    # several SKUs: a savepoint, so a short one undoes the others (no partial reservation);
+    # with one SKU there is nothing to undo
+    savepoint = session.begin_nested() if len(wanted) > 1 else None
+    for sku, qty in wanted.items():
         took = rowcount(
             session.execute(
                 update(StockItem)
@@ -79,11 +76,18 @@ def reserve(session: Session, order_id: int) -> ReservationResult:
         else:
             reserved[sku] = qty
     if short:
-        savepoint.rollback()
+        if savepoint is not None:
+            savepoint.rollback()
         return ReservationResult(False, short, {})
-    for sku, qty in reserved.items():
-        session.add(StockReservation(order_id=order_id, sku=sku, quantity=qty, status=HELD))
-    savepoint.commit()
+    if reserved:
+        now = utcnow()
+        rows = [
+            {"order_id": order_id, "sku": sku, "quantity": qty, "status": HELD, "created_at": now}
+            for sku, qty in reserved.items()
+        ]
+        session.execute(insert(StockReservation), rows)
+    if savepoint is not None:
+        savepoint.commit()
     return ReservationResult(True, {}, reserved)
 
 

@@ -7,19 +7,21 @@ read, so a writer holding stale state can never move an order backwards.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from db.base import utcnow
 from db.models import Order
 from db.session import rowcount
 from integrations.errors import PermanentError, RetryableError
-from orders.intake import record_event
+from orders.intake import record_events
 from orders.states import OrderState, can_transition
 
-__all__ = ["IllegalTransition", "StaleOrder", "load_for_update", "transition"]
+__all__ = ["IllegalTransition", "StaleOrder", "advance", "load_for_update", "transition"]
 
 
 class IllegalTransition(PermanentError):
@@ -48,28 +50,51 @@ def transition(
     **detail: Any,
 ) -> OrderState:
     """Move ``order`` (loaded with ``load_for_update``) to ``to``; return the old state."""
-    current = OrderState(order.state)
-    if not can_transition(current, to):
-        raise IllegalTransition(f"order {order.id}: {current} → {to} is not allowed")
+    return advance(session, order, [to], actor=actor, **detail)
+
+
+def advance(
+    session: Session,
+    order: Order,
+    path: Sequence[OrderState],
+    *,
+    actor: str,
+    **detail: Any,
+) -> OrderState:
+    """Move ``order`` through each state of ``path`` in turn (every step must be allowed), in
+    one fenced write: the version goes up by one per step and each step gets its timeline row,
+    exactly as if ``transition`` had been called for each. Returns the state it started from.
+    """
+    start = OrderState(order.state)
+    steps, current = [], start
+    for to in path:
+        if not can_transition(current, to):
+            raise IllegalTransition(f"order {order.id}: {current} → {to} is not allowed")
+        steps.append((current, to))
+        current = to
+    if not steps:
+        return start
+    version = order.version + len(steps)
     changed = rowcount(
         session.execute(
             update(Order)
             .where(Order.id == order.id, Order.version == order.version)
-            .values(state=to.value, version=order.version + 1, updated_at=utcnow())
+            .values(state=current.value, version=version, updated_at=utcnow())
             .execution_options(synchronize_session=False)
         )
     )
     if changed != 1:
         raise StaleOrder(f"order {order.id} changed concurrently")
-    order.state = to.value
-    order.version += 1
-    record_event(
+    # the row already says so: keep the loaded object in step without a second UPDATE
+    set_committed_value(order, "state", current.value)
+    set_committed_value(order, "version", version)
+    record_events(
         session,
         order.id,
+        [
+            {"kind": "transition", "from_state": a.value, "to_state": b.value, **detail}
+            for a, b in steps
+        ],
         actor=actor,
-        kind="transition",
-        from_state=current.value,
-        to_state=to.value,
-        **detail,
     )
-    return current
+    return start

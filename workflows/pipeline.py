@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 from celery import chain, chord
 from celery.canvas import Signature
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
@@ -37,7 +37,7 @@ from integrations.errors import PermanentError
 from orders import idempotency, stock
 from orders.intake import record_event
 from orders.states import OrderState
-from orders.transitions import IllegalTransition, load_for_update, transition
+from orders.transitions import IllegalTransition, advance, load_for_update, transition
 from ordersync.settings import get_settings
 from workflows.base import OrdersyncTask
 from workflows.celery_app import app
@@ -95,11 +95,14 @@ class StepTask(OrdersyncTask):
                                  rejected=_refused(exc))  # fmt: skip
             raise
 
-    def claim_key(self, session: Session, key: str, params: dict[str, Any], point: str) -> None:
-        """Store (or take back) the idempotency key before the outside call, at ``point``."""
+    def claim_key(self, session: Session, base: str, params: dict[str, Any], point: str) -> str:
+        """Store (or take back) the current idempotency key of ``base`` before the outside call,
+        at ``point``; returns the key (``base``, or ``base:N`` after rejected attempts)."""
         timeout = dt.timedelta(seconds=get_settings().idempotency_lock_timeout_s)
-        idempotency.begin(session, key, params, owner=self.owner(), lock_timeout=timeout)
-        idempotency.set_recovery_point(session, key, point)
+        attempt = idempotency.claim(
+            session, base, params, owner=self.owner(), point=point, lock_timeout=timeout
+        )
+        return attempt.key
 
     def stop_chain(self) -> None:
         """Do not run the rest of the pipeline after this task (on hold, cancelled, …)."""
@@ -187,7 +190,6 @@ def _has_payment(session: Session, order_id: int) -> bool:
 def capture_payment(self: StepTask, order_id: int) -> str:
     with order_lock(order_id, self.step, self.owner()):
         with self.transaction() as session:
-            key = idempotency.current_key(session, f"capture:{order_id}")
             order = load_for_update(session, order_id)
             state = OrderState(order.state)
             if state != S.RESERVED:
@@ -206,6 +208,7 @@ def capture_payment(self: StepTask, order_id: int) -> str:
                 self.stop_chain()
                 return "awaiting the marketplace's payment"
             if order.payment_collected_by_marketplace:
+                key = idempotency.current_key(session, f"capture:{order_id}")
                 session.add(
                     Payment(
                         order_id=order_id,
@@ -223,7 +226,7 @@ def capture_payment(self: StepTask, order_id: int) -> str:
                 return "collected by marketplace"
             params = {"order_ref": str(order_id), "amount": str(amount), "currency": currency}
             # a finished key would mean a recorded payment (same transaction): returned above
-            self.claim_key(session, key, params, "capture_sent")
+            key = self.claim_key(session, f"capture:{order_id}", params, "capture_sent")
         # committed: the key exists before the call, so a crash here is resumed, not repeated
         with self.outside_call(key):
             capture = payments_client().capture(
@@ -231,7 +234,9 @@ def capture_payment(self: StepTask, order_id: int) -> str:
             )
         with self.transaction() as session:
             order = load_for_update(session, order_id)
-            if _has_payment(session, order_id):
+            # a payment is recorded together with the move to paid (one per order, by a unique
+            # constraint), so while the order is still reserved there is none
+            if OrderState(order.state) != S.RESERVED and _has_payment(session, order_id):
                 return "already recorded"
             session.add(
                 Payment(
@@ -262,14 +267,13 @@ def capture_payment(self: StepTask, order_id: int) -> str:
 
 @_task("issue_invoice", "documents", chord_header=True)
 def issue_invoice(self: StepTask, order_id: int) -> str:
-    from orders.invoices import issue_invoice as issue
+    from orders.invoices import invoice_for
 
     with order_lock(order_id, self.step, self.owner()), self.transaction() as session:
-        state = OrderState(session.scalar(select(Order.state).where(Order.id == order_id)) or "")
-        if state != S.PAID:
-            return f"skip: {state}"
-        invoice = issue(session, order_id, seller=_seller())
-        return invoice.full_number
+        order = load_for_update(session, order_id)
+        if order.state != S.PAID:
+            return f"skip: {order.state}"
+        return invoice_for(session, order, seller=_seller()).full_number
 
 
 def _seller() -> Any:
@@ -306,7 +310,6 @@ def buy_label(self: StepTask, order_id: int) -> str:
 
     with order_lock(order_id, self.step, self.owner()):
         with self.transaction() as session:
-            key = idempotency.current_key(session, f"label:{order_id}")
             order = session.get(Order, order_id)
             assert order is not None
             if OrderState(order.state) != S.PAID:
@@ -320,7 +323,7 @@ def buy_label(self: StepTask, order_id: int) -> str:
             grams = _parcel_grams(session, order_id)
             params = {"ship_to": ship_to.model_dump(), "grams": grams}
             # a finished key would mean a recorded label (same transaction): returned above
-            self.claim_key(session, key, params, "label_requested")
+            key = self.claim_key(session, f"label:{order_id}", params, "label_requested")
         with self.outside_call(key):
             label = carrier_client().buy_label(
                 shipment_ref=f"order-{order_id}",
@@ -332,13 +335,15 @@ def buy_label(self: StepTask, order_id: int) -> str:
         with self.transaction() as session:
             shipment = session.scalar(select(Shipment).where(Shipment.order_id == order_id))
             if shipment is None:
-                shipment = Shipment(order_id=order_id, carrier=label.carrier, status="labelled")
+                shipment = Shipment(order_id=order_id, carrier=label.carrier, status="labelled",
+                                    tracking_number=label.tracking_number)  # fmt: skip
                 session.add(shipment)
                 session.flush()
-            if session.scalar(select(Label.id).where(Label.shipment_id == shipment.id)):
+            elif session.scalar(select(Label.id).where(Label.shipment_id == shipment.id)):
                 return "already recorded"
-            shipment.tracking_number = label.tracking_number
-            shipment.status = "labelled"
+            else:
+                shipment.tracking_number = label.tracking_number
+                shipment.status = "labelled"
             session.add(
                 Label(
                     shipment_id=shipment.id,
@@ -362,17 +367,18 @@ def mark_ready_to_ship(self: StepTask, order_id: int) -> str:
         state = OrderState(order.state)
         if state not in (S.PAID, S.DOCUMENTED):
             return f"skip: {state}"
+        path = [S.READY_TO_SHIP]
         if state == S.PAID:
-            has_invoice = session.scalar(
-                select(Invoice.id).where(Invoice.order_id == order_id, Invoice.kind == "invoice")
-            )
-            has_label = session.scalar(
-                select(Label.id).join(Shipment).where(Shipment.order_id == order_id)
-            )
+            has_invoice, has_label = session.execute(
+                select(
+                    exists().where(Invoice.order_id == order_id, Invoice.kind == "invoice"),
+                    exists().where(Label.shipment_id == Shipment.id, Shipment.order_id == order_id),
+                )
+            ).one()
             if not (has_invoice and has_label):
                 raise IllegalTransition(f"order {order_id}: invoice or label missing")
-            transition(session, order, S.DOCUMENTED, actor="task:mark_ready_to_ship")
-        transition(session, order, S.READY_TO_SHIP, actor="task:mark_ready_to_ship")
+            path = [S.DOCUMENTED, S.READY_TO_SHIP]
+        advance(session, order, path, actor="task:mark_ready_to_ship")
         return "ready_to_ship"
 
 

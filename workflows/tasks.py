@@ -119,21 +119,25 @@ def _payload_error_message(exc: Exception) -> str:
 )
 def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
     with self.transaction() as session:
-        event = session.execute(
-            select(InboxEvent).where(InboxEvent.id == inbox_id).with_for_update()
-        ).scalar_one_or_none()
-        if event is None:
+        row = session.execute(
+            select(InboxEvent, ChannelAccount)
+            .join(ChannelAccount, ChannelAccount.id == InboxEvent.channel_account_id)
+            .where(InboxEvent.id == inbox_id)
+            .with_for_update(of=InboxEvent)
+        ).one_or_none()
+        if row is None:
             log.warning("inbox.missing", inbox_id=inbox_id)
             return {"inbox_id": inbox_id, "status": "missing"}
+        event, account = row
         if event.status != InboxStatus.RECEIVED:
             return {"inbox_id": inbox_id, "status": event.status, "order_id": event.order_id}
-        event.attempts += 1
-        account = session.get(ChannelAccount, event.channel_account_id)
-        assert account is not None  # FK
+        # counted with the outcome, in the same UPDATE (a rolled-back attempt counts nothing
+        # either way: the failure handler records its attempts itself)
+        attempts = event.attempts + 1
         handler = TOPIC_HANDLERS.get(event.topic)
         if handler is None:
             log.info("inbox.ignored_topic", inbox_id=inbox_id, topic=event.topic)
-            event.status = InboxStatus.IGNORED
+            event.status, event.attempts = InboxStatus.IGNORED, attempts
             event.error = f"topic {event.topic!r} is not handled"
             event.processed_at = utcnow()
             return {"inbox_id": inbox_id, "status": event.status}
@@ -144,12 +148,12 @@ def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
         except (PayloadError, pydantic.ValidationError) as exc:
             message = _payload_error_message(exc)
             log.warning("inbox.unparseable", inbox_id=inbox_id, error=message[:300])
-            event.status = InboxStatus.FAILED
+            event.status, event.attempts = InboxStatus.FAILED, attempts
             event.error = message[:2000]
             event.processed_at = utcnow()
             return {"inbox_id": inbox_id, "status": event.status, "error": message}
         after_intake(session, result)
-        event.status = InboxStatus.PROCESSED
+        event.status, event.attempts = InboxStatus.PROCESSED, attempts
         event.order_id = result.order_id
         event.error = "stale: older than the stored order" if result.outcome == "stale" else None
         event.processed_at = utcnow()
