@@ -19,6 +19,7 @@ import fcntl
 import functools
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +31,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ordersync.settings import get_settings
 
-__all__ = ["get_engine", "get_sessionmaker", "make_engine", "rowcount", "session_scope"]
+__all__ = [
+    "PRE_PING_DEFAULT",
+    "after_fork",
+    "get_engine",
+    "get_sessionmaker",
+    "make_engine",
+    "rowcount",
+    "session_scope",
+]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -49,7 +58,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args=connect_args, **kwargs)
         _configure_sqlite(engine)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("pool_pre_ping", _pre_ping())
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     return create_engine(url, **kwargs)
@@ -130,9 +139,39 @@ def rowcount(result: Result[Any]) -> int:
     return cast(CursorResult[Any], result).rowcount
 
 
-@functools.cache
+#: ``pool_pre_ping`` (PostgreSQL) when ``ORDERSYNC_DB_POOL_PRE_PING`` is unset. A ping is one
+#: more round trip per checkout, i.e. per transaction. Worker processes turn it off
+#: (``workflows.celery_app``): a task whose connection died with the server fails with a
+#: retryable error, SQLAlchemy drops the pool's stale connections, and the retry reconnects.
+#: The web app and the CLI keep it, so no request fails after a database restart.
+PRE_PING_DEFAULT = True
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def _pre_ping() -> bool:
+    configured = get_settings().db_pool_pre_ping
+    return PRE_PING_DEFAULT if configured is None else configured
+
+
 def get_engine(url: str | None = None) -> Engine:
-    return make_engine(url or get_settings().database_url)
+    """The process's engine for ``url`` (default: the configured database), made once."""
+    url = url or get_settings().database_url
+    engine = _engines.get(url)
+    if engine is None:
+        with _lock:
+            engine = _engines.get(url)
+            if engine is None:
+                engine = _engines[url] = make_engine(url)
+    return engine
+
+
+def after_fork() -> None:
+    """In a forked child: forget the parent's pooled connections without closing them (they
+    are still the parent's); the child opens its own."""
+    for engine in _engines.values():
+        engine.dispose(close=False)
 
 
 @functools.cache

@@ -172,9 +172,7 @@ def claim(
     while True:
         key = base if n == 1 else f"{base}:{n}"
         try:
-            return begin(
-                session, key, params, owner=owner, lock_timeout=lock_timeout, point=point
-            )
+            return begin(session, key, params, owner=owner, lock_timeout=lock_timeout, point=point)
         except KeyRejected:
             n += 1
 

@@ -23,6 +23,11 @@ class Settings(BaseSettings):
 
     var_dir: Path = Field(default=Path("var"), description="state of the embedded setup")
     database_url: str = Field(default="", description="SQLAlchemy URL; default sqlite in var/")
+    db_pool_pre_ping: bool | None = Field(
+        default=None,
+        description="test pooled PostgreSQL connections before use; unset = on in the web app "
+        "and CLI, off in workers (a task that lost its connection is retried)",
+    )
     redis_url: str | None = Field(
         default=None, description="broker and result backend; unset = embedded redis-server"
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from celery.schedules import crontab
 from kombu.entity import Queue
 
@@ -95,6 +95,20 @@ def _beat_schedule() -> dict[str, Any]:
             "options": {"expires": 3600.0},
         },
     }
+
+
+@signals.worker_init.connect
+def _worker_init(**_kwargs: Any) -> None:
+    from db import session
+
+    session.PRE_PING_DEFAULT = False  # see db.session: tasks retry a lost connection
+
+
+@signals.worker_process_init.connect
+def _worker_process_init(**_kwargs: Any) -> None:
+    from db import session
+
+    session.after_fork()
 
 
 app.add_defaults(_config)

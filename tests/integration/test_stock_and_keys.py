@@ -191,3 +191,57 @@ def test_transitions_are_checked_and_fenced(migrated_url: str) -> None:
     with maker() as session:
         order = session.get(Order, order_id)
         assert order is not None and order.state == OrderState.RESERVED and order.version == 2
+
+
+def test_claim_stores_the_key_at_its_recovery_point_and_steps_over_rejected_keys(
+    migrated_url: str,
+) -> None:
+    maker = _maker(migrated_url)
+    with maker() as session, session.begin():
+        first = idempotency.claim(session, "label:7", {"a": 1}, owner="t1", point="label_requested")
+    with maker() as session:
+        row = session.scalars(select(IdempotencyKey).where(IdempotencyKey.key == "label:7")).one()
+        assert (first.key, row.recovery_point, row.locked_by) == ("label:7", "label_requested",
+                                                                  "t1")  # fmt: skip
+    with maker() as session, session.begin():  # the carrier refused it: retired for good
+        idempotency.fail(session, "label:7", "400 bad address", rejected=True)
+    with maker() as session, session.begin():  # staff fixed the address: a new request
+        second = idempotency.claim(session, "label:7", {"a": 2}, owner="t2",
+                                   point="label_requested")  # fmt: skip
+        assert idempotency.current_key(session, "label:7") == second.key == "label:7:2"
+    with maker() as session, session.begin():
+        idempotency.fail(session, "label:7:2", "400 again", rejected=True)
+    with maker() as session, session.begin():
+        third = idempotency.claim(session, "label:7", {"a": 3}, owner="t3", point="label_requested")
+    assert third.key == "label:7:3"
+    with maker() as session, session.begin():  # the same request again resumes, never a 4th key
+        again = idempotency.claim(session, "label:7", {"a": 3}, owner="t3", point="label_requested")
+    assert again.key == "label:7:3" and again.recovery_point == "label_requested"
+
+
+def test_advance_walks_a_path_in_one_fenced_write_with_a_timeline_row_per_step(
+    migrated_url: str,
+) -> None:
+    from db.models import OrderEvent
+    from orders.transitions import advance
+
+    maker = _maker(migrated_url)
+    (order_id,) = _orders(maker, [{"Z": 1}])
+    with pytest.raises(IllegalTransition), maker() as session, session.begin():
+        advance(session, load_for_update(session, order_id),
+                [OrderState.RESERVED, OrderState.READY_TO_SHIP], actor="t")  # fmt: skip
+    with maker() as session, session.begin():
+        order = load_for_update(session, order_id)
+        started = advance(session, order, [OrderState.RESERVED, OrderState.PAID], actor="t", n=1)
+        assert (started, order.state, order.version) == (OrderState.NEW, OrderState.PAID, 3)
+        assert not session.dirty  # the object was kept in step without a second UPDATE
+    with maker() as session:
+        order = session.get_one(Order, order_id)
+        events = session.scalars(
+            select(OrderEvent).where(OrderEvent.order_id == order_id).order_by(OrderEvent.id)
+        ).all()
+        assert (order.state, order.version) == (OrderState.PAID, 3)
+        assert [(e.from_state, e.to_state, e.detail) for e in events] == [
+            ("new", "reserved", {"n": 1}),
+            ("reserved", "paid", {"n": 1}),
+        ]

@@ -1,0 +1,68 @@
+"""Engines under load: SQLite writers queue on the flock; PostgreSQL survives a lost connection."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from db.session import make_engine
+from workflows.base import is_retryable
+
+
+def test_sqlite_writers_from_many_threads_all_commit_one_at_a_time(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    setup = make_engine(url)
+    with setup.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE c (n INTEGER NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO c VALUES (0)"))
+    inside, most_inside = 0, 0
+    guard = threading.Lock()
+    start = threading.Barrier(8)
+
+    def writer(_i: int) -> None:
+        engine = make_engine(url)  # its own connections, as another process would have
+        start.wait()
+        for _ in range(25):
+            with engine.begin() as conn:
+                nonlocal inside, most_inside
+                with guard:
+                    inside += 1
+                    most_inside = max(most_inside, inside)
+                n = conn.execute(sa.text("SELECT n FROM c")).scalar_one()
+                conn.execute(sa.text("UPDATE c SET n = :n"), {"n": n + 1})  # read-modify-write
+                with guard:
+                    inside -= 1
+        engine.dispose()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(writer, range(8)))
+
+    with setup.connect() as conn:
+        assert conn.execute(sa.text("SELECT n FROM c")).scalar_one() == 200  # no lost update
+    assert most_inside == 1  # one transaction at a time, none failed with "database is locked"
+    assert (tmp_path / "w.db-writers").exists()
+
+
+@pytest.mark.postgres
+def test_a_worker_connection_killed_by_the_server_fails_retryably_and_the_next_one_works(
+    postgres_url: str,
+) -> None:
+    engine = make_engine(postgres_url, pool_pre_ping=False)  # as in worker processes
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        with admin.connect() as conn:  # a restart, a failover, an idle timeout on a proxy
+            conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        with pytest.raises(sa.exc.DBAPIError) as failed, engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        assert failed.value.connection_invalidated and is_retryable(failed.value)
+        with engine.connect() as conn:  # the retry: a new connection
+            assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() != pid
+    finally:
+        engine.dispose()
+        admin.dispose()
