@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import DateTime, Dialect, MetaData, Numeric, String, TypeDecorator, func
+from sqlalchemy import DateTime, Dialect, MetaData, Numeric, String, Table, TypeDecorator, func
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -96,6 +96,11 @@ class Base(DeclarativeBase):
 #: External ids are strings: Shopify's exceed 2^53, Amazon's have leading zeros.
 ExternalId = String(64)
 Currency = String(3)
+
+
+def table(model: type[Base]) -> Table:
+    """A model's ``Table``, for Core statements (``__table__`` is typed as any FromClause)."""
+    return cast(Table, model.__table__)
 
 
 def created_at() -> Mapped[dt.datetime]:

@@ -20,12 +20,13 @@ import functools
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, Result, create_engine, event
+from sqlalchemy import Connection, CursorResult, Engine, Result, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -34,9 +35,11 @@ from ordersync.settings import get_settings
 __all__ = [
     "PRE_PING_DEFAULT",
     "after_fork",
+    "core",
     "get_engine",
     "get_sessionmaker",
     "make_engine",
+    "per_dialect",
     "rowcount",
     "session_scope",
 ]
@@ -132,6 +135,45 @@ class QueuedWriterConnection(sqlite3.Connection):
 
 def _queued_writers(lock_path: str) -> type[QueuedWriterConnection]:
     return type("QueuedWriterConnection", (QueuedWriterConnection,), {"lock_path": lock_path})
+
+
+def core(session: Session) -> Connection:
+    """The session's connection (same transaction), for prebuilt Core statements.
+
+    The pipeline's hot statements are built once, at import, with ``bindparam`` placeholders,
+    and run here with a dict of values: building a statement inline (and computing its cache
+    key) costs 5 to 8 times what running it does (SQLite: ~120 µs inline through the ORM
+    against ~15 µs prebuilt on a connection), and the ORM's DML path adds more on top.
+
+    Pending ORM changes are flushed first, as the ORM's autoflush would before a query, so
+    statements run in the order the code wrote them.
+    """
+    if session.new or session.dirty or session.deleted:
+        session.flush()
+    return session.connection()
+
+
+_DIALECT_INSERT: dict[str, Callable[..., Any]] = {
+    "postgresql": postgresql.insert,
+    "sqlite": sqlite.insert,
+}
+
+
+def per_dialect(build: Callable[[Callable[..., Any]], Any]) -> Callable[[Session], Any]:
+    """A statement that needs the dialect's own ``insert`` (``ON CONFLICT``, ``RETURNING``),
+    built once per dialect: ``build(insert)`` gets ``postgresql.insert`` or ``sqlite.insert``."""
+    built: dict[str, Any] = {}
+
+    def get(session: Session) -> Any:
+        name = session.get_bind().dialect.name
+        statement = built.get(name)
+        if statement is None:
+            if name not in _DIALECT_INSERT:
+                raise NotImplementedError(f"no upsert for the {name} dialect")
+            statement = built[name] = build(_DIALECT_INSERT[name])
+        return statement
+
+    return get
 
 
 def rowcount(result: Result[Any]) -> int:

@@ -27,12 +27,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from db.base import utcnow
+from db.base import table, utcnow
 from db.models import IdempotencyKey
+from db.session import core, per_dialect
 from integrations.errors import PermanentError, RetryableError
 
 __all__ = [
@@ -54,6 +54,33 @@ FINISHED = "finished"
 #: the provider refused the request (a 4xx, a decline): nothing was applied, and the key is
 #: never used again; the next attempt, after a person changed something, takes a new key
 REJECTED = "rejected"
+
+
+_keys = table(IdempotencyKey)
+# prebuilt (see db.session.core)
+_CREATE = per_dialect(
+    lambda insert: (
+        insert(_keys).on_conflict_do_nothing(index_elements=["key"]).returning(_keys.c.id)
+    )
+)
+_LOAD = select(IdempotencyKey).where(IdempotencyKey.key == bindparam("b_key")).with_for_update()
+_FINISH = (
+    update(_keys)
+    .where(_keys.c.key == bindparam("b_key"))
+    .values(
+        recovery_point=FINISHED,
+        response_code=bindparam("b_code"),
+        response_body=bindparam("b_body"),
+        locked_at=None,
+        locked_by=None,
+        last_error=None,
+    )
+)
+_SET_POINT = (
+    update(_keys)
+    .where(_keys.c.key == bindparam("b_key"))
+    .values(recovery_point=bindparam("b_point"))
+)
 
 
 class IdempotencyMismatch(PermanentError):
@@ -115,27 +142,26 @@ def begin(
     there when taken over; the returned ``Attempt`` says where it was before."""
     digest = request_hash(params)
     now = utcnow()
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    created = session.execute(
-        insert(IdempotencyKey)
-        .values(
-            key=key,
-            request_hash=digest,
-            recovery_point=point or STARTED,
-            locked_at=now,
-            locked_by=owner,
-            created_at=now,
-            last_run_at=now,
+    created = (
+        core(session)
+        .execute(
+            _CREATE(session),
+            {
+                "key": key,
+                "request_hash": digest,
+                "recovery_point": point or STARTED,
+                "locked_at": now,
+                "locked_by": owner,
+                "created_at": now,
+                "last_run_at": now,
+            },
         )
-        .on_conflict_do_nothing(index_elements=["key"])
-        .returning(IdempotencyKey.id)
-    ).scalar_one_or_none()
+        .scalar_one_or_none()
+    )
     if created is not None:
         return Attempt(key, STARTED, None)
 
-    row = session.execute(
-        select(IdempotencyKey).where(IdempotencyKey.key == key).with_for_update()
-    ).scalar_one()
+    row = session.execute(_LOAD, {"b_key": key}).scalar_one()
     if row.recovery_point == REJECTED:
         raise KeyRejected(f"idempotency key {key} was rejected; use claim() or current_key()")
     if row.request_hash != digest:
@@ -178,24 +204,11 @@ def claim(
 
 
 def set_recovery_point(session: Session, key: str, point: str) -> None:
-    session.execute(
-        update(IdempotencyKey).where(IdempotencyKey.key == key).values(recovery_point=point)
-    )
+    core(session).execute(_SET_POINT, {"b_key": key, "b_point": point})
 
 
 def finish(session: Session, key: str, response: dict[str, Any], *, code: int = 200) -> None:
-    session.execute(
-        update(IdempotencyKey)
-        .where(IdempotencyKey.key == key)
-        .values(
-            recovery_point=FINISHED,
-            response_code=code,
-            response_body=response,
-            locked_at=None,
-            locked_by=None,
-            last_error=None,
-        )
-    )
+    core(session).execute(_FINISH, {"b_key": key, "b_code": code, "b_body": response})
 
 
 def fail(session: Session, key: str, error: str, *, rejected: bool = False) -> None:

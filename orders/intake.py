@@ -14,11 +14,11 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.base import utcnow
+from db.base import table, utcnow
 from db.models import Order, OrderEvent, OrderLine
+from db.session import core, per_dialect
 from integrations.canonical import CanonicalOrder
 from orders.states import OrderState, can_transition
 
@@ -63,13 +63,17 @@ def _order_values(order: CanonicalOrder) -> dict[str, Any]:
     }
 
 
-def _insert(session: Session) -> Any:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(Order)
-    if dialect == "sqlite":
-        return sqlite.insert(Order)
-    raise NotImplementedError(f"upsert not implemented for {dialect}")
+# prebuilt statements (see db.session.core)
+_orders = table(Order)
+_CREATE_ORDER = per_dialect(
+    lambda insert: (
+        insert(_orders)
+        .on_conflict_do_nothing(index_elements=["channel_account_id", "external_id"])
+        .returning(_orders.c.id)
+    )
+)
+_INSERT_LINES = insert(table(OrderLine))
+_INSERT_EVENTS = insert(table(OrderEvent))
 
 
 def record_event(
@@ -110,7 +114,7 @@ def record_events(
                 "detail": detail,
             }
         )
-    session.execute(insert(OrderEvent).values(rows))
+    core(session).execute(_INSERT_EVENTS, rows if len(rows) > 1 else rows[0])
 
 
 def _replace_lines(
@@ -119,8 +123,8 @@ def _replace_lines(
     if not new:
         session.execute(delete(OrderLine).where(OrderLine.order_id == order_id))
     if order.lines:
-        session.execute(
-            insert(OrderLine),
+        core(session).execute(
+            _INSERT_LINES,
             [
                 {
                     "order_id": order_id,
@@ -144,22 +148,24 @@ def apply_order(
     values = _order_values(order)
     now = utcnow()
     initial_state = OrderState.CANCELLED if order.status == OrderState.CANCELLED else OrderState.NEW
-    created_id = session.execute(
-        _insert(session)
-        .values(
-            channel_account_id=account_id,
-            channel=order.channel.value,
-            external_id=order.external_id,
-            state=initial_state.value,
-            version=1,
-            attempts=0,
-            created_at=now,
-            updated_at=now,
-            **values,
+    created_id = (
+        core(session)
+        .execute(
+            _CREATE_ORDER(session),
+            {
+                "channel_account_id": account_id,
+                "channel": order.channel.value,
+                "external_id": order.external_id,
+                "state": initial_state.value,
+                "version": 1,
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+                **values,
+            },
         )
-        .on_conflict_do_nothing(index_elements=["channel_account_id", "external_id"])
-        .returning(Order.id)
-    ).scalar_one_or_none()
+        .scalar_one_or_none()
+    )
     if created_id is not None:
         _replace_lines(session, created_id, order, new=True)
         record_event(

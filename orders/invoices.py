@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.base import utcnow
+from db.base import table, utcnow
 from db.models import Invoice, InvoiceCounter, Order
+from db.session import core
 from orders.invoice_pdf import DocumentLine, InvoiceDocument, Seller, render_invoice
 from orders.states import OrderState
 
@@ -95,6 +96,19 @@ def _insert_ignore(session: Session) -> postgresql.Insert | sqlite.Insert:
     raise NotImplementedError(f"invoice counters not implemented for {dialect}")
 
 
+_counters = table(InvoiceCounter)
+# prebuilt (see db.session.core)
+_BUMP = (
+    update(_counters)
+    .where(_counters.c.series == bindparam("b_series"))
+    .values(next_number=_counters.c.next_number + 1)
+    .returning(_counters.c.next_number)
+)
+_EXISTING = select(Invoice).where(
+    Invoice.order_id == bindparam("b_order"), Invoice.kind == bindparam("b_kind")
+)
+
+
 def next_number(session: Session, series: str) -> int:
     """Take the next number of ``series``; the counter row stays locked until the caller ends.
 
@@ -103,17 +117,12 @@ def next_number(session: Session, series: str) -> int:
     the system). A missing counter is created with ``INSERT … ON CONFLICT DO NOTHING``, so two
     transactions creating it at once end up with one row, and then both go through the update.
     """
-    bump = (
-        update(InvoiceCounter)
-        .where(InvoiceCounter.series == series)
-        .values(next_number=InvoiceCounter.next_number + 1)
-        .returning(InvoiceCounter.next_number)
-    )
-    taken = session.execute(bump).scalar_one_or_none()
+    db = core(session)
+    taken = db.execute(_BUMP, {"b_series": series}).scalar_one_or_none()
     if taken is None:
         session.execute(_insert_ignore(session).values(series=series, next_number=1))
-        taken = session.execute(bump).scalar_one()
-    return taken - 1
+        taken = db.execute(_BUMP, {"b_series": series}).scalar_one()
+    return int(taken) - 1
 
 
 def _lock_order(session: Session, order_id: int) -> Order:
@@ -124,9 +133,7 @@ def _lock_order(session: Session, order_id: int) -> Order:
 
 
 def _existing(session: Session, order_id: int, kind: str) -> Invoice | None:
-    return session.scalars(
-        select(Invoice).where(Invoice.order_id == order_id, Invoice.kind == kind)
-    ).one_or_none()
+    return session.scalars(_EXISTING, {"b_order": order_id, "b_kind": kind}).one_or_none()
 
 
 def _address_lines(address: dict[str, object] | None) -> tuple[str, ...]:

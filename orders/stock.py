@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.base import utcnow
+from db.base import table, utcnow
 from db.models import Order, OrderLine, StockItem, StockReservation
-from db.session import rowcount
+from db.session import core, rowcount
 
 __all__ = [
     "ReservationResult",
@@ -40,16 +40,30 @@ class ReservationResult:
     reserved: dict[str, int]
 
 
+_lines, _items = table(OrderLine), table(StockItem)
+# prebuilt (see db.session.core)
+_WANTED = (
+    select(_lines.c.sku, func.sum(_lines.c.quantity))
+    .join(_items, _items.c.sku == _lines.c.sku)
+    .where(_lines.c.order_id == bindparam("b_order"))
+    .group_by(_lines.c.sku)
+    .order_by(_lines.c.sku)
+)
+_TAKE = (
+    update(_items)
+    .where(
+        _items.c.sku == bindparam("b_sku"),
+        _items.c.on_hand - _items.c.reserved >= bindparam("b_qty"),
+    )
+    .values(reserved=_items.c.reserved + bindparam("b_qty"), updated_at=bindparam("b_at"))
+)
+_HOLD = insert(table(StockReservation))
+
+
 def _wanted(session: Session, order_id: int) -> dict[str, int]:
     """Units per stock-managed SKU of the order (SKUs with no ``stock_items`` row reserve
     nothing), in SKU order: one order of locking everywhere, so orders never deadlock."""
-    rows = session.execute(
-        select(OrderLine.sku, func.sum(OrderLine.quantity))
-        .join(StockItem, StockItem.sku == OrderLine.sku)
-        .where(OrderLine.order_id == order_id)
-        .group_by(OrderLine.sku)
-        .order_by(OrderLine.sku)
-    )
+    rows = core(session).execute(_WANTED, {"b_order": order_id})
     return {str(sku): int(qty) for sku, qty in rows if qty and qty > 0}
 
 
@@ -62,11 +76,7 @@ def reserve(session: Session, order_id: int) -> ReservationResult:
     savepoint = session.begin_nested() if len(wanted) > 1 else None
     for sku, qty in wanted.items():
         took = rowcount(
-            session.execute(
-                update(StockItem)
-                .where(StockItem.sku == sku, StockItem.on_hand - StockItem.reserved >= qty)
-                .values(reserved=StockItem.reserved + qty, updated_at=utcnow())
-            )
+            core(session).execute(_TAKE, {"b_sku": sku, "b_qty": qty, "b_at": utcnow()})
         )
         if took != 1:
             available = session.scalar(
@@ -85,7 +95,7 @@ def reserve(session: Session, order_id: int) -> ReservationResult:
             {"order_id": order_id, "sku": sku, "quantity": qty, "status": HELD, "created_at": now}
             for sku, qty in reserved.items()
         ]
-        session.execute(insert(StockReservation), rows)
+        core(session).execute(_HOLD, rows if len(rows) > 1 else rows[0])
     if savepoint is not None:
         savepoint.commit()
     return ReservationResult(True, {}, reserved)

@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from db.base import utcnow
+from db.base import table, utcnow
 from db.models import Order
-from db.session import rowcount
+from db.session import core, rowcount
 from integrations.errors import PermanentError, RetryableError
 from orders.intake import record_events
 from orders.states import OrderState, can_transition
@@ -32,10 +32,20 @@ class StaleOrder(RetryableError):
     """The order changed under us (version moved); reload and try again."""
 
 
+_orders = table(Order)
+# prebuilt (see db.session.core)
+_LOAD = select(Order).where(Order.id == bindparam("order_id")).with_for_update()
+_ADVANCE = (
+    update(_orders)
+    .where(_orders.c.id == bindparam("b_id"), _orders.c.version == bindparam("b_version"))
+    .values(
+        state=bindparam("b_state"), version=bindparam("b_new_version"), updated_at=bindparam("b_at")
+    )
+)
+
+
 def load_for_update(session: Session, order_id: int) -> Order:
-    order = session.execute(
-        select(Order).where(Order.id == order_id).with_for_update()
-    ).scalar_one_or_none()
+    order = session.execute(_LOAD, {"order_id": order_id}).scalar_one_or_none()
     if order is None:
         raise PermanentError(f"order {order_id} does not exist")
     return order
@@ -76,11 +86,15 @@ def advance(
         return start
     version = order.version + len(steps)
     changed = rowcount(
-        session.execute(
-            update(Order)
-            .where(Order.id == order.id, Order.version == order.version)
-            .values(state=current.value, version=version, updated_at=utcnow())
-            .execution_options(synchronize_session=False)
+        core(session).execute(
+            _ADVANCE,
+            {
+                "b_id": order.id,
+                "b_version": order.version,
+                "b_state": current.value,
+                "b_new_version": version,
+                "b_at": utcnow(),
+            },
         )
     )
     if changed != 1:

@@ -27,11 +27,12 @@ from typing import Any
 import structlog
 from celery import chain, chord
 from celery.canvas import Signature
-from sqlalchemy import exists, select
+from sqlalchemy import bindparam, exists, func, insert, select
 from sqlalchemy.orm import Session
 
-from db.base import utcnow
+from db.base import table, utcnow
 from db.models import ChannelAccount, Invoice, Label, Order, OrderLine, Payment, Shipment
+from db.session import core
 from integrations.canonical import Address
 from integrations.errors import PermanentError
 from orders import idempotency, stock
@@ -175,6 +176,45 @@ def reserve_stock(self: StepTask, order_id: int) -> str:
 # --- capture ------------------------------------------------------------------------------
 
 
+# --- prebuilt statements (see db.session.core) -------------------------------------------------
+
+_orders, _lines = table(Order), table(OrderLine)
+_payments, _shipments, _labels = table(Payment), table(Shipment), table(Label)
+_invoices = table(Invoice)
+_HAS_PAYMENT = select(_payments.c.id).where(_payments.c.order_id == bindparam("b_order"))
+_RECORD_PAYMENT = insert(_payments)
+#: what buying a label needs, in one query: the order's state and address, the tracking number
+#: of a label bought before, and the units to ship
+_LABEL_INPUT = select(
+    _orders.c.state,
+    _orders.c.shipping_address,
+    select(_labels.c.tracking_number)
+    .join(_shipments, _shipments.c.id == _labels.c.shipment_id)
+    .where(_shipments.c.order_id == _orders.c.id)
+    .scalar_subquery(),
+    select(func.coalesce(func.sum(_lines.c.quantity), 0))
+    .where(_lines.c.order_id == _orders.c.id)
+    .scalar_subquery(),
+).where(_orders.c.id == bindparam("b_order"))
+_SHIPMENT = select(
+    _shipments.c.id,
+    select(_labels.c.id).where(_labels.c.shipment_id == _shipments.c.id).scalar_subquery(),
+).where(_shipments.c.order_id == bindparam("b_order"))
+_NEW_SHIPMENT = insert(_shipments).returning(_shipments.c.id)
+_LABELLED = (
+    _shipments.update()
+    .where(_shipments.c.id == bindparam("b_id"))
+    .values(tracking_number=bindparam("b_tracking"), status="labelled")
+)
+_RECORD_LABEL = insert(_labels)
+_DOCUMENTED = select(
+    exists().where(_invoices.c.order_id == bindparam("b_order"), _invoices.c.kind == "invoice"),
+    exists().where(
+        _labels.c.shipment_id == _shipments.c.id, _shipments.c.order_id == bindparam("b_order")
+    ),
+)
+
+
 def _refused(exc: Exception) -> bool:
     """The provider answered 4xx: it refused the request and applied nothing (an unparseable
     2xx or a transport failure might have been applied, so they keep their key)."""
@@ -183,7 +223,7 @@ def _refused(exc: Exception) -> bool:
 
 
 def _has_payment(session: Session, order_id: int) -> bool:
-    return session.scalar(select(Payment.id).where(Payment.order_id == order_id)) is not None
+    return core(session).execute(_HAS_PAYMENT, {"b_order": order_id}).first() is not None
 
 
 @_task("capture_payment", "orders")
@@ -238,18 +278,14 @@ def capture_payment(self: StepTask, order_id: int) -> str:
             # constraint), so while the order is still reserved there is none
             if OrderState(order.state) != S.RESERVED and _has_payment(session, order_id):
                 return "already recorded"
-            session.add(
-                Payment(
-                    order_id=order_id,
-                    provider="payments",
-                    amount=capture.amount,
-                    currency=capture.currency,
-                    status=capture.status,
-                    external_id=capture.id,
-                    idempotency_key=key,
-                    captured_at=utcnow(),
-                )
-            )
+            now = utcnow()
+            core(session).execute(
+                _RECORD_PAYMENT,
+                {"order_id": order_id, "provider": "payments", "amount": capture.amount,
+                 "currency": capture.currency, "status": capture.status,
+                 "external_id": capture.id, "idempotency_key": key,
+                 "collected_by_marketplace": False, "captured_at": now, "created_at": now},
+            )  # fmt: skip
             idempotency.finish(session, key, {"id": capture.id, "status": capture.status})
             if OrderState(order.state) != S.RESERVED:
                 # cancelled while the capture was in flight: the money was taken, so it is
@@ -294,13 +330,8 @@ def _ship_from() -> Address:
     )
 
 
-def _address(order: Order) -> Address:
-    return Address(**(order.shipping_address or {}))
-
-
-def _parcel_grams(session: Session, order_id: int) -> int:
+def _parcel_grams(units: int) -> int:
     # no product weights in the first cut: 400 g per unit, at least one unit's worth
-    units = sum(session.scalars(select(OrderLine.quantity).where(OrderLine.order_id == order_id)))
     return max(1, units) * 400
 
 
@@ -310,17 +341,16 @@ def buy_label(self: StepTask, order_id: int) -> str:
 
     with order_lock(order_id, self.step, self.owner()):
         with self.transaction() as session:
-            order = session.get(Order, order_id)
-            assert order is not None
-            if OrderState(order.state) != S.PAID:
-                return f"skip: {order.state}"
-            existing = session.scalar(
-                select(Label.tracking_number).join(Shipment).where(Shipment.order_id == order_id)
-            )
+            found = core(session).execute(_LABEL_INPUT, {"b_order": order_id}).one_or_none()
+            if found is None:
+                raise PermanentError(f"order {order_id} does not exist")
+            state, address, existing, units = found
+            if OrderState(state) != S.PAID:
+                return f"skip: {state}"
             if existing:
-                return existing
-            ship_to = _address(order)
-            grams = _parcel_grams(session, order_id)
+                return str(existing)
+            ship_to = Address(**(address or {}))
+            grams = _parcel_grams(int(units))
             params = {"ship_to": ship_to.model_dump(), "grams": grams}
             # a finished key would mean a recorded label (same transaction): returned above
             key = self.claim_key(session, f"label:{order_id}", params, "label_requested")
@@ -333,26 +363,24 @@ def buy_label(self: StepTask, order_id: int) -> str:
                 idempotency_key=key,
             )
         with self.transaction() as session:
-            shipment = session.scalar(select(Shipment).where(Shipment.order_id == order_id))
+            db, now = core(session), utcnow()
+            shipment = db.execute(_SHIPMENT, {"b_order": order_id}).one_or_none()
             if shipment is None:
-                shipment = Shipment(order_id=order_id, carrier=label.carrier, status="labelled",
-                                    tracking_number=label.tracking_number)  # fmt: skip
-                session.add(shipment)
-                session.flush()
-            elif session.scalar(select(Label.id).where(Label.shipment_id == shipment.id)):
+                shipment_id = db.execute(
+                    _NEW_SHIPMENT,
+                    {"order_id": order_id, "carrier": label.carrier, "status": "labelled",
+                     "tracking_number": label.tracking_number, "created_at": now},
+                ).scalar_one()  # fmt: skip
+            elif shipment[1] is not None:
                 return "already recorded"
             else:
-                shipment.tracking_number = label.tracking_number
-                shipment.status = "labelled"
-            session.add(
-                Label(
-                    shipment_id=shipment.id,
-                    carrier=label.carrier,
-                    idempotency_key=key,
-                    tracking_number=label.tracking_number,
-                    pdf=label.pdf,
-                )
-            )
+                shipment_id = shipment[0]
+                db.execute(_LABELLED, {"b_id": shipment_id, "b_tracking": label.tracking_number})
+            db.execute(
+                _RECORD_LABEL,
+                {"shipment_id": shipment_id, "carrier": label.carrier, "idempotency_key": key,
+                 "tracking_number": label.tracking_number, "pdf": label.pdf, "created_at": now},
+            )  # fmt: skip
             response = {"label_id": label.label_id, "tracking_number": label.tracking_number}
             idempotency.finish(session, key, response)
             record_event(session, order_id, actor="task:buy_label", kind="label",
@@ -369,12 +397,7 @@ def mark_ready_to_ship(self: StepTask, order_id: int) -> str:
             return f"skip: {state}"
         path = [S.READY_TO_SHIP]
         if state == S.PAID:
-            has_invoice, has_label = session.execute(
-                select(
-                    exists().where(Invoice.order_id == order_id, Invoice.kind == "invoice"),
-                    exists().where(Label.shipment_id == Shipment.id, Shipment.order_id == order_id),
-                )
-            ).one()
+            has_invoice, has_label = core(session).execute(_DOCUMENTED, {"b_order": order_id}).one()
             if not (has_invoice and has_label):
                 raise IllegalTransition(f"order {order_id}: invoice or label missing")
             path = [S.DOCUMENTED, S.READY_TO_SHIP]

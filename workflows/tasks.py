@@ -13,7 +13,7 @@ from typing import Any
 
 import pydantic
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from db.base import utcnow
 from db.models import ChannelAccount, InboxEvent, Order, OutboxMessage
@@ -47,6 +47,15 @@ class IntakeTask(OrdersyncTask):
                     processed_at=utcnow(),
                 )
             )
+
+
+# prebuilt (see db.session.core)
+_LOAD_EVENT = (
+    select(InboxEvent, ChannelAccount)
+    .join(ChannelAccount, ChannelAccount.id == InboxEvent.channel_account_id)
+    .where(InboxEvent.id == bindparam("b_id"))
+    .with_for_update(of=InboxEvent)
+)
 
 
 def _order_topic(
@@ -119,12 +128,7 @@ def _payload_error_message(exc: Exception) -> str:
 )
 def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
     with self.transaction() as session:
-        row = session.execute(
-            select(InboxEvent, ChannelAccount)
-            .join(ChannelAccount, ChannelAccount.id == InboxEvent.channel_account_id)
-            .where(InboxEvent.id == inbox_id)
-            .with_for_update(of=InboxEvent)
-        ).one_or_none()
+        row = session.execute(_LOAD_EVENT, {"b_id": inbox_id}).one_or_none()
         if row is None:
             log.warning("inbox.missing", inbox_id=inbox_id)
             return {"inbox_id": inbox_id, "status": "missing"}
