@@ -1,11 +1,12 @@
 """No-op tasks for the baseline of ``bench.pipeline_throughput``: the pipeline's canvas, bare.
 
-Five tasks on ordersync's own Celery app (``workflows.app``: same broker, result backend and
-settings: acks late, prefetch 1, JSON, task events, ``task_track_started``, ``result_extended``)
-named ``ordersync.bench.*`` and sent to their own ``bench`` queue, so they never mix with real
-work. :func:`chain_for` builds one "order" with the pipeline's shape::
+Six tasks on ordersync's own Celery app (``workflows.app``: same broker, result backend and
+settings: acks late, prefetch 1, JSON, results only where the pipeline keeps them) named
+``ordersync.bench.*`` and sent to their own ``bench`` queue, so they never mix with real work.
+:func:`chain_for` builds one "order" with the pipeline's shape and number of tasks, the
+intake task included (a webhook's ``process_event`` runs, then publishes the canvas)::
 
-    chain(a.si(i), b.si(i), chord([c.si(i), d.si(i)], e.si(i)))
+    chain(intake.si(i), a.si(i), b.si(i), chord([c.si(i), d.si(i)], e.si(i)))
 
 ``e`` returns the wall-clock time it ran (``time.time()``), so the moment each chain completed
 is read back from the result backend afterwards; nothing else is written anywhere.
@@ -25,17 +26,22 @@ from celery.canvas import Signature
 
 from workflows.celery_app import app
 
-__all__ = ["BENCH_QUEUE", "a", "b", "c", "chain_for", "d", "e", "last_task_id"]
+__all__ = ["BENCH_QUEUE", "a", "b", "c", "chain_for", "d", "e", "intake", "last_task_id"]
 
 BENCH_QUEUE = "bench"
 
 
-@app.task(name="ordersync.bench.a")
+@app.task(name="ordersync.bench.intake", ignore_result=True)
+def intake(i: int) -> None:
+    """Stands for process_event (the webhook's task, which then publishes the canvas)."""
+
+
+@app.task(name="ordersync.bench.a", ignore_result=True)
 def a(i: int) -> None:
     """Stands for reserve_stock."""
 
 
-@app.task(name="ordersync.bench.b")
+@app.task(name="ordersync.bench.b", ignore_result=True)
 def b(i: int) -> None:
     """Stands for capture_payment."""
 
@@ -65,6 +71,7 @@ def chain_for(i: int, run: str) -> Signature:
     """One baseline "order": the pipeline's shape, every task on the ``bench`` queue."""
     q = {"queue": BENCH_QUEUE}
     return chain(
+        intake.si(i).set(**q),
         a.si(i).set(**q),
         b.si(i).set(**q),
         chord(

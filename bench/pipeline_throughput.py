@@ -18,10 +18,10 @@ runs ``process_event`` then reserve_stock → capture_payment → chord([issue_i
 → mark_ready_to_ship, with the invoice PDF and the label bought from the sandbox carrier.
 
 Baseline, same run, same broker, same Celery settings, same worker set-up (two
-``worker --concurrency 1`` processes, the ordersync CLI): N chains of no-op tasks of the same
-shape, ``chain(a, b, chord([c, d], e))`` (``bench/noop_tasks.py``, ``bench`` queue), sent from
-the same thread pool; each timed from its ``apply_async`` to the time ``e`` returned (read
-from the result backend).
+``worker --concurrency 1`` processes, the ordersync CLI): N chains of as many no-op tasks in
+the same shape, ``chain(intake, a, b, chord([c, d], e))`` (``bench/noop_tasks.py``, ``bench``
+queue), sent from the same thread pool; each timed from its ``apply_async`` to the time ``e``
+returned (read from the result backend).
 
     orders/s  = N / (last ready_to_ship - first webhook sent)
     chains/s  = N / (last chain completed - first chain sent)
@@ -34,9 +34,9 @@ reported over what completed, and fails.
 Where the time goes, printed with the result: per-stage latencies from the timeline; per-task
 run times from Celery's task events (``--no-task-stats`` to not consume them); CPU seconds of
 each process (web, workers with their prefork children, redis-server, this process with the
-sandbox) from ``/proc``, per order and per chain. ``--profile DIR`` runs the pipeline's workers
-under cProfile (one ``.prof`` per prefork child, merged top functions on stderr).
-Columns: bench/README.md.
+sandbox, a local PostgreSQL server) from ``/proc``, per order and per chain. ``--profile DIR``
+runs the pipeline's workers under cProfile (one ``.prof`` per prefork child, merged top
+functions on stderr). Columns: bench/README.md.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ DEFAULT_SEND_THREADS = 8
 DEFAULT_CAPTURE_SHARE = 0.9  # orders left "authorized" (captured by us); the rest are "paid"
 DEFAULT_TIMEOUT_S = 90.0  # per phase: a run stays within about three minutes
 BENCH_ROLE = "bench process (sandbox, senders, stats)"
+PG_ROLE = "postgresql server (local)"
 PROFILED = "profiled-worker"  # argv[1] of a worker started under cProfile (--profile)
 SETTLED = {"ready_to_ship", "on_hold", "needs_attention", "cancelled", "shipped", "delivered"}
 #: the pipeline's timeline, in order: (label, (event kind, to_state)) of the stage's end
@@ -386,6 +387,23 @@ class CpuMeter:
         return self.used
 
 
+def _postmaster() -> int | None:
+    """The local PostgreSQL server's main process, when there is one and we may read it."""
+    comms: dict[int, tuple[str, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+                comms[int(entry.name)] = (comm, int(stat.rsplit(")", 1)[1].split()[1]))
+            except (OSError, ValueError):
+                continue
+    for pid, (comm, ppid) in comms.items():
+        if comm == "postgres" and comms.get(ppid, ("", 0))[0] != "postgres":
+            return pid
+    return None
+
+
 def _roles(procs: Processes, redis_pid: int | None) -> dict[str, list[int]]:
     roles: dict[str, list[int]] = defaultdict(list)
     for name, process, _ in procs.children:
@@ -393,6 +411,13 @@ def _roles(procs: Processes, redis_pid: int | None) -> dict[str, list[int]]:
     if redis_pid:
         roles["redis-server"].append(redis_pid)
     roles[BENCH_ROLE].append(os.getpid())  # metered alone: the others are its children
+    from ordersync.settings import get_settings
+
+    postmaster = _postmaster()
+    if postmaster and get_settings().database_url.startswith("postgresql"):
+        # its backends (our pooled connections live through the phase); the same machine's
+        # cores, so it belongs in the total
+        roles[PG_ROLE].append(postmaster)
     return dict(roles)
 
 
@@ -942,6 +967,8 @@ def render(result: dict[str, Any]) -> list[Any]:
     for label, part in (("pipeline", pipe), ("baseline", base)):
         if not part or not part["tasks"]:
             continue
+        if not any(row["count"] for row in part["tasks"]):
+            continue  # the workers sent no task events (ORDERSYNC_TASK_EVENTS=true for them)
         tasks = Table(title=f"Task run times ({label}, from Celery task events)")
         for name in ("task", "count", "mean", "p50", "total s", "share", "retried", "failed"):
             tasks.add_column(name, justify="left" if name == "task" else "right")
