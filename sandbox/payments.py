@@ -1,4 +1,5 @@
-"""A local Stripe-like payment provider (API v1 PaymentIntents) with a ledger of captures.
+"""A local Stripe-like payment provider (API v1 PaymentIntents and Refunds) with a ledger of
+captures and refunds.
 
 Served (mount with ``app.include_router(sim.build_router(), prefix="/payments")``):
 
@@ -6,24 +7,42 @@ Served (mount with ``app.include_router(sim.build_router(), prefix="/payments")`
   once (``succeeded``), or declined: 402 ``card_error``/``card_declined`` for
   ``payment_method=pm_card_chargeDeclined`` (Stripe's test card) or at ``decline_rate``;
 - ``GET /v1/payment_intents/search?query=metadata['order_ref']:'X'`` — a ``search_result``;
-- ``GET /v1/payment_intents/{id}``.
+- ``GET /v1/payment_intents/{id}``;
+- ``POST /v1/refunds`` (https://docs.stripe.com/api/refunds/create) — form-encoded
+  ``payment_intent`` (required), ``amount`` (minor units; default: all that is left unrefunded),
+  ``reason`` (``duplicate``, ``fraudulent``, ``requested_by_customer``), ``metadata[...]``;
+  answers a ``refund`` object, ``succeeded`` at once;
+- ``GET /v1/refunds/{id}``.
 
-Idempotency as Stripe documents it (https://docs.stripe.com/api/idempotent_requests): the status
-and body of the first request that began executing under a key are stored and replayed, with
-``Idempotent-Replayed: true``, for every later request with that key and the same parameters
-(including a 402); other parameters or another endpoint → 400 ``idempotency_error``; a request
-arriving while the first is still executing → 409 ``idempotency_key_in_use``; keys are pruned
-after 24 h, then the key executes anew. Requests refused before execution (auth, validation,
-injected 429/5xx) store nothing. Keys are scoped per API key, as per account at Stripe.
+Refunds are refused with 400 ``invalid_request_error`` and these ``code`` values, all in Stripe's
+list of error codes (https://docs.stripe.com/error-codes): ``resource_missing`` (no or unknown
+``payment_intent``), ``charge_not_refundable`` (the intent has not succeeded: nothing captured),
+``charge_already_refunded`` (nothing left to refund), ``parameter_invalid_integer`` (``amount``
+not a positive integer), ``amount_too_large`` (more than is left unrefunded). A bad ``reason``
+is a 400 with ``param: reason`` and no code. The state checks run under the lock when the
+request executes, but a refusal stores nothing: the key stays free, as at Stripe.
+
+Idempotency as Stripe documents it (https://docs.stripe.com/api/idempotent_requests), the same
+for both POST endpoints: the status and body of the first request that began executing under a
+key are stored and replayed, with ``Idempotent-Replayed: true``, for every later request with
+that key and the same parameters (including a 402); other parameters or another endpoint → 400
+``idempotency_error``; a request arriving while the first is still executing → 409
+``idempotency_key_in_use``; keys are pruned after 24 h, then the key executes anew. Requests
+refused before execution (auth, validation, injected 429/5xx) store nothing. Keys are scoped per
+API key, as per account at Stripe.
 
 Faults: the shared ``Knobs`` (latency, 429, 5xx, timeouts) hit before execution;
 ``processing_s`` keeps a request "in flight" (the card network) so concurrent duplicates see
-409; ``drop_after_apply_rate`` records the capture and stores the response, then breaks the
-connection mid-response, so the client sees a transport error and only a retry with the same
-key learns the outcome (from the replay).
+409; ``reply_delay_s`` holds the answer after the effect was applied;
+``drop_after_apply_rate`` records the capture or refund and stores the response, then breaks
+the connection mid-response, so the client sees a transport error and only a retry with the
+same key learns the outcome (from the replay).
 
 The ledger ``captures`` lists every successful charge as the outside world counts it;
 ``capture_count()`` is what tests and the demo compare with the orders we marked paid.
+``refunds`` lists every refund (``refund_count()``, ``refunds_for(order_ref)``) and
+``refunded_amount(intent)`` is what has gone back of a capture; ``refund_outside`` plays a
+refund made in the provider's dashboard (it moves the refunded amount, not the ledger).
 """
 
 from __future__ import annotations
@@ -57,12 +76,29 @@ MAX_AMOUNT = 99_999_999  # "supports up to eight digits"
 MIN_AMOUNT = {"usd": 50}  # $0.50; other currencies: any positive amount here
 THREE_DECIMAL = {"bhd", "jod", "kwd", "omr", "tnd"}
 DECLINING_METHODS = {"pm_card_chargeDeclined": "generic_decline"}
+REFUND_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
+INTENTS = "POST /v1/payment_intents"  # the endpoint is part of a key's stored record
+REFUNDS = "POST /v1/refunds"
 _CLAUSE = re.compile(r"\s*(?:metadata\['([^'\]]+)'\]|(status|currency)):'([^'\\]*)'\s*")
 _ALNUM = string.ascii_letters + string.digits
 
 
 class DroppedConnection(RuntimeError):
     """Raised inside the response to break the connection after the effect was applied."""
+
+
+class _Refused(Exception):
+    """Raised by an executor (under the lock) to refuse the request: nothing is applied and
+    nothing is stored against its idempotency key."""
+
+    def __init__(self, response: JSONResponse) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+# (params, idempotency key) → (status, body); called with the lock held; may raise _Refused
+_Executor = Callable[[dict[str, str], str | None], tuple[int, bytes]]
+_Validator = Callable[[dict[str, str]], JSONResponse | None]
 
 
 def _error(status: int, type_: str, message: str, **extra: Any) -> JSONResponse:
@@ -112,6 +148,11 @@ class PaymentsSimulator:
         #: every successful charge: id, order_ref, amount (minor units), currency, key, created
         self.captures: list[dict[str, Any]] = []
         self.declines: list[dict[str, Any]] = []
+        #: every refund: id, payment_intent, order_ref, amount (minor units), captured_amount,
+        #: currency, idempotency_key, created
+        self.refunds: list[dict[str, Any]] = []
+        self._refunded: dict[str, int] = {}  # payment intent → minor units refunded so far
+        self._refund_objects: dict[str, dict[str, Any]] = {}
         self.stats = {"executed": 0, "replayed": 0, "conflicts": 0, "mismatches": 0, "dropped": 0}
 
     # -- ledger ----------------------------------------------------------------------------
@@ -124,6 +165,31 @@ class PaymentsSimulator:
     def captures_for(self, order_ref: str) -> list[dict[str, Any]]:
         with self._lock:
             return [dict(c) for c in self.captures if c["order_ref"] == order_ref]
+
+    def refund_count(self) -> int:
+        """Distinct refunds (what "at most one refund per cancelled order" is checked on)."""
+        with self._lock:
+            return len({r["id"] for r in self.refunds})
+
+    def refunds_for(self, order_ref: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self.refunds if r["order_ref"] == order_ref]
+
+    def refunded_amount(self, payment_intent: str) -> int:
+        """Minor units refunded of the intent so far (API and dashboard refunds)."""
+        with self._lock:
+            return self._refunded.get(payment_intent, 0)
+
+    def refund_outside(self, payment_intent: str, amount: int) -> None:
+        """A refund made outside the API (the provider's dashboard): moves the intent's
+        refunded amount by ``amount`` minor units (negative takes it back) without a ledger
+        entry, so later API refunds see less (or more) left to refund."""
+        with self._lock:
+            intent = self.intents[payment_intent]
+            refunded = self._refunded.get(payment_intent, 0) + amount
+            if not 0 <= refunded <= intent["amount_received"]:
+                raise ValueError("refund_outside: refunded amount out of range")
+            self._refunded[payment_intent] = refunded
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -159,7 +225,7 @@ class PaymentsSimulator:
             del self._keys[key]
 
     @staticmethod
-    def _validate(params: dict[str, str]) -> JSONResponse | None:
+    def _validate_intent(params: dict[str, str]) -> JSONResponse | None:
         """Parameter checks that refuse a request before it executes (nothing is stored)."""
         currency = params.get("currency", "")
         if not re.fullmatch(r"[a-z]{3}", currency):
@@ -213,14 +279,36 @@ class PaymentsSimulator:
             )
         return None
 
-    def _execute(self, params: dict[str, str], idempotency_key: str | None) -> tuple[int, bytes]:
+    @staticmethod
+    def _validate_refund(params: dict[str, str]) -> JSONResponse | None:
+        """The refund's checks that need no state (the rest run in ``_execute_refund``)."""
+        amount = params.get("amount")
+        if amount is not None and not (re.fullmatch(r"[0-9]{1,12}", amount) and int(amount) > 0):
+            return _error(
+                400,
+                "invalid_request_error",
+                "Invalid positive integer.",
+                param="amount",
+                code="parameter_invalid_integer",
+            )
+        reason = params.get("reason")
+        if reason is not None and reason not in REFUND_REASONS:
+            return _error(
+                400,
+                "invalid_request_error",
+                "Invalid reason: must be one of duplicate, fraudulent, or requested_by_customer.",
+                param="reason",
+            )
+        return None
+
+    def _execute_intent(
+        self, params: dict[str, str], idempotency_key: str | None
+    ) -> tuple[int, bytes]:
         """Create (and confirm) the intent; record the charge. Caller holds the lock."""
         now = int(self._clock())
         intent_id = self._new_id("pi_")
         amount, currency = int(params["amount"]), params["currency"]
-        metadata = {
-            k[len("metadata[") : -1]: v for k, v in params.items() if k.startswith("metadata[")
-        }
+        metadata = _metadata(params)
         methods = [v for k, v in sorted(params.items()) if k.startswith("payment_method_types[")]
         intent: dict[str, Any] = {
             "id": intent_id,
@@ -282,6 +370,180 @@ class PaymentsSimulator:
             )
         return 200, json.dumps(intent).encode()
 
+    def _execute_refund(
+        self, params: dict[str, str], idempotency_key: str | None
+    ) -> tuple[int, bytes]:
+        """Check the refund against the intent's state, then apply and record it. Caller holds
+        the lock. Raises _Refused (nothing applied, nothing stored) when it cannot be done."""
+        intent_id = params.get("payment_intent", "")
+        intent = self.intents.get(intent_id)
+        if intent is None:
+            raise _Refused(
+                _error(
+                    400,
+                    "invalid_request_error",
+                    f"No such payment_intent: '{intent_id}'",
+                    param="payment_intent",
+                    code="resource_missing",
+                    doc_url="https://docs.stripe.com/error-codes/resource-missing",
+                )
+            )
+        if intent["status"] != "succeeded":
+            raise _Refused(
+                _error(
+                    400,
+                    "invalid_request_error",
+                    f"This PaymentIntent ({intent_id}) does not have a successful charge to "
+                    "refund.",
+                    param="payment_intent",
+                    code="charge_not_refundable",
+                )
+            )
+        currency = intent["currency"]
+        received = int(intent["amount_received"])
+        left = received - self._refunded.get(intent_id, 0)
+        if left <= 0:
+            raise _Refused(
+                _error(
+                    400,
+                    "invalid_request_error",
+                    f"Charge {intent['latest_charge']} has already been refunded.",
+                    code="charge_already_refunded",
+                    doc_url="https://docs.stripe.com/error-codes/charge-already-refunded",
+                )
+            )
+        amount = int(params["amount"]) if "amount" in params else left
+        if amount > left:
+            raise _Refused(
+                _error(
+                    400,
+                    "invalid_request_error",
+                    f"Refund amount ({amount} {currency}) is greater than unrefunded amount on "
+                    f"charge ({left} {currency}).",
+                    param="amount",
+                    code="amount_too_large",
+                )
+            )
+        if currency in THREE_DECIMAL and amount % 10:
+            raise _Refused(
+                _error(
+                    400,
+                    "invalid_request_error",
+                    "Amounts in three-decimal currencies must end in 0.",
+                    param="amount",
+                )
+            )
+        now = int(self._clock())
+        refund_id = self._new_id("re_")
+        refund: dict[str, Any] = {
+            "id": refund_id,
+            "object": "refund",
+            "amount": amount,
+            "balance_transaction": self._new_id("txn_"),
+            "charge": intent["latest_charge"],
+            "created": now,
+            "currency": currency,
+            "metadata": _metadata(params),
+            "payment_intent": intent_id,
+            "reason": params.get("reason"),
+            "receipt_number": None,
+            "status": "succeeded",
+        }
+        self._refunded[intent_id] = self._refunded.get(intent_id, 0) + amount
+        self._refund_objects[refund_id] = refund
+        self.stats["executed"] += 1
+        self.refunds.append(
+            {
+                "id": refund_id,
+                "payment_intent": intent_id,
+                "order_ref": intent["metadata"].get("order_ref"),
+                "amount": amount,
+                "captured_amount": received,
+                "currency": currency,
+                "idempotency_key": idempotency_key,
+                "created": now,
+            }
+        )
+        return 200, json.dumps(refund).encode()
+
+    async def _idempotent_post(
+        self, request: Request, endpoint: str, validate: _Validator, execute: _Executor
+    ) -> Response:
+        """The machinery both POST endpoints share: auth, the knobs, static validation, then
+        Stripe's idempotency around ``execute`` (with ``processing_s``, ``reply_delay_s`` and
+        ``drop_after_apply_rate``). ``endpoint`` goes into the key's record, so a key first used
+        on the other endpoint is an ``idempotency_error``."""
+        if not self._authorized(request):
+            return self._unauthorized(request)
+        refused = await self.knobs.disturb(
+            {
+                "error": {
+                    "type": "invalid_request_error",
+                    "code": "rate_limit",
+                    "message": "Too many requests hit the API too quickly.",
+                }
+            }
+        )
+        if refused is not None:
+            return refused
+        raw = (await request.body()).decode("utf-8", "replace")
+        pairs = tuple(sorted(parse_qsl(raw, keep_blank_values=True)))
+        params = dict(pairs)
+        invalid = validate(params)
+        if invalid is not None:
+            return invalid
+        key = request.headers.get("Idempotency-Key")
+        if key is None:  # Stripe executes it, unprotected
+            with self._lock:
+                try:
+                    status, body = execute(params, None)
+                except _Refused as refusal:
+                    return refusal.response
+            return Response(body, status_code=status, media_type="application/json")
+        if len(key) > MAX_KEY_LENGTH:
+            return _error(400, "invalid_request_error", "Idempotency key is too long.")
+        slot = (self.api_key, key)
+        with self._lock:
+            self._prune(self._clock())
+            record = self._keys.get(slot)
+            if record is not None:
+                return self._answer_repeat(record, endpoint, pairs, key)
+            record = _KeyRecord(endpoint, pairs, self._clock(), self._new_id("req_"))
+            self._keys[slot] = record
+        drop = False
+        try:
+            if self.processing_s:
+                await asyncio.sleep(self.processing_s)  # the card network: key in flight
+            with self._lock:
+                try:
+                    record.status, record.body = execute(params, key)
+                except _Refused as refusal:
+                    return refusal.response  # not done: the finally frees the key
+                record.done = True
+                drop = self._drops.random() < self.drop_after_apply_rate
+                if drop:
+                    self.stats["dropped"] += 1
+        finally:
+            if not record.done:  # never executed: Stripe saves nothing, the key is free
+                with self._lock:
+                    self._keys.pop(slot, None)
+        if self.reply_delay_s:
+            await asyncio.sleep(self.reply_delay_s)
+        headers = {"Idempotency-Key": key, "Request-Id": record.request_id}
+        if drop:
+            return StreamingResponse(
+                _broken_body(record.body),
+                status_code=record.status,
+                media_type="application/json",
+                headers=headers,
+            )
+        return Response(
+            record.body,
+            status_code=record.status,
+            media_type="application/json",
+            headers=headers,
+        )
+
     # -- routes ----------------------------------------------------------------------------
 
     def build_router(self) -> APIRouter:
@@ -289,72 +551,35 @@ class PaymentsSimulator:
 
         @router.post("/v1/payment_intents")
         async def create_intent(request: Request) -> Response:
+            return await self._idempotent_post(
+                request, INTENTS, self._validate_intent, self._execute_intent
+            )
+
+        @router.post("/v1/refunds")
+        async def create_refund(request: Request) -> Response:
+            return await self._idempotent_post(
+                request, REFUNDS, self._validate_refund, self._execute_refund
+            )
+
+        @router.get("/v1/refunds/{refund_id}")
+        async def retrieve_refund(refund_id: str, request: Request) -> Response:
             if not self._authorized(request):
                 return self._unauthorized(request)
-            refused = await self.knobs.disturb(
-                {
-                    "error": {
-                        "type": "invalid_request_error",
-                        "code": "rate_limit",
-                        "message": "Too many requests hit the API too quickly.",
-                    }
-                }
-            )
+            refused = await self.knobs.disturb()
             if refused is not None:
                 return refused
-            raw = (await request.body()).decode("utf-8", "replace")
-            pairs = tuple(sorted(parse_qsl(raw, keep_blank_values=True)))
-            params = dict(pairs)
-            invalid = self._validate(params)
-            if invalid is not None:
-                return invalid
-            key = request.headers.get("Idempotency-Key")
-            if key is None:  # Stripe executes it, unprotected
-                with self._lock:
-                    status, body = self._execute(params, None)
-                return Response(body, status_code=status, media_type="application/json")
-            if len(key) > MAX_KEY_LENGTH:
-                return _error(400, "invalid_request_error", "Idempotency key is too long.")
-            slot = (self.api_key, key)
             with self._lock:
-                self._prune(self._clock())
-                record = self._keys.get(slot)
-                if record is not None:
-                    return self._answer_repeat(record, "POST /v1/payment_intents", pairs, key)
-                record = _KeyRecord(
-                    "POST /v1/payment_intents", pairs, self._clock(), self._new_id("req_")
+                refund = self._refund_objects.get(refund_id)
+                body = json.loads(json.dumps(refund)) if refund else None
+            if body is None:
+                return _error(
+                    404,
+                    "invalid_request_error",
+                    f"No such refund: '{refund_id}'",
+                    code="resource_missing",
+                    param="id",
                 )
-                self._keys[slot] = record
-            drop = False
-            try:
-                if self.processing_s:
-                    await asyncio.sleep(self.processing_s)  # the card network: key in flight
-                with self._lock:
-                    record.status, record.body = self._execute(params, key)
-                    record.done = True
-                    drop = self._drops.random() < self.drop_after_apply_rate
-                    if drop:
-                        self.stats["dropped"] += 1
-            finally:
-                if not record.done:  # never executed: Stripe saves nothing, the key is free
-                    with self._lock:
-                        self._keys.pop(slot, None)
-            if self.reply_delay_s:
-                await asyncio.sleep(self.reply_delay_s)
-            headers = {"Idempotency-Key": key, "Request-Id": record.request_id}
-            if drop:
-                return StreamingResponse(
-                    _broken_body(record.body),
-                    status_code=record.status,
-                    media_type="application/json",
-                    headers=headers,
-                )
-            return Response(
-                record.body,
-                status_code=record.status,
-                media_type="application/json",
-                headers=headers,
-            )
+            return JSONResponse(body)
 
         @router.get("/v1/payment_intents/search")
         async def search_intents(request: Request) -> Response:
@@ -456,7 +681,12 @@ async def _broken_body(body: bytes) -> AsyncIterator[bytes]:
     """Send the status line, headers and half the body, then fail: uvicorn aborts the
     connection and the client reads an incomplete response (a transport error)."""
     yield body[: len(body) // 2]
-    raise DroppedConnection("sandbox: connection dropped after the capture was applied")
+    raise DroppedConnection("sandbox: connection dropped after the request was applied")
+
+
+def _metadata(params: dict[str, str]) -> dict[str, str]:
+    """``metadata[k]=v`` form pairs → ``{k: v}``."""
+    return {k[len("metadata[") : -1]: v for k, v in params.items() if k.startswith("metadata[")}
 
 
 def _parse_query(query: str) -> list[tuple[str, str]] | None:

@@ -1,8 +1,9 @@
-"""Payments: a client for a Stripe-compatible provider (capture with an idempotency key).
+"""Payments: a client for a Stripe-compatible provider (capture and refund with idempotency keys).
 
 The pipeline calls ``PaymentsClient.capture`` with a key derived from our own ids
-(``capture:{order_id}``) and ``retrieve_by_order`` when reconciling; the sandbox simulator of
-the same provider lives in ``sandbox/payments.py``.
+(``capture:{order_id}``), ``refund`` for a cancelled order's capture (``refund:{order_id}``) and
+``retrieve_by_order`` when reconciling; the sandbox simulator of the same provider lives in
+``sandbox/payments.py``.
 """
 
 from integrations.payments.client import (
@@ -11,7 +12,14 @@ from integrations.payments.client import (
     PaymentDeclined,
     PaymentsClient,
 )
-from integrations.payments.payloads import Capture, currency_exponent, from_minor, to_minor
+from integrations.payments.payloads import (
+    Capture,
+    Refund,
+    currency_exponent,
+    from_minor,
+    refund_from_object,
+    to_minor,
+)
 
 __all__ = [
     "DEFAULT_PAYMENT_METHOD",
@@ -19,7 +27,9 @@ __all__ = [
     "IdempotencyMismatch",
     "PaymentDeclined",
     "PaymentsClient",
+    "Refund",
     "currency_exponent",
     "from_minor",
+    "refund_from_object",
     "to_minor",
 ]

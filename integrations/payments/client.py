@@ -8,11 +8,17 @@ the first request that began executing under a key for at least 24 hours and ans
 with that stored result plus ``Idempotent-Replayed: true``. So a retry after a timeout or a
 dropped connection never charges twice, as long as it reuses the key and the same parameters.
 
+A refund (https://docs.stripe.com/api/refunds/create) is a POST to ``/v1/refunds`` for the
+PaymentIntent, under its own key and with the same guarantee: a retry never refunds twice.
+
 Errors, on top of ``integrations.errors``::
 
     PermanentError
     ├── IdempotencyMismatch     400 ``idempotency_error``: key reused with other parameters
-    └── PaymentDeclined         402 ``card_error`` (card_declined, expired_card, …)
+    ├── PaymentDeclined         402 ``card_error`` (card_declined, expired_card, …)
+    └── ValidationError         other 400s, e.g. a refund refused with ``amount_too_large``,
+                                ``charge_already_refunded``, ``resource_missing``: ``status``
+                                is set; nothing was applied and the key is still free
     Conflict (retryable)        409 ``idempotency_key_in_use``: the first request is in flight
     RateLimited (retryable)     429, including ``lock_timeout`` on a contended object
 
@@ -39,8 +45,10 @@ from integrations.http import ApiClient
 from integrations.payments.payloads import (
     THREE_DECIMAL_CURRENCIES,
     Capture,
+    Refund,
     capture_from_intent,
     form_pairs,
+    refund_from_object,
     to_minor,
 )
 from integrations.ratelimit import Bucket
@@ -48,6 +56,7 @@ from integrations.ratelimit import Bucket
 __all__ = [
     "DEFAULT_PAYMENT_METHOD",
     "MAX_IDEMPOTENCY_KEY_LENGTH",
+    "REFUND_REASONS",
     "IdempotencyMismatch",
     "PaymentDeclined",
     "PaymentsClient",
@@ -56,6 +65,7 @@ __all__ = [
 # Stripe's test-mode card that always succeeds; a live integration passes a saved PaymentMethod
 DEFAULT_PAYMENT_METHOD = "pm_card_visa"
 MAX_IDEMPOTENCY_KEY_LENGTH = 255  # documented maximum
+REFUND_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
 SEARCH_PAGE_LIMIT = 100  # documented maximum ``limit`` for search
 MAX_SEARCH_PAGES = 10  # an order has a handful of intents; more pages means something is off
 # Stripe's documented defaults: 25 write/read operations per second in test mode (100 live) and
@@ -74,7 +84,12 @@ class PaymentDeclined(PermanentError):
 
 
 class PaymentsClient(ApiClient):
-    rate_limits = {"capture": _WRITES, "retrieve": _WRITES, "search": _SEARCH}
+    rate_limits = {
+        "capture": _WRITES,
+        "refund": _WRITES,
+        "retrieve": _WRITES,
+        "search": _SEARCH,
+    }
 
     def __init__(
         self,
@@ -143,18 +158,9 @@ class PaymentsClient(ApiClient):
         Raises IdempotencyMismatch, PaymentDeclined, ValidationError (bad amount, before any
         request), Conflict (the key's first request still running; retry later).
         """
-        if not idempotency_key or len(idempotency_key) > MAX_IDEMPOTENCY_KEY_LENGTH:
-            raise ValueError("payments.capture: idempotency_key must be 1..255 characters")
+        _check_key("capture", idempotency_key)
         code = currency.upper()
-        try:
-            minor = to_minor(amount, code)
-        except ValueError as exc:
-            raise ValidationError(f"payments.capture: {exc}") from exc
-        if minor <= 0:
-            raise ValidationError("payments.capture: amount must be positive")
-        if code in THREE_DECIMAL_CURRENCIES and minor % 10:
-            # Stripe refuses a non-zero last digit for these; rounding money is not ours to do
-            raise ValidationError(f"payments.capture: {code} amounts must be multiples of 0.010")
+        minor = _minor_amount("capture", amount, code)
         params: dict[str, Any] = {
             "amount": minor,
             "currency": code.lower(),  # Stripe wants lowercase ISO codes
@@ -174,6 +180,51 @@ class PaymentsClient(ApiClient):
         )
         replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
         return self._parse(response, replayed=replayed)
+
+    def refund(
+        self,
+        *,
+        payment_intent: str,
+        amount: Decimal,
+        currency: str,
+        idempotency_key: str,
+        order_ref: str | None = None,
+        reason: str | None = None,
+    ) -> Refund:
+        """Refund ``amount`` (major units of ``currency``, which must be the intent's) of a
+        succeeded PaymentIntent; one call, at most one refund.
+
+        Retry with the same ``idempotency_key`` and arguments after any RetryableError: the
+        provider replays the first result (``Refund.replayed``) instead of refunding again.
+        Raises ValidationError (bad amount, before any request; or a 400 from the provider,
+        ``status`` set, such as ``amount_too_large`` or ``charge_already_refunded``: nothing
+        was refunded), IdempotencyMismatch, Conflict (the key's first request still running).
+        ValueError for a bad key, intent id or reason.
+        """
+        _check_key("refund", idempotency_key)
+        if not re.fullmatch(r"pi_\w+", payment_intent):
+            raise ValueError("payments.refund: not a PaymentIntent id")
+        if reason is not None and reason not in REFUND_REASONS:
+            raise ValueError(f"payments.refund: reason must be one of {sorted(REFUND_REASONS)}")
+        minor = _minor_amount("refund", amount, currency.upper())
+        params: dict[str, Any] = {
+            "payment_intent": payment_intent,
+            "amount": minor,
+            "reason": reason,
+            "metadata": {"order_ref": order_ref} if order_ref is not None else None,
+        }
+        response = self._call(
+            "refund",
+            "POST",
+            "/v1/refunds",
+            data=dict(form_pairs(params)),
+            headers={"Idempotency-Key": idempotency_key},
+        )
+        replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
+        try:
+            return refund_from_object(self._json(response), replayed=replayed)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PayloadError("payments.refund: response is not a refund") from exc
 
     def retrieve(self, intent_id: str) -> Capture:
         """One PaymentIntent by id (strongly consistent, unlike search)."""
@@ -259,6 +310,25 @@ def _translate(operation: str, exc: IntegrationError) -> IntegrationError:
     if exc.status == 402:
         return PaymentDeclined(f"payments.{operation}: payment declined", status=402, code=code)
     return exc
+
+
+def _check_key(operation: str, key: str) -> None:
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise ValueError(f"payments.{operation}: idempotency_key must be 1..255 characters")
+
+
+def _minor_amount(operation: str, amount: Decimal, code: str) -> int:
+    """A positive amount in ``code``'s minor unit, exactly, or ValidationError."""
+    try:
+        minor = to_minor(amount, code)
+    except ValueError as exc:
+        raise ValidationError(f"payments.{operation}: {exc}") from exc
+    if minor <= 0:
+        raise ValidationError(f"payments.{operation}: amount must be positive")
+    if code in THREE_DECIMAL_CURRENCIES and minor % 10:
+        # Stripe refuses a non-zero last digit for these; rounding money is not ours to do
+        raise ValidationError(f"payments.{operation}: {code} amounts must be multiples of 0.010")
+    return minor
 
 
 def _quoted(value: str) -> str:

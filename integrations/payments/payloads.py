@@ -1,4 +1,5 @@
-"""The payment provider's wire format (Stripe API v1): minor units, form bodies, PaymentIntents.
+"""The payment provider's wire format (Stripe API v1): minor units, form bodies, PaymentIntents
+and Refunds.
 
 Amounts travel as integers in the currency's smallest unit (https://docs.stripe.com/currencies):
 cents for USD (10.00 → 1000), whole units for the zero-decimal currencies (¥500 → 500), and
@@ -21,10 +22,12 @@ __all__ = [
     "THREE_DECIMAL_CURRENCIES",
     "ZERO_DECIMAL_CURRENCIES",
     "Capture",
+    "Refund",
     "capture_from_intent",
     "currency_exponent",
     "form_pairs",
     "from_minor",
+    "refund_from_object",
     "to_minor",
 ]
 
@@ -149,4 +152,45 @@ def capture_from_intent(intent: Mapping[str, Any], *, replayed: bool = False) ->
         currency=currency,
         replayed=replayed,
         order_ref=str(order_ref) if order_ref is not None else None,
+    )
+
+
+@dataclass(frozen=True)
+class Refund:
+    """What the pipeline keeps of a Refund object (https://docs.stripe.com/api/refunds/object).
+
+    ``amount`` is in major units of ``currency`` (upper-case); ``status`` is Stripe's verbatim
+    (``succeeded``, ``pending``, ``requires_action``, ``failed``, ``canceled``). ``replayed``
+    is True when the answer came from the provider's idempotency cache: the refund was made
+    by an earlier attempt.
+    """
+
+    id: str
+    payment_intent: str
+    amount: Decimal
+    currency: str
+    status: str
+    replayed: bool = False
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "succeeded"
+
+
+def refund_from_object(refund: Mapping[str, Any], *, replayed: bool = False) -> Refund:
+    """A Refund object (``"object": "refund"``) → ``Refund``.
+
+    Raises KeyError/TypeError/ValueError on a body that is not one; the client turns those into
+    ``PayloadError``.
+    """
+    if refund.get("object") != "refund":
+        raise ValueError("not a refund object")
+    currency = str(refund["currency"]).upper()
+    return Refund(
+        id=str(refund["id"]),
+        payment_intent=str(refund["payment_intent"]),
+        amount=from_minor(refund["amount"], currency),
+        currency=currency,
+        status=str(refund["status"]),
+        replayed=replayed,
     )

@@ -1,7 +1,8 @@
 """The payments client against the payment provider simulator over real HTTP.
 
-The simulator's ledger is the outside world's count of charges: every test that attacks the
-"at most one capture per order" invariant reads it, not the client's answers.
+The simulator's ledger is the outside world's count of charges and refunds: every test that
+attacks the "at most one capture per order" or "at most one refund per key" invariant reads it,
+not the client's answers.
 """
 
 from __future__ import annotations
@@ -16,8 +17,20 @@ import pytest
 from fastapi import FastAPI
 
 from integrations.base import ConnectorSeams
-from integrations.errors import AuthError, Conflict, RetryableError, TransportError
-from integrations.payments import Capture, IdempotencyMismatch, PaymentDeclined, PaymentsClient
+from integrations.errors import (
+    AuthError,
+    Conflict,
+    PermanentError,
+    RetryableError,
+    TransportError,
+)
+from integrations.payments import (
+    Capture,
+    IdempotencyMismatch,
+    PaymentDeclined,
+    PaymentsClient,
+    Refund,
+)
 from sandbox.knobs import Knobs
 from sandbox.payments import IDEMPOTENCY_TTL_S, SANDBOX_API_KEY, PaymentsSimulator
 from tests.support.servers import serve_app
@@ -301,3 +314,239 @@ def test_injected_faults_store_nothing_so_retries_still_capture_each_order_once(
     assert sorted(c["order_ref"] for c in sim.captures) == sorted(f"order:{n}" for n in range(20))
     assert sim.stats["executed"] == 20
     assert faults > 0
+
+
+# -- refunds ----------------------------------------------------------------------------------
+
+
+def _refund(client: PaymentsClient, intent: str, **overrides: Any) -> Refund:
+    args: dict[str, Any] = {
+        "payment_intent": intent,
+        "amount": Decimal("19.99"),
+        "currency": "USD",
+        "idempotency_key": "refund:1",
+        "order_ref": "order:1",
+        "reason": "requested_by_customer",
+    }
+    return client.refund(**(args | overrides))
+
+
+def test_a_capture_refunded_in_full_is_in_the_refund_ledger_once(serve):
+    # given
+    sim = PaymentsSimulator(seed=1)
+    base = serve(sim)
+    client = PaymentsClient(base, SANDBOX_API_KEY)
+    capture = _capture(client)
+
+    # when
+    refund = _refund(client, capture.id)
+
+    # then
+    assert refund.id.startswith("re_") and refund.payment_intent == capture.id
+    assert refund.amount == Decimal("19.99") and refund.currency == "USD"
+    assert refund.succeeded and refund.replayed is False
+    assert sim.refund_count() == 1 and sim.refunded_amount(capture.id) == 1999
+    [entry] = sim.refunds_for("order:1")
+    assert entry["id"] == refund.id and entry["payment_intent"] == capture.id
+    assert entry["amount"] == entry["captured_amount"] == 1999 and entry["currency"] == "usd"
+    assert entry["idempotency_key"] == "refund:1"
+    assert sim.capture_count() == 1
+    raw = httpx.get(
+        f"{base}/v1/refunds/{refund.id}", headers={"Authorization": f"Bearer {SANDBOX_API_KEY}"}
+    )
+    assert raw.status_code == 200
+    body = raw.json()
+    assert body["object"] == "refund" and body["status"] == "succeeded"
+    assert body["charge"] == sim.intents[capture.id]["latest_charge"]
+    assert body["reason"] == "requested_by_customer"
+    assert body["metadata"] == {"order_ref": "order:1"}
+
+
+def test_the_same_refund_key_replays_the_first_refund(serve):
+    sim = PaymentsSimulator(seed=1)
+    client = PaymentsClient(serve(sim), SANDBOX_API_KEY)
+    capture = _capture(client)
+
+    first = _refund(client, capture.id)
+    second = _refund(client, capture.id)
+
+    assert first.replayed is False and second.replayed is True
+    assert second.id == first.id and second.amount == first.amount
+    assert sim.refund_count() == 1 and sim.refunded_amount(capture.id) == 1999
+
+
+def test_a_refund_key_reused_with_another_amount_or_on_another_endpoint_is_a_mismatch(serve):
+    sim = PaymentsSimulator(seed=1)
+    client = PaymentsClient(serve(sim), SANDBOX_API_KEY)
+    capture = _capture(client)
+    _refund(client, capture.id, amount=Decimal("5.00"))
+
+    with pytest.raises(IdempotencyMismatch):
+        _refund(client, capture.id, amount=Decimal("6.00"))
+    with pytest.raises(IdempotencyMismatch):  # the capture's key on the refunds endpoint
+        _refund(client, capture.id, idempotency_key="capture:1")
+    with pytest.raises(IdempotencyMismatch):  # and the refund's key on the intents endpoint
+        _capture(client, order=2, idempotency_key="refund:1")
+
+    assert sim.refund_count() == 1 and sim.refunded_amount(capture.id) == 500
+    assert sim.capture_count() == 1
+    assert sim.stats["mismatches"] == 3
+
+
+def test_twenty_concurrent_identical_refunds_refund_once(serve):
+    # given: the refund takes a while, so duplicates meet the first one in flight (409)
+    sim = PaymentsSimulator(seed=7, processing_s=0.3)
+    base = serve(sim)
+    setup = PaymentsClient(base, SANDBOX_API_KEY)
+    intent = _capture(setup, order=42).id
+    callers = 20
+    barrier = threading.Barrier(callers)
+    ids: list[str] = []
+    replays: list[bool] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        client = PaymentsClient(base, SANDBOX_API_KEY)
+        try:
+            barrier.wait()
+            for _ in range(20):
+                try:
+                    result = _refund(client, intent, idempotency_key="refund:42")
+                except Conflict:
+                    continue
+                with lock:
+                    ids.append(result.id)
+                    replays.append(result.replayed)
+                return
+            raise AssertionError("still in conflict after 20 tries")
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(callers)]
+
+    # when
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+
+    # then
+    assert not errors, errors[:3]
+    assert len(ids) == callers and len(set(ids)) == 1
+    assert sim.refund_count() == 1 and len(sim.refunds) == 1
+    assert sim.refunded_amount(intent) == 1999
+    assert sim.stats["conflicts"] > 0
+    assert replays.count(False) == 1
+
+
+def test_partial_refunds_add_up_and_an_over_refund_is_refused_with_a_400(serve):
+    sim = PaymentsSimulator(seed=1)
+    client = PaymentsClient(serve(sim), SANDBOX_API_KEY)
+    intent = _capture(client, amount=Decimal("20.00")).id
+    _refund(client, intent, amount=Decimal("5.00"), idempotency_key="refund:1:a")
+    _refund(client, intent, amount=Decimal("10.00"), idempotency_key="refund:1:b")
+
+    # when: more than the 5.00 left
+    with pytest.raises(PermanentError) as raised:
+        _refund(client, intent, amount=Decimal("5.01"), idempotency_key="refund:1:c")
+
+    # then: refused, nothing applied, and the key is still free for the right amount
+    assert raised.value.status == 400 and raised.value.code == "amount_too_large"
+    assert sim.refund_count() == 2 and sim.refunded_amount(intent) == 1500
+    rest = _refund(client, intent, amount=Decimal("5.00"), idempotency_key="refund:1:c")
+    assert rest.replayed is False and sim.refunded_amount(intent) == 2000
+    with pytest.raises(PermanentError) as again:
+        _refund(client, intent, amount=Decimal("0.01"), idempotency_key="refund:1:d")
+    assert again.value.status == 400 and again.value.code == "charge_already_refunded"
+    assert [r["amount"] for r in sim.refunds_for("order:1")] == [500, 1000, 500]
+
+
+def test_a_refund_of_an_unknown_intent_stores_nothing_so_its_key_can_refund_later(serve):
+    sim = PaymentsSimulator(seed=1)
+    client = PaymentsClient(serve(sim), SANDBOX_API_KEY)
+
+    with pytest.raises(PermanentError) as raised:
+        _refund(client, "pi_doesnotexist")
+
+    assert raised.value.status == 400 and raised.value.code == "resource_missing"
+    assert not isinstance(raised.value, IdempotencyMismatch)
+    assert sim.refund_count() == 0
+    capture = _capture(client)
+    refund = _refund(client, capture.id)  # same key "refund:1", other parameters: executes
+    assert refund.replayed is False and refund.payment_intent == capture.id
+    assert sim.refund_count() == 1
+
+
+def test_an_intent_that_did_not_succeed_is_not_refundable(serve):
+    sim = PaymentsSimulator(seed=1)
+    client = PaymentsClient(serve(sim), SANDBOX_API_KEY)
+    with pytest.raises(PaymentDeclined):
+        _capture(client, payment_method="pm_card_chargeDeclined")
+    [declined] = sim.intents
+
+    with pytest.raises(PermanentError) as raised:
+        _refund(client, declined)
+
+    assert raised.value.status == 400 and raised.value.code == "charge_not_refundable"
+    assert sim.refund_count() == 0
+
+
+def test_a_dropped_connection_after_the_refund_is_learnt_from_the_replay(serve):
+    # given: the capture goes through; then the provider refunds and breaks the connection
+    sim = PaymentsSimulator(seed=3)
+    client = PaymentsClient(serve(sim), SANDBOX_API_KEY, max_attempts=1)
+    intent = _capture(client).id
+    sim.drop_after_apply_rate = 1.0
+
+    # when: the caller sees a transport error although the money went back
+    with pytest.raises(TransportError):
+        _refund(client, intent)
+    assert sim.refund_count() == 1
+
+    # then: the retry with the same key gets the stored refund, and nothing is refunded again
+    retried = _refund(client, intent)
+    assert retried.replayed is True and retried.succeeded
+    assert retried.id == sim.refunds[0]["id"]
+    assert sim.refund_count() == 1 and sim.refunded_amount(intent) == 1999
+    assert sim.stats["dropped"] == 1
+
+
+def test_raw_refund_requests_default_to_the_rest_and_check_their_parameters(serve):
+    sim = PaymentsSimulator(seed=1)
+    base = serve(sim)
+    intent = _capture(PaymentsClient(base, SANDBOX_API_KEY), amount=Decimal("10.00")).id
+    sim.refund_outside(intent, 300)  # 3.00 refunded in the provider's dashboard
+    auth = {"Authorization": f"Bearer {SANDBOX_API_KEY}"}
+
+    with httpx.Client(base_url=base, headers=auth) as http:
+        bad = [
+            http.post("/v1/refunds", data={"payment_intent": intent, "amount": amount})
+            for amount in ("abc", "0", "-5", "1.5")
+        ]
+        bad_reason = http.post("/v1/refunds", data={"payment_intent": intent, "reason": "meh"})
+        missing = http.post("/v1/refunds", data={}, headers={"Idempotency-Key": "k"})
+        rest = http.post(
+            "/v1/refunds", data={"payment_intent": intent}, headers={"Idempotency-Key": "k"}
+        )
+        unknown = http.get("/v1/refunds/re_nope")
+
+    for response in bad:
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "parameter_invalid_integer"
+    assert bad_reason.status_code == 400 and bad_reason.json()["error"]["param"] == "reason"
+    assert missing.status_code == 400
+    assert missing.json()["error"] | {"message": ""} == {
+        "type": "invalid_request_error",
+        "code": "resource_missing",
+        "param": "payment_intent",
+        "message": "",
+        "doc_url": "https://docs.stripe.com/error-codes/resource-missing",
+    }
+    assert rest.status_code == 200 and rest.json()["amount"] == 700  # the key was still free
+    assert rest.json()["reason"] is None and "Idempotent-Replayed" not in rest.headers
+    assert unknown.status_code == 404
+    assert sim.refund_count() == 1 and sim.refunded_amount(intent) == 1000

@@ -13,7 +13,15 @@ import pytest
 import respx
 
 from integrations.base import ConnectorSeams
-from integrations.errors import AuthError, Conflict, ServerError, TransportError, ValidationError
+from integrations.errors import (
+    AuthError,
+    Conflict,
+    PayloadError,
+    PermanentError,
+    ServerError,
+    TransportError,
+    ValidationError,
+)
 from integrations.payments import IdempotencyMismatch, PaymentDeclined, PaymentsClient
 
 BASE = "https://api.payments.example"
@@ -395,3 +403,199 @@ def test_retrieve_reads_one_intent_by_id(client, router):
     router.get("/v1/payment_intents/pi_3MtwBwLkdIwHu7ix28a3tqPa").respond(200, json=intent())
 
     assert client.retrieve("pi_3MtwBwLkdIwHu7ix28a3tqPa").amount == Decimal("20.00")
+
+
+# -- refunds ----------------------------------------------------------------------------------
+
+# A Refund as the API reference shows it (https://docs.stripe.com/api/refunds/object).
+REFUND: dict[str, Any] = {
+    "id": "re_1Nispe2eZvKYlo2Cd31jOCgZ",
+    "object": "refund",
+    "amount": 2000,
+    "balance_transaction": "txn_1Nispe2eZvKYlo2CYezqFhEx",
+    "charge": "ch_3MtwBwLkdIwHu7ix28a3tqPb",
+    "created": 1692942318,
+    "currency": "usd",
+    "destination_details": {"card": {"reference_status": "pending", "type": "refund"}},
+    "metadata": {"order_ref": "order:42"},
+    "payment_intent": "pi_3MtwBwLkdIwHu7ix28a3tqPa",
+    "reason": "requested_by_customer",
+    "receipt_number": None,
+    "source_transfer_reversal": None,
+    "status": "succeeded",
+    "transfer_reversal": None,
+}
+
+
+def refund_object(**changes: Any) -> dict[str, Any]:
+    return copy.deepcopy(REFUND) | changes
+
+
+def refund(client: PaymentsClient, **overrides: Any) -> Any:
+    args: dict[str, Any] = {
+        "payment_intent": "pi_3MtwBwLkdIwHu7ix28a3tqPa",
+        "amount": Decimal("20.00"),
+        "currency": "USD",
+        "idempotency_key": "refund:42",
+        "order_ref": "order:42",
+        "reason": "requested_by_customer",
+    }
+    return client.refund(**(args | overrides))
+
+
+def test_refund_sends_one_form_encoded_refund_with_key_and_bearer_auth(client, router):
+    # given
+    route = router.post("/v1/refunds").respond(200, json=refund_object())
+
+    # when
+    result = refund(client)
+
+    # then
+    request = route.calls.last.request
+    assert request.headers["Authorization"] == f"Bearer {API_KEY}"
+    assert request.headers["Idempotency-Key"] == "refund:42"
+    assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert form(request) == {
+        "payment_intent": "pi_3MtwBwLkdIwHu7ix28a3tqPa",
+        "amount": "2000",
+        "reason": "requested_by_customer",
+        "metadata[order_ref]": "order:42",
+    }
+    assert route.call_count == 1
+    assert result.id == "re_1Nispe2eZvKYlo2Cd31jOCgZ"
+    assert result.payment_intent == "pi_3MtwBwLkdIwHu7ix28a3tqPa"
+    assert result.amount == Decimal("20.00") and result.currency == "USD"
+    assert result.status == "succeeded" and result.succeeded
+    assert result.replayed is False
+
+
+def test_refund_leaves_out_what_is_not_given_and_converts_to_minor_units(client, router):
+    route = router.post("/v1/refunds").respond(
+        200, json=refund_object(amount=5120, currency="kwd", reason=None, metadata={})
+    )
+
+    result = refund(client, amount=Decimal("5.12"), currency="kwd", order_ref=None, reason=None)
+
+    assert form(route.calls.last.request) == {
+        "payment_intent": "pi_3MtwBwLkdIwHu7ix28a3tqPa",
+        "amount": "5120",
+    }
+    assert result.amount == Decimal("5.120") and result.currency == "KWD"
+
+
+def test_a_replayed_refund_is_reported_as_replayed(client, router):
+    router.post("/v1/refunds").respond(
+        200, json=refund_object(), headers={"Idempotent-Replayed": "true"}
+    )
+
+    assert refund(client).replayed is True
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency"),
+    [
+        (Decimal("10.005"), "USD"),
+        (Decimal("500.5"), "JPY"),
+        (Decimal("5.125"), "KWD"),
+        (Decimal("0"), "USD"),
+        (Decimal("-1.00"), "USD"),
+    ],
+)
+def test_refund_amounts_that_would_need_rounding_are_refused_before_any_request(
+    client, router, amount, currency
+):
+    route = router.post("/v1/refunds").respond(200, json=refund_object())
+
+    with pytest.raises(ValidationError):
+        refund(client, amount=amount, currency=currency)
+
+    assert route.call_count == 0
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"idempotency_key": ""},
+        {"idempotency_key": "k" * 256},
+        {"payment_intent": "ch_3MtwBwLkdIwHu7ix28a3tqPb"},
+        {"reason": "changed_my_mind"},
+    ],
+)
+def test_bad_refund_arguments_are_value_errors_before_any_request(client, router, overrides):
+    route = router.post("/v1/refunds").respond(200, json=refund_object())
+
+    with pytest.raises(ValueError):
+        refund(client, **overrides)
+
+    assert route.call_count == 0
+
+
+def test_a_refund_key_reused_with_other_parameters_is_an_idempotency_mismatch(client, router):
+    route = router.post("/v1/refunds").mock(
+        return_value=stripe_error(
+            400,
+            type="idempotency_error",
+            message="Keys for idempotent requests can only be used with the same parameters "
+            "they were first used with.",
+        )
+    )
+
+    with pytest.raises(IdempotencyMismatch) as raised:
+        refund(client)
+
+    assert raised.value.status == 400 and raised.value.code == "idempotency_error"
+    assert route.call_count == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "param"),
+    [
+        ("amount_too_large", "amount"),
+        ("charge_already_refunded", None),
+        ("charge_not_refundable", "payment_intent"),
+        ("resource_missing", "payment_intent"),
+        ("parameter_invalid_integer", "amount"),
+    ],
+)
+def test_a_refused_refund_is_a_permanent_400_and_not_retried(client, router, code, param):
+    # given: a refusal: nothing was refunded, the key is still free
+    route = router.post("/v1/refunds").mock(
+        return_value=stripe_error(
+            400, type="invalid_request_error", code=code, param=param, message="Refused."
+        )
+    )
+
+    # when
+    with pytest.raises(PermanentError) as raised:
+        refund(client)
+
+    # then
+    assert isinstance(raised.value, ValidationError)
+    assert not isinstance(raised.value, IdempotencyMismatch)
+    assert raised.value.status == 400 and raised.value.code == code
+    assert not raised.value.retryable
+    assert route.call_count == 1
+
+
+def test_a_refund_key_in_use_is_retried_with_the_same_key_and_body(client, router, sleeps):
+    route = router.post("/v1/refunds").mock(
+        side_effect=[
+            stripe_error(409, type="invalid_request_error", code="idempotency_key_in_use"),
+            httpx.RemoteProtocolError("peer closed connection"),
+            httpx.Response(200, json=refund_object(), headers={"Idempotent-Replayed": "true"}),
+        ]
+    )
+
+    result = refund(client)
+
+    assert result.replayed is True
+    assert [c.request.headers["Idempotency-Key"] for c in route.calls] == ["refund:42"] * 3
+    assert len({c.request.content for c in route.calls}) == 1
+    assert len(sleeps) == 2
+
+
+def test_a_refund_answer_that_is_not_a_refund_is_a_payload_error(client, router):
+    router.post("/v1/refunds").respond(200, json=intent())
+
+    with pytest.raises(PayloadError):
+        refund(client)

@@ -9,9 +9,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from integrations.payments.payloads import (
+    Refund,
     currency_exponent,
     form_pairs,
     from_minor,
+    refund_from_object,
     to_minor,
 )
 
@@ -100,3 +102,38 @@ def test_nested_params_are_written_with_brackets_and_stripe_booleans():
         ("payment_method_types[0]", "card"),
         ("payment_method_types[1]", "link"),
     ]
+
+
+def test_a_refund_object_becomes_a_refund_in_major_units():
+    body = {
+        "id": "re_1",
+        "object": "refund",
+        "amount": 1500,
+        "currency": "jpy",
+        "payment_intent": "pi_1",
+        "status": "pending",
+    }
+
+    assert refund_from_object(body, replayed=True) == Refund(
+        id="re_1",
+        payment_intent="pi_1",
+        amount=Decimal("1500"),
+        currency="JPY",
+        status="pending",
+        replayed=True,
+    )
+    assert not refund_from_object(body).succeeded
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"object": "payment_intent", "id": "pi_1"},
+        {"object": "refund", "id": "re_1", "currency": "usd", "payment_intent": "pi_1"},
+        {"object": "refund", "id": "re_1", "amount": "10", "currency": "usd",
+         "payment_intent": "pi_1", "status": "succeeded"},
+    ],
+)  # fmt: skip
+def test_something_that_is_not_a_refund_object_is_refused(body):
+    with pytest.raises((KeyError, TypeError, ValueError)):
+        refund_from_object(body)
