@@ -42,6 +42,7 @@ __all__ = [
     "OrderLine",
     "OutboxMessage",
     "Payment",
+    "Refund",
     "Shipment",
     "StockItem",
     "StockReservation",
@@ -283,6 +284,25 @@ class Payment(Base):
     idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
     collected_by_marketplace: Mapped[bool] = mapped_column(Boolean, default=False)
     captured_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = created_at()
+
+
+class Refund(Base):
+    """Money given back on a captured payment (a cancelled order), made once per idempotency
+    key. Payments the marketplace collected are refunded by the marketplace, not here."""
+
+    __tablename__ = "refunds"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    payment_id: Mapped[int] = mapped_column(ForeignKey("payments.id"), index=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    provider: Mapped[str] = mapped_column(String(50))
+    external_id: Mapped[str] = mapped_column(String(255))
+    amount: Mapped[Decimal]
+    currency: Mapped[str] = mapped_column(Currency)
+    status: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str | None] = mapped_column(String(50))
+    idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
     created_at: Mapped[dt.datetime] = created_at()
 
 

@@ -37,6 +37,7 @@ from db.models import (
     Order,
     OrderEvent,
     Payment,
+    Refund,
     Shipment,
     SyncRun,
 )
@@ -227,6 +228,9 @@ def order_detail(request: Request, order_id: int) -> HTMLResponse:
         order = load_order(session, order_id)
         account = session.get(ChannelAccount, order.channel_account_id)
         payment = session.scalar(select(Payment).where(Payment.order_id == order_id))
+        refunds = session.scalars(
+            select(Refund).where(Refund.order_id == order_id).order_by(Refund.id)
+        ).all()
         # columns only: the PDFs stay in the database until someone opens them
         invoices = session.execute(
             select(
@@ -260,6 +264,7 @@ def order_detail(request: Request, order_id: int) -> HTMLResponse:
                 "country": address.get("country_code"),
             },
             payment=payment,
+            refunds=refunds,
             invoices=invoices,
             shipment=shipment,
             label=label,

@@ -7,6 +7,7 @@
               mark_ready_to_ship.si(order_id)),
     )
     ship(order_id): tracking back to the marketplace → shipped
+    refund_payment(order_id): a cancelled order's captured payment goes back (once)
 
 Every task takes the order id, holds the Redis lock of (order, step), reloads the order and does
 its step only if it is not done yet; outside calls carry idempotency keys derived from our ids
@@ -31,7 +32,7 @@ from sqlalchemy import bindparam, exists, func, insert, select
 from sqlalchemy.orm import Session
 
 from db.base import table, utcnow
-from db.models import ChannelAccount, Invoice, Label, Order, OrderLine, Payment, Shipment
+from db.models import ChannelAccount, Invoice, Label, Order, OrderLine, Payment, Refund, Shipment
 from db.session import core
 from integrations.canonical import Address
 from integrations.errors import PermanentError
@@ -52,6 +53,7 @@ __all__ = [
     "issue_invoice",
     "mark_ready_to_ship",
     "pipeline",
+    "refund_payment",
     "reserve_stock",
     "retry_order",
     "ship",
@@ -292,6 +294,7 @@ def capture_payment(self: StepTask, order_id: int) -> str:
                 # recorded, and staff see that it needs refunding
                 record_event(session, order_id, actor="task:capture_payment",
                              kind="captured_after_cancel", payment=capture.id)  # fmt: skip
+                publish_after_commit(session, refund_payment.si(order_id))  # give it back
                 return f"captured, but order is {order.state}"
             transition(session, order, S.PAID, actor="task:capture_payment",
                        payment=capture.id, replayed=capture.replayed)  # fmt: skip
@@ -457,11 +460,84 @@ def credit_note(self: StepTask, order_id: int) -> str:
 
 
 def on_cancelled(session: Session, order_id: int) -> None:
-    """Called in the transaction that cancelled the order."""
+    """Called in the transaction that cancelled the order: stock back on the shelf, a credit
+    note for an invoice, the money back for a payment we captured."""
     released = stock.release(session, order_id)
     if released:
         record_event(session, order_id, actor="system", kind="stock_released", lines=released)
     publish_after_commit(session, credit_note.si(order_id))
+    publish_after_commit(session, refund_payment.si(order_id))
+
+
+def _refundable(session: Session, order_id: int) -> Payment | None:
+    """The order's payment if we captured it and it is not refunded yet (the marketplace
+    refunds what it collected itself)."""
+    payment = session.scalar(select(Payment).where(Payment.order_id == order_id))
+    if payment is None or payment.collected_by_marketplace or not payment.external_id:
+        return None
+    if session.scalar(select(Refund.id).where(Refund.payment_id == payment.id)) is not None:
+        return None
+    return payment
+
+
+class RefundTask(StepTask):
+    abstract = True
+
+    def on_permanent_failure(
+        self, exc: Exception, args: Any, kwargs: Any, *, attempts: int
+    ) -> None:
+        # the order stays cancelled; the failure goes on its timeline for staff, who retry it
+        # with `ordersync orders retry` once the cause is fixed
+        order_id = args[0] if args else kwargs["order_id"]
+        with self.transaction() as session:
+            error = f"{type(exc).__name__}: {exc}"[:2000]
+            record_event(session, order_id, actor="task:refund_payment", kind="refund_failed",
+                         error=error, attempts=attempts)  # fmt: skip
+
+
+@app.task(base=RefundTask, bind=True, name="ordersync.orders.refund_payment", step="refund_payment",
+          ignore_result=True)  # fmt: skip
+def refund_payment(self: RefundTask, order_id: int) -> str:
+    """A cancelled order's captured payment is refunded in full, once (key ``refund:{id}``)."""
+    with order_lock(order_id, self.step, self.owner()):
+        with self.transaction() as session:
+            order = load_for_update(session, order_id)
+            if OrderState(order.state) != S.CANCELLED:
+                return f"skip: {order.state}"
+            payment = _refundable(session, order_id)
+            if payment is None:
+                return "nothing to refund"
+            intent, amount, currency = str(payment.external_id), payment.amount, payment.currency
+            payment_id = payment.id
+            params = {"payment_intent": intent, "amount": str(amount), "currency": currency}
+            key = self.claim_key(session, f"refund:{order_id}", params, "refund_sent")
+        with self.outside_call(key):
+            refund = payments_client().refund(
+                payment_intent=intent, amount=amount, currency=currency, idempotency_key=key,
+                order_ref=str(order_id), reason="requested_by_customer",
+            )  # fmt: skip
+        with self.transaction() as session:
+            load_for_update(session, order_id)  # one refund writer per order at a time
+            if _refundable(session, order_id) is None:
+                return "already recorded"
+            session.add(
+                Refund(
+                    payment_id=payment_id,
+                    order_id=order_id,
+                    provider="payments",
+                    external_id=refund.id,
+                    amount=refund.amount,
+                    currency=refund.currency,
+                    status=refund.status,
+                    reason="requested_by_customer",
+                    idempotency_key=key,
+                )
+            )
+            idempotency.finish(session, key, {"id": refund.id, "status": refund.status})
+            record_event(session, order_id, actor="task:refund_payment", kind="refunded",
+                         refund=refund.id, amount=str(refund.amount), currency=refund.currency,
+                         replayed=refund.replayed)  # fmt: skip
+        return "refunded"
 
 
 # --- canvas and staff actions ---------------------------------------------------------------
@@ -478,8 +554,13 @@ def pipeline(order_id: int) -> Signature:
 
 
 def retry_order(session: Session, order_id: int, *, actor: str) -> OrderState:
-    """Staff retry: resume a ``needs_attention`` order from the step that failed."""
+    """Staff retry: resume a ``needs_attention`` order from the step that failed, or, for a
+    cancelled order whose captured payment is not refunded yet, the refund."""
     order = load_for_update(session, order_id)
+    if OrderState(order.state) == S.CANCELLED and _refundable(session, order_id) is not None:
+        record_event(session, order_id, actor=actor, kind="retry", step="refund_payment")
+        publish_after_commit(session, refund_payment.si(order_id))
+        return S.CANCELLED
     if OrderState(order.state) != S.NEEDS_ATTENTION:
         raise IllegalTransition(f"order {order_id} is {order.state}, not needs_attention")
     resume = RESUME_STATE.get(order.failed_step or "", S.NEW)

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -24,8 +25,10 @@ from sqlalchemy import func, select
 from db.models import (
     Invoice,
     Label,
+    Order,
     OrderEvent,
     Payment,
+    Refund,
     Shipment,
     StockItem,
     StockReservation,
@@ -248,3 +251,92 @@ def test_stale_and_reordered_events_never_move_an_order_back_and_a_cancel_credit
             item = session.get(StockItem, sku)
             assert item is not None and item.reserved == 0
         assert find_gaps(session) == {}
+
+
+def _charged_order(world: World, fixtures_dir: Path) -> tuple[str, dict[str, Any], Order]:
+    """An order we captured ourselves (Shopify only authorised it), ready to ship."""
+    shop = world.account()
+    payload = fixture_order(fixtures_dir, financial_status="authorized",
+                            updated_at="2026-07-01T10:00:00Z")  # fmt: skip
+    stock_for(world, payload)
+    world.post(shop, payload, topic="orders/create")
+    return shop, payload, world.wait_state(shop, str(payload["id"]), "ready_to_ship")
+
+
+def _cancel(world: World, shop: str, payload: dict[str, Any]) -> None:
+    cancelled = copy.deepcopy(payload)
+    cancelled["updated_at"] = cancelled["cancelled_at"] = "2026-07-01T13:00:00Z"
+    world.post(shop, cancelled, topic="orders/cancelled")
+
+
+def test_a_cancelled_order_we_charged_is_refunded_once_however_often_it_is_triggered(
+    world: World, fixtures_dir: Path
+) -> None:
+    # given an order we captured ourselves (Shopify only authorised it), then cancelled
+    shop, payload, order = _charged_order(world, fixtures_dir)
+    _cancel(world, shop, payload)
+    _cancel(world, shop, payload)  # the marketplace delivers it again
+    world.wait_state(shop, str(payload["id"]), "cancelled")
+
+    def refunded() -> Refund | None:
+        with world.maker() as session:
+            return session.scalar(select(Refund).where(Refund.order_id == order.id))
+
+    first = wait_until(refunded, what="refund recorded")
+
+    # when staff ask for the refund again, twenty times at once (and it was done already)
+    barrier = threading.Barrier(20)
+
+    def retry(_: int) -> int:
+        barrier.wait()
+        return httpx.post(f"{world.stack.base_url}/api/orders/{order.id}/retry").status_code
+
+    with ThreadPoolExecutor(20) as pool:
+        assert set(pool.map(retry, range(20))) == {409}  # nothing left to resume
+    world.wait_idle()
+
+    # then the provider refunded the capture once, in full, and we recorded exactly that
+    with world.maker() as session:
+        payment = session.scalars(select(Payment).where(Payment.order_id == order.id)).one()
+        refunds = session.scalars(select(Refund).where(Refund.order_id == order.id)).all()
+        kinds = session.scalars(
+            select(OrderEvent.kind).where(OrderEvent.order_id == order.id)
+        ).all()
+    ledger = world.sandbox.payments.refunds_for(str(order.id))
+    assert len(ledger) == 1 and len(refunds) == 1 and refunds[0].id == first.id
+    assert ledger[0]["id"] == refunds[0].external_id
+    assert ledger[0]["payment_intent"] == payment.external_id
+    assert refunds[0].amount == payment.amount and refunds[0].payment_id == payment.id
+    assert kinds.count("refunded") == 1 and "refund_failed" not in kinds
+
+
+def test_a_refused_refund_is_shown_to_staff_and_their_retry_refunds_it(
+    world: World, fixtures_dir: Path
+) -> None:
+    shop, payload, order = _charged_order(world, fixtures_dir)
+    with world.maker() as session:
+        payment = session.scalars(select(Payment).where(Payment.order_id == order.id)).one()
+    # someone refunded part of it in the provider's dashboard: a full refund is now refused
+    intent = payment.external_id
+    assert intent is not None
+    world.sandbox.payments.refund_outside(intent, 100)
+    _cancel(world, shop, payload)
+
+    def events() -> list[OrderEvent]:
+        with world.maker() as session:
+            return list(session.scalars(
+                select(OrderEvent).where(OrderEvent.order_id == order.id).order_by(OrderEvent.id)
+            ).all())  # fmt: skip
+
+    failed = wait_until(lambda: [e for e in events() if e.kind == "refund_failed"],
+                        what="refund failure on the timeline")  # fmt: skip
+    assert "amount_too_large" in failed[0].detail["error"] or "400" in failed[0].detail["error"]
+
+    # the provider's side is put right; staff retry from the API
+    world.sandbox.payments.refund_outside(intent, -100)
+    response = httpx.post(f"{world.stack.base_url}/api/orders/{order.id}/retry")
+    assert response.status_code == 200 and response.json()["resumed_from"] == "cancelled"
+    wait_until(lambda: [e for e in events() if e.kind == "refunded"], what="refund after retry")
+    ledger = world.sandbox.payments.refunds_for(str(order.id))
+    captures = world.sandbox.payments.captures_for(str(order.id))
+    assert len(ledger) == 1 and ledger[0]["amount"] == captures[0]["amount"]
