@@ -189,7 +189,10 @@ def retry_order(order_id: int) -> dict[str, Any]:
     from workflows.pipeline import retry_order as resume
 
     def act(session: Session, oid: int) -> dict[str, Any]:
-        return {"id": oid, "resumed_from": resume(session, oid, actor="staff:api")}
+        resumed = resume(session, oid, actor="staff:api")
+        if resumed == OrderState.CANCELLED:  # a cancelled order: its refund is retried
+            return {"id": oid, "resumed_from": resumed, "step": "refund_payment"}
+        return {"id": oid, "resumed_from": resumed}
 
     return _staff_action(act, order_id)
 

@@ -124,6 +124,34 @@ def _on_hold(session: Session) -> list[tuple[Order, dict[str, int]]]:
     return [(o, short.get(o.id, {})) for o in orders]
 
 
+def _refunds_owed(session: Session) -> list[tuple[Order, Payment, dict[str, Any]]]:
+    """Cancelled orders whose money we captured and have not given back yet (in flight, or
+    refused: then with the provider's answer from the last ``refund_failed`` row)."""
+    rows = session.execute(
+        select(Order, Payment)
+        .join(Payment, Payment.order_id == Order.id)
+        .where(
+            Order.state == OrderState.CANCELLED,
+            Payment.collected_by_marketplace.is_(False),
+            Payment.external_id.is_not(None),
+            ~select(Refund.id).where(Refund.payment_id == Payment.id).exists(),
+        )
+        .order_by(Order.updated_at)
+        .limit(OVERVIEW_LIMIT)
+    ).all()
+    failures: dict[int, dict[str, Any]] = {}
+    for order_id, detail in session.execute(
+        select(OrderEvent.order_id, OrderEvent.detail)
+        .where(
+            OrderEvent.order_id.in_([o.id for o, _ in rows]),
+            OrderEvent.kind == "refund_failed",
+        )
+        .order_by(OrderEvent.id)
+    ):
+        failures[order_id] = detail or {}  # the newest one wins
+    return [(o, p, failures.get(o.id, {})) for o, p in rows]
+
+
 @router.get("/", response_class=HTMLResponse)
 def index(request: Request) -> HTMLResponse:
     with get_sessionmaker()() as session:
@@ -147,6 +175,7 @@ def index(request: Request) -> HTMLResponse:
             ).all(),
             sync_runs=_latest_sync_runs(session),
             on_hold=_on_hold(session),
+            refunds_owed=_refunds_owed(session),
             limit=OVERVIEW_LIMIT,
         )
 

@@ -27,7 +27,7 @@ from db.session import get_sessionmaker
 from integrations.errors import RetryableError
 from ordersync.settings import get_settings
 
-__all__ = ["OrdersyncTask", "backoff_delay", "is_retryable"]
+__all__ = ["OrdersyncTask", "backoff_delay", "describe", "is_retryable"]
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +48,16 @@ def is_retryable(exc: BaseException) -> bool:
         if isinstance(exc, sa_exc.OperationalError):
             return True  # connection refused/reset, "database is locked", server restart
     return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def describe(exc: BaseException, limit: int = 2000) -> str:
+    """What staff see of an error: its class, its message and, from a provider, its error code
+    (``amount_too_large``, ``card_declined:…``), which the message alone may not carry."""
+    text = f"{type(exc).__name__}: {exc}"
+    code = getattr(exc, "code", None)
+    if isinstance(code, str) and code and code not in text:
+        text = f"{text} [{code}]"
+    return text[:limit]
 
 
 def backoff_delay(attempt: int, *, base: float, cap: float) -> float:

@@ -41,7 +41,7 @@ from orders.intake import record_event
 from orders.states import OrderState
 from orders.transitions import IllegalTransition, advance, load_for_update, transition
 from ordersync.settings import get_settings
-from workflows.base import OrdersyncTask
+from workflows.base import OrdersyncTask, describe
 from workflows.celery_app import app
 from workflows.locks import LockBusy, order_lock
 from workflows.providers import carrier_client, connector_for, payments_client
@@ -94,7 +94,7 @@ class StepTask(OrdersyncTask):
             yield
         except Exception as exc:
             with self.transaction() as session:
-                idempotency.fail(session, key, f"{type(exc).__name__}: {exc}",
+                idempotency.fail(session, key, describe(exc),
                                  rejected=_refused(exc))  # fmt: skip
             raise
 
@@ -121,7 +121,7 @@ class StepTask(OrdersyncTask):
         self, exc: Exception, args: Any, kwargs: Any, *, attempts: int
     ) -> None:
         order_id = args[0] if args else kwargs["order_id"]
-        message = f"{type(exc).__name__}: {exc}"[:2000]
+        message = describe(exc)
         with self.transaction() as session:
             order = load_for_update(session, order_id)
             if OrderState(order.state) in _DONE_OR_GONE:
@@ -490,7 +490,7 @@ class RefundTask(StepTask):
         # with `ordersync orders retry` once the cause is fixed
         order_id = args[0] if args else kwargs["order_id"]
         with self.transaction() as session:
-            error = f"{type(exc).__name__}: {exc}"[:2000]
+            error = describe(exc)
             record_event(session, order_id, actor="task:refund_payment", kind="refund_failed",
                          error=error, attempts=attempts)  # fmt: skip
 

@@ -30,7 +30,7 @@ from orders.intake import IntakeOutcome, apply_order
 from orders.states import Channel
 from ordersync.runtime import redis_url
 from ordersync.settings import get_settings
-from workflows.base import OrdersyncTask, is_retryable
+from workflows.base import OrdersyncTask, describe, is_retryable
 from workflows.celery_app import app
 from workflows.locks import LockBusy, redis_lock
 from workflows.providers import account_config
@@ -108,7 +108,7 @@ def _sync(
             session.execute(
                 update(SyncRun).where(SyncRun.id == run_id)
                 .values(status="retrying" if will_retry else "failed",
-                        error=f"{type(exc).__name__}: {exc}"[:2000],
+                        error=describe(exc),
                         orders_seen=seen, orders_changed=changed, finished_at=utcnow())
             )  # fmt: skip
         raise

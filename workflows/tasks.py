@@ -22,7 +22,7 @@ from integrations.errors import PayloadError
 from orders.intake import IntakeOutcome, IntakeResult, apply_order
 from orders.states import Channel, InboxStatus, OrderState
 from ordersync.settings import get_settings
-from workflows.base import OrdersyncTask
+from workflows.base import OrdersyncTask, describe
 from workflows.celery_app import app
 from workflows.publish import publish_after_commit
 
@@ -42,7 +42,7 @@ class IntakeTask(OrdersyncTask):
                 .where(InboxEvent.id == inbox_id, InboxEvent.status == InboxStatus.RECEIVED)
                 .values(
                     status=InboxStatus.FAILED,
-                    error=f"{type(exc).__name__}: {exc}"[:2000],
+                    error=describe(exc),
                     attempts=attempts,
                     processed_at=utcnow(),
                 )

@@ -278,3 +278,48 @@ def test_staff_pages_answer_plainly_for_what_does_not_exist(world: World) -> Non
     assert httpx.get(f"{base}/orders", params={"state": "lost"}).status_code == 400
     empty = httpx.get(f"{base}/orders", params={"q": "no-such-order", "page": 3})
     assert empty.status_code == 200 and "No orders match." in empty.text
+
+
+def test_a_refused_refund_is_listed_as_owed_and_retry_gives_the_money_back(
+    world: World, page: Page, fixtures_dir: Path
+) -> None:
+    # given an order we charged, partly refunded in the provider's dashboard, then cancelled:
+    # our full refund is refused
+    shop = world.account()
+    payload = fixture_order(fixtures_dir, financial_status="authorized",
+                            updated_at="2026-06-02T10:00:00Z")  # fmt: skip
+    stock_for(world, payload)
+    world.post(shop, payload, topic="orders/create")
+    order = world.wait_state(shop, str(payload["id"]), "ready_to_ship")
+    capture = world.sandbox.payments.captures_for(str(order.id))[0]
+    world.sandbox.payments.refund_outside(capture["id"], 100)
+    cancelled = copy.deepcopy(payload)
+    cancelled["updated_at"] = cancelled["cancelled_at"] = "2026-06-02T11:00:00Z"
+    world.post(shop, cancelled, topic="orders/cancelled")
+    world.wait_state(shop, str(payload["id"]), "cancelled")
+
+    def refund_failed() -> bool:
+        events = _api(world, f"/orders/{order.id}")["events"]
+        return any(e["kind"] == "refund_failed" for e in events)
+
+    wait_until(refund_failed, what="refund refused")
+
+    # then the overview lists it as owed, with the provider's answer
+    page.goto("/")
+    row = page.locator(f"#refunds-owed tr[data-order-id='{order.id}']")
+    expect(row.locator(".error")).to_contain_text("amount_too_large")
+    expect(row).to_contain_text(capture["id"])
+
+    # when the provider's side is put right and staff click Retry
+    world.sandbox.payments.refund_outside(capture["id"], -100)
+    row.get_by_role("button", name="Retry").click()
+    expect(row.locator("output")).to_have_text("retry started (refund_payment)")
+
+    # then the money goes back once and the order no longer shows as owed
+    wait_until(lambda: world.sandbox.payments.refunds_for(str(order.id)), what="refunded")
+    world.wait_idle()
+    page.reload()
+    expect(page.locator(f"#refunds-owed tr[data-order-id='{order.id}']")).to_have_count(0)
+    page.goto(f"/orders/{order.id}")
+    expect(page.locator("#payment .refund")).to_have_count(1)
+    assert len(world.sandbox.payments.refunds_for(str(order.id))) == 1

@@ -7,8 +7,8 @@ import sqlite3
 import pytest
 from sqlalchemy import exc as sa_exc
 
-from integrations.errors import AuthError, RateLimited, ServerError, ValidationError
-from workflows.base import backoff_delay, is_retryable
+from integrations.errors import AuthError, PermanentError, RateLimited, ServerError, ValidationError
+from workflows.base import backoff_delay, describe, is_retryable
 
 
 @pytest.mark.parametrize(
@@ -36,3 +36,12 @@ def test_backoff_is_jittered_below_an_exponential_cap() -> None:
         delays = {backoff_delay(attempt, base=2.0, cap=60.0) for _ in range(50)}
         assert all(0 <= d <= min(60.0, 2.0 * 2**attempt) for d in delays)
         assert len(delays) > 1  # jitter: concurrent retries do not line up
+
+
+def test_describe_adds_the_providers_code_when_the_message_lacks_it() -> None:
+    refused = PermanentError("refund: HTTP 400", status=400, code="amount_too_large")
+    assert describe(refused) == "PermanentError: refund: HTTP 400 [amount_too_large]"
+    said = PermanentError("declined: card_declined", status=402, code="card_declined")
+    assert describe(said) == "PermanentError: declined: card_declined"
+    assert describe(ValueError("x" * 5000)).startswith("ValueError: xxx")
+    assert len(describe(ValueError("x" * 5000))) == 2000

@@ -27,7 +27,8 @@ document.addEventListener("submit", async (event) => {
     const detail = typeof body.detail === "string" ? body.detail : response.statusText;
     if (response.ok) {
       outcome = "ok";
-      text = form.dataset.ok + (body.resumed_from ? ` (resumes at ${body.resumed_from})` : "");
+      text = form.dataset.ok + (body.step ? ` (${body.step})`
+        : body.resumed_from ? ` (resumes at ${body.resumed_from})` : "");
     } else if (response.status === 409) {
       outcome = "done";
       text = `already done (${detail})`;
