@@ -42,12 +42,17 @@ def orders_list(
 
 @orders_cli.command("retry")
 def orders_retry(order_id: int) -> None:
-    """Resume a needs_attention order from the step that failed."""
+    """Resume a needs_attention order from the step that failed (or retry the refused refund of
+    a cancelled order)."""
+    from orders.states import OrderState
     from workflows.pipeline import retry_order
 
     with session_scope() as session:
         resumed = retry_order(session, order_id, actor="staff:cli")
-    console.print(f"order {order_id} resumed from {resumed}")
+    if resumed == OrderState.CANCELLED:
+        console.print(f"order {order_id}: refund retried")
+    else:
+        console.print(f"order {order_id} resumed from {resumed}")
 
 
 @stock_cli.command("set")
