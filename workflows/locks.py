@@ -52,32 +52,43 @@ class LockBusy(RetryableError):
     """Another worker holds this order step; the task retries later (the order never fails)."""
 
 
+class _Scripts:
+    """One client per Redis URL and the lock scripts registered on it: they run by SHA
+    (``EVALSHA``; redis-py loads a script the server does not know yet), not sent each time."""
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url)
+        self.acquire = self.client.register_script(_ACQUIRE)
+        self.extend = self.client.register_script(_EXTEND)
+        self.release = self.client.register_script(_RELEASE)
+
+
 @functools.cache
-def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
+def _scripts(url: str) -> _Scripts:
+    return _Scripts(url)
 
 
 class OrderLock:
-    def __init__(self, client: redis.Redis, key: str, token: str, ttl_s: int) -> None:
-        self.client = client
+    def __init__(self, scripts: _Scripts, key: str, token: str, ttl_s: int) -> None:
+        self.scripts = scripts
         self.key = key
         self.token = token
         self.ttl_ms = ttl_s * 1000
 
     def acquire(self) -> bool:
-        return bool(self.client.eval(_ACQUIRE, 1, self.key, self.token, self.ttl_ms))
+        return bool(self.scripts.acquire(keys=[self.key], args=[self.token, self.ttl_ms]))
 
     def extend(self) -> bool:
         """Push the expiry out again (long steps); False if the lock was lost."""
-        return bool(self.client.eval(_EXTEND, 1, self.key, self.token, self.ttl_ms))
+        return bool(self.scripts.extend(keys=[self.key], args=[self.token, self.ttl_ms]))
 
     def release(self) -> None:
-        self.client.eval(_RELEASE, 1, self.key, self.token)
+        self.scripts.release(keys=[self.key], args=[self.token])
 
 
 @contextmanager
 def redis_lock(name: str, token: str, *, ttl_s: int = DEFAULT_TTL_S) -> Iterator[OrderLock]:
-    lock = OrderLock(_client(redis_url()), f"ordersync:lock:{name}", token, ttl_s)
+    lock = OrderLock(_scripts(redis_url()), f"ordersync:lock:{name}", token, ttl_s)
     if not lock.acquire():
         raise LockBusy(f"{name} is running elsewhere", retry_after=1.0)
     try:
