@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -101,6 +102,11 @@ class Order(Base):
     buyer_email: Mapped[str | None] = mapped_column(String(255))
     shipping_address: Mapped[JSONDict | None] = mapped_column(JSON)
     payment_collected_by_marketplace: Mapped[bool] = mapped_column(Boolean, default=False)
+    # the marketplace ships it from its own stock (Amazon FBA): no reservation, no label, no
+    # fulfilment push
+    fulfilled_by_marketplace: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
     external_created_at: Mapped[dt.datetime | None]
     external_updated_at: Mapped[dt.datetime]
     cancelled_at: Mapped[dt.datetime | None]

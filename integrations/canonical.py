@@ -109,6 +109,9 @@ class CanonicalOrder(BaseModel):
     buyer_name: str | None = None
     buyer_email: str | None = None
     payment_collected_by_marketplace: bool = False
+    #: the marketplace ships it from its own warehouse (Amazon FBA): no stock of ours, no
+    #: label, no fulfilment push
+    fulfilled_by_marketplace: bool = False
     created_at: UTCTimestamp | None = None
     updated_at: UTCTimestamp
     cancelled_at: UTCTimestamp | None = None

@@ -56,6 +56,7 @@ def _order_values(order: CanonicalOrder) -> dict[str, Any]:
             order.shipping_address.model_dump(exclude_none=True) if order.shipping_address else None
         ),
         "payment_collected_by_marketplace": order.payment_collected_by_marketplace,
+        "fulfilled_by_marketplace": order.fulfilled_by_marketplace,
         "external_created_at": order.created_at,
         "external_updated_at": order.updated_at,
         "cancelled_at": order.cancelled_at,

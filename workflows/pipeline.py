@@ -14,6 +14,16 @@ its step only if it is not done yet; outside calls carry idempotency keys derive
 (``capture:{order_id}``, ``label:{order_id}``) that are stored before the call. When a step
 fails for good (a permanent error, or retries exhausted) the order goes to ``needs_attention``
 with the step, the error and the attempts; ``retry_order`` resumes it from that step.
+
+Orders the marketplace fulfils itself (``orders.fulfilled_by_marketplace``: Amazon FBA, shipped
+from Amazon's warehouse) run the same canvas, but nothing of ours leaves the shelf: reserve_stock
+holds no stock (it moves to reserved with ``fulfilled_by`` in the event), capture_payment and
+issue_invoice are as for any order whose marketplace collects the money, buy_label buys nothing
+(a ``label_not_needed`` event), and mark_ready_to_ship needs the invoice only. For them
+ready_to_ship means "paid and invoiced, the marketplace ships it", and ready_to_ship → shipped is
+a record, not an action: ``ship`` (staff's Ship, or intake learning from the marketplace that
+it shipped: fulfillment status ``fulfilled``) makes the transition without pushing a fulfilment
+to the marketplace and without consuming stock; there is no shipment or label row.
 """
 
 from __future__ import annotations
@@ -32,7 +42,17 @@ from sqlalchemy import bindparam, exists, func, insert, select
 from sqlalchemy.orm import Session
 
 from db.base import table, utcnow
-from db.models import ChannelAccount, Invoice, Label, Order, OrderLine, Payment, Refund, Shipment
+from db.models import (
+    ChannelAccount,
+    Invoice,
+    Label,
+    Order,
+    OrderEvent,
+    OrderLine,
+    Payment,
+    Refund,
+    Shipment,
+)
 from db.session import core
 from integrations.canonical import Address
 from integrations.errors import PermanentError
@@ -74,6 +94,8 @@ RESUME_STATE = {
 #: financial statuses of an order whose marketplace collects the money but has not yet
 AWAITING_PAYMENT = {"pending", "unpaid", "authorized_pending", "payment_pending"}
 _DONE_OR_GONE = {S.CANCELLED, S.NEEDS_ATTENTION, S.DELIVERED}
+#: timeline kind of buy_label for an order the marketplace ships itself
+LABEL_NOT_NEEDED = "label_not_needed"
 # a contended step lock is retried this often before the task gives up (the holder finishes
 # the step anyway; the order itself never fails because of contention)
 LOCK_RETRIES = 60
@@ -164,6 +186,10 @@ def reserve_stock(self: StepTask, order_id: int) -> str:
             if state in _DONE_OR_GONE:
                 self.stop_chain()
             return f"skip: {state}"
+        if order.fulfilled_by_marketplace:  # shipped from the marketplace's stock, not ours
+            transition(session, order, S.RESERVED, actor="task:reserve_stock",
+                       reserved={}, fulfilled_by=order.channel)  # fmt: skip
+            return "reserved: fulfilled by the marketplace"
         result = stock.reserve(session, order_id)
         if result.ok:
             transition(session, order, S.RESERVED, actor="task:reserve_stock",
@@ -182,11 +208,11 @@ def reserve_stock(self: StepTask, order_id: int) -> str:
 
 _orders, _lines = table(Order), table(OrderLine)
 _payments, _shipments, _labels = table(Payment), table(Shipment), table(Label)
-_invoices = table(Invoice)
+_invoices, _events = table(Invoice), table(OrderEvent)
 _HAS_PAYMENT = select(_payments.c.id).where(_payments.c.order_id == bindparam("b_order"))
 _RECORD_PAYMENT = insert(_payments)
 #: what buying a label needs, in one query: the order's state and address, the tracking number
-#: of a label bought before, and the units to ship
+#: of a label bought before, the units to ship, and whether the marketplace ships it instead
 _LABEL_INPUT = select(
     _orders.c.state,
     _orders.c.shipping_address,
@@ -197,6 +223,7 @@ _LABEL_INPUT = select(
     select(func.coalesce(func.sum(_lines.c.quantity), 0))
     .where(_lines.c.order_id == _orders.c.id)
     .scalar_subquery(),
+    _orders.c.fulfilled_by_marketplace,
 ).where(_orders.c.id == bindparam("b_order"))
 _SHIPMENT = select(
     _shipments.c.id,
@@ -209,6 +236,9 @@ _LABELLED = (
     .values(tracking_number=bindparam("b_tracking"), status="labelled")
 )
 _RECORD_LABEL = insert(_labels)
+_LABEL_NOT_NEEDED_RECORDED = select(_events.c.id).where(
+    _events.c.order_id == bindparam("b_order"), _events.c.kind == LABEL_NOT_NEEDED
+)
 _DOCUMENTED = select(
     exists().where(_invoices.c.order_id == bindparam("b_order"), _invoices.c.kind == "invoice"),
     exists().where(
@@ -347,11 +377,17 @@ def buy_label(self: StepTask, order_id: int) -> str:
             found = core(session).execute(_LABEL_INPUT, {"b_order": order_id}).one_or_none()
             if found is None:
                 raise PermanentError(f"order {order_id} does not exist")
-            state, address, existing, units = found
+            state, address, existing, units, by_marketplace = found
             if OrderState(state) != S.PAID:
                 return f"skip: {state}"
             if existing:
                 return str(existing)
+            if by_marketplace:  # the marketplace ships it with its own label
+                db = core(session)
+                if db.execute(_LABEL_NOT_NEEDED_RECORDED, {"b_order": order_id}).first() is None:
+                    record_event(session, order_id, actor="task:buy_label", kind=LABEL_NOT_NEEDED,
+                                 reason="fulfilled by the marketplace")  # fmt: skip
+                return LABEL_NOT_NEEDED
             ship_to = Address(**(address or {}))
             grams = _parcel_grams(int(units))
             params = {"ship_to": ship_to.model_dump(), "grams": grams}
@@ -401,25 +437,42 @@ def mark_ready_to_ship(self: StepTask, order_id: int) -> str:
         path = [S.READY_TO_SHIP]
         if state == S.PAID:
             has_invoice, has_label = core(session).execute(_DOCUMENTED, {"b_order": order_id}).one()
-            if not (has_invoice and has_label):
+            # the marketplace ships an order it fulfils: no label of ours to wait for
+            if not (has_invoice and (has_label or order.fulfilled_by_marketplace)):
                 raise IllegalTransition(f"order {order_id}: invoice or label missing")
             path = [S.DOCUMENTED, S.READY_TO_SHIP]
         advance(session, order, path, actor="task:mark_ready_to_ship")
+        if marketplace_shipped(order):  # it left the marketplace's warehouse meanwhile
+            publish_after_commit(session, ship.si(order_id))
         return "ready_to_ship"
 
 
 # --- ship, cancel ---------------------------------------------------------------------------
 
 
+def marketplace_shipped(order: Order) -> bool:
+    """An order the marketplace fulfils, which the marketplace says it has shipped."""
+    return bool(order.fulfilled_by_marketplace) and order.fulfillment_status == "fulfilled"
+
+
 @_task("ship", "outbound")
 def ship(self: StepTask, order_id: int) -> str:
-    """The parcel left: tracking goes back to the marketplace, held stock leaves the shelf."""
+    """The parcel left: tracking goes back to the marketplace, held stock leaves the shelf.
+
+    For an order the marketplace fulfils, it only records that the marketplace shipped it."""
     with order_lock(order_id, self.step, self.owner()):
         with self.transaction() as session:
             order = session.get(Order, order_id)
             assert order is not None
             if OrderState(order.state) != S.READY_TO_SHIP:
                 return f"skip: {order.state}"
+            if order.fulfilled_by_marketplace:  # nothing to push, no stock of ours to consume
+                session.refresh(order, with_for_update=True)  # locked, and current
+                if OrderState(order.state) != S.READY_TO_SHIP:
+                    return f"skip: {order.state}"
+                transition(session, order, S.SHIPPED, actor="task:ship",
+                           fulfilled_by=order.channel)  # fmt: skip
+                return "shipped by the marketplace"
             shipment = session.scalar(select(Shipment).where(Shipment.order_id == order_id))
             account = session.get(ChannelAccount, order.channel_account_id)
             assert shipment is not None and account is not None

@@ -87,7 +87,7 @@ TOPIC_HANDLERS: dict[str, Callable[..., IntakeResult]] = {
 
 def after_intake(session: Any, result: IntakeResult) -> None:
     """New orders enter the pipeline; orders cancelled by the marketplace release their stock."""
-    from workflows.pipeline import on_cancelled, pipeline
+    from workflows.pipeline import marketplace_shipped, on_cancelled, pipeline, ship
 
     if result.outcome == IntakeOutcome.CREATED and result.state == OrderState.NEW:
         publish_after_commit(session, pipeline(result.order_id))
@@ -98,6 +98,10 @@ def after_intake(session: Any, result: IntakeResult) -> None:
         publish_after_commit(session, pipeline(result.order_id))
     elif result.outcome == IntakeOutcome.UPDATED and result.cancelled_now:
         on_cancelled(session, result.order_id)
+    elif result.outcome == IntakeOutcome.UPDATED and result.state == OrderState.READY_TO_SHIP:
+        order = session.get(Order, result.order_id)
+        if order is not None and marketplace_shipped(order):  # e.g. Amazon shipped an FBA order
+            publish_after_commit(session, ship.si(result.order_id))
 
 
 def _parse(body: bytes) -> dict[str, Any]:

@@ -15,6 +15,10 @@ the field paths, never their values (payloads carry buyer PII).
 Money: v0 ``ItemPrice`` is unit price x quantity, so the unit price is derived; a ``Pending``
 order has no ``OrderTotal``, so the total is derived from the items (0 without items). Amazon
 collects the buyer's payment on every order, so ``payment_collected_by_marketplace`` is True.
+
+Fulfilment: an order Amazon ships from its own warehouse (FBA: v0 ``FulfillmentChannel: "AFN"``,
+2026-01-01 ``fulfillment.fulfilledBy: "AMAZON"``) maps with ``fulfilled_by_marketplace`` True;
+merchant-fulfilled ones (``MFN`` / ``MERCHANT``, or the field missing) with False.
 https://developer-docs.amazon.com/sp-api/docs/orders-api-v0-reference#orderitem
 """
 
@@ -273,6 +277,7 @@ def _map_v0(order: V0Order, account: str, raw: dict[str, Any]) -> CanonicalOrder
         buyer_name=(buyer.BuyerName or None) if buyer else None,
         buyer_email=(buyer.BuyerEmail or None) if buyer else None,
         payment_collected_by_marketplace=True,
+        fulfilled_by_marketplace=(order.FulfillmentChannel or "").strip().upper() == "AFN",
         created_at=order.PurchaseDate,
         updated_at=order.LastUpdateDate,
         # v0 has no cancellation time; the last update is when the status became Canceled
@@ -414,6 +419,7 @@ def _map_new(order: NewOrder, account: str, raw: dict[str, Any]) -> CanonicalOrd
         buyer_name=(buyer.buyerName or None) if buyer else None,
         buyer_email=(buyer.buyerEmail or None) if buyer else None,
         payment_collected_by_marketplace=True,
+        fulfilled_by_marketplace=_fulfilled_by_amazon(order),
         created_at=order.createdTime,
         updated_at=order.lastUpdatedTime,
         cancelled_at=_cancelled_at(order, state),
@@ -423,3 +429,8 @@ def _map_new(order: NewOrder, account: str, raw: dict[str, Any]) -> CanonicalOrd
 
 def _cancelled_at(order: NewOrder, state: OrderState) -> dt.datetime | None:
     return order.lastUpdatedTime if state is OrderState.CANCELLED else None
+
+
+def _fulfilled_by_amazon(order: NewOrder) -> bool:
+    by = order.fulfillment.fulfilledBy if order.fulfillment is not None else None
+    return (by or "").strip().upper() == "AMAZON"

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 import os
 import signal
 import threading
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +25,7 @@ import pytest
 from sqlalchemy import func, select
 
 from db.models import (
+    ChannelAccount,
     Invoice,
     Label,
     Order,
@@ -33,9 +36,17 @@ from db.models import (
     StockItem,
     StockReservation,
 )
+from integrations.amazon.connector import AmazonConnector
+from integrations.amazon.mapper import map_order as map_amazon_order
+from integrations.base import AccountConfig
+from integrations.canonical import CanonicalOrder
+from orders.intake import apply_order
 from orders.invoices import find_gaps
+from orders.states import Channel
+from orders.stock import set_on_hand
 from tests.support.stack import wait_until
 from tests.support.world import (
+    SECRET,
     World,
     fixture_order,
     module_database_url,
@@ -340,3 +351,164 @@ def test_a_refused_refund_is_shown_to_staff_and_their_retry_refunds_it(
     ledger = world.sandbox.payments.refunds_for(str(order.id))
     captures = world.sandbox.payments.captures_for(str(order.id))
     assert len(ledger) == 1 and ledger[0]["amount"] == captures[0]["amount"]
+
+
+# --- orders the marketplace fulfils (Amazon FBA) ----------------------------------------------
+
+
+def _amazon_config(world: World) -> AccountConfig:
+    """An Amazon account connected to the sandbox's SP-API simulator."""
+    spec = world.sandbox.accounts(SECRET)["amazon"]
+    return AccountConfig(
+        name=f"amazon-{uuid.uuid4().hex[:8]}",
+        channel=Channel.AMAZON,
+        shop=spec.shop,
+        api_base_url=spec.api_base_url,
+        credentials=spec.credentials,
+    )
+
+
+def _amazon_account(world: World, config: AccountConfig) -> int:
+    with world.maker() as session, session.begin():
+        account = ChannelAccount(
+            name=config.name,
+            channel=config.channel.value,
+            shop=config.shop,
+            api_base_url=config.api_base_url,
+            credentials=config.credentials,
+        )
+        session.add(account)
+        session.flush()
+        return account.id
+
+
+def _take_in(world: World, account_id: int, order: CanonicalOrder) -> int:
+    """The order through the real intake upsert, then its pipeline on the real workers (staff's
+    push: the same canvas that intake publishes)."""
+    with world.maker() as session, session.begin():
+        order_id = apply_order(session, account_id, order, actor="test:amazon").order_id
+    response = httpx.post(f"{world.stack.base_url}/api/orders/{order_id}/push")
+    assert response.status_code == 200, response.text
+    return order_id
+
+
+def _events(world: World, order_id: int) -> list[OrderEvent]:
+    with world.maker() as session:
+        return list(session.scalars(
+            select(OrderEvent).where(OrderEvent.order_id == order_id).order_by(OrderEvent.id)
+        ).all())  # fmt: skip
+
+
+def test_an_order_fulfilled_by_amazon_is_paid_and_invoiced_but_holds_no_stock_and_buys_no_label(
+    world: World, fixtures_dir: Path
+) -> None:
+    # given the official 2026-01-01 searchOrders sample of an FBA order (fulfilledBy AMAZON),
+    # with ids and SKUs of its own, and plenty of those SKUs on our own shelf
+    (payload,) = json.loads(
+        (fixtures_dir / "amazon" / "2026-01-01.searchOrders.200.sandbox-1.json").read_text()
+    )["orders"]
+    assert payload["fulfillment"]["fulfilledBy"] == "AMAZON"
+    suffix = uuid.uuid4().hex[:8]
+    payload["orderId"] = f"250-{suffix}"
+    for item in payload["orderItems"]:
+        item["product"]["sellerSku"] = f"{item['product']['sellerSku']}-{suffix}"
+    config = _amazon_config(world)
+    name, account_id = config.name, _amazon_account(world, config)
+    afn = map_amazon_order(payload, name)
+    assert afn.fulfilled_by_marketplace
+    skus = {line.sku for line in afn.lines if line.sku}
+    with world.maker() as session, session.begin():
+        for sku in skus:
+            set_on_hand(session, sku, 10)
+
+    # when it goes through intake and the pipeline (the sample says Amazon already shipped it)
+    assert afn.fulfillment_status == "fulfilled"
+    order_id = _take_in(world, account_id, afn)
+    world.wait_state(name, afn.external_id, "shipped")
+    world.wait_idle()
+
+    # then it is paid (by Amazon) and invoiced once, and nothing of ours was held or bought
+    with world.maker() as session:
+        held = session.scalars(
+            select(StockReservation).where(StockReservation.order_id == order_id)
+        ).all()
+        assert held == []
+        for sku in skus:
+            item = session.get(StockItem, sku)
+            assert item is not None and (item.on_hand, item.reserved) == (10, 0)
+        payment = session.scalars(select(Payment).where(Payment.order_id == order_id)).one()
+        assert payment.collected_by_marketplace and payment.provider == "amazon"
+        assert payment.amount == afn.total
+        invoices = session.scalars(select(Invoice).where(Invoice.order_id == order_id)).all()
+        assert [i.kind for i in invoices] == ["invoice"]
+        assert session.scalars(select(Shipment).where(Shipment.order_id == order_id)).all() == []
+    assert f"label:{order_id}" not in world.sandbox.carrier.labels
+    assert world.sandbox.payments.captures_for(str(order_id)) == []
+    events = _events(world, order_id)
+    reserved = next(e for e in events if e.to_state == "reserved")
+    assert reserved.detail == {"reserved": {}, "fulfilled_by": "amazon"}
+    assert [e.kind for e in events].count("label_not_needed") == 1
+    assert "label" not in [e.kind for e in events]
+    page = httpx.get(f"{world.stack.base_url}/orders/{order_id}")
+    assert page.status_code == 200 and "fulfilled by the marketplace" in page.text
+
+    # and, since Amazon shipped it, it went on to shipped by itself, once; staff's Ship has
+    # nothing left to do; nothing was pushed to Amazon (a push of an order the simulator does
+    # not hold would have failed the step) and no stock left our shelf
+    assert not [key for key in world.sandbox.amazon.shipments if key[0] == afn.external_id]
+    response = httpx.post(f"{world.stack.base_url}/api/orders/{order_id}/ship")
+    assert response.status_code == 409, response.text
+    shipped = [e for e in _events(world, order_id) if e.to_state == "shipped"]
+    assert len(shipped) == 1 and shipped[0].detail == {"fulfilled_by": "amazon"}
+    with world.maker() as session:
+        for sku in skus:
+            item = session.get(StockItem, sku)
+            assert item is not None and (item.on_hand, item.reserved) == (10, 0)
+
+
+def test_an_amazon_order_the_merchant_fulfils_still_reserves_stock_gets_a_label_and_is_pushed(
+    world: World,
+) -> None:
+    # given an MFN order in the Amazon simulator, read through the real connector (v0 with items
+    # and the restricted address), its SKUs in stock
+    (external_id,) = world.sandbox.add_amazon_orders(1)
+    world.sandbox.pay_pending_amazon_orders()  # Amazon authorises the payment (not Pending)
+    config = _amazon_config(world)
+    name, account_id = config.name, _amazon_account(world, config)
+    connector = AmazonConnector(config)
+    try:
+        mfn = connector.get_order(external_id)
+    finally:
+        connector.close()
+    assert not mfn.fulfilled_by_marketplace
+    wanted: dict[str, int] = {}
+    for line in mfn.lines:
+        assert line.sku
+        wanted[line.sku] = wanted.get(line.sku, 0) + line.quantity
+    with world.maker() as session, session.begin():
+        for sku, qty in wanted.items():
+            item = session.get(StockItem, sku)
+            set_on_hand(session, sku, (item.on_hand if item else 0) + qty)
+
+    # when it goes through intake and the pipeline
+    order_id = _take_in(world, account_id, mfn)
+    world.wait_state(name, external_id, "ready_to_ship")
+
+    # then its stock is held and one label was bought
+    with world.maker() as session:
+        reservations = session.scalars(
+            select(StockReservation).where(StockReservation.order_id == order_id)
+        ).all()
+        assert {r.sku: r.quantity for r in reservations} == wanted
+        labels = session.scalars(
+            select(Label).join(Shipment).where(Shipment.order_id == order_id)
+        ).all()
+        assert len(labels) == 1
+    assert f"label:{order_id}" in world.sandbox.carrier.labels
+
+    # and shipping it confirms the shipment to Amazon with the label's tracking number
+    response = httpx.post(f"{world.stack.base_url}/api/orders/{order_id}/ship")
+    assert response.status_code == 200, response.text
+    world.wait_state(name, external_id, "shipped")
+    pushed = [p for key, p in world.sandbox.amazon.shipments.items() if key[0] == external_id]
+    assert [p["trackingNumber"] for p in pushed] == [labels[0].tracking_number]

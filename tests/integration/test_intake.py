@@ -10,13 +10,13 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import sessionmaker
 
 from db.models import ChannelAccount, Order, OrderEvent, OrderLine
 from db.session import make_engine
 from integrations.shopify.mapper import map_order
-from orders.intake import IntakeOutcome, apply_order
+from orders.intake import IntakeOutcome, IntakeResult, apply_order
 from orders.states import OrderState
 
 
@@ -119,3 +119,73 @@ def test_a_cancellation_moves_an_open_order_to_cancelled_with_a_timeline_entry(
         assert order.state == OrderState.CANCELLED
         kinds = [(e.kind, e.from_state, e.to_state) for e in order.events]
         assert ("transition", "new", "cancelled") in kinds
+
+
+def test_an_amazon_fba_order_is_stored_as_fulfilled_by_the_marketplace(
+    migrated_url: str, fixtures_dir: Path
+) -> None:
+    # given the official AFN order (Orders v0) and an MFN one, mapped as the connector does
+    from integrations.amazon.mapper import map_order as map_amazon
+
+    amazon = fixtures_dir / "amazon"
+    afn = json.loads((amazon / "getOrder.200.sandbox-2.json").read_text())["payload"]
+    mfn = json.loads((amazon / "getOrder.200.sandbox-1.json").read_text())["payload"]
+    maker, account_id = _setup(migrated_url)
+
+    # when both go through intake
+    with maker() as session, session.begin():
+        ids = [
+            apply_order(session, account_id, map_amazon(p, "shop"), actor="test").order_id
+            for p in (afn, mfn)
+        ]
+
+    # then the flag is stored as mapped
+    with maker() as session:
+        stored = dict(
+            session.execute(
+                select(Order.external_id, Order.fulfilled_by_marketplace).where(Order.id.in_(ids))
+            ).all()
+        )
+    assert stored == {afn["AmazonOrderId"]: True, mfn["AmazonOrderId"]: False}
+
+
+def test_intake_ships_a_ready_order_the_marketplace_says_it_shipped_itself(
+    migrated_url: str, fixtures_dir: Path
+) -> None:
+    from workflows.tasks import after_intake
+
+    maker, account_id = _setup(migrated_url)
+    base = map_order(
+        _payload(fixtures_dir, updated_at="2026-03-01T12:00:00Z", total="10.00"), "shop"
+    )
+    published: dict[str, list[Any]] = {}
+    for name, by_marketplace, fulfillment in (
+        ("fba shipped", True, "fulfilled"),
+        ("fba not yet", True, "unfulfilled"),
+        ("ours shipped", False, "fulfilled"),  # we push our own shipments; intake leaves it
+    ):
+        order = base.model_copy(update={"external_id": name})
+        with maker() as session, session.begin():
+            result = apply_order(session, account_id, order, actor="test")
+            session.execute(
+                update(Order)
+                .where(Order.id == result.order_id)
+                .values(
+                    state=OrderState.READY_TO_SHIP,
+                    fulfilled_by_marketplace=by_marketplace,
+                    fulfillment_status=fulfillment,
+                )
+            )
+        with maker() as session:
+            updated = IntakeResult(result.order_id, IntakeOutcome.UPDATED, OrderState.READY_TO_SHIP)
+            after_intake(session, updated)
+            published[name] = [
+                (sig.task, list(sig.args)) for sig in session.info.pop("ordersync.after_commit", [])
+            ]
+            session.rollback()
+    shipped_id = published["fba shipped"][0][1][0]
+    assert published == {
+        "fba shipped": [("ordersync.outbound.ship", [shipped_id])],
+        "fba not yet": [],
+        "ours shipped": [],
+    }

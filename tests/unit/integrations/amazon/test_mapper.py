@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from decimal import Decimal
 from typing import Any
@@ -293,3 +294,70 @@ def test_v0_order_without_rdt_maps_the_public_address_fields_only() -> None:
     assert (address.name, address.line1, address.line2, address.phone) == (None,) * 4
     assert (address.city, address.region, address.postal_code) == ("Seattle", "WA", "98121")
     assert (mapped.buyer_name, mapped.buyer_email) == (None, None)
+
+
+# ---------------------------------------------------------------- fulfilled by Amazon (FBA)
+
+
+def test_v0_afn_order_is_fulfilled_by_the_marketplace() -> None:
+    # given the official sandbox getOrder of an order Amazon fulfils (FulfillmentChannel AFN)
+    order = load("getOrder.200.sandbox-2.json")["payload"]
+    assert order["FulfillmentChannel"] == "AFN"
+
+    mapped = map_order(order, "acct")
+
+    assert mapped.fulfilled_by_marketplace is True
+    assert mapped.payment_collected_by_marketplace is True
+
+
+def test_2026_fulfilled_by_amazon_order_is_fulfilled_by_the_marketplace() -> None:
+    # given the official sandbox searchOrders answer: one order with fulfilledBy AMAZON
+    (order,) = load("2026-01-01.searchOrders.200.sandbox-1.json")["orders"]
+    assert order["fulfillment"]["fulfilledBy"] == "AMAZON"
+
+    mapped = map_order(order, "acct")
+
+    assert mapped.fulfilled_by_marketplace is True
+    assert [line.sku for line in mapped.lines] == [
+        "ECHO-DOT-4-JP-CHARCOAL",
+        "FIRE-TV-4K-MAX-JP",
+    ]
+
+
+@pytest.mark.parametrize(("label", "order"), V0 + NEW, ids=[label for label, _ in V0 + NEW])
+def test_only_afn_and_fulfilled_by_amazon_orders_are_fulfilled_by_the_marketplace(
+    label: str, order: dict[str, Any]
+) -> None:
+    # every official fixture: MFN / MERCHANT orders stay ours to ship
+    fulfilment = order.get("FulfillmentChannel") or order.get("fulfillment", {}).get("fulfilledBy")
+    assert fulfilment in {"AFN", "MFN", "AMAZON", "MERCHANT"}
+
+    mapped = map_order(order, "acct")
+
+    assert mapped.fulfilled_by_marketplace is (fulfilment in {"AFN", "AMAZON"})
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda o: o.pop("FulfillmentChannel"), False),  # optional in the v0 schema
+        (lambda o: o.update(FulfillmentChannel="afn"), True),
+        (lambda o: o.update(FulfillmentChannel="MFN"), False),
+    ],
+    ids=["v0-missing", "v0-lowercase-afn", "v0-mfn"],
+)
+def test_v0_fulfillment_channel_variants(mutate: Any, expected: bool) -> None:
+    order = load("getOrder.200.sandbox-2.json")["payload"]
+    mutate(order)
+
+    assert map_order(order, "acct").fulfilled_by_marketplace is expected
+
+
+def test_2026_order_without_fulfillment_block_or_fulfilled_by_is_ours_to_ship() -> None:
+    (order,) = load("2026-01-01.searchOrders.200.sandbox-1.json")["orders"]
+    without_by = copy.deepcopy(order)
+    del without_by["fulfillment"]["fulfilledBy"]
+    del order["fulfillment"]
+
+    assert map_order(order, "acct").fulfilled_by_marketplace is False
+    assert map_order(without_by, "acct").fulfilled_by_marketplace is False
