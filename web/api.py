@@ -212,7 +212,8 @@ def push_order(order_id: int) -> dict[str, Any]:
 
 @router.post("/orders/{order_id}/ship")
 def ship_order(order_id: int) -> dict[str, Any]:
-    """Mark a ready_to_ship order as handed to the carrier (tracking goes to the marketplace)."""
+    """Mark a ready_to_ship order as handed to the carrier (tracking goes to the marketplace),
+    or, for an order the marketplace fulfils (Amazon FBA), as shipped by the marketplace."""
     from workflows.pipeline import ship
 
     def act(session: Session, oid: int) -> dict[str, Any]:
