@@ -171,14 +171,7 @@ class PaymentsClient(ApiClient):
             "payment_method_types": ["card"],
             "metadata": {"order_ref": order_ref},
         }
-        response = self._call(
-            "capture",
-            "POST",
-            "/v1/payment_intents",
-            data=dict(form_pairs(params)),
-            headers={"Idempotency-Key": idempotency_key},
-        )
-        replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
+        response, replayed = self._post("capture", "/v1/payment_intents", params, idempotency_key)
         return self._parse(response, replayed=replayed)
 
     def refund(
@@ -213,14 +206,7 @@ class PaymentsClient(ApiClient):
             "reason": reason,
             "metadata": {"order_ref": order_ref} if order_ref is not None else None,
         }
-        response = self._call(
-            "refund",
-            "POST",
-            "/v1/refunds",
-            data=dict(form_pairs(params)),
-            headers={"Idempotency-Key": idempotency_key},
-        )
-        replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
+        response, replayed = self._post("refund", "/v1/refunds", params, idempotency_key)
         try:
             return refund_from_object(self._json(response), replayed=replayed)
         except (KeyError, TypeError, ValueError) as exc:
@@ -274,6 +260,20 @@ class PaymentsClient(ApiClient):
                 return
             params = {**params, "page": str(body["next_page"])}
         raise PayloadError("payments.search: too many result pages")
+
+    def _post(
+        self, operation: str, url: str, params: dict[str, Any], idempotency_key: str
+    ) -> tuple[httpx.Response, bool]:
+        """A form-encoded POST under ``idempotency_key``; True with it when the provider
+        answered from its idempotency cache (``Idempotent-Replayed``)."""
+        response = self._call(
+            operation,
+            "POST",
+            url,
+            data=dict(form_pairs(params)),
+            headers={"Idempotency-Key": idempotency_key},
+        )
+        return response, response.headers.get("Idempotent-Replayed", "").lower() == "true"
 
     def _call(self, operation: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
         """``ApiClient.request`` with Stripe's errors mapped onto our classes."""

@@ -123,42 +123,11 @@ def test_fifty_concurrent_identical_captures_charge_once_and_all_see_the_same_in
     sim = PaymentsSimulator(seed=7, processing_s=0.3)
     base = serve(sim)
     callers = 50
-    barrier = threading.Barrier(callers)
-    ids: list[str] = []
-    replays: list[bool] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        client = PaymentsClient(base, SANDBOX_API_KEY)
-        try:
-            barrier.wait()
-            for _ in range(20):  # the task's own retry loop around the client's in-call retries
-                try:
-                    result = _capture(client, order=42)
-                except Conflict:
-                    continue
-                with lock:
-                    ids.append(result.id)
-                    replays.append(result.replayed)
-                return
-            raise AssertionError("still in conflict after 20 tries")
-        except BaseException as exc:
-            with lock:
-                errors.append(exc)
-        finally:
-            client.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(callers)]
 
     # when
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    ids, replays = _same_call_at_once(base, callers, lambda client: _capture(client, order=42))
 
     # then
-    assert not errors, errors[:3]
     assert len(ids) == callers
     assert len(set(ids)) == 1
     assert sim.capture_count() == 1
@@ -400,42 +369,13 @@ def test_twenty_concurrent_identical_refunds_refund_once(serve):
     setup = PaymentsClient(base, SANDBOX_API_KEY)
     intent = _capture(setup, order=42).id
     callers = 20
-    barrier = threading.Barrier(callers)
-    ids: list[str] = []
-    replays: list[bool] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        client = PaymentsClient(base, SANDBOX_API_KEY)
-        try:
-            barrier.wait()
-            for _ in range(20):
-                try:
-                    result = _refund(client, intent, idempotency_key="refund:42")
-                except Conflict:
-                    continue
-                with lock:
-                    ids.append(result.id)
-                    replays.append(result.replayed)
-                return
-            raise AssertionError("still in conflict after 20 tries")
-        except BaseException as exc:
-            with lock:
-                errors.append(exc)
-        finally:
-            client.close()
-
-    threads = [threading.Thread(target=worker) for _ in range(callers)]
 
     # when
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    ids, replays = _same_call_at_once(
+        base, callers, lambda client: _refund(client, intent, idempotency_key="refund:42")
+    )
 
     # then
-    assert not errors, errors[:3]
     assert len(ids) == callers and len(set(ids)) == 1
     assert sim.refund_count() == 1 and len(sim.refunds) == 1
     assert sim.refunded_amount(intent) == 1999
@@ -550,3 +490,43 @@ def test_raw_refund_requests_default_to_the_rest_and_check_their_parameters(serv
     assert rest.json()["reason"] is None and "Idempotent-Replayed" not in rest.headers
     assert unknown.status_code == 404
     assert sim.refund_count() == 1 and sim.refunded_amount(intent) == 1000
+
+
+def _same_call_at_once(
+    base: str, callers: int, call: Callable[[PaymentsClient], Any]
+) -> tuple[list[str], list[bool]]:
+    """``callers`` threads, each with its own client, make the same keyed call at one moment
+    and retry it on 409 (as a task would); the ids and replay flags they all got back."""
+    barrier = threading.Barrier(callers)
+    ids: list[str] = []
+    replays: list[bool] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        client = PaymentsClient(base, SANDBOX_API_KEY)
+        try:
+            barrier.wait()
+            for _ in range(20):  # the task's own retry loop around the client's in-call retries
+                try:
+                    result = call(client)
+                except Conflict:
+                    continue
+                with lock:
+                    ids.append(result.id)
+                    replays.append(result.replayed)
+                return
+            raise AssertionError("still in conflict after 20 tries")
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors[:3]
+    return ids, replays
