@@ -3,6 +3,10 @@
 A connector is built from an ``AccountConfig`` (the row in ``channel_accounts``, detached from
 the database) plus the seams tests swap: an httpx transport, a rate limiter, a sleep function.
 The workflows only ever see ``CanonicalOrder`` objects.
+
+``AccountConfig.rate_limits`` is the account's ``channel_accounts.rate_limits`` column, parsed
+(``registry.parse_rate_limits``): each connector lays it over its documented buckets, so every
+connector built for the account (polling, ``ship``, ``accounts test``) uses the same numbers.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing import Any, Protocol
 import httpx
 
 from integrations.canonical import CanonicalOrder
-from integrations.ratelimit import RateLimiter
+from integrations.ratelimit import AccountRateLimits, RateLimiter
 from orders.states import Channel
 
 __all__ = ["AccountConfig", "ConnectorSeams", "MarketplaceConnector"]
@@ -30,6 +34,8 @@ class AccountConfig:
     api_base_url: str | None = None  # None = the marketplace's production URL
     credentials: Mapping[str, Any] = field(default_factory=dict, repr=False)
     webhook_secret: str | None = field(default=None, repr=False)
+    #: the account's overrides of the documented rate limits (empty = the defaults)
+    rate_limits: AccountRateLimits = field(default_factory=AccountRateLimits)
 
 
 @dataclass

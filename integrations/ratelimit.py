@@ -17,17 +17,37 @@ Both keep a little under the limit: they refill at ``HEADROOM`` of the documente
 ``MARGIN_S`` to every wait. Without it, client and server buckets drain together after the
 burst and the client's request lands a few milliseconds before the server's token: a 429, and
 a pause that costs far more than the 3% (measured in ``bench/poll_throughput.py``).
+
+Per-account limits: ``channel_accounts.rate_limits`` overrides the documented buckets of one
+account, operation by operation (``parse_rate_limits``, the one place that reads that column;
+the README shows the shape). Operations left out keep the documented defaults.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Protocol
 
-__all__ = ["HEADROOM", "MARGIN_S", "Bucket", "MemoryRateLimiter", "RateLimiter", "RedisRateLimiter"]
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticValidationError
+
+__all__ = [
+    "COST_BUCKET",
+    "HEADROOM",
+    "MARGIN_S",
+    "AccountRateLimits",
+    "Bucket",
+    "CostLimit",
+    "MemoryRateLimiter",
+    "RateLimiter",
+    "RateLimitsError",
+    "RedisRateLimiter",
+    "overlay",
+    "parse_rate_limits",
+]
 
 HEADROOM = 0.97
 MARGIN_S = 0.02
@@ -37,6 +57,142 @@ MARGIN_S = 0.02
 class Bucket:
     rate: float  # tokens added per second
     burst: float  # bucket capacity
+
+
+@dataclass(frozen=True)
+class CostLimit:
+    """A query-cost bucket (Shopify GraphQL): ``maximum`` points, refilled at ``restore_rate``/s,
+    the names of ``integrations.shopify.throttle.CostBucket``."""
+
+    maximum: float
+    restore_rate: float
+
+
+#: the ``rate_limits`` key of a cost bucket (only on channels that have one)
+COST_BUCKET = "cost_bucket"
+
+
+class RateLimitsError(ValueError):
+    """``channel_accounts.rate_limits`` of one account is not valid (the message names the
+    account and the key)."""
+
+
+@dataclass(frozen=True)
+class AccountRateLimits:
+    """One account's overrides, parsed: only what the account sets, never the defaults."""
+
+    buckets: Mapping[str, Bucket] = field(default_factory=dict)
+    cost_bucket: CostLimit | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.buckets) or self.cost_bucket is not None
+
+    def over(
+        self, defaults: Mapping[str, Bucket], *, account: str = "", cost_bucket: bool = False
+    ) -> dict[str, Bucket]:
+        """``defaults`` with this account's buckets put over them, operation by operation.
+        ``cost_bucket``: the caller also applies ``self.cost_bucket`` (else it must be None)."""
+        try:
+            if self.cost_bucket is not None and not cost_bucket:
+                raise RateLimitsError(f"rate_limits: no {COST_BUCKET} on this channel")
+            return overlay(defaults, self.buckets)
+        except RateLimitsError as exc:
+            if not account:
+                raise
+            raise RateLimitsError(f"account {account!r}: {exc}") from None
+
+    def as_json(self) -> dict[str, dict[str, float]]:
+        """The ``rate_limits`` column value that parses back to these limits."""
+        out = {op: {"rate": b.rate, "burst": b.burst} for op, b in self.buckets.items()}
+        if self.cost_bucket is not None:
+            out[COST_BUCKET] = {
+                "maximum": self.cost_bucket.maximum,
+                "restore_rate": self.cost_bucket.restore_rate,
+            }
+        return out
+
+
+def overlay(defaults: Mapping[str, Bucket], overrides: Mapping[str, Bucket]) -> dict[str, Bucket]:
+    """``defaults`` with ``overrides`` put over them; an operation not in ``defaults`` is an
+    error (a typo would otherwise be a limit nobody applies)."""
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        what = f"rate_limits: unknown operation(s) {', '.join(unknown)}"
+        raise RateLimitsError(f"{what} (known: {', '.join(defaults) or 'none'})")
+    return {**defaults, **overrides}
+
+
+_Rate = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
+_Capacity = Annotated[float, Field(ge=1, allow_inf_nan=False, strict=True)]
+
+
+class _BucketSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate: _Rate  # tokens per second
+    burst: _Capacity  # bucket capacity: at least one request's worth
+
+
+class _CostBucketSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    maximum: _Capacity  # points the bucket holds
+    restore_rate: _Rate  # points per second
+
+
+def parse_rate_limits(
+    raw: Any,
+    *,
+    account: str,
+    operations: Iterable[str],
+    cost_bucket: bool = False,
+    channel: str = "",
+) -> AccountRateLimits:
+    """Parse one account's ``rate_limits`` column::
+
+        {"<operation>": {"rate": <per second>, "burst": <tokens>}, ...,
+         "cost_bucket": {"maximum": <points>, "restore_rate": <points per second>}}
+
+    ``operations`` are the names the channel's client limits; ``cost_bucket`` only where the
+    channel has one. None or ``{}`` = the defaults. Anything else that is not exactly this
+    (an unknown key, a missing or extra field, a number that is not positive, a burst or
+    maximum below 1) raises ``RateLimitsError`` naming the account and the key.
+    """
+    where = f"account {account!r}: rate_limits"
+    if raw is None:
+        return AccountRateLimits()
+    if not isinstance(raw, Mapping):
+        raise RateLimitsError(f"{where}: expected an object, got {type(raw).__name__}")
+    known = list(operations)
+    allowed = [*known, COST_BUCKET] if cost_bucket else known
+    buckets: dict[str, Bucket] = {}
+    cost: CostLimit | None = None
+    for key, value in raw.items():
+        if key not in allowed:
+            what = f"{channel} " if channel else ""
+            raise RateLimitsError(
+                f"{where}: unknown {what}operation {key!r} (known: {', '.join(allowed)})"
+            )
+        spec: type[BaseModel] = _CostBucketSpec if key == COST_BUCKET else _BucketSpec
+        try:
+            parsed = spec.model_validate(value)
+        except PydanticValidationError as exc:
+            raise RateLimitsError(f"{where}.{key}{_first_error(exc)}") from None
+        if isinstance(parsed, _CostBucketSpec):
+            cost = CostLimit(parsed.maximum, parsed.restore_rate)
+        elif isinstance(parsed, _BucketSpec):
+            buckets[key] = Bucket(rate=parsed.rate, burst=parsed.burst)
+    return AccountRateLimits(buckets, cost)
+
+
+def _first_error(exc: PydanticValidationError) -> str:
+    """``.field: what is wrong (got …)`` of the first error, for the end of a message."""
+    error = exc.errors()[0]
+    loc = "".join(f".{part}" for part in error["loc"])
+    if error["type"] == "model_type":
+        return f"{loc}: expected an object, got {type(error['input']).__name__}"
+    shown = "" if error["type"] == "missing" else f" (got {error['input']!r})"
+    return f"{loc}: {error['msg']}{shown}"
 
 
 class RateLimiter(Protocol):

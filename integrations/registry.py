@@ -2,19 +2,32 @@
 
 Entries are import paths, imported on first use, so a process only loads the marketplaces it
 touches (and a broken optional dependency of one cannot stop the others).
+
+Each connector class names the rate limits an account may override: ``rate_limit_defaults``
+(operation → documented ``Bucket``) and ``cost_bucket_default`` (a ``CostLimit`` where the
+channel limits query cost, else None). ``parse_rate_limits`` checks an account's
+``rate_limits`` column against them.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
+from integrations import ratelimit
 from integrations.canonical import CanonicalOrder
+from integrations.ratelimit import AccountRateLimits, Bucket, CostLimit
 from orders.states import Channel
 
-__all__ = ["connector_class", "mapper", "webhook_module"]
+__all__ = [
+    "connector_class",
+    "mapper",
+    "parse_rate_limits",
+    "rate_limit_defaults",
+    "webhook_module",
+]
 
 _PACKAGES = {
     Channel.SHOPIFY: "integrations.shopify",
@@ -49,3 +62,23 @@ def webhook_module(channel: Channel) -> ModuleType:
 
 def connector_class(channel: Channel) -> Any:
     return getattr(_module(channel, "connector"), _CONNECTORS[Channel(channel)])
+
+
+def rate_limit_defaults(channel: Channel) -> tuple[Mapping[str, Bucket], CostLimit | None]:
+    """The documented limits an account of ``channel`` may override: (operation → bucket, the
+    cost bucket or None)."""
+    cls = connector_class(channel)
+    return cls.rate_limit_defaults, cls.cost_bucket_default
+
+
+def parse_rate_limits(channel: Channel, raw: Any, *, account: str) -> AccountRateLimits:
+    """An account's ``rate_limits`` column, checked against its channel's operations;
+    ``RateLimitsError`` (a ValueError naming the account and the key) when it is not valid."""
+    buckets, cost = rate_limit_defaults(channel)
+    return ratelimit.parse_rate_limits(
+        raw,
+        account=account,
+        operations=buckets,
+        cost_bucket=cost is not None,
+        channel=Channel(channel).value,
+    )

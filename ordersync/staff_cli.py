@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from sqlalchemy import select
 
 from db.models import ChannelAccount, Order
@@ -78,6 +78,73 @@ def _parse_pairs(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+_RATE_LIMIT_SYNTAX = "OPERATION=RATE/BURST (Shopify: cost_bucket=MAXIMUM/RESTORE_RATE)"
+
+
+def _refuse(message: str) -> NoReturn:
+    """A usage error: one line on stderr, exit code 2 (what click uses for bad parameters)."""
+    typer.echo(f"Error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def _parse_rate_limits(channel: Channel, name: str, pairs: list[str]) -> dict[str, Any]:
+    """``--rate-limit`` values → the ``rate_limits`` column, checked by the parser every
+    connector of the account goes through (``registry.parse_rate_limits``)."""
+    from integrations import registry
+    from integrations.ratelimit import COST_BUCKET
+
+    raw: dict[str, dict[str, float]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        first, slash, second = value.partition("/")
+        key = key.strip()
+        if not (key and sep and slash):
+            _refuse(f"--rate-limit {pair!r}: expected {_RATE_LIMIT_SYNTAX}")
+        try:
+            numbers = float(first), float(second)
+        except ValueError:
+            _refuse(f"--rate-limit {pair!r}: expected two numbers, {_RATE_LIMIT_SYNTAX}")
+        if key in raw:
+            _refuse(f"--rate-limit {key!r} given twice")
+        names = ("maximum", "restore_rate") if key == COST_BUCKET else ("rate", "burst")
+        raw[key] = dict(zip(names, numbers, strict=True))
+    try:
+        return registry.parse_rate_limits(channel, raw, account=name).as_json()
+    except ValueError as exc:
+        _refuse(f"--rate-limit: {exc}")
+
+
+def _custom_limits(account: ChannelAccount) -> tuple[dict[str, dict[str, float]], str | None]:
+    """(the account's limits that differ from the documented ones, the error if the column
+    does not parse)."""
+    from integrations import registry
+    from integrations.ratelimit import COST_BUCKET
+
+    try:
+        channel = Channel(account.channel)
+        limits = registry.parse_rate_limits(channel, account.rate_limits, account=account.name)
+    except ValueError as exc:
+        return {}, str(exc)
+    buckets, cost = registry.rate_limit_defaults(channel)
+    shown = {}
+    for op, spec in limits.as_json().items():
+        if op == COST_BUCKET:
+            custom = limits.cost_bucket != cost
+        else:
+            custom = limits.buckets[op] != buckets.get(op)
+        if custom:
+            shown[op] = spec
+    return shown, None
+
+
+def _limits_text(limits: dict[str, dict[str, float]], error: str | None) -> str:
+    if error is not None:
+        return f"INVALID: {error}"
+    return ", ".join(
+        f"{op}={'/'.join(f'{n:g}' for n in spec.values())}" for op, spec in limits.items()
+    )
+
+
 @accounts_cli.command("add")
 def accounts_add(
     channel: Channel,
@@ -88,9 +155,17 @@ def accounts_add(
     credential: Annotated[
         list[str] | None, typer.Option("--credential", "-c", help="KEY=VALUE, repeatable")
     ] = None,
+    rate_limit: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rate-limit",
+            help=f"{_RATE_LIMIT_SYNTAX}, per second; repeatable; overrides the documented limit",
+        ),
+    ] = None,
 ) -> None:
     """Connect a shop: e.g. `accounts add shopify my-shop --shop my-shop.myshopify.com
-    -c access_token=shpat_… --webhook-secret …`."""
+    -c access_token=shpat_… --webhook-secret … --rate-limit cost_bucket=2000/100`."""
+    rate_limits = _parse_rate_limits(channel, name, rate_limit or [])
     with session_scope() as session:
         session.add(
             ChannelAccount(
@@ -100,6 +175,7 @@ def accounts_add(
                 api_base_url=api_base_url,
                 webhook_secret=webhook_secret,
                 credentials=_parse_pairs(credential or []),
+                rate_limits=rate_limits,
             )
         )
     console.print(f"added {channel.value} account {name}")
@@ -107,27 +183,34 @@ def accounts_add(
 
 @accounts_cli.command("list")
 def accounts_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Accounts with their credentials masked."""
+    """Accounts with their credentials masked, and the rate limits that are not the
+    documented ones."""
     with session_scope() as session:
-        rows: list[dict[str, Any]] = [
-            {
-                "name": a.name,
-                "channel": a.channel,
-                "shop": a.shop,
-                "api_base_url": a.api_base_url,
-                "credentials": {k: "********" for k in (a.credentials or {})},
-                "webhook_secret": "********" if a.webhook_secret else None,
-                "poll_cursor": a.poll_cursor.isoformat() if a.poll_cursor else None,
-                "active": a.active,
-            }
-            for a in session.scalars(select(ChannelAccount).order_by(ChannelAccount.name))
-        ]
+        rows: list[dict[str, Any]] = []
+        for a in session.scalars(select(ChannelAccount).order_by(ChannelAccount.name)):
+            limits, limits_error = _custom_limits(a)
+            rows.append(
+                {
+                    "name": a.name,
+                    "channel": a.channel,
+                    "shop": a.shop,
+                    "api_base_url": a.api_base_url,
+                    "credentials": {k: "********" for k in (a.credentials or {})},
+                    "webhook_secret": "********" if a.webhook_secret else None,
+                    "poll_cursor": a.poll_cursor.isoformat() if a.poll_cursor else None,
+                    "rate_limits": limits,
+                    "rate_limits_error": limits_error,
+                    "active": a.active,
+                }
+            )
     if as_json:
         print(json.dumps(rows))
         return
-    table = Table("name", "channel", "shop", "credentials", "poll cursor", "active")
+    limits_column = Column("rate limits", overflow="fold")  # readable on a narrow terminal
+    table = Table("name", "channel", "shop", "credentials", limits_column, "poll cursor", "active")
     for r in rows:
         table.add_row(r["name"], r["channel"], r["shop"], ", ".join(r["credentials"]),
+                      _limits_text(r["rate_limits"], r["rate_limits_error"]),
                       r["poll_cursor"] or "", str(r["active"]))  # fmt: skip
     console.print(table)
 
@@ -136,11 +219,16 @@ def accounts_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> N
 def accounts_test(name: str) -> None:
     """Make one real authenticated call; say OK or the exact failure."""
     from integrations.errors import IntegrationError
+    from integrations.ratelimit import RateLimitsError
     from workflows.providers import connector_for
 
     with session_scope() as session:
         account = session.scalars(select(ChannelAccount).where(ChannelAccount.name == name)).one()
-    connector: object = connector_for(account)
+    try:
+        connector: object = connector_for(account)
+    except RateLimitsError as exc:
+        console.print(f"[red]FAILED[/red] {name}: {type(exc).__name__}: {exc}")
+        raise typer.Exit(1) from None
     try:
         detail = connector.test_connection()  # type: ignore[attr-defined]
     except IntegrationError as exc:

@@ -11,6 +11,11 @@ Credential keys read from ``account.credentials``:
 
 ``account.api_base_url`` defaults to the North America endpoint.
 
+Rate limits: the documented usage plans (``client.RATE_LIMITS``) with the account's
+``rate_limits`` over them, operation by operation (``getOrders``, ``getOrder``,
+``getOrderItems``, ``confirmShipment``, ``createRestrictedDataToken``); the rate Amazon grants
+this seller (``x-amzn-RateLimit-Limit``) still corrects them as responses come in.
+
 Buyer PII: ``getOrders`` (and ``get_order``) are called with a Restricted Data Token for
 ``buyerInfo`` + ``shippingAddress`` (Tokens API, cached until shortly before its hour runs out),
 so orders carry the address the label step needs. An application without the restricted role
@@ -31,18 +36,18 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 
-from integrations.amazon.client import DEFAULT_API_BASE_URL, SpApiClient
+from integrations.amazon.client import DEFAULT_API_BASE_URL, RATE_LIMITS, SpApiClient
 from integrations.amazon.lwa import DEFAULT_LWA_URL, LwaTokenProvider
 from integrations.amazon.mapper import map_order
 from integrations.amazon.payloads import parse_timestamp
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.canonical import CanonicalOrder
 from integrations.errors import AuthError, PayloadError, PermanentError, ValidationError
-from integrations.ratelimit import Bucket
+from integrations.ratelimit import Bucket, CostLimit
 from orders.states import Channel
 
 __all__ = ["LAST_UPDATED_BEFORE_MIN_AGE", "AmazonConnector"]
@@ -69,6 +74,9 @@ def package_reference_id(idempotency_key: str) -> str:
 
 class AmazonConnector:
     channel = Channel.AMAZON
+    #: what ``channel_accounts.rate_limits`` may override (see ``integrations.registry``)
+    rate_limit_defaults: ClassVar[Mapping[str, Bucket]] = RATE_LIMITS
+    cost_bucket_default: ClassVar[CostLimit | None] = None
 
     def __init__(
         self,
@@ -77,7 +85,11 @@ class AmazonConnector:
         *,
         rate_limits: Mapping[str, Bucket] | None = None,
     ) -> None:
+        """``rate_limits``: the whole table, replacing the defaults and the account's (tests,
+        benchmarks); None = the defaults with ``account.rate_limits`` over them."""
         seams = seams or ConnectorSeams()
+        if rate_limits is None:
+            rate_limits = account.rate_limits.over(RATE_LIMITS, account=account.name)
         creds = account.credentials
         missing = [key for key in _REQUIRED if not creds.get(key)]
         if missing:

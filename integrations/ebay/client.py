@@ -11,7 +11,9 @@
   (201 + ``Location``). https://developer.ebay.com/api-docs/sell/fulfillment/resources/methods
 - Rate limit: eBay's default quota for the whole Fulfillment API is 100,000 calls per day per
   application (https://developer.ebay.com/develop/api/sell/api_call_limits), so every
-  operation shares one bucket. Over quota eBay answers 429 with
+  operation shares one bucket, ``sell.fulfillment``; ``rate_limits=`` overrides it for an
+  application with a higher tier (e.g. ``Bucket(rate=1_500_000 / 86_400, burst=50)``).
+  Over quota eBay answers 429 with
   ``{"errors":[{"errorId":2001,"domain":"ACCESS","category":"REQUEST","message":"Too many
   requests. The request limit has been reached for the resource."}]}``.
 
@@ -23,7 +25,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
@@ -31,12 +33,14 @@ import httpx
 
 from integrations.errors import AuthError, PayloadError, ValidationError
 from integrations.http import ApiClient
-from integrations.ratelimit import Bucket
+from integrations.ratelimit import Bucket, overlay
 
 __all__ = [
     "API_BASE_URL",
     "FULFILLMENT_QUOTA",
+    "FULFILLMENT_QUOTA_GROUP",
     "MAX_PAGE_LIMIT",
+    "QUOTAS",
     "SCOPE",
     "TOKEN_PATH",
     "EbayClient",
@@ -51,6 +55,9 @@ SCOPE = "https://api.ebay.com/oauth/api_scope/sell.fulfillment"
 MAX_PAGE_LIMIT = 200  # "If a requested limit is more than 200, the call fails"
 # 100,000 calls/day spread evenly; the burst lets one poll page through quickly (our choice)
 FULFILLMENT_QUOTA = Bucket(rate=100_000 / 86_400, burst=50)
+#: the limit groups: one daily quota covers the whole Fulfillment API ("token" is not limited)
+FULFILLMENT_QUOTA_GROUP = "sell.fulfillment"
+QUOTAS: dict[str, Bucket] = {FULFILLMENT_QUOTA_GROUP: FULFILLMENT_QUOTA}
 TOKEN_MARGIN = dt.timedelta(minutes=5)  # refresh this long before eBay says the token expires
 
 
@@ -88,8 +95,14 @@ class EbayClient(ApiClient):
         refresh_token: str,
         scope: str = SCOPE,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        rate_limits: Mapping[str, Bucket] | None = None,
         **kwargs: Any,
     ) -> None:
+        """``rate_limits``: limit group (``sell.fulfillment``) → bucket, over ``QUOTAS``."""
+        quotas = overlay(QUOTAS, rate_limits or {})
+        # an instance attribute, read by ApiClient.__init__ to seed the limiter: every
+        # operation of a group gets the group's bucket (they share its key, see limit_key)
+        self.rate_limits = {op: quotas[_group(op)] for op in type(self).rate_limits}
         basic = base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
         self.__basic = f"Basic {basic}"
         self.__refresh_token = refresh_token
@@ -106,8 +119,7 @@ class EbayClient(ApiClient):
 
     # one daily quota covers the whole Fulfillment API, so all its operations share a bucket
     def limit_key(self, operation: str) -> str:
-        group = "identity" if operation == "token" else "sell.fulfillment"
-        return f"{type(self).__name__}:{self.account}:{group}"
+        return f"{type(self).__name__}:{self.account}:{_group(operation)}"
 
     def error_code(self, response: httpx.Response) -> str | None:
         """``errors[0].errorId`` (API) or ``error`` (OAuth): codes only, never messages."""
@@ -233,6 +245,10 @@ class EbayClient(ApiClient):
         )
         location: str | None = response.headers.get("Location")
         return location
+
+
+def _group(operation: str) -> str:
+    return "identity" if operation == "token" else FULFILLMENT_QUOTA_GROUP
 
 
 def _segment(value: str) -> str:

@@ -17,13 +17,15 @@ with the ``sell.fulfillment`` scope). ``account.api_base_url`` defaults to
 - ``push_stock`` is not part of the Fulfillment API: eBay quantities are set through the Sell
   Inventory API (``bulkUpdatePriceQuantity``), which this connector does not cover yet; it
   raises ``PermanentError`` so that a stock push to eBay is visible instead of silently lost.
+- Rate limit: one bucket for the whole Fulfillment API (``sell.fulfillment``, the default
+  100,000 calls a day); the account's ``rate_limits`` overrides it for a higher tier.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -34,6 +36,7 @@ from integrations.canonical import CanonicalOrder
 from integrations.ebay.client import (
     API_BASE_URL,
     MAX_PAGE_LIMIT,
+    QUOTAS,
     EbayClient,
     ebay_timestamp,
     lastmodified_filter,
@@ -41,6 +44,7 @@ from integrations.ebay.client import (
 from integrations.ebay.mapper import map_order
 from integrations.ebay.payloads import EbayOrder, EbayOrderPage, EbayShippingFulfillmentPage
 from integrations.errors import AuthError, Conflict, PayloadError, PermanentError
+from integrations.ratelimit import Bucket, CostLimit
 from orders.states import Channel
 
 __all__ = ["EbayConnector"]
@@ -52,6 +56,9 @@ CREDENTIAL_KEYS = ("client_id", "client_secret", "refresh_token")
 
 class EbayConnector:
     channel = Channel.EBAY
+    #: what ``channel_accounts.rate_limits`` may override (see ``integrations.registry``)
+    rate_limit_defaults: ClassVar[Mapping[str, Bucket]] = QUOTAS
+    cost_bucket_default: ClassVar[CostLimit | None] = None
 
     def __init__(
         self,
@@ -68,12 +75,14 @@ class EbayConnector:
         self.account = account
         self.clock = seams.clock
         self.page_limit = max(1, min(page_limit, MAX_PAGE_LIMIT))
+        rate_limits = account.rate_limits.over(self.rate_limit_defaults, account=account.name)
         self.client = EbayClient(
             account.api_base_url or API_BASE_URL,
             client_id=str(creds["client_id"]),
             client_secret=str(creds["client_secret"]),
             refresh_token=str(creds["refresh_token"]),
             clock=seams.clock,
+            rate_limits=rate_limits,
             account=account.name,
             transport=seams.transport,
             limiter=seams.limiter,

@@ -6,7 +6,10 @@ Reads from ``account``:
 - ``account.api_base_url``: default ``https://{shop}`` (the sandbox sets its own);
 - ``account.credentials["access_token"]``: the Admin API access token (required);
 - ``account.credentials["location_id"]``: optional location GID that ``push_stock`` sets
-  quantities at; default the shop's first active location.
+  quantities at; default the shop's first active location;
+- ``account.rate_limits.cost_bucket``: the shop's GraphQL cost bucket (``maximum`` points,
+  ``restore_rate`` points/s, e.g. 2000 and 100 on Shopify Plus) assumed until Shopify reports
+  the real one; default the standard plan's 1000 and 50 (``throttle.py``).
 
 The poll lists order ids updated since a time (cursor pages sorted by ``UPDATED_AT``), then
 fetches those orders in chunks sized to the cost bucket and maps them with
@@ -20,17 +23,23 @@ import datetime as dt
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.canonical import CanonicalOrder
 from integrations.errors import AuthError, ValidationError
+from integrations.ratelimit import Bucket, CostLimit
 from integrations.shopify import queries as q
 from integrations.shopify.client import ShopifyClient, order_gid
 from integrations.shopify.mapper import map_graphql_order
-from integrations.shopify.throttle import CostBucket
+from integrations.shopify.throttle import (
+    DEFAULT_MAXIMUM,
+    DEFAULT_RESTORE_RATE,
+    CostBucket,
+    shared_bucket,
+)
 from orders.states import Channel
 
 __all__ = ["ShopifyConnector"]
@@ -51,6 +60,12 @@ def _search_time(value: dt.datetime) -> str:
 
 class ShopifyConnector:
     channel = Channel.SHOPIFY
+    #: what ``channel_accounts.rate_limits`` may override (see ``integrations.registry``): the
+    #: cost bucket only, GraphQL has no per-operation request limit
+    rate_limit_defaults: ClassVar[Mapping[str, Bucket]] = {}
+    cost_bucket_default: ClassVar[CostLimit | None] = CostLimit(
+        DEFAULT_MAXIMUM, DEFAULT_RESTORE_RATE
+    )
 
     def __init__(
         self,
@@ -60,10 +75,18 @@ class ShopifyConnector:
         cost_bucket: CostBucket | None = None,
         notify_customer: bool = True,
     ) -> None:
+        """``cost_bucket``: a bucket of its own (tests, benchmarks); None = the process-wide
+        bucket of the shop, seeded from ``account.rate_limits.cost_bucket`` if set."""
         seams = seams or ConnectorSeams()
         token = account.credentials.get("access_token")
         if not token or not account.shop:
             raise AuthError(f"shopify account {account.name!r}: shop or access_token missing")
+        limits = account.rate_limits
+        limits.over(self.rate_limit_defaults, account=account.name, cost_bucket=True)
+        if cost_bucket is None and limits.cost_bucket is not None:
+            cost_bucket = shared_bucket(
+                account.shop, limits.cost_bucket.maximum, limits.cost_bucket.restore_rate
+            )
         self.account = account
         self.notify_customer = notify_customer
         self.client = ShopifyClient(

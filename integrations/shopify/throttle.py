@@ -13,6 +13,10 @@ So we keep the same bucket locally: ``reserve`` before a query says how long to 
 requested cost is available (instead of hammering into THROTTLED), and ``observe`` resets it to
 Shopify's numbers after every response, which also absorbs other workers and other apps' use.
 https://shopify.dev/docs/api/usage/limits#graphql-admin-api-rate-limits
+
+Until the first response the bucket holds a seed: the documented standard-plan numbers, or the
+account's ``rate_limits.cost_bucket`` (``maximum``, ``restore_rate``; e.g. Shopify Plus),
+which sizes the first queries right. Once Shopify has reported the bucket, its numbers win.
 """
 
 from __future__ import annotations
@@ -95,6 +99,7 @@ class CostBucket:
         self.restore_rate = restore_rate
         self._available = maximum  # may go negative: callers already queued for the future
         self._at = clock()
+        self.observed = False  # True once a response has told us Shopify's numbers
 
     def _refill(self) -> None:
         now = self._clock()
@@ -127,16 +132,37 @@ class CostBucket:
             self.restore_rate = status.restore_rate
             self._available = min(status.currently_available, status.maximum_available)
             self._at = self._clock()
+            self.observed = True
+
+    def seed(self, maximum: float, restore_rate: float) -> None:
+        """Assume these numbers until Shopify reports its own (ignored once it has). Points
+        already taken stay taken: the capacity changes, not what was used of it."""
+        with self._lock:
+            if self.observed or (maximum, restore_rate) == (self.maximum, self.restore_rate):
+                return
+            self._refill()
+            self._available += maximum - self.maximum
+            self.maximum = maximum
+            self.restore_rate = restore_rate
 
 
 _shared: dict[str, CostBucket] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_bucket(shop: str) -> CostBucket:
-    """The process-wide bucket of one shop (every connector of that shop in this process)."""
+def shared_bucket(
+    shop: str,
+    maximum: float = DEFAULT_MAXIMUM,
+    restore_rate: float = DEFAULT_RESTORE_RATE,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> CostBucket:
+    """The process-wide bucket of one shop (every connector of that shop in this process),
+    seeded with ``maximum`` and ``restore_rate`` until Shopify reports its numbers; ``clock``
+    only applies when this call creates the bucket."""
     with _shared_lock:
         bucket = _shared.get(shop)
         if bucket is None:
-            bucket = _shared[shop] = CostBucket()
-        return bucket
+            bucket = _shared[shop] = CostBucket(maximum, restore_rate, clock=clock)
+    bucket.seed(maximum, restore_rate)
+    return bucket

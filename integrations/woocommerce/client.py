@@ -7,7 +7,8 @@ they would end up in access logs. https://woocommerce.github.io/woocommerce-rest
 Paging is ``page``/``per_page`` (at most 100) with ``X-WP-Total`` / ``X-WP-TotalPages``.
 Core Woo has no REST rate limit of its own, but hosts and security plugins answer 429; the
 bucket below is a polite default, corrected from ``RateLimit-*`` headers when a host sends them
-(the Store API's names: RateLimit-Limit/-Remaining/-Reset/-Retry-After).
+(the Store API's names: RateLimit-Limit/-Remaining/-Reset/-Retry-After). ``rate_limits=``
+overrides it per operation for a host that allows more or less.
 Errors are WP_Error JSON: ``{"code": "woocommerce_rest_…", "message": …, "data": {"status": N}}``.
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ import structlog
 
 from integrations.errors import PayloadError, ValidationError
 from integrations.http import DEFAULT_TIMEOUT, ApiClient, parse_retry_after
-from integrations.ratelimit import Bucket, RateLimiter
+from integrations.ratelimit import Bucket, RateLimiter, overlay
 
 __all__ = [
     "API_PREFIX",
@@ -108,9 +109,13 @@ class WooCommerceClient(ApiClient):
         max_attempts: int = 3,
         sleep: Callable[[float], None] = time.sleep,
         per_page: int = MAX_PER_PAGE,
+        rate_limits: Mapping[str, Bucket] | None = None,
     ) -> None:
+        """``rate_limits``: buckets of the operations given, the others keep the default."""
         if not consumer_key or not consumer_secret:
             raise ValueError("woocommerce: consumer_key and consumer_secret are required")
+        # an instance attribute, read by ApiClient.__init__ to seed the limiter
+        self.rate_limits = overlay(type(self).rate_limits, rate_limits or {})
         self.per_page = max(1, min(per_page, MAX_PER_PAGE))
         token = base64.b64encode(f"{consumer_key}:{consumer_secret}".encode()).decode()
         self.__authorization = f"Basic {token}"

@@ -4,6 +4,10 @@ Reads from ``account.credentials``: ``consumer_key`` (``ck_…``) and ``consumer
 (``cs_…``), a REST API key with read/write permission (WooCommerce → Settings → Advanced →
 REST API). The site is ``account.api_base_url`` or else ``account.shop`` (``https://`` added
 when it has no scheme); ``/wp-json/wc/v3`` is appended by the client.
+
+Rate limits: a polite 5/s, burst 10 per operation (``list_orders``, ``get_order``,
+``update_order``, ``list_notes``, ``add_note``, ``list_products``, ``batch_products``), with the
+account's ``rate_limits`` over them for a host that allows more or less.
 """
 
 from __future__ import annotations
@@ -12,13 +16,14 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import structlog
 
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.canonical import CanonicalOrder
 from integrations.errors import AuthError, NotFound, ValidationError
+from integrations.ratelimit import Bucket, CostLimit
 from integrations.woocommerce.client import WooCommerceClient
 from integrations.woocommerce.mapper import map_order
 from orders.states import Channel
@@ -54,9 +59,13 @@ def _credential(account: AccountConfig, key: str) -> str:
 
 class WooCommerceConnector:
     channel = Channel.WOOCOMMERCE
+    #: what ``channel_accounts.rate_limits`` may override (see ``integrations.registry``)
+    rate_limit_defaults: ClassVar[Mapping[str, Bucket]] = WooCommerceClient.rate_limits
+    cost_bucket_default: ClassVar[CostLimit | None] = None
 
     def __init__(self, account: AccountConfig, seams: ConnectorSeams | None = None) -> None:
         seams = seams or ConnectorSeams()
+        rate_limits = account.rate_limits.over(self.rate_limit_defaults, account=account.name)
         self.account = account
         self._clock = seams.clock
         self.client = WooCommerceClient(
@@ -67,6 +76,7 @@ class WooCommerceConnector:
             transport=seams.transport,
             limiter=seams.limiter,
             sleep=seams.sleep,
+            rate_limits=rate_limits,
         )
         # SKU → product/variation id; SKUs rarely move, and a lookup per push would double the
         # calls. A refused id (product deleted and re-created) is evicted and looked up again.
