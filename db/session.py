@@ -216,8 +216,13 @@ def after_fork() -> None:
         engine.dispose(close=False)
 
 
-@functools.cache
 def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
+    """Sessions on ``url`` (default: the configured database, as it is configured now)."""
+    return _sessionmaker(url or get_settings().database_url)
+
+
+@functools.cache
+def _sessionmaker(url: str) -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(url), expire_on_commit=False)
 
 

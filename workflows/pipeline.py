@@ -54,6 +54,7 @@ from db.models import (
     Shipment,
 )
 from db.session import core
+from integrations.base import ConnectorSeams
 from integrations.canonical import Address
 from integrations.errors import PermanentError
 from orders import idempotency, stock
@@ -64,7 +65,7 @@ from ordersync.settings import get_settings
 from workflows.base import OrdersyncTask, describe
 from workflows.celery_app import app
 from workflows.locks import LockBusy, order_lock
-from workflows.providers import carrier_client, connector_for, payments_client
+from workflows.providers import carrier_client, connector_for, payments_client, shared_limiter
 from workflows.publish import publish_after_commit
 
 __all__ = [
@@ -480,7 +481,8 @@ def ship(self: StepTask, order_id: int) -> str:
                 order.external_id, shipment.tracking_number or "", shipment.carrier
             )  # fmt: skip
         if account.api_base_url or account.credentials:
-            connector: Any = connector_for(account)
+            # the buckets every worker shares, as polling uses them
+            connector: Any = connector_for(account, ConnectorSeams(limiter=shared_limiter()))
             try:
                 connector.push_fulfillment(
                     external_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-from integrations.base import AccountConfig
+from integrations.base import AccountConfig, ConnectorSeams
 from integrations.errors import PermanentError
 from orders.states import Channel
 from ordersync.settings import get_settings
@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from db.models import ChannelAccount
     from integrations.carriers.client import CarrierClient
     from integrations.payments.client import PaymentsClient
+    from integrations.ratelimit import RedisRateLimiter
 
 __all__ = ["account_config", "carrier_client", "connector_for", "payments_client"]
 
@@ -46,17 +47,37 @@ def carrier_client() -> CarrierClient:
 
 
 def account_config(account: ChannelAccount) -> AccountConfig:
+    """The account as connectors read it. Its ``rate_limits`` are parsed here, so an account
+    with invalid limits fails loudly (``RateLimitsError``) instead of running on defaults."""
+    from integrations import registry
+
+    channel = Channel(account.channel)
     return AccountConfig(
         name=account.name,
-        channel=Channel(account.channel),
+        channel=channel,
         shop=account.shop,
         api_base_url=account.api_base_url,
         credentials=dict(account.credentials or {}),
         webhook_secret=account.webhook_secret,
+        rate_limits=registry.parse_rate_limits(channel, account.rate_limits, account=account.name),
     )
 
 
-def connector_for(account: ChannelAccount) -> object:
+@functools.cache
+def shared_limiter() -> RedisRateLimiter:
+    """The rate-limit buckets in Redis that every worker shares (per account and operation)."""
+    import redis
+
+    from integrations.ratelimit import RedisRateLimiter
+    from ordersync.runtime import redis_url
+
+    return RedisRateLimiter(redis.Redis.from_url(redis_url()))
+
+
+def connector_for(account: ChannelAccount, seams: ConnectorSeams | None = None) -> object:
+    """The account's connector, with the account's rate limits over the documented ones.
+    ``seams``: e.g. ``ConnectorSeams(limiter=RedisRateLimiter(...))`` to share the buckets with
+    every worker (without it the connector has a limiter of its own)."""
     from integrations import registry
 
-    return registry.connector_class(Channel(account.channel))(account_config(account))
+    return registry.connector_class(Channel(account.channel))(account_config(account), seams)

@@ -17,7 +17,6 @@ import datetime as dt
 import functools
 from typing import Any
 
-import redis
 import structlog
 from celery import chord
 from sqlalchemy import select, update
@@ -25,15 +24,13 @@ from sqlalchemy import select, update
 from db.base import utcnow
 from db.models import ChannelAccount, SyncRun
 from integrations.base import ConnectorSeams
-from integrations.ratelimit import RedisRateLimiter
 from orders.intake import IntakeOutcome, apply_order
 from orders.states import Channel
-from ordersync.runtime import redis_url
 from ordersync.settings import get_settings
 from workflows.base import OrdersyncTask, describe, is_retryable
 from workflows.celery_app import app
 from workflows.locks import LockBusy, redis_lock
-from workflows.providers import account_config
+from workflows.providers import account_config, shared_limiter
 from workflows.tasks import after_intake
 
 __all__ = ["full_sync_account", "full_sync_all", "poll_account", "poll_due", "reconcile_report"]
@@ -44,15 +41,11 @@ BATCH = 50  # orders per transaction: short write locks, little lost work on a c
 
 
 @functools.cache
-def _limiter() -> RedisRateLimiter:
-    return RedisRateLimiter(redis.Redis.from_url(redis_url()))
-
-
 def _connector(account: ChannelAccount) -> Any:
     from integrations import registry
 
     cls = registry.connector_class(Channel(account.channel))
-    return cls(account_config(account), ConnectorSeams(limiter=_limiter()))
+    return cls(account_config(account), ConnectorSeams(limiter=shared_limiter()))
 
 
 def _sync(
@@ -74,8 +67,11 @@ def _sync(
         session.flush()
         run_id = run.id
     seen = changed = created = 0
-    connector = _connector(account)
+    connector: Any = None
     try:
+        # inside the try: an account that cannot be connected (credentials, bad rate limits)
+        # fails its run instead of leaving it "running"
+        connector = _connector(account)
         batch: list[Any] = []
 
         def flush() -> None:
@@ -113,7 +109,8 @@ def _sync(
             )  # fmt: skip
         raise
     finally:
-        connector.close()
+        if connector is not None:
+            connector.close()
     with task.transaction() as session:
         account = session.get(ChannelAccount, account_id)
         assert account is not None
