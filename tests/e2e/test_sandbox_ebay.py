@@ -22,26 +22,12 @@ from sandbox.ebay import (
     SANDBOX_REFRESH_TOKEN,
     EbaySimulator,
 )
+from tests.support.fake_time import FakeTime as FakeClock
 from tests.support.servers import serve_app
 from tests.unit.integrations.ebay.spec_schema import schema_errors
 
 Serve = Callable[[EbaySimulator], str]
 HOUR_AGO = dt.timedelta(hours=1)
-
-
-class FakeClock:
-    """One clock for the simulator's bucket and the connector's sleeps and limiter: no waiting."""
-
-    def __init__(self) -> None:
-        self.now = time.monotonic()
-        self.sleeps: list[float] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -23,22 +22,8 @@ from sandbox.woocommerce import (
     SANDBOX_WEBHOOK_SECRET,
     WooCommerceSimulator,
 )
+from tests.support.fake_time import FakeTime as FakeClock
 from tests.support.servers import serve_app
-
-
-class FakeClock:
-    """One clock for the simulator's rate window and the connector's sleeps: no real waiting."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-        self.sleeps: list[float] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture

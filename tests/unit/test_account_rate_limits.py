@@ -37,24 +37,10 @@ from integrations.shopify import queries as shopify_queries
 from integrations.shopify.throttle import DEFAULT_MAXIMUM, DEFAULT_RESTORE_RATE, shared_bucket
 from integrations.woocommerce.client import WooCommerceClient
 from orders.states import Channel
+from tests.support.fake_time import FakeTime
 from workflows.providers import account_config, connector_for
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-class FakeTime:
-    """One clock for the limiter and the cost bucket; it moves only when slept on."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class RecordingLimiter(MemoryRateLimiter):
@@ -114,7 +100,7 @@ def account(
 
 @pytest.fixture
 def time_() -> FakeTime:
-    return FakeTime()
+    return FakeTime(start=1000.0)
 
 
 def seams(time_: FakeTime) -> tuple[ConnectorSeams, RecordingLimiter]:

@@ -28,6 +28,7 @@ from integrations.shopify.connector import ShopifyConnector
 from integrations.shopify.throttle import CostBucket
 from orders.states import Channel
 from sandbox.shopify import graphql_order
+from tests.support.fake_time import FakeTime
 from tests.unit.integrations.shopify.fixtures import order
 
 SHOP = "jsmith.myshopify.com"
@@ -36,24 +37,9 @@ URL = f"https://{SHOP}/admin/api/2026-07/graphql.json"
 SINCE = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
-class FakeTime:
-    """A clock that only moves when slept on: waits are asserted, never spent."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 @pytest.fixture
 def time_() -> FakeTime:
-    return FakeTime()
+    return FakeTime(start=1000.0)
 
 
 @pytest.fixture
