@@ -563,23 +563,7 @@ class PaymentsSimulator:
 
         @router.get("/v1/refunds/{refund_id}")
         async def retrieve_refund(refund_id: str, request: Request) -> Response:
-            if not self._authorized(request):
-                return self._unauthorized(request)
-            refused = await self.knobs.disturb()
-            if refused is not None:
-                return refused
-            with self._lock:
-                refund = self._refund_objects.get(refund_id)
-                body = json.loads(json.dumps(refund)) if refund else None
-            if body is None:
-                return _error(
-                    404,
-                    "invalid_request_error",
-                    f"No such refund: '{refund_id}'",
-                    code="resource_missing",
-                    param="id",
-                )
-            return JSONResponse(body)
+            return await self._retrieve(request, self._refund_objects, "refund", refund_id, "id")
 
         @router.get("/v1/payment_intents/search")
         async def search_intents(request: Request) -> Response:
@@ -615,25 +599,33 @@ class PaymentsSimulator:
 
         @router.get("/v1/payment_intents/{intent_id}")
         async def retrieve_intent(intent_id: str, request: Request) -> Response:
-            if not self._authorized(request):
-                return self._unauthorized(request)
-            refused = await self.knobs.disturb()
-            if refused is not None:
-                return refused
-            with self._lock:
-                intent = self.intents.get(intent_id)
-                body = json.loads(json.dumps(intent)) if intent else None
-            if body is None:
-                return _error(
-                    404,
-                    "invalid_request_error",
-                    f"No such payment_intent: '{intent_id}'",
-                    code="resource_missing",
-                    param="intent",
-                )
-            return JSONResponse(body)
+            return await self._retrieve(
+                request, self.intents, "payment_intent", intent_id, "intent"
+            )
 
         return router
+
+    async def _retrieve(
+        self, request: Request, store: dict[str, Any], kind: str, object_id: str, param: str
+    ) -> Response:
+        """``GET /v1/<objects>/{id}``: a copy of the stored object, or Stripe's 404."""
+        if not self._authorized(request):
+            return self._unauthorized(request)
+        refused = await self.knobs.disturb()
+        if refused is not None:
+            return refused
+        with self._lock:
+            found = store.get(object_id)
+            body = json.loads(json.dumps(found)) if found else None
+        if body is None:
+            return _error(
+                404,
+                "invalid_request_error",
+                f"No such {kind}: '{object_id}'",
+                code="resource_missing",
+                param=param,
+            )
+        return JSONResponse(body)
 
     def _answer_repeat(
         self,
