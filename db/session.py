@@ -36,6 +36,7 @@ __all__ = [
     "PRE_PING_DEFAULT",
     "after_fork",
     "core",
+    "dialect_insert",
     "get_engine",
     "get_sessionmaker",
     "make_engine",
@@ -159,6 +160,15 @@ _DIALECT_INSERT: dict[str, Callable[..., Any]] = {
 }
 
 
+def dialect_insert(session: Session) -> Callable[..., Any]:
+    """The session's dialect's own ``insert`` (``postgresql.insert`` or ``sqlite.insert``), the
+    one with ``on_conflict_do_nothing`` / ``on_conflict_do_update``."""
+    name = session.get_bind().dialect.name
+    if name not in _DIALECT_INSERT:
+        raise NotImplementedError(f"no upsert for the {name} dialect")
+    return _DIALECT_INSERT[name]
+
+
 def per_dialect(build: Callable[[Callable[..., Any]], Any]) -> Callable[[Session], Any]:
     """A statement that needs the dialect's own ``insert`` (``ON CONFLICT``, ``RETURNING``),
     built once per dialect: ``build(insert)`` gets ``postgresql.insert`` or ``sqlite.insert``."""
@@ -168,9 +178,7 @@ def per_dialect(build: Callable[[Callable[..., Any]], Any]) -> Callable[[Session
         name = session.get_bind().dialect.name
         statement = built.get(name)
         if statement is None:
-            if name not in _DIALECT_INSERT:
-                raise NotImplementedError(f"no upsert for the {name} dialect")
-            statement = built[name] = build(_DIALECT_INSERT[name])
+            statement = built[name] = build(dialect_insert(session))
         return statement
 
     return get

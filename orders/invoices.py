@@ -26,14 +26,14 @@ it out of the lock if that ever matters).
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db.base import table, utcnow
 from db.models import Invoice, InvoiceCounter, Order
-from db.session import core
+from db.session import core, dialect_insert
 from orders.invoice_pdf import DocumentLine, InvoiceDocument, Seller, render_invoice
 from orders.states import OrderState
 
@@ -87,13 +87,8 @@ def format_number(series: str, number: int) -> str:
     return f"{series}-{number:06d}"
 
 
-def _insert_ignore(session: Session) -> postgresql.Insert | sqlite.Insert:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(InvoiceCounter).on_conflict_do_nothing()
-    if dialect == "sqlite":
-        return sqlite.insert(InvoiceCounter).on_conflict_do_nothing()
-    raise NotImplementedError(f"invoice counters not implemented for {dialect}")
+def _insert_ignore(session: Session) -> Any:
+    return dialect_insert(session)(InvoiceCounter).on_conflict_do_nothing()
 
 
 _counters = table(InvoiceCounter)

@@ -14,12 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db.base import table, utcnow
 from db.models import Order, OrderLine, StockItem, StockReservation
-from db.session import core, rowcount
+from db.session import core, dialect_insert, rowcount
 
 __all__ = [
     "ReservationResult",
@@ -136,9 +135,8 @@ def set_on_hand(session: Session, sku: str, on_hand: int) -> int:
     )
     if reserved is not None and on_hand < reserved:
         raise ValueError(f"{sku}: {reserved} units are reserved by open orders; on hand >= that")
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     session.execute(
-        insert(StockItem)
+        dialect_insert(session)(StockItem)
         .values(sku=sku, on_hand=on_hand, reserved=0, updated_at=utcnow())
         .on_conflict_do_update(
             index_elements=["sku"], set_={"on_hand": on_hand, "updated_at": utcnow()}

@@ -22,12 +22,11 @@ import structlog
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
 from db.models import ChannelAccount, InboxEvent
-from db.session import get_sessionmaker
+from db.session import dialect_insert, get_sessionmaker
 from integrations.shopify import webhooks as shopify_webhooks
 from integrations.woocommerce import webhooks as woocommerce_webhooks
 from orders.states import Channel, InboxStatus
@@ -106,11 +105,8 @@ def _store(
             )
             raise HTTPException(401, "invalid signature")
         dedupe_key = receiver.dedupe_key(headers, body)
-        insert = (
-            postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-        )
         inbox_id = session.execute(
-            insert(InboxEvent)
+            dialect_insert(session)(InboxEvent)
             .values(
                 channel_account_id=account.id,
                 channel=channel.value,
