@@ -110,18 +110,27 @@ def _on_hold(session: Session) -> list[tuple[Order, dict[str, int]]]:
         .order_by(Order.updated_at)
         .limit(OVERVIEW_LIMIT)
     ).all()
-    short: dict[int, dict[str, int]] = {}
+    last = _latest_detail(
+        session,
+        [o.id for o in orders],
+        OrderEvent.kind == "transition",
+        OrderEvent.to_state == OrderState.ON_HOLD,
+    )
+    return [(o, last.get(o.id, {}).get("short") or {}) for o in orders]
+
+
+def _latest_detail(
+    session: Session, order_ids: list[int], *where: ColumnElement[bool]
+) -> dict[int, dict[str, Any]]:
+    """Per order, the detail of its newest timeline row matching ``where``."""
+    latest: dict[int, dict[str, Any]] = {}
     for order_id, detail in session.execute(
         select(OrderEvent.order_id, OrderEvent.detail)
-        .where(
-            OrderEvent.order_id.in_([o.id for o in orders]),
-            OrderEvent.kind == "transition",
-            OrderEvent.to_state == OrderState.ON_HOLD,
-        )
+        .where(OrderEvent.order_id.in_(order_ids), *where)
         .order_by(OrderEvent.id)
     ):
-        short[order_id] = (detail or {}).get("short") or {}  # the newest one wins
-    return [(o, short.get(o.id, {})) for o in orders]
+        latest[order_id] = detail or {}  # the newest one wins
+    return latest
 
 
 def _refunds_owed(session: Session) -> list[tuple[Order, Payment, dict[str, Any]]]:
@@ -139,16 +148,7 @@ def _refunds_owed(session: Session) -> list[tuple[Order, Payment, dict[str, Any]
         .order_by(Order.updated_at)
         .limit(OVERVIEW_LIMIT)
     ).all()
-    failures: dict[int, dict[str, Any]] = {}
-    for order_id, detail in session.execute(
-        select(OrderEvent.order_id, OrderEvent.detail)
-        .where(
-            OrderEvent.order_id.in_([o.id for o, _ in rows]),
-            OrderEvent.kind == "refund_failed",
-        )
-        .order_by(OrderEvent.id)
-    ):
-        failures[order_id] = detail or {}  # the newest one wins
+    failures = _latest_detail(session, [o.id for o, _ in rows], OrderEvent.kind == "refund_failed")
     return [(o, p, failures.get(o.id, {})) for o, p in rows]
 
 
