@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 
 from db.migrate import upgrade
 from ordersync.embedded_redis import EmbeddedRedis
+from tests.fixtures.official import OFFICIAL
 from tests.support.world import unavailable
 
 # anything that falls back to the default settings writes to a scratch dir, never to ./var
@@ -30,7 +31,7 @@ os.environ.setdefault("ORDERSYNC_VAR_DIR", tempfile.mkdtemp(prefix="ordersync-te
 POSTGRES_URL = os.environ.get(
     "ORDERSYNC_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "official"
+FIXTURES = OFFICIAL
 
 
 @pytest.fixture(scope="session")

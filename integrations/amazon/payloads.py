@@ -8,7 +8,7 @@ Two API versions, two spellings:
 - Orders 2026-01-01 (``searchOrders`` / ``getOrder``): camelCase, money
   ``{"amount": "103.97", "currencyCode": "GBP"}``, items embedded as ``orderItems``.
 
-Quirks handled here (see ``/work/shared/fixtures/official/SOURCES.md``): booleans sent as strings
+Quirks handled here (see ``tests/fixtures/official/SOURCES.md``): booleans sent as strings
 (``"IsGift": "false"``), order-item ids with leading zeros (always strings), epoch timestamps as
 scientific-notation strings in the sandbox (``"1.569521782042E9"``), fields omitted rather than
 null (a ``Pending`` order has no ``OrderTotal``), PII blocks missing without restricted data.

@@ -1,4 +1,4 @@
-"""The official Amazon sample payloads (``../shared/fixtures/official/amazon`` beside the repo)."""
+"""The official Amazon sample payloads (``tests/fixtures/official/amazon``)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-FIXTURES = (
-    Path(__file__).resolve().parents[4] / ".." / "shared" / "fixtures" / "official" / "amazon"
-)
+from tests.fixtures.official import OFFICIAL
+
+FIXTURES = OFFICIAL / "amazon"
 
 
 def load(name: str) -> Any:

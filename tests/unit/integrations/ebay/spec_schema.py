@@ -12,18 +12,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from tests.fixtures.official import OFFICIAL
+
 __all__ = ["SPEC_PATH", "schema_errors", "spec"]
 
-SPEC_PATH = (
-    Path(__file__).resolve().parents[4]
-    / ".."
-    / "shared"
-    / "fixtures"
-    / "official"
-    / "ebay"
-    / "spec"
-    / "sell_fulfillment_v1_oas3.v1.20.7.json"
-)
+SPEC_PATH = OFFICIAL / "ebay" / "spec" / "sell_fulfillment_v1_oas3.v1.20.7.json"
 
 _INT32 = (-(2**31), 2**31 - 1)
 

@@ -1,4 +1,4 @@
-"""Paths to and loaders of the official Shopify fixtures (../shared/fixtures/official/shopify)."""
+"""Paths to and loaders of the official Shopify fixtures (``tests/fixtures/official/shopify``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-OFFICIAL = Path(__file__).resolve().parents[4] / ".." / "shared" / "fixtures" / "official"
+from tests.fixtures.official import OFFICIAL
+
 SHOPIFY = OFFICIAL / "shopify"
 
 

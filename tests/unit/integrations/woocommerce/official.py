@@ -1,4 +1,4 @@
-"""Official WooCommerce sample payloads (../shared/fixtures/official/woocommerce)."""
+"""Official WooCommerce sample payloads (``tests/fixtures/official/woocommerce``)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-FIXTURES = (
-    Path(__file__).resolve().parents[4] / ".." / "shared" / "fixtures" / "official" / "woocommerce"
-)
+from tests.fixtures.official import OFFICIAL
+
+FIXTURES = OFFICIAL / "woocommerce"
 
 
 def load(name: str) -> Any:
