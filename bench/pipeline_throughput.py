@@ -411,7 +411,7 @@ def _roles(procs: Processes, redis_pid: int | None) -> dict[str, list[int]]:
     if redis_pid:
         roles["redis-server"].append(redis_pid)
     roles[BENCH_ROLE].append(os.getpid())  # metered alone: the others are its children
-    from ordersync.settings import get_settings
+    from core.settings import get_settings
 
     postmaster = _postmaster()
     if postmaster and get_settings().database_url.startswith("postgresql"):
@@ -597,8 +597,8 @@ def _reader() -> Any:
     from sqlalchemy import create_engine
     from sqlalchemy.orm import sessionmaker
 
+    from core.settings import get_settings
     from db.session import get_sessionmaker
-    from ordersync.settings import get_settings
 
     url = get_settings().database_url
     if not url.startswith("sqlite"):
@@ -738,7 +738,7 @@ def _pipeline(
 
 
 def _queues() -> list[str]:
-    from ordersync.settings import get_settings
+    from core.settings import get_settings
 
     return get_settings().queues
 
@@ -798,12 +798,12 @@ def run(
         os.environ["ORDERSYNC_REDIS_URL"] = redis_url
     else:
         os.environ.pop("ORDERSYNC_REDIS_URL", None)
-    from ordersync.settings import get_settings, mask_url
+    from core.settings import get_settings, mask_url
 
     get_settings.cache_clear()
+    from core.runtime import embedded_redis
+    from core.runtime import redis_url as resolve_redis
     from db.migrate import upgrade
-    from ordersync.runtime import embedded_redis
-    from ordersync.runtime import redis_url as resolve_redis
     from sandbox import carrier as sandbox_carrier
     from sandbox import payments as sandbox_payments
     from sandbox.server import Sandbox

@@ -34,6 +34,7 @@ from fastapi import FastAPI
 from rich.console import Console, JustifyMethod
 from rich.table import Table
 
+from domain.states import Channel
 from integrations.amazon.connector import AmazonConnector
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.ebay.connector import EbayConnector
@@ -41,7 +42,6 @@ from integrations.ratelimit import Bucket, MemoryRateLimiter
 from integrations.shopify.connector import ShopifyConnector
 from integrations.shopify.throttle import CostBucket
 from integrations.woocommerce.connector import WooCommerceConnector
-from orders.states import Channel
 from sandbox import amazon as amazon_sim
 from sandbox import ebay as ebay_sim
 from sandbox import shopify as shopify_sim

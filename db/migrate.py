@@ -7,7 +7,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
-from ordersync.settings import get_settings
+from core.settings import get_settings
 
 __all__ = ["alembic_config", "downgrade", "upgrade"]
 

@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from db.base import Base, Currency, ExternalId, created_at, updated_at
-from orders.states import InboxStatus, OrderState
+from domain.states import InboxStatus, OrderState
 
 __all__ = [
     "ChannelAccount",

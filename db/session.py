@@ -30,7 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from ordersync.settings import get_settings
+from core.settings import get_settings
 
 __all__ = [
     "PRE_PING_DEFAULT",

@@ -19,9 +19,9 @@ from typing import Any, Protocol
 
 import httpx
 
-from integrations.canonical import CanonicalOrder
+from domain.canonical import CanonicalOrder
+from domain.states import Channel
 from integrations.ratelimit import AccountRateLimits, RateLimiter
-from orders.states import Channel
 
 __all__ = ["AccountConfig", "ConnectorSeams", "MarketplaceConnector"]
 

@@ -2,7 +2,7 @@
 
 - explicit timeouts; a ``transport`` argument (``httpx.MockTransport`` or respx in tests);
 - a rate-limit bucket per (account, operation), waited for before each request;
-- non-2xx answers and transport failures become ``integrations.errors`` classes;
+- non-2xx answers and transport failures become ``domain.errors`` classes;
 - a few in-call retries for retryable failures (honouring ``Retry-After``), after which the error
   goes up to the task, which retries with backoff or surfaces the order to staff.
 
@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import structlog
 
-from integrations.errors import (
+from domain.errors import (
     IntegrationError,
     RateLimited,
     RetryableError,

@@ -16,10 +16,10 @@ from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
+from domain.canonical import CanonicalOrder
+from domain.states import Channel
 from integrations import ratelimit
-from integrations.canonical import CanonicalOrder
 from integrations.ratelimit import AccountRateLimits, Bucket, CostLimit
-from orders.states import Channel
 
 __all__ = [
     "connector_class",

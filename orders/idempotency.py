@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from db.base import table, utcnow
 from db.models import IdempotencyKey
 from db.session import core, per_dialect
-from integrations.errors import PermanentError, RetryableError
+from domain.errors import PermanentError, RetryableError
 
 __all__ = [
     "Attempt",

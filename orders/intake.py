@@ -19,8 +19,8 @@ from sqlalchemy.orm import Session
 from db.base import table, utcnow
 from db.models import Order, OrderEvent, OrderLine
 from db.session import core, per_dialect
-from integrations.canonical import CanonicalOrder
-from orders.states import OrderState, can_transition
+from domain.canonical import CanonicalOrder
+from domain.states import OrderState, can_transition
 
 __all__ = ["IntakeOutcome", "IntakeResult", "apply_order", "record_event"]
 

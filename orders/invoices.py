@@ -34,8 +34,8 @@ from sqlalchemy.orm import Session
 from db.base import table, utcnow
 from db.models import Invoice, InvoiceCounter, Order
 from db.session import core, dialect_insert
+from domain.states import OrderState
 from orders.invoice_pdf import DocumentLine, InvoiceDocument, Seller, render_invoice
-from orders.states import OrderState
 
 __all__ = [
     "CREDIT_NOTE",
@@ -132,7 +132,7 @@ def _existing(session: Session, order_id: int, kind: str) -> Invoice | None:
 
 
 def _address_lines(address: dict[str, object] | None) -> tuple[str, ...]:
-    """The canonical ``Address`` dict (see integrations/canonical.py) as printable lines."""
+    """The canonical ``Address`` dict (see domain/canonical.py) as printable lines."""
     if not address:
         return ()
     a = {k: str(v) for k, v in address.items() if v}

@@ -17,9 +17,9 @@ from sqlalchemy.orm.attributes import set_committed_value
 from db.base import table, utcnow
 from db.models import Order
 from db.session import core, rowcount
-from integrations.errors import PermanentError, RetryableError
+from domain.errors import PermanentError, RetryableError
+from domain.states import OrderState, can_transition
 from orders.intake import record_events
-from orders.states import OrderState, can_transition
 
 __all__ = ["IllegalTransition", "StaleOrder", "advance", "load_for_update", "transition"]
 

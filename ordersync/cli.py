@@ -13,8 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ordersync.logging import configure_logging
-from ordersync.settings import get_settings
+from core.logging import configure_logging
+from core.settings import get_settings
 from ordersync.staff_cli import accounts_cli, orders_cli, stock_cli
 
 __all__ = ["main"]
@@ -51,8 +51,8 @@ def config(
 @db_cli.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Apply migrations up to REVISION (default: head)."""
+    from core.settings import mask_url
     from db.migrate import upgrade
-    from ordersync.settings import mask_url
 
     upgrade(revision=revision)
     console.print(f"database at {revision}: {mask_url(get_settings().database_url)}")
@@ -139,8 +139,8 @@ def up(
     workers: Annotated[int, typer.Option(help="worker processes")] = 1,
 ) -> None:
     """Run everything in one command: web, worker(s), Beat (and the embedded Redis)."""
+    from core.runtime import embedded_redis, redis_url
     from db.migrate import upgrade
-    from ordersync.runtime import embedded_redis, redis_url
     from ordersync.supervisor import ProcessGroup
 
     _setup_logging()

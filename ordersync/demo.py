@@ -34,6 +34,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import func, select
 
+from core.logging import configure_logging
+from core.net import free_port
+from core.runtime import embedded_redis, redis_url
+from core.settings import get_settings
 from db.migrate import upgrade
 from db.models import (
     ChannelAccount,
@@ -46,12 +50,9 @@ from db.models import (
     SyncRun,
 )
 from db.session import session_scope
-from orders.states import InboxStatus
+from domain.states import InboxStatus
 from orders.stock import set_on_hand
-from ordersync.logging import configure_logging
-from ordersync.runtime import embedded_redis, redis_url
-from ordersync.settings import get_settings
-from ordersync.supervisor import ProcessGroup, free_port, wait_ready
+from ordersync.supervisor import ProcessGroup, wait_ready
 from sandbox import carrier as sandbox_carrier
 from sandbox import payments as sandbox_payments
 from sandbox.server import Sandbox

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from db.models import ChannelAccount, Order
 from db.session import session_scope
-from orders.states import Channel
+from domain.states import Channel
 
 __all__ = ["accounts_cli", "orders_cli", "stock_cli"]
 
@@ -44,7 +44,7 @@ def orders_list(
 def orders_retry(order_id: int) -> None:
     """Resume a needs_attention order from the step that failed (or retry the refused refund of
     a cancelled order)."""
-    from orders.states import OrderState
+    from domain.states import OrderState
     from workflows.pipeline import retry_order
 
     with session_scope() as session:
@@ -218,7 +218,7 @@ def accounts_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> N
 @accounts_cli.command("test")
 def accounts_test(name: str) -> None:
     """Make one real authenticated call; say OK or the exact failure."""
-    from integrations.errors import IntegrationError
+    from domain.errors import IntegrationError
     from integrations.ratelimit import RateLimitsError
     from workflows.providers import connector_for
 

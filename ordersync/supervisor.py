@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Child", "ProcessGroup", "free_port", "wait_ready"]
+__all__ = ["Child", "ProcessGroup", "wait_ready"]
 
 
 @dataclass
@@ -87,13 +86,6 @@ class ProcessGroup:
                 except ProcessLookupError:
                     pass
                 child.process.wait()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (for servers started on demand)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(

@@ -20,8 +20,8 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from core.embedded_redis import EmbeddedRedis
 from db.migrate import upgrade
-from ordersync.embedded_redis import EmbeddedRedis
 from tests.fixtures.official import OFFICIAL
 from tests.support.world import unavailable
 

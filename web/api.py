@@ -10,8 +10,8 @@ from sqlalchemy.orm import Session, selectinload
 
 from db.models import ChannelAccount, InboxEvent, Invoice, Label, Order, Shipment
 from db.session import get_sessionmaker, rowcount
-from integrations.errors import PermanentError
-from orders.states import InboxStatus, OrderState
+from domain.errors import PermanentError
+from domain.states import InboxStatus, OrderState
 from workflows.publish import publish_after_commit
 from workflows.tasks import process_event
 

@@ -42,7 +42,7 @@ from db.models import (
     SyncRun,
 )
 from db.session import get_sessionmaker
-from orders.states import Channel, InboxStatus, OrderState
+from domain.states import Channel, InboxStatus, OrderState
 from web.api import load_order, summary
 
 __all__ = ["router"]

@@ -27,9 +27,9 @@ from sqlalchemy.orm import Session
 from db.base import utcnow
 from db.models import ChannelAccount, InboxEvent
 from db.session import dialect_insert, get_sessionmaker
+from domain.states import Channel, InboxStatus
 from integrations.shopify import webhooks as shopify_webhooks
 from integrations.woocommerce import webhooks as woocommerce_webhooks
-from orders.states import Channel, InboxStatus
 from workflows.publish import publish_after_commit
 from workflows.tasks import process_event
 

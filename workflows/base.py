@@ -3,7 +3,7 @@
 ``OrdersyncTask.run_in_transaction`` is not used directly: tasks call ``self.transaction()``
 to get a session whose commit publishes any task queued with ``publish_after_commit``. Errors:
 
-- retryable (``integrations.errors.RetryableError``, lost DB connections, lock timeouts,
+- retryable (``domain.errors.RetryableError``, lost DB connections, lock timeouts,
   serialization failures, deadlocks) → ``self.retry`` with exponential backoff and full jitter,
   capped, up to ``retry_max_attempts``;
 - anything else, or retries exhausted → ``on_permanent_failure`` (subclasses record it for staff:
@@ -23,9 +23,9 @@ from celery.exceptions import Retry
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
+from core.settings import get_settings
 from db.session import get_sessionmaker
-from integrations.errors import RetryableError
-from ordersync.settings import get_settings
+from domain.errors import RetryableError
 
 __all__ = ["OrdersyncTask", "backoff_delay", "describe", "is_retryable"]
 

@@ -20,7 +20,7 @@ from celery import Celery, signals
 from celery.schedules import crontab
 from kombu.entity import Queue
 
-from ordersync.settings import get_settings
+from core.settings import get_settings
 
 __all__ = ["app"]
 
@@ -28,7 +28,7 @@ app = Celery("ordersync")
 
 
 def _config() -> dict[str, Any]:
-    from ordersync.runtime import redis_url
+    from core.runtime import redis_url
 
     settings = get_settings()
     url = redis_url()

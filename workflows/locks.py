@@ -18,8 +18,8 @@ from contextlib import contextmanager
 
 import redis
 
-from integrations.errors import RetryableError
-from ordersync.runtime import redis_url
+from core.runtime import redis_url
+from domain.errors import RetryableError
 
 __all__ = ["LockBusy", "OrderLock", "order_lock", "redis_lock"]
 

@@ -41,6 +41,7 @@ from celery.canvas import Signature
 from sqlalchemy import bindparam, exists, func, insert, select
 from sqlalchemy.orm import Session
 
+from core.settings import get_settings
 from db.base import table, utcnow
 from db.models import (
     ChannelAccount,
@@ -54,14 +55,13 @@ from db.models import (
     Shipment,
 )
 from db.session import core
+from domain.canonical import Address
+from domain.errors import PermanentError
+from domain.states import OrderState
 from integrations.base import ConnectorSeams
-from integrations.canonical import Address
-from integrations.errors import PermanentError
 from orders import idempotency, stock
 from orders.intake import record_event
-from orders.states import OrderState
 from orders.transitions import IllegalTransition, advance, load_for_update, transition
-from ordersync.settings import get_settings
 from workflows.base import OrdersyncTask, describe
 from workflows.celery_app import app
 from workflows.locks import LockBusy, order_lock

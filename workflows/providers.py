@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
+from core.settings import get_settings
+from domain.errors import PermanentError
+from domain.states import Channel
 from integrations.base import AccountConfig, ConnectorSeams
-from integrations.errors import PermanentError
-from orders.states import Channel
-from ordersync.settings import get_settings
 
 if TYPE_CHECKING:
     from db.models import ChannelAccount
@@ -68,8 +68,8 @@ def shared_limiter() -> RedisRateLimiter:
     """The rate-limit buckets in Redis that every worker shares (per account and operation)."""
     import redis
 
+    from core.runtime import redis_url
     from integrations.ratelimit import RedisRateLimiter
-    from ordersync.runtime import redis_url
 
     return RedisRateLimiter(redis.Redis.from_url(redis_url()))
 

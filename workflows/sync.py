@@ -21,12 +21,12 @@ import structlog
 from celery import chord
 from sqlalchemy import select, update
 
+from core.settings import get_settings
 from db.base import utcnow
 from db.models import ChannelAccount, SyncRun
+from domain.states import Channel
 from integrations.base import ConnectorSeams
 from orders.intake import IntakeOutcome, apply_order
-from orders.states import Channel
-from ordersync.settings import get_settings
 from workflows.base import OrdersyncTask, describe, is_retryable
 from workflows.celery_app import app
 from workflows.locks import LockBusy, redis_lock

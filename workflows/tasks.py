@@ -15,13 +15,13 @@ import pydantic
 import structlog
 from sqlalchemy import bindparam, select, update
 
+from core.settings import get_settings
 from db.base import utcnow
 from db.models import ChannelAccount, InboxEvent, Order, OutboxMessage
+from domain.errors import PayloadError
+from domain.states import Channel, InboxStatus, OrderState
 from integrations import registry
-from integrations.errors import PayloadError
 from orders.intake import IntakeOutcome, IntakeResult, apply_order
-from orders.states import Channel, InboxStatus, OrderState
-from ordersync.settings import get_settings
 from workflows.base import OrdersyncTask, describe
 from workflows.celery_app import app
 from workflows.publish import publish_after_commit

@@ -8,9 +8,9 @@ from alembic import context
 from sqlalchemy import Connection
 
 import db.models  # noqa: F401  (registers every table on Base.metadata)
+from core.settings import get_settings
 from db.base import Base
 from db.session import make_engine
-from ordersync.settings import get_settings
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

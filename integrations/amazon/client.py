@@ -23,6 +23,7 @@ from urllib.parse import quote
 import httpx
 import structlog
 
+from domain.errors import AuthError, PayloadError
 from integrations.amazon.lwa import LwaTokenProvider
 from integrations.amazon.rdt import (
     DEFAULT_DENIED_TTL,
@@ -31,7 +32,6 @@ from integrations.amazon.rdt import (
     RestrictedResource,
     RestrictedTokenCache,
 )
-from integrations.errors import AuthError, PayloadError
 from integrations.http import ApiClient
 from integrations.ratelimit import Bucket
 

@@ -40,15 +40,15 @@ from typing import Any, ClassVar
 
 import structlog
 
+from domain.canonical import CanonicalOrder
+from domain.errors import AuthError, PayloadError, PermanentError, ValidationError
+from domain.states import Channel
 from integrations.amazon.client import DEFAULT_API_BASE_URL, RATE_LIMITS, SpApiClient
 from integrations.amazon.lwa import DEFAULT_LWA_URL, LwaTokenProvider
 from integrations.amazon.mapper import map_order
 from integrations.amazon.payloads import parse_timestamp
 from integrations.base import AccountConfig, ConnectorSeams
-from integrations.canonical import CanonicalOrder
-from integrations.errors import AuthError, PayloadError, PermanentError, ValidationError
 from integrations.ratelimit import Bucket, CostLimit
-from orders.states import Channel
 
 __all__ = ["LAST_UPDATED_BEFORE_MIN_AGE", "AmazonConnector"]
 

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import structlog
 
-from integrations.errors import (
+from domain.errors import (
     AuthError,
     IntegrationError,
     PayloadError,

@@ -30,6 +30,9 @@ from typing import Any
 
 import pydantic
 
+from domain.canonical import Address, CanonicalLine, CanonicalOrder
+from domain.errors import PayloadError
+from domain.states import Channel, OrderState
 from integrations.amazon.payloads import (
     NewAddress,
     NewMoney,
@@ -40,9 +43,6 @@ from integrations.amazon.payloads import (
     V0Order,
     V0OrderItem,
 )
-from integrations.canonical import Address, CanonicalLine, CanonicalOrder
-from integrations.errors import PayloadError
-from orders.states import Channel, OrderState
 
 __all__ = ["MARKETPLACE_CURRENCY", "map_order"]
 

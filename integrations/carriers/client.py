@@ -10,7 +10,7 @@
 - Recovery: ``get_label_by_ref`` lists labels by our shipment reference
   (``external_shipment_id``) and downloads the PDF from the ``label_download.pdf`` URL, which
   must be on the API's own origin (the API key is never sent anywhere else).
-- Errors map to ``integrations.errors``; a 422 ``invalid_address`` becomes ``AddressRejected``
+- Errors map to ``domain.errors``; a 422 ``invalid_address`` becomes ``AddressRejected``
   carrying the offending field names (``ship_to.postal_code``), never the address itself.
 
 No static rate bucket: ShipEngine's limit depends on the account's plan, so the client relies on
@@ -25,8 +25,9 @@ from urllib.parse import quote
 
 import httpx
 
+from domain.canonical import Address
+from domain.errors import PayloadError, ValidationError
 from integrations.base import ConnectorSeams
-from integrations.canonical import Address
 from integrations.carriers.payloads import (
     Parcel,
     PurchasedLabel,
@@ -37,7 +38,6 @@ from integrations.carriers.payloads import (
     label_request,
     parse_label,
 )
-from integrations.errors import PayloadError, ValidationError
 from integrations.http import DEFAULT_TIMEOUT, ApiClient
 
 __all__ = [

@@ -23,8 +23,8 @@ import binascii
 from dataclasses import dataclass, field
 from typing import Any
 
-from integrations.canonical import Address
-from integrations.errors import PayloadError
+from domain.canonical import Address
+from domain.errors import PayloadError
 
 __all__ = [
     "PDF_MAGIC",

@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 import httpx
 
-from integrations.errors import AuthError, PayloadError, ValidationError
+from domain.errors import AuthError, PayloadError, ValidationError
 from integrations.http import ApiClient
 from integrations.ratelimit import Bucket, overlay
 

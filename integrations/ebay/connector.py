@@ -31,8 +31,10 @@ from urllib.parse import parse_qs, urlsplit
 import structlog
 from pydantic import ValidationError as PydanticValidationError
 
+from domain.canonical import CanonicalOrder
+from domain.errors import AuthError, Conflict, PayloadError, PermanentError
+from domain.states import Channel
 from integrations.base import AccountConfig, ConnectorSeams
-from integrations.canonical import CanonicalOrder
 from integrations.ebay.client import (
     API_BASE_URL,
     MAX_PAGE_LIMIT,
@@ -43,9 +45,7 @@ from integrations.ebay.client import (
 )
 from integrations.ebay.mapper import map_order
 from integrations.ebay.payloads import EbayOrder, EbayOrderPage, EbayShippingFulfillmentPage
-from integrations.errors import AuthError, Conflict, PayloadError, PermanentError
 from integrations.ratelimit import Bucket, CostLimit
-from orders.states import Channel
 
 __all__ = ["EbayConnector"]
 

@@ -30,10 +30,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from integrations.canonical import Address, CanonicalLine, CanonicalOrder
+from domain.canonical import Address, CanonicalLine, CanonicalOrder
+from domain.errors import PayloadError
+from domain.states import Channel, OrderState
 from integrations.ebay.payloads import EbayAmount, EbayContact, EbayLineItem, EbayOrder
-from integrations.errors import PayloadError
-from orders.states import Channel, OrderState
 
 __all__ = ["map_order"]
 

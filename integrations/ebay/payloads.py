@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
-from integrations.canonical import to_decimal
+from domain.canonical import to_decimal
 
 __all__ = [
     "EbayAddress",

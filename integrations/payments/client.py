@@ -11,7 +11,7 @@ dropped connection never charges twice, as long as it reuses the key and the sam
 A refund (https://docs.stripe.com/api/refunds/create) is a POST to ``/v1/refunds`` for the
 PaymentIntent, under its own key and with the same guarantee: a retry never refunds twice.
 
-Errors, on top of ``integrations.errors``::
+Errors, on top of ``domain.errors``::
 
     PermanentError
     ├── IdempotencyMismatch     400 ``idempotency_error``: key reused with other parameters
@@ -34,13 +34,13 @@ from typing import Any
 
 import httpx
 
-from integrations.base import ConnectorSeams
-from integrations.errors import (
+from domain.errors import (
     IntegrationError,
     PayloadError,
     PermanentError,
     ValidationError,
 )
+from integrations.base import ConnectorSeams
 from integrations.http import ApiClient
 from integrations.payments.payloads import (
     THREE_DECIMAL_CURRENCIES,

@@ -7,7 +7,7 @@ estimate. A ``THROTTLED`` answer anyway (another worker, another app) waits for 
 retries a few times, then becomes ``RateLimited`` with ``retry_after`` for the task to retry.
 
 Errors, GraphQL ``errors[].extensions.code`` and mutation ``userErrors`` included, map to
-``integrations.errors``; messages carry the operation and the remote code only.
+``domain.errors``; messages carry the operation and the remote code only.
 https://shopify.dev/docs/api/admin-graphql#endpoints
 https://shopify.dev/docs/api/usage/response-codes
 """
@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import structlog
 
-from integrations.errors import (
+from domain.errors import (
     AuthError,
     Conflict,
     IntegrationError,

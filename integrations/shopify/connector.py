@@ -27,9 +27,10 @@ from typing import Any, ClassVar
 
 import structlog
 
+from domain.canonical import CanonicalOrder
+from domain.errors import AuthError, ValidationError
+from domain.states import Channel
 from integrations.base import AccountConfig, ConnectorSeams
-from integrations.canonical import CanonicalOrder
-from integrations.errors import AuthError, ValidationError
 from integrations.ratelimit import Bucket, CostLimit
 from integrations.shopify import queries as q
 from integrations.shopify.client import ShopifyClient, order_gid
@@ -40,7 +41,6 @@ from integrations.shopify.throttle import (
     CostBucket,
     shared_bucket,
 )
-from orders.states import Channel
 
 __all__ = ["ShopifyConnector"]
 

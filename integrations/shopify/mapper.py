@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 
 import pydantic
 
-from integrations.canonical import Address, CanonicalLine, CanonicalOrder, to_decimal
-from integrations.errors import PayloadError
+from domain.canonical import Address, CanonicalLine, CanonicalOrder, to_decimal
+from domain.errors import PayloadError
+from domain.states import Channel, OrderState
 from integrations.shopify.payloads import (
     GqlAddress,
     GqlMoneyBag,
@@ -28,7 +29,6 @@ from integrations.shopify.payloads import (
     ShopifyAddress,
     ShopifyOrder,
 )
-from orders.states import Channel, OrderState
 
 __all__ = ["gid_to_id", "map_graphql_order", "map_order"]
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from integrations.canonical import MoneyField, to_decimal
+from domain.canonical import MoneyField, to_decimal
 
 __all__ = [
     "GqlLineItem",

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import structlog
 
-from integrations.errors import PayloadError, ValidationError
+from domain.errors import PayloadError, ValidationError
 from integrations.http import DEFAULT_TIMEOUT, ApiClient, parse_retry_after
 from integrations.ratelimit import Bucket, RateLimiter, overlay
 

@@ -20,13 +20,13 @@ from typing import Any, ClassVar
 
 import structlog
 
+from domain.canonical import CanonicalOrder
+from domain.errors import AuthError, NotFound, ValidationError
+from domain.states import Channel
 from integrations.base import AccountConfig, ConnectorSeams
-from integrations.canonical import CanonicalOrder
-from integrations.errors import AuthError, NotFound, ValidationError
 from integrations.ratelimit import Bucket, CostLimit
 from integrations.woocommerce.client import WooCommerceClient
 from integrations.woocommerce.mapper import map_order
-from orders.states import Channel
 
 __all__ = ["FULFILLMENT_META_KEY", "WooCommerceConnector"]
 

@@ -30,10 +30,10 @@ from typing import Any
 
 import pydantic
 
-from integrations.canonical import Address, CanonicalLine, CanonicalOrder
-from integrations.errors import PayloadError
+from domain.canonical import Address, CanonicalLine, CanonicalOrder
+from domain.errors import PayloadError
+from domain.states import Channel, OrderState
 from integrations.woocommerce.payloads import WooAddress, WooLineItem, WooOrder
-from orders.states import Channel, OrderState
 
 __all__ = ["map_order", "payload_error"]
 

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from integrations.canonical import to_decimal
+from domain.canonical import to_decimal
 
 __all__ = [
     "WooAddress",

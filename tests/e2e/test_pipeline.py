@@ -36,13 +36,13 @@ from db.models import (
     StockItem,
     StockReservation,
 )
+from domain.canonical import CanonicalOrder
+from domain.states import Channel
 from integrations.amazon.connector import AmazonConnector
 from integrations.amazon.mapper import map_order as map_amazon_order
 from integrations.base import AccountConfig
-from integrations.canonical import CanonicalOrder
 from orders.intake import apply_order
 from orders.invoices import find_gaps
-from orders.states import Channel
 from orders.stock import set_on_hand
 from tests.support.stack import wait_until
 from tests.support.world import (

@@ -15,10 +15,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from domain.errors import AuthError
+from domain.states import Channel
 from integrations.amazon.connector import AmazonConnector
 from integrations.base import AccountConfig, ConnectorSeams
-from integrations.errors import AuthError
-from orders.states import Channel
 from sandbox.amazon import (
     SANDBOX_CLIENT_ID,
     SANDBOX_CLIENT_SECRET,

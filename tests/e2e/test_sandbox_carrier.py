@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterator
 import pytest
 from fastapi import FastAPI
 
+from domain.canonical import Address
+from domain.errors import AuthError, Conflict, TransportError
 from integrations.base import ConnectorSeams
-from integrations.canonical import Address
 from integrations.carriers import (
     AddressRejected,
     CarrierClient,
@@ -25,7 +26,6 @@ from integrations.carriers import (
     Parcel,
     PurchasedLabel,
 )
-from integrations.errors import AuthError, Conflict, TransportError
 from sandbox.carrier import SANDBOX_API_KEY, CarrierSimulator, ups_check_digit
 from tests.support.servers import serve_app
 

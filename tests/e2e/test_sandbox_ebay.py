@@ -11,11 +11,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from domain.errors import AuthError
+from domain.states import Channel, OrderState
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.ebay.connector import EbayConnector
-from integrations.errors import AuthError
 from integrations.ratelimit import MemoryRateLimiter
-from orders.states import Channel, OrderState
 from sandbox.ebay import (
     SANDBOX_CLIENT_ID,
     SANDBOX_CLIENT_SECRET,

@@ -16,14 +16,14 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from integrations.base import ConnectorSeams
-from integrations.errors import (
+from domain.errors import (
     AuthError,
     Conflict,
     PermanentError,
     RetryableError,
     TransportError,
 )
+from integrations.base import ConnectorSeams
 from integrations.payments import (
     Capture,
     IdempotencyMismatch,

@@ -10,11 +10,11 @@ from decimal import Decimal
 import pytest
 from fastapi import FastAPI
 
+from domain.errors import AuthError
+from domain.states import Channel, OrderState
 from integrations.base import AccountConfig, ConnectorSeams
-from integrations.errors import AuthError
 from integrations.shopify.connector import ShopifyConnector
 from integrations.shopify.throttle import CostBucket
-from orders.states import Channel, OrderState
 from sandbox.shopify import SANDBOX_ACCESS_TOKEN, SANDBOX_SHOP, ShopifySimulator
 from tests.support.servers import serve_app
 

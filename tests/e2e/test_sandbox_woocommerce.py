@@ -10,11 +10,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from domain.errors import AuthError
+from domain.states import Channel
 from integrations.base import AccountConfig, ConnectorSeams
-from integrations.errors import AuthError
 from integrations.woocommerce.connector import WooCommerceConnector
 from integrations.woocommerce.webhooks import dedupe_key, is_ping, verify_signature
-from orders.states import Channel
 from sandbox.knobs import Knobs
 from sandbox.woocommerce import (
     SANDBOX_CONSUMER_KEY,

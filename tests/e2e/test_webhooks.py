@@ -24,8 +24,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.migrate import upgrade
 from db.models import ChannelAccount, InboxEvent, Order
 from db.session import make_engine
+from domain.states import InboxStatus
 from integrations.shopify.webhooks import sign
-from orders.states import InboxStatus
 from tests.support.stack import Stack, run_stack, wait_until
 from tests.support.world import module_database_url
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from ordersync.embedded_redis import EmbeddedRedis
+from core.embedded_redis import EmbeddedRedis
 
 
 def test_the_first_process_starts_it_the_next_reuses_it_and_only_the_owner_stops_it(
@@ -26,7 +26,7 @@ def test_the_first_process_starts_it_the_next_reuses_it_and_only_the_owner_stops
 
         # a second ordersync process finds the running server instead of starting another
         code = (
-            "import sys; from pathlib import Path; from ordersync.embedded_redis import "
+            "import sys; from pathlib import Path; from core.embedded_redis import "
             "EmbeddedRedis; e = EmbeddedRedis(Path(sys.argv[1])); print(e.ensure(), e.owner)"
         )
         out = subprocess.run(

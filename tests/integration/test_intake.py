@@ -15,9 +15,9 @@ from sqlalchemy.orm import sessionmaker
 
 from db.models import ChannelAccount, Order, OrderEvent, OrderLine
 from db.session import make_engine
+from domain.states import OrderState
 from integrations.shopify.mapper import map_order
 from orders.intake import IntakeOutcome, IntakeResult, apply_order
-from orders.states import OrderState
 
 
 def _payload(fixtures_dir: Path, *, updated_at: str, total: str) -> dict[str, Any]:

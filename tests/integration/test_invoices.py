@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.base import utcnow
 from db.models import ChannelAccount, Invoice, InvoiceCounter, Order, OrderLine
 from db.session import make_engine
+from domain.states import OrderState
 from orders.invoices import (
     CREDIT_NOTE,
     DEMO_SELLER,
@@ -37,7 +38,6 @@ from orders.invoices import (
     next_number,
     series_for,
 )
-from orders.states import OrderState
 
 T = TypeVar("T")
 POOL = 32  # connections at once; see the module docstring

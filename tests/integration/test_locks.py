@@ -14,7 +14,7 @@ from workflows.locks import LockBusy, redis_lock
 
 @pytest.fixture
 def lock_env(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[redis.Redis]:
-    from ordersync.settings import get_settings
+    from core.settings import get_settings
 
     monkeypatch.setenv("ORDERSYNC_REDIS_URL", redis_url)
     get_settings.cache_clear()

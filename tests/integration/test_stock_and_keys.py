@@ -15,8 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from db.base import utcnow
 from db.models import ChannelAccount, IdempotencyKey, Order, OrderLine, StockItem, StockReservation
 from db.session import make_engine
+from domain.states import OrderState
 from orders import idempotency, stock
-from orders.states import OrderState
 from orders.transitions import IllegalTransition, StaleOrder, load_for_update, transition
 
 

@@ -16,7 +16,7 @@ from db.session import make_engine
 def settings_for(
     migrated_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[str]:
-    from ordersync.settings import get_settings
+    from core.settings import get_settings
 
     monkeypatch.setenv("ORDERSYNC_DATABASE_URL", migrated_url)
     monkeypatch.setenv("ORDERSYNC_REDIS_URL", redis_url)

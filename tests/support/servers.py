@@ -9,7 +9,7 @@ from typing import Any
 
 import uvicorn
 
-from ordersync.supervisor import free_port
+from core.net import free_port
 
 __all__ = ["free_port", "serve_app"]
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from ordersync.supervisor import ProcessGroup, free_port, wait_ready
+from core.net import free_port
+from ordersync.supervisor import ProcessGroup, wait_ready
 
 __all__ = ["Stack", "run_stack", "wait_until"]
 

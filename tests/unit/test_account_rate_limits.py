@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from db.base import Base
 from db.models import ChannelAccount
 from db.session import get_engine, session_scope
+from domain.states import Channel
 from integrations import registry
 from integrations.amazon.client import RATE_LIMITS as AMAZON_DEFAULTS
 from integrations.base import ConnectorSeams
@@ -36,7 +37,6 @@ from integrations.ratelimit import (
 from integrations.shopify import queries as shopify_queries
 from integrations.shopify.throttle import DEFAULT_MAXIMUM, DEFAULT_RESTORE_RATE, shared_bucket
 from integrations.woocommerce.client import WooCommerceClient
-from orders.states import Channel
 from tests.support.fake_time import FakeTime
 from workflows.providers import account_config, connector_for
 

@@ -58,7 +58,7 @@ def test_no_module_climbs_above_the_repository_root_from_its_own_file() -> None:
         for match in PARENTS.finditer(path.read_text(encoding="utf-8")):
             climb = int(match.group(1)) + match.group(2).count(".parent")
             if climb > depth:
-                offenders.append(f"{path.relative_to(ROOT)}: parents[{match.group(1)}]{match.group(2)}")
+                offenders.append(f"{path.relative_to(ROOT)}: {match.group(0)}")
     assert offenders == []
 
 

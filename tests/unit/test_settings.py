@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ordersync.settings import Settings, mask_url
+from core.settings import Settings, mask_url
 
 
 def test_defaults_are_the_embedded_setup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from orders.states import TRANSITIONS, OrderState, can_transition
+from domain.states import TRANSITIONS, OrderState, can_transition
 
 S = OrderState
 HAPPY = [S.NEW, S.RESERVED, S.PAID, S.DOCUMENTED, S.READY_TO_SHIP, S.SHIPPED, S.DELIVERED]

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 from sqlalchemy import exc as sa_exc
 
-from integrations.errors import AuthError, PermanentError, RateLimited, ServerError, ValidationError
+from domain.errors import AuthError, PermanentError, RateLimited, ServerError, ValidationError
 from workflows.base import backoff_delay, describe, is_retryable
 
 

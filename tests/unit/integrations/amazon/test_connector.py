@@ -12,17 +12,17 @@ import httpx
 import pytest
 import respx
 
-from integrations.amazon.connector import AmazonConnector, package_reference_id
-from integrations.base import AccountConfig, ConnectorSeams
-from integrations.errors import (
+from domain.errors import (
     AuthError,
     PermanentError,
     RateLimited,
     ServerError,
     ValidationError,
 )
+from domain.states import Channel
+from integrations.amazon.connector import AmazonConnector, package_reference_id
+from integrations.base import AccountConfig, ConnectorSeams
 from integrations.ratelimit import Bucket, MemoryRateLimiter
-from orders.states import Channel
 from tests.unit.integrations.amazon.fixtures import load
 
 API = "https://sp.test"
@@ -371,7 +371,7 @@ def test_rate_limit_header_corrects_the_bucket() -> None:
 
 
 def test_non_json_payload_is_a_payload_error(env: Env) -> None:
-    from integrations.errors import PayloadError
+    from domain.errors import PayloadError
 
     env.router.get(ORDERS).mock(return_value=httpx.Response(200, text="<html>"))
 

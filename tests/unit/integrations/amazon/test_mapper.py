@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from domain.errors import PayloadError
+from domain.states import Channel, OrderState
 from integrations.amazon.mapper import map_order
-from integrations.errors import PayloadError
-from orders.states import Channel, OrderState
 from tests.unit.integrations.amazon.fixtures import load, new_orders, order_items, v0_orders
 
 V0 = v0_orders()

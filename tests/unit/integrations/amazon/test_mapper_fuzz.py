@@ -9,9 +9,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from domain.canonical import CanonicalOrder
+from domain.errors import PayloadError
 from integrations.amazon.mapper import map_order
-from integrations.canonical import CanonicalOrder
-from integrations.errors import PayloadError
 from tests.unit.integrations.amazon.fixtures import load, new_orders, order_items, v0_orders
 
 json_scalars = (

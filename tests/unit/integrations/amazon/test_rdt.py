@@ -14,9 +14,9 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from domain.errors import PayloadError, ServerError
 from integrations.amazon.client import ORDERS_PATH
 from integrations.amazon.rdt import ORDER_PII, RestrictedResource
-from integrations.errors import PayloadError, ServerError
 from tests.unit.integrations.amazon.fixtures import load
 from tests.unit.integrations.amazon.test_connector import (
     DENIED,

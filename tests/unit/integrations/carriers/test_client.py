@@ -10,20 +10,20 @@ import httpx
 import pytest
 import respx
 
-from integrations.base import ConnectorSeams
-from integrations.canonical import Address
-from integrations.carriers import (
-    AddressRejected,
-    CarrierClient,
-    IdempotencyKeyReused,
-    Parcel,
-)
-from integrations.errors import (
+from domain.canonical import Address
+from domain.errors import (
     AuthError,
     Conflict,
     PayloadError,
     ServerError,
     ValidationError,
+)
+from integrations.base import ConnectorSeams
+from integrations.carriers import (
+    AddressRejected,
+    CarrierClient,
+    IdempotencyKeyReused,
+    Parcel,
 )
 
 BASE = "https://api.carrier.test"

@@ -19,10 +19,7 @@ import pytest
 import respx
 import structlog
 
-from integrations.base import AccountConfig, ConnectorSeams
-from integrations.ebay.client import SCOPE
-from integrations.ebay.connector import EbayConnector
-from integrations.errors import (
+from domain.errors import (
     AuthError,
     NotFound,
     PayloadError,
@@ -31,7 +28,10 @@ from integrations.errors import (
     ServerError,
     ValidationError,
 )
-from orders.states import Channel
+from domain.states import Channel
+from integrations.base import AccountConfig, ConnectorSeams
+from integrations.ebay.client import SCOPE
+from integrations.ebay.connector import EbayConnector
 from tests.unit.integrations.ebay.conftest import load
 
 BASE = "https://api.ebay.com"

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from domain.errors import PayloadError
+from domain.states import Channel, OrderState
 from integrations.ebay.mapper import map_order
-from integrations.errors import PayloadError
-from orders.states import Channel, OrderState
 from tests.unit.integrations.ebay.conftest import EXAMPLES, load
 
 

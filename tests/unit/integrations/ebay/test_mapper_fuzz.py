@@ -8,9 +8,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from integrations.canonical import CanonicalOrder
+from domain.canonical import CanonicalOrder
+from domain.errors import PayloadError
 from integrations.ebay.mapper import map_order
-from integrations.errors import PayloadError
 from tests.unit.integrations.ebay.conftest import EXAMPLES, load
 
 SEEDS = [load(name) for name in EXAMPLES]

@@ -12,8 +12,7 @@ import httpx
 import pytest
 import respx
 
-from integrations.base import ConnectorSeams
-from integrations.errors import (
+from domain.errors import (
     AuthError,
     Conflict,
     PayloadError,
@@ -22,6 +21,7 @@ from integrations.errors import (
     TransportError,
     ValidationError,
 )
+from integrations.base import ConnectorSeams
 from integrations.payments import IdempotencyMismatch, PaymentDeclined, PaymentsClient
 
 BASE = "https://api.payments.example"

@@ -13,8 +13,7 @@ import httpx
 import pytest
 import respx
 
-from integrations.base import AccountConfig, ConnectorSeams
-from integrations.errors import (
+from domain.errors import (
     AuthError,
     NotFound,
     PayloadError,
@@ -24,9 +23,10 @@ from integrations.errors import (
     ServerError,
     ValidationError,
 )
+from domain.states import Channel
+from integrations.base import AccountConfig, ConnectorSeams
 from integrations.shopify.connector import ShopifyConnector
 from integrations.shopify.throttle import CostBucket
-from orders.states import Channel
 from sandbox.shopify import graphql_order
 from tests.support.fake_time import FakeTime
 from tests.unit.integrations.shopify.fixtures import order

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from integrations.errors import PayloadError
+from domain.errors import PayloadError
+from domain.states import OrderState
 from integrations.shopify.mapper import gid_to_id, map_graphql_order, map_order
-from orders.states import OrderState
 from sandbox.shopify import ShopifySimulator, graphql_order
 from tests.unit.integrations.shopify.fixtures import all_orders, order
 

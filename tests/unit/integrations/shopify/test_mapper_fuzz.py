@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from integrations.canonical import CanonicalOrder
-from integrations.errors import PayloadError
+from domain.canonical import CanonicalOrder
+from domain.errors import PayloadError
 from integrations.shopify.mapper import map_graphql_order, map_order
 from sandbox.shopify import graphql_order
 from tests.unit.integrations.shopify.fixtures import order

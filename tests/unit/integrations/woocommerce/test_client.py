@@ -12,18 +12,18 @@ import httpx
 import pytest
 import respx
 
-from integrations.base import AccountConfig, ConnectorSeams
-from integrations.errors import (
+from domain.errors import (
     AuthError,
     NotFound,
     RateLimited,
     ServerError,
     ValidationError,
 )
+from domain.states import Channel
+from integrations.base import AccountConfig, ConnectorSeams
 from integrations.ratelimit import MemoryRateLimiter
 from integrations.woocommerce.client import WooCommerceClient
 from integrations.woocommerce.connector import FULFILLMENT_META_KEY, WooCommerceConnector
-from orders.states import Channel
 from tests.unit.integrations.woocommerce.official import load
 
 SITE = "https://shop.example.com"

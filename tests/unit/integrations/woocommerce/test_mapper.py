@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from integrations.errors import PayloadError
+from domain.errors import PayloadError
+from domain.states import Channel, OrderState
 from integrations.woocommerce.mapper import map_order
-from orders.states import Channel, OrderState
 from tests.unit.integrations.woocommerce.official import load
 
 

@@ -9,8 +9,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from integrations.canonical import CanonicalOrder
-from integrations.errors import PayloadError
+from domain.canonical import CanonicalOrder
+from domain.errors import PayloadError
 from integrations.woocommerce.mapper import map_order
 from tests.unit.integrations.woocommerce.official import load
 

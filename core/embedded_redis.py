@@ -25,7 +25,7 @@ from pathlib import Path
 
 import redis
 
-from ordersync.supervisor import free_port
+from core.net import free_port
 
 __all__ = ["EmbeddedRedis", "find_redis_server"]
 

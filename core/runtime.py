@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import os
 
-from ordersync.embedded_redis import EmbeddedRedis
-from ordersync.settings import get_settings
+from core.embedded_redis import EmbeddedRedis
+from core.settings import get_settings
 
 __all__ = ["embedded_redis", "redis_url"]
 

@@ -8,7 +8,7 @@ so that nothing a mapper does not understand yet is lost.
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import (
@@ -20,29 +20,10 @@ from pydantic import (
     field_validator,
 )
 
-from orders.states import Channel, OrderState
+from domain.money import MoneyField, to_decimal
+from domain.states import Channel, OrderState
 
 __all__ = ["Address", "CanonicalLine", "CanonicalOrder", "MoneyField", "to_decimal"]
-
-
-def to_decimal(value: Any) -> Decimal:
-    """A money value from a string (``"598.94"``) or a JSON number (``3``, ``0.06``)."""
-    if isinstance(value, Decimal):
-        return value
-    if isinstance(value, bool) or value is None:
-        raise ValueError(f"not a money amount: {value!r}")
-    if isinstance(value, float):
-        return Decimal(repr(value))  # the shortest text that round-trips, not the binary value
-    text = str(value).strip()
-    if not text:
-        raise ValueError("empty money amount")
-    try:
-        result = Decimal(text)
-    except InvalidOperation:
-        raise ValueError(f"not a money amount: {text[:20]!r}") from None
-    if not result.is_finite():
-        raise ValueError(f"not a finite amount: {value!r}")
-    return result
 
 
 def _aware_utc(value: dt.datetime) -> dt.datetime:
@@ -51,7 +32,6 @@ def _aware_utc(value: dt.datetime) -> dt.datetime:
     return value.astimezone(dt.UTC)
 
 
-MoneyField = Annotated[Decimal, BeforeValidator(to_decimal)]
 UTCTimestamp = Annotated[dt.datetime, AfterValidator(_aware_utc)]
 ExternalIdStr = Annotated[
     str,
