@@ -46,3 +46,5 @@ def configure_logging(level: str = "INFO", json: bool = False) -> None:
     logging.basicConfig(
         level=level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
     )
+    # Alembic announces each of its plugins at INFO when it is imported: noise on every start
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

@@ -12,10 +12,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings", "mask_url"]
+__all__ = ["ConfigError", "Settings", "get_settings", "mask_url"]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot work; the message names the variable and what is wrong, in one
+    line (what the CLI prints)."""
 
 
 class Settings(BaseSettings):
@@ -33,7 +41,7 @@ class Settings(BaseSettings):
     )
 
     web_host: str = "127.0.0.1"
-    web_port: int = 8000
+    web_port: int = Field(default=8000, ge=0, le=65535)  # 0: any free port (the demo)
 
     # Queues of DESIGN.md: short intake, pipeline steps, long syncs, PDFs, pushes out.
     queue_intake: str = "intake"
@@ -83,6 +91,39 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
 
+    @field_validator("log_level")
+    @classmethod
+    def _known_log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"{value!r} is not a log level ({', '.join(LOG_LEVELS)})")
+        return level
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in REDIS_SCHEMES or not (parts.netloc or parts.path):
+            raise ValueError(
+                f"{mask_url(value)!r} is not a Redis URL (redis://host:6379/0, rediss://…, "
+                "unix:///path); unset it for the embedded server"
+            )
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: str) -> str:
+        # the driver's own parser checks the rest when the engine is made (db.session)
+        scheme, sep, _ = value.partition("://")
+        if value and not (sep and scheme and scheme.replace("+", "").isalnum()):
+            raise ValueError(
+                f"{mask_url(value)!r} is not a database URL "
+                "(postgresql+psycopg://user@host/db or sqlite:///path/to/file.db)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _default_database(self) -> Settings:
         if not self.database_url:
@@ -127,6 +168,20 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+def describe_validation_error(exc: ValidationError) -> str:
+    """A settings ``ValidationError`` as one line: ``ORDERSYNC_WEB_PORT: Input should be a
+    valid integer`` (never the value of a secret)."""
+    parts = []
+    for error in exc.errors():
+        name = "_".join(str(p) for p in error["loc"]).upper()
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"ORDERSYNC_{name}: {message}" if name else message)
+    return "; ".join(parts)
+
+
 @functools.cache
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ConfigError(f"configuration: {describe_validation_error(exc)}") from None

@@ -30,7 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.settings import get_settings
+from core.settings import ConfigError, get_settings
 
 __all__ = [
     "PRE_PING_DEFAULT",
@@ -48,11 +48,22 @@ __all__ = [
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
+def _sqlite_directory(database: Path) -> None:
+    """The embedded setup's own directory (``VAR_DIR``) is made on first use; any other
+    directory must exist, so that a typo in the URL is an error, not a new empty database
+    somewhere else."""
+    folder = database.parent
+    if folder.resolve() == get_settings().var_dir.resolve():
+        folder.mkdir(parents=True, exist_ok=True)
+    elif not folder.is_dir():
+        raise ConfigError(f"ORDERSYNC_DATABASE_URL: the directory {folder} does not exist")
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _sqlite_directory(Path(parsed.database))
         connect_args: dict[str, Any] = {
             "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
             "check_same_thread": False,

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sys
 from types import FrameType
 from typing import Annotated
 
@@ -14,8 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 from core.logging import configure_logging
-from core.settings import get_settings
-from ordersync.staff_cli import accounts_cli, orders_cli, stock_cli
+from core.settings import ConfigError, get_settings, mask_url
+from domain.errors import PermanentError
+from ordersync.staff_cli import CliError, accounts_cli, orders_cli, stock_cli
 
 __all__ = ["main"]
 
@@ -26,6 +28,13 @@ cli.add_typer(orders_cli, name="orders")
 cli.add_typer(stock_cli, name="stock")
 cli.add_typer(accounts_cli, name="accounts")
 console = Console(stderr=True)
+
+
+def _check_database() -> None:
+    """A server that cannot reach its database, or runs on an old schema, does not start."""
+    from db.migrate import check_ready
+
+    check_ready()
 
 
 def _setup_logging() -> None:
@@ -78,6 +87,7 @@ def web(
 
     _setup_logging()
     settings = get_settings()
+    _check_database()
     uvicorn.run(
         create_app(),
         host=host or settings.web_host,
@@ -99,6 +109,7 @@ def worker(
 
     _setup_logging()
     settings = get_settings()
+    _check_database()
     app.worker_main(
         [
             "worker",
@@ -120,6 +131,7 @@ def beat() -> None:
 
     _setup_logging()
     settings = get_settings()
+    _check_database()
     settings.var_dir.mkdir(parents=True, exist_ok=True)
     app.start(
         [
@@ -225,8 +237,46 @@ def demo(
     raise typer.Exit(code)
 
 
-def main() -> None:
-    cli(prog_name="ordersync")
+def _one_line(exc: BaseException) -> str:
+    """What the operator reads of an error: one line, no traceback, no secret."""
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, typer.TyperException):  # typer's own click: bad option, argument
+        formatted: str = getattr(exc, "format_message", lambda: exc.message)()
+        return formatted
+    if isinstance(exc, (ConfigError, CliError, PermanentError)):
+        return str(exc)
+    if isinstance(exc, sa_exc.ArgumentError):
+        return f"ORDERSYNC_DATABASE_URL: {exc}"
+    if isinstance(exc, sa_exc.DBAPIError):
+        first = str(exc.orig).strip().splitlines()[0] if exc.orig else type(exc).__name__
+        url = mask_url(get_settings().database_url)
+        if "no such table" in first or ("relation" in first and "does not exist" in first):
+            return f"database {url} is not migrated: run `ordersync db upgrade` ({first})"
+        if isinstance(exc, sa_exc.OperationalError):
+            return f"database not reachable ({url}): {first}"
+        return f"refused by the database: {first}"
+    return f"unexpected {type(exc).__name__}: {exc} (ORDERSYNC_LOG_LEVEL=DEBUG shows the traceback)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script. Every error ends as one line on stderr and a non-zero exit."""
+    try:
+        code = cli(args=argv, prog_name="ordersync", standalone_mode=False)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.TyperException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `ordersync orders`: the help, as click
+            typer.echo(exc.message, err=True)
+        else:
+            typer.echo(f"ordersync: {_one_line(exc)}", err=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        if os.environ.get("ORDERSYNC_LOG_LEVEL", "").upper() == "DEBUG":
+            raise
+        typer.echo(f"ordersync: {_one_line(exc)}", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,18 @@ from sqlalchemy import select
 
 from db.models import ChannelAccount, Order
 from db.session import session_scope
-from domain.states import Channel
+from domain.states import Channel, OrderState
 
-__all__ = ["accounts_cli", "orders_cli", "stock_cli"]
+__all__ = ["CliError", "accounts_cli", "orders_cli", "stock_cli"]
+
+#: the widths of the columns these commands write (db/models.py)
+NAME_MAX, SKU_MAX = 100, 100
+INT32_MAX = 2**31 - 1
+
+
+class CliError(Exception):
+    """An operator's input that cannot be done: printed as one line, exit code 1."""
+
 
 console = Console()
 orders_cli = typer.Typer(no_args_is_help=True, help="Look at orders and retry stuck ones.")
@@ -24,8 +33,8 @@ accounts_cli = typer.Typer(no_args_is_help=True, help="Marketplace accounts.")
 
 @orders_cli.command("list")
 def orders_list(
-    state: Annotated[str | None, typer.Option(help="e.g. needs_attention, on_hold")] = None,
-    limit: int = 50,
+    state: Annotated[OrderState | None, typer.Option(help="e.g. needs_attention, on_hold")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
 ) -> None:
     """The latest orders (optionally in one state)."""
     query = select(Order).order_by(Order.id.desc()).limit(limit)
@@ -44,7 +53,6 @@ def orders_list(
 def orders_retry(order_id: int) -> None:
     """Resume a needs_attention order from the step that failed (or retry the refused refund of
     a cancelled order)."""
-    from domain.states import OrderState
     from workflows.pipeline import retry_order
 
     with session_scope() as session:
@@ -55,14 +63,22 @@ def orders_retry(order_id: int) -> None:
         console.print(f"order {order_id} resumed from {resumed}")
 
 
-@stock_cli.command("set")
+# "-5" is read as the quantity (and refused as negative), not as an unknown option
+@stock_cli.command("set", context_settings={"ignore_unknown_options": True})
 def stock_set(sku: str, quantity: int) -> None:
     """Set the on-hand quantity of SKU; on-hold orders waiting for it are released."""
     from orders.stock import set_on_hand
     from workflows.pipeline import release_waiting
 
+    if not sku.strip() or len(sku) > SKU_MAX:
+        raise CliError(f"a SKU has 1 to {SKU_MAX} characters, got {len(sku)}")
+    if not 0 <= quantity <= INT32_MAX:
+        raise CliError(f"quantity must be between 0 and {INT32_MAX}, got {quantity}")
     with session_scope() as session:
-        available = set_on_hand(session, sku, quantity)
+        try:
+            available = set_on_hand(session, sku, quantity)
+        except ValueError as exc:  # below what open orders hold
+            raise CliError(str(exc)) from None
         waiting = release_waiting(session, sku)
     console.print(f"{sku}: on hand {quantity}, available {available}; "
                   f"{len(waiting)} waiting orders pushed on")  # fmt: skip
@@ -145,6 +161,25 @@ def _limits_text(limits: dict[str, dict[str, float]], error: str | None) -> str:
     )
 
 
+def _check_new_account(
+    channel: Channel, name: str, webhook_secret: str | None, api_base_url: str | None
+) -> None:
+    from urllib.parse import urlsplit
+
+    from integrations import registry
+
+    if not name.strip():
+        _refuse("an account needs a name")
+    if len(name) > NAME_MAX:
+        _refuse(f"an account name has at most {NAME_MAX} characters, got {len(name)}")
+    if channel in registry.WEBHOOK_CHANNELS and not webhook_secret:
+        _refuse(f"{channel.value} signs its webhooks: give --webhook-secret")
+    if api_base_url is not None:
+        parts = urlsplit(api_base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            _refuse(f"--api-base-url {api_base_url!r}: expected http(s)://host[:port][/path]")
+
+
 @accounts_cli.command("add")
 def accounts_add(
     channel: Channel,
@@ -165,8 +200,11 @@ def accounts_add(
 ) -> None:
     """Connect a shop: e.g. `accounts add shopify my-shop --shop my-shop.myshopify.com
     -c access_token=shpat_… --webhook-secret … --rate-limit cost_bucket=2000/100`."""
+    _check_new_account(channel, name, webhook_secret, api_base_url)
     rate_limits = _parse_rate_limits(channel, name, rate_limit or [])
     with session_scope() as session:
+        if session.scalar(select(ChannelAccount.id).where(ChannelAccount.name == name)):
+            _refuse(f"an account named {name!r} exists already")
         session.add(
             ChannelAccount(
                 name=name,
@@ -223,9 +261,13 @@ def accounts_test(name: str) -> None:
     from workflows.providers import connector_for
 
     with session_scope() as session:
-        account = session.scalars(select(ChannelAccount).where(ChannelAccount.name == name)).one()
+        account = session.scalar(select(ChannelAccount).where(ChannelAccount.name == name))
+    if account is None:
+        raise CliError(f"no account named {name!r} (ordersync accounts list)")
     try:
         connector: object = connector_for(account)
+    except KeyError as exc:  # a credential the marketplace needs is not on the account
+        raise CliError(f"account {name!r} has no credential {exc} (accounts add … -c)") from None
     except RateLimitsError as exc:
         console.print(f"[red]FAILED[/red] {name}: {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from None

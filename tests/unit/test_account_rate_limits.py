@@ -465,9 +465,10 @@ def test_cli_add_stores_the_limits_and_list_shows_them(cli: Cli) -> None:
     )  # fmt: skip
     shop = cli(
         "accounts", "add", "shopify", "plus-shop", "--shop", "plus.myshopify.com",
-        "--rate-limit", "cost_bucket=2000/100",
+        "--rate-limit", "cost_bucket=2000/100", "--webhook-secret", "s",
     )  # fmt: skip
-    plain = cli("accounts", "add", "woocommerce", "woo", "--shop", "woo.example")
+    plain = cli("accounts", "add", "woocommerce", "woo", "--shop", "woo.example",
+                "--webhook-secret", "s")  # fmt: skip
     assert (added.exit_code, shop.exit_code, plain.exit_code) == (0, 0, 0), added.output
 
     listed = cli("accounts", "list", "--json")
@@ -496,12 +497,14 @@ def test_cli_add_stores_the_limits_and_list_shows_them(cli: Cli) -> None:
     "args, message",
     [
         (["amazon", "--rate-limit", "getOrdrs=1/10"], "unknown amazon operation 'getOrdrs'"),
-        (["shopify", "--rate-limit", "cost_bucket=2000"], "expected OPERATION=RATE/BURST"),
+        (["shopify", "--webhook-secret", "s", "--rate-limit", "cost_bucket=2000"],
+         "expected OPERATION=RATE/BURST"),
         (["amazon", "--rate-limit", "getOrders=fast/10"], "expected two numbers"),
         (["amazon", "--rate-limit", "getOrders=0/10"], "getOrders.rate"),
         (["ebay", "--rate-limit", "sell.fulfillment=1/0"], "sell.fulfillment.burst"),
         (["amazon", "--rate-limit", "getOrders=1/10", "--rate-limit", "getOrders=2/10"], "twice"),
-        (["woocommerce", "--rate-limit", "cost_bucket=10/1"], "operation 'cost_bucket'"),
+        (["woocommerce", "--webhook-secret", "s", "--rate-limit", "cost_bucket=10/1"],
+         "operation 'cost_bucket'"),
     ],
 )
 def test_cli_add_refuses_a_bad_rate_limit_in_one_line(
