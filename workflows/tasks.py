@@ -109,6 +109,8 @@ def _parse(body: bytes) -> dict[str, Any]:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PayloadError(f"body is not JSON: {exc}") from exc
+    except RecursionError:  # signed, stored, but nested deeper than any order is
+        raise PayloadError("body is not JSON we can read: nested too deeply") from None
     if not isinstance(payload, dict):
         raise PayloadError(f"body is JSON {type(payload).__name__}, expected an object")
     return payload

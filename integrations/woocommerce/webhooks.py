@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import re
 from collections.abc import Mapping
 
@@ -110,24 +109,15 @@ def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def dedupe_key(headers: Mapping[str, str], body: bytes) -> str:
-    """``{delivery id}:{resource id}:{date_modified_gmt}``.
+    """``{delivery id}:sha256-{digest of the body}``.
 
     The delivery id alone is second-granular per webhook (two orders saved in one second share
-    it), so the resource id and its modification time make the key. A resend of the same
-    delivery gives the same key; a later change of the same order gives a new one. Without a
-    delivery id (a proxy dropped it), a digest of the body stands in.
+    it), so a digest of the body completes the key: a resend of the same delivery gives the same
+    key, a later change of the same order (a new ``date_modified``) or another order a new one.
+    The body is never parsed here: the web process stores whatever is signed (a body nested too
+    deeply for a JSON parser included) and the worker parses it. Without a delivery id (a proxy
+    dropped it) the digest alone stands in.
     """
     delivery = _lower(headers).get("x-wc-webhook-delivery-id", "").strip()
-    resource_id = modified = ""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        data = None
-    if isinstance(data, dict):
-        rid = data.get("id")
-        resource_id = "" if rid is None or isinstance(rid, bool) else str(rid)[:64]
-        stamp = data.get("date_modified_gmt") or data.get("date_modified") or ""
-        modified = stamp[:32] if isinstance(stamp, str) else ""
-    if not delivery:
-        delivery = "sha256-" + hashlib.sha256(body).hexdigest()[:32]
-    return f"{delivery[:64]}:{resource_id}:{modified}"
+    digest = "sha256-" + hashlib.sha256(body).hexdigest()[:32]
+    return f"{delivery[:64]}:{digest}" if delivery else digest

@@ -26,6 +26,7 @@ from db.models import ChannelAccount, InboxEvent, Order
 from db.session import make_engine
 from domain.states import InboxStatus
 from integrations.shopify.webhooks import sign
+from integrations.woocommerce import webhooks as woo_webhooks
 from tests.support.stack import Stack, run_stack, wait_until
 from tests.support.world import module_database_url
 
@@ -204,6 +205,39 @@ def test_an_unparseable_body_with_a_valid_signature_is_kept_and_shown_as_failed(
                                  .where(ChannelAccount.name == shop)).one()  # fmt: skip
     assert stored == body
     assert _orders(maker, shop) == []
+
+
+def test_a_signed_woocommerce_body_nested_too_deeply_is_kept_and_shown_as_failed(
+    stack: tuple[Stack, sessionmaker[Session]],
+) -> None:
+    # given: WooCommerce never retries a delivery, so one we do not store is an order lost
+    running, maker = stack
+    name = f"woo-{uuid.uuid4().hex[:8]}"
+    with maker() as session, session.begin():
+        session.add(ChannelAccount(name=name, channel="woocommerce", webhook_secret=SECRET))
+    body = b'{"id": 1, "line_items": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    headers = {
+        "Content-Type": "application/json",
+        "X-WC-Webhook-Topic": "order.updated",
+        "X-WC-Webhook-Delivery-ID": uuid.uuid4().hex,
+        "X-WC-Webhook-Signature": woo_webhooks.sign(SECRET, body),
+    }
+
+    # when
+    response = httpx.post(f"{running.base_url}/webhooks/woocommerce/{name}", content=body,
+                          headers=headers)  # fmt: skip
+
+    # then
+    assert response.status_code == 200, response.text
+    wait_until(lambda: _settled(maker, name, 1), what="nested delivery processed")
+    with maker() as session:
+        event = session.scalars(select(InboxEvent).join(ChannelAccount)
+                                .where(ChannelAccount.name == name)).one()  # fmt: skip
+        assert (event.status, event.body) == (InboxStatus.FAILED, body)
+        assert event.error is not None and "nested too deeply" in event.error
+    inbox = httpx.get(f"{running.base_url}/api/inbox", params={"status": "failed"}).json()
+    assert [e["account"] for e in inbox["events"]].count(name) == 1
+    assert _orders(maker, name) == []
 
 
 def test_a_payload_that_does_not_map_fails_with_field_names_and_no_order(
