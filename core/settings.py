@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     )
 
     web_host: str = "127.0.0.1"
+    # a webhook body is read as a stream up to this size (413 beyond): Shopify's and
+    # WooCommerce's real order deliveries are far below 5 MB
+    webhook_max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
     web_port: int = Field(default=8000, ge=0, le=65535)  # 0: any free port (the demo)
 
     # Queues of DESIGN.md: short intake, pipeline steps, long syncs, PDFs, pushes out.

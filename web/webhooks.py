@@ -2,9 +2,12 @@
 
 ``POST /webhooks/{channel}/{account}``:
 
-1. look up the account (404 if unknown or not of that channel);
-2. verify the signature over the *raw* body, constant-time (401 and a log line if bad; nothing
-   is stored);
+1. look up the account *before* reading the body; read the body as a stream of at most
+   ``WEBHOOK_MAX_BODY_BYTES`` (413 beyond it, before a byte is read when ``Content-Length``
+   says so), so that no request without credentials can make the process hold more;
+2. verify the signature over the *raw* body, constant-time. An unknown account and a bad
+   signature get the same 401 (account names cannot be enumerated) and a log line; nothing is
+   stored;
 3. insert the raw delivery into ``inbox_events`` with the channel's dedupe key,
    ``ON CONFLICT DO NOTHING`` (a redelivery of the same webhook is absorbed here);
 4. commit, answer 200, and only then publish ``process_event(inbox_id)`` (if the row is new).
@@ -16,14 +19,14 @@ the task marks it ``failed`` with the parse error for staff to see.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
+from core.settings import get_settings
 from db.base import utcnow
 from db.models import ChannelAccount, InboxEvent
 from db.session import dialect_insert, get_sessionmaker
@@ -71,30 +74,57 @@ RECEIVERS: dict[Channel, Receiver] = {
 }
 
 
-def _account(session: Session, channel: Channel, name: str) -> ChannelAccount | None:
-    return session.execute(
-        select(ChannelAccount).where(
-            ChannelAccount.name == name,
-            ChannelAccount.channel == channel.value,
-            ChannelAccount.active.is_(True),
-        )
-    ).scalar_one_or_none()
+#: what an unknown account and a bad signature both get
+_REFUSED = HTTPException(401, "invalid signature or unknown account")
+
+
+@dataclass(frozen=True)
+class _Account:
+    id: int
+    webhook_secret: str = field(repr=False)
+
+
+def _account(channel: Channel, name: str) -> _Account | None:
+    """The active account of ``channel`` named ``name``: what the receiver needs of it."""
+    with get_sessionmaker()() as session:
+        row = session.execute(
+            select(ChannelAccount.id, ChannelAccount.webhook_secret).where(
+                ChannelAccount.name == name,
+                ChannelAccount.channel == channel.value,
+                ChannelAccount.active.is_(True),
+            )
+        ).one_or_none()
+    return None if row is None else _Account(row.id, row.webhook_secret or "")
+
+
+async def _read_body(request: Request, limit: int, *, keep: bool) -> bytes:
+    """The body, streamed, at most ``limit`` bytes (413 beyond). ``keep=False`` reads and drops
+    it, so a request for an unknown account takes the same time and answers as one with a bad
+    signature, without the process holding its bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"body larger than {limit} bytes")
+    body = bytearray()
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"body larger than {limit} bytes")
+        if keep:
+            body += chunk
+    return bytes(body)
 
 
 def _store(
-    channel: Channel, account_name: str, headers: dict[str, str], body: bytes
+    channel: Channel, account_name: str, account: _Account, headers: dict[str, str], body: bytes
 ) -> dict[str, object]:
     receiver = RECEIVERS[channel]
     with get_sessionmaker()() as session, session.begin():
-        account = _account(session, channel, account_name)
-        if account is None:
-            log.warning("webhook.unknown_account", channel=channel.value, account=account_name)
-            raise HTTPException(404, "unknown account")
         if receiver.is_ping(headers, body):
             log.info("webhook.ping", channel=channel.value, account=account_name)
             return {"status": "ping"}
         if not receiver.verify(
-            account.webhook_secret or "", body, headers.get(receiver.signature_header)
+            account.webhook_secret, body, headers.get(receiver.signature_header)
         ):
             log.warning(
                 "webhook.bad_signature",
@@ -103,7 +133,7 @@ def _store(
                 topic=receiver.topic(headers),
                 bytes=len(body),
             )
-            raise HTTPException(401, "invalid signature")
+            raise _REFUSED
         dedupe_key = receiver.dedupe_key(headers, body)
         inbox_id = session.execute(
             dialect_insert(session)(InboxEvent)
@@ -137,6 +167,11 @@ async def receive(channel: str, account: str, request: Request) -> dict[str, obj
         raise HTTPException(404, "unknown channel") from None
     if ch not in RECEIVERS:
         raise HTTPException(404, f"{channel} does not send webhooks")
-    body = await request.body()
+    found = await run_in_threadpool(_account, ch, account)
+    limit = get_settings().webhook_max_body_bytes
+    body = await _read_body(request, limit, keep=found is not None)
+    if found is None:
+        log.warning("webhook.unknown_account", channel=ch.value, account=account)
+        raise _REFUSED
     headers = {k.lower(): v for k, v in request.headers.items()}
-    return await run_in_threadpool(_store, ch, account, headers, body)
+    return await run_in_threadpool(_store, ch, account, found, headers, body)

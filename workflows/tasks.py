@@ -62,6 +62,9 @@ def _order_topic(
     session: Any, event: InboxEvent, account: ChannelAccount, payload: dict[str, Any]
 ) -> IntakeResult:
     order = registry.mapper(Channel(event.channel))(payload, account.name)
+    # the delivery's body stays in its inbox row (linked by inbox_events.order_id): the order
+    # does not keep a second copy of it in orders.raw
+    order = order.model_copy(update={"raw": {}})
     return apply_order(session, account.id, order, actor=f"webhook:{event.channel}")
 
 

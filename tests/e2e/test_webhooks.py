@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -184,6 +185,108 @@ def test_a_bad_signature_gets_401_and_stores_nothing(
             .where(ChannelAccount.name == shop)
         )  # fmt: skip
     assert count == 0
+
+
+def test_a_webhook_body_is_stored_once_in_the_inbox_linked_to_its_order(
+    stack: tuple[Stack, sessionmaker[Session]], shop: str, fixtures_dir: Path
+) -> None:
+    running, maker = stack
+    body = json.dumps(_order(fixtures_dir, id=9_100_000_001)).encode()
+
+    assert _post(running.base_url, shop, body, webhook_id="once").status_code == 200
+
+    wait_until(lambda: _settled(maker, shop, 1), what="delivery processed")
+    with maker() as session:
+        event = session.scalars(select(InboxEvent).join(ChannelAccount)
+                                .where(ChannelAccount.name == shop)).one()  # fmt: skip
+        order = session.get(Order, event.order_id)
+        assert order is not None and order.external_id == "9100000001"
+        assert event.body == body
+        assert order.raw == {}
+
+
+def test_an_unknown_account_and_a_bad_signature_get_the_same_answer(
+    stack: tuple[Stack, sessionmaker[Session]], shop: str, fixtures_dir: Path
+) -> None:
+    running, _ = stack
+    body = json.dumps(_order(fixtures_dir)).encode()
+
+    unknown = _post(running.base_url, "no-such-shop", body, webhook_id="u")
+    forged = _post(running.base_url, shop, body, webhook_id="f", signature="AAAA")
+
+    assert unknown.status_code == forged.status_code == 401
+    assert unknown.json() == forged.json()
+
+
+def _raw_post(base_url: str, path: str, head: dict[str, str], send_mb: int) -> tuple[int, bytes]:
+    """POST through a plain socket: the headers, then up to ``send_mb`` MB of body in 64 KB
+    chunks until the server stops taking them; returns (bytes sent, what the server answered)."""
+    host, port = base_url.removeprefix("http://").split(":")
+    lines = [
+        f"POST {path} HTTP/1.1",
+        f"Host: {host}:{port}",
+        *(f"{k}: {v}" for k, v in head.items()),
+    ]
+    chunk = b"x" * 65536
+    sent = 0
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        try:
+            while sent < send_mb * 1024 * 1024:
+                if head.get("Transfer-Encoding") == "chunked":
+                    sock.sendall(b"10000\r\n" + chunk + b"\r\n")
+                else:
+                    sock.sendall(chunk)
+                sent += len(chunk)
+        except OSError:  # the server answered and closed: it will not take more
+            pass
+        try:
+            answer = sock.recv(4096)
+        except OSError:
+            answer = b""
+    return sent, answer
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+def test_a_body_declared_over_the_limit_gets_413_before_it_is_read(
+    stack: tuple[Stack, sessionmaker[Session]], shop: str
+) -> None:
+    running, _ = stack
+    head = {"Content-Type": "application/json", "Content-Length": str(100 * 1024 * 1024),
+            "X-Shopify-Hmac-Sha256": "AAAA"}  # fmt: skip
+
+    for account in (shop, "no-such-shop"):
+        _, answer = _raw_post(running.base_url, f"/webhooks/shopify/{account}", head, 0)
+        assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+def test_eight_concurrent_100_mb_posts_keep_the_web_process_under_150_mb(
+    stack: tuple[Stack, sessionmaker[Session]], shop: str
+) -> None:
+    # given: the web process, and bodies streamed without a length (nothing to refuse up front)
+    running, _ = stack
+    web = next(c for c in running.group.children if c.name == "web")
+    assert web.process is not None
+    head = {"Content-Type": "application/json", "Transfer-Encoding": "chunked",
+            "X-Shopify-Hmac-Sha256": "AAAA"}  # fmt: skip
+    paths = [f"/webhooks/shopify/{'no-such-shop' if i % 2 else shop}" for i in range(8)]
+
+    # when: 8 at once, half to an unknown account, half to a real one with a bad signature
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda p: _raw_post(running.base_url, p, head, 100), paths))
+
+    # then: the server stopped each at the limit, and never held much more than it allows
+    for sent, answer in results:
+        assert sent < 100 * 1024 * 1024 or answer.startswith(b"HTTP/1.1 413")
+    assert _peak_rss_mb(web.process.pid) < 150
+    assert httpx.get(f"{running.base_url}/healthz").status_code == 200
 
 
 def test_an_unparseable_body_with_a_valid_signature_is_kept_and_shown_as_failed(
