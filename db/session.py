@@ -21,9 +21,9 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 from sqlalchemy import Connection, CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -34,6 +34,7 @@ from core.settings import ConfigError, get_settings
 
 __all__ = [
     "PRE_PING_DEFAULT",
+    "Transaction",
     "after_fork",
     "core",
     "dialect_insert",
@@ -243,6 +244,12 @@ def get_sessionmaker(url: str | None = None) -> sessionmaker[Session]:
 @functools.cache
 def _sessionmaker(url: str) -> sessionmaker[Session]:
     return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+
+
+#: what opens one transaction and yields its session, committing on success and rolling back on
+#: error (``OrdersyncTask.transaction``, ``session_scope``): services that commit between steps
+#: (before and after an outside call) take one
+Transaction: TypeAlias = Callable[[], AbstractContextManager[Session]]
 
 
 @contextmanager

@@ -1,3 +1,3 @@
-"""The pure domain: order states, the canonical order, money, the error tree.
+"""The pure domain: order states, the canonical order, the parcel, money, the error tree.
 
 No database, no HTTP, no framework: everything above builds on these words."""

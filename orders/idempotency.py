@@ -17,6 +17,8 @@ even a call whose answer we never saw is applied once there.
 
 Each function runs in the caller's transaction; the caller commits ``begin`` before the outside
 call and ``finish`` together with the local effect it records (e.g. the payment row).
+``Claimant`` is one attempt (a task run) doing that: it claims keys under its owner and, when
+the outside call fails, releases the key (retired for good when the provider refused it).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,11 +36,12 @@ from sqlalchemy.orm import Session
 
 from db.base import table, utcnow
 from db.models import IdempotencyKey
-from db.session import core, per_dialect
+from db.session import Transaction, core, per_dialect
 from domain.errors import PermanentError, RetryableError
 
 __all__ = [
     "Attempt",
+    "Claimant",
     "IdempotencyMismatch",
     "KeyLocked",
     "KeyRejected",
@@ -45,6 +50,7 @@ __all__ = [
     "current_key",
     "fail",
     "finish",
+    "refused",
     "request_hash",
     "set_recovery_point",
 ]
@@ -218,3 +224,41 @@ def fail(session: Session, key: str, error: str, *, rejected: bool = False) -> N
     if rejected:
         values["recovery_point"] = REJECTED
     session.execute(update(IdempotencyKey).where(IdempotencyKey.key == key).values(**values))
+
+
+def refused(exc: Exception) -> bool:
+    """The provider answered 4xx: it refused the request and applied nothing (an unparseable
+    2xx or a transport failure might have been applied, so they keep their key)."""
+    status = getattr(exc, "status", None)
+    return isinstance(exc, PermanentError) and status is not None and 400 <= status < 500
+
+
+@dataclass(frozen=True)
+class Claimant:
+    """One attempt at a step's outside calls: ``owner`` (the task id, the same again when the
+    task is redelivered) holds the keys it claims, for ``lock_timeout``; ``describe`` says what
+    staff see of an error; a failed call is recorded in a ``transaction`` of its own."""
+
+    transaction: Transaction
+    owner: str
+    lock_timeout: dt.timedelta
+    describe: Callable[[Exception], str]
+
+    def claim(self, session: Session, base: str, params: dict[str, Any], *, point: str) -> str:
+        """Store (or take back) the current key of ``base`` before the outside call, at
+        ``point``; returns the key (``base``, or ``base:N`` after rejected attempts)."""
+        attempt = claim(
+            session, base, params, owner=self.owner, point=point, lock_timeout=self.lock_timeout
+        )
+        return attempt.key
+
+    @contextmanager
+    def outside_call(self, key: str) -> Iterator[None]:
+        """Around a call to the outside world under ``key``: a failure releases the key (and
+        retires it when the provider refused the request) before the error goes on."""
+        try:
+            yield
+        except Exception as exc:
+            with self.transaction() as session:
+                fail(session, key, self.describe(exc), rejected=refused(exc))
+            raise

@@ -25,6 +25,7 @@ from typing import Any
 
 from domain.canonical import Address
 from domain.errors import PayloadError
+from domain.parcel import Parcel
 
 __all__ = [
     "PDF_MAGIC",
@@ -54,22 +55,6 @@ _ADDRESS_FIELDS = (
     ("postal_code", "postal_code"),
     ("country_code", "country_code"),
 )
-
-
-@dataclass(frozen=True)
-class Parcel:
-    """One package: weight in grams, outer dimensions in centimetres."""
-
-    weight_grams: int
-    length_cm: float
-    width_cm: float
-    height_cm: float
-
-    def __post_init__(self) -> None:
-        if isinstance(self.weight_grams, bool) or self.weight_grams <= 0:
-            raise ValueError("parcel weight must be a positive number of grams")
-        if min(self.length_cm, self.width_cm, self.height_cm) <= 0:
-            raise ValueError("parcel dimensions must be positive")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,171 @@
+"""orders.reservation, orders.documents and orders.recovery: stock held or the order on hold,
+its documents issued once, a failed step recorded for staff and resumed from where it failed."""
+
+from __future__ import annotations
+
+import pytest
+
+from db.models import Invoice, StockItem, StockReservation
+from domain.states import OrderState
+from orders import stock
+from orders.documents import credit_note, issue_invoice
+from orders.recovery import RESUME_STATE, record_failure, retry
+from orders.reservation import release_waiting, reserve
+from orders.steps import Outcome
+from orders.transitions import IllegalTransition
+from tests.support.shop import FollowUps, Shop
+
+S = OrderState
+
+
+def _stock(shop: Shop, **on_hand: int) -> None:
+    with shop.transaction() as session:
+        for sku, units in on_hand.items():
+            stock.set_on_hand(session, sku, units)
+
+
+# --- reservation ------------------------------------------------------------------------------
+
+
+def test_reserve_holds_the_stock_of_every_line(shop: Shop) -> None:
+    _stock(shop, A=5, B=1)
+    order_id = shop.order(S.NEW, lines={"A": 2, "B": 1})
+
+    assert reserve(shop.transaction, order_id) == Outcome("reserved")
+    assert reserve(shop.transaction, order_id) == Outcome("skip: reserved")
+
+    held = {r.sku: r.quantity for r in shop.rows(StockReservation, order_id=order_id)}
+    assert held == {"A": 2, "B": 1}
+    (moved,) = shop.events(order_id, "transition")
+    assert moved.to_state == S.RESERVED and moved.detail == {"reserved": {"A": 2, "B": 1}}
+
+
+def test_short_stock_puts_the_order_on_hold_and_stops_the_chain_until_stock_arrives(
+    shop: Shop, later: FollowUps
+) -> None:
+    _stock(shop, A=1)
+    order_id = shop.order(S.NEW, lines={"A": 2})
+
+    assert reserve(shop.transaction, order_id) == Outcome("on_hold", stop=True)
+    assert shop.get(order_id).state == S.ON_HOLD
+    assert shop.rows(StockItem, sku="A")[0].reserved == 0
+    assert reserve(shop.transaction, order_id) == Outcome("on_hold", stop=True)  # still short
+
+    _stock(shop, A=2)
+    with shop.transaction() as session:
+        assert release_waiting(session, "A", resume=later("pipeline")) == [order_id]
+    assert later.scheduled == {"pipeline": [order_id]}
+    assert reserve(shop.transaction, order_id) == Outcome("reserved")
+
+
+def test_an_order_the_marketplace_fulfils_reserves_none_of_our_stock(shop: Shop) -> None:
+    _stock(shop, A=5)
+    order_id = shop.order(S.NEW, lines={"A": 2}, channel="amazon", fulfilled_by_marketplace=True)
+
+    assert reserve(shop.transaction, order_id) == Outcome("reserved: fulfilled by the marketplace")
+    assert shop.rows(StockReservation) == [] and shop.rows(StockItem, sku="A")[0].reserved == 0
+    (moved,) = shop.events(order_id, "transition")
+    assert moved.detail == {"reserved": {}, "fulfilled_by": "amazon"}
+
+
+@pytest.mark.parametrize(("state", "stop"), [(S.CANCELLED, True), (S.PAID, False)])
+def test_reserve_leaves_an_order_past_reservation_alone(
+    shop: Shop, state: OrderState, stop: bool
+) -> None:
+    order_id = shop.order(state)
+
+    assert reserve(shop.transaction, order_id) == Outcome(f"skip: {state}", stop=stop)
+
+
+# --- documents --------------------------------------------------------------------------------
+
+
+def test_a_paid_order_gets_one_invoice_and_after_a_cancel_one_credit_note(shop: Shop) -> None:
+    order_id = shop.order(S.PAID)
+
+    first = issue_invoice(shop.transaction, order_id)
+    assert issue_invoice(shop.transaction, order_id) == first
+    (invoice,) = shop.rows(Invoice, order_id=order_id)
+    assert first == Outcome(invoice.full_number) and invoice.kind == "invoice"
+
+    shop.move(order_id, S.CANCELLED)
+    assert issue_invoice(shop.transaction, order_id) == Outcome("skip: cancelled")
+    note = credit_note(shop.transaction, order_id)
+    assert credit_note(shop.transaction, order_id) == note
+    kinds = {i.kind: i for i in shop.rows(Invoice, order_id=order_id)}
+    assert set(kinds) == {"invoice", "credit_note"}
+    assert note == Outcome(kinds["credit_note"].full_number)
+    assert kinds["credit_note"].credits_invoice_id == invoice.id
+
+
+def test_a_cancelled_order_that_was_never_invoiced_gets_no_credit_note(shop: Shop) -> None:
+    order_id = shop.order(S.CANCELLED)
+
+    assert credit_note(shop.transaction, order_id) == Outcome("no invoice")
+    assert shop.rows(Invoice) == []
+
+
+# --- recovery ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("step", sorted(RESUME_STATE))
+def test_retry_resumes_an_order_from_the_step_that_failed(
+    shop: Shop, later: FollowUps, step: str
+) -> None:
+    # given an order whose step failed for good
+    order_id = shop.order(RESUME_STATE[step])
+    with shop.transaction() as session:
+        record_failure(session, order_id, step=step, error="ServerError: 503", attempts=5)
+    failed = shop.get(order_id)
+    assert (failed.state, failed.failed_step, failed.last_error, failed.attempts) == (
+        S.NEEDS_ATTENTION, step, "ServerError: 503", 5
+    )  # fmt: skip
+
+    # when staff retry it
+    with shop.transaction() as session:
+        resumed = retry(session, order_id, actor="staff:ann", pipeline=later("pipeline"),
+                        ship=later("ship"), refund=later("refund"))  # fmt: skip
+
+    # then it is back where that step starts, and that step runs again
+    assert resumed == RESUME_STATE[step]
+    order = shop.get(order_id)
+    assert (order.state, order.failed_step, order.last_error, order.attempts) == (
+        RESUME_STATE[step], None, None, 0
+    )  # fmt: skip
+    assert later.scheduled == {"ship" if step == "ship" else "pipeline": [order_id]}
+    back = shop.events(order_id, "transition")[-1]
+    assert (back.actor, back.detail) == ("staff:ann", {"retry_of": step})
+
+
+def test_a_failure_after_the_order_was_cancelled_leaves_it_cancelled(shop: Shop) -> None:
+    order_id = shop.order(S.CANCELLED)
+
+    with shop.transaction() as session:
+        record_failure(session, order_id, step="buy_label", error="x", attempts=1)
+
+    assert shop.get(order_id).state == S.CANCELLED and shop.get(order_id).failed_step is None
+
+
+def test_retry_of_a_cancelled_order_with_money_not_refunded_refunds_it(
+    shop: Shop, later: FollowUps
+) -> None:
+    order_id = shop.order(S.CANCELLED)
+    shop.captured(order_id)
+
+    with shop.transaction() as session:
+        resumed = retry(session, order_id, actor="staff:ann", pipeline=later("pipeline"),
+                        ship=later("ship"), refund=later("refund"))  # fmt: skip
+
+    assert resumed == S.CANCELLED
+    assert later.scheduled == {"refund": [order_id]}
+    (event,) = shop.events(order_id, "retry")
+    assert event.detail == {"step": "refund_payment"}
+
+
+def test_retry_of_an_order_that_needs_no_attention_is_refused(shop: Shop, later: FollowUps) -> None:
+    order_id = shop.order(S.PAID)
+
+    with pytest.raises(IllegalTransition, match="not needs_attention"), shop.transaction() as s:
+        retry(s, order_id, actor="staff:ann", pipeline=later("pipeline"), ship=later("ship"),
+              refund=later("refund"))  # fmt: skip
+    assert later.scheduled == {}
