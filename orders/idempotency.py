@@ -53,6 +53,7 @@ __all__ = [
     "refused",
     "request_hash",
     "set_recovery_point",
+    "unfinished",
 ]
 
 STARTED = "started"
@@ -127,6 +128,17 @@ def current_key(session: Session, base: str) -> str:
         )
     )
     return base if not rejected else f"{base}:{rejected + 1}"
+
+
+def unfinished(session: Session, base: str) -> IdempotencyKey | None:
+    """The current key of ``base`` if an attempt under it started and never finished: its call
+    may or may not have been applied by the outside world."""
+    row = session.scalar(
+        select(IdempotencyKey).where(IdempotencyKey.key == current_key(session, base))
+    )
+    if row is None or row.recovery_point in (FINISHED, REJECTED):
+        return None
+    return row
 
 
 def request_hash(params: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""Refunding a cancelled order: the money we captured goes back in full, once.
+"""Refunding the money we captured, in full, once: for a cancelled order, and for an order
+whose marketplace collected the money too (the buyer paid twice: ``orders.payments``).
 
 Only a payment we captured (with the provider's id) is refundable, and only until its refund is
 recorded; money the marketplace collected it refunds itself. The refund is made under the
@@ -76,11 +77,12 @@ def refund(
     provider: Callable[[], RefundProvider],
     keys: idempotency.Claimant,
 ) -> Outcome:
-    """Refund a cancelled order's captured payment in full. ``provider`` is built only when
-    there is something to refund."""
+    """Refund our captured payment of a cancelled order, or of one the marketplace collected,
+    in full. ``provider`` is built only when there is something to refund."""
     with transaction() as session:
         order = load_for_update(session, order_id)
-        if OrderState(order.state) != OrderState.CANCELLED:
+        paid_twice = bool(order.payment_collected_by_marketplace)
+        if OrderState(order.state) != OrderState.CANCELLED and not paid_twice:
             return Outcome(f"skip: {order.state}")
         payment = refundable(session, order_id)
         if payment is None:

@@ -26,6 +26,7 @@ from sqlalchemy import func, select
 
 from db.models import (
     ChannelAccount,
+    IdempotencyKey,
     Invoice,
     Label,
     Order,
@@ -146,6 +147,54 @@ def test_a_worker_killed_after_the_capture_but_before_recording_it_charges_once(
     with world.maker() as session:
         payment = session.scalars(select(Payment).where(Payment.order_id == done.id)).one()
     assert payment.external_id == captures[0]["id"]
+
+
+def test_a_capture_lost_by_a_killed_worker_then_paid_on_the_marketplace_is_refunded_once(
+    world: World, fixtures_dir: Path
+) -> None:
+    # given our capture applied at the provider, answered slowly
+    shop = world.account()
+    payload = fixture_order(fixtures_dir, financial_status="pending")
+    stock_for(world, payload)
+    world.sandbox.payments.reply_delay_s = 3.0
+    try:
+        world.post(shop, payload, topic="orders/create")
+        order = world.wait_state(shop, str(payload["id"]), "reserved", "paid", timeout=30)
+        wait_until(lambda: world.sandbox.payments.captures_for(str(order.id)),
+                   timeout=30, what="capture applied at the provider")  # fmt: skip
+        # when the marketplace says it collected the money itself (authorized -> paid)
+        paid = dict(payload, financial_status="paid", updated_at="2099-01-01T00:00:00Z")
+        world.post(shop, paid)
+        wait_until(lambda: (o := world.order(shop, str(payload["id"]))) is not None
+                   and o.payment_collected_by_marketplace, timeout=30,
+                   what="the paid update applied")  # fmt: skip
+        # and every worker pool process is SIGKILLed while our capture's answer is on its way
+        for child in world.stack.group.children:
+            if child.name.startswith("worker") and child.process is not None:
+                for pool_process in psutil.Process(child.process.pid).children(recursive=True):
+                    os.kill(pool_process.pid, signal.SIGKILL)
+    finally:
+        world.sandbox.payments.reply_delay_s = 0.0
+
+    # then our one charge is recorded and given back once; no capture key is left unfinished
+    done = world.wait_state(shop, str(payload["id"]), "ready_to_ship", timeout=90)
+    captures = world.sandbox.payments.captures_for(str(order.id))
+    assert len(captures) == 1
+    wait_until(lambda: world.sandbox.payments.refunds_for(str(order.id)), timeout=60,
+               what="our charge refunded")  # fmt: skip
+    assert len(world.sandbox.payments.refunds_for(str(order.id))) == 1
+    with world.maker() as session:
+        payment = session.scalars(select(Payment).where(Payment.order_id == done.id)).one()
+        assert payment.external_id == captures[0]["id"]
+        refund = session.scalars(select(Refund).where(Refund.order_id == done.id)).one()
+        assert refund.payment_id == payment.id
+        open_keys = session.scalars(
+            select(IdempotencyKey.key).where(
+                IdempotencyKey.key.startswith(f"capture:{done.id}"),
+                IdempotencyKey.recovery_point.not_in(["finished", "rejected"]),
+            )
+        ).all()
+    assert open_keys == []
 
 
 def test_two_orders_for_the_last_unit_one_waits_on_hold_until_stock_arrives(

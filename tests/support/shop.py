@@ -186,6 +186,12 @@ class FakePayments:
             )  # fmt: skip
         return self._deliver(dataclasses.replace(self.captures[idempotency_key], replayed=replayed))
 
+    def retrieve_by_order(self, order_ref: str) -> Capture | None:
+        """The capture made for ``order_ref``, as a search by our reference finds it."""
+        self.calls.append(f"search:{order_ref}")
+        found = [c for c in self.captures.values() if c.order_ref == order_ref]
+        return found[0] if found else None
+
     def refund(
         self,
         *,

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 
 import pytest
 
-from db.models import Payment
-from domain.errors import TransportError, ValidationError
+from db.base import utcnow
+from db.models import IdempotencyKey, Payment
+from domain.errors import RetryableError, TransportError, ValidationError
 from domain.states import OrderState
 from orders import idempotency
-from orders.payments import capture
+from orders.payments import SEARCH_FRESHNESS, capture
 from orders.steps import Outcome
 from tests.support.shop import FakePayments, FollowUps, Shop, WorkerKilled, never_built
 
@@ -121,6 +123,63 @@ def test_money_the_marketplace_collected_is_recorded_without_a_call(
     assert shop.get(order_id).state == S.PAID
     (paid,) = shop.events(order_id, "transition")
     assert paid.detail == {"collected_by": "amazon"}
+
+
+def test_a_capture_in_doubt_when_the_marketplace_says_it_collected_is_found_and_refunded(
+    shop: Shop, provider: FakePayments, later: FollowUps
+) -> None:
+    # given our capture applied at the provider, its worker killed before recording it
+    order_id = shop.order(S.RESERVED)
+    provider.lose_answer = WorkerKilled()
+    with pytest.raises(WorkerKilled):
+        _capture(shop, order_id, provider, later)
+    # and then the marketplace's update: it collected the money itself (authorized -> paid)
+    shop.update(order_id, payment_collected_by_marketplace=True, financial_status="paid")
+
+    # when the step runs again (a sweep, the update's pipeline)
+    outcome = _capture(shop, order_id, provider, later, owner="task-2")
+
+    # then the provider was asked, our charge is recorded with its key finished, and refunded
+    assert outcome == Outcome("captured by us and collected by the marketplace: refunding ours")
+    assert provider.calls == [f"capture:{order_id}", f"search:{order_id}"]
+    (payment,) = shop.rows(Payment, order_id=order_id)
+    assert (payment.external_id, payment.collected_by_marketplace) == ("pi_1", False)
+    key = shop.key(f"capture:{order_id}")
+    assert key is not None and key.recovery_point == "finished"
+    assert later.scheduled == {"refund": [order_id]}
+    (twice,) = shop.events(order_id, "captured_twice")
+    assert twice.detail["payment"] == "pi_1"
+    assert shop.get(order_id).state == S.PAID
+
+
+def test_a_capture_in_doubt_the_provider_never_saw_waits_then_the_marketplaces_money_counts(
+    shop: Shop, provider: FakePayments, later: FollowUps
+) -> None:
+    # given a key claimed by a worker that died before its call reached the provider
+    order_id = shop.order(S.RESERVED, payment_collected_by_marketplace=True,
+                          financial_status="paid")  # fmt: skip
+    params = {"order_ref": str(order_id), "amount": "20", "currency": "USD"}
+    with shop.transaction() as session:
+        shop.keys().claim(session, f"capture:{order_id}", params, point="capture_sent")
+
+    # when the step runs while the provider's search may still lag: it asks again later
+    with pytest.raises(RetryableError):
+        _capture(shop, order_id, provider, later, owner="task-2")
+    assert shop.rows(Payment, order_id=order_id) == []
+    # and once the search has had time to see any capture, nothing is found
+    with shop.transaction() as session:
+        key = session.get(IdempotencyKey, shop.key(f"capture:{order_id}").id)
+        key.created_at = utcnow() - SEARCH_FRESHNESS - dt.timedelta(seconds=1)
+    outcome = _capture(shop, order_id, provider, later, owner="task-3")
+
+    # then the key is retired and the marketplace's money recorded; nobody was charged by us
+    assert outcome == Outcome("collected by marketplace")
+    assert provider.captures == {}
+    (payment,) = shop.rows(Payment, order_id=order_id)
+    assert payment.collected_by_marketplace
+    retired = shop.key(f"capture:{order_id}")
+    assert retired is not None and retired.recovery_point == "rejected"
+    assert later.scheduled == {}
 
 
 def test_a_payment_the_marketplace_has_not_taken_yet_is_waited_for(

@@ -41,6 +41,24 @@ def test_a_cancelled_orders_captured_payment_is_refunded_once(
         assert refundable(session, order_id) is None
 
 
+def test_our_capture_of_an_order_the_marketplace_collected_is_refunded_but_not_its_money(
+    shop: Shop, provider: FakePayments
+) -> None:
+    # given a paid order the buyer paid twice: to the marketplace and to us
+    twice = shop.order(S.PAID, payment_collected_by_marketplace=True, financial_status="paid")
+    shop.captured(twice, "pi_7")
+    # and an open order we alone charged
+    ours = shop.order(S.PAID)
+    shop.captured(ours, "pi_8")
+
+    assert refund(shop.transaction, twice, lambda: provider, shop.keys()) == Outcome("refunded")
+    assert refund(shop.transaction, ours, never_built, shop.keys()) == Outcome("skip: paid")
+
+    (made,) = provider.refunds.values()
+    assert made.payment_intent == "pi_7"
+    assert [r.order_id for r in shop.rows(Refund)] == [twice]
+
+
 def test_a_refund_whose_answer_was_lost_is_asked_again_under_the_same_key(
     shop: Shop, provider: FakePayments
 ) -> None:
