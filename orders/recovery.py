@@ -5,19 +5,37 @@ A step that fails for good (a permanent error, or its retries exhausted) moves t
 (``retry``) moves it back to the state that step starts from (``RESUME_STATE``) and runs the
 pipeline again from there. A cancelled order whose captured payment is not refunded yet (its
 refund failed) is retried by refunding it.
+
+An outside call whose attempt died (a killed worker, a lost message) leaves its idempotency key
+unfinished: ``unfinished_calls`` finds the keys no live attempt holds, for the sweeper, which
+runs their step again. The step resumes its own key, so the provider answers what it did under
+it (or, for a capture the marketplace says it collected, is asked: ``orders.payments``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from db.base import utcnow
+from db.models import IdempotencyKey, Order
 from domain.states import OrderState
 from orders.intake import record_event
 from orders.refunds import refundable
 from orders.steps import DONE_OR_GONE, FollowUp
 from orders.transitions import IllegalTransition, load_for_update, transition
 
-__all__ = ["RESUME_STATE", "record_failure", "retry"]
+__all__ = [
+    "KEY_STEPS",
+    "RESUME_STATE",
+    "UnfinishedCall",
+    "record_failure",
+    "retry",
+    "unfinished_calls",
+]
 
 S = OrderState
 #: the state a failed step starts from: staff retry moves the order back there
@@ -67,3 +85,58 @@ def retry(
     order.failed_step, order.last_error, order.attempts = None, None, 0
     (ship if resume == S.READY_TO_SHIP else pipeline)(session, order_id)
     return resume
+
+
+#: key prefix → (the step that resumes it, the states in which that step still has work)
+KEY_STEPS: dict[str, tuple[str, frozenset[OrderState]]] = {
+    "capture": ("capture_payment", frozenset({S.RESERVED})),
+    "label": ("buy_label", frozenset({S.PAID})),
+    # a refund is owed by a cancelled order, or by a paid one the buyer paid twice
+    "refund": ("refund_payment", frozenset(OrderState) - {S.NEEDS_ATTENTION}),
+}
+
+
+@dataclass(frozen=True)
+class UnfinishedCall:
+    step: str
+    order_id: int
+    key: str
+
+
+def unfinished_calls(
+    session: Session, *, idle_for: dt.timedelta, limit: int
+) -> list[UnfinishedCall]:
+    """Keys started, not finished, that no attempt has held for ``idle_for`` (its owner is dead
+    or its message lost), of orders whose step still has work; each is marked as run now, so
+    the sweeper republishes it at most once per ``idle_for``."""
+    cutoff = utcnow() - idle_for
+    rows = session.scalars(
+        select(IdempotencyKey)
+        .where(
+            IdempotencyKey.recovery_point.not_in(["finished", "rejected"]),
+            or_(IdempotencyKey.locked_at.is_(None), IdempotencyKey.locked_at < cutoff),
+            or_(IdempotencyKey.last_run_at.is_(None), IdempotencyKey.last_run_at < cutoff),
+        )
+        .order_by(IdempotencyKey.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    parsed: list[tuple[IdempotencyKey, str, int]] = []
+    for row in rows:
+        prefix, _, rest = row.key.partition(":")
+        order_ref = rest.split(":", 1)[0]
+        if prefix in KEY_STEPS and order_ref.isdigit():
+            parsed.append((row, prefix, int(order_ref)))
+    order_ids = sorted({order_id for _, _, order_id in parsed})
+    states = {
+        row.id: row.state
+        for row in session.execute(select(Order.id, Order.state).where(Order.id.in_(order_ids)))
+    }
+    found = []
+    now = utcnow()
+    for row, prefix, order_id in parsed:
+        step, active = KEY_STEPS[prefix]
+        row.last_run_at = now
+        if order_id in states and OrderState(states[order_id]) in active:
+            found.append(UnfinishedCall(step, order_id, row.key))
+    return found

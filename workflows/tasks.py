@@ -215,9 +215,25 @@ def sweep(self: OrdersyncTask, limit: int = 500) -> dict[str, int]:
             message.published_at = utcnow()
             message.attempts += 1
         orders = _stuck_orders(session, limit)
-    if stuck or outbox or orders:
-        log.info("sweep.republished", inbox=len(stuck), outbox=len(outbox), orders=len(orders))
-    return {"inbox": len(stuck), "outbox": len(outbox), "orders": len(orders)}
+        calls = _unfinished_calls(session, limit)
+    if stuck or outbox or orders or calls:
+        log.info("sweep.republished", inbox=len(stuck), outbox=len(outbox), orders=len(orders),
+                 calls=len(calls))  # fmt: skip
+    return {"inbox": len(stuck), "outbox": len(outbox), "orders": len(orders), "calls": len(calls)}
+
+
+def _unfinished_calls(session: Any, limit: int) -> list[str]:
+    """Outside calls whose attempt died (key claimed, never finished, held by nobody for the
+    idempotency lock timeout): their step runs again and resumes the key."""
+    from orders.recovery import unfinished_calls
+    from workflows.pipeline import pipeline, refund_payment
+
+    idle = dt.timedelta(seconds=get_settings().idempotency_lock_timeout_s)
+    found = unfinished_calls(session, idle_for=idle, limit=limit)
+    for call in found:
+        step = refund_payment.si(call.order_id) if call.step == "refund_payment" else None
+        publish_after_commit(session, step or pipeline(call.order_id))
+    return [call.key for call in found]
 
 
 def _stuck_orders(session: Any, limit: int) -> list[int]:
