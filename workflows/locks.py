@@ -21,7 +21,7 @@ import redis
 from core.runtime import redis_url
 from domain.errors import RetryableError
 
-__all__ = ["LockBusy", "OrderLock", "order_lock", "redis_lock"]
+__all__ = ["LockBusy", "OrderLock", "order_lock", "redis_lock", "redis_lost_its_data"]
 
 DEFAULT_TTL_S = 120
 
@@ -46,6 +46,17 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+#: set once in Redis and never expired: when it is gone, Redis restarted without its data (or
+#: was flushed), and every message, chord counter and lock it held went with it
+EPOCH_KEY = "ordersync:epoch"
+
+
+def redis_lost_its_data() -> bool:
+    """True the first time it is asked after Redis came up empty (and on a new deployment):
+    the caller then treats all unfinished work as lost instead of waiting for it to look stuck."""
+    return bool(_scripts(redis_url()).client.set(EPOCH_KEY, "1", nx=True))
 
 
 class LockBusy(RetryableError):

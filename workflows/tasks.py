@@ -186,8 +186,16 @@ def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
 
 @app.task(base=OrdersyncTask, bind=True, name="ordersync.maintenance.sweep", ignore_result=True)
 def sweep(self: OrdersyncTask, limit: int = 500) -> dict[str, int]:
-    """Republish inbox events and outbox messages committed but not processed in time."""
-    cutoff = utcnow() - dt.timedelta(seconds=get_settings().sweep_after_s)
+    """Republish inbox events and outbox messages committed but not processed in time.
+
+    After Redis came back empty (``redis_lost_its_data``), nothing in flight can still arrive:
+    everything unfinished is republished at once, not after the usual waits."""
+    from workflows.locks import redis_lost_its_data
+
+    lost = redis_lost_its_data()
+    if lost:
+        log.warning("sweep.redis_lost_its_data", action="republishing all unfinished work")
+    cutoff = utcnow() - dt.timedelta(seconds=0 if lost else get_settings().sweep_after_s)
     with self.transaction() as session:
         stuck = session.scalars(
             select(InboxEvent.id)
@@ -214,21 +222,21 @@ def sweep(self: OrdersyncTask, limit: int = 500) -> dict[str, int]:
             )
             message.published_at = utcnow()
             message.attempts += 1
-        orders = _stuck_orders(session, limit)
-        calls = _unfinished_calls(session, limit)
+        orders = _stuck_orders(session, limit, now=lost)
+        calls = _unfinished_calls(session, limit, now=lost)
     if stuck or outbox or orders or calls:
         log.info("sweep.republished", inbox=len(stuck), outbox=len(outbox), orders=len(orders),
                  calls=len(calls))  # fmt: skip
     return {"inbox": len(stuck), "outbox": len(outbox), "orders": len(orders), "calls": len(calls)}
 
 
-def _unfinished_calls(session: Any, limit: int) -> list[str]:
+def _unfinished_calls(session: Any, limit: int, *, now: bool = False) -> list[str]:
     """Outside calls whose attempt died (key claimed, never finished, held by nobody for the
-    idempotency lock timeout): their step runs again and resumes the key."""
+    idempotency lock timeout, or ``now``): their step runs again and resumes the key."""
     from orders.recovery import unfinished_calls
     from workflows.pipeline import pipeline, refund_payment
 
-    idle = dt.timedelta(seconds=get_settings().idempotency_lock_timeout_s)
+    idle = dt.timedelta(seconds=0 if now else get_settings().idempotency_lock_timeout_s)
     found = unfinished_calls(session, idle_for=idle, limit=limit)
     for call in found:
         step = refund_payment.si(call.order_id) if call.step == "refund_payment" else None
@@ -236,12 +244,12 @@ def _unfinished_calls(session: Any, limit: int) -> list[str]:
     return [call.key for call in found]
 
 
-def _stuck_orders(session: Any, limit: int) -> list[int]:
-    """Orders in a pipeline state with no progress for ``stuck_after_s``: push them on again
-    (every step skips what is done, so this is safe however often it happens)."""
+def _stuck_orders(session: Any, limit: int, *, now: bool = False) -> list[int]:
+    """Orders in a pipeline state with no progress for ``stuck_after_s`` (or any, ``now``):
+    push them on again (every step skips what is done, so this is safe however often)."""
     from workflows.pipeline import pipeline
 
-    cutoff = utcnow() - dt.timedelta(seconds=get_settings().stuck_after_s)
+    cutoff = utcnow() - dt.timedelta(seconds=0 if now else get_settings().stuck_after_s)
     order_ids = session.scalars(
         select(Order.id)
         .where(

@@ -58,6 +58,7 @@ def run_stack(
     var_dir: Path,
     workers: int = 1,
     concurrency: int = 2,
+    beat: bool = False,
     extra_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
     port = free_port()
@@ -77,6 +78,8 @@ def run_stack(
         group.start("web", ["web"])
         for i in range(workers):
             group.start(f"worker-{i + 1}", ["worker", "--concurrency", str(concurrency)])
+        if beat:  # polls, the nightly sync and the sweeper, as in production
+            group.start("beat", ["beat"])
 
         try:
             wait_ready(stack.base_url, redis_url, group, workers=workers, timeout_s=60)

@@ -138,7 +138,13 @@ def module_database_url(request: pytest.FixtureRequest, var_dir: Path, kind: str
 
 @contextmanager
 def running_world(
-    url: str, redis_url: str, var_dir: Path, *, seed: int = 7, workers: int = 2
+    url: str,
+    redis_url: str,
+    var_dir: Path,
+    *,
+    seed: int = 7,
+    workers: int = 2,
+    beat: bool = False,
 ) -> Iterator[World]:
     """Migrate ``url``, start the sandbox, the web app and ``workers`` Celery workers."""
     upgrade(url)
@@ -155,7 +161,12 @@ def running_world(
     }
     try:
         with run_stack(
-            database_url=url, redis_url=redis_url, var_dir=var_dir, workers=workers, extra_env=env
+            database_url=url,
+            redis_url=redis_url,
+            var_dir=var_dir,
+            workers=workers,
+            beat=beat,
+            extra_env=env,
         ) as stack:
             yield World(
                 stack, sessionmaker(bind=engine, expire_on_commit=False), sandbox, redis_url
