@@ -24,6 +24,7 @@ from integrations import registry
 from orders.intake import IntakeOutcome, IntakeResult, apply_order
 from workflows.base import OrdersyncTask, describe
 from workflows.celery_app import app
+from workflows.orphans import restore_orphans
 from workflows.publish import publish_after_commit
 
 __all__ = ["process_event", "sweep"]
@@ -224,10 +225,12 @@ def sweep(self: OrdersyncTask, limit: int = 500) -> dict[str, int]:
             message.attempts += 1
         orders = _stuck_orders(session, limit, now=lost)
         calls = _unfinished_calls(session, limit, now=lost)
-    if stuck or outbox or orders or calls:
+    orphans = 0 if lost else restore_orphans(app)  # after an empty Redis there are none
+    if stuck or outbox or orders or calls or orphans:
         log.info("sweep.republished", inbox=len(stuck), outbox=len(outbox), orders=len(orders),
-                 calls=len(calls))  # fmt: skip
-    return {"inbox": len(stuck), "outbox": len(outbox), "orders": len(orders), "calls": len(calls)}
+                 calls=len(calls), orphans=orphans)  # fmt: skip
+    return {"inbox": len(stuck), "outbox": len(outbox), "orders": len(orders), "calls": len(calls),
+            "orphans": orphans}  # fmt: skip
 
 
 def _unfinished_calls(session: Any, limit: int, *, now: bool = False) -> list[str]:
