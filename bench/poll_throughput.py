@@ -34,7 +34,6 @@ from fastapi import FastAPI
 from rich.console import Console, JustifyMethod
 from rich.table import Table
 
-from domain.states import Channel
 from integrations.amazon.connector import AmazonConnector
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.ebay.connector import EbayConnector
@@ -73,7 +72,7 @@ class Marketplace(Protocol):
     """One marketplace's benchmark set-up: its simulated limit, simulator and connector."""
 
     @property
-    def channel(self) -> Channel: ...
+    def channel(self) -> str: ...
 
     def describe(self) -> str:
         """The simulated limit, for the table."""
@@ -115,7 +114,7 @@ class AmazonBench:
         default_factory=lambda: {"getOrders": (1.0, 1.0), "getOrderItems": (8.0, 2.0)}
     )
     page_size: int = 20
-    channel: Channel = Channel.AMAZON
+    channel: str = "amazon"
 
     def _limits(self, throttled: bool) -> dict[str, tuple[float, float]]:
         plans = {**amazon_sim.DEFAULT_RATE_LIMITS, **self.rates}
@@ -138,7 +137,7 @@ class AmazonBench:
     def connector(self, base_url: str, seams: ConnectorSeams, *, throttled: bool) -> Any:
         account = AccountConfig(
             name="bench-amazon",
-            channel=Channel.AMAZON,
+            channel="amazon",
             api_base_url=base_url,
             credentials={
                 "refresh_token": amazon_sim.SANDBOX_REFRESH_TOKEN,
@@ -167,7 +166,7 @@ class ShopifyBench:
 
     bucket_max: float = 500.0
     restore_rate: float = 250.0
-    channel: Channel = Channel.SHOPIFY
+    channel: str = "shopify"
 
     #: average actual cost of one order (15 + 9 per line, 1-3 lines) and its share of a page
     POINTS_PER_ORDER = 34.0
@@ -189,7 +188,7 @@ class ShopifyBench:
     def connector(self, base_url: str, seams: ConnectorSeams, *, throttled: bool) -> Any:
         account = AccountConfig(
             name="bench-shopify",
-            channel=Channel.SHOPIFY,
+            channel="shopify",
             shop=shopify_sim.SANDBOX_SHOP,
             api_base_url=base_url,
             credentials={"access_token": shopify_sim.SANDBOX_ACCESS_TOKEN},
@@ -218,7 +217,7 @@ class WooCommerceBench:
     window_requests: int = 2
     window_s: float = 1.0
     per_page: int = 100  # the connector always asks for the REST maximum
-    channel: Channel = Channel.WOOCOMMERCE
+    channel: str = "woocommerce"
 
     @property
     def rate(self) -> float:
@@ -237,7 +236,7 @@ class WooCommerceBench:
     def connector(self, base_url: str, seams: ConnectorSeams, *, throttled: bool) -> Any:
         account = AccountConfig(
             name="bench-woocommerce",
-            channel=Channel.WOOCOMMERCE,
+            channel="woocommerce",
             api_base_url=base_url,
             credentials={
                 "consumer_key": woo_sim.SANDBOX_CONSUMER_KEY,
@@ -268,7 +267,7 @@ class EbayBench:
     rate: float = 5.0
     burst: float = 2.0
     page_limit: int = 20
-    channel: Channel = Channel.EBAY
+    channel: str = "ebay"
 
     def describe(self) -> str:
         return f"{self.rate:g}/s b{self.burst:g}, all calls"
@@ -283,7 +282,7 @@ class EbayBench:
     def connector(self, base_url: str, seams: ConnectorSeams, *, throttled: bool) -> Any:
         account = AccountConfig(
             name="bench-ebay",
-            channel=Channel.EBAY,
+            channel="ebay",
             api_base_url=base_url,
             credentials={
                 "client_id": ebay_sim.SANDBOX_CLIENT_ID,
@@ -355,7 +354,7 @@ class _Recorder(httpx.BaseTransport):
 @contextmanager
 def _served(market: Marketplace, sim: Any) -> Iterator[str]:
     app = FastAPI()
-    prefix = f"/{market.channel.value}"
+    prefix = f"/{market.channel}"
     app.include_router(sim.build_router(), prefix=prefix)
     with serve_app(app) as base:
         yield base + prefix
@@ -413,7 +412,7 @@ def bench_marketplace(
     if isinstance(market, str):
         market = MARKETPLACES[market]
     n = orders if orders is not None else market.orders_for(seconds)
-    row: dict[str, Any] = {"marketplace": market.channel.value, "limit": market.describe()}
+    row: dict[str, Any] = {"marketplace": market.channel, "limit": market.describe()}
     row |= measure(market, n, throttled=True)
     ratio = row["ratio"]
     row["ratio_pass"] = ratio is not None and ratio >= RATIO_GOAL
@@ -446,7 +445,7 @@ def run(
         except Exception as exc:  # report it and go on with the next marketplace
             rows.append(
                 {
-                    "marketplace": market.channel.value,
+                    "marketplace": market.channel,
                     "limit": market.describe(),
                     "error": f"{type(exc).__name__}: {exc}",
                     "ratio_pass": False,

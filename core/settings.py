@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["ConfigError", "Settings", "get_settings", "mask_url"]
 
@@ -93,6 +93,18 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = False
+
+    # more marketplaces: modules exposing MARKETPLACE (see docs/adding-a-marketplace.md)
+    marketplace_plugins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="comma-separated import paths of marketplace modules"
+    )
+
+    @field_validator("marketplace_plugins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("log_level")
     @classmethod

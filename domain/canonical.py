@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from domain.money import MoneyField, to_decimal
-from domain.states import Channel, OrderState
+from domain.states import OrderState
 
 __all__ = ["Address", "CanonicalLine", "CanonicalOrder", "MoneyField", "to_decimal"]
 
@@ -70,7 +70,8 @@ class CanonicalLine(BaseModel):
 class CanonicalOrder(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    channel: Channel
+    #: the registered marketplace's name (``integrations.registry``); the domain lists none
+    channel: str = Field(min_length=1, max_length=20)
     account: str
     external_id: ExternalIdStr
     external_number: str | None = None

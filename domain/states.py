@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["TRANSITIONS", "Channel", "InboxStatus", "OrderState", "can_transition"]
+__all__ = ["TRANSITIONS", "InboxStatus", "OrderState", "can_transition"]
 
 
 class OrderState(StrEnum):
@@ -50,13 +50,6 @@ TRANSITIONS[_S.NEEDS_ATTENTION] = TRANSITIONS[_S.NEEDS_ATTENTION] | {_S.CANCELLE
 
 def can_transition(current: OrderState, target: OrderState) -> bool:
     return target in TRANSITIONS[current]
-
-
-class Channel(StrEnum):
-    SHOPIFY = "shopify"
-    WOOCOMMERCE = "woocommerce"
-    AMAZON = "amazon"
-    EBAY = "ebay"
 
 
 class InboxStatus(StrEnum):

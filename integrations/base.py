@@ -20,16 +20,15 @@ from typing import Any, Protocol
 import httpx
 
 from domain.canonical import CanonicalOrder
-from domain.states import Channel
 from integrations.ratelimit import AccountRateLimits, RateLimiter
 
-__all__ = ["AccountConfig", "ConnectorSeams", "MarketplaceConnector"]
+__all__ = ["AccountConfig", "ConnectorFactory", "ConnectorSeams", "MarketplaceConnector"]
 
 
 @dataclass(frozen=True)
 class AccountConfig:
     name: str
-    channel: Channel
+    channel: str  # the registered marketplace's name (``integrations.registry``)
     shop: str = ""  # shop domain / site URL / marketplace id
     api_base_url: str | None = None  # None = the marketplace's production URL
     credentials: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -47,7 +46,10 @@ class ConnectorSeams:
 
 
 class MarketplaceConnector(Protocol):
-    channel: Channel
+    #: the upper bound of the last ``fetch_updated_orders`` as the marketplace applied it, when
+    #: it may cover less than was asked (Amazon only lists changes at least two minutes old);
+    #: None = the whole window asked for was read
+    last_window_end: dt.datetime | None
 
     def fetch_updated_orders(
         self, since: dt.datetime, until: dt.datetime | None = None
@@ -72,3 +74,12 @@ class MarketplaceConnector(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class ConnectorFactory(Protocol):
+    """How a connector is built: a connector class is one (its extra keyword arguments, for
+    tests and benchmarks, have defaults)."""
+
+    def __call__(
+        self, account: AccountConfig, seams: ConnectorSeams | None = None
+    ) -> MarketplaceConnector: ...

@@ -155,7 +155,7 @@ def apply_order(
             _CREATE_ORDER(session),
             {
                 "channel_account_id": account_id,
-                "channel": order.channel.value,
+                "channel": order.channel,
                 "external_id": order.external_id,
                 "state": initial_state.value,
                 "version": 1,

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from db.models import ChannelAccount, Order
 from db.session import session_scope
-from domain.states import Channel, OrderState
+from domain.states import OrderState
 
 __all__ = ["CliError", "accounts_cli", "orders_cli", "stock_cli"]
 
@@ -103,7 +103,7 @@ def _refuse(message: str) -> NoReturn:
     raise typer.Exit(2)
 
 
-def _parse_rate_limits(channel: Channel, name: str, pairs: list[str]) -> dict[str, Any]:
+def _parse_rate_limits(channel: str, name: str, pairs: list[str]) -> dict[str, Any]:
     """``--rate-limit`` values → the ``rate_limits`` column, checked by the parser every
     connector of the account goes through (``registry.parse_rate_limits``)."""
     from integrations import registry
@@ -137,11 +137,12 @@ def _custom_limits(account: ChannelAccount) -> tuple[dict[str, dict[str, float]]
     from integrations.ratelimit import COST_BUCKET
 
     try:
-        channel = Channel(account.channel)
-        limits = registry.parse_rate_limits(channel, account.rate_limits, account=account.name)
-    except ValueError as exc:
+        limits = registry.parse_rate_limits(
+            account.channel, account.rate_limits, account=account.name
+        )
+    except (ValueError, registry.UnknownMarketplace) as exc:
         return {}, str(exc)
-    buckets, cost = registry.rate_limit_defaults(channel)
+    buckets, cost = registry.rate_limit_defaults(account.channel)
     shown = {}
     for op, spec in limits.as_json().items():
         if op == COST_BUCKET:
@@ -161,8 +162,23 @@ def _limits_text(limits: dict[str, dict[str, float]], error: str | None) -> str:
     )
 
 
+def _marketplace(value: str) -> str:
+    """A registered marketplace's name (built-in or plugin), checked when the command runs."""
+    from integrations import registry
+
+    if value not in registry.marketplaces():
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(registry.marketplaces())}")
+    return value
+
+
+def _marketplace_names() -> list[str]:
+    from integrations import registry
+
+    return list(registry.marketplaces())
+
+
 def _check_new_account(
-    channel: Channel, name: str, webhook_secret: str | None, api_base_url: str | None
+    channel: str, name: str, webhook_secret: str | None, api_base_url: str | None
 ) -> None:
     from urllib.parse import urlsplit
 
@@ -172,8 +188,8 @@ def _check_new_account(
         _refuse("an account needs a name")
     if len(name) > NAME_MAX:
         _refuse(f"an account name has at most {NAME_MAX} characters, got {len(name)}")
-    if channel in registry.WEBHOOK_CHANNELS and not webhook_secret:
-        _refuse(f"{channel.value} signs its webhooks: give --webhook-secret")
+    if registry.get(channel).webhooks is not None and not webhook_secret:
+        _refuse(f"{channel} signs its webhooks: give --webhook-secret")
     if api_base_url is not None:
         parts = urlsplit(api_base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -182,7 +198,15 @@ def _check_new_account(
 
 @accounts_cli.command("add")
 def accounts_add(
-    channel: Channel,
+    channel: Annotated[
+        str,
+        typer.Argument(
+            parser=_marketplace,
+            autocompletion=_marketplace_names,
+            metavar="MARKETPLACE",
+            help="a registered marketplace (built in, or named in ORDERSYNC_MARKETPLACE_PLUGINS)",
+        ),
+    ],
     name: str,
     shop: Annotated[str, typer.Option(help="shop domain, site URL or marketplace id")] = "",
     api_base_url: Annotated[str | None, typer.Option(help="override (sandbox)")] = None,
@@ -208,7 +232,7 @@ def accounts_add(
         session.add(
             ChannelAccount(
                 name=name,
-                channel=channel.value,
+                channel=channel,
                 shop=shop,
                 api_base_url=api_base_url,
                 webhook_secret=webhook_secret,
@@ -216,7 +240,7 @@ def accounts_add(
                 rate_limits=rate_limits,
             )
         )
-    console.print(f"added {channel.value} account {name}")
+    console.print(f"added {channel} account {name}")
 
 
 @accounts_cli.command("list")
@@ -265,17 +289,17 @@ def accounts_test(name: str) -> None:
     if account is None:
         raise CliError(f"no account named {name!r} (ordersync accounts list)")
     try:
-        connector: object = connector_for(account)
+        connector = connector_for(account)
     except KeyError as exc:  # a credential the marketplace needs is not on the account
         raise CliError(f"account {name!r} has no credential {exc} (accounts add … -c)") from None
     except RateLimitsError as exc:
         console.print(f"[red]FAILED[/red] {name}: {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from None
     try:
-        detail = connector.test_connection()  # type: ignore[attr-defined]
+        detail = connector.test_connection()
     except IntegrationError as exc:
         console.print(f"[red]FAILED[/red] {name}: {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from None
     finally:
-        connector.close()  # type: ignore[attr-defined]
+        connector.close()
     console.print(f"[green]OK[/green] {name}: {detail}")

@@ -42,7 +42,8 @@ from db.models import (
     SyncRun,
 )
 from db.session import get_sessionmaker
-from domain.states import Channel, InboxStatus, OrderState
+from domain.states import InboxStatus, OrderState
+from integrations import registry
 from web.api import load_order, summary
 
 __all__ = ["router"]
@@ -213,7 +214,7 @@ def orders(
     q = q.strip()
     if state and state not in set(OrderState):
         raise HTTPException(400, f"unknown state {state!r}")
-    if channel and channel not in set(Channel):
+    if channel and channel not in registry.marketplaces():
         raise HTTPException(400, f"unknown channel {channel!r}")
     with get_sessionmaker()() as session:
         where = _conditions(state, channel, q)
@@ -244,7 +245,7 @@ def orders(
         state=state,
         channel=channel,
         q=q,
-        channels=list(Channel),
+        channels=list(registry.marketplaces()),
     )
 
 

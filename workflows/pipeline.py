@@ -80,7 +80,7 @@ def _push_fulfilment(
     idempotency_key: str,
 ) -> None:  # fmt: skip
     # the account's connector, on the buckets every worker shares (as polling uses them)
-    connector: Any = connector_for(account, ConnectorSeams(limiter=shared_limiter()))
+    connector = connector_for(account, ConnectorSeams(limiter=shared_limiter()))
     try:
         connector.push_fulfillment(external_id, tracking_number=tracking_number, carrier=carrier,
                                    idempotency_key=idempotency_key)  # fmt: skip

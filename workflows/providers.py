@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 
 from core.settings import get_settings
 from domain.errors import PermanentError
-from domain.states import Channel
-from integrations.base import AccountConfig, ConnectorSeams
+from integrations.base import AccountConfig, ConnectorSeams, MarketplaceConnector
 
 if TYPE_CHECKING:
     from db.models import ChannelAccount
@@ -51,15 +50,16 @@ def account_config(account: ChannelAccount) -> AccountConfig:
     with invalid limits fails loudly (``RateLimitsError``) instead of running on defaults."""
     from integrations import registry
 
-    channel = Channel(account.channel)
     return AccountConfig(
         name=account.name,
-        channel=channel,
+        channel=account.channel,
         shop=account.shop,
         api_base_url=account.api_base_url,
         credentials=dict(account.credentials or {}),
         webhook_secret=account.webhook_secret,
-        rate_limits=registry.parse_rate_limits(channel, account.rate_limits, account=account.name),
+        rate_limits=registry.parse_rate_limits(
+            account.channel, account.rate_limits, account=account.name
+        ),
     )
 
 
@@ -74,10 +74,14 @@ def shared_limiter() -> RedisRateLimiter:
     return RedisRateLimiter(redis.Redis.from_url(redis_url()))
 
 
-def connector_for(account: ChannelAccount, seams: ConnectorSeams | None = None) -> object:
-    """The account's connector, with the account's rate limits over the documented ones.
-    ``seams``: e.g. ``ConnectorSeams(limiter=RedisRateLimiter(...))`` to share the buckets with
-    every worker (without it the connector has a limiter of its own)."""
+def connector_for(
+    account: ChannelAccount, seams: ConnectorSeams | None = None
+) -> MarketplaceConnector:
+    """A new connector for the account, with the account's rate limits over the documented
+    ones; the caller closes it when done (one per task run: built from the row as it is now,
+    so a changed credential or limit takes effect on the next run, and nothing is kept per
+    ORM object). ``seams``: e.g. ``ConnectorSeams(limiter=shared_limiter())`` to share the
+    buckets with every worker (without it the connector has a limiter of its own)."""
     from integrations import registry
 
-    return registry.connector_class(Channel(account.channel))(account_config(account), seams)
+    return registry.get(account.channel).connector(account_config(account), seams)

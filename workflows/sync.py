@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from typing import Any
 
 import structlog
@@ -24,13 +23,13 @@ from sqlalchemy import select, update
 from core.settings import get_settings
 from db.base import utcnow
 from db.models import ChannelAccount, SyncRun
-from domain.states import Channel
-from integrations.base import ConnectorSeams
+from domain.canonical import CanonicalOrder
+from integrations.base import ConnectorSeams, MarketplaceConnector
 from orders.intake import IntakeOutcome, apply_order
 from workflows.base import OrdersyncTask, describe, is_retryable
 from workflows.celery_app import app
 from workflows.locks import LockBusy, redis_lock
-from workflows.providers import account_config, shared_limiter
+from workflows.providers import connector_for, shared_limiter
 from workflows.tasks import after_intake
 
 __all__ = ["full_sync_account", "full_sync_all", "poll_account", "poll_due", "reconcile_report"]
@@ -40,12 +39,9 @@ log = structlog.get_logger(__name__)
 BATCH = 50  # orders per transaction: short write locks, little lost work on a crash
 
 
-@functools.cache
-def _connector(account: ChannelAccount) -> Any:
-    from integrations import registry
-
-    cls = registry.connector_class(Channel(account.channel))
-    return cls(account_config(account), ConnectorSeams(limiter=shared_limiter()))
+def _connector(account: ChannelAccount) -> MarketplaceConnector:
+    """A new connector for one run (the caller closes it), on the buckets every worker shares."""
+    return connector_for(account, ConnectorSeams(limiter=shared_limiter()))
 
 
 def _sync(
@@ -67,12 +63,12 @@ def _sync(
         session.flush()
         run_id = run.id
     seen = changed = created = 0
-    connector: Any = None
+    connector: MarketplaceConnector | None = None
     try:
-        # inside the try: an account that cannot be connected (credentials, bad rate limits)
-        # fails its run instead of leaving it "running"
+        # one connector per run, closed below; inside the try: an account that cannot be
+        # connected (credentials, bad rate limits) fails its run instead of leaving it "running"
         connector = _connector(account)
-        batch: list[Any] = []
+        batch: list[CanonicalOrder] = []
 
         def flush() -> None:
             nonlocal changed, created
@@ -97,7 +93,7 @@ def _sync(
                 flush()
         if batch:
             flush()
-        covered_to = getattr(connector, "last_window_end", None) or now
+        covered_to = connector.last_window_end or now
     except Exception as exc:
         will_retry = is_retryable(exc) and task.request.retries < settings.retry_max_attempts
         with task.transaction() as session:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable
 from typing import Any
 
 import pydantic
@@ -19,9 +18,10 @@ from core.settings import get_settings
 from db.base import utcnow
 from db.models import ChannelAccount, InboxEvent, Order, OutboxMessage
 from domain.errors import PayloadError
-from domain.states import Channel, InboxStatus, OrderState
+from domain.states import InboxStatus, OrderState
 from integrations import registry
-from orders.intake import IntakeOutcome, IntakeResult, apply_order
+from integrations.marketplace import Delivery
+from orders.intake import IntakeOutcome, IntakeResult
 from workflows.base import OrdersyncTask, describe
 from workflows.celery_app import app
 from workflows.orphans import restore_orphans
@@ -57,36 +57,6 @@ _LOAD_EVENT = (
     .where(InboxEvent.id == bindparam("b_id"))
     .with_for_update(of=InboxEvent)
 )
-
-
-def _order_topic(
-    session: Any, event: InboxEvent, account: ChannelAccount, payload: dict[str, Any]
-) -> IntakeResult:
-    order = registry.mapper(Channel(event.channel))(payload, account.name)
-    # the delivery's body stays in its inbox row (linked by inbox_events.order_id): the order
-    # does not keep a second copy of it in orders.raw
-    order = order.model_copy(update={"raw": {}})
-    return apply_order(session, account.id, order, actor=f"webhook:{event.channel}")
-
-
-# topic → handler; unknown topics are logged and kept as ``ignored``
-TOPIC_HANDLERS: dict[str, Callable[..., IntakeResult]] = {
-    topic: _order_topic
-    for topic in (
-        # Shopify
-        "orders/create",
-        "orders/updated",
-        "orders/cancelled",
-        "orders/paid",
-        "orders/fulfilled",
-        "orders/partially_fulfilled",
-        "orders/edited",
-        # WooCommerce
-        "order.created",
-        "order.updated",
-        "order.restored",
-    )
-}
 
 
 def after_intake(session: Any, result: IntakeResult) -> None:
@@ -148,7 +118,18 @@ def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
         # counted with the outcome, in the same UPDATE (a rolled-back attempt counts nothing
         # either way: the failure handler records its attempts itself)
         attempts = event.attempts + 1
-        handler = TOPIC_HANDLERS.get(event.topic)
+        # the marketplace's own topic → handler table; unknown topics are logged and kept as
+        # ``ignored`` (a channel no longer registered fails: staff see it, and can retry it
+        # once the plugin is back)
+        try:
+            marketplace = registry.get(event.channel)
+        except registry.UnknownMarketplace as exc:
+            log.warning("inbox.unknown_marketplace", inbox_id=inbox_id, channel=event.channel)
+            event.status, event.attempts = InboxStatus.FAILED, attempts
+            event.error = str(exc)
+            event.processed_at = utcnow()
+            return {"inbox_id": inbox_id, "status": event.status, "error": event.error}
+        handler = marketplace.topic_handlers.get(event.topic)
         if handler is None:
             log.info("inbox.ignored_topic", inbox_id=inbox_id, topic=event.topic)
             event.status, event.attempts = InboxStatus.IGNORED, attempts
@@ -156,9 +137,9 @@ def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
             event.processed_at = utcnow()
             return {"inbox_id": inbox_id, "status": event.status}
         try:
-            payload = _parse(event.body)
+            delivery = Delivery(account.id, account.name, event.topic, _parse(event.body))
             with session.begin_nested():  # a failed mapping must not leave half an order
-                result = handler(session, event, account, payload)
+                result = handler(session, marketplace, delivery)
         except (PayloadError, pydantic.ValidationError) as exc:
             message = _payload_error_message(exc)
             log.warning("inbox.unparseable", inbox_id=inbox_id, error=message[:300])

@@ -36,19 +36,18 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import structlog
 
 from domain.canonical import CanonicalOrder
 from domain.errors import AuthError, PayloadError, PermanentError, ValidationError
-from domain.states import Channel
 from integrations.amazon.client import DEFAULT_API_BASE_URL, RATE_LIMITS, SpApiClient
 from integrations.amazon.lwa import DEFAULT_LWA_URL, LwaTokenProvider
 from integrations.amazon.mapper import map_order
 from integrations.amazon.payloads import parse_timestamp
 from integrations.base import AccountConfig, ConnectorSeams
-from integrations.ratelimit import Bucket, CostLimit
+from integrations.ratelimit import Bucket
 
 __all__ = ["LAST_UPDATED_BEFORE_MIN_AGE", "AmazonConnector"]
 
@@ -73,11 +72,6 @@ def package_reference_id(idempotency_key: str) -> str:
 
 
 class AmazonConnector:
-    channel = Channel.AMAZON
-    #: what ``channel_accounts.rate_limits`` may override (see ``integrations.registry``)
-    rate_limit_defaults: ClassVar[Mapping[str, Bucket]] = RATE_LIMITS
-    cost_bucket_default: ClassVar[CostLimit | None] = None
-
     def __init__(
         self,
         account: AccountConfig,

@@ -32,7 +32,7 @@ import pydantic
 
 from domain.canonical import Address, CanonicalLine, CanonicalOrder
 from domain.errors import PayloadError
-from domain.states import Channel, OrderState
+from domain.states import OrderState
 from integrations.amazon.payloads import (
     NewAddress,
     NewMoney,
@@ -258,7 +258,7 @@ def _map_v0(order: V0Order, account: str, raw: dict[str, Any]) -> CanonicalOrder
     )
     buyer = order.BuyerInfo
     return CanonicalOrder(
-        channel=Channel.AMAZON,
+        channel="amazon",
         account=account,
         external_id=order.AmazonOrderId,
         external_number=order.SellerOrderId or order.AmazonOrderId,
@@ -400,7 +400,7 @@ def _map_new(order: NewOrder, account: str, raw: dict[str, Any]) -> CanonicalOrd
     buyer = order.buyer
     recipient = order.recipient
     return CanonicalOrder(
-        channel=Channel.AMAZON,
+        channel="amazon",
         account=account,
         external_id=order.orderId,
         external_number=seller_alias or order.orderId,

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import structlog
@@ -33,7 +33,6 @@ from pydantic import ValidationError as PydanticValidationError
 
 from domain.canonical import CanonicalOrder
 from domain.errors import AuthError, Conflict, PayloadError, PermanentError
-from domain.states import Channel
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.ebay.client import (
     API_BASE_URL,
@@ -45,7 +44,6 @@ from integrations.ebay.client import (
 )
 from integrations.ebay.mapper import map_order
 from integrations.ebay.payloads import EbayOrder, EbayOrderPage, EbayShippingFulfillmentPage
-from integrations.ratelimit import Bucket, CostLimit
 
 __all__ = ["EbayConnector"]
 
@@ -55,11 +53,6 @@ CREDENTIAL_KEYS = ("client_id", "client_secret", "refresh_token")
 
 
 class EbayConnector:
-    channel = Channel.EBAY
-    #: what ``channel_accounts.rate_limits`` may override (see ``integrations.registry``)
-    rate_limit_defaults: ClassVar[Mapping[str, Bucket]] = QUOTAS
-    cost_bucket_default: ClassVar[CostLimit | None] = None
-
     def __init__(
         self,
         account: AccountConfig,
@@ -73,9 +66,10 @@ class EbayConnector:
         if missing:
             raise AuthError(f"eBay account {account.name}: missing credentials {missing}")
         self.account = account
+        self.last_window_end: dt.datetime | None = None  # the window asked for is read whole
         self.clock = seams.clock
         self.page_limit = max(1, min(page_limit, MAX_PAGE_LIMIT))
-        rate_limits = account.rate_limits.over(self.rate_limit_defaults, account=account.name)
+        rate_limits = account.rate_limits.over(QUOTAS, account=account.name)
         self.client = EbayClient(
             account.api_base_url or API_BASE_URL,
             client_id=str(creds["client_id"]),

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from domain.canonical import Address, CanonicalLine, CanonicalOrder
 from domain.errors import PayloadError
-from domain.states import Channel, OrderState
+from domain.states import OrderState
 from integrations.ebay.payloads import EbayAmount, EbayContact, EbayLineItem, EbayOrder
 
 __all__ = ["map_order"]
@@ -161,7 +161,7 @@ def _build(order: EbayOrder, payload: dict[str, Any], account: str) -> Canonical
 
     fulfillment = order.orderFulfillmentStatus
     return CanonicalOrder(
-        channel=Channel.EBAY,
+        channel="ebay",
         account=account,
         external_id=order.orderId,
         external_number=order.salesRecordReference or None,

@@ -23,13 +23,12 @@ import datetime as dt
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import structlog
 
 from domain.canonical import CanonicalOrder
 from domain.errors import AuthError, ValidationError
-from domain.states import Channel
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.ratelimit import Bucket, CostLimit
 from integrations.shopify import queries as q
@@ -42,7 +41,7 @@ from integrations.shopify.throttle import (
     shared_bucket,
 )
 
-__all__ = ["ShopifyConnector"]
+__all__ = ["COST_BUCKET_DEFAULT", "RATE_LIMIT_DEFAULTS", "ShopifyConnector"]
 
 log = structlog.get_logger(__name__)
 
@@ -58,15 +57,13 @@ def _search_time(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class ShopifyConnector:
-    channel = Channel.SHOPIFY
-    #: what ``channel_accounts.rate_limits`` may override (see ``integrations.registry``): the
-    #: cost bucket only, GraphQL has no per-operation request limit
-    rate_limit_defaults: ClassVar[Mapping[str, Bucket]] = {}
-    cost_bucket_default: ClassVar[CostLimit | None] = CostLimit(
-        DEFAULT_MAXIMUM, DEFAULT_RESTORE_RATE
-    )
+#: what ``channel_accounts.rate_limits`` may override (declared in ``marketplace.py``): the
+#: cost bucket only, GraphQL has no per-operation request limit
+RATE_LIMIT_DEFAULTS: Mapping[str, Bucket] = {}
+COST_BUCKET_DEFAULT = CostLimit(DEFAULT_MAXIMUM, DEFAULT_RESTORE_RATE)
 
+
+class ShopifyConnector:
     def __init__(
         self,
         account: AccountConfig,
@@ -82,12 +79,13 @@ class ShopifyConnector:
         if not token or not account.shop:
             raise AuthError(f"shopify account {account.name!r}: shop or access_token missing")
         limits = account.rate_limits
-        limits.over(self.rate_limit_defaults, account=account.name, cost_bucket=True)
+        limits.over(RATE_LIMIT_DEFAULTS, account=account.name, cost_bucket=True)
         if cost_bucket is None and limits.cost_bucket is not None:
             cost_bucket = shared_bucket(
                 account.shop, limits.cost_bucket.maximum, limits.cost_bucket.restore_rate
             )
         self.account = account
+        self.last_window_end: dt.datetime | None = None  # the window asked for is read whole
         self.notify_customer = notify_customer
         self.client = ShopifyClient(
             account.shop,

@@ -21,7 +21,7 @@ import pydantic
 
 from domain.canonical import Address, CanonicalLine, CanonicalOrder, to_decimal
 from domain.errors import PayloadError
-from domain.states import Channel, OrderState
+from domain.states import OrderState
 from integrations.shopify.payloads import (
     GqlAddress,
     GqlMoneyBag,
@@ -152,7 +152,7 @@ def map_order(payload: dict[str, Any], account: str) -> CanonicalOrder:
             buyer_name = " ".join(p for p in (customer.first_name, customer.last_name) if p)
         number = order.name or (str(order.order_number) if order.order_number else None)
         return CanonicalOrder(
-            channel=Channel.SHOPIFY,
+            channel="shopify",
             account=account,
             external_id=order.id,
             external_number=number,
@@ -244,7 +244,7 @@ def map_graphql_order(node: dict[str, Any], account: str) -> CanonicalOrder:
         if customer is not None:
             buyer_name = " ".join(p for p in (customer.firstName, customer.lastName) if p)
         return CanonicalOrder(
-            channel=Channel.SHOPIFY,
+            channel="shopify",
             account=account,
             external_id=order.legacyResourceId or gid_to_id(order.id),
             external_number=order.name,

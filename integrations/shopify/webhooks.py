@@ -18,10 +18,10 @@ from collections.abc import Mapping
 
 __all__ = [
     "KEPT_HEADERS",
-    "ORDER_TOPICS",
     "dedupe_key",
     "kept_headers",
     "sign",
+    "topic",
     "triggered_at",
     "verify_signature",
 ]
@@ -35,9 +35,6 @@ KEPT_HEADERS = (
     "x-shopify-api-version",
     "x-shopify-triggered-at",
 )
-
-#: the order topics we subscribe to (the body is the REST order JSON)
-ORDER_TOPICS = ("orders/create", "orders/updated", "orders/cancelled")
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -59,6 +56,11 @@ def _lower(headers: Mapping[str, str]) -> dict[str, str]:
 def kept_headers(headers: Mapping[str, str]) -> dict[str, str]:
     lower = _lower(headers)
     return {name: lower[name] for name in KEPT_HEADERS if name in lower}
+
+
+def topic(headers: Mapping[str, str]) -> str | None:
+    """``X-Shopify-Topic`` (``orders/create`` etc.); None if absent."""
+    return _lower(headers).get("x-shopify-topic", "").strip() or None
 
 
 def triggered_at(headers: Mapping[str, str]) -> dt.datetime | None:

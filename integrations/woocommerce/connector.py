@@ -16,15 +16,13 @@ import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import structlog
 
 from domain.canonical import CanonicalOrder
 from domain.errors import AuthError, NotFound, ValidationError
-from domain.states import Channel
 from integrations.base import AccountConfig, ConnectorSeams
-from integrations.ratelimit import Bucket, CostLimit
 from integrations.woocommerce.client import WooCommerceClient
 from integrations.woocommerce.mapper import map_order
 
@@ -58,15 +56,11 @@ def _credential(account: AccountConfig, key: str) -> str:
 
 
 class WooCommerceConnector:
-    channel = Channel.WOOCOMMERCE
-    #: what ``channel_accounts.rate_limits`` may override (see ``integrations.registry``)
-    rate_limit_defaults: ClassVar[Mapping[str, Bucket]] = WooCommerceClient.rate_limits
-    cost_bucket_default: ClassVar[CostLimit | None] = None
-
     def __init__(self, account: AccountConfig, seams: ConnectorSeams | None = None) -> None:
         seams = seams or ConnectorSeams()
-        rate_limits = account.rate_limits.over(self.rate_limit_defaults, account=account.name)
+        rate_limits = account.rate_limits.over(WooCommerceClient.rate_limits, account=account.name)
         self.account = account
+        self.last_window_end: dt.datetime | None = None  # the window asked for is read whole
         self._clock = seams.clock
         self.client = WooCommerceClient(
             _site_url(account),

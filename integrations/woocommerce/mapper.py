@@ -32,7 +32,7 @@ import pydantic
 
 from domain.canonical import Address, CanonicalLine, CanonicalOrder
 from domain.errors import PayloadError
-from domain.states import Channel, OrderState
+from domain.states import OrderState
 from integrations.woocommerce.payloads import WooAddress, WooLineItem, WooOrder
 
 __all__ = ["map_order", "payload_error"]
@@ -129,7 +129,7 @@ def _build(order: WooOrder, payload: dict[str, Any], account: str) -> CanonicalO
     if billing is not None:
         buyer_name = " ".join(p for p in (billing.first_name, billing.last_name) if p) or None
     return CanonicalOrder(
-        channel=Channel.WOOCOMMERCE,
+        channel="woocommerce",
         account=account,
         external_id=order.id,
         external_number=order.number,

@@ -38,7 +38,6 @@ from db.models import (
     StockReservation,
 )
 from domain.canonical import CanonicalOrder
-from domain.states import Channel
 from integrations.amazon.connector import AmazonConnector
 from integrations.amazon.mapper import map_order as map_amazon_order
 from integrations.base import AccountConfig
@@ -410,7 +409,7 @@ def _amazon_config(world: World) -> AccountConfig:
     spec = world.sandbox.accounts(SECRET)["amazon"]
     return AccountConfig(
         name=f"amazon-{uuid.uuid4().hex[:8]}",
-        channel=Channel.AMAZON,
+        channel="amazon",
         shop=spec.shop,
         api_base_url=spec.api_base_url,
         credentials=spec.credentials,
@@ -421,7 +420,7 @@ def _amazon_account(world: World, config: AccountConfig) -> int:
     with world.maker() as session, session.begin():
         account = ChannelAccount(
             name=config.name,
-            channel=config.channel.value,
+            channel=config.channel,
             shop=config.shop,
             api_base_url=config.api_base_url,
             credentials=config.credentials,

@@ -16,7 +16,6 @@ import pytest
 from fastapi import FastAPI
 
 from domain.errors import AuthError
-from domain.states import Channel
 from integrations.amazon.connector import AmazonConnector
 from integrations.base import AccountConfig, ConnectorSeams
 from sandbox.amazon import (
@@ -42,7 +41,7 @@ def connector(
 ) -> AmazonConnector:
     account = AccountConfig(
         name="amazon-e2e",
-        channel=Channel.AMAZON,
+        channel="amazon",
         api_base_url=base,
         credentials={
             "refresh_token": SANDBOX_REFRESH_TOKEN,

@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from domain.errors import AuthError
-from domain.states import Channel, OrderState
+from domain.states import OrderState
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.ebay.connector import EbayConnector
 from integrations.ratelimit import MemoryRateLimiter
@@ -56,7 +56,7 @@ def connect(
         **creds,
     }
     account = AccountConfig(
-        name="ebay-sandbox", channel=Channel.EBAY, api_base_url=base, credentials=credentials
+        name="ebay-sandbox", channel="ebay", api_base_url=base, credentials=credentials
     )
     return EbayConnector(account, seams, page_limit=page_limit)
 

@@ -11,7 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from domain.errors import AuthError
-from domain.states import Channel, OrderState
+from domain.states import OrderState
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.shopify.connector import ShopifyConnector
 from integrations.shopify.throttle import CostBucket
@@ -24,7 +24,7 @@ SINCE = dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
 def account(base_url: str, token: str = SANDBOX_ACCESS_TOKEN) -> AccountConfig:
     return AccountConfig(
         name="sandbox",
-        channel=Channel.SHOPIFY,
+        channel="shopify",
         shop=SANDBOX_SHOP,
         api_base_url=f"{base_url}/shopify",
         credentials={"access_token": token},

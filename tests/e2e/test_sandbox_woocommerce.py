@@ -11,7 +11,6 @@ import pytest
 from fastapi import FastAPI
 
 from domain.errors import AuthError
-from domain.states import Channel
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.woocommerce.connector import WooCommerceConnector
 from integrations.woocommerce.webhooks import dedupe_key, is_ping, verify_signature
@@ -48,7 +47,7 @@ def _connector(
     credentials = {"consumer_key": SANDBOX_CONSUMER_KEY, "consumer_secret": SANDBOX_CONSUMER_SECRET}
     account = AccountConfig(
         name="woo-sandbox",
-        channel=Channel.WOOCOMMERCE,
+        channel="woocommerce",
         api_base_url=base,
         credentials=credentials | creds,
     )

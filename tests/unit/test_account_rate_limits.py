@@ -2,8 +2,8 @@
 
 The column is parsed in one place (``integrations.ratelimit.parse_rate_limits``, through
 ``registry.parse_rate_limits``); every connector built from the account (``connector_for`` for
-``ship`` and ``accounts test``, ``registry.connector_class(...)(account_config(...))`` for
-polling) lays it over its documented buckets. Waits are asserted on a fake clock, never spent.
+``ship``, ``accounts test`` and polling) lays it over its documented buckets. Waits are
+asserted on a fake clock, never spent.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from typer.testing import CliRunner
 from db.base import Base
 from db.models import ChannelAccount
 from db.session import get_engine, session_scope
-from domain.states import Channel
 from integrations import registry
 from integrations.amazon.client import RATE_LIMITS as AMAZON_DEFAULTS
 from integrations.base import ConnectorSeams
@@ -68,29 +67,29 @@ def _answer(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, json={"payload": {}})
 
 
-CREDENTIALS: dict[Channel, dict[str, Any]] = {
-    Channel.SHOPIFY: {"access_token": "shpat_test"},
-    Channel.WOOCOMMERCE: {"consumer_key": "ck_test", "consumer_secret": "cs_test"},
-    Channel.AMAZON: {
+CREDENTIALS: dict[str, dict[str, Any]] = {
+    "shopify": {"access_token": "shpat_test"},
+    "woocommerce": {"consumer_key": "ck_test", "consumer_secret": "cs_test"},
+    "amazon": {
         "refresh_token": "Atzr|r",
         "client_id": "amzn1.application-oa2-client.x",
         "client_secret": "secret",
         "lwa_url": "https://lwa.test",
         "marketplace_ids": ["ATVPDKIKX0DER"],
     },
-    Channel.EBAY: {"client_id": "app", "client_secret": "cert", "refresh_token": "v^1.1#r"},
+    "ebay": {"client_id": "app", "client_secret": "cert", "refresh_token": "v^1.1#r"},
 }
 
 
 def account(
-    channel: Channel, rate_limits: Any = None, *, name: str | None = None
+    channel: str, rate_limits: Any = None, *, name: str | None = None
 ) -> ChannelAccount:
     """A ``channel_accounts`` row as the workers load it (not persisted: no database here)."""
-    name = name or f"{channel.value}-{uuid.uuid4().hex[:8]}"
-    shop = f"{name}.myshopify.com" if channel == Channel.SHOPIFY else f"{name}.example"
+    name = name or f"{channel}-{uuid.uuid4().hex[:8]}"
+    shop = f"{name}.myshopify.com" if channel == "shopify" else f"{name}.example"
     return ChannelAccount(
         name=name,
-        channel=channel.value,
+        channel=channel,
         shop=shop,
         api_base_url=f"https://{shop}",
         credentials=CREDENTIALS[channel],
@@ -116,7 +115,7 @@ def seams(time_: FakeTime) -> tuple[ConnectorSeams, RecordingLimiter]:
 
 def test_a_valid_column_parses_to_the_overrides_only() -> None:
     limits = registry.parse_rate_limits(
-        Channel.AMAZON,
+        "amazon",
         {"getOrders": {"rate": 0.5, "burst": 30}, "confirmShipment": {"rate": 5, "burst": 20}},
         account="acme",
     )
@@ -135,13 +134,13 @@ def test_a_valid_column_parses_to_the_overrides_only() -> None:
 
 def test_each_channel_takes_the_names_its_client_uses() -> None:
     shopify = registry.parse_rate_limits(
-        Channel.SHOPIFY, {"cost_bucket": {"maximum": 2000, "restore_rate": 100}}, account="s"
+        "shopify", {"cost_bucket": {"maximum": 2000, "restore_rate": 100}}, account="s"
     )
     woo = registry.parse_rate_limits(
-        Channel.WOOCOMMERCE, {"list_orders": {"rate": 20, "burst": 40}}, account="w"
+        "woocommerce", {"list_orders": {"rate": 20, "burst": 40}}, account="w"
     )
     ebay = registry.parse_rate_limits(
-        Channel.EBAY, {"sell.fulfillment": {"rate": 17.4, "burst": 100}}, account="e"
+        "ebay", {"sell.fulfillment": {"rate": 17.4, "burst": 100}}, account="e"
     )
 
     assert shopify == AccountRateLimits(cost_bucket=CostLimit(2000.0, 100.0))
@@ -149,9 +148,9 @@ def test_each_channel_takes_the_names_its_client_uses() -> None:
     assert ebay.buckets == {"sell.fulfillment": Bucket(17.4, 100.0)}
 
 
-@pytest.mark.parametrize("channel", list(Channel))
+@pytest.mark.parametrize("channel", list(CREDENTIALS))
 @pytest.mark.parametrize("raw", [None, {}])
-def test_an_empty_or_absent_column_is_the_defaults(channel: Channel, raw: Any) -> None:
+def test_an_empty_or_absent_column_is_the_defaults(channel: str, raw: Any) -> None:
     limits = registry.parse_rate_limits(channel, raw, account="a")
 
     assert limits == AccountRateLimits()
@@ -165,55 +164,55 @@ def test_an_empty_or_absent_column_is_the_defaults(channel: Channel, raw: Any) -
     [
         # unknown names: a typo, another channel's operation, a cost bucket where there is none
         (
-            Channel.AMAZON,
+            "amazon",
             {"getOrder5": {"rate": 1, "burst": 1}},
             "unknown amazon operation 'getOrder5'",
         ),
         (
-            Channel.SHOPIFY,
+            "shopify",
             {"getOrders": {"rate": 1, "burst": 1}},
             "unknown shopify operation 'getOrders'",
         ),
         (
-            Channel.AMAZON,
+            "amazon",
             {"cost_bucket": {"maximum": 10, "restore_rate": 1}},
             "operation 'cost_bucket'",
         ),
-        (Channel.EBAY, {"getOrders": {"rate": 1, "burst": 1}}, "(known: sell.fulfillment)"),
+        ("ebay", {"getOrders": {"rate": 1, "burst": 1}}, "(known: sell.fulfillment)"),
         # numbers that are not positive, not finite, not numbers, a bucket under one request
-        (Channel.AMAZON, {"getOrders": {"rate": 0, "burst": 1}}, "rate_limits.getOrders.rate"),
+        ("amazon", {"getOrders": {"rate": 0, "burst": 1}}, "rate_limits.getOrders.rate"),
         (
-            Channel.WOOCOMMERCE,
+            "woocommerce",
             {"get_order": {"rate": 1, "burst": -5}},
             "rate_limits.get_order.burst",
         ),
         (
-            Channel.WOOCOMMERCE,
+            "woocommerce",
             {"get_order": {"rate": 1, "burst": 0.5}},
             "greater than or equal to 1",
         ),
         (
-            Channel.SHOPIFY,
+            "shopify",
             {"cost_bucket": {"maximum": 2000, "restore_rate": 0}},
             "cost_bucket.restore_rate",
         ),
         (
-            Channel.SHOPIFY,
+            "shopify",
             {"cost_bucket": {"maximum": -1, "restore_rate": 50}},
             "cost_bucket.maximum",
         ),
-        (Channel.AMAZON, {"getOrders": {"rate": float("inf"), "burst": 1}}, "finite"),
-        (Channel.AMAZON, {"getOrders": {"rate": "2", "burst": 1}}, "valid number (got '2')"),
-        (Channel.AMAZON, {"getOrders": {"rate": True, "burst": 1}}, "getOrders.rate"),
+        ("amazon", {"getOrders": {"rate": float("inf"), "burst": 1}}, "finite"),
+        ("amazon", {"getOrders": {"rate": "2", "burst": 1}}, "valid number (got '2')"),
+        ("amazon", {"getOrders": {"rate": True, "burst": 1}}, "getOrders.rate"),
         # wrong shapes
-        (Channel.AMAZON, {"getOrders": {"rate": 1}}, "getOrders.burst: Field required"),
-        (Channel.AMAZON, {"getOrders": {"rate": 1, "burst": 1, "cost": 2}}, "getOrders.cost"),
-        (Channel.AMAZON, {"getOrders": 5}, "getOrders: expected an object, got int"),
-        (Channel.AMAZON, [{"getOrders": {}}], "rate_limits: expected an object, got list"),
+        ("amazon", {"getOrders": {"rate": 1}}, "getOrders.burst: Field required"),
+        ("amazon", {"getOrders": {"rate": 1, "burst": 1, "cost": 2}}, "getOrders.cost"),
+        ("amazon", {"getOrders": 5}, "getOrders: expected an object, got int"),
+        ("amazon", [{"getOrders": {}}], "rate_limits: expected an object, got list"),
     ],
 )
 def test_an_invalid_column_is_refused_naming_the_account_and_the_key(
-    channel: Channel, raw: Any, expected: str
+    channel: str, raw: Any, expected: str
 ) -> None:
     with pytest.raises(ValueError) as caught:
         registry.parse_rate_limits(channel, raw, account="acme-1")
@@ -224,7 +223,7 @@ def test_an_invalid_column_is_refused_naming_the_account_and_the_key(
 
 
 def test_an_account_with_bad_limits_fails_when_its_connector_is_built() -> None:
-    bad = account(Channel.AMAZON, {"getOrdres": {"rate": 1, "burst": 5}}, name="acme-eu")
+    bad = account("amazon", {"getOrdres": {"rate": 1, "burst": 5}}, name="acme-eu")
 
     with pytest.raises(RateLimitsError, match=r"account 'acme-eu'.*'getOrdres'"):
         connector_for(bad)
@@ -234,7 +233,7 @@ def test_an_account_with_bad_limits_fails_when_its_connector_is_built() -> None:
 
 def test_a_connector_refuses_limits_its_channel_does_not_have() -> None:
     # an AccountConfig built by hand skips the registry: the connector still checks
-    config = account_config(account(Channel.WOOCOMMERCE))
+    config = account_config(account("woocommerce"))
     wrong = AccountRateLimits(cost_bucket=CostLimit(10, 1))
     from dataclasses import replace
 
@@ -250,7 +249,7 @@ def test_a_connector_refuses_limits_its_channel_does_not_have() -> None:
 def test_amazon_connector_for_an_account_has_its_buckets_and_the_defaults_for_the_rest(
     time_: FakeTime,
 ) -> None:
-    acct = account(Channel.AMAZON, {"getOrders": {"rate": 0.0334, "burst": 40}})
+    acct = account("amazon", {"getOrders": {"rate": 0.0334, "burst": 40}})
     s, limiter = seams(time_)
 
     connector: Any = connector_for(acct, s)
@@ -266,7 +265,7 @@ def test_amazon_connector_for_an_account_has_its_buckets_and_the_defaults_for_th
 def test_woocommerce_connector_for_an_account_has_its_buckets_and_the_defaults_for_the_rest(
     time_: FakeTime,
 ) -> None:
-    acct = account(Channel.WOOCOMMERCE, {"list_orders": {"rate": 1, "burst": 2}})
+    acct = account("woocommerce", {"list_orders": {"rate": 1, "burst": 2}})
     s, limiter = seams(time_)
 
     connector: Any = connector_for(acct, s)
@@ -281,7 +280,7 @@ def test_woocommerce_connector_for_an_account_has_its_buckets_and_the_defaults_f
 
 
 def test_ebay_connector_for_an_account_has_its_quota(time_: FakeTime) -> None:
-    acct = account(Channel.EBAY, {"sell.fulfillment": {"rate": 1_500_000 / 86_400, "burst": 80}})
+    acct = account("ebay", {"sell.fulfillment": {"rate": 1_500_000 / 86_400, "burst": 80}})
     s, limiter = seams(time_)
 
     connector: Any = connector_for(acct, s)
@@ -295,36 +294,36 @@ def test_ebay_connector_for_an_account_has_its_quota(time_: FakeTime) -> None:
 
 
 def test_shopify_connector_for_an_account_has_its_cost_bucket() -> None:
-    acct = account(Channel.SHOPIFY, {"cost_bucket": {"maximum": 2000, "restore_rate": 100}})
+    acct = account("shopify", {"cost_bucket": {"maximum": 2000, "restore_rate": 100}})
 
     connector: Any = connector_for(acct)
 
     bucket = connector.client.bucket
     assert (bucket.maximum, bucket.restore_rate) == (2000.0, 100.0)
     assert bucket is shared_bucket(acct.shop, 2000.0, 100.0)  # process-wide, per shop
-    standard: Any = connector_for(account(Channel.SHOPIFY))
+    standard: Any = connector_for(account("shopify"))
     assert connector.client.chunk_size() > standard.client.chunk_size()  # bigger bucket
     connector.close()
     standard.close()
 
 
-@pytest.mark.parametrize("channel", list(Channel))
+@pytest.mark.parametrize("channel", list(CREDENTIALS))
 def test_without_limits_every_connector_has_todays_defaults(
-    channel: Channel, time_: FakeTime
+    channel: str, time_: FakeTime
 ) -> None:
     acct = account(channel)
     s, limiter = seams(time_)
 
     connector: Any = connector_for(acct, s)
 
-    if channel == Channel.SHOPIFY:
+    if channel == "shopify":
         bucket = connector.client.bucket
         assert (bucket.maximum, bucket.restore_rate) == (DEFAULT_MAXIMUM, DEFAULT_RESTORE_RATE)
         assert limiter.configured == {}
-    elif channel == Channel.AMAZON:
+    elif channel == "amazon":
         assert set(limiter.configured.values()) == set(AMAZON_DEFAULTS.values())
         assert connector.client.rate_limits == dict(AMAZON_DEFAULTS)
-    elif channel == Channel.WOOCOMMERCE:
+    elif channel == "woocommerce":
         assert set(limiter.configured.values()) == {Bucket(5.0, 10.0)}
         assert len(limiter.configured) == len(WooCommerceClient.rate_limits)
     else:
@@ -340,7 +339,7 @@ def test_the_poller_builds_its_connector_with_the_account_limits(
 
     limiter = RecordingLimiter(time_.clock)
     monkeypatch.setattr(sync, "shared_limiter", lambda: limiter)
-    acct = account(Channel.AMAZON, {"getOrderItems": {"rate": 2, "burst": 60}})
+    acct = account("amazon", {"getOrderItems": {"rate": 2, "burst": 60}})
 
     sync._connector(acct).close()
 
@@ -352,7 +351,7 @@ def test_the_poller_builds_its_connector_with_the_account_limits(
 
 
 def test_a_custom_amazon_bucket_paces_its_operation(time_: FakeTime) -> None:
-    acct = account(Channel.AMAZON, {"confirmShipment": {"rate": 0.5, "burst": 2}})
+    acct = account("amazon", {"confirmShipment": {"rate": 0.5, "burst": 2}})
     s, _ = seams(time_)
     connector: Any = connector_for(acct, s)
 
@@ -365,7 +364,7 @@ def test_a_custom_amazon_bucket_paces_its_operation(time_: FakeTime) -> None:
 
 
 def test_a_custom_woocommerce_bucket_paces_only_its_operation(time_: FakeTime) -> None:
-    acct = account(Channel.WOOCOMMERCE, {"get_order": {"rate": 2, "burst": 1}})
+    acct = account("woocommerce", {"get_order": {"rate": 2, "burst": 1}})
     s, _ = seams(time_)
     connector: Any = connector_for(acct, s)
 
@@ -381,7 +380,7 @@ def test_a_custom_woocommerce_bucket_paces_only_its_operation(time_: FakeTime) -
 
 
 def test_a_custom_ebay_quota_paces_every_fulfillment_call(time_: FakeTime) -> None:
-    acct = account(Channel.EBAY, {"sell.fulfillment": {"rate": 1, "burst": 2}})
+    acct = account("ebay", {"sell.fulfillment": {"rate": 1, "burst": 2}})
     s, _ = seams(time_)
     connector: Any = connector_for(acct, s)
 
@@ -396,7 +395,7 @@ def test_a_custom_ebay_quota_paces_every_fulfillment_call(time_: FakeTime) -> No
 
 
 def test_a_custom_shopify_cost_bucket_paces_the_queries(time_: FakeTime) -> None:
-    acct = account(Channel.SHOPIFY, {"cost_bucket": {"maximum": 200, "restore_rate": 10}})
+    acct = account("shopify", {"cost_bucket": {"maximum": 200, "restore_rate": 10}})
     # the shop's process-wide bucket, on the fake clock (made before the connector, with the
     # documented numbers: building the connector seeds it with the account's)
     shared_bucket(acct.shop, clock=time_.clock)
@@ -415,7 +414,7 @@ def test_a_custom_shopify_cost_bucket_paces_the_queries(time_: FakeTime) -> None
 def test_shopify_numbers_win_over_the_seed_once_reported() -> None:
     from integrations.shopify.throttle import ThrottleStatus
 
-    acct = account(Channel.SHOPIFY, {"cost_bucket": {"maximum": 2000, "restore_rate": 100}})
+    acct = account("shopify", {"cost_bucket": {"maximum": 2000, "restore_rate": 100}})
     first: Any = connector_for(acct)
     bucket = first.client.bucket
     bucket.observe(ThrottleStatus(1000.0, 900.0, 50.0))
@@ -522,7 +521,7 @@ def test_cli_add_refuses_a_bad_rate_limit_in_one_line(
 
 def test_cli_list_shows_limits_that_do_not_parse(cli: Cli) -> None:
     with session_scope(cli.url) as session:
-        session.add(account(Channel.EBAY, {"getOrders": {"rate": 1, "burst": 1}}, name="old"))
+        session.add(account("ebay", {"getOrders": {"rate": 1, "burst": 1}}, name="old"))
 
     rows = json.loads(cli("accounts", "list", "--json").stdout)
 

@@ -19,7 +19,6 @@ from domain.errors import (
     ServerError,
     ValidationError,
 )
-from domain.states import Channel
 from integrations.amazon.connector import AmazonConnector, package_reference_id
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.ratelimit import Bucket, MemoryRateLimiter
@@ -104,7 +103,7 @@ class Env:
         self.rdt = self.router.post(RDT).mock(side_effect=issue_rdt)
         account = AccountConfig(
             name="acct",
-            channel=Channel.AMAZON,
+            channel="amazon",
             api_base_url=API,
             credentials={
                 "refresh_token": REFRESH,
@@ -439,7 +438,7 @@ def test_push_stock_is_a_permanent_not_implemented_error(env: Env) -> None:
 
 def test_missing_credentials_are_an_auth_error_naming_only_the_keys() -> None:
     account = AccountConfig(
-        name="acct", channel=Channel.AMAZON, credentials={"client_secret": SECRET}
+        name="acct", channel="amazon", credentials={"client_secret": SECRET}
     )
 
     with pytest.raises(AuthError) as caught:

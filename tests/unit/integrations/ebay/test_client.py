@@ -28,7 +28,6 @@ from domain.errors import (
     ServerError,
     ValidationError,
 )
-from domain.states import Channel
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.ebay.client import SCOPE
 from integrations.ebay.connector import EbayConnector
@@ -130,7 +129,7 @@ def mock() -> Iterator[respx.MockRouter]:
 
 
 def connector(clock: Clock, sleeps: list[float], *, page_limit: int = 200) -> EbayConnector:
-    account = AccountConfig(name="ebay-us", channel=Channel.EBAY, credentials=CREDS)
+    account = AccountConfig(name="ebay-us", channel="ebay", credentials=CREDS)
     seams = ConnectorSeams(sleep=sleeps.append, clock=clock)
     return EbayConnector(account, seams, page_limit=page_limit)
 
@@ -558,7 +557,7 @@ def test_test_connection_reports_the_order_count(
 
 
 def test_missing_credentials_are_an_auth_error_naming_the_keys() -> None:
-    account = AccountConfig(name="x", channel=Channel.EBAY, credentials={"client_id": "a"})
+    account = AccountConfig(name="x", channel="ebay", credentials={"client_id": "a"})
     with pytest.raises(AuthError, match=r"client_secret.*refresh_token"):
         EbayConnector(account)
 

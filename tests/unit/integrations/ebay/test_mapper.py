@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from domain.errors import PayloadError
-from domain.states import Channel, OrderState
+from domain.states import OrderState
 from integrations.ebay.mapper import map_order
 from tests.unit.integrations.ebay.conftest import EXAMPLES, load
 
@@ -20,7 +20,7 @@ def test_maps_a_paid_us_order_with_a_promotion_and_collect_and_remit_tax(
     # when
     order = map_order(us_order, "ebay-us")
     # then
-    assert order.channel is Channel.EBAY
+    assert order.channel == "ebay"
     assert order.account == "ebay-us"
     assert order.external_id == "27-13905-71642"
     assert order.external_number == "1042"

@@ -23,7 +23,6 @@ from domain.errors import (
     ServerError,
     ValidationError,
 )
-from domain.states import Channel
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.shopify.connector import ShopifyConnector
 from integrations.shopify.throttle import CostBucket
@@ -51,7 +50,7 @@ def mock() -> Iterator[respx.MockRouter]:
 def connector(time_: FakeTime, *, maximum: float = 1000.0, **credentials: Any) -> ShopifyConnector:
     account = AccountConfig(
         name="shop-1",
-        channel=Channel.SHOPIFY,
+        channel="shopify",
         shop=SHOP,
         credentials={"access_token": TOKEN, **credentials},
     )
@@ -361,7 +360,7 @@ def test_the_token_stays_out_of_reprs(time_: FakeTime) -> None:
 
 
 def test_a_missing_token_is_an_auth_error() -> None:
-    account = AccountConfig(name="x", channel=Channel.SHOPIFY, shop=SHOP, credentials={})
+    account = AccountConfig(name="x", channel="shopify", shop=SHOP, credentials={})
 
     with pytest.raises(AuthError):
         ShopifyConnector(account)

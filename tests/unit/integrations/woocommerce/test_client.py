@@ -19,7 +19,6 @@ from domain.errors import (
     ServerError,
     ValidationError,
 )
-from domain.states import Channel
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.ratelimit import MemoryRateLimiter
 from integrations.woocommerce.client import WooCommerceClient
@@ -52,7 +51,7 @@ def sleeps() -> Sleeps:
 def connector(router: respx.MockRouter, sleeps: Sleeps) -> WooCommerceConnector:
     account = AccountConfig(
         name="shop-1",
-        channel=Channel.WOOCOMMERCE,
+        channel="woocommerce",
         shop="shop.example.com",
         credentials={"consumer_key": KEY, "consumer_secret": SECRET},
     )
@@ -150,7 +149,7 @@ def test_poll_without_until_uses_the_clock_as_a_fixed_end(router, sleeps):
     now = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
     account = AccountConfig(
         name="a",
-        channel=Channel.WOOCOMMERCE,
+        channel="woocommerce",
         api_base_url=SITE,
         credentials={"consumer_key": KEY, "consumer_secret": SECRET},
     )
@@ -420,7 +419,7 @@ def test_push_fulfillment_refuses_a_cancelled_order(router, connector):
 
 
 def test_missing_credentials_are_an_auth_error():
-    account = AccountConfig(name="a", channel=Channel.WOOCOMMERCE, shop="s.example.com")
+    account = AccountConfig(name="a", channel="woocommerce", shop="s.example.com")
     with pytest.raises(AuthError):
         WooCommerceConnector(account)
 

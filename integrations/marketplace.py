@@ -1,0 +1,94 @@
+"""What a marketplace declares, in one place: ``MARKETPLACE = Marketplace(...)``.
+
+Each marketplace package (``integrations/<name>/marketplace.py``, or a plugin module named in
+``ORDERSYNC_MARKETPLACE_PLUGINS``) exposes one ``Marketplace``; ``integrations.registry`` finds
+them and everything else (the webhook receiver, intake dispatch, polling, ``ship``, the CLI,
+the dashboard) asks the registry. See docs/adding-a-marketplace.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from domain.canonical import CanonicalOrder
+from integrations.base import ConnectorFactory
+from integrations.ratelimit import Bucket, CostLimit
+from orders.intake import IntakeResult, apply_order
+
+__all__ = [
+    "Delivery",
+    "Mapper",
+    "Marketplace",
+    "TopicHandler",
+    "WebhookReceiver",
+    "upsert_order",
+]
+
+#: a marketplace's order payload (parsed JSON) and the account name → the canonical order
+Mapper = Callable[[dict[str, Any], str], CanonicalOrder]
+
+
+def _never_ping(_headers: Mapping[str, str], _body: bytes) -> bool:
+    return False
+
+
+@dataclass(frozen=True)
+class WebhookReceiver:
+    """How one marketplace signs, names and identifies its deliveries. Header names are
+    lower-case; every callable gets the lower-cased headers."""
+
+    signature_header: str
+    #: (the account's webhook secret, the raw body, the signature header or None) → valid
+    verify: Callable[[str, bytes, str | None], bool]
+    #: the delivery's topic (None = unknown: stored, then ignored)
+    topic: Callable[[Mapping[str, str]], str | None]
+    #: the same for every redelivery of one delivery (the inbox absorbs repeats on it)
+    dedupe_key: Callable[[Mapping[str, str], bytes], str]
+    #: the headers stored with the inbox row (never the signature)
+    kept_headers: Callable[[Mapping[str, str]], dict[str, str]]
+    #: an unsigned "ping" that must be answered 200 and otherwise ignored (WooCommerce)
+    is_ping: Callable[[Mapping[str, str], bytes], bool] = _never_ping
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One stored webhook delivery, its body parsed, as a topic handler gets it."""
+
+    account_id: int
+    account: str  # the account's name
+    topic: str
+    payload: dict[str, Any]
+
+
+#: (the open transaction, the marketplace, the delivery) → what intake did with it; raise
+#: ``domain.errors.PayloadError`` or a pydantic ``ValidationError`` for a body that does not map
+TopicHandler = Callable[[Session, "Marketplace", Delivery], IntakeResult]
+
+
+def upsert_order(session: Session, marketplace: Marketplace, delivery: Delivery) -> IntakeResult:
+    """The handler of a topic whose body is the order: map it, upsert it."""
+    order = marketplace.mapper(delivery.payload, delivery.account)
+    # the delivery's body stays in its inbox row (linked by inbox_events.order_id): the order
+    # does not keep a second copy of it in orders.raw
+    order = order.model_copy(update={"raw": {}})
+    return apply_order(session, delivery.account_id, order, actor=f"webhook:{marketplace.name}")
+
+
+@dataclass(frozen=True)
+class Marketplace:
+    #: the channel: URL path segment, ``channel_accounts.channel``, ``CanonicalOrder.channel``
+    name: str
+    connector: ConnectorFactory
+    mapper: Mapper
+    #: what ``channel_accounts.rate_limits`` may override: operation → documented bucket
+    rate_limit_defaults: Mapping[str, Bucket]
+    #: the documented query-cost bucket where the marketplace limits query cost (Shopify)
+    cost_bucket_default: CostLimit | None = None
+    #: None: the marketplace sends no order webhooks (found by polling only)
+    webhooks: WebhookReceiver | None = None
+    #: webhook topic → handler; a topic not listed is stored and marked ``ignored``
+    topic_handlers: Mapping[str, TopicHandler] = field(default_factory=dict)
