@@ -9,9 +9,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
 from db.models import ChannelAccount, InboxEvent, Invoice, Label, Order, Shipment
-from db.session import get_sessionmaker, rowcount
+from db.session import rowcount
 from domain.errors import PermanentError
 from domain.states import InboxStatus, OrderState
+from web.sessions import SessionDep
 from workflows.publish import publish_after_commit
 from workflows.tasks import process_event
 
@@ -79,9 +80,8 @@ def summary(session: Session) -> dict[str, Any]:
 
 
 @router.get("/summary")
-def get_summary() -> dict[str, Any]:
-    with get_sessionmaker()() as session:
-        return summary(session)
+def get_summary(session: SessionDep) -> dict[str, Any]:
+    return summary(session)
 
 
 @router.get("/orders")
@@ -90,6 +90,8 @@ def list_orders(
     channel: str | None = None,
     limit: int = Query(50, ge=1, le=500),
     before_id: int | None = None,
+    *,
+    session: SessionDep,
 ) -> dict[str, Any]:
     query = select(Order).order_by(Order.id.desc()).limit(limit)
     if state is not None:
@@ -98,9 +100,8 @@ def list_orders(
         query = query.where(Order.channel == channel)
     if before_id:
         query = query.where(Order.id < before_id)
-    with get_sessionmaker()() as session:
-        orders = session.scalars(query).all()
-        return {"orders": [_order_json(o) for o in orders]}
+    orders = session.scalars(query).all()
+    return {"orders": [_order_json(o) for o in orders]}
 
 
 def load_order(session: Session, order_id: int) -> Order:
@@ -116,9 +117,8 @@ def load_order(session: Session, order_id: int) -> Order:
 
 
 @router.get("/orders/{order_id}")
-def get_order(order_id: int) -> dict[str, Any]:
-    with get_sessionmaker()() as session:
-        return _order_json(load_order(session, order_id), detail=True)
+def get_order(order_id: int, session: SessionDep) -> dict[str, Any]:
+    return _order_json(load_order(session, order_id), detail=True)
 
 
 def _inbox_json(event: InboxEvent, account: str) -> dict[str, Any]:
@@ -138,7 +138,9 @@ def _inbox_json(event: InboxEvent, account: str) -> dict[str, Any]:
 
 @router.get("/inbox")
 def list_inbox(
-    status: InboxStatus | None = None, limit: int = Query(50, ge=1, le=500)
+    session: SessionDep,
+    status: InboxStatus | None = None,
+    limit: int = Query(50, ge=1, le=500),
 ) -> dict[str, Any]:
     query = (
         select(InboxEvent, ChannelAccount.name)
@@ -148,14 +150,13 @@ def list_inbox(
     )
     if status is not None:
         query = query.where(InboxEvent.status == status.value)
-    with get_sessionmaker()() as session:
-        return {"events": [_inbox_json(ev, name) for ev, name in session.execute(query).all()]}
+    return {"events": [_inbox_json(ev, name) for ev, name in session.execute(query).all()]}
 
 
 @router.post("/inbox/{inbox_id}/retry")
-def retry_inbox(inbox_id: int) -> dict[str, Any]:
+def retry_inbox(inbox_id: int, session: SessionDep) -> dict[str, Any]:
     """Put a failed delivery back in the queue (e.g. after a mapper fix). Safe to repeat."""
-    with get_sessionmaker()() as session, session.begin():
+    with session.begin():
         changed = rowcount(
             session.execute(
                 update(InboxEvent)
@@ -171,11 +172,11 @@ def retry_inbox(inbox_id: int) -> dict[str, Any]:
     return {"id": inbox_id, "status": InboxStatus.RECEIVED}
 
 
-def _staff_action(fn: Any, order_id: int) -> dict[str, Any]:
+def _staff_action(session: Session, fn: Any, order_id: int) -> dict[str, Any]:
     from orders.transitions import IllegalTransition
 
     try:
-        with get_sessionmaker()() as session, session.begin():
+        with session.begin():
             return fn(session, order_id)  # type: ignore[no-any-return]
     except IllegalTransition as exc:
         raise HTTPException(409, str(exc)) from None
@@ -184,7 +185,7 @@ def _staff_action(fn: Any, order_id: int) -> dict[str, Any]:
 
 
 @router.post("/orders/{order_id}/retry")
-def retry_order(order_id: int) -> dict[str, Any]:
+def retry_order(order_id: int, session: SessionDep) -> dict[str, Any]:
     """Resume a needs_attention order from the step that failed. A second click gets 409."""
     from workflows.pipeline import retry_order as resume
 
@@ -194,16 +195,16 @@ def retry_order(order_id: int) -> dict[str, Any]:
             return {"id": oid, "resumed_from": resumed, "step": "refund_payment"}
         return {"id": oid, "resumed_from": resumed}
 
-    return _staff_action(act, order_id)
+    return _staff_action(session, act, order_id)
 
 
 @router.post("/orders/{order_id}/push")
-def push_order(order_id: int) -> dict[str, Any]:
+def push_order(order_id: int, session: SessionDep) -> dict[str, Any]:
     """Run the order's pipeline again. Always safe: every step skips what is already done,
     so a double click (or fifty) never makes a second reservation, charge, invoice or label."""
     from workflows.pipeline import pipeline
 
-    with get_sessionmaker()() as session, session.begin():
+    with session.begin():
         if session.get(Order, order_id) is None:
             raise HTTPException(404, "no such order")
         publish_after_commit(session, pipeline(order_id))
@@ -211,7 +212,7 @@ def push_order(order_id: int) -> dict[str, Any]:
 
 
 @router.post("/orders/{order_id}/ship")
-def ship_order(order_id: int) -> dict[str, Any]:
+def ship_order(order_id: int, session: SessionDep) -> dict[str, Any]:
     """Mark a ready_to_ship order as handed to the carrier (tracking goes to the marketplace),
     or, for an order the marketplace fulfils (Amazon FBA), as shipped by the marketplace."""
     from workflows.pipeline import ship
@@ -225,16 +226,16 @@ def ship_order(order_id: int) -> dict[str, Any]:
         publish_after_commit(session, ship.si(oid))
         return {"id": oid, "status": "shipping"}
 
-    return _staff_action(act, order_id)
+    return _staff_action(session, act, order_id)
 
 
 @router.put("/stock/{sku}")
-def set_stock(sku: str, on_hand: int = Query(..., ge=0)) -> dict[str, Any]:
+def set_stock(sku: str, session: SessionDep, on_hand: int = Query(..., ge=0)) -> dict[str, Any]:
     """Set the counted quantity; on-hold orders waiting for the SKU are pushed on."""
     from orders.stock import set_on_hand
     from workflows.pipeline import release_waiting
 
-    with get_sessionmaker()() as session, session.begin():
+    with session.begin():
         try:
             available = set_on_hand(session, sku, on_hand)
         except ValueError as exc:
@@ -244,29 +245,27 @@ def set_stock(sku: str, on_hand: int = Query(..., ge=0)) -> dict[str, Any]:
 
 
 @router.get("/orders/{order_id}/invoice.pdf")
-def invoice_pdf(order_id: int, kind: str = "invoice") -> Response:
-    with get_sessionmaker()() as session:
-        invoice = session.scalar(
-            select(Invoice).where(Invoice.order_id == order_id, Invoice.kind == kind)
-        )
-        if invoice is None or invoice.pdf is None:
-            raise HTTPException(404, f"no {kind} for this order")
-        return Response(
-            invoice.pdf,
-            media_type="application/pdf",
-            headers={"Content-Disposition": f'inline; filename="{invoice.full_number}.pdf"'},
-        )
+def invoice_pdf(order_id: int, session: SessionDep, kind: str = "invoice") -> Response:
+    invoice = session.scalar(
+        select(Invoice).where(Invoice.order_id == order_id, Invoice.kind == kind)
+    )
+    if invoice is None or invoice.pdf is None:
+        raise HTTPException(404, f"no {kind} for this order")
+    return Response(
+        invoice.pdf,
+        media_type="application/pdf",
+        headers={"Content-Disposition": f'inline; filename="{invoice.full_number}.pdf"'},
+    )
 
 
 @router.get("/orders/{order_id}/label.pdf")
-def label_pdf(order_id: int) -> Response:
+def label_pdf(order_id: int, session: SessionDep) -> Response:
     """The stored label: a reprint never buys a second one."""
-    with get_sessionmaker()() as session:
-        label = session.scalar(select(Label).join(Shipment).where(Shipment.order_id == order_id))
-        if label is None:
-            raise HTTPException(404, "no label for this order")
-        return Response(
-            label.pdf,
-            media_type="application/pdf",
-            headers={"Content-Disposition": f'inline; filename="{label.tracking_number}.pdf"'},
-        )
+    label = session.scalar(select(Label).join(Shipment).where(Shipment.order_id == order_id))
+    if label is None:
+        raise HTTPException(404, "no label for this order")
+    return Response(
+        label.pdf,
+        media_type="application/pdf",
+        headers={"Content-Disposition": f'inline; filename="{label.tracking_number}.pdf"'},
+    )

@@ -41,10 +41,10 @@ from db.models import (
     Shipment,
     SyncRun,
 )
-from db.session import get_sessionmaker
 from domain.states import InboxStatus, OrderState
 from integrations import registry
 from web.api import load_order, summary
+from web.sessions import SessionDep
 
 __all__ = ["router"]
 
@@ -154,31 +154,30 @@ def _refunds_owed(session: Session) -> list[tuple[Order, Payment, dict[str, Any]
 
 
 @router.get("/", response_class=HTMLResponse)
-def index(request: Request) -> HTMLResponse:
-    with get_sessionmaker()() as session:
-        return _render(
-            request,
-            "index.html",
-            now=dt.datetime.now(dt.UTC),
-            counts=summary(session),
-            attention=session.scalars(
-                select(Order)
-                .where(Order.state == OrderState.NEEDS_ATTENTION)
-                .order_by(Order.updated_at.desc())
-                .limit(OVERVIEW_LIMIT)
-            ).all(),
-            failed=session.execute(
-                select(InboxEvent, ChannelAccount.name)
-                .join(ChannelAccount, ChannelAccount.id == InboxEvent.channel_account_id)
-                .where(InboxEvent.status == InboxStatus.FAILED)
-                .order_by(InboxEvent.id.desc())
-                .limit(OVERVIEW_LIMIT)
-            ).all(),
-            sync_runs=_latest_sync_runs(session),
-            on_hold=_on_hold(session),
-            refunds_owed=_refunds_owed(session),
-            limit=OVERVIEW_LIMIT,
-        )
+def index(request: Request, session: SessionDep) -> HTMLResponse:
+    return _render(
+        request,
+        "index.html",
+        now=dt.datetime.now(dt.UTC),
+        counts=summary(session),
+        attention=session.scalars(
+            select(Order)
+            .where(Order.state == OrderState.NEEDS_ATTENTION)
+            .order_by(Order.updated_at.desc())
+            .limit(OVERVIEW_LIMIT)
+        ).all(),
+        failed=session.execute(
+            select(InboxEvent, ChannelAccount.name)
+            .join(ChannelAccount, ChannelAccount.id == InboxEvent.channel_account_id)
+            .where(InboxEvent.status == InboxStatus.FAILED)
+            .order_by(InboxEvent.id.desc())
+            .limit(OVERVIEW_LIMIT)
+        ).all(),
+        sync_runs=_latest_sync_runs(session),
+        on_hold=_on_hold(session),
+        refunds_owed=_refunds_owed(session),
+        limit=OVERVIEW_LIMIT,
+    )
 
 
 # --- order list -------------------------------------------------------------------------------
@@ -210,23 +209,24 @@ def orders(
     channel: str = "",
     q: str = Query("", max_length=100),
     page: int = Query(1, ge=1),
+    *,
+    session: SessionDep,
 ) -> HTMLResponse:
     q = q.strip()
     if state and state not in set(OrderState):
         raise HTTPException(400, f"unknown state {state!r}")
     if channel and channel not in registry.marketplaces():
         raise HTTPException(400, f"unknown channel {channel!r}")
-    with get_sessionmaker()() as session:
-        where = _conditions(state, channel, q)
-        total = session.scalar(select(func.count()).select_from(Order).where(*where)) or 0
-        rows = session.execute(
-            select(Order, ChannelAccount.name)
-            .join(ChannelAccount, ChannelAccount.id == Order.channel_account_id)
-            .where(*where)
-            .order_by(Order.id.desc())
-            .offset((page - 1) * PAGE_SIZE)
-            .limit(PAGE_SIZE)
-        ).all()
+    where = _conditions(state, channel, q)
+    total = session.scalar(select(func.count()).select_from(Order).where(*where)) or 0
+    rows = session.execute(
+        select(Order, ChannelAccount.name)
+        .join(ChannelAccount, ChannelAccount.id == Order.channel_account_id)
+        .where(*where)
+        .order_by(Order.id.desc())
+        .offset((page - 1) * PAGE_SIZE)
+        .limit(PAGE_SIZE)
+    ).all()
     pages = max(1, math.ceil(total / PAGE_SIZE))
     filters = {k: v for k, v in {"state": state, "channel": channel, "q": q}.items() if v}
 
@@ -253,49 +253,48 @@ def orders(
 
 
 @router.get("/orders/{order_id}", response_class=HTMLResponse)
-def order_detail(request: Request, order_id: int) -> HTMLResponse:
-    with get_sessionmaker()() as session:
-        order = load_order(session, order_id)
-        account = session.get(ChannelAccount, order.channel_account_id)
-        payment = session.scalar(select(Payment).where(Payment.order_id == order_id))
-        refunds = session.scalars(
-            select(Refund).where(Refund.order_id == order_id).order_by(Refund.id)
-        ).all()
-        # columns only: the PDFs stay in the database until someone opens them
-        invoices = session.execute(
-            select(
-                Invoice.kind,
-                Invoice.full_number,
-                Invoice.total,
-                Invoice.currency,
-                Invoice.issued_at,
-                Invoice.pdf.is_not(None).label("has_pdf"),
-            )
-            .where(Invoice.order_id == order_id)
-            .order_by(Invoice.id)
-        ).all()
-        shipment = session.scalar(select(Shipment).where(Shipment.order_id == order_id))
-        label = None
-        if shipment is not None:
-            label = session.execute(
-                select(Label.carrier, Label.tracking_number, Label.created_at).where(
-                    Label.shipment_id == shipment.id
-                )
-            ).one_or_none()
-        address = order.shipping_address or {}
-        return _render(
-            request,
-            "order.html",
-            order=order,
-            account=account.name if account else "",
-            ship_to={
-                "name": address.get("name") or order.buyer_name,
-                "city": address.get("city"),
-                "country": address.get("country_code"),
-            },
-            payment=payment,
-            refunds=refunds,
-            invoices=invoices,
-            shipment=shipment,
-            label=label,
+def order_detail(request: Request, order_id: int, session: SessionDep) -> HTMLResponse:
+    order = load_order(session, order_id)
+    account = session.get(ChannelAccount, order.channel_account_id)
+    payment = session.scalar(select(Payment).where(Payment.order_id == order_id))
+    refunds = session.scalars(
+        select(Refund).where(Refund.order_id == order_id).order_by(Refund.id)
+    ).all()
+    # columns only: the PDFs stay in the database until someone opens them
+    invoices = session.execute(
+        select(
+            Invoice.kind,
+            Invoice.full_number,
+            Invoice.total,
+            Invoice.currency,
+            Invoice.issued_at,
+            Invoice.pdf.is_not(None).label("has_pdf"),
         )
+        .where(Invoice.order_id == order_id)
+        .order_by(Invoice.id)
+    ).all()
+    shipment = session.scalar(select(Shipment).where(Shipment.order_id == order_id))
+    label = None
+    if shipment is not None:
+        label = session.execute(
+            select(Label.carrier, Label.tracking_number, Label.created_at).where(
+                Label.shipment_id == shipment.id
+            )
+        ).one_or_none()
+    address = order.shipping_address or {}
+    return _render(
+        request,
+        "order.html",
+        order=order,
+        account=account.name if account else "",
+        ship_to={
+            "name": address.get("name") or order.buyer_name,
+            "city": address.get("city"),
+            "country": address.get("country_code"),
+        },
+        payment=payment,
+        refunds=refunds,
+        invoices=invoices,
+        shipment=shipment,
+        label=label,
+    )
