@@ -106,8 +106,11 @@ def test_a_redis_restart_mid_run_loses_no_order_and_is_quiet_within_a_minute(
         world.sandbox.payments.reply_delay_s = 0.0
 
         # then every order is ready to ship within the bound, none waits for a person
-        wait_until(lambda: _states(world, ids) == {"ready_to_ship": ORDERS},
-                   timeout=QUIET_WITHIN_S + 30, what="every order ready to ship")  # fmt: skip
+        try:
+            wait_until(lambda: _states(world, ids) == {"ready_to_ship": ORDERS},
+                       timeout=QUIET_WITHIN_S + 30, what="every order ready to ship")  # fmt: skip
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {_states(world, ids)}\n{world.stack.logs()}") from None
         took = time.monotonic() - restarted
         assert took <= QUIET_WITHIN_S, f"quiet {took:.0f} s after the restart"
         with world.maker() as session:
