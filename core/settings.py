@@ -61,6 +61,12 @@ class Settings(BaseSettings):
     # countdown, or Redis hands an unacked message to a second worker while the first still runs.
     visibility_timeout_s: int = Field(default=3600, ge=60)
     task_time_limit_s: int = Field(default=600, ge=1)
+    # The longest delay a worker sleeps (an HTTP client's Retry-After, a rate-limit wait) or the
+    # broker holds (a retry's countdown). A longer delay parks the work in the database
+    # (outbox_messages.not_before), which the sweeper republishes when its time has come: a
+    # countdown message sits unacknowledged in Redis, and one still there after the visibility
+    # timeout is handed to a second worker.
+    park_after_s: int = Field(default=300, ge=1)
     # A committed inbox row still unprocessed after this long is republished by the sweeper.
     sweep_after_s: int = Field(default=60, ge=1)
     worker_concurrency: int = Field(default=2, ge=1)
@@ -138,6 +144,18 @@ class Settings(BaseSettings):
                 "(postgresql+psycopg://user@host/db or sqlite:///path/to/file.db)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _park_before_redelivery(self) -> Settings:
+        # a countdown message is unacknowledged from the moment a worker takes it until its
+        # task has run: the countdown and the run must both fit in the visibility timeout
+        if self.park_after_s + self.task_time_limit_s >= self.visibility_timeout_s:
+            raise ValueError(
+                f"ORDERSYNC_PARK_AFTER_S ({self.park_after_s}) + ORDERSYNC_TASK_TIME_LIMIT_S "
+                f"({self.task_time_limit_s}) must be less than ORDERSYNC_VISIBILITY_TIMEOUT_S "
+                f"({self.visibility_timeout_s}), or Redis redelivers a waiting retry"
+            )
+        return self
 
     @model_validator(mode="after")
     def _default_database(self) -> Settings:

@@ -4,7 +4,10 @@
 - a rate-limit bucket per (account, operation), waited for before each request;
 - non-2xx answers and transport failures become ``domain.errors`` classes;
 - a few in-call retries for retryable failures (honouring ``Retry-After``), after which the error
-  goes up to the task, which retries with backoff or surfaces the order to staff.
+  goes up to the task, which retries with backoff or surfaces the order to staff;
+- no wait longer than ``max_wait_s`` (``PARK_AFTER_S``) inside a worker: a longer ``Retry-After``
+  or rate-limit pause is raised at once as ``RateLimited(retry_after=…)``, and the task parks
+  its work in the database until then (``workflows.base``) instead of holding a worker slot.
 
 Headers that carry credentials are never logged; only method, operation, status and duration.
 """
@@ -20,6 +23,7 @@ from typing import Any
 import httpx
 import structlog
 
+from core.settings import get_settings
 from domain.errors import (
     IntegrationError,
     RateLimited,
@@ -67,11 +71,13 @@ class ApiClient:
         limiter: RateLimiter | None = None,
         max_attempts: int = 3,
         sleep: Callable[[float], None] = time.sleep,
+        max_wait_s: float | None = None,
     ) -> None:
         self.account = account
         self.limiter: RateLimiter = limiter or MemoryRateLimiter()
         self.max_attempts = max_attempts
         self.sleep = sleep
+        self.max_wait_s = get_settings().park_after_s if max_wait_s is None else max_wait_s
         self.http = httpx.Client(base_url=base_url, transport=transport, timeout=timeout)
         for operation, bucket in self.rate_limits.items():
             self.limiter.configure(self.limit_key(operation), bucket)
@@ -91,6 +97,17 @@ class ApiClient:
     def auth_headers(self) -> dict[str, str]:
         return {}
 
+    def wait(self, seconds: float, operation: str) -> None:
+        """Sleep ``seconds`` before the next request of ``operation``, or, past ``max_wait_s``,
+        raise ``RateLimited`` with that delay for the task to wait outside the worker."""
+        if seconds > self.max_wait_s:
+            raise RateLimited(
+                f"{operation}: must wait {seconds:.0f}s, longer than a worker waits",
+                retry_after=seconds,
+            )
+        if seconds > 0:
+            self.sleep(seconds)
+
     def observe(self, operation: str, response: httpx.Response) -> None:
         """Hook: correct the bucket from the response's rate-limit headers."""
 
@@ -107,8 +124,8 @@ class ApiClient:
             try:
                 return self._send_once(operation, method, url, cost=cost, **kwargs)
             except RetryableError as exc:
-                if attempt >= self.max_attempts:
-                    raise
+                if attempt >= self.max_attempts or (exc.retry_after or 0) > self.max_wait_s:
+                    raise  # the task retries it, or parks it until the Retry-After
                 delay = exc.retry_after
                 if delay is None:
                     delay = random.uniform(0, min(30.0, 0.5 * 2**attempt))
@@ -120,15 +137,13 @@ class ApiClient:
                     delay=round(delay, 3),
                     error=type(exc).__name__,
                 )
-                self.sleep(delay)
+                self.wait(delay, operation)
 
     def _send_once(
         self, operation: str, method: str, url: str, *, cost: float, **kwargs: Any
     ) -> httpx.Response:
         key = self.limit_key(operation)
-        wait = self.limiter.acquire(key, cost)
-        if wait > 0:
-            self.sleep(wait)
+        self.wait(self.limiter.acquire(key, cost), operation)
         headers = {**self.auth_headers(), **kwargs.pop("headers", {})}
         started = time.perf_counter()
         try:

@@ -150,7 +150,7 @@ class ShopifyClient(ApiClient):
                 log.info(
                     "shopify.cost_wait", shop=self.shop, operation=operation, wait=round(wait, 3)
                 )
-                self.sleep(wait)
+                self.wait(wait, operation)
             try:
                 response = self.request(operation, "POST", self.path, json=body)
             except ValidationError as exc:

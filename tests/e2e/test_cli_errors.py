@@ -54,6 +54,8 @@ CASES = [
          {"ORDERSYNC_WORKER_CONCURRENCY": "0"}),
     Case("log-level-unknown", ["orders", "list"], "is not a log level",
          {"ORDERSYNC_LOG_LEVEL": "LOUD"}),
+    Case("park-bound-past-visibility-timeout", ["worker"], "ORDERSYNC_PARK_AFTER_S",
+         {"ORDERSYNC_PARK_AFTER_S": "3500"}),
     # accounts
     Case("account-duplicate", ["accounts", "add", "shopify", "taken", "--webhook-secret", "x"],
          "exists already"),

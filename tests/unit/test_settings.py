@@ -37,3 +37,13 @@ def test_environment_overrides_and_secrets_are_masked(monkeypatch: pytest.Monkey
 def test_mask_url_leaves_urls_without_password_alone() -> None:
     assert mask_url("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
     assert mask_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+
+
+def test_the_park_bound_must_leave_a_countdown_and_a_run_inside_the_visibility_timeout() -> None:
+    fits = Settings(_env_file=None, park_after_s=300, task_time_limit_s=600,  # type: ignore[call-arg]
+                    visibility_timeout_s=3600)  # fmt: skip
+    assert fits.park_after_s == 300
+
+    with pytest.raises(ValueError, match=r"ORDERSYNC_PARK_AFTER_S .*VISIBILITY_TIMEOUT_S"):
+        Settings(_env_file=None, park_after_s=3000, task_time_limit_s=600,  # type: ignore[call-arg]
+                 visibility_timeout_s=3600)  # fmt: skip

@@ -1,0 +1,56 @@
+"""The HTTP seam never waits longer than ``max_wait_s`` inside a worker: a longer Retry-After or
+rate-limit pause goes up as ``RateLimited`` with the delay, for the task to park the work."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from domain.errors import RateLimited
+from integrations.http import ApiClient
+from integrations.ratelimit import Bucket, MemoryRateLimiter
+from tests.support.fake_time import FakeTime
+
+
+class ShopClient(ApiClient):
+    rate_limits = {"orders": Bucket(rate=10.0, burst=10.0)}
+
+
+def _client(answers: list[httpx.Response], clock: FakeTime) -> tuple[ApiClient, list[str]]:
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        return answers.pop(0)
+
+    limiter = MemoryRateLimiter(clock=clock.clock)
+    client = ShopClient("http://shop.test", transport=httpx.MockTransport(handler),
+                       limiter=limiter, sleep=clock.sleep, max_wait_s=300)  # fmt: skip
+    return client, sent
+
+
+def test_a_retry_after_within_the_bound_is_slept_and_the_call_retried() -> None:
+    clock = FakeTime(start=0.0)
+    client, sent = _client(
+        [httpx.Response(429, headers={"Retry-After": "2"}), httpx.Response(200, json={})], clock
+    )
+
+    assert client.request("orders", "GET", "/orders").status_code == 200
+    assert len(sent) == 2 and clock.sleeps[0] == 2.0
+
+
+def test_a_retry_after_past_the_bound_is_raised_at_once_without_sleeping() -> None:
+    clock = FakeTime(start=0.0)
+    client, sent = _client([httpx.Response(429, headers={"Retry-After": "7200"})], clock)
+
+    with pytest.raises(RateLimited) as caught:
+        client.request("orders", "GET", "/orders")
+
+    assert caught.value.retry_after == 7200.0 and caught.value.status == 429
+    assert sent == ["/orders"] and clock.sleeps == []
+
+    # and the bucket the 429 paused is not slept on either: the next call raises unsent
+    with pytest.raises(RateLimited) as paused:
+        client.request("orders", "GET", "/orders")
+    assert paused.value.retry_after is not None and paused.value.retry_after > 7000
+    assert sent == ["/orders"] and clock.sleeps == []
