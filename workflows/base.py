@@ -4,8 +4,8 @@
 to get a session whose commit publishes any task queued with ``publish_after_commit``. Errors:
 
 - retryable (``domain.errors.RetryableError``, lost DB connections, lock timeouts,
-  serialization failures, deadlocks) → ``self.retry`` with exponential backoff and full jitter,
-  capped, up to ``retry_max_attempts``;
+  serialization failures, deadlocks, Redis / broker / database connection errors) →
+  ``self.retry`` with exponential backoff and full jitter, capped, up to ``retry_max_attempts``;
 - anything else, or retries exhausted → ``on_permanent_failure`` (subclasses record it for staff:
   the inbox row or the order goes to ``failed`` / ``needs_attention``) and the task fails.
 """
@@ -17,6 +17,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import kombu.exceptions
+import psycopg
+import redis.exceptions
 import structlog
 from celery import Task
 from celery.exceptions import Retry
@@ -36,9 +39,25 @@ log = structlog.get_logger(__name__)
 _RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}
 
 
+#: infrastructure that blips (a Redis restart, a broker failover, a database restart): the step
+#: lock, the broker, the result backend and a database connection that was not wrapped by
+#: SQLAlchemy. Not the builtin ``ConnectionError``/``TimeoutError``: none of them derives from
+#: those.
+_INFRASTRUCTURE_BLIPS: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,  # includes BusyLoadingError: a restarted Redis loading
+    redis.exceptions.TimeoutError,
+    kombu.exceptions.OperationalError,
+    psycopg.OperationalError,
+)
+#: redis-py's ConnectionErrors that a retry cannot heal: wrong password, an ACL that refuses
+_REDIS_REFUSALS = (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)
+
+
 def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, RetryableError):
         return True
+    if isinstance(exc, _INFRASTRUCTURE_BLIPS):
+        return not isinstance(exc, _REDIS_REFUSALS)
     if isinstance(exc, sa_exc.DBAPIError):
         if exc.connection_invalidated:
             return True

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 
+import kombu.exceptions
+import psycopg
+import psycopg.errors
 import pytest
+import redis.exceptions
 from sqlalchemy import exc as sa_exc
 
 from domain.errors import AuthError, PermanentError, RateLimited, ServerError, ValidationError
@@ -21,6 +25,32 @@ from workflows.base import backoff_delay, describe, is_retryable
             sa_exc.OperationalError("BEGIN", {}, sqlite3.OperationalError("database is locked")),
             True,
         ),
+        # infrastructure blips: the step lock's Redis, the broker, the database restarting
+        (redis.exceptions.ConnectionError("Error 111 connecting to 127.0.0.1:6379"), True),
+        (redis.exceptions.TimeoutError("Timeout reading from socket"), True),
+        (redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"), True),
+        (kombu.exceptions.OperationalError("[Errno 111] Connection refused"), True),
+        (psycopg.OperationalError("server closed the connection unexpectedly"), True),
+        (
+            sa_exc.OperationalError(
+                "SELECT 1", {}, psycopg.OperationalError("terminating connection")
+            ),
+            True,
+        ),
+        (
+            sa_exc.DBAPIError(
+                "SELECT 1", {}, psycopg.InterfaceError("closed"), connection_invalidated=True
+            ),
+            True,
+        ),
+        # a Redis that refuses us, or answers with an error, does so again on a retry
+        (redis.exceptions.AuthenticationError("invalid username-password pair"), False),
+        (redis.exceptions.ResponseError("WRONGTYPE Operation against a key"), False),
+        (
+            sa_exc.IntegrityError("INSERT", {}, psycopg.errors.UniqueViolation("duplicate key")),
+            False,
+        ),
+        (psycopg.ProgrammingError("syntax error"), False),
         (AuthError("401"), False),
         (ValidationError("422"), False),
         (ValueError("bug"), False),
