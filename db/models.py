@@ -192,17 +192,36 @@ class InboxEvent(Base):
 
 
 class OutboxMessage(Base):
-    """A task to publish, written in the transaction that needs it; the sweeper republishes."""
+    """A task to publish, written in the transaction that needs it; the sweeper republishes.
+
+    Parked work is one too: a retry whose delay is longer than ``PARK_AFTER_S`` (a marketplace's
+    ``Retry-After: 7200``) waits here until ``not_before``, with the Celery options of the task
+    it continues (its id, retry count, chain and chord) and the order or account it is for, so
+    that nothing else pushes that work on before its time."""
 
     __tablename__ = "outbox_messages"
-    __table_args__ = (Index("ix_outbox_messages_published_at", "published_at"),)
+    __table_args__ = (
+        Index("ix_outbox_messages_published_at", "published_at"),
+        Index("ix_outbox_messages_order_id", "order_id"),
+        Index("ix_outbox_messages_channel_account_id", "channel_account_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     task_name: Mapped[str] = mapped_column(String(200))
     args: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    kwargs: Mapped[JSONDict | None] = mapped_column(JSON)
+    # Celery execution options of a parked retry (task_id, retries, chain, chord, …)
+    options: Mapped[JSONDict | None] = mapped_column(JSON)
     queue: Mapped[str | None] = mapped_column(String(50))
     # delayed work waits here, not as a long ETA in the broker
     not_before: Mapped[dt.datetime | None]
+    # what the work is waiting for, and whose it is (the sweeper's stuck-order push and
+    # poll_due leave an order / account with parked work alone until then)
+    reason: Mapped[str | None] = mapped_column(Text)
+    order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
+    channel_account_id: Mapped[int | None] = mapped_column(
+        ForeignKey("channel_accounts.id", ondelete="CASCADE")
+    )
     created_at: Mapped[dt.datetime] = created_at()
     published_at: Mapped[dt.datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
