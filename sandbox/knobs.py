@@ -1,4 +1,5 @@
-"""Fault knobs shared by every simulator: latency, 5xx rate, 429 rate, timeouts.
+"""Fault knobs shared by every simulator: latency, 5xx rate, 429 rate (and its Retry-After),
+the next N requests throttled, timeouts.
 
 A simulator calls ``await knobs.disturb()`` at the top of each handler; it sleeps for the
 latency and may return an error response (or hang past the client's timeout) instead of the
@@ -23,6 +24,8 @@ class Knobs:
     rate_429: float = 0.0  # fraction of requests answered 429 regardless of the bucket
     timeout_rate: float = 0.0  # fraction of requests that hang for ``timeout_s``
     timeout_s: float = 30.0
+    retry_after: str = "1"  # the Retry-After header of a 429
+    throttle_next: int = 0  # the next N requests are answered 429, whatever the dice say
     seed: int = 0
     rng: random.Random = field(init=False, repr=False)
 
@@ -33,18 +36,24 @@ class Knobs:
         """None = go on and answer normally; otherwise the response to send instead."""
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
+        if self.throttle_next > 0:
+            self.throttle_next -= 1
+            return self._too_many(error_body)
         roll = self.rng.random()
         if roll < self.timeout_rate:
             await asyncio.sleep(self.timeout_s)
             return JSONResponse({"error": "timeout"}, status_code=504)
         roll -= self.timeout_rate
         if roll < self.rate_429:
-            return JSONResponse(
-                error_body or {"errors": "Too Many Requests"},
-                status_code=429,
-                headers={"Retry-After": "1"},
-            )
+            return self._too_many(error_body)
         roll -= self.rate_429
         if roll < self.error_rate:
             return JSONResponse({"errors": "Service Unavailable"}, status_code=503)
         return None
+
+    def _too_many(self, error_body: dict[str, object] | None) -> Response:
+        return JSONResponse(
+            error_body or {"errors": "Too Many Requests"},
+            status_code=429,
+            headers={"Retry-After": self.retry_after},
+        )

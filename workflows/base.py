@@ -1,36 +1,58 @@
-"""The base task: one database transaction per run, errors sorted into retry or give up.
+"""The base task: one database transaction per run, errors sorted into retry, park or give up.
 
 ``OrdersyncTask.run_in_transaction`` is not used directly: tasks call ``self.transaction()``
-to get a session whose commit publishes any task queued with ``publish_after_commit``. Errors:
+to get a session whose commit publishes any task queued with ``publish_after_commit``. Errors
+(``plan_retry`` decides, once per failure):
 
 - retryable (``domain.errors.RetryableError``, lost DB connections, lock timeouts,
-  serialization failures, deadlocks, Redis / broker / database connection errors) →
-  ``self.retry`` with exponential backoff and full jitter, capped, up to ``retry_max_attempts``;
+  serialization failures, deadlocks, Redis / broker / database connection errors), waiting at
+  most ``PARK_AFTER_S`` (the error's ``retry_after``, else exponential backoff with full
+  jitter, capped) → ``self.retry`` with that countdown, up to ``retry_max_attempts``;
+- retryable but waiting longer (a marketplace's ``Retry-After: 7200``) → **parked**: the retry
+  is written to ``outbox_messages`` with ``not_before`` (its task id, retry count, chain and
+  chord with it), the subclass records what it waits for where staff look (``on_parked``), and
+  the task ends without failing and without going on down its chain; the sweeper publishes
+  the retry once ``not_before`` has passed. A countdown that long would sit unacknowledged in
+  Redis past the visibility timeout and be delivered twice. A retry the broker refuses (Redis
+  down) is parked too, for the sweeper to publish when the broker is back;
 - anything else, or retries exhausted → ``on_permanent_failure`` (subclasses record it for staff:
   the inbox row or the order goes to ``failed`` / ``needs_attention``) and the task fails.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import kombu.exceptions
 import psycopg
 import redis.exceptions
 import structlog
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Ignore, Reject, Retry
+from kombu.utils.json import dumps as kombu_dumps
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
-from core.settings import get_settings
+from core.settings import Settings, get_settings
+from db.base import utcnow
+from db.models import OutboxMessage
 from db.session import get_sessionmaker
 from domain.errors import RetryableError
 
-__all__ = ["OrdersyncTask", "backoff_delay", "describe", "is_retryable"]
+__all__ = [
+    "OrdersyncTask",
+    "RetryPlan",
+    "backoff_delay",
+    "describe",
+    "is_retryable",
+    "plan_retry",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +106,32 @@ def backoff_delay(attempt: int, *, base: float, cap: float) -> float:
     return random.uniform(0, min(cap, base * 2**attempt))
 
 
+@dataclass(frozen=True)
+class RetryPlan:
+    """What a failed run does next: ``retry`` through the broker after ``delay`` seconds,
+    ``park`` in the database until ``not_before``, or ``fail`` for good."""
+
+    action: Literal["retry", "park", "fail"]
+    delay: float = 0.0
+    not_before: dt.datetime | None = None
+
+
+def plan_retry(
+    exc: BaseException, attempt: int, settings: Settings, *, now: dt.datetime | None = None
+) -> RetryPlan:
+    """The plan after ``exc`` on attempt ``attempt`` (0 = the first run)."""
+    if not is_retryable(exc) or attempt >= settings.retry_max_attempts:
+        return RetryPlan("fail")
+    delay = getattr(exc, "retry_after", None)
+    if delay is None:
+        delay = backoff_delay(
+            attempt, base=settings.retry_backoff_base_s, cap=settings.retry_backoff_max_s
+        )
+    if delay <= settings.park_after_s:
+        return RetryPlan("retry", delay)
+    return RetryPlan("park", delay, (now or utcnow()) + dt.timedelta(seconds=delay))
+
+
 class OrdersyncTask(Task):  # type: ignore[misc]
     abstract = True
     # acks_late comes from the app config; tasks are idempotent by construction
@@ -105,28 +153,72 @@ class OrdersyncTask(Task):  # type: ignore[misc]
         finally:
             structlog.contextvars.unbind_contextvars("task", "task_id")
 
+    #: the plan of the failure being handled (``retry_plan``), until ``_handle_error`` used it
+    _decided: tuple[BaseException, RetryPlan] | None = None
+
+    def retry_plan(self, exc: Exception) -> RetryPlan:
+        """The plan for this failure, decided once: a task that books the failure itself before
+        it raises (a sync run) gets the plan that ``_handle_error`` then carries out. (Kept on
+        the task, not on ``self.request``: the request inside ``run`` is a copy.)"""
+        if self._decided is not None and self._decided[0] is exc:
+            return self._decided[1]
+        plan = plan_retry(exc, self.request.retries, get_settings())
+        self._decided = (exc, plan)
+        return plan
+
     def _handle_error(self, exc: Exception, args: Any, kwargs: Any) -> Any:
-        settings = get_settings()
+        plan = self.retry_plan(exc)
+        self._decided = None
         attempt = self.request.retries
-        if is_retryable(exc) and attempt < settings.retry_max_attempts:
-            delay = getattr(exc, "retry_after", None)
-            if delay is None:
-                delay = backoff_delay(
-                    attempt,
-                    base=settings.retry_backoff_base_s,
-                    cap=settings.retry_backoff_max_s,
-                )
-            log.warning(
-                "task.retry",
-                error=type(exc).__name__,
-                detail=str(exc)[:200],
-                attempt=attempt + 1,
-                delay=round(delay, 2),
+        if plan.action == "fail":
+            log.error(
+                "task.failed", error=type(exc).__name__, detail=str(exc)[:500], attempt=attempt
             )
-            raise self.retry(exc=exc, countdown=delay)
-        log.error("task.failed", error=type(exc).__name__, detail=str(exc)[:500], attempt=attempt)
-        self.on_permanent_failure(exc, args, kwargs, attempts=attempt + 1)
-        raise exc
+            self.on_permanent_failure(exc, args, kwargs, attempts=attempt + 1)
+            raise exc
+        if plan.action == "retry":
+            log.warning("task.retry", error=type(exc).__name__, detail=str(exc)[:200],
+                        attempt=attempt + 1, delay=round(plan.delay, 2))  # fmt: skip
+            try:
+                raise self.retry(exc=exc, countdown=plan.delay)
+            except Reject:  # the broker did not take the retry: it waits in the database
+                log.warning("task.retry_unpublished", error=type(exc).__name__)
+                plan = RetryPlan("park", plan.delay, utcnow() + dt.timedelta(seconds=plan.delay))
+        assert plan.not_before is not None
+        self.park(exc, args, kwargs, plan.not_before)
+        # acknowledged, no result, the chain and chord do not move on: the parked retry carries
+        # them (same task id, chain, chord) when the sweeper publishes it
+        raise Ignore()
+
+    def park(self, exc: Exception, args: Any, kwargs: Any, not_before: dt.datetime) -> None:
+        """Write this run's retry to the outbox, to be published at ``not_before``."""
+        retry = self.signature_from_request(
+            self.request, list(args), dict(kwargs), retries=self.request.retries + 1
+        )
+        # plain JSON (the message's own encoding: a chord or chain may hold datetimes)
+        options: dict[str, Any] = json.loads(kombu_dumps(dict(retry.options)))
+        queue = options.pop("queue", None)
+        reason = describe(exc)
+        with self.transaction() as session:
+            message = OutboxMessage(
+                task_name=self.name,
+                args=list(args),
+                kwargs=dict(kwargs) or None,
+                options=options,
+                queue=queue,
+                not_before=not_before,
+                reason=reason,
+                attempts=0,
+            )
+            session.add(message)
+            self.on_parked(session, message, args, kwargs)
+        log.warning("task.parked", error=type(exc).__name__, detail=reason[:200],
+                    until=not_before.isoformat(), attempt=self.request.retries + 1)  # fmt: skip
+
+    def on_parked(self, session: Session, message: OutboxMessage, args: Any, kwargs: Any) -> None:
+        """In the transaction that parks ``message``: say whose work it is (``order_id``,
+        ``channel_account_id``) and record what it waits for where staff see it. Subclasses
+        override."""
 
     def on_permanent_failure(
         self, exc: Exception, args: Any, kwargs: Any, *, attempts: int

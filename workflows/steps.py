@@ -6,8 +6,11 @@ lock is retried: its holder does the step anyway, so the order never fails of co
 gives the service an idempotency ``Claimant`` whose owner is the task id (a redelivered task
 takes its own keys back), and turns the service's ``Outcome`` into the task's result (``stop``:
 the rest of the chain does not run). A step that fails for good moves the order to
-``needs_attention`` (``orders.recovery``); a ``RefundTask`` leaves the cancelled order as it is
-and puts the failure on its timeline (``orders.refunds``).
+``needs_attention`` (``orders.recovery``); a step that must wait longer than ``PARK_AFTER_S``
+(``workflows.base``) puts a ``waiting`` event on the order's timeline with the time and the
+reason, and its parked retry is the order's (the stuck-order sweep leaves it alone); a
+``RefundTask`` leaves the cancelled order as it is and puts the failure on its timeline
+(``orders.refunds``).
 """
 
 from __future__ import annotations
@@ -17,8 +20,12 @@ import uuid
 from contextlib import AbstractContextManager
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from core.settings import get_settings
+from db.models import OutboxMessage
 from orders import idempotency, recovery, refunds
+from orders.intake import record_event
 from orders.steps import Outcome
 from workflows.base import OrdersyncTask, describe
 from workflows.locks import LockBusy, OrderLock, order_lock
@@ -53,6 +60,14 @@ class StepTask(OrdersyncTask):
         if isinstance(exc, LockBusy) and self.request.retries < LOCK_RETRIES:
             raise self.retry(exc=exc, countdown=0.5 + self.request.retries * 0.5, max_retries=None)
         return super()._handle_error(exc, args, kwargs)
+
+    def on_parked(self, session: Session, message: OutboxMessage, args: Any, kwargs: Any) -> None:
+        # the order's work: the stuck-order sweep leaves the order to it; staff see the wait
+        message.order_id = args[0] if args else kwargs["order_id"]
+        assert message.not_before is not None
+        record_event(session, message.order_id, actor=f"task:{self.step}", kind="waiting",
+                     step=self.step, until=message.not_before.isoformat(),
+                     reason=message.reason)  # fmt: skip
 
     def on_permanent_failure(
         self, exc: Exception, args: Any, kwargs: Any, *, attempts: int

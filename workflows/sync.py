@@ -1,12 +1,14 @@
 """Polling and the nightly full sync: because webhooks get lost (WooCommerce never retries one).
 
 - ``ordersync.sync.poll_due`` (Beat, every minute): publish ``poll_account`` for each active
-  account whose last poll is older than ``poll_interval_s``.
+  account whose last poll is older than ``poll_interval_s`` and that has no parked work.
 - ``ordersync.sync.poll_account(account_id)``: orders updated in ``[cursor - overlap, now)``,
   page by page within the marketplace's rate limit (one Redis-shared bucket per account and
   operation), upserted in batches with the same intake as webhooks (so a poll and a webhook for
   the same order make one order, newest data winning), new ones entering the pipeline; the
-  cursor moves only when the whole window was read. Every run is a ``sync_runs`` row.
+  cursor moves only when the whole window was read. Every run is a ``sync_runs`` row. A
+  marketplace that asks us to wait longer than ``PARK_AFTER_S`` parks the poll (``parked`` run,
+  cursor unchanged; the sweeper publishes it again when the wait is over).
 - ``ordersync.sync.full_sync_all`` (Beat, nightly): ``chord(full_sync_account(a) for a in
   accounts) → reconcile_report``, re-reading ``full_sync_days`` days whatever the cursor says.
 """
@@ -18,15 +20,16 @@ from typing import Any
 
 import structlog
 from celery import chord
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, exists, select, update
+from sqlalchemy.orm import Session
 
 from core.settings import get_settings
 from db.base import utcnow
-from db.models import ChannelAccount, SyncRun
+from db.models import ChannelAccount, OutboxMessage, SyncRun
 from domain.canonical import CanonicalOrder
 from integrations.base import ConnectorSeams, MarketplaceConnector
 from orders.intake import IntakeOutcome, apply_order
-from workflows.base import OrdersyncTask, describe, is_retryable
+from workflows.base import OrdersyncTask, describe
 from workflows.celery_app import app
 from workflows.locks import LockBusy, redis_lock
 from workflows.providers import connector_for, shared_limiter
@@ -95,12 +98,11 @@ def _sync(
             flush()
         covered_to = connector.last_window_end or now
     except Exception as exc:
-        will_retry = is_retryable(exc) and task.request.retries < settings.retry_max_attempts
+        status, error = _failed_run(task, exc)
         with task.transaction() as session:
             session.execute(
                 update(SyncRun).where(SyncRun.id == run_id)
-                .values(status="retrying" if will_retry else "failed",
-                        error=describe(exc),
+                .values(status=status, error=error,
                         orders_seen=seen, orders_changed=changed, finished_at=utcnow())
             )  # fmt: skip
         raise
@@ -122,7 +124,32 @@ def _sync(
             "created": created}  # fmt: skip
 
 
-@app.task(base=OrdersyncTask, bind=True, name="ordersync.sync.poll_account", ignore_result=True)
+def _failed_run(task: OrdersyncTask, exc: Exception) -> tuple[str, str]:
+    """A failed sync run's status and error: ``parked`` when the marketplace asked us to wait
+    longer than a worker waits (the run's retry waits in the database, the cursor stays where
+    it was and ``poll_due`` leaves the account alone until then), else ``retrying`` or
+    ``failed``."""
+    plan = task.retry_plan(exc)
+    if plan.action == "park" and plan.not_before is not None:
+        return "parked", f"waiting until {plan.not_before.isoformat()}: {describe(exc)}"
+    return ("retrying" if plan.action == "retry" else "failed"), describe(exc)
+
+
+class SyncTask(OrdersyncTask):
+    abstract = True
+
+    def on_parked(self, session: Session, message: OutboxMessage, args: Any, kwargs: Any) -> None:
+        message.channel_account_id = args[0] if args else kwargs["account_id"]
+
+
+def _nothing_parked() -> ColumnElement[bool]:
+    """The account has no parked work waiting (a poll told to come back later)."""
+    return ~exists().where(
+        OutboxMessage.channel_account_id == ChannelAccount.id, OutboxMessage.published_at.is_(None)
+    )
+
+
+@app.task(base=SyncTask, bind=True, name="ordersync.sync.poll_account", ignore_result=True)
 def poll_account(self: OrdersyncTask, account_id: int) -> dict[str, Any]:
     # one poll per account at a time; a second trigger while one runs is simply dropped
     try:
@@ -132,7 +159,7 @@ def poll_account(self: OrdersyncTask, account_id: int) -> dict[str, Any]:
         return {"account_id": account_id, "status": "already running"}
 
 
-@app.task(base=OrdersyncTask, bind=True, name="ordersync.sync.full_sync_account")
+@app.task(base=SyncTask, bind=True, name="ordersync.sync.full_sync_account")
 def full_sync_account(self: OrdersyncTask, account_id: int) -> dict[str, Any]:
     # waits for a running poll instead of skipping: the nightly window must be read
     since = utcnow() - dt.timedelta(days=get_settings().full_sync_days)
@@ -171,6 +198,7 @@ def poll_due(self: OrdersyncTask) -> list[int]:
             select(ChannelAccount).where(
                 ChannelAccount.active,
                 (ChannelAccount.poll_cursor.is_(None)) | (ChannelAccount.poll_cursor < cutoff),
+                _nothing_parked(),
             )
         ).all()
         # an account without API credentials is webhook-only: nothing to poll with

@@ -1,7 +1,8 @@
 """Tasks. Each takes ids, reloads state, does its one step only if not done yet.
 
 - ``ordersync.intake.process_event(inbox_id)``: parse and apply one webhook delivery.
-- ``ordersync.maintenance.sweep()``: republish committed work that never got processed.
+- ``ordersync.maintenance.sweep()``: republish committed work that never got processed, and
+  parked work (``workflows.base``) once its ``not_before`` has passed.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import Any
 
 import pydantic
 import structlog
-from sqlalchemy import bindparam, select, update
+from celery.canvas import Signature
+from sqlalchemy import Exists, bindparam, exists, select, update
 
 from core.settings import get_settings
 from db.base import utcnow
@@ -167,17 +169,22 @@ def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
 
 
 @app.task(base=OrdersyncTask, bind=True, name="ordersync.maintenance.sweep", ignore_result=True)
-def sweep(self: OrdersyncTask, limit: int = 500) -> dict[str, int]:
-    """Republish inbox events and outbox messages committed but not processed in time.
+def sweep(self: OrdersyncTask, limit: int = 500, now: str | None = None) -> dict[str, int]:
+    """Republish inbox events and outbox messages committed but not processed in time, parked
+    work whose ``not_before`` has passed, and push on orders with no progress.
 
     After Redis came back empty (``redis_lost_its_data``), nothing in flight can still arrive:
-    everything unfinished is republished at once, not after the usual waits."""
+    everything unfinished is republished at once, not after the usual waits (parked work still
+    waits for its time: it is in the database, not lost). ``now`` (ISO 8601; default: the
+    clock) is the moment the sweep judges parked work and progress by: a test moves it past a
+    parked message's ``not_before`` instead of waiting for it."""
     from workflows.locks import redis_lost_its_data
 
+    at = dt.datetime.fromisoformat(now).astimezone(dt.UTC) if now else utcnow()
     lost = redis_lost_its_data()
     if lost:
         log.warning("sweep.redis_lost_its_data", action="republishing all unfinished work")
-    cutoff = utcnow() - dt.timedelta(seconds=0 if lost else get_settings().sweep_after_s)
+    cutoff = at - dt.timedelta(seconds=0 if lost else get_settings().sweep_after_s)
     with self.transaction() as session:
         stuck = session.scalars(
             select(InboxEvent.id)
@@ -191,21 +198,26 @@ def sweep(self: OrdersyncTask, limit: int = 500) -> dict[str, int]:
             select(OutboxMessage)
             .where(
                 OutboxMessage.published_at.is_(None),
-                (OutboxMessage.not_before.is_(None)) | (OutboxMessage.not_before <= utcnow()),
-                OutboxMessage.created_at < cutoff,
+                # parked work goes when its time has come; other messages when their own
+                # publish after commit has had time to happen
+                (OutboxMessage.not_before <= at)
+                | (OutboxMessage.not_before.is_(None) & (OutboxMessage.created_at < cutoff)),
             )
             .order_by(OutboxMessage.id)
             .limit(limit)
         ).all()
         for message in outbox:
+            options = {**(message.options or {})}
+            if message.queue:
+                options["queue"] = message.queue
             publish_after_commit(
                 session,
-                app.signature(message.task_name, args=message.args, queue=message.queue),
+                Signature(message.task_name, message.args, message.kwargs or {}, options, app=app),
             )
-            message.published_at = utcnow()
+            message.published_at = at
             message.attempts += 1
-        orders = _stuck_orders(session, limit, now=lost)
-        calls = _unfinished_calls(session, limit, now=lost)
+        orders = _stuck_orders(session, limit, at, now=lost)
+        calls = _unfinished_calls(session, limit, at, now=lost)
     orphans = 0 if lost else restore_orphans(app)  # after an empty Redis there are none
     if stuck or outbox or orders or calls or orphans:
         log.info("sweep.republished", inbox=len(stuck), outbox=len(outbox), orders=len(orders),
@@ -214,26 +226,44 @@ def sweep(self: OrdersyncTask, limit: int = 500) -> dict[str, int]:
             "orphans": orphans}  # fmt: skip
 
 
-def _unfinished_calls(session: Any, limit: int, *, now: bool = False) -> list[str]:
+def _parked_work(at: dt.datetime) -> Exists:
+    """The order has parked work (``workflows.base``): still waiting for its time, or published
+    less than ``stuck_after_s`` before ``at``. Nothing else pushes such an order on."""
+    published_after = at - dt.timedelta(seconds=get_settings().stuck_after_s)
+    return exists().where(
+        OutboxMessage.order_id == Order.id,
+        OutboxMessage.published_at.is_(None) | (OutboxMessage.published_at > published_after),
+    )
+
+
+def _unfinished_calls(session: Any, limit: int, at: dt.datetime, *, now: bool = False) -> list[str]:
     """Outside calls whose attempt died (key claimed, never finished, held by nobody for the
-    idempotency lock timeout, or ``now``): their step runs again and resumes the key."""
+    idempotency lock timeout, or ``now``): their step runs again and resumes the key. A call
+    whose order has parked work (a 429 that said "in two hours") waits for it."""
     from orders.recovery import unfinished_calls
     from workflows.pipeline import pipeline, refund_payment
 
     idle = dt.timedelta(seconds=0 if now else get_settings().idempotency_lock_timeout_s)
     found = unfinished_calls(session, idle_for=idle, limit=limit)
+    parked = set(
+        session.scalars(
+            select(Order.id).where(Order.id.in_({c.order_id for c in found}), _parked_work(at))
+        )
+    )
+    found = [call for call in found if call.order_id not in parked]
     for call in found:
         step = refund_payment.si(call.order_id) if call.step == "refund_payment" else None
         publish_after_commit(session, step or pipeline(call.order_id))
     return [call.key for call in found]
 
 
-def _stuck_orders(session: Any, limit: int, *, now: bool = False) -> list[int]:
+def _stuck_orders(session: Any, limit: int, at: dt.datetime, *, now: bool = False) -> list[int]:
     """Orders in a pipeline state with no progress for ``stuck_after_s`` (or any, ``now``):
-    push them on again (every step skips what is done, so this is safe however often)."""
+    push them on again (every step skips what is done, so this is safe however often). An
+    order with parked work is left to it."""
     from workflows.pipeline import pipeline
 
-    cutoff = utcnow() - dt.timedelta(seconds=0 if now else get_settings().stuck_after_s)
+    cutoff = at - dt.timedelta(seconds=0 if now else get_settings().stuck_after_s)
     order_ids = session.scalars(
         select(Order.id)
         .where(
@@ -241,6 +271,7 @@ def _stuck_orders(session: Any, limit: int, *, now: bool = False) -> list[int]:
                 [OrderState.NEW, OrderState.RESERVED, OrderState.PAID, OrderState.DOCUMENTED]
             ),
             Order.updated_at < cutoff,
+            ~_parked_work(at),
         )
         .order_by(Order.updated_at)
         .limit(limit)

@@ -1,7 +1,8 @@
-"""Which failures a task retries, and the backoff it waits."""
+"""Which failures a task retries, the backoff it waits, and which waits it parks."""
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 
 import kombu.exceptions
@@ -11,8 +12,9 @@ import pytest
 import redis.exceptions
 from sqlalchemy import exc as sa_exc
 
+from core.settings import Settings
 from domain.errors import AuthError, PermanentError, RateLimited, ServerError, ValidationError
-from workflows.base import backoff_delay, describe, is_retryable
+from workflows.base import RetryPlan, backoff_delay, describe, is_retryable, plan_retry
 
 
 @pytest.mark.parametrize(
@@ -75,3 +77,45 @@ def test_describe_adds_the_providers_code_when_the_message_lacks_it() -> None:
     assert describe(said) == "PermanentError: declined: card_declined"
     assert describe(ValueError("x" * 5000)).startswith("ValueError: xxx")
     assert len(describe(ValueError("x" * 5000))) == 2000
+
+
+NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+
+
+def _settings(**changes: object) -> Settings:
+    values: dict[str, object] = {"park_after_s": 300, "retry_max_attempts": 8}
+    values.update(changes)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    "error, attempt, settings, plan",
+    [
+        # within the bound: a countdown through the broker
+        (RateLimited("429", retry_after=30), 0, _settings(), RetryPlan("retry", 30)),
+        (RateLimited("429", retry_after=300), 3, _settings(), RetryPlan("retry", 300)),
+        # past it: parked in the database until now + the delay
+        (RateLimited("429", retry_after=301), 0, _settings(),
+         RetryPlan("park", 301, NOW + dt.timedelta(seconds=301))),
+        (RateLimited("429", retry_after=7200), 7, _settings(),
+         RetryPlan("park", 7200, NOW + dt.timedelta(seconds=7200))),
+        # a parked retry counts as one: the last attempt fails however long the wait
+        (RateLimited("429", retry_after=7200), 8, _settings(), RetryPlan("fail")),
+        (AuthError("401"), 0, _settings(), RetryPlan("fail")),
+    ],
+)  # fmt: skip
+def test_a_delay_past_the_bound_is_parked_and_one_within_it_is_a_countdown(
+    error: Exception, attempt: int, settings: Settings, plan: RetryPlan
+) -> None:
+    assert plan_retry(error, attempt, settings, now=NOW) == plan
+
+
+def test_our_own_backoff_is_parked_too_when_it_outgrows_the_bound() -> None:
+    # a backoff that can only land past the bound (base 1000 s, ceiling 2000 s)
+    settings = _settings(retry_backoff_base_s=1000.0, retry_backoff_max_s=2000.0)
+    plans = [plan_retry(ServerError("503"), 1, settings, now=NOW) for _ in range(50)]
+    for plan in plans:
+        assert plan.action == ("park" if plan.delay > 300 else "retry")
+        if plan.action == "park":
+            assert plan.not_before == NOW + dt.timedelta(seconds=plan.delay)
+    assert any(p.action == "park" for p in plans)
