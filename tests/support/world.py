@@ -145,8 +145,10 @@ def running_world(
     seed: int = 7,
     workers: int = 2,
     beat: bool = False,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[World]:
-    """Migrate ``url``, start the sandbox, the web app and ``workers`` Celery workers."""
+    """Migrate ``url``, start the sandbox, the web app and ``workers`` Celery workers (and Beat,
+    ``beat``; ``extra_env``: more ``ORDERSYNC_*`` settings for them all)."""
     upgrade(url)
     sandbox = Sandbox(seed=seed)
     sandbox.start()
@@ -158,6 +160,7 @@ def running_world(
         "ORDERSYNC_CARRIER_API_KEY": sandbox_carrier.SANDBOX_API_KEY,
         "ORDERSYNC_RETRY_BACKOFF_BASE_S": "0.2",
         "ORDERSYNC_RETRY_BACKOFF_MAX_S": "2",
+        **(extra_env or {}),
     }
     try:
         with run_stack(
