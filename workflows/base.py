@@ -23,6 +23,7 @@ from celery.exceptions import Retry
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
+from core.logging import redacted_message
 from core.settings import get_settings
 from db.session import get_sessionmaker
 from domain.errors import RetryableError
@@ -100,12 +101,14 @@ class OrdersyncTask(Task):  # type: ignore[misc]
             log.warning(
                 "task.retry",
                 error=type(exc).__name__,
-                detail=str(exc)[:200],
+                detail=redacted_message(exc, 200),
                 attempt=attempt + 1,
                 delay=round(delay, 2),
             )
             raise self.retry(exc=exc, countdown=delay)
-        log.error("task.failed", error=type(exc).__name__, detail=str(exc)[:500], attempt=attempt)
+        log.error(
+            "task.failed", error=type(exc).__name__, detail=redacted_message(exc), attempt=attempt
+        )
         self.on_permanent_failure(exc, args, kwargs, attempts=attempt + 1)
         raise exc
 
