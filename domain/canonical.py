@@ -2,12 +2,14 @@
 
 Money is ``Decimal`` (parsed from strings or numbers, never through float arithmetic), ids are
 strings, timestamps are timezone-aware UTC, and the marketplace payload is kept whole in ``raw``
-so that nothing a mapper does not understand yet is lost.
+so that nothing a mapper does not understand yet is lost. No string in it, ``raw`` included,
+holds a lone UTF-16 surrogate (see ``_Canonical``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -40,9 +42,46 @@ ExternalIdStr = Annotated[
 ]
 
 
-class Address(BaseModel):
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _without_lone_surrogates(value: Any) -> Any:
+    """``value`` with each lone surrogate in its strings (dict keys too) replaced by U+FFFD; a
+    high-low pair that stands for one character is joined into it."""
+    if isinstance(value, str):
+        if value.isascii() or not _SURROGATE.search(value):
+            return value
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_lone_surrogates(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_without_lone_surrogates(v) for v in value)
+    return value
+
+
+class _Canonical(BaseModel):
+    """Frozen, and free of lone surrogates in every field.
+
+    JSON may carry half of a surrogate pair (``"\\ud800"``, typically an emoji cut in half by
+    a length limit), which Python decodes into a string that UTF-8 cannot encode: such an
+    order passed intake and then failed when its label request was encoded, and PostgreSQL
+    cannot store it. The half is replaced by U+FFFD, as any UTF-8 decoder does with bytes it
+    cannot read, rather than the payload refused: half a character carries nothing to
+    recover, the rest of the address is good, and a refused order would wait for a fix that
+    neither staff nor the buyer can make here (the marketplace keeps sending the same text).
+    """
+
     model_config = ConfigDict(frozen=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _replace_lone_surrogates(cls, value: Any) -> Any:
+        return _without_lone_surrogates(value)
+
+
+class Address(_Canonical):
     name: str | None = None
     company: str | None = None
     line1: str | None = None
@@ -54,9 +93,7 @@ class Address(BaseModel):
     phone: str | None = None
 
 
-class CanonicalLine(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+class CanonicalLine(_Canonical):
     external_id: ExternalIdStr
     sku: str | None = None
     title: str = ""
@@ -67,9 +104,7 @@ class CanonicalLine(BaseModel):
     total: MoneyField
 
 
-class CanonicalOrder(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+class CanonicalOrder(_Canonical):
     #: the registered marketplace's name (``integrations.registry``); the domain lists none
     channel: str = Field(min_length=1, max_length=20)
     account: str

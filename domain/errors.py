@@ -40,6 +40,9 @@ class IntegrationError(Exception):
     """Base class. ``status`` is the HTTP status when there was one."""
 
     retryable: bool = False
+    #: the message may be logged (``core.logging.redacted_message``): the tree's messages name
+    #: the operation, status and remote code, never what a customer typed
+    log_safe_message: bool = True
 
     def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
         super().__init__(message)

@@ -39,6 +39,7 @@ from kombu.utils.json import dumps as kombu_dumps
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
+from core.logging import redacted_message
 from core.settings import Settings, get_settings
 from db.base import utcnow
 from db.models import OutboxMessage
@@ -171,13 +172,12 @@ class OrdersyncTask(Task):  # type: ignore[misc]
         self._decided = None
         attempt = self.request.retries
         if plan.action == "fail":
-            log.error(
-                "task.failed", error=type(exc).__name__, detail=str(exc)[:500], attempt=attempt
-            )
+            log.error("task.failed", error=type(exc).__name__, detail=redacted_message(exc),
+                      attempt=attempt)  # fmt: skip
             self.on_permanent_failure(exc, args, kwargs, attempts=attempt + 1)
             raise exc
         if plan.action == "retry":
-            log.warning("task.retry", error=type(exc).__name__, detail=str(exc)[:200],
+            log.warning("task.retry", error=type(exc).__name__, detail=redacted_message(exc, 200),
                         attempt=attempt + 1, delay=round(plan.delay, 2))  # fmt: skip
             try:
                 raise self.retry(exc=exc, countdown=plan.delay)
@@ -212,7 +212,7 @@ class OrdersyncTask(Task):  # type: ignore[misc]
             )
             session.add(message)
             self.on_parked(session, message, args, kwargs)
-        log.warning("task.parked", error=type(exc).__name__, detail=reason[:200],
+        log.warning("task.parked", error=type(exc).__name__, detail=redacted_message(exc, 200),
                     until=not_before.isoformat(), attempt=self.request.retries + 1)  # fmt: skip
 
     def on_parked(self, session: Session, message: OutboxMessage, args: Any, kwargs: Any) -> None:

@@ -14,12 +14,16 @@ The broker URL is resolved lazily (on first use), so importing this module never
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
+import structlog
 from celery import Celery, signals
+from celery.exceptions import Retry
 from celery.schedules import crontab
 from kombu.entity import Queue
 
+from core.logging import redacted_error
 from core.settings import get_settings
 
 __all__ = ["app"]
@@ -109,6 +113,39 @@ def _worker_process_init(**_kwargs: Any) -> None:
     from db import session
 
     session.after_fork()
+
+
+def _id_arguments(task: Any, args: Any, kwargs: Any) -> dict[str, int]:
+    """A task's integer ``*_id`` arguments (``order_id``, ``inbox_id``, ``account_id``): which
+    order a log line is about, and never anything a buyer typed."""
+    try:
+        bound = inspect.signature(task.run).bind_partial(*(args or ()), **(kwargs or {}))
+    except TypeError:  # arguments the task does not take: its call fails, and says so
+        return {}
+    return {
+        name: value
+        for name, value in bound.arguments.items()
+        if name.endswith("_id") and isinstance(value, int) and not isinstance(value, bool)
+    }
+
+
+@signals.task_prerun.connect
+def _bind_ids(task: Any = None, args: Any = None, kwargs: Any = None, **_: Any) -> None:
+    structlog.contextvars.bind_contextvars(**_id_arguments(task, args, kwargs))
+
+
+@signals.task_postrun.connect
+def _unbind_ids(task: Any = None, args: Any = None, kwargs: Any = None, **_: Any) -> None:
+    structlog.contextvars.unbind_contextvars(*_id_arguments(task, args, kwargs))
+
+
+@signals.task_retry.connect
+def _redact_retry_reason(reason: Any = None, **_: Any) -> None:
+    # Celery logs "Task ... retry: <reason>" right after this signal, and a Retry's text holds
+    # the repr of the exception it retries for, which may quote what a buyer typed (a database
+    # error's parameters, an address): the same line, with the exception as every log shows it
+    if isinstance(reason, Retry) and reason.exc is not None:
+        reason.excs = redacted_error(reason.exc)
 
 
 app.add_defaults(_config)

@@ -37,7 +37,9 @@ from tests.support.world import (
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
 except ImportError:  # reported by the browser fixture: skipped, or failed under CI
-    sync_playwright = None
+    HAVE_PLAYWRIGHT = False
+else:
+    HAVE_PLAYWRIGHT = True
 
 pytestmark = pytest.mark.slow
 
@@ -58,7 +60,7 @@ EMAIL, PHONE = "bob.norman@mail.example.com", "+557734881234"
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    if sync_playwright is None:
+    if not HAVE_PLAYWRIGHT:
         unavailable("the playwright package is not installed")
     if not CHROMIUM.exists():
         unavailable(f"no Chromium at {CHROMIUM}")

@@ -560,3 +560,31 @@ def test_an_amazon_order_the_merchant_fulfils_still_reserves_stock_gets_a_label_
     world.wait_state(name, external_id, "shipped")
     pushed = [p for key, p in world.sandbox.amazon.shipments.items() if key[0] == external_id]
     assert [p["trackingNumber"] for p in pushed] == [labels[0].tracking_number]
+
+
+def test_half_a_surrogate_pair_in_the_address_becomes_u_fffd_and_the_order_ships(
+    world: World, fixtures_dir: Path
+) -> None:
+    # given an order whose street and name end in half a UTF-16 pair (a JSON \ud83d escape: an
+    # emoji cut in half), which UTF-8 cannot encode: its label request used to fail
+    shop = world.account()
+    payload = fixture_order(fixtures_dir)
+    payload["shipping_address"] = {
+        **payload["shipping_address"],
+        "address1": "Chestnut Street 92 \ud83d",
+        "name": "Bob Norman \udc00",
+    }
+    stock_for(world, payload)
+
+    # when it comes in by webhook (world.post sends the halves as JSON escapes)
+    world.post(shop, payload, topic="orders/create")
+
+    # then it goes all the way, each half stored and sent to the carrier as U+FFFD
+    order = world.wait_state(shop, str(payload["id"]), "ready_to_ship")
+    assert order.shipping_address is not None
+    assert order.shipping_address["line1"] == "Chestnut Street 92 \ufffd"
+    ship_to = world.sandbox.carrier.labels[f"label:{order.id}"].request["shipment"]["ship_to"]
+    assert (ship_to["name"], ship_to["address_line1"]) == (
+        "Bob Norman \ufffd",
+        "Chestnut Street 92 \ufffd",
+    )

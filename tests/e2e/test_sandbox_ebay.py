@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from decimal import Decimal
 
 import httpx
@@ -32,18 +33,14 @@ HOUR_AGO = dt.timedelta(hours=1)
 
 @pytest.fixture
 def serve() -> Iterator[Serve]:
-    contexts: list[object] = []
+    with ExitStack() as servers:
 
-    def start(sim: EbaySimulator) -> str:
-        app = FastAPI()
-        app.include_router(sim.build_router(), prefix="/ebay")
-        ctx = serve_app(app)
-        contexts.append(ctx)
-        return ctx.__enter__() + "/ebay"
+        def start(sim: EbaySimulator) -> str:
+            app = FastAPI()
+            app.include_router(sim.build_router(), prefix="/ebay")
+            return servers.enter_context(serve_app(app)) + "/ebay"
 
-    yield start
-    for ctx in contexts:
-        ctx.__exit__(None, None, None)  # type: ignore[attr-defined]
+        yield start
 
 
 def connect(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from decimal import Decimal
 from typing import Any
 
@@ -40,18 +41,14 @@ Serve = Callable[[PaymentsSimulator], str]
 
 @pytest.fixture
 def serve() -> Iterator[Serve]:
-    servers: list[Any] = []
+    with ExitStack() as servers:
 
-    def start(sim: PaymentsSimulator) -> str:
-        app = FastAPI()
-        app.include_router(sim.build_router(), prefix="/payments")
-        ctx = serve_app(app)
-        servers.append(ctx)
-        return ctx.__enter__() + "/payments"
+        def start(sim: PaymentsSimulator) -> str:
+            app = FastAPI()
+            app.include_router(sim.build_router(), prefix="/payments")
+            return servers.enter_context(serve_app(app)) + "/payments"
 
-    yield start
-    for ctx in servers:
-        ctx.__exit__(None, None, None)
+        yield start
 
 
 def _capture(client: PaymentsClient, order: int = 1, **overrides: Any) -> Capture:
@@ -64,7 +61,7 @@ def _capture(client: PaymentsClient, order: int = 1, **overrides: Any) -> Captur
     return client.capture(**(args | overrides))
 
 
-def test_the_same_key_replays_the_first_capture_and_the_ledger_counts_one(serve):
+def test_the_same_key_replays_the_first_capture_and_the_ledger_counts_one(serve: Serve) -> None:
     # given
     sim = PaymentsSimulator(seed=1)
     client = PaymentsClient(serve(sim), SANDBOX_API_KEY)
@@ -82,7 +79,7 @@ def test_the_same_key_replays_the_first_capture_and_the_ledger_counts_one(serve)
     assert sim.captures[0]["order_ref"] == "order:1"
 
 
-def test_the_replay_is_the_stored_response_byte_for_byte(serve):
+def test_the_replay_is_the_stored_response_byte_for_byte(serve: Serve) -> None:
     sim = PaymentsSimulator(seed=1)
     base = serve(sim)
     body = "amount=1000&currency=usd&confirm=true&payment_method=pm_card_visa"
@@ -105,7 +102,9 @@ def test_the_replay_is_the_stored_response_byte_for_byte(serve):
     assert sim.capture_count() == 1
 
 
-def test_the_same_key_with_other_parameters_is_refused_and_charges_nothing_more(serve):
+def test_the_same_key_with_other_parameters_is_refused_and_charges_nothing_more(
+    serve: Serve,
+) -> None:
     sim = PaymentsSimulator(seed=1)
     client = PaymentsClient(serve(sim), SANDBOX_API_KEY)
     _capture(client)
@@ -117,7 +116,9 @@ def test_the_same_key_with_other_parameters_is_refused_and_charges_nothing_more(
     assert sim.stats["mismatches"] == 1
 
 
-def test_fifty_concurrent_identical_captures_charge_once_and_all_see_the_same_intent(serve):
+def test_fifty_concurrent_identical_captures_charge_once_and_all_see_the_same_intent(
+    serve: Serve,
+) -> None:
     # given: the charge takes a while at the "card network", so duplicates arrive while the
     # first request with the key is still in flight and get 409 idempotency_key_in_use
     sim = PaymentsSimulator(seed=7, processing_s=0.3)
@@ -137,7 +138,7 @@ def test_fifty_concurrent_identical_captures_charge_once_and_all_see_the_same_in
     assert replays.count(False) == 1  # exactly one caller saw the first, executing answer
 
 
-def test_a_dropped_connection_after_the_capture_is_learnt_from_the_replay(serve):
+def test_a_dropped_connection_after_the_capture_is_learnt_from_the_replay(serve: Serve) -> None:
     # given: the provider applies the capture, then the connection breaks mid-response
     sim = PaymentsSimulator(seed=3, drop_after_apply_rate=1.0)
     client = PaymentsClient(serve(sim), SANDBOX_API_KEY, max_attempts=1)
@@ -155,7 +156,7 @@ def test_a_dropped_connection_after_the_capture_is_learnt_from_the_replay(serve)
     assert sim.stats["dropped"] == 1
 
 
-def test_the_client_recovers_from_a_dropped_connection_within_one_call(serve):
+def test_the_client_recovers_from_a_dropped_connection_within_one_call(serve: Serve) -> None:
     sim = PaymentsSimulator(seed=3, drop_after_apply_rate=1.0)
     client = PaymentsClient(serve(sim), SANDBOX_API_KEY, seams=ConnectorSeams(sleep=lambda s: None))
 
@@ -165,7 +166,7 @@ def test_the_client_recovers_from_a_dropped_connection_within_one_call(serve):
     assert sim.capture_count() == 1
 
 
-def test_a_crashed_attempt_finds_its_capture_by_order(serve):
+def test_a_crashed_attempt_finds_its_capture_by_order(serve: Serve) -> None:
     sim = PaymentsSimulator(seed=3, drop_after_apply_rate=1.0)
     client = PaymentsClient(serve(sim), SANDBOX_API_KEY, max_attempts=1)
     with pytest.raises(TransportError):
@@ -179,7 +180,7 @@ def test_a_crashed_attempt_finds_its_capture_by_order(serve):
     assert client.retrieve(found.id) == found
 
 
-def test_a_declined_card_is_permanent_and_its_replay_is_the_same_decline(serve):
+def test_a_declined_card_is_permanent_and_its_replay_is_the_same_decline(serve: Serve) -> None:
     sim = PaymentsSimulator(seed=5)
     client = PaymentsClient(serve(sim), SANDBOX_API_KEY)
 
@@ -194,7 +195,7 @@ def test_a_declined_card_is_permanent_and_its_replay_is_the_same_decline(serve):
     assert attempt is not None and attempt.status == "requires_payment_method"
 
 
-def test_decline_rate_declines_some_orders_and_captures_the_rest_once_each(serve):
+def test_decline_rate_declines_some_orders_and_captures_the_rest_once_each(serve: Serve) -> None:
     sim = PaymentsSimulator(seed=11, decline_rate=0.3)
     client = PaymentsClient(serve(sim), SANDBOX_API_KEY)
     paid, declined = 0, 0
@@ -219,7 +220,9 @@ def test_decline_rate_declines_some_orders_and_captures_the_rest_once_each(serve
         (Decimal("7.250"), "KWD", 7250),
     ],
 )
-def test_minor_units_reach_the_ledger_and_come_back(serve, amount, currency, minor):
+def test_minor_units_reach_the_ledger_and_come_back(
+    serve: Serve, amount: Decimal, currency: str, minor: int
+) -> None:
     sim = PaymentsSimulator(seed=2)
     client = PaymentsClient(serve(sim), SANDBOX_API_KEY)
 
@@ -230,7 +233,7 @@ def test_minor_units_reach_the_ledger_and_come_back(serve, amount, currency, min
     assert result.amount == amount and result.currency == currency
 
 
-def test_a_bad_api_key_is_refused_with_stripes_error_body(serve):
+def test_a_bad_api_key_is_refused_with_stripes_error_body(serve: Serve) -> None:
     sim = PaymentsSimulator(seed=1)
     base = serve(sim)
 
@@ -243,7 +246,7 @@ def test_a_bad_api_key_is_refused_with_stripes_error_body(serve):
     assert sim.capture_count() == 0
 
 
-def test_keys_are_forgotten_after_24_hours_and_then_execute_anew(serve):
+def test_keys_are_forgotten_after_24_hours_and_then_execute_anew(serve: Serve) -> None:
     # given: a clock we move; this is why our own key table must outlive the provider's
     now = [1_700_000_000.0]
     sim = PaymentsSimulator(seed=1, clock=lambda: now[0])
@@ -262,7 +265,9 @@ def test_keys_are_forgotten_after_24_hours_and_then_execute_anew(serve):
     assert sim.capture_count() == 2
 
 
-def test_injected_faults_store_nothing_so_retries_still_capture_each_order_once(serve):
+def test_injected_faults_store_nothing_so_retries_still_capture_each_order_once(
+    serve: Serve,
+) -> None:
     # given: half the requests fail before executing (503s and 429s)
     sim = PaymentsSimulator(Knobs(error_rate=0.3, rate_429=0.2, seed=4))
     no_wait = ConnectorSeams(sleep=lambda s: None)
@@ -300,7 +305,7 @@ def _refund(client: PaymentsClient, intent: str, **overrides: Any) -> Refund:
     return client.refund(**(args | overrides))
 
 
-def test_a_capture_refunded_in_full_is_in_the_refund_ledger_once(serve):
+def test_a_capture_refunded_in_full_is_in_the_refund_ledger_once(serve: Serve) -> None:
     # given
     sim = PaymentsSimulator(seed=1)
     base = serve(sim)
@@ -331,7 +336,7 @@ def test_a_capture_refunded_in_full_is_in_the_refund_ledger_once(serve):
     assert body["metadata"] == {"order_ref": "order:1"}
 
 
-def test_the_same_refund_key_replays_the_first_refund(serve):
+def test_the_same_refund_key_replays_the_first_refund(serve: Serve) -> None:
     sim = PaymentsSimulator(seed=1)
     client = PaymentsClient(serve(sim), SANDBOX_API_KEY)
     capture = _capture(client)
@@ -344,7 +349,9 @@ def test_the_same_refund_key_replays_the_first_refund(serve):
     assert sim.refund_count() == 1 and sim.refunded_amount(capture.id) == 1999
 
 
-def test_a_refund_key_reused_with_another_amount_or_on_another_endpoint_is_a_mismatch(serve):
+def test_a_refund_key_reused_with_another_amount_or_on_another_endpoint_is_a_mismatch(
+    serve: Serve,
+) -> None:
     sim = PaymentsSimulator(seed=1)
     client = PaymentsClient(serve(sim), SANDBOX_API_KEY)
     capture = _capture(client)
@@ -362,7 +369,7 @@ def test_a_refund_key_reused_with_another_amount_or_on_another_endpoint_is_a_mis
     assert sim.stats["mismatches"] == 3
 
 
-def test_twenty_concurrent_identical_refunds_refund_once(serve):
+def test_twenty_concurrent_identical_refunds_refund_once(serve: Serve) -> None:
     # given: the refund takes a while, so duplicates meet the first one in flight (409)
     sim = PaymentsSimulator(seed=7, processing_s=0.3)
     base = serve(sim)
@@ -383,7 +390,7 @@ def test_twenty_concurrent_identical_refunds_refund_once(serve):
     assert replays.count(False) == 1
 
 
-def test_partial_refunds_add_up_and_an_over_refund_is_refused_with_a_400(serve):
+def test_partial_refunds_add_up_and_an_over_refund_is_refused_with_a_400(serve: Serve) -> None:
     sim = PaymentsSimulator(seed=1)
     client = PaymentsClient(serve(sim), SANDBOX_API_KEY)
     intent = _capture(client, amount=Decimal("20.00")).id
@@ -405,7 +412,9 @@ def test_partial_refunds_add_up_and_an_over_refund_is_refused_with_a_400(serve):
     assert [r["amount"] for r in sim.refunds_for("order:1")] == [500, 1000, 500]
 
 
-def test_a_refund_of_an_unknown_intent_stores_nothing_so_its_key_can_refund_later(serve):
+def test_a_refund_of_an_unknown_intent_stores_nothing_so_its_key_can_refund_later(
+    serve: Serve,
+) -> None:
     sim = PaymentsSimulator(seed=1)
     client = PaymentsClient(serve(sim), SANDBOX_API_KEY)
 
@@ -421,7 +430,7 @@ def test_a_refund_of_an_unknown_intent_stores_nothing_so_its_key_can_refund_late
     assert sim.refund_count() == 1
 
 
-def test_an_intent_that_did_not_succeed_is_not_refundable(serve):
+def test_an_intent_that_did_not_succeed_is_not_refundable(serve: Serve) -> None:
     sim = PaymentsSimulator(seed=1)
     client = PaymentsClient(serve(sim), SANDBOX_API_KEY)
     with pytest.raises(PaymentDeclined):
@@ -435,7 +444,7 @@ def test_an_intent_that_did_not_succeed_is_not_refundable(serve):
     assert sim.refund_count() == 0
 
 
-def test_a_dropped_connection_after_the_refund_is_learnt_from_the_replay(serve):
+def test_a_dropped_connection_after_the_refund_is_learnt_from_the_replay(serve: Serve) -> None:
     # given: the capture goes through; then the provider refunds and breaks the connection
     sim = PaymentsSimulator(seed=3)
     client = PaymentsClient(serve(sim), SANDBOX_API_KEY, max_attempts=1)
@@ -455,7 +464,7 @@ def test_a_dropped_connection_after_the_refund_is_learnt_from_the_replay(serve):
     assert sim.stats["dropped"] == 1
 
 
-def test_raw_refund_requests_default_to_the_rest_and_check_their_parameters(serve):
+def test_raw_refund_requests_default_to_the_rest_and_check_their_parameters(serve: Serve) -> None:
     sim = PaymentsSimulator(seed=1)
     base = serve(sim)
     intent = _capture(PaymentsClient(base, SANDBOX_API_KEY), amount=Decimal("10.00")).id

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from decimal import Decimal
 
 import httpx
@@ -24,21 +25,19 @@ from sandbox.woocommerce import (
 from tests.support.fake_time import FakeTime as FakeClock
 from tests.support.servers import serve_app
 
+Serve = Callable[[WooCommerceSimulator], str]
+
 
 @pytest.fixture
-def serve() -> Iterator[object]:
-    servers: list[object] = []
+def serve() -> Iterator[Serve]:
+    with ExitStack() as servers:
 
-    def start(sim: WooCommerceSimulator) -> str:
-        app = FastAPI()
-        app.include_router(sim.build_router(), prefix="/woocommerce")
-        ctx = serve_app(app)
-        servers.append(ctx)
-        return ctx.__enter__() + "/woocommerce"
+        def start(sim: WooCommerceSimulator) -> str:
+            app = FastAPI()
+            app.include_router(sim.build_router(), prefix="/woocommerce")
+            return servers.enter_context(serve_app(app)) + "/woocommerce"
 
-    yield start
-    for ctx in servers:
-        ctx.__exit__(None, None, None)  # type: ignore[attr-defined]
+        yield start
 
 
 def _connector(
@@ -54,7 +53,7 @@ def _connector(
     return WooCommerceConnector(account, seams)
 
 
-def test_full_poll_returns_every_order_exactly_once_mapped(serve):
+def test_full_poll_returns_every_order_exactly_once_mapped(serve: Serve) -> None:
     # given: 250 orders = three pages of 100
     sim = WooCommerceSimulator(seed=1)
     ids = sim.add_orders(250)
@@ -77,7 +76,7 @@ def test_full_poll_returns_every_order_exactly_once_mapped(serve):
     connector.close()
 
 
-def test_second_poll_from_the_cursor_sees_only_touched_orders(serve):
+def test_second_poll_from_the_cursor_sees_only_touched_orders(serve: Serve) -> None:
     clock = FakeClock()
     sim = WooCommerceSimulator(seed=2, clock=clock.time)
     ids = sim.add_orders(30)
@@ -96,7 +95,7 @@ def test_second_poll_from_the_cursor_sees_only_touched_orders(serve):
     assert all(o.financial_status in ("paid", "partially_refunded") for o in touched)
 
 
-def test_fulfillment_and_stock_reach_the_shop_once(serve):
+def test_fulfillment_and_stock_reach_the_shop_once(serve: Serve) -> None:
     sim = WooCommerceSimulator(seed=3)
     (oid,) = sim.add_orders(1)
     connector = _connector(serve(sim))
@@ -116,7 +115,7 @@ def test_fulfillment_and_stock_reach_the_shop_once(serve):
     assert "batch_variations" in ops and "batch_products" in ops  # SKU-RED-M is a variation
 
 
-def test_poll_under_the_shops_rate_limit_still_completes(serve):
+def test_poll_under_the_shops_rate_limit_still_completes(serve: Serve) -> None:
     # given: 2 requests per 10 s window, and one fake clock for the window and our sleeps
     clock = FakeClock()
     sim = WooCommerceSimulator(seed=4, clock=clock.time, rate_limit=(2, 10.0))
@@ -139,7 +138,7 @@ def test_poll_under_the_shops_rate_limit_still_completes(serve):
     assert statuses.count(200) == 5
 
 
-def test_poll_survives_injected_429s(serve):
+def test_poll_survives_injected_429s(serve: Serve) -> None:
     clock = FakeClock()
     sim = WooCommerceSimulator(Knobs(rate_429=0.3, seed=7), clock=clock.time, rate_limit=None)
     ids = sim.add_orders(300)
@@ -158,7 +157,7 @@ def test_poll_survives_injected_429s(serve):
     assert 1.0 in clock.sleeps  # Retry-After honoured
 
 
-def test_wrong_secret_is_refused_with_woos_error(serve):
+def test_wrong_secret_is_refused_with_woos_error(serve: Serve) -> None:
     sim = WooCommerceSimulator()
     connector = _connector(serve(sim), consumer_secret="cs_wrong")
     with pytest.raises(AuthError) as info:
@@ -166,7 +165,7 @@ def test_wrong_secret_is_refused_with_woos_error(serve):
     assert info.value.code == "woocommerce_rest_authentication_error"
 
 
-def test_simulated_deliveries_verify_and_dedupe():
+def test_simulated_deliveries_verify_and_dedupe() -> None:
     sim = WooCommerceSimulator(seed=5)
     (oid,) = sim.add_orders(1)
     headers, body = sim.webhook_delivery(oid, "order.updated", SANDBOX_WEBHOOK_SECRET)
@@ -178,7 +177,7 @@ def test_simulated_deliveries_verify_and_dedupe():
     assert is_ping(*sim.ping_delivery())
 
 
-def test_simulator_enforces_woos_limits_and_query_string_auth(serve):
+def test_simulator_enforces_woos_limits_and_query_string_auth(serve: Serve) -> None:
     sim = WooCommerceSimulator(rate_limit=None)
     base = serve(sim) + "/wp-json/wc/v3"
     auth = (SANDBOX_CONSUMER_KEY, SANDBOX_CONSUMER_SECRET)

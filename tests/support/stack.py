@@ -22,7 +22,9 @@ __all__ = ["Stack", "run_stack", "wait_until"]
 T = TypeVar("T")
 
 
-def wait_until(condition: Callable[[], T], *, timeout: float = 60.0, what: str = "condition") -> T:
+def wait_until(
+    condition: Callable[[], T | None], *, timeout: float = 60.0, what: str = "condition"
+) -> T:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     interval = 0.02

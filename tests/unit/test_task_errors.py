@@ -85,7 +85,8 @@ NOW = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 def _settings(**changes: object) -> Settings:
     values: dict[str, object] = {"park_after_s": 300, "retry_max_attempts": 8}
     values.update(changes)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    # validated from a plain mapping, as the environment would give it
+    return Settings.model_validate(values)
 
 
 @pytest.mark.parametrize(

@@ -167,8 +167,11 @@ def test_a_capture_in_doubt_the_provider_never_saw_waits_then_the_marketplaces_m
         _capture(shop, order_id, provider, later, owner="task-2")
     assert shop.rows(Payment, order_id=order_id) == []
     # and once the search has had time to see any capture, nothing is found
+    claimed = shop.key(f"capture:{order_id}")
+    assert claimed is not None
     with shop.transaction() as session:
-        key = session.get(IdempotencyKey, shop.key(f"capture:{order_id}").id)
+        key = session.get(IdempotencyKey, claimed.id)
+        assert key is not None
         key.created_at = utcnow() - SEARCH_FRESHNESS - dt.timedelta(seconds=1)
     outcome = _capture(shop, order_id, provider, later, owner="task-3")
 

@@ -22,7 +22,13 @@ from domain.errors import (
     ValidationError,
 )
 from integrations.base import ConnectorSeams
-from integrations.payments import IdempotencyMismatch, PaymentDeclined, PaymentsClient
+from integrations.payments import (
+    Capture,
+    IdempotencyMismatch,
+    PaymentDeclined,
+    PaymentsClient,
+    Refund,
+)
 
 BASE = "https://api.payments.example"
 API_KEY = "sk_test_4eC39HqLyjWDarjtT1zdp7dc"
@@ -103,7 +109,7 @@ def form(request: httpx.Request) -> dict[str, str]:
     return dict(parse_qsl(request.content.decode()))
 
 
-def capture(client: PaymentsClient, **overrides: Any) -> Any:
+def capture(client: PaymentsClient, **overrides: Any) -> Capture:
     args: dict[str, Any] = {
         "order_ref": "order:42",
         "amount": Decimal("20.00"),
@@ -113,7 +119,9 @@ def capture(client: PaymentsClient, **overrides: Any) -> Any:
     return client.capture(**(args | overrides))
 
 
-def test_capture_sends_one_form_encoded_confirmed_intent_with_key_and_bearer_auth(client, router):
+def test_capture_sends_one_form_encoded_confirmed_intent_with_key_and_bearer_auth(
+    client: PaymentsClient, router: respx.MockRouter
+) -> None:
     # given
     route = router.post("/v1/payment_intents").respond(200, json=intent())
 
@@ -151,7 +159,9 @@ def test_capture_sends_one_form_encoded_confirmed_intent_with_key_and_bearer_aut
         (Decimal("5.12"), "kwd", "5120"),
     ],
 )
-def test_amounts_go_out_in_the_currencys_minor_unit(client, router, amount, currency, minor):
+def test_amounts_go_out_in_the_currencys_minor_unit(
+    client: PaymentsClient, router: respx.MockRouter, amount: Decimal, currency: str, minor: str
+) -> None:
     # given
     route = router.post("/v1/payment_intents").respond(
         200, json=intent(amount=int(minor), currency=currency.lower())
@@ -178,8 +188,8 @@ def test_amounts_go_out_in_the_currencys_minor_unit(client, router, amount, curr
     ],
 )
 def test_amounts_that_would_need_rounding_are_refused_before_any_request(
-    client, router, amount, currency
-):
+    client: PaymentsClient, router: respx.MockRouter, amount: Decimal, currency: str
+) -> None:
     route = router.post("/v1/payment_intents").respond(200, json=intent())
 
     with pytest.raises(ValidationError):
@@ -188,7 +198,9 @@ def test_amounts_that_would_need_rounding_are_refused_before_any_request(
     assert route.call_count == 0
 
 
-def test_a_replayed_answer_is_reported_as_replayed(client, router):
+def test_a_replayed_answer_is_reported_as_replayed(
+    client: PaymentsClient, router: respx.MockRouter
+) -> None:
     router.post("/v1/payment_intents").respond(
         200, json=intent(), headers={"Idempotent-Replayed": "true", "Original-Request": "req_1"}
     )
@@ -199,7 +211,9 @@ def test_a_replayed_answer_is_reported_as_replayed(client, router):
     assert result.id == INTENT["id"]
 
 
-def test_same_key_with_other_parameters_is_an_idempotency_mismatch_and_not_retried(client, router):
+def test_same_key_with_other_parameters_is_an_idempotency_mismatch_and_not_retried(
+    client: PaymentsClient, router: respx.MockRouter
+) -> None:
     # given: Stripe's answer when a key is reused with different parameters
     route = router.post("/v1/payment_intents").mock(
         return_value=stripe_error(
@@ -220,7 +234,9 @@ def test_same_key_with_other_parameters_is_an_idempotency_mismatch_and_not_retri
     assert route.call_count == 1
 
 
-def test_a_declined_card_is_a_permanent_payment_declined_without_the_banks_message(client, router):
+def test_a_declined_card_is_a_permanent_payment_declined_without_the_banks_message(
+    client: PaymentsClient, router: respx.MockRouter
+) -> None:
     declined = intent(status="requires_payment_method", amount_received=0)
     route = router.post("/v1/payment_intents").mock(
         return_value=stripe_error(
@@ -243,7 +259,9 @@ def test_a_declined_card_is_a_permanent_payment_declined_without_the_banks_messa
     assert route.call_count == 1
 
 
-def test_a_key_in_use_is_retried_in_call_with_the_same_key_then_succeeds(client, router, sleeps):
+def test_a_key_in_use_is_retried_in_call_with_the_same_key_then_succeeds(
+    client: PaymentsClient, router: respx.MockRouter, sleeps: Sleeps
+) -> None:
     # given: the first request with this key is still running at the provider
     in_use = stripe_error(
         409,
@@ -268,7 +286,9 @@ def test_a_key_in_use_is_retried_in_call_with_the_same_key_then_succeeds(client,
     assert len(sleeps) == 1
 
 
-def test_a_key_that_stays_in_use_surfaces_as_a_retryable_conflict(client, router):
+def test_a_key_that_stays_in_use_surfaces_as_a_retryable_conflict(
+    client: PaymentsClient, router: respx.MockRouter
+) -> None:
     route = router.post("/v1/payment_intents").mock(
         return_value=stripe_error(409, type="invalid_request_error", code="idempotency_key_in_use")
     )
@@ -281,7 +301,9 @@ def test_a_key_that_stays_in_use_surfaces_as_a_retryable_conflict(client, router
     assert route.call_count == 3  # the base client's in-call attempts
 
 
-def test_a_dropped_connection_is_retried_with_the_same_key_and_gets_the_replay(client, router):
+def test_a_dropped_connection_is_retried_with_the_same_key_and_gets_the_replay(
+    client: PaymentsClient, router: respx.MockRouter
+) -> None:
     route = router.post("/v1/payment_intents").mock(
         side_effect=[
             httpx.RemoteProtocolError("peer closed connection"),
@@ -295,7 +317,9 @@ def test_a_dropped_connection_is_retried_with_the_same_key_and_gets_the_replay(c
     assert {c.request.headers["Idempotency-Key"] for c in route.calls} == {"capture:42"}
 
 
-def test_a_5xx_is_retried_then_surfaces_as_server_error(client, router):
+def test_a_5xx_is_retried_then_surfaces_as_server_error(
+    client: PaymentsClient, router: respx.MockRouter
+) -> None:
     route = router.post("/v1/payment_intents").mock(
         return_value=stripe_error(500, type="api_error", message="Something went wrong.")
     )
@@ -305,7 +329,9 @@ def test_a_5xx_is_retried_then_surfaces_as_server_error(client, router):
     assert route.call_count == 3
 
 
-def test_a_timeout_on_the_last_attempt_surfaces_as_a_transport_error(router, sleeps):
+def test_a_timeout_on_the_last_attempt_surfaces_as_a_transport_error(
+    router: respx.MockRouter, sleeps: Sleeps
+) -> None:
     router.post("/v1/payment_intents").mock(side_effect=httpx.ReadTimeout("slow"))
     seams = ConnectorSeams(transport=httpx.MockTransport(router.handler), sleep=sleeps)
     client = PaymentsClient(BASE, API_KEY, seams=seams, max_attempts=1)
@@ -314,7 +340,9 @@ def test_a_timeout_on_the_last_attempt_surfaces_as_a_transport_error(router, sle
         capture(client)
 
 
-def test_a_bad_key_is_an_auth_error_that_does_not_carry_the_key(client, router):
+def test_a_bad_key_is_an_auth_error_that_does_not_carry_the_key(
+    client: PaymentsClient, router: respx.MockRouter
+) -> None:
     router.post("/v1/payment_intents").mock(
         return_value=stripe_error(
             401,
@@ -330,7 +358,9 @@ def test_a_bad_key_is_an_auth_error_that_does_not_carry_the_key(client, router):
     assert API_KEY not in repr(client)
 
 
-def test_retrieve_by_order_searches_metadata_and_prefers_the_succeeded_intent(client, router):
+def test_retrieve_by_order_searches_metadata_and_prefers_the_succeeded_intent(
+    client: PaymentsClient, router: respx.MockRouter
+) -> None:
     # given: a declined first attempt, then a successful one, on two pages
     failed = intent(id="pi_failed", status="requires_payment_method", created=1680800400)
     paid = intent(id="pi_paid", created=1680800300)
@@ -369,7 +399,9 @@ def test_retrieve_by_order_searches_metadata_and_prefers_the_succeeded_intent(cl
     assert "page" not in first and second["page"] == "page_2"
 
 
-def test_retrieve_by_order_returns_the_newest_attempt_when_none_succeeded(client, router):
+def test_retrieve_by_order_returns_the_newest_attempt_when_none_succeeded(
+    client: PaymentsClient, router: respx.MockRouter
+) -> None:
     older = intent(id="pi_old", status="requires_payment_method", created=100)
     newer = intent(id="pi_new", status="processing", created=200)
     router.get("/v1/payment_intents/search").respond(
@@ -382,7 +414,9 @@ def test_retrieve_by_order_returns_the_newest_attempt_when_none_succeeded(client
     assert found is not None and found.id == "pi_new" and found.status == "processing"
 
 
-def test_retrieve_by_order_returns_none_when_nothing_matches(client, router):
+def test_retrieve_by_order_returns_none_when_nothing_matches(
+    client: PaymentsClient, router: respx.MockRouter
+) -> None:
     other = intent(id="pi_other", metadata={"order_ref": "order:420"})
     router.get("/v1/payment_intents/search").respond(
         200, json={"object": "search_result", "has_more": False, "data": [other]}
@@ -391,7 +425,9 @@ def test_retrieve_by_order_returns_none_when_nothing_matches(client, router):
     assert client.retrieve_by_order("order:42") is None
 
 
-def test_an_order_ref_that_would_break_the_search_query_is_refused(client, router):
+def test_an_order_ref_that_would_break_the_search_query_is_refused(
+    client: PaymentsClient, router: respx.MockRouter
+) -> None:
     route = router.get("/v1/payment_intents/search").respond(200, json={})
 
     with pytest.raises(ValueError):
@@ -399,7 +435,7 @@ def test_an_order_ref_that_would_break_the_search_query_is_refused(client, route
     assert route.call_count == 0
 
 
-def test_retrieve_reads_one_intent_by_id(client, router):
+def test_retrieve_reads_one_intent_by_id(client: PaymentsClient, router: respx.MockRouter) -> None:
     router.get("/v1/payment_intents/pi_3MtwBwLkdIwHu7ix28a3tqPa").respond(200, json=intent())
 
     assert client.retrieve("pi_3MtwBwLkdIwHu7ix28a3tqPa").amount == Decimal("20.00")
@@ -431,7 +467,7 @@ def refund_object(**changes: Any) -> dict[str, Any]:
     return copy.deepcopy(REFUND) | changes
 
 
-def refund(client: PaymentsClient, **overrides: Any) -> Any:
+def refund(client: PaymentsClient, **overrides: Any) -> Refund:
     args: dict[str, Any] = {
         "payment_intent": "pi_3MtwBwLkdIwHu7ix28a3tqPa",
         "amount": Decimal("20.00"),
@@ -443,7 +479,9 @@ def refund(client: PaymentsClient, **overrides: Any) -> Any:
     return client.refund(**(args | overrides))
 
 
-def test_refund_sends_one_form_encoded_refund_with_key_and_bearer_auth(client, router):
+def test_refund_sends_one_form_encoded_refund_with_key_and_bearer_auth(
+    client: PaymentsClient, router: respx.MockRouter
+) -> None:
     # given
     route = router.post("/v1/refunds").respond(200, json=refund_object())
 
@@ -469,7 +507,9 @@ def test_refund_sends_one_form_encoded_refund_with_key_and_bearer_auth(client, r
     assert result.replayed is False
 
 
-def test_refund_leaves_out_what_is_not_given_and_converts_to_minor_units(client, router):
+def test_refund_leaves_out_what_is_not_given_and_converts_to_minor_units(
+    client: PaymentsClient, router: respx.MockRouter
+) -> None:
     route = router.post("/v1/refunds").respond(
         200, json=refund_object(amount=5120, currency="kwd", reason=None, metadata={})
     )
@@ -483,7 +523,9 @@ def test_refund_leaves_out_what_is_not_given_and_converts_to_minor_units(client,
     assert result.amount == Decimal("5.120") and result.currency == "KWD"
 
 
-def test_a_replayed_refund_is_reported_as_replayed(client, router):
+def test_a_replayed_refund_is_reported_as_replayed(
+    client: PaymentsClient, router: respx.MockRouter
+) -> None:
     router.post("/v1/refunds").respond(
         200, json=refund_object(), headers={"Idempotent-Replayed": "true"}
     )
@@ -502,8 +544,8 @@ def test_a_replayed_refund_is_reported_as_replayed(client, router):
     ],
 )
 def test_refund_amounts_that_would_need_rounding_are_refused_before_any_request(
-    client, router, amount, currency
-):
+    client: PaymentsClient, router: respx.MockRouter, amount: Decimal, currency: str
+) -> None:
     route = router.post("/v1/refunds").respond(200, json=refund_object())
 
     with pytest.raises(ValidationError):
@@ -521,7 +563,9 @@ def test_refund_amounts_that_would_need_rounding_are_refused_before_any_request(
         {"reason": "changed_my_mind"},
     ],
 )
-def test_bad_refund_arguments_are_value_errors_before_any_request(client, router, overrides):
+def test_bad_refund_arguments_are_value_errors_before_any_request(
+    client: PaymentsClient, router: respx.MockRouter, overrides: dict[str, str]
+) -> None:
     route = router.post("/v1/refunds").respond(200, json=refund_object())
 
     with pytest.raises(ValueError):
@@ -530,7 +574,9 @@ def test_bad_refund_arguments_are_value_errors_before_any_request(client, router
     assert route.call_count == 0
 
 
-def test_a_refund_key_reused_with_other_parameters_is_an_idempotency_mismatch(client, router):
+def test_a_refund_key_reused_with_other_parameters_is_an_idempotency_mismatch(
+    client: PaymentsClient, router: respx.MockRouter
+) -> None:
     route = router.post("/v1/refunds").mock(
         return_value=stripe_error(
             400,
@@ -557,7 +603,9 @@ def test_a_refund_key_reused_with_other_parameters_is_an_idempotency_mismatch(cl
         ("parameter_invalid_integer", "amount"),
     ],
 )
-def test_a_refused_refund_is_a_permanent_400_and_not_retried(client, router, code, param):
+def test_a_refused_refund_is_a_permanent_400_and_not_retried(
+    client: PaymentsClient, router: respx.MockRouter, code: str, param: str | None
+) -> None:
     # given: a refusal: nothing was refunded, the key is still free
     route = router.post("/v1/refunds").mock(
         return_value=stripe_error(
@@ -577,7 +625,9 @@ def test_a_refused_refund_is_a_permanent_400_and_not_retried(client, router, cod
     assert route.call_count == 1
 
 
-def test_a_refund_key_in_use_is_retried_with_the_same_key_and_body(client, router, sleeps):
+def test_a_refund_key_in_use_is_retried_with_the_same_key_and_body(
+    client: PaymentsClient, router: respx.MockRouter, sleeps: Sleeps
+) -> None:
     route = router.post("/v1/refunds").mock(
         side_effect=[
             stripe_error(409, type="invalid_request_error", code="idempotency_key_in_use"),
@@ -594,7 +644,9 @@ def test_a_refund_key_in_use_is_retried_with_the_same_key_and_body(client, route
     assert len(sleeps) == 2
 
 
-def test_a_refund_answer_that_is_not_a_refund_is_a_payload_error(client, router):
+def test_a_refund_answer_that_is_not_a_refund_is_a_payload_error(
+    client: PaymentsClient, router: respx.MockRouter
+) -> None:
     router.post("/v1/refunds").respond(200, json=intent())
 
     with pytest.raises(PayloadError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -21,7 +22,7 @@ EXPONENTS = {"USD": 2, "EUR": 2, "JPY": 0, "KRW": 0, "KWD": 3, "BHD": 3}
 
 
 @pytest.mark.parametrize(("currency", "exponent"), sorted(EXPONENTS.items()))
-def test_each_currency_has_its_documented_number_of_decimals(currency, exponent):
+def test_each_currency_has_its_documented_number_of_decimals(currency: str, exponent: int) -> None:
     assert currency_exponent(currency) == exponent
     assert currency_exponent(currency.lower()) == exponent
 
@@ -30,7 +31,7 @@ def test_each_currency_has_its_documented_number_of_decimals(currency, exponent)
     currency=st.sampled_from(["USD", "JPY", "KWD"]),
     minor=st.integers(min_value=-(10**15), max_value=10**15),
 )
-def test_minor_units_round_trip_through_decimal(currency, minor):
+def test_minor_units_round_trip_through_decimal(currency: str, minor: int) -> None:
     amount = from_minor(minor, currency)
     assert to_minor(amount, currency) == minor
     # the Decimal carries exactly the currency's places: 10.50, 500, 5.120
@@ -41,7 +42,9 @@ def test_minor_units_round_trip_through_decimal(currency, minor):
     currency=st.sampled_from(["USD", "JPY", "KWD"]),
     data=st.data(),
 )
-def test_amounts_with_the_currencys_decimals_round_trip_through_minor_units(currency, data):
+def test_amounts_with_the_currencys_decimals_round_trip_through_minor_units(
+    currency: str, data: st.DataObject
+) -> None:
     places = currency_exponent(currency)
     amount = data.draw(
         st.decimals(
@@ -60,32 +63,34 @@ def test_amounts_with_the_currencys_decimals_round_trip_through_minor_units(curr
     minor=st.integers(min_value=-(10**12), max_value=10**12),
     extra=st.integers(min_value=1, max_value=9),
 )
-def test_an_amount_finer_than_the_minor_unit_is_refused_not_rounded(currency, minor, extra):
+def test_an_amount_finer_than_the_minor_unit_is_refused_not_rounded(
+    currency: str, minor: int, extra: int
+) -> None:
     too_fine = from_minor(minor, currency) + Decimal(extra).scaleb(-currency_exponent(currency) - 1)
     with pytest.raises(ValueError):
         to_minor(too_fine, currency)
 
 
-def test_trailing_zeros_beyond_the_minor_unit_are_fine():
+def test_trailing_zeros_beyond_the_minor_unit_are_fine() -> None:
     assert to_minor(Decimal("500.000"), "JPY") == 500
     assert to_minor(Decimal("10.5000"), "USD") == 1050
     assert to_minor(Decimal("1E+2"), "USD") == 10000
 
 
 @pytest.mark.parametrize("bad", ["US", "usd1", "", "12$"])
-def test_something_that_is_not_a_currency_code_is_refused(bad):
+def test_something_that_is_not_a_currency_code_is_refused(bad: str) -> None:
     with pytest.raises(ValueError):
         currency_exponent(bad)
 
 
-def test_non_finite_and_non_integer_inputs_are_refused():
+def test_non_finite_and_non_integer_inputs_are_refused() -> None:
     with pytest.raises(ValueError):
         to_minor(Decimal("NaN"), "USD")
     with pytest.raises(ValueError):
-        from_minor(True, "USD")  # type: ignore[arg-type]
+        from_minor(True, "USD")  # bool passes as int for mypy; from_minor refuses it
 
 
-def test_nested_params_are_written_with_brackets_and_stripe_booleans():
+def test_nested_params_are_written_with_brackets_and_stripe_booleans() -> None:
     pairs = form_pairs(
         {
             "amount": 1050,
@@ -104,7 +109,7 @@ def test_nested_params_are_written_with_brackets_and_stripe_booleans():
     ]
 
 
-def test_a_refund_object_becomes_a_refund_in_major_units():
+def test_a_refund_object_becomes_a_refund_in_major_units() -> None:
     body = {
         "id": "re_1",
         "object": "refund",
@@ -134,6 +139,6 @@ def test_a_refund_object_becomes_a_refund_in_major_units():
          "payment_intent": "pi_1", "status": "succeeded"},
     ],
 )  # fmt: skip
-def test_something_that_is_not_a_refund_object_is_refused(body):
+def test_something_that_is_not_a_refund_object_is_refused(body: dict[str, Any]) -> None:
     with pytest.raises((KeyError, TypeError, ValueError)):
         refund_from_object(body)

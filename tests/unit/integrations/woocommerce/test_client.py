@@ -6,6 +6,7 @@ import base64
 import copy
 import datetime as dt
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -83,7 +84,9 @@ def _error(status: int, code: str, message: str, **headers: str) -> httpx.Respon
 # -- polling -------------------------------------------------------------------------------
 
 
-def test_poll_follows_x_wp_totalpages_to_the_last_page(router, connector):
+def test_poll_follows_x_wp_totalpages_to_the_last_page(
+    router: respx.MockRouter, connector: WooCommerceConnector
+) -> None:
     # given: 250 orders over three pages
     orders = _orders(250)
     route = router.get("/orders").mock(
@@ -113,7 +116,9 @@ def test_poll_follows_x_wp_totalpages_to_the_last_page(router, connector):
     }
 
 
-def test_poll_sends_basic_auth_and_never_keys_in_the_url(router, connector):
+def test_poll_sends_basic_auth_and_never_keys_in_the_url(
+    router: respx.MockRouter, connector: WooCommerceConnector
+) -> None:
     route = router.get("/orders").mock(return_value=_page([], 0, 0))
     list(connector.fetch_updated_orders(SINCE, UNTIL))
     request = route.calls.last.request
@@ -122,7 +127,9 @@ def test_poll_sends_basic_auth_and_never_keys_in_the_url(router, connector):
     assert KEY not in str(request.url) and SECRET not in str(request.url)
 
 
-def test_poll_restarts_from_page_one_when_an_order_leaves_the_window(router, connector):
+def test_poll_restarts_from_page_one_when_an_order_leaves_the_window(
+    router: respx.MockRouter, connector: WooCommerceConnector
+) -> None:
     # given: order 1000 is modified during the poll, so page 2 starts one order later
     orders = _orders(150)
     route = router.get(
@@ -145,7 +152,9 @@ def test_poll_restarts_from_page_one_when_an_order_leaves_the_window(router, con
     assert route.call_count == 4
 
 
-def test_poll_without_until_uses_the_clock_as_a_fixed_end(router, sleeps):
+def test_poll_without_until_uses_the_clock_as_a_fixed_end(
+    router: respx.MockRouter, sleeps: Sleeps
+) -> None:
     now = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.UTC)
     account = AccountConfig(
         name="a",
@@ -159,7 +168,9 @@ def test_poll_without_until_uses_the_clock_as_a_fixed_end(router, sleeps):
     assert route.calls.last.request.url.params["modified_before"] == "2024-05-01T12:00:00"
 
 
-def test_get_order_maps_the_official_sample(router, connector):
+def test_get_order_maps_the_official_sample(
+    router: respx.MockRouter, connector: WooCommerceConnector
+) -> None:
     router.get("/orders/727").mock(
         return_value=httpx.Response(200, json=load("order.retrieve.json"))
     )
@@ -170,7 +181,9 @@ def test_get_order_maps_the_official_sample(router, connector):
 # -- errors --------------------------------------------------------------------------------
 
 
-def test_429_is_retried_after_retry_after_then_succeeds(router, connector, sleeps):
+def test_429_is_retried_after_retry_after_then_succeeds(
+    router: respx.MockRouter, connector: WooCommerceConnector, sleeps: Sleeps
+) -> None:
     router.get("/orders/727").mock(
         side_effect=[
             _error(429, "rate_limit_exceeded", "Too many requests.", **{"Retry-After": "7"}),
@@ -181,7 +194,9 @@ def test_429_is_retried_after_retry_after_then_succeeds(router, connector, sleep
     assert 7.0 in sleeps
 
 
-def test_429_that_persists_is_rate_limited_and_retryable(router, connector):
+def test_429_that_persists_is_rate_limited_and_retryable(
+    router: respx.MockRouter, connector: WooCommerceConnector
+) -> None:
     route = router.get("/orders/727").mock(
         return_value=_error(
             429, "rate_limit_exceeded", "Too many requests.", **{"Retry-After": "1"}
@@ -194,7 +209,9 @@ def test_429_that_persists_is_rate_limited_and_retryable(router, connector):
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
-def test_5xx_is_a_retryable_server_error(router, connector, status):
+def test_5xx_is_a_retryable_server_error(
+    router: respx.MockRouter, connector: WooCommerceConnector, status: int
+) -> None:
     route = router.get("/orders/727").mock(return_value=_error(status, "internal", "Oops"))
     with pytest.raises(ServerError) as info:
         connector.get_order("727")
@@ -202,7 +219,9 @@ def test_5xx_is_a_retryable_server_error(router, connector, status):
     assert route.call_count == 3
 
 
-def test_401_is_permanent_and_not_retried_and_leaks_no_key(router, connector):
+def test_401_is_permanent_and_not_retried_and_leaks_no_key(
+    router: respx.MockRouter, connector: WooCommerceConnector
+) -> None:
     route = router.get("/orders/727").mock(
         return_value=_error(
             401, "woocommerce_rest_authentication_error", "Consumer key is invalid."
@@ -216,7 +235,9 @@ def test_401_is_permanent_and_not_retried_and_leaks_no_key(router, connector):
     assert KEY not in str(info.value) and SECRET not in repr(connector.client)
 
 
-def test_404_is_permanent_not_found(router, connector):
+def test_404_is_permanent_not_found(
+    router: respx.MockRouter, connector: WooCommerceConnector
+) -> None:
     route = router.get("/orders/9").mock(
         return_value=_error(404, "woocommerce_rest_shop_order_invalid_id", "Invalid ID.")
     )
@@ -226,12 +247,16 @@ def test_404_is_permanent_not_found(router, connector):
     assert route.call_count == 1
 
 
-def test_order_ids_that_are_not_integers_never_reach_the_path(connector):
+def test_order_ids_that_are_not_integers_never_reach_the_path(
+    connector: WooCommerceConnector,
+) -> None:
     with pytest.raises(ValidationError):
         connector.get_order("727/notes")
 
 
-def test_ratelimit_remaining_zero_pauses_the_bucket(router, sleeps):
+def test_ratelimit_remaining_zero_pauses_the_bucket(
+    router: respx.MockRouter, sleeps: Sleeps
+) -> None:
     # given: a host that announces its window is spent for 4 more seconds
     clock = [100.0]
     limiter = MemoryRateLimiter(clock=lambda: clock[0], headroom=1.0, margin_s=0.0)
@@ -273,7 +298,9 @@ def _product(pid: int, sku: str, parent: int = 0) -> dict[str, Any]:
     }
 
 
-def _lookup_from(catalogue: dict[str, dict[str, Any]]):
+def _lookup_from(
+    catalogue: dict[str, dict[str, Any]],
+) -> Callable[[httpx.Request], httpx.Response]:
     def handler(request: httpx.Request) -> httpx.Response:
         skus = request.url.params["sku"].split(",")
         items = [catalogue[s] for s in skus if s in catalogue]
@@ -287,7 +314,9 @@ def _batch_echo(request: httpx.Request) -> httpx.Response:
     return httpx.Response(200, json={"update": [dict(u) for u in body["update"]]})
 
 
-def test_push_stock_batches_at_most_100_per_call_and_caches_the_sku_lookup(router, connector):
+def test_push_stock_batches_at_most_100_per_call_and_caches_the_sku_lookup(
+    router: respx.MockRouter, connector: WooCommerceConnector
+) -> None:
     # given: 250 simple products and 3 variations of product 9000
     catalogue = {f"SKU-{i:04d}": _product(5000 + i, f"SKU-{i:04d}") for i in range(250)}
     catalogue |= {f"VAR-{i}": _product(9100 + i, f"VAR-{i}", parent=9000) for i in range(3)}
@@ -321,7 +350,9 @@ def test_push_stock_batches_at_most_100_per_call_and_caches_the_sku_lookup(route
     ]
 
 
-def test_push_stock_pushes_known_skus_then_reports_unknown_ones(router, connector):
+def test_push_stock_pushes_known_skus_then_reports_unknown_ones(
+    router: respx.MockRouter, connector: WooCommerceConnector
+) -> None:
     router.get("/products").mock(side_effect=_lookup_from({"A": _product(1, "A")}))
     batch = router.post("/products/batch").mock(side_effect=_batch_echo)
     with pytest.raises(NotFound) as info:
@@ -330,7 +361,9 @@ def test_push_stock_pushes_known_skus_then_reports_unknown_ones(router, connecto
     assert "GHOST" in str(info.value)
 
 
-def test_push_stock_item_error_raises_and_forgets_the_stale_id(router, connector):
+def test_push_stock_item_error_raises_and_forgets_the_stale_id(
+    router: respx.MockRouter, connector: WooCommerceConnector
+) -> None:
     lookup = router.get("/products").mock(side_effect=_lookup_from({"A": _product(1, "A")}))
     router.post("/products/batch").mock(
         return_value=httpx.Response(
@@ -360,7 +393,9 @@ def test_push_stock_item_error_raises_and_forgets_the_stale_id(router, connector
 # -- fulfillment ---------------------------------------------------------------------------
 
 
-def test_push_fulfillment_adds_a_tracking_note_then_completes_once(router, connector):
+def test_push_fulfillment_adds_a_tracking_note_then_completes_once(
+    router: respx.MockRouter, connector: WooCommerceConnector
+) -> None:
     # given
     state = copy.deepcopy(load("order.retrieve.json"))
     notes: list[dict[str, Any]] = []
@@ -395,8 +430,8 @@ def test_push_fulfillment_adds_a_tracking_note_then_completes_once(router, conne
 
 
 def test_push_fulfillment_after_a_crash_between_note_and_status_adds_no_second_note(
-    router, connector
-):
+    router: respx.MockRouter, connector: WooCommerceConnector
+) -> None:
     router.get("/orders/727").mock(
         return_value=httpx.Response(200, json=load("order.retrieve.json"))
     )
@@ -411,19 +446,23 @@ def test_push_fulfillment_after_a_crash_between_note_and_status_adds_no_second_n
     assert note_route.call_count == 0 and put_route.call_count == 1
 
 
-def test_push_fulfillment_refuses_a_cancelled_order(router, connector):
+def test_push_fulfillment_refuses_a_cancelled_order(
+    router: respx.MockRouter, connector: WooCommerceConnector
+) -> None:
     order = load("order.retrieve.json") | {"status": "cancelled"}
     router.get("/orders/727").mock(return_value=httpx.Response(200, json=order))
     with pytest.raises(ValidationError):
         connector.push_fulfillment("727", tracking_number="T", carrier="UPS", idempotency_key="k")
 
 
-def test_missing_credentials_are_an_auth_error():
+def test_missing_credentials_are_an_auth_error() -> None:
     account = AccountConfig(name="a", channel="woocommerce", shop="s.example.com")
     with pytest.raises(AuthError):
         WooCommerceConnector(account)
 
 
-def test_test_connection_reports_the_order_count(router, connector):
+def test_test_connection_reports_the_order_count(
+    router: respx.MockRouter, connector: WooCommerceConnector
+) -> None:
     router.get("/orders").mock(return_value=_page(load("orders.list.json")[:1], 2, 2))
     assert "2 orders" in connector.test_connection()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -101,7 +102,9 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize(("name", "payload"), ALL, ids=[n for n, _ in ALL])
-def test_every_official_order_maps_with_consistent_totals(name: str, payload: dict[str, Any]):
+def test_every_official_order_maps_with_consistent_totals(
+    name: str, payload: dict[str, Any]
+) -> None:
     # when
     order = map_order(payload, "shop-1")
 
@@ -128,7 +131,7 @@ def test_every_official_order_maps_with_consistent_totals(name: str, payload: di
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_official_orders_map_to_the_expected_values(name: str):
+def test_official_orders_map_to_the_expected_values(name: str) -> None:
     # given
     payload = dict(ALL)[name]
     oid, state, financial, fulfillment, sub, tax, ship, disc, total, skus = EXPECTED[name]
@@ -152,19 +155,23 @@ def test_official_orders_map_to_the_expected_values(name: str):
     assert [line.sku for line in order.lines] == skus
 
 
-def test_line_prices_come_from_string_subtotals_next_to_a_numeric_price():
+def test_line_prices_come_from_string_subtotals_next_to_a_numeric_price() -> None:
     # given: line 315 is qty 2, subtotal "6.00", price 3 (a JSON number)
     order = map_order(load("order.retrieve.json"), "shop-1")
 
     # then
     first, second = order.lines
     assert (first.external_id, first.quantity, first.unit_price) == ("315", 2, Decimal("3.00"))
-    assert (first.total, first.tax, first.discount) == (Decimal("6.00"), Decimal("0.45"), 0)
+    assert (first.total, first.tax, first.discount) == (
+        Decimal("6.00"),
+        Decimal("0.45"),
+        Decimal("0"),
+    )
     assert first.title == "Woo Single #1"
     assert (second.external_id, second.sku, second.unit_price) == ("316", "Bar3", Decimal("12"))
 
 
-def test_processing_with_date_paid_was_collected_by_the_shop_gateway():
+def test_processing_with_date_paid_was_collected_by_the_shop_gateway() -> None:
     order = map_order(load("order.retrieve.json"), "shop-1")
     assert order.payment_collected_by_marketplace is True
     assert order.buyer_email == "john.doe@example.com"
@@ -176,20 +183,20 @@ def test_processing_with_date_paid_was_collected_by_the_shop_gateway():
     assert order.shipping_address.phone == "(555) 555-5555"  # billing phone as fallback
 
 
-def test_pending_order_is_new_and_unpaid_and_not_collected():
+def test_pending_order_is_new_and_unpaid_and_not_collected() -> None:
     order = map_order(load("orders.batch.json")["create"][0], "shop-1")
     assert order.marketplace_status == "pending"
     assert order.payment_collected_by_marketplace is False
 
 
-def test_unicode_address_survives():
+def test_unicode_address_survives() -> None:
     order = map_order(load("orders.list.json")[1], "shop-1")
     assert order.shipping_address is not None
     assert order.shipping_address.name == "João Silva"
     assert order.shipping_address.country_code == "BR"
 
 
-def test_update_is_newer_than_retrieve_of_the_same_order():
+def test_update_is_newer_than_retrieve_of_the_same_order() -> None:
     before = map_order(load("order.retrieve.json"), "shop-1")
     after = map_order(load("order.update.json"), "shop-1")
     assert after.updated_at - before.updated_at == dt.timedelta(minutes=2, seconds=27)
@@ -208,7 +215,7 @@ def test_update_is_newer_than_retrieve_of_the_same_order():
         ("checkout-draft", OrderState.NEW, None),
     ],
 )
-def test_status_table(woo_status: str, state: OrderState, financial: str | None):
+def test_status_table(woo_status: str, state: OrderState, financial: str | None) -> None:
     # given
     payload = copy.deepcopy(load("orders.batch.json")["create"][0])  # pending, unpaid
     payload["status"] = woo_status
@@ -223,7 +230,7 @@ def test_status_table(woo_status: str, state: OrderState, financial: str | None)
     assert order.payment_collected_by_marketplace is False
 
 
-def test_discounts_and_fees_are_counted():
+def test_discounts_and_fees_are_counted() -> None:
     # given: a 10% coupon on line 315 and a 2.50 fee
     payload = copy.deepcopy(load("order.retrieve.json"))
     payload["line_items"][0]["total"] = "5.40"
@@ -242,7 +249,7 @@ def test_discounts_and_fees_are_counted():
     assert order.subtotal + order.shipping_total + order.tax_total == order.total
 
 
-def test_zone_less_timestamps_use_the_gmt_twin_not_the_local_one():
+def test_zone_less_timestamps_use_the_gmt_twin_not_the_local_one() -> None:
     payload = copy.deepcopy(load("order.retrieve.json"))
     payload["date_modified"] = "1999-01-01T00:00:00"  # shop-local: must be ignored
     order = map_order(payload, "shop-1")
@@ -259,7 +266,9 @@ def test_zone_less_timestamps_use_the_gmt_twin_not_the_local_one():
         (lambda p: p.pop("id"), "id"),
     ],
 )
-def test_unusable_payload_is_a_payload_error_naming_the_field_not_the_value(mutate: Any, path: str):
+def test_unusable_payload_is_a_payload_error_naming_the_field_not_the_value(
+    mutate: Callable[[dict[str, Any]], object], path: str
+) -> None:
     # given
     payload = copy.deepcopy(load("order.retrieve.json"))
     payload["billing"]["email"] = "secret.person@example.com"
@@ -273,6 +282,6 @@ def test_unusable_payload_is_a_payload_error_naming_the_field_not_the_value(muta
     assert "abc" not in str(info.value)
 
 
-def test_non_object_body_is_a_payload_error():
+def test_non_object_body_is_a_payload_error() -> None:
     with pytest.raises(PayloadError):
         map_order([], "shop-1")  # type: ignore[arg-type]

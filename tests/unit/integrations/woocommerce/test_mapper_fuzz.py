@@ -82,7 +82,9 @@ def _apply(payload: dict[str, Any], ops: list[tuple[str, str, Any]]) -> dict[str
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(base=st.sampled_from(BASES), ops=_mutations())
-def test_mapper_returns_a_valid_order_or_a_payload_error(base: dict[str, Any], ops: list) -> None:
+def test_mapper_returns_a_valid_order_or_a_payload_error(
+    base: dict[str, Any], ops: list[tuple[str, str, Any]]
+) -> None:
     payload = _apply(copy.deepcopy(base), ops)
     try:
         order = map_order(payload, "shop-1")
