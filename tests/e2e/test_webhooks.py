@@ -267,7 +267,7 @@ def test_a_body_declared_over_the_limit_gets_413_before_it_is_read(
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
-def test_eight_concurrent_100_mb_posts_keep_the_web_process_under_150_mb(
+def test_eight_concurrent_100_mb_posts_grow_the_web_process_by_less_than_50_mb(
     stack: tuple[Stack, sessionmaker[Session]], shop: str
 ) -> None:
     # given: the web process, and bodies streamed without a length (nothing to refuse up front)
@@ -278,6 +278,8 @@ def test_eight_concurrent_100_mb_posts_keep_the_web_process_under_150_mb(
             "X-Shopify-Hmac-Sha256": "AAAA"}  # fmt: skip
     paths = [f"/webhooks/shopify/{'no-such-shop' if i % 2 else shop}" for i in range(8)]
 
+    before = _peak_rss_mb(web.process.pid)
+
     # when: 8 at once, half to an unknown account, half to a real one with a bad signature
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda p: _raw_post(running.base_url, p, head, 100), paths))
@@ -285,7 +287,8 @@ def test_eight_concurrent_100_mb_posts_keep_the_web_process_under_150_mb(
     # then: the server stopped each at the limit, and never held much more than it allows
     for sent, answer in results:
         assert sent < 100 * 1024 * 1024 or answer.startswith(b"HTTP/1.1 413")
-    assert _peak_rss_mb(web.process.pid) < 150
+    # at most the 5 MB limit held per request (8 x 5 MB), whatever the 800 MB sent
+    assert _peak_rss_mb(web.process.pid) - before < 50
     assert httpx.get(f"{running.base_url}/healthz").status_code == 200
 
 
