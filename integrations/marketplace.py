@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
@@ -20,6 +20,7 @@ from integrations.ratelimit import Bucket, CostLimit
 from orders.intake import IntakeResult, apply_order
 
 __all__ = [
+    "BodyCheck",
     "Delivery",
     "Mapper",
     "Marketplace",
@@ -34,6 +35,14 @@ Mapper = Callable[[dict[str, Any], str], CanonicalOrder]
 
 def _never_ping(_headers: Mapping[str, str], _body: bytes) -> bool:
     return False
+
+
+class BodyCheck(Protocol):
+    """A signature check fed the raw body chunk by chunk as it streams in."""
+
+    def update(self, chunk: bytes) -> None: ...
+
+    def valid(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,10 @@ class WebhookReceiver:
     kept_headers: Callable[[Mapping[str, str]], dict[str, str]]
     #: an unsigned "ping" that must be answered 200 and otherwise ignored (WooCommerce)
     is_ping: Callable[[Mapping[str, str], bytes], bool] = _never_ping
+    #: (the account's webhook secret, the signature header or None) → a check fed the body as
+    #: it streams in, so that a body with a bad signature is never held whole; None: the
+    #: receiver holds the body (at most ``WEBHOOK_MAX_BODY_BYTES``) and calls ``verify``
+    body_check: Callable[[str, str | None], BodyCheck] | None = None
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,11 @@
    account, *before* reading the body; read the body as a stream of at most
    ``WEBHOOK_MAX_BODY_BYTES`` (413 beyond it, before a byte is read when ``Content-Length``
    says so), so that no request without credentials can make the process hold more;
-2. verify the signature over the *raw* body, constant-time. An unknown account and a bad
-   signature get the same 401 (account names cannot be enumerated) and a log line; nothing is
-   stored;
+2. verify the signature over the *raw* body, constant-time, as it streams in where the
+   marketplace's receiver has a ``body_check`` (the body is spooled: memory up to 64 KiB, then
+   a temporary file), so a body with a bad signature is never held whole. An unknown
+   account and a bad signature get the same 401 (account names cannot be enumerated) and a
+   log line; nothing is stored;
 3. insert the raw delivery into ``inbox_events`` with the channel's dedupe key,
    ``ON CONFLICT DO NOTHING`` (a redelivery of the same webhook is absorbed here);
 4. commit, answer 200, and only then publish ``process_event(inbox_id)`` (if the row is new).
@@ -20,6 +22,7 @@ the task marks it ``failed`` with the parse error for staff to see.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 
 import structlog
@@ -34,7 +37,7 @@ from db.models import ChannelAccount, InboxEvent
 from db.session import dialect_insert
 from domain.states import InboxStatus
 from integrations import registry
-from integrations.marketplace import WebhookReceiver
+from integrations.marketplace import BodyCheck, WebhookReceiver
 from web.sessions import SessionDep
 from workflows.publish import publish_after_commit
 from workflows.tasks import process_event
@@ -69,22 +72,56 @@ def _account(session: Session, channel: str, name: str) -> _Account | None:
     return None if row is None else _Account(row.id, row.webhook_secret or "")
 
 
-async def _read_body(request: Request, limit: int, *, keep: bool) -> bytes:
+#: a body with a bad signature up to this size is still read whole (an unsigned ping is tiny);
+#: past it, it is refused without ever being held
+_SMALL = 64 * 1024
+
+
+@dataclass
+class _Body:
+    """A request body read as a stream: in memory up to ``_SMALL``, on disk past it."""
+
+    file: tempfile.SpooledTemporaryFile[bytes] | None = None
+    size: int = 0
+    #: what the streaming signature check said (None: the receiver has none, or nothing kept)
+    verified: bool | None = None
+
+    def read(self) -> bytes:
+        if self.file is None:
+            return b""
+        self.file.seek(0)
+        return self.file.read()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+async def _read_body(request: Request, limit: int, check: BodyCheck | None, *, keep: bool) -> _Body:
     """The body, streamed, at most ``limit`` bytes (413 beyond). ``keep=False`` reads and drops
     it, so a request for an unknown account takes the same time and answers as one with a bad
-    signature, without the process holding its bytes."""
+    signature. A kept body is fed to the receiver's streaming signature ``check`` and spooled
+    (memory up to ``_SMALL``, then a temporary file), so that no request with a bad signature
+    makes the process hold more than ``_SMALL`` of it."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"body larger than {limit} bytes")
-    body = bytearray()
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"body larger than {limit} bytes")
-        if keep:
-            body += chunk
-    return bytes(body)
+    body = _Body(tempfile.SpooledTemporaryFile(max_size=_SMALL) if keep else None)
+    try:
+        async for chunk in request.stream():
+            body.size += len(chunk)
+            if body.size > limit:
+                raise HTTPException(413, f"body larger than {limit} bytes")
+            if body.file is not None:
+                body.file.write(chunk)
+                if check is not None:
+                    check.update(chunk)
+    except BaseException:
+        body.close()
+        raise
+    if check is not None and keep:
+        body.verified = check.valid()
+    return body
 
 
 def _store(
@@ -95,15 +132,18 @@ def _store(
     account: _Account,
     headers: dict[str, str],
     body: bytes,
+    verified: bool | None = None,
 ) -> dict[str, object]:
     with session.begin():
         if receiver.is_ping(headers, body):
             log.info("webhook.ping", channel=channel, account=account_name)
             return {"status": "ping"}
         topic = receiver.topic(headers) or "unknown"
-        if not receiver.verify(
-            account.webhook_secret, body, headers.get(receiver.signature_header)
-        ):
+        if verified is None:
+            verified = receiver.verify(
+                account.webhook_secret, body, headers.get(receiver.signature_header)
+            )
+        if not verified:
             log.warning(
                 "webhook.bad_signature",
                 channel=channel,
@@ -149,11 +189,23 @@ async def receive(
         raise HTTPException(404, f"{channel} does not send webhooks")
     found = await run_in_threadpool(_account, session, channel, account)
     limit = get_settings().webhook_max_body_bytes
-    body = await _read_body(request, limit, keep=found is not None)
-    if found is None:
-        log.warning("webhook.unknown_account", channel=channel, account=account)
-        raise _REFUSED
     headers = {k.lower(): v for k, v in request.headers.items()}
+    check = None
+    if found is not None and receiver.body_check is not None:
+        check = receiver.body_check(found.webhook_secret, headers.get(receiver.signature_header))
+    body = await _read_body(request, limit, check, keep=found is not None)
+    try:
+        if found is None:
+            log.warning("webhook.unknown_account", channel=channel, account=account)
+            raise _REFUSED
+        if body.verified is False and body.size > _SMALL:
+            # too big to be a ping, and not signed by the account: never loaded
+            log.warning("webhook.bad_signature", channel=channel, account=account,
+                        topic=receiver.topic(headers) or "unknown", bytes=body.size)  # fmt: skip
+            raise _REFUSED
+        raw = body.read()
+    finally:
+        body.close()
     return await run_in_threadpool(
-        _store, session, channel, receiver, account, found, headers, body
+        _store, session, channel, receiver, account, found, headers, raw, body.verified
     )

@@ -33,6 +33,7 @@ MARKETPLACE = Marketplace(
     webhooks=WebhookReceiver(
         signature_header="x-shopify-hmac-sha256",
         verify=webhooks.verify_signature,
+        body_check=webhooks.body_check,
         topic=webhooks.topic,
         dedupe_key=webhooks.dedupe_key,
         kept_headers=webhooks.kept_headers,

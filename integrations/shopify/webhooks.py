@@ -16,8 +16,11 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 
+from integrations.signing import HmacCheck
+
 __all__ = [
     "KEPT_HEADERS",
+    "body_check",
     "dedupe_key",
     "kept_headers",
     "sign",
@@ -97,3 +100,9 @@ def dedupe_key(headers: Mapping[str, str], body: bytes) -> str:
         return f"shopify:webhook:{webhook_id}"
     topic = lower.get("x-shopify-topic", "").strip() or "unknown"
     return f"shopify:body:{topic}:{hashlib.sha256(body).hexdigest()}"
+
+
+def body_check(secret: str, header: str | None) -> HmacCheck:
+    """The signature check fed the body as it streams in (the same test as
+    ``verify_signature``, without holding the body)."""
+    return HmacCheck([secret], header)

@@ -22,6 +22,7 @@ MARKETPLACE = Marketplace(
     webhooks=WebhookReceiver(
         signature_header="x-wc-webhook-signature",
         verify=webhooks.verify_signature,
+        body_check=webhooks.body_check,
         topic=webhooks.topic,
         dedupe_key=webhooks.dedupe_key,
         kept_headers=webhooks.kept_headers,

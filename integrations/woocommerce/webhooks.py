@@ -25,8 +25,11 @@ import hmac
 import re
 from collections.abc import Mapping
 
+from integrations.signing import HmacCheck
+
 __all__ = [
     "KEPT_HEADERS",
+    "body_check",
     "dedupe_key",
     "is_ping",
     "kept_headers",
@@ -121,3 +124,9 @@ def dedupe_key(headers: Mapping[str, str], body: bytes) -> str:
     delivery = _lower(headers).get("x-wc-webhook-delivery-id", "").strip()
     digest = "sha256-" + hashlib.sha256(body).hexdigest()[:32]
     return f"{delivery[:64]}:{digest}" if delivery else digest
+
+
+def body_check(secret: str, header: str | None) -> HmacCheck:
+    """The signature check fed the body as it streams in (the same test as
+    ``verify_signature``, without holding the body)."""
+    return HmacCheck([secret, _wp_decoded(secret)], header)

@@ -267,7 +267,7 @@ def test_a_body_declared_over_the_limit_gets_413_before_it_is_read(
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
-def test_eight_concurrent_100_mb_posts_grow_the_web_process_by_less_than_50_mb(
+def test_eight_concurrent_100_mb_posts_keep_the_web_process_under_150_mb(
     stack: tuple[Stack, sessionmaker[Session]], shop: str
 ) -> None:
     # given: the web process, and bodies streamed without a length (nothing to refuse up front)
@@ -287,8 +287,11 @@ def test_eight_concurrent_100_mb_posts_grow_the_web_process_by_less_than_50_mb(
     # then: the server stopped each at the limit, and never held much more than it allows
     for sent, answer in results:
         assert sent < 100 * 1024 * 1024 or answer.startswith(b"HTTP/1.1 413")
-    # at most the 5 MB limit held per request (8 x 5 MB), whatever the 800 MB sent
-    assert _peak_rss_mb(web.process.pid) - before < 50
+    # a body with a bad signature is checked as it streams and spooled past 64 KiB, never held
+    # whole: the 800 MB sent leave the process's peak where it was, and under 150 MB
+    peak = _peak_rss_mb(web.process.pid)
+    assert peak < 150, f"peak RSS {peak:.0f} MB (before: {before:.0f} MB)"
+    assert peak - before < 16, f"peak RSS {before:.0f} -> {peak:.0f} MB"
     assert httpx.get(f"{running.base_url}/healthz").status_code == 200
 
 
