@@ -126,20 +126,14 @@ def worker(
 
 @cli.command()
 def beat() -> None:
-    """Run Celery Beat (exactly one per deployment): polls, nightly sync, sweeper."""
+    """Run Celery Beat: polls, nightly sync, sweeper. A second Beat waits as a standby (its
+    schedule and leader lock are in Redis) and takes over when the first one stops."""
     from workflows import app
 
     _setup_logging()
     settings = get_settings()
     _check_database()
-    settings.var_dir.mkdir(parents=True, exist_ok=True)
-    app.start(
-        [
-            "beat",
-            "--schedule", str(settings.var_dir / "celerybeat-schedule"),
-            "--loglevel", settings.log_level,
-        ]
-    )  # fmt: skip
+    app.start(["beat", "--loglevel", settings.log_level])
 
 
 def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:

@@ -30,6 +30,11 @@ __all__ = ["app"]
 
 app = Celery("ordersync")
 
+#: how often Beat wakes (and renews its lock) at least, and how long a dead Beat's lock keeps a
+#: standby Beat waiting
+BEAT_MAX_LOOP_S = 5
+BEAT_LOCK_TIMEOUT_S = 30
+
 
 def _config() -> dict[str, Any]:
     from core.runtime import redis_url
@@ -76,6 +81,15 @@ def _config() -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
         "beat_schedule": _beat_schedule(),
+        # One Beat at a time (RedBeat): the schedule and a leader lock live in Redis. A second
+        # Beat started by mistake waits for the lock instead of sending everything twice, and
+        # takes over within ``BEAT_LOCK_TIMEOUT_S`` when the first dies. Beat wakes at least
+        # every ``BEAT_MAX_LOOP_S`` to renew the lock.
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "redbeat_redis_url": url,
+        "redbeat_key_prefix": "ordersync:redbeat",
+        "redbeat_lock_timeout": BEAT_LOCK_TIMEOUT_S,
+        "beat_max_loop_interval": BEAT_MAX_LOOP_S,
     }
 
 
