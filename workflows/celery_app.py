@@ -85,7 +85,7 @@ def _config() -> dict[str, Any]:
         # Beat started by mistake waits for the lock instead of sending everything twice, and
         # takes over within ``BEAT_LOCK_TIMEOUT_S`` when the first dies. Beat wakes at least
         # every ``BEAT_MAX_LOOP_S`` to renew the lock.
-        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "beat_scheduler": "workflows.beat:Scheduler",
         "redbeat_redis_url": url,
         "redbeat_key_prefix": "ordersync:redbeat",
         "redbeat_lock_timeout": BEAT_LOCK_TIMEOUT_S,
