@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     # an idempotency key locked by an attempt that stopped answering is taken over after this
     idempotency_lock_timeout_s: int = Field(default=90, ge=1)
 
+    # retention (``ordersync purge``, daily on Beat): buyer personal data of orders long done
+    # and of handled webhook bodies; finished idempotency keys (far longer than any retry, park
+    # or sweep reaches back: a finished key only answers a retry of the same call)
+    personal_data_retention_days: int = Field(default=90, ge=1)
+    idempotency_retention_days: int = Field(default=30, ge=2)
+
     # polling: webhooks get lost, so every account is also polled (window = cursor - overlap)
     poll_interval_s: int = Field(default=300, ge=5)
     poll_overlap_s: int = Field(default=300, ge=0)

@@ -231,6 +231,36 @@ def demo(
     raise typer.Exit(code)
 
 
+@cli.command()
+def purge(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only count what would go")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Remove buyer personal data and idempotency keys past retention
+    (ORDERSYNC_PERSONAL_DATA_RETENTION_DAYS, ORDERSYNC_IDEMPOTENCY_RETENTION_DAYS); Beat runs it
+    daily. Inbox rows, orders, money, invoices and unfinished keys stay."""
+    from db.base import utcnow
+    from db.session import session_scope
+    from orders.retention import purge as purge_past_retention
+
+    settings = get_settings()
+    with session_scope() as session:
+        report = purge_past_retention(
+            session,
+            now=utcnow(),
+            personal_data_days=settings.personal_data_retention_days,
+            idempotency_days=settings.idempotency_retention_days,
+            dry_run=dry_run,
+        ).as_dict()
+    if as_json:
+        typer.echo(json.dumps({"dry_run": dry_run, **report}))
+        return
+    table = Table("what", "would go" if dry_run else "removed")
+    for what, count in report.items():
+        table.add_row(what.replace("_", " "), str(count))
+    Console().print(table)
+
+
 def _one_line(exc: BaseException) -> str:
     """What the operator reads of an error: one line, no traceback, no secret."""
     from sqlalchemy import exc as sa_exc

@@ -107,6 +107,11 @@ def _beat_schedule() -> dict[str, Any]:
             "schedule": 60.0,
             "options": {"expires": 60.0},
         },
+        "daily-purge": {
+            "task": "ordersync.maintenance.purge",
+            "schedule": crontab(minute=30, hour=(settings.full_sync_hour_utc + 1) % 24),
+            "options": {"expires": 3600.0},
+        },
         "nightly-full-sync": {
             "task": "ordersync.sync.full_sync_all",
             "schedule": crontab(minute=0, hour=settings.full_sync_hour_utc),

@@ -280,3 +280,21 @@ def _stuck_orders(session: Any, limit: int, at: dt.datetime, *, now: bool = Fals
         publish_after_commit(session, pipeline(order_id))
         session.execute(update(Order).where(Order.id == order_id).values(updated_at=utcnow()))
     return list(order_ids)
+
+
+@app.task(base=OrdersyncTask, bind=True, name="ordersync.maintenance.purge", ignore_result=True)
+def purge(self: OrdersyncTask) -> dict[str, int]:
+    """Daily: remove buyer personal data and idempotency keys past retention
+    (``orders.retention``)."""
+    from orders.retention import purge as purge_past_retention
+
+    settings = get_settings()
+    with self.transaction() as session:
+        report = purge_past_retention(
+            session,
+            now=utcnow(),
+            personal_data_days=settings.personal_data_retention_days,
+            idempotency_days=settings.idempotency_retention_days,
+        )
+    log.info("purge.done", **report.as_dict())
+    return report.as_dict()
