@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # a webhook body is read as a stream up to this size (413 beyond): Shopify's and
     # WooCommerce's real order deliveries are far below 5 MB
     webhook_max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    # how long the webhook receiver keeps an account's id and secret in memory (a changed or
+    # new account is seen after this; a delivery whose signature fails drops the entry at once)
+    webhook_account_cache_s: float = Field(default=10.0, ge=0)
     web_port: int = Field(default=8000, ge=0, le=65535)  # 0: any free port (the demo)
 
     # Queues of DESIGN.md: short intake, pipeline steps, long syncs, PDFs, pushes out.

@@ -38,6 +38,7 @@ __all__ = [
     "after_fork",
     "core",
     "dialect_insert",
+    "dialect_insert_for",
     "get_engine",
     "get_sessionmaker",
     "make_engine",
@@ -175,7 +176,11 @@ _DIALECT_INSERT: dict[str, Callable[..., Any]] = {
 def dialect_insert(session: Session) -> Callable[..., Any]:
     """The session's dialect's own ``insert`` (``postgresql.insert`` or ``sqlite.insert``), the
     one with ``on_conflict_do_nothing`` / ``on_conflict_do_update``."""
-    name = session.get_bind().dialect.name
+    return dialect_insert_for(session.get_bind().dialect.name)
+
+
+def dialect_insert_for(name: str) -> Callable[..., Any]:
+    """The ``insert`` of the dialect called ``name`` (an engine's ``dialect.name``)."""
     if name not in _DIALECT_INSERT:
         raise NotImplementedError(f"no upsert for the {name} dialect")
     return _DIALECT_INSERT[name]

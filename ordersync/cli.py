@@ -79,17 +79,22 @@ def db_downgrade(revision: str) -> None:
 def web(
     host: Annotated[str | None, typer.Option()] = None,
     port: Annotated[int | None, typer.Option()] = None,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, max=64, help="web processes on one port (webhook bursts: one a core)"),
+    ] = 1,
 ) -> None:
     """Run the web app: webhooks, staff dashboard, JSON API."""
     import uvicorn
-
-    from web.app import create_app
 
     _setup_logging()
     settings = get_settings()
     _check_database()
     uvicorn.run(
-        create_app(),
+        # an import string, so that each of several processes builds its own app
+        "web.app:create_app",
+        factory=True,
+        workers=workers,
         host=host or settings.web_host,
         port=port or settings.web_port,
         log_level=settings.log_level.lower(),

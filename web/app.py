@@ -1,4 +1,5 @@
-"""The FastAPI application: webhooks, staff JSON API, dashboard, health and metrics."""
+"""The FastAPI application: webhooks (``web.webhooks.WebhookIntake``, a plain ASGI layer in
+front of everything else), staff JSON API, dashboard, health and metrics."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ async def _same_origin_for_staff_actions(
 def create_app() -> FastAPI:
     app = FastAPI(title="ordersync", version="0.1.0")
     app.middleware("http")(_same_origin_for_staff_actions)
-    app.include_router(webhooks.router)
+    # outermost: webhooks are answered before any other middleware or routing runs
+    app.add_middleware(webhooks.WebhookIntake)
     app.include_router(api.router)
     app.include_router(dashboard.router)
 

@@ -1,10 +1,14 @@
 """The webhook receiver: verify, store, answer, then publish (invariant 7).
 
-``POST /webhooks/{channel}/{account}``:
+``POST /webhooks/{channel}/{account}`` is served by ``WebhookIntake``, a plain ASGI layer in
+front of the FastAPI app: a webhook pays for no routing, dependency or middleware machinery
+(it is the one route that must absorb a burst: Shopify gives us 5 seconds per delivery).
 
 1. look up the channel's marketplace in the registry (404 if none, or if it sends no webhooks:
    its ``WebhookReceiver`` says how it signs, names and identifies deliveries), then the
-   account, *before* reading the body; read the body as a stream of at most
+   account, *before* reading the body, from a small in-process cache (``AccountCache``:
+   ``WEBHOOK_ACCOUNT_CACHE_S``; a delivery whose signature fails drops the entry, so a rotated
+   secret costs one marketplace retry); read the body as a stream of at most
    ``WEBHOOK_MAX_BODY_BYTES`` (413 beyond it, before a byte is read when ``Content-Length``
    says so), so that no request without credentials can make the process hold more;
 2. verify the signature over the *raw* body, constant-time, as it streams in where the
@@ -12,9 +16,13 @@
    a temporary file), so a body with a bad signature is never held whole. An unknown
    account and a bad signature get the same 401 (account names cannot be enumerated) and a
    log line; nothing is stored;
-3. insert the raw delivery into ``inbox_events`` with the channel's dedupe key,
-   ``ON CONFLICT DO NOTHING`` (a redelivery of the same webhook is absorbed here);
+3. insert the raw delivery into ``inbox_events`` with the channel's dedupe key, one prebuilt
+   ``INSERT … ON CONFLICT DO NOTHING RETURNING id`` in its own transaction (a redelivery of the
+   same webhook is absorbed here);
 4. commit, answer 200, and only then publish ``process_event(inbox_id)`` (if the row is new).
+   A broker that is down does not fail the delivery: the row is committed in state
+   ``received`` and the sweeper publishes it; after a failed publish the receiver stops trying
+   for ``_BROKER_BACKOFF_S`` so that an outage does not hold a thread per webhook.
 
 The body is never parsed here: a payload we cannot parse is still stored and answered 200, and
 the task marks it ``failed`` with the parse error for staff to see.
@@ -22,59 +30,138 @@ the task marks it ``failed`` with the parse error for staff to see.
 
 from __future__ import annotations
 
+import json
 import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
-from fastapi import APIRouter, HTTPException, Request
-from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine, bindparam, select
+from starlette.concurrency import run_in_threadpool
 
 from core.settings import get_settings
 from db.base import utcnow
 from db.models import ChannelAccount, InboxEvent
-from db.session import dialect_insert
+from db.session import dialect_insert_for, get_engine
 from domain.states import InboxStatus
 from integrations import registry
 from integrations.marketplace import BodyCheck, WebhookReceiver
-from web.sessions import SessionDep
-from workflows.publish import publish_after_commit
 from workflows.tasks import process_event
 
-__all__ = ["router"]
+__all__ = ["AccountCache", "WebhookIntake", "accounts"]
 
 log = structlog.get_logger(__name__)
-router = APIRouter(tags=["webhooks"])
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: a body with a bad signature up to this size is still read whole (an unsigned ping is tiny);
+#: past it, it is refused without ever being held
+_SMALL = 64 * 1024
+#: after a publish the broker refused, skip publishing from here for this long (the sweeper
+#: publishes what is committed)
+_BROKER_BACKOFF_S = 5.0
+_PREFIX = "/webhooks/"
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        self.status, self.detail = status, detail
 
 
 #: what an unknown account and a bad signature both get
-_REFUSED = HTTPException(401, "invalid signature or unknown account")
+_REFUSED = _Refused(401, "invalid signature or unknown account")
 
 
 @dataclass(frozen=True)
 class _Account:
     id: int
     webhook_secret: str = field(repr=False)
+    read_at: float = 0.0
 
 
-def _account(session: Session, channel: str, name: str) -> _Account | None:
-    """The active account of ``channel`` named ``name``: what the receiver needs of it (read
-    in a transaction of its own, ended before the body is read)."""
-    with session.begin():
-        row = session.execute(
-            select(ChannelAccount.id, ChannelAccount.webhook_secret).where(
-                ChannelAccount.name == name,
-                ChannelAccount.channel == channel,
-                ChannelAccount.active.is_(True),
-            )
-        ).one_or_none()
-    return None if row is None else _Account(row.id, row.webhook_secret or "")
+class AccountCache:
+    """(channel, account name) → the active account's id and webhook secret, kept for
+    ``ttl_s`` (unknown names too, so a flood for a name we do not have costs no query each)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], _Account | None] = {}
+        self._read_at: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def get(self, engine: Engine, channel: str, name: str) -> _Account | None:
+        key, now = (channel, name), time.monotonic()
+        ttl = get_settings().webhook_account_cache_s
+        with self._lock:
+            if key in self._entries and now - self._read_at[key] < ttl:
+                return self._entries[key]
+        with engine.connect() as conn:
+            row = conn.execute(_ACCOUNT, {"name": name, "channel": channel}).one_or_none()
+        found = None if row is None else _Account(row.id, row.webhook_secret or "", now)
+        with self._lock:
+            if len(self._entries) > 10_000:  # names sent by strangers: never grows unbounded
+                self._entries.clear()
+                self._read_at.clear()
+            self._entries[key], self._read_at[key] = found, now
+        return found
+
+    def forget(self, channel: str, name: str) -> None:
+        with self._lock:
+            self._entries.pop((channel, name), None)
+            self._read_at.pop((channel, name), None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._read_at.clear()
 
 
-#: a body with a bad signature up to this size is still read whole (an unsigned ping is tiny);
-#: past it, it is refused without ever being held
-_SMALL = 64 * 1024
+accounts = AccountCache()
+
+_ACCOUNT = select(ChannelAccount.id, ChannelAccount.webhook_secret).where(
+    ChannelAccount.name == bindparam("name"),
+    ChannelAccount.channel == bindparam("channel"),
+    ChannelAccount.active.is_(True),
+)
+_INSERTS: dict[str, Any] = {}
+
+
+def _insert_statement(dialect: str) -> Any:
+    """``INSERT … ON CONFLICT (account, dedupe key) DO NOTHING RETURNING id``, built once."""
+    statement = _INSERTS.get(dialect)
+    if statement is None:
+        statement = _INSERTS[dialect] = (
+            dialect_insert_for(dialect)(InboxEvent)
+            .on_conflict_do_nothing(index_elements=["channel_account_id", "dedupe_key"])
+            .returning(InboxEvent.id)
+        )
+    return statement
+
+
+class _Broker:
+    """Publishing ``process_event`` after the answer, skipping for a while after a failure."""
+
+    def __init__(self) -> None:
+        self.down_until = 0.0
+
+    def publish(self, inbox_id: int) -> None:
+        if time.monotonic() < self.down_until:
+            return  # the row waits in ``received``; the sweeper publishes it
+        try:
+            process_event.si(inbox_id).apply_async()
+        except Exception as exc:
+            self.down_until = time.monotonic() + _BROKER_BACKOFF_S
+            log.warning("publish.failed", task=process_event.name, inbox_id=inbox_id,
+                        error=type(exc).__name__)  # fmt: skip
+
+
+_broker = _Broker()
 
 
 @dataclass
@@ -97,25 +184,33 @@ class _Body:
             self.file.close()
 
 
-async def _read_body(request: Request, limit: int, check: BodyCheck | None, *, keep: bool) -> _Body:
+async def _read_body(
+    receive: Receive, headers: dict[str, str], limit: int, check: BodyCheck | None, *, keep: bool
+) -> _Body:
     """The body, streamed, at most ``limit`` bytes (413 beyond). ``keep=False`` reads and drops
     it, so a request for an unknown account takes the same time and answers as one with a bad
     signature. A kept body is fed to the receiver's streaming signature ``check`` and spooled
     (memory up to ``_SMALL``, then a temporary file), so that no request with a bad signature
     makes the process hold more than ``_SMALL`` of it."""
-    declared = request.headers.get("content-length", "")
+    declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"body larger than {limit} bytes")
+        raise _Refused(413, f"body larger than {limit} bytes")
     body = _Body(tempfile.SpooledTemporaryFile(max_size=_SMALL) if keep else None)
     try:
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Refused(400, "client disconnected")
+            chunk: bytes = message.get("body", b"")
             body.size += len(chunk)
             if body.size > limit:
-                raise HTTPException(413, f"body larger than {limit} bytes")
-            if body.file is not None:
+                raise _Refused(413, f"body larger than {limit} bytes")
+            if body.file is not None and chunk:
                 body.file.write(chunk)
                 if check is not None:
                     check.update(chunk)
+            if not message.get("more_body", False):
+                break
     except BaseException:
         body.close()
         raise
@@ -125,87 +220,110 @@ async def _read_body(request: Request, limit: int, check: BodyCheck | None, *, k
 
 
 def _store(
-    session: Session,
+    engine: Engine,
     channel: str,
     receiver: WebhookReceiver,
     account_name: str,
     account: _Account,
     headers: dict[str, str],
     body: bytes,
-    verified: bool | None = None,
-) -> dict[str, object]:
-    with session.begin():
-        if receiver.is_ping(headers, body):
-            log.info("webhook.ping", channel=channel, account=account_name)
-            return {"status": "ping"}
-        topic = receiver.topic(headers) or "unknown"
-        if verified is None:
-            verified = receiver.verify(
-                account.webhook_secret, body, headers.get(receiver.signature_header)
-            )
-        if not verified:
-            log.warning(
-                "webhook.bad_signature",
-                channel=channel,
-                account=account_name,
-                topic=topic,
-                bytes=len(body),
-            )
-            raise _REFUSED
-        dedupe_key = receiver.dedupe_key(headers, body)
-        inbox_id = session.execute(
-            dialect_insert(session)(InboxEvent)
-            .values(
-                channel_account_id=account.id,
-                channel=channel,
-                topic=topic[:100],
-                dedupe_key=dedupe_key[:255],
-                headers=receiver.kept_headers(headers),
-                body=body,
-                status=InboxStatus.RECEIVED.value,
-                attempts=0,
-                received_at=utcnow(),
-            )
-            .on_conflict_do_nothing(index_elements=["channel_account_id", "dedupe_key"])
-            .returning(InboxEvent.id)
-        ).scalar_one_or_none()
-        if inbox_id is None:
-            log.info("webhook.duplicate", channel=channel, account=account_name)
-            return {"status": "duplicate"}
-        publish_after_commit(session, process_event.si(inbox_id))
+    verified: bool | None,
+) -> dict[str, Any]:
+    """Verify (unless the stream did) and insert the delivery; commit. Runs in a thread."""
+    if receiver.is_ping(headers, body):
+        log.info("webhook.ping", channel=channel, account=account_name)
+        return {"status": "ping"}
+    topic = receiver.topic(headers) or "unknown"
+    if verified is None:
+        verified = receiver.verify(
+            account.webhook_secret, body, headers.get(receiver.signature_header)
+        )
+    if not verified:
+        accounts.forget(channel, account_name)  # a rotated secret is read again next time
+        log.warning("webhook.bad_signature", channel=channel, account=account_name, topic=topic,
+                    bytes=len(body))  # fmt: skip
+        raise _REFUSED
+    values = {
+        "channel_account_id": account.id,
+        "channel": channel,
+        "topic": topic[:100],
+        "dedupe_key": receiver.dedupe_key(headers, body)[:255],
+        "headers": receiver.kept_headers(headers),
+        "body": body,
+        "status": InboxStatus.RECEIVED.value,
+        "attempts": 0,
+        "received_at": utcnow(),
+    }
+    with engine.begin() as conn:
+        inbox_id = conn.execute(_insert_statement(engine.dialect.name), values).scalar()
+    if inbox_id is None:
+        log.info("webhook.duplicate", channel=channel, account=account_name)
+        return {"status": "duplicate"}
     log.info("webhook.accepted", channel=channel, account=account_name, inbox_id=inbox_id)
     return {"status": "accepted", "inbox_id": inbox_id}
 
 
-@router.post("/webhooks/{channel}/{account}")
-async def receive(
-    channel: str, account: str, request: Request, session: SessionDep
-) -> dict[str, object]:
+async def _answer(send: Send, status: int, payload: dict[str, Any]) -> None:
+    content = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())
+    ]})  # fmt: skip
+    await send({"type": "http.response.body", "body": content})
+
+
+async def _receive(scope: Scope, receive: Receive, send: Send) -> None:
+    channel, _, name = scope["path"][len(_PREFIX) :].partition("/")
+    if scope["method"] != "POST":
+        raise _Refused(405, "method not allowed")
+    if not channel or not name or "/" in name:
+        raise _Refused(404, "not found")
     marketplace = registry.marketplaces().get(channel)
     if marketplace is None:
-        raise HTTPException(404, "unknown channel")
+        raise _Refused(404, "unknown channel")
     receiver = marketplace.webhooks
     if receiver is None:
-        raise HTTPException(404, f"{channel} does not send webhooks")
-    found = await run_in_threadpool(_account, session, channel, account)
-    limit = get_settings().webhook_max_body_bytes
-    headers = {k.lower(): v for k, v in request.headers.items()}
+        raise _Refused(404, f"{channel} does not send webhooks")
+    engine = get_engine()
+    found = await run_in_threadpool(accounts.get, engine, channel, name)
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
     check = None
     if found is not None and receiver.body_check is not None:
         check = receiver.body_check(found.webhook_secret, headers.get(receiver.signature_header))
-    body = await _read_body(request, limit, check, keep=found is not None)
+    limit = get_settings().webhook_max_body_bytes
+    body = await _read_body(receive, headers, limit, check, keep=found is not None)
     try:
         if found is None:
-            log.warning("webhook.unknown_account", channel=channel, account=account)
+            log.warning("webhook.unknown_account", channel=channel, account=name)
             raise _REFUSED
         if body.verified is False and body.size > _SMALL:
             # too big to be a ping, and not signed by the account: never loaded
-            log.warning("webhook.bad_signature", channel=channel, account=account,
+            accounts.forget(channel, name)
+            log.warning("webhook.bad_signature", channel=channel, account=name,
                         topic=receiver.topic(headers) or "unknown", bytes=body.size)  # fmt: skip
             raise _REFUSED
         raw = body.read()
     finally:
         body.close()
-    return await run_in_threadpool(
-        _store, session, channel, receiver, account, found, headers, raw, body.verified
+    answer = await run_in_threadpool(
+        _store, engine, channel, receiver, name, found, headers, raw, body.verified
     )
+    await _answer(send, 200, answer)
+    inbox_id = answer.get("inbox_id")
+    if isinstance(inbox_id, int):  # after the answer: a slow broker never delays it
+        await run_in_threadpool(_broker.publish, inbox_id)
+
+
+class WebhookIntake:
+    """ASGI layer: ``/webhooks/…`` is served here, everything else by ``app``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        try:
+            await _receive(scope, receive, send)
+        except _Refused as refused:
+            await _answer(send, refused.status, {"detail": refused.detail})

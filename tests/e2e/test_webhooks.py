@@ -368,3 +368,23 @@ def test_a_payload_that_does_not_map_fails_with_field_names_and_no_order(
     assert event.error is not None
     assert "total_price" in event.error and "updated_at" in event.error
     assert _orders(maker, shop) == []
+
+
+def test_a_rotated_webhook_secret_costs_one_refused_delivery_not_the_cache_lifetime(
+    stack: tuple[Stack, sessionmaker[Session]], shop: str, fixtures_dir: Path
+) -> None:
+    # given: the receiver has the account, with its secret, in its cache
+    running, maker = stack
+    body = json.dumps(_order(fixtures_dir, id=8_800_000_001)).encode()
+    assert _post(running.base_url, shop, body, webhook_id="before").status_code == 200
+    with maker() as session, session.begin():
+        account = session.scalars(select(ChannelAccount).where(ChannelAccount.name == shop)).one()
+        account.webhook_secret = "rotated-secret"
+
+    # when: the marketplace signs with the new secret (and retries the refused delivery)
+    new = sign("rotated-secret", body)
+    first = _post(running.base_url, shop, body, webhook_id="after", signature=new)
+    retried = _post(running.base_url, shop, body, webhook_id="after", signature=new)
+
+    # then: only the first try met the cached old secret
+    assert (first.status_code, retried.status_code) == (401, 200)
