@@ -22,7 +22,14 @@ import httpx
 from domain.canonical import CanonicalOrder
 from integrations.ratelimit import AccountRateLimits, RateLimiter
 
-__all__ = ["AccountConfig", "ConnectorFactory", "ConnectorSeams", "MarketplaceConnector"]
+__all__ = [
+    "AccountConfig",
+    "ConnectorFactory",
+    "ConnectorSeams",
+    "MarketplaceConnector",
+    "OrderPage",
+    "orders_of",
+]
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,22 @@ class ConnectorSeams:
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
 
 
+@dataclass(frozen=True)
+class OrderPage:
+    """One page of a poll: its orders, and where to go on from (None: the window is read)."""
+
+    orders: list[CanonicalOrder]
+    #: an opaque token that resumes the same window after this page (the marketplace's page
+    #: cursor, page number or offset, with what the connector fixed on the first page)
+    resume: str | None
+
+
+def orders_of(pages: Iterator[OrderPage]) -> Iterator[CanonicalOrder]:
+    """The orders of every page, in order (``fetch_updated_orders`` from ``fetch_pages``)."""
+    for page in pages:
+        yield from page.orders
+
+
 class MarketplaceConnector(Protocol):
     #: the upper bound of the last ``fetch_updated_orders`` as the marketplace applied it, when
     #: it may cover less than was asked (Amazon only lists changes at least two minutes old);
@@ -55,6 +78,13 @@ class MarketplaceConnector(Protocol):
         self, since: dt.datetime, until: dt.datetime | None = None
     ) -> Iterator[CanonicalOrder]:
         """Every order updated in [since, until), page by page within the rate limit."""
+        ...
+
+    def fetch_pages(
+        self, since: dt.datetime, until: dt.datetime, resume: str | None = None
+    ) -> Iterator[OrderPage]:
+        """The same, a page at a time, each with the token that resumes after it: a sync
+        commits each page with its token and a later task goes on from there (``resume``)."""
         ...
 
     def get_order(self, external_id: str) -> CanonicalOrder: ...

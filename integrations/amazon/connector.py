@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -46,7 +47,7 @@ from integrations.amazon.client import DEFAULT_API_BASE_URL, RATE_LIMITS, SpApiC
 from integrations.amazon.lwa import DEFAULT_LWA_URL, LwaTokenProvider
 from integrations.amazon.mapper import map_order
 from integrations.amazon.payloads import parse_timestamp
-from integrations.base import AccountConfig, ConnectorSeams
+from integrations.base import AccountConfig, ConnectorSeams, OrderPage, orders_of
 from integrations.ratelimit import Bucket
 
 __all__ = ["LAST_UPDATED_BEFORE_MIN_AGE", "AmazonConnector"]
@@ -132,13 +133,30 @@ class AmazonConnector:
     def fetch_updated_orders(
         self, since: dt.datetime, until: dt.datetime | None = None
     ) -> Iterator[CanonicalOrder]:
+        return orders_of(self._pages(since, until, None))
+
+    def fetch_pages(
+        self, since: dt.datetime, until: dt.datetime, resume: str | None = None
+    ) -> Iterator[OrderPage]:
+        """Pages of ``getOrders``; ``resume`` holds the ``NextToken`` and the window's end as
+        the first page fixed it (``LastUpdatedBefore``), so a resumed poll reads the same
+        window."""
+        return self._pages(since, until, resume)
+
+    def _pages(
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None
+    ) -> Iterator[OrderPage]:
         before: dt.datetime | None = None
-        if until is not None:
+        token: str | None = None
+        if resume is not None:
+            state = json.loads(resume)
+            token, before = state["next"], _bound(state.get("before"))
+            self.last_window_end = before
+        elif until is not None:
             before = min(until, self._clock() - LAST_UPDATED_BEFORE_MIN_AGE)
             if before < since:  # the window is too recent to ask for yet
                 self.last_window_end = since
                 return
-        token: str | None = None
         pages = 0
         while True:
             page = self.client.get_orders(
@@ -148,10 +166,10 @@ class AmazonConnector:
                 next_token=token,
             )
             pages += 1
-            if pages == 1:
-                self.last_window_end = _bound(page.get("LastUpdatedBefore")) or before
-            for order in page["Orders"]:
-                yield self._with_items(order)
+            if pages == 1 and resume is None:
+                before = _bound(page.get("LastUpdatedBefore")) or before
+                self.last_window_end = before
+            orders = [self._with_items(order) for order in page["Orders"]]
             token = page.get("NextToken") or None
             if token is None:
                 log.info(
@@ -160,7 +178,10 @@ class AmazonConnector:
                     pages=pages,
                     restricted_data=not self.client.rdt.denied,
                 )
+                yield OrderPage(orders, None)
                 return
+            state = {"next": token, "before": before.isoformat() if before else None}
+            yield OrderPage(orders, json.dumps(state))
 
     def get_order(self, external_id: str) -> CanonicalOrder:
         return self._with_items(self.client.get_order(external_id))

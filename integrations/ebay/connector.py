@@ -33,7 +33,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from domain.canonical import CanonicalOrder
 from domain.errors import AuthError, Conflict, PayloadError, PermanentError
-from integrations.base import AccountConfig, ConnectorSeams
+from integrations.base import AccountConfig, ConnectorSeams, OrderPage, orders_of
 from integrations.ebay.client import (
     API_BASE_URL,
     MAX_PAGE_LIMIT,
@@ -89,12 +89,24 @@ class EbayConnector:
     def fetch_updated_orders(
         self, since: dt.datetime, until: dt.datetime | None = None
     ) -> Iterator[CanonicalOrder]:
+        return orders_of(self._pages(since, until, None))
+
+    def fetch_pages(
+        self, since: dt.datetime, until: dt.datetime, resume: str | None = None
+    ) -> Iterator[OrderPage]:
+        """Pages of ``getOrders``; ``resume`` is the next page's offset."""
+        return self._pages(since, until, resume)
+
+    def _pages(
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None
+    ) -> Iterator[OrderPage]:
         end = until if until is not None and until <= self.clock() else None
         query = lastmodified_filter(since, end)
         seen: set[str] = set()
-        offset = 0
+        offset = int(resume) if resume else 0
         while True:
             page = _page(self.client.get_orders(filter=query, limit=self.page_limit, offset=offset))
+            orders = []
             for raw in page.orders:
                 order = self._map(raw)
                 if until is not None and order.updated_at >= until:
@@ -102,14 +114,17 @@ class EbayConnector:
                 if order.external_id in seen:
                     continue
                 seen.add(order.external_id)
-                yield order
+                orders.append(order)
             if not page.next or not page.orders:
+                yield OrderPage(orders, None)
                 return
             following = _next_offset(page.next, offset + len(page.orders))
             if following <= offset:
                 raise PayloadError(f"eBay getOrders: next page does not advance past {offset}")
             if page.total is not None and following >= page.total:
+                yield OrderPage(orders, None)
                 return
+            yield OrderPage(orders, str(following))
             offset = following
 
     def get_order(self, external_id: str) -> CanonicalOrder:

@@ -29,7 +29,7 @@ import structlog
 
 from domain.canonical import CanonicalOrder
 from domain.errors import AuthError, ValidationError
-from integrations.base import AccountConfig, ConnectorSeams
+from integrations.base import AccountConfig, ConnectorSeams, OrderPage, orders_of
 from integrations.ratelimit import Bucket, CostLimit
 from integrations.shopify import queries as q
 from integrations.shopify.client import ShopifyClient, order_gid
@@ -113,14 +113,25 @@ class ShopifyConnector:
     def fetch_updated_orders(
         self, since: dt.datetime, until: dt.datetime | None = None
     ) -> Iterator[CanonicalOrder]:
+        return orders_of(self._pages(since, until, None))
+
+    def fetch_pages(
+        self, since: dt.datetime, until: dt.datetime, resume: str | None = None
+    ) -> Iterator[OrderPage]:
+        """Pages of the order search; ``resume`` is the search's ``endCursor``."""
+        return self._pages(since, until, resume)
+
+    def _pages(
+        self, since: dt.datetime, until: dt.datetime | None, after: str | None
+    ) -> Iterator[OrderPage]:
         search = f"updated_at:>='{_search_time(since)}'"
         if until is not None:
             search += f" AND updated_at:<'{_search_time(until)}'"
         seen: set[tuple[str, dt.datetime]] = set()
-        after: str | None = None
         while True:
             gids, has_next, cursor = self.client.orders_page(search, after)
             size = self.client.chunk_size()
+            orders = []
             for start in range(0, len(gids), size):
                 for node in self.client.orders_by_ids(gids[start : start + size]):
                     if node is None:  # deleted between the two calls
@@ -130,8 +141,10 @@ class ShopifyConnector:
                     key = (order.external_id, order.updated_at)
                     if key not in seen:
                         seen.add(key)
-                        yield order
-            if not has_next or not cursor:
+                        orders.append(order)
+            done = not has_next or not cursor
+            yield OrderPage(orders, None if done else cursor)
+            if done:
                 return
             after = cursor
 

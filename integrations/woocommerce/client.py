@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -200,20 +201,28 @@ class WooCommerceClient(ApiClient):
             total_pages=_int_header(response, "X-WP-TotalPages"),
         )
 
-    def iter_orders(
-        self, modified_after: dt.datetime, modified_before: dt.datetime, *, max_restarts: int = 3
-    ) -> Iterator[dict[str, Any]]:
-        """Every order modified in the window, each (id, date_modified_gmt) once.
+    def iter_order_pages(
+        self,
+        modified_after: dt.datetime,
+        modified_before: dt.datetime,
+        resume: str | None = None,
+        *,
+        max_restarts: int = 3,
+    ) -> Iterator[tuple[list[dict[str, Any]], str | None]]:
+        """Every order modified in the window, a page at a time, each with the token that
+        resumes after it (None after the last page).
 
         The window's end is fixed, so an order modified while we page leaves the result set and
         everything after it moves one place towards page 1: the next page would skip an order.
-        ``X-WP-Total`` shrinking shows it; we then re-read from page 1 (already-yielded orders
-        are skipped). Orders that left are newer than the window: the next poll has them.
+        ``X-WP-Total`` shrinking shows it; we then re-read from page 1 (orders already returned
+        in this call are skipped; a resumed call may return some again, which the newer-wins
+        intake absorbs). Orders that left are newer than the window: the next poll has them.
         """
         seen: set[tuple[str, str]] = set()
-        restarts = 0
-        page = 1
-        first_total: int | None = None
+        state = json.loads(resume) if resume else {}
+        restarts: int = state.get("restarts", 0)
+        page: int = state.get("page", 1)
+        first_total: int | None = state.get("total")
         while True:
             result = self.list_orders_page(modified_after, modified_before, page)
             if first_total is None or page == 1:
@@ -225,15 +234,18 @@ class WooCommerceClient(ApiClient):
                     page = 1
                     continue
                 log.warning("woocommerce.orders.window_shifting", account=self.account)
+            items = []
             for item in result.items:
                 key = (str(item.get("id")), str(item.get("date_modified_gmt")))
                 if key not in seen:
                     seen.add(key)
-                    yield item
+                    items.append(item)
             last = result.total_pages if result.total_pages is not None else page
             if not result.items or page >= last:
+                yield items, None
                 return
             page += 1
+            yield items, json.dumps({"page": page, "total": first_total, "restarts": restarts})
 
     def get_order(self, order_id: str) -> dict[str, Any]:
         response = self.request("get_order", "GET", f"/orders/{_path_id(order_id)}")

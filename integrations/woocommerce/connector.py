@@ -22,7 +22,7 @@ import structlog
 
 from domain.canonical import CanonicalOrder
 from domain.errors import AuthError, NotFound, ValidationError
-from integrations.base import AccountConfig, ConnectorSeams
+from integrations.base import AccountConfig, ConnectorSeams, OrderPage, orders_of
 from integrations.woocommerce.client import WooCommerceClient
 from integrations.woocommerce.mapper import map_order
 
@@ -84,10 +84,16 @@ class WooCommerceConnector:
     def fetch_updated_orders(
         self, since: dt.datetime, until: dt.datetime | None = None
     ) -> Iterator[CanonicalOrder]:
-        # a fixed end, even when the caller gives none: see WooCommerceClient.iter_orders
-        end = until or self._clock()
-        for payload in self.client.iter_orders(since, end):
-            yield map_order(payload, self.account.name)
+        # a fixed end, even when the caller gives none: see WooCommerceClient.iter_order_pages
+        return orders_of(self.fetch_pages(since, until or self._clock()))
+
+    def fetch_pages(
+        self, since: dt.datetime, until: dt.datetime, resume: str | None = None
+    ) -> Iterator[OrderPage]:
+        """Pages of ``GET /orders``; ``resume`` is the next page number (with the total seen
+        on the first page, which tells when the window shifted under us)."""
+        for items, token in self.client.iter_order_pages(since, until, resume):
+            yield OrderPage([map_order(p, self.account.name) for p in items], token)
 
     def get_order(self, external_id: str) -> CanonicalOrder:
         return map_order(self.client.get_order(external_id), self.account.name)

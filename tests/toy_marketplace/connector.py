@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 
 from domain.canonical import CanonicalOrder
 from domain.errors import AuthError, ValidationError
-from integrations.base import AccountConfig, ConnectorSeams
+from integrations.base import AccountConfig, ConnectorSeams, OrderPage, orders_of
 from tests.toy_marketplace.client import RATE_LIMITS, ToyClient
 from tests.toy_marketplace.mapper import map_order
 
@@ -41,15 +41,20 @@ class ToyConnector:
     def fetch_updated_orders(
         self, since: dt.datetime, until: dt.datetime | None = None
     ) -> Iterator[CanonicalOrder]:
-        end = until or self._clock()
-        offset = 0
+        return orders_of(self.fetch_pages(since, until or self._clock()))
+
+    def fetch_pages(
+        self, since: dt.datetime, until: dt.datetime, resume: str | None = None
+    ) -> Iterator[OrderPage]:
+        offset = int(resume) if resume else 0
         while True:
-            page = self.client.orders_page(since, end, offset)
-            for payload in page["orders"]:
-                yield map_order(payload, self.account.name)
-            if page["next_offset"] is None:
+            page = self.client.orders_page(since, until, offset)
+            orders = [map_order(payload, self.account.name) for payload in page["orders"]]
+            following = page["next_offset"]
+            yield OrderPage(orders, None if following is None else str(following))
+            if following is None:
                 return
-            offset = page["next_offset"]
+            offset = following
 
     def get_order(self, external_id: str) -> CanonicalOrder:
         return map_order(self.client.get_order(external_id), self.account.name)
