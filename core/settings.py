@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     first_poll_days: int = Field(default=30, ge=1)
     full_sync_days: int = Field(default=30, ge=1)
     full_sync_hour_utc: int = Field(default=3, ge=0, le=23)
+    # a poll or full sync is read in slices of at most this many pages or seconds, each page
+    # committed with its resume token; well under TASK_TIME_LIMIT_S, so a first sync of any
+    # size never meets the task's hard limit
+    sync_slice_pages: int = Field(default=50, ge=1)
+    sync_slice_s: float = Field(default=120.0, gt=0)
 
     # outside services of the pipeline (the demo points them at the sandbox)
     payments_url: str | None = None
@@ -153,6 +158,17 @@ class Settings(BaseSettings):
                 "(postgresql+psycopg://user@host/db or sqlite:///path/to/file.db)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _sync_slice_within_the_time_limit(self) -> Settings:
+        # a slice stops between pages once past SYNC_SLICE_S: half the task's hard limit leaves
+        # the last page (Amazon: up to 100 getOrderItems calls) time to finish
+        if 2 * self.sync_slice_s > self.task_time_limit_s:
+            raise ValueError(
+                f"ORDERSYNC_SYNC_SLICE_S ({self.sync_slice_s:g}) must be at most half of "
+                f"ORDERSYNC_TASK_TIME_LIMIT_S ({self.task_time_limit_s})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _park_before_redelivery(self) -> Settings:

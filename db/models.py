@@ -391,7 +391,7 @@ class Label(Base):
 
 
 class SyncRun(Base):
-    """One poll or full sync of one account: window, counts, outcome."""
+    """One poll or full sync of one account: window, counts, progress, outcome."""
 
     __tablename__ = "sync_runs"
 
@@ -403,6 +403,12 @@ class SyncRun(Base):
     window_to: Mapped[dt.datetime | None]
     orders_seen: Mapped[int] = mapped_column(Integer, default=0)
     orders_changed: Mapped[int] = mapped_column(Integer, default=0)
+    # progress of a run read in slices: pages committed, the token that resumes after the last
+    # of them (None: from the start, or done), and when the last page was committed (a run
+    # still reading whose heartbeat is old has lost its worker: the sweeper resumes it)
+    pages: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    page_token: Mapped[str | None] = mapped_column(Text)
+    heartbeat_at: Mapped[dt.datetime | None]
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[dt.datetime] = created_at()
     finished_at: Mapped[dt.datetime | None]

@@ -1,16 +1,19 @@
 """Polling and the nightly full sync: because webhooks get lost (WooCommerce never retries one).
 
 - ``ordersync.sync.poll_due`` (Beat, every minute): publish ``poll_account`` for each active
-  account whose last poll is older than ``poll_interval_s`` and that has no parked work.
-- ``ordersync.sync.poll_account(account_id)``: orders updated in ``[cursor - overlap, now)``,
-  page by page within the marketplace's rate limit (one Redis-shared bucket per account and
-  operation), upserted in batches with the same intake as webhooks (so a poll and a webhook for
-  the same order make one order, newest data winning), new ones entering the pipeline; the
-  cursor moves only when the whole window was read. Every run is a ``sync_runs`` row. A
-  marketplace that asks us to wait longer than ``PARK_AFTER_S`` parks the poll (``parked`` run,
-  cursor unchanged; the sweeper publishes it again when the wait is over).
-- ``ordersync.sync.full_sync_all`` (Beat, nightly): ``chord(full_sync_account(a) for a in
-  accounts) → reconcile_report``, re-reading ``full_sync_days`` days whatever the cursor says.
+  account whose last poll is older than ``poll_interval_s``, that has no parked work and no
+  poll still reading.
+- ``ordersync.sync.poll_account(account_id)``: a run (``sync_runs`` row) over orders updated in
+  ``[cursor - overlap, now)``, read in slices (``orders.syncing``): each page, within the
+  marketplace's rate limit (Redis-shared buckets per account and operation), is applied with
+  the same intake as webhooks (a poll and a webhook for the same order make one order, newest
+  data winning) in one transaction with the token that resumes after it; a slice stops after
+  ``SYNC_SLICE_PAGES`` pages or ``SYNC_SLICE_S`` and publishes ``sync_slice(run_id)`` for the
+  next. The cursor moves when the whole window was read. A marketplace that asks us to wait
+  longer than ``PARK_AFTER_S`` parks the run (``parked``, its token kept; the sweeper publishes
+  it again when the wait is over); a run whose worker died is resumed by the sweeper.
+- ``ordersync.sync.full_sync_all`` (Beat, nightly): ``full_sync_account(a)`` for every account,
+  each its own run re-reading ``full_sync_days`` days whatever the cursor says.
 """
 
 from __future__ import annotations
@@ -19,27 +22,23 @@ import datetime as dt
 from typing import Any
 
 import structlog
-from celery import chord
 from sqlalchemy import ColumnElement, exists, select, update
 from sqlalchemy.orm import Session
 
 from core.settings import get_settings
 from db.base import utcnow
 from db.models import ChannelAccount, OutboxMessage, SyncRun
-from domain.canonical import CanonicalOrder
 from integrations.base import ConnectorSeams, MarketplaceConnector
-from orders.intake import IntakeOutcome, apply_order
+from orders.syncing import UNFINISHED, run_slice, start_run
 from workflows.base import OrdersyncTask, describe
 from workflows.celery_app import app
 from workflows.locks import LockBusy, redis_lock
 from workflows.providers import connector_for, shared_limiter
 from workflows.tasks import after_intake
 
-__all__ = ["full_sync_account", "full_sync_all", "poll_account", "poll_due", "reconcile_report"]
+__all__ = ["full_sync_account", "full_sync_all", "poll_account", "poll_due", "sync_slice"]
 
 log = structlog.get_logger(__name__)
-
-BATCH = 50  # orders per transaction: short write locks, little lost work on a crash
 
 
 def _connector(account: ChannelAccount) -> MarketplaceConnector:
@@ -47,81 +46,64 @@ def _connector(account: ChannelAccount) -> MarketplaceConnector:
     return connector_for(account, ConnectorSeams(limiter=shared_limiter()))
 
 
-def _sync(
+def _start(
     task: OrdersyncTask, account_id: int, kind: str, since: dt.datetime | None
-) -> dict[str, Any]:
+) -> int | None:
+    """The account's unfinished run of ``kind``, else a new one (None: inactive account)."""
     settings = get_settings()
     now = utcnow()
     with task.transaction() as session:
         account = session.get(ChannelAccount, account_id)
         if account is None or not account.active:
-            return {"account_id": account_id, "status": "inactive"}
-        channel = account.channel
+            return None
         if since is None:
             cursor = account.poll_cursor or now - dt.timedelta(days=settings.first_poll_days)
             since = cursor - dt.timedelta(seconds=settings.poll_overlap_s)
-        run = SyncRun(channel_account_id=account_id, kind=kind, status="running",
-                      window_from=since, window_to=now, started_at=now)  # fmt: skip
-        session.add(run)
-        session.flush()
-        run_id = run.id
-    seen = changed = created = 0
-    connector: MarketplaceConnector | None = None
+        return start_run(session, account_id, kind, window_from=since, window_to=now)
+
+
+def _slice(task: OrdersyncTask, run_id: int) -> dict[str, Any]:
+    """One slice of the run (``orders.syncing.run_slice``); the next one is published when
+    there is more. A failure is booked on the run (``retrying``, ``parked`` or ``failed``,
+    the page token kept) before the task retries."""
+    settings = get_settings()
     try:
-        # one connector per run, closed below; inside the try: an account that cannot be
-        # connected (credentials, bad rate limits) fails its run instead of leaving it "running"
-        connector = _connector(account)
-        batch: list[CanonicalOrder] = []
-
-        def flush() -> None:
-            nonlocal changed, created
+        with redis_lock(
+            f"sync-run:{run_id}", str(task.request.id), ttl_s=settings.task_time_limit_s
+        ):
             with task.transaction() as session:
-                for order in batch:
-                    result = apply_order(session, account_id, order, actor=f"{kind}:{channel}")
-                    after_intake(session, result)
-                    if result.outcome != IntakeOutcome.STALE:
-                        changed += 1
-                    if result.outcome == IntakeOutcome.CREATED:
-                        created += 1
-                session.execute(
-                    update(SyncRun).where(SyncRun.id == run_id)
-                    .values(orders_seen=seen, orders_changed=changed)
-                )  # fmt: skip
-            batch.clear()
-
-        for order in connector.fetch_updated_orders(since, now):
-            seen += 1
-            batch.append(order)
-            if len(batch) >= BATCH:
-                flush()
-        if batch:
-            flush()
-        covered_to = connector.last_window_end or now
-    except Exception as exc:
-        status, error = _failed_run(task, exc)
-        with task.transaction() as session:
-            session.execute(
-                update(SyncRun).where(SyncRun.id == run_id)
-                .values(status=status, error=error,
-                        orders_seen=seen, orders_changed=changed, finished_at=utcnow())
-            )  # fmt: skip
-        raise
-    finally:
-        if connector is not None:
-            connector.close()
-    with task.transaction() as session:
-        account = session.get(ChannelAccount, account_id)
-        assert account is not None
-        if account.poll_cursor is None or covered_to > account.poll_cursor:
-            account.poll_cursor = covered_to  # the cursor never moves back
-        session.execute(
-            update(SyncRun).where(SyncRun.id == run_id)
-            .values(status="ok", orders_seen=seen, orders_changed=changed, finished_at=utcnow(),
-                    window_to=covered_to)
-        )  # fmt: skip
-    log.info("sync.done", account_id=account_id, kind=kind, seen=seen, changed=changed)
-    return {"account_id": account_id, "run_id": run_id, "seen": seen, "changed": changed,
-            "created": created}  # fmt: skip
+                run = session.get(SyncRun, run_id)
+                account = session.get(ChannelAccount, run.channel_account_id) if run else None
+            if run is None or account is None:
+                return {"run_id": run_id, "status": "gone"}
+            connector: MarketplaceConnector | None = None
+            try:
+                # inside the try: an account that cannot be connected (credentials, bad rate
+                # limits) fails its run instead of leaving it "running"
+                connector = _connector(account)
+                outcome = run_slice(task.transaction, run_id, connector, after_intake,
+                                    max_pages=settings.sync_slice_pages,
+                                    max_seconds=settings.sync_slice_s)  # fmt: skip
+            except Exception as exc:
+                status, error = _failed_run(task, exc)
+                with task.transaction() as session:
+                    session.execute(
+                        update(SyncRun).where(SyncRun.id == run_id)
+                        .values(status=status, error=error,
+                                finished_at=utcnow() if status == "failed" else None)
+                    )  # fmt: skip
+                raise
+            finally:
+                if connector is not None:
+                    connector.close()
+    except LockBusy:  # the same slice is being read (a redelivery, or the sweeper's)
+        return {"run_id": run_id, "status": "already running"}
+    if outcome.status == "more":
+        sync_slice.delay(run_id)
+    log.info("sync.slice", run_id=run_id, status=outcome.status, pages=outcome.pages,
+             orders=outcome.orders)  # fmt: skip
+    return {"run_id": run_id, "status": outcome.status, "pages": outcome.pages,
+            "orders": outcome.orders}  # fmt: skip
 
 
 def _failed_run(task: OrdersyncTask, exc: Exception) -> tuple[str, str]:
@@ -137,9 +119,16 @@ def _failed_run(task: OrdersyncTask, exc: Exception) -> tuple[str, str]:
 
 class SyncTask(OrdersyncTask):
     abstract = True
+    # a sync publishes many pipelines: Celery's default trail would keep every one of them in
+    # the running task's request.children (5.6 KB an order: memory grew with the history)
+    trail = False
 
     def on_parked(self, session: Session, message: OutboxMessage, args: Any, kwargs: Any) -> None:
-        message.channel_account_id = args[0] if args else kwargs["account_id"]
+        if self.name == sync_slice.name:  # args: (run_id,)
+            run = session.get(SyncRun, args[0] if args else kwargs["run_id"])
+            message.channel_account_id = run.channel_account_id if run else None
+        else:  # args: (account_id,)
+            message.channel_account_id = args[0] if args else kwargs["account_id"]
 
 
 def _nothing_parked() -> ColumnElement[bool]:
@@ -149,44 +138,53 @@ def _nothing_parked() -> ColumnElement[bool]:
     )
 
 
+def _no_poll_reading() -> ColumnElement[bool]:
+    """The account has no poll still reading (its slices go on by themselves; the sweeper
+    resumes one whose worker died)."""
+    return ~exists().where(
+        SyncRun.channel_account_id == ChannelAccount.id,
+        SyncRun.kind == "poll",
+        SyncRun.status.in_(UNFINISHED),
+    )
+
+
 @app.task(base=SyncTask, bind=True, name="ordersync.sync.poll_account", ignore_result=True)
 def poll_account(self: OrdersyncTask, account_id: int) -> dict[str, Any]:
-    # one poll per account at a time; a second trigger while one runs is simply dropped
-    try:
-        with redis_lock(f"poll:{account_id}", str(self.request.id), ttl_s=900):
-            return _sync(self, account_id, "poll", None)
-    except LockBusy:
-        return {"account_id": account_id, "status": "already running"}
+    """Start a poll of the account (from its cursor), or go on with its unfinished one, and
+    read a slice (a slice being read elsewhere makes this a no-op)."""
+    run_id = _start(self, account_id, "poll", None)
+    if run_id is None:
+        return {"account_id": account_id, "status": "inactive"}
+    return _slice(self, run_id)
 
 
-@app.task(base=SyncTask, bind=True, name="ordersync.sync.full_sync_account")
+@app.task(base=SyncTask, bind=True, name="ordersync.sync.full_sync_account", ignore_result=True)
 def full_sync_account(self: OrdersyncTask, account_id: int) -> dict[str, Any]:
-    # waits for a running poll instead of skipping: the nightly window must be read
+    """Start a full sync of the account (``full_sync_days`` back, whatever the cursor says),
+    or go on with its unfinished one."""
     since = utcnow() - dt.timedelta(days=get_settings().full_sync_days)
-    with redis_lock(f"poll:{account_id}", str(self.request.id), ttl_s=3600):
-        return _sync(self, account_id, "full", since)
+    run_id = _start(self, account_id, "full", since)
+    if run_id is None:
+        return {"account_id": account_id, "status": "inactive"}
+    return _slice(self, run_id)
 
 
-@app.task(base=OrdersyncTask, bind=True, name="ordersync.sync.reconcile_report")
-def reconcile_report(self: OrdersyncTask, results: list[dict[str, Any]]) -> dict[str, Any]:
-    """What the nightly sync found that webhooks and polls had missed (``changed`` > 0)."""
-    report = {
-        "accounts": len(results),
-        "seen": sum(r.get("seen", 0) for r in results),
-        "missed_and_repaired": sum(r.get("changed", 0) for r in results),
-        "created": sum(r.get("created", 0) for r in results),
-    }
-    log.info("sync.reconcile", **report)
-    return report
+@app.task(base=SyncTask, bind=True, name="ordersync.sync.sync_slice", ignore_result=True)
+def sync_slice(self: OrdersyncTask, run_id: int) -> dict[str, Any]:
+    """The next slice of a run (published by the previous slice, or by the sweeper for a run
+    whose worker died)."""
+    return _slice(self, run_id)
 
 
 @app.task(base=OrdersyncTask, bind=True, name="ordersync.sync.full_sync_all", ignore_result=True)
 def full_sync_all(self: OrdersyncTask) -> int:
+    """Nightly: a full sync of every account with credentials, each independent of the
+    others (one account's failure is its own run's)."""
     with self.transaction() as session:
         accounts = session.scalars(select(ChannelAccount).where(ChannelAccount.active)).all()
         ids = [a.id for a in accounts if a.credentials]
-    if ids:
-        chord([full_sync_account.si(i) for i in ids], reconcile_report.s()).apply_async()
+    for account_id in ids:
+        full_sync_account.delay(account_id)
     return len(ids)
 
 
@@ -199,6 +197,7 @@ def poll_due(self: OrdersyncTask) -> list[int]:
                 ChannelAccount.active,
                 (ChannelAccount.poll_cursor.is_(None)) | (ChannelAccount.poll_cursor < cutoff),
                 _nothing_parked(),
+                _no_poll_reading(),
             )
         ).all()
         # an account without API credentials is webhook-only: nothing to poll with

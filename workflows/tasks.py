@@ -171,7 +171,8 @@ def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
 @app.task(base=OrdersyncTask, bind=True, name="ordersync.maintenance.sweep", ignore_result=True)
 def sweep(self: OrdersyncTask, limit: int = 500, now: str | None = None) -> dict[str, int]:
     """Republish inbox events and outbox messages committed but not processed in time, parked
-    work whose ``not_before`` has passed, and push on orders with no progress.
+    work whose ``not_before`` has passed, push on orders with no progress, run again outside
+    calls whose attempt died, and resume sync runs whose worker died.
 
     After Redis came back empty (``redis_lost_its_data``), nothing in flight can still arrive:
     everything unfinished is republished at once, not after the usual waits (parked work still
@@ -218,12 +219,27 @@ def sweep(self: OrdersyncTask, limit: int = 500, now: str | None = None) -> dict
             message.attempts += 1
         orders = _stuck_orders(session, limit, at, now=lost)
         calls = _unfinished_calls(session, limit, at, now=lost)
+        runs = _stalled_runs(session, limit, now=lost)
     orphans = 0 if lost else restore_orphans(app)  # after an empty Redis there are none
-    if stuck or outbox or orders or calls or orphans:
+    if stuck or outbox or orders or calls or runs or orphans:
         log.info("sweep.republished", inbox=len(stuck), outbox=len(outbox), orders=len(orders),
-                 calls=len(calls), orphans=orphans)  # fmt: skip
+                 calls=len(calls), runs=len(runs), orphans=orphans)  # fmt: skip
     return {"inbox": len(stuck), "outbox": len(outbox), "orders": len(orders), "calls": len(calls),
-            "orphans": orphans}  # fmt: skip
+            "runs": len(runs), "orphans": orphans}  # fmt: skip
+
+
+def _stalled_runs(session: Any, limit: int, *, now: bool = False) -> list[int]:
+    """Sync runs still reading whose last page is older than a slice can take (the task's
+    hard time limit), or any after Redis came back empty: their next slice is published (a
+    slice whose worker is alive holds the run's lock, and the duplicate returns at once)."""
+    from orders.syncing import stalled_runs
+    from workflows.sync import sync_slice
+
+    idle = dt.timedelta(seconds=0 if now else get_settings().task_time_limit_s)
+    run_ids = stalled_runs(session, idle_for=idle, limit=limit)
+    for run_id in run_ids:
+        publish_after_commit(session, sync_slice.si(run_id))
+    return run_ids
 
 
 def _parked_work(at: dt.datetime) -> Exists:

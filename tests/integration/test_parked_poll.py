@@ -80,10 +80,14 @@ def test_a_long_retry_after_parks_the_poll_keeps_the_cursor_and_holds_off_poll_d
     assert parked.options["task_id"] == outcome.id
     assert run.error.startswith(f"waiting until {parked.not_before.isoformat()}")
 
-    # and poll_due does not poll the account while its poll is parked, and does once it is not
+    # and poll_due does not poll the account while its poll is parked, nor while the parked
+    # poll, published again, goes on with its run; it does once that run is done
     published: list[int] = []
     monkeypatch.setattr(poll_account, "delay", published.append)
     assert poll_due.apply().get() == [] and published == []
     with maker() as session, session.begin():
         session.get_one(OutboxMessage, parked.id).published_at = dt.datetime.now(dt.UTC)
+    assert poll_due.apply().get() == [] and published == []
+    with maker() as session, session.begin():
+        session.get_one(SyncRun, run.id).status = "ok"
     assert poll_due.apply().get() == [account_id] and published == [account_id]

@@ -1,0 +1,196 @@
+"""Sync runs: a poll or full sync of one account as a run of short slices that survive restarts.
+
+A run (a ``sync_runs`` row) fixes its window ``[window_from, window_to)`` when it starts. Each
+slice reads pages from the marketplace (``PageSource.fetch_pages``) from where the run stands
+(``page_token``) and, **in one transaction per page**, applies the page's orders (the same
+intake as webhooks: newer data wins, so a page read twice changes nothing) together with the
+token that resumes after it and the run's progress. A slice stops after ``max_pages`` pages or
+``max_seconds`` (well under the task time limit), and the caller schedules the next slice. A
+worker killed mid-slice loses at most the page it was reading: the next slice (the redelivered
+message, or the sweeper's, see ``stalled_runs``) starts again from the last committed page.
+
+When the last page is committed the run is ``ok`` and the account's cursor moves to the end
+of the window (never back). Nothing is kept in memory from one page to the next, so a backfill
+of any size runs at flat memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from db.base import utcnow
+from db.models import ChannelAccount, SyncRun
+from db.session import Transaction
+from domain.canonical import CanonicalOrder
+from orders.intake import IntakeOutcome, IntakeResult, apply_order
+
+__all__ = [
+    "ACTIVE",
+    "UNFINISHED",
+    "Page",
+    "PageSource",
+    "SliceOutcome",
+    "run_slice",
+    "stalled_runs",
+    "start_run",
+]
+
+#: a run still has pages to read and someone reading them
+ACTIVE = ("running", "retrying")
+#: a run still has pages to read (a parked one waits in the database for its time)
+UNFINISHED = (*ACTIVE, "parked")
+
+
+class Page(Protocol):
+    @property
+    def orders(self) -> Sequence[CanonicalOrder]: ...
+
+    @property
+    def resume(self) -> str | None: ...
+
+
+class PageSource(Protocol):
+    """What a slice needs of the marketplace's connector."""
+
+    last_window_end: dt.datetime | None
+
+    def fetch_pages(
+        self, since: dt.datetime, until: dt.datetime, resume: str | None = None
+    ) -> Iterator[Page]: ...
+
+
+#: what happens after an order was applied (new orders enter the pipeline, …), in the page's
+#: transaction
+AfterIntake = Callable[[Session, IntakeResult], None]
+
+
+@dataclass(frozen=True)
+class SliceOutcome:
+    run_id: int
+    status: str  # "ok" (the window is read), "more" (another slice is needed), or "skip: …"
+    pages: int = 0
+    orders: int = 0
+
+
+def start_run(
+    session: Session,
+    account_id: int,
+    kind: str,
+    *,
+    window_from: dt.datetime,
+    window_to: dt.datetime,
+) -> int:
+    """The account's run of ``kind`` that is still unfinished (a retried or parked poll goes
+    on where it stood), else a new one over the window."""
+    unfinished = session.scalar(
+        select(SyncRun.id).where(
+            SyncRun.channel_account_id == account_id,
+            SyncRun.kind == kind,
+            SyncRun.status.in_(UNFINISHED),
+        )
+    )
+    if unfinished is not None:
+        return unfinished
+    now = utcnow()
+    run = SyncRun(channel_account_id=account_id, kind=kind, status="running",
+                  window_from=window_from, window_to=window_to, started_at=now,
+                  heartbeat_at=now, pages=0)  # fmt: skip
+    session.add(run)
+    session.flush()
+    return run.id
+
+
+def run_slice(
+    transaction: Transaction,
+    run_id: int,
+    source: PageSource,
+    after_intake: AfterIntake,
+    *,
+    max_pages: int,
+    max_seconds: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> SliceOutcome:
+    """Read and apply up to ``max_pages`` pages (or ``max_seconds``) of the run, each page in
+    one transaction with its resume token."""
+    with transaction() as session:
+        run = session.get(SyncRun, run_id)
+        if run is None or run.status not in UNFINISHED:
+            return SliceOutcome(run_id, f"skip: {run.status if run else 'gone'}")
+        account_id, kind = run.channel_account_id, run.kind
+        account = session.get(ChannelAccount, account_id)
+        channel = account.channel if account is not None else "?"
+        since, until, token = run.window_from, run.window_to, run.page_token
+        run.status = "running"
+    assert since is not None and until is not None
+    started = clock()
+    pages = orders = 0
+    for page in source.fetch_pages(since, until, token):
+        with transaction() as session:
+            seen = changed = 0
+            for order in page.orders:
+                result = apply_order(session, account_id, order, actor=f"{kind}:{channel}")
+                after_intake(session, result)
+                seen += 1
+                changed += result.outcome != IntakeOutcome.STALE
+            values = {
+                "page_token": page.resume,
+                "pages": SyncRun.pages + 1,
+                "orders_seen": SyncRun.orders_seen + seen,
+                "orders_changed": SyncRun.orders_changed + changed,
+                "heartbeat_at": utcnow(),
+            }
+            if source.last_window_end is not None:  # the marketplace bounded the window
+                values["window_to"] = source.last_window_end
+            session.execute(update(SyncRun).where(SyncRun.id == run_id).values(**values))
+            if page.resume is None:
+                _finish(session, run_id, account_id)
+        pages, orders = pages + 1, orders + len(page.orders)
+        if page.resume is None:
+            return SliceOutcome(run_id, "ok", pages, orders)
+        if pages >= max_pages or clock() - started >= max_seconds:
+            return SliceOutcome(run_id, "more", pages, orders)
+    # the source ended without a last page (an empty window it chose not to ask for)
+    with transaction() as session:
+        if source.last_window_end is not None:
+            session.execute(update(SyncRun).where(SyncRun.id == run_id)
+                            .values(window_to=source.last_window_end))  # fmt: skip
+        _finish(session, run_id, account_id)
+    return SliceOutcome(run_id, "ok", pages, orders)
+
+
+def _finish(session: Session, run_id: int, account_id: int) -> None:
+    """The window is read: the run is ok and the cursor moves to its end (never back)."""
+    run = session.get(SyncRun, run_id, populate_existing=True)
+    account = session.get(ChannelAccount, account_id, with_for_update=True)
+    assert run is not None and account is not None and run.window_to is not None
+    if account.poll_cursor is None or run.window_to > account.poll_cursor:
+        account.poll_cursor = run.window_to
+    run.status, run.finished_at, run.page_token, run.error = "ok", utcnow(), None, None
+
+
+def stalled_runs(session: Session, *, idle_for: dt.timedelta, limit: int) -> list[int]:
+    """Runs still reading whose last page was committed longer ago than ``idle_for`` (longer
+    than a slice may take: its worker died, or its message was lost): each gets its heartbeat
+    moved to now, so the sweeper publishes it again at most once per ``idle_for``."""
+    cutoff = utcnow() - idle_for
+    runs = session.scalars(
+        select(SyncRun)
+        .where(
+            SyncRun.status.in_(ACTIVE),
+            or_(SyncRun.heartbeat_at.is_(None), SyncRun.heartbeat_at < cutoff),
+        )
+        .order_by(SyncRun.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    now = utcnow()
+    for run in runs:
+        run.heartbeat_at = now
+    return [run.id for run in runs]

@@ -1,0 +1,173 @@
+"""orders.syncing: a sync run read in slices, each page committed with the token that resumes
+after it; a run cut off anywhere (a killed worker) goes on from its last committed page and
+ends with every order once and the cursor at the window's end."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from db.base import utcnow
+from db.models import ChannelAccount, Order, SyncRun
+from domain.canonical import CanonicalLine, CanonicalOrder
+from orders.intake import IntakeResult
+from orders.syncing import run_slice, stalled_runs, start_run
+from tests.support.shop import Shop, WorkerKilled
+
+NOW = utcnow()
+SINCE = NOW - dt.timedelta(days=30)
+PAGE = 4
+
+
+def _order(n: int, version: int = 0) -> CanonicalOrder:
+    return CanonicalOrder(
+        channel="shopify", account="shop", external_id=str(1000 + n), currency="EUR",
+        subtotal=Decimal(10), total=Decimal(10), updated_at=SINCE + dt.timedelta(hours=n,
+                                                                               seconds=version),
+        lines=[CanonicalLine(external_id="1", sku="SKU-1", quantity=1, unit_price=Decimal(10),
+                             total=Decimal(10))],
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Page:
+    orders: list[CanonicalOrder]
+    resume: str | None
+
+
+class FakeMarketplace:
+    """``orders`` orders in pages of ``PAGE``; the token is the next page's number. It can
+    kill the worker while the page ``kill_at`` is being read, and records what it was asked."""
+
+    def __init__(self, orders: int, *, kill_at: int | None = None) -> None:
+        self.orders = [_order(n) for n in range(orders)]
+        self.kill_at = kill_at
+        self.asked: list[int] = []
+        self.last_window_end: dt.datetime | None = None
+
+    def fetch_pages(
+        self, since: dt.datetime, until: dt.datetime, resume: str | None = None
+    ) -> Iterator[_Page]:
+        page = int(resume or 0)
+        while True:
+            self.asked.append(page)
+            if page == self.kill_at:
+                self.kill_at = None
+                raise WorkerKilled
+            chunk = self.orders[page * PAGE : (page + 1) * PAGE]
+            last = (page + 1) * PAGE >= len(self.orders)
+            yield _Page(chunk, None if last else str(page + 1))
+            if last:
+                return
+            page += 1
+
+
+class Followed:
+    def __init__(self) -> None:
+        self.created: list[int] = []
+
+    def __call__(self, session: Session, result: IntakeResult) -> None:
+        if result.outcome == "created":
+            self.created.append(result.order_id)
+
+
+def _start(shop: Shop) -> int:
+    with shop.transaction() as session:
+        return start_run(session, shop.account.id, "poll", window_from=SINCE, window_to=NOW)
+
+
+def _orders(shop: Shop) -> int:
+    with shop.maker() as session:
+        return session.scalar(select(func.count()).select_from(Order)) or 0
+
+
+def test_a_run_is_read_in_slices_and_the_cursor_moves_only_at_the_end(shop: Shop) -> None:
+    # given: 10 orders in 3 pages, slices of at most 2 pages
+    source, followed = FakeMarketplace(10), Followed()
+    run_id = _start(shop)
+
+    # when: the first slice runs
+    first = run_slice(shop.transaction, run_id, source, followed, max_pages=2, max_seconds=60)
+
+    # then: two pages are committed with the token after them; the cursor has not moved
+    assert (first.status, first.pages, first.orders) == ("more", 2, 8)
+    [run] = shop.rows(SyncRun)
+    assert (run.status, run.pages, run.page_token, run.orders_seen) == ("running", 2, "2", 8)
+    assert shop.rows(ChannelAccount)[0].poll_cursor is None
+
+    # when: the next slice runs, it goes on from page 2 and ends the run
+    second = run_slice(shop.transaction, run_id, source, followed, max_pages=2, max_seconds=60)
+    assert (second.status, second.pages, second.orders) == ("ok", 1, 2)
+    assert source.asked == [0, 1, 2]
+    [run] = shop.rows(SyncRun)
+    assert (run.status, run.pages, run.page_token, run.orders_seen) == ("ok", 3, None, 10)
+    assert shop.rows(ChannelAccount)[0].poll_cursor == NOW
+    assert _orders(shop) == 10 and len(followed.created) == 10
+
+    # and a slice of a finished run does nothing
+    again = run_slice(shop.transaction, run_id, source, followed, max_pages=2, max_seconds=60)
+    assert again.status == "skip: ok" and source.asked == [0, 1, 2]
+
+
+@pytest.mark.parametrize("kill_at", [0, 1, 3])
+def test_a_worker_killed_at_any_page_loses_only_that_page(shop: Shop, kill_at: int) -> None:
+    # given: 14 orders in 4 pages; the worker dies while reading page ``kill_at``
+    source, followed = FakeMarketplace(14, kill_at=kill_at), Followed()
+    run_id = _start(shop)
+    with pytest.raises(WorkerKilled):
+        run_slice(shop.transaction, run_id, source, followed, max_pages=10, max_seconds=60)
+    [run] = shop.rows(SyncRun)
+    assert (run.status, run.pages, run.page_token) == (
+        "running", kill_at, str(kill_at) if kill_at else None
+    )  # fmt: skip
+    assert _orders(shop) == kill_at * PAGE
+
+    # when: the redelivered slice (or the sweeper's) runs the run again
+    done = run_slice(shop.transaction, run_id, source, followed, max_pages=10, max_seconds=60)
+
+    # then: it read from the page that was lost, and every order is there once
+    assert done.status == "ok"
+    assert source.asked == [*range(kill_at + 1), *range(kill_at, 4)]
+    assert _orders(shop) == 14 and sorted(followed.created) == sorted(set(followed.created))
+    assert shop.rows(ChannelAccount)[0].poll_cursor == NOW
+
+
+def test_a_second_start_goes_on_with_the_unfinished_run_and_a_finished_one_starts_anew(
+    shop: Shop,
+) -> None:
+    run_id = _start(shop)
+    assert _start(shop) == run_id
+    with shop.transaction() as session:
+        session.execute(update(SyncRun).where(SyncRun.id == run_id).values(status="parked"))
+    assert _start(shop) == run_id
+    with shop.transaction() as session:
+        session.execute(update(SyncRun).where(SyncRun.id == run_id).values(status="ok"))
+    assert _start(shop) != run_id
+
+
+def test_a_run_whose_worker_died_is_found_once_per_idle_period(shop: Shop) -> None:
+    stalled, live, parked = _start(shop), 0, 0
+    with shop.transaction() as session:
+        old = utcnow() - dt.timedelta(minutes=30)
+        session.execute(update(SyncRun).where(SyncRun.id == stalled).values(heartbeat_at=old))
+        live = start_run(session, shop.account.id, "full", window_from=SINCE, window_to=NOW)
+        other = ChannelAccount(name="other", channel="shopify")
+        session.add(other)
+        session.flush()
+        parked = start_run(session, other.id, "poll", window_from=SINCE, window_to=NOW)
+        session.execute(update(SyncRun).where(SyncRun.id == parked)
+                        .values(status="parked", heartbeat_at=old))  # fmt: skip
+
+    with shop.transaction() as session:
+        first = stalled_runs(session, idle_for=dt.timedelta(minutes=10), limit=10)
+    with shop.transaction() as session:
+        second = stalled_runs(session, idle_for=dt.timedelta(minutes=10), limit=10)
+
+    assert first == [stalled] and second == []
+    assert live not in first and parked not in first  # parked work waits for its time
