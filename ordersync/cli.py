@@ -266,6 +266,26 @@ def purge(
     Console().print(table)
 
 
+@cli.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def bench(ctx: typer.Context) -> None:
+    """Run every benchmark and print one table (`python -m bench`: --profile smoke|full,
+    --repeat N, --only NAME, --json, --write). Needs a checkout of the repository."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench" / "__main__.py").exists():
+        raise CliError(
+            "ordersync bench needs a checkout of the repository (bench/ is not installed)"
+        )
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    code = subprocess.call([sys.executable, "-m", "bench", *ctx.args], cwd=root, env=env)
+    raise typer.Exit(code)
+
+
 def _one_line(exc: BaseException) -> str:
     """What the operator reads of an error: one line, no traceback, no secret."""
     from sqlalchemy import exc as sa_exc
