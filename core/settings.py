@@ -48,6 +48,18 @@ class Settings(BaseSettings):
     # new account is seen after this; a delivery whose signature fails drops the entry at once)
     webhook_account_cache_s: float = Field(default=10.0, ge=0)
     web_port: int = Field(default=8000, ge=0, le=65535)  # 0: any free port (the demo)
+    # signs the staff session cookies; unset = a random key kept in VAR_DIR/secret_key (set
+    # one shared key when several web processes on several machines serve the same staff)
+    secret_key: SecretStr = SecretStr("")
+    # a staff session ends after this long without a request, and after SESSION_MAX_S anyway
+    session_idle_s: int = Field(default=2 * 3600, ge=60)
+    session_max_s: int = Field(default=12 * 3600, ge=60)
+    # /metrics without a token on another port (bind it where only Prometheus reaches);
+    # 0 = only the token-protected /metrics of the web app
+    web_metrics_port: int = Field(default=0, ge=0, le=65535)
+    # each worker serves its task metrics here (workers of `ordersync up`: this port + i);
+    # 0 = no exporter
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
 
     # Queues of DESIGN.md: short intake, pipeline steps, long syncs, PDFs, pushes out.
     queue_intake: str = "intake"

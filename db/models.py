@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -31,6 +32,8 @@ from db.base import Base, Currency, ExternalId, created_at, updated_at
 from domain.states import InboxStatus, OrderState
 
 __all__ = [
+    "ApiToken",
+    "AuditEntry",
     "ChannelAccount",
     "IdempotencyKey",
     "InboxEvent",
@@ -38,16 +41,19 @@ __all__ = [
     "InvoiceCounter",
     "Label",
     "Listing",
+    "LoginAttempt",
     "Order",
     "OrderEvent",
     "OrderLine",
     "OutboxMessage",
     "Payment",
+    "ReconcileReport",
     "Refund",
     "Shipment",
     "StockItem",
     "StockReservation",
     "SyncRun",
+    "User",
 ]
 
 JSONDict = dict[str, Any]
@@ -409,6 +415,107 @@ class SyncRun(Base):
     pages: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     page_token: Mapped[str | None] = mapped_column(Text)
     heartbeat_at: Mapped[dt.datetime | None]
+    # of the changed: orders we did not have (missing here, now repaired), and orders whose
+    # state the marketplace had moved without telling us (a cancellation we missed)
+    orders_created: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    states_repaired: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[dt.datetime] = created_at()
     finished_at: Mapped[dt.datetime | None]
+    # the nightly reconciliation this full sync is part of
+    reconcile_report_id: Mapped[int | None] = mapped_column(
+        ForeignKey("reconcile_reports.id", ondelete="SET NULL"), index=True
+    )
+
+
+class ReconcileReport(Base):
+    """One nightly full sync of every account: what it found that webhooks and polls had
+    missed. Written when the night starts (its runs point at it) and totalled when the last
+    account is done."""
+
+    __tablename__ = "reconcile_reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    started_at: Mapped[dt.datetime] = created_at()
+    finished_at: Mapped[dt.datetime | None]
+    accounts: Mapped[int] = mapped_column(Integer, default=0)
+    seen: Mapped[int] = mapped_column(Integer, default=0)
+    created: Mapped[int] = mapped_column(Integer, default=0)  # missing here, now repaired
+    updated: Mapped[int] = mapped_column(Integer, default=0)
+    states_repaired: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[int] = mapped_column(Integer, default=0)  # accounts whose full sync failed
+
+
+ROLES = ("viewer", "operator", "admin")
+_KNOWN_ROLE = "role IN ('viewer', 'operator', 'admin')"
+
+
+class User(Base):
+    """A member of staff who logs in: viewer reads, operator acts on orders and stock, admin
+    also manages accounts, users and tokens."""
+
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint(_KNOWN_ROLE, name="known_role"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))  # argon2id, with its parameters
+    role: Mapped[str] = mapped_column(String(20))
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # in every session cookie; bumped by a password reset or a disable, which ends every
+    # session signed before
+    session_version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[dt.datetime] = created_at()
+    updated_at: Mapped[dt.datetime] = updated_at()
+
+
+class ApiToken(Base):
+    """A token for scripts, sent as ``Authorization: Bearer``. Only the SHA-256 of its secret is
+    kept (the secret is 256 random bits, shown once); ``lookup`` is its public first part."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (CheckConstraint(_KNOWN_ROLE, name="known_role"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    lookup: Mapped[str] = mapped_column(String(32), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(20))  # at most its user's role when used
+    created_at: Mapped[dt.datetime] = created_at()
+    last_used_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]
+
+
+class LoginAttempt(Base):
+    """One login attempt: failures in the last minutes rate-limit the name and the address."""
+
+    __tablename__ = "login_attempts"
+    __table_args__ = (
+        Index("ix_login_attempts_user_name_at", "user_name", "at"),
+        Index("ix_login_attempts_address_at", "address", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = created_at()
+    user_name: Mapped[str] = mapped_column(String(100))
+    address: Mapped[str] = mapped_column(String(64))
+    ok: Mapped[bool] = mapped_column(Boolean)
+
+
+class AuditEntry(Base):
+    """A staff action, with the name of who did it: every retry, ship, stock change, account,
+    user and token change (an action on an order is on its timeline too)."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = created_at()
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(50))
+    target: Mapped[str] = mapped_column(String(200), default="")
+    order_id: Mapped[int | None] = mapped_column(
+        ForeignKey("orders.id", ondelete="SET NULL"), index=True
+    )
+    detail: Mapped[JSONDict] = mapped_column(JSON, default=dict)

@@ -17,7 +17,9 @@ from rich.table import Table
 from core.logging import configure_logging
 from core.settings import ConfigError, get_settings, mask_url
 from domain.errors import PermanentError
+from orders.users import UserError
 from ordersync.staff_cli import CliError, accounts_cli, orders_cli, stock_cli
+from ordersync.users_cli import audit_cli, users_cli
 
 __all__ = ["main"]
 
@@ -27,6 +29,8 @@ cli.add_typer(db_cli, name="db")
 cli.add_typer(orders_cli, name="orders")
 cli.add_typer(stock_cli, name="stock")
 cli.add_typer(accounts_cli, name="accounts")
+cli.add_typer(users_cli, name="users")
+cli.add_typer(audit_cli, name="audit")
 console = Console(stderr=True)
 
 
@@ -141,6 +145,21 @@ def beat() -> None:
     app.start(["beat", "--loglevel", settings.log_level])
 
 
+def _first_user_hint() -> None:
+    """On a database with no staff user yet, say how to make the first one (nothing but the
+    webhooks and /healthz answers without a login)."""
+    from db.session import session_scope
+    from orders.users import has_users
+
+    with session_scope() as session:
+        if has_users(session):
+            return
+    console.print(
+        "[yellow]No staff user exists yet: every page and the API need a login. Create the "
+        "first one with:[/yellow]\n  ordersync users add NAME --role admin"
+    )
+
+
 def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -158,6 +177,7 @@ def up(
     settings = get_settings()
     redis_url()  # the embedded server when no URL is set; children inherit the URL
     upgrade()
+    _first_user_hint()
     group = ProcessGroup(env=dict(os.environ))
     signal.signal(signal.SIGTERM, _raise_interrupt)
     code = 0
@@ -293,7 +313,7 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, typer.TyperException):  # typer's own click: bad option, argument
         formatted: str = getattr(exc, "format_message", lambda: exc.message)()
         return formatted
-    if isinstance(exc, (ConfigError, CliError, PermanentError)):
+    if isinstance(exc, (ConfigError, CliError, PermanentError, UserError)):
         return str(exc)
     if isinstance(exc, sa_exc.ArgumentError):
         return f"ORDERSYNC_DATABASE_URL: {exc}"

@@ -61,6 +61,7 @@ from sandbox.server import Sandbox
 __all__ = ["run_demo"]
 
 SEND_THREADS = 8
+DEMO_USER = "demo"
 #: share of the N orders per marketplace (the rest goes to eBay)
 SPLIT = {"shopify": 0.4, "woocommerce": 0.3, "amazon": 0.15}
 #: units on hand per SKU per order of the run: low enough that popular SKUs run out
@@ -74,6 +75,19 @@ class Plan:
     deliveries: list[Delivery] = field(default_factory=list)
     distinct: int = 0  # distinct deliveries = inbox rows expected
     per_channel: dict[str, int] = field(default_factory=dict)
+
+
+def _demo_user() -> str:
+    """The demo's operator, with a new random password each run (printed, never stored)."""
+    from orders.users import Role, UserError, add_user, reset_password
+
+    password = secrets.token_urlsafe(12)
+    with session_scope() as session:
+        try:
+            reset_password(session, DEMO_USER, password, actor="demo")
+        except UserError:  # the first demo on this database
+            add_user(session, DEMO_USER, password, Role.OPERATOR, actor="demo")
+    return password
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -292,6 +306,7 @@ def run_demo(
 
     broker = redis_url()
     upgrade()
+    password = _demo_user()
     host = settings.web_host
     port = settings.web_port
     if not port or not _port_free(host, port):  # 0 = any free port
@@ -340,6 +355,8 @@ def run_demo(
         group.start("worker", ["worker"])
         group.start("beat", ["beat"])
         err.print(f"starting web ({base_url}), worker and Beat; logs in {group.log_dir}")
+        err.print(f"dashboard login: [bold]{DEMO_USER}[/bold] / [bold]{password}[/bold] "
+                  f"(operator) at {base_url}/login")  # fmt: skip
         wait_ready(base_url, broker, group, timeout_s=60)
 
         counts = _split(orders)
@@ -394,7 +411,8 @@ def run_demo(
             print(json.dumps(summary, sort_keys=True), flush=True)
         if keep:
             err.print(
-                f"still running: dashboard {base_url}/  sandbox {sandbox.url}  (Ctrl-C stops)"
+                f"still running: dashboard {base_url}/ (log in as {DEMO_USER} / {password})  "
+                f"sandbox {sandbox.url}  (Ctrl-C stops)"
             )
             dead = group.wait()
             err.print(f"[red]{dead.name} exited")

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from db.models import ChannelAccount, Order
 from db.session import session_scope
 from domain.states import OrderState
+from ordersync.users_cli import As, cli_actor
 
 __all__ = ["CliError", "accounts_cli", "orders_cli", "stock_cli"]
 
@@ -50,13 +51,17 @@ def orders_list(
 
 
 @orders_cli.command("retry")
-def orders_retry(order_id: int) -> None:
+def orders_retry(order_id: int, as_: As = None) -> None:
     """Resume a needs_attention order from the step that failed (or retry the refused refund of
     a cancelled order)."""
+    from orders.users import audit
     from workflows.pipeline import retry_order
 
+    actor = cli_actor(as_)
     with session_scope() as session:
-        resumed = retry_order(session, order_id, actor="staff:cli")
+        resumed = retry_order(session, order_id, actor=actor)
+        audit(session, actor, "order.retry", f"order {order_id}", order_id=order_id,
+              timeline=False, resumed_from=resumed.value)  # fmt: skip
     if resumed == OrderState.CANCELLED:
         console.print(f"order {order_id}: refund retried")
     else:
@@ -65,9 +70,10 @@ def orders_retry(order_id: int) -> None:
 
 # "-5" is read as the quantity (and refused as negative), not as an unknown option
 @stock_cli.command("set", context_settings={"ignore_unknown_options": True})
-def stock_set(sku: str, quantity: int) -> None:
+def stock_set(sku: str, quantity: int, as_: As = None) -> None:
     """Set the on-hand quantity of SKU; on-hold orders waiting for it are released."""
     from orders.stock import set_on_hand
+    from orders.users import audit
     from workflows.pipeline import release_waiting
 
     if not sku.strip() or len(sku) > SKU_MAX:
@@ -80,6 +86,8 @@ def stock_set(sku: str, quantity: int) -> None:
         except ValueError as exc:  # below what open orders hold
             raise CliError(str(exc)) from None
         waiting = release_waiting(session, sku)
+        audit(session, cli_actor(as_), "stock.set", sku, on_hand=quantity, available=available,
+              released=waiting)  # fmt: skip
     console.print(f"{sku}: on hand {quantity}, available {available}; "
                   f"{len(waiting)} waiting orders pushed on")  # fmt: skip
 
@@ -221,9 +229,12 @@ def accounts_add(
             help=f"{_RATE_LIMIT_SYNTAX}, per second; repeatable; overrides the documented limit",
         ),
     ] = None,
+    as_: As = None,
 ) -> None:
     """Connect a shop: e.g. `accounts add shopify my-shop --shop my-shop.myshopify.com
     -c access_token=shpat_… --webhook-secret … --rate-limit cost_bucket=2000/100`."""
+    from orders.users import audit
+
     _check_new_account(channel, name, webhook_secret, api_base_url)
     rate_limits = _parse_rate_limits(channel, name, rate_limit or [])
     with session_scope() as session:
@@ -240,6 +251,7 @@ def accounts_add(
                 rate_limits=rate_limits,
             )
         )
+        audit(session, cli_actor(as_), "account.add", name, channel=channel, shop=shop)
     console.print(f"added {channel} account {name}")
 
 

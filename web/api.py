@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+import datetime as dt
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
@@ -12,13 +14,114 @@ from db.models import ChannelAccount, InboxEvent, Invoice, Label, Order, Shipmen
 from db.session import rowcount
 from domain.errors import PermanentError
 from domain.states import InboxStatus, OrderState
+from orders.users import Principal, audit
+from web.auth import current
 from web.sessions import SessionDep
 from workflows.publish import publish_after_commit
 from workflows.tasks import process_event
 
-__all__ = ["router", "summary"]
+__all__ = ["Staff", "router", "summary"]
 
 router = APIRouter(prefix="/api", tags=["staff"])
+#: who makes the request (every /api route is behind web.auth.StaffGate)
+Staff = Annotated[Principal, Depends(current)]
+#: a row id: what the databases can hold (a larger number is a 422, not a database error)
+Id = Annotated[int, Path(ge=1, le=2**63 - 1)]
+PDF: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/pdf": {}}, "description": "the stored PDF"}
+}
+
+
+# --- response models: what /docs shows, and what schemathesis checks every answer against ---
+
+
+class OrderOut(BaseModel):
+    id: int
+    channel: str
+    external_id: str
+    external_number: str | None
+    state: OrderState
+    currency: str
+    total: str
+    external_updated_at: dt.datetime
+    failed_step: str | None
+    last_error: str | None
+    attempts: int
+    version: int
+
+
+class LineOut(BaseModel):
+    sku: str | None
+    title: str
+    quantity: int
+    unit_price: str
+    tax: str
+    total: str
+
+
+class EventOut(BaseModel):
+    at: dt.datetime
+    actor: str
+    kind: str
+    from_: str | None = Field(None, alias="from")
+    to: str | None = None
+    detail: dict[str, Any]
+
+
+class OrderDetailOut(OrderOut):
+    lines: list[LineOut]
+    events: list[EventOut]
+
+
+class OrderListOut(BaseModel):
+    orders: list[OrderOut]
+
+
+class SummaryOut(BaseModel):
+    orders: int
+    by_state: dict[str, int]
+    by_channel: dict[str, int]
+    inbox: dict[str, int]
+
+
+class InboxEventOut(BaseModel):
+    id: int
+    channel: str
+    account: str
+    topic: str
+    status: InboxStatus
+    error: str | None
+    attempts: int
+    order_id: int | None
+    received_at: dt.datetime
+    bytes: int
+
+
+class InboxListOut(BaseModel):
+    events: list[InboxEventOut]
+
+
+class InboxRetryOut(BaseModel):
+    id: int
+    status: InboxStatus
+
+
+class RetryOut(BaseModel):
+    id: int
+    resumed_from: OrderState
+    step: str | None = None
+
+
+class ActionOut(BaseModel):
+    id: int
+    status: str
+
+
+class StockOut(BaseModel):
+    sku: str
+    on_hand: int
+    available: int
+    released: list[int]
 
 
 def _order_json(order: Order, *, detail: bool = False) -> dict[str, Any]:
@@ -79,17 +182,17 @@ def summary(session: Session) -> dict[str, Any]:
     }
 
 
-@router.get("/summary")
+@router.get("/summary", response_model=SummaryOut)
 def get_summary(session: SessionDep) -> dict[str, Any]:
     return summary(session)
 
 
-@router.get("/orders")
+@router.get("/orders", response_model=OrderListOut)
 def list_orders(
     state: OrderState | None = None,
     channel: str | None = None,
     limit: int = Query(50, ge=1, le=500),
-    before_id: int | None = None,
+    before_id: int | None = Query(None, ge=1, le=2**63 - 1),
     *,
     session: SessionDep,
 ) -> dict[str, Any]:
@@ -116,8 +219,8 @@ def load_order(session: Session, order_id: int) -> Order:
     return order
 
 
-@router.get("/orders/{order_id}")
-def get_order(order_id: int, session: SessionDep) -> dict[str, Any]:
+@router.get("/orders/{order_id}", response_model=OrderDetailOut)
+def get_order(order_id: Id, session: SessionDep) -> dict[str, Any]:
     return _order_json(load_order(session, order_id), detail=True)
 
 
@@ -136,7 +239,7 @@ def _inbox_json(event: InboxEvent, account: str) -> dict[str, Any]:
     }
 
 
-@router.get("/inbox")
+@router.get("/inbox", response_model=InboxListOut)
 def list_inbox(
     session: SessionDep,
     status: InboxStatus | None = None,
@@ -153,8 +256,8 @@ def list_inbox(
     return {"events": [_inbox_json(ev, name) for ev, name in session.execute(query).all()]}
 
 
-@router.post("/inbox/{inbox_id}/retry")
-def retry_inbox(inbox_id: int, session: SessionDep) -> dict[str, Any]:
+@router.post("/inbox/{inbox_id}/retry", response_model=InboxRetryOut)
+def retry_inbox(inbox_id: Id, session: SessionDep, staff: Staff) -> dict[str, Any]:
     """Put a failed delivery back in the queue (e.g. after a mapper fix). Safe to repeat."""
     with session.begin():
         changed = rowcount(
@@ -168,6 +271,7 @@ def retry_inbox(inbox_id: int, session: SessionDep) -> dict[str, Any]:
             if session.get(InboxEvent, inbox_id) is None:
                 raise HTTPException(404, "no such inbox event")
             raise HTTPException(409, "only failed events can be retried")
+        audit(session, staff.actor, "inbox.retry", f"inbox event {inbox_id}")
         publish_after_commit(session, process_event.si(inbox_id))
     return {"id": inbox_id, "status": InboxStatus.RECEIVED}
 
@@ -184,13 +288,16 @@ def _staff_action(session: Session, fn: Any, order_id: int) -> dict[str, Any]:
         raise HTTPException(404, str(exc)) from None
 
 
-@router.post("/orders/{order_id}/retry")
-def retry_order(order_id: int, session: SessionDep) -> dict[str, Any]:
+@router.post("/orders/{order_id}/retry", response_model=RetryOut)
+def retry_order(order_id: Id, session: SessionDep, staff: Staff) -> dict[str, Any]:
     """Resume a needs_attention order from the step that failed. A second click gets 409."""
     from workflows.pipeline import retry_order as resume
 
     def act(session: Session, oid: int) -> dict[str, Any]:
-        resumed = resume(session, oid, actor="staff:api")
+        resumed = resume(session, oid, actor=staff.actor)
+        # the timeline's retry row carries the name already
+        audit(session, staff.actor, "order.retry", f"order {oid}", order_id=oid, timeline=False,
+              resumed_from=resumed.value)  # fmt: skip
         if resumed == OrderState.CANCELLED:  # a cancelled order: its refund is retried
             return {"id": oid, "resumed_from": resumed, "step": "refund_payment"}
         return {"id": oid, "resumed_from": resumed}
@@ -198,8 +305,8 @@ def retry_order(order_id: int, session: SessionDep) -> dict[str, Any]:
     return _staff_action(session, act, order_id)
 
 
-@router.post("/orders/{order_id}/push")
-def push_order(order_id: int, session: SessionDep) -> dict[str, Any]:
+@router.post("/orders/{order_id}/push", response_model=ActionOut)
+def push_order(order_id: Id, session: SessionDep, staff: Staff) -> dict[str, Any]:
     """Run the order's pipeline again. Always safe: every step skips what is already done,
     so a double click (or fifty) never makes a second reservation, charge, invoice or label."""
     from workflows.pipeline import pipeline
@@ -207,12 +314,13 @@ def push_order(order_id: int, session: SessionDep) -> dict[str, Any]:
     with session.begin():
         if session.get(Order, order_id) is None:
             raise HTTPException(404, "no such order")
+        audit(session, staff.actor, "push", f"order {order_id}", order_id=order_id)
         publish_after_commit(session, pipeline(order_id))
     return {"id": order_id, "status": "pushed"}
 
 
-@router.post("/orders/{order_id}/ship")
-def ship_order(order_id: int, session: SessionDep) -> dict[str, Any]:
+@router.post("/orders/{order_id}/ship", response_model=ActionOut)
+def ship_order(order_id: Id, session: SessionDep, staff: Staff) -> dict[str, Any]:
     """Mark a ready_to_ship order as handed to the carrier (tracking goes to the marketplace),
     or, for an order the marketplace fulfils (Amazon FBA), as shipped by the marketplace."""
     from workflows.pipeline import ship
@@ -223,14 +331,20 @@ def ship_order(order_id: int, session: SessionDep) -> dict[str, Any]:
             raise HTTPException(404, "no such order")
         if order.state != OrderState.READY_TO_SHIP:
             raise HTTPException(409, f"order is {order.state}, not ready_to_ship")
+        audit(session, staff.actor, "ship", f"order {oid}", order_id=oid)
         publish_after_commit(session, ship.si(oid))
         return {"id": oid, "status": "shipping"}
 
     return _staff_action(session, act, order_id)
 
 
-@router.put("/stock/{sku}")
-def set_stock(sku: str, session: SessionDep, on_hand: int = Query(..., ge=0)) -> dict[str, Any]:
+@router.put("/stock/{sku}", response_model=StockOut)
+def set_stock(
+    sku: Annotated[str, Path(min_length=1, max_length=100)],
+    session: SessionDep,
+    staff: Staff,
+    on_hand: int = Query(..., ge=0, le=2**31 - 1),
+) -> dict[str, Any]:
     """Set the counted quantity; on-hold orders waiting for the SKU are pushed on."""
     from orders.stock import set_on_hand
     from workflows.pipeline import release_waiting
@@ -241,11 +355,15 @@ def set_stock(sku: str, session: SessionDep, on_hand: int = Query(..., ge=0)) ->
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from None
         waiting = release_waiting(session, sku)
+        audit(session, staff.actor, "stock.set", sku, on_hand=on_hand, available=available,
+              released=waiting)  # fmt: skip
     return {"sku": sku, "on_hand": on_hand, "available": available, "released": waiting}
 
 
-@router.get("/orders/{order_id}/invoice.pdf")
-def invoice_pdf(order_id: int, session: SessionDep, kind: str = "invoice") -> Response:
+@router.get("/orders/{order_id}/invoice.pdf", response_class=Response, responses=PDF)
+def invoice_pdf(
+    order_id: Id, session: SessionDep, kind: Literal["invoice", "credit_note"] = "invoice"
+) -> Response:
     invoice = session.scalar(
         select(Invoice).where(Invoice.order_id == order_id, Invoice.kind == kind)
     )
@@ -258,8 +376,8 @@ def invoice_pdf(order_id: int, session: SessionDep, kind: str = "invoice") -> Re
     )
 
 
-@router.get("/orders/{order_id}/label.pdf")
-def label_pdf(order_id: int, session: SessionDep) -> Response:
+@router.get("/orders/{order_id}/label.pdf", response_class=Response, responses=PDF)
+def label_pdf(order_id: Id, session: SessionDep) -> Response:
     """The stored label: a reprint never buys a second one."""
     label = session.scalar(select(Label).join(Shipment).where(Shipment.order_id == order_id))
     if label is None:

@@ -15,17 +15,13 @@ pages show no buyer data at all, the detail page only the name and the city.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
-from decimal import ROUND_HALF_UP, Decimal
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
@@ -45,43 +41,20 @@ from domain.states import InboxStatus, OrderState
 from integrations import registry
 from web.api import load_order, summary
 from web.sessions import SessionDep
+from web.templating import HERE, render
 
 __all__ = ["router"]
 
-HERE = Path(__file__).parent
 PAGE_SIZE = 50
 # how much of each worklist the overview shows; the full lists are one click away
 OVERVIEW_LIMIT = 50
-CENT = Decimal("0.01")
 
-router = APIRouter(tags=["dashboard"])
+router = APIRouter(tags=["dashboard"], include_in_schema=False)
 router.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-templates = Jinja2Templates(directory=str(HERE / "templates"))
-
-
-def _money(value: Decimal | str | None, currency: str = "") -> str:
-    if value is None:
-        return ""
-    amount = Decimal(value).quantize(CENT, rounding=ROUND_HALF_UP)
-    return f"{amount} {currency}".strip()
-
-
-def _when(value: dt.datetime | None) -> str:
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if value else ""
-
-
-def _detail(value: Any) -> str:
-    """One timeline detail value as text (dicts such as ``short`` as compact JSON)."""
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
-
-
-templates.env.filters.update(money=_money, when=_when, detail=_detail)
 
 
 def _render(request: Request, name: str, **context: Any) -> HTMLResponse:
-    return templates.TemplateResponse(request, name, {"states": list(OrderState), **context})
+    return render(request, name, **context)
 
 
 # --- overview ---------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from db.base import utcnow
 from db.models import ChannelAccount, SyncRun
 from integrations.shopify.webhooks import sign
 from tests.support.stack import wait_until
+from tests.support.staff import PASSWORD, bearer
 from tests.support.world import (
     SECRET,
     World,
@@ -80,14 +81,25 @@ def world(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
         yield world
 
 
+def log_in(page: Page, name: str, password: str = PASSWORD) -> None:
+    """Through the login page, as staff do; lands on the overview."""
+    page.goto("/login")
+    page.get_by_label("name").fill(name)
+    page.get_by_label("password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.locator("#who")).to_contain_text(name)
+
+
 @pytest.fixture
 def page(browser: Browser, world: World) -> Iterator[Page]:
-    """A fresh browser context; an uncaught script error on any page fails the test."""
+    """A fresh browser context, logged in as the world's operator; an uncaught script error on
+    any page fails the test."""
     context = browser.new_context(base_url=world.stack.base_url)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     expect.set_options(timeout=15_000)
+    log_in(page, world.staff_name)
     try:
         yield page
     finally:
@@ -96,7 +108,7 @@ def page(browser: Browser, world: World) -> Iterator[Page]:
 
 
 def _api(world: World, path: str) -> Any:
-    response = httpx.get(f"{world.stack.base_url}/api{path}", timeout=10)
+    response = world.api("GET", path, timeout=10)
     response.raise_for_status()
     return response.json()
 
@@ -276,9 +288,10 @@ def test_the_latest_sync_run_of_each_account_is_shown_and_a_failed_one_stands_ou
 
 def test_staff_pages_answer_plainly_for_what_does_not_exist(world: World) -> None:
     base = world.stack.base_url
-    assert httpx.get(f"{base}/orders/999999999").status_code == 404
-    assert httpx.get(f"{base}/orders", params={"state": "lost"}).status_code == 400
-    empty = httpx.get(f"{base}/orders", params={"q": "no-such-order", "page": 3})
+    staff = bearer(world.staff)
+    assert httpx.get(f"{base}/orders/999999999", headers=staff).status_code == 404
+    assert httpx.get(f"{base}/orders", params={"state": "lost"}, headers=staff).status_code == 400
+    empty = httpx.get(f"{base}/orders", params={"q": "no-such-order", "page": 3}, headers=staff)
     assert empty.status_code == 200 and "No orders match." in empty.text
 
 

@@ -45,6 +45,7 @@ from orders.intake import apply_order
 from orders.invoices import find_gaps
 from orders.stock import set_on_hand
 from tests.support.stack import wait_until
+from tests.support.staff import bearer
 from tests.support.world import (
     SECRET,
     World,
@@ -85,7 +86,7 @@ def test_fifty_concurrent_triggers_make_one_reservation_capture_invoice_and_labe
 
     def push(_: int) -> int:
         barrier.wait()
-        return httpx.post(f"{world.stack.base_url}/api/orders/{order.id}/push").status_code
+        return world.api("POST", f"/orders/{order.id}/push").status_code
 
     with ThreadPoolExecutor(50) as pool:
         assert set(pool.map(push, range(50))) == {200}
@@ -220,7 +221,7 @@ def test_two_orders_for_the_last_unit_one_waits_on_hold_until_stock_arrives(
 
     # when stock arrives, the waiting order goes on by itself
     for sku, qty in wanted.items():
-        response = httpx.put(f"{world.stack.base_url}/api/stock/{sku}", params={"on_hand": qty * 2})
+        response = world.api("PUT", f"/stock/{sku}", params={"on_hand": qty * 2})
         assert response.status_code == 200
     for o in (first, second):
         world.wait_state(shop, str(o["id"]), "ready_to_ship")
@@ -249,12 +250,12 @@ def test_a_failed_step_goes_to_needs_attention_and_staff_retry_resumes_it(
     wait_until(lambda: (o := world.order(shop, str(payload["id"]))) and
                (o.shipping_address or {}).get("postal_code") == "40202",
                what="corrected address stored")  # fmt: skip
-    retry = httpx.post(f"{world.stack.base_url}/api/orders/{stuck.id}/retry")
+    retry = world.api("POST", f"/orders/{stuck.id}/retry")
     assert retry.status_code == 200 and retry.json()["resumed_from"] == "paid"
 
     # then it completes, and a second retry click is refused instead of repeating work
     world.wait_state(shop, str(payload["id"]), "ready_to_ship")
-    assert httpx.post(f"{world.stack.base_url}/api/orders/{stuck.id}/retry").status_code == 409
+    assert world.api("POST", f"/orders/{stuck.id}/retry").status_code == 409
     with world.maker() as session:
         events = session.scalars(
             select(OrderEvent).where(
@@ -348,7 +349,7 @@ def test_a_cancelled_order_we_charged_is_refunded_once_however_often_it_is_trigg
 
     def retry(_: int) -> int:
         barrier.wait()
-        return httpx.post(f"{world.stack.base_url}/api/orders/{order.id}/retry").status_code
+        return world.api("POST", f"/orders/{order.id}/retry").status_code
 
     with ThreadPoolExecutor(20) as pool:
         assert set(pool.map(retry, range(20))) == {409}  # nothing left to resume
@@ -393,7 +394,7 @@ def test_a_refused_refund_is_shown_to_staff_and_their_retry_refunds_it(
 
     # the provider's side is put right; staff retry from the API
     world.sandbox.payments.refund_outside(intent, -100)
-    response = httpx.post(f"{world.stack.base_url}/api/orders/{order.id}/retry")
+    response = world.api("POST", f"/orders/{order.id}/retry")
     assert response.status_code == 200 and response.json()["resumed_from"] == "cancelled"
     wait_until(lambda: [e for e in events() if e.kind == "refunded"], what="refund after retry")
     ledger = world.sandbox.payments.refunds_for(str(order.id))
@@ -435,7 +436,7 @@ def _take_in(world: World, account_id: int, order: CanonicalOrder) -> int:
     push: the same canvas that intake publishes)."""
     with world.maker() as session, session.begin():
         order_id = apply_order(session, account_id, order, actor="test:amazon").order_id
-    response = httpx.post(f"{world.stack.base_url}/api/orders/{order_id}/push")
+    response = world.api("POST", f"/orders/{order_id}/push")
     assert response.status_code == 200, response.text
     return order_id
 
@@ -497,14 +498,14 @@ def test_an_order_fulfilled_by_amazon_is_paid_and_invoiced_but_holds_no_stock_an
     assert reserved.detail == {"reserved": {}, "fulfilled_by": "amazon"}
     assert [e.kind for e in events].count("label_not_needed") == 1
     assert "label" not in [e.kind for e in events]
-    page = httpx.get(f"{world.stack.base_url}/orders/{order_id}")
+    page = httpx.get(f"{world.stack.base_url}/orders/{order_id}", headers=bearer(world.staff))
     assert page.status_code == 200 and "fulfilled by the marketplace" in page.text
 
     # and, since Amazon shipped it, it went on to shipped by itself, once; staff's Ship has
     # nothing left to do; nothing was pushed to Amazon (a push of an order the simulator does
     # not hold would have failed the step) and no stock left our shelf
     assert not [key for key in world.sandbox.amazon.shipments if key[0] == afn.external_id]
-    response = httpx.post(f"{world.stack.base_url}/api/orders/{order_id}/ship")
+    response = world.api("POST", f"/orders/{order_id}/ship")
     assert response.status_code == 409, response.text
     shipped = [e for e in _events(world, order_id) if e.to_state == "shipped"]
     assert len(shipped) == 1 and shipped[0].detail == {"fulfilled_by": "amazon"}
@@ -555,7 +556,7 @@ def test_an_amazon_order_the_merchant_fulfils_still_reserves_stock_gets_a_label_
     assert f"label:{order_id}" in world.sandbox.carrier.labels
 
     # and shipping it confirms the shipment to Amazon with the label's tracking number
-    response = httpx.post(f"{world.stack.base_url}/api/orders/{order_id}/ship")
+    response = world.api("POST", f"/orders/{order_id}/ship")
     assert response.status_code == 200, response.text
     world.wait_state(name, external_id, "shipped")
     pushed = [p for key, p in world.sandbox.amazon.shipments.items() if key[0] == external_id]

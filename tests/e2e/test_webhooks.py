@@ -29,6 +29,7 @@ from domain.states import InboxStatus
 from integrations.shopify.webhooks import sign
 from integrations.woocommerce import webhooks as woo_webhooks
 from tests.support.stack import Stack, run_stack, wait_until
+from tests.support.staff import bearer, staff_token
 from tests.support.world import module_database_url
 
 pytestmark = pytest.mark.slow
@@ -305,7 +306,8 @@ def test_an_unparseable_body_with_a_valid_signature_is_kept_and_shown_as_failed(
 
     assert response.status_code == 200
     wait_until(lambda: _settled(maker, shop, 1), what="broken delivery processed")
-    inbox = httpx.get(f"{running.base_url}/api/inbox", params={"status": "failed"}).json()
+    inbox = httpx.get(f"{running.base_url}/api/inbox", params={"status": "failed"},
+                      headers=bearer(staff_token(maker, "viewer"))).json()  # fmt: skip
     mine = [e for e in inbox["events"] if e["account"] == shop]
     assert len(mine) == 1
     assert mine[0]["error"].startswith("body is not JSON")
@@ -344,7 +346,8 @@ def test_a_signed_woocommerce_body_nested_too_deeply_is_kept_and_shown_as_failed
                                 .where(ChannelAccount.name == name)).one()  # fmt: skip
         assert (event.status, event.body) == (InboxStatus.FAILED, body)
         assert event.error is not None and "nested too deeply" in event.error
-    inbox = httpx.get(f"{running.base_url}/api/inbox", params={"status": "failed"}).json()
+    inbox = httpx.get(f"{running.base_url}/api/inbox", params={"status": "failed"},
+                      headers=bearer(staff_token(maker, "viewer"))).json()  # fmt: skip
     assert [e["account"] for e in inbox["events"]].count(name) == 1
     assert _orders(maker, name) == []
 

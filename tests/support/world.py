@@ -30,6 +30,7 @@ from sandbox import carrier as sandbox_carrier
 from sandbox import payments as sandbox_payments
 from sandbox.server import Sandbox
 from tests.support.stack import Stack, run_stack, wait_until
+from tests.support.staff import bearer, staff_token
 
 __all__ = [
     "IN_CI",
@@ -56,6 +57,15 @@ def unavailable(reason: str) -> None:
 class World:
     def __init__(self, stack: Stack, maker: sessionmaker[Session], sandbox: Sandbox, redis: str):
         self.stack, self.maker, self.sandbox, self.redis_url = stack, maker, sandbox, redis
+        # the staff API needs a session or a token: an operator's, made once per world
+        self.staff_name = f"operator-{uuid.uuid4().hex[:6]}"  # password: staff.PASSWORD
+        self.staff = staff_token(maker, "operator", name=self.staff_name)
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """A staff API call (``path`` after ``/api``) with the world's operator token."""
+        headers = {**bearer(self.staff), **kwargs.pop("headers", {})}
+        return httpx.request(method, f"{self.stack.base_url}/api{path}", headers=headers,
+                             timeout=kwargs.pop("timeout", 30), **kwargs)  # fmt: skip
 
     def account(self) -> str:
         name = f"shop-{uuid.uuid4().hex[:8]}"

@@ -4,6 +4,7 @@
 //    fetch and write the outcome beside the button. The API answers 409 when the action is no
 //    longer possible (the order was retried or shipped already, by this click or someone
 //    else's): that is shown as "already done", never as an error.
+//    The session's CSRF token (<meta name="csrf-token">) goes with every post.
 // 2. A page with data-refresh-s reloads itself after that many seconds without a click or key.
 "use strict";
 
@@ -19,9 +20,10 @@ document.addEventListener("submit", async (event) => {
   let outcome = "bad";
   let text;
   try {
+    const csrf = document.querySelector("meta[name=csrf-token]");
     const response = await fetch(form.action, {
       method: "POST",
-      headers: { Accept: "application/json" },
+      headers: { Accept: "application/json", "X-CSRF-Token": csrf ? csrf.content : "" },
     });
     const body = await response.json().catch(() => ({}));
     const detail = typeof body.detail === "string" ? body.detail : response.statusText;
