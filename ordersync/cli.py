@@ -19,6 +19,7 @@ from core.settings import ConfigError, get_settings, mask_url
 from domain.errors import PermanentError
 from orders.users import UserError
 from ordersync.staff_cli import CliError, accounts_cli, orders_cli, stock_cli
+from ordersync.sync_cli import sync_cli
 from ordersync.users_cli import audit_cli, users_cli
 
 __all__ = ["main"]
@@ -31,6 +32,7 @@ cli.add_typer(stock_cli, name="stock")
 cli.add_typer(accounts_cli, name="accounts")
 cli.add_typer(users_cli, name="users")
 cli.add_typer(audit_cli, name="audit")
+cli.add_typer(sync_cli, name="sync")
 console = Console(stderr=True)
 
 
@@ -94,6 +96,10 @@ def web(
     _setup_logging()
     settings = get_settings()
     _check_database()
+    if settings.web_metrics_port:  # /metrics without a token, where only Prometheus reaches
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.web_metrics_port, addr=host or settings.web_host)
     uvicorn.run(
         # an import string, so that each of several processes builds its own app
         "web.app:create_app",
@@ -112,12 +118,19 @@ def worker(
     concurrency: Annotated[int | None, typer.Option("-c", "--concurrency")] = None,
     queues: Annotated[str | None, typer.Option("-Q", "--queues", help="comma-separated")] = None,
     pool: Annotated[str, typer.Option(help="prefork, threads or solo")] = "prefork",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="serve this worker's task metrics here (default WORKER_METRICS_PORT)"),
+    ] = None,
 ) -> None:
     """Run a Celery worker on all queues (or --queues)."""
-    from workflows import app
-
     _setup_logging()
     settings = get_settings()
+    port = settings.worker_metrics_port if metrics_port is None else metrics_port
+    if port:
+        _worker_metrics(port, settings.web_host)
+    from workflows import app
+
     _check_database()
     app.worker_main(
         [
@@ -131,6 +144,27 @@ def worker(
             "--without-gossip",
         ]
     )  # fmt: skip
+
+
+def _worker_metrics(port: int, host: str) -> None:
+    """Multiprocess mode for this worker and its forked pool (a directory of its own, emptied
+    now and removed at exit), and an exporter of their sum on ``port``. Runs before anything
+    imports prometheus_client, which reads the directory's variable when it is imported."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if "prometheus_client" in sys.modules:
+        raise CliError("internal: prometheus_client was imported before the metrics directory")
+    directory = tempfile.mkdtemp(prefix=f"metrics-{os.getpid()}-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    start_http_server(port, addr=host, registry=registry)
 
 
 @cli.command()
@@ -184,7 +218,9 @@ def up(
     try:
         group.start("web", ["web"])
         for i in range(workers):
-            group.start(f"worker-{i + 1}", ["worker"])
+            # one exporter per worker: WORKER_METRICS_PORT, the next port, …
+            port = settings.worker_metrics_port and settings.worker_metrics_port + i
+            group.start(f"worker-{i + 1}", ["worker", "--metrics-port", str(port)])
         group.start("beat", ["beat"])
         console.print(
             f"ordersync is up: http://{settings.web_host}:{settings.web_port}/ (Ctrl-C stops)"

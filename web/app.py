@@ -16,8 +16,9 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from db.session import get_engine
-from web import admin, api, dashboard, login, webhooks
+from web import admin, api, dashboard, login, sync_pages, webhooks
 from web.auth import StaffGate
+from web.metrics import register as register_metrics
 
 __all__ = ["create_app"]
 
@@ -28,6 +29,7 @@ class Health(BaseModel):
 
 def create_app() -> FastAPI:
     app = FastAPI(title="ordersync", version="0.1.0")
+    register_metrics()
     app.add_middleware(StaffGate)
     # outermost: webhooks are answered before the gate, any other middleware or routing runs
     app.add_middleware(webhooks.WebhookIntake)
@@ -35,6 +37,8 @@ def create_app() -> FastAPI:
     app.include_router(api.router)
     app.include_router(admin.api)
     app.include_router(admin.pages)
+    app.include_router(sync_pages.api)
+    app.include_router(sync_pages.pages)
     app.include_router(dashboard.router)
 
     @app.get("/healthz", tags=["ops"], response_model=Health)

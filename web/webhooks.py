@@ -49,6 +49,7 @@ from db.session import dialect_insert_for, get_engine
 from domain.states import InboxStatus
 from integrations import registry
 from integrations.marketplace import BodyCheck, WebhookReceiver
+from web.metrics import WEBHOOKS_DUPLICATE, WEBHOOKS_RECEIVED, WEBHOOKS_REJECTED
 from workflows.tasks import process_event
 
 __all__ = ["AccountCache", "WebhookIntake", "accounts"]
@@ -278,11 +279,12 @@ async def _receive(scope: Scope, receive: Receive, send: Send) -> None:
     if not channel or not name or "/" in name:
         raise _Refused(404, "not found")
     marketplace = registry.marketplaces().get(channel)
-    if marketplace is None:
+    if marketplace is None:  # not counted: a label per made-up channel name would be unbounded
         raise _Refused(404, "unknown channel")
     receiver = marketplace.webhooks
     if receiver is None:
         raise _Refused(404, f"{channel} does not send webhooks")
+    WEBHOOKS_RECEIVED.labels(channel).inc()
     engine = get_engine()
     found = await run_in_threadpool(accounts.get, engine, channel, name)
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -290,23 +292,37 @@ async def _receive(scope: Scope, receive: Receive, send: Send) -> None:
     if found is not None and receiver.body_check is not None:
         check = receiver.body_check(found.webhook_secret, headers.get(receiver.signature_header))
     limit = get_settings().webhook_max_body_bytes
-    body = await _read_body(receive, headers, limit, check, keep=found is not None)
+    try:
+        body = await _read_body(receive, headers, limit, check, keep=found is not None)
+    except _Refused as refused:
+        if refused.status == 413:
+            WEBHOOKS_REJECTED.labels(channel, "too_large").inc()
+        raise
     try:
         if found is None:
             log.warning("webhook.unknown_account", channel=channel, account=name)
+            WEBHOOKS_REJECTED.labels(channel, "unknown_account").inc()
             raise _REFUSED
         if body.verified is False and body.size > _SMALL:
             # too big to be a ping, and not signed by the account: never loaded
             accounts.forget(channel, name)
             log.warning("webhook.bad_signature", channel=channel, account=name,
                         topic=receiver.topic(headers) or "unknown", bytes=body.size)  # fmt: skip
+            WEBHOOKS_REJECTED.labels(channel, "bad_signature").inc()
             raise _REFUSED
         raw = body.read()
     finally:
         body.close()
-    answer = await run_in_threadpool(
-        _store, engine, channel, receiver, name, found, headers, raw, body.verified
-    )
+    try:
+        answer = await run_in_threadpool(
+            _store, engine, channel, receiver, name, found, headers, raw, body.verified
+        )
+    except _Refused as refused:
+        if refused is _REFUSED:
+            WEBHOOKS_REJECTED.labels(channel, "bad_signature").inc()
+        raise
+    if answer["status"] == "duplicate":
+        WEBHOOKS_DUPLICATE.labels(channel).inc()
     await _answer(send, 200, answer)
     inbox_id = answer.get("inbox_id")
     if isinstance(inbox_id, int):  # after the answer: a slow broker never delays it

@@ -169,3 +169,6 @@ def _redact_retry_reason(reason: Any = None, **_: Any) -> None:
 
 app.add_defaults(_config)
 app.autodiscover_tasks(["workflows"], related_name="tasks", force=False)
+
+# every process that publishes or runs tasks counts them (workflows/metrics.py)
+from workflows import metrics as _metrics  # noqa: E402, F401
