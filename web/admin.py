@@ -14,13 +14,18 @@ from sqlalchemy.orm import Session
 
 from db.models import AuditEntry
 from orders.users import Principal, Role, UserError, revoke_token, users_with_tokens
-from web.auth import require
+from web.api import MAX_ID
+from web.auth import STAFF_RESPONSES, Problem, require
 from web.sessions import SessionDep
 from web.templating import render
 
 __all__ = ["api", "pages"]
 
-api = APIRouter(prefix="/api", tags=["staff"])
+api = APIRouter(
+    prefix="/api",
+    tags=["staff"],
+    responses={**STAFF_RESPONSES, 404: {"model": Problem, "description": "no such token"}},
+)
 pages = APIRouter(include_in_schema=False)
 Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
 AUDIT_LIMIT = 200
@@ -97,7 +102,7 @@ def list_audit(
     session: SessionDep,
     actor: Annotated[str, Query(max_length=100)] = "",
     action: Annotated[str, Query(max_length=50)] = "",
-    order_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+    order_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = AUDIT_LIMIT,
 ) -> dict[str, Any]:
     rows = audit_entries(session, actor=actor, action=action, order_id=order_id, limit=limit)
@@ -143,7 +148,7 @@ def list_users(session: SessionDep, admin: Admin) -> dict[str, Any]:
 
 @api.post("/tokens/{token_id}/revoke", response_model=TokenOut)
 def revoke(
-    token_id: Annotated[int, Path(ge=1, le=2**63 - 1)], session: SessionDep, admin: Admin
+    token_id: Annotated[int, Path(ge=1, le=MAX_ID)], session: SessionDep, admin: Admin
 ) -> dict[str, Any]:
     with session.begin():
         try:

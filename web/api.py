@@ -15,18 +15,28 @@ from db.session import rowcount
 from domain.errors import PermanentError
 from domain.states import InboxStatus, OrderState
 from orders.users import Principal, audit
-from web.auth import current
+from web.auth import STAFF_RESPONSES, Problem, current
 from web.sessions import SessionDep
 from workflows.publish import publish_after_commit
 from workflows.tasks import process_event
 
-__all__ = ["Staff", "router", "summary"]
+__all__ = ["MAX_ID", "Id", "Staff", "router", "summary"]
 
-router = APIRouter(prefix="/api", tags=["staff"])
+router = APIRouter(
+    prefix="/api",
+    tags=["staff"],
+    responses={
+        **STAFF_RESPONSES,
+        404: {"model": Problem, "description": "no such order, delivery or document"},
+        409: {"model": Problem, "description": "not possible in the current state (done already)"},
+    },
+)
 #: who makes the request (every /api route is behind web.auth.StaffGate)
 Staff = Annotated[Principal, Depends(current)]
-#: a row id: what the databases can hold (a larger number is a 422, not a database error)
-Id = Annotated[int, Path(ge=1, le=2**63 - 1)]
+#: the largest row id: our ids are INTEGER columns (a larger number is a 422, not an error of
+#: PostgreSQL's "integer out of range")
+MAX_ID = 2**31 - 1
+Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 PDF: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/pdf": {}}, "description": "the stored PDF"}
 }
@@ -192,7 +202,7 @@ def list_orders(
     state: OrderState | None = None,
     channel: str | None = None,
     limit: int = Query(50, ge=1, le=500),
-    before_id: int | None = Query(None, ge=1, le=2**63 - 1),
+    before_id: int | None = Query(None, ge=1, le=MAX_ID),
     *,
     session: SessionDep,
 ) -> dict[str, Any]:
@@ -297,7 +307,7 @@ def retry_order(order_id: Id, session: SessionDep, staff: Staff) -> dict[str, An
         resumed = resume(session, oid, actor=staff.actor)
         # the timeline's retry row carries the name already
         audit(session, staff.actor, "order.retry", f"order {oid}", order_id=oid, timeline=False,
-              resumed_from=resumed.value)  # fmt: skip
+              resumed_from=resumed.value)
         if resumed == OrderState.CANCELLED:  # a cancelled order: its refund is retried
             return {"id": oid, "resumed_from": resumed, "step": "refund_payment"}
         return {"id": oid, "resumed_from": resumed}
@@ -356,7 +366,7 @@ def set_stock(
             raise HTTPException(409, str(exc)) from None
         waiting = release_waiting(session, sku)
         audit(session, staff.actor, "stock.set", sku, on_hand=on_hand, available=available,
-              released=waiting)  # fmt: skip
+              released=waiting)
     return {"sku": sku, "on_hand": on_hand, "available": available, "released": waiting}
 
 

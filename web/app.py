@@ -17,7 +17,7 @@ from sqlalchemy import text
 
 from db.session import get_engine
 from web import admin, api, dashboard, login, sync_pages, webhooks
-from web.auth import StaffGate
+from web.auth import STAFF_RESPONSES, StaffGate
 from web.metrics import register as register_metrics
 
 __all__ = ["create_app"]
@@ -47,7 +47,7 @@ def create_app() -> FastAPI:
             conn.execute(text("SELECT 1"))
         return {"status": "ok"}
 
-    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse, responses=STAFF_RESPONSES)
     def metrics() -> PlainTextResponse:
         """Prometheus text format (a token of any role, or WEB_METRICS_PORT without one)."""
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)

@@ -34,6 +34,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from fastapi import HTTPException, Request
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from pydantic import BaseModel
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -46,6 +47,8 @@ __all__ = [
     "COOKIE",
     "PUBLIC_PATHS",
     "PUBLIC_PREFIXES",
+    "STAFF_RESPONSES",
+    "Problem",
     "StaffGate",
     "current",
     "is_public",
@@ -320,6 +323,20 @@ async def _form_field(
         return await receive()
 
     return (values[0] if values else None), replay
+
+
+class Problem(BaseModel):
+    """What every refusal says."""
+
+    detail: str
+
+
+#: the answers every staff route may give besides its own (documented in /docs, and checked
+#: by the schemathesis run)
+STAFF_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "no session or token (or a revoked one)"},
+    403: {"model": Problem, "description": "the role cannot do this, or a CSRF check failed"},
+}
 
 
 def current(request: Request) -> Principal:

@@ -3,7 +3,8 @@
 - ``/``: counts by state, orders that need attention (step, error, attempts, Retry), webhooks
   that failed (parse error, Retry), the latest sync run of each account, on-hold orders with the
   SKUs they wait for;
-- ``/orders?state=&channel=&q=&page=``: the order list, filtered and paged;
+- ``/orders?state=&channel=&q=&page=``: the order list, filtered and paged (``q``: an order
+  number, a marketplace id, our id or the buyer's name; the list never shows the name);
 - ``/orders/{id}``: one order: totals, lines, payment, invoice, label, timeline, actions.
 
 Pages only read. Every button posts to the staff JSON API (``web/api.py``) with ``fetch``
@@ -39,7 +40,7 @@ from db.models import (
 )
 from domain.states import InboxStatus, OrderState
 from integrations import registry
-from web.api import load_order, summary
+from web.api import MAX_ID, Id, load_order, summary
 from web.sessions import SessionDep
 from web.templating import HERE, render
 
@@ -163,13 +164,15 @@ def _conditions(state: str, channel: str, q: str) -> list[ColumnElement[bool]]:
     if channel:
         conditions.append(Order.channel == channel)
     if q:
-        # an order number, a marketplace id, or our own id
+        # an order number, a marketplace id, the buyer's name, or our own id
         match = [
             Order.external_number.icontains(q, autoescape=True),
             Order.external_id.icontains(q, autoescape=True),
+            Order.buyer_name.icontains(q, autoescape=True),
         ]
         digits = q.lstrip("#")
-        if digits.isdigit() and len(digits) < 19:  # fits a BIGINT
+        # ASCII digits only ("²".isdigit() is true) that fit the INTEGER id
+        if digits.isascii() and digits.isdigit() and int(digits) <= MAX_ID:
             match.append(Order.id == int(digits))
         conditions.append(or_(*match))
     return conditions
@@ -226,7 +229,7 @@ def orders(
 
 
 @router.get("/orders/{order_id}", response_class=HTMLResponse)
-def order_detail(request: Request, order_id: int, session: SessionDep) -> HTMLResponse:
+def order_detail(request: Request, order_id: Id, session: SessionDep) -> HTMLResponse:
     order = load_order(session, order_id)
     account = session.get(ChannelAccount, order.channel_account_id)
     payment = session.scalar(select(Payment).where(Payment.order_id == order_id))

@@ -13,12 +13,13 @@ from pydantic import BaseModel
 from core.settings import get_settings
 from db.base import utcnow
 from orders.sync_status import Hourly, account_statuses, orders_per_hour, status_json
+from web.auth import STAFF_RESPONSES
 from web.sessions import SessionDep
 from web.templating import render
 
 __all__ = ["api", "pages"]
 
-api = APIRouter(prefix="/api", tags=["staff"])
+api = APIRouter(prefix="/api", tags=["staff"], responses=STAFF_RESPONSES)
 pages = APIRouter(include_in_schema=False)
 #: one colour per channel, in the order the chart lists them
 PALETTE = ("#0b57d0", "#b00020", "#1b6e2d", "#9a5b00", "#6f2dbd", "#00796b", "#555555")
