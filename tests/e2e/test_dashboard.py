@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from db.base import utcnow
 from db.models import ChannelAccount, SyncRun
 from integrations.shopify.webhooks import sign
 from tests.support.stack import wait_until
-from tests.support.staff import PASSWORD, bearer
+from tests.support.staff import PASSWORD, bearer, new_user
 from tests.support.world import (
     SECRET,
     World,
@@ -55,6 +56,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+# screenshots of the staff flow, kept after the run (CI keeps var/)
+ARTIFACTS = Path(os.environ.get("ORDERSYNC_TEST_ARTIFACTS",
+                                Path(__file__).resolve().parents[2] / "var" / "test-artifacts"))
 # customer data the fixture order carries that no list page may show
 EMAIL, PHONE = "bob.norman@mail.example.com", "+557734881234"
 
@@ -338,3 +342,74 @@ def test_a_refused_refund_is_listed_as_owed_and_retry_gives_the_money_back(
     page.goto(f"/orders/{order.id}")
     expect(page.locator("#payment .refund")).to_have_count(1)
     assert len(world.sandbox.payments.refunds_for(str(order.id))) == 1
+
+
+def test_staff_log_in_find_an_order_by_buyer_retry_it_and_see_their_name_on_its_timeline(
+    world: World, browser: Browser, fixtures_dir: Path
+) -> None:
+    # given a member of staff, and a stuck order (the carrier refuses its postal code) of a
+    # buyer with a name nobody else has
+    suffix = uuid.uuid4().hex[:6]
+    staff = new_user(world.maker, "operator", name=f"ada-{suffix}")
+    surname = f"Quillfeather{suffix}"
+    shop = world.account()
+    payload = fixture_order(fixtures_dir, updated_at="2026-06-03T10:00:00Z")
+    payload["customer"] = {**payload["customer"], "first_name": "Ada", "last_name": surname}
+    payload["shipping_address"] = {**payload["shipping_address"], "zip": "00000"}
+    stock_for(world, payload)
+    world.post(shop, payload, topic="orders/create")
+    stuck = world.wait_state(shop, str(payload["id"]), "needs_attention")
+    shots = ARTIFACTS / f"staff-flow-{suffix}"
+    shots.mkdir(parents=True, exist_ok=True)
+
+    context = browser.new_context(base_url=world.stack.base_url)
+    page = context.new_page()
+    expect.set_options(timeout=15_000)
+    try:
+        # when they open the dashboard, they are sent to the login page, and log in
+        page.goto("/")
+        expect(page).to_have_url(re.compile(r"/login\?next=%2F$"))
+        page.screenshot(path=str(shots / "1-login.png"))
+        page.get_by_label("name").fill(staff)
+        page.get_by_label("password").fill(PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        expect(page.locator("#who")).to_contain_text(f"{staff} (operator)")
+
+        # and find the order by the buyer's name, and open it
+        page.locator("header .search input").fill(surname)
+        page.locator("header .search input").press("Enter")
+        expect(page.locator("#orders tbody tr")).to_have_count(1)
+        assert surname not in page.locator("#orders").inner_text()  # searched, never listed
+        page.screenshot(path=str(shots / "2-found.png"))
+        page.get_by_role("link", name=f"#{stuck.id}", exact=True).click()
+        expect(page.locator("h1 .state")).to_have_text("needs_attention")
+
+        # when the address is put right on the marketplace and they press Retry
+        fixed = copy.deepcopy(payload)
+        fixed["updated_at"] = "2026-06-03T11:00:00Z"
+        fixed["shipping_address"]["zip"] = "40202"
+        world.post(shop, fixed)
+        wait_until(lambda: (o := world.order(shop, str(payload["id"]))) and
+                   (o.shipping_address or {}).get("postal_code") == "40202",
+                   what="corrected address stored")  # fmt: skip
+        page.locator("#actions").get_by_role("button", name="Retry").click()
+        expect(page.locator("#actions output")).to_have_text("retry started (resumes at paid)")
+
+        # then it moves on, and its timeline says who retried it
+        _wait_api_state(world, stuck.id, "ready_to_ship")
+        page.reload()
+        expect(page.locator("h1 .state")).to_have_text("ready_to_ship")
+        retried = page.locator("#timeline tbody tr").filter(has_text="needs_attention → paid")
+        expect(retried).to_have_count(1)
+        expect(retried.locator("td").nth(1)).to_have_text(staff)
+        page.screenshot(path=str(shots / "3-retried.png"), full_page=True)
+
+        # and after logging out, the order's page is out of reach again
+        page.get_by_role("button", name="Log out").click()
+        expect(page).to_have_url(re.compile(r"/login$"))
+        page.goto(f"/orders/{stuck.id}")
+        expect(page).to_have_url(re.compile(r"/login\?next="))
+        expect(page.locator("#who")).to_have_count(0)
+        page.screenshot(path=str(shots / "4-logged-out.png"))
+    finally:
+        context.close()
