@@ -28,7 +28,7 @@ from db.models import ChannelAccount, Order, OutboxMessage
 from db.session import get_sessionmaker
 from domain.states import OrderState
 
-__all__ = ["WEBHOOKS_DUPLICATE", "WEBHOOKS_RECEIVED", "WEBHOOKS_REJECTED", "register"]
+__all__ = ["GAUGES", "WEBHOOKS_DUPLICATE", "WEBHOOKS_RECEIVED", "WEBHOOKS_REJECTED", "register"]
 
 log = structlog.get_logger(__name__)
 
@@ -43,9 +43,30 @@ WEBHOOKS_DUPLICATE = Counter(
 )
 
 
+#: the gauges SystemCollector yields: (name, help, labels)
+GAUGES: tuple[tuple[str, str, list[str]], ...] = (
+    ("ordersync_orders", "Orders by state", ["state"]),
+    ("ordersync_needs_attention", "Orders waiting for staff (a step failed for good)", []),
+    ("ordersync_outbox_undelivered",
+     "Outbox messages not published yet (parked: waiting for their time)", ["kind"]),
+    ("ordersync_sync_lag_seconds",
+     "Now minus the account's poll cursor (how far behind polling is)", ["account", "channel"]),
+    ("ordersync_sync_never_polled", "1 for an active account that has no poll cursor yet",
+     ["account", "channel"]),
+    ("ordersync_queue_depth", "Messages waiting", ["queue"]),
+    ("ordersync_queue_oldest_age_seconds", "Age of the oldest message waiting (0 when none)",
+     ["queue"]),
+)  # fmt: skip
+
+
 class SystemCollector(Collector):
     """The gauges read at scrape time (one short read transaction, one Redis round trip per
     queue)."""
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        """The series without reading anything (the registry asks when it is registered)."""
+        for name, documentation, labels in GAUGES:
+            yield GaugeMetricFamily(name, documentation, labels=labels)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
