@@ -1,7 +1,8 @@
 """The Jinja templates of the staff pages, their filters, and ``render``.
 
-Every page gets ``user`` (who is logged in, if anyone) and ``csrf`` (the session's CSRF token,
-put in each form and in a ``<meta>`` the page's script sends with every action).
+Every page gets ``user`` (who is logged in, if anyone), ``can_act`` (an operator or admin: a
+viewer sees no action buttons) and ``csrf`` (the session's CSRF token, put in each form and in
+a ``<meta>`` the page's script sends with every action).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from domain.states import OrderState
+from orders.users import Role
 
 __all__ = ["HERE", "render", "templates"]
 
@@ -50,12 +52,14 @@ def render(
     request: Request, template: str, *, status_code: int = 200, **context: Any
 ) -> HTMLResponse:
     state = request.scope.get("state", {})
+    principal = state.get("principal")
     return templates.TemplateResponse(
         request,
         template,
         {
             "states": list(OrderState),
-            "user": state.get("principal"),
+            "user": principal,
+            "can_act": principal is not None and principal.role >= Role.OPERATOR,
             "csrf": state.get("csrf"),
             **context,
         },

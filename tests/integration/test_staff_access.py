@@ -204,6 +204,16 @@ def test_a_logged_in_browser_post_without_the_csrf_token_or_from_another_site_is
     assert out.status_code == 303 and out.headers["location"] == "/login"
 
 
+def test_a_viewer_sees_no_action_buttons_an_operator_does(staffed: Staffed) -> None:
+    client = TestClient(staffed.app, base_url=BASE)
+    page = f"/orders/{staffed.order_id}"
+    viewer = client.get(page, headers=bearer(staff_token(staffed.maker, "viewer")))
+    operator = client.get(page, headers=bearer(staff_token(staffed.maker, "operator")))
+    assert viewer.status_code == operator.status_code == 200
+    assert f'action="/api/orders/{staffed.order_id}/retry"' not in viewer.text
+    assert f'action="/api/orders/{staffed.order_id}/retry"' in operator.text
+
+
 def test_a_revoked_token_and_a_disabled_users_token_are_refused(staffed: Staffed) -> None:
     client = TestClient(staffed.app, base_url=BASE)
     token = staff_token(staffed.maker, "operator")
