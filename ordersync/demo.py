@@ -9,9 +9,12 @@ run-scoped accounts; then the N orders arrive as they would in production:
 - Amazon and eBay send nothing: their orders are found by polling (``poll_account``).
 
 Every order then runs the pipeline (stock, payment, invoice, label) until it is
-``ready_to_ship`` or ``on_hold`` (the demo stock is set to run out). The summary counts what
-happened from our side and from the sandbox's ledgers (captures, labels). ``--json`` adds it as
-one JSON object on the last line of stdout; ``--keep`` leaves everything running.
+``ready_to_ship`` or ``on_hold`` (the demo stock is set to run out). Then the nightly full sync
+runs once, and its reconcile report is part of the summary (``ordersync sync status`` shows it
+too). The demo's staff user ``demo`` (an operator) gets a new password each run, printed. The
+summary counts what happened from our side and from the sandbox's ledgers (captures, labels).
+``--json`` adds it as one JSON object on the last line of stdout; ``--keep`` leaves everything
+running.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from core.logging import configure_logging
 from core.net import free_port
@@ -61,6 +64,8 @@ from sandbox.server import Sandbox
 __all__ = ["run_demo"]
 
 SEND_THREADS = 8
+#: how long the demo waits for its full sync (Amazon's getOrderItems refills at 0.5/s)
+RECONCILE_TIMEOUT_S = 120.0
 DEMO_USER = "demo"
 #: share of the N orders per marketplace (the rest goes to eBay)
 SPLIT = {"shopify": 0.4, "woocommerce": 0.3, "amazon": 0.15}
@@ -88,6 +93,32 @@ def _demo_user() -> str:
         except UserError:  # the first demo on this database
             add_user(session, DEMO_USER, password, Role.OPERATOR, actor="demo")
     return password
+
+
+def _reconcile(err: Console, *, timeout_s: float) -> dict[str, int] | None:
+    """The nightly full sync, run now: every account re-read, what polls and webhooks missed
+    repaired, and the night's report stored (``ordersync sync status`` shows it). Its totals,
+    or None if it is not done within ``timeout_s`` (it goes on in the background)."""
+    from db.models import ReconcileReport
+    from workflows.sync import full_sync_all
+
+    with session_scope() as session:
+        before = session.scalar(select(func.max(ReconcileReport.id))) or 0
+    full_sync_all.delay()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with session_scope() as session:
+            report = session.scalar(
+                select(ReconcileReport).where(
+                    ReconcileReport.id > before, ReconcileReport.finished_at.is_not(None)
+                )
+            )
+            if report is not None:
+                names = ("accounts", "seen", "created", "updated", "states_repaired", "errors")
+                return {name: int(getattr(report, name)) for name in names}
+        time.sleep(0.5)
+    err.print("[yellow]the nightly full sync is still running: see `ordersync sync status`")
+    return None
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -319,6 +350,10 @@ def run_demo(
     accounts: dict[str, str] = {}
     account_ids: list[int] = []
     with session_scope() as session:
+        # an earlier demo's accounts point at its sandbox, gone now: they are not polled again
+        session.execute(
+            update(ChannelAccount).where(ChannelAccount.name.like("demo-%")).values(active=False)
+        )
         for channel, spec in sandbox.accounts(secret).items():
             account = ChannelAccount(
                 name=f"demo-{channel}-{run}",
@@ -356,7 +391,7 @@ def run_demo(
         group.start("beat", ["beat"])
         err.print(f"starting web ({base_url}), worker and Beat; logs in {group.log_dir}")
         err.print(f"dashboard login: [bold]{DEMO_USER}[/bold] / [bold]{password}[/bold] "
-                  f"(operator) at {base_url}/login")  # fmt: skip
+                  f"(operator) at {base_url}/login", soft_wrap=True)  # fmt: skip
         wait_ready(base_url, broker, group, timeout_s=60)
 
         counts = _split(orders)
@@ -400,12 +435,14 @@ def run_demo(
                     err.print("[red]timed out waiting for the workers")
                     break
                 time.sleep(0.25)
+        reconciled = _reconcile(err, timeout_s=RECONCILE_TIMEOUT_S)
         rejected = [s for s in statuses if s != 200]
         if rejected:
             err.print(f"[red]{len(rejected)} deliveries were not accepted: {sorted(set(rejected))}")
         summary = _summary(
             account_ids, sandbox, orders, len(plan.deliveries), time.monotonic() - started
         )
+        summary["reconcile_report"] = reconciled
         _print_table(summary, err if as_json else out)
         if as_json:
             print(json.dumps(summary, sort_keys=True), flush=True)

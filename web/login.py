@@ -84,10 +84,14 @@ def _attempt(name: str, password: str, address: str) -> tuple[str, User | None]:
 
 @router.post("/login", response_class=HTMLResponse)
 async def login(request: Request) -> Response:
-    body = await request.body()
-    if len(body) > MAX_BODY:
-        return _form(request, error="That form was too large.", status=413)
-    fields: dict[str, Any] = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+    body = bytearray()
+    async for chunk in request.stream():  # at most MAX_BODY bytes held, whatever is sent
+        body += chunk
+        if len(body) > MAX_BODY:
+            return _form(request, error="That form was too large.", status=413)
+    fields: dict[str, Any] = {
+        k: v[0] for k, v in parse_qs(bytes(body).decode("utf-8", "replace")).items()
+    }
     name = str(fields.get("name", "")).strip()[:100]
     password = str(fields.get("password", ""))
     next_url = _local(fields.get("next"))

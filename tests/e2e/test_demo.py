@@ -25,8 +25,12 @@ def test_the_demo_on_embedded_defaults_reports_every_order_and_matching_ledgers(
 
     result = subprocess.run(
         [sys.executable, "-m", "ordersync", "demo", "--orders", "40", "--json", "--timeout", "180"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
 
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -39,6 +43,17 @@ def test_the_demo_on_embedded_defaults_reports_every_order_and_matching_ledgers(
     assert summary["labels_in_ledger"] == summary["documented_orders"] > 0
     assert summary["invoice_gaps"] == 0
     assert summary["duplicates_absorbed"] >= 0
+    # the nightly full sync found nothing the webhooks and polls had missed
+    report = summary["reconcile_report"]
+    assert report is not None, result.stderr[-3000:]
+    assert (report["accounts"], report["seen"], report["created"], report["errors"]) == (
+        4,
+        40,
+        0,
+        0,
+    )
+    # and the demo's staff login was printed
+    assert "dashboard login: demo / " in result.stderr
     # the embedded setup lives under var/ and the embedded redis-server is gone afterwards
     assert (tmp_path / "var" / "ordersync.db").exists()
     assert not (tmp_path / "var" / "redis" / "embedded.json").exists()

@@ -310,3 +310,13 @@ def test_a_login_form_posted_from_elsewhere_is_refused(staffed: Staffed) -> None
     )
     assert done.status_code == 403
     assert "ordersync_session" not in done.headers.get("set-cookie", "")
+
+
+def test_a_login_form_larger_than_a_form_is_refused_without_being_held(staffed: Staffed) -> None:
+    client = TestClient(staffed.app, base_url=BASE)
+    done = client.post(
+        "/login",
+        content=b"name=" + b"x" * 100_000,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert done.status_code == 413
