@@ -30,6 +30,7 @@ class Case:
     argv: list[str]
     says: str  # a piece of the one line the operator reads
     env: dict[str, str] = field(default_factory=dict)
+    stdin: str = ""  # what is typed (a password)
 
 
 CASES = [
@@ -76,6 +77,22 @@ CASES = [
     Case("retry-unknown-order", ["orders", "retry", "999999"], "order 999999 does not exist"),
     Case("list-negative-limit", ["orders", "list", "--limit", "-1"], "--limit"),
     Case("list-unknown-state", ["orders", "list", "--state", "nonsense"], "'nonsense'"),
+    # users and tokens
+    Case("user-unknown-role", ["users", "add", "zed", "--role", "king"], "unknown role 'king'",
+         stdin="a long enough password\n"),
+    Case("user-short-password", ["users", "add", "zed"], "at least 10 characters", stdin="short\n"),
+    Case("user-duplicate", ["users", "add", "vera"], "exists already",
+         stdin="a long enough password\n"),
+    Case("user-name-with-space", ["users", "add", "ve ra"], "no spaces",
+         stdin="a long enough password\n"),
+    Case("user-disable-unknown", ["users", "disable", "nobody"], "no user named 'nobody'"),
+    Case("user-reset-unknown", ["users", "reset-password", "nobody"], "no user named 'nobody'",
+         stdin="a long enough password\n"),
+    Case("token-above-the-users-role", ["users", "token", "create", "vera", "--name", "ci",
+                                        "--role", "admin"], "vera is viewer"),
+    Case("token-for-unknown-user", ["users", "token", "create", "nobody", "--name", "ci"],
+         "no user named 'nobody'"),
+    Case("token-revoke-unknown", ["users", "token", "revoke", "999"], "no token with id 999"),
 ]  # fmt: skip
 
 
@@ -100,6 +117,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 " VALUES ('HELD', 5, 3, CURRENT_TIMESTAMP)"
             )
         )
+        conn.execute(
+            sa.text(
+                "INSERT INTO users (name, password_hash, role, active, session_version,"
+                " created_at, updated_at) VALUES ('vera', 'not-a-hash', 'viewer', 1, 1,"
+                " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            )
+        )
     engine.dispose()
     return tmp
 
@@ -115,7 +139,7 @@ def _run(workdir: Path, case: Case) -> subprocess.CompletedProcess[str]:
     env |= {k: v.format(tmp=workdir) for k, v in case.env.items()}
     return subprocess.run(
         [sys.executable, "-m", "ordersync", *case.argv],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=60,
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=60, input=case.stdin,
     )  # fmt: skip
 
 
@@ -124,8 +148,12 @@ def _snapshot(workdir: Path) -> tuple[list[tuple[object, ...]], ...]:
     with engine.connect() as conn:
         accounts = conn.execute(sa.text("SELECT * FROM channel_accounts ORDER BY id")).all()
         stock = conn.execute(sa.text("SELECT * FROM stock_items ORDER BY sku")).all()
+        users = conn.execute(sa.text("SELECT * FROM users ORDER BY id")).all()
+        tokens = conn.execute(sa.text("SELECT * FROM api_tokens ORDER BY id")).all()
     engine.dispose()
-    return [tuple(a) for a in accounts], [tuple(s) for s in stock]
+    return [tuple(a) for a in accounts], [tuple(s) for s in stock], [tuple(u) for u in users], [
+        tuple(t) for t in tokens
+    ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
