@@ -404,12 +404,17 @@ def test_staff_log_in_find_an_order_by_buyer_retry_it_and_see_their_name_on_its_
         expect(retried.locator("td").nth(1)).to_have_text(staff)
         page.screenshot(path=str(shots / "3-retried.png"), full_page=True)
 
+        # and the sync page charts the orders received per hour, these among them
+        page.get_by_role("link", name="Sync", exact=True).click()
+        expect(page.locator("#orders-per-hour polyline[data-channel='shopify']")).to_have_count(1)
+        page.screenshot(path=str(shots / "4-sync.png"), full_page=True)
+
         # and after logging out, the order's page is out of reach again
         page.get_by_role("button", name="Log out").click()
         expect(page).to_have_url(re.compile(r"/login$"))
         page.goto(f"/orders/{stuck.id}")
         expect(page).to_have_url(re.compile(r"/login\?next="))
         expect(page.locator("#who")).to_have_count(0)
-        page.screenshot(path=str(shots / "4-logged-out.png"))
+        page.screenshot(path=str(shots / "5-logged-out.png"))
     finally:
         context.close()
