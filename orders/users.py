@@ -245,7 +245,7 @@ def create_token(
 def revoke_token(session: Session, token_id: int, *, actor: str) -> ApiToken:
     token = session.get(ApiToken, token_id)
     if token is None:
-        raise UserError(f"no token with id {token_id} (ordersync users token list)")
+        raise UserError(f"no token with id {token_id} (ordersync users list)")
     if token.revoked_at is None:
         token.revoked_at = utcnow()
     user = session.get(User, token.user_id)
