@@ -24,16 +24,16 @@ from tests.support.staff import bearer, staff_token
 from web.app import create_app
 
 
-class EagerChord:
-    """``celery.chord`` run in this process: the header tasks, then the callback with their
-    results (no worker here; the tasks themselves are the real ones)."""
+class EagerGroup:
+    """``celery.group`` run in this process, one task after the other (no worker here; the
+    tasks themselves are the real ones, and a failure stays in its result)."""
 
-    def __init__(self, header: list[Any], body: Any) -> None:
-        self.header, self.body = header, body
+    def __init__(self, signatures: Any) -> None:
+        self.signatures = list(signatures)
 
     def apply_async(self) -> None:
-        results = [signature.apply().get() for signature in self.header]
-        self.body.clone(args=(results,)).apply().get()
+        for signature in self.signatures:
+            signature.apply()
 
 
 @pytest.fixture
@@ -73,6 +73,10 @@ def test_a_full_sync_stores_what_it_repaired_and_sync_status_shows_it(
             credentials=spec.credentials,
         )
         session.add(account)
+        # and an account whose every sync fails for good (a typo in its rate limits)
+        session.add(ChannelAccount(name="typo-shop", channel="amazon", shop="ATVPDKIKX0DER",
+                                   api_base_url="http://127.0.0.1:9", credentials={"x": "y"},
+                                   rate_limits={"getOrdres": {"rate": 1, "burst": 1}}))  # fmt: skip
         session.flush()
         account_id = account.id
     first = sandbox.ebay.add_orders(3)
@@ -85,14 +89,16 @@ def test_a_full_sync_stores_what_it_repaired_and_sync_status_shows_it(
     # poll saw them (a missed webhook, a poll that failed all day)
     sandbox.ebay.add_orders(2)
     sandbox.ebay.cancel_order(first[0])
-    monkeypatch.setattr(sync, "chord", EagerChord)
-    assert sync.full_sync_all.apply().get() == 1
+    monkeypatch.setattr(sync, "group", EagerGroup)
+    assert sync.full_sync_all.apply().get() == 2
 
-    # then the night's report is a row: 5 seen, 2 missing here and created, the cancellation
-    # repaired
+    # then the night's report is a row, finished by the last account's run: 5 seen, 2 missing
+    # here and created, the cancellation repaired, and the account that failed as an error
     with maker() as session:
         report = session.scalars(select(ReconcileReport)).one()
-        full = session.scalars(select(SyncRun).where(SyncRun.kind == "full")).one()
+        full = session.scalars(
+            select(SyncRun).where(SyncRun.kind == "full", SyncRun.channel_account_id == account_id)
+        ).one()
     assert (
         report.accounts,
         report.seen,
@@ -100,14 +106,15 @@ def test_a_full_sync_stores_what_it_repaired_and_sync_status_shows_it(
         report.updated,
         report.states_repaired,
         report.errors,
-    ) == (1, 5, 2, 1, 1, 0)
+    ) == (2, 5, 2, 1, 1, 1)
     assert report.finished_at is not None and full.reconcile_report_id == report.id
 
     # and `ordersync sync status --json` shows the poll, the next one and the report
     with pytest.raises(SystemExit) as done:
         main(["sync", "status", "--json"])
     assert done.value.code == 0
-    (row,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # after the log lines
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # after the log lines
+    row = next(r for r in rows if r["account"] == "ebay-shop")
     assert row["account"] == "ebay-shop" and row["polled"] is True
     assert row["last_poll"]["status"] == "ok" and row["last_poll"]["seen"] == 3
     cursor = dt.datetime.fromisoformat(row["cursor"])
@@ -119,13 +126,13 @@ def test_a_full_sync_stores_what_it_repaired_and_sync_status_shows_it(
     assert {
         k: row["reconcile_report"][k]
         for k in ("seen", "created", "updated", "states_repaired", "errors")
-    } == {"seen": 5, "created": 2, "updated": 1, "states_repaired": 1, "errors": 0}
+    } == {"seen": 5, "created": 2, "updated": 1, "states_repaired": 1, "errors": 1}
 
     # and the dashboard's page and the JSON API say the same, with the orders in the chart
     client = TestClient(create_app(), base_url="http://ordersync.local")
     viewer = bearer(staff_token(maker, "viewer"))
     api = client.get("/api/sync", headers=viewer).json()
-    assert api["accounts"][0]["reconcile_report"]["created"] == 2
+    assert [a["reconcile_report"]["created"] for a in api["accounts"]] == [2, 2]
     assert sum(api["orders_per_hour"]["ebay"]) == 5
     page = client.get("/sync", headers=viewer)
     assert page.status_code == 200
