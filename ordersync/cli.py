@@ -96,10 +96,16 @@ def web(
     _setup_logging()
     settings = get_settings()
     _check_database()
+    if workers > 1:  # /metrics adds up the webhooks every process counted
+        _multiprocess_metrics()
     if settings.web_metrics_port:  # /metrics without a token, where only Prometheus reaches
         from prometheus_client import start_http_server
 
-        start_http_server(settings.web_metrics_port, addr=host or settings.web_host)
+        from web.metrics import scrape_registry
+
+        start_http_server(
+            settings.web_metrics_port, addr=host or settings.web_host, registry=scrape_registry()
+        )
     uvicorn.run(
         # an import string, so that each of several processes builds its own app
         "web.app:create_app",
@@ -146,9 +152,9 @@ def worker(
     )  # fmt: skip
 
 
-def _worker_metrics(port: int, host: str) -> None:
-    """Multiprocess mode for this worker and its forked pool (a directory of its own, emptied
-    now and removed at exit), and an exporter of their sum on ``port``. Runs before anything
+def _multiprocess_metrics() -> None:
+    """prometheus_client's multiprocess mode for this process and the ones it starts (a
+    directory of its own, removed at exit), so that their counters add up. Runs before anything
     imports prometheus_client, which reads the directory's variable when it is imported."""
     import atexit
     import shutil
@@ -159,6 +165,12 @@ def _worker_metrics(port: int, host: str) -> None:
     directory = tempfile.mkdtemp(prefix=f"metrics-{os.getpid()}-")
     atexit.register(shutil.rmtree, directory, ignore_errors=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+
+
+def _worker_metrics(port: int, host: str) -> None:
+    """Multiprocess mode for this worker and its forked pool, and an exporter of their sum on
+    ``port``."""
+    _multiprocess_metrics()
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from db.session import get_engine
 from web import admin, api, dashboard, login, sync_pages, webhooks
 from web.auth import STAFF_RESPONSES, StaffGate
-from web.metrics import register as register_metrics
+from web.metrics import scrape_registry
 
 __all__ = ["create_app"]
 
@@ -29,7 +29,6 @@ class Health(BaseModel):
 
 def create_app() -> FastAPI:
     app = FastAPI(title="ordersync", version="0.1.0")
-    register_metrics()
     app.add_middleware(StaffGate)
     # outermost: webhooks are answered before the gate, any other middleware or routing runs
     app.add_middleware(webhooks.WebhookIntake)
@@ -50,6 +49,7 @@ def create_app() -> FastAPI:
     @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse, responses=STAFF_RESPONSES)
     def metrics() -> PlainTextResponse:
         """Prometheus text format (a token of any role, or WEB_METRICS_PORT without one)."""
-        return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
+        body = generate_latest(scrape_registry()).decode()
+        return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
     return app

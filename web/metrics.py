@@ -13,12 +13,14 @@ The task series come from each worker's own exporter (``workflows/metrics.py``).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
 import structlog
-from prometheus_client import REGISTRY, Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
@@ -28,7 +30,14 @@ from db.models import ChannelAccount, Order, OutboxMessage
 from db.session import get_sessionmaker
 from domain.states import OrderState
 
-__all__ = ["GAUGES", "WEBHOOKS_DUPLICATE", "WEBHOOKS_RECEIVED", "WEBHOOKS_REJECTED", "register"]
+__all__ = [
+    "GAUGES",
+    "WEBHOOKS_DUPLICATE",
+    "WEBHOOKS_RECEIVED",
+    "WEBHOOKS_REJECTED",
+    "register",
+    "scrape_registry",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -160,3 +169,16 @@ def register() -> None:
     if not _registered:
         REGISTRY.register(SystemCollector())
         _registered = True
+
+
+def scrape_registry() -> CollectorRegistry:
+    """What ``/metrics`` serves: this process's registry; or, when several web processes share
+    a port (``ordersync web --workers N``: prometheus_client's multiprocess mode), the sum of
+    their counters and the scrape-time gauges, read once."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        register()
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(SystemCollector())
+    return registry

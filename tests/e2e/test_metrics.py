@@ -15,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from core.net import free_port
 from integrations.shopify.webhooks import sign
+from ordersync.supervisor import ProcessGroup
+from tests.support.stack import wait_until
 from tests.support.staff import bearer
 from tests.support.world import SECRET, World, fixture_order, running_world, stock_for
 
@@ -126,3 +128,61 @@ def test_web_and_worker_metrics_count_what_a_run_did(
     assert not [
         key for key, value in worker.items() if key[0] == "ordersync_task_failures_total" and value
     ]
+
+
+def test_several_web_processes_on_one_port_add_up_their_webhook_counts(
+    world_and_port: tuple[World, int], fixtures_dir: Path
+) -> None:
+    # given `ordersync web --workers 2` (the kernel spreads connections over both processes)
+    world, _ = world_and_port
+    port = free_port()
+    env = {**world.stack.env, "ORDERSYNC_WEB_PORT": str(port)}
+    group = ProcessGroup(env=env, log_dir=Path(world.stack.env["ORDERSYNC_VAR_DIR"]) / "web2")
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        group.start("web2", ["web", "--workers", "2"])
+        wait_until(lambda: _healthy(base_url), timeout=60, what="web --workers 2 up")
+        shop = world.account()
+
+        # when eight deliveries arrive, on connections of their own, one with a bad signature
+        for _ in range(7):
+            order = fixture_order(fixtures_dir)
+            stock_for(world, order)
+            assert _post(base_url, shop, json.dumps(order).encode(), str(uuid.uuid4())) == 200
+        assert _post(base_url, shop, b"{}", str(uuid.uuid4()), secret="wrong secret") == 401
+
+        # then any scrape counts all eight, whichever process answers it
+        for _ in range(3):
+            samples = _scrape(f"{base_url}/metrics", bearer(world.staff))
+            assert samples[("ordersync_webhooks_received_total", (("channel", "shopify"),))] == 8
+            assert (
+                samples[
+                    (
+                        "ordersync_webhooks_rejected_total",
+                        (("channel", "shopify"), ("reason", "bad_signature")),
+                    )
+                ]
+                == 1
+            )
+    finally:
+        group.stop(timeout_s=20)
+
+
+def _healthy(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _post(base_url: str, shop: str, body: bytes, webhook_id: str, secret: str = SECRET) -> int:
+    headers = {
+        "Content-Type": "application/json",
+        "X-Shopify-Topic": "orders/create",
+        "X-Shopify-Hmac-Sha256": sign(secret, body),
+        "X-Shopify-Webhook-Id": webhook_id,
+        "Connection": "close",
+    }
+    return httpx.post(
+        f"{base_url}/webhooks/shopify/{shop}", content=body, headers=headers
+    ).status_code

@@ -71,7 +71,6 @@ def test_every_generated_request_gets_no_500_and_an_answer_that_fits_the_schema(
     assert {op.path for op in operations} >= {
         "/api/orders",
         "/api/orders/{order_id}/retry",
-        "/webhooks/{channel}/{account}",
         "/api/sync",
     }
 
