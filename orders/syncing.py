@@ -10,7 +10,10 @@ worker killed mid-slice loses at most the page it was reading: the next slice (t
 message, or the sweeper's, see ``stalled_runs``) starts again from the last committed page.
 
 When the last page is committed the run is ``ok`` and the account's cursor moves to the end
-of the window (never back). Nothing is kept in memory from one page to the next, so a backfill
+of the window (never back). A nightly full sync's run points at the night's
+``reconcile_reports`` row and counts the orders it created (missing here) and the
+cancellations it repaired; the run that ends the night (done, or failed for good) totals the
+row (``finish_report``). Nothing is kept in memory from one page to the next, so a backfill
 of any size runs at flat memory.
 """
 
@@ -22,12 +25,13 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import or_, select, update
+import structlog
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.models import ChannelAccount, SyncRun
-from db.session import Transaction
+from db.models import ChannelAccount, ReconcileReport, SyncRun
+from db.session import Transaction, rowcount
 from domain.canonical import CanonicalOrder
 from orders.intake import IntakeOutcome, IntakeResult, apply_order
 
@@ -37,10 +41,13 @@ __all__ = [
     "Page",
     "PageSource",
     "SliceOutcome",
+    "finish_report",
     "run_slice",
     "stalled_runs",
     "start_run",
 ]
+
+log = structlog.get_logger(__name__)
 
 #: a run still has pages to read and someone reading them
 ACTIVE = ("running", "retrying")
@@ -86,6 +93,7 @@ def start_run(
     *,
     window_from: dt.datetime,
     window_to: dt.datetime,
+    reconcile_report_id: int | None = None,
 ) -> int:
     """The account's run of ``kind`` that is still unfinished (a retried or parked poll goes
     on where it stood), else a new one over the window."""
@@ -101,7 +109,8 @@ def start_run(
     now = utcnow()
     run = SyncRun(channel_account_id=account_id, kind=kind, status="running",
                   window_from=window_from, window_to=window_to, started_at=now,
-                  heartbeat_at=now, pages=0)  # fmt: skip
+                  heartbeat_at=now, pages=0,
+                  reconcile_report_id=reconcile_report_id)  # fmt: skip
     session.add(run)
     session.flush()
     return run.id
@@ -133,17 +142,21 @@ def run_slice(
     pages = orders = 0
     for page in source.fetch_pages(since, until, token):
         with transaction() as session:
-            seen = changed = 0
+            seen = changed = created = repaired = 0
             for order in page.orders:
                 result = apply_order(session, account_id, order, actor=f"{kind}:{channel}")
                 after_intake(session, result)
                 seen += 1
                 changed += result.outcome != IntakeOutcome.STALE
+                created += result.outcome == IntakeOutcome.CREATED
+                repaired += result.cancelled_now  # cancelled on the marketplace, not here yet
             values = {
                 "page_token": page.resume,
                 "pages": SyncRun.pages + 1,
                 "orders_seen": SyncRun.orders_seen + seen,
                 "orders_changed": SyncRun.orders_changed + changed,
+                "orders_created": SyncRun.orders_created + created,
+                "states_repaired": SyncRun.states_repaired + repaired,
                 "heartbeat_at": utcnow(),
             }
             if source.last_window_end is not None:  # the marketplace bounded the window
@@ -173,6 +186,42 @@ def _finish(session: Session, run_id: int, account_id: int) -> None:
     if account.poll_cursor is None or run.window_to > account.poll_cursor:
         account.poll_cursor = run.window_to
     run.status, run.finished_at, run.page_token, run.error = "ok", utcnow(), None, None
+    if run.reconcile_report_id is not None:
+        session.flush()
+        finish_report(session, run.reconcile_report_id)
+
+
+def finish_report(session: Session, report_id: int) -> bool:
+    """Total the night's report if every account's run of it has ended (``ok``, or ``failed``
+    for good); once, whoever gets here last (a conditional update). True if this call did."""
+    report = session.get(ReconcileReport, report_id)
+    if report is None or report.finished_at is not None:
+        return False
+    latest = (
+        select(func.max(SyncRun.id))
+        .where(SyncRun.reconcile_report_id == report_id)
+        .group_by(SyncRun.channel_account_id)
+    )
+    runs = session.scalars(select(SyncRun).where(SyncRun.id.in_(latest))).all()
+    if len(runs) < report.accounts or any(r.status not in ("ok", "failed") for r in runs):
+        return False
+    totals = {
+        "seen": sum(r.orders_seen for r in runs),
+        "created": sum(r.orders_created for r in runs),
+        "updated": sum(r.orders_changed - r.orders_created for r in runs),
+        "states_repaired": sum(r.states_repaired for r in runs),
+        "errors": sum(1 for r in runs if r.status == "failed"),
+    }
+    finished = rowcount(
+        session.execute(
+            update(ReconcileReport)
+            .where(ReconcileReport.id == report_id, ReconcileReport.finished_at.is_(None))
+            .values(finished_at=utcnow(), **totals)
+        )
+    )
+    if finished:
+        log.info("sync.reconcile", report_id=report_id, accounts=report.accounts, **totals)
+    return bool(finished)
 
 
 def stalled_runs(session: Session, *, idle_for: dt.timedelta, limit: int) -> list[int]:

@@ -12,8 +12,11 @@
   next. The cursor moves when the whole window was read. A marketplace that asks us to wait
   longer than ``PARK_AFTER_S`` parks the run (``parked``, its token kept; the sweeper publishes
   it again when the wait is over); a run whose worker died is resumed by the sweeper.
-- ``ordersync.sync.full_sync_all`` (Beat, nightly): ``full_sync_account(a)`` for every account,
-  each its own run re-reading ``full_sync_days`` days whatever the cursor says.
+- ``ordersync.sync.full_sync_all`` (Beat, nightly): a ``reconcile_reports`` row, then
+  ``full_sync_account(a, report_id)`` for every account, each its own run re-reading
+  ``full_sync_days`` days whatever the cursor says; the run that ends the night (done, or
+  failed for good) totals the report (``orders.syncing.finish_report``; ``ordersync sync
+  status``, ``/sync``).
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ from sqlalchemy.orm import Session
 
 from core.settings import get_settings
 from db.base import utcnow
-from db.models import ChannelAccount, OutboxMessage, SyncRun
+from db.models import ChannelAccount, OutboxMessage, ReconcileReport, SyncRun
 from integrations.base import ConnectorSeams, MarketplaceConnector
-from orders.syncing import UNFINISHED, run_slice, start_run
+from orders.syncing import UNFINISHED, finish_report, run_slice, start_run
 from workflows.base import OrdersyncTask, describe
 from workflows.celery_app import app
 from workflows.locks import LockBusy, redis_lock
@@ -47,7 +50,11 @@ def _connector(account: ChannelAccount) -> MarketplaceConnector:
 
 
 def _start(
-    task: OrdersyncTask, account_id: int, kind: str, since: dt.datetime | None
+    task: OrdersyncTask,
+    account_id: int,
+    kind: str,
+    since: dt.datetime | None,
+    report_id: int | None = None,
 ) -> int | None:
     """The account's unfinished run of ``kind``, else a new one (None: inactive account)."""
     settings = get_settings()
@@ -59,7 +66,8 @@ def _start(
         if since is None:
             cursor = account.poll_cursor or now - dt.timedelta(days=settings.first_poll_days)
             since = cursor - dt.timedelta(seconds=settings.poll_overlap_s)
-        return start_run(session, account_id, kind, window_from=since, window_to=now)
+        return start_run(session, account_id, kind, window_from=since, window_to=now,
+                         reconcile_report_id=report_id)  # fmt: skip
 
 
 def _slice(task: OrdersyncTask, run_id: int) -> dict[str, Any]:
@@ -92,6 +100,8 @@ def _slice(task: OrdersyncTask, run_id: int) -> dict[str, Any]:
                         .values(status=status, error=error,
                                 finished_at=utcnow() if status == "failed" else None)
                     )  # fmt: skip
+                    if status == "failed" and run.reconcile_report_id is not None:
+                        finish_report(session, run.reconcile_report_id)  # an error in it
                 raise
             finally:
                 if connector is not None:
@@ -159,11 +169,13 @@ def poll_account(self: OrdersyncTask, account_id: int) -> dict[str, Any]:
 
 
 @app.task(base=SyncTask, bind=True, name="ordersync.sync.full_sync_account", ignore_result=True)
-def full_sync_account(self: OrdersyncTask, account_id: int) -> dict[str, Any]:
+def full_sync_account(
+    self: OrdersyncTask, account_id: int, report_id: int | None = None
+) -> dict[str, Any]:
     """Start a full sync of the account (``full_sync_days`` back, whatever the cursor says),
-    or go on with its unfinished one."""
+    part of the night's report ``report_id``, or go on with its unfinished one."""
     since = utcnow() - dt.timedelta(days=get_settings().full_sync_days)
-    run_id = _start(self, account_id, "full", since)
+    run_id = _start(self, account_id, "full", since, report_id)
     if run_id is None:
         return {"account_id": account_id, "status": "inactive"}
     return _slice(self, run_id)
@@ -179,12 +191,18 @@ def sync_slice(self: OrdersyncTask, run_id: int) -> dict[str, Any]:
 @app.task(base=OrdersyncTask, bind=True, name="ordersync.sync.full_sync_all", ignore_result=True)
 def full_sync_all(self: OrdersyncTask) -> int:
     """Nightly: a full sync of every account with credentials, each independent of the
-    others (one account's failure is its own run's)."""
+    others (one account's failure is its own run's, and an error in the night's report)."""
     with self.transaction() as session:
         accounts = session.scalars(select(ChannelAccount).where(ChannelAccount.active)).all()
         ids = [a.id for a in accounts if a.credentials]
+        if not ids:
+            return 0
+        report = ReconcileReport(accounts=len(ids))
+        session.add(report)
+        session.flush()
+        report_id = report.id
     for account_id in ids:
-        full_sync_account.delay(account_id)
+        full_sync_account.delay(account_id, report_id=report_id)
     return len(ids)
 
 
