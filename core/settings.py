@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     personal_data_retention_days: int = Field(default=90, ge=1)
     idempotency_retention_days: int = Field(default=30, ge=2)
 
+    # shipped parcels: the carrier's tracking is asked this often until delivered or lost
+    track_interval_s: int = Field(default=300, ge=1)
+
     # polling: webhooks get lost, so every account is also polled (window = cursor - overlap)
     poll_interval_s: int = Field(default=300, ge=5)
     poll_overlap_s: int = Field(default=300, ge=0)

@@ -3,7 +3,7 @@
 Uniqueness that the invariants rest on lives here, not in Python:
 ``orders(channel_account_id, external_id)``, ``inbox_events(channel_account_id, dedupe_key)``,
 ``idempotency_keys(key)``, ``invoices(series, number)``, ``payments(order_id)``,
-``labels(idempotency_key)``.
+``labels(idempotency_key)``, ``outbox_messages(idempotency_key)`` (one push per effect).
 """
 
 from __future__ import annotations
@@ -45,11 +45,13 @@ __all__ = [
     "Order",
     "OrderEvent",
     "OrderLine",
+    "OutboxAttempt",
     "OutboxMessage",
     "Payment",
     "ReconcileReport",
     "Refund",
     "Shipment",
+    "ShipmentLine",
     "StockItem",
     "StockReservation",
     "SyncRun",
@@ -122,6 +124,9 @@ class Order(Base):
     # fencing token: every state write checks and bumps it
     version: Mapped[int] = mapped_column(Integer, default=1)
     # set when state is needs_attention: where it failed, why, after how many attempts
+    # staff put the order on hold (why): it does not ship until released; the pipeline
+    # prepares it meanwhile
+    held_reason: Mapped[str | None] = mapped_column(String(500))
     failed_step: Mapped[str | None] = mapped_column(String(50))
     last_error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -231,6 +236,37 @@ class OutboxMessage(Base):
     created_at: Mapped[dt.datetime] = created_at()
     published_at: Mapped[dt.datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # an effect on a marketplace (``fulfilment``, ``cancellation``): written in the transaction
+    # of the state change that causes it, delivered by ``ordersync.outbound.deliver`` under
+    # ``idempotency_key`` (from our ids), each try an ``outbox_attempts`` row; None = a task
+    # to publish (parked work)
+    kind: Mapped[str | None] = mapped_column(String(20))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # what the effect says (tracking number and carrier, the cancellation's reason)
+    payload: Mapped[JSONDict | None] = mapped_column(JSON)
+    # pending → delivered, or failed (retries exhausted, refused, no credentials: staff retry)
+    status: Mapped[str | None] = mapped_column(String(20))
+    shipment_id: Mapped[int | None] = mapped_column(ForeignKey("shipments.id", ondelete="SET NULL"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[dt.datetime | None]
+
+
+class OutboxAttempt(Base):
+    """One try at delivering an outbox message to the marketplace: how it ended, the HTTP
+    status the marketplace answered (if any), the error and how long it took."""
+
+    __tablename__ = "outbox_attempts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[int] = mapped_column(
+        ForeignKey("outbox_messages.id", ondelete="CASCADE"), index=True
+    )
+    # delivered | retry (a retryable error: it goes again) | failed (refused, or for good)
+    status: Mapped[str] = mapped_column(String(20))
+    response_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[dt.datetime] = created_at()
 
 
 class IdempotencyKey(Base):
@@ -369,17 +405,48 @@ class Invoice(Base):
 
 
 class Shipment(Base):
-    """The parcel of an order: its carrier, tracking number and where it is."""
+    """A parcel of an order: its carrier, tracking number and where it is (pending →
+    labelled → shipped → delivered; ``voided`` when its label was voided, ``exception`` when
+    the carrier lost it or sends it back)."""
 
     __tablename__ = "shipments"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), unique=True)
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
     carrier: Mapped[str] = mapped_column(String(50))
     status: Mapped[str] = mapped_column(String(20), default="pending")
     tracking_number: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[dt.datetime] = created_at()
     shipped_at: Mapped[dt.datetime | None]
+    delivered_at: Mapped[dt.datetime | None]
+    # the carrier's last tracking status code (ShipEngine's: AC, IT, DE, EX, …), and when its
+    # tracking was last asked for
+    tracking_status: Mapped[str | None] = mapped_column(String(10))
+    tracked_at: Mapped[dt.datetime | None]
+    # where it leaves from: the marketplace's location id (a Shopify location GID) or our
+    # stock location's code (``main``); tying it to our stock locations follows issue 10
+    location: Mapped[str] = mapped_column(String(100), default="main", server_default="main")
+
+    lines: Mapped[list[ShipmentLine]] = relationship(
+        cascade="all, delete-orphan", order_by="ShipmentLine.id"
+    )
+
+
+class ShipmentLine(Base):
+    """How many units of one order line travel in one shipment. The line is named by its
+    marketplace id (``order_lines.external_id``), which stays when a marketplace update
+    rewrites the order's lines."""
+
+    __tablename__ = "shipment_lines"
+    __table_args__ = (
+        UniqueConstraint("shipment_id", "line_external_id"),
+        CheckConstraint("quantity > 0", name="quantity_positive"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    shipment_id: Mapped[int] = mapped_column(ForeignKey("shipments.id", ondelete="CASCADE"))
+    line_external_id: Mapped[str] = mapped_column(ExternalId)
+    quantity: Mapped[int] = mapped_column(Integer)
 
 
 class Label(Base):
@@ -392,8 +459,11 @@ class Label(Base):
     carrier: Mapped[str] = mapped_column(String(50))
     idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
     tracking_number: Mapped[str] = mapped_column(String(100))
+    # the carrier's id of the label (to void it)
+    external_id: Mapped[str | None] = mapped_column(String(100))
     pdf: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[dt.datetime] = created_at()
+    voided_at: Mapped[dt.datetime | None]
 
 
 class SyncRun(Base):

@@ -1,6 +1,7 @@
 """Order states and the one table of allowed transitions.
 
-The happy path is ``new → reserved → paid → documented → ready_to_ship → shipped → delivered``.
+The happy path is ``new → reserved → paid → documented → ready_to_ship → shipped → delivered``
+(``partially_shipped`` between ready and shipped while some of an order's shipments have left).
 Side states: ``on_hold`` (stock short; released automatically when stock arrives),
 ``cancelled`` (by the marketplace or staff; releases stock, credits the invoice) and
 ``needs_attention`` (a step failed for good; staff retry resumes that step).
@@ -19,7 +20,8 @@ class OrderState(StrEnum):
     PAID = "paid"  # payment captured (or collected by the marketplace and recorded)
     DOCUMENTED = "documented"  # invoice issued and label bought
     READY_TO_SHIP = "ready_to_ship"  # waiting for the parcel to leave
-    SHIPPED = "shipped"  # tracking pushed back to the marketplace
+    PARTIALLY_SHIPPED = "partially_shipped"  # some of its shipments left, not all
+    SHIPPED = "shipped"  # every shipment left (its tracking on its way to the marketplace)
     DELIVERED = "delivered"  # carrier confirmed delivery
     ON_HOLD = "on_hold"  # stock short; resumes when stock arrives
     CANCELLED = "cancelled"  # final; stock released, invoice credited
@@ -35,14 +37,23 @@ TRANSITIONS: dict[OrderState, frozenset[OrderState]] = {
     _S.RESERVED: frozenset({_S.PAID}),
     _S.PAID: frozenset({_S.DOCUMENTED}),
     _S.DOCUMENTED: frozenset({_S.READY_TO_SHIP}),
-    _S.READY_TO_SHIP: frozenset({_S.SHIPPED}),
+    _S.READY_TO_SHIP: frozenset({_S.SHIPPED, _S.PARTIALLY_SHIPPED}),
+    _S.PARTIALLY_SHIPPED: frozenset({_S.SHIPPED, _S.NEEDS_ATTENTION}),
     _S.SHIPPED: frozenset({_S.DELIVERED}),
     _S.DELIVERED: frozenset(),
     _S.ON_HOLD: frozenset({_S.RESERVED}),
     _S.CANCELLED: frozenset(),
     # staff retry resumes the failed step: back to the state that step starts from
-    _S.NEEDS_ATTENTION: frozenset({_S.NEW, _S.RESERVED, _S.PAID, _S.DOCUMENTED, _S.READY_TO_SHIP}),
+    _S.NEEDS_ATTENTION: frozenset(
+        {
+            _S.NEW, _S.RESERVED, _S.PAID, _S.DOCUMENTED, _S.READY_TO_SHIP,
+            _S.PARTIALLY_SHIPPED, _S.SHIPPED,
+        }
+    ),
 }
+# shipped, but the tracking did not reach the marketplace (no credentials, a refused push) or
+# the carrier lost the parcel: staff look; their retry of the push puts it back to shipped
+TRANSITIONS[_S.SHIPPED] = TRANSITIONS[_S.SHIPPED] | {_S.NEEDS_ATTENTION}
 for _state in _ACTIVE:
     TRANSITIONS[_state] = TRANSITIONS[_state] | {_S.CANCELLED, _S.NEEDS_ATTENTION}
 TRANSITIONS[_S.NEEDS_ATTENTION] = TRANSITIONS[_S.NEEDS_ATTENTION] | {_S.CANCELLED}

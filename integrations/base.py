@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ __all__ = [
     "ConnectorSeams",
     "MarketplaceConnector",
     "OrderPage",
+    "ShipmentGroup",
     "orders_of",
 ]
 
@@ -68,6 +69,15 @@ def orders_of(pages: Iterator[OrderPage]) -> Iterator[CanonicalOrder]:
         yield from page.orders
 
 
+@dataclass(frozen=True)
+class ShipmentGroup:
+    """Lines the marketplace ships together from one of its locations (Shopify: the open
+    fulfillment orders of one location): ``lines`` = (marketplace line id, quantity)."""
+
+    location: str
+    lines: tuple[tuple[str, int], ...]
+
+
 class MarketplaceConnector(Protocol):
     #: the upper bound of the last ``fetch_updated_orders`` as the marketplace applied it, when
     #: it may cover less than was asked (Amazon only lists changes at least two minutes old);
@@ -89,10 +99,37 @@ class MarketplaceConnector(Protocol):
 
     def get_order(self, external_id: str) -> CanonicalOrder: ...
 
+    def shipment_groups(self, external_id: str) -> list[ShipmentGroup]:
+        """How the marketplace splits the order's open lines by location (one shipment each);
+        ``[]``: it does not (the order ships from our one location)."""
+        ...
+
     def push_fulfillment(
-        self, external_id: str, *, tracking_number: str, carrier: str, idempotency_key: str
+        self,
+        external_id: str,
+        *,
+        tracking_number: str,
+        carrier: str,
+        idempotency_key: str,
+        lines: Sequence[tuple[str, int]] = (),
+        location: str = "",
+        last: bool = True,
     ) -> None:
-        """Tell the marketplace the order shipped, with its tracking number."""
+        """Tell the marketplace a shipment left, with its tracking number: ``lines`` =
+        (marketplace line id, quantity) in it (none: everything still open), ``location``
+        where it left from, ``last``: the order's last shipment."""
+        ...
+
+    def push_cancellation(self, external_id: str, *, reason: str, idempotency_key: str) -> None:
+        """Tell the marketplace we cancelled the order (a no-op when it is cancelled there
+        already); a marketplace where the seller cannot cancel raises ``PermanentError``."""
+        ...
+
+    def push_delivery(
+        self, external_id: str, *, tracking_number: str, delivered_at: str, idempotency_key: str
+    ) -> None:
+        """Tell the marketplace the parcel with this tracking number was delivered (only for a
+        marketplace that takes it: ``Marketplace.takes_delivery``)."""
         ...
 
     def push_stock(self, quantities: Mapping[str, int]) -> None:

@@ -105,3 +105,10 @@ class Marketplace:
     webhooks: WebhookReceiver | None = None
     #: webhook topic → handler; a topic not listed is stored and marked ``ignored``
     topic_handlers: Mapping[str, TopicHandler] = field(default_factory=dict)
+    #: the seller can cancel an order through the API (``push_cancellation``); False: staff
+    #: cancel it in the marketplace's own admin (Amazon), and ordersync says so
+    seller_cancels: bool = True
+    #: the marketplace splits an order by its locations (``shipment_groups`` asks it): Shopify
+    splits_by_location: bool = False
+    #: the marketplace takes delivery events (``push_delivery``: Shopify's fulfillment events)
+    takes_delivery: bool = False

@@ -3,8 +3,9 @@
 - ``buy_label``: one label per order from the carrier (key ``label:{order_id}``, claimed before
   the call), recorded as the order's shipment and label rows; a label bought before is reused.
 - ``mark_ready_to_ship``: invoice and label there → ``documented`` → ``ready_to_ship``.
-- ``ship``: the parcel left: the tracking number goes back to the marketplace (key
-  ``fulfill:{order_id}``), held stock leaves the shelf, the order is ``shipped``.
+- ``ship``: the parcel left: held stock leaves the shelf, the order is ``shipped`` and the
+  tracking number for the marketplace is written to the outbox in that same transaction
+  (``orders.outbox``, key ``fulfill:{order_id}:s{shipment_id}``).
 
 An order the marketplace fulfils itself (Amazon FBA, ``fulfilled_by_marketplace``) needs none
 of that: ``buy_label`` buys nothing (a ``label_not_needed`` event), the invoice alone makes it
@@ -14,20 +15,22 @@ of ours consumed and no shipment or label row.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import bindparam, exists, func, insert, select
+from sqlalchemy.orm import Session
 
 from core.settings import get_settings
 from db.base import table, utcnow
-from db.models import ChannelAccount, Invoice, Label, Order, OrderEvent, OrderLine, Shipment
+from db.models import Invoice, Label, Order, OrderEvent, OrderLine, Shipment, ShipmentLine
 from db.session import Transaction, core
 from domain.canonical import Address
 from domain.errors import PermanentError
 from domain.parcel import Parcel
 from domain.states import OrderState
-from orders import idempotency, stock
+from orders import idempotency, outbox, stock
 from orders.intake import record_event
 from orders.steps import FollowUp, Outcome
 from orders.transitions import IllegalTransition, advance, load_for_update, transition
@@ -36,13 +39,15 @@ __all__ = [
     "LABEL_NOT_NEEDED",
     "BoughtLabel",
     "Carrier",
-    "PushFulfilment",
     "buy_label",
+    "cancelled_after_shipping",
+    "fulfilled_elsewhere",
     "mark_ready_to_ship",
     "marketplace_shipped",
     "parcel_for",
     "ship",
     "ship_from",
+    "void_labels",
 ]
 
 S = OrderState
@@ -62,7 +67,10 @@ class BoughtLabel(Protocol):
 
 
 class Carrier(Protocol):
-    """The carrier: one label per idempotency key."""
+    """The carrier: one label per idempotency key; a label voided is refunded (voiding it
+    again is approved too)."""
+
+    def void_label(self, label_id: str) -> bool: ...
 
     def buy_label(
         self,
@@ -73,21 +81,6 @@ class Carrier(Protocol):
         parcel: Parcel,
         idempotency_key: str,
     ) -> BoughtLabel: ...
-
-
-class PushFulfilment(Protocol):
-    """Tell the marketplace of ``account`` that its order ``external_id`` shipped (safe to
-    repeat with the same ``idempotency_key``)."""
-
-    def __call__(
-        self,
-        account: ChannelAccount,
-        external_id: str,
-        *,
-        tracking_number: str,
-        carrier: str,
-        idempotency_key: str,
-    ) -> None: ...
 
 
 def ship_from() -> Address:
@@ -113,34 +106,86 @@ def marketplace_shipped(order: Order) -> bool:
     return bool(order.fulfilled_by_marketplace) and order.fulfillment_status == "fulfilled"
 
 
+class Group(Protocol):
+    """Lines the marketplace ships together from one of its locations (see ``ShipmentPlan``)."""
+
+    @property
+    def location(self) -> str: ...
+    @property
+    def lines(self) -> Sequence[tuple[str, int]]: ...
+
+
+class ShipmentPlan(Protocol):
+    """How the order's marketplace groups its open lines by location (Shopify's fulfillment
+    orders): (marketplace line id, quantity) per group, one shipment each; ``[]``: one
+    shipment of everything from our location."""
+
+    def __call__(self, order_id: int) -> Sequence[Group]: ...
+
+
+def one_shipment(order_id: int) -> Sequence[Group]:
+    """The plan of a marketplace that does not split orders by location."""
+    return []
+
+
+#: where a shipment leaves from when the marketplace does not say: our stock location's code
+MAIN_LOCATION = "main"
+#: states in which buy_label labels shipments: the pipeline's, and a re-bought label's
+_LABEL_STATES = frozenset({S.PAID, S.READY_TO_SHIP, S.PARTIALLY_SHIPPED})
+
 # --- prebuilt statements (see db.session.core) -------------------------------------------------
 
 _orders, _lines = table(Order), table(OrderLine)
 _shipments, _labels = table(Shipment), table(Label)
 _invoices, _events = table(Invoice), table(OrderEvent)
-#: what buying a label needs, in one query: the order's state and address, the tracking number
-#: of a label bought before, the units to ship, and whether the marketplace ships it instead
-_LABEL_INPUT = select(
-    _orders.c.state,
-    _orders.c.shipping_address,
-    select(_labels.c.tracking_number)
-    .join(_shipments, _shipments.c.id == _labels.c.shipment_id)
-    .where(_shipments.c.order_id == _orders.c.id)
-    .scalar_subquery(),
-    select(func.coalesce(func.sum(_lines.c.quantity), 0))
-    .where(_lines.c.order_id == _orders.c.id)
-    .scalar_subquery(),
-    _orders.c.fulfilled_by_marketplace,
-).where(_orders.c.id == bindparam("b_order"))
-_SHIPMENT = select(
-    _shipments.c.id,
-    select(_labels.c.id).where(_labels.c.shipment_id == _shipments.c.id).scalar_subquery(),
-).where(_shipments.c.order_id == bindparam("b_order"))
+_shipment_lines = table(ShipmentLine)
+#: what buying a label needs, in one query (the order row locked: shipments are made once):
+#: the order's state and address, its number of lines and whether the marketplace ships it
+_LABEL_INPUT = (
+    select(
+        _orders.c.state,
+        _orders.c.shipping_address,
+        select(func.count(_lines.c.id)).where(_lines.c.order_id == _orders.c.id)
+        .scalar_subquery(),
+        _orders.c.fulfilled_by_marketplace,
+        _orders.c.channel,
+    )
+    .where(_orders.c.id == bindparam("b_order"))
+    .with_for_update(of=_orders)
+)
+#: the order's shipments that are not voided, with their label's tracking number (if any) and
+#: their units; and the first shipment the order ever had (its label key is ``label:{order}``)
+_ACTIVE_SHIPMENTS = (
+    select(
+        _shipments.c.id,
+        select(_labels.c.tracking_number)
+        .where(_labels.c.shipment_id == _shipments.c.id, _labels.c.voided_at.is_(None))
+        .scalar_subquery(),
+        select(func.coalesce(func.sum(_shipment_lines.c.quantity), 0))
+        .where(_shipment_lines.c.shipment_id == _shipments.c.id)
+        .scalar_subquery(),
+    )
+    .where(_shipments.c.order_id == bindparam("b_order"), _shipments.c.status != "voided")
+    .order_by(_shipments.c.id)
+)
+_FIRST_SHIPMENT = select(func.min(_shipments.c.id)).where(
+    _shipments.c.order_id == bindparam("b_order")
+)
+_ORDER_LINES = (
+    select(_lines.c.external_id, _lines.c.quantity)
+    .where(_lines.c.order_id == bindparam("b_order"))
+    .order_by(_lines.c.id)
+)
 _NEW_SHIPMENT = insert(_shipments).returning(_shipments.c.id)
+_NEW_SHIPMENT_LINE = insert(_shipment_lines)
 _LABELLED = (
     _shipments.update()
     .where(_shipments.c.id == bindparam("b_id"))
-    .values(tracking_number=bindparam("b_tracking"), status="labelled")
+    .values(tracking_number=bindparam("b_tracking"), carrier=bindparam("b_carrier"),
+            status="labelled")
+)  # fmt: skip
+_HAS_LABEL = select(_labels.c.id).where(
+    _labels.c.shipment_id == bindparam("b_id"), _labels.c.voided_at.is_(None)
 )
 _RECORD_LABEL = insert(_labels)
 _LABEL_NOT_NEEDED_RECORDED = select(_events.c.id).where(
@@ -149,9 +194,59 @@ _LABEL_NOT_NEEDED_RECORDED = select(_events.c.id).where(
 _DOCUMENTED = select(
     exists().where(_invoices.c.order_id == bindparam("b_order"), _invoices.c.kind == "invoice"),
     exists().where(
-        _labels.c.shipment_id == _shipments.c.id, _shipments.c.order_id == bindparam("b_order")
+        _labels.c.shipment_id == _shipments.c.id, _shipments.c.order_id == bindparam("b_order"),
+        _labels.c.voided_at.is_(None),
     ),
-)
+    # every shipment that is not voided has its label
+    ~exists().where(
+        _shipments.c.order_id == bindparam("b_order"), _shipments.c.status == "pending"
+    ),
+)  # fmt: skip
+
+
+def _active(session: Session, order_id: int) -> list[tuple[int, str | None, int]]:
+    rows = core(session).execute(_ACTIVE_SHIPMENTS, {"b_order": order_id}).all()
+    return [(int(i), t, int(u)) for i, t, u in rows]
+
+
+def _make_shipments(
+    session: Session, order_id: int, groups: Sequence[Group]
+) -> list[tuple[int, str | None, int]]:
+    """The order's shipments: one per group the marketplace gave (its lines, from its
+    location), or one of every line from our location; as ``_ACTIVE_SHIPMENTS`` rows."""
+    db, now = core(session), utcnow()
+    ordered = {str(external): int(qty) for external, qty in db.execute(
+        _ORDER_LINES, {"b_order": order_id})}  # fmt: skip
+    planned: list[tuple[str, list[tuple[str, int]]]] = []
+    for group in groups:
+        taken = [
+            (line, min(qty, ordered[line]))
+            for line, qty in group.lines
+            if line in ordered and qty > 0
+        ]
+        if taken:
+            planned.append((group.location or MAIN_LOCATION, taken))
+    if not planned:  # the marketplace does not split it (or said nothing we know)
+        planned = [(MAIN_LOCATION, [(line, qty) for line, qty in ordered.items() if qty > 0])]
+    made: list[tuple[int, str | None, int]] = []
+    for location, taken in planned:
+        shipment_id = db.execute(
+            _NEW_SHIPMENT,
+            {"order_id": order_id, "carrier": "", "status": "pending", "location": location,
+             "created_at": now},
+        ).scalar_one()  # fmt: skip
+        if taken:
+            db.execute(
+                _NEW_SHIPMENT_LINE,
+                [{"shipment_id": shipment_id, "line_external_id": line, "quantity": qty}
+                 for line, qty in taken],
+            )  # fmt: skip
+        made.append((shipment_id, None, sum(qty for _, qty in taken)))
+    return made
+
+
+def _always(channel: str) -> bool:
+    return True
 
 
 def buy_label(
@@ -159,64 +254,136 @@ def buy_label(
     order_id: int,
     carrier: Callable[[], Carrier],
     keys: idempotency.Claimant,
+    plan: ShipmentPlan = one_shipment,
+    *,
+    splits: Callable[[str], bool] = _always,
 ) -> Outcome:
-    """The paid order's label (its tracking number is the result). ``carrier`` is built only
-    when a label is to be bought: an order the marketplace ships needs none configured."""
+    """A label for each of the paid order's shipments (their tracking numbers are the
+    result). The shipments are made first: one per location the marketplace ships the order
+    from (``plan``, asked only for an order of several lines on a marketplace that ``splits``
+    orders by location), else one of everything. A shipment's label key is ``label:{order_id}``
+    for the order's first shipment and ``label:{order_id}:s{shipment_id}`` for the others (a
+    split, a re-bought label), claimed in the transaction that finds it unlabelled.
+    ``carrier`` is built only when a label is to be bought: an order the marketplace ships
+    needs none configured."""
     actor = "task:buy_label"
+    claimed: _Claim | None = None
     with transaction() as session:
         found = core(session).execute(_LABEL_INPUT, {"b_order": order_id}).one_or_none()
         if found is None:
             raise PermanentError(f"order {order_id} does not exist")
-        state, address, existing, units, by_marketplace = found
-        if OrderState(state) != S.PAID:
+        state, address, line_count, by_marketplace, channel = found
+        if OrderState(state) not in _LABEL_STATES:
             return Outcome(f"skip: {state}")
-        if existing:
-            return Outcome(str(existing))
         if by_marketplace:  # the marketplace ships it with its own label
             db = core(session)
             if db.execute(_LABEL_NOT_NEEDED_RECORDED, {"b_order": order_id}).first() is None:
                 record_event(session, order_id, actor=actor, kind=LABEL_NOT_NEEDED,
                              reason="fulfilled by the marketplace")  # fmt: skip
             return Outcome(LABEL_NOT_NEEDED)
-        ship_to, parcel = Address(**(address or {})), parcel_for(int(units))
-        params = {"ship_to": ship_to.model_dump(), "grams": parcel.weight_grams}
-        # a finished key would mean a recorded label (same transaction): returned above
-        key = keys.claim(session, f"label:{order_id}", params, point="label_requested")
+        ship_to = Address(**(address or {}))
+        shipments = _active(session, order_id)
+        asks = line_count > 1 and OrderState(state) == S.PAID and splits(str(channel))
+        if not shipments and not asks:
+            shipments = _make_shipments(session, order_id, [])
+        claimed = _claim_first(session, order_id, shipments, ship_to, keys)
+    if not shipments:  # several lines: where does the marketplace ship them from?
+        groups = plan(order_id)
+        with transaction() as session:
+            core(session).execute(_LABEL_INPUT, {"b_order": order_id}).one()  # the lock
+            shipments = _active(session, order_id)
+            if not shipments:
+                shipments = _make_shipments(session, order_id, groups)
+            claimed = _claim_first(session, order_id, shipments, ship_to, keys)
+    tracking = [str(t) for _, t, _ in shipments if t]
+    for shipment_id, existing, units in shipments:
+        if existing:
+            continue
+        if claimed is None or claimed.shipment_id != shipment_id:
+            with transaction() as session:
+                claimed = _claim(session, order_id, shipment_id, units, ship_to, keys)
+        number = _buy_and_record(transaction, order_id, claimed, ship_to, carrier, keys, actor)
+        claimed = None
+        if number:
+            tracking.append(number)
+    return Outcome(", ".join(tracking) or "already recorded")
+
+
+@dataclass(frozen=True)
+class _Claim:
+    shipment_id: int
+    key: str
+    ref: str
+    parcel: Parcel
+
+
+def _claim(
+    session: Session, order_id: int, shipment_id: int, units: int, ship_to: Address,
+    keys: idempotency.Claimant,
+) -> _Claim:  # fmt: skip
+    """Store (or take back) the idempotency key of one shipment's label, before the call."""
+    parcel = parcel_for(units)
+    params = {"ship_to": ship_to.model_dump(), "grams": parcel.weight_grams}
+    first = core(session).execute(_FIRST_SHIPMENT, {"b_order": order_id}).scalar()
+    suffix = "" if first == shipment_id else f":s{shipment_id}"
+    ref = f"order-{order_id}" + ("" if not suffix else f"-s{shipment_id}")
+    key = keys.claim(session, f"label:{order_id}{suffix}", params, point="label_requested")
+    return _Claim(shipment_id, key, ref, parcel)
+
+
+def _claim_first(
+    session: Session, order_id: int, shipments: list[tuple[int, str | None, int]],
+    ship_to: Address, keys: idempotency.Claimant,
+) -> _Claim | None:  # fmt: skip
+    """The first unlabelled shipment's key, claimed in the transaction that found it."""
+    for shipment_id, existing, units in shipments:
+        if not existing:
+            return _claim(session, order_id, shipment_id, units, ship_to, keys)
+    return None
+
+
+def _buy_and_record(
+    transaction: Transaction, order_id: int, claimed: _Claim, ship_to: Address,
+    carrier: Callable[[], Carrier], keys: idempotency.Claimant, actor: str,
+) -> str | None:  # fmt: skip
+    """Buy and record the label of one shipment; its tracking number (None: recorded by
+    another attempt meanwhile)."""
+    shipment_id, key = claimed.shipment_id, claimed.key
     with keys.outside_call(key):
         label = carrier().buy_label(
-            shipment_ref=f"order-{order_id}", ship_to=ship_to, ship_from=ship_from(),
-            parcel=parcel, idempotency_key=key,
+            shipment_ref=claimed.ref, ship_to=ship_to, ship_from=ship_from(),
+            parcel=claimed.parcel, idempotency_key=key,
         )  # fmt: skip
     with transaction() as session:
         db, now = core(session), utcnow()
-        shipment = db.execute(_SHIPMENT, {"b_order": order_id}).one_or_none()
-        if shipment is None:
-            shipment_id = db.execute(
-                _NEW_SHIPMENT,
-                {"order_id": order_id, "carrier": label.carrier, "status": "labelled",
-                 "tracking_number": label.tracking_number, "created_at": now},
-            ).scalar_one()  # fmt: skip
-        elif shipment[1] is not None:
-            return Outcome("already recorded")
-        else:
-            shipment_id = shipment[0]
-            db.execute(_LABELLED, {"b_id": shipment_id, "b_tracking": label.tracking_number})
+        if db.execute(_HAS_LABEL, {"b_id": shipment_id}).first() is not None:
+            return None
+        db.execute(_LABELLED, {"b_id": shipment_id, "b_tracking": label.tracking_number,
+                               "b_carrier": label.carrier})  # fmt: skip
         db.execute(
             _RECORD_LABEL,
             {"shipment_id": shipment_id, "carrier": label.carrier, "idempotency_key": key,
-             "tracking_number": label.tracking_number, "pdf": label.pdf, "created_at": now},
+             "tracking_number": label.tracking_number, "pdf": label.pdf, "created_at": now,
+             "external_id": label.label_id},
         )  # fmt: skip
         response = {"label_id": label.label_id, "tracking_number": label.tracking_number}
         idempotency.finish(session, key, response)
         record_event(session, order_id, actor=actor, kind="label",
                      tracking_number=label.tracking_number, carrier=label.carrier)  # fmt: skip
-    return Outcome(label.tracking_number)
+    return label.tracking_number
 
 
-def mark_ready_to_ship(transaction: Transaction, order_id: int, *, ship_it: FollowUp) -> Outcome:
+def mark_ready_to_ship(
+    transaction: Transaction,
+    order_id: int,
+    *,
+    ship_it: FollowUp,
+    void_unused: FollowUp | None = None,
+) -> Outcome:
     """Invoice and label there (the invoice alone for an order the marketplace ships): the
     order is ready to ship. ``ship_it`` records the shipping when the marketplace already
-    shipped it meanwhile."""
+    shipped it meanwhile; an order fulfilled in the marketplace's admin meanwhile is recorded
+    so (``fulfilled_elsewhere``, its labels voided by ``void_unused``)."""
     with transaction() as session:
         order = load_for_update(session, order_id)
         state = OrderState(order.state)
@@ -224,49 +391,185 @@ def mark_ready_to_ship(transaction: Transaction, order_id: int, *, ship_it: Foll
             return Outcome(f"skip: {state}")
         path = [S.READY_TO_SHIP]
         if state == S.PAID:
-            has_invoice, has_label = core(session).execute(_DOCUMENTED, {"b_order": order_id}).one()
+            has_invoice, has_label, all_labelled = (
+                core(session).execute(_DOCUMENTED, {"b_order": order_id}).one()
+            )
+            labelled = has_label and all_labelled
             # the marketplace ships an order it fulfils: no label of ours to wait for
-            if not (has_invoice and (has_label or order.fulfilled_by_marketplace)):
+            if not (has_invoice and (labelled or order.fulfilled_by_marketplace)):
                 raise IllegalTransition(f"order {order_id}: invoice or label missing")
             path = [S.DOCUMENTED, S.READY_TO_SHIP]
         advance(session, order, path, actor="task:mark_ready_to_ship")
         if marketplace_shipped(order):  # it left the marketplace's warehouse meanwhile
             ship_it(session, order_id)
+        elif order.fulfillment_status == "fulfilled" and void_unused is not None:
+            fulfilled_elsewhere(session, order_id, void_unused=void_unused)
+            return Outcome("fulfilled elsewhere")
         return Outcome("ready_to_ship")
 
 
-def ship(transaction: Transaction, order_id: int, push: PushFulfilment) -> Outcome:
-    """The parcel left: tracking goes back to the marketplace (an account with no API
-    connection gets no push), held stock leaves the shelf. For an order the marketplace
-    fulfils, it only records that the marketplace shipped it."""
-    actor = "task:ship"
-    with transaction() as session:
-        order = session.get(Order, order_id)
-        assert order is not None
-        if OrderState(order.state) != S.READY_TO_SHIP:
-            return Outcome(f"skip: {order.state}")
-        if order.fulfilled_by_marketplace:  # nothing to push, no stock of ours to consume
-            session.refresh(order, with_for_update=True)  # locked, and current
-            if OrderState(order.state) != S.READY_TO_SHIP:
-                return Outcome(f"skip: {order.state}")
-            transition(session, order, S.SHIPPED, actor=actor, fulfilled_by=order.channel)
-            return Outcome("shipped by the marketplace")
-        shipment = session.scalar(select(Shipment).where(Shipment.order_id == order_id))
-        account = session.get(ChannelAccount, order.channel_account_id)
-        assert shipment is not None and account is not None
-        external_id, tracking, carrier = (
-            order.external_id, shipment.tracking_number or "", shipment.carrier
-        )  # fmt: skip
-    if account.api_base_url or account.credentials:
-        push(account, external_id, tracking_number=tracking, carrier=carrier,
-             idempotency_key=f"fulfill:{order_id}")  # fmt: skip
+def ship(
+    transaction: Transaction,
+    order_id: int,
+    *,
+    deliver_it: FollowUp,
+    actor: str = "task:ship",
+    shipment_ids: Sequence[int] | None = None,
+) -> Outcome:
+    """Shipments left: each labelled one (or only ``shipment_ids``) is ``shipped`` and, in the
+    same transaction, its fulfilment (tracking, its lines and location) for the marketplace is
+    written to the outbox (``orders.outbox``), delivered after commit. The order is
+    ``partially_shipped`` until its last shipment leaves, then ``shipped``, and its held stock
+    leaves the shelf. For an order the marketplace fulfils, it only records that the
+    marketplace shipped it."""
     with transaction() as session:
         order = load_for_update(session, order_id)
-        if OrderState(order.state) != S.READY_TO_SHIP:
+        state = OrderState(order.state)
+        if state not in (S.READY_TO_SHIP, S.PARTIALLY_SHIPPED):
             return Outcome(f"skip: {order.state}")
-        stock.consume(session, order_id)
-        shipment = session.scalar(select(Shipment).where(Shipment.order_id == order_id))
-        assert shipment is not None
-        shipment.status, shipment.shipped_at = "shipped", utcnow()
-        transition(session, order, S.SHIPPED, actor=actor, tracking_number=tracking)
-    return Outcome("shipped")
+        if order.fulfilled_by_marketplace:  # nothing to push, no stock of ours to consume
+            transition(session, order, S.SHIPPED, actor=actor, fulfilled_by=order.channel)
+            return Outcome("shipped by the marketplace")
+        if order.held_reason is not None:  # staff hold it: it waits for their release
+            return Outcome("skip: held")
+        open_shipments = session.scalars(
+            select(Shipment)
+            .where(Shipment.order_id == order_id, Shipment.status.in_(["pending", "labelled"]))
+            .order_by(Shipment.id)
+        ).all()
+        leaving = [
+            sh for sh in open_shipments
+            if sh.status == "labelled" and (shipment_ids is None or sh.id in shipment_ids)
+        ]  # fmt: skip
+        if not leaving:
+            raise IllegalTransition(f"order {order_id}: no labelled shipment to ship")
+        last = len(leaving) == len(open_shipments)
+        now = utcnow()
+        for n, shipment in enumerate(leaving, start=1):
+            shipment.status, shipment.shipped_at = "shipped", now
+            outbox.enqueue(
+                session, order_id, kind=outbox.FULFILMENT,
+                key=f"fulfill:{order_id}:s{shipment.id}",
+                payload={
+                    "tracking_number": shipment.tracking_number or "",
+                    "carrier": shipment.carrier, "location": shipment.location,
+                    "lines": [[ln.line_external_id, ln.quantity] for ln in shipment.lines],
+                    "last": last and n == len(leaving),
+                },
+                deliver_it=deliver_it, shipment_id=shipment.id,
+            )  # fmt: skip
+        tracking = ", ".join(sh.tracking_number or "" for sh in leaving)
+        if last:
+            stock.consume(session, order_id)
+            transition(session, order, S.SHIPPED, actor=actor, tracking_number=tracking)
+            return Outcome("shipped")
+        if state == S.READY_TO_SHIP:
+            transition(session, order, S.PARTIALLY_SHIPPED, actor=actor, tracking_number=tracking)
+        else:
+            record_event(session, order_id, actor=actor, kind="shipment_shipped",
+                         tracking_number=tracking)  # fmt: skip
+    return Outcome("partially shipped")
+
+
+def void_labels(transaction: Transaction, order_id: int, carrier: Callable[[], Carrier]) -> Outcome:
+    """Labels that will not leave are voided at the carrier (the carrier refunds them): all
+    unused ones of a cancelled order, else those of shipments set aside (``voided``: staff
+    voided it, or the marketplace's admin shipped the order); each is recorded on its label
+    and shipment and on the timeline. Safe to repeat: a voided label is skipped, and the
+    carrier approves a second void of the same label."""
+    with transaction() as session:
+        state = session.scalar(select(Order.state).where(Order.id == order_id))
+        # a cancelled order ships nothing: every unused label goes; otherwise only the labels
+        # of shipments set aside (staff voided them, or the marketplace shipped elsewhere)
+        unused = ["pending", "labelled", "voided"] if state == S.CANCELLED else ["voided"]
+        found = session.execute(
+            select(Label.id, Label.external_id, Label.tracking_number)
+            .join(Shipment, Shipment.id == Label.shipment_id)
+            .where(
+                Shipment.order_id == order_id,
+                Shipment.status.in_(unused),
+                Label.voided_at.is_(None),
+            )
+            .order_by(Label.id)
+        ).all()
+    voided = []
+    for label_id, external_id, tracking in found:
+        if external_id is None:  # bought before labels kept the carrier's id
+            with transaction() as session:
+                record_event(session, order_id, actor="task:void_label", kind="label_not_voided",
+                             tracking_number=tracking, reason="no carrier label id")  # fmt: skip
+            continue
+        if not carrier().void_label(external_id):
+            raise PermanentError(f"the carrier refused to void label {tracking}")
+        with transaction() as session:
+            label = session.get(Label, label_id, with_for_update=True)
+            assert label is not None
+            if label.voided_at is not None:
+                continue
+            label.voided_at = utcnow()
+            shipment = session.get(Shipment, label.shipment_id)
+            assert shipment is not None
+            if shipment.status in ("shipped", "delivered"):  # it left after all: keep it
+                raise PermanentError(f"label {tracking} was shipped; it is not voided")
+            shipment.status = "voided"
+            record_event(session, order_id, actor="task:void_label", kind="label_voided",
+                         tracking_number=tracking)  # fmt: skip
+        voided.append(tracking)
+    return Outcome(f"voided {len(voided)}")
+
+
+# --- what the marketplace did in its own admin -----------------------------------------------
+
+#: the order's failed step when the marketplace cancelled it after it shipped
+RETURN_STEP = "return"
+
+
+def fulfilled_elsewhere(session: Session, order_id: int, *, void_unused: FollowUp) -> bool:
+    """The marketplace says the whole order is fulfilled, but not by our pushes (staff
+    fulfilled it in the marketplace's admin, or another app did): our shipments that have not
+    left are not shipped again (their labels are voided, ``void_unused``), held stock leaves
+    the shelf and the order is ``shipped``, recorded as fulfilled on the marketplace. Returns
+    whether it applied (only to a ready or partly shipped order we fulfil)."""
+    order = load_for_update(session, order_id)
+    state = OrderState(order.state)
+    if order.fulfilled_by_marketplace or state not in (S.READY_TO_SHIP, S.PARTIALLY_SHIPPED):
+        return False
+    unused = session.scalars(
+        select(Shipment).where(
+            Shipment.order_id == order_id, Shipment.status.in_(["pending", "labelled"])
+        )
+    ).all()
+    for shipment in unused:
+        shipment.status = "voided"
+    stock.consume(session, order_id)
+    transition(session, order, S.SHIPPED, actor="marketplace", fulfilled_by="marketplace admin",
+               shipments_not_sent=len(unused))  # fmt: skip
+    if unused:
+        void_unused(session, order_id)
+    return True
+
+
+def cancelled_after_shipping(session: Session, order_id: int) -> bool:
+    """The marketplace cancelled an order that has (partly) shipped: nothing is undone
+    silently; the parcel is expected back. A shipped order goes to ``needs_attention`` (step
+    ``return``) for staff to receive the return and refund; a delivered one keeps its state
+    with a ``return_expected`` event. Recorded once."""
+    order = load_for_update(session, order_id)
+    state = OrderState(order.state)
+    if state not in (S.SHIPPED, S.PARTIALLY_SHIPPED, S.DELIVERED):
+        return False
+    seen = session.scalar(
+        select(OrderEvent.id).where(
+            OrderEvent.order_id == order_id, OrderEvent.kind == "return_expected"
+        )
+    )
+    if seen is not None:
+        return False
+    record_event(session, order_id, actor="marketplace", kind="return_expected",
+                 reason="cancelled on the marketplace after it shipped")  # fmt: skip
+    if state != S.DELIVERED:
+        error = "cancelled on the marketplace after it shipped: expect the parcel back"
+        transition(session, order, S.NEEDS_ATTENTION, actor="marketplace", step=RETURN_STEP,
+                   error=error)  # fmt: skip
+        order.failed_step, order.last_error, order.attempts = RETURN_STEP, error, 1
+    return True

@@ -23,9 +23,12 @@ from sqlalchemy.orm import Session
 from db.base import utcnow
 from db.models import IdempotencyKey, Order
 from domain.states import OrderState
+from orders.fulfilment import RETURN_STEP
 from orders.intake import record_event
+from orders.outbox import PUSH_STEP, shipped_state
 from orders.refunds import refundable
 from orders.steps import DONE_OR_GONE, FollowUp
+from orders.tracking import DELIVERY_STEP
 from orders.transitions import IllegalTransition, load_for_update, transition
 
 __all__ = [
@@ -46,6 +49,12 @@ RESUME_STATE = {
     "buy_label": S.PAID,
     "mark_ready_to_ship": S.PAID,
     "ship": S.READY_TO_SHIP,
+    # shipped, but the tracking did not reach the marketplace: its outbox message again
+    PUSH_STEP: S.SHIPPED,
+    # the carrier lost the parcel: staff dealt with it (their retry acknowledges it)
+    DELIVERY_STEP: S.SHIPPED,
+    # cancelled on the marketplace after it shipped: staff took the return in
+    RETURN_STEP: S.SHIPPED,
 }
 
 
@@ -69,9 +78,11 @@ def retry(
     pipeline: FollowUp,
     ship: FollowUp,
     refund: FollowUp,
+    push: FollowUp,
 ) -> OrderState:
     """Staff retry: resume a ``needs_attention`` order from the step that failed (``ship`` for
-    the last step, else ``pipeline``, whose steps skip what is done), or ``refund`` a cancelled
+    the last step, ``push`` for a shipped order whose tracking was not sent, else ``pipeline``,
+    whose steps skip what is done), or ``refund`` a cancelled
     order whose captured payment is not refunded yet. Returns the state it resumes from."""
     order = load_for_update(session, order_id)
     if OrderState(order.state) == S.CANCELLED and refundable(session, order_id) is not None:
@@ -80,10 +91,18 @@ def retry(
         return S.CANCELLED
     if OrderState(order.state) != S.NEEDS_ATTENTION:
         raise IllegalTransition(f"order {order_id} is {order.state}, not needs_attention")
-    resume = RESUME_STATE.get(order.failed_step or "", S.NEW)
+    failed = order.failed_step or ""
+    resume = RESUME_STATE.get(failed, S.NEW)
+    if resume == S.SHIPPED:  # some shipments may not have left yet
+        resume = shipped_state(session, order_id)
     transition(session, order, resume, actor=actor, retry_of=order.failed_step)
     order.failed_step, order.last_error, order.attempts = None, None, 0
-    (ship if resume == S.READY_TO_SHIP else pipeline)(session, order_id)
+    if failed == PUSH_STEP:
+        push(session, order_id)
+    elif resume in (S.SHIPPED, S.PARTIALLY_SHIPPED):
+        pass  # a lost parcel or a return staff dealt with: acknowledged, nothing to run
+    else:
+        (ship if resume == S.READY_TO_SHIP else pipeline)(session, order_id)
     return resume
 
 

@@ -18,7 +18,7 @@ from core.logging import configure_logging
 from core.settings import ConfigError, get_settings, mask_url
 from domain.errors import PermanentError
 from orders.users import UserError
-from ordersync.staff_cli import CliError, accounts_cli, orders_cli, stock_cli
+from ordersync.staff_cli import CliError, accounts_cli, orders_cli, outbox_cli, stock_cli
 from ordersync.sync_cli import sync_cli
 from ordersync.users_cli import audit_cli, users_cli
 
@@ -29,6 +29,7 @@ db_cli = typer.Typer(no_args_is_help=True, help="Database migrations.")
 cli.add_typer(db_cli, name="db")
 cli.add_typer(orders_cli, name="orders")
 cli.add_typer(stock_cli, name="stock")
+cli.add_typer(outbox_cli, name="outbox")
 cli.add_typer(accounts_cli, name="accounts")
 cli.add_typer(users_cli, name="users")
 cli.add_typer(audit_cli, name="audit")

@@ -9,12 +9,16 @@ run-scoped accounts; then the N orders arrive as they would in production:
 - Amazon and eBay send nothing: their orders are found by polling (``poll_account``).
 
 Every order then runs the pipeline (stock, payment, invoice, label) until it is
-``ready_to_ship`` or ``on_hold`` (the demo stock is set to run out). Then the nightly full sync
-runs once, and its reconcile report is part of the summary (``ordersync sync status`` shows it
-too). The demo's staff user ``demo`` (an operator) gets a new password each run, printed. The
-summary counts what happened from our side and from the sandbox's ledgers (captures, labels).
-``--json`` adds it as one JSON object on the last line of stdout; ``--keep`` leaves everything
-running.
+``ready_to_ship`` or ``on_hold`` (the demo stock is set to run out); Shopify keeps two SKUs at
+a second location, so some of its orders ship in two shipments. Then "staff" cancel a tenth of
+the ready orders (their labels are voided, their money refunded, the cancellation pushed) and
+ship the rest (the fulfilments go out through the outbox), and the sandbox carrier delivers the
+parcels (Beat tracks them every ``TRACK_INTERVAL_S``, 2 s here) until all is quiet. Then the
+nightly full sync runs once, and its reconcile report is part of the summary (``ordersync sync
+status`` shows it too). The demo's staff user ``demo`` (an operator) gets a new password each
+run, printed. The summary counts what happened from our side and from the sandbox's ledgers
+(captures, labels, fulfilments, cancellations, voids). ``--json`` adds it as one JSON object on
+the last line of stdout; ``--keep`` leaves everything running.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from db.models import (
     Invoice,
     Label,
     Order,
+    OutboxMessage,
     Payment,
     Shipment,
     SyncRun,
@@ -72,6 +77,11 @@ SPLIT = {"shopify": 0.4, "woocommerce": 0.3, "amazon": 0.15}
 #: units on hand per SKU per order of the run: low enough that popular SKUs run out
 STOCK_PER_ORDER = 0.8
 SETTLED = {"ready_to_ship", "on_hold", "needs_attention", "cancelled", "shipped", "delivered"}
+#: Shopify keeps these at its second location: orders with them and others ship in two parcels
+SECOND_LOCATION_SKUS = ("SKU-BLUE-S", "SKU-BLUE-M")
+#: share of the ready orders staff cancel (Amazon's excepted: the seller cannot, by API)
+CANCEL_SHARE = 0.1
+CANCEL_REASON = "demo: the buyer changed their mind"
 Delivery = tuple[str, dict[str, str], bytes]  # (path, headers, body)
 
 
@@ -261,6 +271,38 @@ def _summary(
             .where(Invoice.order_id.in_(run_orders), Invoice.kind == "invoice")
         )  # fmt: skip
         gaps = find_gaps(session)
+        left = Shipment.status.in_(["shipped", "delivered", "exception"])
+        shipments = session.scalar(
+            select(func.count()).select_from(Shipment)
+            .where(Shipment.order_id.in_(run_orders), left)
+        )  # fmt: skip
+        split_orders = session.scalar(
+            select(func.count()).select_from(
+                select(Shipment.order_id)
+                .where(Shipment.order_id.in_(run_orders), left)
+                .group_by(Shipment.order_id)
+                .having(func.count() > 1)
+                .subquery()
+            )
+        )
+        effects = dict(
+            session.execute(
+                select(OutboxMessage.kind, func.count())
+                .where(OutboxMessage.order_id.in_(run_orders),
+                       OutboxMessage.status == "delivered")
+                .group_by(OutboxMessage.kind)
+            ).all()
+        )  # fmt: skip
+        undelivered = session.scalar(
+            select(func.count()).select_from(OutboxMessage).where(
+                OutboxMessage.order_id.in_(run_orders), OutboxMessage.kind.is_not(None),
+                OutboxMessage.status != "delivered",
+            )
+        )  # fmt: skip
+        voided = session.scalar(
+            select(func.count()).select_from(Label).join(Shipment)
+            .where(Shipment.order_id.in_(run_orders), Label.voided_at.is_not(None))
+        )  # fmt: skip
     created = sum(by_state.values())
     failed = int(failed or 0)
     ledger = sandbox.ledger()
@@ -283,9 +325,81 @@ def _summary(
         "labels_in_ledger": ledger["carrier"]["labels"],
         "invoices": int(invoices or 0),
         "invoice_gaps": sum(len(missing) for missing in gaps.values()),
+        "shipments": int(shipments or 0),
+        "split_orders": int(split_orders or 0),
+        "fulfilments_pushed": effects.get("fulfilment", 0),
+        # counted by the marketplaces: Shopify fulfillments, WooCommerce tracking notes, Amazon
+        # packages, eBay shipping fulfillments
+        "fulfilments_in_ledger": ledger["shopify"]["fulfillments"]
+        + ledger["woocommerce"]["tracking_notes"]
+        + ledger["amazon"]["shipments"]
+        + ledger["ebay"]["fulfillments"],
+        "cancellations_pushed": effects.get("cancellation", 0),
+        "cancellations_in_ledger": ledger["shopify"]["cancels"]
+        + ledger["woocommerce"]["cancellations"]
+        + ledger["ebay"]["cancellations"],
+        "voided_labels": int(voided or 0),
+        "voided_in_ledger": ledger["carrier"]["voided"],
+        "delivered": by_state.get("delivered", 0),
+        # marketplaces told of deliveries (Shopify: a DELIVERED fulfillment event)
+        "deliveries_pushed": effects.get("delivery", 0),
+        "delivery_events_in_ledger": ledger["shopify"]["fulfillment_events"],
+        "outbox_undelivered": int(undelivered or 0),
         "seconds": round(seconds, 2),
         "orders_per_s": round(created / seconds, 1) if seconds else None,
     }
+
+
+def _ship_and_cancel(base_url: str, account_ids: list[int], rng: random.Random) -> int:
+    """Staff at work: cancel a share of the ready orders (not Amazon's: the seller cannot by
+    API), ship the rest through the API. Returns the number of orders acted on."""
+    with session_scope() as session:
+        ready = session.execute(
+            select(Order.id, Order.channel).where(
+                Order.channel_account_id.in_(account_ids), Order.state == "ready_to_ship"
+            ).order_by(Order.id)
+        ).all()  # fmt: skip
+    cancellable = [oid for oid, channel in ready if registry.get(channel).seller_cancels]
+    cancel = set(rng.sample(cancellable, int(len(cancellable) * CANCEL_SHARE)))
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+
+        def act(order_id: int) -> int:
+            if order_id in cancel:
+                response = client.post(f"/api/orders/{order_id}/cancel",
+                                       json={"reason": CANCEL_REASON})  # fmt: skip
+            else:
+                response = client.post(f"/api/orders/{order_id}/ship")
+            return response.status_code
+
+        with ThreadPoolExecutor(SEND_THREADS) as pool:
+            codes = list(pool.map(act, [oid for oid, _ in ready]))
+    refused = [c for c in codes if c != 200]
+    if refused:
+        raise RuntimeError(f"staff actions refused: {sorted(set(refused))}")
+    return len(ready)
+
+
+def _quiet(account_ids: list[int]) -> bool:
+    """Every effect delivered to its marketplace and every parcel at its end (delivered or
+    lost), nothing half shipped."""
+    with session_scope() as session:
+        run_orders = select(Order.id).where(Order.channel_account_id.in_(account_ids))
+        pending = session.scalar(
+            select(func.count()).select_from(OutboxMessage).where(
+                OutboxMessage.order_id.in_(run_orders), OutboxMessage.status == "pending"
+            )
+        )  # fmt: skip
+        travelling = session.scalar(
+            select(func.count()).select_from(Shipment).where(
+                Shipment.order_id.in_(run_orders), Shipment.status == "shipped"
+            )
+        )  # fmt: skip
+        half = session.scalar(
+            select(func.count()).select_from(Order).where(
+                Order.channel_account_id.in_(account_ids), Order.state == "partially_shipped"
+            )
+        )  # fmt: skip
+    return not pending and not travelling and not half
 
 
 def _print_table(summary: dict[str, Any], console: Console) -> None:
@@ -346,6 +460,7 @@ def run_demo(
     secret = secrets.token_urlsafe(24)
 
     sandbox = Sandbox(seed=rng.randrange(2**31))
+    sandbox.shopify.second_location_skus = frozenset(SECOND_LOCATION_SKUS)
     sandbox.start()
     accounts: dict[str, str] = {}
     account_ids: list[int] = []
@@ -381,6 +496,8 @@ def run_demo(
         "ORDERSYNC_PAYMENTS_API_KEY": sandbox_payments.SANDBOX_API_KEY,
         "ORDERSYNC_CARRIER_URL": f"{sandbox.url}/carrier",
         "ORDERSYNC_CARRIER_API_KEY": sandbox_carrier.SANDBOX_API_KEY,
+        # the sandbox carrier delivers at once: track often, so the demo sees deliveries
+        "ORDERSYNC_TRACK_INTERVAL_S": os.environ.get("ORDERSYNC_TRACK_INTERVAL_S", "2"),
     }
     group = ProcessGroup(env=env, log_dir=settings.var_dir / "logs" / f"demo-{run}")
     signal.signal(signal.SIGTERM, _interrupt)
@@ -435,6 +552,16 @@ def run_demo(
                     err.print("[red]timed out waiting for the workers")
                     break
                 time.sleep(0.25)
+            acted = _ship_and_cancel(base_url, account_ids, rng)
+            ship_bar = progress.add_task("shipped, cancelled, delivered", total=None)
+            while not _quiet(account_ids):
+                if group.dead():
+                    raise RuntimeError("a process died during the demo; see the logs")
+                if time.monotonic() > deadline:
+                    err.print("[red]timed out waiting for shipments and deliveries")
+                    break
+                time.sleep(0.25)
+            progress.update(ship_bar, total=acted, completed=acted)
         reconciled = _reconcile(err, timeout_s=RECONCILE_TIMEOUT_S)
         rejected = [s for s in statuses if s != 200]
         if rejected:
@@ -460,6 +587,11 @@ def run_demo(
             and summary["invoice_gaps"] == 0
             and summary["captures_in_ledger"] == summary["paid_orders"]
             and summary["labels_in_ledger"] == summary["documented_orders"]
+            and summary["outbox_undelivered"] == 0
+            and summary["fulfilments_in_ledger"] == summary["fulfilments_pushed"]
+            and summary["cancellations_in_ledger"] == summary["cancellations_pushed"]
+            and summary["voided_in_ledger"] == summary["voided_labels"]
+            and summary["delivery_events_in_ledger"] == summary["deliveries_pushed"]
         )
         return 0 if ok else 1
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -15,7 +16,7 @@ from db.session import session_scope
 from domain.states import OrderState
 from ordersync.users_cli import As, cli_actor
 
-__all__ = ["CliError", "accounts_cli", "orders_cli", "stock_cli"]
+__all__ = ["CliError", "accounts_cli", "orders_cli", "outbox_cli", "stock_cli"]
 
 #: the widths of the columns these commands write (db/models.py)
 NAME_MAX, SKU_MAX = 100, 100
@@ -30,6 +31,9 @@ console = Console()
 orders_cli = typer.Typer(no_args_is_help=True, help="Look at orders and retry stuck ones.")
 stock_cli = typer.Typer(no_args_is_help=True, help="Stock levels.")
 accounts_cli = typer.Typer(no_args_is_help=True, help="Marketplace accounts.")
+outbox_cli = typer.Typer(
+    no_args_is_help=True, help="Fulfilments and cancellations on their way to the marketplaces."
+)
 
 
 @orders_cli.command("list")
@@ -66,6 +70,190 @@ def orders_retry(order_id: int, as_: As = None) -> None:
         console.print(f"order {order_id}: refund retried")
     else:
         console.print(f"order {order_id} resumed from {resumed}")
+
+
+@orders_cli.command("cancel")
+def orders_cancel(
+    order_id: int,
+    reason: Annotated[str, typer.Option("--reason", "-r", help="why (on the timeline)")],
+    as_: As = None,
+) -> None:
+    """Cancel an order before it ships: stock back, label voided, refund, credit note, and the
+    cancellation pushed to the marketplace."""
+    from orders.staff import CannotCancel
+    from orders.transitions import IllegalTransition
+    from workflows.pipeline import cancel_order
+
+    try:
+        with session_scope() as session:
+            cancel_order(session, order_id, reason=reason, actor=cli_actor(as_))
+    except (LookupError, CannotCancel, IllegalTransition, ValueError) as exc:
+        raise CliError(str(exc).strip("'\"")) from None
+    console.print(f"order {order_id} cancelled")
+
+
+@orders_cli.command("ship")
+def orders_ship(
+    order_id: int,
+    shipment: Annotated[
+        list[int] | None, typer.Option("--shipment", "-s", help="only this one; repeatable")
+    ] = None,
+    as_: As = None,
+) -> None:
+    """The order's labelled shipments (or the ones given) left: their tracking goes to the
+    marketplace (the API's Ship)."""
+    from db.models import Shipment
+    from orders.users import audit
+    from workflows.pipeline import ship
+    from workflows.publish import publish_after_commit
+
+    with session_scope() as session:
+        order = session.get(Order, order_id)
+        if order is None:
+            raise CliError(f"no order {order_id}")
+        if order.state not in (OrderState.READY_TO_SHIP, OrderState.PARTIALLY_SHIPPED):
+            raise CliError(f"order {order_id} is {order.state}, not ready_to_ship")
+        labelled = set(session.scalars(select(Shipment.id).where(
+            Shipment.order_id == order_id, Shipment.status == "labelled")))  # fmt: skip
+        if shipment and not set(shipment) <= labelled:
+            raise CliError(f"order {order_id}: labelled shipments are {sorted(labelled)}")
+        audit(session, cli_actor(as_), "ship", f"order {order_id}", order_id=order_id)
+        publish_after_commit(session, ship.si(order_id, shipment or None))
+    console.print(f"order {order_id}: shipping")
+
+
+@orders_cli.command("hold")
+def orders_hold(
+    order_id: int,
+    reason: Annotated[str, typer.Option("--reason", "-r", help="why (on the timeline)")],
+    as_: As = None,
+) -> None:
+    """Hold an order: it does not ship until released."""
+    from orders.staff import hold
+    from orders.transitions import IllegalTransition
+
+    try:
+        with session_scope() as session:
+            hold(session, order_id, reason=reason, actor=cli_actor(as_))
+    except (IllegalTransition, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    console.print(f"order {order_id} held")
+
+
+@orders_cli.command("release")
+def orders_release(order_id: int, as_: As = None) -> None:
+    """Release a held order."""
+    from orders.staff import release
+    from orders.transitions import IllegalTransition
+
+    try:
+        with session_scope() as session:
+            release(session, order_id, actor=cli_actor(as_))
+    except IllegalTransition as exc:
+        raise CliError(str(exc)) from None
+    console.print(f"order {order_id} released")
+
+
+@orders_cli.command("mark-shipped")
+def orders_mark_shipped(
+    order_id: int,
+    tracking: Annotated[str, typer.Option("--tracking", "-t", help="the tracking number")],
+    carrier: Annotated[str, typer.Option("--carrier", "-c", help="e.g. ups, dhl")],
+    as_: As = None,
+) -> None:
+    """The parcel left with a label bought elsewhere: record it with its tracking number (the
+    marketplace is told; our unused labels are voided)."""
+    from orders.transitions import IllegalTransition
+    from workflows.pipeline import mark_shipped
+
+    try:
+        with session_scope() as session:
+            mark_shipped(session, order_id, tracking_number=tracking, carrier=carrier,
+                         actor=cli_actor(as_))  # fmt: skip
+    except (LookupError, IllegalTransition, ValueError) as exc:
+        raise CliError(str(exc).strip("'\"")) from None
+    console.print(f"order {order_id} shipped by hand ({carrier} {tracking})")
+
+
+@orders_cli.command("void-label")
+def orders_void_label(
+    shipment_id: int,
+    rebuy: Annotated[
+        bool, typer.Option("--rebuy", help="buy a new label for the same lines")
+    ] = False,
+    as_: As = None,
+) -> None:
+    """Void the label of a shipment that has not left (the carrier refunds it)."""
+    from orders.transitions import IllegalTransition
+    from workflows.pipeline import void_shipment_label
+
+    try:
+        with session_scope() as session:
+            new = void_shipment_label(session, shipment_id, actor=cli_actor(as_), rebuy=rebuy)
+    except (LookupError, IllegalTransition) as exc:
+        raise CliError(str(exc).strip("'\"")) from None
+    console.print(f"shipment {shipment_id}: label voided"
+                  + (f"; new shipment {new} is being labelled" if new else ""))  # fmt: skip
+
+
+@orders_cli.command("label")
+def orders_label(
+    shipment_id: int,
+    output: Annotated[Path, typer.Option("--output", "-o", help="where to write the PDF")],
+) -> None:
+    """Reprint: write a shipment's stored label to a PDF file (never buys another)."""
+    from db.models import Label
+
+    with session_scope() as session:
+        label = session.scalar(
+            select(Label).where(Label.shipment_id == shipment_id, Label.voided_at.is_(None))
+        )
+        pdf = label.pdf if label is not None else None
+    if pdf is None:
+        raise CliError(f"shipment {shipment_id} has no label in use")
+    try:
+        output.write_bytes(pdf)
+    except OSError as exc:
+        raise CliError(f"cannot write {output}: {exc.strerror}") from None
+    console.print(f"shipment {shipment_id}: label written to {output}")
+
+
+@outbox_cli.command("list")
+def outbox_list(
+    all_: Annotated[bool, typer.Option("--all", help="delivered ones too")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+) -> None:
+    """Effects on the marketplaces not delivered yet (with --all: the latest of every status)."""
+    from db.models import OutboxMessage
+
+    query = (
+        select(OutboxMessage, Order)
+        .join(Order, Order.id == OutboxMessage.order_id)
+        .where(OutboxMessage.kind.is_not(None))
+        .order_by(OutboxMessage.id.desc())
+        .limit(limit)
+    )
+    if not all_:
+        query = query.where(OutboxMessage.status != "delivered")
+    table = Table("id", "order", "channel", "effect", "status", "last error")
+    with session_scope() as session:
+        for m, o in session.execute(query):
+            table.add_row(str(m.id), str(o.id), o.channel, m.kind or "", m.status or "",
+                          (m.last_error or "")[:60])  # fmt: skip
+    console.print(table)
+
+
+@outbox_cli.command("retry")
+def outbox_retry(message_id: int, as_: As = None) -> None:
+    """Deliver a failed message again (same idempotency key)."""
+    from workflows.pipeline import retry_message
+
+    try:
+        with session_scope() as session:
+            was = retry_message(session, message_id, actor=cli_actor(as_))
+    except (LookupError, ValueError) as exc:
+        raise CliError(str(exc).strip("'\"")) from None
+    console.print(f"outbox message {message_id} ({was}): delivery started")
 
 
 # "-5" is read as the quantity (and refused as negative), not as an unknown option

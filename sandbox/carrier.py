@@ -50,9 +50,8 @@ from reportlab.graphics.barcode import code128
 from reportlab.lib.units import inch
 from reportlab.pdfgen import canvas
 from starlette.concurrency import run_in_threadpool
-from starlette.types import Receive, Scope, Send
 
-from sandbox.knobs import Knobs
+from sandbox.knobs import DroppedConnection, Knobs
 
 __all__ = ["SANDBOX_API_KEY", "SERVICES", "CarrierSimulator", "LabelRecord", "ups_check_digit"]
 
@@ -104,6 +103,10 @@ class LabelRecord:
     request: dict[str, Any] = field(repr=False)
     pdf: bytes = field(repr=False, default=b"")
     voided: bool = False
+    #: tracking: when the carrier first saw the parcel (its first track request: the parcel is
+    #: picked up once the merchant shipped it), and an exception that befell it
+    first_scan: dt.datetime | None = None
+    exception: str | None = None
 
 
 @dataclass
@@ -248,29 +251,6 @@ def _spaced(tracking: str) -> str:
     return " ".join(p for p in parts if p)
 
 
-class _DroppedConnection(Response):
-    """Starts a 200 answer, then fails mid-body: the server closes the connection and the
-    client sees a protocol error although the label was bought."""
-
-    def __init__(self, body: bytes) -> None:
-        super().__init__()
-        self._payload = body
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(self._payload)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": self._payload[:16], "more_body": True})
-        raise ConnectionAbortedError("sandbox carrier: drop_after_apply (intended)")
-
-
 class CarrierSimulator:
     def __init__(
         self,
@@ -280,6 +260,8 @@ class CarrierSimulator:
         api_key: str = SANDBOX_API_KEY,
         drop_after_apply_rate: float = 0.0,
         apply_latency_s: float = 0.0,
+        deliver_after_s: float = 0.0,
+        exception_rate: float = 0.0,
         clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self.knobs = knobs or Knobs(seed=seed)
@@ -289,6 +271,11 @@ class CarrierSimulator:
         # in flight and a concurrent request with it gets a 409
         self.apply_latency_s = apply_latency_s
         self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        #: tracking: a parcel is delivered this long after its first scan; this share of
+        #: parcels get lost instead (decided at the first scan, seeded)
+        self.deliver_after_s = deliver_after_s
+        self.exception_rate = exception_rate
+        self._tracking_rng = random.Random(seed ^ 0x7EAC)
         rng = random.Random(seed)
         self._drop_rng = random.Random(seed ^ 0x5EED)
         alphabet = "0123456789ABCDEFGHJKLMNPRSTUVWXYZ"
@@ -315,6 +302,68 @@ class CarrierSimulator:
         with self._lock:
             voided = sum(1 for r in self.labels.values() if r.voided)
             return {"labels": len(self.labels), "voided": voided}
+
+    def lose(self, tracking_number: str, description: str = "Lost in transit") -> None:
+        """The parcel with this tracking number meets an exception (lost, returned to
+        sender): its tracking says ``EX`` from now on."""
+        with self._lock:
+            (record,) = [r for r in self.labels.values() if r.tracking_number == tracking_number]
+            record.exception = description
+
+    def tracking_counts(self) -> dict[str, int]:
+        """Parcels by their tracking status as the carrier would answer now."""
+        counts: dict[str, int] = {}
+        with self._lock:
+            for record in self.labels.values():
+                if record.first_scan is not None:
+                    code = self._tracking(record, self._clock())["status_code"]
+                    counts[code] = counts.get(code, 0) + 1
+        return counts
+
+    def _tracking(self, record: LabelRecord, now: dt.datetime) -> dict[str, Any]:
+        """ShipEngine's tracking information of a label (``GET /v1/labels/{id}/track``)."""
+        events: list[dict[str, Any]] = []
+
+        def event(at: dt.datetime, code: str, carrier_code: str, description: str) -> None:
+            events.append({
+                "occurred_at": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "carrier_occurred_at": at.strftime("%Y-%m-%dT%H:%M:%S"),
+                "description": description, "city_locality": "LOUISVILLE",
+                "state_province": "KY", "postal_code": "40202", "country_code": "US",
+                "company_name": "", "signer": "", "event_code": carrier_code,
+                "status_code": code, "carrier_status_code": carrier_code,
+            })  # fmt: skip
+
+        status, description, delivered, exception = "UN", "Unknown", None, None
+        if record.voided:
+            status, description = "UN", "Label voided"
+        elif record.first_scan is not None:
+            first = record.first_scan
+            event(first, "AC", "OR", "Origin scan")
+            status, description = "AC", "Accepted"
+            due = first + dt.timedelta(seconds=self.deliver_after_s)
+            if record.exception:
+                event(now, "EX", "X", record.exception)
+                status, description, exception = "EX", "Exception", record.exception
+            elif now >= due:
+                event(due, "IT", "I", "Departed facility")
+                event(due, "DE", "D", "Delivered")
+                status, description, delivered = "DE", "Delivered", due
+            else:
+                event(first, "IT", "I", "Departed facility")
+                status, description = "IT", "In Transit"
+        return {
+            "tracking_number": record.tracking_number,
+            "status_code": status,
+            "status_description": description,
+            "carrier_status_code": {"DE": "D", "EX": "X", "IT": "I", "AC": "OR"}.get(status, "U"),
+            "carrier_status_description": description.upper(),
+            "shipped_date": record.first_scan.isoformat() if record.first_scan else None,
+            "estimated_delivery_date": None,
+            "actual_delivery_date": delivered.strftime("%Y-%m-%dT%H:%M:%SZ") if delivered else None,
+            "exception_description": exception,
+            "events": list(reversed(events)),  # newest first, as ShipEngine lists them
+        }
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -477,7 +526,7 @@ class CarrierSimulator:
             self._keys[key].body = answer
             drop = self._drop_rng.random() < self.drop_after_apply_rate
         if drop:
-            return _DroppedConnection(json.dumps(answer).encode())
+            return DroppedConnection(json.dumps(answer).encode())
         return JSONResponse(answer)
 
     async def list_labels(self, request: Request) -> Response:
@@ -525,6 +574,25 @@ class CarrierSimulator:
         )
         return JSONResponse({"approved": True, "message": message})
 
+    async def track_label(self, request: Request, label_id: str) -> Response:
+        """Tracking by label id. The first request is the parcel's first scan (the carrier
+        picks it up once it has shipped: ordersync only tracks shipped parcels)."""
+        if not self._authorized(request):
+            return self._unauthorized()
+        if (disturbed := await self.knobs.disturb()) is not None:
+            return disturbed
+        now = self._clock()
+        with self._lock:
+            record = self._by_id.get(label_id)
+            if record is None:
+                return _error(404, "not_found", "label not found", error_type="system")
+            if record.first_scan is None and not record.voided:
+                record.first_scan = now
+                if self._tracking_rng.random() < self.exception_rate:
+                    record.exception = "Returned to sender: address unknown"
+            body = self._tracking(record, now)
+        return JSONResponse(body)
+
     async def download_label(self, request: Request, label_id: str) -> Response:
         if not self._authorized(request):
             return self._unauthorized()
@@ -539,6 +607,7 @@ class CarrierSimulator:
         router.add_api_route("/v1/labels", self.list_labels, methods=["GET"])
         router.add_api_route("/v1/labels/{label_id}", self.get_label, methods=["GET"])
         router.add_api_route("/v1/labels/{label_id}/void", self.void_label, methods=["PUT"])
+        router.add_api_route("/v1/labels/{label_id}/track", self.track_label, methods=["GET"])
         router.add_api_route(
             "/v1/downloads/labels/{label_id}.pdf",
             self.download_label,

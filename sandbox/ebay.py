@@ -179,6 +179,8 @@ class EbaySimulator:
         self._bucket = (burst, clock())  # (tokens, at)
         #: (order id, tracking number) → the ShippingFulfillment we created
         self.ledger: dict[tuple[str, str], dict[str, Any]] = {}
+        #: seller cancellations (Post-Order API): order id → the request
+        self.cancellations: dict[str, dict[str, Any]] = {}
         #: (operation, HTTP status) per request, for benchmarks (429 count, requests/s)
         self.request_log: list[tuple[str, int]] = []
 
@@ -624,9 +626,50 @@ class EbaySimulator:
             order["lastModifiedDate"] = _ts(self.now())
         return self._log(op, JSONResponse({}, status_code=201, headers={"Location": location}))
 
+    async def _create_cancellation(self, request: Request) -> Response:
+        """Post-Order API ``POST /post-order/v2/cancellation`` by the seller: a paid order
+        that has not shipped is cancelled (and refunded by eBay) at once; a second request for
+        the same order is refused, as eBay refuses a duplicate cancellation."""
+        op = "createCancellation"
+        disturbed = await self.knobs.disturb(TOO_MANY_REQUESTS)
+        if disturbed is not None:
+            return self._log(op, disturbed)
+        refused = self._guard(request)
+        if refused is not None:
+            return self._log(op, refused)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("legacyOrderId"), str):
+            return self._log(op, _api_error(400, 32600, "Invalid input data"))
+        order_id = body["legacyOrderId"]
+        with self._lock:
+            order = self._orders.get(order_id)
+            if order is None:
+                return self._log(op, _api_error(400, 32100, f"Invalid Order Id: {order_id}"))
+            if order["cancelStatus"]["cancelState"] != "NONE_REQUESTED":
+                return self._log(op, _api_error(400, 32700, "Order is not eligible to cancel"))
+            if order["orderFulfillmentStatus"] == "FULFILLED":
+                return self._log(op, _api_error(400, 32700, "Order is not eligible to cancel"))
+            at = _ts(self.now())
+            cancel_id = str(5_000_000_000 + len(self.cancellations) + 1)
+            self.cancellations[order_id] = {
+                "cancelId": cancel_id,
+                "cancelReason": body.get("cancelReason"),
+            }
+            order["cancelStatus"] = {"cancelState": "CANCELED", "cancelledDate": at,
+                                     "cancelRequests": []}  # fmt: skip
+            order["orderPaymentStatus"] = "FULLY_REFUNDED"
+            order["lastModifiedDate"] = at
+        return self._log(op, JSONResponse({"cancelId": cancel_id}, status_code=201))
+
     def build_router(self) -> APIRouter:
         router = APIRouter()
         router.add_api_route("/identity/v1/oauth2/token", self._token, methods=["POST"])
+        router.add_api_route(
+            "/post-order/v2/cancellation", self._create_cancellation, methods=["POST"]
+        )
         router.add_api_route(f"{API}/order", self._get_orders, methods=["GET"])
         router.add_api_route(f"{API}/order/{{order_id}}", self._get_order, methods=["GET"])
         router.add_api_route(

@@ -13,8 +13,9 @@ import random
 from dataclasses import dataclass, field
 
 from fastapi.responses import JSONResponse, Response
+from starlette.types import Receive, Scope, Send
 
-__all__ = ["Knobs"]
+__all__ = ["DroppedConnection", "Knobs"]
 
 
 @dataclass
@@ -57,3 +58,26 @@ class Knobs:
             status_code=429,
             headers={"Retry-After": self.retry_after},
         )
+
+
+class DroppedConnection(Response):
+    """Starts a 200 answer, then fails mid-body: the server closes the connection and the
+    client sees a protocol error although the request was applied ("apply then drop")."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__()
+        self._payload = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(self._payload)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": self._payload[:16], "more_body": True})
+        raise ConnectionAbortedError("sandbox: drop_after_apply (intended)")

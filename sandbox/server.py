@@ -177,17 +177,38 @@ class Sandbox:
 
     def ledger(self) -> dict[str, Any]:
         """Effects as the outside world counts them."""
+        woo = self.woocommerce.ledger
+
+        def woo_count(prefix: str) -> int:
+            return sum(len(v) for k, v in list(woo.items()) if k.startswith(prefix))
+
+        carrier = self.carrier.ledger()
         return {
             "shopify": {
                 "orders": len(self.shopify.orders),
                 "fulfillments": len(self.shopify.fulfillments),
                 "cancels": len(self.shopify.cancels),
+                "fulfillment_events": len(self.shopify.fulfillment_events),
             },
-            "woocommerce": {"orders": len(self.woocommerce.orders)},
+            "woocommerce": {
+                "orders": len(self.woocommerce.orders),
+                # a shipment is a customer note with its tracking number; completed with the last
+                "tracking_notes": woo_count("note:"),
+                "completed": woo_count("fulfillment:"),
+                "cancellations": woo_count("cancellation:"),
+            },
             "amazon": {"orders": len(self.amazon.orders), "shipments": len(self.amazon.shipments)},
-            "ebay": {"orders": len(self.ebay.orders)},
+            "ebay": {
+                "orders": len(self.ebay.orders),
+                "fulfillments": len(self.ebay.ledger),
+                "cancellations": len(self.ebay.cancellations),
+            },
             "payments": {"captures": self.payments.capture_count()},
-            "carrier": {"labels": self.carrier.label_count()},
+            "carrier": {
+                "labels": carrier["labels"],
+                "voided": carrier["voided"],
+                "delivered": self.carrier.tracking_counts().get("DE", 0),
+            },
         }
 
     def _bind(self) -> socket.socket:

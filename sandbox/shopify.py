@@ -30,7 +30,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from sandbox.knobs import Knobs
+from sandbox.knobs import DroppedConnection, Knobs
 
 __all__ = [
     "API_VERSION",
@@ -51,6 +51,9 @@ CENT = Decimal("0.01")
 TAX_RATE = Decimal("0.06")
 SHOP_OFFSET = dt.timezone(dt.timedelta(hours=-4))  # REST timestamps carry the shop's offset
 LOCATION_GID = "gid://shopify/Location/655441491"
+#: a second location: line items of ``second_location_skus`` are assigned there, in a
+#: fulfillment order of their own (as Shopify's order routing splits an order)
+LOCATION_2_GID = "gid://shopify/Location/655441492"
 
 # Shopify's static cost analysis, as the client's estimates assume it: object 1, connection
 # 2 + first x node. ORDER_BASE: Order + five money bags x 2 + customer + shipping address.
@@ -199,6 +202,7 @@ class ShopifySimulator:
         access_token: str = SANDBOX_ACCESS_TOKEN,
         bucket_max: float = 1000.0,
         restore_rate: float = 50.0,
+        second_location_skus: Iterable[str] = (),
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
@@ -217,7 +221,12 @@ class ShopifySimulator:
         self._seq = 0
         #: external id (REST id as a string) → REST order JSON
         self.orders: dict[str, dict[str, Any]] = {}
-        self._fulfillment_orders: dict[str, dict[str, Any]] = {}  # order id → its one FO
+        #: order id → its fulfillment orders, one per location its line items are assigned to
+        self._fulfillment_orders: dict[str, list[dict[str, Any]]] = {}
+        self.second_location_skus = frozenset(second_location_skus)
+        #: the next N fulfillmentCreate answers are dropped after the fulfillment was made
+        #: ("apply then drop": the client sees a broken connection)
+        self.drop_fulfillment_answers = 0
         self.prices = {sku: Decimal("14.90") + 5 * i for i, sku in enumerate(self.skus)}
         self.inventory_items = {
             sku: f"gid://shopify/InventoryItem/{49148385000 + 17 * i}"
@@ -228,6 +237,7 @@ class ShopifySimulator:
         self.fulfillments: list[dict[str, Any]] = []
         self.inventory_sets: dict[str, dict[str, Any]] = {}  # idempotency key → the set
         self.cancels: list[dict[str, Any]] = []
+        self.fulfillment_events: list[dict[str, Any]] = []
         #: (operation, HTTP status); a THROTTLED answer is logged as 429, its REST equivalent
         #: (on the wire it is a 200 with errors[].extensions.code = THROTTLED)
         self.request_log: list[tuple[str, int]] = []
@@ -431,11 +441,29 @@ class ShopifySimulator:
                 }
             ],
         }
-        self._fulfillment_orders[str(order_id)] = {
-            "id": f"gid://shopify/FulfillmentOrder/{order_id + 1}",
-            "status": "OPEN",
-            "assignedLocation": {"location": {"id": LOCATION_GID}},
-        }
+        by_location: dict[str, list[dict[str, Any]]] = {}
+        for item in line_items:
+            where = LOCATION_2_GID if item["sku"] in self.second_location_skus else LOCATION_GID
+            by_location.setdefault(where, []).append(item)
+        self._fulfillment_orders[str(order_id)] = [
+            {
+                "id": f"gid://shopify/FulfillmentOrder/{order_id + n}",
+                "status": "OPEN",
+                "assignedLocation": {"location": {"id": where}},
+                "lineItems": {
+                    "nodes": [
+                        {
+                            "id": f"gid://shopify/FulfillmentOrderLineItem/{item['id'] * 10 + 1}",
+                            "remainingQuantity": item["quantity"],
+                            "totalQuantity": item["quantity"],
+                            "lineItem": {"id": item["admin_graphql_api_id"]},
+                        }
+                        for item in items
+                    ]
+                },
+            }
+            for n, (where, items) in enumerate(sorted(by_location.items()), start=1)
+        ]
         return order
 
     @staticmethod
@@ -524,7 +552,8 @@ class ShopifySimulator:
         stamp = _rest_time(max(self._now(), _parse_time(order["updated_at"])))
         order["cancelled_at"] = order["closed_at"] = stamp
         order["cancel_reason"] = reason
-        self._fulfillment_orders[str(order["id"])]["status"] = "CLOSED"
+        for fo in self._fulfillment_orders.get(str(order["id"]), []):
+            fo["status"] = "CLOSED"
 
     def webhook_delivery(
         self, external_id: str, topic: str, secret: str, webhook_id: str | None = None
@@ -612,6 +641,10 @@ class ShopifySimulator:
             operation = body.get("operationName") or (match.group(1) if match else "anonymous")
             status, payload = self.execute(operation, query, variables)
             self.request_log.append((operation, status))
+            if operation == "FulfillmentCreate" and self.drop_fulfillment_answers > 0:
+                with self._lock:
+                    self.drop_fulfillment_answers -= 1
+                return DroppedConnection(json.dumps(payload).encode())
             return JSONResponse(
                 payload, headers={"X-Shopify-API-Version": API_VERSION, "X-Request-Id": "sim"}
             )
@@ -755,11 +788,12 @@ class ShopifySimulator:
         order = self._lookup(variables["id"])
         if order is None:
             return {"order": None}, 1
-        fo = self._fulfillment_orders[str(order["id"])]
+        fos = self._fulfillment_orders.get(str(order["id"]), [])
         fulfillments = [
             {
                 "id": f["id"],
                 "status": "SUCCESS",
+                "displayStatus": f.get("display_status") or "CONFIRMED",
                 "trackingInfo": [{"number": f["tracking_number"], "company": f["company"]}],
             }
             for f in self.fulfillments
@@ -768,7 +802,7 @@ class ShopifySimulator:
         node = {
             "id": order["admin_graphql_api_id"],
             "cancelledAt": _gql_time(order["cancelled_at"]),
-            "fulfillmentOrders": {"nodes": [dict(fo)]},
+            "fulfillmentOrders": {"nodes": json.loads(json.dumps(fos))},
             "fulfillments": fulfillments,
         }
         return {"order": node}, 4 + 2 * len(fulfillments)
@@ -776,13 +810,18 @@ class ShopifySimulator:
     def _fulfillment_create(
         self, query: str, variables: dict[str, Any]
     ) -> tuple[dict[str, Any], int]:
+        """One fulfillment of fulfillment orders of one location (Shopify refuses a request
+        that mixes locations), of all their remaining line items or of the ones given."""
         spec = variables["fulfillment"]
         tracking = spec.get("trackingInfo") or {}
-        targets = []
+        targets: list[tuple[str, dict[str, Any], dict[str, int] | None]] = []
         for group in spec.get("lineItemsByFulfillmentOrder") or []:
             fo_gid = group.get("fulfillmentOrderId")
             found = [
-                (oid, fo) for oid, fo in self._fulfillment_orders.items() if fo["id"] == fo_gid
+                (oid, fo)
+                for oid, fos in self._fulfillment_orders.items()
+                for fo in fos
+                if fo["id"] == fo_gid
             ]
             if not found:
                 return _user_errors(
@@ -796,45 +835,100 @@ class ShopifySimulator:
                     ["fulfillment"],
                     f"Fulfillment order {number} has an unfulfillable status= closed.",
                 )
-            targets.append((oid, fo))
+            wanted = group.get("fulfillmentOrderLineItems")
+            quantities = None
+            if wanted:
+                quantities = {str(i["id"]): int(i["quantity"]) for i in wanted}
+                remaining = {n["id"]: n["remainingQuantity"] for n in fo["lineItems"]["nodes"]}
+                for line_gid, qty in quantities.items():
+                    if line_gid not in remaining or not 0 < qty <= remaining[line_gid]:
+                        return _user_errors(
+                            "fulfillmentCreate",
+                            ["fulfillment", "lineItemsByFulfillmentOrder"],
+                            "Invalid fulfillment order line item quantity requested.",
+                        )
+            targets.append((oid, fo, quantities))
         if not targets:
             return _user_errors(
                 "fulfillmentCreate",
                 ["fulfillment"],
                 "Line items by fulfillment order can't be blank.",
             )
+        locations = {fo["assignedLocation"]["location"]["id"] for _, fo, _ in targets}
+        if len(locations) > 1:
+            return _user_errors(
+                "fulfillmentCreate",
+                ["fulfillment"],
+                "All fulfillment orders must be assigned to a single location.",
+            )
         fulfillment_id = f"gid://shopify/Fulfillment/{255858046 + len(self.fulfillments) + 1}"
-        for oid, fo in targets:
-            fo["status"] = "CLOSED"
-            order = self.orders[oid]
-            order["fulfillment_status"] = "fulfilled"
-            order["fulfillments"].append(
-                {
-                    "id": int(fulfillment_id.rsplit("/", 1)[-1]),
-                    "admin_graphql_api_id": fulfillment_id,
-                    "status": "success",
-                    "tracking_company": tracking.get("company"),
-                    "tracking_number": tracking.get("number"),
-                    "tracking_numbers": [tracking.get("number")],
-                }
-            )
-            self._bump(order)
-            self.fulfillments.append(
-                {
-                    "id": fulfillment_id,
-                    "order_id": oid,
-                    "fulfillment_order_id": fo["id"],
-                    "tracking_number": tracking.get("number"),
-                    "company": tracking.get("company"),
-                    "notify_customer": bool(spec.get("notifyCustomer")),
-                }
-            )
+        lines: list[dict[str, Any]] = []
+        for _, fo, quantities in targets:
+            for node in fo["lineItems"]["nodes"]:
+                take = node["remainingQuantity"] if quantities is None else quantities.get(
+                    node["id"], 0
+                )
+                if take:
+                    node["remainingQuantity"] -= take
+                    lines.append({"line_item": node["lineItem"]["id"], "quantity": take})
+            if all(n["remainingQuantity"] == 0 for n in fo["lineItems"]["nodes"]):
+                fo["status"] = "CLOSED"
+            else:
+                fo["status"] = "IN_PROGRESS"
+        oid = targets[0][0]
+        order = self.orders[oid]
+        done = all(fo["status"] == "CLOSED" for fo in self._fulfillment_orders[oid])
+        order["fulfillment_status"] = "fulfilled" if done else "partial"
+        order["fulfillments"].append(
+            {
+                "id": int(fulfillment_id.rsplit("/", 1)[-1]),
+                "admin_graphql_api_id": fulfillment_id,
+                "status": "success",
+                "location_id": int(next(iter(locations)).rsplit("/", 1)[-1]),
+                "tracking_company": tracking.get("company"),
+                "tracking_number": tracking.get("number"),
+                "tracking_numbers": [tracking.get("number")],
+            }
+        )
+        self._bump(order)
+        self.fulfillments.append(
+            {
+                "id": fulfillment_id,
+                "order_id": oid,
+                "fulfillment_order_ids": [fo["id"] for _, fo, _ in targets],
+                "location_id": next(iter(locations)),
+                "line_items": lines,
+                "tracking_number": tracking.get("number"),
+                "company": tracking.get("company"),
+                "notify_customer": bool(spec.get("notifyCustomer")),
+            }
+        )
         info = [{"number": tracking.get("number"), "company": tracking.get("company"), "url": None}]
         payload = {
             "fulfillment": {"id": fulfillment_id, "status": "SUCCESS", "trackingInfo": info},
             "userErrors": [],
         }
         return {"fulfillmentCreate": payload}, MUTATION_COST
+
+    def _fulfillment_event_create(
+        self, query: str, variables: dict[str, Any]
+    ) -> tuple[dict[str, Any], int]:
+        """A tracking event on a fulfillment (``DELIVERED``: Shopify shows it delivered)."""
+        spec = variables["fulfillmentEvent"]
+        found = [f for f in self.fulfillments if f["id"] == spec.get("fulfillmentId")]
+        if not found:
+            return _user_errors(
+                "fulfillmentEventCreate", ["fulfillmentEvent", "fulfillmentId"],
+                "Fulfillment does not exist.",
+            )  # fmt: skip
+        status = str(spec.get("status") or "")
+        event_id = f"gid://shopify/FulfillmentEvent/{944956391 + len(self.fulfillment_events)}"
+        self.fulfillment_events.append({"id": event_id, "fulfillment_id": found[0]["id"],
+                                        "status": status,
+                                        "happened_at": spec.get("happenedAt")})  # fmt: skip
+        found[0]["display_status"] = status
+        payload = {"fulfillmentEvent": {"id": event_id, "status": status}, "userErrors": []}
+        return {"fulfillmentEventCreate": payload}, MUTATION_COST
 
     def _order_cancel(self, query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
         order = self._lookup(variables["orderId"])
@@ -880,7 +974,10 @@ class ShopifySimulator:
         return {"inventoryItems": {"nodes": nodes}}, 2 + len(nodes)
 
     def _locations(self, query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
-        return {"locations": {"nodes": [{"id": LOCATION_GID, "name": "Shop location"}]}}, 3
+        nodes = [{"id": LOCATION_GID, "name": "Shop location"}]
+        if self.second_location_skus:  # it keeps some SKUs at a second location
+            nodes.append({"id": LOCATION_2_GID, "name": "Warehouse East"})
+        return {"locations": {"nodes": nodes[: int(variables["first"])]}}, 3
 
     def _inventory_set_quantities(
         self, query: str, variables: dict[str, Any]
@@ -1032,6 +1129,7 @@ _HANDLERS: dict[str, _Handler] = {
     "OrderLineItems": _Handler(lambda v: 3 + LINE_COST * int(v["first"]), _S._order_line_items),
     "OrderFulfillmentState": _Handler(lambda v: 1 + 62 + 40, _S._fulfillment_state),
     "FulfillmentCreate": _Handler(lambda v: MUTATION_COST, _S._fulfillment_create),
+    "FulfillmentEventCreate": _Handler(lambda v: MUTATION_COST, _S._fulfillment_event_create),
     "OrderCancel": _Handler(lambda v: MUTATION_COST, _S._order_cancel),
     "InventoryItemsBySku": _Handler(lambda v: 2 + int(v["first"]), _S._inventory_items_by_sku),
     "Locations": _Handler(lambda v: 2 + int(v["first"]), _S._locations),

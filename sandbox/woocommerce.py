@@ -114,7 +114,8 @@ class WooCommerceSimulator:
         self._window: tuple[int, int] = (0, 0)  # (window index, requests in it)
         self.orders: dict[str, dict[str, Any]] = {}
         self.notes: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        #: effects the connector pushed: "fulfillment:{order}", "note:{order}", "stock:{sku}"
+        #: effects the connector pushed: "fulfillment:{order}", "note:{order}",
+        #: "cancellation:{order}", "stock:{sku}"
         self.ledger: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.request_log: list[tuple[str, int]] = []
         self.products: dict[int, dict[str, Any]] = {}
@@ -541,6 +542,8 @@ class WooCommerceSimulator:
                     if status == "completed":
                         self._set_date(order, "date_completed", now)
                         self.ledger[f"fulfillment:{order_id}"].append({"at": _wc(now)})
+                    if status == "cancelled":
+                        self.ledger[f"cancellation:{order_id}"].append({"at": _wc(now)})
                     if status == "processing" and not order["date_paid_gmt"]:
                         self._set_date(order, "date_paid", now)
                 for meta in changes.get("meta_data") or []:

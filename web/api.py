@@ -10,7 +10,16 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
-from db.models import ChannelAccount, InboxEvent, Invoice, Label, Order, Shipment
+from db.models import (
+    ChannelAccount,
+    InboxEvent,
+    Invoice,
+    Label,
+    Order,
+    OutboxAttempt,
+    OutboxMessage,
+    Shipment,
+)
 from db.session import rowcount
 from domain.errors import PermanentError
 from domain.states import InboxStatus, OrderState
@@ -20,7 +29,7 @@ from web.sessions import SessionDep
 from workflows.publish import publish_after_commit
 from workflows.tasks import process_event
 
-__all__ = ["MAX_ID", "Id", "Staff", "router", "summary"]
+__all__ = ["MAX_ID", "Id", "Staff", "outbox_json", "router", "summary", "undelivered"]
 
 router = APIRouter(
     prefix="/api",
@@ -145,6 +154,7 @@ def _order_json(order: Order, *, detail: bool = False) -> dict[str, Any]:
         "total": str(order.total),
         "external_updated_at": order.external_updated_at.isoformat(),
         "failed_step": order.failed_step,
+        "held_reason": order.held_reason,
         "last_error": order.last_error,
         "attempts": order.attempts,
         "version": order.version,
@@ -184,11 +194,19 @@ def summary(session: Session) -> dict[str, Any]:
     inbox = dict(
         session.execute(select(InboxEvent.status, func.count()).group_by(InboxEvent.status)).all()
     )
+    outbox = dict(
+        session.execute(
+            select(OutboxMessage.status, func.count())
+            .where(OutboxMessage.kind.is_not(None))
+            .group_by(OutboxMessage.status)
+        ).all()
+    )
     return {
         "orders": sum(by_state.values()),
         "by_state": by_state,
         "by_channel": by_channel,
         "inbox": inbox,
+        "outbox": outbox,
     }
 
 
@@ -229,9 +247,53 @@ def load_order(session: Session, order_id: int) -> Order:
     return order
 
 
-@router.get("/orders/{order_id}", response_model=OrderDetailOut)
+class ShipmentLineOut(BaseModel):
+    line: str
+    quantity: int
+
+
+class ShipmentOut(BaseModel):
+    id: int
+    status: str
+    location: str
+    carrier: str
+    tracking_number: str | None
+    tracking_status: str | None
+    shipped_at: dt.datetime | None
+    delivered_at: dt.datetime | None
+    lines: list[ShipmentLineOut]
+
+
+class OrderWithShipmentsOut(OrderDetailOut):
+    held_reason: str | None = None
+    shipments: list[ShipmentOut]
+
+
+@router.get("/orders/{order_id}", response_model=OrderWithShipmentsOut)
 def get_order(order_id: Id, session: SessionDep) -> dict[str, Any]:
-    return _order_json(load_order(session, order_id), detail=True)
+    """The order with its lines, timeline and shipments (lines, location, label, tracking)."""
+    out = _order_json(load_order(session, order_id), detail=True)
+    shipments = session.scalars(
+        select(Shipment)
+        .where(Shipment.order_id == order_id)
+        .options(selectinload(Shipment.lines))
+        .order_by(Shipment.id)
+    ).all()
+    out["shipments"] = [
+        {
+            "id": s.id,
+            "status": s.status,
+            "location": s.location,
+            "carrier": s.carrier,
+            "tracking_number": s.tracking_number,
+            "tracking_status": s.tracking_status,
+            "shipped_at": s.shipped_at.isoformat() if s.shipped_at else None,
+            "delivered_at": s.delivered_at.isoformat() if s.delivered_at else None,
+            "lines": [{"line": ln.line_external_id, "quantity": ln.quantity} for ln in s.lines],
+        }
+        for s in shipments
+    ]
+    return out
 
 
 def _inbox_json(event: InboxEvent, account: str) -> dict[str, Any]:
@@ -329,23 +391,249 @@ def push_order(order_id: Id, session: SessionDep, staff: Staff) -> dict[str, Any
     return {"id": order_id, "status": "pushed"}
 
 
+class ShipBody(BaseModel):
+    #: the shipments that left (none given: every labelled one)
+    shipments: list[int] | None = None
+
+
 @router.post("/orders/{order_id}/ship", response_model=ActionOut)
-def ship_order(order_id: Id, session: SessionDep, staff: Staff) -> dict[str, Any]:
-    """Mark a ready_to_ship order as handed to the carrier (tracking goes to the marketplace),
-    or, for an order the marketplace fulfils (Amazon FBA), as shipped by the marketplace."""
+def ship_order(
+    order_id: Id, session: SessionDep, staff: Staff, body: ShipBody | None = None
+) -> dict[str, Any]:
+    """Mark a ready_to_ship (or partially_shipped) order's labelled shipments, or only the
+    ones given, as handed to the carrier (their tracking goes to the marketplace through the
+    outbox), or, for an order the marketplace fulfils (Amazon FBA), as shipped by it."""
     from workflows.pipeline import ship
 
     def act(session: Session, oid: int) -> dict[str, Any]:
         order = session.get(Order, oid)
         if order is None:
             raise HTTPException(404, "no such order")
-        if order.state != OrderState.READY_TO_SHIP:
+        if order.state not in (OrderState.READY_TO_SHIP, OrderState.PARTIALLY_SHIPPED):
             raise HTTPException(409, f"order is {order.state}, not ready_to_ship")
+        if order.held_reason is not None and not order.fulfilled_by_marketplace:
+            raise HTTPException(409, f"order is held ({order.held_reason}): release it first")
+        chosen = body.shipments if body is not None else None
+        if chosen is not None:
+            known = set(
+                session.scalars(
+                    select(Shipment.id).where(
+                        Shipment.order_id == oid, Shipment.status == "labelled"
+                    )
+                )
+            )
+            if not chosen or not set(chosen) <= known:
+                raise HTTPException(409, "shipments must be labelled shipments of this order")
         audit(session, staff.actor, "ship", f"order {oid}", order_id=oid)
-        publish_after_commit(session, ship.si(oid))
+        publish_after_commit(session, ship.si(oid, chosen))
         return {"id": oid, "status": "shipping"}
 
     return _staff_action(session, act, order_id)
+
+
+class CancelBody(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+@router.post("/orders/{order_id}/cancel")
+def cancel_order(
+    order_id: Id, body: CancelBody, session: SessionDep, staff: Staff
+) -> dict[str, Any]:
+    """Cancel before it ships, with a reason: stock back, label voided, money refunded, credit
+    note, the cancellation pushed to the marketplace. A second click gets 409; a marketplace
+    where the seller cannot cancel (Amazon) gets 422 with the reason."""
+    from orders.staff import CannotCancel
+    from workflows.pipeline import cancel_order as cancel
+
+    def act(session: Session, oid: int) -> dict[str, Any]:
+        try:
+            cancel(session, oid, reason=body.reason, actor=staff.actor)
+        except LookupError:
+            raise HTTPException(404, "no such order") from None
+        except (CannotCancel, ValueError) as exc:
+            raise HTTPException(409, str(exc)) from None
+        return {"id": oid, "status": OrderState.CANCELLED}
+
+    return _staff_action(session, act, order_id)
+
+
+class HoldBody(BaseModel):
+    reason: str = Field(min_length=1, max_length=500)
+
+
+@router.post("/orders/{order_id}/hold")
+def hold_order(order_id: Id, body: HoldBody, session: SessionDep, staff: Staff) -> dict[str, Any]:
+    """Hold an order with a reason: it does not ship until released. A second click gets 409."""
+    from orders.staff import hold
+
+    def act(session: Session, oid: int) -> dict[str, Any]:
+        if session.get(Order, oid) is None:
+            raise HTTPException(404, "no such order")
+        try:
+            hold(session, oid, reason=body.reason, actor=staff.actor)
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return {"id": oid, "held": True}
+
+    return _staff_action(session, act, order_id)
+
+
+@router.post("/orders/{order_id}/release")
+def release_order(order_id: Id, session: SessionDep, staff: Staff) -> dict[str, Any]:
+    """Release a held order. A second click gets 409."""
+    from orders.staff import release
+
+    def act(session: Session, oid: int) -> dict[str, Any]:
+        if session.get(Order, oid) is None:
+            raise HTTPException(404, "no such order")
+        release(session, oid, actor=staff.actor)
+        return {"id": oid, "held": False}
+
+    return _staff_action(session, act, order_id)
+
+
+class MarkShippedBody(BaseModel):
+    tracking_number: str = Field(min_length=1, max_length=100)
+    carrier: str = Field(min_length=1, max_length=50)
+
+
+@router.post("/orders/{order_id}/mark-shipped")
+def mark_shipped(
+    order_id: Id, body: MarkShippedBody, session: SessionDep, staff: Staff
+) -> dict[str, Any]:
+    """The parcel left with a label bought elsewhere: shipped by hand with its tracking number
+    (pushed to the marketplace); our unused labels are voided. A second click gets 409."""
+    from workflows.pipeline import mark_shipped as mark
+
+    def act(session: Session, oid: int) -> dict[str, Any]:
+        if session.get(Order, oid) is None:
+            raise HTTPException(404, "no such order")
+        try:
+            shipment_id = mark(session, oid, tracking_number=body.tracking_number,
+                               carrier=body.carrier, actor=staff.actor)  # fmt: skip
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return {"id": oid, "status": OrderState.SHIPPED, "shipment": shipment_id}
+
+    return _staff_action(session, act, order_id)
+
+
+@router.post("/shipments/{shipment_id}/void")
+def void_label(
+    shipment_id: Id, session: SessionDep, staff: Staff, rebuy: bool = False
+) -> dict[str, Any]:
+    """Void the label of a shipment that has not left (the carrier refunds it); ``rebuy``: a
+    new label for the same lines. A second click gets 409."""
+    from workflows.pipeline import void_shipment_label
+
+    def act(session: Session, sid: int) -> dict[str, Any]:
+        try:
+            new = void_shipment_label(session, sid, actor=staff.actor, rebuy=rebuy)
+        except LookupError:
+            raise HTTPException(404, "no such shipment") from None
+        return {"id": sid, "status": "voided", "new_shipment": new}
+
+    return _staff_action(session, act, shipment_id)
+
+
+@router.get("/shipments/{shipment_id}/label.pdf", response_class=Response, responses=PDF)
+def shipment_label_pdf(shipment_id: Id, session: SessionDep) -> Response:
+    """Reprint: the stored label of one shipment (never a second purchase)."""
+    label = session.scalar(
+        select(Label).where(Label.shipment_id == shipment_id, Label.voided_at.is_(None))
+    )
+    if label is None:
+        raise HTTPException(404, "no label in use for this shipment")
+    return Response(
+        label.pdf,
+        media_type="application/pdf",
+        headers={"Content-Disposition": f'inline; filename="{label.tracking_number}.pdf"'},
+    )
+
+
+def outbox_json(message: OutboxMessage, order: Order | None) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "order_id": message.order_id,
+        "channel": order.channel if order else None,
+        "external_number": order.external_number if order else None,
+        "kind": message.kind,
+        "status": message.status,
+        "idempotency_key": message.idempotency_key,
+        "last_error": message.last_error,
+        "created_at": message.created_at.isoformat(),
+        "delivered_at": message.delivered_at.isoformat() if message.delivered_at else None,
+    }
+
+
+def undelivered(session: Session, limit: int = 50) -> list[tuple[OutboxMessage, Order]]:
+    """Effects on a marketplace not delivered (failed first, then the oldest pending)."""
+    return [
+        (message, order)
+        for message, order in session.execute(
+            select(OutboxMessage, Order)
+            .join(Order, Order.id == OutboxMessage.order_id)
+            .where(OutboxMessage.kind.is_not(None), OutboxMessage.status != "delivered")
+            .order_by((OutboxMessage.status == "failed").desc(), OutboxMessage.id)
+            .limit(limit)
+        ).all()
+    ]
+
+
+@router.get("/outbox")
+def list_outbox(
+    session: SessionDep,
+    status: str | None = Query(None, pattern="^(pending|delivered|failed|undelivered)$"),
+    order_id: int | None = None,
+    limit: int = Query(50, ge=1, le=500),
+) -> dict[str, Any]:
+    """Effects on the marketplaces (fulfilments, cancellations), newest first, each with its
+    attempts; ``status=undelivered`` = pending or failed."""
+    query = (
+        select(OutboxMessage, Order)
+        .join(Order, Order.id == OutboxMessage.order_id)
+        .where(OutboxMessage.kind.is_not(None))
+        .order_by(OutboxMessage.id.desc())
+        .limit(limit)
+    )
+    if status == "undelivered":
+        query = query.where(OutboxMessage.status != "delivered")
+    elif status is not None:
+        query = query.where(OutboxMessage.status == status)
+    if order_id is not None:
+        query = query.where(OutboxMessage.order_id == order_id)
+    rows = session.execute(query).all()
+    attempts: dict[int, list[dict[str, Any]]] = {}
+    for a in session.scalars(
+        select(OutboxAttempt)
+        .where(OutboxAttempt.message_id.in_([m.id for m, _ in rows]))
+        .order_by(OutboxAttempt.id)
+    ):
+        attempts.setdefault(a.message_id, []).append(
+            {"status": a.status, "response_code": a.response_code, "error": a.error,
+             "duration_ms": a.duration_ms, "at": a.started_at.isoformat()}
+        )  # fmt: skip
+    return {
+        "messages": [
+            {**outbox_json(m, o), "attempts": attempts.get(m.id, [])} for m, o in rows
+        ]
+    }
+
+
+@router.post("/outbox/{message_id}/retry")
+def retry_outbox(message_id: Id, session: SessionDep, staff: Staff) -> dict[str, Any]:
+    """Deliver a failed (or stuck pending) message again, under its same idempotency key. A
+    delivered message gets 409."""
+    from workflows.pipeline import retry_message
+
+    with session.begin():
+        try:
+            was = retry_message(session, message_id, actor=staff.actor)
+        except LookupError:
+            raise HTTPException(404, "no such outbox message") from None
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+    return {"id": message_id, "was": was, "status": "pending"}
 
 
 @router.put("/stock/{sku}", response_model=StockOut)
@@ -389,7 +677,12 @@ def invoice_pdf(
 @router.get("/orders/{order_id}/label.pdf", response_class=Response, responses=PDF)
 def label_pdf(order_id: Id, session: SessionDep) -> Response:
     """The stored label: a reprint never buys a second one."""
-    label = session.scalar(select(Label).join(Shipment).where(Shipment.order_id == order_id))
+    label = session.scalar(
+        select(Label)
+        .join(Shipment)
+        .where(Shipment.order_id == order_id, Label.voided_at.is_(None))
+        .order_by(Label.id.desc())
+    )
     if label is None:
         raise HTTPException(404, "no label for this order")
     return Response(

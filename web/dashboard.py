@@ -1,11 +1,14 @@
 """The staff dashboard, server-rendered: where every order stands, what is stuck and why.
 
-- ``/``: counts by state, orders that need attention (step, error, attempts, Retry), webhooks
-  that failed (parse error, Retry), the latest sync run of each account, on-hold orders with the
-  SKUs they wait for;
+- ``/``: counts by state, orders that need attention (step, error, attempts, Retry), effects not
+  delivered to the marketplaces (last error, Retry), webhooks that failed (parse error, Retry),
+  the latest sync run of each account, on-hold orders with the SKUs they wait for;
 - ``/orders?state=&channel=&q=&page=``: the order list, filtered and paged (``q``: an order
   number, a marketplace id, our id or the buyer's name; the list never shows the name);
-- ``/orders/{id}``: one order: totals, lines, payment, invoice, label, timeline, actions.
+- ``/orders/{id}``: one order: totals, lines, payment, invoice, its shipments (lines, location,
+  label, tracking; reprint, ship this parcel, void, void and re-buy), what went to its
+  marketplace with each attempt, timeline, actions (ship, mark shipped by hand, hold/release,
+  cancel with a reason).
 
 Pages only read. Every button posts to the staff JSON API (``web/api.py``) with ``fetch``
 (``static/dashboard.js``), so a retry here is exactly the retry of the API and the CLI, and a
@@ -24,7 +27,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import ColumnElement, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from db.models import (
     ChannelAccount,
@@ -33,6 +36,8 @@ from db.models import (
     Label,
     Order,
     OrderEvent,
+    OutboxAttempt,
+    OutboxMessage,
     Payment,
     Refund,
     Shipment,
@@ -40,7 +45,7 @@ from db.models import (
 )
 from domain.states import InboxStatus, OrderState
 from integrations import registry
-from web.api import MAX_ID, Id, load_order, summary
+from web.api import MAX_ID, Id, load_order, summary, undelivered
 from web.sessions import SessionDep
 from web.templating import HERE, render
 
@@ -150,6 +155,7 @@ def index(request: Request, session: SessionDep) -> HTMLResponse:
         sync_runs=_latest_sync_runs(session),
         on_hold=_on_hold(session),
         refunds_owed=_refunds_owed(session),
+        undelivered=undelivered(session, OVERVIEW_LIMIT),
         limit=OVERVIEW_LIMIT,
     )
 
@@ -249,14 +255,32 @@ def order_detail(request: Request, order_id: Id, session: SessionDep) -> HTMLRes
         .where(Invoice.order_id == order_id)
         .order_by(Invoice.id)
     ).all()
-    shipment = session.scalar(select(Shipment).where(Shipment.order_id == order_id))
-    label = None
-    if shipment is not None:
-        label = session.execute(
-            select(Label.carrier, Label.tracking_number, Label.created_at).where(
-                Label.shipment_id == shipment.id
-            )
-        ).one_or_none()
+    shipments = session.scalars(
+        select(Shipment)
+        .where(Shipment.order_id == order_id)
+        .options(selectinload(Shipment.lines))
+        .order_by(Shipment.id)
+    ).all()
+    # the label in use (a voided one is history, on the timeline)
+    label = session.execute(
+        select(Label.carrier, Label.tracking_number, Label.created_at)
+        .join(Shipment, Shipment.id == Label.shipment_id)
+        .where(Shipment.order_id == order_id, Label.voided_at.is_(None))
+        .order_by(Label.id.desc())
+        .limit(1)
+    ).one_or_none()
+    messages = session.scalars(
+        select(OutboxMessage)
+        .where(OutboxMessage.order_id == order_id, OutboxMessage.kind.is_not(None))
+        .order_by(OutboxMessage.id)
+    ).all()
+    attempts: dict[int, list[OutboxAttempt]] = {}
+    for attempt in session.scalars(
+        select(OutboxAttempt)
+        .where(OutboxAttempt.message_id.in_([m.id for m in messages]))
+        .order_by(OutboxAttempt.id)
+    ):
+        attempts.setdefault(attempt.message_id, []).append(attempt)
     address = order.shipping_address or {}
     return _render(
         request,
@@ -271,6 +295,8 @@ def order_detail(request: Request, order_id: Id, session: SessionDep) -> HTMLRes
         payment=payment,
         refunds=refunds,
         invoices=invoices,
-        shipment=shipment,
+        shipments=shipments,
         label=label,
+        messages=messages,
+        attempts=attempts,
     )

@@ -112,6 +112,11 @@ def _beat_schedule() -> dict[str, Any]:
             "schedule": crontab(minute=30, hour=(settings.full_sync_hour_utc + 1) % 24),
             "options": {"expires": 3600.0},
         },
+        "track-shipped-parcels": {
+            "task": "ordersync.maintenance.track_due",
+            "schedule": float(settings.track_interval_s),
+            "options": {"expires": float(settings.track_interval_s)},
+        },
         "nightly-full-sync": {
             "task": "ordersync.sync.full_sync_all",
             "schedule": crontab(minute=0, hour=settings.full_sync_hour_utc),

@@ -6,7 +6,8 @@
         chord([issue_invoice.si(order_id), buy_label.si(order_id)],
               mark_ready_to_ship.si(order_id)),
     )
-    ship(order_id): tracking back to the marketplace → shipped
+    ship(order_id): stock consumed → shipped, the fulfilment written to the outbox
+    deliver(message_id): one outbox message (fulfilment, cancellation) to the marketplace
     refund_payment(order_id): a cancelled order's captured payment goes back (once)
 
 Every task holds the Redis lock of (order, step) (``workflows.steps.StepTask``) and calls its
@@ -22,38 +23,66 @@ with nothing of ours leaving the shelf (``orders.fulfilment``).
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
 from celery import chain, chord
 from celery.canvas import Signature
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import ChannelAccount
+from core.settings import get_settings
+from db.base import utcnow
+from db.models import ChannelAccount, Order, Shipment
+from db.session import get_sessionmaker
+from domain.errors import PermanentError
 from domain.states import OrderState
-from integrations.base import ConnectorSeams
-from orders import cancellation, documents, fulfilment, payments, recovery, refunds, reservation
+from integrations.base import ConnectorSeams, MarketplaceConnector, ShipmentGroup
+from orders import (
+    cancellation,
+    documents,
+    fulfilment,
+    outbox,
+    payments,
+    recovery,
+    refunds,
+    reservation,
+    staff,
+    tracking,
+)
 from orders.fulfilment import marketplace_shipped
 from orders.steps import FollowUp
+from workflows.base import OrdersyncTask
 from workflows.celery_app import app
 from workflows.providers import carrier_client, connector_for, payments_client, shared_limiter
 from workflows.publish import publish_after_commit
-from workflows.steps import RefundTask, StepTask
+from workflows.steps import DeliverTask, RefundTask, StepTask
 
 __all__ = [
     "buy_label",
+    "cancel_order",
     "capture_payment",
     "credit_note",
+    "deliver",
     "issue_invoice",
     "mark_ready_to_ship",
+    "mark_shipped",
     "marketplace_shipped",
     "on_cancelled",
     "pipeline",
     "refund_payment",
     "release_waiting",
     "reserve_stock",
+    "retry_message",
     "retry_order",
     "ship",
+    "track_due",
+    "track_shipment",
+    "void_labels",
+    "void_shipment_label",
+    "void_unused",
 ]
 
 
@@ -75,15 +104,32 @@ def _after_commit(signature: Callable[[int], Signature]) -> FollowUp:
     return publish
 
 
-def _push_fulfilment(
-    account: ChannelAccount, external_id: str, *, tracking_number: str, carrier: str,
-    idempotency_key: str,
-) -> None:  # fmt: skip
-    # the account's connector, on the buckets every worker shares (as polling uses them)
+def _push_effect(account: ChannelAccount, effect: outbox.Effect) -> None:
+    """One outbox message to the account's marketplace, through its connector, on the buckets
+    every worker shares (as polling uses them)."""
     connector = connector_for(account, ConnectorSeams(limiter=shared_limiter()))
     try:
-        connector.push_fulfillment(external_id, tracking_number=tracking_number, carrier=carrier,
-                                   idempotency_key=idempotency_key)  # fmt: skip
+        if effect.kind == outbox.FULFILMENT:
+            payload = effect.payload
+            connector.push_fulfillment(
+                effect.external_id, tracking_number=str(payload["tracking_number"]),
+                carrier=str(payload["carrier"]), idempotency_key=effect.idempotency_key,
+                lines=[(str(line), int(qty)) for line, qty in payload.get("lines") or []],
+                location=str(payload.get("location") or ""), last=bool(payload.get("last", True)),
+            )  # fmt: skip
+        elif effect.kind == outbox.DELIVERY:
+            connector.push_delivery(
+                effect.external_id, tracking_number=str(effect.payload["tracking_number"]),
+                delivered_at=str(effect.payload.get("delivered_at") or ""),
+                idempotency_key=effect.idempotency_key,
+            )  # fmt: skip
+        elif effect.kind == outbox.CANCELLATION:
+            connector.push_cancellation(
+                effect.external_id, reason=str(effect.payload.get("reason") or ""),
+                idempotency_key=effect.idempotency_key,
+            )  # fmt: skip
+        else:
+            raise PermanentError(f"no push for an effect of kind {effect.kind!r}")
     finally:
         connector.close()
 
@@ -113,10 +159,54 @@ def issue_invoice(self: StepTask, order_id: int) -> str:
         return self.report(documents.issue_invoice(self.transaction, order_id))
 
 
+def _splits(channel: str) -> bool:
+    from integrations import registry
+
+    return registry.get(channel).splits_by_location
+
+
+def _shipment_plan(order_id: int) -> list[ShipmentGroup]:
+    """How the order's marketplace splits it by location (Shopify's fulfillment orders); an
+    account we cannot ask (webhook-only) ships it whole from our location."""
+    with get_sessionmaker()() as session:
+        row = session.execute(
+            select(Order.external_id, ChannelAccount)
+            .join(ChannelAccount, ChannelAccount.id == Order.channel_account_id)
+            .where(Order.id == order_id)
+        ).one()
+        external_id, account = row
+        session.expunge(account)
+    if not outbox.can_push(account):
+        return []
+    return _account_connector(account).shipment_groups(external_id)
+
+
+#: connectors kept by this worker process for the shipment plan, one per account version:
+#: building one (its httpx client loads the TLS trust store) costs more CPU than the call
+_PLAN_CONNECTORS: dict[tuple[int, str], MarketplaceConnector] = {}
+
+
+def _account_connector(account: ChannelAccount) -> MarketplaceConnector:
+    """The account's connector, reused while the account is unchanged (a changed credential
+    or URL makes a new one; the old one is closed)."""
+    version = repr((account.api_base_url, account.credentials, account.rate_limits,
+                    account.shop))  # fmt: skip
+    key = (account.id, hashlib.sha256(version.encode()).hexdigest())
+    connector = _PLAN_CONNECTORS.get(key)
+    if connector is None:
+        for stale in [k for k in _PLAN_CONNECTORS if k[0] == account.id]:
+            _PLAN_CONNECTORS.pop(stale).close()
+        connector = _PLAN_CONNECTORS[key] = connector_for(
+            account, ConnectorSeams(limiter=shared_limiter())
+        )
+    return connector
+
+
 @_task("buy_label", "outbound", chord_header=True)
 def buy_label(self: StepTask, order_id: int) -> str:
     with self.lock(order_id):
-        outcome = fulfilment.buy_label(self.transaction, order_id, carrier_client, self.keys())
+        outcome = fulfilment.buy_label(self.transaction, order_id, carrier_client, self.keys(),
+                                       _shipment_plan, splits=_splits)  # fmt: skip
         return self.report(outcome)
 
 
@@ -124,15 +214,73 @@ def buy_label(self: StepTask, order_id: int) -> str:
 def mark_ready_to_ship(self: StepTask, order_id: int) -> str:
     ship_it = _after_commit(ship.si)  # the marketplace shipped it meanwhile
     with self.lock(order_id):
-        return self.report(
-            fulfilment.mark_ready_to_ship(self.transaction, order_id, ship_it=ship_it)
+        outcome = fulfilment.mark_ready_to_ship(
+            self.transaction, order_id, ship_it=ship_it, void_unused=void_unused
         )
+        return self.report(outcome)
 
 
 @_task("ship", "outbound")
-def ship(self: StepTask, order_id: int) -> str:
+def ship(self: StepTask, order_id: int, shipment_ids: list[int] | None = None) -> str:
+    deliver_it = _after_commit(deliver.si)
     with self.lock(order_id):
-        return self.report(fulfilment.ship(self.transaction, order_id, _push_fulfilment))
+        outcome = fulfilment.ship(self.transaction, order_id, deliver_it=deliver_it,
+                                  shipment_ids=shipment_ids)  # fmt: skip
+        return self.report(outcome)
+
+
+@app.task(base=DeliverTask, bind=True, name=outbox.DELIVER_TASK, ignore_result=True)
+def deliver(self: DeliverTask, message_id: int) -> str:
+    """One outbox message to its marketplace (``orders.outbox.deliver``)."""
+    return outbox.deliver(self.transaction, message_id, _push_effect, self.keys()).result
+
+
+@_task("void_labels", "outbound")
+def void_labels(self: StepTask, order_id: int) -> str:
+    with self.lock(order_id):
+        return self.report(fulfilment.void_labels(self.transaction, order_id, carrier_client))
+
+
+@app.task(base=OrdersyncTask, bind=True, name="ordersync.outbound.track_shipment",
+          ignore_result=True)  # fmt: skip
+def track_shipment(self: OrdersyncTask, shipment_id: int) -> str:
+    """The carrier's tracking of one shipped shipment (``orders.tracking.track``); a failure
+    is retried, and asked again at the next interval after that."""
+    return tracking.track(self.transaction, shipment_id, carrier_client,
+                          delivered=_tell_delivered).result  # fmt: skip
+
+
+def _tell_delivered(session: Session, shipment_id: int) -> None:
+    """In the transaction that records a delivery: a delivery event for the order's
+    marketplace, through the outbox, where it takes them (Shopify)."""
+    from integrations import registry
+
+    shipment = session.get(Shipment, shipment_id)
+    assert shipment is not None
+    order = session.get(Order, shipment.order_id)
+    assert order is not None
+    if not registry.get(order.channel).takes_delivery or not shipment.tracking_number:
+        return
+    outbox.enqueue(
+        session, order.id, kind=outbox.DELIVERY, key=f"delivered:{order.id}:s{shipment.id}",
+        payload={"tracking_number": shipment.tracking_number,
+                 "delivered_at": (shipment.delivered_at or utcnow()).strftime(
+                     "%Y-%m-%dT%H:%M:%SZ")},
+        deliver_it=_after_commit(deliver.si), shipment_id=shipment.id,
+    )  # fmt: skip
+
+
+@app.task(base=OrdersyncTask, bind=True, name="ordersync.maintenance.track_due",
+          ignore_result=True)  # fmt: skip
+def track_due(self: OrdersyncTask, limit: int = 500) -> int:
+    """Beat, every ``TRACK_INTERVAL_S``: ask the carrier about every shipped parcel not
+    delivered yet (each at most once an interval)."""
+    interval = dt.timedelta(seconds=get_settings().track_interval_s)
+    with self.transaction() as session:
+        shipment_ids = tracking.due(session, interval=interval, limit=limit)
+        for shipment_id in shipment_ids:
+            publish_after_commit(session, track_shipment.si(shipment_id))
+    return len(shipment_ids)
 
 
 @_task("credit_note", "documents")
@@ -161,17 +309,77 @@ def pipeline(order_id: int) -> Signature:
 
 
 def on_cancelled(session: Session, order_id: int) -> None:
-    """In the transaction that cancelled the order: stock back, credit note and refund later."""
+    """In the transaction that cancelled the order: stock back, credit note and refund later,
+    and the labels that never left voided at the carrier."""
     cancellation.on_cancelled(session, order_id, credit_note=_after_commit(credit_note.si),
                               refund=_after_commit(refund_payment.si))  # fmt: skip
+    _void_if_labelled(session, order_id)
+
+
+def void_unused(session: Session, order_id: int) -> None:
+    """After commit: void the labels of the order's shipments that will not leave."""
+    publish_after_commit(session, void_labels.si(order_id))
+
+
+def _void_if_labelled(session: Session, order_id: int) -> None:
+    labelled = session.scalar(
+        select(Shipment.id).where(
+            Shipment.order_id == order_id, Shipment.status.in_(["pending", "labelled"])
+        )
+    )
+    if labelled is not None:
+        publish_after_commit(session, void_labels.si(order_id))
+
+
+def cancel_order(session: Session, order_id: int, *, reason: str, actor: str) -> None:
+    """Staff cancel (``orders.staff.cancel``): the order, its stock, credit note, refund, label
+    voids and the cancellation pushed to its marketplace."""
+    from integrations import registry
+
+    order = session.get(Order, order_id)
+    if order is None:
+        raise LookupError(f"no order {order_id}")
+    staff.cancel(
+        session, order_id, reason=reason, actor=actor,
+        marketplace_cancels=registry.get(order.channel).seller_cancels,
+        on_cancelled=on_cancelled, deliver_it=_after_commit(deliver.si),
+    )  # fmt: skip
 
 
 def retry_order(session: Session, order_id: int, *, actor: str) -> OrderState:
     """Staff retry (``orders.recovery.retry``): the failed step again, or the missing refund."""
     resume, shipping, refund = (_after_commit(s) for s in (pipeline, ship.si, refund_payment.si))
+    deliver_it = _after_commit(deliver.si)
+
+    def push(session: Session, order_id: int) -> None:
+        outbox.retry_for_order(session, order_id, actor=actor, deliver_it=deliver_it)
+
     return recovery.retry(
-        session, order_id, actor=actor, pipeline=resume, ship=shipping, refund=refund
+        session, order_id, actor=actor, pipeline=resume, ship=shipping, refund=refund, push=push
     )
+
+
+def void_shipment_label(
+    session: Session, shipment_id: int, *, actor: str, rebuy: bool
+) -> int | None:
+    """Staff void (and re-buy) a shipment's label (``orders.staff.void_label``)."""
+    return staff.void_label(session, shipment_id, actor=actor, rebuy=rebuy,
+                            void_it=void_unused, label_it=_after_commit(buy_label.si))  # fmt: skip
+
+
+def mark_shipped(
+    session: Session, order_id: int, *, tracking_number: str, carrier: str, actor: str
+) -> int:
+    """Staff mark an order shipped by hand with a tracking number (``orders.staff``)."""
+    return staff.mark_shipped(
+        session, order_id, tracking_number=tracking_number, carrier=carrier, actor=actor,
+        void_it=void_unused, deliver_it=_after_commit(deliver.si),
+    )  # fmt: skip
+
+
+def retry_message(session: Session, message_id: int, *, actor: str) -> str:
+    """Staff retry of one outbox message (``orders.outbox.retry``)."""
+    return outbox.retry(session, message_id, actor=actor, deliver_it=_after_commit(deliver.si))
 
 
 def release_waiting(session: Session, sku: str) -> list[int]:

@@ -24,13 +24,13 @@ from sqlalchemy.orm import Session
 
 from core.settings import get_settings
 from db.models import OutboxMessage
-from orders import idempotency, recovery, refunds
+from orders import idempotency, outbox, recovery, refunds
 from orders.intake import record_event
 from orders.steps import Outcome
 from workflows.base import OrdersyncTask, describe
 from workflows.locks import LockBusy, OrderLock, order_lock
 
-__all__ = ["LOCK_RETRIES", "RefundTask", "StepTask"]
+__all__ = ["LOCK_RETRIES", "DeliverTask", "RefundTask", "StepTask"]
 
 # a contended step lock is retried this often before the task gives up
 LOCK_RETRIES = 60
@@ -87,3 +87,23 @@ class RefundTask(StepTask):
         order_id = args[0] if args else kwargs["order_id"]
         with self.transaction() as session:
             refunds.record_failure(session, order_id, error=describe(exc), attempts=attempts)
+
+
+class DeliverTask(OrdersyncTask):
+    """Delivers one outbox message (``orders.outbox``): its idempotency keys are held by the
+    task id; a delivery that fails for good is shown on the message and, for a fulfilment, the
+    order goes to ``needs_attention``."""
+
+    abstract = True
+
+    def keys(self) -> idempotency.Claimant:
+        timeout = dt.timedelta(seconds=get_settings().idempotency_lock_timeout_s)
+        owner = str(self.request.id or uuid.uuid4())
+        return idempotency.Claimant(self.transaction, owner, timeout, describe)
+
+    def on_permanent_failure(
+        self, exc: Exception, args: Any, kwargs: Any, *, attempts: int
+    ) -> None:
+        message_id = args[0] if args else kwargs["message_id"]
+        with self.transaction() as session:
+            outbox.record_failure(session, message_id, error=describe(exc))

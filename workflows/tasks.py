@@ -1,8 +1,9 @@
 """Tasks. Each takes ids, reloads state, does its one step only if not done yet.
 
 - ``ordersync.intake.process_event(inbox_id)``: parse and apply one webhook delivery.
-- ``ordersync.maintenance.sweep()``: republish committed work that never got processed, and
-  parked work (``workflows.base``) once its ``not_before`` has passed.
+- ``ordersync.maintenance.sweep()``: republish committed work that never got processed,
+  parked work (``workflows.base``) once its ``not_before`` has passed, and effects on a
+  marketplace (``orders.outbox``) not delivered yet.
 """
 
 from __future__ import annotations
@@ -62,8 +63,11 @@ _LOAD_EVENT = (
 
 
 def after_intake(session: Any, result: IntakeResult) -> None:
-    """New orders enter the pipeline; orders cancelled by the marketplace release their stock."""
-    from workflows.pipeline import marketplace_shipped, on_cancelled, pipeline, ship
+    """New orders enter the pipeline; orders cancelled by the marketplace release their stock
+    (and void their labels); an order fulfilled in the marketplace's admin is not shipped again;
+    one cancelled there after it shipped expects a return."""
+    from orders.fulfilment import cancelled_after_shipping, fulfilled_elsewhere
+    from workflows.pipeline import marketplace_shipped, on_cancelled, pipeline, ship, void_unused
 
     if result.outcome == IntakeOutcome.CREATED and result.state == OrderState.NEW:
         publish_after_commit(session, pipeline(result.order_id))
@@ -74,10 +78,21 @@ def after_intake(session: Any, result: IntakeResult) -> None:
         publish_after_commit(session, pipeline(result.order_id))
     elif result.outcome == IntakeOutcome.UPDATED and result.cancelled_now:
         on_cancelled(session, result.order_id)
-    elif result.outcome == IntakeOutcome.UPDATED and result.state == OrderState.READY_TO_SHIP:
+    elif result.outcome == IntakeOutcome.UPDATED and result.state in (
+        OrderState.READY_TO_SHIP, OrderState.PARTIALLY_SHIPPED
+    ):
         order = session.get(Order, result.order_id)
         if order is not None and marketplace_shipped(order):  # e.g. Amazon shipped an FBA order
             publish_after_commit(session, ship.si(result.order_id))
+        elif order is not None and order.fulfillment_status == "fulfilled":
+            # fulfilled in the marketplace's admin: ours do not ship again, labels voided
+            fulfilled_elsewhere(session, result.order_id, void_unused=void_unused)
+    elif result.outcome == IntakeOutcome.UPDATED and result.state in (
+        OrderState.SHIPPED, OrderState.PARTIALLY_SHIPPED, OrderState.DELIVERED
+    ):
+        order = session.get(Order, result.order_id)
+        if order is not None and order.cancelled_at is not None:
+            cancelled_after_shipping(session, result.order_id)  # a return, not a silent no-op
 
 
 def _parse(body: bytes) -> dict[str, Any]:
@@ -198,6 +213,7 @@ def sweep(self: OrdersyncTask, limit: int = 500, now: str | None = None) -> dict
         outbox = session.scalars(
             select(OutboxMessage)
             .where(
+                OutboxMessage.kind.is_(None),
                 OutboxMessage.published_at.is_(None),
                 # parked work goes when its time has come; other messages when their own
                 # publish after commit has had time to happen
@@ -217,15 +233,18 @@ def sweep(self: OrdersyncTask, limit: int = 500, now: str | None = None) -> dict
             )
             message.published_at = at
             message.attempts += 1
+        effects = _undelivered_effects(session, limit, at, cutoff)
         orders = _stuck_orders(session, limit, at, now=lost)
         calls = _unfinished_calls(session, limit, at, now=lost)
         runs = _stalled_runs(session, limit, now=lost)
     orphans = 0 if lost else restore_orphans(app)  # after an empty Redis there are none
-    if stuck or outbox or orders or calls or runs or orphans:
-        log.info("sweep.republished", inbox=len(stuck), outbox=len(outbox), orders=len(orders),
-                 calls=len(calls), runs=len(runs), orphans=orphans)  # fmt: skip
-    return {"inbox": len(stuck), "outbox": len(outbox), "orders": len(orders), "calls": len(calls),
-            "runs": len(runs), "orphans": orphans}  # fmt: skip
+    if stuck or outbox or effects or orders or calls or runs or orphans:
+        log.info("sweep.republished", inbox=len(stuck), outbox=len(outbox), effects=len(effects),
+                 orders=len(orders), calls=len(calls), runs=len(runs),
+                 orphans=orphans)  # fmt: skip
+    return {"inbox": len(stuck), "outbox": len(outbox), "effects": len(effects),
+            "orders": len(orders), "calls": len(calls), "runs": len(runs),
+            "orphans": orphans}  # fmt: skip
 
 
 def _stalled_runs(session: Any, limit: int, *, now: bool = False) -> list[int]:
@@ -242,12 +261,41 @@ def _stalled_runs(session: Any, limit: int, *, now: bool = False) -> list[int]:
     return run_ids
 
 
+def _undelivered_effects(
+    session: Any, limit: int, at: dt.datetime, cutoff: dt.datetime
+) -> list[int]:
+    """Effects on a marketplace (``orders.outbox``) committed but still ``pending`` after their
+    own publish had time to happen (``cutoff``), and not published again in the last
+    ``stuck_after_s`` (a delivery may be waiting out its retries): their delivery again. A
+    message that failed for good waits for staff."""
+    from workflows.pipeline import deliver
+
+    again = at - dt.timedelta(seconds=get_settings().stuck_after_s)
+    messages = session.scalars(
+        select(OutboxMessage)
+        .where(
+            OutboxMessage.kind.is_not(None),
+            OutboxMessage.status == "pending",
+            OutboxMessage.created_at < cutoff,
+            OutboxMessage.published_at.is_(None) | (OutboxMessage.published_at < again),
+        )
+        .order_by(OutboxMessage.id)
+        .limit(limit)
+    ).all()
+    for message in messages:
+        publish_after_commit(session, deliver.si(message.id))
+        message.published_at = at
+        message.attempts += 1
+    return [message.id for message in messages]
+
+
 def _parked_work(at: dt.datetime) -> Exists:
     """The order has parked work (``workflows.base``): still waiting for its time, or published
     less than ``stuck_after_s`` before ``at``. Nothing else pushes such an order on."""
     published_after = at - dt.timedelta(seconds=get_settings().stuck_after_s)
     return exists().where(
         OutboxMessage.order_id == Order.id,
+        OutboxMessage.kind.is_(None),  # parked work, not an effect on the marketplace
         OutboxMessage.published_at.is_(None) | (OutboxMessage.published_at > published_after),
     )
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -47,7 +47,7 @@ from integrations.amazon.client import DEFAULT_API_BASE_URL, RATE_LIMITS, SpApiC
 from integrations.amazon.lwa import DEFAULT_LWA_URL, LwaTokenProvider
 from integrations.amazon.mapper import map_order
 from integrations.amazon.payloads import parse_timestamp
-from integrations.base import AccountConfig, ConnectorSeams, OrderPage, orders_of
+from integrations.base import AccountConfig, ConnectorSeams, OrderPage, ShipmentGroup, orders_of
 from integrations.ratelimit import Bucket
 
 __all__ = ["LAST_UPDATED_BEFORE_MIN_AGE", "AmazonConnector"]
@@ -188,10 +188,22 @@ class AmazonConnector:
 
     # ------------------------------------------------------------------ writing
 
+    def shipment_groups(self, external_id: str) -> list[ShipmentGroup]:
+        return []  # one location: the order ships from ours
+
     def push_fulfillment(
-        self, external_id: str, *, tracking_number: str, carrier: str, idempotency_key: str
+        self,
+        external_id: str,
+        *,
+        tracking_number: str,
+        carrier: str,
+        idempotency_key: str,
+        lines: Sequence[tuple[str, int]] = (),
+        location: str = "",
+        last: bool = True,
     ) -> None:
-        """``confirmShipment`` for every item not shipped yet, in one package.
+        """``confirmShipment`` of one package: the shipment's items (every item not shipped
+        yet when none are given).
 
         Amazon has no idempotency key: the order's status is checked first (a shipped order is
         left alone), and the package reference id is derived from our key, so a retry after a
@@ -205,6 +217,13 @@ class AmazonConnector:
         if status == "Canceled":
             raise PermanentError(f"confirmShipment: order is cancelled ({external_id})")
         items = _unshipped(self.client.all_order_items(external_id))
+        if lines:  # this package: the shipment's items, as far as they are still unshipped
+            remaining = {i["orderItemId"]: i["quantity"] for i in items}
+            items = [
+                {"orderItemId": item_id, "quantity": min(qty, remaining[item_id])}
+                for item_id, qty in lines
+                if remaining.get(item_id, 0) > 0
+            ]
         if not items:
             return
         body = {
@@ -220,6 +239,23 @@ class AmazonConnector:
             },
         }
         self.client.confirm_shipment(external_id, body)
+
+    def push_cancellation(self, external_id: str, *, reason: str, idempotency_key: str) -> None:
+        """The Orders API has no cancel: a seller cancels an Amazon order in Seller Central (or
+        by an order-acknowledgement feed, which this connector does not send)."""
+        raise ValidationError(
+            "amazon: a seller cannot cancel an order through the Orders API; cancel it in "
+            "Seller Central (the cancellation then comes back by poll)",
+            code="NotSupported",
+        )
+
+    def push_delivery(
+        self, external_id: str, *, tracking_number: str, delivered_at: str, idempotency_key: str
+    ) -> None:
+        raise ValidationError(
+            "amazon: the marketplace takes no delivery events (its declaration says so)",
+            code="NotSupported",
+        )
 
     def push_stock(self, quantities: Mapping[str, int]) -> None:
         raise PermanentError(

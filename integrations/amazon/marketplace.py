@@ -14,4 +14,5 @@ MARKETPLACE = Marketplace(
     connector=AmazonConnector,
     mapper=map_order,
     rate_limit_defaults=RATE_LIMITS,
+    seller_cancels=False,
 )

@@ -31,12 +31,14 @@ from integrations.base import ConnectorSeams
 from integrations.carriers.payloads import (
     Parcel,
     PurchasedLabel,
+    Tracking,
     check_pdf,
     error_code,
     error_fields,
     label_fields,
     label_request,
     parse_label,
+    parse_tracking,
 )
 from integrations.http import DEFAULT_TIMEOUT, ApiClient
 
@@ -204,6 +206,13 @@ class CarrierClient(ApiClient):
         if not isinstance(approved, bool):
             raise PayloadError("labels.void: no approved flag")
         return approved
+
+    def track_label(self, label_id: str) -> Tracking:
+        """Where the parcel of a label is (ShipEngine's track by label id)."""
+        response = self.request(
+            "labels.track", "GET", f"/v1/labels/{quote(label_id, safe='')}/track"
+        )
+        return parse_tracking(self._json(response))
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ __all__ = [
     "PDF_MAGIC",
     "Parcel",
     "PurchasedLabel",
+    "Tracking",
     "address_payload",
     "check_pdf",
     "error_code",
@@ -39,6 +40,7 @@ __all__ = [
     "label_fields",
     "label_request",
     "parse_label",
+    "parse_tracking",
 ]
 
 PDF_MAGIC = b"%PDF-"
@@ -194,3 +196,44 @@ def error_fields(body: Any) -> tuple[str, ...]:
     """The ``field_name`` of every error, e.g. ``("ship_to.postal_code",)``; never values."""
     names = (e.get("field_name") for e in _errors(body))
     return tuple(dict.fromkeys(n[:64] for n in names if isinstance(n, str) and n))
+
+
+#: ShipEngine's tracking status codes
+TRACKING_CODES = frozenset({"UN", "AC", "IT", "DE", "EX", "AT", "NY"})
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """Where a parcel is, as the carrier says (``GET /v1/labels/{label_id}/track``):
+    ``status_code`` AC accepted, IT in transit, DE delivered, EX exception (lost, returned to
+    sender), AT delivery attempted, UN unknown, NY not yet in system; ``events`` newest first,
+    each (occurred_at, status_code, description)."""
+
+    status_code: str
+    description: str
+    exception: str | None
+    delivered_at: str | None
+    events: tuple[tuple[str, str, str], ...]
+
+
+def parse_tracking(body: Any) -> Tracking:
+    if not isinstance(body, dict):
+        raise PayloadError("labels.track: response is not a JSON object")
+    code = str(body.get("status_code") or "").upper()
+    if code not in TRACKING_CODES:
+        raise PayloadError(f"labels.track: unknown status_code {code[:10]!r}")
+    events = []
+    for event in body.get("events") or []:
+        if isinstance(event, dict):
+            events.append((str(event.get("occurred_at") or ""),
+                           str(event.get("status_code") or "").upper(),
+                           str(event.get("description") or "")[:200]))  # fmt: skip
+    exception = body.get("exception_description")
+    delivered = body.get("actual_delivery_date")
+    return Tracking(
+        status_code=code,
+        description=str(body.get("status_description") or "")[:200],
+        exception=str(exception)[:500] if exception else None,
+        delivered_at=str(delivered) if delivered else None,
+        events=tuple(events),
+    )

@@ -246,6 +246,18 @@ class EbayClient(ApiClient):
         location: str | None = response.headers.get("Location")
         return location
 
+    def create_cancellation(self, body: dict[str, Any]) -> str | None:
+        """Post-Order API: cancel the order as the seller; returns eBay's ``cancelId``."""
+        response = self._api(
+            "createCancellation",
+            "POST",
+            "/post-order/v2/cancellation",
+            json=body,
+            headers={"Content-Type": "application/json"},
+        )
+        cancel_id = _json(response, "createCancellation").get("cancelId")
+        return str(cancel_id) if cancel_id is not None else None
+
 
 def _group(operation: str) -> str:
     return "identity" if operation == "token" else FULFILLMENT_QUOTA_GROUP

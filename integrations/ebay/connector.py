@@ -24,7 +24,7 @@ with the ``sell.fulfillment`` scope). ``account.api_base_url`` defaults to
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,8 +32,8 @@ import structlog
 from pydantic import ValidationError as PydanticValidationError
 
 from domain.canonical import CanonicalOrder
-from domain.errors import AuthError, Conflict, PayloadError, PermanentError
-from integrations.base import AccountConfig, ConnectorSeams, OrderPage, orders_of
+from domain.errors import AuthError, Conflict, PayloadError, PermanentError, ValidationError
+from integrations.base import AccountConfig, ConnectorSeams, OrderPage, ShipmentGroup, orders_of
 from integrations.ebay.client import (
     API_BASE_URL,
     MAX_PAGE_LIMIT,
@@ -130,8 +130,19 @@ class EbayConnector:
     def get_order(self, external_id: str) -> CanonicalOrder:
         return self._map(self.client.get_order(external_id))
 
+    def shipment_groups(self, external_id: str) -> list[ShipmentGroup]:
+        return []  # one location: the order ships from ours
+
     def push_fulfillment(
-        self, external_id: str, *, tracking_number: str, carrier: str, idempotency_key: str
+        self,
+        external_id: str,
+        *,
+        tracking_number: str,
+        carrier: str,
+        idempotency_key: str,
+        lines: Sequence[tuple[str, int]] = (),
+        location: str = "",
+        last: bool = True,
     ) -> None:
         if self._has_fulfillment(external_id, tracking_number):
             log.info("ebay.fulfillment.exists", order=external_id, key=idempotency_key)
@@ -140,11 +151,14 @@ class EbayConnector:
             order = EbayOrder.model_validate(self.client.get_order(external_id))
         except PydanticValidationError:
             raise PayloadError(f"eBay order {external_id}: line items unreadable") from None
+        wanted = dict(lines)
         body = {
             "lineItems": [
-                {"lineItemId": item.lineItemId, "quantity": item.quantity}
+                {"lineItemId": item.lineItemId, "quantity": wanted.get(item.lineItemId, 0)}
+                if wanted
+                else {"lineItemId": item.lineItemId, "quantity": item.quantity}
                 for item in order.lineItems
-                if item.quantity > 0
+                if (wanted.get(item.lineItemId, 0) if wanted else item.quantity) > 0
             ],
             "shippedDate": ebay_timestamp(self.clock()),
             # eBay's carrier enumeration (USPS, UPS, FEDEX, DHL, Royal Mail, …) from
@@ -153,14 +167,36 @@ class EbayConnector:
             "trackingNumber": tracking_number,
         }
         try:
-            location = self.client.create_shipping_fulfillment(external_id, body)
+            created = self.client.create_shipping_fulfillment(external_id, body)
         except Conflict:
             # 409: maybe our own earlier attempt landed; if it did, this push is done
             if self._has_fulfillment(external_id, tracking_number):
                 return
             raise
         log.info(
-            "ebay.fulfillment.created", order=external_id, key=idempotency_key, location=location
+            "ebay.fulfillment.created", order=external_id, key=idempotency_key, location=created
+        )
+
+    def push_cancellation(self, external_id: str, *, reason: str, idempotency_key: str) -> None:
+        """A seller-initiated cancellation (Post-Order API ``POST /post-order/v2/cancellation``,
+        reason ``OUT_OF_STOCK_OR_CANNOT_FULFILL``); an order whose ``cancelStatus`` says it is
+        cancelled or being cancelled is left alone (a retry after a lost answer)."""
+        order = self.client.get_order(external_id)
+        state = str((order.get("cancelStatus") or {}).get("cancelState") or "")
+        if state in ("CANCELED", "IN_PROGRESS"):
+            log.info("ebay.cancellation.exists", order=external_id, key=idempotency_key)
+            return
+        cancel_id = self.client.create_cancellation(
+            {"legacyOrderId": external_id, "cancelReason": "OUT_OF_STOCK_OR_CANNOT_FULFILL"}
+        )
+        log.info("ebay.cancelled", order=external_id, key=idempotency_key, cancel_id=cancel_id)
+
+    def push_delivery(
+        self, external_id: str, *, tracking_number: str, delivered_at: str, idempotency_key: str
+    ) -> None:
+        raise ValidationError(
+            "ebay: the marketplace takes no delivery events (its declaration says so)",
+            code="NotSupported",
         )
 
     def push_stock(self, quantities: Mapping[str, int]) -> None:

@@ -312,6 +312,17 @@ class ShopifyClient(ApiClient):
         self.check_user_errors("FulfillmentCreate", result.get("userErrors"))
         return result
 
+    def fulfillment_event_create(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        data = self.graphql(
+            "FulfillmentEventCreate",
+            q.FULFILLMENT_EVENT_CREATE,
+            {"fulfillmentEvent": dict(event)},
+            cost=q.MUTATION_COST,
+        )
+        result = _dig(data, "fulfillmentEventCreate", "FulfillmentEventCreate")
+        self.check_user_errors("FulfillmentEventCreate", result.get("userErrors"))
+        return result
+
     def order_cancel(
         self,
         gid: str,
@@ -356,6 +367,12 @@ class ShopifyClient(ApiClient):
             if isinstance(node, dict) and node.get("sku") in wanted and node.get("id"):
                 found.setdefault(str(node["sku"]), str(node["id"]))
         return found
+
+    def active_location_count(self) -> int:
+        """How many active locations the shop has (at most 2: enough to know whether an order
+        can ship from more than one)."""
+        data = self.graphql("Locations", q.LOCATIONS, {"first": 2}, cost=4)
+        return len(_dig(data, "locations", "Locations").get("nodes") or [])
 
     def first_location(self) -> str:
         data = self.graphql("Locations", q.LOCATIONS, {"first": 1}, cost=3)

@@ -22,14 +22,14 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import structlog
 
 from domain.canonical import CanonicalOrder
 from domain.errors import AuthError, ValidationError
-from integrations.base import AccountConfig, ConnectorSeams, OrderPage, orders_of
+from integrations.base import AccountConfig, ConnectorSeams, OrderPage, ShipmentGroup, orders_of
 from integrations.ratelimit import Bucket, CostLimit
 from integrations.shopify import queries as q
 from integrations.shopify.client import ShopifyClient, order_gid
@@ -49,6 +49,16 @@ log = structlog.get_logger(__name__)
 SKU_LOOKUP_BATCH = 50
 #: fulfillment order statuses that can still be fulfilled
 _FULFILLABLE = frozenset({"OPEN", "IN_PROGRESS"})
+
+
+def _line_of(node: dict[str, Any]) -> str:
+    """The order line id (REST id, as our order lines hold it) of a fulfillment order line."""
+    gid = str((node.get("lineItem") or {}).get("id") or "")
+    return gid.rsplit("/", 1)[-1] if gid else ""
+
+
+def _location_of(fulfillment_order: dict[str, Any]) -> str:
+    return str(((fulfillment_order.get("assignedLocation") or {}).get("location") or {}).get("id"))
 
 
 def _search_time(value: dt.datetime) -> str:
@@ -98,6 +108,7 @@ class ShopifyConnector:
         )
         location = account.credentials.get("location_id")
         self._location: str | None = str(location) if location else None
+        self._locations: int | None = None  # how many active locations (shipment_groups)
         # SKU → InventoryItem GID; SKUs rarely move between items, and a stale entry is
         # dropped on INVALID_INVENTORY_ITEM
         self._inventory_items: dict[str, str] = {}
@@ -153,43 +164,127 @@ class ShopifyConnector:
 
     # --- fulfillment and cancel -----------------------------------------------------------
 
+    def shipment_groups(self, external_id: str) -> list[ShipmentGroup]:
+        """The order's open fulfillment orders, grouped by their location: each group ships
+        as one shipment (``fulfillmentCreate`` never mixes locations). A shop with one active
+        location (asked once per connector) ships every order whole: nothing to ask."""
+        if self._locations is None:
+            self._locations = self.client.active_location_count()
+        if self._locations <= 1:
+            return []
+        state = self.client.fulfillment_state(order_gid(external_id))
+        by_location: dict[str, dict[str, int]] = defaultdict(dict)
+        for fo in (state.get("fulfillmentOrders") or {}).get("nodes") or []:
+            if fo.get("status") not in _FULFILLABLE:
+                continue
+            for node in (fo.get("lineItems") or {}).get("nodes") or []:
+                remaining = int(node.get("remainingQuantity") or 0)
+                line = _line_of(node)
+                if remaining > 0 and line:
+                    lines = by_location[_location_of(fo)]
+                    lines[line] = lines.get(line, 0) + remaining
+        return [
+            ShipmentGroup(location, tuple(sorted(lines.items())))
+            for location, lines in sorted(by_location.items())
+        ]
+
     def push_fulfillment(
-        self, external_id: str, *, tracking_number: str, carrier: str, idempotency_key: str
+        self,
+        external_id: str,
+        *,
+        tracking_number: str,
+        carrier: str,
+        idempotency_key: str,
+        lines: Sequence[tuple[str, int]] = (),
+        location: str = "",
+        last: bool = True,
     ) -> None:
-        """Fulfil what is still open, with tracking. ``fulfillmentCreate`` takes no
-        idempotency key, so a retry first looks: a fulfillment already carrying this tracking
-        number and nothing left open means the earlier attempt went through."""
+        """Fulfil the shipment's ``lines`` (all that is still open when none are given) from
+        ``location`` with tracking: one ``fulfillmentCreate`` per location, of that location's
+        fulfillment orders only. ``fulfillmentCreate`` takes no idempotency key, so a retry
+        first looks: a fulfillment already carrying this tracking number means the earlier
+        attempt went through."""
         state = self.client.fulfillment_state(order_gid(external_id))
         if state.get("cancelledAt"):
             raise ValidationError("push_fulfillment: order is cancelled", code="ORDER_CANCELLED")
+        if any(
+            t.get("number") == tracking_number
+            for f in state.get("fulfillments") or []
+            for t in f.get("trackingInfo") or []
+        ):
+            log.info("shopify.fulfillment_exists", key=idempotency_key)
+            return
         fulfillment_orders = (state.get("fulfillmentOrders") or {}).get("nodes") or []
         open_orders = [fo for fo in fulfillment_orders if fo.get("status") in _FULFILLABLE]
-        if not open_orders:
-            if any(
-                t.get("number") == tracking_number
-                for f in state.get("fulfillments") or []
-                for t in f.get("trackingInfo") or []
-            ):
-                log.info("shopify.fulfillment_exists", key=idempotency_key)
-                return
+        if location and location.startswith("gid://shopify/Location/"):
+            open_orders = [fo for fo in open_orders if _location_of(fo) == location]
+        wanted = {line_id: qty for line_id, qty in lines}
+        by_location: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for fo in open_orders:
+            group: dict[str, Any] = {"fulfillmentOrderId": str(fo["id"])}
+            if wanted:
+                items = []
+                for node in (fo.get("lineItems") or {}).get("nodes") or []:
+                    line = _line_of(node)
+                    take = min(wanted.get(line, 0), int(node.get("remainingQuantity") or 0))
+                    if take > 0:
+                        items.append({"id": str(node["id"]), "quantity": take})
+                        wanted[line] -= take
+                if not items:
+                    continue
+                group["fulfillmentOrderLineItems"] = items
+            by_location[_location_of(fo)].append(group)
+        if not by_location:
             raise ValidationError(
                 "push_fulfillment: nothing left to fulfil", code="NOTHING_TO_FULFILL"
             )
-        # one fulfillment per location: fulfillmentCreate takes fulfillment orders of one
-        # location only
-        by_location: dict[str, list[str]] = defaultdict(list)
-        for fo in open_orders:
-            location = ((fo.get("assignedLocation") or {}).get("location") or {}).get("id")
-            by_location[str(location)].append(str(fo["id"]))
-        for fo_ids in by_location.values():
-            self.client.fulfillment_create(
-                {
-                    "lineItemsByFulfillmentOrder": [{"fulfillmentOrderId": i} for i in fo_ids],
-                    "notifyCustomer": self.notify_customer,
-                    "trackingInfo": {"number": tracking_number, "company": carrier},
-                }
-            )
+        for groups in by_location.values():
+            try:
+                self.client.fulfillment_create(
+                    {
+                        "lineItemsByFulfillmentOrder": groups,
+                        "notifyCustomer": self.notify_customer,
+                        "trackingInfo": {"number": tracking_number, "company": carrier},
+                    }
+                )
+            except ValidationError:
+                # the client's own retry after a lost answer finds the fulfillment order
+                # closed: if it was our first try that closed it, this push is done
+                if self._has_tracking(external_id, tracking_number):
+                    log.info("shopify.fulfillment_exists", key=idempotency_key)
+                    return
+                raise
         log.info("shopify.fulfilled", key=idempotency_key, fulfillments=len(by_location))
+
+    def push_delivery(
+        self, external_id: str, *, tracking_number: str, delivered_at: str, idempotency_key: str
+    ) -> None:
+        """A ``DELIVERED`` fulfillment event on the fulfillment carrying the tracking number
+        (Shopify shows the order delivered); one already delivered is left alone."""
+        state = self.client.fulfillment_state(order_gid(external_id))
+        found = [
+            f for f in state.get("fulfillments") or []
+            if any(t.get("number") == tracking_number for t in f.get("trackingInfo") or [])
+        ]  # fmt: skip
+        if not found:
+            raise ValidationError(
+                "push_delivery: no fulfillment carries this tracking number", code="NOT_FOUND"
+            )
+        if found[0].get("displayStatus") == "DELIVERED":
+            return
+        event = {"fulfillmentId": found[0]["id"], "status": "DELIVERED"}
+        if delivered_at:
+            event["happenedAt"] = delivered_at
+        self.client.fulfillment_event_create(event)
+        log.info("shopify.delivered", key=idempotency_key)
+
+    def _has_tracking(self, external_id: str, tracking_number: str) -> bool:
+        state = self.client.fulfillment_state(order_gid(external_id))
+        return any(
+            t.get("number") == tracking_number
+            for f in state.get("fulfillments") or []
+            for t in f.get("trackingInfo") or []
+        )
 
     def cancel_order(
         self,
@@ -211,6 +306,12 @@ class ShopifyConnector:
             notify_customer=notify_customer,
             staff_note=staff_note,
         )
+
+    def push_cancellation(self, external_id: str, *, reason: str, idempotency_key: str) -> None:
+        """``orderCancel`` (``STAFF`` reason, restocked on Shopify, the buyer not notified
+        here); ``cancel_order`` checks first, so a retry after a lost answer does nothing."""
+        self.cancel_order(external_id, reason="STAFF", staff_note=f"ordersync: {reason}"[:255])
+        log.info("shopify.cancelled", key=idempotency_key)
 
     # --- stock ----------------------------------------------------------------------------
 

@@ -39,4 +39,6 @@ MARKETPLACE = Marketplace(
         kept_headers=webhooks.kept_headers,
     ),
     topic_handlers=dict.fromkeys(ORDER_TOPICS, upsert_order),
+    takes_delivery=True,
+    splits_by_location=True,
 )

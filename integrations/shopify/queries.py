@@ -14,6 +14,7 @@ from __future__ import annotations
 __all__ = [
     "API_VERSION",
     "FULFILLMENT_CREATE",
+    "FULFILLMENT_EVENT_CREATE",
     "INVENTORY_ITEMS_BY_SKU",
     "INVENTORY_SET_QUANTITIES",
     "LINE_ITEMS_FIRST",
@@ -120,14 +121,20 @@ ORDER_FULFILLMENT_STATE = """
 query OrderFulfillmentState($id: ID!) {
   order(id: $id) {
     id cancelledAt
-    fulfillmentOrders(first: 20) {
-      nodes { id status assignedLocation { location { id } } }
+    fulfillmentOrders(first: 10) {
+      nodes {
+        id status assignedLocation { location { id } }
+        lineItems(first: 20) { nodes { id remainingQuantity lineItem { id } } }
+      }
     }
-    fulfillments(first: 20) { id status trackingInfo(first: 5) { number company } }
+    fulfillments(first: 20) {
+      id status displayStatus trackingInfo(first: 5) { number company }
+    }
   }
 }
 """
-FULFILLMENT_STATE_COST = 1 + (2 + 20 * 3) + 20 * 2
+#: order 1 + fulfillment orders 2 + 10 x (node, location 2, line items 2 + 20 x 2) + 20 x 2
+FULFILLMENT_STATE_COST = 1 + 2 + 10 * (3 + 2 + 20 * 2) + 20 * 2
 
 # https://shopify.dev/docs/api/admin-graphql/2026-07/mutations/fulfillmentCreate
 FULFILLMENT_CREATE = """
@@ -139,6 +146,16 @@ mutation FulfillmentCreate($fulfillment: FulfillmentInput!, $message: String) {
 }
 """
 MUTATION_COST = 10  # Shopify's documented flat cost of a mutation
+
+# https://shopify.dev/docs/api/admin-graphql/2026-07/mutations/fulfillmentEventCreate
+FULFILLMENT_EVENT_CREATE = """
+mutation FulfillmentEventCreate($fulfillmentEvent: FulfillmentEventInput!) {
+  fulfillmentEventCreate(fulfillmentEvent: $fulfillmentEvent) {
+    fulfillmentEvent { id status }
+    userErrors { field message }
+  }
+}
+"""
 
 INVENTORY_ITEMS_BY_SKU = """
 query InventoryItemsBySku($first: Int!, $query: String!) {

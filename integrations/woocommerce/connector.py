@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ import structlog
 
 from domain.canonical import CanonicalOrder
 from domain.errors import AuthError, NotFound, ValidationError
-from integrations.base import AccountConfig, ConnectorSeams, OrderPage, orders_of
+from integrations.base import AccountConfig, ConnectorSeams, OrderPage, ShipmentGroup, orders_of
 from integrations.woocommerce.client import WooCommerceClient
 from integrations.woocommerce.mapper import map_order
 
@@ -32,6 +32,7 @@ log = structlog.get_logger(__name__)
 
 #: order meta marking a fulfillment we pushed ("_" prefix: hidden in the admin screen)
 FULFILLMENT_META_KEY = "_ordersync_fulfillment"
+CANCELLATION_META_KEY = "_ordersync_cancellation"
 _CLOSED = frozenset({"cancelled", "refunded", "failed", "trash"})
 
 
@@ -98,10 +99,22 @@ class WooCommerceConnector:
     def get_order(self, external_id: str) -> CanonicalOrder:
         return map_order(self.client.get_order(external_id), self.account.name)
 
+    def shipment_groups(self, external_id: str) -> list[ShipmentGroup]:
+        return []  # one location: the order ships from ours
+
     def push_fulfillment(
-        self, external_id: str, *, tracking_number: str, carrier: str, idempotency_key: str
+        self,
+        external_id: str,
+        *,
+        tracking_number: str,
+        carrier: str,
+        idempotency_key: str,
+        lines: Sequence[tuple[str, int]] = (),
+        location: str = "",
+        last: bool = True,
     ) -> None:
-        """Add a customer note with the tracking number, then mark the order ``completed``.
+        """Add a customer note with the shipment's tracking number; with the order's ``last``
+        shipment, mark the order ``completed`` (Woo has no partial shipments: a note each).
 
         Woo has no idempotency keys and no tracking field in core, so each step checks first:
         the order meta says whether the whole push was done, the notes whether the note was
@@ -127,6 +140,8 @@ class WooCommerceConnector:
                 f"Your order has shipped with {carrier}. Tracking number: {tracking_number}",
                 customer_note=True,  # Woo e-mails customer notes to the buyer
             )
+        if not last:
+            return
         self.client.update_order(
             external_id,
             {
@@ -134,6 +149,18 @@ class WooCommerceConnector:
                 "meta_data": [{"key": FULFILLMENT_META_KEY, "value": idempotency_key}],
             },
         )
+
+    def push_cancellation(self, external_id: str, *, reason: str, idempotency_key: str) -> None:
+        """Status ``cancelled`` (Woo restocks and e-mails the buyer itself); an order that is
+        cancelled or refunded there already is left alone."""
+        order = self.client.get_order(external_id)
+        if str(order.get("status", "")) in ("cancelled", "refunded", "trash"):
+            return
+        self.client.update_order(
+            external_id,
+            {"status": "cancelled",
+             "meta_data": [{"key": CANCELLATION_META_KEY, "value": idempotency_key}]},
+        )  # fmt: skip
 
     # -- stock -----------------------------------------------------------------------------
 
@@ -151,6 +178,14 @@ class WooCommerceConnector:
                     id=str(product["id"]), parent_id=str(parent) if is_variation else None
                 )
         return {s: self._sku_cache[s] for s in skus if s in self._sku_cache}
+
+    def push_delivery(
+        self, external_id: str, *, tracking_number: str, delivered_at: str, idempotency_key: str
+    ) -> None:
+        raise ValidationError(
+            "woocommerce: the marketplace takes no delivery events (its declaration says so)",
+            code="NotSupported",
+        )
 
     def push_stock(self, quantities: Mapping[str, int]) -> None:
         if not quantities:

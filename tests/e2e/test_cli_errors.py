@@ -93,6 +93,17 @@ CASES = [
     Case("token-for-unknown-user", ["users", "token", "create", "nobody", "--name", "ci"],
          "no user named 'nobody'"),
     Case("token-revoke-unknown", ["users", "token", "revoke", "999"], "no token with id 999"),
+    # staff actions
+    Case("cancel-unknown-order", ["orders", "cancel", "999999", "-r", "x"], "no order 999999"),
+    Case("cancel-without-reason", ["orders", "cancel", "1"], "--reason"),
+    Case("hold-unknown-order", ["orders", "hold", "999999", "-r", "x"], "999999 does not exist"),
+    Case("release-unknown-order", ["orders", "release", "999999"], "order 999999 does not exist"),
+    Case("ship-unknown-order", ["orders", "ship", "999999"], "no order 999999"),
+    Case("mark-shipped-unknown-order",
+         ["orders", "mark-shipped", "999999", "-t", "T1", "-c", "dhl"], "999999 does not exist"),
+    Case("void-label-unknown-shipment", ["orders", "void-label", "999999"], "no shipment 999999"),
+    Case("label-unknown-shipment", ["orders", "label", "999999", "-o", "l.pdf"], "no label in use"),
+    Case("outbox-retry-unknown", ["outbox", "retry", "999999"], "no outbox message 999999"),
 ]  # fmt: skip
 
 

@@ -182,7 +182,7 @@ def test_a_stuck_order_is_shown_with_its_step_and_error_and_retry_moves_it_on(
     expect(moves.filter(has_text="needs_attention → paid")).to_have_count(1)
     expect(page.locator("#timeline")).to_contain_text("buy_label")
     expect(page.locator("#header")).to_contain_text("Louisville")
-    expect(page.get_by_role("button", name="Ship")).to_be_visible()
+    expect(page.get_by_role("button", name="Ship", exact=True)).to_be_visible()
     expect(page.get_by_role("button", name="Retry")).to_have_count(0)
     assert EMAIL not in page.content() and PHONE not in page.content()
     for name in ("invoice PDF", "label PDF"):
@@ -258,7 +258,27 @@ def test_an_on_hold_order_shows_the_skus_it_waits_for_and_marketplace_markup_sta
     expect(page.locator("h1")).to_contain_text(evil)
     expect(page.locator("img")).to_have_count(0)
     expect(page.locator("#timeline td.move").filter(has_text="new → on_hold")).to_have_count(1)
-    expect(page.locator("main").get_by_role("button")).to_have_count(0)  # nothing but wait
+    # nothing to do but wait for stock, or cancel it with a reason
+    expect(page.locator("main").get_by_role("button")).to_have_text(["Hold", "Cancel order"])
+    page.get_by_placeholder("reason for cancelling").fill("out of stock for weeks")
+    page.get_by_role("button", name="Cancel order").click()
+    cancel_form = page.locator("#actions form").filter(
+        has=page.get_by_role("button", name="Cancel order")
+    )
+    expect(cancel_form.locator("output")).to_contain_text("cancelled")
+    page.reload()
+    expect(page.locator("h1 .state")).to_have_text("cancelled")
+    cancelled = page.locator("#timeline td.move").filter(has_text="on_hold → cancelled")
+    expect(cancelled).to_have_count(1)
+
+    # the shop has no API connection: the cancellation waits, visibly, for staff
+    def refused() -> bool:
+        page.reload()
+        return "no credentials" in page.locator("#outbox").inner_text()
+
+    wait_until(refused, timeout=60, what="the cancellation's delivery refused")
+    page.goto("/")
+    expect(page.locator("#undelivered")).to_contain_text(f"#{held.id}")
 
 
 def test_the_latest_sync_run_of_each_account_is_shown_and_a_failed_one_stands_out(

@@ -559,8 +559,13 @@ def test_an_amazon_order_the_merchant_fulfils_still_reserves_stock_gets_a_label_
     response = world.api("POST", f"/orders/{order_id}/ship")
     assert response.status_code == 200, response.text
     world.wait_state(name, external_id, "shipped")
-    pushed = [p for key, p in world.sandbox.amazon.shipments.items() if key[0] == external_id]
-    assert [p["trackingNumber"] for p in pushed] == [labels[0].tracking_number]
+
+    # (shipped is the state change; its push goes out through the outbox right after)
+    def pushed() -> list[dict[str, Any]]:
+        return [p for key, p in world.sandbox.amazon.shipments.items() if key[0] == external_id]
+
+    wait_until(pushed, timeout=60, what="the shipment confirmed to Amazon")
+    assert [p["trackingNumber"] for p in pushed()] == [labels[0].tracking_number]
 
 
 def test_half_a_surrogate_pair_in_the_address_becomes_u_fffd_and_the_order_ships(

@@ -25,6 +25,7 @@ from domain.states import OrderState
 from integrations.carriers.payloads import PurchasedLabel
 from integrations.payments.payloads import Capture, Refund
 from orders import idempotency
+from orders.outbox import Effect
 from orders.steps import FollowUp
 from orders.transitions import load_for_update, transition
 from workflows.base import describe
@@ -214,10 +215,12 @@ class FakePayments:
 
 @dataclasses.dataclass
 class FakeCarrier:
-    """A carrier: one label per idempotency key; ``bought`` has what each call asked for."""
+    """A carrier: one label per idempotency key; ``bought`` has what each call asked for,
+    ``voided`` the labels voided (in order, repeats included)."""
 
     labels: dict[str, PurchasedLabel] = dataclasses.field(default_factory=dict)
     bought: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    voided: list[str] = dataclasses.field(default_factory=list)
 
     def buy_label(
         self,
@@ -238,28 +241,33 @@ class FakeCarrier:
             )  # fmt: skip
         return self.labels[idempotency_key]
 
+    def void_label(self, label_id: str) -> bool:
+        self.voided.append(label_id)
+        return True
+
 
 @dataclasses.dataclass
 class FakeMarketplace:
-    """Records every fulfilment pushed to it; ``fail`` is raised (once) instead."""
+    """Records every effect (fulfilment, cancellation) pushed to it; ``fail`` is raised (once)
+    instead; ``apply_then_fail`` applies the push and then raises (an answer lost on the way
+    back), and a push repeated under a key it applied is not applied twice, as the connectors
+    make sure by checking first."""
 
     pushed: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     fail: Exception | None = None
+    apply_then_fail: Exception | None = None
 
-    def __call__(
-        self,
-        account: ChannelAccount,
-        external_id: str,
-        *,
-        tracking_number: str,
-        carrier: str,
-        idempotency_key: str,
-    ) -> None:
+    def __call__(self, account: ChannelAccount, effect: Effect) -> None:
         if self.fail is not None:
             failure, self.fail = self.fail, None
             raise failure
-        self.pushed.append({"account": account.name, "order": external_id, "carrier": carrier,
-                            "tracking": tracking_number, "key": idempotency_key})  # fmt: skip
+        if all(p["key"] != effect.idempotency_key for p in self.pushed):
+            self.pushed.append({"account": account.name, "order": effect.external_id,
+                                "kind": effect.kind, "key": effect.idempotency_key,
+                                **effect.payload})  # fmt: skip
+        if self.apply_then_fail is not None:
+            failure, self.apply_then_fail = self.apply_then_fail, None
+            raise failure
 
 
 class FollowUps:

@@ -94,6 +94,10 @@ class World:
                 .where(ChannelAccount.name == shop, Order.external_id == external_id)
             )  # fmt: skip
 
+    def order_state(self, order_id: int) -> str | None:
+        with self.maker() as session:
+            return session.scalar(select(Order.state).where(Order.id == order_id))
+
     def wait_state(self, shop: str, external_id: str, *states: str, timeout: float = 60) -> Order:
         def reached() -> Order | None:
             order = self.order(shop, external_id)

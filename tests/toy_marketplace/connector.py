@@ -6,11 +6,11 @@ Reads ``account.api_base_url`` (required: the toy has no production URL) and
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from domain.canonical import CanonicalOrder
 from domain.errors import AuthError, ValidationError
-from integrations.base import AccountConfig, ConnectorSeams, OrderPage, orders_of
+from integrations.base import AccountConfig, ConnectorSeams, OrderPage, ShipmentGroup, orders_of
 from tests.toy_marketplace.client import RATE_LIMITS, ToyClient
 from tests.toy_marketplace.mapper import map_order
 
@@ -59,10 +59,32 @@ class ToyConnector:
     def get_order(self, external_id: str) -> CanonicalOrder:
         return map_order(self.client.get_order(external_id), self.account.name)
 
+    def shipment_groups(self, external_id: str) -> list[ShipmentGroup]:
+        return []  # one location: the order ships from ours
+
     def push_fulfillment(
-        self, external_id: str, *, tracking_number: str, carrier: str, idempotency_key: str
+        self,
+        external_id: str,
+        *,
+        tracking_number: str,
+        carrier: str,
+        idempotency_key: str,
+        lines: Sequence[tuple[str, int]] = (),
+        location: str = "",
+        last: bool = True,
     ) -> None:
         self.client.ship_order(external_id, tracking_number, idempotency_key)
+
+    def push_cancellation(self, external_id: str, *, reason: str, idempotency_key: str) -> None:
+        raise ValidationError("toy: orders are not cancelled through the API", code="unsupported")
+
+    def push_delivery(
+        self, external_id: str, *, tracking_number: str, delivered_at: str, idempotency_key: str
+    ) -> None:
+        raise ValidationError(
+            "toy: the marketplace takes no delivery events (its declaration says so)",
+            code="NotSupported",
+        )
 
     def push_stock(self, quantities: Mapping[str, int]) -> None:
         raise ValidationError("toy: stock is not pushed", code="unsupported")

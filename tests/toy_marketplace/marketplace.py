@@ -23,4 +23,5 @@ MARKETPLACE = Marketplace(
         kept_headers=webhooks.kept_headers,
     ),
     topic_handlers={"order.placed": upsert_order, "order.changed": upsert_order},
+    seller_cancels=False,
 )

@@ -21,10 +21,20 @@ document.addEventListener("submit", async (event) => {
   let text;
   try {
     const csrf = document.querySelector("meta[name=csrf-token]");
-    const response = await fetch(form.action, {
+    const init = {
       method: "POST",
       headers: { Accept: "application/json", "X-CSRF-Token": csrf ? csrf.content : "" },
-    });
+    };
+    if (form.dataset.json) { // the form's fields as one JSON object (e.g. {"reason": "…"})
+      const fields = Object.fromEntries(new FormData(form));
+      delete fields.csrf_token; // sent as the header
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(fields);
+    } else if (form.dataset.shipments) { // Ship this parcel: {"shipments": [id]}
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify({ shipments: [Number(form.dataset.shipments)] });
+    }
+    const response = await fetch(form.action, init);
     const body = await response.json().catch(() => ({}));
     const detail = typeof body.detail === "string" ? body.detail : response.statusText;
     if (response.ok) {

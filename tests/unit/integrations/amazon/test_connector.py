@@ -445,3 +445,28 @@ def test_missing_credentials_are_an_auth_error_naming_only_the_keys() -> None:
         AmazonConnector(account)
 
     assert "refresh_token" in str(caught.value) and SECRET not in str(caught.value)
+
+
+def test_a_package_of_a_shipment_confirms_its_items_only_as_far_as_unshipped(env: Env) -> None:
+    env.router.get(f"{ORDERS}/902-1845936-5435065").mock(
+        return_value=httpx.Response(200, json=load("getOrder.200.sandbox-1.json"))
+    )
+    items_route(env)
+    confirm = env.router.post(f"{ORDERS}/902-1845936-5435065/shipmentConfirmation").mock(
+        return_value=httpx.Response(204)
+    )
+
+    env.connector.push_fulfillment(
+        "902-1845936-5435065", tracking_number="1Z2", carrier="UPS", idempotency_key="s:2",
+        lines=[("05015851154158", 5), ("unknown-item", 1)], last=False,
+    )  # fmt: skip
+
+    package = json.loads(confirm.calls[0].request.content)["packageDetail"]
+    assert package["orderItems"] == [{"orderItemId": "05015851154158", "quantity": 1}]
+    assert package["packageReferenceId"] == package_reference_id("s:2")
+
+
+def test_amazon_says_a_seller_cannot_cancel_through_the_api(env: Env) -> None:
+    with pytest.raises(ValidationError) as caught:
+        env.connector.push_cancellation("902-1845936-5435065", reason="r", idempotency_key="c")
+    assert caught.value.code == "NotSupported" and "Seller Central" in str(caught.value)

@@ -614,3 +614,52 @@ def test_concurrent_callers_share_one_token_refresh(
         thread.join()
     assert token.call_count == 1
     assert tokens == ["v^1.1#i^1#USER"] * 8
+
+
+def test_a_shipment_ships_only_its_line_items(
+    mock: respx.MockRouter, clock: Clock, sleeps: list[float]
+) -> None:
+    order_id = "27-13905-71642"
+    mock.post(TOKEN).mock(return_value=token_ok())
+    mock.get(f"{ORDERS}/{order_id}/shipping_fulfillment").mock(
+        return_value=httpx.Response(200, json={"fulfillments": [], "total": 0})
+    )
+    mock.get(f"{ORDERS}/{order_id}").mock(
+        return_value=httpx.Response(200, json=load("order.us_not_started.json"))
+    )
+    create = mock.post(f"{ORDERS}/{order_id}/shipping_fulfillment").mock(
+        return_value=httpx.Response(201, json={})
+    )
+
+    connector(clock, sleeps).push_fulfillment(
+        order_id, tracking_number="9400111899224", carrier="USPS", idempotency_key="s:2",
+        lines=[("10071239283202", 1)], last=False,
+    )  # fmt: skip
+
+    assert json.loads(create.calls[0].request.content)["lineItems"] == [
+        {"lineItemId": "10071239283202", "quantity": 1}
+    ]
+
+
+def test_push_cancellation_asks_for_a_seller_cancellation_unless_one_is_there(
+    mock: respx.MockRouter, clock: Clock, sleeps: list[float]
+) -> None:
+    order_id = "27-13905-71642"
+    order = load("order.us_not_started.json")
+    cancelled = copy.deepcopy(order) | {"cancelStatus": {"cancelState": "CANCELED",
+                                                         "cancelRequests": []}}  # fmt: skip
+    mock.post(TOKEN).mock(return_value=token_ok())
+    mock.get(f"{ORDERS}/{order_id}").mock(
+        side_effect=[httpx.Response(200, json=order), httpx.Response(200, json=cancelled)]
+    )
+    create = mock.post(f"{BASE}/post-order/v2/cancellation").mock(
+        return_value=httpx.Response(201, json={"cancelId": "5000000001"})
+    )
+
+    for _ in range(2):
+        connector(clock, sleeps).push_cancellation(order_id, reason="r", idempotency_key="c:1")
+
+    assert create.call_count == 1
+    assert json.loads(create.calls[0].request.content) == {
+        "legacyOrderId": order_id, "cancelReason": "OUT_OF_STOCK_OR_CANNOT_FULFILL"
+    }  # fmt: skip

@@ -7,6 +7,7 @@ import copy
 import datetime as dt
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -550,3 +551,154 @@ def test_push_stock_looks_skus_up_once_and_batches_by_250(
     assert len({v["idempotencyKey"] for v in sets}) == 3
     lookups = [v for op, v in calls if op == "InventoryItemsBySku"]
     assert len(lookups) == 7  # 301 SKUs by 50; the second push hit the cache
+
+
+# --- split shipments: fulfillment orders by location ------------------------------------------
+
+OFFICIAL = Path(__file__).resolve().parents[3] / "fixtures" / "official" / "shopify"
+SECOND_LOCATION = "gid://shopify/Location/24826418"
+
+
+def official_fulfillment_orders(*, split: bool) -> list[dict[str, Any]]:
+    """The official fulfillment orders (REST ``ruby-fulfillment_orders.json``) in the GraphQL
+    shape our query asks for; the second one's line is the order's second line item and, with
+    ``split``, it is assigned to a second location."""
+    raw = json.loads((OFFICIAL / "ruby-fulfillment_orders.json").read_text())
+    nodes = []
+    for n, fo in enumerate(raw):
+        location = (
+            SECOND_LOCATION
+            if split and n == 1
+            else (f"gid://shopify/Location/{fo['assigned_location_id']}")
+        )
+        lines = [
+            {
+                "id": f"gid://shopify/FulfillmentOrderLineItem/{item['id'] + n}",
+                "remainingQuantity": item["quantity"] + n,
+                "lineItem": {"id": f"gid://shopify/LineItem/{item['line_item_id'] + n}"},
+            }
+            for item in fo["fulfillment_order_line_items"]
+        ]
+        nodes.append({"id": f"gid://shopify/FulfillmentOrder/{fo['id']}",
+                      "status": fo["status"].upper(),
+                      "assignedLocation": {"location": {"id": location}},
+                      "lineItems": {"nodes": lines}})  # fmt: skip
+    return nodes
+
+
+def state_with(nodes: list[dict[str, Any]], tracking: list[str] | None = None) -> httpx.Response:
+    fulfillments = [
+        {
+            "id": "gid://shopify/Fulfillment/1",
+            "status": "SUCCESS",
+            "trackingInfo": [{"number": t, "company": "UPS"}],
+        }
+        for t in tracking or []
+    ]
+    return ok({"order": {"id": "gid://shopify/Order/450789469", "cancelledAt": None,
+                         "fulfillmentOrders": {"nodes": nodes},
+                         "fulfillments": fulfillments}})  # fmt: skip
+
+
+def test_shipment_groups_are_the_open_fulfillment_order_lines_by_location(
+    mock: respx.MockRouter, time_: FakeTime
+) -> None:
+    nodes = official_fulfillment_orders(split=True)
+    side_effect, _ = by_operation(
+        {"Locations": lambda v: locations(2), "OrderFulfillmentState": lambda v: state_with(nodes)}
+    )
+    mock.post(URL).mock(side_effect=side_effect)
+
+    groups = connector(time_).shipment_groups("450789469")
+
+    assert [(g.location, g.lines) for g in groups] == [
+        (SECOND_LOCATION, (("466157050", 2),)),
+        ("gid://shopify/Location/905684977", (("466157049", 1),)),
+    ]
+
+
+def locations(count: int) -> httpx.Response:
+    nodes = [{"id": f"gid://shopify/Location/{n}", "name": f"L{n}"} for n in range(count)]
+    return ok({"locations": {"nodes": nodes}})
+
+
+def test_a_shop_with_one_location_is_asked_once_and_its_orders_ship_whole(
+    mock: respx.MockRouter, time_: FakeTime
+) -> None:
+    side_effect, calls = by_operation({"Locations": lambda v: locations(1)})
+    mock.post(URL).mock(side_effect=side_effect)
+    shopify = connector(time_)
+
+    assert shopify.shipment_groups("1") == shopify.shipment_groups("2") == []
+    assert [op for op, _ in calls] == ["Locations"]
+
+
+def test_a_shipment_is_one_fulfillment_create_of_its_locations_fulfillment_order_lines(
+    mock: respx.MockRouter, time_: FakeTime
+) -> None:
+    nodes = official_fulfillment_orders(split=True)
+    created = {"fulfillmentCreate": {"fulfillment": {"id": "gid://shopify/Fulfillment/2"},
+                                     "userErrors": []}}  # fmt: skip
+    side_effect, calls = by_operation(
+        {"OrderFulfillmentState": lambda v: state_with(nodes),
+         "FulfillmentCreate": lambda v: ok(created)}
+    )  # fmt: skip
+    mock.post(URL).mock(side_effect=side_effect)
+
+    connector(time_).push_fulfillment(
+        "450789469", tracking_number="1Z2", carrier="UPS", idempotency_key="fulfill:1:s2",
+        lines=[("466157050", 2)], location=SECOND_LOCATION, last=False,
+    )  # fmt: skip
+
+    [(_, variables)] = [c for c in calls if c[0] == "FulfillmentCreate"]
+    assert variables["fulfillment"]["lineItemsByFulfillmentOrder"] == [
+        {"fulfillmentOrderId": "gid://shopify/FulfillmentOrder/519788022",
+         "fulfillmentOrderLineItems": [
+             {"id": "gid://shopify/FulfillmentOrderLineItem/519788022", "quantity": 2}]}
+    ]  # fmt: skip
+
+
+def test_push_delivery_is_a_delivered_event_on_the_fulfillment_with_the_tracking_number(
+    mock: respx.MockRouter, time_: FakeTime
+) -> None:
+    nodes = official_fulfillment_orders(split=False)
+    states = iter([state_with(nodes, tracking=["1Z4"])])
+    event = {"id": "gid://shopify/FulfillmentEvent/1", "status": "DELIVERED"}
+    made = {"fulfillmentEventCreate": {"fulfillmentEvent": event, "userErrors": []}}
+    side_effect, calls = by_operation(
+        {"OrderFulfillmentState": lambda v: next(states),
+         "FulfillmentEventCreate": lambda v: ok(made)}
+    )  # fmt: skip
+    mock.post(URL).mock(side_effect=side_effect)
+
+    connector(time_).push_delivery(
+        "450789469", tracking_number="1Z4", delivered_at="2026-12-02T10:00:00Z",
+        idempotency_key="d",
+    )  # fmt: skip
+
+    [(_, variables)] = [c for c in calls if c[0] == "FulfillmentEventCreate"]
+    assert variables["fulfillmentEvent"] == {"fulfillmentId": "gid://shopify/Fulfillment/1",
+                                             "status": "DELIVERED",
+                                             "happenedAt": "2026-12-02T10:00:00Z"}  # fmt: skip
+
+
+def test_a_refused_retry_of_a_fulfillment_that_landed_is_done(
+    mock: respx.MockRouter, time_: FakeTime
+) -> None:
+    nodes = official_fulfillment_orders(split=False)
+    states = iter([state_with(nodes), state_with(nodes, tracking=["1Z3"])])
+    refused = {"fulfillmentCreate": {"fulfillment": None, "userErrors": [
+        {"field": ["fulfillment"], "message": "unfulfillable status= closed"}]}}  # fmt: skip
+    side_effect, calls = by_operation(
+        {"OrderFulfillmentState": lambda v: next(states),
+         "FulfillmentCreate": lambda v: ok(refused)}
+    )  # fmt: skip
+    mock.post(URL).mock(side_effect=side_effect)
+
+    connector(time_).push_fulfillment(
+        "450789469", tracking_number="1Z3", carrier="UPS", idempotency_key="k"
+    )
+
+    assert [op for op, _ in calls] == [
+        "OrderFulfillmentState", "FulfillmentCreate", "OrderFulfillmentState"
+    ]  # fmt: skip

@@ -466,3 +466,40 @@ def test_test_connection_reports_the_order_count(
 ) -> None:
     router.get("/orders").mock(return_value=_page(load("orders.list.json")[:1], 2, 2))
     assert "2 orders" in connector.test_connection()
+
+
+def test_a_shipment_that_is_not_the_last_adds_its_note_and_leaves_the_status(
+    router: respx.MockRouter, connector: WooCommerceConnector
+) -> None:
+    router.get("/orders/727").mock(
+        return_value=httpx.Response(200, json=load("order.retrieve.json"))
+    )
+    router.get("/orders/727/notes").mock(return_value=httpx.Response(200, json=[]))
+    note_route = router.post("/orders/727/notes").mock(return_value=httpx.Response(201, json={}))
+    put_route = router.put("/orders/727")
+
+    connector.push_fulfillment("727", tracking_number="TRK2", carrier="DHL",
+                               idempotency_key="fulfill:1:s2", last=False)  # fmt: skip
+
+    assert note_route.call_count == 1 and not put_route.called
+    assert "TRK2" in json.loads(note_route.calls[0].request.content)["note"]
+
+
+def test_push_cancellation_sets_the_status_once(
+    router: respx.MockRouter, connector: WooCommerceConnector
+) -> None:
+    state = copy.deepcopy(load("order.retrieve.json"))
+
+    def put(request: httpx.Request) -> httpx.Response:
+        state.update(status=json.loads(request.content)["status"])
+        return httpx.Response(200, json=state)
+
+    router.get("/orders/727").mock(side_effect=lambda r: httpx.Response(200, json=state))
+    put_route = router.put("/orders/727").mock(side_effect=put)
+
+    for _ in range(2):  # a retry after the answer was lost
+        connector.push_cancellation("727", reason="buyer asked", idempotency_key="cancel:9")
+
+    assert put_route.call_count == 1 and state["status"] == "cancelled"
+    sent = json.loads(put_route.calls[0].request.content)
+    assert sent["meta_data"] == [{"key": "_ordersync_cancellation", "value": "cancel:9"}]
