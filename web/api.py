@@ -584,7 +584,7 @@ def undelivered(session: Session, limit: int = 50) -> list[tuple[OutboxMessage, 
 def list_outbox(
     session: SessionDep,
     status: str | None = Query(None, pattern="^(pending|delivered|failed|undelivered)$"),
-    order_id: int | None = None,
+    order_id: int | None = Query(None, ge=1, le=MAX_ID),
     limit: int = Query(50, ge=1, le=500),
 ) -> dict[str, Any]:
     """Effects on the marketplaces (fulfilments, cancellations), newest first, each with its
