@@ -149,7 +149,7 @@ def test_twenty_concurrent_ship_clicks_on_a_two_location_order_make_one_fulfilme
 
     # when staff click Ship twenty times at once
     def click(_: int) -> int:
-        return httpx.post(f"{world.stack.base_url}/api/orders/{order.id}/ship").status_code
+        return world.api("POST", f"/orders/{order.id}/ship").status_code
 
     with ThreadPoolExecutor(20) as pool:
         codes = list(pool.map(click, range(20)))
@@ -165,7 +165,7 @@ def test_twenty_concurrent_ship_clicks_on_a_two_location_order_make_one_fulfilme
     assert world.sandbox.shopify.orders[external_id]["fulfillment_status"] == "fulfilled"
     assert world.order_state(order.id) == "shipped"
     # and the API shows both parcels with their lines (two at one location, one at the other)
-    shown = httpx.get(f"{world.stack.base_url}/api/orders/{order.id}").json()["shipments"]
+    shown = world.api("GET", f"/orders/{order.id}").json()["shipments"]
     assert sorted(len(s["lines"]) for s in shown) == [1, 2]
     assert {s["status"] for s in shown} == {"shipped"}
 
@@ -198,7 +198,7 @@ def test_a_fulfilment_applied_whose_answer_was_dropped_is_made_once(world: World
     world.sandbox.shopify.drop_fulfillment_answers = 1  # the next answer never arrives
     sent_before = _fulfillment_requests(world)
 
-    response = httpx.post(f"{world.stack.base_url}/api/orders/{order.id}/ship")
+    response = world.api("POST", f"/orders/{order.id}/ship")
 
     assert response.status_code == 200
     (message,) = wait_until(lambda: _all_delivered(world, order.id, 1), timeout=90,
@@ -220,9 +220,9 @@ def test_cancel_after_the_label_voids_it_returns_stock_refunds_once_credits_and_
     (label,) = _rows(world, Label, Label.shipment_id.in_(
         select(Shipment.id).where(Shipment.order_id == order.id)))  # fmt: skip
 
-    url = f"{world.stack.base_url}/api/orders/{order.id}/cancel"
-    first = httpx.post(url, json={"reason": "buyer called: wrong size"})
-    second = httpx.post(url, json={"reason": "buyer called: wrong size"})
+    url = f"/orders/{order.id}/cancel"
+    first = world.api("POST", url, json={"reason": "buyer called: wrong size"})
+    second = world.api("POST", url, json={"reason": "buyer called: wrong size"})
 
     assert (first.status_code, second.status_code) == (200, 409)
     assert world.order_state(order.id) == "cancelled"
@@ -252,12 +252,12 @@ def test_a_webhook_only_account_needs_attention_instead_of_shipping_silently(
     world.post(shop, payload, topic="orders/create")
     order = world.wait_state(shop, str(payload["id"]), "ready_to_ship", timeout=90)
 
-    response = httpx.post(f"{world.stack.base_url}/api/orders/{order.id}/ship")
+    response = world.api("POST", f"/orders/{order.id}/ship")
 
     assert response.status_code == 200
     failed = world.wait_state(shop, str(payload["id"]), "needs_attention")
     assert failed.last_error == "tracking not sent: no credentials"
-    listed = httpx.get(f"{world.stack.base_url}/api/outbox",
+    listed = world.api("GET", "/outbox",
                        params={"status": "undelivered", "order_id": order.id}).json()  # fmt: skip
     (message,) = listed["messages"]
     assert (message["kind"], message["status"], message["last_error"]) == (
@@ -279,7 +279,7 @@ def _track_now(world: World) -> None:
 
 def _shipped(world: World) -> tuple[str, Order, Label]:
     _, external_id, order = _ready(world, split=False)
-    assert httpx.post(f"{world.stack.base_url}/api/orders/{order.id}/ship").status_code == 200
+    assert world.api("POST", f"/orders/{order.id}/ship").status_code == 200
     wait_until(lambda: _all_delivered(world, order.id, 1), timeout=90, what="fulfilment")
     (label,) = _rows(world, Label, Label.shipment_id.in_(
         select(Shipment.id).where(Shipment.order_id == order.id)))  # fmt: skip
