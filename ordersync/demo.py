@@ -350,9 +350,25 @@ def _summary(
     }
 
 
-def _ship_and_cancel(base_url: str, account_ids: list[int], rng: random.Random) -> int:
-    """Staff at work: cancel a share of the ready orders (not Amazon's: the seller cannot by
-    API), ship the rest through the API. Returns the number of orders acted on."""
+def _ship_and_cancel(base_url: str, account_ids: list[int], rng: random.Random, run: str) -> int:
+    """Staff at work (the demo's operator, with a token for this run, revoked after): cancel a
+    share of the ready orders (not Amazon's: the seller cannot by API), ship the rest through
+    the API. Returns the number of orders acted on."""
+    from orders.users import create_token, revoke_token
+
+    with session_scope() as session:
+        row, token = create_token(session, DEMO_USER, f"demo-staff-{run}", None, actor="demo")
+        token_id = row.id
+    try:
+        return _act(base_url, account_ids, rng, {"Authorization": f"Bearer {token}"})
+    finally:
+        with session_scope() as session:
+            revoke_token(session, token_id, actor="demo")
+
+
+def _act(
+    base_url: str, account_ids: list[int], rng: random.Random, headers: dict[str, str]
+) -> int:
     with session_scope() as session:
         ready = session.execute(
             select(Order.id, Order.channel).where(
@@ -361,7 +377,7 @@ def _ship_and_cancel(base_url: str, account_ids: list[int], rng: random.Random) 
         ).all()  # fmt: skip
     cancellable = [oid for oid, channel in ready if registry.get(channel).seller_cancels]
     cancel = set(rng.sample(cancellable, int(len(cancellable) * CANCEL_SHARE)))
-    with httpx.Client(base_url=base_url, timeout=30) as client:
+    with httpx.Client(base_url=base_url, timeout=30, headers=headers) as client:
 
         def act(order_id: int) -> int:
             if order_id in cancel:
@@ -552,7 +568,9 @@ def run_demo(
                     err.print("[red]timed out waiting for the workers")
                     break
                 time.sleep(0.25)
-            acted = _ship_and_cancel(base_url, account_ids, rng)
+            # the nightly full sync, on what the webhooks and polls brought in
+            reconciled = _reconcile(err, timeout_s=RECONCILE_TIMEOUT_S)
+            acted = _ship_and_cancel(base_url, account_ids, rng, run)
             ship_bar = progress.add_task("shipped, cancelled, delivered", total=None)
             while not _quiet(account_ids):
                 if group.dead():
@@ -562,7 +580,6 @@ def run_demo(
                     break
                 time.sleep(0.25)
             progress.update(ship_bar, total=acted, completed=acted)
-        reconciled = _reconcile(err, timeout_s=RECONCILE_TIMEOUT_S)
         rejected = [s for s in statuses if s != 200]
         if rejected:
             err.print(f"[red]{len(rejected)} deliveries were not accepted: {sorted(set(rejected))}")
