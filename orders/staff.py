@@ -1,6 +1,6 @@
 """What staff do to an order by hand (from the dashboard, the API or the CLI), each safe to
-repeat and each on the order's timeline with who did it (``actor``: for now ``staff:api`` or
-``staff:cli``; a login system passes the user's name).
+repeat and each on the order's timeline with who did it (``actor``: the logged-in user's name
+from the API, the login name or ``--as`` from the CLI).
 
 - ``cancel``: with a reason, before the order ships. In one transaction: the order is
   ``cancelled``, its held stock goes back, the credit note and the refund of what we captured
