@@ -135,6 +135,9 @@ def plan_retry(
 
 class OrdersyncTask(Task):  # type: ignore[misc]
     abstract = True
+    #: no Celery limit: ``plan_retry`` decides (``RETRY_MAX_ATTEMPTS``). With Celery's default of
+    #: 3, the fourth retry raised the error itself and ``on_permanent_failure`` never ran.
+    max_retries = None
     # acks_late comes from the app config; tasks are idempotent by construction
 
     @contextmanager
