@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -25,7 +25,14 @@ from pydantic import (
 from domain.money import MoneyField, to_decimal
 from domain.states import OrderState
 
-__all__ = ["Address", "CanonicalLine", "CanonicalOrder", "MoneyField", "to_decimal"]
+__all__ = [
+    "Address",
+    "CanonicalLine",
+    "CanonicalOrder",
+    "MoneyField",
+    "PaymentFacts",
+    "to_decimal",
+]
 
 
 def _aware_utc(value: dt.datetime) -> dt.datetime:
@@ -104,6 +111,26 @@ class CanonicalLine(_Canonical):
     total: MoneyField
 
 
+class PaymentFacts(_Canonical):
+    """What the marketplace says about the order's money, as far as it says it.
+
+    ``held_by`` is where an authorization we may capture lives: ``marketplace`` (Shopify holds
+    it; captured there with ``orderCapture``), ``provider`` (a PaymentIntent at the shop's
+    Stripe account, e.g. WooCommerce's Stripe gateway: captured at the provider), or None (no
+    authorization: the marketplace collected the money, or nobody has paid yet). Nothing here is
+    guessed: a field the marketplace does not give stays None.
+    """
+
+    gateway: str | None = None
+    held_by: Literal["marketplace", "provider"] | None = None
+    #: the authorization to capture: Shopify's AUTHORIZATION transaction id, or the
+    #: PaymentIntent id (``pi_…``); None when only found at capture time
+    authorization_id: str | None = None
+    amount_authorized: MoneyField | None = None
+    amount_captured: MoneyField | None = None
+    authorization_expires_at: UTCTimestamp | None = None
+
+
 class CanonicalOrder(_Canonical):
     #: the registered marketplace's name (``integrations.registry``); the domain lists none
     channel: str = Field(min_length=1, max_length=20)
@@ -125,6 +152,8 @@ class CanonicalOrder(_Canonical):
     buyer_name: str | None = None
     buyer_email: str | None = None
     payment_collected_by_marketplace: bool = False
+    #: the payment facts the marketplace gives (gateway, authorization); None: it gives none
+    payment: PaymentFacts | None = None
     #: the marketplace ships it from its own warehouse (Amazon FBA): no stock of ours, no
     #: label, no fulfilment push
     fulfilled_by_marketplace: bool = False

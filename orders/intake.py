@@ -56,6 +56,9 @@ def _order_values(order: CanonicalOrder) -> dict[str, Any]:
             order.shipping_address.model_dump(exclude_none=True) if order.shipping_address else None
         ),
         "payment_collected_by_marketplace": order.payment_collected_by_marketplace,
+        "payment_facts": (
+            order.payment.model_dump(mode="json", exclude_none=True) if order.payment else None
+        ),
         "fulfilled_by_marketplace": order.fulfilled_by_marketplace,
         "external_created_at": order.created_at,
         "external_updated_at": order.updated_at,
@@ -134,6 +137,7 @@ def _replace_lines(
                     "title": line.title[:500],
                     "quantity": line.quantity,
                     "unit_price": line.unit_price,
+                    "discount": line.discount,
                     "tax": line.tax,
                     "total": line.total,
                 }

@@ -27,6 +27,8 @@ from orders.transitions import load_for_update
 __all__ = ["RefundProvider", "RefundedPayment", "record_failure", "refund", "refundable"]
 
 ACTOR = "task:refund_payment"
+#: the payment rows whose money is at our payment provider (``PaymentsClient.name``)
+PROVIDER = "payments"
 REASON = "requested_by_customer"
 
 
@@ -66,6 +68,8 @@ def refundable(session: Session, order_id: int) -> Payment | None:
     payment = session.scalar(select(Payment).where(Payment.order_id == order_id))
     if payment is None or payment.collected_by_marketplace or not payment.external_id:
         return None
+    if payment.provider != PROVIDER:
+        return None  # captured on the marketplace (Shopify): it refunds on its side
     if session.scalar(select(Refund.id).where(Refund.payment_id == payment.id)) is not None:
         return None
     return payment

@@ -8,11 +8,19 @@ available gets ``THROTTLED`` like Shopify's, one above the whole bucket ``MAX_CO
 
 Orders are kept in the REST shape (``rest-2026-07/order.get.json``) with big-integer ids and
 totals that add up; GraphQL nodes and webhook bodies are derived from them. Ledgers record what
-the connector pushed: ``fulfillments``, ``inventory_sets`` (by idempotency key), ``cancels``.
+the connector pushed: ``fulfillments``, ``inventory_sets`` (by idempotency key), ``cancels``,
+``captures`` (by idempotency key).
+
+Each order has its payment transactions, as ``OrderTransactions`` reads them: a ``paid`` order a
+SALE, an ``authorized`` one an AUTHORIZATION that expires 7 days after checkout (Shopify
+Payments' card authorizations), a ``pending`` one none. ``OrderCapture`` (``@idempotent``
+required) captures an authorization once: a repeated key answers the first capture; an expired,
+voided or already captured authorization, or more than it holds, is a user error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import hashlib
@@ -48,6 +56,8 @@ DEFAULT_SKUS = ("SKU-RED-S", "SKU-RED-M", "SKU-BLUE-S", "SKU-BLUE-M", "SKU-GREEN
 ORDER_TOPICS = ("orders/create", "orders/updated", "orders/cancelled")
 
 CENT = Decimal("0.01")
+#: Shopify Payments card authorizations expire after 7 days
+AUTHORIZATION_VALID = dt.timedelta(days=7)
 TAX_RATE = Decimal("0.06")
 SHOP_OFFSET = dt.timezone(dt.timedelta(hours=-4))  # REST timestamps carry the shop's offset
 LOCATION_GID = "gid://shopify/Location/655441491"
@@ -228,6 +238,13 @@ class ShopifySimulator:
         self.fulfillments: list[dict[str, Any]] = []
         self.inventory_sets: dict[str, dict[str, Any]] = {}  # idempotency key → the set
         self.cancels: list[dict[str, Any]] = []
+        #: order id → its transactions (the GraphQL ``OrderTransaction`` shape)
+        self.transactions: dict[str, list[dict[str, Any]]] = {}
+        #: idempotency key → the capture it made (``OrderCapture``)
+        self.captures: dict[str, dict[str, Any]] = {}
+        #: seconds an ``OrderCapture`` answer waits after the capture was applied
+        self.capture_reply_delay_s = 0.0
+        self._next_transaction = 7_300_000_000
         #: (operation, HTTP status); a THROTTLED answer is logged as 429, its REST equivalent
         #: (on the wire it is a 200 with errors[].extensions.code = THROTTLED)
         self.request_log: list[tuple[str, int]] = []
@@ -241,8 +258,82 @@ class ShopifySimulator:
             for _ in range(n):
                 order = self._new_order(now)
                 self.orders[str(order["id"])] = order
+                self._open_payment(order)
                 ids.append(str(order["id"]))
             return ids
+
+    def put_order(self, order: dict[str, Any]) -> None:
+        """An order made elsewhere (a test's fixture) that now exists in this shop, with the
+        payment transactions its ``financial_status`` implies."""
+        with self._lock:
+            stored = json.loads(json.dumps(order))
+            stored.setdefault("fulfillments", [])
+            self.orders[str(order["id"])] = stored
+            self._fulfillment_orders.setdefault(
+                str(order["id"]),
+                {"id": f"gid://shopify/FulfillmentOrder/{int(order['id']) + 1}", "status": "OPEN",
+                 "assignedLocation": {"location": {"id": LOCATION_GID}}},
+            )  # fmt: skip
+            self.transactions.pop(str(order["id"]), None)
+            self._open_payment(stored)
+
+    def capture_count(self) -> int:
+        """Captures made through ``OrderCapture`` (one per idempotency key)."""
+        with self._lock:
+            return len(self.captures)
+
+    def captures_for(self, external_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(c) for c in self.captures.values() if c["order_id"] == external_id]
+
+    def _transaction(
+        self, order: dict[str, Any], kind: str, amount: Decimal | str, *,
+        parent: str | None = None, expires: dt.datetime | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        self._next_transaction += 1
+        tx = {
+            "id": f"gid://shopify/OrderTransaction/{self._next_transaction}",
+            "kind": kind,
+            "status": "SUCCESS",
+            "gateway": (order.get("payment_gateway_names") or ["shopify_payments"])[0],
+            "authorizationExpiresAt": expires.strftime("%Y-%m-%dT%H:%M:%SZ") if expires else None,
+            "amountSet": {"presentmentMoney": {"amount": _gql_amount(amount),
+                                               "currencyCode": order["currency"]}},
+            "parentTransaction": {"id": parent} if parent else None,
+        }  # fmt: skip
+        self.transactions.setdefault(str(order["id"]), []).append(tx)
+        return tx
+
+    def _open_payment(self, order: dict[str, Any]) -> None:
+        """The transactions checkout made: a SALE when paid, an AUTHORIZATION when authorised."""
+        status = order.get("financial_status")
+        if status == "authorized":
+            created = _parse_time(order.get("created_at") or _rest_time(self._now()))
+            self._transaction(order, "AUTHORIZATION", order["total_price"],
+                              expires=created + AUTHORIZATION_VALID)  # fmt: skip
+        elif status == "paid":
+            self._transaction(order, "SALE", order["total_price"])
+
+    def _authorization(self, external_id: str) -> dict[str, Any]:
+        return next(t for t in self.transactions.get(external_id, [])
+                    if t["kind"] == "AUTHORIZATION")  # fmt: skip
+
+    def expire_authorization(self, external_id: str) -> None:
+        """The order's authorization reached its expiry (checkout 8 days ago)."""
+        with self._lock:
+            past = self._now() - dt.timedelta(days=1)
+            self._authorization(external_id)["authorizationExpiresAt"] = past.strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            )
+
+    def void_authorization(self, external_id: str) -> None:
+        """The merchant voided the authorization in the admin."""
+        with self._lock:
+            order = self.orders[external_id]
+            auth = self._authorization(external_id)
+            self._transaction(order, "VOID", "0", parent=auth["id"])
+            order["financial_status"] = "voided"
+            self._bump(order)
 
     def _new_order(self, now: dt.datetime) -> dict[str, Any]:
         rng = self.rng
@@ -514,6 +605,11 @@ class ShopifySimulator:
             if cancel:
                 self._cancel(order, "customer")
             elif order["financial_status"] in ("pending", "authorized"):
+                if order["financial_status"] == "authorized":  # captured in the admin
+                    auth = self._authorization(external_id)
+                    self._transaction(order, "CAPTURE", order["total_price"], parent=auth["id"])
+                else:  # the buyer paid (a manual payment method)
+                    self._transaction(order, "SALE", order["total_price"])
                 order["financial_status"] = "paid"
                 order["total_outstanding"] = "0.00"
             else:
@@ -612,6 +708,8 @@ class ShopifySimulator:
             operation = body.get("operationName") or (match.group(1) if match else "anonymous")
             status, payload = self.execute(operation, query, variables)
             self.request_log.append((operation, status))
+            if operation == "OrderCapture" and self.capture_reply_delay_s:
+                await asyncio.sleep(self.capture_reply_delay_s)  # applied, answer on its way
             return JSONResponse(
                 payload, headers={"X-Shopify-API-Version": API_VERSION, "X-Request-Id": "sim"}
             )
@@ -974,6 +1072,76 @@ class ShopifySimulator:
         }
         return {"inventorySetQuantities": result}, MUTATION_COST
 
+    def _order_transactions(
+        self, query: str, variables: dict[str, Any]
+    ) -> tuple[dict[str, Any], int]:
+        order = self._lookup(variables["id"])
+        if order is None:
+            return {"order": None}, 1
+        txs = [dict(t) for t in self.transactions.get(str(order["id"]), [])]
+        node = {
+            "id": order["admin_graphql_api_id"],
+            "cancelledAt": _gql_time(order["cancelled_at"]),
+            "displayFinancialStatus": (order.get("financial_status") or "").upper() or None,
+            "transactions": txs,
+        }
+        return {"order": node}, 1 + 3 * len(txs)
+
+    def _order_capture(self, query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        key = variables.get("idempotencyKey")
+        if "@idempotent" not in query or not key:
+            raise _GraphQLFailure(
+                _gql_error(
+                    "The @idempotent directive is required for this mutation but was not provided.",
+                    "BAD_REQUEST",
+                )
+            )
+        spec = variables["input"]
+        fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+        earlier = self.captures.get(key)
+        if earlier is not None:
+            if earlier["fingerprint"] != fingerprint:
+                return _user_errors(
+                    "orderCapture", ["idempotencyKey"],
+                    "The same idempotency key cannot be used with different operation parameters.",
+                )  # fmt: skip
+            return {"orderCapture": {"transaction": earlier["transaction"], "userErrors": []}}, (
+                MUTATION_COST
+            )
+        order = self._lookup(spec["id"])
+        if order is None:
+            return _user_errors("orderCapture", ["id"], "Order does not exist")
+        txs = self.transactions.get(str(order["id"]), [])
+        parent = next((t for t in txs if t["id"] == spec["parentTransactionId"]), None)
+        if parent is None or parent["kind"] != "AUTHORIZATION":
+            return _user_errors("orderCapture", ["parentTransactionId"],
+                                "Parent transaction is not an authorization")  # fmt: skip
+        children = [t for t in txs if (t.get("parentTransaction") or {}).get("id") == parent["id"]]
+        if any(t["kind"] == "VOID" for t in children):
+            return _user_errors("orderCapture", ["parentTransactionId"],
+                                "The authorization has been voided")  # fmt: skip
+        if any(t["kind"] == "CAPTURE" for t in children):
+            return _user_errors("orderCapture", ["parentTransactionId"],
+                                "The authorization has already been captured")  # fmt: skip
+        expires = parent.get("authorizationExpiresAt")
+        if expires and _parse_time(expires) <= self._now():
+            return _user_errors("orderCapture", ["parentTransactionId"],
+                                "The authorization has expired")  # fmt: skip
+        amount = Decimal(str(spec["amount"]))
+        held = Decimal(parent["amountSet"]["presentmentMoney"]["amount"])
+        if amount <= 0 or amount > held:
+            return _user_errors("orderCapture", ["amount"],
+                                "Amount must be between 0 and the authorized amount")  # fmt: skip
+        tx = self._transaction(order, "CAPTURE", amount, parent=parent["id"])
+        order["financial_status"] = "paid"
+        order["total_outstanding"] = _money(Decimal(order["total_price"]) - amount)
+        self._bump(order)
+        self.captures[key] = {
+            "order_id": str(order["id"]), "amount": str(amount), "transaction": dict(tx),
+            "fingerprint": fingerprint,
+        }  # fmt: skip
+        return {"orderCapture": {"transaction": dict(tx), "userErrors": []}}, MUTATION_COST
+
     def _shop(self, query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
         return {"shop": {"name": "ordersync sandbox", "myshopifyDomain": self.shop}}, 1
 
@@ -1037,4 +1205,6 @@ _HANDLERS: dict[str, _Handler] = {
     "Locations": _Handler(lambda v: 2 + int(v["first"]), _S._locations),
     "InventorySetQuantities": _Handler(lambda v: MUTATION_COST, _S._inventory_set_quantities),
     "Shop": _Handler(lambda v: 1, _S._shop),
+    "OrderTransactions": _Handler(lambda v: 1 + 50 * 3, _S._order_transactions),
+    "OrderCapture": _Handler(lambda v: MUTATION_COST, _S._order_capture),
 }

@@ -100,11 +100,17 @@ class WooCommerceSimulator:
         rate_limit: tuple[int, float] | None = (25, 10.0),
         clock: Callable[[], float] = time.time,
         webhook_id: int = 142,
+        authorizer: Callable[[str, int, str], str] | None = None,
     ) -> None:
+        """``authorizer(order_ref, amount in minor units, currency)`` → a PaymentIntent id: the
+        shop's Stripe gateway (woocommerce-gateway-stripe) authorising a card at checkout. With
+        it, the orders that wait ``on-hold`` are card orders authorised but not captured
+        (``_stripe_intent_id``, ``_stripe_charge_captured: no``) rather than bank transfers."""
         self.knobs = knobs or Knobs(seed=seed)
         self.site_url = site_url.rstrip("/")
         self.rate_limit = rate_limit  # (requests, window seconds) per consumer key, or None
         self.webhook_id = webhook_id
+        self.authorizer = authorizer
         self._clock = clock
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
@@ -193,6 +199,24 @@ class WooCommerceSimulator:
             "country": "US",
         }
         status = rng.choices(("processing", "pending", "on-hold"), weights=(7, 2, 1))[0]
+        total = subtotal + shipping + tax_total
+        payment: dict[str, Any] = {
+            "payment_method": "bacs",
+            "payment_method_title": "Direct Bank Transfer",
+            "transaction_id": "",
+            "meta_data": [],
+        }
+        if status == "on-hold" and self.authorizer is not None:
+            intent = self.authorizer(f"woocommerce:{oid}", int(total * 100), "usd")
+            payment = {
+                "payment_method": "stripe",
+                "payment_method_title": "Credit Card (Stripe)",
+                "transaction_id": "",
+                "meta_data": [
+                    {"id": self._meta_id(), "key": "_stripe_intent_id", "value": intent},
+                    {"id": self._meta_id(), "key": "_stripe_charge_captured", "value": "no"},
+                ],
+            }
         order: dict[str, Any] = {
             "id": oid,
             "parent_id": 0,
@@ -207,7 +231,7 @@ class WooCommerceSimulator:
             "shipping_total": _money(shipping),
             "shipping_tax": "0.00",
             "cart_tax": _money(tax_total),
-            "total": _money(subtotal + shipping + tax_total),
+            "total": _money(total),
             "total_tax": _money(tax_total),
             "prices_include_tax": False,
             "customer_id": 0,
@@ -220,11 +244,8 @@ class WooCommerceSimulator:
                 "phone": "(555) 555-5555",
             },
             "shipping": address,
-            "payment_method": "bacs",
-            "payment_method_title": "Direct Bank Transfer",
-            "transaction_id": "",
+            **payment,
             "cart_hash": "",
-            "meta_data": [],
             "line_items": lines,
             "tax_lines": [],
             "fee_lines": [],
@@ -252,6 +273,10 @@ class WooCommerceSimulator:
         self._set_date(order, "date_completed", None)
         self.orders[str(oid)] = order
         return str(oid)
+
+    def _meta_id(self) -> int:
+        self._next_meta += 1
+        return self._next_meta
 
     def touch_order(self, external_id: str) -> None:
         """An update in the shop: unpaid orders get paid; the modification time moves on."""

@@ -23,7 +23,7 @@ with nothing of ours leaving the shelf (``orders.fulfilment``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 from celery import chain, chord
 from celery.canvas import Signature
@@ -34,9 +34,16 @@ from domain.states import OrderState
 from integrations.base import ConnectorSeams
 from orders import cancellation, documents, fulfilment, payments, recovery, refunds, reservation
 from orders.fulfilment import marketplace_shipped
+from orders.payments import AuthorizationHolder
 from orders.steps import FollowUp
 from workflows.celery_app import app
-from workflows.providers import carrier_client, connector_for, payments_client, shared_limiter
+from workflows.providers import (
+    NotAHolder,
+    carrier_client,
+    connector_for,
+    payments_client,
+    shared_limiter,
+)
 from workflows.publish import publish_after_commit
 from workflows.steps import RefundTask, StepTask
 
@@ -88,6 +95,26 @@ def _push_fulfilment(
         connector.close()
 
 
+def _holder(held_by: str, account_id: int) -> AuthorizationHolder:
+    """Where an order's authorization lives: the payment provider (a PaymentIntent), or the
+    marketplace of the order's account (its connector, on the buckets every worker shares)."""
+    if held_by == "provider":
+        return payments_client()
+    from db.session import session_scope
+
+    with session_scope() as session:
+        account = session.get_one(ChannelAccount, account_id)
+        connector = connector_for(account, ConnectorSeams(limiter=shared_limiter()))
+    if not _is_holder(connector):
+        connector.close()
+        raise NotAHolder(f"the {account.channel} marketplace holds no authorizations we capture")
+    return connector
+
+
+def _is_holder(candidate: object) -> TypeGuard[AuthorizationHolder]:
+    return all(hasattr(candidate, name) for name in ("capture_authorization", "find_capture"))
+
+
 # --- the steps --------------------------------------------------------------------------------
 
 
@@ -100,11 +127,23 @@ def reserve_stock(self: StepTask, order_id: int) -> str:
 @_task("capture_payment", "orders")
 def capture_payment(self: StepTask, order_id: int) -> str:
     refund = _after_commit(refund_payment.si)  # money captured after a cancel goes back
-    with self.lock(order_id):
-        outcome = payments.capture(
-            self.transaction, order_id, payments_client, self.keys(), refund=refund
-        )
-        return self.report(outcome)
+    connectors: list[Any] = []
+
+    def holder(held_by: str, account_id: int) -> AuthorizationHolder:
+        found = _holder(held_by, account_id)
+        if held_by != "provider":
+            connectors.append(found)  # a connector of this run: closed when it ends
+        return found
+
+    try:
+        with self.lock(order_id):
+            outcome = payments.capture(
+                self.transaction, order_id, holder, self.keys(), refund=refund
+            )
+            return self.report(outcome)
+    finally:
+        for connector in connectors:
+            connector.close()
 
 
 @_task("issue_invoice", "documents", chord_header=True)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import pydantic
 
-from domain.canonical import Address, CanonicalLine, CanonicalOrder, to_decimal
+from domain.canonical import Address, CanonicalLine, CanonicalOrder, PaymentFacts, to_decimal
 from domain.errors import PayloadError
 from domain.states import OrderState
 from integrations.shopify.payloads import (
@@ -45,6 +45,22 @@ _GQL_FULFILLMENT = {
 
 # Shopify Payments / the shop's gateway took the money at checkout: nothing for us to capture
 _COLLECTED = frozenset({"paid", "partially_refunded", "refunded"})
+# the money is authorised and held on Shopify: we capture it there (``orderCapture``)
+_AUTHORIZED = frozenset({"authorized", "partially_paid"})
+
+
+def _payment_facts(
+    financial: str | None, gateways: list[str], total: Decimal, outstanding: Decimal | None
+) -> PaymentFacts:
+    """What Shopify's order says about its money. The authorization itself (its transaction
+    id, amount and expiry) is read from the order's transactions when it is captured: the
+    order body does not carry them."""
+    captured = None if outstanding is None or financial in _AUTHORIZED else total - outstanding
+    return PaymentFacts(
+        gateway=gateways[0] if gateways else None,
+        held_by="marketplace" if financial in _AUTHORIZED else None,
+        amount_captured=captured,
+    )
 
 
 def _describe(exc: pydantic.ValidationError, prefix: str) -> str:
@@ -171,6 +187,12 @@ def map_order(payload: dict[str, Any], account: str) -> CanonicalOrder:
             buyer_name=buyer_name or None,
             buyer_email=order.email or (customer.email if customer else None),
             payment_collected_by_marketplace=order.financial_status in _COLLECTED,
+            payment=_payment_facts(
+                order.financial_status,
+                order.payment_gateway_names,
+                order.total_price,
+                order.total_outstanding,
+            ),
             created_at=order.created_at,
             updated_at=order.updated_at,
             cancelled_at=order.cancelled_at,
@@ -263,6 +285,7 @@ def map_graphql_order(node: dict[str, Any], account: str) -> CanonicalOrder:
             buyer_name=buyer_name or None,
             buyer_email=order.email or None,
             payment_collected_by_marketplace=financial in _COLLECTED,
+            payment=_payment_facts(financial, [], order.totalPriceSet.shopMoney.amount, None),
             created_at=order.createdAt,
             updated_at=order.updatedAt,
             cancelled_at=order.cancelledAt,

@@ -116,6 +116,8 @@ class ShopifyOrder(_Lenient):
     total_shipping_price_set: dict[str, Any] | None = None
     financial_status: str | None = None
     fulfillment_status: str | None = None
+    payment_gateway_names: list[str] = Field(default_factory=list)
+    total_outstanding: OptMoney = None
     cancelled_at: dt.datetime | None = None
     cancel_reason: str | None = None
     closed_at: dt.datetime | None = None
