@@ -83,11 +83,17 @@ def line(
     tax: Decimal,
     net: Decimal | None = None,
 ) -> DocLine:
-    """A line from the marketplace's numbers; ``net`` when the marketplace states it (a
-    refund's subtotal), else quantity x unit price - discount."""
-    net_value = round_money(unit_price * quantity - discount if net is None else net, currency)
+    """A line from the marketplace's numbers; ``net`` when the marketplace states it (its line
+    total after discount, a refund's subtotal), else quantity x unit price - discount. Either
+    way the row reads exactly: quantity x unit price (rounded) - discount = net."""
+    amount = round_money(unit_price * quantity, currency)
+    if net is None:
+        discount_value = round_money(discount, currency)
+        net_value = amount - discount_value
+    else:
+        net_value = round_money(net, currency)
+        discount_value = amount - net_value
     tax_value = round_money(tax, currency)
-    discount_value = round_money(discount, currency)
     return DocLine(
         ref=ref,
         sku=sku,

@@ -21,15 +21,17 @@ import datetime as dt
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from reportlab.lib.pagesizes import A4
 from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.pdfgen.textobject import PDFTextObject
 
+from domain.invoice_math import DocLine, totals
+from domain.money import round_money
+
 __all__ = [
-    "DocumentLine",
     "InvoiceDocument",
     "Seller",
     "format_money",
@@ -48,18 +50,9 @@ class Seller:
 
 
 @dataclass(frozen=True)
-class DocumentLine:
-    sku: str | None
-    title: str
-    quantity: int
-    unit_price: Decimal
-    tax: Decimal
-    total: Decimal
-
-
-@dataclass(frozen=True)
 class InvoiceDocument:
-    """Everything printed on one invoice or credit note; amounts already signed."""
+    """Everything printed on one invoice or credit note; amounts already signed. The totals
+    are the sums of the printed columns (``domain.invoice_math.totals``)."""
 
     full_number: str
     issued_at: dt.datetime
@@ -67,21 +60,13 @@ class InvoiceDocument:
     buyer_name: str
     buyer_address_lines: tuple[str, ...]
     currency: str
-    lines: Sequence[DocumentLine]
-    subtotal: Decimal
-    tax_total: Decimal
-    shipping_total: Decimal
-    discount_total: Decimal
-    total: Decimal
+    lines: Sequence[DocLine]
     title: str = "Invoice"
     order_reference: str | None = None
     # a credit note names the invoice it cancels
     credits_number: str | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
 
-
-# ISO 4217 currencies without minor units that marketplaces commonly use; the rest print 2 places
-_ZERO_DECIMAL = frozenset({"JPY", "KRW", "CLP", "VND", "ISK", "HUF", "TWD", "UGX", "XOF", "XAF"})
 
 PAGE_W, PAGE_H = float(A4[0]), float(A4[1])  # 595 x 842 pt
 MARGIN = 40.0
@@ -91,19 +76,26 @@ FOOTER_Y = MARGIN
 TABLE_TOP_FIRST = PAGE_H - 250.0  # below seller, buyer and document header
 TABLE_TOP_NEXT = PAGE_H - 90.0  # continuation pages: a one-line header only
 TABLE_BOTTOM = MARGIN + 25.0  # above the footer
-TOTALS_ROWS = 6  # a gap, subtotal, tax, shipping, discount, total (notes add one each)
+TOTALS_ROWS = 3  # a gap, the column totals, the total (notes add one each)
 
-# columns: (heading, right edge or left x, alignment)
-_X_SKU, _X_TITLE = MARGIN, MARGIN + 95.0
-_X_QTY, _X_UNIT, _X_TAX, _X_TOTAL = 355.0, 425.0, 485.0, PAGE_W - MARGIN
-_TITLE_WIDTH = _X_QTY - 30.0 - _X_TITLE
-_SKU_WIDTH = _X_TITLE - _X_SKU - 6.0
+# columns: SKU and description from their left x; the numbers right-aligned at their x
+_X_SKU, _X_TITLE = MARGIN, MARGIN + 64.0
+_X_QTY, _X_UNIT, _X_DISC, _X_NET = 250.0, 300.0, 345.0, 395.0
+_X_RATE, _X_TAX, _X_GROSS = 430.0, 480.0, PAGE_W - MARGIN
+_TITLE_WIDTH = _X_QTY - 24.0 - _X_TITLE
+_SKU_WIDTH = _X_TITLE - _X_SKU - 4.0
 
 
 def format_money(amount: Decimal, currency: str) -> str:
-    """``1234.5`` → ``1,234.50`` (no float on the way; half-up rounding for display only)."""
-    places = Decimal(1) if currency.upper() in _ZERO_DECIMAL else Decimal("0.01")
-    return f"{amount.quantize(places, rounding=ROUND_HALF_UP):,}"
+    """``1234.5`` → ``1,234.50``, in the currency's minor unit (ISO 4217: JPY none, KWD three);
+    no float on the way."""
+    return f"{round_money(amount, currency):,}"
+
+
+_COLUMNS = (
+    (_X_QTY, "Qty"), (_X_UNIT, "Unit price"), (_X_DISC, "Discount"), (_X_NET, "Net"),
+    (_X_RATE, "Tax rate"), (_X_TAX, "Tax"), (_X_GROSS, "Gross"),
+)  # fmt: skip
 
 
 def _fit(text: str, width: float, font: str = FONT, size: float = SIZE) -> str:
@@ -214,9 +206,8 @@ class _Renderer:
     def column_headers(self, y: float) -> float:
         self.text(_X_SKU, y, "SKU", bold=True)
         self.text(_X_TITLE, y, "Description", bold=True)
-        for x, label in ((_X_QTY, "Qty"), (_X_UNIT, "Unit price"), (_X_TAX, "Tax")):
+        for x, label in _COLUMNS:
             self.right(x, y, label, bold=True)
-        self.right(_X_TOTAL, y, "Line total", bold=True)
         self.c.setLineWidth(0.5)
         self.c.line(MARGIN, y - 3, PAGE_W - MARGIN, y - 3)
         return y - ROW_H
@@ -232,29 +223,28 @@ class _Renderer:
         self.page += 1
         return self.column_headers(self.next_page_header())
 
-    def line_row(self, y: float, line: DocumentLine) -> None:
+    def line_row(self, y: float, line: DocLine) -> None:
         self.text(_X_SKU, y, _fit(line.sku or "-", _SKU_WIDTH))
         self.text(_X_TITLE, y, _fit(line.title, _TITLE_WIDTH))
         self.right(_X_QTY, y, str(line.quantity))
         self.right(_X_UNIT, y, self.money(line.unit_price))
+        self.right(_X_DISC, y, self.money(line.discount))
+        self.right(_X_NET, y, self.money(line.net))
+        self.right(_X_RATE, y, f"{line.tax_rate}%")
         self.right(_X_TAX, y, self.money(line.tax))
-        self.right(_X_TOTAL, y, self.money(line.total))
+        self.right(_X_GROSS, y, self.money(line.gross))
 
     def totals(self, y: float) -> None:
         d, c = self.doc, self.c
-        c.line(_X_UNIT - 40, y + ROW_H - 3, PAGE_W - MARGIN, y + ROW_H - 3)
-        rows = [
-            ("Subtotal", d.subtotal),
-            ("Tax", d.tax_total),
-            ("Shipping", d.shipping_total),
-            ("Discount", -d.discount_total if d.discount_total else d.discount_total),
-        ]
-        for label, amount in rows:
-            self.right(_X_TAX, y, label)
-            self.right(_X_TOTAL, y, self.money(amount))
-            y -= ROW_H
+        sums = totals(d.lines)
+        c.line(_X_QTY, y + ROW_H - 3, PAGE_W - MARGIN, y + ROW_H - 3)
+        self.text(_X_TITLE, y, "Totals", bold=True)
+        for x, amount in ((_X_DISC, sums.discount), (_X_NET, sums.net), (_X_TAX, sums.tax),
+                          (_X_GROSS, sums.gross)):  # fmt: skip
+            self.right(x, y, self.money(amount), bold=True)
+        y -= ROW_H
         self.right(_X_TAX, y, f"Total ({d.currency})", bold=True)
-        self.right(_X_TOTAL, y, self.money(d.total), bold=True)
+        self.right(_X_GROSS, y, self.money(sums.gross), bold=True)
         for note in d.notes:
             y -= ROW_H
             self.text(MARGIN, y, _fit(note, PAGE_W - 2 * MARGIN))

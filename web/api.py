@@ -374,8 +374,12 @@ def set_stock(
 def invoice_pdf(
     order_id: Id, session: SessionDep, kind: Literal["invoice", "credit_note"] = "invoice"
 ) -> Response:
+    # the newest of that kind (an edit's new invoice, the latest credit note)
     invoice = session.scalar(
-        select(Invoice).where(Invoice.order_id == order_id, Invoice.kind == kind)
+        select(Invoice)
+        .where(Invoice.order_id == order_id, Invoice.kind == kind)
+        .order_by(Invoice.id.desc())
+        .limit(1)
     )
     if invoice is None or invoice.pdf is None:
         raise HTTPException(404, f"no {kind} for this order")

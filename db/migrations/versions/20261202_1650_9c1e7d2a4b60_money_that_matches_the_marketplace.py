@@ -41,10 +41,13 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("source_key", sa.String(length=120), nullable=True))
         batch_op.add_column(sa.Column("lines", sa.JSON(), nullable=True))
     # what made each existing document: its order's one invoice, or its cancellation
+    # (``\\:`` is a literal colon to ``text()``, not a bind parameter)
     op.execute(
-        "UPDATE invoices SET source_key = CASE kind WHEN 'invoice' THEN 'invoice:' "
-        "|| CAST(order_id AS VARCHAR(20)) || ':1' ELSE 'credit:cancel:' "
-        "|| CAST(order_id AS VARCHAR(20)) END"
+        sa.text(
+            "UPDATE invoices SET source_key = CASE kind WHEN 'invoice' THEN 'invoice\\:' "
+            "|| CAST(order_id AS VARCHAR(20)) || '\\:1' ELSE 'credit\\:cancel\\:' "
+            "|| CAST(order_id AS VARCHAR(20)) END"
+        )
     )
     with op.batch_alter_table("invoices", schema=None) as batch_op:
         batch_op.alter_column("source_key", existing_type=sa.String(length=120), nullable=False)
