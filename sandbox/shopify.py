@@ -258,13 +258,14 @@ class ShopifySimulator:
             for _ in range(n):
                 order = self._new_order(now)
                 self.orders[str(order["id"])] = order
-                self._open_payment(order)
+                self._open_payment(order, now)
                 ids.append(str(order["id"]))
             return ids
 
     def put_order(self, order: dict[str, Any]) -> None:
         """An order made elsewhere (a test's fixture) that now exists in this shop, with the
-        payment transactions its ``financial_status`` implies."""
+        payment transactions its ``financial_status`` implies, made now (an authorization
+        expires 7 days from now, whatever the fixture's ``created_at``)."""
         with self._lock:
             stored = json.loads(json.dumps(order))
             stored.setdefault("fulfillments", [])
@@ -275,7 +276,7 @@ class ShopifySimulator:
                  "assignedLocation": {"location": {"id": LOCATION_GID}}},
             )  # fmt: skip
             self.transactions.pop(str(order["id"]), None)
-            self._open_payment(stored)
+            self._open_payment(stored, self._now())
 
     def capture_count(self) -> int:
         """Captures made through ``OrderCapture`` (one per idempotency key)."""
@@ -304,13 +305,13 @@ class ShopifySimulator:
         self.transactions.setdefault(str(order["id"]), []).append(tx)
         return tx
 
-    def _open_payment(self, order: dict[str, Any]) -> None:
-        """The transactions checkout made: a SALE when paid, an AUTHORIZATION when authorised."""
+    def _open_payment(self, order: dict[str, Any], at: dt.datetime) -> None:
+        """The transactions checkout made at ``at``: a SALE when paid, an AUTHORIZATION (valid
+        7 days) when authorised."""
         status = order.get("financial_status")
         if status == "authorized":
-            created = _parse_time(order.get("created_at") or _rest_time(self._now()))
             self._transaction(order, "AUTHORIZATION", order["total_price"],
-                              expires=created + AUTHORIZATION_VALID)  # fmt: skip
+                              expires=at + AUTHORIZATION_VALID)  # fmt: skip
         elif status == "paid":
             self._transaction(order, "SALE", order["total_price"])
 

@@ -151,11 +151,20 @@ class WooCommerceSimulator:
         order[name] = _wc(gmt + SHOP_OFFSET) if gmt else None
         order[f"{name}_gmt"] = _wc(gmt) if gmt else None
 
-    def add_orders(self, n: int) -> list[str]:
+    def add_orders(self, n: int, *, status: str | None = None) -> list[str]:
+        """``n`` new orders; ``status`` forces theirs (``on-hold``: card orders authorised at
+        the payment provider, when the shop has its Stripe gateway)."""
         with self._lock:
-            return [self._new_order() for _ in range(n)]
+            return [self._new_order(status) for _ in range(n)]
 
-    def _new_order(self) -> str:
+    def cancel_order(self, external_id: str) -> None:
+        """The shop cancels the order (WooCommerce → Orders → Cancelled)."""
+        with self._lock:
+            order = self.orders[external_id]
+            order["status"] = "cancelled"
+            self._set_date(order, "date_modified", self._now() + dt.timedelta(seconds=1))
+
+    def _new_order(self, forced_status: str | None = None) -> str:
         oid, now, rng = self._next_id, self._now(), self._rng
         self._next_id += 1
         sellable = [p for p in self.products.values() if p["sku"]]
@@ -199,6 +208,7 @@ class WooCommerceSimulator:
             "country": "US",
         }
         status = rng.choices(("processing", "pending", "on-hold"), weights=(7, 2, 1))[0]
+        status = forced_status or status
         total = subtotal + shipping + tax_total
         payment: dict[str, Any] = {
             "payment_method": "bacs",
