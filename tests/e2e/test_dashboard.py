@@ -330,13 +330,15 @@ def test_a_refused_refund_is_listed_as_owed_and_retry_gives_the_money_back(
     expect(row.locator("output")).to_have_text("retry started (refund_payment)")
 
     # then the money goes back once and the order no longer shows as owed
-    wait_until(lambda: world.sandbox.payments.refunds_for(str(order.id)), what="refunded")
+    wait_until(
+        lambda: world.sandbox.payments.refunds_for(f"woocommerce:{external_id}"), what="refunded"
+    )
     world.wait_idle()
     page.reload()
     expect(page.locator(f"#refunds-owed tr[data-order-id='{order.id}']")).to_have_count(0)
     page.goto(f"/orders/{order.id}")
     expect(page.locator("#payment .refund")).to_have_count(1)
-    assert len(world.sandbox.payments.refunds_for(str(order.id))) == 1
+    assert len(world.sandbox.payments.refunds_for(f"woocommerce:{external_id}")) == 1
 
 
 def test_staff_log_in_find_an_order_by_buyer_retry_it_and_see_their_name_on_its_timeline(
