@@ -29,8 +29,10 @@ __all__ = [
     "Address",
     "CanonicalLine",
     "CanonicalOrder",
+    "CanonicalRefund",
     "MoneyField",
     "PaymentFacts",
+    "RefundLine",
     "to_decimal",
 ]
 
@@ -131,6 +133,31 @@ class PaymentFacts(_Canonical):
     authorization_expires_at: UTCTimestamp | None = None
 
 
+class RefundLine(_Canonical):
+    """Units of one order line the marketplace refunded: their net (after discount, before
+    tax) and tax as it computed them, and whether they go back into stock."""
+
+    line_external_id: ExternalIdStr
+    quantity: int = Field(ge=0)
+    subtotal: MoneyField
+    tax: MoneyField = Decimal(0)
+    restock: bool = False
+
+
+class CanonicalRefund(_Canonical):
+    """A refund the marketplace made (Shopify ``refunds/create``, a WooCommerce order refund):
+    the lines and shipping it covers and the money that went back (``amount``)."""
+
+    external_id: ExternalIdStr
+    order_external_id: ExternalIdStr
+    lines: list[RefundLine] = Field(default_factory=list)
+    shipping: MoneyField = Decimal(0)
+    shipping_tax: MoneyField = Decimal(0)
+    amount: MoneyField
+    currency: str | None = None
+    created_at: UTCTimestamp | None = None
+
+
 class CanonicalOrder(_Canonical):
     #: the registered marketplace's name (``integrations.registry``); the domain lists none
     channel: str = Field(min_length=1, max_length=20)
@@ -154,6 +181,8 @@ class CanonicalOrder(_Canonical):
     payment_collected_by_marketplace: bool = False
     #: the payment facts the marketplace gives (gateway, authorization); None: it gives none
     payment: PaymentFacts | None = None
+    #: refunds the marketplace made, as far as the payload carries them
+    refunds: list[CanonicalRefund] = Field(default_factory=list)
     #: the marketplace ships it from its own warehouse (Amazon FBA): no stock of ours, no
     #: label, no fulfilment push
     fulfilled_by_marketplace: bool = False

@@ -9,7 +9,7 @@ order end with one row holding the newest data, whatever the interleaving.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -37,6 +37,10 @@ class IntakeResult:
     outcome: IntakeOutcome
     state: OrderState
     cancelled_now: bool = False  # this update moved the order to cancelled
+    #: refunds the marketplace made that this delivery recorded first (``orders.returns``)
+    refunded: tuple[int, ...] = ()
+    #: the delivery said the order changed without carrying it: fetch this external id
+    refetch: str | None = None
 
 
 def _order_values(order: CanonicalOrder) -> dict[str, Any]:
@@ -149,7 +153,22 @@ def _replace_lines(
 def apply_order(
     session: Session, account_id: int, order: CanonicalOrder, *, actor: str
 ) -> IntakeResult:
-    """Create the order, update it if this data is newer, or leave it if this data is stale."""
+    """Create the order, update it if this data is newer, or leave it if this data is stale;
+    then record the refunds it carries that are new (even from stale data: a refund is a fact
+    of its own, recorded once by its id)."""
+    result = _apply_order(session, account_id, order, actor=actor)
+    if not order.refunds:
+        return result
+    from orders.returns import record_marketplace_refunds
+
+    row = session.get_one(Order, result.order_id, with_for_update=True)
+    new = record_marketplace_refunds(session, row, order.refunds, actor=actor)
+    return replace(result, refunded=tuple(new)) if new else result
+
+
+def _apply_order(
+    session: Session, account_id: int, order: CanonicalOrder, *, actor: str
+) -> IntakeResult:
     values = _order_values(order)
     now = utcnow()
     initial_state = OrderState.CANCELLED if order.status == OrderState.CANCELLED else OrderState.NEW

@@ -1,5 +1,6 @@
-"""Refunding the money we captured, in full, once: for a cancelled order, and for an order
-whose marketplace collected the money too (the buyer paid twice: ``orders.payments``).
+"""Refunding the money we captured, all that is left of it, once: for a cancelled order (after
+any partial refunds of lines or amounts), and for an order whose marketplace collected the
+money too.
 
 Only a payment we captured (with the provider's id) is refundable, and only until its refund is
 recorded; money the marketplace collected it refunds itself. The refund is made under the
@@ -24,11 +25,20 @@ from orders.intake import record_event
 from orders.steps import Outcome
 from orders.transitions import load_for_update
 
-__all__ = ["RefundProvider", "RefundedPayment", "record_failure", "refund", "refundable"]
+__all__ = [
+    "RefundProvider",
+    "RefundedPayment",
+    "left_to_refund",
+    "record_failure",
+    "refund",
+    "refundable",
+]
 
 ACTOR = "task:refund_payment"
 #: the payment rows whose money is at our payment provider (``PaymentsClient.name``)
 PROVIDER = "payments"
+#: refunds that have given money back, or are being made (a staff refund before its call)
+SETTLED = ("succeeded", "pending", "requested")
 REASON = "requested_by_customer"
 
 
@@ -62,17 +72,27 @@ class RefundProvider(Protocol):
     ) -> RefundedPayment: ...
 
 
+def left_to_refund(session: Session, payment: Payment) -> Decimal:
+    """What of ``payment`` has not gone back yet: its amount less every refund recorded on its
+    order (ours, staff's, the marketplace's), never below zero."""
+    refunded = session.scalars(
+        select(Refund.amount).where(Refund.order_id == payment.order_id, Refund.status.in_(SETTLED))
+    ).all()
+    return max(payment.amount - sum(refunded, Decimal(0)), Decimal(0))
+
+
 def refundable(session: Session, order_id: int) -> Payment | None:
-    """The order's payment if we captured it and it is not refunded yet (the marketplace
-    refunds what it collected itself)."""
+    """The order's payment if we captured it at our provider and something of it is left to
+    refund (the marketplace refunds what it collected or captured itself)."""
     payment = session.scalar(select(Payment).where(Payment.order_id == order_id))
     if payment is None or payment.collected_by_marketplace or not payment.external_id:
         return None
     if payment.provider != PROVIDER:
         return None  # captured on the marketplace (Shopify): it refunds on its side
-    if session.scalar(select(Refund.id).where(Refund.payment_id == payment.id)) is not None:
-        return None
-    return payment
+    if session.scalar(select(Refund.id).where(Refund.idempotency_key.like(
+            f"refund:{order_id}%"), Refund.source == "provider")) is not None:  # fmt: skip
+        return None  # the full refund of a cancellation was made
+    return payment if left_to_refund(session, payment) > 0 else None
 
 
 def refund(
@@ -91,7 +111,8 @@ def refund(
         payment = refundable(session, order_id)
         if payment is None:
             return Outcome("nothing to refund")
-        intent, amount, currency = str(payment.external_id), payment.amount, payment.currency
+        intent, currency = str(payment.external_id), payment.currency
+        amount = left_to_refund(session, payment)  # all that is left after partial refunds
         payment_id = payment.id
         params = {"payment_intent": intent, "amount": str(amount), "currency": currency}
         key = keys.claim(session, f"refund:{order_id}", params, point="refund_sent")

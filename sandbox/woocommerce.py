@@ -162,7 +162,7 @@ class WooCommerceSimulator:
         with self._lock:
             order = self.orders[external_id]
             order["status"] = "cancelled"
-            self._set_date(order, "date_modified", self._now() + dt.timedelta(seconds=1))
+            self._set_date(order, "date_modified", self._later(order))
 
     def _new_order(self, forced_status: str | None = None) -> str:
         oid, now, rng = self._next_id, self._now(), self._rng
@@ -295,7 +295,13 @@ class WooCommerceSimulator:
             if order["status"] in ("pending", "on-hold"):
                 order["status"] = "processing"
                 self._set_date(order, "date_paid", self._now())
-            self._set_date(order, "date_modified", self._now())
+            self._set_date(order, "date_modified", self._later(order))
+
+    def _later(self, order: dict[str, Any]) -> dt.datetime:
+        """Now, or a second after the order's last change: Woo's times have whole seconds, and
+        every change must read as newer."""
+        previous = dt.datetime.fromisoformat(order["date_modified_gmt"])
+        return max(self._now(), previous + dt.timedelta(seconds=1))
 
     def stock(self, sku: str) -> int | None:
         with self._lock:

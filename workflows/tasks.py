@@ -61,9 +61,17 @@ _LOAD_EVENT = (
 )
 
 
-def after_intake(session: Any, result: IntakeResult) -> None:
-    """New orders enter the pipeline; orders cancelled by the marketplace release their stock."""
-    from workflows.pipeline import marketplace_shipped, on_cancelled, pipeline, ship
+def after_intake(session: Any, result: IntakeResult, account_id: int | None = None) -> None:
+    """New orders enter the pipeline; orders cancelled by the marketplace release their stock;
+    refunds it made get their credit notes; an order said to have changed is fetched."""
+    from workflows.pipeline import credit_note, marketplace_shipped, on_cancelled, pipeline, ship
+
+    if result.refunded:
+        publish_after_commit(session, credit_note.si(result.order_id))
+    if result.refetch is not None and account_id is not None:
+        from workflows.sync import refresh_order
+
+        publish_after_commit(session, refresh_order.si(account_id, result.refetch))
 
     if result.outcome == IntakeOutcome.CREATED and result.state == OrderState.NEW:
         publish_after_commit(session, pipeline(result.order_id))
@@ -149,7 +157,7 @@ def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
             event.error = message[:2000]
             event.processed_at = utcnow()
             return {"inbox_id": inbox_id, "status": event.status, "error": message}
-        after_intake(session, result)
+        after_intake(session, result, account.id)
         event.status, event.attempts = InboxStatus.PROCESSED, attempts
         event.order_id = result.order_id
         event.error = "stale: older than the stored order" if result.outcome == "stale" else None

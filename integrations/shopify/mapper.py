@@ -19,7 +19,15 @@ from typing import Any, TypeVar
 
 import pydantic
 
-from domain.canonical import Address, CanonicalLine, CanonicalOrder, PaymentFacts, to_decimal
+from domain.canonical import (
+    Address,
+    CanonicalLine,
+    CanonicalOrder,
+    CanonicalRefund,
+    PaymentFacts,
+    RefundLine,
+    to_decimal,
+)
 from domain.errors import PayloadError
 from domain.states import OrderState
 from integrations.shopify.payloads import (
@@ -28,9 +36,13 @@ from integrations.shopify.payloads import (
     GqlOrder,
     ShopifyAddress,
     ShopifyOrder,
+    ShopifyRefund,
 )
 
-__all__ = ["gid_to_id", "map_graphql_order", "map_order"]
+__all__ = ["gid_to_id", "map_graphql_order", "map_order", "map_refund"]
+
+#: refund line restock types that put the units back on the shelf (``no_restock`` does not)
+_RESTOCKED = frozenset({"return", "cancel", "legacy_restock"})
 
 T = TypeVar("T")
 
@@ -134,6 +146,61 @@ def _rest_shipping_total(order: ShopifyOrder) -> Decimal:
     return sum((line.price for line in order.shipping_lines), Decimal(0))
 
 
+def _money_of(bag: Any) -> Decimal:
+    shop = (bag or {}).get("shop_money") if isinstance(bag, dict) else None
+    return to_decimal(shop["amount"]) if isinstance(shop, dict) and "amount" in shop else Decimal(0)
+
+
+def _refund(refund: ShopifyRefund) -> CanonicalRefund:
+    """Shopify's refund: its refund line items (net and tax as Shopify computed them, restocked
+    unless ``no_restock``), shipping refunded (``refund_shipping_lines``, or the older
+    ``shipping_refund`` order adjustment) and the money that went back (its successful refund
+    transactions)."""
+    lines = [
+        RefundLine(
+            line_external_id=item.line_item_id,
+            quantity=item.quantity,
+            subtotal=item.subtotal or Decimal(0),
+            tax=item.total_tax or Decimal(0),
+            restock=(item.restock_type or "") in _RESTOCKED,
+        )
+        for item in refund.refund_line_items
+    ]
+    shipping = sum(
+        (_money_of(line.get("subtotal_amount_set")) for line in refund.refund_shipping_lines),
+        Decimal(0),
+    )
+    shipping_tax = sum(
+        (_money_of(line.get("tax_amount_set")) for line in refund.refund_shipping_lines),
+        Decimal(0),
+    )
+    for adjustment in refund.order_adjustments:
+        if adjustment.kind == "shipping_refund" and not refund.refund_shipping_lines:
+            shipping -= adjustment.amount or Decimal(0)  # negative on the adjustment
+            shipping_tax -= adjustment.tax_amount or Decimal(0)
+    paid_back = [
+        t for t in refund.transactions
+        if (t.kind or "").lower() == "refund" and (t.status or "").lower() == "success"
+    ]  # fmt: skip
+    return CanonicalRefund(
+        external_id=refund.id,
+        order_external_id=refund.order_id,
+        lines=lines,
+        shipping=shipping,
+        shipping_tax=shipping_tax,
+        amount=sum((t.amount or Decimal(0) for t in paid_back), Decimal(0)),
+        currency=next((t.currency for t in paid_back if t.currency), None),
+        created_at=refund.created_at,
+    )
+
+
+def map_refund(payload: dict[str, Any], account: str) -> CanonicalRefund:
+    """Map a ``refunds/create`` webhook body. Raises ``PayloadError`` if it cannot be mapped."""
+    refund = _validate(ShopifyRefund.model_validate, payload, "refund")
+    with _mapping("refund", "canonical"):
+        return _refund(refund)
+
+
 def map_order(payload: dict[str, Any], account: str) -> CanonicalOrder:
     """Map one REST / webhook order payload. Raises ``PayloadError`` if it cannot be mapped."""
     order = _validate(ShopifyOrder.model_validate, payload, "rest")
@@ -193,6 +260,7 @@ def map_order(payload: dict[str, Any], account: str) -> CanonicalOrder:
                 order.total_price,
                 order.total_outstanding,
             ),
+            refunds=[_refund(refund) for refund in order.refunds],
             created_at=order.created_at,
             updated_at=order.updated_at,
             cancelled_at=order.cancelled_at,
