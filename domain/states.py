@@ -36,13 +36,19 @@ TRANSITIONS: dict[OrderState, frozenset[OrderState]] = {
     _S.PAID: frozenset({_S.DOCUMENTED}),
     _S.DOCUMENTED: frozenset({_S.READY_TO_SHIP}),
     _S.READY_TO_SHIP: frozenset({_S.SHIPPED}),
-    _S.SHIPPED: frozenset({_S.DELIVERED}),
+    # an edit on the marketplace after the parcel left needs a person (not the pipeline)
+    _S.SHIPPED: frozenset({_S.DELIVERED, _S.NEEDS_ATTENTION}),
     _S.DELIVERED: frozenset(),
     _S.ON_HOLD: frozenset({_S.RESERVED}),
     _S.CANCELLED: frozenset(),
     # staff retry resumes the failed step: back to the state that step starts from
-    _S.NEEDS_ATTENTION: frozenset({_S.NEW, _S.RESERVED, _S.PAID, _S.DOCUMENTED, _S.READY_TO_SHIP}),
+    _S.NEEDS_ATTENTION: frozenset(
+        {_S.NEW, _S.RESERVED, _S.PAID, _S.DOCUMENTED, _S.READY_TO_SHIP, _S.SHIPPED}
+    ),
 }
+# an edit on the marketplace added units the shelf cannot cover: the order waits for them
+for _state in (_S.RESERVED, _S.PAID, _S.DOCUMENTED, _S.READY_TO_SHIP):
+    TRANSITIONS[_state] = TRANSITIONS[_state] | {_S.ON_HOLD}
 for _state in _ACTIVE:
     TRANSITIONS[_state] = TRANSITIONS[_state] | {_S.CANCELLED, _S.NEEDS_ATTENTION}
 TRANSITIONS[_S.NEEDS_ATTENTION] = TRANSITIONS[_S.NEEDS_ATTENTION] | {_S.CANCELLED}

@@ -203,6 +203,10 @@ def _apply_order(
         return IntakeResult(created_id, IntakeOutcome.CREATED, initial_state)
 
     key = (Order.channel_account_id == account_id) & (Order.external_id == order.external_id)
+    from orders import edits
+
+    known = session.execute(select(Order.id, Order.total).where(key)).one()
+    before = edits.snapshot(session, known.id)
     row = session.execute(
         update(Order)
         .where(key, Order.external_updated_at < order.updated_at)
@@ -222,6 +226,13 @@ def _apply_order(
         kind="updated",
         external_updated_at=order.updated_at.isoformat(),
     )
+    if order.status != OrderState.CANCELLED:
+        # lines or money changed on the marketplace: stock, documents, or a person (one
+        # transaction with the new lines)
+        diff = edits.diff_lines(before, edits.snapshot(session, order_id))
+        edits.apply_edit(session, order_id, diff, actor=actor,
+                         money_changed=known.total != order.total)  # fmt: skip
+        state = OrderState(session.scalar(select(Order.state).where(Order.id == order_id)))
     if order.status == OrderState.CANCELLED and can_transition(state, OrderState.CANCELLED):
         session.execute(
             update(Order)

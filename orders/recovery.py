@@ -46,6 +46,9 @@ RESUME_STATE = {
     "buy_label": S.PAID,
     "mark_ready_to_ship": S.PAID,
     "ship": S.READY_TO_SHIP,
+    # edited on the marketplace after it shipped: staff settle it with the buyer, then retry
+    # puts it back where it was; nothing runs again
+    "edited_after_shipping": S.SHIPPED,
 }
 
 
@@ -83,6 +86,8 @@ def retry(
     resume = RESUME_STATE.get(order.failed_step or "", S.NEW)
     transition(session, order, resume, actor=actor, retry_of=order.failed_step)
     order.failed_step, order.last_error, order.attempts = None, None, 0
+    if resume == S.SHIPPED:
+        return resume
     (ship if resume == S.READY_TO_SHIP else pipeline)(session, order_id)
     return resume
 
