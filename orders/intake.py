@@ -232,7 +232,9 @@ def _apply_order(
         diff = edits.diff_lines(before, edits.snapshot(session, order_id))
         edits.apply_edit(session, order_id, diff, actor=actor,
                          money_changed=known.total != order.total)  # fmt: skip
-        state = OrderState(session.scalar(select(Order.state).where(Order.id == order_id)))
+        state = OrderState(
+            session.execute(select(Order.state).where(Order.id == order_id)).scalar_one()
+        )
     if order.status == OrderState.CANCELLED and can_transition(state, OrderState.CANCELLED):
         session.execute(
             update(Order)

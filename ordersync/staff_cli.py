@@ -68,6 +68,57 @@ def orders_retry(order_id: int, as_: As = None) -> None:
         console.print(f"order {order_id} resumed from {resumed}")
 
 
+@orders_cli.command("refund")
+def orders_refund(
+    order_id: int,
+    line: Annotated[
+        list[str] | None,
+        typer.Option("--line", help="LINE=UNITS (a line id or SKU), repeatable"),
+    ] = None,
+    amount: Annotated[
+        str | None, typer.Option(help="an amount instead of lines, e.g. 5.00")
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            help="this refund's key (default: its content: the same refund again is "
+            "the same refund)"
+        ),
+    ] = None,
+) -> None:
+    """Refund lines or an amount of an order whose money we captured, at the payment provider,
+    once; never more than is left to refund."""
+    from decimal import Decimal, InvalidOperation
+
+    from orders.refunds import RefundRefused
+    from workflows.pipeline import request_refund
+
+    lines: dict[str, int] | None = None
+    if line:
+        lines = {}
+        for name, units in _parse_pairs(line).items():
+            if not units.isdigit() or int(units) < 1:
+                _refuse(f"--line {name}={units}: units must be a whole number of at least 1")
+            lines[name] = int(units)
+    value = None
+    if amount is not None:
+        try:
+            value = Decimal(amount)
+        except InvalidOperation:
+            _refuse(f"--amount {amount!r} is not an amount")
+        if not value.is_finite():
+            _refuse(f"--amount {amount!r} is not an amount")
+    try:
+        with session_scope() as session:
+            refund, new = request_refund(session, order_id, actor="staff:cli", lines=lines,
+                                         amount=value, request_key=key)  # fmt: skip
+            refund_id, total, currency = refund.id, refund.amount, refund.currency
+    except RefundRefused as exc:
+        raise CliError(f"order {order_id}: {exc}") from None
+    said = "requested" if new else "already requested (the same refund)"
+    console.print(f"order {order_id}: refund {refund_id} of {total} {currency} {said}")
+
+
 # "-5" is read as the quantity (and refused as negative), not as an unknown option
 @stock_cli.command("set", context_settings={"ignore_unknown_options": True})
 def stock_set(sku: str, quantity: int, as_: As = None) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
@@ -295,6 +296,44 @@ def _staff_action(session: Session, fn: Any, order_id: int) -> dict[str, Any]:
     except IllegalTransition as exc:
         raise HTTPException(409, str(exc)) from None
     except PermanentError as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+class RefundRequest(BaseModel):
+    """Lines (line id or SKU → units) or an amount, not both."""
+
+    lines: dict[str, int] | None = None
+    amount: Decimal | None = None
+
+
+@router.post("/orders/{order_id}/refunds", status_code=202)
+def refund_order(
+    order_id: Id,
+    body: RefundRequest,
+    session: SessionDep,
+    staff: Staff,
+    idempotency_key: Annotated[str | None, Header(max_length=64)] = None,
+) -> dict[str, Any]:
+    """Refund lines or an amount of an order we captured; made at the payment provider once.
+    The same request again (a double click, or the same ``Idempotency-Key``) is the same
+    refund; more than is left to refund is refused (409)."""
+    from orders.refunds import RefundRefused
+    from workflows.pipeline import request_refund
+
+    try:
+        with session.begin():
+            refund, new = request_refund(session, order_id, actor=staff.actor, lines=body.lines,
+                                         amount=body.amount,
+                                         request_key=idempotency_key)  # fmt: skip
+            if new:
+                audit(session, staff.actor, "order.refund", f"order {order_id}",
+                      order_id=order_id, timeline=False, refund_id=refund.id,
+                      amount=str(refund.amount))  # fmt: skip
+            return {"refund_id": refund.id, "amount": str(refund.amount),
+                    "currency": refund.currency, "status": refund.status, "new": new}  # fmt: skip
+    except RefundRefused as exc:
+        raise HTTPException(409, str(exc)) from None
+    except PermanentError as exc:  # no such order
         raise HTTPException(404, str(exc)) from None
 
 

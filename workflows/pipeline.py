@@ -23,19 +23,21 @@ with nothing of ours leaving the shelf (``orders.fulfilment``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any, TypeGuard
 
 from celery import chain, chord
 from celery.canvas import Signature
 from sqlalchemy.orm import Session
 
-from db.models import ChannelAccount
+from db.models import ChannelAccount, Refund
 from domain.states import OrderState
 from integrations.base import ConnectorSeams
 from orders import cancellation, documents, fulfilment, payments, recovery, refunds, reservation
 from orders.fulfilment import marketplace_shipped
 from orders.payments import AuthorizationHolder
 from orders.steps import FollowUp
+from workflows.base import describe
 from workflows.celery_app import app
 from workflows.providers import (
     NotAHolder,
@@ -58,9 +60,11 @@ __all__ = [
     "pipeline",
     "refund_payment",
     "release_waiting",
+    "request_refund",
     "reserve_stock",
     "retry_order",
     "ship",
+    "staff_refund",
 ]
 
 
@@ -184,6 +188,39 @@ def refund_payment(self: RefundTask, order_id: int) -> str:
     with self.lock(order_id):
         outcome = refunds.refund(self.transaction, order_id, payments_client, self.keys())
         return self.report(outcome)
+
+
+class StaffRefundTask(StepTask):
+    abstract = True
+
+    def on_permanent_failure(
+        self, exc: Exception, args: Any, kwargs: Any, *, attempts: int
+    ) -> None:
+        order_id, refund_id = (args or (kwargs["order_id"], kwargs["refund_id"]))[:2]
+        with self.transaction() as session:
+            refunds.refund_refused(session, order_id, refund_id, error=describe(exc))
+
+
+@_task("staff_refund", "orders", base=StaffRefundTask)
+def staff_refund(self: StepTask, order_id: int, refund_id: int) -> str:
+    credit = _after_commit(credit_note.si)
+    with self.lock(order_id):
+        outcome = refunds.make_refund(self.transaction, order_id, refund_id, payments_client,
+                                      self.keys(), credit=credit)  # fmt: skip
+        return self.report(outcome)
+
+
+def request_refund(
+    session: Session, order_id: int, *, actor: str, lines: dict[str, int] | None = None,
+    amount: Decimal | None = None, request_key: str | None = None,
+) -> tuple[Refund, bool]:  # fmt: skip
+    """Staff refund of lines or an amount (``orders.refunds.request_refund``), made at the
+    provider once the transaction commits; a repeated request is the same refund."""
+    refund, new = refunds.request_refund(session, order_id, actor=actor, lines=lines,
+                                         amount=amount, request_key=request_key)  # fmt: skip
+    if new:
+        publish_after_commit(session, staff_refund.si(order_id, refund.id))
+    return refund, new
 
 
 # --- canvas, and what cancelling, staff and new stock set off ---------------------------------
