@@ -29,7 +29,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.models import Order, OrderLine, StockItem, StockReservation
+from db.models import Order, OrderLine, Payment, StockItem, StockReservation
 from domain.states import OrderState
 from orders.intake import record_event
 from orders.transitions import transition
@@ -159,6 +159,19 @@ def _hold_for_stock(session: Session, order: Order, short: Mapping[str, int], ac
     transition(session, order, S.ON_HOLD, actor=actor, short=dict(short), reason="edited")
 
 
+def _follow_collection(session: Session, order: Order, actor: str) -> None:
+    """Money the marketplace collects follows its order: an edit it charged (or gave back) is
+    what it collected now. A capture of ours is a fact at its amount and stays."""
+    payment = session.scalar(select(Payment).where(Payment.order_id == order.id))
+    if payment is None or not payment.collected_by_marketplace:
+        return
+    if not order.payment_collected_by_marketplace or payment.amount == order.total:
+        return
+    record_event(session, order.id, actor=actor, kind="collected_amount_changed",
+                 before=str(payment.amount), after=str(order.total))  # fmt: skip
+    payment.amount = order.total
+
+
 def _reinvoice(session: Session, order: Order, actor: str) -> list[str]:
     """An invoiced order changed: a credit note of what is left of the invoice in force and a
     new invoice (the next number) of the order as it is now."""
@@ -195,6 +208,8 @@ def apply_edit(
         order.failed_step = "edited_after_shipping"
         order.last_error = "edited on the marketplace after it shipped: settle it with the buyer"
         return
+    if money_changed:
+        _follow_collection(session, order, actor)
     if state in _HOLDING and diff:
         changes, short = _rebalance(session, order_id)
         if short:

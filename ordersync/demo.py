@@ -48,7 +48,9 @@ from db.models import (
     Invoice,
     Label,
     Order,
+    OrderEvent,
     Payment,
+    Refund,
     Shipment,
     SyncRun,
 )
@@ -200,6 +202,67 @@ def _pay_pending(sandbox: Sandbox, accounts: dict[str, str], secret: str) -> Pla
     return plan
 
 
+AFTER_SALES_SHARE = 0.15  # of the ready Shopify orders: edited, and as many partly refunded
+
+
+def _after_sales(
+    sandbox: Sandbox, accounts: dict[str, str], secret: str, account_id: int, rng: random.Random
+) -> Plan:
+    """Edits and partial refunds in the Shopify admin of paid orders that are ready to ship,
+    and the webhooks that tell us (``orders/edited`` + ``orders/updated`` for an edit,
+    ``refunds/create`` + ``orders/updated`` for a refund; a refund's sometimes twice)."""
+    shop, path = sandbox.shopify, f"/webhooks/shopify/{accounts['shopify']}"
+    with session_scope() as session:
+        ready = set(
+            session.scalars(
+                select(Order.external_id).where(
+                    Order.channel_account_id == account_id, Order.state == "ready_to_ship"
+                )
+            )
+        )
+    paid = sorted(
+        i for i, o in shop.orders.items() if i in ready and o["financial_status"] == "paid"
+    )
+    rng.shuffle(paid)
+    count = max(1, int(len(paid) * AFTER_SALES_SHARE)) if paid else 0
+    plan = Plan()
+    for external_id in paid[:count]:
+        edit = shop.edit_add_line(external_id, rng.choice(shop.skus), 1)
+        plan.deliveries.append((path, *shop.edit_delivery(edit, secret)))
+        plan.deliveries.append(
+            (path, *shop.webhook_delivery(external_id, "orders/updated", secret))
+        )
+    for external_id in paid[count : 2 * count]:
+        refund = shop.refund_line(external_id, 0, 1, restock=True)
+        delivery = (path, *shop.refund_delivery(refund, secret))
+        plan.deliveries.append(delivery)
+        if rng.random() < 0.5:
+            plan.deliveries.append(delivery)  # Shopify retried it
+        plan.deliveries.append(
+            (path, *shop.webhook_delivery(external_id, "orders/updated", secret))
+        )
+    return plan
+
+
+def _wait_for_credit_notes(account_ids: list[int], deadline: float, group: ProcessGroup) -> None:
+    """Until every refund of lines has its credit note and every webhook is processed."""
+    while time.monotonic() < deadline and not group.dead():
+        with session_scope() as session:
+            run_orders = select(Order.id).where(Order.channel_account_id.in_(account_ids))
+            refunds = session.scalar(
+                select(func.count()).select_from(Refund)
+                .where(Refund.order_id.in_(run_orders), Refund.source != "provider")
+            )  # fmt: skip
+            notes = session.scalar(
+                select(func.count()).select_from(Invoice)
+                .where(Invoice.order_id.in_(run_orders), Invoice.source_key.like("credit:refund:%"))
+            )  # fmt: skip
+        _, _, waiting = _progress(account_ids)
+        if notes == refunds and not waiting:
+            return
+        time.sleep(0.25)
+
+
 def _demo_skus(sandbox: Sandbox) -> set[str]:
     from sandbox import woocommerce
 
@@ -246,6 +309,7 @@ def _summary(
     account_ids: list[int], sandbox: Sandbox, orders_sent: int, deliveries: int, seconds: float
 ) -> dict[str, Any]:
     from orders.invoices import find_gaps
+    from orders.money_check import check
 
     with session_scope() as session:
         in_run = Order.channel_account_id.in_(account_ids)
@@ -285,6 +349,22 @@ def _summary(
             .where(Invoice.order_id.in_(run_orders), Invoice.kind == "invoice")
         )  # fmt: skip
         gaps = find_gaps(session)
+        mismatches = check(session, account_ids)
+        credit_notes = session.scalar(
+            select(func.count()).select_from(Invoice)
+            .where(Invoice.order_id.in_(run_orders), Invoice.kind == "credit_note")
+        )  # fmt: skip
+        refunds = {
+            str(source): int(n)
+            for source, n in session.execute(
+                select(Refund.source, func.count())
+                .where(Refund.order_id.in_(run_orders)).group_by(Refund.source)
+            ).all()
+        }  # fmt: skip
+        edited = session.scalar(
+            select(func.count(func.distinct(OrderEvent.order_id)))
+            .where(OrderEvent.order_id.in_(run_orders), OrderEvent.kind == "edited")
+        )  # fmt: skip
     created = sum(by_state.values())
     failed = int(failed or 0)
     ledger = sandbox.ledger()
@@ -309,6 +389,10 @@ def _summary(
         "labels_in_ledger": ledger["carrier"]["labels"],
         "invoices": int(invoices or 0),
         "invoice_gaps": sum(len(missing) for missing in gaps.values()),
+        "credit_notes": int(credit_notes or 0),
+        "edited_orders": int(edited or 0),
+        "refunds_by_source": refunds,
+        "money_mismatches": len(mismatches),
         "seconds": round(seconds, 2),
         "orders_per_s": round(created / seconds, 1) if seconds else None,
     }
@@ -466,6 +550,12 @@ def run_demo(
                     err.print("[red]timed out waiting for the workers")
                     break
                 time.sleep(0.25)
+        # after the sale: some paid Shopify orders are edited (a line added) and some get a
+        # partial refund (a unit returned and restocked), each told by webhook (some twice)
+        after = _after_sales(sandbox, accounts, secret, by_name[accounts["shopify"]], rng)
+        statuses += _send_all(base_url, after, lambda: None)
+        plan.deliveries += after.deliveries
+        _wait_for_credit_notes(account_ids, deadline, group)
         reconciled = _reconcile(err, timeout_s=RECONCILE_TIMEOUT_S)
         rejected = [s for s in statuses if s != 200]
         if rejected:
@@ -489,6 +579,7 @@ def run_demo(
             and summary["failed"] == 0
             and summary["orders_created"] == orders
             and summary["invoice_gaps"] == 0
+            and summary["money_mismatches"] == 0
             and summary["captures_in_ledger"] == summary["paid_orders"]
             and summary["labels_in_ledger"] == summary["documented_orders"]
         )

@@ -15,7 +15,7 @@ from db.session import session_scope
 from domain.states import OrderState
 from ordersync.users_cli import As, cli_actor
 
-__all__ = ["CliError", "accounts_cli", "orders_cli", "stock_cli"]
+__all__ = ["CliError", "accounts_cli", "money_cli", "orders_cli", "stock_cli"]
 
 #: the widths of the columns these commands write (db/models.py)
 NAME_MAX, SKU_MAX = 100, 100
@@ -30,6 +30,31 @@ console = Console()
 orders_cli = typer.Typer(no_args_is_help=True, help="Look at orders and retry stuck ones.")
 stock_cli = typer.Typer(no_args_is_help=True, help="Stock levels.")
 accounts_cli = typer.Typer(no_args_is_help=True, help="Marketplace accounts.")
+money_cli = typer.Typer(no_args_is_help=True, help="Does the money add up?")
+
+
+@money_cli.command("check")
+def money_check(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """For every order whose money is settled: invoiced - credited = captured - refunded = what
+    the marketplace says the buyer paid. Lists each order that differs and why; exit code 1
+    when any does."""
+    from orders.money_check import check
+
+    with session_scope() as session:
+        found = check(session)
+    if as_json:
+        typer.echo(json.dumps([m.as_dict() for m in found], sort_keys=True))
+    elif found:
+        table = Table("order", "channel", "external id", "invoiced", "captured", "buyer paid",
+                      Column("why", overflow="fold"))  # fmt: skip
+        for m in found:
+            table.add_row(str(m.order_id), m.channel, m.external_id, str(m.invoiced),
+                          str(m.captured), str(m.buyer_paid), "; ".join(m.reasons))  # fmt: skip
+        console.print(table)
+    else:
+        console.print("every order adds up")
+    if found:
+        raise typer.Exit(1)
 
 
 @orders_cli.command("list")

@@ -53,7 +53,7 @@ SANDBOX_SHOP = "ordersync-sandbox.myshopify.com"
 SANDBOX_ACCESS_TOKEN = "shpat_sandbox_00000000000000000000000000000000"  # noqa: S105 - public
 API_VERSION = "2026-07"
 DEFAULT_SKUS = ("SKU-RED-S", "SKU-RED-M", "SKU-BLUE-S", "SKU-BLUE-M", "SKU-GREEN-L")
-ORDER_TOPICS = ("orders/create", "orders/updated", "orders/cancelled")
+ORDER_TOPICS = ("orders/create", "orders/updated", "orders/cancelled", "orders/edited")
 
 CENT = Decimal("0.01")
 #: Shopify Payments card authorizations expire after 7 days
@@ -242,6 +242,8 @@ class ShopifySimulator:
         self.transactions: dict[str, list[dict[str, Any]]] = {}
         #: idempotency key → the capture it made (``OrderCapture``)
         self.captures: dict[str, dict[str, Any]] = {}
+        #: order edits made in the admin (``edit_add_line``)
+        self.edits: list[dict[str, Any]] = []
         #: seconds an ``OrderCapture`` answer waits after the capture was applied
         self.capture_reply_delay_s = 0.0
         self._next_transaction = 7_300_000_000
@@ -617,6 +619,111 @@ class ShopifySimulator:
                 order["tags"] = ", ".join(t for t in (order["tags"], "touched") if t)
             self._bump(order)
 
+    def _retotal(self, order: dict[str, Any]) -> None:
+        """Totals from the line items again (after an edit), tax at the line items' own."""
+        cur = order["currency"]
+        gross = sum((Decimal(li["price"]) * li["quantity"] for li in order["line_items"]),
+                    Decimal(0))  # fmt: skip
+        discount = sum((Decimal(d["amount"]) for li in order["line_items"]
+                        for d in li["discount_allocations"]), Decimal(0))  # fmt: skip
+        tax = sum((Decimal(t["price"]) for li in order["line_items"] for t in li["tax_lines"]),
+                  Decimal(0))  # fmt: skip
+        shipping = Decimal(order["total_shipping_price_set"]["shop_money"]["amount"])
+        subtotal, total = gross - discount, gross - discount + shipping + tax
+        order.update(
+            subtotal_price=_money(subtotal), subtotal_price_set=_set(subtotal, cur),
+            total_line_items_price=_money(gross), total_line_items_price_set=_set(gross, cur),
+            total_tax=_money(tax), total_tax_set=_set(tax, cur),
+            total_price=_money(total), total_price_set=_set(total, cur),
+            current_total_price=_money(total), current_total_price_set=_set(total, cur),
+        )  # fmt: skip
+
+    def edit_add_line(self, external_id: str, sku: str, quantity: int) -> dict[str, Any]:
+        """An order edit in the admin that adds ``quantity`` of ``sku`` (the buyer pays the
+        difference: a paid order stays paid, its new SALE recorded); returns the edit, as the
+        ``orders/edited`` webhook's ``order_edit`` carries it."""
+        with self._lock:
+            order = self.orders[external_id]
+            line_id = int(order["id"]) * 10 + len(order["line_items"]) + 1
+            tax = (self.prices[sku] * quantity * TAX_RATE).quantize(CENT, ROUND_HALF_UP)
+            item = self._line_item(line_id, sku, quantity, tax, Decimal(0), order["currency"])
+            order["line_items"].append(item)
+            before = Decimal(order["total_price"])
+            self._retotal(order)
+            if order["financial_status"] == "paid":
+                self._transaction(order, "SALE", Decimal(order["total_price"]) - before)
+            self._bump(order)
+            edit = {
+                "id": 10_000 + line_id % 10_000, "order_id": int(order["id"]),
+                "created_at": order["updated_at"], "notify_customer": False,
+                "staff_note": "", "line_items": {
+                    "additions": [{"id": line_id, "delta": quantity}], "removals": []},
+                "discounts": {"additions": [], "removals": []},
+                "shipping_lines": {"additions": [], "removals": []},
+            }  # fmt: skip
+            self.edits.append(edit)
+            return edit
+
+    def refund_line(
+        self, external_id: str, line_index: int, quantity: int, *, restock: bool = True
+    ) -> dict[str, Any]:
+        """A refund in the admin of ``quantity`` units of one line (returned and restocked, or
+        not), with the money going back to the buyer's card; returns the REST refund."""
+        with self._lock:
+            order = self.orders[external_id]
+            item = order["line_items"][line_index]
+            cur = order["currency"]
+            share = Decimal(quantity) / Decimal(item["quantity"])
+            discount = sum((Decimal(d["amount"]) for d in item["discount_allocations"]),
+                           Decimal(0))  # fmt: skip
+            subtotal = ((Decimal(item["price"]) * item["quantity"] - discount) * share).quantize(
+                CENT, ROUND_HALF_UP
+            )
+            tax = (Decimal(item["tax_lines"][0]["price"]) * share).quantize(CENT, ROUND_HALF_UP)
+            refund_id = int(order["id"]) * 100 + len(order["refunds"]) + 1
+            parent = next((t["id"] for t in self.transactions.get(external_id, [])
+                           if t["kind"] in ("SALE", "CAPTURE")), None)  # fmt: skip
+            refund = {
+                "id": refund_id, "order_id": int(order["id"]),
+                "created_at": _rest_time(self._now()), "note": "returned",
+                "restock": restock,
+                "admin_graphql_api_id": f"gid://shopify/Refund/{refund_id}",
+                "refund_line_items": [{
+                    "id": refund_id + 7, "line_item_id": item["id"], "quantity": quantity,
+                    "restock_type": "return" if restock else "no_restock",
+                    "subtotal": float(subtotal), "total_tax": float(tax),
+                    "subtotal_set": _set(subtotal, cur), "total_tax_set": _set(tax, cur),
+                }],
+                "transactions": [{
+                    "id": refund_id + 9, "order_id": int(order["id"]), "kind": "refund",
+                    "status": "success", "amount": _money(subtotal + tax), "currency": cur,
+                    "parent_id": parent,
+                }],
+                "order_adjustments": [], "refund_shipping_lines": [],
+            }  # fmt: skip
+            order["refunds"].append(refund)
+            item["current_quantity"] = item.get("current_quantity", item["quantity"]) - quantity
+            refunded = sum((Decimal(t["amount"]) for r in order["refunds"]
+                            for t in r["transactions"]), Decimal(0))  # fmt: skip
+            order["financial_status"] = (
+                "refunded" if refunded >= Decimal(order["total_price"]) else "partially_refunded"
+            )
+            self._transaction(order, "REFUND", subtotal + tax, parent=parent)
+            self._bump(order)
+            return refund
+
+    def refund_delivery(
+        self, refund: dict[str, Any], secret: str, webhook_id: str | None = None
+    ) -> tuple[dict[str, str], bytes]:
+        """The ``refunds/create`` webhook of a refund: its body is the refund."""
+        return self._signed("refunds/create", refund, secret, webhook_id)
+
+    def edit_delivery(
+        self, edit: dict[str, Any], secret: str, webhook_id: str | None = None
+    ) -> tuple[dict[str, str], bytes]:
+        """The ``orders/edited`` webhook of an edit: its body is ``{"order_edit": …}``."""
+        return self._signed("orders/edited", {"order_edit": edit}, secret, webhook_id)
+
     def _cancel(self, order: dict[str, Any], reason: str) -> None:
         stamp = _rest_time(max(self._now(), _parse_time(order["updated_at"])))
         order["cancelled_at"] = order["closed_at"] = stamp
@@ -627,10 +734,17 @@ class ShopifySimulator:
         self, external_id: str, topic: str, secret: str, webhook_id: str | None = None
     ) -> tuple[dict[str, str], bytes]:
         """The headers and raw body Shopify would POST for this order and topic."""
-        if topic not in ORDER_TOPICS:
+        if topic not in ORDER_TOPICS or topic == "orders/edited":
             raise ValueError(f"unsupported topic {topic!r}")
         with self._lock:
-            body = json.dumps(self.orders[external_id], separators=(",", ":")).encode()
+            order = json.loads(json.dumps(self.orders[external_id]))
+        return self._signed(topic, order, secret, webhook_id)
+
+    def _signed(
+        self, topic: str, payload: dict[str, Any], secret: str, webhook_id: str | None
+    ) -> tuple[dict[str, str], bytes]:
+        with self._lock:
+            body = json.dumps(payload, separators=(",", ":")).encode()
             event_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
             webhook_id = webhook_id or str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
         digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
