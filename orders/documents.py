@@ -87,8 +87,17 @@ def credit_refunds(session: Session, order: Order) -> list[str]:
         )
         .order_by(Refund.id)
     ).all()
+    credited = set(
+        session.scalars(
+            select(Invoice.source_key).where(
+                Invoice.order_id == order.id, Invoice.source_key.like("credit:refund:%")
+            )
+        )
+    )
     issued = []
     for refund in refunds:
+        if f"credit:refund:{refund.id}" in credited:
+            continue
         note = credit_lines(session, order, source_key=f"credit:refund:{refund.id}",
                             lines=refund_lines(invoice, refund, order.currency),
                             seller=seller())  # fmt: skip
