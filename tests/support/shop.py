@@ -143,7 +143,7 @@ class Shop:
         return payment
 
 
-def never_built() -> Any:
+def never_built(*_: object) -> Any:
     """A client factory for a step that must call nobody: building the client fails the test."""
     raise AssertionError("the step built a client it did not need")
 

@@ -83,7 +83,13 @@ class World:
         first, with the payment transactions its ``financial_status`` implies."""
         if str(order["id"]) not in self.sandbox.shopify.orders:
             self.sandbox.shopify.put_order(order)
-        body = json.dumps(order).encode()
+        self.deliver(shop, topic, order)
+
+    def deliver(
+        self, shop: str, topic: str, payload: dict[str, Any], webhook_id: str | None = None
+    ) -> None:
+        """One signed Shopify delivery of ``payload`` (any topic's body)."""
+        body = json.dumps(payload).encode()
         response = httpx.post(
             f"{self.stack.base_url}/webhooks/shopify/{shop}",
             content=body,
@@ -91,7 +97,7 @@ class World:
                 "Content-Type": "application/json",
                 "X-Shopify-Topic": topic,
                 "X-Shopify-Hmac-Sha256": sign(SECRET, body),
-                "X-Shopify-Webhook-Id": str(uuid.uuid4()),
+                "X-Shopify-Webhook-Id": webhook_id or str(uuid.uuid4()),
             },
         )
         assert response.status_code == 200, response.text
