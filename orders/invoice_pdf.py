@@ -11,20 +11,27 @@ Output is deterministic by default (``invariant``: no creation date, fixed docum
 same invoice always renders to the same bytes. ``compress=False`` leaves page streams readable,
 which is what tests use to find text in the file.
 
-The built-in Helvetica only covers Latin-1/WinAnsi; other characters (e.g. CJK names) come out
-as placeholder boxes. Embedding a Unicode TTF would fix that at the cost of size and speed.
+Text is drawn in DejaVu Sans (embedded, subset), which covers Latin, Greek, Cyrillic, Arabic
+and Hebrew; runs of characters it has no glyph for (Chinese, Japanese, Korean) are drawn in Droid
+Sans Fallback. Both are vendored in ``orders/fonts`` with their licences (its README says where
+they come from). Embedded TrueType subsets carry a ToUnicode map, so the text can be extracted
+back from the PDF (which is how the tests read it).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
+from pathlib import Path
 
 from reportlab.lib.pagesizes import A4
+from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.pdfmetrics import stringWidth
+from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.pdfgen.textobject import PDFTextObject
 
@@ -71,7 +78,45 @@ class InvoiceDocument:
 PAGE_W, PAGE_H = float(A4[0]), float(A4[1])  # 595 x 842 pt
 MARGIN = 40.0
 ROW_H = 13.0
-FONT, BOLD, SIZE = "Helvetica", "Helvetica-Bold", 8.5
+FONT, BOLD, FALLBACK, SIZE = "DejaVuSans", "DejaVuSans-Bold", "DroidSansFallback", 8.5
+_FONT_DIR = Path(__file__).parent / "fonts"
+_FONT_FILES = {
+    FONT: "DejaVuSans.ttf",
+    BOLD: "DejaVuSans-Bold.ttf",
+    FALLBACK: "DroidSansFallbackFull.ttf",
+}
+
+
+@functools.cache
+def _fonts() -> frozenset[int]:
+    """Register the embedded fonts once per process; returns the code points DejaVu draws."""
+    for name, file in _FONT_FILES.items():
+        pdfmetrics.registerFont(TTFont(name, str(_FONT_DIR / file)))
+    face = pdfmetrics.getFont(FONT).face
+    return frozenset(face.charToGlyph)
+
+
+def _runs(text: str) -> list[tuple[bool, str]]:
+    """``text`` cut into runs DejaVu draws (True) and runs for the fallback font (False)."""
+    covered = _fonts()
+    runs: list[tuple[bool, str]] = []
+    for char in text:
+        mine = ord(char) in covered or char.isspace()
+        if runs and runs[-1][0] == mine:
+            runs[-1] = (mine, runs[-1][1] + char)
+        else:
+            runs.append((mine, char))
+    return runs
+
+
+def _width(text: str, font: str, size: float) -> float:
+    if text.isascii():  # DejaVu draws all of ASCII
+        return float(stringWidth(text, font, size))
+    return float(
+        sum(stringWidth(run, font if mine else FALLBACK, size) for mine, run in _runs(text))
+    )
+
+
 FOOTER_Y = MARGIN
 TABLE_TOP_FIRST = PAGE_H - 250.0  # below seller, buyer and document header
 TABLE_TOP_NEXT = PAGE_H - 90.0  # continuation pages: a one-line header only
@@ -100,11 +145,12 @@ _COLUMNS = (
 
 def _fit(text: str, width: float, font: str = FONT, size: float = SIZE) -> str:
     """Cut ``text`` with an ellipsis so it fits ``width`` points (long marketplace titles)."""
-    if stringWidth(text, font, size) <= width:
+    full = _width(text, font, size)
+    if full <= width:
         return text
     # start from a character estimate, then shrink; avoids measuring every prefix
-    cut = max(1, int(len(text) * width / stringWidth(text, font, size)))
-    while cut > 1 and stringWidth(text[:cut] + "…", font, size) > width:
+    cut = max(1, int(len(text) * width / full))
+    while cut > 1 and _width(text[:cut] + "…", font, size) > width:
         cut -= 1
     return text[:cut].rstrip() + "…"
 
@@ -155,15 +201,17 @@ class _Renderer:
     def text(self, x: float, y: float, s: str, *, bold: bool = False, size: float = SIZE) -> None:
         if self.t is None:
             self.t = self.c.beginText()
-        font = (BOLD if bold else FONT, size)
-        if font != self.font:
-            self.t.setFont(*font)
-            self.font = font
         self.t.setTextOrigin(x, y)
-        self.t.textOut(s)
+        main = BOLD if bold else FONT
+        for mine, run in _runs(s) if not s.isascii() else [(True, s)]:
+            font = (main if mine else FALLBACK, size)
+            if font != self.font:
+                self.t.setFont(*font)
+                self.font = font
+            self.t.textOut(run)
 
     def right(self, x: float, y: float, s: str, *, bold: bool = False, size: float = SIZE) -> None:
-        self.text(x - stringWidth(s, BOLD if bold else FONT, size), y, s, bold=bold, size=size)
+        self.text(x - _width(s, BOLD if bold else FONT, size), y, s, bold=bold, size=size)
 
     def first_page_header(self) -> float:
         d = self.doc
@@ -267,6 +315,7 @@ def render_invoice(
     document: InvoiceDocument, *, invariant: bool = True, compress: bool = True
 ) -> bytes:
     """The PDF bytes of ``document`` (A4, as many pages as its lines need)."""
+    _fonts()
     buffer = io.BytesIO()
     canvas = Canvas(
         buffer,

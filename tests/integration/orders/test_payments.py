@@ -242,9 +242,9 @@ def test_a_capture_in_doubt_the_holder_never_saw_retires_its_key_and_the_marketp
     shop: Shop, provider: FakePayments, later: FollowUps
 ) -> None:
     # given a key claimed by a worker that died before its call reached the holder
+    facts = {"gateway": "stripe", "authorization_id": "pi_x"}
     order_id = shop.order(S.RESERVED, payment_collected_by_marketplace=True,
-                          financial_status="paid", payment_facts={"gateway": "stripe",
-                                                                  "authorization_id": "pi_x"})  # fmt: skip
+                          financial_status="paid", payment_facts=facts)  # fmt: skip
     params = {"order_ref": str(order_id), "amount": "20", "currency": "USD"}
     with shop.transaction() as session:
         shop.keys().claim(session, f"capture:{order_id}", params, point="capture_sent")
