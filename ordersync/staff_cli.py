@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -110,12 +111,14 @@ def orders_refund(
             "the same refund)"
         ),
     ] = None,
+    as_: As = None,
 ) -> None:
     """Refund lines or an amount of an order whose money we captured, at the payment provider,
     once; never more than is left to refund."""
     from decimal import Decimal, InvalidOperation
 
     from orders.refunds import RefundRefused
+    from orders.users import audit
     from workflows.pipeline import request_refund
 
     lines: dict[str, int] | None = None
@@ -133,11 +136,15 @@ def orders_refund(
             _refuse(f"--amount {amount!r} is not an amount")
         if not value.is_finite():
             _refuse(f"--amount {amount!r} is not an amount")
+    actor = cli_actor(as_)
     try:
         with session_scope() as session:
-            refund, new = request_refund(session, order_id, actor="staff:cli", lines=lines,
+            refund, new = request_refund(session, order_id, actor=actor, lines=lines,
                                          amount=value, request_key=key)  # fmt: skip
             refund_id, total, currency = refund.id, refund.amount, refund.currency
+            if new:
+                audit(session, actor, "order.refund", f"order {order_id}", order_id=order_id,
+                      timeline=False, refund_id=refund_id, amount=str(total))  # fmt: skip
     except RefundRefused as exc:
         raise CliError(f"order {order_id}: {exc}") from None
     said = "requested" if new else "already requested (the same refund)"
@@ -305,6 +312,13 @@ def accounts_add(
             help=f"{_RATE_LIMIT_SYNTAX}, per second; repeatable; overrides the documented limit",
         ),
     ] = None,
+    invoice_series: Annotated[
+        str | None,
+        typer.Option(
+            help="the seller entity's invoice series prefix, e.g. ACME-US "
+            "(→ ACME-US-INV-2026-000001); default: the shared INV-/CN- series"
+        ),
+    ] = None,
     as_: As = None,
 ) -> None:
     """Connect a shop: e.g. `accounts add shopify my-shop --shop my-shop.myshopify.com
@@ -312,6 +326,9 @@ def accounts_add(
     from orders.users import audit
 
     _check_new_account(channel, name, webhook_secret, api_base_url)
+    if invoice_series is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,29}",
+                                                       invoice_series):  # fmt: skip
+        _refuse(f"--invoice-series {invoice_series!r}: 1 to 30 letters, digits, - or _")
     rate_limits = _parse_rate_limits(channel, name, rate_limit or [])
     with session_scope() as session:
         if session.scalar(select(ChannelAccount.id).where(ChannelAccount.name == name)):
@@ -325,6 +342,7 @@ def accounts_add(
                 webhook_secret=webhook_secret,
                 credentials=_parse_pairs(credential or []),
                 rate_limits=rate_limits,
+                invoice_series=invoice_series,
             )
         )
         audit(session, cli_actor(as_), "account.add", name, channel=channel, shop=shop)

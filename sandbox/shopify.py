@@ -149,6 +149,7 @@ def graphql_order(order: dict[str, Any]) -> dict[str, Any]:
         "closedAt": _gql_time(order.get("closed_at")),
         "displayFinancialStatus": (order.get("financial_status") or "").upper() or None,
         "displayFulfillmentStatus": fulfillment,
+        "paymentGatewayNames": list(order.get("payment_gateway_names") or []),
         "subtotalPriceSet": bag(order.get("subtotal_price")),
         "totalPriceSet": bag(order["total_price"]),
         "totalTaxSet": bag(order.get("total_tax") or "0"),

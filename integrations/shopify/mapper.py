@@ -61,17 +61,14 @@ _COLLECTED = frozenset({"paid", "partially_refunded", "refunded"})
 _AUTHORIZED = frozenset({"authorized", "partially_paid"})
 
 
-def _payment_facts(
-    financial: str | None, gateways: list[str], total: Decimal, outstanding: Decimal | None
-) -> PaymentFacts:
-    """What Shopify's order says about its money. The authorization itself (its transaction
-    id, amount and expiry) is read from the order's transactions when it is captured: the
-    order body does not carry them."""
-    captured = None if outstanding is None or financial in _AUTHORIZED else total - outstanding
+def _payment_facts(financial: str | None, gateways: list[str]) -> PaymentFacts:
+    """What Shopify's order says about its money: the gateway, and whether Shopify holds an
+    authorization for us to capture. The authorization itself (its transaction id, amount
+    and expiry) is read from the order's transactions when it is captured: neither the order
+    body nor the poll's order node carries them."""
     return PaymentFacts(
         gateway=gateways[0] if gateways else None,
         held_by="marketplace" if financial in _AUTHORIZED else None,
-        amount_captured=captured,
     )
 
 
@@ -254,12 +251,7 @@ def map_order(payload: dict[str, Any], account: str) -> CanonicalOrder:
             buyer_name=buyer_name or None,
             buyer_email=order.email or (customer.email if customer else None),
             payment_collected_by_marketplace=order.financial_status in _COLLECTED,
-            payment=_payment_facts(
-                order.financial_status,
-                order.payment_gateway_names,
-                order.total_price,
-                order.total_outstanding,
-            ),
+            payment=_payment_facts(order.financial_status, order.payment_gateway_names),
             refunds=[_refund(refund) for refund in order.refunds],
             created_at=order.created_at,
             updated_at=order.updated_at,
@@ -353,7 +345,7 @@ def map_graphql_order(node: dict[str, Any], account: str) -> CanonicalOrder:
             buyer_name=buyer_name or None,
             buyer_email=order.email or None,
             payment_collected_by_marketplace=financial in _COLLECTED,
-            payment=_payment_facts(financial, [], order.totalPriceSet.shopMoney.amount, None),
+            payment=_payment_facts(financial, order.paymentGatewayNames),
             created_at=order.createdAt,
             updated_at=order.updatedAt,
             cancelled_at=order.cancelledAt,

@@ -153,7 +153,6 @@ class ShopifyOrder(_Lenient):
     financial_status: str | None = None
     fulfillment_status: str | None = None
     payment_gateway_names: list[str] = Field(default_factory=list)
-    total_outstanding: OptMoney = None
     cancelled_at: dt.datetime | None = None
     cancel_reason: str | None = None
     closed_at: dt.datetime | None = None
@@ -244,6 +243,7 @@ class GqlOrder(_Lenient):
     totalDiscountsSet: GqlMoneyBag | None = None
     totalShippingPriceSet: GqlMoneyBag | None = None
     displayFinancialStatus: str | None = None
+    paymentGatewayNames: list[str] = Field(default_factory=list)
     displayFulfillmentStatus: str | None = None
     cancelledAt: dt.datetime | None = None
     cancelReason: str | None = None

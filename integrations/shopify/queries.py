@@ -55,7 +55,7 @@ ORDER_FIELDS = f"""
 fragment OrderFields on Order {{
   id legacyResourceId name email test currencyCode
   createdAt updatedAt cancelledAt cancelReason closedAt
-  displayFinancialStatus displayFulfillmentStatus
+  displayFinancialStatus displayFulfillmentStatus paymentGatewayNames
   subtotalPriceSet {{ {_MONEY} }}
   totalPriceSet {{ {_MONEY} }}
   totalTaxSet {{ {_MONEY} }}

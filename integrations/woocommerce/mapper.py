@@ -30,7 +30,13 @@ from typing import Any
 
 import pydantic
 
-from domain.canonical import Address, CanonicalLine, CanonicalOrder, PaymentFacts
+from domain.canonical import (
+    Address,
+    CanonicalLine,
+    CanonicalOrder,
+    CanonicalRefund,
+    PaymentFacts,
+)
 from domain.errors import PayloadError
 from domain.states import OrderState
 from integrations.woocommerce.payloads import WooAddress, WooLineItem, WooOrder
@@ -136,6 +142,22 @@ def _payment_facts(order: WooOrder, paid: bool) -> PaymentFacts:
     )
 
 
+def _refunds(order: WooOrder) -> list[CanonicalRefund]:
+    """The order's refunds as its body lists them: id and amount only (Woo's summaries; the
+    refunded line items are at ``/orders/{id}/refunds``, which intake does not fetch yet), so
+    each is credited as an amount."""
+    return [
+        CanonicalRefund(
+            external_id=refund.id,
+            order_external_id=order.id,
+            amount=-refund.total,
+            currency=order.currency,
+        )
+        for refund in order.refunds
+        if refund.id is not None and refund.total < 0
+    ]
+
+
 def _fulfillment_status(order: WooOrder, status: str) -> str:
     if status == "completed" or order.date_completed_gmt is not None:
         return "fulfilled"
@@ -178,6 +200,7 @@ def _build(order: WooOrder, payload: dict[str, Any], account: str) -> CanonicalO
         # the shop's own gateway (Stripe, PayPal, …) took the money at checkout: never capture
         payment_collected_by_marketplace=paid and not cancelled,
         payment=_payment_facts(order, paid),
+        refunds=_refunds(order),
         created_at=order.date_created_gmt,
         updated_at=order.date_modified_gmt,
         # Woo records no cancellation time; the last modification is when it became cancelled
