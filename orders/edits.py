@@ -160,10 +160,15 @@ def _hold_for_stock(session: Session, order: Order, short: Mapping[str, int], ac
 
 
 def _follow_collection(session: Session, order: Order, actor: str) -> None:
-    """Money the marketplace collects follows its order: an edit it charged (or gave back) is
-    what it collected now. A capture of ours is a fact at its amount and stays."""
+    """Money the marketplace holds follows its order once it says the order is paid: an edit it
+    charged the buyer for (or gave back) is what it holds now, whether it collected the money
+    or we captured it there (Shopify's ``orderCapture``). A capture at our own provider is a
+    fact at its amount and stays."""
     payment = session.scalar(select(Payment).where(Payment.order_id == order.id))
-    if payment is None or not payment.collected_by_marketplace:
+    held_by_marketplace = payment is not None and (
+        payment.collected_by_marketplace or payment.provider == order.channel
+    )
+    if payment is None or not held_by_marketplace:
         return
     if not order.payment_collected_by_marketplace or payment.amount == order.total:
         return
