@@ -56,7 +56,6 @@ from integrations.payments.payloads import (
 from integrations.ratelimit import Bucket
 
 __all__ = [
-    "DEFAULT_PAYMENT_METHOD",
     "MAX_IDEMPOTENCY_KEY_LENGTH",
     "REFUND_REASONS",
     "IdempotencyMismatch",
@@ -64,8 +63,6 @@ __all__ = [
     "PaymentsClient",
 ]
 
-# Stripe's test-mode card that always succeeds; a live integration passes a saved PaymentMethod
-DEFAULT_PAYMENT_METHOD = "pm_card_visa"
 MAX_IDEMPOTENCY_KEY_LENGTH = 255  # documented maximum
 REFUND_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
 SEARCH_PAGE_LIMIT = 100  # documented maximum ``limit`` for search
@@ -151,7 +148,7 @@ class PaymentsClient(ApiClient):
         amount: Decimal,
         currency: str,
         idempotency_key: str,
-        payment_method: str = DEFAULT_PAYMENT_METHOD,
+        payment_method: str,
     ) -> Capture:
         """Create and confirm a PaymentIntent that captures at once; one call, one charge.
 
