@@ -34,8 +34,9 @@ def key_of(account_id: int, refund_id: str) -> str:
 
 def restock(session: Session, order_id: int, sku: str, quantity: int) -> str | None:
     """``quantity`` units of ``sku`` of the order back on the shelf: released from its held
-    reservation if it still holds them, else back on hand (returned after shipping). Returns
-    how (``released`` / ``returned``), or None for a SKU we do not manage."""
+    reservation if it still holds them, back on hand if they left with its parcel (consumed),
+    else nothing (they never left the shelf). Returns how (``released`` / ``returned``), or
+    None when nothing moved."""
     if quantity <= 0 or session.get(StockItem, sku) is None:
         return None
     held = session.scalar(
@@ -58,10 +59,18 @@ def restock(session: Session, order_id: int, sku: str, quantity: int) -> str | N
         if held.quantity == 0:
             held.status = "released"
         return "released"
+    shipped = session.scalar(
+        select(StockReservation.quantity).where(
+            StockReservation.order_id == order_id, StockReservation.sku == sku,
+            StockReservation.status == "consumed",
+        )
+    )  # fmt: skip
+    if not shipped:
+        return None
     session.execute(
         update(StockItem)
         .where(StockItem.sku == sku)
-        .values(on_hand=StockItem.on_hand + quantity, updated_at=utcnow())
+        .values(on_hand=StockItem.on_hand + min(quantity, shipped), updated_at=utcnow())
     )
     return "returned"
 
