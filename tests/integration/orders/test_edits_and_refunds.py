@@ -225,3 +225,28 @@ def test_staff_refunds_are_made_once_and_never_more_than_is_left(shop: Shop) -> 
     with shop.transaction() as session:
         rest, _ = request_refund(session, order_id, actor="jane", amount=Decimal("20.00"))
     assert rest.amount == Decimal("20.00")
+
+
+def test_restocked_units_go_back_only_where_they_were(shop: Shop) -> None:
+    # given a new order (nothing reserved yet) and a shipped one (its units consumed)
+    _stock(shop, B=5)
+    with shop.transaction() as session:
+        new_id = apply_order(session, shop.account.id, _canonical({"2": ("B", 2)}),
+                             actor="t").order_id  # fmt: skip
+    shipped_id = _documented(shop, _canonical({"2": ("B", 2)}, external_id="9002"))
+    with shop.transaction() as session:
+        stock.consume(session, shipped_id)
+
+    # when the marketplace refunds and restocks one unit of each
+    for order_id in (new_id, shipped_id):
+        with shop.transaction() as session:
+            order = load_for_update(session, order_id)
+            refund = _refund(refund_id=f"r-{order_id}").model_copy(
+                update={"order_external_id": order.external_id}
+            )
+            record_marketplace_refunds(session, order, [refund], actor="t")
+
+    # then the new order's unit never left the shelf; the shipped one's comes back on hand
+    with shop.maker() as session:
+        item = session.get_one(StockItem, "B")
+        assert (item.on_hand, item.reserved) == (5 - 2 + 1, 0)
