@@ -22,6 +22,7 @@ with nothing of ours leaving the shelf (``orders.fulfilment``).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any, TypeGuard
@@ -99,20 +100,38 @@ def _push_fulfilment(
         connector.close()
 
 
+#: the marketplace holders of this process, per account: (the account row's updated_at, its
+#: connector). Building a connector builds an httpx client (~50 ms: the TLS trust store), more
+#: than the capture itself; a changed account (credentials, limits) gets a new one.
+_HOLDERS: dict[int, tuple[Any, Any]] = {}
+_HOLDERS_LOCK = threading.Lock()
+
+
 def _holder(held_by: str, account_id: int) -> AuthorizationHolder:
     """Where an order's authorization lives: the payment provider (a PaymentIntent), or the
-    marketplace of the order's account (its connector, on the buckets every worker shares)."""
+    marketplace of the order's account (its connector, on the buckets every worker shares;
+    reused by this process while the account is unchanged)."""
     if held_by == "provider":
         return payments_client()
     from db.session import session_scope
 
     with session_scope() as session:
         account = session.get_one(ChannelAccount, account_id)
-        connector = connector_for(account, ConnectorSeams(limiter=shared_limiter()))
-    if not _is_holder(connector):
-        connector.close()
-        raise NotAHolder(f"the {account.channel} marketplace holds no authorizations we capture")
-    return connector
+        with _HOLDERS_LOCK:
+            cached = _HOLDERS.get(account_id)
+            if cached is not None and cached[0] == account.updated_at:
+                holder: AuthorizationHolder = cached[1]
+                return holder
+            connector = connector_for(account, ConnectorSeams(limiter=shared_limiter()))
+            if not _is_holder(connector):
+                connector.close()
+                raise NotAHolder(
+                    f"the {account.channel} marketplace holds no authorizations we capture"
+                )
+            if cached is not None:
+                cached[1].close()
+            _HOLDERS[account_id] = (account.updated_at, connector)
+            return connector
 
 
 def _is_holder(candidate: object) -> TypeGuard[AuthorizationHolder]:
@@ -131,23 +150,9 @@ def reserve_stock(self: StepTask, order_id: int) -> str:
 @_task("capture_payment", "orders")
 def capture_payment(self: StepTask, order_id: int) -> str:
     refund = _after_commit(refund_payment.si)  # money captured after a cancel goes back
-    connectors: list[Any] = []
-
-    def holder(held_by: str, account_id: int) -> AuthorizationHolder:
-        found = _holder(held_by, account_id)
-        if held_by != "provider":
-            connectors.append(found)  # a connector of this run: closed when it ends
-        return found
-
-    try:
-        with self.lock(order_id):
-            outcome = payments.capture(
-                self.transaction, order_id, holder, self.keys(), refund=refund
-            )
-            return self.report(outcome)
-    finally:
-        for connector in connectors:
-            connector.close()
+    with self.lock(order_id):
+        outcome = payments.capture(self.transaction, order_id, _holder, self.keys(), refund=refund)
+        return self.report(outcome)
 
 
 @_task("issue_invoice", "documents", chord_header=True)
