@@ -2,8 +2,8 @@
 their lines, invoice series per account, refunds of lines from the marketplace and staff
 
 Revision ID: 9c1e7d2a4b60
-Revises: 47ec921489de
-Create Date: 2026-12-02 16:50:00.000000+00:00
+Revises: 4b4b2caec3e8
+Create Date: 2026-12-02 17:50:00.000000+00:00
 """
 
 from collections.abc import Sequence
@@ -14,7 +14,7 @@ from alembic import op
 import db.base
 
 revision: str = "9c1e7d2a4b60"
-down_revision: str | None = "47ec921489de"
+down_revision: str | None = "4b4b2caec3e8"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
