@@ -2,7 +2,7 @@
 their lines, invoice series per account, refunds of lines from the marketplace and staff
 
 Revision ID: 9c1e7d2a4b60
-Revises: 4b4b2caec3e8
+Revises: 6a1eb24ec7d0
 Create Date: 2026-12-02 17:50:00.000000+00:00
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import db.base
 
 revision: str = "9c1e7d2a4b60"
-down_revision: str | None = "4b4b2caec3e8"
+down_revision: str | None = "6a1eb24ec7d0"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
