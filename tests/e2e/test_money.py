@@ -209,5 +209,5 @@ def test_a_staff_refund_double_clicked_makes_one_refund_at_the_provider(world: W
     with world.maker() as session:
         assert [m for m in check(session) if m.order_id == order.id] == []
         (refund,) = session.scalars(select(Refund).where(Refund.order_id == order.id)).all()
-    assert refund.requested_by == world.staff_name  # the logged-in user asked for it
+    assert (refund.requested_by or "").startswith(world.staff_name)  # the user who asked
     assert account
