@@ -300,13 +300,22 @@ def _staff_action(session: Session, fn: Any, order_id: int) -> dict[str, Any]:
 
 
 class RefundRequest(BaseModel):
-    """Lines (line id or SKU → units) or an amount, not both."""
+    """Lines (line id or SKU → units) or an amount (``"5.00"``), not both."""
 
-    lines: dict[str, int] | None = None
-    amount: Decimal | None = None
+    lines: dict[Annotated[str, Field(min_length=1, max_length=100)],
+                Annotated[int, Field(ge=1, le=1_000_000)]] | None = None  # fmt: skip
+    amount: Annotated[str, Field(pattern=r"^[0-9]{1,12}(\.[0-9]{1,4})?$")] | None = None
 
 
-@router.post("/orders/{order_id}/refunds", status_code=202)
+class RefundOut(BaseModel):
+    refund_id: int
+    amount: str
+    currency: str
+    status: str
+    new: bool
+
+
+@router.post("/orders/{order_id}/refunds", status_code=202, response_model=RefundOut)
 def refund_order(
     order_id: Id,
     body: RefundRequest,
@@ -322,9 +331,9 @@ def refund_order(
 
     try:
         with session.begin():
+            amount = Decimal(body.amount) if body.amount is not None else None
             refund, new = request_refund(session, order_id, actor=staff.actor, lines=body.lines,
-                                         amount=body.amount,
-                                         request_key=idempotency_key)  # fmt: skip
+                                         amount=amount, request_key=idempotency_key)  # fmt: skip
             if new:
                 audit(session, staff.actor, "order.refund", f"order {order_id}",
                       order_id=order_id, timeline=False, refund_id=refund.id,
