@@ -78,6 +78,9 @@ class ChannelAccount(Base):
     webhook_secret: Mapped[str | None] = mapped_column(String(255))
     poll_cursor: Mapped[dt.datetime | None]
     rate_limits: Mapped[JSONDict] = mapped_column(JSON, default=dict)
+    # the seller entity's invoice series prefix (``ACME-US`` → ``ACME-US-INV-2026``); None:
+    # the shared default series (``INV-2026``)
+    invoice_series: Mapped[str | None] = mapped_column(String(30))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[dt.datetime] = created_at()
     updated_at: Mapped[dt.datetime] = updated_at()
@@ -110,6 +113,9 @@ class Order(Base):
     buyer_email: Mapped[str | None] = mapped_column(String(255))
     shipping_address: Mapped[JSONDict | None] = mapped_column(JSON)
     payment_collected_by_marketplace: Mapped[bool] = mapped_column(Boolean, default=False)
+    # what the marketplace says about the money (``domain.canonical.PaymentFacts`` as JSON):
+    # gateway, where the authorization lives, its id, amounts, expiry
+    payment_facts: Mapped[JSONDict | None] = mapped_column(JSON)
     # the marketplace ships it from its own stock (Amazon FBA): no reservation, no label, no
     # fulfilment push
     fulfilled_by_marketplace: Mapped[bool] = mapped_column(
@@ -154,6 +160,8 @@ class OrderLine(Base):
     title: Mapped[str] = mapped_column(String(500), default="")
     quantity: Mapped[int] = mapped_column(Integer)
     unit_price: Mapped[Decimal]
+    # the line's share of discounts; total = unit_price * quantity - discount (before tax)
+    discount: Mapped[Decimal] = mapped_column(default=Decimal(0), server_default="0")
     tax: Mapped[Decimal]
     total: Mapped[Decimal]
 
@@ -355,21 +363,30 @@ class Payment(Base):
 
 
 class Refund(Base):
-    """Money given back on a captured payment (a cancelled order), made once per idempotency
-    key. Payments the marketplace collected are refunded by the marketplace, not here."""
+    """Money given back, once per ``idempotency_key``: by us at the payment provider (a
+    cancelled order's capture, a staff refund: ``source`` ``provider`` / ``staff``), or by the
+    marketplace (``source`` ``marketplace``: the key is the marketplace's refund id), with the
+    lines and shipping it covers (``lines``: ``[{"line": external id, "quantity": n,
+    "amount": "…", "tax": "…", "restock": bool}]``) for its credit note."""
 
     __tablename__ = "refunds"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    payment_id: Mapped[int] = mapped_column(ForeignKey("payments.id"), index=True)
+    payment_id: Mapped[int | None] = mapped_column(ForeignKey("payments.id"), index=True)
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
     provider: Mapped[str] = mapped_column(String(50))
-    external_id: Mapped[str] = mapped_column(String(255))
+    source: Mapped[str] = mapped_column(String(20), default="provider", server_default="provider")
+    # the provider's or marketplace's id; None while a staff refund waits for its call
+    external_id: Mapped[str | None] = mapped_column(String(255))
     amount: Mapped[Decimal]
     currency: Mapped[str] = mapped_column(Currency)
     status: Mapped[str] = mapped_column(String(20))
     reason: Mapped[str | None] = mapped_column(String(50))
     idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    lines: Mapped[list[Any] | None] = mapped_column(JSON)
+    shipping: Mapped[Decimal] = mapped_column(default=Decimal(0), server_default="0")
+    # who asked: the staff member's name, or the marketplace / system
+    requested_by: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[dt.datetime] = created_at()
 
 
@@ -383,16 +400,19 @@ class InvoiceCounter(Base):
 
 
 class Invoice(Base):
-    """A finalised invoice or credit note; never deleted."""
+    """A finalised invoice or credit note; never changed, never deleted.
+
+    ``source_key`` says what made it, once: ``invoice:{order}:{revision}``,
+    ``credit:cancel:{order}``, ``credit:edit:{order}:{revision}``, ``credit:refund:{refund}``.
+    ``lines`` are the printed lines with every column (``domain.invoice_math``), so a credit
+    note mirrors exactly what it credits."""
 
     __tablename__ = "invoices"
-    __table_args__ = (
-        UniqueConstraint("series", "number"),
-        UniqueConstraint("order_id", "kind"),
-    )
+    __table_args__ = (UniqueConstraint("series", "number"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    source_key: Mapped[str] = mapped_column(String(120), unique=True)
     kind: Mapped[str] = mapped_column(String(20), default="invoice")
     series: Mapped[str] = mapped_column(String(50))
     number: Mapped[int] = mapped_column(Integer)
@@ -400,6 +420,7 @@ class Invoice(Base):
     total: Mapped[Decimal]
     currency: Mapped[str] = mapped_column(Currency)
     credits_invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoices.id"))
+    lines: Mapped[list[Any] | None] = mapped_column(JSON)
     pdf: Mapped[bytes | None] = mapped_column(LargeBinary)
     issued_at: Mapped[dt.datetime] = created_at()
 

@@ -52,8 +52,10 @@ from db.models import (
     Invoice,
     Label,
     Order,
+    OrderEvent,
     OutboxMessage,
     Payment,
+    Refund,
     Shipment,
     SyncRun,
 )
@@ -186,6 +188,91 @@ def _webhooks(
     return plan
 
 
+def _pay_pending(sandbox: Sandbox, accounts: dict[str, str], secret: str) -> Plan:
+    """The buyers who had not paid at checkout pay (a Shopify manual payment, a WooCommerce bank
+    transfer arrives): the shops say so by webhook and those orders go on. Authorised card
+    orders are left to us to capture."""
+    plan = Plan()
+    shop, woo = sandbox.shopify, sandbox.woocommerce
+    for external_id, order in list(shop.orders.items()):
+        if order["financial_status"] == "pending":
+            shop.touch_order(external_id)
+            headers, body = shop.webhook_delivery(external_id, "orders/updated", secret)
+            plan.deliveries.append((f"/webhooks/shopify/{accounts['shopify']}", headers, body))
+    for external_id, order in list(woo.orders.items()):
+        if order["status"] == "pending":
+            woo.touch_order(external_id)
+            headers, body = woo.webhook_delivery(
+                external_id, "order.updated", secret, delivery_id=secrets.token_hex(16)
+            )
+            plan.deliveries.append(
+                (f"/webhooks/woocommerce/{accounts['woocommerce']}", headers, body)
+            )
+    plan.distinct = len(plan.deliveries)
+    return plan
+
+
+AFTER_SALES_SHARE = 0.15  # of the ready Shopify orders: edited, and as many partly refunded
+
+
+def _after_sales(
+    sandbox: Sandbox, accounts: dict[str, str], secret: str, account_id: int, rng: random.Random
+) -> Plan:
+    """Edits and partial refunds in the Shopify admin of paid orders that are ready to ship,
+    and the webhooks that tell us (``orders/edited`` + ``orders/updated`` for an edit,
+    ``refunds/create`` + ``orders/updated`` for a refund; a refund's sometimes twice)."""
+    shop, path = sandbox.shopify, f"/webhooks/shopify/{accounts['shopify']}"
+    with session_scope() as session:
+        ready = set(
+            session.scalars(
+                select(Order.external_id).where(
+                    Order.channel_account_id == account_id, Order.state == "ready_to_ship"
+                )
+            )
+        )
+    paid = sorted(
+        i for i, o in shop.orders.items() if i in ready and o["financial_status"] == "paid"
+    )
+    rng.shuffle(paid)
+    count = max(1, int(len(paid) * AFTER_SALES_SHARE)) if paid else 0
+    plan = Plan()
+    for external_id in paid[:count]:
+        edit = shop.edit_add_line(external_id, rng.choice(shop.skus), 1)
+        plan.deliveries.append((path, *shop.edit_delivery(edit, secret)))
+        plan.deliveries.append(
+            (path, *shop.webhook_delivery(external_id, "orders/updated", secret))
+        )
+    for external_id in paid[count : 2 * count]:
+        refund = shop.refund_line(external_id, 0, 1, restock=True)
+        delivery = (path, *shop.refund_delivery(refund, secret))
+        plan.deliveries.append(delivery)
+        if rng.random() < 0.5:
+            plan.deliveries.append(delivery)  # Shopify retried it
+        plan.deliveries.append(
+            (path, *shop.webhook_delivery(external_id, "orders/updated", secret))
+        )
+    return plan
+
+
+def _wait_for_credit_notes(account_ids: list[int], deadline: float, group: ProcessGroup) -> None:
+    """Until every refund of lines has its credit note and every webhook is processed."""
+    while time.monotonic() < deadline and not group.dead():
+        with session_scope() as session:
+            run_orders = select(Order.id).where(Order.channel_account_id.in_(account_ids))
+            refunds = session.scalar(
+                select(func.count()).select_from(Refund)
+                .where(Refund.order_id.in_(run_orders), Refund.source != "provider")
+            )  # fmt: skip
+            notes = session.scalar(
+                select(func.count()).select_from(Invoice)
+                .where(Invoice.order_id.in_(run_orders), Invoice.source_key.like("credit:refund:%"))
+            )  # fmt: skip
+        _, _, waiting = _progress(account_ids)
+        if notes == refunds and not waiting:
+            return
+        time.sleep(0.25)
+
+
 def _demo_skus(sandbox: Sandbox) -> set[str]:
     from sandbox import woocommerce
 
@@ -232,6 +319,7 @@ def _summary(
     account_ids: list[int], sandbox: Sandbox, orders_sent: int, deliveries: int, seconds: float
 ) -> dict[str, Any]:
     from orders.invoices import find_gaps
+    from orders.money_check import check
 
     with session_scope() as session:
         in_run = Order.channel_account_id.in_(account_ids)
@@ -303,6 +391,22 @@ def _summary(
             select(func.count()).select_from(Label).join(Shipment)
             .where(Shipment.order_id.in_(run_orders), Label.voided_at.is_not(None))
         )  # fmt: skip
+        mismatches = check(session, account_ids)
+        credit_notes = session.scalar(
+            select(func.count()).select_from(Invoice)
+            .where(Invoice.order_id.in_(run_orders), Invoice.kind == "credit_note")
+        )  # fmt: skip
+        refunds = {
+            str(source): int(n)
+            for source, n in session.execute(
+                select(Refund.source, func.count())
+                .where(Refund.order_id.in_(run_orders)).group_by(Refund.source)
+            ).all()
+        }  # fmt: skip
+        edited = session.scalar(
+            select(func.count(func.distinct(OrderEvent.order_id)))
+            .where(OrderEvent.order_id.in_(run_orders), OrderEvent.kind == "edited")
+        )  # fmt: skip
     created = sum(by_state.values())
     failed = int(failed or 0)
     ledger = sandbox.ledger()
@@ -320,7 +424,9 @@ def _summary(
         "by_channel": by_channel,
         "paid_orders": int(paid or 0),
         "payments_collected_by_marketplace": int(collected or 0),
-        "captures_in_ledger": ledger["payments"]["captures"],
+        # captures as the outside world counts them: on Shopify (orderCapture) and at the
+        # payment provider (PaymentIntent captures)
+        "captures_in_ledger": ledger["payments"]["captures"] + ledger["shopify"]["captures"],
         "documented_orders": int(documented or 0),
         "labels_in_ledger": ledger["carrier"]["labels"],
         "invoices": int(invoices or 0),
@@ -345,6 +451,10 @@ def _summary(
         "deliveries_pushed": effects.get("delivery", 0),
         "delivery_events_in_ledger": ledger["shopify"]["fulfillment_events"],
         "outbox_undelivered": int(undelivered or 0),
+        "credit_notes": int(credit_notes or 0),
+        "edited_orders": int(edited or 0),
+        "refunds_by_source": refunds,
+        "money_mismatches": len(mismatches),
         "seconds": round(seconds, 2),
         "orders_per_s": round(created / seconds, 1) if seconds else None,
     }
@@ -548,6 +658,11 @@ def run_demo(
                 if not _sends_webhooks(channel):
                     poll_account.delay(by_name[name])
             statuses = _send_all(base_url, plan, lambda: progress.advance(sent_bar))
+            # later, the buyers who chose to pay after checkout pay
+            payments_plan = _pay_pending(sandbox, accounts, secret)
+            progress.update(sent_bar, total=len(plan.deliveries) + len(payments_plan.deliveries))
+            statuses += _send_all(base_url, payments_plan, lambda: progress.advance(sent_bar))
+            plan.deliveries += payments_plan.deliveries
             deadline = time.monotonic() + timeout_s
             amazon_paid = False
             while True:
@@ -568,6 +683,12 @@ def run_demo(
                     err.print("[red]timed out waiting for the workers")
                     break
                 time.sleep(0.25)
+            # after the sale: some paid Shopify orders are edited (a line added) and some get a
+            # partial refund (a unit returned and restocked), each told by webhook (some twice)
+            after = _after_sales(sandbox, accounts, secret, by_name[accounts["shopify"]], rng)
+            statuses += _send_all(base_url, after, lambda: None)
+            plan.deliveries += after.deliveries
+            _wait_for_credit_notes(account_ids, deadline, group)
             # the nightly full sync, on what the webhooks and polls brought in
             reconciled = _reconcile(err, timeout_s=RECONCILE_TIMEOUT_S)
             acted = _ship_and_cancel(base_url, account_ids, rng, run)
@@ -602,6 +723,7 @@ def run_demo(
             and summary["failed"] == 0
             and summary["orders_created"] == orders
             and summary["invoice_gaps"] == 0
+            and summary["money_mismatches"] == 0
             and summary["captures_in_ledger"] == summary["paid_orders"]
             and summary["labels_in_ledger"] == summary["documented_orders"]
             and summary["outbox_undelivered"] == 0

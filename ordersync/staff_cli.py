@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -16,7 +17,7 @@ from db.session import session_scope
 from domain.states import OrderState
 from ordersync.users_cli import As, cli_actor
 
-__all__ = ["CliError", "accounts_cli", "orders_cli", "outbox_cli", "stock_cli"]
+__all__ = ["CliError", "accounts_cli", "money_cli", "orders_cli", "outbox_cli", "stock_cli"]
 
 #: the widths of the columns these commands write (db/models.py)
 NAME_MAX, SKU_MAX = 100, 100
@@ -34,6 +35,31 @@ accounts_cli = typer.Typer(no_args_is_help=True, help="Marketplace accounts.")
 outbox_cli = typer.Typer(
     no_args_is_help=True, help="Fulfilments and cancellations on their way to the marketplaces."
 )
+money_cli = typer.Typer(no_args_is_help=True, help="Does the money add up?")
+
+
+@money_cli.command("check")
+def money_check(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """For every order whose money is settled: invoiced - credited = captured - refunded = what
+    the marketplace says the buyer paid. Lists each order that differs and why; exit code 1
+    when any does."""
+    from orders.money_check import check
+
+    with session_scope() as session:
+        found = check(session)
+    if as_json:
+        typer.echo(json.dumps([m.as_dict() for m in found], sort_keys=True))
+    elif found:
+        table = Table("order", "channel", "external id", "invoiced", "captured", "buyer paid",
+                      Column("why", overflow="fold"))  # fmt: skip
+        for m in found:
+            table.add_row(str(m.order_id), m.channel, m.external_id, str(m.invoiced),
+                          str(m.captured), str(m.buyer_paid), "; ".join(m.reasons))  # fmt: skip
+        console.print(table)
+    else:
+        console.print("every order adds up")
+    if found:
+        raise typer.Exit(1)
 
 
 @orders_cli.command("list")
@@ -256,6 +282,63 @@ def outbox_retry(message_id: int, as_: As = None) -> None:
     console.print(f"outbox message {message_id} ({was}): delivery started")
 
 
+@orders_cli.command("refund")
+def orders_refund(
+    order_id: int,
+    line: Annotated[
+        list[str] | None,
+        typer.Option("--line", help="LINE=UNITS (a line id or SKU), repeatable"),
+    ] = None,
+    amount: Annotated[
+        str | None, typer.Option(help="an amount instead of lines, e.g. 5.00")
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            help="this refund's key (default: its content: the same refund again is "
+            "the same refund)"
+        ),
+    ] = None,
+    as_: As = None,
+) -> None:
+    """Refund lines or an amount of an order whose money we captured, at the payment provider,
+    once; never more than is left to refund."""
+    from decimal import Decimal, InvalidOperation
+
+    from orders.refunds import RefundRefused
+    from orders.users import audit
+    from workflows.pipeline import request_refund
+
+    lines: dict[str, int] | None = None
+    if line:
+        lines = {}
+        for name, units in _parse_pairs(line).items():
+            if not units.isdigit() or int(units) < 1:
+                _refuse(f"--line {name}={units}: units must be a whole number of at least 1")
+            lines[name] = int(units)
+    value = None
+    if amount is not None:
+        try:
+            value = Decimal(amount)
+        except InvalidOperation:
+            _refuse(f"--amount {amount!r} is not an amount")
+        if not value.is_finite():
+            _refuse(f"--amount {amount!r} is not an amount")
+    actor = cli_actor(as_)
+    try:
+        with session_scope() as session:
+            refund, new = request_refund(session, order_id, actor=actor, lines=lines,
+                                         amount=value, request_key=key)  # fmt: skip
+            refund_id, total, currency = refund.id, refund.amount, refund.currency
+            if new:
+                audit(session, actor, "order.refund", f"order {order_id}", order_id=order_id,
+                      timeline=False, refund_id=refund_id, amount=str(total))  # fmt: skip
+    except RefundRefused as exc:
+        raise CliError(f"order {order_id}: {exc}") from None
+    said = "requested" if new else "already requested (the same refund)"
+    console.print(f"order {order_id}: refund {refund_id} of {total} {currency} {said}")
+
+
 # "-5" is read as the quantity (and refused as negative), not as an unknown option
 @stock_cli.command("set", context_settings={"ignore_unknown_options": True})
 def stock_set(sku: str, quantity: int, as_: As = None) -> None:
@@ -417,6 +500,13 @@ def accounts_add(
             help=f"{_RATE_LIMIT_SYNTAX}, per second; repeatable; overrides the documented limit",
         ),
     ] = None,
+    invoice_series: Annotated[
+        str | None,
+        typer.Option(
+            help="the seller entity's invoice series prefix, e.g. ACME-US "
+            "(→ ACME-US-INV-2026-000001); default: the shared INV-/CN- series"
+        ),
+    ] = None,
     as_: As = None,
 ) -> None:
     """Connect a shop: e.g. `accounts add shopify my-shop --shop my-shop.myshopify.com
@@ -424,6 +514,9 @@ def accounts_add(
     from orders.users import audit
 
     _check_new_account(channel, name, webhook_secret, api_base_url)
+    if invoice_series is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,29}",
+                                                       invoice_series):  # fmt: skip
+        _refuse(f"--invoice-series {invoice_series!r}: 1 to 30 letters, digits, - or _")
     rate_limits = _parse_rate_limits(channel, name, rate_limit or [])
     with session_scope() as session:
         if session.scalar(select(ChannelAccount.id).where(ChannelAccount.name == name)):
@@ -437,6 +530,7 @@ def accounts_add(
                 webhook_secret=webhook_secret,
                 credentials=_parse_pairs(credential or []),
                 rate_limits=rate_limits,
+                invoice_series=invoice_series,
             )
         )
         audit(session, cli_actor(as_), "account.add", name, channel=channel, shop=shop)

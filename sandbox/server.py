@@ -82,10 +82,16 @@ class Sandbox:
             if fast
             else shopify.ShopifySimulator(self.knobs, seed=seed)
         )
+        self.payments = payments.PaymentsSimulator(self.knobs, seed=seed)
+        # the shop's Stripe gateway authorises its card orders at this payment provider
         self.woocommerce = (
-            woocommerce.WooCommerceSimulator(self.knobs, seed=seed, rate_limit=(200, 1.0))
+            woocommerce.WooCommerceSimulator(
+                self.knobs, seed=seed, rate_limit=(200, 1.0), authorizer=self.payments.authorize
+            )
             if fast
-            else woocommerce.WooCommerceSimulator(self.knobs, seed=seed)
+            else woocommerce.WooCommerceSimulator(
+                self.knobs, seed=seed, authorizer=self.payments.authorize
+            )
         )
         self.amazon = amazon.AmazonSimulator(
             self.knobs,
@@ -96,7 +102,6 @@ class Sandbox:
             ),
         )
         self.ebay = ebay.EbaySimulator(self.knobs, seed=seed)
-        self.payments = payments.PaymentsSimulator(self.knobs, seed=seed)
         self.carrier = carrier.CarrierSimulator(self.knobs, seed=seed)
         self.app = FastAPI(title="ordersync sandbox")
         for prefix, sim in (
@@ -189,6 +194,7 @@ class Sandbox:
                 "fulfillments": len(self.shopify.fulfillments),
                 "cancels": len(self.shopify.cancels),
                 "fulfillment_events": len(self.shopify.fulfillment_events),
+                "captures": self.shopify.capture_count(),
             },
             "woocommerce": {
                 "orders": len(self.woocommerce.orders),

@@ -100,11 +100,17 @@ class WooCommerceSimulator:
         rate_limit: tuple[int, float] | None = (25, 10.0),
         clock: Callable[[], float] = time.time,
         webhook_id: int = 142,
+        authorizer: Callable[[str, int, str], str] | None = None,
     ) -> None:
+        """``authorizer(order_ref, amount in minor units, currency)`` → a PaymentIntent id: the
+        shop's Stripe gateway (woocommerce-gateway-stripe) authorising a card at checkout. With
+        it, the orders that wait ``on-hold`` are card orders authorised but not captured
+        (``_stripe_intent_id``, ``_stripe_charge_captured: no``) rather than bank transfers."""
         self.knobs = knobs or Knobs(seed=seed)
         self.site_url = site_url.rstrip("/")
         self.rate_limit = rate_limit  # (requests, window seconds) per consumer key, or None
         self.webhook_id = webhook_id
+        self.authorizer = authorizer
         self._clock = clock
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
@@ -146,11 +152,20 @@ class WooCommerceSimulator:
         order[name] = _wc(gmt + SHOP_OFFSET) if gmt else None
         order[f"{name}_gmt"] = _wc(gmt) if gmt else None
 
-    def add_orders(self, n: int) -> list[str]:
+    def add_orders(self, n: int, *, status: str | None = None) -> list[str]:
+        """``n`` new orders; ``status`` forces theirs (``on-hold``: card orders authorised at
+        the payment provider, when the shop has its Stripe gateway)."""
         with self._lock:
-            return [self._new_order() for _ in range(n)]
+            return [self._new_order(status) for _ in range(n)]
 
-    def _new_order(self) -> str:
+    def cancel_order(self, external_id: str) -> None:
+        """The shop cancels the order (WooCommerce → Orders → Cancelled)."""
+        with self._lock:
+            order = self.orders[external_id]
+            order["status"] = "cancelled"
+            self._set_date(order, "date_modified", self._later(order))
+
+    def _new_order(self, forced_status: str | None = None) -> str:
         oid, now, rng = self._next_id, self._now(), self._rng
         self._next_id += 1
         sellable = [p for p in self.products.values() if p["sku"]]
@@ -194,6 +209,25 @@ class WooCommerceSimulator:
             "country": "US",
         }
         status = rng.choices(("processing", "pending", "on-hold"), weights=(7, 2, 1))[0]
+        status = forced_status or status
+        total = subtotal + shipping + tax_total
+        payment: dict[str, Any] = {
+            "payment_method": "bacs",
+            "payment_method_title": "Direct Bank Transfer",
+            "transaction_id": "",
+            "meta_data": [],
+        }
+        if status == "on-hold" and self.authorizer is not None:
+            intent = self.authorizer(f"woocommerce:{oid}", int(total * 100), "usd")
+            payment = {
+                "payment_method": "stripe",
+                "payment_method_title": "Credit Card (Stripe)",
+                "transaction_id": "",
+                "meta_data": [
+                    {"id": self._meta_id(), "key": "_stripe_intent_id", "value": intent},
+                    {"id": self._meta_id(), "key": "_stripe_charge_captured", "value": "no"},
+                ],
+            }
         order: dict[str, Any] = {
             "id": oid,
             "parent_id": 0,
@@ -208,7 +242,7 @@ class WooCommerceSimulator:
             "shipping_total": _money(shipping),
             "shipping_tax": "0.00",
             "cart_tax": _money(tax_total),
-            "total": _money(subtotal + shipping + tax_total),
+            "total": _money(total),
             "total_tax": _money(tax_total),
             "prices_include_tax": False,
             "customer_id": 0,
@@ -221,11 +255,8 @@ class WooCommerceSimulator:
                 "phone": "(555) 555-5555",
             },
             "shipping": address,
-            "payment_method": "bacs",
-            "payment_method_title": "Direct Bank Transfer",
-            "transaction_id": "",
+            **payment,
             "cart_hash": "",
-            "meta_data": [],
             "line_items": lines,
             "tax_lines": [],
             "fee_lines": [],
@@ -254,6 +285,10 @@ class WooCommerceSimulator:
         self.orders[str(oid)] = order
         return str(oid)
 
+    def _meta_id(self) -> int:
+        self._next_meta += 1
+        return self._next_meta
+
     def touch_order(self, external_id: str) -> None:
         """An update in the shop: unpaid orders get paid; the modification time moves on."""
         with self._lock:
@@ -261,7 +296,13 @@ class WooCommerceSimulator:
             if order["status"] in ("pending", "on-hold"):
                 order["status"] = "processing"
                 self._set_date(order, "date_paid", self._now())
-            self._set_date(order, "date_modified", self._now())
+            self._set_date(order, "date_modified", self._later(order))
+
+    def _later(self, order: dict[str, Any]) -> dt.datetime:
+        """Now, or a second after the order's last change: Woo's times have whole seconds, and
+        every change must read as newer."""
+        previous = dt.datetime.fromisoformat(order["date_modified_gmt"])
+        return max(self._now(), previous + dt.timedelta(seconds=1))
 
     def stock(self, sku: str) -> int | None:
         with self._lock:

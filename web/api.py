@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
@@ -360,6 +361,53 @@ def _staff_action(session: Session, fn: Any, order_id: int) -> dict[str, Any]:
         raise HTTPException(404, str(exc)) from None
 
 
+class RefundRequest(BaseModel):
+    """Lines (line id or SKU → units) or an amount (``"5.00"``), not both."""
+
+    lines: dict[Annotated[str, Field(min_length=1, max_length=100)],
+                Annotated[int, Field(ge=1, le=1_000_000)]] | None = None  # fmt: skip
+    amount: Annotated[str, Field(pattern=r"^[0-9]{1,12}(\.[0-9]{1,4})?$")] | None = None
+
+
+class RefundOut(BaseModel):
+    refund_id: int
+    amount: str
+    currency: str
+    status: str
+    new: bool
+
+
+@router.post("/orders/{order_id}/refunds", status_code=202, response_model=RefundOut)
+def refund_order(
+    order_id: Id,
+    body: RefundRequest,
+    session: SessionDep,
+    staff: Staff,
+    idempotency_key: Annotated[str | None, Header(max_length=64)] = None,
+) -> dict[str, Any]:
+    """Refund lines or an amount of an order we captured; made at the payment provider once.
+    The same request again (a double click, or the same ``Idempotency-Key``) is the same
+    refund; more than is left to refund is refused (409)."""
+    from orders.refunds import RefundRefused
+    from workflows.pipeline import request_refund
+
+    try:
+        with session.begin():
+            amount = Decimal(body.amount) if body.amount is not None else None
+            refund, new = request_refund(session, order_id, actor=staff.actor, lines=body.lines,
+                                         amount=amount, request_key=idempotency_key)  # fmt: skip
+            if new:
+                audit(session, staff.actor, "order.refund", f"order {order_id}",
+                      order_id=order_id, timeline=False, refund_id=refund.id,
+                      amount=str(refund.amount))  # fmt: skip
+            return {"refund_id": refund.id, "amount": str(refund.amount),
+                    "currency": refund.currency, "status": refund.status, "new": new}  # fmt: skip
+    except RefundRefused as exc:
+        raise HTTPException(409, str(exc)) from None
+    except PermanentError as exc:  # no such order
+        raise HTTPException(404, str(exc)) from None
+
+
 @router.post("/orders/{order_id}/retry", response_model=RetryOut)
 def retry_order(order_id: Id, session: SessionDep, staff: Staff) -> dict[str, Any]:
     """Resume a needs_attention order from the step that failed. A second click gets 409."""
@@ -662,8 +710,12 @@ def set_stock(
 def invoice_pdf(
     order_id: Id, session: SessionDep, kind: Literal["invoice", "credit_note"] = "invoice"
 ) -> Response:
+    # the newest of that kind (an edit's new invoice, the latest credit note)
     invoice = session.scalar(
-        select(Invoice).where(Invoice.order_id == order_id, Invoice.kind == kind)
+        select(Invoice)
+        .where(Invoice.order_id == order_id, Invoice.kind == kind)
+        .order_by(Invoice.id.desc())
+        .limit(1)
     )
     if invoice is None or invoice.pdf is None:
         raise HTTPException(404, f"no {kind} for this order")

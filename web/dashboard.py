@@ -45,6 +45,7 @@ from db.models import (
 )
 from domain.states import InboxStatus, OrderState
 from integrations import registry
+from orders.refunds import PROVIDER as OUR_PROVIDER
 from web.api import MAX_ID, Id, load_order, summary, undelivered
 from web.sessions import SessionDep
 from web.templating import HERE, render
@@ -114,8 +115,9 @@ def _latest_detail(
 
 
 def _refunds_owed(session: Session) -> list[tuple[Order, Payment, dict[str, Any]]]:
-    """Cancelled orders whose money we captured and have not given back yet (in flight, or
-    refused: then with the provider's answer from the last ``refund_failed`` row)."""
+    """Cancelled orders whose money we captured at our provider and whose cancellation refund is
+    not made yet (in flight, or refused: then with the provider's answer from the last
+    ``refund_failed`` row). Money captured on the marketplace it refunds itself."""
     rows = session.execute(
         select(Order, Payment)
         .join(Payment, Payment.order_id == Order.id)
@@ -123,7 +125,10 @@ def _refunds_owed(session: Session) -> list[tuple[Order, Payment, dict[str, Any]
             Order.state == OrderState.CANCELLED,
             Payment.collected_by_marketplace.is_(False),
             Payment.external_id.is_not(None),
-            ~select(Refund.id).where(Refund.payment_id == Payment.id).exists(),
+            Payment.provider == OUR_PROVIDER,
+            ~select(Refund.id)
+            .where(Refund.payment_id == Payment.id, Refund.source == "provider")
+            .exists(),
         )
         .order_by(Order.updated_at)
         .limit(OVERVIEW_LIMIT)

@@ -349,6 +349,51 @@ class ShopifyClient(ApiClient):
         self.check_user_errors("OrderCancel", result.get("orderCancelUserErrors"))
         return result
 
+    # --- payments -------------------------------------------------------------------------
+
+    def order_transactions(self, gid: str) -> dict[str, Any]:
+        data = self.graphql(
+            "OrderTransactions",
+            q.ORDER_TRANSACTIONS,
+            {"id": gid},
+            cost=q.ORDER_TRANSACTIONS_COST,
+        )
+        node = data.get("order")
+        if not isinstance(node, dict):
+            raise NotFound("OrderTransactions: no such order", code="NOT_FOUND")
+        return node
+
+    def order_capture(
+        self,
+        gid: str,
+        *,
+        parent_transaction_id: str,
+        amount: str,
+        currency: str,
+        idempotency_key: str,
+    ) -> dict[str, Any]:
+        data = self.graphql(
+            "OrderCapture",
+            q.ORDER_CAPTURE,
+            {
+                "input": {
+                    "id": gid,
+                    "parentTransactionId": parent_transaction_id,
+                    "amount": amount,
+                    "currency": currency,
+                    "finalCapture": True,
+                },
+                "idempotencyKey": idempotency_key,
+            },
+            cost=q.MUTATION_COST,
+        )
+        result = _dig(data, "orderCapture", "OrderCapture")
+        self.check_user_errors("OrderCapture", result.get("userErrors"))
+        transaction = result.get("transaction")
+        if not isinstance(transaction, dict):
+            raise PayloadError("OrderCapture: response has no transaction")
+        return transaction
+
     # --- inventory ------------------------------------------------------------------------
 
     def inventory_items_by_sku(self, skus: Iterable[str]) -> dict[str, str]:

@@ -23,12 +23,14 @@ import datetime as dt
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import structlog
 
-from domain.canonical import CanonicalOrder
-from domain.errors import AuthError, ValidationError
+from domain.canonical import CanonicalOrder, to_decimal
+from domain.errors import AuthError, AuthorizationUnusable, PayloadError, ValidationError
 from integrations.base import AccountConfig, ConnectorSeams, OrderPage, ShipmentGroup, orders_of
 from integrations.ratelimit import Bucket, CostLimit
 from integrations.shopify import queries as q
@@ -41,7 +43,7 @@ from integrations.shopify.throttle import (
     shared_bucket,
 )
 
-__all__ = ["COST_BUCKET_DEFAULT", "RATE_LIMIT_DEFAULTS", "ShopifyConnector"]
+__all__ = ["COST_BUCKET_DEFAULT", "RATE_LIMIT_DEFAULTS", "ShopifyCapture", "ShopifyConnector"]
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +67,38 @@ def _search_time(value: dt.datetime) -> str:
     if value.tzinfo is None:
         raise ValueError("poll bounds must be timezone-aware")
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class ShopifyCapture:
+    """A CAPTURE transaction on Shopify (``orders.payments.CapturedPayment``)."""
+
+    id: str
+    status: str  # "succeeded" for Shopify's SUCCESS, else Shopify's status lower-cased
+    amount: Decimal
+    currency: str
+    replayed: bool = False
+
+
+def _money(transaction: Mapping[str, Any]) -> tuple[Decimal, str]:
+    bag = ((transaction.get("amountSet") or {}).get("presentmentMoney")) or {}
+    try:
+        return to_decimal(bag["amount"]), str(bag["currencyCode"])
+    except (KeyError, ValueError) as exc:
+        raise PayloadError("OrderTransactions: a transaction has no amount") from exc
+
+
+def _as_capture(transaction: Mapping[str, Any], *, replayed: bool = False) -> ShopifyCapture:
+    amount, currency = _money(transaction)
+    status = str(transaction.get("status") or "").upper()
+    return ShopifyCapture(id=str(transaction["id"]),
+                          status="succeeded" if status == "SUCCESS" else status.lower(),
+                          amount=amount, currency=currency, replayed=replayed)  # fmt: skip
+
+
+def _parent(transaction: Mapping[str, Any]) -> str | None:
+    parent = transaction.get("parentTransaction") or {}
+    return str(parent["id"]) if isinstance(parent, dict) and parent.get("id") else None
 
 
 #: what ``channel_accounts.rate_limits`` may override (declared in ``marketplace.py``): the
@@ -95,6 +129,7 @@ class ShopifyConnector:
                 account.shop, limits.cost_bucket.maximum, limits.cost_bucket.restore_rate
             )
         self.account = account
+        self.clock = seams.clock
         self.last_window_end: dt.datetime | None = None  # the window asked for is read whole
         self.notify_customer = notify_customer
         self.client = ShopifyClient(
@@ -312,6 +347,82 @@ class ShopifyConnector:
         here); ``cancel_order`` checks first, so a retry after a lost answer does nothing."""
         self.cancel_order(external_id, reason="STAFF", staff_note=f"ordersync: {reason}"[:255])
         log.info("shopify.cancelled", key=idempotency_key)
+
+    # --- payments (``orders.payments.AuthorizationHolder``) ---------------------------------
+
+    name = "shopify"
+
+    def _transactions(self, order_external_id: str) -> tuple[dict[str, Any], list[Any]]:
+        node = self.client.order_transactions(order_gid(order_external_id))
+        txs = [t for t in node.get("transactions") or [] if isinstance(t, dict) and t.get("id")]
+        return node, txs
+
+    @staticmethod
+    def _captures(txs: list[Any], authorizations: set[str]) -> list[dict[str, Any]]:
+        return [t for t in txs if t.get("kind") == "CAPTURE" and t.get("status") == "SUCCESS"
+                and _parent(t) in authorizations]  # fmt: skip
+
+    def find_capture(
+        self, *, order_external_id: str, authorization_id: str | None
+    ) -> ShopifyCapture | None:
+        """The successful CAPTURE of the order's authorization, if Shopify has one."""
+        _, txs = self._transactions(order_external_id)
+        authorizations = {str(t["id"]) for t in txs if t.get("kind") == "AUTHORIZATION"}
+        captures = self._captures(txs, authorizations)
+        return _as_capture(captures[0], replayed=True) if captures else None
+
+    def capture_authorization(
+        self, *, order_external_id: str, authorization_id: str | None, amount: Decimal,
+        currency: str, idempotency_key: str,
+    ) -> ShopifyCapture:  # fmt: skip
+        """Capture ``amount`` of the order's successful AUTHORIZATION on Shopify
+        (``orderCapture``, ``finalCapture``), under ``idempotency_key`` (``@idempotent``).
+
+        An authorization already captured answers that capture (``replayed``); one that
+        expired, was voided, or covers less than ``amount``, and a cancelled order, raise
+        ``AuthorizationUnusable`` with the reason."""
+        node, txs = self._transactions(order_external_id)
+        if node.get("cancelledAt"):
+            raise AuthorizationUnusable("the order was cancelled on Shopify: nothing to capture")
+        authorizations = [
+            t for t in txs if t.get("kind") == "AUTHORIZATION" and t.get("status") == "SUCCESS"
+            and (authorization_id is None or t["id"] == authorization_id)
+        ]  # fmt: skip
+        done = self._captures(txs, {str(t["id"]) for t in authorizations})
+        if done:
+            return _as_capture(done[0], replayed=True)
+        voided = {
+            _parent(t) for t in txs if t.get("kind") == "VOID" and t.get("status") == "SUCCESS"
+        }
+        usable = [t for t in authorizations if t["id"] not in voided]
+        if not usable:
+            if authorizations:
+                raise AuthorizationUnusable("the payment authorization was voided on Shopify")
+            raise AuthorizationUnusable("Shopify holds no successful authorization for the order")
+        now = self.clock()
+        for auth in usable:
+            expires = auth.get("authorizationExpiresAt")
+            if expires and dt.datetime.fromisoformat(str(expires).replace("Z", "+00:00")) <= now:
+                continue
+            held, held_currency = _money(auth)
+            if held_currency.upper() != currency.upper():
+                raise AuthorizationUnusable(
+                    f"the authorization is in {held_currency}, the order in {currency}"
+                )
+            if held < amount:
+                raise AuthorizationUnusable(
+                    f"partial authorization: {held} {currency} authorised of {amount} {currency}"
+                )
+            captured = self.client.order_capture(
+                order_gid(order_external_id), parent_transaction_id=str(auth["id"]),
+                amount=str(amount), currency=currency.upper(), idempotency_key=idempotency_key,
+            )  # fmt: skip
+            log.info("shopify.captured", key=idempotency_key)
+            return _as_capture(captured)
+        expiry = min(str(t.get("authorizationExpiresAt")) for t in usable)
+        raise AuthorizationUnusable(
+            f"the payment authorization expired at {expiry}: ask the buyer to pay again"
+        )
 
     # --- stock ----------------------------------------------------------------------------
 

@@ -24,8 +24,10 @@ __all__ = [
     "ORDERS_PAGE_SIZE",
     "ORDERS_UPDATED_SINCE",
     "ORDER_CANCEL",
+    "ORDER_CAPTURE",
     "ORDER_FULFILLMENT_STATE",
     "ORDER_LINE_ITEMS",
+    "ORDER_TRANSACTIONS",
     "SHOP",
     "order_cost",
 ]
@@ -54,7 +56,7 @@ ORDER_FIELDS = f"""
 fragment OrderFields on Order {{
   id legacyResourceId name email test currencyCode
   createdAt updatedAt cancelledAt cancelReason closedAt
-  displayFinancialStatus displayFulfillmentStatus
+  displayFinancialStatus displayFulfillmentStatus paymentGatewayNames
   subtotalPriceSet {{ {_MONEY} }}
   totalPriceSet {{ {_MONEY} }}
   totalTaxSet {{ {_MONEY} }}
@@ -194,6 +196,39 @@ mutation OrderCancel($orderId: ID!, $reason: OrderCancelReason!,
               restock: $restock, notifyCustomer: $notifyCustomer, staffNote: $staffNote) {
     job { id done }
     orderCancelUserErrors { field message code }
+  }
+}
+"""
+
+# The order's payment transactions: the AUTHORIZATION to capture (its amount and expiry), and
+# any CAPTURE or VOID already made of it.
+# https://shopify.dev/docs/api/admin-graphql/2026-07/objects/OrderTransaction
+ORDER_TRANSACTIONS = """
+query OrderTransactions($id: ID!) {
+  order(id: $id) {
+    id cancelledAt displayFinancialStatus
+    transactions(first: 50) {
+      id kind status gateway authorizationExpiresAt
+      amountSet { presentmentMoney { amount currencyCode } }
+      parentTransaction { id }
+    }
+  }
+}
+"""
+ORDER_TRANSACTIONS_COST = 1 + 50 * 3
+
+# Captures (part of) an authorization; the @idempotent directive makes a repeat with the same
+# key answer the first capture instead of capturing again.
+# https://shopify.dev/docs/api/admin-graphql/2026-07/mutations/orderCapture
+ORDER_CAPTURE = """
+mutation OrderCapture($input: OrderCaptureInput!, $idempotencyKey: String!) {
+  orderCapture(input: $input) @idempotent(key: $idempotencyKey) {
+    transaction {
+      id kind status
+      amountSet { presentmentMoney { amount currencyCode } }
+      parentTransaction { id }
+    }
+    userErrors { field message }
   }
 }
 """

@@ -30,6 +30,7 @@ from tests.support.staff import PASSWORD, bearer, new_user
 from tests.support.world import (
     SECRET,
     World,
+    charged_woo_order,
     fixture_order,
     running_world,
     stock_for,
@@ -324,18 +325,12 @@ def test_a_refused_refund_is_listed_as_owed_and_retry_gives_the_money_back(
 ) -> None:
     # given an order we charged, partly refunded in the provider's dashboard, then cancelled:
     # our full refund is refused
-    shop = world.account()
-    payload = fixture_order(fixtures_dir, financial_status="authorized",
-                            updated_at="2026-06-02T10:00:00Z")  # fmt: skip
-    stock_for(world, payload)
-    world.post(shop, payload, topic="orders/create")
-    order = world.wait_state(shop, str(payload["id"]), "ready_to_ship")
-    capture = world.sandbox.payments.captures_for(str(order.id))[0]
+    shop, external_id, order = charged_woo_order(world)
+    capture = world.sandbox.payments.captures_for(f"woocommerce:{external_id}")[0]
     world.sandbox.payments.refund_outside(capture["id"], 100)
-    cancelled = copy.deepcopy(payload)
-    cancelled["updated_at"] = cancelled["cancelled_at"] = "2026-06-02T11:00:00Z"
-    world.post(shop, cancelled, topic="orders/cancelled")
-    world.wait_state(shop, str(payload["id"]), "cancelled")
+    world.sandbox.woocommerce.cancel_order(external_id)
+    world.post_woo(shop, external_id)
+    world.wait_state(shop, external_id, "cancelled")
 
     def refund_failed() -> bool:
         events = _api(world, f"/orders/{order.id}")["events"]
@@ -355,13 +350,15 @@ def test_a_refused_refund_is_listed_as_owed_and_retry_gives_the_money_back(
     expect(row.locator("output")).to_have_text("retry started (refund_payment)")
 
     # then the money goes back once and the order no longer shows as owed
-    wait_until(lambda: world.sandbox.payments.refunds_for(str(order.id)), what="refunded")
+    wait_until(
+        lambda: world.sandbox.payments.refunds_for(f"woocommerce:{external_id}"), what="refunded"
+    )
     world.wait_idle()
     page.reload()
     expect(page.locator(f"#refunds-owed tr[data-order-id='{order.id}']")).to_have_count(0)
     page.goto(f"/orders/{order.id}")
     expect(page.locator("#payment .refund")).to_have_count(1)
-    assert len(world.sandbox.payments.refunds_for(str(order.id))) == 1
+    assert len(world.sandbox.payments.refunds_for(f"woocommerce:{external_id}")) == 1
 
 
 def test_staff_log_in_find_an_order_by_buyer_retry_it_and_see_their_name_on_its_timeline(

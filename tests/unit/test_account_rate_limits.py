@@ -81,9 +81,7 @@ CREDENTIALS: dict[str, dict[str, Any]] = {
 }
 
 
-def account(
-    channel: str, rate_limits: Any = None, *, name: str | None = None
-) -> ChannelAccount:
+def account(channel: str, rate_limits: Any = None, *, name: str | None = None) -> ChannelAccount:
     """A ``channel_accounts`` row as the workers load it (not persisted: no database here)."""
     name = name or f"{channel}-{uuid.uuid4().hex[:8]}"
     shop = f"{name}.myshopify.com" if channel == "shopify" else f"{name}.example"
@@ -308,9 +306,7 @@ def test_shopify_connector_for_an_account_has_its_cost_bucket() -> None:
 
 
 @pytest.mark.parametrize("channel", list(CREDENTIALS))
-def test_without_limits_every_connector_has_todays_defaults(
-    channel: str, time_: FakeTime
-) -> None:
+def test_without_limits_every_connector_has_todays_defaults(channel: str, time_: FakeTime) -> None:
     acct = account(channel)
     s, limiter = seams(time_)
 
@@ -496,14 +492,18 @@ def test_cli_add_stores_the_limits_and_list_shows_them(cli: Cli) -> None:
     "args, message",
     [
         (["amazon", "--rate-limit", "getOrdrs=1/10"], "unknown amazon operation 'getOrdrs'"),
-        (["shopify", "--webhook-secret", "s", "--rate-limit", "cost_bucket=2000"],
-         "expected OPERATION=RATE/BURST"),
+        (
+            ["shopify", "--webhook-secret", "s", "--rate-limit", "cost_bucket=2000"],
+            "expected OPERATION=RATE/BURST",
+        ),
         (["amazon", "--rate-limit", "getOrders=fast/10"], "expected two numbers"),
         (["amazon", "--rate-limit", "getOrders=0/10"], "getOrders.rate"),
         (["ebay", "--rate-limit", "sell.fulfillment=1/0"], "sell.fulfillment.burst"),
         (["amazon", "--rate-limit", "getOrders=1/10", "--rate-limit", "getOrders=2/10"], "twice"),
-        (["woocommerce", "--webhook-secret", "s", "--rate-limit", "cost_bucket=10/1"],
-         "operation 'cost_bucket'"),
+        (
+            ["woocommerce", "--webhook-secret", "s", "--rate-limit", "cost_bucket=10/1"],
+            "operation 'cost_bucket'",
+        ),
     ],
 )
 def test_cli_add_refuses_a_bad_rate_limit_in_one_line(

@@ -437,9 +437,7 @@ def test_push_stock_is_a_permanent_not_implemented_error(env: Env) -> None:
 
 
 def test_missing_credentials_are_an_auth_error_naming_only_the_keys() -> None:
-    account = AccountConfig(
-        name="acct", channel="amazon", credentials={"client_secret": SECRET}
-    )
+    account = AccountConfig(name="acct", channel="amazon", credentials={"client_secret": SECRET})
 
     with pytest.raises(AuthError) as caught:
         AmazonConnector(account)
