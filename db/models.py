@@ -275,6 +275,9 @@ class StockItem(Base):
     sku: Mapped[str] = mapped_column(String(100), primary_key=True)
     on_hand: Mapped[int] = mapped_column(Integer, default=0)
     reserved: Mapped[int] = mapped_column(Integer, default=0)
+    # who set the last count (``staff:cli``, a user's name from the web): reservations and
+    # shipments move the numbers, people set them
+    counted_by: Mapped[str | None] = mapped_column(String(100))
     updated_at: Mapped[dt.datetime] = updated_at()
 
 

@@ -178,8 +178,9 @@ def consume(session: Session, order_id: int) -> int:
     return _settle(session, order_id, CONSUMED, consume_on_hand=True)
 
 
-def set_on_hand(session: Session, sku: str, on_hand: int) -> int:
-    """Set the counted quantity of a SKU (creating it); returns the units now available."""
+def set_on_hand(session: Session, sku: str, on_hand: int, *, actor: str = "system") -> int:
+    """Set the counted quantity of a SKU (creating it) as ``actor`` (``staff:cli``, a user's
+    name); returns the units now available. Its listings are marked dirty."""
     if on_hand < 0:
         raise ValueError("on_hand cannot be negative")
     reserved = session.scalar(
@@ -189,9 +190,10 @@ def set_on_hand(session: Session, sku: str, on_hand: int) -> int:
         raise ValueError(f"{sku}: {reserved} units are reserved by open orders; on hand >= that")
     session.execute(
         dialect_insert(session)(StockItem)
-        .values(sku=sku, on_hand=on_hand, reserved=0, updated_at=utcnow())
+        .values(sku=sku, on_hand=on_hand, reserved=0, counted_by=actor[:100], updated_at=utcnow())
         .on_conflict_do_update(
-            index_elements=["sku"], set_={"on_hand": on_hand, "updated_at": utcnow()}
+            index_elements=["sku"],
+            set_={"on_hand": on_hand, "counted_by": actor[:100], "updated_at": utcnow()},
         )
     )
     mark_dirty(session, {sku})

@@ -393,6 +393,8 @@ def sync_listings(
                 report.updated += 1
         report.channel_only = sorted(set(seen) - ours)
         report.ours_only = sorted(ours - set(seen))
+        if report.created:  # new listings are dirty: the trigger flushes them after commit
+            session.info.setdefault(DIRTY_ACCOUNTS, set()).add(account_id)
     return report
 
 

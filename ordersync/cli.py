@@ -18,7 +18,7 @@ from core.logging import configure_logging
 from core.settings import ConfigError, get_settings, mask_url
 from domain.errors import PermanentError
 from orders.users import UserError
-from ordersync.staff_cli import CliError, accounts_cli, orders_cli, stock_cli
+from ordersync.staff_cli import CliError, accounts_cli, listings_cli, orders_cli, stock_cli
 from ordersync.sync_cli import sync_cli
 from ordersync.users_cli import audit_cli, users_cli
 
@@ -33,6 +33,7 @@ cli.add_typer(accounts_cli, name="accounts")
 cli.add_typer(users_cli, name="users")
 cli.add_typer(audit_cli, name="audit")
 cli.add_typer(sync_cli, name="sync")
+cli.add_typer(listings_cli, name="listings")
 console = Console(stderr=True)
 
 

@@ -5,7 +5,10 @@
   SKUs they wait for;
 - ``/orders?state=&channel=&q=&page=``: the order list, filtered and paged (``q``: an order
   number, a marketplace id, our id or the buyer's name; the list never shows the name);
-- ``/orders/{id}``: one order: totals, lines, payment, invoice, label, timeline, actions.
+- ``/orders/{id}``: one order: totals, lines, payment, invoice, label, timeline, actions;
+- ``/stock[?sku=]``: every SKU's on hand / reserved / available with its listings' pending and
+  failed pushes and open drift (problems first); one SKU: per channel listing what it should
+  show, what we last pushed and when, and drift with both numbers.
 
 Pages only read. Every button posts to the staff JSON API (``web/api.py``) with ``fetch``
 (``static/dashboard.js``), so a retry here is exactly the retry of the API and the CLI, and a
@@ -274,3 +277,19 @@ def order_detail(request: Request, order_id: Id, session: SessionDep) -> HTMLRes
         shipment=shipment,
         label=label,
     )
+
+
+# --- stock ------------------------------------------------------------------------------------
+
+STOCK_LIMIT = 500
+
+
+@router.get("/stock", response_class=HTMLResponse)
+def stock(request: Request, session: SessionDep, sku: str = "") -> HTMLResponse:
+    from orders.stock_view import stock_overview, stock_view
+
+    sku = sku.strip()
+    if sku:
+        return _render(request, "stock.html", sku=sku, view=stock_view(session, sku))
+    return _render(request, "stock.html", sku="", rows=stock_overview(session, limit=STOCK_LIMIT),
+                   limit=STOCK_LIMIT)  # fmt: skip

@@ -89,6 +89,9 @@ def upgrade() -> None:
             sa.Column("stock_flush_until", db.base.UTCDateTime(timezone=True), nullable=True)
         )
 
+    with op.batch_alter_table("stock_items", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("counted_by", sa.String(length=100), nullable=True))
+
     with op.batch_alter_table("listings", schema=None) as batch_op:
         batch_op.add_column(sa.Column("external_parent_id", sa.String(length=255), nullable=True))
         batch_op.add_column(sa.Column("external_location_id", sa.String(length=255), nullable=True))
@@ -151,6 +154,9 @@ def downgrade() -> None:
         batch_op.drop_column("fulfilled_by_marketplace")
         batch_op.drop_column("external_location_id")
         batch_op.drop_column("external_parent_id")
+
+    with op.batch_alter_table("stock_items", schema=None) as batch_op:
+        batch_op.drop_column("counted_by")
 
     with op.batch_alter_table("channel_accounts", schema=None) as batch_op:
         batch_op.drop_column("stock_flush_until")
