@@ -242,11 +242,13 @@ def _record(
 
 
 def mark_dirty_listings(session: Session, listing_ids: Sequence[int]) -> None:
-    """These listings must be pushed again (their record lost to a newer push)."""
+    """These listings must be pushed again: their record lost to a newer push, and which of
+    the two the channel applied last is not known, so neither is what it shows
+    (``last_pushed_qty`` None: the next push is sent, without a compare-from)."""
     session.execute(
         update(Listing)
         .where(Listing.id.in_(listing_ids))
-        .values(want_version=Listing.want_version + 1,
+        .values(want_version=Listing.want_version + 1, last_pushed_qty=None,
                 dirty_at=func.coalesce(Listing.dirty_at, utcnow()))
     )  # fmt: skip
 
