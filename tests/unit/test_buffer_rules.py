@@ -73,8 +73,8 @@ def test_a_listing_overrides_only_what_it_sets() -> None:
         {"keep_percent": -1},
         {"max_quantity": -1},
         {"zero_at_or_below": -2},
-    ],  # fmt: skip
+    ],
 )
 def test_a_rule_that_cannot_work_is_refused(kwargs: dict[str, int]) -> None:
-    with pytest.raises(ValueError, match="must be|cannot be"):
+    with pytest.raises(ValueError, match=r"must be|cannot be"):
         BufferRule(**kwargs)
