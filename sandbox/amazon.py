@@ -277,6 +277,12 @@ class AmazonSimulator:
                 else:
                     self.listings.setdefault(sku, quantity)
 
+    def set_rate_limit(self, operation: str, rate: float, burst: float) -> None:
+        """The usage plan this seller has for ``operation`` (Amazon grants some more)."""
+        with self._lock:
+            self._limits[operation] = (rate, burst)
+            self._buckets[operation] = _Bucket(rate, burst, self.clock())
+
     def edit_in_admin(self, sku: str, quantity: int) -> None:
         """A merchant sets the quantity in Seller Central (not through us)."""
         with self._lock:
