@@ -9,10 +9,15 @@ run-scoped accounts; then the N orders arrive as they would in production:
 - Amazon and eBay send nothing: their orders are found by polling (``poll_account``).
 
 Every order then runs the pipeline (stock, payment, invoice, label) until it is
-``ready_to_ship`` or ``on_hold`` (the demo stock is set to run out). Then the nightly full sync
-runs once, and its reconcile report is part of the summary (``ordersync sync status`` shows it
-too). The demo's staff user ``demo`` (an operator) gets a new password each run, printed. The
-summary counts what happened from our side and from the sandbox's ledgers (captures, labels).
+``ready_to_ship`` or ``on_hold`` (the demo stock is set to run out). Every SKU is listed on all
+four marketplaces (``listings sync`` of each account), so every reservation moves stock that is
+pushed, coalesced and in bulk, to all four (Shopify's account keeps 10 % back). Then the nightly
+full sync runs once, and its reconcile report is part of the summary (``ordersync sync status``
+shows it too). The demo's staff user ``demo`` (an operator) gets a new password each run,
+printed. The summary counts what happened from our side and from the sandbox's ledgers
+(captures, labels, stock calls); ``channel_stock_mismatches`` is the number of listings whose
+quantity in the sandbox differs, once quiet, from what the buffer rules give for our available
+stock (must be 0).
 ``--json`` adds it as one JSON object on the last line of stdout; ``--keep`` leaves everything
 running.
 """
@@ -47,9 +52,12 @@ from db.models import (
     InboxEvent,
     Invoice,
     Label,
+    Listing,
     Order,
     Payment,
     Shipment,
+    StockItem,
+    StockReservation,
     SyncRun,
 )
 from db.session import session_scope
@@ -72,6 +80,10 @@ SPLIT = {"shopify": 0.4, "woocommerce": 0.3, "amazon": 0.15}
 #: units on hand per SKU per order of the run: low enough that popular SKUs run out
 STOCK_PER_ORDER = 0.8
 SETTLED = {"ready_to_ship", "on_hold", "needs_attention", "cancelled", "shipped", "delivered"}
+#: the demo's buffer rule on Shopify: keep 10 % back from that channel
+SHOPIFY_KEEP_PERCENT = 10
+#: how long the stock pushes may take to go quiet after the last order settled
+STOCK_QUIET_TIMEOUT_S = 60
 Delivery = tuple[str, dict[str, str], bytes]  # (path, headers, body)
 
 
@@ -218,6 +230,56 @@ def _polled(account_id: int) -> bool:
         )
 
 
+def _stock_pending(account_ids: list[int]) -> int:
+    with session_scope() as session:
+        return int(
+            session.scalar(
+                select(func.count()).select_from(Listing).where(
+                    Listing.channel_account_id.in_(account_ids),
+                    Listing.want_version > Listing.pushed_version,
+                    Listing.fulfilled_by_marketplace.is_(False),
+                )
+            ) or 0
+        )  # fmt: skip
+
+
+def _stock_mismatches(account_ids: list[int], sandbox: Sandbox) -> int:
+    """Listings whose quantity in the sandbox is not the buffered available quantity."""
+    from orders.stock_push import quantity_for
+
+    shown = sandbox.channel_stock()
+    wrong = 0
+    with session_scope() as session:
+        rows = session.execute(
+            select(Listing, ChannelAccount)
+            .join(ChannelAccount, ChannelAccount.id == Listing.channel_account_id)
+            .where(Listing.channel_account_id.in_(account_ids),
+                   Listing.fulfilled_by_marketplace.is_(False))
+        ).all()  # fmt: skip
+        for listing, account in rows:
+            want = quantity_for(session, listing, account)
+            if want is not None and shown[account.channel].get(listing.sku) != want:
+                wrong += 1
+    return wrong
+
+
+def _sync_listings(account_ids: list[int]) -> None:
+    """``ordersync listings sync`` for each account: the new listings are pushed our stock."""
+    from orders.stock_push import sync_listings
+    from workflows.providers import connector_for
+
+    for account_id in account_ids:
+        with session_scope() as session:
+            account = session.get(ChannelAccount, account_id)
+            assert account is not None
+            session.expunge(account)
+        connector = connector_for(account)
+        try:
+            sync_listings(session_scope, account_id, connector)
+        finally:
+            connector.close()
+
+
 def _summary(
     account_ids: list[int], sandbox: Sandbox, orders_sent: int, deliveries: int, seconds: float
 ) -> dict[str, Any]:
@@ -261,6 +323,19 @@ def _summary(
             .where(Invoice.order_id.in_(run_orders), Invoice.kind == "invoice")
         )  # fmt: skip
         gaps = find_gaps(session)
+        # each reservation took stock, each release gave it back, each count set it
+        reservations = session.scalar(
+            select(func.count()).select_from(StockReservation)
+            .where(StockReservation.order_id.in_(run_orders))
+        )  # fmt: skip
+        released = session.scalar(
+            select(func.count()).select_from(StockReservation).where(
+                StockReservation.order_id.in_(run_orders), StockReservation.status == "released"
+            )
+        )  # fmt: skip
+        counted = session.scalar(
+            select(func.count()).select_from(StockItem).where(StockItem.counted_by == "demo")
+        )
     created = sum(by_state.values())
     failed = int(failed or 0)
     ledger = sandbox.ledger()
@@ -283,6 +358,10 @@ def _summary(
         "labels_in_ledger": ledger["carrier"]["labels"],
         "invoices": int(invoices or 0),
         "invoice_gaps": sum(len(missing) for missing in gaps.values()),
+        "stock_changes": int(reservations or 0) + int(released or 0) + int(counted or 0),
+        "stock_push_calls": sum(ledger["stock_calls"].values()),
+        "stock_push_calls_by_channel": ledger["stock_calls"],
+        "channel_stock_mismatches": _stock_mismatches(account_ids, sandbox),
         "seconds": round(seconds, 2),
         "orders_per_s": round(created / seconds, 1) if seconds else None,
     }
@@ -364,14 +443,18 @@ def run_demo(
                 webhook_secret=spec.webhook_secret,
                 # polled right away by the demo; Beat then polls on its own interval
                 poll_cursor=None,
+                stock_keep_percent=SHOPIFY_KEEP_PERCENT if channel == "shopify" else 0,
             )
             session.add(account)
             session.flush()
             accounts[channel] = account.name
             account_ids.append(account.id)
         by_name = {name: i for name, i in zip(accounts.values(), account_ids, strict=True)}
-        for sku in sorted(_demo_skus(sandbox)):
-            set_on_hand(session, sku, max(3, int(orders * STOCK_PER_ORDER)))
+        skus = sorted(_demo_skus(sandbox))
+        for sku in skus:
+            set_on_hand(session, sku, max(3, int(orders * STOCK_PER_ORDER)), actor="demo")
+    # every SKU on every marketplace, so every order's stock goes out to all four
+    sandbox.add_listings(skus)
 
     env = {
         **os.environ,
@@ -393,6 +476,7 @@ def run_demo(
         err.print(f"dashboard login: [bold]{DEMO_USER}[/bold] / [bold]{password}[/bold] "
                   f"(operator) at {base_url}/login", soft_wrap=True)  # fmt: skip
         wait_ready(base_url, broker, group, timeout_s=60)
+        _sync_listings(account_ids)
 
         counts = _split(orders)
         plan = _webhooks(sandbox, counts, accounts, secret, duplicate_rate, rng)
@@ -435,6 +519,12 @@ def run_demo(
                     err.print("[red]timed out waiting for the workers")
                     break
                 time.sleep(0.25)
+            # then the last stock changes reach the channels
+            quiet_by = time.monotonic() + STOCK_QUIET_TIMEOUT_S
+            while time.monotonic() < quiet_by and (
+                _stock_pending(account_ids) or _stock_mismatches(account_ids, sandbox)
+            ):
+                time.sleep(0.25)
         reconciled = _reconcile(err, timeout_s=RECONCILE_TIMEOUT_S)
         rejected = [s for s in statuses if s != 200]
         if rejected:
@@ -460,6 +550,8 @@ def run_demo(
             and summary["invoice_gaps"] == 0
             and summary["captures_in_ledger"] == summary["paid_orders"]
             and summary["labels_in_ledger"] == summary["documented_orders"]
+            and summary["channel_stock_mismatches"] == 0
+            and all(n > 0 for n in summary["stock_push_calls_by_channel"].values())
         )
         return 0 if ok else 1
     except KeyboardInterrupt:

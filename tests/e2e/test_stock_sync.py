@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -275,9 +275,21 @@ def test_an_admin_edit_is_reported_as_drift_and_repaired(world: World) -> None:
 
     for channel in ids:  # someone edits DRIFT-A in every marketplace's admin
         world.sandbox.edit_in_admin(channel, "DRIFT-A", 77)
-    # Shopify finds it on the next push (changeFromQuantity); the others in the nightly check
-    with httpx.Client(base_url=world.stack.base_url, timeout=60) as client:
-        client.put("/api/stock/DRIFT-A", params={"on_hand": 19}).raise_for_status()
+
+    def drifts(n: int) -> Callable[[], list[StockDrift] | None]:
+        def found() -> list[StockDrift] | None:
+            query = (
+                select(StockDrift)
+                .join(Listing)
+                .where(Listing.sku == "DRIFT-A", Listing.channel_account_id.in_(ids.values()))
+            )
+            with world.maker() as session:
+                rows = list(session.scalars(query))
+            return rows if len(rows) == n and all(d.repaired_at for d in rows) else None
+
+        return found
+
+    # the nightly check reads every listing: the three channels without a compare-and-set
     probe = Celery("probe", broker=world.redis_url)
     try:
         for channel, account_id in ids.items():
@@ -285,18 +297,12 @@ def test_an_admin_edit_is_reported_as_drift_and_repaired(world: World) -> None:
                 probe.send_task("ordersync.sync.stock_check", args=[account_id], queue="sync")
     finally:
         probe.close()
+    wait_until(drifts(3), timeout=120, what="three drifts found by the check and repaired")
+    # Shopify's own push finds it (changeFromQuantity): the next change of the SKU
+    with httpx.Client(base_url=world.stack.base_url, timeout=60) as client:
+        client.put("/api/stock/DRIFT-A", params={"on_hand": 19}).raise_for_status()
 
-    def drifts() -> list[StockDrift] | None:
-        with world.maker() as session:
-            query = (
-                select(StockDrift)
-                .join(Listing)
-                .where(Listing.sku == "DRIFT-A", Listing.channel_account_id.in_(ids.values()))
-            )
-            found = list(session.scalars(query))
-        return found if len(found) == 4 and all(d.repaired_at for d in found) else None
-
-    found = wait_until(drifts, timeout=120, what="four drifts found and repaired")
+    found = wait_until(drifts(4), timeout=120, what="four drifts found and repaired")
     assert {d.channel_qty for d in found} == {77}
     assert sorted(d.found_by for d in found) == ["nightly", "nightly", "nightly", "push"]
     _converged(world, ids, skus, timeout=60)
