@@ -236,12 +236,18 @@ def test_a_channel_down_for_a_minute_is_retried_shown_and_converges_in_order(
                     client.put(
                         f"/api/stock/{sku}", params={"on_hand": 50 - step}
                     ).raise_for_status()
+
             # retries run out while the outage lasts: the listings say why
-            detail = wait_until(
-                lambda: (d := client.get(f"/api/stock/{skus[0]}").json()) and any(
-                    x["channel"] == "woocommerce" and x["last_error"] for x in d["listings"]) and d,
-                timeout=60, what="the failed WooCommerce push shown to staff",
-            )  # fmt: skip
+            def shown() -> dict[str, Any] | None:
+                detail: dict[str, Any] = client.get(f"/api/stock/{skus[0]}").json()
+                failed = [x for x in detail["listings"]
+                          if x["channel"] == "woocommerce" and x["last_error"]]  # fmt: skip
+                return detail if failed else None
+
+            try:
+                detail = wait_until(shown, timeout=90, what="the failed push shown to staff")
+            except AssertionError:
+                raise AssertionError(world.stack.logs()[-6000:]) from None
             assert "ServerError" in str(detail)
             page = client.get("/stock", params={"sku": skus[0]}).text
             assert "push failed" in page
