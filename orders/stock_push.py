@@ -265,7 +265,13 @@ def flush(
     transaction: Transaction, account_id: int, channel: StockChannel, *, owner: str,
     lease: dt.timedelta = dt.timedelta(minutes=5), clock: Callable[[], dt.datetime] = utcnow,
 ) -> FlushResult:  # fmt: skip
-    """Push every dirty listing of the account, as it is now, in bulk; see the module."""
+    """Push every dirty listing of the account, as it is now, in bulk; see the module.
+
+    A failed call raises; the lease stays with ``owner`` (the task, whose retry has the same
+    id) until the retry, or until ``give_up`` lets it go: other triggers meanwhile find the
+    account busy and leave the work to it. ``more``: listings were still dirty when the lease
+    was let go (a change that came after the last round, or ``MAX_ROUNDS`` were done): flush
+    again."""
     flushed = FlushResult()
     with transaction() as session:
         if not _take(session, account_id, owner, lease):
@@ -273,45 +279,60 @@ def flush(
             return flushed
     try:
         for _ in range(MAX_ROUNDS):
-            with transaction() as session:
-                due, unmanaged = _due(session, account_id, ROUND_LIMIT)
-                if unmanaged:
-                    session.execute(
-                        update(Listing).where(Listing.id.in_(unmanaged))
-                        .values(pushed_version=Listing.want_version, dirty_at=None)
-                    )  # fmt: skip
-            if not due:
-                return flushed
-            same = [d for d in due if d.quantity == d.last_pushed]
-            send = [d for d in due if d.quantity != d.last_pushed]
-            if same:
-                with transaction() as session:
-                    _record(session, same, StockPushResult(applied=[d.listing_id for d in same]),
-                            clock(), flushed)  # fmt: skip
-                    flushed.pushed -= len(same)
-                    flushed.unchanged += len(same)
-            size = max(1, channel.stock_batch_size)
-            for start in range(0, len(send), size):
-                batch = send[start : start + size]
-                result = channel.push_stock(
-                    [StockUpdate(d.listing_id, d.sku, d.external_id, d.parent_id, d.location_id,
-                                 d.quantity, d.last_pushed) for d in batch]
-                )  # fmt: skip
-                flushed.calls += 1
-                with transaction() as session:
-                    _record(session, batch, result, clock(), flushed)
-                    _take(session, account_id, owner, lease)  # still ours: renew
-        flushed.more = True
-        return flushed
-    finally:
+            if not _round(transaction, account_id, channel, owner, lease, clock, flushed):
+                break
+    except BaseException:
         with transaction() as session:
-            _let_go(session, account_id, owner)
-
-
-def give_up(transaction: Transaction, account_id: int, error: str) -> int:
-    """Retries ran out: the account's dirty listings say why, where staff look (they stay
-    dirty, so the next change or the nightly check pushes them again)."""
+            _take(session, account_id, owner, lease)  # held for this owner's retry
+        raise
     with transaction() as session:
+        _let_go(session, account_id, owner)
+        flushed.more = bool(_due(session, account_id, 1)[0])
+    return flushed
+
+
+def _round(
+    transaction: Transaction, account_id: int, channel: StockChannel, owner: str,
+    lease: dt.timedelta, clock: Callable[[], dt.datetime], flushed: FlushResult,
+) -> bool:  # fmt: skip
+    """One round: every listing dirty now. False when there was none."""
+    with transaction() as session:
+        due, unmanaged = _due(session, account_id, ROUND_LIMIT)
+        if unmanaged:
+            session.execute(
+                update(Listing).where(Listing.id.in_(unmanaged))
+                .values(pushed_version=Listing.want_version, dirty_at=None)
+            )  # fmt: skip
+    if not due:
+        return False
+    same = [d for d in due if d.quantity == d.last_pushed]
+    send = [d for d in due if d.quantity != d.last_pushed]
+    if same:
+        with transaction() as session:
+            _record(session, same, StockPushResult(applied=[d.listing_id for d in same]),
+                    clock(), flushed)  # fmt: skip
+            flushed.pushed -= len(same)
+            flushed.unchanged += len(same)
+    size = max(1, channel.stock_batch_size)
+    for start in range(0, len(send), size):
+        batch = send[start : start + size]
+        result = channel.push_stock(
+            [StockUpdate(d.listing_id, d.sku, d.external_id, d.parent_id, d.location_id,
+                         d.quantity, d.last_pushed) for d in batch]
+        )  # fmt: skip
+        flushed.calls += 1
+        with transaction() as session:
+            _record(session, batch, result, clock(), flushed)
+            _take(session, account_id, owner, lease)  # still ours: renew
+    return True
+
+
+def give_up(transaction: Transaction, account_id: int, error: str, *, owner: str) -> int:
+    """Retries ran out: the account's dirty listings say why, where staff look (they stay
+    dirty: the next change, Beat's ``flush_dirty`` or the nightly check pushes them again),
+    and ``owner`` lets the account go."""
+    with transaction() as session:
+        _let_go(session, account_id, owner)
         done = session.execute(
             update(Listing)
             .where(Listing.channel_account_id == account_id,

@@ -7,9 +7,10 @@ nightly check (the logic is ``orders/stock_push.py``).
   already scheduled for that window (a Redis ``SET NX`` that lives for most of the window), so
   the changes of one window go out together, at their values at send time.
 - ``ordersync.outbound.flush_stock(account_id)``: the account's one flusher (a lease on its
-  row); a busy account or one with more to do is flushed again after a window. Outages retry
-  with backoff (``OrdersyncTask``); when retries run out the dirty listings carry the error,
-  which the dashboard and ``ordersync stock show`` display.
+  row, owned by the task id); a busy account is left to its flusher, one with more to do is
+  flushed again after a window. Outages retry with backoff (``OrdersyncTask``), the failing
+  task keeping the lease for its retry; when retries run out the dirty listings carry the
+  error, which the dashboard and ``ordersync stock show`` display, and the lease is let go.
 - ``ordersync.outbound.flush_dirty`` (Beat): accounts with listings dirty for longer than a few
   windows and no flusher: a trigger lost to a broker blip is not a lost push.
 - ``ordersync.sync.stock_check_all`` (Beat, nightly) → ``stock_check(account)``: every
@@ -92,7 +93,8 @@ class StockTask(OrdersyncTask):
         account_id = args[0] if args else kwargs.get("account_id")
         if isinstance(account_id, int):
             stock_push.give_up(self.transaction, account_id,
-                               f"{describe(exc)} (after {attempts} attempts)")  # fmt: skip
+                               f"{describe(exc)} (after {attempts} attempts)",
+                               owner=self.request.id or "")  # fmt: skip
 
     def on_parked(self, session: Session, message: Any, args: Any, kwargs: Any) -> None:
         account_id = args[0] if args else kwargs.get("account_id")
@@ -120,7 +122,9 @@ def flush_stock(self: StockTask, account_id: int) -> dict[str, Any]:
                                   owner=self.request.id or uuid.uuid4().hex)  # fmt: skip
     finally:
         connector.close()
-    if result.busy or result.more:
+    # busy: the flusher holding the account reads what is dirty when its round starts, and
+    # looks again after letting go (``more``), so nothing is left behind by returning here
+    if result.more:
         flush_stock.apply_async((account_id,), countdown=get_settings().stock_flush_window_s)
     return {"account_id": account_id, **result.as_dict()}
 

@@ -323,14 +323,18 @@ def test_a_failed_push_keeps_what_was_recorded_and_the_rest_stays_dirty_with_the
     assert flaky.shown == {"A": 5, "B": 0, "C": 0}
     assert _listing(shop, "A").dirty_at is None  # recorded before the failure
     assert _listing(shop, "B").dirty_at is not None and _listing(shop, "C").dirty_at is not None
-    assert shop.rows(ChannelAccount)[0].stock_flush_owner is None  # the lease was let go
+    # the failed flusher keeps the account for its retry: another one finds it busy
+    assert shop.rows(ChannelAccount)[0].stock_flush_owner == "flusher-1"
+    assert _flush(shop, flaky, owner="flusher-2").busy
 
-    assert stock_push.give_up(shop.transaction, shop.account.id, "ServerError: HTTP 503") == 2
+    assert stock_push.give_up(shop.transaction, shop.account.id, "ServerError: HTTP 503",
+                              owner="flusher-1") == 2  # fmt: skip
+    assert shop.rows(ChannelAccount)[0].stock_flush_owner is None
     assert _listing(shop, "B").last_error == "ServerError: HTTP 503"
     with shop.maker() as session:
         assert stock_push.dirty_accounts(session, dt.datetime.now(dt.UTC)) == [shop.account.id]
 
-    _flush(shop, flaky)  # the channel is back
+    _flush(shop, flaky, owner="flusher-3")  # the channel is back
     assert flaky.shown == {"A": 5, "B": 5, "C": 5}
     assert _listing(shop, "B").last_error is None
 
