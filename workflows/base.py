@@ -180,7 +180,9 @@ class OrdersyncTask(Task):  # type: ignore[misc]
             log.warning("task.retry", error=type(exc).__name__, detail=redacted_message(exc, 200),
                         attempt=attempt + 1, delay=round(plan.delay, 2))  # fmt: skip
             try:
-                raise self.retry(exc=exc, countdown=plan.delay)
+                # max_retries=None: plan_retry decides (retry_max_attempts); with Celery's default
+                # of 3 the fourth retry raised the error itself and on_permanent_failure never ran
+                raise self.retry(exc=exc, countdown=plan.delay, max_retries=None)
             except Reject:  # the broker did not take the retry: it waits in the database
                 log.warning("task.retry_unpublished", error=type(exc).__name__)
                 plan = RetryPlan("park", plan.delay, utcnow() + dt.timedelta(seconds=plan.delay))

@@ -247,7 +247,8 @@ class ShopifyConnector:
         for _ in range(len(pending) + 1):
             if not pending:
                 break
-            location = self._location_id()
+            # the listing's own location (recorded by listings sync); the account's otherwise
+            location = "" if all(u.location_id for u in pending) else self._location_id()
             key = _stock_key(self.account.name, pending)
             answer = self.client.inventory_set_quantities(
                 [
