@@ -135,6 +135,9 @@ def plan_retry(
 
 class OrdersyncTask(Task):  # type: ignore[misc]
     abstract = True
+    #: no Celery limit: ``plan_retry`` decides (``RETRY_MAX_ATTEMPTS``). With Celery's default of
+    #: 3, the fourth retry raised the error itself and ``on_permanent_failure`` never ran.
+    max_retries = None
     # acks_late comes from the app config; tasks are idempotent by construction
 
     @contextmanager
@@ -180,9 +183,7 @@ class OrdersyncTask(Task):  # type: ignore[misc]
             log.warning("task.retry", error=type(exc).__name__, detail=redacted_message(exc, 200),
                         attempt=attempt + 1, delay=round(plan.delay, 2))  # fmt: skip
             try:
-                # max_retries=None: plan_retry decides (retry_max_attempts); with Celery's default
-                # of 3 the fourth retry raised the error itself and on_permanent_failure never ran
-                raise self.retry(exc=exc, countdown=plan.delay, max_retries=None)
+                raise self.retry(exc=exc, countdown=plan.delay)
             except Reject:  # the broker did not take the retry: it waits in the database
                 log.warning("task.retry_unpublished", error=type(exc).__name__)
                 plan = RetryPlan("park", plan.delay, utcnow() + dt.timedelta(seconds=plan.delay))
