@@ -86,8 +86,9 @@ def _accounts(world: World) -> dict[str, int]:
 
 def _cli(world: World, *args: str) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "ordersync", *args], env=world.stack.env, capture_output=True,
-        text=True, timeout=300,
+        [sys.executable, "-m", "ordersync", *args],
+        env={**world.stack.env, "COLUMNS": "250"},  # rich wraps tables at the terminal width
+        capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return done.stdout
