@@ -139,8 +139,9 @@ def flush_dirty(self: OrdersyncTask) -> list[int]:
     return accounts
 
 
-@app.task(base=StockTask, bind=True, name="ordersync.sync.stock_check", ignore_result=True)
-def stock_check(self: StockTask, account_id: int) -> dict[str, Any]:
+# its failure is on its stock_checks row (status failed, the error), not on the listings
+@app.task(base=OrdersyncTask, bind=True, name="ordersync.sync.stock_check", ignore_result=True)
+def stock_check(self: OrdersyncTask, account_id: int) -> dict[str, Any]:
     account = _account(self, account_id)
     if account is None:
         return {"account_id": account_id, "status": "inactive"}
