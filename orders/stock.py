@@ -30,7 +30,6 @@ from db.session import core, dialect_insert, rowcount
 __all__ = [
     "DIRTY_ACCOUNTS",
     "ReservationResult",
-    "available",
     "consume",
     "mark_dirty",
     "orders_waiting_for",
@@ -96,16 +95,6 @@ def mark_dirty(session: Session, skus: list[str] | set[str]) -> set[int]:
     if accounts:
         session.info.setdefault(DIRTY_ACCOUNTS, set()).update(accounts)
     return accounts
-
-
-def available(session: Session, skus: list[str] | set[str]) -> dict[str, int]:
-    """Units free to sell per stock-managed SKU (on hand - reserved)."""
-    rows = session.execute(
-        select(StockItem.sku, StockItem.on_hand - StockItem.reserved).where(
-            StockItem.sku.in_(sorted(skus))
-        )
-    )
-    return {str(sku): int(n) for sku, n in rows}
 
 
 def _wanted(session: Session, order_id: int) -> dict[str, int]:
