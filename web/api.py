@@ -348,7 +348,7 @@ def ship_order(order_id: Id, session: SessionDep, staff: Staff) -> dict[str, Any
     return _staff_action(session, act, order_id)
 
 
-@router.get("/stock/{sku}")
+@router.get("/stock/{sku:path}")  # a SKU may hold a slash
 def get_stock(sku: Annotated[str, Path(min_length=1, max_length=100)],
               session: SessionDep) -> dict[str, Any]:  # fmt: skip
     """On hand, reserved, available; per channel listing what it should show, what was last
@@ -361,7 +361,7 @@ def get_stock(sku: Annotated[str, Path(min_length=1, max_length=100)],
     return view.as_dict()
 
 
-@router.put("/stock/{sku}", response_model=StockOut)
+@router.put("/stock/{sku:path}", response_model=StockOut)  # a SKU may hold a slash
 def set_stock(
     sku: Annotated[str, Path(min_length=1, max_length=100)],
     session: SessionDep,
