@@ -145,9 +145,16 @@ def _let_go(session: Session, account_id: int, owner: str) -> None:
 # --- the flush ----------------------------------------------------------------------------------
 
 
-def _due(session: Session, account_id: int, limit: int) -> tuple[list[_Due], list[int]]:
+def _due(
+    session: Session, account_id: int, limit: int, cutoff: dt.datetime | None = None
+) -> tuple[list[_Due], list[int]]:
     """(dirty listings with the quantity to push now, dirty listings of SKUs that are not
-    stock-managed: nothing to push, made clean)."""
+    stock-managed: nothing to push, made clean). ``cutoff``: only listings dirty since then
+    or before (what changes later waits for the next window)."""
+    since = (
+        or_(Listing.dirty_at.is_(None), Listing.dirty_at <= cutoff) if cutoff is not None
+        else Listing.id.is_not(None)
+    )  # fmt: skip
     account = session.get(ChannelAccount, account_id)
     if account is None:
         return [], []
@@ -158,6 +165,7 @@ def _due(session: Session, account_id: int, limit: int) -> tuple[list[_Due], lis
             Listing.channel_account_id == account_id,
             Listing.want_version > Listing.pushed_version,
             Listing.fulfilled_by_marketplace.is_(False),
+            since,
         )
         .order_by(Listing.sku)
         .limit(limit)
@@ -188,11 +196,12 @@ def _lock_stock(session: Session, skus: Iterable[str]) -> None:
 
 def _record(
     session: Session, batch: Sequence[_Due], result: StockPushResult, now: dt.datetime,
-    flushed: FlushResult,
+    flushed: FlushResult, cutoff: dt.datetime | None = None,
 ) -> None:  # fmt: skip
     _lock_stock(session, (d.sku for d in batch))
     applied = set(result.applied)
     lost: list[str] = []
+    recorded: list[int] = []
     for due in batch:
         if due.listing_id in applied:
             won = session.execute(
@@ -203,6 +212,7 @@ def _record(
             )  # fmt: skip
             if rowcount(won) == 1:
                 flushed.pushed += 1
+                recorded.append(due.listing_id)
                 session.execute(
                     update(StockDrift)
                     .where(StockDrift.listing_id == due.listing_id,
@@ -237,19 +247,30 @@ def _record(
                         last_error=result.refused[due.listing_id][:2000])
             )  # fmt: skip
     if lost:
-        mark_dirty_listings(session, [d.listing_id for d in batch if d.sku in set(lost)])
+        mark_dirty_listings(session, [d.listing_id for d in batch if d.sku in set(lost)],
+                            at=cutoff or now)  # fmt: skip
     _clean(session, [d.listing_id for d in batch])
+    if recorded:
+        # changed again while we pushed: that change is the next window's, not this flush's
+        session.execute(
+            update(Listing)
+            .where(Listing.id.in_(recorded), Listing.want_version > Listing.pushed_version)
+            .values(dirty_at=now)
+        )
 
 
-def mark_dirty_listings(session: Session, listing_ids: Sequence[int]) -> None:
+def mark_dirty_listings(
+    session: Session, listing_ids: Sequence[int], *, at: dt.datetime | None = None
+) -> None:
     """These listings must be pushed again: their record lost to a newer push, and which of
     the two the channel applied last is not known, so neither is what it shows
-    (``last_pushed_qty`` None: the next push is sent, without a compare-from)."""
+    (``last_pushed_qty`` None: the next push is sent, without a compare-from). ``at``: dirty
+    since (a flush's start: its next round takes them)."""
     session.execute(
         update(Listing)
         .where(Listing.id.in_(listing_ids))
         .values(want_version=Listing.want_version + 1, last_pushed_qty=None,
-                dirty_at=func.coalesce(Listing.dirty_at, utcnow()))
+                dirty_at=func.coalesce(Listing.dirty_at, at or utcnow()))
     )  # fmt: skip
 
 
@@ -277,9 +298,13 @@ def flush(
         if not _take(session, account_id, owner, lease):
             flushed.busy = True
             return flushed
+    # rounds take what was dirty when the flush started (and what must go again: drift, a lost
+    # race); what changes meanwhile is the next window's, so that it coalesces
+    cutoff = clock()
     try:
         for _ in range(MAX_ROUNDS):
-            if not _round(transaction, account_id, channel, owner, lease, clock, flushed):
+            if not _round(transaction, account_id, channel, owner, lease, clock, flushed,
+                          cutoff):  # fmt: skip
                 break
     except BaseException:
         with transaction() as session:
@@ -294,10 +319,11 @@ def flush(
 def _round(
     transaction: Transaction, account_id: int, channel: StockChannel, owner: str,
     lease: dt.timedelta, clock: Callable[[], dt.datetime], flushed: FlushResult,
+    cutoff: dt.datetime,
 ) -> bool:  # fmt: skip
-    """One round: every listing dirty now. False when there was none."""
+    """One round: every listing dirty since ``cutoff`` or before. False when none was."""
     with transaction() as session:
-        due, unmanaged = _due(session, account_id, ROUND_LIMIT)
+        due, unmanaged = _due(session, account_id, ROUND_LIMIT, cutoff)
         if unmanaged:
             session.execute(
                 update(Listing).where(Listing.id.in_(unmanaged))
@@ -310,7 +336,7 @@ def _round(
     if same:
         with transaction() as session:
             _record(session, same, StockPushResult(applied=[d.listing_id for d in same]),
-                    clock(), flushed)  # fmt: skip
+                    clock(), flushed, cutoff)  # fmt: skip
             flushed.pushed -= len(same)
             flushed.unchanged += len(same)
     size = max(1, channel.stock_batch_size)
@@ -322,7 +348,7 @@ def _round(
         )  # fmt: skip
         flushed.calls += 1
         with transaction() as session:
-            _record(session, batch, result, clock(), flushed)
+            _record(session, batch, result, clock(), flushed, cutoff)
             _take(session, account_id, owner, lease)  # still ours: renew
     return True
 
