@@ -375,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     result = run(args.changes, args.skus, args.window, args.baseline)
-    _table(result, Console())
+    _table(result, Console(stderr=args.json))  # --json: stdout is the JSON alone
     if args.json:
         print(json.dumps(result, sort_keys=True))
     return 0 if result["mismatches_at_end"] == 0 else 1
