@@ -81,13 +81,14 @@ def stock_set(sku: str, quantity: int, as_: As = None) -> None:
         raise CliError(f"a SKU has 1 to {SKU_MAX} characters, got {len(sku)}")
     if not 0 <= quantity <= INT32_MAX:
         raise CliError(f"quantity must be between 0 and {INT32_MAX}, got {quantity}")
+    actor = cli_actor(as_)
     with session_scope() as session:
         try:
-            available = set_on_hand(session, sku, quantity, actor="staff:cli")
+            available = set_on_hand(session, sku, quantity, actor=actor)
         except ValueError as exc:  # below what open orders hold
             raise CliError(str(exc)) from None
         waiting = release_waiting(session, sku)
-        audit(session, cli_actor(as_), "stock.set", sku, on_hand=quantity, available=available,
+        audit(session, actor, "stock.set", sku, on_hand=quantity, available=available,
               released=waiting)  # fmt: skip
     console.print(f"{sku}: on hand {quantity}, available {available}; "
                   f"{len(waiting)} waiting orders pushed on")  # fmt: skip

@@ -31,6 +31,7 @@ from domain.buffer import BufferRule, pushed_quantity
 from orders.stock import set_on_hand
 from sandbox.knobs import Knobs
 from tests.support.stack import wait_until
+from tests.support.staff import bearer
 from tests.support.world import SECRET, World, module_database_url, running_world
 
 pytestmark = pytest.mark.slow
@@ -184,7 +185,9 @@ def test_ten_thousand_changes_over_500_skus_with_orders_reserving_reach_every_ch
             changed += 1
 
     orders = [_order(SKUS, rng, fixtures_dir) for _ in range(ORDERS)]
-    with httpx.Client(base_url=world.stack.base_url, timeout=60) as client:
+    with httpx.Client(
+        base_url=world.stack.base_url, timeout=60, headers=bearer(world.staff)
+    ) as client:
         with ThreadPoolExecutor(8) as pool:
 
             def send_orders() -> None:
@@ -230,7 +233,9 @@ def test_a_channel_down_for_a_minute_is_retried_shown_and_converges_in_order(
     world.sandbox.shopify.knobs = Knobs(rate_429=1.0, retry_after="1")  # Shopify: 429s
     outage_ends = time.monotonic() + 60
     try:
-        with httpx.Client(base_url=world.stack.base_url, timeout=60) as client:
+        with httpx.Client(
+            base_url=world.stack.base_url, timeout=60, headers=bearer(world.staff)
+        ) as client:
             # stock only goes down, so a quantity pushed out of order would go up again
             for step in range(1, 16):
                 for sku in skus:
@@ -306,7 +311,9 @@ def test_an_admin_edit_is_reported_as_drift_and_repaired(world: World) -> None:
         probe.close()
     wait_until(drifts(3), timeout=120, what="three drifts found by the check and repaired")
     # Shopify's own push finds it (changeFromQuantity): the next change of the SKU
-    with httpx.Client(base_url=world.stack.base_url, timeout=60) as client:
+    with httpx.Client(
+        base_url=world.stack.base_url, timeout=60, headers=bearer(world.staff)
+    ) as client:
         client.put("/api/stock/DRIFT-A", params={"on_hand": 19}).raise_for_status()
 
     found = wait_until(drifts(4), timeout=120, what="four drifts found and repaired")

@@ -2,7 +2,7 @@
 mark), drift rows, nightly checks, the account's buffer default and its flusher lease
 
 Revision ID: 7d6c614e86da
-Revises: 4b4b2caec3e8
+Revises: 6a1eb24ec7d0
 Create Date: 2026-12-02 16:33:47.213328+00:00
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 import db.base
 
 revision: str = "7d6c614e86da"
-down_revision: str | None = "4b4b2caec3e8"
+down_revision: str | None = "6a1eb24ec7d0"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
