@@ -32,6 +32,7 @@ from db.base import utcnow
 from db.models import Order, OrderLine, Payment, StockItem, StockReservation
 from domain.states import OrderState
 from orders.intake import record_event
+from orders.stock import mark_dirty
 from orders.transitions import transition
 
 __all__ = ["LineDiff", "apply_edit", "diff_lines", "snapshot"]
@@ -143,19 +144,22 @@ def _rebalance(session: Session, order_id: int) -> tuple[dict[str, int], dict[st
         savepoint.rollback()
         return {}, short
     savepoint.commit()
+    mark_dirty(session, set(changes))  # what is available moved: the channels are told
     return changes, {}
 
 
 def _hold_for_stock(session: Session, order: Order, short: Mapping[str, int], actor: str) -> None:
     """The edit wants units the shelf has not got: everything the order held goes back and it
     waits on hold (its reservation is made afresh when the stock arrives)."""
-    for row in _held(session, order.id).values():
+    held = _held(session, order.id)
+    for row in held.values():
         session.execute(
             update(StockItem)
             .where(StockItem.sku == row.sku)
             .values(reserved=StockItem.reserved - row.quantity, updated_at=utcnow())
         )
     session.execute(delete(StockReservation).where(StockReservation.order_id == order.id))
+    mark_dirty(session, set(held))
     transition(session, order, S.ON_HOLD, actor=actor, short=dict(short), reason="edited")
 
 

@@ -22,6 +22,7 @@ from db.models import Order, OrderLine, Payment, Refund, StockItem, StockReserva
 from db.session import dialect_insert
 from domain.canonical import CanonicalRefund
 from orders.intake import record_event
+from orders.stock import mark_dirty
 
 __all__ = ["key_of", "record_marketplace_refunds", "refunded_total", "restock"]
 
@@ -58,6 +59,7 @@ def restock(session: Session, order_id: int, sku: str, quantity: int) -> str | N
         held.quantity -= units
         if held.quantity == 0:
             held.status = "released"
+        mark_dirty(session, {sku})  # available again: the channels are told
         return "released"
     shipped = session.scalar(
         select(StockReservation.quantity).where(
@@ -72,6 +74,7 @@ def restock(session: Session, order_id: int, sku: str, quantity: int) -> str | N
         .where(StockItem.sku == sku)
         .values(on_hand=StockItem.on_hand + min(quantity, shipped), updated_at=utcnow())
     )
+    mark_dirty(session, {sku})
     return "returned"
 
 

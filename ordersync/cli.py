@@ -21,6 +21,7 @@ from orders.users import UserError
 from ordersync.staff_cli import (
     CliError,
     accounts_cli,
+    listings_cli,
     money_cli,
     orders_cli,
     outbox_cli,
@@ -42,6 +43,7 @@ cli.add_typer(users_cli, name="users")
 cli.add_typer(audit_cli, name="audit")
 cli.add_typer(sync_cli, name="sync")
 cli.add_typer(money_cli, name="money")
+cli.add_typer(listings_cli, name="listings")
 console = Console(stderr=True)
 
 

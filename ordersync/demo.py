@@ -10,15 +10,20 @@ run-scoped accounts; then the N orders arrive as they would in production:
 
 Every order then runs the pipeline (stock, payment, invoice, label) until it is
 ``ready_to_ship`` or ``on_hold`` (the demo stock is set to run out); Shopify keeps two SKUs at
-a second location, so some of its orders ship in two shipments. Then "staff" cancel a tenth of
-the ready orders (their labels are voided, their money refunded, the cancellation pushed) and
-ship the rest (the fulfilments go out through the outbox), and the sandbox carrier delivers the
-parcels (Beat tracks them every ``TRACK_INTERVAL_S``, 2 s here) until all is quiet. Then the
-nightly full sync runs once, and its reconcile report is part of the summary (``ordersync sync
-status`` shows it too). The demo's staff user ``demo`` (an operator) gets a new password each
-run, printed. The summary counts what happened from our side and from the sandbox's ledgers
-(captures, labels, fulfilments, cancellations, voids). ``--json`` adds it as one JSON object on
-the last line of stdout; ``--keep`` leaves everything running.
+a second location, so some of its orders ship in two shipments. Every SKU is listed on all four
+marketplaces (``listings sync`` of each account), so every reservation moves stock that is
+pushed, coalesced and in bulk, to all four (Shopify's account keeps 10 % back). After the sale
+some paid Shopify orders are edited (a line added) and some partly refunded. Then the nightly
+full sync runs once, and its reconcile report is part of the summary (``ordersync sync status``
+shows it too). Then "staff" cancel a tenth of the ready orders (their labels are voided, their
+money refunded, the cancellation pushed) and ship the rest (the fulfilments go out through the
+outbox), and the sandbox carrier delivers the parcels (Beat tracks them every
+``TRACK_INTERVAL_S``, 2 s here) until all is quiet. The demo's staff user ``demo`` (an operator)
+gets a new password each run, printed. The summary counts what happened from our side and from
+the sandbox's ledgers (captures, labels, fulfilments, cancellations, voids, stock calls);
+``channel_stock_mismatches`` is the number of listings whose quantity in the sandbox differs,
+once quiet, from what the buffer rules give for our available stock (must be 0). ``--json`` adds
+it as one JSON object on the last line of stdout; ``--keep`` leaves everything running.
 """
 
 from __future__ import annotations
@@ -51,12 +56,15 @@ from db.models import (
     InboxEvent,
     Invoice,
     Label,
+    Listing,
     Order,
     OrderEvent,
     OutboxMessage,
     Payment,
     Refund,
     Shipment,
+    StockItem,
+    StockReservation,
     SyncRun,
 )
 from db.session import session_scope
@@ -84,6 +92,10 @@ SECOND_LOCATION_SKUS = ("SKU-BLUE-S", "SKU-BLUE-M")
 #: share of the ready orders staff cancel (Amazon's excepted: the seller cannot, by API)
 CANCEL_SHARE = 0.1
 CANCEL_REASON = "demo: the buyer changed their mind"
+#: the demo's buffer rule on Shopify: keep 10 % back from that channel
+SHOPIFY_KEEP_PERCENT = 10
+#: how long the stock pushes may take to go quiet after the last order settled
+STOCK_QUIET_TIMEOUT_S = 60
 Delivery = tuple[str, dict[str, str], bytes]  # (path, headers, body)
 
 
@@ -315,6 +327,56 @@ def _polled(account_id: int) -> bool:
         )
 
 
+def _stock_pending(account_ids: list[int]) -> int:
+    with session_scope() as session:
+        return int(
+            session.scalar(
+                select(func.count()).select_from(Listing).where(
+                    Listing.channel_account_id.in_(account_ids),
+                    Listing.want_version > Listing.pushed_version,
+                    Listing.fulfilled_by_marketplace.is_(False),
+                )
+            ) or 0
+        )  # fmt: skip
+
+
+def _stock_mismatches(account_ids: list[int], sandbox: Sandbox) -> int:
+    """Listings whose quantity in the sandbox is not the buffered available quantity."""
+    from orders.stock_push import quantity_for
+
+    shown = sandbox.channel_stock()
+    wrong = 0
+    with session_scope() as session:
+        rows = session.execute(
+            select(Listing, ChannelAccount)
+            .join(ChannelAccount, ChannelAccount.id == Listing.channel_account_id)
+            .where(Listing.channel_account_id.in_(account_ids),
+                   Listing.fulfilled_by_marketplace.is_(False))
+        ).all()  # fmt: skip
+        for listing, account in rows:
+            want = quantity_for(session, listing, account)
+            if want is not None and shown[account.channel].get(listing.sku) != want:
+                wrong += 1
+    return wrong
+
+
+def _sync_listings(account_ids: list[int]) -> None:
+    """``ordersync listings sync`` for each account: the new listings are pushed our stock."""
+    from orders.stock_push import sync_listings
+    from workflows.providers import connector_for
+
+    for account_id in account_ids:
+        with session_scope() as session:
+            account = session.get(ChannelAccount, account_id)
+            assert account is not None
+            session.expunge(account)
+        connector = connector_for(account)
+        try:
+            sync_listings(session_scope, account_id, connector)
+        finally:
+            connector.close()
+
+
 def _summary(
     account_ids: list[int], sandbox: Sandbox, orders_sent: int, deliveries: int, seconds: float
 ) -> dict[str, Any]:
@@ -407,6 +469,19 @@ def _summary(
             select(func.count(func.distinct(OrderEvent.order_id)))
             .where(OrderEvent.order_id.in_(run_orders), OrderEvent.kind == "edited")
         )  # fmt: skip
+        # each reservation took stock, each release gave it back, each count set it
+        reservations = session.scalar(
+            select(func.count()).select_from(StockReservation)
+            .where(StockReservation.order_id.in_(run_orders))
+        )  # fmt: skip
+        released = session.scalar(
+            select(func.count()).select_from(StockReservation).where(
+                StockReservation.order_id.in_(run_orders), StockReservation.status == "released"
+            )
+        )  # fmt: skip
+        counted = session.scalar(
+            select(func.count()).select_from(StockItem).where(StockItem.counted_by == "demo")
+        )
     created = sum(by_state.values())
     failed = int(failed or 0)
     ledger = sandbox.ledger()
@@ -455,6 +530,10 @@ def _summary(
         "edited_orders": int(edited or 0),
         "refunds_by_source": refunds,
         "money_mismatches": len(mismatches),
+        "stock_changes": int(reservations or 0) + int(released or 0) + int(counted or 0),
+        "stock_push_calls": sum(ledger["stock_calls"].values()),
+        "stock_push_calls_by_channel": ledger["stock_calls"],
+        "channel_stock_mismatches": _stock_mismatches(account_ids, sandbox),
         "seconds": round(seconds, 2),
         "orders_per_s": round(created / seconds, 1) if seconds else None,
     }
@@ -605,14 +684,18 @@ def run_demo(
                 webhook_secret=spec.webhook_secret,
                 # polled right away by the demo; Beat then polls on its own interval
                 poll_cursor=None,
+                stock_keep_percent=SHOPIFY_KEEP_PERCENT if channel == "shopify" else 0,
             )
             session.add(account)
             session.flush()
             accounts[channel] = account.name
             account_ids.append(account.id)
         by_name = {name: i for name, i in zip(accounts.values(), account_ids, strict=True)}
-        for sku in sorted(_demo_skus(sandbox)):
-            set_on_hand(session, sku, max(3, int(orders * STOCK_PER_ORDER)))
+        skus = sorted(_demo_skus(sandbox))
+        for sku in skus:
+            set_on_hand(session, sku, max(3, int(orders * STOCK_PER_ORDER)), actor="demo")
+    # every SKU on every marketplace, so every order's stock goes out to all four
+    sandbox.add_listings(skus)
 
     env = {
         **os.environ,
@@ -636,6 +719,7 @@ def run_demo(
         err.print(f"dashboard login: [bold]{DEMO_USER}[/bold] / [bold]{password}[/bold] "
                   f"(operator) at {base_url}/login", soft_wrap=True)  # fmt: skip
         wait_ready(base_url, broker, group, timeout_s=60)
+        _sync_listings(account_ids)
 
         counts = _split(orders)
         plan = _webhooks(sandbox, counts, accounts, secret, duplicate_rate, rng)
@@ -701,6 +785,12 @@ def run_demo(
                     break
                 time.sleep(0.25)
             progress.update(ship_bar, total=acted, completed=acted)
+            # then the last stock changes (shipments, cancellations) reach the channels
+            quiet_by = time.monotonic() + STOCK_QUIET_TIMEOUT_S
+            while time.monotonic() < quiet_by and (
+                _stock_pending(account_ids) or _stock_mismatches(account_ids, sandbox)
+            ):
+                time.sleep(0.25)
         rejected = [s for s in statuses if s != 200]
         if rejected:
             err.print(f"[red]{len(rejected)} deliveries were not accepted: {sorted(set(rejected))}")
@@ -731,6 +821,8 @@ def run_demo(
             and summary["cancellations_in_ledger"] == summary["cancellations_pushed"]
             and summary["voided_in_ledger"] == summary["voided_labels"]
             and summary["delivery_events_in_ledger"] == summary["deliveries_pushed"]
+            and summary["channel_stock_mismatches"] == 0
+            and all(n > 0 for n in summary["stock_push_calls_by_channel"].values())
         )
         return 0 if ok else 1
     except KeyboardInterrupt:

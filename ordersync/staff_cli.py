@@ -17,7 +17,15 @@ from db.session import session_scope
 from domain.states import OrderState
 from ordersync.users_cli import As, cli_actor
 
-__all__ = ["CliError", "accounts_cli", "money_cli", "orders_cli", "outbox_cli", "stock_cli"]
+__all__ = [
+    "CliError",
+    "accounts_cli",
+    "listings_cli",
+    "money_cli",
+    "orders_cli",
+    "outbox_cli",
+    "stock_cli",
+]
 
 #: the widths of the columns these commands write (db/models.py)
 NAME_MAX, SKU_MAX = 100, 100
@@ -32,6 +40,7 @@ console = Console()
 orders_cli = typer.Typer(no_args_is_help=True, help="Look at orders and retry stuck ones.")
 stock_cli = typer.Typer(no_args_is_help=True, help="Stock levels.")
 accounts_cli = typer.Typer(no_args_is_help=True, help="Marketplace accounts.")
+listings_cli = typer.Typer(no_args_is_help=True, help="Our SKUs as listed on each channel.")
 outbox_cli = typer.Typer(
     no_args_is_help=True, help="Fulfilments and cancellations on their way to the marketplaces."
 )
@@ -351,16 +360,124 @@ def stock_set(sku: str, quantity: int, as_: As = None) -> None:
         raise CliError(f"a SKU has 1 to {SKU_MAX} characters, got {len(sku)}")
     if not 0 <= quantity <= INT32_MAX:
         raise CliError(f"quantity must be between 0 and {INT32_MAX}, got {quantity}")
+    actor = cli_actor(as_)
     with session_scope() as session:
         try:
-            available = set_on_hand(session, sku, quantity)
+            available = set_on_hand(session, sku, quantity, actor=actor)
         except ValueError as exc:  # below what open orders hold
             raise CliError(str(exc)) from None
         waiting = release_waiting(session, sku)
-        audit(session, cli_actor(as_), "stock.set", sku, on_hand=quantity, available=available,
+        audit(session, actor, "stock.set", sku, on_hand=quantity, available=available,
               released=waiting)  # fmt: skip
     console.print(f"{sku}: on hand {quantity}, available {available}; "
                   f"{len(waiting)} waiting orders pushed on")  # fmt: skip
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else ""
+
+
+@stock_cli.command("show")
+def stock_show(sku: str) -> None:
+    """On hand, reserved and available of SKU; per channel listing what it should show, what
+    was last pushed and when, and any drift (both numbers)."""
+    from orders.stock_view import stock_view
+
+    with session_scope() as session:
+        view = stock_view(session, sku)
+    if view is None:
+        raise CliError(
+            f"no stock and no listing for SKU {sku!r} (ordersync stock set / listings sync)"
+        )
+    console.print(f"{view.sku}: on hand {view.on_hand}, reserved {view.reserved}, "
+                  f"available {view.available}"
+                  + (f" (counted by {view.counted_by})" if view.counted_by else ""))  # fmt: skip
+    table = Table("account", "channel", "should show", "last pushed", "at", "state", "drift")
+    for item in view.listings:
+        drift = item.drift
+        drift_text = ""
+        if drift is not None:
+            drift_text = (f"{drift['found_by']}: channel had {drift['channel_qty']}, expected "
+                          f"{drift['expected_qty']}"
+                          + (" (repaired)" if drift["repaired_at"] else ""))  # fmt: skip
+        if item.fulfilled_by_marketplace:
+            state = "FBA: not pushed"
+        elif item.last_error:
+            state = f"failed: {item.last_error[:50]}"
+        else:
+            state = "pending" if item.pending else "in sync"
+        table.add_row(item.account, item.channel,
+                      "" if item.should_show is None else str(item.should_show),
+                      "" if item.last_pushed_qty is None else str(item.last_pushed_qty),
+                      _when(item.last_pushed_at), state, drift_text)  # fmt: skip
+    console.print(table)
+
+
+@listings_cli.command("sync")
+def listings_sync(account: str) -> None:
+    """Discover ACCOUNT's listings on the marketplace by SKU and record them (new ones are
+    pushed our quantity); report SKUs that exist on one side only."""
+    from domain.errors import IntegrationError
+    from orders.stock_push import sync_listings
+    from workflows.providers import connector_for
+
+    with session_scope() as session:
+        row = session.scalar(select(ChannelAccount).where(ChannelAccount.name == account))
+    if row is None:
+        raise CliError(f"no account named {account!r} (ordersync accounts list)")
+    try:
+        connector = connector_for(row)
+    except KeyError as exc:
+        raise CliError(f"account {account!r} has no credential {exc} (accounts add … -c)") from None
+    try:
+        report = sync_listings(session_scope, row.id, connector)
+    except IntegrationError as exc:
+        raise CliError(f"{account}: {type(exc).__name__}: {exc}") from None
+    finally:
+        connector.close()
+    console.print(f"{account}: {report.found} listings on {row.channel}, {report.created} new, "
+                  f"{report.updated} changed, {report.fulfilled_by_marketplace} fulfilled by "
+                  f"the marketplace (never pushed)")  # fmt: skip
+    if report.channel_only:
+        console.print(f"on {row.channel} only ({len(report.channel_only)}, we hold no stock): "
+                      + ", ".join(report.channel_only[:20]))  # fmt: skip
+    if report.ours_only:
+        console.print(f"ours only ({len(report.ours_only)}, not listed on {row.channel}): "
+                      + ", ".join(report.ours_only[:20]))  # fmt: skip
+
+
+@listings_cli.command("list")
+def listings_list(
+    account: Annotated[str | None, typer.Option(help="only this account")] = None,
+    sku: Annotated[str | None, typer.Option(help="only this SKU")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000)] = 200,
+) -> None:
+    """Listings with their identifiers, what was last pushed and whether a push is pending."""
+    from db.models import Listing
+
+    query = (
+        select(Listing, ChannelAccount)
+        .join(ChannelAccount, ChannelAccount.id == Listing.channel_account_id)
+        .order_by(ChannelAccount.name, Listing.sku)
+        .limit(limit)
+    )
+    if account:
+        query = query.where(ChannelAccount.name == account)
+    if sku:
+        query = query.where(Listing.sku == sku)
+    table = Table("account", "sku", "external id", "last pushed", "at", "state")
+    with session_scope() as session:
+        for listing, acc in session.execute(query):
+            if listing.fulfilled_by_marketplace:
+                state = "FBA"
+            elif listing.last_error:
+                state = "failed"
+            else:
+                state = "pending" if listing.want_version > listing.pushed_version else "in sync"
+            table.add_row(acc.name, listing.sku, listing.external_id or "",
+                          "" if listing.last_pushed_qty is None else str(listing.last_pushed_qty),
+                          _when(listing.last_pushed_at), state)  # fmt: skip
+    console.print(table)
 
 
 def _parse_pairs(pairs: list[str]) -> dict[str, str]:

@@ -9,7 +9,10 @@ available gets ``THROTTLED`` like Shopify's, one above the whole bucket ``MAX_CO
 Orders are kept in the REST shape (``rest-2026-07/order.get.json``) with big-integer ids and
 totals that add up; GraphQL nodes and webhook bodies are derived from them. Ledgers record what
 the connector pushed: ``fulfillments``, ``inventory_sets`` (by idempotency key), ``cancels``,
-``captures`` (by idempotency key).
+``captures`` (by idempotency key); ``inventory`` is the quantity available per SKU at the shop's
+one location, ``stock_calls`` the ``inventorySetQuantities`` calls answered, and
+``edit_in_admin`` plays a merchant changing a quantity in Shopify's admin (the next
+compare-and-set from the old number is refused).
 
 Each order has its payment transactions, as ``OrderTransactions`` reads them: a ``paid`` order a
 SALE, an ``authorized`` one an AUTHORIZATION that expires 7 days after checkout (Shopify
@@ -244,6 +247,8 @@ class ShopifySimulator:
             for i, sku in enumerate(self.skus)
         }
         self.inventory: dict[str, int] = dict.fromkeys(self.skus, 100)  # sku → available
+        #: inventorySetQuantities calls answered (applied or refused), counted from outside
+        self.stock_calls = 0
         #: ledgers of what the connector pushed
         self.fulfillments: list[dict[str, Any]] = []
         self.inventory_sets: dict[str, dict[str, Any]] = {}  # idempotency key → the set
@@ -795,6 +800,20 @@ class ShopifySimulator:
 
     # --- the cost bucket ----------------------------------------------------------------------
 
+    def add_listings(self, skus: Iterable[str], quantity: int = 0) -> None:
+        """More product variants (one inventory item each) at the shop's location."""
+        with self._lock:
+            for sku in skus:
+                if sku not in self.inventory_items:
+                    number = 49148385000 + 17 * len(self.inventory_items)
+                    self.inventory_items[sku] = f"gid://shopify/InventoryItem/{number}"
+                    self.inventory[sku] = quantity
+
+    def edit_in_admin(self, sku: str, quantity: int) -> None:
+        """A merchant sets the quantity in Shopify's admin (not through us)."""
+        with self._lock:
+            self.inventory[sku] = quantity
+
     def spend(self, points: float) -> None:
         """Points used by someone else (another app on this shop): the next queries may be
         THROTTLED, as they are when a client shares its shop's bucket."""
@@ -1178,15 +1197,39 @@ class ShopifySimulator:
         payload = {"job": {"id": job, "done": False}, "orderCancelUserErrors": []}
         return {"orderCancel": payload}, MUTATION_COST
 
-    def _inventory_items_by_sku(
+    def _product_variants(
         self, query: str, variables: dict[str, Any]
     ) -> tuple[dict[str, Any], int]:
-        wanted = re.findall(r"sku:'((?:[^'\\]|\\.)*)'", str(variables.get("query") or ""))
-        wanted = [re.sub(r"\\(.)", r"\1", w) for w in wanted]
+        skus = sorted(self.inventory_items)
+        first = int(variables["first"])
+        start = int(_uncursor(variables["after"])[0]) if variables.get("after") else 0
+        page = skus[start : start + first]
         nodes = [
-            {"id": self.inventory_items[s], "sku": s} for s in wanted if s in self.inventory_items
-        ][: int(variables["first"])]
-        return {"inventoryItems": {"nodes": nodes}}, 2 + len(nodes)
+            {"sku": sku, "inventoryItem": {"id": self.inventory_items[sku],
+                                           "inventoryLevel": self._level(sku, variables)}}
+            for sku in page
+        ]  # fmt: skip
+        more = start + first < len(skus)
+        info = {"hasNextPage": more, "endCursor": _cursor(start + first) if more else None}
+        return {"productVariants": {"nodes": nodes, "pageInfo": info}}, 2 + 4 * len(nodes)
+
+    def _level(self, sku: str, variables: dict[str, Any]) -> dict[str, Any] | None:
+        if variables.get("location") != LOCATION_GID:
+            return None
+        return {"quantities": [{"name": "available", "quantity": self.inventory[sku]}]}
+
+    def _inventory_levels(
+        self, query: str, variables: dict[str, Any]
+    ) -> tuple[dict[str, Any], int]:
+        by_item = {gid: sku for sku, gid in self.inventory_items.items()}
+        nodes: list[dict[str, Any] | None] = []
+        for gid in variables["ids"]:
+            sku = by_item.get(gid)
+            nodes.append(
+                None if sku is None
+                else {"id": gid, "inventoryLevel": self._level(sku, variables)}
+            )  # fmt: skip
+        return {"nodes": nodes}, 1 + 3 * len(nodes)
 
     def _locations(self, query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
         nodes = [{"id": LOCATION_GID, "name": "Shop location"}]
@@ -1197,6 +1240,7 @@ class ShopifySimulator:
     def _inventory_set_quantities(
         self, query: str, variables: dict[str, Any]
     ) -> tuple[dict[str, Any], int]:
+        self.stock_calls += 1
         key = variables.get("idempotencyKey")
         if "@idempotent" not in query or not key:
             raise _GraphQLFailure(
@@ -1416,7 +1460,8 @@ _HANDLERS: dict[str, _Handler] = {
     "FulfillmentCreate": _Handler(lambda v: MUTATION_COST, _S._fulfillment_create),
     "FulfillmentEventCreate": _Handler(lambda v: MUTATION_COST, _S._fulfillment_event_create),
     "OrderCancel": _Handler(lambda v: MUTATION_COST, _S._order_cancel),
-    "InventoryItemsBySku": _Handler(lambda v: 2 + int(v["first"]), _S._inventory_items_by_sku),
+    "ProductVariants": _Handler(lambda v: 2 + 4 * int(v["first"]), _S._product_variants),
+    "InventoryLevels": _Handler(lambda v: 1 + 3 * len(v["ids"]), _S._inventory_levels),
     "Locations": _Handler(lambda v: 2 + int(v["first"]), _S._locations),
     "InventorySetQuantities": _Handler(lambda v: MUTATION_COST, _S._inventory_set_quantities),
     "Shop": _Handler(lambda v: 1, _S._shop),

@@ -11,7 +11,9 @@ Served (mount with ``app.include_router(sim.build_router(), prefix="/woocommerce
   ``orderby``/``order``, ``modified_after``/``modified_before``/``after``/``before`` (strict),
   ``dates_are_gmt``, ``status``; ``X-WP-Total``, ``X-WP-TotalPages`` and ``Link`` headers;
 - ``GET|PUT|POST|PATCH /orders/{id}``, ``GET|POST /orders/{id}/notes``;
-- ``GET /products?sku=a,b``, ``POST /products/batch``, ``POST /products/{id}/variations/batch``
+- ``GET /products[?sku=a,b]`` (variations only in a SKU search), ``GET /products/{id}/variations``,
+  ``POST /products/batch`` (simple products), ``POST /products/{id}/variations/batch``; a ledger of
+  every stock set (``stock:{sku}``), ``stock_calls`` (batches answered) and ``edit_in_admin``
   (≤ 100 items, else 413 ``rest_request_entity_too_large``; bad ids fail per item).
 
 Auth: consumer key/secret as HTTP Basic or as ``consumer_key``/``consumer_secret`` query
@@ -33,7 +35,7 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -142,6 +144,14 @@ class WooCommerceSimulator:
                 "stock_quantity": 0,
                 "stock_status": "outofstock",
             }
+        # the variable product the variations belong to (no SKU, no stock of its own)
+        self.products[parent] = {
+            "id": parent, "name": "Variable product", "type": "variable", "status": "publish",
+            "sku": "", "price": "0.00", "parent_id": 0, "manage_stock": False,
+            "stock_quantity": None, "stock_status": "instock",
+        }  # fmt: skip
+        #: products/batch and variations/batch calls answered, counted from outside
+        self.stock_calls = 0
 
     # -- state ---------------------------------------------------------------------------
 
@@ -303,6 +313,28 @@ class WooCommerceSimulator:
         every change must read as newer."""
         previous = dt.datetime.fromisoformat(order["date_modified_gmt"])
         return max(self._now(), previous + dt.timedelta(seconds=1))
+
+    def add_listings(self, skus: Iterable[str], quantity: int = 0) -> None:
+        """More simple products, one per SKU."""
+        with self._lock:
+            known = {p["sku"] for p in self.products.values()}
+            for sku in skus:
+                if sku in known:
+                    continue
+                pid = 10_000 + len(self.products)
+                self.products[pid] = {
+                    "id": pid, "name": sku.title(), "type": "simple", "status": "publish",
+                    "sku": sku, "price": "10.00", "parent_id": 0, "manage_stock": True,
+                    "stock_quantity": quantity,
+                    "stock_status": "instock" if quantity > 0 else "outofstock",
+                }  # fmt: skip
+
+    def edit_in_admin(self, sku: str, quantity: int) -> None:
+        """A merchant sets the stock in the WordPress admin (not through us)."""
+        with self._lock:
+            for product in self.products.values():
+                if product["sku"] == sku:
+                    product["stock_quantity"] = quantity
 
     def stock(self, sku: str) -> int | None:
         with self._lock:
@@ -669,9 +701,12 @@ class WooCommerceSimulator:
             with self._lock:
                 items = list(self.products.values())
                 if "sku" in q:
-                    # a comma list, and (as Woo does) the whole string as one SKU too
+                    # a comma list, and (as Woo does) the whole string as one SKU too;
+                    # a SKU search finds variations too
                     skus = {*q["sku"].split(","), q["sku"]}
                     items = [p for p in items if p["sku"] in skus]
+                else:  # a listing shows products, not their variations
+                    items = [p for p in items if p["type"] != "variation"]
                 items = json.loads(json.dumps(items))
             total = len(items)
             headers |= {
@@ -706,11 +741,19 @@ class WooCommerceSimulator:
                 )
             out = []
             with self._lock:
+                self.stock_calls += 1
                 for item in updates:
                     product = self.products.get(
                         _int(item.get("id")) if isinstance(item, dict) else 0
                     )
-                    if product is None or (parent is not None and product["parent_id"] != parent):
+                    wrong_kind = product is not None and (product["type"] == "variation") != (
+                        parent is not None
+                    )
+                    if (
+                        product is None
+                        or wrong_kind
+                        or (parent is not None and product["parent_id"] != parent)
+                    ):
                         out.append(
                             {
                                 "id": 0,
@@ -731,6 +774,25 @@ class WooCommerceSimulator:
                         self.ledger[f"stock:{product['sku']}"].append({"quantity": qty})
                     out.append(dict(product))
             return self._ok(operation, {"update": out}, headers)
+
+        @router.get(f"{API}/products/{{product_id}}/variations")
+        async def list_variations(product_id: int, request: Request) -> Response:
+            refused, headers = await self._guard(request, "list_variations")
+            if refused:
+                return refused
+            q = request.query_params
+            page = max(1, _int(q.get("page"), 1))
+            per_page = min(100, max(1, _int(q.get("per_page"), 10)))
+            with self._lock:
+                items = [p for p in self.products.values() if p["parent_id"] == product_id]
+                items = json.loads(json.dumps(items))
+            headers |= {
+                "X-WP-Total": str(len(items)),
+                "X-WP-TotalPages": str(math.ceil(len(items) / per_page)),
+            }
+            return self._ok(
+                "list_variations", items[(page - 1) * per_page : page * per_page], headers
+            )
 
         @router.post(f"{API}/products/batch")
         async def batch_products(request: Request) -> Response:

@@ -684,20 +684,34 @@ def retry_outbox(message_id: Id, session: SessionDep, staff: Staff) -> dict[str,
     return {"id": message_id, "was": was, "status": "pending"}
 
 
-@router.put("/stock/{sku}", response_model=StockOut)
+@router.get("/stock/{sku:path}")  # a SKU may hold a slash
+def get_stock(sku: Annotated[str, Path(min_length=1, max_length=100)],
+              session: SessionDep) -> dict[str, Any]:  # fmt: skip
+    """On hand, reserved, available; per channel listing what it should show, what was last
+    pushed and when, pending or failed, and the latest drift with both numbers."""
+    from orders.stock_view import stock_view
+
+    view = stock_view(session, sku)
+    if view is None:
+        raise HTTPException(404, "no stock and no listing for this SKU")
+    return view.as_dict()
+
+
+@router.put("/stock/{sku:path}", response_model=StockOut)  # a SKU may hold a slash
 def set_stock(
     sku: Annotated[str, Path(min_length=1, max_length=100)],
     session: SessionDep,
     staff: Staff,
     on_hand: int = Query(..., ge=0, le=2**31 - 1),
 ) -> dict[str, Any]:
-    """Set the counted quantity; on-hold orders waiting for the SKU are pushed on."""
+    """Set the counted quantity; on-hold orders waiting for the SKU are pushed on, and the
+    SKU's listings are pushed the new quantity."""
     from orders.stock import set_on_hand
     from workflows.pipeline import release_waiting
 
     with session.begin():
         try:
-            available = set_on_hand(session, sku, on_hand)
+            available = set_on_hand(session, sku, on_hand, actor=staff.actor)
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from None
         waiting = release_waiting(session, sku)

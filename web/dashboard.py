@@ -8,7 +8,10 @@
 - ``/orders/{id}``: one order: totals, lines, payment, invoice, its shipments (lines, location,
   label, tracking; reprint, ship this parcel, void, void and re-buy), what went to its
   marketplace with each attempt, timeline, actions (ship, mark shipped by hand, hold/release,
-  cancel with a reason).
+  cancel with a reason);
+- ``/stock[?sku=]``: every SKU's on hand / reserved / available with its listings' pending and
+  failed pushes and open drift (problems first); one SKU: per channel listing what it should
+  show, what we last pushed and when, and drift with both numbers.
 
 Pages only read. Every button posts to the staff JSON API (``web/api.py``) with ``fetch``
 (``static/dashboard.js``), so a retry here is exactly the retry of the API and the CLI, and a
@@ -305,3 +308,19 @@ def order_detail(request: Request, order_id: Id, session: SessionDep) -> HTMLRes
         messages=messages,
         attempts=attempts,
     )
+
+
+# --- stock ------------------------------------------------------------------------------------
+
+STOCK_LIMIT = 500
+
+
+@router.get("/stock", response_class=HTMLResponse)
+def stock(request: Request, session: SessionDep, sku: str = "") -> HTMLResponse:
+    from orders.stock_view import stock_overview, stock_view
+
+    sku = sku.strip()
+    if sku:
+        return _render(request, "stock.html", sku=sku, view=stock_view(session, sku))
+    return _render(request, "stock.html", sku="", rows=stock_overview(session, limit=STOCK_LIMIT),
+                   limit=STOCK_LIMIT)  # fmt: skip

@@ -15,7 +15,7 @@ __all__ = [
     "API_VERSION",
     "FULFILLMENT_CREATE",
     "FULFILLMENT_EVENT_CREATE",
-    "INVENTORY_ITEMS_BY_SKU",
+    "INVENTORY_LEVELS",
     "INVENTORY_SET_QUANTITIES",
     "LINE_ITEMS_FIRST",
     "LOCATIONS",
@@ -28,8 +28,12 @@ __all__ = [
     "ORDER_FULFILLMENT_STATE",
     "ORDER_LINE_ITEMS",
     "ORDER_TRANSACTIONS",
+    "PRODUCT_VARIANTS",
     "SHOP",
+    "VARIANTS_PAGE_SIZE",
+    "levels_cost",
     "order_cost",
+    "variants_cost",
 ]
 
 API_VERSION = "2026-07"
@@ -159,11 +163,45 @@ mutation FulfillmentEventCreate($fulfillmentEvent: FulfillmentEventInput!) {
 }
 """
 
-INVENTORY_ITEMS_BY_SKU = """
-query InventoryItemsBySku($first: Int!, $query: String!) {
-  inventoryItems(first: $first, query: $query) { nodes { id sku } }
+# https://shopify.dev/docs/api/admin-graphql/2026-07/queries/productVariants
+PRODUCT_VARIANTS = """
+query ProductVariants($first: Int!, $after: String, $location: ID!) {
+  productVariants(first: $first, after: $after) {
+    nodes {
+      sku
+      inventoryItem {
+        id
+        inventoryLevel(locationId: $location) { quantities(names: ["available"]) { name quantity } }
+      }
+    }
+    pageInfo { hasNextPage endCursor }
+  }
 }
 """
+VARIANTS_PAGE_SIZE = 100
+
+
+def variants_cost(first: int) -> int:
+    """Connection 2 + per variant: itself, its item, the level, the quantities connection."""
+    return 2 + first * 4
+
+
+# https://shopify.dev/docs/api/admin-graphql/2026-07/queries/nodes
+INVENTORY_LEVELS = """
+query InventoryLevels($ids: [ID!]!, $location: ID!) {
+  nodes(ids: $ids) {
+    ... on InventoryItem {
+      id
+      inventoryLevel(locationId: $location) { quantities(names: ["available"]) { name quantity } }
+    }
+  }
+}
+"""
+
+
+def levels_cost(n: int) -> int:
+    return 1 + n * 3
+
 
 LOCATIONS = """
 query Locations($first: Int!) {

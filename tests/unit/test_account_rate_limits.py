@@ -25,7 +25,7 @@ from db.session import get_engine, session_scope
 from integrations import registry
 from integrations.amazon.client import RATE_LIMITS as AMAZON_DEFAULTS
 from integrations.base import ConnectorSeams
-from integrations.ebay.client import FULFILLMENT_QUOTA, EbayClient
+from integrations.ebay.client import FULFILLMENT_QUOTA, INVENTORY_QUOTA, EbayClient
 from integrations.ratelimit import (
     AccountRateLimits,
     Bucket,
@@ -176,7 +176,11 @@ def test_an_empty_or_absent_column_is_the_defaults(channel: str, raw: Any) -> No
             {"cost_bucket": {"maximum": 10, "restore_rate": 1}},
             "operation 'cost_bucket'",
         ),
-        ("ebay", {"getOrders": {"rate": 1, "burst": 1}}, "(known: sell.fulfillment)"),
+        (
+            "ebay",
+            {"getOrders": {"rate": 1, "burst": 1}},
+            "(known: sell.fulfillment, sell.inventory)",
+        ),
         # numbers that are not positive, not finite, not numbers, a bucket under one request
         ("amazon", {"getOrders": {"rate": 0, "burst": 1}}, "rate_limits.getOrders.rate"),
         (
@@ -283,9 +287,11 @@ def test_ebay_connector_for_an_account_has_its_quota(time_: FakeTime) -> None:
 
     connector: Any = connector_for(acct, s)
 
-    # one daily quota for the whole Fulfillment API: every operation, one key, one bucket
+    # one daily quota for the whole Fulfillment API: every operation, one key, one bucket;
+    # the Inventory API (stock) has its own, at its default here
     assert limiter.configured == {
-        f"EbayClient:{acct.name}:sell.fulfillment": Bucket(1_500_000 / 86_400, 80)
+        f"EbayClient:{acct.name}:sell.fulfillment": Bucket(1_500_000 / 86_400, 80),
+        f"EbayClient:{acct.name}:sell.inventory": INVENTORY_QUOTA,
     }
     assert set(connector.client.rate_limits) == set(EbayClient.rate_limits)
     connector.close()
@@ -323,7 +329,7 @@ def test_without_limits_every_connector_has_todays_defaults(channel: str, time_:
         assert set(limiter.configured.values()) == {Bucket(5.0, 10.0)}
         assert len(limiter.configured) == len(WooCommerceClient.rate_limits)
     else:
-        assert set(limiter.configured.values()) == {FULFILLMENT_QUOTA}
+        assert set(limiter.configured.values()) == {FULFILLMENT_QUOTA, INVENTORY_QUOTA}
     connector.close()
 
 
@@ -536,7 +542,8 @@ def test_cli_list_shows_limits_that_do_not_parse(cli: Cli) -> None:
 def test_client_seams_refuse_operations_they_do_not_have() -> None:
     with pytest.raises(RateLimitsError, match="list_order"):
         WooCommerceClient("https://w.example", "ck", "cs", rate_limits={"list_order": Bucket(1, 1)})
-    with pytest.raises(RateLimitsError, match=r"getOrders \(known: sell.fulfillment\)"):
+    known = r"\(known: sell.fulfillment, sell.inventory\)"
+    with pytest.raises(RateLimitsError, match=rf"getOrders {known}"):
         EbayClient(client_id="a", client_secret="b", refresh_token="c",
                    rate_limits={"getOrders": Bucket(1, 1)})  # fmt: skip
 
