@@ -143,3 +143,8 @@ class Marketplace:
     splits_by_location: bool = False
     #: the marketplace takes delivery events (``push_delivery``: Shopify's fulfillment events)
     takes_delivery: bool = False
+    #: a cancellation we push gives the buyer back the money the marketplace holds (Shopify's
+    #: ``orderCancel`` refunds to the original payment methods; an eBay seller cancellation
+    #: refunds a buyer who paid; WooCommerce's connector refunds through the shop's gateway):
+    #: the cancellation's delivery records that refund
+    refunds_on_cancel: bool = False

@@ -92,7 +92,12 @@ def record_marketplace_refunds(
         select(OrderLine.external_id, OrderLine.sku).where(OrderLine.order_id == order.id)
     ).all()
     skus = {str(external_id): sku for external_id, sku in rows}
+    cancel_refund = session.scalar(
+        select(Refund.id).where(Refund.idempotency_key == cancel_refund_key(order.id))
+    )
     for refund in refunds:
+        if cancel_refund is not None and _covered_by_cancellation(session, order, refund):
+            continue
         inserted = session.execute(
             dialect_insert(session)(Refund)
             .values(
@@ -130,9 +135,61 @@ def record_marketplace_refunds(
     return new
 
 
+def _covered_by_cancellation(session: Session, order: Order, refund: CanonicalRefund) -> bool:
+    """A refund the marketplace reports after we recorded the one our cancellation made there
+    (``refunded_with_cancellation``) is that same money when it is more than is left of what
+    it collected: noted on the timeline, not counted twice."""
+    paid = session.scalar(select(Payment.amount).where(Payment.order_id == order.id))
+    if paid is None or refunded_total(session, order.id) + refund.amount <= paid:
+        return False
+    record_event(session, order.id, actor="system", kind="refund_already_counted",
+                 refund=refund.external_id, amount=str(refund.amount))  # fmt: skip
+    return True
+
+
 def refunded_total(session: Session, order_id: int) -> Decimal:
     """Money given back on the order so far, by anyone (succeeded refunds)."""
     rows = session.scalars(
         select(Refund.amount).where(Refund.order_id == order_id, Refund.status == "succeeded")
     ).all()
     return sum(rows, Decimal(0))
+
+
+def cancel_refund_key(order_id: int) -> str:
+    return f"cancel-refund:{order_id}"
+
+
+def refunded_with_cancellation(session: Session, order_id: int, *, actor: str) -> Refund | None:
+    """Our cancellation reached a marketplace that gives the buyer back what it collected with
+    it (Shopify's ``orderCancel``, an eBay seller cancellation, WooCommerce's gateway refund):
+    what is left of the money the marketplace collected, or that we captured there, is
+    recorded once as the marketplace's refund of the cancellation (``source`` ``cancellation``:
+    the cancellation's credit note covers it, no credit note of its own). Nothing for money we
+    captured (we refund that ourselves) or for an order with nothing left to give back."""
+    payment = session.scalar(select(Payment).where(Payment.order_id == order_id))
+    order = session.get_one(Order, order_id)
+    held_there = payment is not None and (
+        payment.collected_by_marketplace or payment.provider == order.channel  # orderCapture
+    )
+    if payment is None or not held_there:
+        return None
+    left = payment.amount - refunded_total(session, order_id)
+    if left <= 0:
+        return None
+    inserted = session.execute(
+        dialect_insert(session)(Refund)
+        .values(order_id=order_id, payment_id=payment.id, provider=order.channel,
+                source="cancellation", external_id=None, amount=left,
+                currency=payment.currency, status="succeeded", reason="cancelled",
+                idempotency_key=cancel_refund_key(order_id), lines=None,
+                requested_by=actor, created_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(Refund.id)
+    ).scalar_one_or_none()  # fmt: skip
+    if inserted is None:
+        return None
+    record_event(session, order_id, actor=actor, kind="refunded_on_marketplace",
+                 refund="cancellation", amount=str(left), lines=0, shipping="0",
+                 restocked={})  # fmt: skip
+    return session.get(Refund, inserted)
+

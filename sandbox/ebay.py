@@ -702,7 +702,8 @@ class EbaySimulator:
             }
             order["cancelStatus"] = {"cancelState": "CANCELED", "cancelledDate": at,
                                      "cancelRequests": []}  # fmt: skip
-            order["orderPaymentStatus"] = "FULLY_REFUNDED"
+            if body.get("buyerPaid") is True:  # eBay refunds the buyer who paid
+                order["orderPaymentStatus"] = "FULLY_REFUNDED"
             order["lastModifiedDate"] = at
         return self._log(op, JSONResponse({"cancelId": cancel_id}, status_code=201))
 

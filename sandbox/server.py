@@ -254,6 +254,8 @@ class Sandbox:
                 "tracking_notes": woo_count("note:"),
                 "completed": woo_count("fulfillment:"),
                 "cancellations": woo_count("cancellation:"),
+                # money given back through the shop's gateway (``api_refund``)
+                "gateway_refunds": woo_count("refund:"),
             },
             "amazon": {"orders": len(self.amazon.orders), "shipments": len(self.amazon.shipments)},
             "ebay": {

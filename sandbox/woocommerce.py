@@ -636,6 +636,43 @@ class WooCommerceSimulator:
                 body = json.loads(json.dumps(order))
             return self._ok("update_order", body, headers)
 
+        @router.post(f"{API}/orders/{{order_id}}/refunds")
+        async def create_refund(order_id: str, request: Request) -> Response:
+            """A refund of an amount; ``api_refund`` has the gateway give the money back (the
+            ledger counts those). Woo refuses more than is left, and marks an order refunded
+            in full ``refunded``."""
+            refused, headers = await self._guard(request, "create_refund")
+            if refused:
+                return refused
+            try:
+                data = json.loads(await request.body() or b"{}")
+                amount = Decimal(str(data["amount"]))
+            except (ValueError, KeyError, TypeError, ArithmeticError):
+                invalid = _error(400, "woocommerce_rest_invalid_order_refund", "Invalid amount.")
+                return self._log("create_refund", invalid)
+            with self._lock:
+                order = _order_or_404(order_id)
+                if order is None:
+                    return self._log("create_refund", _error(
+                        404, "woocommerce_rest_shop_order_invalid_id", "Invalid ID."))  # fmt: skip
+                back = sum((-Decimal(r["total"]) for r in order["refunds"]), Decimal(0))
+                if amount <= 0 or back + amount > Decimal(order["total"]):
+                    return self._log("create_refund", _error(
+                        400, "woocommerce_rest_invalid_order_refund",
+                        "Invalid refund amount."))  # fmt: skip
+                self._next_meta += 1
+                refund = {"id": self._next_meta, "reason": str(data.get("reason") or ""),
+                          "total": _money(-amount)}  # fmt: skip
+                order["refunds"].append(refund)
+                if data.get("api_refund"):
+                    self.ledger[f"refund:{order_id}"].append({"amount": _money(amount)})
+                if back + amount == Decimal(order["total"]):
+                    order["status"] = "refunded"
+                self._set_date(order, "date_modified", self._now())
+                body = {**refund, "amount": _money(amount),
+                        "refunded_payment": bool(data.get("api_refund"))}  # fmt: skip
+            return self._ok("create_refund", body, headers, status=201)
+
         @router.get(f"{API}/orders/{{order_id}}/notes")
         async def list_notes(order_id: str, request: Request) -> Response:
             refused, headers = await self._guard(request, "list_notes")

@@ -115,9 +115,12 @@ def _after_commit(signature: Callable[[int], Signature]) -> FollowUp:
     return publish
 
 
-def _push_effect(account: ChannelAccount, effect: outbox.Effect) -> None:
+def _push_effect(account: ChannelAccount, effect: outbox.Effect) -> bool:
     """One outbox message to the account's marketplace, through its connector, on the buckets
-    every worker shares (as polling uses them)."""
+    every worker shares (as polling uses them). True: a cancellation the marketplace refunds
+    the buyer with (its declaration's ``refunds_on_cancel``)."""
+    from integrations import registry
+
     connector = connector_for(account, ConnectorSeams(limiter=shared_limiter()))
     try:
         if effect.kind == outbox.FULFILMENT:
@@ -139,8 +142,10 @@ def _push_effect(account: ChannelAccount, effect: outbox.Effect) -> None:
                 effect.external_id, reason=str(effect.payload.get("reason") or ""),
                 idempotency_key=effect.idempotency_key,
             )  # fmt: skip
+            return registry.get(account.channel).refunds_on_cancel
         else:
             raise PermanentError(f"no push for an effect of kind {effect.kind!r}")
+        return False
     finally:
         connector.close()
 

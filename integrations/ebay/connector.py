@@ -181,16 +181,25 @@ class EbayConnector:
 
     def push_cancellation(self, external_id: str, *, reason: str, idempotency_key: str) -> None:
         """A seller-initiated cancellation (Post-Order API ``POST /post-order/v2/cancellation``,
-        reason ``OUT_OF_STOCK_OR_CANNOT_FULFILL``); an order whose ``cancelStatus`` says it is
+        reason ``OUT_OF_STOCK_OR_CANNOT_FULFILL``, ``buyerPaid`` as the order says: eBay refunds
+        a buyer who paid); an order whose ``cancelStatus`` says it is
         cancelled or being cancelled is left alone (a retry after a lost answer)."""
         order = self.client.get_order(external_id)
         state = str((order.get("cancelStatus") or {}).get("cancelState") or "")
         if state in ("CANCELED", "IN_PROGRESS"):
             log.info("ebay.cancellation.exists", order=external_id, key=idempotency_key)
             return
-        cancel_id = self.client.create_cancellation(
-            {"legacyOrderId": external_id, "cancelReason": "OUT_OF_STOCK_OR_CANNOT_FULFILL"}
-        )
+        body: dict[str, Any] = {
+            "legacyOrderId": external_id, "cancelReason": "OUT_OF_STOCK_OR_CANNOT_FULFILL",
+            # a paid order's buyer is refunded with the cancellation (CreateCancelRequest)
+            "buyerPaid": order.get("orderPaymentStatus") in ("PAID", "PARTIALLY_REFUNDED"),
+        }  # fmt: skip
+        payments = (order.get("paymentSummary") or {}).get("payments") or []
+        paid_at = next((p.get("paymentDate") for p in payments if isinstance(p, dict)
+                        and p.get("paymentDate")), None)  # fmt: skip
+        if body["buyerPaid"] and paid_at:
+            body["buyerPaidDate"] = {"value": paid_at}
+        cancel_id = self.client.create_cancellation(body)
         log.info("ebay.cancelled", order=external_id, key=idempotency_key, cancel_id=cancel_id)
 
     def push_delivery(

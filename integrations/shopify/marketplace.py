@@ -88,5 +88,6 @@ MARKETPLACE = Marketplace(
         "orders/edited": edit_seen,
     },
     takes_delivery=True,
+    refunds_on_cancel=True,
     splits_by_location=True,
 )

@@ -256,6 +256,14 @@ class WooCommerceClient(ApiClient):
         )
         return self._object("update_order", response)
 
+    def create_refund(self, order_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /orders/{id}/refunds``; ``api_refund: true`` has the order's payment gateway
+        give the money back (without it Woo only records the refund)."""
+        response = self.request(
+            "create_refund", "POST", f"/orders/{_path_id(order_id)}/refunds", json=body
+        )
+        return self._object("create_refund", response)
+
     def list_notes(self, order_id: str) -> list[dict[str, Any]]:
         response = self.request(
             "list_notes", "GET", f"/orders/{_path_id(order_id)}/notes", params={"type": "any"}

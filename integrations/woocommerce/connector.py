@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from decimal import Decimal
 from typing import Any
 
 import structlog
@@ -24,7 +25,7 @@ from domain.errors import AuthError, ValidationError
 from domain.listings import ChannelListing, StockPushResult, StockUpdate
 from integrations.base import AccountConfig, ConnectorSeams, OrderPage, ShipmentGroup, orders_of
 from integrations.woocommerce.client import BATCH_LIMIT, WooCommerceClient
-from integrations.woocommerce.mapper import map_order
+from integrations.woocommerce.mapper import STRIPE_CAPTURED_META, map_order
 
 __all__ = ["FULFILLMENT_META_KEY", "WooCommerceConnector"]
 
@@ -151,16 +152,27 @@ class WooCommerceConnector:
         )
 
     def push_cancellation(self, external_id: str, *, reason: str, idempotency_key: str) -> None:
-        """Status ``cancelled`` (Woo restocks and e-mails the buyer itself); an order that is
-        cancelled or refunded there already is left alone."""
+        """Status ``cancelled`` (Woo restocks and e-mails the buyer itself), then what is left
+        of the money the shop's gateway took at checkout refunded through that gateway
+        (``api_refund``): a cancelled status alone gives nothing back. A Stripe authorization
+        we captured at the provider is refunded there by us, not here. Safe to repeat: an
+        order cancelled already is not changed, and nothing is left to refund the second time."""
         order = self.client.get_order(external_id)
-        if str(order.get("status", "")) in ("cancelled", "refunded", "trash"):
-            return
-        self.client.update_order(
-            external_id,
-            {"status": "cancelled",
-             "meta_data": [{"key": CANCELLATION_META_KEY, "value": idempotency_key}]},
-        )  # fmt: skip
+        status = str(order.get("status", ""))
+        if status not in ("cancelled", "refunded", "trash"):
+            order = self.client.update_order(
+                external_id,
+                {"status": "cancelled",
+                 "meta_data": [{"key": CANCELLATION_META_KEY, "value": idempotency_key}]},
+            )  # fmt: skip
+        left = _gateway_refund_left(order)
+        if left > 0:
+            self.client.create_refund(
+                external_id,
+                {"amount": f"{left:.2f}", "reason": f"cancelled: {reason}"[:200],
+                 "api_refund": True},
+            )  # fmt: skip
+            log.info("woocommerce.refunded_with_cancellation", key=idempotency_key)
 
     # -- stock -----------------------------------------------------------------------------
 
@@ -225,3 +237,21 @@ class WooCommerceConnector:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _gateway_refund_left(order: dict[str, Any]) -> Decimal:
+    """What the shop's gateway took at checkout and has not given back: nothing for an unpaid
+    order or a Stripe authorization captured at the provider by us (``_stripe_charge_captured``
+    was ``no``: the mapper's ``held_by`` provider)."""
+    metas = {m.get("key"): m.get("value") for m in order.get("meta_data") or []
+             if isinstance(m, dict)}  # fmt: skip
+    if not order.get("date_paid_gmt") or metas.get(STRIPE_CAPTURED_META) == "no":
+        return Decimal(0)
+    try:
+        total = Decimal(str(order.get("total") or "0"))
+        back = sum((-Decimal(str(r.get("total") or "0")) for r in order.get("refunds") or []
+                    if isinstance(r, dict)), Decimal(0))  # fmt: skip
+    except ArithmeticError:
+        return Decimal(0)
+    return max(Decimal(0), total - back)
+

@@ -268,8 +268,10 @@ class FakeMarketplace:
     pushed: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     fail: Exception | None = None
     apply_then_fail: Exception | None = None
+    #: a cancellation gives the buyer back what the marketplace collected (Shopify, eBay)
+    refunds_on_cancel: bool = False
 
-    def __call__(self, account: ChannelAccount, effect: Effect) -> None:
+    def __call__(self, account: ChannelAccount, effect: Effect) -> bool:
         if self.fail is not None:
             failure, self.fail = self.fail, None
             raise failure
@@ -280,6 +282,7 @@ class FakeMarketplace:
         if self.apply_then_fail is not None:
             failure, self.apply_then_fail = self.apply_then_fail, None
             raise failure
+        return self.refunds_on_cancel and effect.kind == "cancellation"
 
 
 class FollowUps:

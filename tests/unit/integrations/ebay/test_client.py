@@ -699,6 +699,8 @@ def test_push_cancellation_asks_for_a_seller_cancellation_unless_one_is_there(
         connector(clock, sleeps).push_cancellation(order_id, reason="r", idempotency_key="c:1")
 
     assert create.call_count == 1
+    # the buyer paid: eBay refunds them with the cancellation (CreateCancelRequest)
     assert json.loads(create.calls[0].request.content) == {
-        "legacyOrderId": order_id, "cancelReason": "OUT_OF_STOCK_OR_CANNOT_FULFILL"
+        "legacyOrderId": order_id, "cancelReason": "OUT_OF_STOCK_OR_CANNOT_FULFILL",
+        "buyerPaid": True, "buyerPaidDate": {"value": "2026-01-01T09:14:29.000Z"},
     }  # fmt: skip

@@ -450,17 +450,24 @@ def test_a_shipment_that_is_not_the_last_adds_its_note_and_leaves_the_status(
     assert "TRK2" in json.loads(note_route.calls[0].request.content)["note"]
 
 
-def test_push_cancellation_sets_the_status_once(
+def test_push_cancellation_sets_the_status_and_refunds_the_gateway_once(
     router: respx.MockRouter, connector: WooCommerceConnector
 ) -> None:
+    # the official order: processing, paid by bank transfer at checkout (the shop's gateway)
     state = copy.deepcopy(load("order.retrieve.json"))
 
     def put(request: httpx.Request) -> httpx.Response:
         state.update(status=json.loads(request.content)["status"])
         return httpx.Response(200, json=state)
 
+    def refund(request: httpx.Request) -> httpx.Response:
+        amount = json.loads(request.content)["amount"]
+        state["refunds"].append({"id": 731, "reason": "", "total": f"-{amount}"})
+        return httpx.Response(201, json={"id": 731, "amount": amount})
+
     router.get("/orders/727").mock(side_effect=lambda r: httpx.Response(200, json=state))
     put_route = router.put("/orders/727").mock(side_effect=put)
+    refund_route = router.post("/orders/727/refunds").mock(side_effect=refund)
 
     for _ in range(2):  # a retry after the answer was lost
         connector.push_cancellation("727", reason="buyer asked", idempotency_key="cancel:9")
@@ -468,3 +475,24 @@ def test_push_cancellation_sets_the_status_once(
     assert put_route.call_count == 1 and state["status"] == "cancelled"
     sent = json.loads(put_route.calls[0].request.content)
     assert sent["meta_data"] == [{"key": "_ordersync_cancellation", "value": "cancel:9"}]
+    assert refund_route.call_count == 1
+    assert json.loads(refund_route.calls[0].request.content) == {
+        "amount": state["total"], "reason": "cancelled: buyer asked", "api_refund": True
+    }  # fmt: skip
+
+
+def test_push_cancellation_of_a_stripe_authorization_we_captured_refunds_nothing_in_woo(
+    router: respx.MockRouter, connector: WooCommerceConnector
+) -> None:
+    state = copy.deepcopy(load("order.retrieve.json"))
+    state["meta_data"] = [{"id": 1, "key": "_stripe_intent_id", "value": "pi_1"},
+                          {"id": 2, "key": "_stripe_charge_captured", "value": "no"}]  # fmt: skip
+    router.get("/orders/727").mock(return_value=httpx.Response(200, json=state))
+    router.put("/orders/727").mock(
+        return_value=httpx.Response(200, json=state | {"status": "cancelled"})
+    )
+    refund_route = router.post("/orders/727/refunds")
+
+    connector.push_cancellation("727", reason="buyer asked", idempotency_key="cancel:9")
+
+    assert not refund_route.called  # our refund at the provider gives that money back
