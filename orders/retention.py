@@ -14,6 +14,9 @@ once no retry can come back for them; nothing an invariant needs is touched.
   keeps them for years, not us.
 - **Label PDFs** (they print the address) of those orders are emptied; the label row, its
   tracking number and idempotency key stay (one label per shipment).
+- **Login attempts** (a user name and the address it came from) older than the personal data
+  cutoff are deleted: they rate-limit logins for minutes (``orders/users.py``), and the audit
+  log keeps who logged in (``audit_log`` is not purged: it is the record of staff actions).
 - **Idempotency keys** that are finished or rejected and older than ``idempotency_days`` are
   deleted. An unfinished key is never deleted: the sweeper still has to resolve it. The default
   retention is far longer than any retry, park or sweep can reach back.
@@ -28,7 +31,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from db.models import IdempotencyKey, InboxEvent, Label, Order, Shipment
+from db.models import IdempotencyKey, InboxEvent, Label, LoginAttempt, Order, Shipment
 from domain.states import InboxStatus, OrderState
 
 __all__ = ["KEPT_ADDRESS_FIELDS", "PurgeReport", "purge"]
@@ -45,6 +48,7 @@ class PurgeReport:
     orders: int
     label_pdfs: int
     idempotency_keys: int
+    login_attempts: int
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -98,6 +102,10 @@ def purge(
             select(func.count()).select_from(IdempotencyKey).where(*keys)
         )
         or 0,
+        login_attempts=session.scalar(
+            select(func.count()).select_from(LoginAttempt).where(LoginAttempt.at < data_cutoff)
+        )
+        or 0,
     )
     if dry_run:
         return report
@@ -111,4 +119,5 @@ def purge(
     if label_ids:
         session.execute(update(Label).where(Label.id.in_(label_ids)).values(pdf=b""))
     session.execute(delete(IdempotencyKey).where(*keys))
+    session.execute(delete(LoginAttempt).where(LoginAttempt.at < data_cutoff))
     return report

@@ -10,7 +10,16 @@ from sqlalchemy import update
 from sqlalchemy.orm import undefer
 
 from db.base import utcnow
-from db.models import ChannelAccount, IdempotencyKey, InboxEvent, Invoice, Label, Order, Shipment
+from db.models import (
+    ChannelAccount,
+    IdempotencyKey,
+    InboxEvent,
+    Invoice,
+    Label,
+    LoginAttempt,
+    Order,
+    Shipment,
+)
 from db.session import dialect_insert
 from domain.states import InboxStatus, OrderState
 from orders.retention import purge
@@ -86,6 +95,9 @@ def test_personal_data_past_retention_goes_and_what_the_invariants_need_stays(sh
     _key(shop, "refund:2", "rejected", OLD)
     _key(shop, "label:3", "label_requested", OLD)  # unfinished: the sweeper resolves it
     _key(shop, "capture:4", "finished", RECENT)
+    with shop.transaction() as session:  # who tried to log in, from where
+        session.add(LoginAttempt(user_name="ann", address="203.0.113.9", ok=False, at=OLD))
+        session.add(LoginAttempt(user_name="ann", address="203.0.113.9", ok=True, at=RECENT))
 
     # when: a dry run, then the purge, then another one
     counted = _purge(shop, dry_run=True)
@@ -93,7 +105,8 @@ def test_personal_data_past_retention_goes_and_what_the_invariants_need_stays(sh
     again = _purge(shop)
 
     # then the dry run counted exactly what went, and a second purge finds nothing left
-    expected = {"inbox_bodies": 2, "orders": 2, "label_pdfs": 1, "idempotency_keys": 2}
+    expected = {"inbox_bodies": 2, "orders": 2, "label_pdfs": 1, "idempotency_keys": 2,
+                "login_attempts": 1}  # fmt: skip
     assert counted == removed == expected
     assert again == dict.fromkeys(expected, 0)
 
@@ -119,6 +132,7 @@ def test_personal_data_past_retention_goes_and_what_the_invariants_need_stays(sh
         "recent": b'{"name": "Jane"}',
     }
     assert sorted(k.key for k in shop.rows(IdempotencyKey)) == ["capture:4", "label:3"]
+    assert [a.ok for a in shop.rows(LoginAttempt)] == [True]
 
 
 def test_a_redelivery_of_a_purged_webhook_is_still_absorbed_by_its_dedupe_key(shop: Shop) -> None:
