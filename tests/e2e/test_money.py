@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -23,24 +22,14 @@ from tests.support.world import (
     World,
     charged_woo_order,
     fixture_order,
-    module_database_url,
-    running_world,
     stock_for,
+    world_fixture,
 )
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-def world(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_url: str
-) -> Iterator[World]:
-    var_dir = tmp_path_factory.mktemp("money")
-    url = module_database_url(request, var_dir, request.param)
-    with running_world(url, redis_url, var_dir) as world:
-        yield world
+world = world_fixture("money")
 
 
 def _documents(world: World, order_id: int) -> list[Invoice]:

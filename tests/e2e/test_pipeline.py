@@ -14,7 +14,6 @@ import os
 import signal
 import threading
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,24 +49,14 @@ from tests.support.world import (
     World,
     charged_woo_order,
     fixture_order,
-    module_database_url,
-    running_world,
     stock_for,
+    world_fixture,
 )
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(
-    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-)
-def world(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_url: str
-) -> Iterator[World]:
-    var_dir = tmp_path_factory.mktemp("pipeline")
-    url = module_database_url(request, var_dir, request.param)
-    with running_world(url, redis_url, var_dir) as world:
-        yield world
+world = world_fixture("pipeline")
 
 
 def test_fifty_concurrent_triggers_make_one_reservation_capture_invoice_and_label(

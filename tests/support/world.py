@@ -263,3 +263,21 @@ def stock_for(world: World, order: dict[str, Any], per_unit: int = 1) -> dict[st
         for sku, qty in wanted.items():
             set_on_hand(session, sku, qty * per_unit)
     return wanted
+
+
+def world_fixture(name: str) -> Any:
+    """A module's ``world`` fixture: one running world per database (SQLite, and PostgreSQL
+    where the run has it), its files under a temporary folder named ``name``."""
+
+    @pytest.fixture(
+        scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+    )
+    def world(
+        request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, redis_url: str
+    ) -> Iterator[World]:
+        var_dir = tmp_path_factory.mktemp(name)
+        url = module_database_url(request, var_dir, request.param)
+        with running_world(url, redis_url, var_dir) as running:
+            yield running
+
+    return world
