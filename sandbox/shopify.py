@@ -14,6 +14,7 @@ the connector pushed: ``fulfillments``, ``inventory_sets`` (by idempotency key),
 from __future__ import annotations
 
 import base64
+import bisect
 import datetime as dt
 import hashlib
 import hmac
@@ -191,6 +192,78 @@ class _GraphQLFailure(Exception):
         self.error = error
 
 
+class _Orders(dict[str, dict[str, Any]]):
+    """The shop's orders (external id → REST order JSON) with an index by ``(updated_at, id)``,
+    so that a page of ``OrdersUpdatedSince`` costs O(log N + page) rather than a sort of every
+    order. Storing an order indexes it; an order whose ``updated_at`` changes in place must be
+    passed to ``moved`` (``_bump`` and ``_cancel`` do). A page that meets an entry whose stamp
+    no longer matches its order rebuilds the index first (self-healing, not a fast path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._index: list[tuple[dt.datetime, int]] = []  # sorted
+        self._keys: dict[str, tuple[dt.datetime, int]] = {}
+
+    @staticmethod
+    def _key(order: dict[str, Any]) -> tuple[dt.datetime, int]:
+        return _parse_time(order["updated_at"]), int(order["id"])
+
+    def _unindex(self, external_id: str) -> None:
+        key = self._keys.pop(external_id, None)
+        if key is not None:
+            at = bisect.bisect_left(self._index, key)
+            if at < len(self._index) and self._index[at] == key:
+                del self._index[at]
+
+    def __setitem__(self, external_id: str, order: dict[str, Any]) -> None:
+        super().__setitem__(external_id, order)
+        self.moved(order)
+
+    def __delitem__(self, external_id: str) -> None:
+        super().__delitem__(external_id)
+        self._unindex(external_id)
+
+    def moved(self, order: dict[str, Any]) -> None:
+        """Re-index an order whose ``updated_at`` was set."""
+        external_id = str(order["id"])
+        self._unindex(external_id)
+        key = self._key(order)
+        bisect.insort(self._index, key)
+        self._keys[external_id] = key
+
+    def _rebuild(self) -> None:
+        self._keys = {eid: self._key(o) for eid, o in self.items()}
+        self._index = sorted(self._keys.values())
+
+    def updated_between(
+        self,
+        after: tuple[dt.datetime, int] | None,
+        lower: dt.datetime | None,
+        upper: dt.datetime | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` orders in ``(updated_at, id)`` order, after the key ``after``, with
+        ``lower <= updated_at < upper``."""
+        for _attempt in range(2):
+            start = 0 if after is None else bisect.bisect_right(self._index, after)
+            if lower is not None:
+                start = max(start, bisect.bisect_left(self._index, (lower, -1)))
+            page: list[dict[str, Any]] = []
+            consistent = True
+            for key in self._index[start : start + limit]:
+                if upper is not None and key[0] >= upper:
+                    break
+                order = self.get(str(key[1]))
+                if order is None or self._key(order) != key:  # changed behind the index's back
+                    consistent = False
+                    break
+                page.append(order)
+            if consistent:
+                return page
+            self._rebuild()
+        return page
+
+
 class ShopifySimulator:
     def __init__(
         self,
@@ -220,7 +293,7 @@ class ShopifySimulator:
         self._at = clock()
         self._seq = 0
         #: external id (REST id as a string) → REST order JSON
-        self.orders: dict[str, dict[str, Any]] = {}
+        self.orders = _Orders()
         #: order id → its fulfillment orders, one per location its line items are assigned to
         self._fulfillment_orders: dict[str, list[dict[str, Any]]] = {}
         self.second_location_skus = frozenset(second_location_skus)
@@ -533,6 +606,7 @@ class ShopifySimulator:
         # Shopify timestamps have whole seconds: make every update visibly newer
         previous = _parse_time(order["updated_at"])
         order["updated_at"] = _rest_time(max(self._now(), previous + dt.timedelta(seconds=1)))
+        self.orders.moved(order)
 
     def touch_order(self, external_id: str, *, cancel: bool = False) -> None:
         """An update in the shop admin: a pending/authorized payment is captured, else a tag
@@ -730,21 +804,20 @@ class ShopifySimulator:
     ) -> tuple[dict[str, Any], int]:
         first = int(variables["first"])
         lower, upper = _time_bounds(str(variables.get("query") or ""))
-        rows = sorted((_parse_time(o["updated_at"]), o["id"], o) for o in self.orders.values())
         after = variables.get("after")
+        key = None
         if after:
             stamp, last_id = _uncursor(after)
             key = (_parse_time(stamp), int(last_id))
-            rows = [r for r in rows if (r[0], r[1]) > key]
-        rows = [
-            r for r in rows if (lower is None or r[0] >= lower) and (upper is None or r[0] < upper)
-        ]
+        # one more than the page, to know whether there is a next one
+        rows = self.orders.updated_between(key, lower, upper, first + 1)
         page = rows[:first]
         nodes = [
             {"id": o["admin_graphql_api_id"], "updatedAt": _gql_time(o["updated_at"])}
-            for _, _, o in page
+            for o in page
         ]
-        end = _cursor(page[-1][0].isoformat(), page[-1][1]) if page else None
+        last = page[-1] if page else None
+        end = _cursor(_parse_time(last["updated_at"]).isoformat(), last["id"]) if last else None
         data = {
             "orders": {
                 "pageInfo": {"hasNextPage": len(rows) > first, "endCursor": end},
