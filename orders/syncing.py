@@ -2,8 +2,9 @@
 
 A run (a ``sync_runs`` row) fixes its window ``[window_from, window_to)`` when it starts. Each
 slice reads pages from the marketplace (``PageSource.fetch_pages``) from where the run stands
-(``page_token``) and, **in one transaction per page**, applies the page's orders (the same
-intake as webhooks: newer data wins, so a page read twice changes nothing) together with the
+(``page_token``) and, **in one transaction per page**, applies the page's orders
+(``orders.intake.apply_page``: the new ones in a few multi-row statements, the rest with the
+same intake as webhooks; newer data wins, so a page read twice changes nothing) together with the
 token that resumes after it and the run's progress. A slice stops after ``max_pages`` pages or
 ``max_seconds`` (well under the task time limit), and the caller schedules the next slice. A
 worker killed mid-slice loses at most the page it was reading: the next slice (the redelivered
@@ -33,7 +34,7 @@ from db.base import utcnow
 from db.models import ChannelAccount, ReconcileReport, SyncRun
 from db.session import Transaction, rowcount
 from domain.canonical import CanonicalOrder
-from orders.intake import IntakeOutcome, IntakeResult, apply_order
+from orders.intake import IntakeOutcome, IntakeResult, apply_page
 
 __all__ = [
     "ACTIVE",
@@ -73,9 +74,9 @@ class PageSource(Protocol):
     ) -> Iterator[Page]: ...
 
 
-#: what happens after an order was applied (new orders enter the pipeline, …), in the page's
-#: transaction
-AfterIntake = Callable[[Session, IntakeResult], None]
+#: what happens after a page's orders were applied (new orders enter the pipeline, …), in the
+#: page's transaction
+AfterIntake = Callable[[Session, Sequence[IntakeResult]], None]
 
 
 @dataclass(frozen=True)
@@ -143,9 +144,9 @@ def run_slice(
     for page in source.fetch_pages(since, until, token):
         with transaction() as session:
             seen = changed = created = repaired = 0
-            for order in page.orders:
-                result = apply_order(session, account_id, order, actor=f"{kind}:{channel}")
-                after_intake(session, result)
+            results = apply_page(session, account_id, page.orders, actor=f"{kind}:{channel}")
+            after_intake(session, results)
+            for result in results:
                 seen += 1
                 changed += result.outcome != IntakeOutcome.STALE
                 created += result.outcome == IntakeOutcome.CREATED
