@@ -145,7 +145,8 @@ _LABEL_INPUT = (
     select(
         _orders.c.state,
         _orders.c.shipping_address,
-        select(func.count(_lines.c.id)).where(_lines.c.order_id == _orders.c.id).scalar_subquery(),
+        select(func.count(_lines.c.id)).where(_lines.c.order_id == _orders.c.id)
+        .scalar_subquery(),
         _orders.c.fulfilled_by_marketplace,
         _orders.c.channel,
     )
