@@ -29,7 +29,7 @@ import structlog
 
 from domain.canonical import CanonicalOrder
 from domain.errors import AuthError, ValidationError
-from integrations.base import AccountConfig, ConnectorSeams, OrderPage, ShipmentGroup, orders_of
+from integrations.base import AccountConfig, ConnectorSeams, OrderPage, PagedOrders, ShipmentGroup
 from integrations.ratelimit import Bucket, CostLimit
 from integrations.shopify import queries as q
 from integrations.shopify.client import ShopifyClient, order_gid
@@ -73,7 +73,7 @@ RATE_LIMIT_DEFAULTS: Mapping[str, Bucket] = {}
 COST_BUCKET_DEFAULT = CostLimit(DEFAULT_MAXIMUM, DEFAULT_RESTORE_RATE)
 
 
-class ShopifyConnector:
+class ShopifyConnector(PagedOrders):
     def __init__(
         self,
         account: AccountConfig,
@@ -121,20 +121,11 @@ class ShopifyConnector:
 
     # --- orders ---------------------------------------------------------------------------
 
-    def fetch_updated_orders(
-        self, since: dt.datetime, until: dt.datetime | None = None
-    ) -> Iterator[CanonicalOrder]:
-        return orders_of(self._pages(since, until, None))
-
     def fetch_pages(
-        self, since: dt.datetime, until: dt.datetime, resume: str | None = None
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
     ) -> Iterator[OrderPage]:
         """Pages of the order search; ``resume`` is the search's ``endCursor``."""
-        return self._pages(since, until, resume)
-
-    def _pages(
-        self, since: dt.datetime, until: dt.datetime | None, after: str | None
-    ) -> Iterator[OrderPage]:
+        after = resume
         search = f"updated_at:>='{_search_time(since)}'"
         if until is not None:
             search += f" AND updated_at:<'{_search_time(until)}'"
