@@ -84,6 +84,13 @@ class PagedOrders:
         """Every order updated in [since, until), page by page within the rate limit."""
         return orders_of(self.fetch_pages(since, until))
 
+    def fetch_history(
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
+    ) -> Iterator[OrderPage]:
+        """A long window (a full sync, a first sync): ``fetch_pages``, unless the marketplace
+        has a bulk export (Shopify overrides this)."""
+        return self.fetch_pages(since, until, resume)
+
 
 @dataclass(frozen=True)
 class ShipmentGroup:
@@ -111,6 +118,13 @@ class MarketplaceConnector(Protocol):
     ) -> Iterator[OrderPage]:
         """The same, a page at a time, each with the token that resumes after it: a sync
         commits each page with its token and a later task goes on from there (``resume``)."""
+        ...
+
+    def fetch_history(
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
+    ) -> Iterator[OrderPage]:
+        """The same for a long window (a full sync, a first sync): a bulk export where the
+        marketplace has one; its tokens and ``fetch_pages``' go on with each other."""
         ...
 
     def get_order(self, external_id: str) -> CanonicalOrder: ...

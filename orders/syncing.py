@@ -70,8 +70,15 @@ class PageSource(Protocol):
     last_window_end: dt.datetime | None
 
     def fetch_pages(
-        self, since: dt.datetime, until: dt.datetime, resume: str | None = None
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
     ) -> Iterator[Page]: ...
+
+    def fetch_history(
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
+    ) -> Iterator[Page]:
+        """The same for a long window (a full sync, an account's first sync): the
+        marketplace's bulk export where it has one (Shopify), else ``fetch_pages``."""
+        ...
 
 
 #: what happens after a page's orders were applied (new orders enter the pipeline, …), in the
@@ -136,12 +143,15 @@ def run_slice(
         account_id, kind = run.channel_account_id, run.kind
         account = session.get(ChannelAccount, account_id)
         channel = account.channel if account is not None else "?"
+        # a full sync, or a first one, reads a long window: the bulk export if there is one
+        history = kind == "full" or (account is not None and account.poll_cursor is None)
         since, until, token = run.window_from, run.window_to, run.page_token
         run.status = "running"
     assert since is not None and until is not None
     started = clock()
     pages = orders = 0
-    for page in source.fetch_pages(since, until, token):
+    read = source.fetch_history if history else source.fetch_pages
+    for page in read(since, until, token):
         with transaction() as session:
             seen = changed = created = repaired = 0
             results = apply_page(session, account_id, page.orders, actor=f"{kind}:{channel}")

@@ -21,15 +21,17 @@ import hmac
 import json
 import random
 import re
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from sandbox.knobs import DroppedConnection, Knobs
 
@@ -314,6 +316,11 @@ class ShopifySimulator:
         #: (operation, HTTP status); a THROTTLED answer is logged as 429, its REST equivalent
         #: (on the wire it is a 200 with errors[].extensions.code = THROTTLED)
         self.request_log: list[tuple[str, int]] = []
+        #: bulk exports: GID → {status, search, polls, url, counts}; their JSONL files live in
+        #: a temporary directory of this simulator and are served at ``/_bulk/{n}.jsonl``
+        self.bulk_operations: dict[str, dict[str, Any]] = {}
+        self._bulk_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._public_url = ""  # where this simulator is reached (from the last request)
 
     # --- the shop's side --------------------------------------------------------------------
 
@@ -713,6 +720,7 @@ class ShopifySimulator:
                 )
             match = _OP_NAME.search(query)
             operation = body.get("operationName") or (match.group(1) if match else "anonymous")
+            self._public_url = str(request.url).split("/admin/api/", 1)[0]
             status, payload = self.execute(operation, query, variables)
             self.request_log.append((operation, status))
             if operation == "FulfillmentCreate" and self.drop_fulfillment_answers > 0:
@@ -722,6 +730,13 @@ class ShopifySimulator:
             return JSONResponse(
                 payload, headers={"X-Shopify-API-Version": API_VERSION, "X-Request-Id": "sim"}
             )
+
+        @router.get("/_bulk/{name}")
+        async def bulk_result(name: str) -> Response:
+            path = self._bulk_file(name)
+            if path is None:
+                return JSONResponse({"errors": "Not Found"}, status_code=404)
+            return FileResponse(path, media_type="application/jsonl")
 
         return router
 
@@ -825,6 +840,75 @@ class ShopifySimulator:
             }
         }
         return data, 2 + len(nodes)
+
+    # --- bulk exports (https://shopify.dev/docs/api/usage/bulk-operations/queries) -----------
+
+    def _bulk_run_query(
+        self, query: str, variables: dict[str, Any]
+    ) -> tuple[dict[str, Any], int]:
+        """Only an export of ``orders`` with their ``lineItems`` (what the connector asks);
+        one at a time per shop. It runs as it is asked about: CREATED, RUNNING, COMPLETED."""
+        document = str(variables["query"])
+        search = _BULK_SEARCH.search(document)
+        if "orders(" not in document or "lineItems" not in document:
+            raise ValueError("only orders with their line items are exported here")
+        if any(op["status"] in ("CREATED", "RUNNING") for op in self.bulk_operations.values()):
+            error = {"code": "OPERATION_IN_PROGRESS", "field": None,
+                     "message": "A bulk query operation for this app and shop is already "
+                                "in progress"}  # fmt: skip
+            return {"bulkOperationRunQuery": {"bulkOperation": None, "userErrors": [error]}}, 10
+        gid = f"gid://shopify/BulkOperation/{720918 + len(self.bulk_operations)}"
+        self.bulk_operations[gid] = {
+            "id": gid, "status": "CREATED", "errorCode": None, "objectCount": "0",
+            "rootObjectCount": "0", "url": None,
+            "search": search.group(1).replace('\\"', '"') if search else "",
+        }  # fmt: skip
+        operation = {"id": gid, "status": "CREATED"}
+        return {"bulkOperationRunQuery": {"bulkOperation": operation, "userErrors": []}}, 10
+
+    def _bulk_operation(self, query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        op = self.bulk_operations.get(str(variables["id"]))
+        if op is None:
+            return {"node": None}, 1
+        if op["status"] == "CREATED":
+            op["status"] = "RUNNING"
+        elif op["status"] == "RUNNING":
+            self._bulk_complete(op)
+        return {"node": {k: v for k, v in op.items() if k != "search"}}, 1
+
+    def _bulk_complete(self, op: dict[str, Any]) -> None:
+        """Write the result: each order's line (no line items), then its line items, each
+        with ``__parentId`` (grouped, as ``groupObjects: true`` asks)."""
+        lower, upper = _time_bounds(op["search"])
+        if self._bulk_dir is None:
+            self._bulk_dir = tempfile.TemporaryDirectory(prefix="shopify-bulk-")
+        number = op["id"].rsplit("/", 1)[-1]
+        path = Path(self._bulk_dir.name) / f"{number}.jsonl"
+        roots = objects = 0
+        after = None
+        with path.open("w") as out:
+            while True:
+                page = self.orders.updated_between(after, lower, upper, 500)
+                for order in page:
+                    node = graphql_order(order)
+                    lines = node.pop("lineItems")["nodes"]
+                    out.write(json.dumps(node, separators=(",", ":")) + "\n")
+                    for line in lines:
+                        child = {**line, "__parentId": node["id"]}
+                        out.write(json.dumps(child, separators=(",", ":")) + "\n")
+                    roots, objects = roots + 1, objects + 1 + len(lines)
+                if len(page) < 500:
+                    break
+                last = page[-1]
+                after = (_parse_time(last["updated_at"]), int(last["id"]))
+        op.update(status="COMPLETED", rootObjectCount=str(roots), objectCount=str(objects),
+                  url=f"{self._public_url}/_bulk/{number}.jsonl" if roots else None)  # fmt: skip
+
+    def _bulk_file(self, name: str) -> Path | None:
+        if self._bulk_dir is None or not re.fullmatch(r"[0-9]+\.jsonl", name):
+            return None
+        path = Path(self._bulk_dir.name) / name
+        return path if path.exists() else None
 
     def _orders_by_ids(self, query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
         first = int(variables["lineItemsFirst"])
@@ -1165,6 +1249,7 @@ def _user_errors(
     return {field: {key: [error]}}, MUTATION_COST
 
 
+_BULK_SEARCH = re.compile(r'orders\(query:\s*"((?:[^"\\]|\\.)*)"')
 _BOUND = re.compile(r"updated_at:(>=|<)'?([0-9T:\-+.Z]+)'?")
 
 
@@ -1208,4 +1293,6 @@ _HANDLERS: dict[str, _Handler] = {
     "Locations": _Handler(lambda v: 2 + int(v["first"]), _S._locations),
     "InventorySetQuantities": _Handler(lambda v: MUTATION_COST, _S._inventory_set_quantities),
     "Shop": _Handler(lambda v: 1, _S._shop),
+    "BulkOperationRunQuery": _Handler(lambda v: MUTATION_COST, _S._bulk_run_query),
+    "BulkOperation": _Handler(lambda v: 1, _S._bulk_operation),
 }

@@ -51,8 +51,13 @@ class FakeMarketplace:
         self.asked: list[int] = []
         self.last_window_end: dt.datetime | None = None
 
+    def fetch_history(
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
+    ) -> Iterator[_Page]:
+        return self.fetch_pages(since, until, resume)
+
     def fetch_pages(
-        self, since: dt.datetime, until: dt.datetime, resume: str | None = None
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
     ) -> Iterator[_Page]:
         page = int(resume or 0)
         while True:
