@@ -12,8 +12,9 @@ message, or the sweeper's, see ``stalled_runs``) starts again from the last comm
 
 When the last page is committed the run is ``ok`` and the account's cursor moves to the end
 of the window (never back). A nightly full sync's run points at the night's
-``reconcile_reports`` row and counts the orders it created (missing here) and the
-cancellations it repaired; the run that ends the night (done, or failed for good) totals the
+``reconcile_reports`` row, compares every order it sees with ours (``orders.reconcile``) and
+counts the orders it created (missing here), the states it repaired and the mismatches it
+flagged for staff; the run that ends the night (done, or failed for good) totals the
 row (``finish_report``). Nothing is kept in memory from one page to the next, so a backfill
 of any size runs at flat memory.
 """
@@ -35,6 +36,7 @@ from db.models import ChannelAccount, ReconcileReport, SyncRun
 from db.session import Transaction, rowcount
 from domain.canonical import CanonicalOrder
 from orders.intake import IntakeOutcome, IntakeResult, apply_page
+from orders.reconcile import reconcile_page
 
 __all__ = [
     "ACTIVE",
@@ -153,14 +155,19 @@ def run_slice(
     read = source.fetch_history if history else source.fetch_pages
     for page in read(since, until, token):
         with transaction() as session:
-            seen = changed = created = repaired = 0
+            seen = changed = created = repaired = flagged = 0
             results = apply_page(session, account_id, page.orders, actor=f"{kind}:{channel}")
-            after_intake(session, results)
             for result in results:
                 seen += 1
                 changed += result.outcome != IntakeOutcome.STALE
                 created += result.outcome == IntakeOutcome.CREATED
                 repaired += result.cancelled_now  # cancelled on the marketplace, not here yet
+            if kind == "full":  # every order seen is compared with ours (orders.reconcile)
+                checked = reconcile_page(session, page.orders, results,
+                                         actor=f"reconcile:{channel}")  # fmt: skip
+                results, flagged = checked.results, checked.flagged
+                repaired += checked.repaired
+            after_intake(session, results)
             values = {
                 "page_token": page.resume,
                 "pages": SyncRun.pages + 1,
@@ -168,6 +175,7 @@ def run_slice(
                 "orders_changed": SyncRun.orders_changed + changed,
                 "orders_created": SyncRun.orders_created + created,
                 "states_repaired": SyncRun.states_repaired + repaired,
+                "mismatches_flagged": SyncRun.mismatches_flagged + flagged,
                 "heartbeat_at": utcnow(),
             }
             if source.last_window_end is not None:  # the marketplace bounded the window
@@ -221,6 +229,7 @@ def finish_report(session: Session, report_id: int) -> bool:
         "created": sum(r.orders_created for r in runs),
         "updated": sum(r.orders_changed - r.orders_created for r in runs),
         "states_repaired": sum(r.states_repaired for r in runs),
+        "flagged": sum(r.mismatches_flagged for r in runs),
         "errors": sum(1 for r in runs if r.status == "failed"),
     }
     finished = rowcount(
