@@ -132,8 +132,8 @@ def _burst(result: dict[str, Any]) -> list[Figure]:
                "every order ready to ship", ready, result["drain_bound"]),
     ]  # fmt: skip
     for name, rss in result["footprint_mb"].items():
-        figures.append(Figure(f"footprint {name} (RSS idle; baseline = peak under load)",
-                              rss["idle"], "MB", rss["peak"], "measured", True,
+        figures.append(Figure(f"footprint {name}: RSS peak under load (baseline: idle)",
+                              rss["peak"], "MB", rss["idle"], "measured", True,
                               "memory of that process"))  # fmt: skip
     return figures
 
