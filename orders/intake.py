@@ -257,7 +257,11 @@ def apply_page(
 
     The page's orders are written in ``external_id`` order, so two pages overlapping in one
     account (a poll beside a full sync) take their row locks in the same order; an order twice
-    on one page counts once, its newest version. Results in that order, one per order."""
+    on one page counts once, its newest version. Results in that order, one per order.
+
+    Whatever ``apply_order`` comes to do for an order it creates or finds stale, beyond the
+    row, its lines and its ``received`` event, must be done here too (or such an order sent
+    through ``apply_order``): this path writes only those."""
     newest: dict[str, CanonicalOrder] = {}
     for order in orders:
         held = newest.get(order.external_id)
