@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -39,6 +39,10 @@ class IntakeResult:
     outcome: IntakeOutcome
     state: OrderState
     cancelled_now: bool = False  # this update moved the order to cancelled
+    #: refunds the marketplace made that this delivery recorded first (``orders.returns``)
+    refunded: tuple[int, ...] = ()
+    #: the delivery said the order changed without carrying it: fetch this external id
+    refetch: str | None = None
 
 
 def _order_values(order: CanonicalOrder) -> dict[str, Any]:
@@ -58,6 +62,9 @@ def _order_values(order: CanonicalOrder) -> dict[str, Any]:
             order.shipping_address.model_dump(exclude_none=True) if order.shipping_address else None
         ),
         "payment_collected_by_marketplace": order.payment_collected_by_marketplace,
+        "payment_facts": (
+            order.payment.model_dump(mode="json", exclude_none=True) if order.payment else None
+        ),
         "fulfilled_by_marketplace": order.fulfilled_by_marketplace,
         "external_created_at": order.created_at,
         "external_updated_at": order.updated_at,
@@ -143,6 +150,7 @@ def _line_rows(order_id: int, order: CanonicalOrder) -> list[dict[str, Any]]:
             "title": line.title[:500],
             "quantity": line.quantity,
             "unit_price": line.unit_price,
+            "discount": line.discount,
             "tax": line.tax,
             "total": line.total,
         }
@@ -189,7 +197,22 @@ def _received(order: CanonicalOrder) -> dict[str, Any]:
 def apply_order(
     session: Session, account_id: int, order: CanonicalOrder, *, actor: str
 ) -> IntakeResult:
-    """Create the order, update it if this data is newer, or leave it if this data is stale."""
+    """Create the order, update it if this data is newer, or leave it if this data is stale;
+    then record the refunds it carries that are new (even from stale data: a refund is a fact
+    of its own, recorded once by its id)."""
+    result = _apply_order(session, account_id, order, actor=actor)
+    if not order.refunds:
+        return result
+    from orders.returns import record_marketplace_refunds
+
+    row = session.get_one(Order, result.order_id, with_for_update=True)
+    new = record_marketplace_refunds(session, row, order.refunds, actor=actor)
+    return replace(result, refunded=tuple(new)) if new else result
+
+
+def _apply_order(
+    session: Session, account_id: int, order: CanonicalOrder, *, actor: str
+) -> IntakeResult:
     values = _order_values(order)
     now = utcnow()
     created_id = (
@@ -203,6 +226,10 @@ def apply_order(
         return IntakeResult(created_id, IntakeOutcome.CREATED, _initial_state(order))
 
     key = (Order.channel_account_id == account_id) & (Order.external_id == order.external_id)
+    from orders import edits
+
+    known = session.execute(select(Order.id, Order.total).where(key)).one()
+    before = edits.snapshot(session, known.id)
     row = session.execute(
         update(Order)
         .where(key, Order.external_updated_at < order.updated_at)
@@ -222,6 +249,15 @@ def apply_order(
         kind="updated",
         external_updated_at=order.updated_at.isoformat(),
     )
+    if order.status != OrderState.CANCELLED:
+        # lines or money changed on the marketplace: stock, documents, or a person (one
+        # transaction with the new lines)
+        diff = edits.diff_lines(before, edits.snapshot(session, order_id))
+        edits.apply_edit(session, order_id, diff, actor=actor,
+                         money_changed=known.total != order.total)  # fmt: skip
+        state = OrderState(
+            session.execute(select(Order.state).where(Order.id == order_id)).scalar_one()
+        )
     if order.status == OrderState.CANCELLED and can_transition(state, OrderState.CANCELLED):
         session.execute(
             update(Order)
@@ -259,24 +295,24 @@ def apply_page(
     account (a poll beside a full sync) take their row locks in the same order; an order twice
     on one page counts once, its newest version. Results in that order, one per order.
 
-    Whatever ``apply_order`` comes to do for an order it creates or finds stale, beyond the
-    row, its lines and its ``received`` event, must be done here too (or such an order sent
-    through ``apply_order``): this path writes only those."""
+    An order that carries refunds goes through ``apply_order`` whole (its refunds are recorded
+    even from stale data). Whatever ``apply_order`` comes to do for an order it creates or finds
+    stale, beyond the row, its lines and its ``received`` event, must be done here too (or such
+    an order sent through ``apply_order``): this path writes only those."""
     newest: dict[str, CanonicalOrder] = {}
     for order in orders:
         held = newest.get(order.external_id)
         if held is None or order.updated_at > held.updated_at:
             newest[order.external_id] = order
-    batch = [newest[key] for key in sorted(newest)]
-    if not batch:
-        return []
+    ordered = [newest[key] for key in sorted(newest)]
+    batch = [o for o in ordered if not o.refunds]
     now = utcnow()
     created = {
         row.external_id: row.id
         for row in core(session).execute(
             _CREATE_ORDERS(session), [_new_order_row(account_id, o, now) for o in batch]
         )
-    }
+    } if batch else {}  # fmt: skip
     if created:
         lines = [r for o in batch if o.external_id in created
                  for r in _line_rows(created[o.external_id], o)]  # fmt: skip
@@ -296,10 +332,12 @@ def apply_page(
         )
     } if known else {}  # fmt: skip
     results = []
-    for order in batch:
+    for order in ordered:
         order_id = created.get(order.external_id)
         row = stored.get(order.external_id)
-        if order_id is not None:
+        if order.refunds:
+            results.append(apply_order(session, account_id, order, actor=actor))
+        elif order_id is not None:
             results.append(IntakeResult(order_id, IntakeOutcome.CREATED, _initial_state(order)))
         elif row is not None and row.external_updated_at >= order.updated_at:
             results.append(IntakeResult(row.id, IntakeOutcome.STALE, OrderState(row.state)))
