@@ -108,6 +108,36 @@ def _polls(rows: list[dict[str, Any]]) -> list[Figure]:
     return figures
 
 
+def _backfill(result: dict[str, Any]) -> list[Figure]:
+    cpu = {r["process"]: r["cpu_ms_per_item"] for r in result["cpu"]
+           if r["process"] != "all of the above"}  # fmt: skip
+    rss = result["rss_mb"]
+    return [
+        Figure("backfill", result["per_s"], "orders/s", result["baseline_per_s"],
+               ">= 2000/s and >= 0.5 x the bulk insert",
+               result["per_s"] >= 2000 and result["ratio"] >= 0.5, _heaviest(cpu)),
+        Figure("backfill worker RSS, 100 % / 10 %", result["rss_growth"], "x", None, "<= 1.10",
+               result["rss_growth"] <= 1.10, f"worker memory ({rss['after_100']:.0f} MB)"),
+        Figure("backfill worker RSS peak", rss["peak"], "MB", None, "< 300", rss["peak"] < 300,
+               "worker memory"),
+    ]  # fmt: skip
+
+
+def _burst(result: dict[str, Any]) -> list[Figure]:
+    share, ready = result["share_2xx_within_5s"], result["ready"] == result["webhooks"]
+    figures = [
+        Figure("burst answered 2xx within 5 s", 100 * share, "%", None, "100 %", share >= 1.0,
+               result["burst_bound"]),
+        Figure("burst drained", result["drain_per_s"], "orders/s", None,
+               "every order ready to ship", ready, result["drain_bound"]),
+    ]  # fmt: skip
+    for name, rss in result["footprint_mb"].items():
+        figures.append(Figure(f"footprint {name}: RSS peak under load (baseline: idle)",
+                              rss["peak"], "MB", rss["idle"], "measured", True,
+                              "memory of that process"))  # fmt: skip
+    return figures
+
+
 def _stock(result: dict[str, Any]) -> list[Figure]:
     figures = []
     for channel, row in result["channels"].items():
@@ -144,6 +174,14 @@ BENCHMARKS = (
     Benchmark("poll", "bench.poll_throughput",
               {"smoke": ["--seconds", "2"], "full": []},
               _polls),
+    Benchmark("backfill", "bench.backfill",
+              {"smoke": ["--orders", "2000"], "full": ["--orders", "100000"]},
+              _backfill),
+    # the footprint is measured in the same run: idle before the burst, peak during it
+    Benchmark("burst", "bench.burst",
+              {"smoke": ["--webhooks", "200", "--seconds", "4", "--drain-timeout", "300"],
+               "full": ["--webhooks", "20000", "--seconds", "20"]},
+              _burst),
     Benchmark("stock_push", "bench.stock_push",
               {"smoke": ["--changes", "300", "--skus", "30", "--baseline", "4"],
                "full": ["--baseline", "40"]},

@@ -41,6 +41,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.pipeline_throughput import percentile
+
 __all__ = ["RATIO_GOAL", "WEBHOOKS_PER_S_GOAL", "main", "run"]
 
 WEBHOOKS_PER_S_GOAL = 1000.0
@@ -101,13 +103,6 @@ def _phase(
     return out, time.monotonic() - started
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
-
-
 def _summary(
     results: list[tuple[float, int]], wall: float, cpu: dict[str, float]
 ) -> dict[str, Any]:
@@ -117,8 +112,8 @@ def _summary(
         "requests": n,
         "not_200": sum(status != 200 for _, status in results),
         "per_s": n / wall if wall > 0 else 0.0,
-        "p50_s": _percentile(latencies, 0.5),
-        "p99_s": _percentile(latencies, 0.99),
+        "p50_s": percentile(latencies, 0.5),
+        "p99_s": percentile(latencies, 0.99),
         "max_s": max(latencies) if latencies else math.nan,
         "cpu_ms_per_request": {role: 1000 * s / n if n else math.nan for role, s in cpu.items()},
     }

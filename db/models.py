@@ -587,6 +587,9 @@ class SyncRun(Base):
     # state the marketplace had moved without telling us (a cancellation we missed)
     orders_created: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     states_repaired: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: a full sync's orders whose state here disagrees with the marketplace's in a way not safe
+    #: to repair: on their timeline (``reconcile_mismatch``), most in ``needs_attention``
+    mismatches_flagged: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
     started_at: Mapped[dt.datetime] = created_at()
     finished_at: Mapped[dt.datetime | None]
@@ -611,6 +614,7 @@ class ReconcileReport(Base):
     created: Mapped[int] = mapped_column(Integer, default=0)  # missing here, now repaired
     updated: Mapped[int] = mapped_column(Integer, default=0)
     states_repaired: Mapped[int] = mapped_column(Integer, default=0)
+    flagged: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # for staff
     errors: Mapped[int] = mapped_column(Integer, default=0)  # accounts whose full sync failed
 
 

@@ -9,6 +9,7 @@ holds a lone UTF-16 surrogate (see ``_Canonical``).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -57,16 +58,31 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 def _without_lone_surrogates(value: Any) -> Any:
     """``value`` with each lone surrogate in its strings (dict keys too) replaced by U+FFFD; a
     high-low pair that stands for one character is joined into it."""
+    if isinstance(value, (dict, list, tuple)) and _utf8_clean(value):
+        return value  # the common case, checked in C: no walk through a payload of 3 KB
+    return _walk(value)
+
+
+def _utf8_clean(value: Any) -> bool:
+    """No surrogate anywhere in it: its JSON (unescaped) encodes as UTF-8."""
+    try:
+        json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+    except (UnicodeEncodeError, TypeError, ValueError):
+        return False  # a surrogate (or something JSON cannot say): walk it
+    return True
+
+
+def _walk(value: Any) -> Any:
     if isinstance(value, str):
         if value.isascii() or not _SURROGATE.search(value):
             return value
         return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     if isinstance(value, dict):
-        return {_without_lone_surrogates(k): _without_lone_surrogates(v) for k, v in value.items()}
+        return {_walk(k): _walk(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_without_lone_surrogates(v) for v in value]
+        return [_walk(v) for v in value]
     if isinstance(value, tuple):
-        return tuple(_without_lone_surrogates(v) for v in value)
+        return tuple(_walk(v) for v in value)
     return value
 
 

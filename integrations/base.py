@@ -29,6 +29,7 @@ __all__ = [
     "ConnectorSeams",
     "MarketplaceConnector",
     "OrderPage",
+    "PagedOrders",
     "ShipmentGroup",
     "orders_of",
 ]
@@ -70,6 +71,28 @@ def orders_of(pages: Iterator[OrderPage]) -> Iterator[CanonicalOrder]:
         yield from page.orders
 
 
+class PagedOrders:
+    """A connector's ``fetch_updated_orders``, made once from its ``fetch_pages``."""
+
+    def fetch_pages(
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
+    ) -> Iterator[OrderPage]:
+        raise NotImplementedError
+
+    def fetch_updated_orders(
+        self, since: dt.datetime, until: dt.datetime | None = None
+    ) -> Iterator[CanonicalOrder]:
+        """Every order updated in [since, until), page by page within the rate limit."""
+        return orders_of(self.fetch_pages(since, until))
+
+    def fetch_history(
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
+    ) -> Iterator[OrderPage]:
+        """A long window (a full sync, a first sync): ``fetch_pages``, unless the marketplace
+        has a bulk export (Shopify overrides this)."""
+        return self.fetch_pages(since, until, resume)
+
+
 @dataclass(frozen=True)
 class ShipmentGroup:
     """Lines the marketplace ships together from one of its locations (Shopify: the open
@@ -92,10 +115,17 @@ class MarketplaceConnector(Protocol):
         ...
 
     def fetch_pages(
-        self, since: dt.datetime, until: dt.datetime, resume: str | None = None
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
     ) -> Iterator[OrderPage]:
         """The same, a page at a time, each with the token that resumes after it: a sync
         commits each page with its token and a later task goes on from there (``resume``)."""
+        ...
+
+    def fetch_history(
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
+    ) -> Iterator[OrderPage]:
+        """The same for a long window (a full sync, a first sync): a bulk export where the
+        marketplace has one; its tokens and ``fetch_pages``' go on with each other."""
         ...
 
     def get_order(self, external_id: str) -> CanonicalOrder: ...

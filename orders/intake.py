@@ -9,6 +9,8 @@ order end with one row holding the newest data, whatever the interleaving.
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -22,7 +24,7 @@ from db.session import core, per_dialect
 from domain.canonical import CanonicalOrder
 from domain.states import OrderState, can_transition
 
-__all__ = ["IntakeOutcome", "IntakeResult", "apply_order", "record_event"]
+__all__ = ["IntakeOutcome", "IntakeResult", "apply_order", "apply_page", "record_event"]
 
 
 class IntakeOutcome(StrEnum):
@@ -80,6 +82,20 @@ _CREATE_ORDER = per_dialect(
         .returning(_orders.c.id)
     )
 )
+#: the same, for many orders at once: which of them were new (SQLAlchemy sends a list of rows
+#: as multi-row INSERTs, "insertmanyvalues")
+_CREATE_ORDERS = per_dialect(
+    lambda insert: (
+        insert(_orders)
+        .on_conflict_do_nothing(index_elements=["channel_account_id", "external_id"])
+        .returning(_orders.c.id, _orders.c.external_id)
+        # ten rows per statement: psycopg parses a statement's placeholders again each time
+        # it meets a long one, and a 250-row INSERT of orders cost more in that parsing than
+        # in everything else (apply_page on PostgreSQL: 0.49 ms of CPU per order in one
+        # statement, 0.18 ms in statements of ten); the extra round trips are cheaper
+        .execution_options(insertmanyvalues_page_size=10)
+    )
+)
 _INSERT_LINES = insert(table(OrderLine))
 _INSERT_EVENTS = insert(table(OrderEvent))
 
@@ -108,21 +124,38 @@ def record_events(
     """Timeline rows in one INSERT: each a dict of ``kind``, ``from_state``, ``to_state`` and
     the detail (everything else)."""
     at = utcnow()
-    rows = []
-    for event in events:
-        detail = dict(event)
-        rows.append(
-            {
-                "order_id": order_id,
-                "at": at,
-                "actor": actor,
-                "kind": detail.pop("kind"),
-                "from_state": detail.pop("from_state", None),
-                "to_state": detail.pop("to_state", None),
-                "detail": detail,
-            }
-        )
+    rows = [_event_row(order_id, at, actor, event) for event in events]
     core(session).execute(_INSERT_EVENTS, rows if len(rows) > 1 else rows[0])
+
+
+def _event_row(order_id: int, at: dt.datetime, actor: str, event: dict[str, Any]) -> dict[str, Any]:
+    detail = dict(event)
+    return {
+        "order_id": order_id,
+        "at": at,
+        "actor": actor,
+        "kind": detail.pop("kind"),
+        "from_state": detail.pop("from_state", None),
+        "to_state": detail.pop("to_state", None),
+        "detail": detail,
+    }
+
+
+def _line_rows(order_id: int, order: CanonicalOrder) -> list[dict[str, Any]]:
+    return [
+        {
+            "order_id": order_id,
+            "external_id": line.external_id,
+            "sku": line.sku,
+            "title": line.title[:500],
+            "quantity": line.quantity,
+            "unit_price": line.unit_price,
+            "discount": line.discount,
+            "tax": line.tax,
+            "total": line.total,
+        }
+        for line in order.lines
+    ]
 
 
 def _replace_lines(
@@ -131,23 +164,34 @@ def _replace_lines(
     if not new:
         session.execute(delete(OrderLine).where(OrderLine.order_id == order_id))
     if order.lines:
-        core(session).execute(
-            _INSERT_LINES,
-            [
-                {
-                    "order_id": order_id,
-                    "external_id": line.external_id,
-                    "sku": line.sku,
-                    "title": line.title[:500],
-                    "quantity": line.quantity,
-                    "unit_price": line.unit_price,
-                    "discount": line.discount,
-                    "tax": line.tax,
-                    "total": line.total,
-                }
-                for line in order.lines
-            ],
-        )
+        core(session).execute(_INSERT_LINES, _line_rows(order_id, order))
+
+
+def _initial_state(order: CanonicalOrder) -> OrderState:
+    return OrderState.CANCELLED if order.status == OrderState.CANCELLED else OrderState.NEW
+
+
+def _new_order_row(account_id: int, order: CanonicalOrder, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "channel_account_id": account_id,
+        "channel": order.channel,
+        "external_id": order.external_id,
+        "state": _initial_state(order).value,
+        "version": 1,
+        "attempts": 0,
+        "created_at": now,
+        "updated_at": now,
+        **_order_values(order),
+    }
+
+
+def _received(order: CanonicalOrder) -> dict[str, Any]:
+    """The timeline row of an order's creation."""
+    return {
+        "kind": "received",
+        "to_state": _initial_state(order).value,
+        "external_updated_at": order.updated_at.isoformat(),
+    }
 
 
 def apply_order(
@@ -171,36 +215,15 @@ def _apply_order(
 ) -> IntakeResult:
     values = _order_values(order)
     now = utcnow()
-    initial_state = OrderState.CANCELLED if order.status == OrderState.CANCELLED else OrderState.NEW
     created_id = (
         core(session)
-        .execute(
-            _CREATE_ORDER(session),
-            {
-                "channel_account_id": account_id,
-                "channel": order.channel,
-                "external_id": order.external_id,
-                "state": initial_state.value,
-                "version": 1,
-                "attempts": 0,
-                "created_at": now,
-                "updated_at": now,
-                **values,
-            },
-        )
+        .execute(_CREATE_ORDER(session), _new_order_row(account_id, order, now))
         .scalar_one_or_none()
     )
     if created_id is not None:
         _replace_lines(session, created_id, order, new=True)
-        record_event(
-            session,
-            created_id,
-            actor=actor,
-            kind="received",
-            to_state=initial_state.value,
-            external_updated_at=order.updated_at.isoformat(),
-        )
-        return IntakeResult(created_id, IntakeOutcome.CREATED, initial_state)
+        record_events(session, created_id, [_received(order)], actor=actor)
+        return IntakeResult(created_id, IntakeOutcome.CREATED, _initial_state(order))
 
     key = (Order.channel_account_id == account_id) & (Order.external_id == order.external_id)
     from orders import edits
@@ -252,3 +275,72 @@ def _apply_order(
         )
         return IntakeResult(order_id, IntakeOutcome.UPDATED, OrderState.CANCELLED, True)
     return IntakeResult(order_id, IntakeOutcome.UPDATED, state)
+
+
+def apply_page(
+    session: Session, account_id: int, orders: Sequence[CanonicalOrder], *, actor: str
+) -> list[IntakeResult]:
+    """A page of orders from a poll, a full sync or a bulk export, with the guarantees of
+    ``apply_order`` for each, in a few statements rather than a few per order:
+
+    - one multi-row ``INSERT … ON CONFLICT DO NOTHING RETURNING`` of the orders (the unique key
+      decides which are new, as for one order: invariant 1), then one of all their lines and
+      one of their timeline rows;
+    - one ``SELECT`` of the others' stored ``external_updated_at``: those we hold as new or
+      newer are stale (ours can only get newer), the rest (news on an order we hold: an update,
+      an edit, a cancellation) go through ``apply_order`` one by one, its conditional UPDATE
+      deciding again (invariant 2) and its edit and cancellation handling unchanged.
+
+    The page's orders are written in ``external_id`` order, so two pages overlapping in one
+    account (a poll beside a full sync) take their row locks in the same order; an order twice
+    on one page counts once, its newest version. Results in that order, one per order.
+
+    An order that carries refunds goes through ``apply_order`` whole (its refunds are recorded
+    even from stale data). Whatever ``apply_order`` comes to do for an order it creates or finds
+    stale, beyond the row, its lines and its ``received`` event, must be done here too (or such
+    an order sent through ``apply_order``): this path writes only those."""
+    newest: dict[str, CanonicalOrder] = {}
+    for order in orders:
+        held = newest.get(order.external_id)
+        if held is None or order.updated_at > held.updated_at:
+            newest[order.external_id] = order
+    ordered = [newest[key] for key in sorted(newest)]
+    batch = [o for o in ordered if not o.refunds]
+    now = utcnow()
+    created = {
+        row.external_id: row.id
+        for row in core(session).execute(
+            _CREATE_ORDERS(session), [_new_order_row(account_id, o, now) for o in batch]
+        )
+    } if batch else {}  # fmt: skip
+    if created:
+        lines = [r for o in batch if o.external_id in created
+                 for r in _line_rows(created[o.external_id], o)]  # fmt: skip
+        if lines:
+            core(session).execute(_INSERT_LINES, lines)
+        core(session).execute(_INSERT_EVENTS, [
+            _event_row(created[o.external_id], now, actor, _received(o))
+            for o in batch if o.external_id in created
+        ])  # fmt: skip
+    known = [o.external_id for o in batch if o.external_id not in created]
+    stored = {
+        row.external_id: row
+        for row in session.execute(
+            select(Order.id, Order.external_id, Order.state, Order.external_updated_at).where(
+                Order.channel_account_id == account_id, Order.external_id.in_(known)
+            )
+        )
+    } if known else {}  # fmt: skip
+    results = []
+    for order in ordered:
+        order_id = created.get(order.external_id)
+        row = stored.get(order.external_id)
+        if order.refunds:
+            results.append(apply_order(session, account_id, order, actor=actor))
+        elif order_id is not None:
+            results.append(IntakeResult(order_id, IntakeOutcome.CREATED, _initial_state(order)))
+        elif row is not None and row.external_updated_at >= order.updated_at:
+            results.append(IntakeResult(row.id, IntakeOutcome.STALE, OrderState(row.state)))
+        else:
+            results.append(apply_order(session, account_id, order, actor=actor))
+    return results

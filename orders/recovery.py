@@ -21,11 +21,12 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.models import IdempotencyKey, Order
+from db.models import IdempotencyKey, Order, OrderEvent
 from domain.states import OrderState
 from orders.fulfilment import RETURN_STEP
 from orders.intake import record_event
 from orders.outbox import PUSH_STEP, shipped_state
+from orders.reconcile import RECONCILE_STEP
 from orders.refunds import refundable
 from orders.steps import DONE_OR_GONE, FollowUp
 from orders.tracking import DELIVERY_STEP
@@ -96,17 +97,34 @@ def retry(
         raise IllegalTransition(f"order {order_id} is {order.state}, not needs_attention")
     failed = order.failed_step or ""
     resume = RESUME_STATE.get(failed, S.NEW)
+    if failed == RECONCILE_STEP:  # staff checked the mismatch: back where it was
+        resume = _state_before_attention(session, order_id)
     if resume == S.SHIPPED:  # some shipments may not have left yet
         resume = shipped_state(session, order_id)
     transition(session, order, resume, actor=actor, retry_of=order.failed_step)
     order.failed_step, order.last_error, order.attempts = None, None, 0
-    if failed == PUSH_STEP:
+    if failed == RECONCILE_STEP:
+        if resume not in (S.READY_TO_SHIP, S.PARTIALLY_SHIPPED, S.SHIPPED):
+            pipeline(session, order_id)  # its steps skip what is done
+    elif failed == PUSH_STEP:
         push(session, order_id)
     elif resume in (S.SHIPPED, S.PARTIALLY_SHIPPED):
         pass  # a lost parcel, a return or an edit staff dealt with: acknowledged, nothing to run
     else:
         (ship if resume == S.READY_TO_SHIP else pipeline)(session, order_id)
     return resume
+
+
+def _state_before_attention(session: Session, order_id: int) -> OrderState:
+    """The state the order was in when it last moved to ``needs_attention``."""
+    before = session.scalar(
+        select(OrderEvent.from_state)
+        .where(OrderEvent.order_id == order_id, OrderEvent.kind == "transition",
+               OrderEvent.to_state == S.NEEDS_ATTENTION.value)
+        .order_by(OrderEvent.id.desc())
+        .limit(1)
+    )  # fmt: skip
+    return S(before) if before else S.NEW
 
 
 #: key prefix → (the step that resumes it, the states in which that step still has work)

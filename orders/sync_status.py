@@ -137,6 +137,7 @@ def _run(run: SyncRun | None) -> dict[str, Any] | None:
         "changed": run.orders_changed,
         "created": run.orders_created,
         "states_repaired": run.states_repaired,
+        "flagged": run.mismatches_flagged,
         "error": run.error,
     }
 
@@ -153,6 +154,7 @@ def _report(report: ReconcileReport | None) -> dict[str, Any] | None:
         "created": report.created,
         "updated": report.updated,
         "states_repaired": report.states_repaired,
+        "flagged": report.flagged,
         "errors": report.errors,
     }
 

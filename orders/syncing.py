@@ -2,8 +2,9 @@
 
 A run (a ``sync_runs`` row) fixes its window ``[window_from, window_to)`` when it starts. Each
 slice reads pages from the marketplace (``PageSource.fetch_pages``) from where the run stands
-(``page_token``) and, **in one transaction per page**, applies the page's orders (the same
-intake as webhooks: newer data wins, so a page read twice changes nothing) together with the
+(``page_token``) and, **in one transaction per page**, applies the page's orders
+(``orders.intake.apply_page``: the new ones in a few multi-row statements, the rest with the
+same intake as webhooks; newer data wins, so a page read twice changes nothing) together with the
 token that resumes after it and the run's progress. A slice stops after ``max_pages`` pages or
 ``max_seconds`` (well under the task time limit), and the caller schedules the next slice. A
 worker killed mid-slice loses at most the page it was reading: the next slice (the redelivered
@@ -11,8 +12,9 @@ message, or the sweeper's, see ``stalled_runs``) starts again from the last comm
 
 When the last page is committed the run is ``ok`` and the account's cursor moves to the end
 of the window (never back). A nightly full sync's run points at the night's
-``reconcile_reports`` row and counts the orders it created (missing here) and the
-cancellations it repaired; the run that ends the night (done, or failed for good) totals the
+``reconcile_reports`` row, compares every order it sees with ours (``orders.reconcile``) and
+counts the orders it created (missing here), the states it repaired and the mismatches it
+flagged for staff; the run that ends the night (done, or failed for good) totals the
 row (``finish_report``). Nothing is kept in memory from one page to the next, so a backfill
 of any size runs at flat memory.
 """
@@ -33,7 +35,8 @@ from db.base import utcnow
 from db.models import ChannelAccount, ReconcileReport, SyncRun
 from db.session import Transaction, rowcount
 from domain.canonical import CanonicalOrder
-from orders.intake import IntakeOutcome, IntakeResult, apply_order
+from orders.intake import IntakeOutcome, IntakeResult, apply_page
+from orders.reconcile import reconcile_page
 
 __all__ = [
     "ACTIVE",
@@ -69,13 +72,20 @@ class PageSource(Protocol):
     last_window_end: dt.datetime | None
 
     def fetch_pages(
-        self, since: dt.datetime, until: dt.datetime, resume: str | None = None
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
     ) -> Iterator[Page]: ...
 
+    def fetch_history(
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
+    ) -> Iterator[Page]:
+        """The same for a long window (a full sync, an account's first sync): the
+        marketplace's bulk export where it has one (Shopify), else ``fetch_pages``."""
+        ...
 
-#: what happens after an order was applied (new orders enter the pipeline, …), in the page's
-#: transaction
-AfterIntake = Callable[[Session, IntakeResult], None]
+
+#: what happens after a page's orders were applied (new orders enter the pipeline, …), in the
+#: page's transaction
+AfterIntake = Callable[[Session, Sequence[IntakeResult]], None]
 
 
 @dataclass(frozen=True)
@@ -135,21 +145,29 @@ def run_slice(
         account_id, kind = run.channel_account_id, run.kind
         account = session.get(ChannelAccount, account_id)
         channel = account.channel if account is not None else "?"
+        # a full sync, or a first one, reads a long window: the bulk export if there is one
+        history = kind == "full" or (account is not None and account.poll_cursor is None)
         since, until, token = run.window_from, run.window_to, run.page_token
         run.status = "running"
     assert since is not None and until is not None
     started = clock()
     pages = orders = 0
-    for page in source.fetch_pages(since, until, token):
+    read = source.fetch_history if history else source.fetch_pages
+    for page in read(since, until, token):
         with transaction() as session:
-            seen = changed = created = repaired = 0
-            for order in page.orders:
-                result = apply_order(session, account_id, order, actor=f"{kind}:{channel}")
-                after_intake(session, result)
+            seen = changed = created = repaired = flagged = 0
+            results = apply_page(session, account_id, page.orders, actor=f"{kind}:{channel}")
+            for result in results:
                 seen += 1
                 changed += result.outcome != IntakeOutcome.STALE
                 created += result.outcome == IntakeOutcome.CREATED
                 repaired += result.cancelled_now  # cancelled on the marketplace, not here yet
+            if kind == "full":  # every order seen is compared with ours (orders.reconcile)
+                checked = reconcile_page(session, page.orders, results,
+                                         actor=f"reconcile:{channel}")  # fmt: skip
+                results, flagged = checked.results, checked.flagged
+                repaired += checked.repaired
+            after_intake(session, results)
             values = {
                 "page_token": page.resume,
                 "pages": SyncRun.pages + 1,
@@ -157,6 +175,7 @@ def run_slice(
                 "orders_changed": SyncRun.orders_changed + changed,
                 "orders_created": SyncRun.orders_created + created,
                 "states_repaired": SyncRun.states_repaired + repaired,
+                "mismatches_flagged": SyncRun.mismatches_flagged + flagged,
                 "heartbeat_at": utcnow(),
             }
             if source.last_window_end is not None:  # the marketplace bounded the window
@@ -210,6 +229,7 @@ def finish_report(session: Session, report_id: int) -> bool:
         "created": sum(r.orders_created for r in runs),
         "updated": sum(r.orders_changed - r.orders_created for r in runs),
         "states_repaired": sum(r.states_repaired for r in runs),
+        "flagged": sum(r.mismatches_flagged for r in runs),
         "errors": sum(1 for r in runs if r.status == "failed"),
     }
     finished = rowcount(

@@ -138,7 +138,8 @@ def _reconcile(err: Console, *, timeout_s: float) -> dict[str, int] | None:
                 )
             )
             if report is not None:
-                names = ("accounts", "seen", "created", "updated", "states_repaired", "errors")
+                names = ("accounts", "seen", "created", "updated", "states_repaired", "flagged",
+                         "errors")  # fmt: skip
                 return {name: int(getattr(report, name)) for name in names}
         time.sleep(0.5)
     err.print("[yellow]the nightly full sync is still running: see `ordersync sync status`")

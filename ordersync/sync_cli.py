@@ -64,7 +64,7 @@ def status(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
             (
                 f"seen {report['seen']}, created {report['created']}, updated "
                 f"{report['updated']}, states repaired {report['states_repaired']}, "
-                f"errors {report['errors']}"
+                f"flagged {report['flagged']}, errors {report['errors']}"
             )
             if report
             else ""

@@ -25,21 +25,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import datetime as dt
 import hashlib
 import hmac
 import json
 import random
 import re
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 
 from sandbox.knobs import DroppedConnection, Knobs
 
@@ -205,6 +208,78 @@ class _GraphQLFailure(Exception):
         self.error = error
 
 
+class _Orders(dict[str, dict[str, Any]]):
+    """The shop's orders (external id → REST order JSON) with an index by ``(updated_at, id)``,
+    so that a page of ``OrdersUpdatedSince`` costs O(log N + page) rather than a sort of every
+    order. Storing an order indexes it; an order whose ``updated_at`` changes in place must be
+    passed to ``moved`` (``_bump`` and ``_cancel`` do). A page that meets an entry whose stamp
+    no longer matches its order rebuilds the index first (self-healing, not a fast path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._index: list[tuple[dt.datetime, int]] = []  # sorted
+        self._keys: dict[str, tuple[dt.datetime, int]] = {}
+
+    @staticmethod
+    def _key(order: dict[str, Any]) -> tuple[dt.datetime, int]:
+        return _parse_time(order["updated_at"]), int(order["id"])
+
+    def _unindex(self, external_id: str) -> None:
+        key = self._keys.pop(external_id, None)
+        if key is not None:
+            at = bisect.bisect_left(self._index, key)
+            if at < len(self._index) and self._index[at] == key:
+                del self._index[at]
+
+    def __setitem__(self, external_id: str, order: dict[str, Any]) -> None:
+        super().__setitem__(external_id, order)
+        self.moved(order)
+
+    def __delitem__(self, external_id: str) -> None:
+        super().__delitem__(external_id)
+        self._unindex(external_id)
+
+    def moved(self, order: dict[str, Any]) -> None:
+        """Re-index an order whose ``updated_at`` was set."""
+        external_id = str(order["id"])
+        self._unindex(external_id)
+        key = self._key(order)
+        bisect.insort(self._index, key)
+        self._keys[external_id] = key
+
+    def _rebuild(self) -> None:
+        self._keys = {eid: self._key(o) for eid, o in self.items()}
+        self._index = sorted(self._keys.values())
+
+    def updated_between(
+        self,
+        after: tuple[dt.datetime, int] | None,
+        lower: dt.datetime | None,
+        upper: dt.datetime | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` orders in ``(updated_at, id)`` order, after the key ``after``, with
+        ``lower <= updated_at < upper``."""
+        for _attempt in range(2):
+            start = 0 if after is None else bisect.bisect_right(self._index, after)
+            if lower is not None:
+                start = max(start, bisect.bisect_left(self._index, (lower, -1)))
+            page: list[dict[str, Any]] = []
+            consistent = True
+            for key in self._index[start : start + limit]:
+                if upper is not None and key[0] >= upper:
+                    break
+                order = self.get(str(key[1]))
+                if order is None or self._key(order) != key:  # changed behind the index's back
+                    consistent = False
+                    break
+                page.append(order)
+            if consistent:
+                return page
+            self._rebuild()
+        return page
+
+
 class ShopifySimulator:
     def __init__(
         self,
@@ -234,7 +309,7 @@ class ShopifySimulator:
         self._at = clock()
         self._seq = 0
         #: external id (REST id as a string) → REST order JSON
-        self.orders: dict[str, dict[str, Any]] = {}
+        self.orders = _Orders()
         #: order id → its fulfillment orders, one per location its line items are assigned to
         self._fulfillment_orders: dict[str, list[dict[str, Any]]] = {}
         self.second_location_skus = frozenset(second_location_skus)
@@ -266,6 +341,11 @@ class ShopifySimulator:
         #: (operation, HTTP status); a THROTTLED answer is logged as 429, its REST equivalent
         #: (on the wire it is a 200 with errors[].extensions.code = THROTTLED)
         self.request_log: list[tuple[str, int]] = []
+        #: bulk exports: GID → {status, search, polls, url, counts}; their JSONL files live in
+        #: a temporary directory of this simulator and are served at ``/_bulk/{n}.jsonl``
+        self.bulk_operations: dict[str, dict[str, Any]] = {}
+        self._bulk_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._public_url = ""  # where this simulator is reached (from the last request)
 
     # --- the shop's side --------------------------------------------------------------------
 
@@ -634,6 +714,7 @@ class ShopifySimulator:
         # Shopify timestamps have whole seconds: make every update visibly newer
         previous = _parse_time(order["updated_at"])
         order["updated_at"] = _rest_time(max(self._now(), previous + dt.timedelta(seconds=1)))
+        self.orders.moved(order)
 
     def touch_order(self, external_id: str, *, cancel: bool = False) -> None:
         """An update in the shop admin: a pending/authorized payment is captured, else a tag
@@ -871,6 +952,7 @@ class ShopifySimulator:
                 )
             match = _OP_NAME.search(query)
             operation = body.get("operationName") or (match.group(1) if match else "anonymous")
+            self._public_url = str(request.url).split("/admin/api/", 1)[0]
             status, payload = self.execute(operation, query, variables)
             self.request_log.append((operation, status))
             if operation == "FulfillmentCreate" and self.drop_fulfillment_answers > 0:
@@ -882,6 +964,13 @@ class ShopifySimulator:
             return JSONResponse(
                 payload, headers={"X-Shopify-API-Version": API_VERSION, "X-Request-Id": "sim"}
             )
+
+        @router.get("/_bulk/{name}")
+        async def bulk_result(name: str) -> Response:
+            path = self._bulk_file(name)
+            if path is None:
+                return JSONResponse({"errors": "Not Found"}, status_code=404)
+            return FileResponse(path, media_type="application/jsonl")
 
         return router
 
@@ -964,21 +1053,20 @@ class ShopifySimulator:
     ) -> tuple[dict[str, Any], int]:
         first = int(variables["first"])
         lower, upper = _time_bounds(str(variables.get("query") or ""))
-        rows = sorted((_parse_time(o["updated_at"]), o["id"], o) for o in self.orders.values())
         after = variables.get("after")
+        key = None
         if after:
             stamp, last_id = _uncursor(after)
             key = (_parse_time(stamp), int(last_id))
-            rows = [r for r in rows if (r[0], r[1]) > key]
-        rows = [
-            r for r in rows if (lower is None or r[0] >= lower) and (upper is None or r[0] < upper)
-        ]
+        # one more than the page, to know whether there is a next one
+        rows = self.orders.updated_between(key, lower, upper, first + 1)
         page = rows[:first]
         nodes = [
             {"id": o["admin_graphql_api_id"], "updatedAt": _gql_time(o["updated_at"])}
-            for _, _, o in page
+            for o in page
         ]
-        end = _cursor(page[-1][0].isoformat(), page[-1][1]) if page else None
+        last = page[-1] if page else None
+        end = _cursor(_parse_time(last["updated_at"]).isoformat(), last["id"]) if last else None
         data = {
             "orders": {
                 "pageInfo": {"hasNextPage": len(rows) > first, "endCursor": end},
@@ -986,6 +1074,75 @@ class ShopifySimulator:
             }
         }
         return data, 2 + len(nodes)
+
+    # --- bulk exports (https://shopify.dev/docs/api/usage/bulk-operations/queries) -----------
+
+    def _bulk_run_query(
+        self, query: str, variables: dict[str, Any]
+    ) -> tuple[dict[str, Any], int]:
+        """Only an export of ``orders`` with their ``lineItems`` (what the connector asks);
+        one at a time per shop. It runs as it is asked about: CREATED, RUNNING, COMPLETED."""
+        document = str(variables["query"])
+        search = _BULK_SEARCH.search(document)
+        if "orders(" not in document or "lineItems" not in document:
+            raise ValueError("only orders with their line items are exported here")
+        if any(op["status"] in ("CREATED", "RUNNING") for op in self.bulk_operations.values()):
+            error = {"code": "OPERATION_IN_PROGRESS", "field": None,
+                     "message": "A bulk query operation for this app and shop is already "
+                                "in progress"}  # fmt: skip
+            return {"bulkOperationRunQuery": {"bulkOperation": None, "userErrors": [error]}}, 10
+        gid = f"gid://shopify/BulkOperation/{720918 + len(self.bulk_operations)}"
+        self.bulk_operations[gid] = {
+            "id": gid, "status": "CREATED", "errorCode": None, "objectCount": "0",
+            "rootObjectCount": "0", "url": None,
+            "search": search.group(1).replace('\\"', '"') if search else "",
+        }  # fmt: skip
+        operation = {"id": gid, "status": "CREATED"}
+        return {"bulkOperationRunQuery": {"bulkOperation": operation, "userErrors": []}}, 10
+
+    def _bulk_operation(self, query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        op = self.bulk_operations.get(str(variables["id"]))
+        if op is None:
+            return {"node": None}, 1
+        if op["status"] == "CREATED":
+            op["status"] = "RUNNING"
+        elif op["status"] == "RUNNING":
+            self._bulk_complete(op)
+        return {"node": {k: v for k, v in op.items() if k != "search"}}, 1
+
+    def _bulk_complete(self, op: dict[str, Any]) -> None:
+        """Write the result: each order's line (no line items), then its line items, each
+        with ``__parentId`` (grouped, as ``groupObjects: true`` asks)."""
+        lower, upper = _time_bounds(op["search"])
+        if self._bulk_dir is None:
+            self._bulk_dir = tempfile.TemporaryDirectory(prefix="shopify-bulk-")
+        number = op["id"].rsplit("/", 1)[-1]
+        path = Path(self._bulk_dir.name) / f"{number}.jsonl"
+        roots = objects = 0
+        after = None
+        with path.open("w") as out:
+            while True:
+                page = self.orders.updated_between(after, lower, upper, 500)
+                for order in page:
+                    node = graphql_order(order)
+                    lines = node.pop("lineItems")["nodes"]
+                    out.write(json.dumps(node, separators=(",", ":")) + "\n")
+                    for line in lines:
+                        child = {**line, "__parentId": node["id"]}
+                        out.write(json.dumps(child, separators=(",", ":")) + "\n")
+                    roots, objects = roots + 1, objects + 1 + len(lines)
+                if len(page) < 500:
+                    break
+                last = page[-1]
+                after = (_parse_time(last["updated_at"]), int(last["id"]))
+        op.update(status="COMPLETED", rootObjectCount=str(roots), objectCount=str(objects),
+                  url=f"{self._public_url}/_bulk/{number}.jsonl" if roots else None)  # fmt: skip
+
+    def _bulk_file(self, name: str) -> Path | None:
+        if self._bulk_dir is None or not re.fullmatch(r"[0-9]+\.jsonl", name):
+            return None
+        path = Path(self._bulk_dir.name) / name
+        return path if path.exists() else None
 
     def _orders_by_ids(self, query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
         first = int(variables["lineItemsFirst"])
@@ -1421,6 +1578,7 @@ def _user_errors(
     return {field: {key: [error]}}, MUTATION_COST
 
 
+_BULK_SEARCH = re.compile(r'orders\(query:\s*"((?:[^"\\]|\\.)*)"')
 _BOUND = re.compile(r"updated_at:(>=|<)'?([0-9T:\-+.Z]+)'?")
 
 
@@ -1467,4 +1625,6 @@ _HANDLERS: dict[str, _Handler] = {
     "Shop": _Handler(lambda v: 1, _S._shop),
     "OrderTransactions": _Handler(lambda v: 1 + 50 * 3, _S._order_transactions),
     "OrderCapture": _Handler(lambda v: MUTATION_COST, _S._order_capture),
+    "BulkOperationRunQuery": _Handler(lambda v: MUTATION_COST, _S._bulk_run_query),
+    "BulkOperation": _Handler(lambda v: 1, _S._bulk_operation),
 }

@@ -36,6 +36,7 @@ class RunOut(BaseModel):
     changed: int
     created: int
     states_repaired: int
+    flagged: int
     error: str | None
 
 
@@ -48,6 +49,7 @@ class ReportOut(BaseModel):
     created: int
     updated: int
     states_repaired: int
+    flagged: int
     errors: int
 
 

@@ -84,7 +84,6 @@ _REFUSED = _Refused(401, "invalid signature or unknown account")
 class _Account:
     id: int
     webhook_secret: str = field(repr=False)
-    read_at: float = 0.0
 
 
 class AccountCache:
@@ -92,35 +91,33 @@ class AccountCache:
     ``ttl_s`` (unknown names too, so a flood for a name we do not have costs no query each)."""
 
     def __init__(self) -> None:
-        self._entries: dict[tuple[str, str], _Account | None] = {}
-        self._read_at: dict[tuple[str, str], float] = {}
+        #: key → (when it was read, the account or None for a name we do not have)
+        self._entries: dict[tuple[str, str], tuple[float, _Account | None]] = {}
         self._lock = threading.Lock()
 
     def get(self, engine: Engine, channel: str, name: str) -> _Account | None:
         key, now = (channel, name), time.monotonic()
         ttl = get_settings().webhook_account_cache_s
         with self._lock:
-            if key in self._entries and now - self._read_at[key] < ttl:
-                return self._entries[key]
+            entry = self._entries.get(key)
+        if entry is not None and now - entry[0] < ttl:
+            return entry[1]
         with engine.connect() as conn:
             row = conn.execute(_ACCOUNT, {"name": name, "channel": channel}).one_or_none()
-        found = None if row is None else _Account(row.id, row.webhook_secret or "", now)
+        found = None if row is None else _Account(row.id, row.webhook_secret or "")
         with self._lock:
             if len(self._entries) > 10_000:  # names sent by strangers: never grows unbounded
                 self._entries.clear()
-                self._read_at.clear()
-            self._entries[key], self._read_at[key] = found, now
+            self._entries[key] = (now, found)
         return found
 
     def forget(self, channel: str, name: str) -> None:
         with self._lock:
             self._entries.pop((channel, name), None)
-            self._read_at.pop((channel, name), None)
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
-            self._read_at.clear()
 
 
 accounts = AccountCache()

@@ -38,7 +38,7 @@ from workflows.base import OrdersyncTask, describe
 from workflows.celery_app import app
 from workflows.locks import LockBusy, redis_lock
 from workflows.providers import connector_for, shared_limiter
-from workflows.tasks import after_intake
+from workflows.tasks import after_intake, after_page
 
 __all__ = [
     "full_sync_account",
@@ -97,7 +97,7 @@ def _slice(task: OrdersyncTask, run_id: int) -> dict[str, Any]:
                 # inside the try: an account that cannot be connected (credentials, bad rate
                 # limits) fails its run instead of leaving it "running"
                 connector = _connector(account)
-                outcome = run_slice(task.transaction, run_id, connector, after_intake,
+                outcome = run_slice(task.transaction, run_id, connector, after_page,
                                     max_pages=settings.sync_slice_pages,
                                     max_seconds=settings.sync_slice_s)  # fmt: skip
             except Exception as exc:

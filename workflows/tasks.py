@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pydantic
@@ -62,6 +63,31 @@ _LOAD_EVENT = (
 )
 
 
+def after_page(session: Any, results: Sequence[IntakeResult]) -> None:
+    """``after_intake`` for a page of a sync (``orders.syncing``): the pipelines of its new
+    orders go out as one message (``workflows.pipeline.pipelines``), the rest one by one."""
+    from workflows.pipeline import pipelines
+
+    new = [r.order_id for r in results if _batched(r)]
+    if new:
+        publish_after_commit(session, pipelines(new))
+    for result in results:
+        if not _batched(result):
+            after_intake(session, result)
+
+
+def _enters_pipeline(result: IntakeResult) -> bool:
+    return (result.outcome == IntakeOutcome.CREATED and result.state == OrderState.NEW) or (
+        result.outcome == IntakeOutcome.UPDATED
+        and result.state in (OrderState.NEW, OrderState.RESERVED)  # e.g. a payment: news
+    )
+
+
+def _batched(result: IntakeResult) -> bool:
+    """Nothing but its pipeline to start (no refunds to credit, nothing to fetch)."""
+    return _enters_pipeline(result) and not result.refunded and result.refetch is None
+
+
 def after_intake(session: Any, result: IntakeResult, account_id: int | None = None) -> None:
     """New orders enter the pipeline; orders cancelled by the marketplace release their stock
     (and void their labels); an order fulfilled in the marketplace's admin is not shipped again;
@@ -84,17 +110,13 @@ def after_intake(session: Any, result: IntakeResult, account_id: int | None = No
 
         publish_after_commit(session, refresh_order.si(account_id, result.refetch))
 
-    if result.outcome == IntakeOutcome.CREATED and result.state == OrderState.NEW:
-        publish_after_commit(session, pipeline(result.order_id))
-    elif result.outcome == IntakeOutcome.UPDATED and result.state in (
-        OrderState.NEW,
-        OrderState.RESERVED,  # e.g. waiting for the marketplace's payment, which may be news
-    ):
+    if _enters_pipeline(result):
         publish_after_commit(session, pipeline(result.order_id))
     elif result.outcome == IntakeOutcome.UPDATED and result.cancelled_now:
         on_cancelled(session, result.order_id)
     elif result.outcome == IntakeOutcome.UPDATED and result.state in (
-        OrderState.READY_TO_SHIP, OrderState.PARTIALLY_SHIPPED
+        OrderState.READY_TO_SHIP,
+        OrderState.PARTIALLY_SHIPPED,
     ):
         order = session.get(Order, result.order_id)
         if order is not None and marketplace_shipped(order):  # e.g. Amazon shipped an FBA order
@@ -103,7 +125,9 @@ def after_intake(session: Any, result: IntakeResult, account_id: int | None = No
             # fulfilled in the marketplace's admin: ours do not ship again, labels voided
             fulfilled_elsewhere(session, result.order_id, void_unused=void_unused)
     elif result.outcome == IntakeOutcome.UPDATED and result.state in (
-        OrderState.SHIPPED, OrderState.PARTIALLY_SHIPPED, OrderState.DELIVERED
+        OrderState.SHIPPED,
+        OrderState.PARTIALLY_SHIPPED,
+        OrderState.DELIVERED,
     ):
         order = session.get(Order, result.order_id)
         if order is not None and order.cancelled_at is not None:

@@ -49,7 +49,7 @@ from integrations.amazon.client import DEFAULT_API_BASE_URL, RATE_LIMITS, SpApiC
 from integrations.amazon.lwa import DEFAULT_LWA_URL, LwaTokenProvider
 from integrations.amazon.mapper import map_order
 from integrations.amazon.payloads import parse_timestamp
-from integrations.base import AccountConfig, ConnectorSeams, OrderPage, ShipmentGroup, orders_of
+from integrations.base import AccountConfig, ConnectorSeams, OrderPage, PagedOrders, ShipmentGroup
 from integrations.ratelimit import Bucket
 
 __all__ = ["LAST_UPDATED_BEFORE_MIN_AGE", "AmazonConnector"]
@@ -74,7 +74,7 @@ def package_reference_id(idempotency_key: str) -> str:
     return str(int(digest[:12], 16) % 999_999_999 + 1)
 
 
-class AmazonConnector:
+class AmazonConnector(PagedOrders):
     def __init__(
         self,
         account: AccountConfig,
@@ -132,22 +132,12 @@ class AmazonConnector:
         items = self.client.all_order_items(order_id)
         return map_order({**order, "OrderItems": items}, self.account.name)
 
-    def fetch_updated_orders(
-        self, since: dt.datetime, until: dt.datetime | None = None
-    ) -> Iterator[CanonicalOrder]:
-        return orders_of(self._pages(since, until, None))
-
     def fetch_pages(
-        self, since: dt.datetime, until: dt.datetime, resume: str | None = None
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
     ) -> Iterator[OrderPage]:
         """Pages of ``getOrders``; ``resume`` holds the ``NextToken`` and the window's end as
         the first page fixed it (``LastUpdatedBefore``), so a resumed poll reads the same
         window."""
-        return self._pages(since, until, resume)
-
-    def _pages(
-        self, since: dt.datetime, until: dt.datetime | None, resume: str | None
-    ) -> Iterator[OrderPage]:
         before: dt.datetime | None = None
         token: str | None = None
         if resume is not None:

@@ -34,7 +34,7 @@ from pydantic import ValidationError as PydanticValidationError
 from domain.canonical import CanonicalOrder
 from domain.errors import AuthError, Conflict, PayloadError, ValidationError
 from domain.listings import ChannelListing, StockPushResult, StockUpdate
-from integrations.base import AccountConfig, ConnectorSeams, OrderPage, ShipmentGroup, orders_of
+from integrations.base import AccountConfig, ConnectorSeams, OrderPage, PagedOrders, ShipmentGroup
 from integrations.ebay.client import (
     API_BASE_URL,
     BULK_QUANTITY_MAX,
@@ -54,7 +54,7 @@ log = structlog.get_logger(__name__)
 CREDENTIAL_KEYS = ("client_id", "client_secret", "refresh_token")
 
 
-class EbayConnector:
+class EbayConnector(PagedOrders):
     def __init__(
         self,
         account: AccountConfig,
@@ -88,20 +88,10 @@ class EbayConnector:
     def __repr__(self) -> str:
         return f"EbayConnector(account={self.account.name!r})"
 
-    def fetch_updated_orders(
-        self, since: dt.datetime, until: dt.datetime | None = None
-    ) -> Iterator[CanonicalOrder]:
-        return orders_of(self._pages(since, until, None))
-
     def fetch_pages(
-        self, since: dt.datetime, until: dt.datetime, resume: str | None = None
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
     ) -> Iterator[OrderPage]:
         """Pages of ``getOrders``; ``resume`` is the next page's offset."""
-        return self._pages(since, until, resume)
-
-    def _pages(
-        self, since: dt.datetime, until: dt.datetime | None, resume: str | None
-    ) -> Iterator[OrderPage]:
         end = until if until is not None and until <= self.clock() else None
         query = lastmodified_filter(since, end)
         seen: set[str] = set()

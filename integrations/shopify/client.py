@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -31,6 +31,7 @@ from domain.errors import (
     PermanentError,
     RateLimited,
     ServerError,
+    TransportError,
     ValidationError,
 )
 from integrations.http import DEFAULT_TIMEOUT, ApiClient
@@ -59,6 +60,8 @@ _GRAPHQL_ERRORS: dict[str, type[IntegrationError]] = {
 #: userErrors codes that are worth retrying
 _RETRYABLE_USER_ERRORS: dict[str, type[IntegrationError]] = {
     "IDEMPOTENCY_CONCURRENT_REQUEST": Conflict,
+    # another bulk query of this app runs on the shop (one at a time): later
+    "OPERATION_IN_PROGRESS": Conflict,
     "SERVICE_UNAVAILABLE": ServerError,
 }
 
@@ -284,6 +287,55 @@ class ShopifyClient(ApiClient):
             nodes.extend(more.get("nodes") or [])
             page = more.get("pageInfo") or {}
         return {**node, "lineItems": {"nodes": nodes, "pageInfo": {"hasNextPage": False}}}
+
+    # --- bulk export ------------------------------------------------------------------------
+
+    def bulk_run_query(self, query: str) -> str:
+        """Start a bulk export; returns its ``BulkOperation`` GID."""
+        data = self.graphql(
+            "BulkOperationRunQuery", q.BULK_OPERATION_RUN_QUERY, {"query": query},
+            cost=q.MUTATION_COST,
+        )  # fmt: skip
+        payload = _dig(data, "bulkOperationRunQuery", "BulkOperationRunQuery")
+        self.check_user_errors("BulkOperationRunQuery", payload.get("userErrors"))
+        operation = payload.get("bulkOperation") or {}
+        if not isinstance(operation.get("id"), str):
+            raise PayloadError("BulkOperationRunQuery: no bulk operation in the answer")
+        return str(operation["id"])
+
+    def bulk_operation(self, gid: str) -> dict[str, Any]:
+        """The operation's ``status``, ``errorCode``, ``objectCount`` and ``url``."""
+        data = self.graphql("BulkOperation", q.BULK_OPERATION, {"id": gid}, cost=1)
+        node = data.get("node")
+        if not isinstance(node, dict) or not isinstance(node.get("status"), str):
+            raise NotFound("BulkOperation: no such bulk operation", code="NOT_FOUND")
+        return node
+
+    def bulk_lines(self, url: str, skip: int = 0) -> Iterator[dict[str, Any]]:
+        """The result file's objects, one per line, read as a stream (never held whole), after
+        the first ``skip`` objects (blank lines are not counted). The URL is signed storage,
+        not the Admin API: no token goes with it."""
+        try:
+            with self.http.stream("GET", url) as response:
+                if response.status_code != 200:
+                    cls = ServerError if response.status_code >= 500 else ValidationError
+                    raise cls(f"bulk result: HTTP {response.status_code}",
+                              status=response.status_code)  # fmt: skip
+                number = 0
+                for line in response.iter_lines():
+                    if not line.strip():
+                        continue
+                    number += 1
+                    if number <= skip:
+                        continue
+                    item = json.loads(line)
+                    if not isinstance(item, dict):
+                        raise PayloadError(f"bulk result object {number} is not an object")
+                    yield item
+        except httpx.TransportError as exc:
+            raise TransportError(f"bulk result: {type(exc).__name__}") from None
+        except json.JSONDecodeError:
+            raise PayloadError("bulk result: a line is not JSON") from None
 
     # --- fulfillment, cancel --------------------------------------------------------------
 

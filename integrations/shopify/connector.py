@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,9 +32,15 @@ from typing import Any
 import structlog
 
 from domain.canonical import CanonicalOrder, to_decimal
-from domain.errors import AuthError, AuthorizationUnusable, PayloadError, ValidationError
+from domain.errors import (
+    AuthError,
+    AuthorizationUnusable,
+    PayloadError,
+    ServerError,
+    ValidationError,
+)
 from domain.listings import ChannelListing, StockPushResult, StockUpdate
-from integrations.base import AccountConfig, ConnectorSeams, OrderPage, ShipmentGroup, orders_of
+from integrations.base import AccountConfig, ConnectorSeams, OrderPage, PagedOrders, ShipmentGroup
 from integrations.ratelimit import Bucket, CostLimit
 from integrations.shopify import queries as q
 from integrations.shopify.client import ShopifyClient, order_gid
@@ -61,6 +68,25 @@ def _line_of(node: dict[str, Any]) -> str:
 
 def _location_of(fulfillment_order: dict[str, Any]) -> str:
     return str(((fulfillment_order.get("assignedLocation") or {}).get("location") or {}).get("id"))
+
+
+#: orders per page of a bulk export's result (one transaction each)
+BULK_PAGE_SIZE = 250
+#: first wait between two questions about a running export, doubled up to the maximum
+BULK_POLL_S = 0.5
+BULK_POLL_MAX_S = 10.0
+_BULK = "bulk:"
+
+
+def _bulk_token(gid: str, at: int) -> str:
+    return _BULK + json.dumps({"op": gid, "at": at}, separators=(",", ":"))
+
+
+def _search(since: dt.datetime, until: dt.datetime | None) -> str:
+    search = f"updated_at:>='{_search_time(since)}'"
+    if until is not None:
+        search += f" AND updated_at:<'{_search_time(until)}'"
+    return search
 
 
 def _search_time(value: dt.datetime) -> str:
@@ -107,7 +133,7 @@ RATE_LIMIT_DEFAULTS: Mapping[str, Bucket] = {}
 COST_BUCKET_DEFAULT = CostLimit(DEFAULT_MAXIMUM, DEFAULT_RESTORE_RATE)
 
 
-class ShopifyConnector:
+class ShopifyConnector(PagedOrders):
     def __init__(
         self,
         account: AccountConfig,
@@ -153,24 +179,16 @@ class ShopifyConnector:
 
     # --- orders ---------------------------------------------------------------------------
 
-    def fetch_updated_orders(
-        self, since: dt.datetime, until: dt.datetime | None = None
-    ) -> Iterator[CanonicalOrder]:
-        return orders_of(self._pages(since, until, None))
-
     def fetch_pages(
-        self, since: dt.datetime, until: dt.datetime, resume: str | None = None
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
     ) -> Iterator[OrderPage]:
-        """Pages of the order search; ``resume`` is the search's ``endCursor``."""
-        return self._pages(since, until, resume)
-
-    def _pages(
-        self, since: dt.datetime, until: dt.datetime | None, after: str | None
-    ) -> Iterator[OrderPage]:
-        search = f"updated_at:>='{_search_time(since)}'"
-        if until is not None:
-            search += f" AND updated_at:<'{_search_time(until)}'"
-        seen: set[tuple[str, dt.datetime]] = set()
+        """Pages of the order search; ``resume`` is the search's ``endCursor`` (or a bulk
+        export's token, which goes on with that export: see ``fetch_history``)."""
+        if resume is not None and resume.startswith(_BULK):
+            yield from self._bulk_pages(_search(since, until), resume)
+            return
+        after = resume
+        search = _search(since, until)
         while True:
             gids, has_next, cursor = self.client.orders_page(search, after)
             size = self.client.chunk_size()
@@ -179,17 +197,88 @@ class ShopifyConnector:
                 for node in self.client.orders_by_ids(gids[start : start + size]):
                     if node is None:  # deleted between the two calls
                         continue
-                    order = map_graphql_order(node, self.account.name)
-                    # an order updated mid-poll can show up on two pages: once per version
-                    key = (order.external_id, order.updated_at)
-                    if key not in seen:
-                        seen.add(key)
-                        orders.append(order)
+                    # an order updated mid-poll can show up again on a later page (as it is
+                    # then): kept, the intake finds it stale; nothing per order is held from
+                    # one page to the next, so a long window polls at flat memory
+                    orders.append(map_graphql_order(node, self.account.name))
             done = not has_next or not cursor
             yield OrderPage(orders, None if done else cursor)
             if done:
                 return
             after = cursor
+
+    def fetch_history(
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
+    ) -> Iterator[OrderPage]:
+        """A long window (a full sync, a first sync) through a bulk export: one
+        ``bulkOperationRunQuery`` of the window's orders with their line items, its status
+        asked until it is ``COMPLETED``, then its JSONL result read as a stream and mapped in
+        pages of ``BULK_PAGE_SIZE`` orders. Nothing per order is held beyond one page. Each
+        page's token is ``bulk:{"op": GID, "at": objects read}``: a resumed slice asks the
+        operation for its URL again and skips what was committed; while the export runs, an
+        empty page carries the operation's id, so a restart does not start a second one. A
+        cursor token goes on paging (``fetch_pages``)."""
+        if resume is not None and not resume.startswith(_BULK):
+            return self.fetch_pages(since, until, resume)
+        return self._bulk_pages(_search(since, until), resume)
+
+    def _bulk_pages(self, search: str, resume: str | None) -> Iterator[OrderPage]:
+        state = json.loads(resume[len(_BULK) :]) if resume else {}
+        gid: str | None = state.get("op")
+        at = int(state.get("at") or 0)
+        restarted = False
+        wait = BULK_POLL_S
+        while True:
+            if gid is None:
+                gid, at = self.client.bulk_run_query(q.bulk_orders(search)), 0
+                log.info("shopify.bulk_started", account=self.account.name, operation=gid)
+                yield OrderPage([], _bulk_token(gid, 0))
+            operation = self.client.bulk_operation(gid)
+            status = operation["status"]
+            if status == "COMPLETED":
+                break
+            if status in ("FAILED", "CANCELED", "CANCELING", "EXPIRED"):
+                # an expired result (older than 7 days) or a failed export: once more from
+                # the start (pages already applied are applied again: newer data wins)
+                if restarted:
+                    raise ServerError(f"bulk export {status} {operation.get('errorCode')}",
+                                      code=str(operation.get("errorCode") or status))  # fmt: skip
+                log.warning("shopify.bulk_restart", account=self.account.name, status=status,
+                            error_code=operation.get("errorCode"))  # fmt: skip
+                gid, restarted = None, True
+                continue
+            self.client.sleep(wait)  # CREATED, RUNNING
+            wait = min(BULK_POLL_MAX_S, wait * 2)
+            yield OrderPage([], _bulk_token(gid, at))
+        url = operation.get("url")
+        if not url:  # no order in the window: Shopify makes no file
+            yield OrderPage([], None)
+            return
+        orders: list[CanonicalOrder] = []
+        current: dict[str, Any] | None = None
+        lines: list[dict[str, Any]] = []
+        read = at
+        for item in self.client.bulk_lines(str(url), skip=at):
+            parent = item.pop("__parentId", None)
+            if parent is None:  # the next order: the one before is whole
+                if current is not None:
+                    orders.append(self._bulk_order(current, lines))
+                    if len(orders) >= BULK_PAGE_SIZE:
+                        yield OrderPage(orders, _bulk_token(gid, read))
+                        orders = []
+                current, lines = item, []
+            elif current is None or parent != current.get("id"):
+                raise PayloadError("bulk result: a line item away from its order (not grouped)")
+            else:
+                lines.append(item)
+            read += 1
+        if current is not None:
+            orders.append(self._bulk_order(current, lines))
+        yield OrderPage(orders, None)
+
+    def _bulk_order(self, node: dict[str, Any], lines: list[dict[str, Any]]) -> CanonicalOrder:
+        node["lineItems"] = {"nodes": lines, "pageInfo": {"hasNextPage": False}}
+        return map_graphql_order(node, self.account.name)
 
     def get_order(self, external_id: str) -> CanonicalOrder:
         return map_graphql_order(self.client.order(order_gid(external_id)), self.account.name)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 __all__ = [
     "API_VERSION",
+    "BULK_OPERATION",
+    "BULK_OPERATION_RUN_QUERY",
     "FULFILLMENT_CREATE",
     "FULFILLMENT_EVENT_CREATE",
     "INVENTORY_LEVELS",
@@ -31,6 +33,7 @@ __all__ = [
     "PRODUCT_VARIANTS",
     "SHOP",
     "VARIANTS_PAGE_SIZE",
+    "bulk_orders",
     "levels_cost",
     "order_cost",
     "variants_cost",
@@ -56,8 +59,8 @@ _LINE_ITEM_FIELDS = f"""
 #: LineItem 1 + unit price bag 2 + a tax line ~3 + a discount allocation ~3
 LINE_ITEM_COST = 9
 
-ORDER_FIELDS = f"""
-fragment OrderFields on Order {{
+#: an order's own fields (everything but its line items), shared by the poll and the bulk export
+_ORDER_OWN_FIELDS = f"""
   id legacyResourceId name email test currencyCode
   createdAt updatedAt cancelledAt cancelReason closedAt
   displayFinancialStatus displayFulfillmentStatus paymentGatewayNames
@@ -71,6 +74,11 @@ fragment OrderFields on Order {{
     name firstName lastName company address1 address2 city province provinceCode zip
     countryCodeV2 phone
   }}
+"""
+
+ORDER_FIELDS = f"""
+fragment OrderFields on Order {{
+  {_ORDER_OWN_FIELDS}
   lineItems(first: $lineItemsFirst) {{
     pageInfo {{ hasNextPage endCursor }}
     nodes {{ {_LINE_ITEM_FIELDS} }}
@@ -273,4 +281,44 @@ mutation OrderCapture($input: OrderCaptureInput!, $idempotencyKey: String!) {
 
 SHOP = """
 query Shop { shop { name myshopifyDomain } }
+"""
+
+# Bulk operations: https://shopify.dev/docs/api/usage/bulk-operations/queries
+# https://shopify.dev/docs/api/admin-graphql/2026-07/mutations/bulkOperationRunQuery
+# The export runs on Shopify's side, costs no points per order, and its result is a JSONL file:
+# one order per line, each of its line items on a line of its own carrying ``__parentId``.
+# ``groupObjects: true`` puts an order's line items right after it (the default since 2026-01
+# is false, where they may come anywhere later), so the file can be read as a stream holding
+# one order at a time.
+BULK_OPERATION_RUN_QUERY = """
+mutation BulkOperationRunQuery($query: String!) {
+  bulkOperationRunQuery(query: $query, groupObjects: true) {
+    bulkOperation { id status }
+    userErrors { code field message }
+  }
+}
+"""
+
+BULK_OPERATION = """
+query BulkOperation($id: ID!) {
+  node(id: $id) {
+    ... on BulkOperation { id status errorCode objectCount rootObjectCount url }
+  }
+}
+"""
+
+
+def bulk_orders(search: str) -> str:
+    """The bulk export of the orders matching ``search`` with all their line items (no
+    ``first`` and no variables: a bulk query is a plain document)."""
+    quoted = search.replace("\\", "\\\\").replace('"', '\\"')
+    return f"""
+{{
+  orders(query: "{quoted}", sortKey: UPDATED_AT) {{
+    edges {{ node {{
+      {_ORDER_OWN_FIELDS}
+      lineItems {{ edges {{ node {{ {_LINE_ITEM_FIELDS} }} }} }}
+    }} }}
+  }}
+}}
 """

@@ -23,7 +23,7 @@ import structlog
 from domain.canonical import CanonicalOrder
 from domain.errors import AuthError, ValidationError
 from domain.listings import ChannelListing, StockPushResult, StockUpdate
-from integrations.base import AccountConfig, ConnectorSeams, OrderPage, ShipmentGroup, orders_of
+from integrations.base import AccountConfig, ConnectorSeams, OrderPage, PagedOrders, ShipmentGroup
 from integrations.woocommerce.client import BATCH_LIMIT, WooCommerceClient
 from integrations.woocommerce.mapper import STRIPE_CAPTURED_META, map_order
 
@@ -60,7 +60,7 @@ def _credential(account: AccountConfig, key: str) -> str:
     return value
 
 
-class WooCommerceConnector:
+class WooCommerceConnector(PagedOrders):
     def __init__(self, account: AccountConfig, seams: ConnectorSeams | None = None) -> None:
         seams = seams or ConnectorSeams()
         rate_limits = account.rate_limits.over(WooCommerceClient.rate_limits, account=account.name)
@@ -83,18 +83,14 @@ class WooCommerceConnector:
 
     # -- orders ----------------------------------------------------------------------------
 
-    def fetch_updated_orders(
-        self, since: dt.datetime, until: dt.datetime | None = None
-    ) -> Iterator[CanonicalOrder]:
-        # a fixed end, even when the caller gives none: see WooCommerceClient.iter_order_pages
-        return orders_of(self.fetch_pages(since, until or self._clock()))
-
     def fetch_pages(
-        self, since: dt.datetime, until: dt.datetime, resume: str | None = None
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
     ) -> Iterator[OrderPage]:
         """Pages of ``GET /orders``; ``resume`` is the next page number (with the total seen
         on the first page, which tells when the window shifted under us)."""
-        for items, token in self.client.iter_order_pages(since, until, resume):
+        # a fixed end, even when the caller gives none: see WooCommerceClient.iter_order_pages
+        end = until if until is not None else self._clock()
+        for items, token in self.client.iter_order_pages(since, end, resume):
             yield OrderPage([map_order(p, self.account.name) for p in items], token)
 
     def get_order(self, external_id: str) -> CanonicalOrder:

@@ -11,14 +11,14 @@ from collections.abc import Iterator, Sequence
 from domain.canonical import CanonicalOrder
 from domain.errors import AuthError, ValidationError
 from domain.listings import ChannelListing, StockPushResult, StockUpdate
-from integrations.base import AccountConfig, ConnectorSeams, OrderPage, ShipmentGroup, orders_of
+from integrations.base import AccountConfig, ConnectorSeams, OrderPage, PagedOrders, ShipmentGroup
 from tests.toy_marketplace.client import RATE_LIMITS, ToyClient
 from tests.toy_marketplace.mapper import map_order
 
 __all__ = ["ToyConnector"]
 
 
-class ToyConnector:
+class ToyConnector(PagedOrders):
     def __init__(self, account: AccountConfig, seams: ConnectorSeams | None = None) -> None:
         seams = seams or ConnectorSeams()
         api_key = account.credentials.get("api_key")
@@ -39,17 +39,13 @@ class ToyConnector:
             sleep=seams.sleep,
         )
 
-    def fetch_updated_orders(
-        self, since: dt.datetime, until: dt.datetime | None = None
-    ) -> Iterator[CanonicalOrder]:
-        return orders_of(self.fetch_pages(since, until or self._clock()))
-
     def fetch_pages(
-        self, since: dt.datetime, until: dt.datetime, resume: str | None = None
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
     ) -> Iterator[OrderPage]:
+        end = until if until is not None else self._clock()
         offset = int(resume) if resume else 0
         while True:
-            page = self.client.orders_page(since, until, offset)
+            page = self.client.orders_page(since, end, offset)
             orders = [map_order(payload, self.account.name) for payload in page["orders"]]
             following = page["next_offset"]
             yield OrderPage(orders, None if following is None else str(following))

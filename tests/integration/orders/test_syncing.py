@@ -5,7 +5,7 @@ ends with every order once and the cursor at the window's end."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -51,8 +51,13 @@ class FakeMarketplace:
         self.asked: list[int] = []
         self.last_window_end: dt.datetime | None = None
 
+    def fetch_history(
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
+    ) -> Iterator[_Page]:
+        return self.fetch_pages(since, until, resume)
+
     def fetch_pages(
-        self, since: dt.datetime, until: dt.datetime, resume: str | None = None
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
     ) -> Iterator[_Page]:
         page = int(resume or 0)
         while True:
@@ -72,9 +77,8 @@ class Followed:
     def __init__(self) -> None:
         self.created: list[int] = []
 
-    def __call__(self, session: Session, result: IntakeResult) -> None:
-        if result.outcome == "created":
-            self.created.append(result.order_id)
+    def __call__(self, session: Session, results: Sequence[IntakeResult]) -> None:
+        self.created += [r.order_id for r in results if r.outcome == "created"]
 
 
 def _start(shop: Shop) -> int:

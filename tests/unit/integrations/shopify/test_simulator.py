@@ -148,3 +148,64 @@ def test_the_same_seed_builds_the_same_orders() -> None:
 
     assert a.add_orders(5) == b.add_orders(5)
     assert a.orders == b.orders
+
+
+def _read_all(sim: ShopifySimulator, query: str = "", between: Any = None) -> list[str]:
+    ids: list[str] = []
+    after = None
+    while True:
+        variables = {"first": 7, "after": after, "query": query}
+        _, body = sim.execute("OrdersUpdatedSince", "", variables)
+        sim.spend(-1e9)  # never throttled here
+        orders = body["data"]["orders"]
+        ids += [node["id"].rsplit("/", 1)[-1] for node in orders["nodes"]]
+        if between is not None:
+            between()
+        if not orders["pageInfo"]["hasNextPage"]:
+            return ids
+        after = orders["pageInfo"]["endCursor"]
+
+
+def test_pages_follow_updated_at_and_an_order_updated_after_it_was_read_comes_again() -> None:
+    # given: 30 orders created at different times
+    now = [dt.datetime(2026, 1, 1, tzinfo=dt.UTC)]
+    sim = ShopifySimulator(now=lambda: now[0])
+    ids = []
+    for _ in range(30):
+        ids += sim.add_orders(1)
+        now[0] += dt.timedelta(seconds=5)
+    touched: list[str] = []
+
+    def touch_an_order_already_read() -> None:
+        if not touched:
+            sim.touch_order(ids[0])  # read on the first page: now the newest
+            touched.append(ids[0])
+
+    # when: read in pages of 7 while one order read before is updated
+    seen = _read_all(sim, between=touch_an_order_already_read)
+
+    # then: every order once in (updated_at, id) order, the touched one again at the end
+    assert seen == [*ids, ids[0]]
+    # and a window: updated_at >= the 10th's, < the 20th's
+    lower = sim.orders[ids[9]]["updated_at"]
+    upper = sim.orders[ids[19]]["updated_at"]
+    window = _read_all(sim, f"updated_at:>='{lower}' AND updated_at:<'{upper}'")
+    assert window == ids[9:19]
+
+
+def test_a_page_costs_the_same_whatever_the_number_of_orders() -> None:
+    # the index, not a sort per page: a page of 20,000 orders is not 10x one of 2,000
+    import time
+
+    def per_page(n: int) -> float:
+        sim = ShopifySimulator()
+        sim.add_orders(n)
+        runs = []
+        for _ in range(3):  # the best of three: other load on the machine only adds
+            started = time.perf_counter()
+            _read_all(sim)
+            runs.append((time.perf_counter() - started) / (n / 7))
+        return min(runs)
+
+    small, large = per_page(2_000), per_page(20_000)
+    assert large < 3 * small

@@ -1,0 +1,334 @@
+"""Backfill: a first sync of a Shopify account holding N orders, against a plain bulk insert.
+
+``python -m bench.backfill [--orders N] [--database-url URL] [--redis-url URL] [--json]``
+
+Set-up: a fresh database (a new PostgreSQL database created on ``--database-url``'s server and
+dropped after, by default on ``ORDERSYNC_TEST_POSTGRES_URL``'s; SQLite in a temp dir only when
+no PostgreSQL answers, and said so), migrated; the embedded Redis (or ``--redis-url``); the
+sandbox in a thread of this process with the Shopify simulator's throttling off (and the
+account's cost bucket as large); N orders in the simulator; **one real worker process**
+(``ordersync worker --concurrency 1 -Q sync``, one prefork child). Nothing consumes the
+pipelines the sync publishes: the figure is the intake's.
+
+Backfill: ``poll_account`` of the account (no cursor: a first sync), its slices published by
+each other as in production, timed from the publish to the run's ``ok``; the worker's RSS (main
+process + prefork child) is read when the run has seen 10 % of the orders and at the end.
+
+Baseline, same run, same database: the same rows (every order and line the backfill stored,
+read back in chunks) inserted with plain SQLAlchemy Core ``insert(table)`` of 1,000 rows at a
+time into copies of ``orders`` and ``order_lines`` (same columns and unique key, no foreign
+keys), one commit per chunk; only the inserts are timed.
+
+    orders/s = N / (run ok - poll published);  baseline = N / insert seconds;  ratio = ÷
+
+Goals (issue 14): >= 2,000 orders/s, ratio >= 0.5, RSS after 100 % within 10 % of RSS after
+10 %, peak < 300 MB. What bounds it: the process with the most CPU per order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.pipeline_throughput import (
+    BENCH_ROLE,
+    PG_ROLE,
+    CpuMeter,
+    Processes,
+    _cpu_rows,
+    _descendants,
+    _log,
+    _postmaster,
+    _start_workers,
+    _wait_ready,
+)
+
+__all__ = ["main", "rss_mb", "run", "scratch_database"]
+
+ORDERS_PER_S_GOAL = 2000.0
+RATIO_GOAL = 0.5
+RSS_GROWTH_GOAL = 1.10
+RSS_PEAK_GOAL_MB = 300.0
+DEFAULT_ORDERS = 100_000
+UNLIMITED = 1e9
+WORKER_ROLE = "worker (main + prefork child)"
+DEFAULT_PG = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its descendants, MB (``/proc``)."""
+    total = 0
+    for p in _descendants(pid):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
+@contextlib.contextmanager
+def scratch_database(url: str | None) -> Iterator[tuple[str, str]]:
+    """A new, empty PostgreSQL database on ``url``'s server (dropped after): (URL, label);
+    a SQLite file in a temp dir when no PostgreSQL answers."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = make_url(url or os.environ.get("ORDERSYNC_TEST_POSTGRES_URL") or DEFAULT_PG)
+    name = f"ordersync_bench_{secrets.token_hex(4)}"
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # no PostgreSQL here: say so, and measure on SQLite
+        engine.dispose()
+        folder = Path(tempfile.mkdtemp(prefix="ordersync-bench-db-"))
+        _log(f"no PostgreSQL at {admin.render_as_string(hide_password=True)} "
+             f"({type(exc).__name__}): SQLite instead")  # fmt: skip
+        try:
+            yield f"sqlite:///{folder / 'bench.db'}", "sqlite (temp file; no PostgreSQL)"
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    try:
+        yield admin.set(database=name).render_as_string(hide_password=False), "postgresql"
+    finally:
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+def _account(sandbox: Any) -> int:
+    from db.models import ChannelAccount
+    from db.session import session_scope
+
+    spec = sandbox.accounts("unused")["shopify"]
+    with session_scope() as session:
+        account = ChannelAccount(
+            name="bench-backfill", channel="shopify", shop=spec.shop,
+            api_base_url=spec.api_base_url, credentials=spec.credentials,
+            webhook_secret=secrets.token_urlsafe(16), poll_cursor=None,
+            rate_limits={"cost_bucket": {"maximum": UNLIMITED, "restore_rate": UNLIMITED}},
+        )  # fmt: skip
+        session.add(account)
+        session.flush()
+        return account.id
+
+
+def _progress(account_id: int) -> tuple[str | None, int]:
+    from sqlalchemy import select
+
+    from bench.pipeline_throughput import _reader
+    from db.models import SyncRun
+
+    with _reader()() as session:
+        row = session.execute(
+            select(SyncRun.status, SyncRun.orders_seen)
+            .where(SyncRun.channel_account_id == account_id)
+            .order_by(SyncRun.id.desc())
+            .limit(1)
+        ).one_or_none()
+    return (row.status, row.orders_seen) if row else (None, 0)
+
+
+def _bulk_insert_baseline(chunk: int = 1000) -> tuple[float, int]:
+    """The backfill's rows inserted again with plain Core inserts into copies of the tables:
+    (seconds spent in the inserts and commits, orders inserted)."""
+    from sqlalchemy import Column, MetaData, Table, UniqueConstraint, select
+
+    from db.base import table
+    from db.models import Order, OrderLine
+    from db.session import get_engine
+
+    engine = get_engine()
+    source_orders, source_lines = table(Order), table(OrderLine)
+    meta = MetaData()
+
+    def copy(source: Table, name: str, *unique: str) -> Table:
+        columns = [Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+                   for c in source.columns]  # fmt: skip
+        return Table(name, meta, *columns, *([UniqueConstraint(*unique)] if unique else []))
+
+    orders = copy(source_orders, "bench_orders", "channel_account_id", "external_id")
+    lines = copy(source_lines, "bench_order_lines", "order_id", "external_id")
+    meta.create_all(engine)
+    spent, done, last = 0.0, 0, 0
+    try:
+        while True:
+            with engine.connect() as conn:
+                rows = [dict(r._mapping) for r in conn.execute(
+                    select(source_orders).where(source_orders.c.id > last)
+                    .order_by(source_orders.c.id).limit(chunk))]  # fmt: skip
+                if not rows:
+                    return spent, done
+                last = rows[-1]["id"]
+                chunk_lines = source_lines.c.order_id.between(rows[0]["id"], last)
+                found = conn.execute(select(source_lines).where(chunk_lines))
+                line_rows = [dict(r._mapping) for r in found]
+            started = time.perf_counter()
+            with engine.begin() as conn:
+                conn.execute(orders.insert(), rows)
+                conn.execute(lines.insert(), line_rows)
+            spent += time.perf_counter() - started
+            done += len(rows)
+    finally:
+        meta.drop_all(engine)
+
+
+def run(
+    *, orders: int = DEFAULT_ORDERS, database_url: str | None = None,
+    redis_url: str | None = None, timeout_s: float = 1800.0, keep: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    var_dir = Path(tempfile.mkdtemp(prefix="ordersync-bench-"))
+    with scratch_database(database_url) as (url, label):
+        os.environ["ORDERSYNC_VAR_DIR"] = str(var_dir)
+        os.environ["ORDERSYNC_DATABASE_URL"] = url
+        if redis_url:
+            os.environ["ORDERSYNC_REDIS_URL"] = redis_url
+        else:
+            os.environ.pop("ORDERSYNC_REDIS_URL", None)
+        from core.settings import get_settings
+
+        get_settings.cache_clear()
+        from core.runtime import embedded_redis
+        from core.runtime import redis_url as resolve_redis
+        from db.migrate import upgrade
+        from sandbox.server import Sandbox
+
+        broker = resolve_redis()
+        redis_process = embedded_redis().process
+        upgrade()
+        sandbox = Sandbox(seed=11)
+        shop = sandbox.shopify
+        shop.bucket_max = shop.restore_rate = shop._available = UNLIMITED  # throttling off
+        sandbox.start()
+        procs = Processes(env={**os.environ, "ORDERSYNC_REDIS_URL": broker,
+                               "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                          log_dir=var_dir / "logs")  # fmt: skip
+        ok = False
+        try:
+            _log(f"seeding {orders} orders in the Shopify simulator")
+            shop.add_orders(orders)
+            account_id = _account(sandbox)
+            _start_workers(procs, "ordersync", 1, 1, get_settings().queue_sync)
+            _wait_ready(procs, broker, 1, None)
+            worker_pid = procs.children[0][1].pid
+            roles: dict[str, list[int]] = {WORKER_ROLE: [worker_pid], BENCH_ROLE: [os.getpid()]}
+            if redis_process is not None:
+                roles["redis-server"] = [redis_process.pid]
+            postmaster = _postmaster()
+            if postmaster and url.startswith("postgresql"):
+                roles[PG_ROLE] = [postmaster]
+            meter = CpuMeter(roles, alone=[BENCH_ROLE])
+            rss_idle = rss_mb(worker_pid)
+            from workflows.sync import poll_account
+
+            _log(f"backfill: one first sync of {orders} orders")
+            meter.start()
+            started = time.monotonic()
+            poll_account.delay(account_id)
+            rss_10 = rss_peak = None
+            at_10 = None
+            status, seen = None, 0
+            while time.monotonic() - started < timeout_s:
+                status, seen = _progress(account_id)
+                rss = rss_mb(worker_pid)
+                rss_peak = max(rss_peak or 0.0, rss)
+                if rss_10 is None and seen >= orders / 10:
+                    rss_10, at_10 = rss, time.monotonic() - started
+                if status in ("ok", "failed") or procs.dead():
+                    break
+                time.sleep(0.1)
+            wall = time.monotonic() - started
+            used = meter.stop()
+            rss_100 = rss_mb(worker_pid)
+            if status != "ok":
+                raise RuntimeError(f"the sync ended {status!r} after {seen} orders ({var_dir})")
+            _log("baseline: the same rows by plain Core bulk insert")
+            base_s, base_n = _bulk_insert_baseline()
+            per_s = orders / wall
+            base_per_s = base_n / base_s if base_s else float("nan")
+            cpu = _cpu_rows(used, orders, wall)
+            heaviest = max((r for r in cpu if r["process"] != "all of the above"),
+                           key=lambda r: r["cpu_ms_per_item"])  # fmt: skip
+            rss_growth = rss_100 / rss_10 if rss_10 else float("nan")
+            result = {
+                "orders": orders, "database": label, "wall_s": wall, "per_s": per_s,
+                "seen_10_at_s": at_10, "baseline_per_s": base_per_s,
+                "baseline_orders": base_n, "ratio": per_s / base_per_s,
+                "rss_mb": {"idle": rss_idle, "after_10": rss_10, "after_100": rss_100,
+                           "peak": rss_peak},
+                "rss_growth": rss_growth, "cpu": cpu, "bound": heaviest["process"],
+                "loadavg": os.getloadavg(),
+            }  # fmt: skip
+            result["pass"] = bool(
+                per_s >= ORDERS_PER_S_GOAL and result["ratio"] >= RATIO_GOAL
+                and rss_growth <= RSS_GROWTH_GOAL and (rss_peak or 0) < RSS_PEAK_GOAL_MB
+            )  # fmt: skip
+            ok = True
+            return result
+        finally:
+            procs.stop()
+            sandbox.stop()
+            embedded_redis().stop()
+            from db.session import get_engine
+
+            get_engine().dispose()  # before the database is dropped
+            if keep or not ok:
+                _log(f"state and logs kept in {var_dir}")
+            else:
+                shutil.rmtree(var_dir, ignore_errors=True)
+
+
+def render(result: dict[str, Any]) -> str:
+    rss = result["rss_mb"]
+    lines = [
+        f"backfill of {result['orders']:,} orders into {result['database']}: "
+        f"{result['per_s']:,.0f} orders/s ({result['wall_s']:.1f} s); plain bulk insert "
+        f"{result['baseline_per_s']:,.0f} orders/s; ratio {result['ratio']:.2f} "
+        f"(goals >= {ORDERS_PER_S_GOAL:,.0f}/s, >= {RATIO_GOAL})",
+        f"worker RSS: idle {rss['idle']:.0f} MB, after 10 % {rss['after_10']:.0f} MB, after "
+        f"100 % {rss['after_100']:.0f} MB (x{result['rss_growth']:.2f}; goal <= "
+        f"{RSS_GROWTH_GOAL}), peak {rss['peak']:.0f} MB (goal < {RSS_PEAK_GOAL_MB:.0f})",
+        "CPU ms per order: "
+        + ", ".join(f"{r['process']} {r['cpu_ms_per_item']:.2f}" for r in result["cpu"]),
+        f"bound by: CPU of {result['bound']}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.backfill",
+                                     description=__doc__.splitlines()[0])  # fmt: skip
+    parser.add_argument("--orders", type=int, default=DEFAULT_ORDERS)
+    parser.add_argument(
+        "--database-url", default=None, help="a PostgreSQL server; a scratch database is made on it"
+    )
+    parser.add_argument("--redis-url", default=None)
+    parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--strict", action="store_true")
+    args = parser.parse_args(argv)
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logging.basicConfig(level=logging.WARNING)
+    result = run(orders=args.orders, database_url=args.database_url, redis_url=args.redis_url,
+                 timeout_s=args.timeout, keep=args.keep)  # fmt: skip
+    print(json.dumps(result, indent=2, default=str) if args.json else render(result))
+    return 1 if args.strict and not result["pass"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
