@@ -524,6 +524,11 @@ class Shipment(Base):
     # where it leaves from: the marketplace's location id (a Shopify location GID) or our
     # stock location's code (``main``); tying it to our stock locations follows issue 10
     location: Mapped[str] = mapped_column(String(100), default="main", server_default="main")
+    # staff asked for it to leave as soon as it is labelled (shipping chosen lines,
+    # ``orders.staff.ship_lines``): the request's key (a repeat of it is the same request) and
+    # who asked
+    ship_request: Mapped[str | None] = mapped_column(String(120))
+    ship_requested_by: Mapped[str | None] = mapped_column(String(100))
 
     lines: Mapped[list[ShipmentLine]] = relationship(
         cascade="all, delete-orphan", order_by="ShipmentLine.id"
