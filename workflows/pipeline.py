@@ -42,8 +42,10 @@ from db.session import get_sessionmaker
 from domain.errors import PermanentError
 from domain.states import OrderState
 from integrations.base import ConnectorSeams, MarketplaceConnector, ShipmentGroup
+from integrations.carriers.webhooks import parse_track_event
 from orders import (
     cancellation,
+    carrier_events,
     documents,
     fulfilment,
     outbox,
@@ -73,6 +75,7 @@ __all__ = [
     "buy_label",
     "cancel_order",
     "capture_payment",
+    "carrier_event",
     "credit_note",
     "deliver",
     "issue_invoice",
@@ -327,6 +330,15 @@ def _tell_delivered(session: Session, shipment_id: int) -> None:
                      "%Y-%m-%dT%H:%M:%SZ")},
         deliver_it=_after_commit(deliver.si), shipment_id=shipment.id,
     )  # fmt: skip
+
+
+@app.task(base=OrdersyncTask, bind=True, name=carrier_events.TASK, ignore_result=True)
+def carrier_event(self: OrdersyncTask, event_id: int) -> str:
+    """One stored tracking webhook of the carrier, applied as the poll's tracking is
+    (``orders.carrier_events.apply``)."""
+    with self.transaction() as session:
+        return carrier_events.apply(session, event_id, parse_track_event,
+                                    delivered=_tell_delivered).result  # fmt: skip
 
 
 @app.task(base=OrdersyncTask, bind=True, name="ordersync.maintenance.track_due",
