@@ -414,3 +414,54 @@ def test_staff_ship_some_lines_now_and_the_rest_later_make_two_fulfilments_of_th
     timeline = world.api("GET", f"/orders/{order.id}").json()["events"]
     (asked,) = [e for e in timeline if e["kind"] == "ship_lines_requested"]
     assert asked["actor"].startswith(world.staff_name) and asked["detail"]["lines"] == now
+
+
+def test_the_carriers_signed_tracking_webhooks_deliver_an_order_and_repeats_change_nothing(
+    world: World,
+) -> None:
+    from db.models import CarrierEvent, OrderEvent
+    from sandbox.carrier import SANDBOX_API_KEY
+
+    external_id, order, label = _shipped(world)
+    carrier = world.sandbox.carrier
+    url = f"{world.stack.base_url}/webhooks/carrier/shipengine"
+    registered = httpx.post(f"{world.sandbox.url}/carrier/v1/environments/webhooks",
+                            json={"event": "track", "url": url},
+                            headers={"API-Key": SANDBOX_API_KEY})  # fmt: skip
+    assert registered.status_code == 201
+    number = label.tracking_number
+
+    def shipment() -> Shipment:
+        (found,) = _rows(world, Shipment, Shipment.order_id == order.id)
+        assert isinstance(found, Shipment)
+        return found
+
+    # a forged delivery (the body changed after signing) is refused and nothing is stored
+    body = carrier.track_event(number, "DE")
+    forged = httpx.post(url, content=body.replace(b'"DE"', b'"EX"'), headers=carrier.sign(body))
+    assert forged.status_code == 401 and _rows(world, CarrierEvent) == []
+
+    # in transit, then delivered: the order is delivered, and Shopify told, by webhook alone
+    assert carrier.post_track_event(number, "IT") == 200
+    wait_until(lambda: shipment().tracking_status == "IT" or None, timeout=60, what="in transit")
+    assert carrier.post_track_event(number, "DE") == 200
+    wait_until(lambda: world.order_state(order.id) == "delivered" or None, timeout=60,
+               what="delivered by webhook")  # fmt: skip
+    wait_until(lambda: _all_delivered(world, order.id, 2), timeout=60, what="delivery pushed")
+
+    # the carrier retries the delivered event, and an older one arrives late: harmless
+    assert carrier.replay_webhook(-1) == 200
+    assert carrier.post_track_event(number, "AC") == 200
+    wait_until(lambda: all(e.status != "received" for e in _rows(world, CarrierEvent)) or None,
+               timeout=60, what="every event applied")  # fmt: skip
+    world.wait_idle()
+    events = _rows(world, CarrierEvent)
+    assert [e.status for e in events] == ["processed"] * 3  # IT, DE, AC (the retry: same row)
+    assert (shipment().status, shipment().tracking_status) == ("delivered", "DE")
+    timeline = _rows(world, OrderEvent, OrderEvent.order_id == order.id)
+    assert [e.detail["status"] for e in timeline if e.kind == "tracking"] == ["IT", "DE"]
+    assert [e.to_state for e in timeline].count("delivered") == 1
+    (pushed,) = _ledger_fulfilments(world, external_id)
+    told = [e for e in world.sandbox.shopify.fulfillment_events
+            if e["status"] == "DELIVERED" and e["fulfillment_id"] == pushed["id"]]  # fmt: skip
+    assert len(told) == 1

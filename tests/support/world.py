@@ -208,6 +208,8 @@ def running_world(
         "ORDERSYNC_PAYMENTS_API_KEY": sandbox_payments.SANDBOX_API_KEY,
         "ORDERSYNC_CARRIER_URL": f"{sandbox.url}/carrier",
         "ORDERSYNC_CARRIER_API_KEY": sandbox_carrier.SANDBOX_API_KEY,
+        # the public keys the sandbox carrier signs its tracking webhooks with (its JWKS)
+        "ORDERSYNC_CARRIER_WEBHOOK_KEYS": json.dumps(sandbox.carrier.jwks()),
         "ORDERSYNC_RETRY_BACKOFF_BASE_S": "0.2",
         "ORDERSYNC_RETRY_BACKOFF_MAX_S": "2",
         **(extra_env or {}),
