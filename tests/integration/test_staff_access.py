@@ -28,7 +28,7 @@ from core.settings import get_settings
 from db.models import ApiToken, AuditEntry, OrderEvent
 from db.session import get_sessionmaker
 from domain.states import OrderState
-from orders.users import Role, revoke_token
+from orders.users import Role, create_token, revoke_token
 from tests.support.shop import Shop
 from tests.support.staff import PASSWORD, bearer, login, new_user, staff_token
 from web.app import create_app
@@ -229,6 +229,57 @@ def test_a_revoked_token_and_a_disabled_users_token_are_refused(staffed: Staffed
     assert client.get("/api/summary", headers=bearer(token)).status_code == 401
     assert client.get("/api/summary", headers=bearer("os_nope_nothing")).status_code == 401
     assert client.get("/api/summary", headers=bearer(token + "x")).status_code == 401
+
+
+def test_a_tokens_use_is_one_audit_row_per_token_per_minute_naming_it_and_its_user(
+    staffed: Staffed,
+) -> None:
+    import datetime as dt
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import update
+
+    client = TestClient(staffed.app, base_url=BASE)
+    name = new_user(staffed.maker, "operator", name="lin")
+    with staffed.maker() as session, session.begin():
+        made, token = create_token(session, name, "nightly-export", None, actor="admin")
+        session.flush()
+        token_id = made.id
+
+    def used() -> list[AuditEntry]:
+        with staffed.maker() as session:
+            return list(session.scalars(
+                select(AuditEntry).where(AuditEntry.action == "token.used")
+                .order_by(AuditEntry.id)))  # fmt: skip
+
+    # ten requests at once, within the minute: one row, for the first of them
+    with ThreadPoolExecutor(10) as pool:
+        codes = list(pool.map(lambda _: client.get("/api/orders", headers=bearer(token))
+                              .status_code, range(10)))  # fmt: skip
+    assert codes == [200] * 10
+    (row,) = used()
+    assert (row.actor, row.target) == ("lin (token nightly-export)", "lin/nightly-export")
+    assert row.detail == {"token_id": token_id, "token": "nightly-export", "user": "lin",
+                          "request": "GET /api/orders"}  # fmt: skip
+
+    # a minute later (its last use moved back): the next request is a row of its own
+    with staffed.maker() as session, session.begin():
+        session.execute(update(ApiToken).where(ApiToken.id == token_id).values(
+            last_used_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=61)))  # fmt: skip
+    client.post(f"/api/orders/{staffed.order_id}/retry", headers=bearer(token))
+    assert [r.detail["request"] for r in used()] == [
+        "GET /api/orders", f"POST /api/orders/{staffed.order_id}/retry"]  # fmt: skip
+
+    # a logged-in browser, a wrong or revoked token: no token use recorded
+    login(client, name)
+    client.get("/api/orders")
+    client.get("/api/orders", headers=bearer(token + "x"))
+    with staffed.maker() as session, session.begin():
+        revoke_token(session, token_id, actor="admin")
+        session.execute(update(ApiToken).where(ApiToken.id == token_id).values(
+            last_used_at=None))  # fmt: skip
+    assert client.get("/api/orders", headers=bearer(token)).status_code == 401
+    assert len(used()) == 2
 
 
 def test_the_session_cookie_is_http_only_same_site_lax_and_secure_behind_tls(
