@@ -218,6 +218,52 @@ def test_a_viewer_sees_no_action_buttons_an_operator_does(staffed: Staffed) -> N
     assert f'action="/api/orders/{staffed.order_id}/retry"' in operator.text
 
 
+def test_ship_some_lines_from_the_page_and_the_api_once_per_request(staffed: Staffed) -> None:
+    from db.models import Label, Shipment, ShipmentLine
+
+    client = TestClient(staffed.app, base_url=BASE)
+    order_id = staffed.shop.order(OrderState.READY_TO_SHIP, lines={"SKU-A": 3, "SKU-B": 1})
+    with staffed.maker() as session, session.begin():
+        shipment = Shipment(order_id=order_id, carrier="ups", status="labelled",
+                            tracking_number="1ZPAGE")  # fmt: skip
+        shipment.lines = [ShipmentLine(line_external_id="0", quantity=3),
+                          ShipmentLine(line_external_id="1", quantity=1)]  # fmt: skip
+        session.add(shipment)
+        session.flush()
+        session.add(Label(shipment_id=shipment.id, carrier="ups", tracking_number="1ZPAGE",
+                          external_id="se-1", idempotency_key=f"label:{order_id}",
+                          pdf=b"%PDF-"))  # fmt: skip
+    operator = bearer(staff_token(staffed.maker, "operator"))
+    page = client.get(f"/orders/{order_id}", headers=operator).text
+    assert 'class="action ship-lines"' in page and 'name="line:0"' in page
+    assert 'max="3"' in page and 'name="idempotency_key"' in page
+    viewer = client.get(f"/orders/{order_id}", headers=bearer(staff_token(staffed.maker, "viewer")))
+    assert "ship-lines" not in viewer.text
+
+    url = f"/api/orders/{order_id}/ship"
+    both = client.post(url, json={"shipments": [1], "lines": {"0": 1}}, headers=operator)
+    too_many = client.post(url, json={"lines": {"SKU-A": 4}}, headers=operator)
+    key = {**operator, "Idempotency-Key": "form-abc"}
+    first = client.post(url, json={"lines": {"SKU-A": 2}}, headers=key)
+    again = client.post(url, json={"lines": {"SKU-A": 2}}, headers=key)
+
+    assert (both.status_code, too_many.status_code) == (422, 409)
+    assert "more units than wait to ship" in too_many.json()["detail"]
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert (first.json()["new"], again.json()["new"]) == (True, False)
+    assert first.json()["shipments"] == again.json()["shipments"]
+    with staffed.maker() as session:
+        rows = session.scalars(select(Shipment).where(Shipment.order_id == order_id)).all()
+        audit = session.scalars(select(AuditEntry).where(AuditEntry.action == "ship")).all()
+        asked = session.scalars(select(OrderEvent).where(
+            OrderEvent.order_id == order_id, OrderEvent.kind == "ship_lines_requested")).all()
+    assert sorted(r.status for r in rows) == ["pending", "pending", "voided"]
+    assert [a.actor for a in audit] == [asked[0].actor] and len(asked) == 1
+    assert asked[0].actor.endswith("(token tests)") and asked[0].detail["lines"] == {"0": 2}
+    # the page now offers only what nobody asked for yet
+    assert 'max="1"' in client.get(f"/orders/{order_id}", headers=operator).text
+
+
 def test_a_revoked_token_and_a_disabled_users_token_are_refused(staffed: Staffed) -> None:
     client = TestClient(staffed.app, base_url=BASE)
     token = staff_token(staffed.maker, "operator")
