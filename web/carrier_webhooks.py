@@ -9,7 +9,8 @@ As for the marketplaces (invariant 7): the body is read as a bounded stream
 delivery twice is one row), committed, answered 200, and only then is its task published
 (``orders.carrier_events``; the sweeper publishes a row whose publish was lost). A bad or
 missing signature, a stale timestamp or an unknown key gets 401 and a log line naming the
-reason, and nothing is stored; without ``CARRIER_WEBHOOK_KEYS`` the route answers 404. The
+reason, and nothing is stored; without ``CARRIER_WEBHOOK_KEYS`` the route answers 404, and
+with keys we refuse to trust (under 2048 bits) 503 and an error line naming the setting. The
 body is never parsed here. ``{name}`` is the carrier's name as the URL was registered with it
 (``shipengine``), kept with the event.
 """
@@ -123,7 +124,14 @@ async def receive(scope: Scope, receive: Receive, send: Send) -> None:
         WEBHOOKS_REJECTED.labels(_CHANNEL, "too_large").inc()
         await _answer(send, 413, {"detail": "body too large"})
         return
-    refused = verify(_keys(settings.carrier_webhook_keys), headers, body, utcnow())
+    try:
+        keys = _keys(settings.carrier_webhook_keys)
+    except ValueError as exc:  # a key we refuse to trust (too short, …): nothing is verified
+        log.error("carrier_webhook.keys_unusable", setting="ORDERSYNC_CARRIER_WEBHOOK_KEYS",
+                  error=str(exc))  # fmt: skip
+        await _answer(send, 503, {"detail": "carrier webhooks are misconfigured here"})
+        return
+    refused = verify(keys, headers, body, utcnow())
     if refused is not None:
         log.warning("carrier_webhook.refused", carrier=name, reason=refused, bytes=len(body))
         WEBHOOKS_REJECTED.labels(_CHANNEL, "bad_signature").inc()
