@@ -8,6 +8,7 @@ ordersync starts itself. Production sets ``ORDERSYNC_DATABASE_URL`` (PostgreSQL)
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -121,6 +122,9 @@ class Settings(BaseSettings):
     payments_api_key: SecretStr = SecretStr("")
     carrier_url: str | None = None
     carrier_api_key: SecretStr = SecretStr("")
+    # the public keys the carrier signs its tracking webhooks with: ShipEngine's JWKS document
+    # (https://api.shipengine.com/jwks); unset, /webhooks/carrier/… takes nothing
+    carrier_webhook_keys: str | None = None
     seller_name: str = "ordersync demo shop"
     # where parcels leave from (the label's ship-from address)
     ship_from_line1: str = "1 Example Street"
@@ -143,6 +147,19 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("carrier_webhook_keys")
+    @classmethod
+    def _jwks(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            keys = json.loads(value).get("keys")
+        except (ValueError, AttributeError):
+            keys = None
+        if not isinstance(keys, list) or not keys:
+            raise ValueError('must be a JWKS document: {"keys": [{"kid": …, "n": …, "e": …}]}')
         return value
 
     @field_validator("log_level")

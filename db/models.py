@@ -34,6 +34,7 @@ from domain.states import InboxStatus, OrderState
 __all__ = [
     "ApiToken",
     "AuditEntry",
+    "CarrierEvent",
     "ChannelAccount",
     "IdempotencyKey",
     "InboxEvent",
@@ -215,6 +216,28 @@ class InboxEvent(Base):
     error: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id", ondelete="SET NULL"))
+    received_at: Mapped[dt.datetime] = created_at()
+    processed_at: Mapped[dt.datetime | None]
+
+
+class CarrierEvent(Base):
+    """A raw tracking webhook of the carrier (ShipEngine's ``track`` event), committed before
+    we answer 2xx; the same body delivered twice is one row (``dedupe_key``: its SHA-256)."""
+
+    __tablename__ = "carrier_events"
+    __table_args__ = (Index("ix_carrier_events_status_received_at", "status", "received_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    carrier: Mapped[str] = mapped_column(String(50))
+    dedupe_key: Mapped[str] = mapped_column(String(64), unique=True)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    status: Mapped[str] = mapped_column(String(20), default=InboxStatus.RECEIVED)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: the shipment it was about, once applied
+    shipment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("shipments.id", ondelete="SET NULL")
+    )
     received_at: Mapped[dt.datetime] = created_at()
     processed_at: Mapped[dt.datetime | None]
 
@@ -524,6 +547,11 @@ class Shipment(Base):
     # where it leaves from: the marketplace's location id (a Shopify location GID) or our
     # stock location's code (``main``); tying it to our stock locations follows issue 10
     location: Mapped[str] = mapped_column(String(100), default="main", server_default="main")
+    # staff asked for it to leave as soon as it is labelled (shipping chosen lines,
+    # ``orders.staff.ship_lines``): the request's key (a repeat of it is the same request) and
+    # who asked
+    ship_request: Mapped[str | None] = mapped_column(String(120))
+    ship_requested_by: Mapped[str | None] = mapped_column(String(100))
 
     lines: Mapped[list[ShipmentLine]] = relationship(
         cascade="all, delete-orphan", order_by="ShipmentLine.id"

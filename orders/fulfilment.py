@@ -15,7 +15,7 @@ of ours consumed and no shipment or label row.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,12 +39,14 @@ __all__ = [
     "LABEL_NOT_NEEDED",
     "BoughtLabel",
     "Carrier",
+    "ShipThese",
     "buy_label",
     "cancelled_after_shipping",
     "fulfilled_elsewhere",
     "mark_ready_to_ship",
     "marketplace_shipped",
     "parcel_for",
+    "replace_shipment",
     "ship",
     "ship_from",
     "void_labels",
@@ -123,6 +125,12 @@ class ShipmentPlan(Protocol):
     def __call__(self, order_id: int) -> Sequence[Group]: ...
 
 
+class ShipThese(Protocol):
+    """Ship these shipments of the order once the transaction commits (the ``ship`` task)."""
+
+    def __call__(self, session: Session, order_id: int, shipment_ids: list[int]) -> None: ...
+
+
 def one_shipment(order_id: int) -> Sequence[Group]:
     """The plan of a marketplace that does not split orders by location."""
     return []
@@ -188,6 +196,7 @@ _HAS_LABEL = select(_labels.c.id).where(
     _labels.c.shipment_id == bindparam("b_id"), _labels.c.voided_at.is_(None)
 )
 _RECORD_LABEL = insert(_labels)
+_SHIP_REQUESTED = select(_shipments.c.ship_request).where(_shipments.c.id == bindparam("b_id"))
 _LABEL_NOT_NEEDED_RECORDED = select(_events.c.id).where(
     _events.c.order_id == bindparam("b_order"), _events.c.kind == LABEL_NOT_NEEDED
 )
@@ -257,6 +266,7 @@ def buy_label(
     plan: ShipmentPlan = one_shipment,
     *,
     splits: Callable[[str], bool] = _always,
+    ship_requested: ShipThese | None = None,
 ) -> Outcome:
     """A label for each of the paid order's shipments (their tracking numbers are the
     result). The shipments are made first: one per location the marketplace ships the order
@@ -265,7 +275,9 @@ def buy_label(
     for the order's first shipment and ``label:{order_id}:s{shipment_id}`` for the others (a
     split, a re-bought label), claimed in the transaction that finds it unlabelled.
     ``carrier`` is built only when a label is to be bought: an order the marketplace ships
-    needs none configured."""
+    needs none configured. A shipment staff asked to ship as soon as it is labelled (chosen
+    lines, ``orders.staff.ship_lines``) is shipped after the label's commit
+    (``ship_requested``)."""
     actor = "task:buy_label"
     claimed: _Claim | None = None
     with transaction() as session:
@@ -302,7 +314,8 @@ def buy_label(
         if claimed is None or claimed.shipment_id != shipment_id:
             with transaction() as session:
                 claimed = _claim(session, order_id, shipment_id, units, ship_to, keys)
-        number = _buy_and_record(transaction, order_id, claimed, ship_to, carrier, keys, actor)
+        number = _buy_and_record(transaction, order_id, claimed, ship_to, carrier, keys, actor,
+                                 ship_requested)  # fmt: skip
         claimed = None
         if number:
             tracking.append(number)
@@ -345,6 +358,7 @@ def _claim_first(
 def _buy_and_record(
     transaction: Transaction, order_id: int, claimed: _Claim, ship_to: Address,
     carrier: Callable[[], Carrier], keys: idempotency.Claimant, actor: str,
+    ship_requested: ShipThese | None = None,
 ) -> str | None:  # fmt: skip
     """Buy and record the label of one shipment; its tracking number (None: recorded by
     another attempt meanwhile)."""
@@ -370,6 +384,9 @@ def _buy_and_record(
         idempotency.finish(session, key, response)
         record_event(session, order_id, actor=actor, kind="label",
                      tracking_number=label.tracking_number, carrier=label.carrier)  # fmt: skip
+        requested = db.execute(_SHIP_REQUESTED, {"b_id": shipment_id}).scalar()
+        if requested is not None and ship_requested is not None:
+            ship_requested(session, order_id, [shipment_id])
     return label.tracking_number
 
 
@@ -441,8 +458,16 @@ def ship(
             sh for sh in open_shipments
             if sh.status == "labelled" and (shipment_ids is None or sh.id in shipment_ids)
         ]  # fmt: skip
+        if not leaving and shipment_ids is not None:
+            # the chosen ones that are open are pending: their label ships them; none open:
+            # they left already (a repeated request) or were set aside
+            pending = any(sh.id in shipment_ids for sh in open_shipments)
+            return Outcome("skip: waiting for the label" if pending else "skip: not open")
         if not leaving:
             raise IllegalTransition(f"order {order_id}: no labelled shipment to ship")
+        # shipments staff asked for by lines carry their name: the timeline says who shipped
+        asked = next((sh.ship_requested_by for sh in leaving if sh.ship_requested_by), None)
+        actor = asked or actor
         last = len(leaving) == len(open_shipments)
         now = utcnow()
         for n, shipment in enumerate(leaving, start=1):
@@ -469,6 +494,41 @@ def ship(
             record_event(session, order_id, actor=actor, kind="shipment_shipped",
                          tracking_number=tracking)  # fmt: skip
     return Outcome("partially shipped")
+
+
+def replace_shipment(
+    session: Session, shipment: Shipment, parts: Sequence[Mapping[str, int]]
+) -> list[Shipment]:
+    """Set a shipment that has not left aside (``voided``) and put one new ``pending``
+    shipment per part in its place (line → units, from the same location), for ``buy_label``
+    to label: one label per shipment, so a parcel whose contents change gets a new one. The
+    parts must add up to the shipment's lines. The caller voids the old label after commit
+    (``void_labels``, for a ``labelled`` one) and publishes the labelling. Returns the new
+    shipments, flushed."""
+    if shipment.status not in ("pending", "labelled"):
+        raise IllegalTransition(f"shipment {shipment.id} is {shipment.status}: it cannot change")
+    had = {line.line_external_id: line.quantity for line in shipment.lines}
+    total: dict[str, int] = {}
+    for part in parts:
+        for line, units in part.items():
+            if units < 0:
+                raise ValueError(f"line {line!r}: units must not be negative")
+            total[line] = total.get(line, 0) + units
+    if {k: v for k, v in total.items() if v} != had:
+        raise ValueError(f"shipment {shipment.id}: the parts do not add up to its lines")
+    shipment.status = "voided"
+    made = []
+    for part in parts:
+        taken = [(line, units) for line, units in part.items() if units > 0]
+        if not taken:
+            continue
+        new = Shipment(order_id=shipment.order_id, carrier="", status="pending",
+                       location=shipment.location)  # fmt: skip
+        new.lines = [ShipmentLine(line_external_id=line, quantity=units) for line, units in taken]
+        session.add(new)
+        made.append(new)
+    session.flush()
+    return made
 
 
 def void_labels(transaction: Transaction, order_id: int, carrier: Callable[[], Carrier]) -> Outcome:

@@ -6,7 +6,8 @@ once no retry can come back for them; nothing an invariant needs is touched.
 - **Inbox bodies** (the raw webhook, with the buyer's name and address) of deliveries that were
   handled (processed, ignored or failed) before the cutoff become empty. The row stays: its
   dedupe key keeps absorbing redeliveries of that webhook (invariant 1), and its status and
-  error stay for staff.
+  error stay for staff. So do the carrier's tracking webhooks (``carrier_events``: a parcel's
+  scans, which may name who signed for it).
 - **Orders** in a final state (shipped, delivered, cancelled) not updated since the cutoff lose
   the buyer's name, e-mail, company, street lines, city, phone and the marketplace's raw
   payload; the country, region and postcode stay (tax and shipping statistics), and so do
@@ -31,7 +32,15 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from db.models import IdempotencyKey, InboxEvent, Label, LoginAttempt, Order, Shipment
+from db.models import (
+    CarrierEvent,
+    IdempotencyKey,
+    InboxEvent,
+    Label,
+    LoginAttempt,
+    Order,
+    Shipment,
+)
 from domain.states import InboxStatus, OrderState
 
 __all__ = ["KEPT_ADDRESS_FIELDS", "PurgeReport", "purge"]
@@ -45,6 +54,7 @@ KEPT_ADDRESS_FIELDS = ("region", "postal_code", "country_code")
 @dataclass(frozen=True)
 class PurgeReport:
     inbox_bodies: int
+    carrier_bodies: int
     orders: int
     label_pdfs: int
     idempotency_keys: int
@@ -77,6 +87,11 @@ def purge(
         InboxEvent.received_at < data_cutoff,
         func.length(InboxEvent.body) > 0,
     )
+    tracking = (
+        CarrierEvent.status != InboxStatus.RECEIVED.value,
+        CarrierEvent.received_at < data_cutoff,
+        func.length(CarrierEvent.body) > 0,
+    )
     done_orders = select(Order.id).where(
         Order.state.in_([s.value for s in FINAL]),
         Order.updated_at < data_cutoff,
@@ -96,6 +111,10 @@ def purge(
     report = PurgeReport(
         inbox_bodies=session.scalar(select(func.count()).select_from(InboxEvent).where(*inbox))
         or 0,
+        carrier_bodies=session.scalar(
+            select(func.count()).select_from(CarrierEvent).where(*tracking)
+        )
+        or 0,
         orders=len(order_ids),
         label_pdfs=len(label_ids),
         idempotency_keys=session.scalar(
@@ -111,6 +130,7 @@ def purge(
         return report
 
     session.execute(update(InboxEvent).where(*inbox).values(body=b""))
+    session.execute(update(CarrierEvent).where(*tracking).values(body=b""))
     for order in session.scalars(select(Order).where(Order.id.in_(order_ids))):
         order.buyer_name = None
         order.buyer_email = None

@@ -16,24 +16,48 @@ from the API, the login name or ``--as`` from the CLI).
 - ``mark_shipped``: the parcel left with a label bought elsewhere: shipped by hand with its
   tracking number, pushed to the marketplace like any shipment.
 
+- ``ship_lines``: some lines (and units) leave now, the rest later. The chosen units are taken
+  from the shipments that have not left (in order, each from its own location, so a push never
+  mixes locations); a shipment only partly taken is replaced by two (``replace_shipment``): the
+  taken part and the rest, each with a label of its own (the old label is voided: a label is
+  bought for one parcel's weight, and the carrier refunds a voided one). The taken shipments
+  ship as soon as they are labelled, their fulfilment carrying exactly those lines and units.
+  One request is one key (the client's, else its content): asked again, it is the same
+  request and ships nothing more.
+
 Reprinting a label is reading the stored one (``GET /api/shipments/{id}/label.pdf``); shipping
 chosen shipments is ``orders.fulfilment.ship(shipment_ids=…)``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from db.base import utcnow
 from db.models import OrderLine, Shipment, ShipmentLine
 from domain.states import OrderState
 from orders import outbox, stock
+from orders.fulfilment import ShipThese, replace_shipment
 from orders.intake import record_event
 from orders.steps import FollowUp
 from orders.transitions import IllegalTransition, load_for_update, transition
 
-__all__ = ["CannotCancel", "cancel", "hold", "mark_shipped", "release", "void_label"]
+__all__ = [
+    "CannotCancel",
+    "ShipRequest",
+    "cancel",
+    "hold",
+    "mark_shipped",
+    "release",
+    "ship_lines",
+    "void_label",
+]
 
 S = OrderState
 #: how long a cancellation reason may be (it is shown on the timeline and sent on)
@@ -212,3 +236,124 @@ def release(session: Session, order_id: int, *, actor: str) -> None:
         raise IllegalTransition(f"order {order_id} is not held")
     record_event(session, order_id, actor=actor, kind="released", reason=order.held_reason)
     order.held_reason = None
+
+
+@dataclass(frozen=True)
+class ShipRequest:
+    """The shipments that carry a ship-lines request's units, and whether the request is new
+    (``False``: the same request was made before, and nothing changed now)."""
+
+    shipment_ids: list[int]
+    new: bool
+
+
+#: the most units one request may name per line (a typo of 10**9 is refused, not searched for)
+UNITS_MAX = 1_000_000
+
+
+def _resolve(session: Session, order_id: int, lines: Mapping[str, int]) -> dict[str, int]:
+    """The asked units per line, each named by its marketplace id or its SKU."""
+    by_key: dict[str, str] = {}
+    for external_id, sku in session.execute(
+        select(OrderLine.external_id, OrderLine.sku)
+        .where(OrderLine.order_id == order_id)
+        .order_by(OrderLine.id)
+    ):
+        by_key.setdefault(external_id, external_id)
+        if sku:
+            by_key.setdefault(sku, external_id)
+    wanted: dict[str, int] = {}
+    for key, units in lines.items():
+        if key not in by_key:
+            raise ValueError(f"the order has no line {key!r}")
+        if not 0 < units <= UNITS_MAX:
+            raise ValueError(f"line {key!r}: units must be 1 to {UNITS_MAX}")
+        wanted[by_key[key]] = wanted.get(by_key[key], 0) + units
+    return wanted
+
+
+def ship_lines(
+    session: Session,
+    order_id: int,
+    lines: Mapping[str, int],
+    *,
+    actor: str,
+    request_key: str | None = None,
+    void_it: FollowUp,
+    label_it: FollowUp,
+    ship_it: ShipThese,
+) -> ShipRequest:
+    """Ship ``lines`` (line id or SKU → units) of a ready or partly shipped order now, the rest
+    later (see the module docstring). ``void_it``, ``label_it``: void the labels of the
+    shipments set aside and label the new ones, after commit; ``ship_it``: ship the taken
+    shipments that are labelled (the others ship when their label is recorded). Raises
+    ``ValueError`` (no such line, more units than wait to ship) and ``IllegalTransition``
+    (not ready, held, shipped by the marketplace) before anything changes."""
+    if not lines:
+        raise ValueError("choose at least one line to ship")
+    order = load_for_update(session, order_id)
+    state = OrderState(order.state)
+    if state not in (S.READY_TO_SHIP, S.PARTIALLY_SHIPPED) or order.fulfilled_by_marketplace:
+        raise IllegalTransition(f"order {order_id} is {order.state}: nothing of ours to ship")
+    if order.held_reason is not None:
+        raise IllegalTransition(f"order {order_id} is held ({order.held_reason}): release it first")
+    wanted = _resolve(session, order_id, lines)
+    content = json.dumps(sorted(wanted.items()))
+    digest = hashlib.sha256((request_key or content).encode()).hexdigest()[:32]
+    key = f"ship:{order_id}:{'key' if request_key else 'lines'}:{digest}"
+    asked = session.scalars(
+        select(Shipment.id)
+        .where(Shipment.order_id == order_id, Shipment.ship_request == key)
+        .order_by(Shipment.id)
+    ).all()
+    if asked:
+        return ShipRequest(list(asked), new=False)
+    waiting = session.scalars(
+        select(Shipment)
+        .where(Shipment.order_id == order_id, Shipment.status.in_(["pending", "labelled"]),
+               Shipment.ship_request.is_(None))
+        .options(selectinload(Shipment.lines))
+        .order_by(Shipment.id)
+    ).all()  # fmt: skip
+    left = dict(wanted)
+    takes: list[tuple[Shipment, dict[str, int]]] = []
+    for shipment in waiting:
+        take = {}
+        for line in shipment.lines:
+            units = min(left.get(line.line_external_id, 0), line.quantity)
+            if units:
+                take[line.line_external_id] = units
+                left[line.line_external_id] -= units
+        if take:
+            takes.append((shipment, take))
+    short = {line: units for line, units in left.items() if units}
+    if short:
+        said = ", ".join(f"line {line}: {units}" for line, units in sorted(short.items()))
+        raise ValueError(f"order {order_id}: more units than wait to ship ({said} too many)")
+    chosen: list[Shipment] = []
+    voided = relabel = False
+    for shipment, take in takes:
+        whole = {line.line_external_id: line.quantity for line in shipment.lines}
+        if take == whole:
+            chosen.append(shipment)
+            continue
+        was_labelled = shipment.status == "labelled"
+        rest = {line: units - take.get(line, 0) for line, units in whole.items()}
+        taken, *_ = replace_shipment(session, shipment, [take, rest])
+        chosen.append(taken)
+        voided, relabel = voided or was_labelled, True
+    for shipment in chosen:
+        shipment.ship_request, shipment.ship_requested_by = key, actor
+    session.flush()
+    ids = [shipment.id for shipment in chosen]
+    record_event(session, order_id, actor=actor, kind="ship_lines_requested",
+                 lines={line: units for line, units in sorted(wanted.items())},
+                 shipments=ids)  # fmt: skip
+    if voided:
+        void_it(session, order_id)
+    if relabel:
+        label_it(session, order_id)
+    # the ones labelled leave now; a pending one is shipped when its label is recorded (and
+    # this finds it labelled if a label's transaction committed meanwhile)
+    ship_it(session, order_id, ids)
+    return ShipRequest(ids, new=True)

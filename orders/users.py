@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from db.base import utcnow
 from db.models import ApiToken, AuditEntry, LoginAttempt, User
+from db.session import rowcount
 from orders.intake import record_event
 
 __all__ = [
@@ -259,9 +260,20 @@ def revoke_token(session: Session, token_id: int, *, actor: str) -> ApiToken:
     return token
 
 
-def authenticate_token(session: Session, presented: str) -> Principal | None:
+#: a token's use is recorded (``last_used_at``, an audit row) at most once in this long
+TOKEN_USE_WINDOW = dt.timedelta(minutes=1)
+
+
+def authenticate_token(
+    session: Session, presented: str, *, request: str = ""
+) -> Principal | None:
     """The principal of a bearer token: not revoked, its user active; its role at most the
-    user's current role. Its ``last_used_at`` moves (at most once a minute)."""
+    user's current role. Its use is recorded once per token per ``TOKEN_USE_WINDOW``, by the
+    first request of the window: ``last_used_at`` moves and a ``token.used`` audit row names the
+    token (id and name), its user and that ``request`` (method and path, never the query),
+    decided by a conditional update, so concurrent requests in several web processes record it
+    once. A script's every call is not a row (a poller would drown the log); who acted is on
+    every action's own row ("name (token X)")."""
     lookup, _, secret = presented.removeprefix(TOKEN_PREFIX).partition("_")
     if not presented.startswith(TOKEN_PREFIX) or not lookup or not secret:
         return None
@@ -276,10 +288,21 @@ def authenticate_token(session: Session, presented: str) -> Principal | None:
     if not hmac.compare_digest(token.secret_hash, _token_hash(secret)):
         return None
     now = utcnow()
-    if token.last_used_at is None or now - token.last_used_at > dt.timedelta(minutes=1):
-        session.execute(update(ApiToken).where(ApiToken.id == token.id).values(last_used_at=now))
     role = min(Role.parse(token.role), Role.parse(user.role))
-    return Principal(user.id, user.name, role, token=token.name)
+    principal = Principal(user.id, user.name, role, token=token.name)
+    if token.last_used_at is None or now - token.last_used_at >= TOKEN_USE_WINDOW:
+        moved = session.execute(
+            update(ApiToken)
+            .where(ApiToken.id == token.id,
+                   ApiToken.last_used_at.is_(None)
+                   | (ApiToken.last_used_at <= now - TOKEN_USE_WINDOW))
+            .values(last_used_at=now)
+        )  # fmt: skip
+        if rowcount(moved) == 1:
+            audit(session, principal.actor, "token.used", f"{user.name}/{token.name}",
+                  token_id=token.id, token=token.name, user=user.name,
+                  request=request[:200])  # fmt: skip
+    return principal
 
 
 def audit(

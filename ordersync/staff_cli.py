@@ -133,26 +133,57 @@ def orders_ship(
     shipment: Annotated[
         list[int] | None, typer.Option("--shipment", "-s", help="only this one; repeatable")
     ] = None,
+    line: Annotated[
+        list[str] | None,
+        typer.Option("--line", help="LINE=UNITS (a line id or SKU) that leave now; repeatable"),
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(help="with --line: this request's key (default: its lines: the same "
+                     "lines again are the same request)"),
+    ] = None,
     as_: As = None,
 ) -> None:
     """The order's labelled shipments (or the ones given) left: their tracking goes to the
-    marketplace (the API's Ship)."""
+    marketplace (the API's Ship). With --line: those units leave now, the rest later (their
+    parcels are split, each part labelled, and shipped once labelled)."""
     from db.models import Shipment
+    from orders.transitions import IllegalTransition
     from orders.users import audit
-    from workflows.pipeline import ship
+    from workflows.pipeline import ship, ship_lines
     from workflows.publish import publish_after_commit
 
+    if shipment and line:
+        _refuse("give --shipment or --line, not both")
+    lines: dict[str, int] = {}
+    for name, units in _parse_pairs(line or []).items():
+        if not units.isdigit() or int(units) < 1:
+            _refuse(f"--line {name}={units}: units must be a whole number of at least 1")
+        lines[name] = int(units)
+    actor = cli_actor(as_)
     with session_scope() as session:
         order = session.get(Order, order_id)
         if order is None:
             raise CliError(f"no order {order_id}")
+        if lines:
+            try:
+                asked = ship_lines(session, order_id, lines, actor=actor, request_key=key)
+            except (IllegalTransition, ValueError) as exc:
+                raise CliError(str(exc).strip("'\"")) from None
+            if asked.new:
+                audit(session, actor, "ship", f"order {order_id}", order_id=order_id,
+                      timeline=False, lines=lines, shipments=asked.shipment_ids)  # fmt: skip
+            said = "shipping" if asked.new else "already asked (the same request)"
+            console.print(f"order {order_id}: {said}: shipments "
+                          + ", ".join(str(i) for i in asked.shipment_ids))  # fmt: skip
+            return
         if order.state not in (OrderState.READY_TO_SHIP, OrderState.PARTIALLY_SHIPPED):
             raise CliError(f"order {order_id} is {order.state}, not ready_to_ship")
         labelled = set(session.scalars(select(Shipment.id).where(
             Shipment.order_id == order_id, Shipment.status == "labelled")))  # fmt: skip
         if shipment and not set(shipment) <= labelled:
             raise CliError(f"order {order_id}: labelled shipments are {sorted(labelled)}")
-        audit(session, cli_actor(as_), "ship", f"order {order_id}", order_id=order_id)
+        audit(session, actor, "ship", f"order {order_id}", order_id=order_id)
         publish_after_commit(session, ship.si(order_id, shipment or None))
     console.print(f"order {order_id}: shipping")
 

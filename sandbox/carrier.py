@@ -10,7 +10,14 @@ Served (mount with ``app.include_router(sim.build_router(), prefix="/carrier")``
   fail validation or a fault knob are not stored, as with Stripe.
 - ``GET /v1/labels`` (``external_shipment_id``, ``label_status``, ``tracking_number``,
   ``sort_dir``), ``GET /v1/labels/{label_id}``, ``PUT /v1/labels/{label_id}/void``,
-  ``GET /v1/downloads/labels/{label_id}.pdf``.
+  ``GET /v1/downloads/labels/{label_id}.pdf``, ``GET /v1/labels/{label_id}/track``.
+- Tracking webhooks, as ShipEngine sends them: ``POST /v1/environments/webhooks``
+  (``{"event": "track", "url": …}``) registers the URL (``GET`` lists them); ``post_track_event``
+  posts a ``track`` event (``{"resource_url", "resource_type": "API_TRACK", "data": …}``)
+  there, signed RSA-SHA256 over ``{timestamp}.{body}`` with the simulator's own key pair
+  (``x-shipengine-rsa-sha256-key-id`` / ``-signature``, ``x-shipengine-timestamp``), whose
+  public half ``GET /jwks`` serves (``jwks()``), as ``https://api.shipengine.com/jwks`` does;
+  ``replay_webhook`` sends one again (a retry: the same body, signed anew).
 
 Auth: ``API-Key`` header, every route (downloads too). Addresses are checked for required
 fields, country and postal-code formats; the postal code ``00000`` is always undeliverable (a
@@ -44,6 +51,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from reportlab.graphics.barcode import code128
@@ -52,6 +60,7 @@ from reportlab.pdfgen import canvas
 from starlette.concurrency import run_in_threadpool
 
 from sandbox.knobs import DroppedConnection, Knobs
+from sandbox.rsa_keys import KeyPair, new_key_pair
 
 __all__ = ["SANDBOX_API_KEY", "SERVICES", "CarrierSimulator", "LabelRecord", "ups_check_digit"]
 
@@ -291,6 +300,10 @@ class CarrierSimulator:
         #: answers given from the key store: 409s while in flight, replays once done
         self.conflicts = 0
         self.replays = 0
+        #: webhooks: event → the URL registered for it; what was posted (body, answer status)
+        self.webhook_urls: dict[str, str] = {}
+        self.sent_webhooks: list[tuple[bytes, int]] = []
+        self._key_pair: KeyPair | None = None
 
     # -- ledger ------------------------------------------------------------------------------
 
@@ -364,6 +377,95 @@ class CarrierSimulator:
             "exception_description": exception,
             "events": list(reversed(events)),  # newest first, as ShipEngine lists them
         }
+
+    # -- tracking webhooks -------------------------------------------------------------------
+
+    @property
+    def key_pair(self) -> KeyPair:
+        """The key the simulator signs its webhooks with (made on first use: ~1 s)."""
+        with self._lock:
+            if self._key_pair is None:
+                self._key_pair = new_key_pair(f"sandbox-{self.shipper_number.lower()}")
+            return self._key_pair
+
+    def jwks(self) -> dict[str, Any]:
+        """The public keys webhooks are signed with, as a JWKS document."""
+        return {"keys": [self.key_pair.jwk()]}
+
+    def track_event(self, tracking_number: str, status_code: str | None = None) -> bytes:
+        """The body of a ``track`` webhook for the parcel: its tracking now (the first one is
+        its first scan), or as ``status_code`` says (``IT``, ``DE``, ``EX``)."""
+        now = self._clock()
+        with self._lock:
+            (record,) = [r for r in self.labels.values() if r.tracking_number == tracking_number]
+            if record.first_scan is None and not record.voided:
+                record.first_scan = now
+            data = self._tracking(record, now)
+        if status_code is not None and status_code != data["status_code"]:
+            description = {"IT": "In Transit", "DE": "Delivered", "EX": "Exception",
+                           "AC": "Accepted"}.get(status_code, "Unknown")  # fmt: skip
+            stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+            data["status_code"], data["status_description"] = status_code, description
+            data["actual_delivery_date"] = stamp if status_code == "DE" else None
+            data["exception_description"] = "Lost in transit" if status_code == "EX" else None
+            data["events"] = [{"occurred_at": stamp, "description": description,
+                               "status_code": status_code}, *data["events"]]  # fmt: skip
+        resource = (f"https://api.shipengine.com/v1/tracking?carrier_code={CARRIER_CODE}"
+                    f"&tracking_number={tracking_number}")  # fmt: skip
+        body = {"resource_url": resource, "resource_type": "API_TRACK",
+                "data": {"label_url": None, **data}}  # fmt: skip
+        return json.dumps(body).encode()
+
+    def sign(self, body: bytes, at: dt.datetime | None = None) -> dict[str, str]:
+        """ShipEngine's signature headers for a webhook body sent at ``at`` (default now)."""
+        stamp = (at or self._clock()).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        key = self.key_pair
+        signature = key.sign(stamp.encode() + b"." + body)
+        return {"x-shipengine-rsa-sha256-key-id": key.kid,
+                "x-shipengine-rsa-sha256-signature": base64.b64encode(signature).decode(),
+                "x-shipengine-timestamp": stamp}  # fmt: skip
+
+    def _post(self, body: bytes) -> int:
+        url = self.webhook_urls.get("track")
+        if url is None:
+            raise LookupError("no URL is registered for the track event")
+        headers = {"content-type": "application/json", **self.sign(body)}
+        status = httpx.post(url, content=body, headers=headers, timeout=10).status_code
+        self.sent_webhooks.append((body, status))
+        return status
+
+    def post_track_event(self, tracking_number: str, status_code: str | None = None) -> int:
+        """Post a ``track`` webhook of the parcel to the registered URL; the answer's status."""
+        return self._post(self.track_event(tracking_number, status_code))
+
+    def replay_webhook(self, index: int) -> int:
+        """Send the ``index``-th webhook sent again (its body, a new signature and time)."""
+        return self._post(self.sent_webhooks[index][0])
+
+    async def register_webhook(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "invalid_request", "body is not JSON")
+        if not isinstance(body, dict):
+            return _error(400, "invalid_request", "body is not an object")
+        event, url = body.get("event"), body.get("url")
+        if event != "track" or not isinstance(url, str) or not url.startswith("http"):
+            return _error(400, "invalid_request", "event must be track and url a URL")
+        self.webhook_urls[event] = url
+        webhook_id = f"wh_{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+        return JSONResponse({"webhook_id": webhook_id, "event": event, "url": url},
+                            status_code=201)  # fmt: skip
+
+    async def list_webhooks(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return self._unauthorized()
+        return JSONResponse([{"event": e, "url": u} for e, u in self.webhook_urls.items()])
+
+    async def get_jwks(self) -> Response:
+        return JSONResponse(await run_in_threadpool(self.jwks))
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -608,6 +710,10 @@ class CarrierSimulator:
         router.add_api_route("/v1/labels/{label_id}", self.get_label, methods=["GET"])
         router.add_api_route("/v1/labels/{label_id}/void", self.void_label, methods=["PUT"])
         router.add_api_route("/v1/labels/{label_id}/track", self.track_label, methods=["GET"])
+        router.add_api_route("/v1/environments/webhooks", self.register_webhook,
+                             methods=["POST"])  # fmt: skip
+        router.add_api_route("/v1/environments/webhooks", self.list_webhooks, methods=["GET"])
+        router.add_api_route("/jwks", self.get_jwks, methods=["GET"])
         router.add_api_route(
             "/v1/downloads/labels/{label_id}.pdf",
             self.download_label,

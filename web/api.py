@@ -440,18 +440,56 @@ def push_order(order_id: Id, session: SessionDep, staff: Staff) -> dict[str, Any
 
 
 class ShipBody(BaseModel):
+    """The shipments that left, or the lines (line id or SKU → units) that leave now; neither:
+    every labelled shipment."""
+
     #: the shipments that left (none given: every labelled one)
     shipments: list[int] | None = None
+    lines: dict[Annotated[str, Field(min_length=1, max_length=100)],
+                Annotated[int, Field(ge=1, le=1_000_000)]] | None = None  # fmt: skip
 
 
-@router.post("/orders/{order_id}/ship", response_model=ActionOut)
+class ShipOut(ActionOut):
+    #: with lines: the shipments that carry them, and whether this request is new (a repeat
+    #: of the same request, or of the same Idempotency-Key, changes nothing)
+    shipments: list[int] | None = None
+    new: bool | None = None
+
+
+@router.post("/orders/{order_id}/ship", response_model=ShipOut)
 def ship_order(
-    order_id: Id, session: SessionDep, staff: Staff, body: ShipBody | None = None
+    order_id: Id,
+    session: SessionDep,
+    staff: Staff,
+    body: ShipBody | None = None,
+    idempotency_key: Annotated[str | None, Header(max_length=64)] = None,
 ) -> dict[str, Any]:
     """Mark a ready_to_ship (or partially_shipped) order's labelled shipments, or only the
     ones given, as handed to the carrier (their tracking goes to the marketplace through the
-    outbox), or, for an order the marketplace fulfils (Amazon FBA), as shipped by it."""
-    from workflows.pipeline import ship
+    outbox), or, for an order the marketplace fulfils (Amazon FBA), as shipped by it. With
+    ``lines``: those units leave now and the rest later (their shipments are split, each
+    part with a label of its own, and shipped once labelled); the same lines again (a double
+    click, or the same ``Idempotency-Key``) are the same request; more units than wait to ship
+    are refused (409)."""
+    from workflows.pipeline import ship, ship_lines
+
+    if body is not None and body.shipments is not None and body.lines is not None:
+        raise HTTPException(422, "give shipments or lines, not both")
+
+    def act_lines(session: Session, oid: int) -> dict[str, Any]:
+        assert body is not None and body.lines is not None
+        if session.get(Order, oid) is None:
+            raise HTTPException(404, "no such order")
+        try:
+            asked = ship_lines(session, oid, body.lines, actor=staff.actor,
+                               request_key=idempotency_key)  # fmt: skip
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+        if asked.new:  # the request's own timeline row carries the name
+            audit(session, staff.actor, "ship", f"order {oid}", order_id=oid, timeline=False,
+                  lines=body.lines, shipments=asked.shipment_ids)  # fmt: skip
+        return {"id": oid, "status": "shipping", "shipments": asked.shipment_ids,
+                "new": asked.new}  # fmt: skip
 
     def act(session: Session, oid: int) -> dict[str, Any]:
         order = session.get(Order, oid)
@@ -476,6 +514,8 @@ def ship_order(
         publish_after_commit(session, ship.si(oid, chosen))
         return {"id": oid, "status": "shipping"}
 
+    if body is not None and body.lines is not None:
+        return _staff_action(session, act_lines, order_id)
     return _staff_action(session, act, order_id)
 
 

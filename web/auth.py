@@ -165,9 +165,9 @@ def _user_of_session(session: Session) -> Principal | None:
         return Principal(user.id, user.name, Role.parse(user.role))
 
 
-def _user_of_token(token: str) -> Principal | None:
+def _user_of_token(token: str, request: str) -> Principal | None:
     with get_sessionmaker()() as db, db.begin():
-        return authenticate_token(db, token)
+        return authenticate_token(db, token, request=request)
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -234,7 +234,9 @@ class StaffGate:
         session: Session | None = None
         authorization = headers.get("authorization", "")
         if authorization[:7].lower() == "bearer ":
-            principal = await run_in_threadpool(_user_of_token, authorization[7:].strip())
+            principal = await run_in_threadpool(
+                _user_of_token, authorization[7:].strip(), f"{method} {path}"
+            )
         else:
             cookie = _cookie(headers, COOKIE)
             session = read_session(settings, cookie) if cookie else None

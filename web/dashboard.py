@@ -6,7 +6,8 @@
 - ``/orders?state=&channel=&q=&page=``: the order list, filtered and paged (``q``: an order
   number, a marketplace id, our id or the buyer's name; the list never shows the name);
 - ``/orders/{id}``: one order: totals, lines, payment, invoice, its shipments (lines, location,
-  label, tracking; reprint, ship this parcel, void, void and re-buy), what went to its
+  label, tracking; reprint, ship this parcel, void, void and re-buy; ship some lines and
+  units now), what went to its
   marketplace with each attempt, timeline, actions (ship, mark shipped by hand, hold/release,
   cancel with a reason);
 - ``/stock[?sku=]``: every SKU's on hand / reserved / available with its listings' pending and
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import secrets
 from typing import Any
 from urllib.parse import urlencode
 
@@ -289,10 +291,19 @@ def order_detail(request: Request, order_id: Id, session: SessionDep) -> HTMLRes
         .order_by(OutboxAttempt.id)
     ):
         attempts.setdefault(attempt.message_id, []).append(attempt)
+    # units of each line that wait to ship and nobody asked for yet: the "ship some lines"
+    # form (its key makes a double submit one request)
+    waiting: dict[str, int] = {}
+    for shipment in shipments:
+        if shipment.status in ("pending", "labelled") and shipment.ship_request is None:
+            for sl in shipment.lines:
+                waiting[sl.line_external_id] = waiting.get(sl.line_external_id, 0) + sl.quantity
     address = order.shipping_address or {}
     return _render(
         request,
         "order.html",
+        waiting=waiting,
+        ship_key=secrets.token_urlsafe(16),
         order=order,
         account=account.name if account else "",
         ship_to={

@@ -49,6 +49,7 @@ from db.session import dialect_insert_for, get_engine
 from domain.states import InboxStatus
 from integrations import registry
 from integrations.marketplace import BodyCheck, WebhookReceiver
+from web import carrier_webhooks
 from web.metrics import WEBHOOKS_DUPLICATE, WEBHOOKS_RECEIVED, WEBHOOKS_REJECTED
 from workflows.tasks import process_event
 
@@ -335,6 +336,9 @@ class WebhookIntake:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not scope["path"].startswith(_PREFIX):
             await self.app(scope, receive, send)
+            return
+        if scope["path"].startswith(carrier_webhooks.PREFIX):  # the carrier's tracking
+            await carrier_webhooks.receive(scope, receive, send)
             return
         try:
             await _receive(scope, receive, send)

@@ -42,8 +42,10 @@ from db.session import get_sessionmaker
 from domain.errors import PermanentError
 from domain.states import OrderState
 from integrations.base import ConnectorSeams, MarketplaceConnector, ShipmentGroup
+from integrations.carriers.webhooks import parse_track_event
 from orders import (
     cancellation,
+    carrier_events,
     documents,
     fulfilment,
     outbox,
@@ -73,6 +75,7 @@ __all__ = [
     "buy_label",
     "cancel_order",
     "capture_payment",
+    "carrier_event",
     "credit_note",
     "deliver",
     "issue_invoice",
@@ -88,6 +91,7 @@ __all__ = [
     "retry_message",
     "retry_order",
     "ship",
+    "ship_lines",
     "staff_refund",
     "track_due",
     "track_shipment",
@@ -258,7 +262,8 @@ def _account_connector(account: ChannelAccount) -> MarketplaceConnector:
 def buy_label(self: StepTask, order_id: int) -> str:
     with self.lock(order_id):
         outcome = fulfilment.buy_label(self.transaction, order_id, carrier_client, self.keys(),
-                                       _shipment_plan, splits=_splits)  # fmt: skip
+                                       _shipment_plan, splits=_splits,
+                                       ship_requested=_ship_these)  # fmt: skip
         return self.report(outcome)
 
 
@@ -279,6 +284,11 @@ def ship(self: StepTask, order_id: int, shipment_ids: list[int] | None = None) -
         outcome = fulfilment.ship(self.transaction, order_id, deliver_it=deliver_it,
                                   shipment_ids=shipment_ids)  # fmt: skip
         return self.report(outcome)
+
+
+def _ship_these(session: Session, order_id: int, shipment_ids: list[int]) -> None:
+    """After commit: ship these shipments of the order (those staff asked for by lines)."""
+    publish_after_commit(session, ship.si(order_id, shipment_ids))
 
 
 @app.task(base=DeliverTask, bind=True, name=outbox.DELIVER_TASK, ignore_result=True)
@@ -320,6 +330,15 @@ def _tell_delivered(session: Session, shipment_id: int) -> None:
                      "%Y-%m-%dT%H:%M:%SZ")},
         deliver_it=_after_commit(deliver.si), shipment_id=shipment.id,
     )  # fmt: skip
+
+
+@app.task(base=OrdersyncTask, bind=True, name=carrier_events.TASK, ignore_result=True)
+def carrier_event(self: OrdersyncTask, event_id: int) -> str:
+    """One stored tracking webhook of the carrier, applied as the poll's tracking is
+    (``orders.carrier_events.apply``)."""
+    with self.transaction() as session:
+        return carrier_events.apply(session, event_id, parse_track_event,
+                                    delivered=_tell_delivered).result  # fmt: skip
 
 
 @app.task(base=OrdersyncTask, bind=True, name="ordersync.maintenance.track_due",
@@ -470,6 +489,18 @@ def void_shipment_label(
     """Staff void (and re-buy) a shipment's label (``orders.staff.void_label``)."""
     return staff.void_label(session, shipment_id, actor=actor, rebuy=rebuy,
                             void_it=void_unused, label_it=_after_commit(buy_label.si))  # fmt: skip
+
+
+def ship_lines(
+    session: Session, order_id: int, lines: dict[str, int], *, actor: str,
+    request_key: str | None = None,
+) -> staff.ShipRequest:  # fmt: skip
+    """Staff ship chosen lines and units now (``orders.staff.ship_lines``): split off their
+    shipments, voids, labels and the ship, each after commit."""
+    return staff.ship_lines(
+        session, order_id, lines, actor=actor, request_key=request_key, void_it=void_unused,
+        label_it=_after_commit(buy_label.si), ship_it=_ship_these,
+    )  # fmt: skip
 
 
 def mark_shipped(

@@ -1,7 +1,8 @@
 """Tasks. Each takes ids, reloads state, does its one step only if not done yet.
 
 - ``ordersync.intake.process_event(inbox_id)``: parse and apply one webhook delivery.
-- ``ordersync.maintenance.sweep()``: republish committed work that never got processed,
+- ``ordersync.maintenance.sweep()``: republish committed work that never got processed
+  (webhooks, the carrier's tracking webhooks),
   parked work (``workflows.base``) once its ``not_before`` has passed, and effects on a
   marketplace (``orders.outbox``) not delivered yet.
 """
@@ -20,11 +21,12 @@ from sqlalchemy import Exists, bindparam, exists, select, update
 
 from core.settings import get_settings
 from db.base import utcnow
-from db.models import ChannelAccount, InboxEvent, Order, OutboxMessage
+from db.models import CarrierEvent, ChannelAccount, InboxEvent, Order, OutboxMessage
 from domain.errors import PayloadError
 from domain.states import InboxStatus, OrderState
 from integrations import registry
 from integrations.marketplace import Delivery
+from orders import carrier_events
 from orders.intake import IntakeOutcome, IntakeResult
 from workflows.base import OrdersyncTask, describe
 from workflows.celery_app import app
@@ -272,16 +274,28 @@ def sweep(self: OrdersyncTask, limit: int = 500, now: str | None = None) -> dict
             )
             message.published_at = at
             message.attempts += 1
+        # the carrier's tracking webhooks stored but not applied (the poll would catch the
+        # parcel up anyway; the event is applied all the same, for its timeline row)
+        tracked = session.scalars(
+            select(CarrierEvent.id)
+            .where(CarrierEvent.status == InboxStatus.RECEIVED, CarrierEvent.received_at < cutoff)
+            .order_by(CarrierEvent.id)
+            .limit(limit)
+        ).all()
+        for event_id in tracked:
+            publish_after_commit(session, app.signature(carrier_events.TASK, (event_id,)))
         effects = _undelivered_effects(session, limit, at, cutoff)
         orders = _stuck_orders(session, limit, at, now=lost)
         calls = _unfinished_calls(session, limit, at, now=lost)
         runs = _stalled_runs(session, limit, now=lost)
     orphans = 0 if lost else restore_orphans(app)  # after an empty Redis there are none
-    if stuck or outbox or effects or orders or calls or runs or orphans:
-        log.info("sweep.republished", inbox=len(stuck), outbox=len(outbox), effects=len(effects),
+    if stuck or tracked or outbox or effects or orders or calls or runs or orphans:
+        log.info("sweep.republished", inbox=len(stuck), carrier=len(tracked),
+                 outbox=len(outbox), effects=len(effects),
                  orders=len(orders), calls=len(calls), runs=len(runs),
                  orphans=orphans)  # fmt: skip
-    return {"inbox": len(stuck), "outbox": len(outbox), "effects": len(effects),
+    return {"inbox": len(stuck), "carrier": len(tracked), "outbox": len(outbox),
+            "effects": len(effects),
             "orders": len(orders), "calls": len(calls), "runs": len(runs),
             "orphans": orphans}  # fmt: skip
 

@@ -233,8 +233,9 @@ def test_a_webhook_we_cannot_parse_is_listed_with_its_error(world: World, page: 
 def test_an_on_hold_order_shows_the_skus_it_waits_for_and_marketplace_markup_stays_text(
     world: World, page: Page, fixtures_dir: Path
 ) -> None:
-    # given an order for SKUs that are out of stock, whose number is HTML
-    shop = world.account()
+    # given an order for SKUs that are out of stock, whose number is HTML, on a shop that
+    # sends webhooks but has no API connection
+    shop = world.webhook_only_account()
     evil = '<img src=x onerror="document.title=1">'
     payload = fixture_order(fixtures_dir, name=evil)
     missing = stock_for(world, payload, per_unit=0)

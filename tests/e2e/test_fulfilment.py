@@ -87,12 +87,14 @@ def _sandbox_order(world: World, *, split: bool) -> str:
     """A new order in the sandbox shop that we must charge (authorised only): with ``split``,
     of three lines from both of the shop's locations, else of lines from one location."""
     shopify = world.sandbox.shopify
-    for _ in range(200):
+    for _ in range(2000):
         (external_id,) = shopify.add_orders(1)
         skus = {item["sku"] for item in shopify.orders[external_id]["line_items"]}
         two = bool(skus & SECOND_LOCATION) and bool(skus - SECOND_LOCATION)
-        if (split and len(skus) == 3 and two) or (not split and not two):
-            shopify.orders[external_id]["financial_status"] = "authorized"
+        # authorised at checkout (its AUTHORIZATION transaction is made with the order: a
+        # status changed afterwards would have none to capture)
+        authorised = shopify.orders[external_id]["financial_status"] == "authorized"
+        if authorised and ((split and len(skus) == 3 and two) or (not split and not two)):
             return external_id
     raise AssertionError("the simulator made no order of the wanted shape")
 
@@ -235,8 +237,13 @@ def test_cancel_after_the_label_voids_it_returns_stock_refunds_once_credits_and_
                              Invoice.kind == "credit_note") or None,
                timeout=60, what="the credit note")  # fmt: skip
     world.wait_idle()
-    assert len(world.sandbox.payments.refunds_for(str(order.id))) == 1
-    assert [c["order_id"] for c in world.sandbox.shopify.cancels].count(external_id) == 1
+    # the money was captured at Shopify (orderCapture): orderCancel gives it back there, and we
+    # record that refund once; nothing is refunded at our payment provider
+    (refund,) = _rows(world, Refund, Refund.order_id == order.id)
+    assert (refund.source, refund.amount) == ("cancellation", order.total)
+    assert world.sandbox.payments.refunds_for(str(order.id)) == []
+    (cancelled,) = [c for c in world.sandbox.shopify.cancels if c["order_id"] == external_id]
+    assert cancelled["refund_method"] is not None
     assert world.sandbox.shopify.orders[external_id]["cancelled_at"] is not None
     held = _rows(world, StockReservation, StockReservation.order_id == order.id)
     assert held and {r.status for r in held} == {"released"}
@@ -246,7 +253,7 @@ def test_cancel_after_the_label_voids_it_returns_stock_refunds_once_credits_and_
 def test_a_webhook_only_account_needs_attention_instead_of_shipping_silently(
     world: World, fixtures_dir: Path
 ) -> None:
-    shop = world.account()  # webhook secret only: no credentials, no API URL
+    shop = world.webhook_only_account()  # webhook secret only: no credentials, no API URL
     payload = fixture_order(fixtures_dir, financial_status="paid")
     stock_for(world, payload)
     world.post(shop, payload, topic="orders/create")
@@ -343,3 +350,123 @@ def test_a_fulfilment_whose_publish_was_lost_is_delivered_by_the_sweeper(world: 
     # then it publishes the delivery, and the fulfilment reaches Shopify once
     wait_until(lambda: _all_delivered(world, order.id, 1), timeout=90, what="swept delivery")
     assert len(_ledger_fulfilments(world, external_id)) == 1
+
+
+def _order_of_several_units(world: World) -> str:
+    """A new sandbox order from one location of at least two units (so some can go first)."""
+    shopify = world.sandbox.shopify
+    for _ in range(200):
+        (external_id,) = shopify.add_orders(1)
+        order = shopify.orders[external_id]
+        skus = {item["sku"] for item in order["line_items"]}
+        units = sum(item["quantity"] for item in order["line_items"])
+        one_place = skus <= SECOND_LOCATION or not skus & SECOND_LOCATION
+        if one_place and units >= 2 and order["financial_status"] == "paid":
+            return external_id
+    raise AssertionError("the simulator made no order of several units")
+
+
+def test_staff_ship_some_lines_now_and_the_rest_later_make_two_fulfilments_of_those_units(
+    world: World,
+) -> None:
+    # given a ready order of several units from one location, in one labelled parcel
+    account = _connected_account(world)
+    external_id = _order_of_several_units(world)
+    _deliver_webhook(world, account, external_id)
+    order = world.wait_state(account, external_id, "ready_to_ship", timeout=90)
+    items = world.sandbox.shopify.orders[external_id]["line_items"]
+    ordered = {str(item["id"]): int(item["quantity"]) for item in items}
+    (old,) = _rows(world, Shipment, Shipment.order_id == order.id)
+    (old_label,) = _rows(world, Label, Label.shipment_id == old.id)
+    first_line = str(items[0]["id"])
+    now = {first_line: 1}  # one unit of the first line leaves now
+    rest = {line: qty - now.get(line, 0) for line, qty in ordered.items()}
+
+    # when staff double-click "Ship these" (the same request twice at once)
+    def click(_: int) -> httpx.Response:
+        return world.api("POST", f"/orders/{order.id}/ship", json={"lines": now},
+                         headers={"Idempotency-Key": "box-1"})  # fmt: skip
+
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(click, range(2)))
+
+    # then one request split the parcel: one unit ships in its own labelled parcel, once
+    assert [a.status_code for a in answers] == [200, 200]
+    assert sorted(a.json()["new"] for a in answers) == [False, True]
+    assert len({tuple(a.json()["shipments"]) for a in answers}) == 1
+    wait_until(lambda: _all_delivered(world, order.id, 1), timeout=90, what="first fulfilment")
+    assert world.order_state(order.id) == "partially_shipped"
+    wait_until(lambda: world.sandbox.carrier.labels[old_label.idempotency_key].voided or None,
+               timeout=60, what="the whole parcel's label voided")  # fmt: skip
+    (first,) = _ledger_fulfilments(world, external_id)
+    assert [(li["line_item"].rsplit("/", 1)[-1], li["quantity"]) for li in first["line_items"]] \
+        == [(first_line, 1)]
+    assert world.sandbox.shopify.orders[external_id]["fulfillment_status"] == "partial"
+
+    # and the rest leaves later, with the label bought for it: a second fulfilment of the rest
+    wait_until(lambda: [s for s in _rows(world, Shipment, Shipment.order_id == order.id)
+                        if s.status == "labelled"] or None,
+               timeout=60, what="the rest's label")  # fmt: skip
+    assert world.api("POST", f"/orders/{order.id}/ship").status_code == 200
+    wait_until(lambda: _all_delivered(world, order.id, 2), timeout=90, what="second fulfilment")
+    first, second = _ledger_fulfilments(world, external_id)
+    assert {li["line_item"].rsplit("/", 1)[-1]: li["quantity"] for li in second["line_items"]} \
+        == {line: qty for line, qty in rest.items() if qty}
+    assert first["tracking_number"] != second["tracking_number"] != old_label.tracking_number
+    assert world.sandbox.shopify.orders[external_id]["fulfillment_status"] == "fulfilled"
+    assert world.order_state(order.id) == "shipped"
+    # on the timeline, with the name of who asked
+    timeline = world.api("GET", f"/orders/{order.id}").json()["events"]
+    (asked,) = [e for e in timeline if e["kind"] == "ship_lines_requested"]
+    assert asked["actor"].startswith(world.staff_name) and asked["detail"]["lines"] == now
+
+
+def test_the_carriers_signed_tracking_webhooks_deliver_an_order_and_repeats_change_nothing(
+    world: World,
+) -> None:
+    from db.models import CarrierEvent, OrderEvent
+    from sandbox.carrier import SANDBOX_API_KEY
+
+    external_id, order, label = _shipped(world)
+    carrier = world.sandbox.carrier
+    url = f"{world.stack.base_url}/webhooks/carrier/shipengine"
+    registered = httpx.post(f"{world.sandbox.url}/carrier/v1/environments/webhooks",
+                            json={"event": "track", "url": url},
+                            headers={"API-Key": SANDBOX_API_KEY})  # fmt: skip
+    assert registered.status_code == 201
+    number = label.tracking_number
+
+    def shipment() -> Shipment:
+        (found,) = _rows(world, Shipment, Shipment.order_id == order.id)
+        assert isinstance(found, Shipment)
+        return found
+
+    # a forged delivery (the body changed after signing) is refused and nothing is stored
+    body = carrier.track_event(number, "DE")
+    forged = httpx.post(url, content=body.replace(b'"DE"', b'"EX"'), headers=carrier.sign(body))
+    assert forged.status_code == 401 and _rows(world, CarrierEvent) == []
+
+    # in transit, then delivered: the order is delivered, and Shopify told, by webhook alone
+    assert carrier.post_track_event(number, "IT") == 200
+    wait_until(lambda: shipment().tracking_status == "IT" or None, timeout=60, what="in transit")
+    assert carrier.post_track_event(number, "DE") == 200
+    wait_until(lambda: world.order_state(order.id) == "delivered" or None, timeout=60,
+               what="delivered by webhook")  # fmt: skip
+    wait_until(lambda: _all_delivered(world, order.id, 2), timeout=60, what="delivery pushed")
+
+    # the carrier retries the delivered event, and an older one arrives late: harmless
+    assert carrier.replay_webhook(-1) == 200
+    assert carrier.post_track_event(number, "AC") == 200
+    wait_until(lambda: all(e.status != "received" for e in _rows(world, CarrierEvent)) or None,
+               timeout=60, what="every event applied")  # fmt: skip
+    world.wait_idle()
+    events = _rows(world, CarrierEvent)
+    assert [e.status for e in events] == ["processed"] * 3  # IT, DE, AC (the retry: same row)
+    assert (shipment().status, shipment().tracking_status) == ("delivered", "DE")
+    timeline = _rows(world, OrderEvent, OrderEvent.order_id == order.id)
+    assert [e.detail["status"] for e in timeline if e.kind == "tracking"] == ["IT", "DE"]
+    assert [e.to_state for e in timeline].count("delivered") == 1
+    (pushed,) = _ledger_fulfilments(world, external_id)
+    told = [e for e in world.sandbox.shopify.fulfillment_events
+            if e["status"] == "DELIVERED" and e["fulfillment_id"] == pushed["id"]]  # fmt: skip
+    assert len(told) == 1

@@ -58,8 +58,8 @@ def test_purge_counts_on_a_dry_run_and_removes_without_one(
     removed = _purge(migrated_url, tmp_path)
     again = _purge(migrated_url, tmp_path)
 
-    assert counted == {"dry_run": True, "inbox_bodies": 1, "orders": 0, "label_pdfs": 0,
-                       "idempotency_keys": 1, "login_attempts": 0}  # fmt: skip
+    assert counted == {"dry_run": True, "inbox_bodies": 1, "carrier_bodies": 0, "orders": 0,
+                       "label_pdfs": 0, "idempotency_keys": 1, "login_attempts": 0}  # fmt: skip
     assert removed == {**counted, "dry_run": False}
     assert again == {**removed, "inbox_bodies": 0, "idempotency_keys": 0}
 

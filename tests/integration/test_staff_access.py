@@ -28,7 +28,7 @@ from core.settings import get_settings
 from db.models import ApiToken, AuditEntry, OrderEvent
 from db.session import get_sessionmaker
 from domain.states import OrderState
-from orders.users import Role, revoke_token
+from orders.users import Role, create_token, revoke_token
 from tests.support.shop import Shop
 from tests.support.staff import PASSWORD, bearer, login, new_user, staff_token
 from web.app import create_app
@@ -218,6 +218,52 @@ def test_a_viewer_sees_no_action_buttons_an_operator_does(staffed: Staffed) -> N
     assert f'action="/api/orders/{staffed.order_id}/retry"' in operator.text
 
 
+def test_ship_some_lines_from_the_page_and_the_api_once_per_request(staffed: Staffed) -> None:
+    from db.models import Label, Shipment, ShipmentLine
+
+    client = TestClient(staffed.app, base_url=BASE)
+    order_id = staffed.shop.order(OrderState.READY_TO_SHIP, lines={"SKU-A": 3, "SKU-B": 1})
+    with staffed.maker() as session, session.begin():
+        shipment = Shipment(order_id=order_id, carrier="ups", status="labelled",
+                            tracking_number="1ZPAGE")  # fmt: skip
+        shipment.lines = [ShipmentLine(line_external_id="0", quantity=3),
+                          ShipmentLine(line_external_id="1", quantity=1)]  # fmt: skip
+        session.add(shipment)
+        session.flush()
+        session.add(Label(shipment_id=shipment.id, carrier="ups", tracking_number="1ZPAGE",
+                          external_id="se-1", idempotency_key=f"label:{order_id}",
+                          pdf=b"%PDF-"))  # fmt: skip
+    operator = bearer(staff_token(staffed.maker, "operator"))
+    page = client.get(f"/orders/{order_id}", headers=operator).text
+    assert 'class="action ship-lines"' in page and 'name="line:0"' in page
+    assert 'max="3"' in page and 'name="idempotency_key"' in page
+    viewer = client.get(f"/orders/{order_id}", headers=bearer(staff_token(staffed.maker, "viewer")))
+    assert "ship-lines" not in viewer.text
+
+    url = f"/api/orders/{order_id}/ship"
+    both = client.post(url, json={"shipments": [1], "lines": {"0": 1}}, headers=operator)
+    too_many = client.post(url, json={"lines": {"SKU-A": 4}}, headers=operator)
+    key = {**operator, "Idempotency-Key": "form-abc"}
+    first = client.post(url, json={"lines": {"SKU-A": 2}}, headers=key)
+    again = client.post(url, json={"lines": {"SKU-A": 2}}, headers=key)
+
+    assert (both.status_code, too_many.status_code) == (422, 409)
+    assert "more units than wait to ship" in too_many.json()["detail"]
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert (first.json()["new"], again.json()["new"]) == (True, False)
+    assert first.json()["shipments"] == again.json()["shipments"]
+    with staffed.maker() as session:
+        rows = session.scalars(select(Shipment).where(Shipment.order_id == order_id)).all()
+        audit = session.scalars(select(AuditEntry).where(AuditEntry.action == "ship")).all()
+        asked = session.scalars(select(OrderEvent).where(
+            OrderEvent.order_id == order_id, OrderEvent.kind == "ship_lines_requested")).all()
+    assert sorted(r.status for r in rows) == ["pending", "pending", "voided"]
+    assert [a.actor for a in audit] == [asked[0].actor] and len(asked) == 1
+    assert asked[0].actor.endswith("(token tests)") and asked[0].detail["lines"] == {"0": 2}
+    # the page now offers only what nobody asked for yet
+    assert 'max="1"' in client.get(f"/orders/{order_id}", headers=operator).text
+
+
 def test_a_revoked_token_and_a_disabled_users_token_are_refused(staffed: Staffed) -> None:
     client = TestClient(staffed.app, base_url=BASE)
     token = staff_token(staffed.maker, "operator")
@@ -229,6 +275,57 @@ def test_a_revoked_token_and_a_disabled_users_token_are_refused(staffed: Staffed
     assert client.get("/api/summary", headers=bearer(token)).status_code == 401
     assert client.get("/api/summary", headers=bearer("os_nope_nothing")).status_code == 401
     assert client.get("/api/summary", headers=bearer(token + "x")).status_code == 401
+
+
+def test_a_tokens_use_is_one_audit_row_per_token_per_minute_naming_it_and_its_user(
+    staffed: Staffed,
+) -> None:
+    import datetime as dt
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import update
+
+    client = TestClient(staffed.app, base_url=BASE)
+    name = new_user(staffed.maker, "operator", name="lin")
+    with staffed.maker() as session, session.begin():
+        made, token = create_token(session, name, "nightly-export", None, actor="admin")
+        session.flush()
+        token_id = made.id
+
+    def used() -> list[AuditEntry]:
+        with staffed.maker() as session:
+            return list(session.scalars(
+                select(AuditEntry).where(AuditEntry.action == "token.used")
+                .order_by(AuditEntry.id)))  # fmt: skip
+
+    # ten requests at once, within the minute: one row, for the first of them
+    with ThreadPoolExecutor(10) as pool:
+        codes = list(pool.map(lambda _: client.get("/api/orders", headers=bearer(token))
+                              .status_code, range(10)))  # fmt: skip
+    assert codes == [200] * 10
+    (row,) = used()
+    assert (row.actor, row.target) == ("lin (token nightly-export)", "lin/nightly-export")
+    assert row.detail == {"token_id": token_id, "token": "nightly-export", "user": "lin",
+                          "request": "GET /api/orders"}  # fmt: skip
+
+    # a minute later (its last use moved back): the next request is a row of its own
+    with staffed.maker() as session, session.begin():
+        session.execute(update(ApiToken).where(ApiToken.id == token_id).values(
+            last_used_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=61)))  # fmt: skip
+    client.post(f"/api/orders/{staffed.order_id}/retry", headers=bearer(token))
+    assert [r.detail["request"] for r in used()] == [
+        "GET /api/orders", f"POST /api/orders/{staffed.order_id}/retry"]  # fmt: skip
+
+    # a logged-in browser, a wrong or revoked token: no token use recorded
+    login(client, name)
+    client.get("/api/orders")
+    client.get("/api/orders", headers=bearer(token + "x"))
+    with staffed.maker() as session, session.begin():
+        revoke_token(session, token_id, actor="admin")
+        session.execute(update(ApiToken).where(ApiToken.id == token_id).values(
+            last_used_at=None))  # fmt: skip
+    assert client.get("/api/orders", headers=bearer(token)).status_code == 401
+    assert len(used()) == 2
 
 
 def test_the_session_cookie_is_http_only_same_site_lax_and_secure_behind_tls(

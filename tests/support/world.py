@@ -78,6 +78,15 @@ class World:
                                        webhook_secret=SECRET))  # fmt: skip
         return name
 
+    def webhook_only_account(self) -> str:
+        """A Shopify account with a webhook secret only: no credentials, no API URL (it can
+        take no push)."""
+        name = f"hooks-{uuid.uuid4().hex[:8]}"
+        with self.maker() as session, session.begin():
+            session.add(ChannelAccount(name=name, channel="shopify", shop=f"{name}.example",
+                                       webhook_secret=SECRET))  # fmt: skip
+        return name
+
     def post(self, shop: str, order: dict[str, Any], topic: str = "orders/updated") -> None:
         """Shopify sends the order's webhook; an order new to the sandbox shop is put there
         first, with the payment transactions its ``financial_status`` implies."""
@@ -208,6 +217,8 @@ def running_world(
         "ORDERSYNC_PAYMENTS_API_KEY": sandbox_payments.SANDBOX_API_KEY,
         "ORDERSYNC_CARRIER_URL": f"{sandbox.url}/carrier",
         "ORDERSYNC_CARRIER_API_KEY": sandbox_carrier.SANDBOX_API_KEY,
+        # the public keys the sandbox carrier signs its tracking webhooks with (its JWKS)
+        "ORDERSYNC_CARRIER_WEBHOOK_KEYS": json.dumps(sandbox.carrier.jwks()),
         "ORDERSYNC_RETRY_BACKOFF_BASE_S": "0.2",
         "ORDERSYNC_RETRY_BACKOFF_MAX_S": "2",
         **(extra_env or {}),

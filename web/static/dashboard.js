@@ -30,6 +30,14 @@ document.addEventListener("submit", async (event) => {
       delete fields.csrf_token; // sent as the header
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(fields);
+    } else if (form.dataset.lines) { // Ship some lines: {"lines": {line: units}}, one key
+      const lines = {};
+      for (const [name, value] of new FormData(form)) {
+        if (name.startsWith("line:") && Number(value) > 0) lines[name.slice(5)] = Number(value);
+      }
+      init.headers["Content-Type"] = "application/json";
+      init.headers["Idempotency-Key"] = form.elements.idempotency_key.value;
+      init.body = JSON.stringify({ lines });
     } else if (form.dataset.shipments) { // Ship this parcel: {"shipments": [id]}
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify({ shipments: [Number(form.dataset.shipments)] });

@@ -11,6 +11,7 @@ from sqlalchemy.orm import undefer
 
 from db.base import utcnow
 from db.models import (
+    CarrierEvent,
     ChannelAccount,
     IdempotencyKey,
     InboxEvent,
@@ -91,6 +92,11 @@ def test_personal_data_past_retention_goes_and_what_the_invariants_need_stays(sh
     _inbox(shop, "old-failed", InboxStatus.FAILED, OLD)
     _inbox(shop, "old-unprocessed", InboxStatus.RECEIVED, OLD)  # the sweeper still needs it
     _inbox(shop, "recent", InboxStatus.PROCESSED, RECENT)
+    with shop.transaction() as session:  # the carrier's tracking webhooks: old, unapplied, new
+        for key, status, when in (("c-old", "processed", OLD), ("c-waiting", "received", OLD),
+                                  ("c-new", "processed", RECENT)):
+            session.add(CarrierEvent(carrier="shipengine", dedupe_key=key, body=b'{"signer": 1}',
+                                     status=status, attempts=0, received_at=when))  # fmt: skip
     _key(shop, "capture:1", "finished", OLD)
     _key(shop, "refund:2", "rejected", OLD)
     _key(shop, "label:3", "label_requested", OLD)  # unfinished: the sweeper resolves it
@@ -105,10 +111,12 @@ def test_personal_data_past_retention_goes_and_what_the_invariants_need_stays(sh
     again = _purge(shop)
 
     # then the dry run counted exactly what went, and a second purge finds nothing left
-    expected = {"inbox_bodies": 2, "orders": 2, "label_pdfs": 1, "idempotency_keys": 2,
-                "login_attempts": 1}  # fmt: skip
+    expected = {"inbox_bodies": 2, "carrier_bodies": 1, "orders": 2, "label_pdfs": 1,
+                "idempotency_keys": 2, "login_attempts": 1}  # fmt: skip
     assert counted == removed == expected
     assert again == dict.fromkeys(expected, 0)
+    assert sorted((e.dedupe_key, e.body) for e in shop.rows(CarrierEvent)) == [
+        ("c-new", b'{"signer": 1}'), ("c-old", b""), ("c-waiting", b'{"signer": 1}')]  # fmt: skip
 
     done = shop.get(shipped)
     with shop.maker() as session:

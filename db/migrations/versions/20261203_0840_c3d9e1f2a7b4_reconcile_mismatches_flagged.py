@@ -4,7 +4,7 @@ A full sync compares every order it sees with ours; what it cannot repair safely
 staff: ``sync_runs.mismatches_flagged`` and the night's total ``reconcile_reports.flagged``.
 
 Revision ID: c3d9e1f2a7b4
-Revises: 7d6c614e86da
+Revises: c4e8a1d2f5b7
 Create Date: 2026-12-03 08:15:00.000000+00:00
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "c3d9e1f2a7b4"
-down_revision: str | None = "7d6c614e86da"
+down_revision: str | None = "c4e8a1d2f5b7"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
