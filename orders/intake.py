@@ -41,6 +41,8 @@ class IntakeResult:
     refunded: tuple[int, ...] = ()
     #: the delivery said the order changed without carrying it: fetch this external id
     refetch: str | None = None
+    #: an edit set shipments aside: void their labels and label the new ones (``orders.edits``)
+    relabel: bool = False
 
 
 def _order_values(order: CanonicalOrder) -> dict[str, Any]:
@@ -205,7 +207,9 @@ def _apply_order(
     key = (Order.channel_account_id == account_id) & (Order.external_id == order.external_id)
     from orders import edits
 
-    known = session.execute(select(Order.id, Order.total).where(key)).one()
+    known = session.execute(
+        select(Order.id, Order.total, Order.shipping_address).where(key)
+    ).one()
     before = edits.snapshot(session, known.id)
     row = session.execute(
         update(Order)
@@ -218,6 +222,7 @@ def _apply_order(
         return IntakeResult(current.id, IntakeOutcome.STALE, OrderState(current.state))
 
     order_id, state = row.id, OrderState(row.state)
+    relabel = False
     _replace_lines(session, order_id, order)
     record_event(
         session,
@@ -230,8 +235,12 @@ def _apply_order(
         # lines or money changed on the marketplace: stock, documents, or a person (one
         # transaction with the new lines)
         diff = edits.diff_lines(before, edits.snapshot(session, order_id))
-        edits.apply_edit(session, order_id, diff, actor=actor,
-                         money_changed=known.total != order.total)  # fmt: skip
+        address = values["shipping_address"]  # a body without one moves no parcel
+        relabel = edits.apply_edit(
+            session, order_id, diff, actor=actor, money_changed=known.total != order.total,
+            address_changed=bool(known.shipping_address and address)
+            and known.shipping_address != address,
+        )  # fmt: skip
         state = OrderState(
             session.execute(select(Order.state).where(Order.id == order_id)).scalar_one()
         )
@@ -251,4 +260,4 @@ def _apply_order(
             reason="cancelled on the marketplace",
         )
         return IntakeResult(order_id, IntakeOutcome.UPDATED, OrderState.CANCELLED, True)
-    return IntakeResult(order_id, IntakeOutcome.UPDATED, state)
+    return IntakeResult(order_id, IntakeOutcome.UPDATED, state, relabel=relabel)
