@@ -313,7 +313,7 @@ def apply_edit(
         return False
     order = session.get_one(Order, order_id, with_for_update=True, populate_existing=True)
     state = OrderState(order.state)
-    extra = {"address_changed": True} if address_changed else {}
+    extra: dict[str, Any] = {"address_changed": True} if address_changed else {}
     record_event(session, order_id, actor=actor, kind="edited", state=state.value,
                  **diff.detail(), **extra)  # fmt: skip
     if state in _SHIPPED:
