@@ -17,7 +17,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.base import table, utcnow
-from db.models import Order, OrderEvent, OrderLine
+from db.models import ChannelAccount, Order, OrderEvent, OrderLine
 from db.session import core, per_dialect
 from domain.canonical import CanonicalOrder
 from domain.states import OrderState, can_transition
@@ -157,14 +157,24 @@ def apply_order(
 ) -> IntakeResult:
     """Create the order, update it if this data is newer, or leave it if this data is stale;
     then record the refunds it carries that are new (even from stale data: a refund is a fact
-    of its own, recorded once by its id)."""
+    of its own, recorded once by its id). A new refund the body gives without its lines
+    (``itemized`` False: WooCommerce's summaries) is not recorded from it: the order is
+    fetched whole (``refetch``), its refunds with their lines; an account we cannot ask (no
+    credentials: webhooks only) records it as its amount."""
     result = _apply_order(session, account_id, order, actor=actor)
     if not order.refunds:
         return result
-    from orders.returns import record_marketplace_refunds
+    from orders.returns import record_marketplace_refunds, unrecorded
 
+    refunds = list(order.refunds)
+    partial = [r for r in refunds if not r.itemized]
+    if partial and unrecorded(session, account_id, partial):
+        account = session.get_one(ChannelAccount, account_id)
+        if account.credentials:  # the marketplace can be asked: its lines come with a fetch
+            refunds = [r for r in refunds if r.itemized]
+            result = replace(result, refetch=order.external_id)
     row = session.get_one(Order, result.order_id, with_for_update=True)
-    new = record_marketplace_refunds(session, row, order.refunds, actor=actor)
+    new = record_marketplace_refunds(session, row, refunds, actor=actor)
     return replace(result, refunded=tuple(new)) if new else result
 
 
