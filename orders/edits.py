@@ -220,6 +220,23 @@ def _current_lines(session: Session, order_id: int) -> dict[str, int]:
     return {str(line): int(qty) for line, qty in rows}
 
 
+def _set_lines(shipment: Shipment, plan: Mapping[str, int]) -> None:
+    """A pending shipment's lines as ``plan`` says, changed in place (one row per line: a row
+    deleted and its line inserted again in one flush would meet the unique constraint); with
+    no line left it is set aside."""
+    for row in list(shipment.lines):
+        if row.line_external_id in plan:
+            row.quantity = plan[row.line_external_id]
+        else:
+            shipment.lines.remove(row)
+    have = {row.line_external_id for row in shipment.lines}
+    for line, qty in sorted(plan.items()):
+        if line not in have:
+            shipment.lines.append(ShipmentLine(line_external_id=line, quantity=qty))
+    if not plan:
+        shipment.status = "voided"
+
+
 def relabel(
     session: Session, order_id: int, diff: LineDiff, *, address_changed: bool, actor: str
 ) -> bool:
@@ -272,8 +289,7 @@ def relabel(
         was = {ln.line_external_id: ln.quantity for ln in shipment.lines}
         if shipment.status == "pending":
             if plan != was:
-                shipment.lines = [ShipmentLine(line_external_id=line, quantity=qty)
-                                  for line, qty in sorted(plan.items())]  # fmt: skip
+                _set_lines(shipment, plan)
                 changed = True
             continue
         if plan == was and not address_changed:

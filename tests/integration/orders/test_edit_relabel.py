@@ -133,3 +133,27 @@ def test_an_edit_that_moves_no_parcel_voids_nothing(shop: Shop) -> None:
     assert carrier.voided == [] and len(carrier.bought) == 1
     assert shop.events(order_id, "relabelled") == []
     assert shop.events(order_id, "edited")  # the edit itself is on the timeline
+
+
+def test_a_shipment_not_labelled_yet_takes_the_edited_lines_in_place(shop: Shop) -> None:
+    # given an order paid, its shipment made but its label not bought yet (A x1, B x2)
+    _stock(shop, A=5, B=5)
+    order_id = _documented(shop, _order({"1": ("A", 1), "2": ("B", 2)}))
+    with shop.transaction() as session:
+        shipment = Shipment(order_id=order_id, carrier="", status="pending")
+        shipment.lines = [ShipmentLine(line_external_id="1", quantity=1),
+                          ShipmentLine(line_external_id="2", quantity=2)]  # fmt: skip
+        session.add(shipment)
+        session.flush()
+        shipment_id = shipment.id
+
+    # when B goes to 3 and A is removed
+    result = _edit(shop, _order({"2": ("B", 3)}, minutes=5))
+
+    # then the same shipment carries the lines as they are now: nothing to void or re-buy
+    assert not result.relabel
+    (same,) = shop.rows(Shipment, order_id=order_id)
+    assert (same.id, same.status) == (shipment_id, "pending")
+    assert _lines(shop, shipment_id) == {"2": 3}
+    (moved,) = shop.events(order_id, "relabelled")
+    assert moved.detail == {"reason": "lines changed", "voided": [], "new_shipments": []}
