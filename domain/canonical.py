@@ -172,6 +172,9 @@ class CanonicalRefund(_Canonical):
     amount: MoneyField
     currency: str | None = None
     created_at: UTCTimestamp | None = None
+    #: False: the order's body gave only the refund's id and amount (WooCommerce's refund
+    #: summaries), not its lines: intake fetches it whole before recording it
+    itemized: bool = True
 
 
 class CanonicalOrder(_Canonical):

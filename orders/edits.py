@@ -12,10 +12,13 @@ one transaction: the diff goes on the timeline (``edited``), and by the order's 
   ``on_hold`` for that stock like any order (stock arriving resumes it);
 - invoiced: a finalised invoice is never changed: a credit note for what is left of the
   invoice in force and a new invoice with the next number, of the order as it is now;
+- labelled: a shipment that has not left and whose address or lines (its parcel's weight)
+  the edit changed is set aside (``voided``) and a new one of its lines as they are now takes
+  its place (``relabel``); the caller voids the old label at the carrier and buys the new one
+  after commit (``orders.fulfilment.void_labels``, ``buy_label``: the new shipment's label key
+  is ``label:{order}:s{shipment}``, never the old one's). A shipment not labelled yet gets its
+  new lines in place (its label is bought with the address as it is then);
 - shipped: ``needs_attention`` (``edited_after_shipping``): a parcel that left cannot change.
-
-A label bought before an edit that changes the address or the parcel is not voided here yet
-(issue 11's last part, with the shipments of issue 12): the edit is on the timeline.
 """
 
 from __future__ import annotations
@@ -29,19 +32,29 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.models import Order, OrderLine, Payment, StockItem, StockReservation
+from db.models import (
+    Order,
+    OrderLine,
+    Payment,
+    Shipment,
+    ShipmentLine,
+    StockItem,
+    StockReservation,
+)
 from domain.states import OrderState
 from orders.intake import record_event
 from orders.stock import mark_dirty
 from orders.transitions import transition
 
-__all__ = ["LineDiff", "apply_edit", "diff_lines", "snapshot"]
+__all__ = ["LineDiff", "apply_edit", "diff_lines", "relabel", "snapshot"]
 
 S = OrderState
 HELD = "held"
 #: states in which the order holds stock for its lines
 _HOLDING = frozenset({S.RESERVED, S.PAID, S.DOCUMENTED, S.READY_TO_SHIP})
 _SHIPPED = frozenset({S.SHIPPED, S.DELIVERED})
+#: states whose shipments that have not left follow an edit (a cancelled order's are voided)
+_PARCELS_FOLLOW = frozenset(OrderState) - _SHIPPED - {S.CANCELLED}
 
 Snapshot = dict[str, tuple[str | None, int, Decimal]]  # line id → (sku, quantity, line total)
 
@@ -200,23 +213,136 @@ def _reinvoice(session: Session, order: Order, actor: str) -> list[str]:
     return numbers
 
 
+def _current_lines(session: Session, order_id: int) -> dict[str, int]:
+    rows = session.execute(
+        select(OrderLine.external_id, OrderLine.quantity).where(OrderLine.order_id == order_id)
+    ).all()
+    return {str(line): int(qty) for line, qty in rows}
+
+
+def _set_lines(shipment: Shipment, plan: Mapping[str, int]) -> None:
+    """A pending shipment's lines as ``plan`` says, changed in place (one row per line: a row
+    deleted and its line inserted again in one flush would meet the unique constraint); with
+    no line left it is set aside."""
+    for row in list(shipment.lines):
+        if row.line_external_id in plan:
+            row.quantity = plan[row.line_external_id]
+        else:
+            shipment.lines.remove(row)
+    have = {row.line_external_id for row in shipment.lines}
+    for line, qty in sorted(plan.items()):
+        if line not in have:
+            shipment.lines.append(ShipmentLine(line_external_id=line, quantity=qty))
+    if not plan:
+        shipment.status = "voided"
+
+
+def relabel(
+    session: Session, order_id: int, diff: LineDiff, *, address_changed: bool, actor: str
+) -> bool:
+    """The order's shipments that have not left, after an edit (the order row locked): those
+    whose address or lines changed are made again with the order's lines as they are now. A
+    labelled one is set aside (``voided``: its label is voided after commit) and a pending
+    shipment of its new lines takes its place; a pending one gets its new lines in place.
+    Lines the edit added go with the first shipment that changes (else the first open one).
+    Returns whether labels are to be voided or bought after commit; on the timeline
+    (``relabelled``) with the tracking numbers set aside and the new shipments."""
+    shipments = session.scalars(
+        select(Shipment)
+        .where(Shipment.order_id == order_id, Shipment.status != "voided")
+        .order_by(Shipment.id)
+    ).all()
+    open_ = [s for s in shipments if s.status in ("pending", "labelled")]
+    if not open_:  # not labelled yet (buy_label uses the lines as they are) or all gone
+        return False
+    touched = set(diff.removed) | set(diff.changed)
+    if address_changed:
+        affected = list(open_)
+    else:
+        affected = [s for s in open_ if any(ln.line_external_id in touched for ln in s.lines)]
+        if not affected and diff.added:
+            affected = [open_[0]]
+    if not affected:
+        return False
+    # what the shipments that stay (left, or untouched) carry; the rest is the affected ones'
+    left = _current_lines(session, order_id)
+    for shipment in shipments:
+        if shipment not in affected:
+            for ln in shipment.lines:
+                left[ln.line_external_id] = left.get(ln.line_external_id, 0) - ln.quantity
+    plans: list[dict[str, int]] = []
+    for shipment in affected:
+        plan: dict[str, int] = {}
+        for ln in shipment.lines:
+            take = min(ln.quantity, max(0, left.get(ln.line_external_id, 0)))
+            if take:
+                plan[ln.line_external_id] = take
+                left[ln.line_external_id] -= take
+        plans.append(plan)
+    for line, qty in sorted(left.items()):  # added lines, raised quantities: the first one
+        if qty > 0:
+            plans[0][line] = plans[0].get(line, 0) + qty
+    set_aside: list[str] = []
+    made: list[int] = []
+    changed = False
+    for shipment, plan in zip(affected, plans, strict=True):
+        was = {ln.line_external_id: ln.quantity for ln in shipment.lines}
+        if shipment.status == "pending":
+            if plan != was:
+                _set_lines(shipment, plan)
+                changed = True
+            continue
+        if plan == was and not address_changed:
+            continue
+        shipment.status = "voided"
+        set_aside.append(shipment.tracking_number or "")
+        if plan:
+            again = Shipment(order_id=order_id, carrier="", status="pending",
+                             location=shipment.location)  # fmt: skip
+            again.lines = [ShipmentLine(line_external_id=line, quantity=qty)
+                           for line, qty in sorted(plan.items())]  # fmt: skip
+            session.add(again)
+            session.flush()
+            made.append(again.id)
+    if not set_aside and not changed:
+        return False
+    reason = "address changed" if address_changed else "lines changed"
+    record_event(session, order_id, actor=actor, kind="relabelled", reason=reason,
+                 voided=set_aside, new_shipments=made)  # fmt: skip
+    return bool(set_aside or made)
+
+
 def apply_edit(
-    session: Session, order_id: int, diff: LineDiff, *, actor: str, money_changed: bool
-) -> None:
+    session: Session,
+    order_id: int,
+    diff: LineDiff,
+    *,
+    actor: str,
+    money_changed: bool,
+    address_changed: bool = False,
+) -> bool:
     """The edit's effects, in the intake transaction that wrote the new lines (see the module
-    docstring). ``money_changed``: the order's totals moved (an edit may change only them)."""
-    if not diff and not money_changed:
-        return
+    docstring). ``money_changed``: the order's totals moved (an edit may change only them);
+    ``address_changed``: the shipping address did. Returns whether labels are to be voided
+    and bought after commit (``relabel``)."""
+    if not diff and not money_changed and not address_changed:
+        return False
     order = session.get_one(Order, order_id, with_for_update=True, populate_existing=True)
     state = OrderState(order.state)
+    extra: dict[str, Any] = {"address_changed": True} if address_changed else {}
     record_event(session, order_id, actor=actor, kind="edited", state=state.value,
-                 **diff.detail())  # fmt: skip
+                 **diff.detail(), **extra)  # fmt: skip
     if state in _SHIPPED:
         transition(session, order, S.NEEDS_ATTENTION, actor=actor, step="edited_after_shipping",
                    error="edited on the marketplace after it shipped")  # fmt: skip
         order.failed_step = "edited_after_shipping"
         order.last_error = "edited on the marketplace after it shipped: settle it with the buyer"
-        return
+        return False
+    relabelled = state in _PARCELS_FOLLOW and relabel(
+        session, order_id, diff, address_changed=address_changed, actor=actor
+    )
+    if not diff and not money_changed:  # the address alone: no stock, no documents
+        return relabelled
     if money_changed:
         _follow_collection(session, order, actor)
     if state in _HOLDING and diff:
@@ -227,3 +353,4 @@ def apply_edit(
             record_event(session, order_id, actor=actor, kind="reservation_changed",
                          changes=changes)  # fmt: skip
     _reinvoice(session, order, actor)
+    return relabelled

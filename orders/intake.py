@@ -19,7 +19,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.base import table, utcnow
-from db.models import Order, OrderEvent, OrderLine
+from db.models import ChannelAccount, Order, OrderEvent, OrderLine
 from db.session import core, per_dialect
 from domain.canonical import CanonicalOrder
 from domain.states import OrderState, can_transition
@@ -43,6 +43,8 @@ class IntakeResult:
     refunded: tuple[int, ...] = ()
     #: the delivery said the order changed without carrying it: fetch this external id
     refetch: str | None = None
+    #: an edit set shipments aside: void their labels and label the new ones (``orders.edits``)
+    relabel: bool = False
 
 
 def _order_values(order: CanonicalOrder) -> dict[str, Any]:
@@ -199,14 +201,24 @@ def apply_order(
 ) -> IntakeResult:
     """Create the order, update it if this data is newer, or leave it if this data is stale;
     then record the refunds it carries that are new (even from stale data: a refund is a fact
-    of its own, recorded once by its id)."""
+    of its own, recorded once by its id). A new refund the body gives without its lines
+    (``itemized`` False: WooCommerce's summaries) is not recorded from it: the order is
+    fetched whole (``refetch``), its refunds with their lines; an account we cannot ask (no
+    credentials: webhooks only) records it as its amount."""
     result = _apply_order(session, account_id, order, actor=actor)
     if not order.refunds:
         return result
-    from orders.returns import record_marketplace_refunds
+    from orders.returns import record_marketplace_refunds, unrecorded
 
+    refunds = list(order.refunds)
+    partial = [r for r in refunds if not r.itemized]
+    if partial and unrecorded(session, account_id, partial):
+        account = session.get_one(ChannelAccount, account_id)
+        if account.credentials:  # the marketplace can be asked: its lines come with a fetch
+            refunds = [r for r in refunds if r.itemized]
+            result = replace(result, refetch=order.external_id)
     row = session.get_one(Order, result.order_id, with_for_update=True)
-    new = record_marketplace_refunds(session, row, order.refunds, actor=actor)
+    new = record_marketplace_refunds(session, row, refunds, actor=actor)
     return replace(result, refunded=tuple(new)) if new else result
 
 
@@ -228,7 +240,9 @@ def _apply_order(
     key = (Order.channel_account_id == account_id) & (Order.external_id == order.external_id)
     from orders import edits
 
-    known = session.execute(select(Order.id, Order.total).where(key)).one()
+    known = session.execute(
+        select(Order.id, Order.total, Order.shipping_address).where(key)
+    ).one()
     before = edits.snapshot(session, known.id)
     row = session.execute(
         update(Order)
@@ -241,6 +255,7 @@ def _apply_order(
         return IntakeResult(current.id, IntakeOutcome.STALE, OrderState(current.state))
 
     order_id, state = row.id, OrderState(row.state)
+    relabel = False
     _replace_lines(session, order_id, order)
     record_event(
         session,
@@ -253,8 +268,12 @@ def _apply_order(
         # lines or money changed on the marketplace: stock, documents, or a person (one
         # transaction with the new lines)
         diff = edits.diff_lines(before, edits.snapshot(session, order_id))
-        edits.apply_edit(session, order_id, diff, actor=actor,
-                         money_changed=known.total != order.total)  # fmt: skip
+        address = values["shipping_address"]  # a body without one moves no parcel
+        relabel = edits.apply_edit(
+            session, order_id, diff, actor=actor, money_changed=known.total != order.total,
+            address_changed=bool(known.shipping_address and address)
+            and known.shipping_address != address,
+        )  # fmt: skip
         state = OrderState(
             session.execute(select(Order.state).where(Order.id == order_id)).scalar_one()
         )
@@ -274,7 +293,7 @@ def _apply_order(
             reason="cancelled on the marketplace",
         )
         return IntakeResult(order_id, IntakeOutcome.UPDATED, OrderState.CANCELLED, True)
-    return IntakeResult(order_id, IntakeOutcome.UPDATED, state)
+    return IntakeResult(order_id, IntakeOutcome.UPDATED, state, relabel=relabel)
 
 
 def apply_page(

@@ -24,13 +24,24 @@ from domain.canonical import CanonicalRefund
 from orders.intake import record_event
 from orders.stock import mark_dirty
 
-__all__ = ["key_of", "record_marketplace_refunds", "refunded_total", "restock"]
+__all__ = ["key_of", "record_marketplace_refunds", "refunded_total", "restock", "unrecorded"]
 
 HELD = "held"
 
 
 def key_of(account_id: int, refund_id: str) -> str:
     return f"marketplace-refund:{account_id}:{refund_id}"
+
+
+def unrecorded(
+    session: Session, account_id: int, refunds: Sequence[CanonicalRefund]
+) -> list[CanonicalRefund]:
+    """The refunds of the account not recorded yet (by their marketplace id)."""
+    keys = {key_of(account_id, r.external_id): r for r in refunds}
+    known = set(
+        session.scalars(select(Refund.idempotency_key).where(Refund.idempotency_key.in_(keys)))
+    )
+    return [r for key, r in keys.items() if key not in known]
 
 
 def restock(session: Session, order_id: int, sku: str, quantity: int) -> str | None:

@@ -286,6 +286,21 @@ def _wait_for_credit_notes(account_ids: list[int], deadline: float, group: Proce
         time.sleep(0.25)
 
 
+def _past_the_last_update(sandbox: Sandbox, limit_s: float = 10.0) -> None:
+    """The simulated Shopify stamps whole seconds and makes each update of an order a second
+    newer than its last, so an order edited and refunded within a second is stamped ahead of
+    the clock; the nightly full sync reads up to now (an order stamped later is the next
+    poll's): wait, a few seconds at most, until the clock has passed every stamp."""
+    orders = list(sandbox.shopify.orders.values())
+    stamps = [dt.datetime.fromisoformat(o["updated_at"]) for o in orders]
+    if not stamps:
+        return
+    ready_at = max(stamps) + dt.timedelta(seconds=1)
+    deadline = time.monotonic() + limit_s
+    while dt.datetime.now(dt.UTC) < ready_at and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def _demo_skus(sandbox: Sandbox) -> set[str]:
     from sandbox import woocommerce
 
@@ -774,6 +789,7 @@ def run_demo(
             statuses += _send_all(base_url, after, lambda: None)
             plan.deliveries += after.deliveries
             _wait_for_credit_notes(account_ids, deadline, group)
+            _past_the_last_update(sandbox)
             # the nightly full sync, on what the webhooks and polls brought in
             reconciled = _reconcile(err, timeout_s=RECONCILE_TIMEOUT_S)
             acted = _ship_and_cancel(base_url, account_ids, rng, run)

@@ -72,8 +72,10 @@ LOCATION_GID = "gid://shopify/Location/655441491"
 LOCATION_2_GID = "gid://shopify/Location/655441492"
 
 # Shopify's static cost analysis, as the client's estimates assume it: object 1, connection
-# 2 + first x node. ORDER_BASE: Order + five money bags x 2 + customer + shipping address.
-ORDER_BASE, LINE_COST, MUTATION_COST = 13, 9, 10
+# 2 + first x node. ORDER_BASE: Order + six money bags x 2 + customer + shipping address.
+ORDER_BASE, LINE_COST, MUTATION_COST = 15, 9, 10
+# OrderRefunds: refunds(first: n) x (refund 3 + line items 2 + first x 6 + shipping 12 + 17)
+REFUND_COST, REFUND_LINE_COST = 34, 6
 
 _OP_NAME = re.compile(r"\b(?:query|mutation)\s+([A-Za-z_]\w*)")
 
@@ -164,6 +166,7 @@ def graphql_order(order: dict[str, Any]) -> dict[str, Any]:
         "totalTaxSet": bag(order.get("total_tax") or "0"),
         "totalDiscountsSet": bag(order.get("total_discounts") or "0"),
         "totalShippingPriceSet": bag(shipping),
+        "totalRefundedSet": bag(_refunded(order.get("refunds") or [])),
         "customer": None
         if not customer
         else {"firstName": customer.get("first_name"), "lastName": customer.get("last_name")},
@@ -184,6 +187,69 @@ def graphql_order(order: dict[str, Any]) -> dict[str, Any]:
             "phone": addr.get("phone"),
         },
         "lineItems": {"nodes": lines, "pageInfo": {"hasNextPage": False, "endCursor": None}},
+    }
+
+
+def _refunded(refunds: list[dict[str, Any]]) -> Decimal:
+    """The money the REST refunds gave back (their refund transactions)."""
+    return sum(
+        (
+            Decimal(str(t["amount"]))
+            for r in refunds
+            for t in r.get("transactions") or []
+            if t.get("kind") == "refund"
+        ),
+        Decimal(0),
+    )
+
+
+def graphql_refund(refund: dict[str, Any], currency: str) -> dict[str, Any]:
+    """A REST refund as the GraphQL ``Refund`` the connector's ``OrderRefunds`` selects."""
+
+    def bag(amount: Any) -> dict[str, Any]:
+        return {"shopMoney": {"amount": _gql_amount(amount), "currencyCode": currency}}
+
+    def total(set_: Any, plain: Any) -> Any:
+        return ((set_ or {}).get("shop_money") or {}).get("amount", plain)
+
+    transactions = refund.get("transactions") or []
+    return {
+        "id": refund.get("admin_graphql_api_id") or f"gid://shopify/Refund/{refund['id']}",
+        "legacyResourceId": str(refund["id"]),
+        "createdAt": _gql_time(refund.get("created_at")),
+        "totalRefundedSet": bag(_refunded([refund])),
+        "refundLineItems": {
+            "nodes": [
+                {
+                    "lineItem": {"id": f"gid://shopify/LineItem/{item['line_item_id']}"},
+                    "quantity": item["quantity"],
+                    "restockType": str(item.get("restock_type") or "no_restock").upper(),
+                    "subtotalSet": bag(total(item.get("subtotal_set"), item.get("subtotal"))),
+                    "totalTaxSet": bag(total(item.get("total_tax_set"), item.get("total_tax"))),
+                }
+                for item in refund.get("refund_line_items") or []
+            ],
+            "pageInfo": {"hasNextPage": False, "endCursor": None},
+        },
+        "refundShippingLines": {
+            "nodes": [
+                {
+                    "subtotalAmountSet": bag(total(line.get("subtotal_amount_set"), 0)),
+                    "taxAmountSet": bag(total(line.get("tax_amount_set"), 0)),
+                }
+                for line in refund.get("refund_shipping_lines") or []
+            ]
+        },
+        "transactions": {
+            "nodes": [
+                {
+                    "kind": str(t.get("kind") or "").upper(),
+                    "status": str(t.get("status") or "").upper(),
+                    "amountSet": bag(t["amount"]),
+                }
+                for t in transactions
+            ]
+        },
     }
 
 
@@ -1163,6 +1229,22 @@ class ShopifySimulator:
         lines = min(first, len(order["line_items"]))
         return {"order": self._order_node(order, first, None)}, ORDER_BASE + 2 + LINE_COST * lines
 
+    def _order_refunds(self, query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        """The first ``refundsFirst`` refunds (Shopify lists them unpaginated), each with up to
+        ``refundLinesFirst`` line items."""
+        order = self._lookup(variables["id"])
+        if order is None:
+            return {"order": None}, 1
+        first, lines_first = int(variables["refundsFirst"]), int(variables["refundLinesFirst"])
+        refunds = [graphql_refund(r, order["currency"]) for r in order["refunds"][:first]]
+        for refund in refunds:
+            refund["refundLineItems"] = self._slice(
+                refund["refundLineItems"]["nodes"], lines_first, None
+            )
+        lines = sum(len(r["refundLineItems"]["nodes"]) for r in refunds)
+        node = {"id": order["admin_graphql_api_id"], "refunds": refunds}
+        return {"order": node}, 1 + REFUND_COST * len(refunds) + REFUND_LINE_COST * lines
+
     def _order_line_items(
         self, query: str, variables: dict[str, Any]
     ) -> tuple[dict[str, Any], int]:
@@ -1606,6 +1688,12 @@ def _order_cost(first: Any) -> int:
     return ORDER_BASE + 2 + LINE_COST * int(first)
 
 
+
+def _refunds_cost(v: dict[str, Any]) -> int:
+    per_refund = REFUND_COST + REFUND_LINE_COST * int(v["refundLinesFirst"])
+    return 1 + int(v["refundsFirst"]) * per_refund
+
+
 _S = ShopifySimulator
 _HANDLERS: dict[str, _Handler] = {
     "OrdersUpdatedSince": _Handler(lambda v: 2 + int(v["first"]), _S._orders_updated_since),
@@ -1614,6 +1702,7 @@ _HANDLERS: dict[str, _Handler] = {
     ),
     "Order": _Handler(lambda v: _order_cost(v["lineItemsFirst"]), _S._order),
     "OrderLineItems": _Handler(lambda v: 3 + LINE_COST * int(v["first"]), _S._order_line_items),
+    "OrderRefunds": _Handler(_refunds_cost, _S._order_refunds),
     "OrderFulfillmentState": _Handler(lambda v: 1 + 62 + 40, _S._fulfillment_state),
     "FulfillmentCreate": _Handler(lambda v: MUTATION_COST, _S._fulfillment_create),
     "FulfillmentEventCreate": _Handler(lambda v: MUTATION_COST, _S._fulfillment_event_create),

@@ -85,6 +85,33 @@ def _int(value: Any, default: int = 0) -> int:
         return default
 
 
+def _refund_items(items: Any) -> list[tuple[str, int, Decimal, Decimal]]:
+    """A refund request's ``line_items`` (v3: the order line's ``id``, ``quantity``,
+    ``refund_total``, ``refund_tax`` as ``[{"id": rate, "refund_total": …}]``) as (line,
+    units, net, tax); raises ValueError (or KeyError, TypeError) on anything else."""
+    if not isinstance(items, list):
+        raise ValueError("line_items is not a list")
+    wanted = []
+    for item in items:
+        taxes = item.get("refund_tax") or []
+        tax = sum((Decimal(str(t["refund_total"])) for t in taxes), Decimal(0))
+        total = Decimal(str(item.get("refund_total") or 0))
+        units = int(item["quantity"])
+        if total < 0 or tax < 0:
+            raise ValueError("a refund's line amounts are positive")
+        wanted.append((str(item["id"]), units, total, tax))
+    return wanted
+
+
+def _add_meta(item: dict[str, Any], key: str, units: int, next_id: Callable[[], int]) -> None:
+    """Add ``units`` to an integer meta of an order line (created at 0)."""
+    for meta in item["meta_data"]:
+        if meta["key"] == key:
+            meta["value"] = str(int(meta["value"]) + units)
+            return
+    item["meta_data"].append({"id": next_id(), "key": key, "value": str(units)})
+
+
 def _error(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse(
         {"code": code, "message": message, "data": {"status": status, **extra}}, status_code=status
@@ -122,6 +149,8 @@ class WooCommerceSimulator:
         self._window: tuple[int, int] = (0, 0)  # (window index, requests in it)
         self.orders: dict[str, dict[str, Any]] = {}
         self.notes: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        #: order id → its refunds whole (``GET /orders/{id}/refunds``); the order lists them
+        self.refunds: dict[str, list[dict[str, Any]]] = defaultdict(list)
         #: effects the connector pushed: "fulfillment:{order}", "note:{order}",
         #: "cancellation:{order}", "stock:{sku}"
         self.ledger: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -638,17 +667,24 @@ class WooCommerceSimulator:
 
         @router.post(f"{API}/orders/{{order_id}}/refunds")
         async def create_refund(order_id: str, request: Request) -> Response:
-            """A refund of an amount; ``api_refund`` has the gateway give the money back (the
-            ledger counts those). Woo refuses more than is left, and marks an order refunded
-            in full ``refunded``."""
+            """A refund of an amount, or of line items (``line_items``: the order line's
+            ``id``, ``quantity``, ``refund_total`` and ``refund_tax``; the amount is theirs
+            unless ``amount`` is given); ``api_refund`` has the gateway give the money back
+            (the ledger counts those) and ``api_restock`` (default true) puts the refunded
+            units back in stock (the order line's ``_restock_refunded_items``). Woo refuses
+            more than is left, and marks an order refunded in full ``refunded``."""
             refused, headers = await self._guard(request, "create_refund")
             if refused:
                 return refused
+            invalid = _error(400, "woocommerce_rest_invalid_order_refund", "Invalid amount.")
             try:
                 data = json.loads(await request.body() or b"{}")
-                amount = Decimal(str(data["amount"]))
-            except (ValueError, KeyError, TypeError, ArithmeticError):
-                invalid = _error(400, "woocommerce_rest_invalid_order_refund", "Invalid amount.")
+                wanted = _refund_items(data.get("line_items") or [])
+                amount = (
+                    Decimal(str(data["amount"])) if data.get("amount") not in (None, "")
+                    else sum((total + tax for _, _, total, tax in wanted), Decimal(0))
+                )  # fmt: skip
+            except (ValueError, KeyError, TypeError, ArithmeticError, AttributeError):
                 return self._log("create_refund", invalid)
             with self._lock:
                 order = _order_or_404(order_id)
@@ -656,22 +692,61 @@ class WooCommerceSimulator:
                     return self._log("create_refund", _error(
                         404, "woocommerce_rest_shop_order_invalid_id", "Invalid ID."))  # fmt: skip
                 back = sum((-Decimal(r["total"]) for r in order["refunds"]), Decimal(0))
-                if amount <= 0 or back + amount > Decimal(order["total"]):
+                lines = {str(item["id"]): item for item in order["line_items"]}
+                if amount <= 0 or back + amount > Decimal(order["total"]) or any(
+                    line not in lines or not 0 < units <= lines[line]["quantity"]
+                    for line, units, _, _ in wanted
+                ):
                     return self._log("create_refund", _error(
                         400, "woocommerce_rest_invalid_order_refund",
                         "Invalid refund amount."))  # fmt: skip
-                self._next_meta += 1
-                refund = {"id": self._next_meta, "reason": str(data.get("reason") or ""),
+                refund_id, now = self._meta_id(), self._now()
+                restock = data.get("api_restock", True) is not False
+                items = []
+                for line, units, total, tax in wanted:
+                    item = lines[line]
+                    items.append({
+                        "id": self._meta_id(), "name": item["name"],
+                        "product_id": item["product_id"], "variation_id": item["variation_id"],
+                        "quantity": -units, "tax_class": "", "subtotal": _money(-total),
+                        "subtotal_tax": _money(-tax), "total": _money(-total),
+                        "total_tax": _money(-tax), "taxes": [], "sku": item["sku"],
+                        "meta_data": [{"id": self._meta_id(), "key": "_refunded_item_id",
+                                       "value": line}],
+                        "price": float(-total / units),
+                    })  # fmt: skip
+                    if restock:
+                        _add_meta(item, "_restock_refunded_items", units, self._meta_id)
+                detail = {"id": refund_id, "reason": str(data.get("reason") or ""),
+                          "amount": _money(amount), "refunded_by": 1,
+                          "refunded_payment": bool(data.get("api_refund")), "meta_data": [],
+                          "line_items": items, "shipping_lines": [], "tax_lines": [],
+                          "fee_lines": []}  # fmt: skip
+                self._set_date(detail, "date_created", now)
+                self.refunds[order_id].append(detail)
+                refund = {"id": refund_id, "reason": detail["reason"],
                           "total": _money(-amount)}  # fmt: skip
                 order["refunds"].append(refund)
                 if data.get("api_refund"):
                     self.ledger[f"refund:{order_id}"].append({"amount": _money(amount)})
                 if back + amount == Decimal(order["total"]):
                     order["status"] = "refunded"
-                self._set_date(order, "date_modified", self._now())
-                body = {**refund, "amount": _money(amount),
-                        "refunded_payment": bool(data.get("api_refund"))}  # fmt: skip
+                self._set_date(order, "date_modified", now)
+                body = json.loads(json.dumps(detail))
             return self._ok("create_refund", body, headers, status=201)
+
+        @router.get(f"{API}/orders/{{order_id}}/refunds")
+        async def list_refunds(order_id: str, request: Request) -> Response:
+            """The order's refunds whole, newest first (as Woo lists them)."""
+            refused, headers = await self._guard(request, "list_refunds")
+            if refused:
+                return refused
+            with self._lock:
+                if order_id not in self.orders:
+                    return self._log("list_refunds", _error(
+                        404, "woocommerce_rest_order_invalid_id", "Invalid order ID."))  # fmt: skip
+                body = json.loads(json.dumps(list(reversed(self.refunds[order_id]))))
+            return self._ok("list_refunds", body, headers)
 
         @router.get(f"{API}/orders/{{order_id}}/notes")
         async def list_notes(order_id: str, request: Request) -> Response:

@@ -87,16 +87,23 @@ def _enters_pipeline(result: IntakeResult) -> bool:
 
 def _batched(result: IntakeResult) -> bool:
     """Nothing but its pipeline to start (no refunds to credit, nothing to fetch)."""
-    return _enters_pipeline(result) and not result.refunded and result.refetch is None
+    return (
+        _enters_pipeline(result)
+        and not result.refunded
+        and not result.relabel
+        and result.refetch is None
+    )
 
 
 def after_intake(session: Any, result: IntakeResult, account_id: int | None = None) -> None:
     """New orders enter the pipeline; orders cancelled by the marketplace release their stock
     (and void their labels); an order fulfilled in the marketplace's admin is not shipped again;
     one cancelled there after it shipped expects a return; refunds it made get their credit
-    notes; an order said to have changed is fetched."""
+    notes; an order said to have changed is fetched; an edit that moved a parcel (address,
+    lines) voids its old label and labels the new shipment."""
     from orders.fulfilment import cancelled_after_shipping, fulfilled_elsewhere
     from workflows.pipeline import (
+        buy_label,
         credit_note,
         marketplace_shipped,
         on_cancelled,
@@ -107,6 +114,9 @@ def after_intake(session: Any, result: IntakeResult, account_id: int | None = No
 
     if result.refunded:
         publish_after_commit(session, credit_note.si(result.order_id))
+    if result.relabel:
+        void_unused(session, result.order_id)
+        publish_after_commit(session, buy_label.si(result.order_id))
     if result.refetch is not None and account_id is not None:
         from workflows.sync import refresh_order
 

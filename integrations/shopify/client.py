@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -286,7 +287,30 @@ class ShopifyClient(ApiClient):
             more = _dig(_dig(data, "order", "OrderLineItems"), "lineItems", "OrderLineItems")
             nodes.extend(more.get("nodes") or [])
             page = more.get("pageInfo") or {}
-        return {**node, "lineItems": {"nodes": nodes, "pageInfo": {"hasNextPage": False}}}
+        complete = {**node, "lineItems": {"nodes": nodes, "pageInfo": {"hasNextPage": False}}}
+        return self._with_refunds(complete)
+
+    def _with_refunds(self, node: dict[str, Any]) -> dict[str, Any]:
+        """An order that has refunds gets them (``ORDER_REFUNDS``): a refund made in the admin
+        whose webhook never came is read by the next poll."""
+        refunded = ((node.get("totalRefundedSet") or {}).get("shopMoney") or {}).get("amount")
+        try:
+            some = refunded is not None and Decimal(str(refunded)) > 0
+        except ArithmeticError:
+            raise PayloadError("Order: totalRefundedSet is not an amount") from None
+        if not some:
+            return node
+        data = self.graphql(
+            "OrderRefunds",
+            q.ORDER_REFUNDS,
+            {"id": node.get("id"), "refundsFirst": q.REFUNDS_FIRST,
+             "refundLinesFirst": q.REFUND_LINES_FIRST},
+            cost=q.ORDER_REFUNDS_COST,
+        )  # fmt: skip
+        refunds = _dig(data, "order", "OrderRefunds").get("refunds")
+        if not isinstance(refunds, list):
+            raise PayloadError("OrderRefunds: response has no refunds list")
+        return {**node, "refunds": refunds}
 
     # --- bulk export ------------------------------------------------------------------------
 

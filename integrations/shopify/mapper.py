@@ -34,6 +34,7 @@ from integrations.shopify.payloads import (
     GqlAddress,
     GqlMoneyBag,
     GqlOrder,
+    GqlRefund,
     ShopifyAddress,
     ShopifyOrder,
     ShopifyRefund,
@@ -284,10 +285,46 @@ def _gql_address(addr: GqlAddress | None) -> Address | None:
     )
 
 
+def _gql_refund(refund: GqlRefund, order_external_id: str) -> CanonicalRefund:
+    """A GraphQL refund, as ``_refund`` maps the REST one: the same refund (its legacy id, the
+    line items' ids) whether a webhook or a poll brings it, so it is recorded once."""
+    if refund.refundLineItems.pageInfo.hasNextPage:
+        raise PayloadError("shopify graphql refund: refundLineItems is not complete (hasNextPage)")
+    lines = [
+        RefundLine(
+            line_external_id=gid_to_id(item.lineItem.id),
+            quantity=item.quantity,
+            subtotal=_amount(item.subtotalSet) or Decimal(0),
+            tax=_amount(item.totalTaxSet) or Decimal(0),
+            restock=(item.restockType or "").lower() in _RESTOCKED,
+        )
+        for item in refund.refundLineItems.nodes
+    ]
+    shipping = refund.refundShippingLines.nodes
+    paid_back = [
+        t for t in refund.transactions.nodes
+        if (t.kind or "").upper() == "REFUND" and (t.status or "").upper() == "SUCCESS"
+    ]  # fmt: skip
+    return CanonicalRefund(
+        external_id=refund.legacyResourceId or gid_to_id(refund.id),
+        order_external_id=order_external_id,
+        lines=lines,
+        shipping=sum((_amount(x.subtotalAmountSet) or Decimal(0) for x in shipping), Decimal(0)),
+        shipping_tax=sum((_amount(x.taxAmountSet) or Decimal(0) for x in shipping), Decimal(0)),
+        amount=sum((_amount(t.amountSet) or Decimal(0) for t in paid_back), Decimal(0)),
+        currency=next(
+            (t.amountSet.shopMoney.currencyCode for t in paid_back if t.amountSet), None
+        ),
+        created_at=refund.createdAt,
+    )
+
+
 def map_graphql_order(node: dict[str, Any], account: str) -> CanonicalOrder:
     """Map one GraphQL ``Order`` node (the fields ``client.ORDER_FIELDS`` asks for).
 
-    The node must hold *all* its line items (the client pages ``lineItems`` to the end first).
+    The node must hold *all* its line items (the client pages ``lineItems`` to the end first)
+    and, when it has any, its refunds (``refunds``: the client adds them from
+    ``ORDER_REFUNDS`` for an order whose ``totalRefundedSet`` is above zero).
     """
     order = _validate(GqlOrder.model_validate, node, "graphql")
     if order.lineItems.pageInfo.hasNextPage:
@@ -325,10 +362,11 @@ def map_graphql_order(node: dict[str, Any], account: str) -> CanonicalOrder:
         buyer_name = None
         if customer is not None:
             buyer_name = " ".join(p for p in (customer.firstName, customer.lastName) if p)
+        external_id = order.legacyResourceId or gid_to_id(order.id)
         return CanonicalOrder(
             channel="shopify",
             account=account,
-            external_id=order.legacyResourceId or gid_to_id(order.id),
+            external_id=external_id,
             external_number=order.name,
             status=OrderState.CANCELLED if order.cancelledAt else OrderState.NEW,
             marketplace_status=_marketplace_status(bool(order.cancelledAt), bool(order.closedAt)),
@@ -346,6 +384,7 @@ def map_graphql_order(node: dict[str, Any], account: str) -> CanonicalOrder:
             buyer_email=order.email or None,
             payment_collected_by_marketplace=financial in _COLLECTED,
             payment=_payment_facts(financial, order.paymentGatewayNames),
+            refunds=[_gql_refund(refund, external_id) for refund in order.refunds],
             created_at=order.createdAt,
             updated_at=order.updatedAt,
             cancelled_at=order.cancelledAt,

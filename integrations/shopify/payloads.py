@@ -25,6 +25,7 @@ __all__ = [
     "GqlLineItem",
     "GqlMoneyBag",
     "GqlOrder",
+    "GqlRefund",
     "ShopifyAddress",
     "ShopifyLineItem",
     "ShopifyOrder",
@@ -231,6 +232,59 @@ class GqlCustomer(_Lenient):
     lastName: str | None = None
 
 
+class GqlLineItemRef(_Lenient):
+    id: str = Field(min_length=1, max_length=128)
+
+
+class GqlRefundLineItem(_Lenient):
+    lineItem: GqlLineItemRef
+    quantity: int = Field(ge=0)
+    #: RETURN / CANCEL / LEGACY_RESTOCK put the units back; NO_RESTOCK does not
+    restockType: str | None = None
+    subtotalSet: GqlMoneyBag | None = None
+    totalTaxSet: GqlMoneyBag | None = None
+
+
+class GqlRefundLineItemConnection(_Lenient):
+    nodes: list[GqlRefundLineItem] = Field(default_factory=list)
+    pageInfo: GqlPageInfo = Field(default_factory=GqlPageInfo)
+
+
+class GqlRefundShippingLine(_Lenient):
+    subtotalAmountSet: GqlMoneyBag | None = None
+    taxAmountSet: GqlMoneyBag | None = None
+
+
+class GqlRefundShippingLineConnection(_Lenient):
+    nodes: list[GqlRefundShippingLine] = Field(default_factory=list)
+
+
+class GqlTransaction(_Lenient):
+    kind: str | None = None
+    status: str | None = None
+    amountSet: GqlMoneyBag | None = None
+
+
+class GqlTransactionConnection(_Lenient):
+    nodes: list[GqlTransaction] = Field(default_factory=list)
+
+
+class GqlRefund(_Lenient):
+    """An entry of the order's ``refunds`` (``queries.ORDER_REFUNDS``).
+    https://shopify.dev/docs/api/admin-graphql/2026-07/objects/Refund"""
+
+    id: str = Field(min_length=1, max_length=128)
+    legacyResourceId: IdStr | None = None
+    createdAt: dt.datetime | None = None
+    refundLineItems: GqlRefundLineItemConnection = Field(
+        default_factory=GqlRefundLineItemConnection
+    )
+    refundShippingLines: GqlRefundShippingLineConnection = Field(
+        default_factory=GqlRefundShippingLineConnection
+    )
+    transactions: GqlTransactionConnection = Field(default_factory=GqlTransactionConnection)
+
+
 class GqlOrder(_Lenient):
     id: str = Field(min_length=1, max_length=128)
     legacyResourceId: IdStr | None = None
@@ -254,3 +308,6 @@ class GqlOrder(_Lenient):
     lineItems: GqlLineItemConnection = Field(default_factory=GqlLineItemConnection)
     shippingAddress: GqlAddress | None = None
     customer: GqlCustomer | None = None
+    totalRefundedSet: GqlMoneyBag | None = None
+    #: filled by the client from ``ORDER_REFUNDS`` when the order has refunds
+    refunds: list[GqlRefund] = Field(default_factory=list)

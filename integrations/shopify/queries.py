@@ -29,8 +29,12 @@ __all__ = [
     "ORDER_CAPTURE",
     "ORDER_FULFILLMENT_STATE",
     "ORDER_LINE_ITEMS",
+    "ORDER_REFUNDS",
+    "ORDER_REFUNDS_COST",
     "ORDER_TRANSACTIONS",
     "PRODUCT_VARIANTS",
+    "REFUNDS_FIRST",
+    "REFUND_LINES_FIRST",
     "SHOP",
     "VARIANTS_PAGE_SIZE",
     "bulk_orders",
@@ -69,6 +73,7 @@ _ORDER_OWN_FIELDS = f"""
   totalTaxSet {{ {_MONEY} }}
   totalDiscountsSet {{ {_MONEY} }}
   totalShippingPriceSet {{ {_MONEY} }}
+  totalRefundedSet {{ {_MONEY} }}
   customer {{ firstName lastName }}
   shippingAddress {{
     name firstName lastName company address1 address2 city province provinceCode zip
@@ -85,8 +90,8 @@ fragment OrderFields on Order {{
   }}
 }}
 """
-#: Order 1 + five money bags x 2 + customer 1 + shipping address 1
-ORDER_BASE_COST = 13
+#: Order 1 + six money bags x 2 + customer 1 + shipping address 1
+ORDER_BASE_COST = 15
 
 
 def order_cost(line_items_first: int = LINE_ITEMS_FIRST) -> int:
@@ -130,6 +135,42 @@ query OrderLineItems($id: ID!, $first: Int!, $after: String) {{
   }}
 }}
 """
+
+#: refunds read per order, and refund line items per refund: at most 5 refunds of 20 lines
+#: each are read with the order (a refund of more lines is refused by the mapper, in words)
+REFUNDS_FIRST = 5
+REFUND_LINES_FIRST = 20
+# An order's refunds, asked only for an order whose ``totalRefundedSet`` is above zero: with
+# their line items they would cost every order of the poll hundreds of points. ``refunds`` is a
+# plain list on Order (no pagination); its line items, shipping lines and transactions are
+# connections. https://shopify.dev/docs/api/admin-graphql/2026-07/objects/Refund
+ORDER_REFUNDS = f"""
+query OrderRefunds($id: ID!, $refundsFirst: Int!, $refundLinesFirst: Int!) {{
+  order(id: $id) {{
+    id
+    refunds(first: $refundsFirst) {{
+      id legacyResourceId createdAt
+      totalRefundedSet {{ {_MONEY} }}
+      refundLineItems(first: $refundLinesFirst) {{
+        pageInfo {{ hasNextPage }}
+        nodes {{
+          lineItem {{ id }} quantity restockType
+          subtotalSet {{ {_MONEY} }} totalTaxSet {{ {_MONEY} }}
+        }}
+      }}
+      refundShippingLines(first: 2) {{
+        nodes {{ subtotalAmountSet {{ {_MONEY} }} taxAmountSet {{ {_MONEY} }} }}
+      }}
+      transactions(first: 5) {{ nodes {{ kind status amountSet {{ {_MONEY} }} }} }}
+    }}
+  }}
+}}
+"""
+#: per refund: itself 1 + a money bag 2 + line items 2 + 20 x (1 + line item 1 + 2 bags x 2)
+#: + shipping lines 2 + 2 x (1 + 2 x 2) + transactions 2 + 5 x (1 + 2)
+ORDER_REFUNDS_COST = 1 + REFUNDS_FIRST * (
+    3 + 2 + REFUND_LINES_FIRST * 6 + 2 + 2 * 5 + 2 + 5 * 3
+)
 
 ORDER_FULFILLMENT_STATE = """
 query OrderFulfillmentState($id: ID!) {

@@ -90,6 +90,7 @@ class WooCommerceClient(ApiClient):
             "get_order",
             "update_order",
             "list_notes",
+            "list_refunds",
             "add_note",
             "list_products",
             "batch_products",
@@ -263,6 +264,15 @@ class WooCommerceClient(ApiClient):
             "create_refund", "POST", f"/orders/{_path_id(order_id)}/refunds", json=body
         )
         return self._object("create_refund", response)
+
+    def list_refunds(self, order_id: str) -> list[dict[str, Any]]:
+        """``GET /orders/{id}/refunds``: the order's refunds whole, with their line items (an
+        order has few: one page of the most Woo gives)."""
+        response = self.request(
+            "list_refunds", "GET", f"/orders/{_path_id(order_id)}/refunds",
+            params={"per_page": MAX_PER_PAGE},
+        )  # fmt: skip
+        return self._list("list_refunds", response)
 
     def list_notes(self, order_id: str) -> list[dict[str, Any]]:
         response = self.request(

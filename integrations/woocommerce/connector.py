@@ -91,10 +91,20 @@ class WooCommerceConnector(PagedOrders):
         # a fixed end, even when the caller gives none: see WooCommerceClient.iter_order_pages
         end = until if until is not None else self._clock()
         for items, token in self.client.iter_order_pages(since, end, resume):
-            yield OrderPage([map_order(p, self.account.name) for p in items], token)
+            yield OrderPage([self._map(p) for p in items], token)
 
     def get_order(self, external_id: str) -> CanonicalOrder:
-        return map_order(self.client.get_order(external_id), self.account.name)
+        return self._map(self.client.get_order(external_id))
+
+    def _map(self, payload: dict[str, Any]) -> CanonicalOrder:
+        """The order with its refunds whole: an order whose body lists refunds (summaries: id
+        and amount) gets them from ``/orders/{id}/refunds``, line items and all, so each is
+        credited per line and restocked as Woo restocked it."""
+        listed = payload.get("refunds") if isinstance(payload, dict) else None
+        if not listed or payload.get("id") is None:
+            return map_order(payload, self.account.name)
+        refunds = self.client.list_refunds(str(payload["id"]))
+        return map_order(payload, self.account.name, refunds)
 
     def shipment_groups(self, external_id: str) -> list[ShipmentGroup]:
         return []  # one location: the order ships from ours

@@ -25,6 +25,7 @@ marketplace-side shipment means for our own state; ``fulfillment_status`` carrie
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -36,10 +37,16 @@ from domain.canonical import (
     CanonicalOrder,
     CanonicalRefund,
     PaymentFacts,
+    RefundLine,
 )
 from domain.errors import PayloadError
 from domain.states import OrderState
-from integrations.woocommerce.payloads import WooAddress, WooLineItem, WooOrder
+from integrations.woocommerce.payloads import (
+    WooAddress,
+    WooLineItem,
+    WooOrder,
+    WooRefund,
+)
 
 __all__ = ["map_order", "payload_error"]
 
@@ -142,20 +149,83 @@ def _payment_facts(order: WooOrder, paid: bool) -> PaymentFacts:
     )
 
 
-def _refunds(order: WooOrder) -> list[CanonicalRefund]:
-    """The order's refunds as its body lists them: id and amount only (Woo's summaries; the
-    refunded line items are at ``/orders/{id}/refunds``, which intake does not fetch yet), so
-    each is credited as an amount."""
+#: the meta WooCommerce writes on a refund's line (the order line it refunds) and on the
+#: order's line (how many of its units refunds put back in stock so far)
+REFUNDED_ITEM_META = "_refunded_item_id"
+RESTOCKED_META = "_restock_refunded_items"
+
+
+def _meta_of(meta_data: list[dict[str, Any]], key: str) -> str | None:
+    for item in meta_data:
+        if isinstance(item, dict) and item.get("key") == key and item.get("value") not in (
+            None, "",
+        ):  # fmt: skip
+            return str(item["value"])
+    return None
+
+
+def _refund_lines(
+    refund: WooRefund, restocked: dict[str, int], refunded: dict[str, int]
+) -> list[RefundLine]:
+    """A refund's lines; a line is restocked when the units WooCommerce put back for its order
+    line (``_restock_refunded_items``) cover every unit refunded of it up to this refund
+    (``refunded`` carries that count from the earlier refunds)."""
+    lines = []
+    for item in refund.line_items:
+        line_id = _meta_of(item.meta_data, REFUNDED_ITEM_META)
+        if line_id is None:
+            raise PayloadError(
+                f"woocommerce refund {refund.id}: a line without {REFUNDED_ITEM_META}"
+            )
+        units = -item.quantity
+        refunded[line_id] = refunded.get(line_id, 0) + units
+        lines.append(
+            RefundLine(
+                line_external_id=line_id,
+                quantity=units,
+                subtotal=-item.total,
+                tax=-(item.total_tax or Decimal(0)),
+                restock=units > 0 and refunded[line_id] <= restocked.get(line_id, 0),
+            )
+        )
+    return lines
+
+
+def _itemized(refund: WooRefund, order: WooOrder, lines: list[RefundLine]) -> CanonicalRefund:
+    return CanonicalRefund(
+        external_id=refund.id,
+        order_external_id=order.id,
+        lines=lines,
+        shipping=-sum((s.total for s in refund.shipping_lines), Decimal(0)),
+        shipping_tax=-sum((s.total_tax or Decimal(0) for s in refund.shipping_lines), Decimal(0)),
+        amount=refund.amount,
+        currency=order.currency,
+        created_at=refund.date_created_gmt,
+    )
+
+
+def _refunds(order: WooOrder, details: Sequence[WooRefund]) -> list[CanonicalRefund]:
+    """The order's refunds: whole (lines, shipping) from ``details`` (``GET
+    /orders/{id}/refunds``, which the connector fetches for an order that lists refunds);
+    one the details lack is its body's summary, id and amount only (``itemized`` False: intake
+    fetches it before recording it)."""
+    whole = {refund.id: refund for refund in details}
+    restocked = {}
+    for item in order.line_items:
+        value = _meta_of(item.meta_data, RESTOCKED_META)
+        restocked[item.id] = int(value) if value is not None and value.isdigit() else 0
+    refunded: dict[str, int] = {}
+    mapped = {}
+    for refund in sorted(whole.values(), key=lambda r: (len(r.id), r.id)):  # oldest first
+        mapped[refund.id] = _itemized(refund, order, _refund_lines(refund, restocked, refunded))
     return [
-        CanonicalRefund(
-            external_id=refund.id,
-            order_external_id=order.id,
-            amount=-refund.total,
-            currency=order.currency,
+        mapped.get(refund.id) or CanonicalRefund(
+            external_id=refund.id, order_external_id=order.id, amount=-refund.total,
+            currency=order.currency, itemized=False,
         )
         for refund in order.refunds
         if refund.id is not None and refund.total < 0
-    ]
+    ]  # fmt: skip
 
 
 def _fulfillment_status(order: WooOrder, status: str) -> str:
@@ -164,7 +234,9 @@ def _fulfillment_status(order: WooOrder, status: str) -> str:
     return "unfulfilled"
 
 
-def _build(order: WooOrder, payload: dict[str, Any], account: str) -> CanonicalOrder:
+def _build(
+    order: WooOrder, payload: dict[str, Any], account: str, details: Sequence[WooRefund]
+) -> CanonicalOrder:
     lines = [_line(item) for item in order.line_items]
     fees = sum((fee.total for fee in order.fee_lines), Decimal(0))
     subtotal = sum((item.total for item in order.line_items), Decimal(0)) + fees
@@ -200,7 +272,7 @@ def _build(order: WooOrder, payload: dict[str, Any], account: str) -> CanonicalO
         # the shop's own gateway (Stripe, PayPal, …) took the money at checkout: never capture
         payment_collected_by_marketplace=paid and not cancelled,
         payment=_payment_facts(order, paid),
-        refunds=_refunds(order),
+        refunds=_refunds(order, details),
         created_at=order.date_created_gmt,
         updated_at=order.date_modified_gmt,
         # Woo records no cancellation time; the last modification is when it became cancelled
@@ -209,13 +281,17 @@ def _build(order: WooOrder, payload: dict[str, Any], account: str) -> CanonicalO
     )
 
 
-def map_order(payload: dict[str, Any], account: str) -> CanonicalOrder:
-    """Map one order. Raises ``PayloadError`` (field paths only) for anything unusable."""
+def map_order(
+    payload: dict[str, Any], account: str, refunds: Sequence[dict[str, Any]] = ()
+) -> CanonicalOrder:
+    """Map one order, with its refunds whole when ``refunds`` (``GET /orders/{id}/refunds``)
+    has them. Raises ``PayloadError`` (field paths only) for anything unusable."""
     if not isinstance(payload, dict):
         raise PayloadError("woocommerce order: body is not a JSON object")
     try:
         order = WooOrder.model_validate(payload)
-        return _build(order, payload, account)
+        details = [WooRefund.model_validate(r) for r in refunds]
+        return _build(order, payload, account, details)
     except pydantic.ValidationError as exc:
         raise payload_error(exc) from None
     except (ArithmeticError, ValueError, TypeError) as exc:

@@ -28,6 +28,7 @@ __all__ = [
     "WooFeeLine",
     "WooLineItem",
     "WooOrder",
+    "WooRefund",
     "WooRefundSummary",
     "WooShippingLine",
 ]
@@ -91,6 +92,8 @@ class WooLineItem(_Lenient):
     total: Money  # after coupons, excluding tax
     total_tax: OptMoney = None
     price: OptMoney = None  # a JSON number: total / quantity
+    #: ``_restock_refunded_items``: units of this line refunds put back in stock so far
+    meta_data: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class WooShippingLine(_Lenient):
@@ -107,6 +110,28 @@ class WooFeeLine(_Lenient):
 class WooRefundSummary(_Lenient):
     id: IdStr | None = None
     total: Money  # negative
+
+
+class WooRefundLine(_Lenient):
+    """A refunded line: negative quantity and money; the order's line it refunds is its
+    ``_refunded_item_id`` meta (the REST schema has no field for it)."""
+
+    id: IdStr | None = None
+    quantity: int = Field(le=0)
+    total: Money  # negative, after coupons, excluding tax
+    total_tax: OptMoney = None
+    meta_data: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class WooRefund(_Lenient):
+    """``GET /orders/{id}/refunds``: one refund whole.
+    https://woocommerce.github.io/woocommerce-rest-api-docs/#order-refund-properties"""
+
+    id: IdStr
+    amount: Money  # positive
+    date_created_gmt: GmtTimestamp = None
+    line_items: list[WooRefundLine] = Field(default_factory=list)
+    shipping_lines: list[WooShippingLine] = Field(default_factory=list)
 
 
 class WooAddress(_Lenient):

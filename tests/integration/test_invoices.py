@@ -215,7 +215,11 @@ def test_a_transaction_that_took_a_number_and_rolled_back_leaves_no_gap(
 
 
 def _wait_until_a_session_waits_for_a_lock(engine: Engine, deadline: float = 20) -> None:
-    """PostgreSQL: poll ``pg_stat_activity`` until another session is blocked on a lock."""
+    """PostgreSQL: poll ``pg_stat_activity`` until another session is blocked on a lock.
+
+    Each look is its own transaction: PostgreSQL reads the activity of other sessions once per
+    transaction and keeps that snapshot until it ends, so polling inside one transaction sees
+    the moment of its first look forever (a waiter that arrived after it was never seen)."""
     if engine.dialect.name != "postgresql":
         return  # SQLite shows no waiter; the test holds for either interleaving anyway
     waiting = text(
@@ -224,7 +228,11 @@ def _wait_until_a_session_waits_for_a_lock(engine: Engine, deadline: float = 20)
     )
     stop = time.monotonic() + deadline
     with engine.connect() as conn:
-        while conn.execute(waiting).scalar_one() == 0:
+        while True:
+            found = conn.execute(waiting).scalar_one()
+            conn.rollback()  # the next look takes a fresh snapshot
+            if found:
+                return
             assert time.monotonic() < stop, "the second transaction never waited for the lock"
             time.sleep(0.01)
 
@@ -241,9 +249,11 @@ def test_a_transaction_waiting_on_the_counter_gets_the_number_of_one_that_rolls_
     # when another worker invoices in the meantime (and blocks), and the first rolls back
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(_invoice_in_own_transaction, maker, waiting)
-        _wait_until_a_session_waits_for_a_lock(engine)
-        holder.rollback()
-        holder.close()
+        try:
+            _wait_until_a_session_waits_for_a_lock(engine)
+        finally:  # released whatever happens: a failed wait must not leave the waiter blocked
+            holder.rollback()
+            holder.close()
         _, number = future.result(timeout=60)
 
     # then the waiter took number 1: nothing was burnt

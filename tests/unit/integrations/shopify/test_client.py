@@ -27,8 +27,9 @@ from domain.errors import (
 from domain.listings import StockUpdate
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.shopify.connector import ShopifyConnector
+from integrations.shopify.mapper import map_order
 from integrations.shopify.throttle import CostBucket
-from sandbox.shopify import graphql_order
+from sandbox.shopify import graphql_order, graphql_refund
 from tests.support.fake_time import FakeTime
 from tests.unit.integrations.shopify.fixtures import order
 
@@ -76,9 +77,15 @@ def cost(
     }
 
 
-def fixture_node(order_id: int, updated: str = "2026-07-01T10:00:00Z") -> dict[str, Any]:
-    """The 2026-07 fixture order as a GraphQL node, with another id."""
-    node = graphql_order(order("rest-2026-07/order.get.json"))
+def fixture_node(
+    order_id: int, updated: str = "2026-07-01T10:00:00Z", *, refunded: bool = False
+) -> dict[str, Any]:
+    """The 2026-07 fixture order as a GraphQL node, with another id; without its refunds
+    unless ``refunded`` (then the connector asks for them: ``OrderRefunds``)."""
+    payload = order("rest-2026-07/order.get.json")
+    if not refunded:
+        payload["refunds"] = []
+    node = graphql_order(payload)
     node["id"] = f"gid://shopify/Order/{order_id}"
     node["legacyResourceId"] = str(order_id)
     node["updatedAt"] = updated
@@ -753,3 +760,37 @@ def test_list_listings_reads_every_variant_with_its_item_and_level(
         ("B", "gid://shopify/InventoryItem/2", None),
     ]
     assert {x.location_id for x in listings} == {"gid://shopify/Location/1"}
+
+
+# --- refunds -------------------------------------------------------------------------------
+
+
+def test_a_polled_order_with_refunds_gets_them_and_one_without_is_not_asked(
+    mock: respx.MockRouter, time_: FakeTime
+) -> None:
+    # given two orders, the second refunded (the 2026-07 fixture's refund of two lines)
+    nodes = [fixture_node(1), fixture_node(2, refunded=True)]
+    payload = order("rest-2026-07/order.get.json")
+    refunds = [graphql_refund(r, payload["currency"]) for r in payload["refunds"]]
+
+    def page(v: dict[str, Any]) -> httpx.Response:
+        info = {"hasNextPage": False, "endCursor": "last"}
+        return ok({"orders": {"pageInfo": info, "nodes": [{"id": n["id"]} for n in nodes]}})
+
+    side_effect, calls = by_operation({
+        "OrdersUpdatedSince": page,
+        "OrdersByIds": lambda v: ok({"nodes": nodes}),
+        "OrderRefunds": lambda v: ok({"order": {"id": v["id"], "refunds": refunds}}),
+    })  # fmt: skip
+    mock.post(URL).mock(side_effect=side_effect)
+
+    # when
+    first, second = connector(time_).fetch_updated_orders(SINCE)
+
+    # then only the refunded one was asked, and its refunds map as the REST ones do
+    asked = [v for op, v in calls if op == "OrderRefunds"]
+    assert asked == [{"id": "gid://shopify/Order/2", "refundsFirst": 5, "refundLinesFirst": 20}]
+    assert first.refunds == []
+    expected = [r.model_copy(update={"order_external_id": "2"})
+                for r in map_order(payload, "shop-1").refunds]  # fmt: skip
+    assert second.refunds == expected and len(expected[0].lines) == 2

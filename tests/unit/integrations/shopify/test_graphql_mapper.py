@@ -11,7 +11,7 @@ import pytest
 from domain.errors import PayloadError
 from domain.states import OrderState
 from integrations.shopify.mapper import gid_to_id, map_graphql_order, map_order
-from sandbox.shopify import ShopifySimulator, graphql_order
+from sandbox.shopify import ShopifySimulator, graphql_order, graphql_refund
 from tests.unit.integrations.shopify.fixtures import all_orders, order
 
 FIXTURES = all_orders()
@@ -21,18 +21,18 @@ FIXTURES = all_orders()
 def test_graphql_and_rest_mappers_agree_on_every_fixture(
     label: str, payload: dict[str, Any]
 ) -> None:
-    # given: the same order as the REST JSON and as the GraphQL node
+    # given: the same order as the REST JSON and as the GraphQL node, with its refunds as the
+    # client adds them (OrderRefunds)
     node = graphql_order(payload)
+    node["refunds"] = [graphql_refund(r, payload["currency"]) for r in payload.get("refunds") or []]
 
     # when
     from_graphql = map_graphql_order(node, "shop-1")
     from_rest = map_order(payload, "shop-1")
 
-    # then: everything but the raw payload and the refunds is the same (a poll does not read an
-    # order's refunds yet: they come by the refunds/create and orders/* webhooks)
-    assert from_graphql.model_dump(exclude={"raw", "refunds"}) == from_rest.model_dump(
-        exclude={"raw", "refunds"}
-    )
+    # then: everything but the raw payload is the same, refunds included (one refund whether a
+    # webhook or a poll brings it)
+    assert from_graphql.model_dump(exclude={"raw"}) == from_rest.model_dump(exclude={"raw"})
     assert from_graphql.raw == node
 
 

@@ -65,7 +65,7 @@ def test_every_response_reports_its_cost() -> None:
     )
 
     cost = body["extensions"]["cost"]
-    assert cost["requestedQueryCost"] == 13 + 2 + 10 * 9
+    assert cost["requestedQueryCost"] == 15 + 2 + 10 * 9
     assert 0 < cost["actualQueryCost"] < cost["requestedQueryCost"]
     assert cost["throttleStatus"]["currentlyAvailable"] == 1000 - cost["actualQueryCost"]
 

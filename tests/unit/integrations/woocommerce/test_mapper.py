@@ -285,3 +285,57 @@ def test_unusable_payload_is_a_payload_error_naming_the_field_not_the_value(
 def test_non_object_body_is_a_payload_error() -> None:
     with pytest.raises(PayloadError):
         map_order([], "shop-1")  # type: ignore[arg-type]
+
+
+# --- refunds ---------------------------------------------------------------------------------
+
+
+def _refunded_order(restocked: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """order.retrieve.json with two refunds of one unit of line 315 each (its body lists the
+    summaries, ``/orders/727/refunds`` has them whole); Woo put ``restocked`` units back."""
+    order = load("order.retrieve.json")
+    line = order["line_items"][0]
+    line["meta_data"] = [{"id": 9, "key": "_restock_refunded_items", "value": str(restocked)}]
+    order["refunds"] = [{"id": 731, "reason": "", "total": "-3.45"},
+                        {"id": 730, "reason": "", "total": "-3.45"}]  # fmt: skip
+
+    def whole(refund_id: int) -> dict[str, Any]:
+        item = {"id": refund_id + 100, "name": line["name"], "quantity": -1, "subtotal": "-3.00",
+                "subtotal_tax": "-0.45", "total": "-3.00", "total_tax": "-0.45",
+                "meta_data": [{"id": 1, "key": "_refunded_item_id", "value": "315"}]}
+        return {"id": refund_id, "date_created_gmt": "2017-03-23T10:00:00", "amount": "3.45",
+                "line_items": [item], "shipping_lines": []}  # fmt: skip
+
+    return order, [whole(731), whole(730)]
+
+
+def test_refunds_fetched_whole_are_credited_per_line_and_restocked_as_woo_restocked() -> None:
+    # given two refunds of one unit each, of which Woo restocked one unit (the first refund's)
+    order, details = _refunded_order(restocked=1)
+
+    refunds = map_order(order, "shop", details).refunds
+
+    assert [(r.external_id, r.amount, r.itemized) for r in refunds] == [
+        ("731", Decimal("3.45"), True), ("730", Decimal("3.45"), True)]  # fmt: skip
+    by_id = {r.external_id: r.lines for r in refunds}
+    (first,) = by_id["730"]  # the older one
+    assert (first.line_external_id, first.quantity, first.subtotal, first.tax, first.restock) == (
+        "315", 1, Decimal("3.00"), Decimal("0.45"), True)  # fmt: skip
+    assert [line.restock for line in by_id["731"]] == [False]
+
+
+def test_refunds_the_body_only_summarises_are_amounts_to_fetch() -> None:
+    order, _ = _refunded_order(restocked=0)
+
+    refunds = map_order(order, "shop").refunds
+
+    assert [(r.external_id, r.amount, r.lines, r.itemized) for r in refunds] == [
+        ("731", Decimal("3.45"), [], False), ("730", Decimal("3.45"), [], False)]  # fmt: skip
+
+
+def test_a_refund_line_that_names_no_order_line_is_a_payload_error() -> None:
+    order, details = _refunded_order(restocked=0)
+    details[0]["line_items"][0]["meta_data"] = []
+
+    with pytest.raises(PayloadError, match="_refunded_item_id"):
+        map_order(order, "shop", details)

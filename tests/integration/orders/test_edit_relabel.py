@@ -1,0 +1,159 @@
+"""An edit on the marketplace after the label (SQLite and PostgreSQL): a parcel whose address
+or lines changed is voided once at the carrier and labelled again under a new key; an edit
+that moves no parcel voids nothing."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from db.models import Label, Shipment, ShipmentLine
+from domain.canonical import Address, CanonicalOrder
+from domain.parcel import Parcel
+from domain.states import OrderState
+from orders.fulfilment import buy_label, void_labels
+from orders.intake import IntakeResult, apply_order
+from tests.integration.orders.test_edits_and_refunds import _canonical, _documented, _stock
+from tests.support.shop import FakeCarrier, Shop
+from workflows.tasks import after_intake
+
+S = OrderState
+HOME = Address(name="Zoë Buyer", line1="2 High Street", city="Leeds", postal_code="LS1 1AA",
+               country_code="GB")  # fmt: skip
+MOVED = HOME.model_copy(update={"line1": "9 Low Road", "postal_code": "LS2 2BB"})
+
+
+def _order(lines: dict[str, tuple[str, int]], *, minutes: int = 0, **fields: Any) -> CanonicalOrder:
+    return _canonical(lines, minutes=minutes, **{"shipping_address": HOME, **fields})
+
+
+def _labelled(shop: Shop, carrier: FakeCarrier) -> int:
+    """A (A x1) order, invoiced and labelled, waiting to ship."""
+    _stock(shop, A=5, B=5)
+    order_id = _documented(shop, _order({"1": ("A", 1)}))
+    shop.move(order_id, S.READY_TO_SHIP)
+    assert buy_label(shop.transaction, order_id, lambda: carrier, shop.keys()).result == (
+        "1Z00000001")  # fmt: skip
+    return order_id
+
+
+def _edit(shop: Shop, order: CanonicalOrder) -> IntakeResult:
+    with shop.transaction() as session:
+        return apply_order(session, shop.account.id, order, actor="webhook:shopify")
+
+
+def _after_commit(shop: Shop, result: IntakeResult) -> list[tuple[str, list[Any]]]:
+    """What the intake's follow-up publishes once its transaction commits."""
+    with shop.maker() as session:
+        after_intake(session, result)
+        published = session.info.pop("ordersync.after_commit", [])
+        session.rollback()
+    return [(sig.task, list(sig.args)) for sig in published]
+
+
+def _lines(shop: Shop, shipment_id: int) -> dict[str, int]:
+    return {ln.line_external_id: ln.quantity
+            for ln in shop.rows(ShipmentLine, shipment_id=shipment_id)}  # fmt: skip
+
+
+def _settle(shop: Shop, order_id: int, carrier: FakeCarrier) -> None:
+    """The follow-ups run, each twice (a redelivered task)."""
+    for attempt in ("task-2", "task-3"):
+        void_labels(shop.transaction, order_id, lambda: carrier)
+        buy_label(shop.transaction, order_id, lambda: carrier, shop.keys(attempt))
+
+
+def test_an_address_edited_after_the_label_voids_it_once_and_buys_one_new_label(
+    shop: Shop,
+) -> None:
+    carrier = FakeCarrier()
+    order_id = _labelled(shop, carrier)
+
+    # when the buyer's address is edited on the marketplace (delivered twice)
+    result = _edit(shop, _order({"1": ("A", 1)}, minutes=5, shipping_address=MOVED))
+    again = _edit(shop, _order({"1": ("A", 1)}, minutes=5, shipping_address=MOVED))
+
+    # then the old shipment is set aside in the edit's transaction, and after commit its
+    # label is voided and the new shipment labelled
+    assert (result.relabel, again.relabel) == (True, False)
+    assert _after_commit(shop, result) == [
+        ("ordersync.outbound.void_labels", [order_id]),
+        ("ordersync.outbound.buy_label", [order_id]),
+    ]
+    old, new = shop.rows(Shipment, order_id=order_id)
+    assert (old.status, new.status) == ("voided", "pending")
+    assert _lines(shop, new.id) == {"1": 1}
+    _settle(shop, order_id, carrier)
+
+    assert carrier.voided == ["se-1"]  # once, though the void ran twice
+    assert [b["key"] for b in carrier.bought] == [f"label:{order_id}",
+                                                  f"label:{order_id}:s{new.id}"]  # fmt: skip
+    assert carrier.bought[-1]["ship_to"] == MOVED
+    old_label, new_label = shop.rows(Label)
+    assert old_label.voided_at is not None and new_label.voided_at is None
+    assert new_label.shipment_id == new.id
+    (moved,) = shop.events(order_id, "relabelled")
+    assert moved.detail == {"reason": "address changed", "voided": ["1Z00000001"],
+                            "new_shipments": [new.id]}  # fmt: skip
+    assert shop.get(order_id).state == S.READY_TO_SHIP
+
+
+def test_lines_edited_after_the_label_rebuy_it_with_the_new_weight(shop: Shop) -> None:
+    carrier = FakeCarrier()
+    order_id = _labelled(shop, carrier)
+
+    result = _edit(shop, _order({"1": ("A", 1), "2": ("B", 2)}, minutes=5))
+
+    assert result.relabel
+    _settle(shop, order_id, carrier)
+    old, new = shop.rows(Shipment, order_id=order_id)
+    assert (old.status, new.status) == ("voided", "labelled")
+    assert _lines(shop, new.id) == {"1": 1, "2": 2}
+    assert carrier.voided == ["se-1"]
+    assert carrier.bought[-1]["parcel"] == Parcel(weight_grams=1200, length_cm=30, width_cm=20,
+                                                  height_cm=10)  # fmt: skip
+    assert shop.events(order_id, "relabelled")[0].detail["reason"] == "lines changed"
+
+
+def test_an_edit_that_moves_no_parcel_voids_nothing(shop: Shop) -> None:
+    carrier = FakeCarrier()
+    order_id = _labelled(shop, carrier)
+
+    # a new price for the same line, and a new e-mail: the parcel is the same
+    repriced = _order({"1": ("A", 1)}, minutes=5, buyer_email="zoe@example.com")
+    line = repriced.lines[0].model_copy(update={"unit_price": Decimal(8), "total": Decimal(8)})
+    result = _edit(shop, repriced.model_copy(update={"lines": [line], "subtotal": Decimal(8),
+                                                     "total": Decimal(8)}))  # fmt: skip
+
+    assert not result.relabel
+    assert _after_commit(shop, result) == []
+    (shipment,) = shop.rows(Shipment, order_id=order_id)
+    assert shipment.status == "labelled"
+    void_labels(shop.transaction, order_id, lambda: carrier)
+    assert carrier.voided == [] and len(carrier.bought) == 1
+    assert shop.events(order_id, "relabelled") == []
+    assert shop.events(order_id, "edited")  # the edit itself is on the timeline
+
+
+def test_a_shipment_not_labelled_yet_takes_the_edited_lines_in_place(shop: Shop) -> None:
+    # given an order paid, its shipment made but its label not bought yet (A x1, B x2)
+    _stock(shop, A=5, B=5)
+    order_id = _documented(shop, _order({"1": ("A", 1), "2": ("B", 2)}))
+    with shop.transaction() as session:
+        shipment = Shipment(order_id=order_id, carrier="", status="pending")
+        shipment.lines = [ShipmentLine(line_external_id="1", quantity=1),
+                          ShipmentLine(line_external_id="2", quantity=2)]  # fmt: skip
+        session.add(shipment)
+        session.flush()
+        shipment_id = shipment.id
+
+    # when B goes to 3 and A is removed
+    result = _edit(shop, _order({"2": ("B", 3)}, minutes=5))
+
+    # then the same shipment carries the lines as they are now: nothing to void or re-buy
+    assert not result.relabel
+    (same,) = shop.rows(Shipment, order_id=order_id)
+    assert (same.id, same.status) == (shipment_id, "pending")
+    assert _lines(shop, shipment_id) == {"2": 3}
+    (moved,) = shop.events(order_id, "relabelled")
+    assert moved.detail == {"reason": "lines changed", "voided": [], "new_shipments": []}
