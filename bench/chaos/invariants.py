@@ -1,0 +1,263 @@
+"""The chaos suite's invariants: each a pure function of a ``Facts`` snapshot (taken after the
+system went quiet, from our database, the sandbox's ledgers and Redis) returning the ids that
+break it (empty = holds). Pure so that a unit test can hand them a deliberately broken state.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from domain.states import OrderState, can_transition
+
+__all__ = ["INVARIANTS", "FINAL_STATES", "Facts", "check_all"]
+
+#: where every order of a run must end once the system is quiet (on_hold: waiting for stock
+#: that never came is an end too, shown to staff)
+FINAL_STATES = frozenset({"cancelled", "delivered", "needs_attention", "on_hold"})
+#: inbox statuses that mean "handled" (stale deliveries are ignored on purpose)
+HANDLED = frozenset({"processed", "ignored"})
+LEFT = frozenset({"shipped", "delivered", "exception"})
+
+
+@dataclass
+class Facts:
+    """What the invariants read; every id is a string so the table can print it."""
+
+    #: (channel, external id) of every order the sandbox marketplaces created in the run
+    sandbox_orders: set[tuple[str, str]] = field(default_factory=set)
+    #: our orders of the run: id → (channel, external id, state)
+    orders: dict[int, tuple[str, str, str]] = field(default_factory=dict)
+    #: our order timeline: (order id, from state, to state), in the order written
+    transitions: list[tuple[int, str | None, str | None]] = field(default_factory=list)
+    #: our payments: order id → (amount, collected by the marketplace)
+    payments: dict[int, tuple[Decimal, bool]] = field(default_factory=dict)
+    #: the provider's captures: (capture id, order ref, amount in minor units)
+    captures: list[tuple[str, str, int]] = field(default_factory=list)
+    #: money per order: invoice totals (credit notes negative), refunds we recorded
+    invoiced: dict[int, Decimal] = field(default_factory=dict)
+    refunded: dict[int, Decimal] = field(default_factory=dict)
+    #: invoice numbers per series, and each series' counter (the next number to issue)
+    invoice_numbers: dict[str, list[int]] = field(default_factory=dict)
+    invoice_counters: dict[str, int] = field(default_factory=dict)
+    #: our shipments: id → (order id, status, tracking number)
+    shipments: dict[int, tuple[int, str, str | None]] = field(default_factory=dict)
+    #: our labels: (shipment id, tracking number, voided)
+    labels: list[tuple[int, str, bool]] = field(default_factory=list)
+    #: the carrier's labels: (label id, external shipment id, tracking number, voided)
+    carrier_labels: list[tuple[str, str | None, str, bool]] = field(default_factory=list)
+    #: fulfilments in the marketplaces' ledgers per (channel, external order id)
+    fulfilments: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: stock: sku → (on hand, reserved)
+    stock: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: channel stock (when the inventory work is on main): (account, sku) → (pushed, expected)
+    channel_stock: dict[tuple[str, str], tuple[int | None, int]] = field(default_factory=dict)
+    #: webhooks the run sent and our web app answered 2xx: (account id, dedupe key)
+    acknowledged: set[tuple[int, str]] = field(default_factory=set)
+    #: inbox rows: (account id, dedupe key) → (status, attempts)
+    inbox: dict[tuple[int, str], tuple[str, int]] = field(default_factory=dict)
+    #: deliveries sent on purpose as poison (unreadable): (account id, dedupe key)
+    poison: set[tuple[int, str]] = field(default_factory=set)
+    attempt_bound: int = 8
+    #: leftovers: Redis lock keys, unacked or queued messages, unfinished idempotency keys,
+    #: undelivered outbox rows (ids)
+    lock_keys: list[str] = field(default_factory=list)
+    queued: dict[str, int] = field(default_factory=dict)
+    unfinished_keys: list[str] = field(default_factory=list)
+    undelivered_outbox: list[int] = field(default_factory=list)
+
+
+Check = Callable[[Facts], list[str]]
+
+
+def one_order_per_external_order(f: Facts) -> list[str]:
+    """Every sandbox order became exactly one of ours (none lost, none twice)."""
+    ours = Counter((channel, ext) for channel, ext, _ in f.orders.values())
+    bad = [f"{c}:{e} x{ours[(c, e)]}" for c, e in sorted(f.sandbox_orders) if ours[(c, e)] != 1]
+    bad += [f"{c}:{e} x{n}" for (c, e), n in sorted(ours.items()) if n > 1
+            and (c, e) not in f.sandbox_orders]  # fmt: skip
+    return bad
+
+
+def orders_final(f: Facts) -> list[str]:
+    """Every order of the run ended final (delivered, cancelled) or with staff."""
+    return [f"order {oid} {state}" for oid, (_, _, state) in sorted(f.orders.items())
+            if state not in FINAL_STATES]  # fmt: skip
+
+
+def one_capture_per_payment(f: Facts) -> list[str]:
+    """At most one capture per order, exactly one per order we recorded as paid by us, and
+    the amounts equal."""
+    by_ref: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for capture_id, ref, amount in f.captures:
+        by_ref[ref].append((capture_id, amount))
+    bad = [f"order {ref}: {len(c)} captures" for ref, c in sorted(by_ref.items()) if len(c) > 1]
+    for order_id, (amount, by_marketplace) in sorted(f.payments.items()):
+        got = by_ref.get(str(order_id), [])
+        if by_marketplace:
+            if got:
+                bad.append(f"order {order_id}: captured though the marketplace collects")
+            continue
+        if len(got) != 1:
+            bad.append(f"order {order_id}: paid, {len(got)} captures")
+        elif got[0][1] != int((amount * 100).to_integral_value()):
+            bad.append(f"order {order_id}: captured {got[0][1]} != {amount}")
+    paid = {str(oid) for oid in f.payments}
+    bad += [f"capture {c[0]} of order {ref}: no payment of ours" for ref, c in sorted(by_ref.items())
+            if ref not in paid]  # fmt: skip
+    return bad
+
+
+def money_balances(f: Facts) -> list[str]:
+    """invoiced − credited = captured − refunded, per order with money (needs_attention
+    orders excepted: their failed step is waiting for staff; what a marketplace collected it
+    refunds itself when the order is cancelled)."""
+    bad = []
+    for order_id, (amount, by_marketplace) in sorted(f.payments.items()):
+        state = f.orders.get(order_id, ("", "", ""))[2]
+        if state == OrderState.NEEDS_ATTENTION:
+            continue
+        invoiced = f.invoiced.get(order_id, Decimal(0))
+        if by_marketplace and state == OrderState.CANCELLED:
+            net = Decimal(0)
+        else:
+            net = amount - f.refunded.get(order_id, Decimal(0))
+        if invoiced != net:
+            bad.append(f"order {order_id}: invoiced {invoiced} != paid {net}")
+    return bad
+
+
+def invoice_numbers_contiguous(f: Facts) -> list[str]:
+    """Invoice and credit-note numbers 1..n per series, none twice, none missing."""
+    bad = []
+    for series, numbers in sorted(f.invoice_numbers.items()):
+        top = max(f.invoice_counters.get(series, 1) - 1, max(numbers, default=0))
+        seen = Counter(numbers)
+        bad += [f"{series}-{n} missing" for n in range(1, top + 1) if not seen[n]]
+        bad += [f"{series}-{n} x{k}" for n, k in sorted(seen.items()) if k > 1]
+    return bad
+
+
+def one_label_per_shipment(f: Facts) -> list[str]:
+    """At most one live carrier label per shipment; ours is that one; a voided label is not
+    used again (no shipment ships under it)."""
+    live: dict[str | None, list[str]] = defaultdict(list)
+    voided = set()
+    carrier_tracking = {}
+    for label_id, ref, tracking, is_void in f.carrier_labels:
+        carrier_tracking[tracking] = is_void
+        if is_void:
+            voided.add(tracking)
+        else:
+            live[ref].append(label_id)
+    bad = [f"shipment {ref}: {len(ids)} live labels" for ref, ids in sorted(
+        live.items(), key=lambda kv: str(kv[0])) if len(ids) > 1]  # fmt: skip
+    for shipment_id, tracking, is_void in f.labels:
+        if tracking not in carrier_tracking:
+            bad.append(f"shipment {shipment_id}: label {tracking} unknown to the carrier")
+        elif carrier_tracking[tracking] and not is_void:
+            bad.append(f"shipment {shipment_id}: label {tracking} voided at the carrier")
+    for shipment_id, (_, status, tracking) in sorted(f.shipments.items()):
+        if status in LEFT and tracking in voided:
+            bad.append(f"shipment {shipment_id}: shipped under voided label {tracking}")
+    return bad
+
+
+def one_fulfilment_per_shipment(f: Facts) -> list[str]:
+    """The marketplace's ledger holds one fulfilment per shipment of ours that left."""
+    left: Counter[tuple[str, str]] = Counter()
+    for order_id, status, _ in f.shipments.values():
+        if status in LEFT and order_id in f.orders:
+            channel, ext, _ = f.orders[order_id]
+            left[(channel, ext)] += 1
+    keys = sorted(set(left) | set(f.fulfilments))
+    return [f"{c}:{e} {f.fulfilments[(c, e)]} fulfilments for {left[(c, e)]} shipments"
+            for c, e in keys if f.fulfilments[(c, e)] != left[(c, e)]]  # fmt: skip
+
+
+def no_negative_stock(f: Facts) -> list[str]:
+    return [f"{sku}: on hand {on_hand}, reserved {reserved}"
+            for sku, (on_hand, reserved) in sorted(f.stock.items())
+            if on_hand < 0 or reserved < 0 or reserved > on_hand]  # fmt: skip
+
+
+def channel_stock_matches(f: Facts) -> list[str]:
+    """Every channel's stock equals the buffered available (when listings are pushed)."""
+    return [f"{account}/{sku}: pushed {pushed}, expected {expected}"
+            for (account, sku), (pushed, expected) in sorted(f.channel_stock.items())
+            if pushed is not None and pushed != expected]  # fmt: skip
+
+
+def acknowledged_webhooks_processed(f: Facts) -> list[str]:
+    """Every webhook we answered 2xx has an inbox row, handled (poison excepted)."""
+    bad = []
+    for key in sorted(f.acknowledged - f.poison):
+        row = f.inbox.get(key)
+        if row is None:
+            bad.append(f"{key[0]}/{key[1]}: no inbox row")
+        elif row[0] not in HANDLED:
+            bad.append(f"{key[0]}/{key[1]}: {row[0]}")
+    return bad
+
+
+def no_order_moved_backwards(f: Facts) -> list[str]:
+    """Every state change on the timeline is one the transition table allows, from the state
+    the order was in."""
+    bad = []
+    current: dict[int, str] = {}
+    for order_id, before, after in f.transitions:
+        if after is None or before == after:
+            continue
+        if before is not None and order_id in current and current[order_id] != before:
+            bad.append(f"order {order_id}: {before}->{after} but was {current[order_id]}")
+        elif before is not None and not can_transition(OrderState(before), OrderState(after)):
+            bad.append(f"order {order_id}: {before}->{after}")
+        current[order_id] = after
+    return bad
+
+
+def nothing_left_behind(f: Facts) -> list[str]:
+    """No lock keys, queued or unacked messages, unfinished idempotency keys or undelivered
+    outbox rows once quiet."""
+    return (
+        [f"lock {k}" for k in f.lock_keys]
+        + [f"{queue}: {n} messages" for queue, n in sorted(f.queued.items()) if n]
+        + [f"idempotency key {k}" for k in f.unfinished_keys]
+        + [f"outbox {i}" for i in f.undelivered_outbox]
+    )
+
+
+def poison_dead_lettered(f: Facts) -> list[str]:
+    """Poison deliveries ended failed (shown to staff) within their attempt bound."""
+    bad = []
+    for key in sorted(f.poison & f.acknowledged):
+        row = f.inbox.get(key)
+        if row is None:
+            bad.append(f"{key[0]}/{key[1]}: no inbox row")
+        elif row[0] != "failed" or row[1] > f.attempt_bound + 1:
+            bad.append(f"{key[0]}/{key[1]}: {row[0]} after {row[1]} attempts")
+    return bad
+
+
+INVARIANTS: dict[str, Check] = {
+    "one order per external order": one_order_per_external_order,
+    "orders final": orders_final,
+    "one capture per payment": one_capture_per_payment,
+    "invoiced - credited = captured - refunded": money_balances,
+    "invoice numbers contiguous": invoice_numbers_contiguous,
+    "one label per shipment": one_label_per_shipment,
+    "one fulfilment per shipment": one_fulfilment_per_shipment,
+    "no negative stock": no_negative_stock,
+    "channel stock = buffered available": channel_stock_matches,
+    "2xx webhooks processed": acknowledged_webhooks_processed,
+    "no order moved backwards": no_order_moved_backwards,
+    "nothing left behind": nothing_left_behind,
+    "poison dead-lettered": poison_dead_lettered,
+}
+
+
+def check_all(facts: Facts) -> dict[str, list[str]]:
+    """Invariant name → the ids that break it."""
+    return {name: check(facts) for name, check in INVARIANTS.items()}
