@@ -78,8 +78,11 @@ def run_scenario(
             run.notes.append(f"not quiet {profile.quiet_timeout_s:.0f} s after the heal: "
                              f"{dict(run.states())}")  # fmt: skip
         phases["heal+quiet"] = time.monotonic() - began - sum(phases.values())
-        run.stop_beats()
+        # drained while Beat still runs (its sweeper puts back what a dead worker held),
+        # then without it (a scheduled poll sent meanwhile is not a leftover)
         run.wait(run.drained, 30, "the queues to drain")
+        run.stop_beats()
+        run.wait(run.drained, 15, "the queues to drain after Beat stopped")
         facts = run.facts()
         phases["drain+facts"] = time.monotonic() - began - sum(phases.values())
         dead = [c.name for c in world.stack.group.dead() if not c.name.startswith("beat")]

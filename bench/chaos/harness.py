@@ -411,8 +411,13 @@ class Run:
             f.unfinished_keys = [k for (k,) in session.execute(
                 select(IdempotencyKey.key)
                 .where(IdempotencyKey.recovery_point.not_in(("finished", "rejected"))))]  # fmt: skip
-            f.undelivered_outbox = [i for (i,) in session.execute(
-                select(OutboxMessage.id).where(OutboxMessage.status.in_(("pending", "failed"))))]  # fmt: skip
+            for i, kind, status, error in session.execute(
+                select(OutboxMessage.id, OutboxMessage.kind, OutboxMessage.status,
+                       OutboxMessage.last_error)
+                .where(OutboxMessage.status.in_(("pending", "failed")))
+            ):  # fmt: skip
+                f.undelivered_outbox.append(i)
+                self.notes.append(f"outbox {i} ({kind}) {status}: {(error or '')[:120]}")
         sandbox = self.world.sandbox
         f.captures = [(c["id"], str(c["order_ref"]), int(c["amount"]))
                       for c in sandbox.payments.captures]  # fmt: skip

@@ -246,9 +246,10 @@ class Poison(Scenario):
         client = run.redis()
         try:
             client.lpush("orders", b"\x00\xffnot a celery message")
+            client.lpush("intake", b'{"hello": "JSON, but not a message"}')
         finally:
             client.close()
-        run.faults["garbage queue message"] += 1
+        run.faults["unreadable queue items"] += 2
 
 
 class TwoBeats(Scenario):
