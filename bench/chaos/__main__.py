@@ -80,7 +80,8 @@ def run_scenario(
         phases["heal+quiet"] = time.monotonic() - began - sum(phases.values())
         # drained while Beat still runs (its sweeper puts back what a dead worker held),
         # then without it (a scheduled poll sent meanwhile is not a leftover)
-        run.wait(run.drained, 30, "the queues to drain")
+        if not run.wait(run.drained, 30, "the queues to drain"):
+            run.notes += [f"held: {held}" for held in run.held()]
         run.stop_beats()
         run.wait(run.drained, 15, "the queues to drain after Beat stopped")
         facts = run.facts()

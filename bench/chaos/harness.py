@@ -71,6 +71,13 @@ ENV = {
 QUEUES = ("intake", "orders", "sync", "documents", "outbound")
 PIPELINE = {"new", "reserved", "paid", "documented"}
 CANCEL_SHARE = 0.15
+#: the sandbox's raised ("fast") limits, told to our client as an account's own would be: at
+#: Amazon's documented getOrders rate (one a minute once the burst is spent) a storm of 429s
+#: leaves a poll waiting minutes, which the short profile cannot
+SANDBOX_RATE_LIMITS: dict[str, dict[str, Any]] = {
+    "amazon": {"getOrders": {"rate": 5.0, "burst": 20},
+               "getOrderItems": {"rate": 50.0, "burst": 60}},
+}  # fmt: skip
 SECRET = "chaos-webhook-secret"
 
 
@@ -155,6 +162,7 @@ class Run:
                     name=f"chaos-{channel}", channel=channel, shop=spec.shop,
                     api_base_url=spec.api_base_url, credentials=spec.credentials,
                     webhook_secret=spec.webhook_secret, poll_cursor=None,
+                    rate_limits=SANDBOX_RATE_LIMITS.get(channel, {}),
                 )  # fmt: skip
                 session.add(account)
                 session.flush()
@@ -335,6 +343,24 @@ class Run:
             return not sum(int(client.llen(q)) for q in QUEUES) and not client.hlen("unacked")
         except redis.RedisError:
             return False
+        finally:
+            client.close()
+
+    def held(self) -> list[str]:
+        """What the unacked messages are (task, retries, eta): why the queues are not empty."""
+        import json
+
+        client = self.redis()
+        try:
+            out = []
+            for raw in client.hvals("unacked"):
+                try:
+                    headers = json.loads(raw)[0]["headers"]
+                    out.append(f"{headers.get('task')} retries={headers.get('retries')} "
+                               f"eta={headers.get('eta')} args={headers.get('argsrepr')}")  # fmt: skip
+                except (ValueError, KeyError, IndexError, TypeError):
+                    out.append("(unreadable)")
+            return out
         finally:
             client.close()
 

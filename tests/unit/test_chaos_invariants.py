@@ -79,6 +79,7 @@ def _gap(f: Facts) -> None:
 
 def _label_reused(f: Facts) -> None:
     f.shipments[11] = (2, "shipped", "1Z2")  # shipped under the voided label
+    f.fulfilments[("woocommerce", "77")] += 1  # (and the marketplace was told)
 
 
 def _two_labels(f: Facts) -> None:
@@ -141,5 +142,5 @@ def test_a_broken_state_is_caught_by_its_invariant_with_the_ids(
     breaks(facts)
     broken = check_all(facts)
     assert broken[invariant] == expected
-    # the state is broken in one way: the orders of _stuck also leave "orders final" only
+    # the state is broken in one way only: no other invariant speaks up
     assert [name for name, ids in broken.items() if ids] == [invariant]
