@@ -37,7 +37,7 @@ def _raw(exc: ValueError) -> str:
     return obj.decode("utf-8", "replace") if isinstance(obj, bytes) else ""
 
 
-class Channel(kombu_redis.Channel):  # type: ignore[misc]  # kombu ships no type hints
+class Channel(kombu_redis.Channel):
     def _set_aside(self, exc: ValueError) -> None:
         raw = _raw(exc)
         record = dumps({"at": time.time(), "error": type(exc).__name__, "body": raw})
@@ -57,7 +57,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]  # kombu ships no type
             self._set_aside(exc)
             return True  # consumed: the event loop goes on
 
-    def _get(self, queue: str) -> Any:
+    def _get(self, queue: str, timeout: float | None = None) -> Any:
         while True:
             try:
                 return super()._get(queue)
@@ -65,5 +65,5 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]  # kombu ships no type
                 self._set_aside(exc)  # and read the next one (Empty ends it)
 
 
-class Transport(kombu_redis.Transport):  # type: ignore[misc]
+class Transport(kombu_redis.Transport):
     Channel = Channel

@@ -47,8 +47,11 @@ def _config() -> dict[str, Any]:
     return {
         "broker_url": url,
         # redis:// and rediss:// (unix:// is kombu's socket transport: left as it is)
-        **({"broker_transport": "workflows.broker:Transport"}
-           if url.split("://", 1)[0] in ("redis", "rediss") else {}),  # fmt: skip
+        **(
+            {"broker_transport": "workflows.broker:Transport"}
+            if url.split("://", 1)[0] in ("redis", "rediss")
+            else {}
+        ),
         "result_backend": url,
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,

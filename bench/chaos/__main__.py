@@ -48,8 +48,9 @@ def run_scenario(
     scenario = make(name)
     rng = random.Random(f"{seed}:{name}")
     began = time.monotonic()
-    with world_for(admin_url, var_dir, seed=seed, workers=profile.workers,
-                   extra_env=scenario.env) as (world, server, db_name):  # fmt: skip
+    with world_for(
+        admin_url, var_dir, seed=seed, workers=profile.workers, extra_env=scenario.env
+    ) as (world, server, db_name):
         run = Run(world, server, db_name, admin_url, profile, rng)
         phases = {"start": time.monotonic() - began}
         run.connect_accounts()
@@ -75,8 +76,9 @@ def run_scenario(
         quiet = run.quiet()
         to_quiet = time.monotonic() - healed
         if not quiet:
-            run.notes.append(f"not quiet {profile.quiet_timeout_s:.0f} s after the heal: "
-                             f"{dict(run.states())}")  # fmt: skip
+            run.notes.append(
+                f"not quiet {profile.quiet_timeout_s:.0f} s after the heal: {dict(run.states())}"
+            )
         phases["heal+quiet"] = time.monotonic() - began - sum(phases.values())
         # drained while Beat still runs (its sweeper puts back what a dead worker held),
         # then without it (a scheduled poll sent meanwhile is not a leftover)
@@ -130,16 +132,21 @@ def render(results: list[dict[str, Any]], console: Console) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.chaos",
-                                     description=(__doc__ or "").splitlines()[0])  # fmt: skip
-    parser.add_argument("--scenario", action="append", choices=[*SCENARIOS, "all"],
-                        help="repeatable; default all (the short profile: all but "
-                             f"{', '.join(LONG_ONLY)})")  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.chaos", description=(__doc__ or "").splitlines()[0]
+    )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=[*SCENARIOS, "all"],
+        help=f"repeatable; default all (the short profile: all but {', '.join(LONG_ONLY)})",
+    )
     parser.add_argument("--profile", choices=sorted(PROFILES), default="short")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
-    parser.add_argument("--postgres-url", default=os.environ.get(
-        "ORDERSYNC_TEST_POSTGRES_URL", DEFAULT_POSTGRES))  # fmt: skip
+    parser.add_argument(
+        "--postgres-url", default=os.environ.get("ORDERSYNC_TEST_POSTGRES_URL", DEFAULT_POSTGRES)
+    )
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     args = parser.parse_args(argv)
     if args.list:
@@ -161,9 +168,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             result = run_scenario(name, profile, seed, args.postgres_url, root / name)
         except Exception as exc:  # the harness itself failed: a row that says so
-            result = {"scenario": name, "orders": 0, "faults": {}, "quiet": False,
-                      "invariants": {}, "seconds_to_quiet": None, "seconds": None,
-                      "notes": [f"did not run: {type(exc).__name__}: {exc}"]}  # fmt: skip
+            result = {
+                "scenario": name,
+                "orders": 0,
+                "faults": {},
+                "quiet": False,
+                "invariants": {},
+                "seconds_to_quiet": None,
+                "seconds": None,
+                "notes": [f"did not run: {type(exc).__name__}: {exc}"],
+            }
         err.print(f"  {'OK' if ok(result) else 'BROKEN'} in {result['seconds']} s")
         results.append(result)
     render(results, err if args.json else Console())

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 from domain.states import OrderState, can_transition
 
-__all__ = ["INVARIANTS", "FINAL_STATES", "Facts", "check_all"]
+__all__ = ["FINAL_STATES", "INVARIANTS", "Facts", "check_all"]
 
 #: where every order of a run must end once the system is quiet (on_hold: waiting for stock
 #: that never came is an end too, shown to staff)
@@ -76,23 +76,29 @@ def one_order_per_external_order(f: Facts) -> list[str]:
     """Every sandbox order became exactly one of ours (none lost, none twice)."""
     ours = Counter((channel, ext) for channel, ext, _ in f.orders.values())
     bad = [f"{c}:{e} x{ours[(c, e)]}" for c, e in sorted(f.sandbox_orders) if ours[(c, e)] != 1]
-    bad += [f"{c}:{e} x{n}" for (c, e), n in sorted(ours.items()) if n > 1
-            and (c, e) not in f.sandbox_orders]  # fmt: skip
+    bad += [
+        f"{c}:{e} x{n}"
+        for (c, e), n in sorted(ours.items())
+        if n > 1 and (c, e) not in f.sandbox_orders
+    ]
     return bad
 
 
 def orders_final(f: Facts) -> list[str]:
     """Every order of the run ended final (delivered, cancelled) or with staff."""
-    return [f"order {oid} {state}" for oid, (_, _, state) in sorted(f.orders.items())
-            if state not in FINAL_STATES]  # fmt: skip
+    return [
+        f"order {oid} {state}"
+        for oid, (_, _, state) in sorted(f.orders.items())
+        if state not in FINAL_STATES
+    ]
 
 
 def one_capture_per_payment(f: Facts) -> list[str]:
     """At most one capture per order, exactly one per order we recorded as paid by us, and
     the amounts equal."""
     by_ref: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    for capture_id, ref, amount in f.captures:
-        by_ref[ref].append((capture_id, amount))
+    for capture_id, ref, minor in f.captures:
+        by_ref[ref].append((capture_id, minor))
     bad = [f"order {ref}: {len(c)} captures" for ref, c in sorted(by_ref.items()) if len(c) > 1]
     for order_id, (amount, by_marketplace) in sorted(f.payments.items()):
         got = by_ref.get(str(order_id), [])
@@ -107,13 +113,16 @@ def one_capture_per_payment(f: Facts) -> list[str]:
         elif got[0][1] != int((amount * 100).to_integral_value()):
             bad.append(f"order {order_id}: captured {got[0][1]} != {amount}")
     paid = {str(oid) for oid in f.payments}
-    bad += [f"capture {c[0]} of order {ref}: no payment of ours" for ref, c in sorted(by_ref.items())
-            if ref not in paid]  # fmt: skip
+    bad += [
+        f"capture {c[0]} of order {ref}: no payment of ours"
+        for ref, c in sorted(by_ref.items())
+        if ref not in paid
+    ]
     return bad
 
 
 def money_balances(f: Facts) -> list[str]:
-    """invoiced − credited = captured − refunded, per order with money (needs_attention
+    """invoiced - credited = captured - refunded, per order with money (needs_attention
     orders excepted: their failed step is waiting for staff; what a marketplace collected it
     refunds itself when the order is cancelled)."""
     bad = []
@@ -154,16 +163,19 @@ def one_label_per_shipment(f: Facts) -> list[str]:
             voided.add(tracking)
         else:
             live[ref].append(label_id)
-    bad = [f"shipment {ref}: {len(ids)} live labels" for ref, ids in sorted(
-        live.items(), key=lambda kv: str(kv[0])) if len(ids) > 1]  # fmt: skip
+    bad = [
+        f"shipment {ref}: {len(ids)} live labels"
+        for ref, ids in sorted(live.items(), key=lambda kv: str(kv[0]))
+        if len(ids) > 1
+    ]
     for shipment_id, tracking, is_void in f.labels:
         if tracking not in carrier_tracking:
             bad.append(f"shipment {shipment_id}: label {tracking} unknown to the carrier")
         elif carrier_tracking[tracking] and not is_void:
             bad.append(f"shipment {shipment_id}: label {tracking} voided at the carrier")
-    for shipment_id, (_, status, tracking) in sorted(f.shipments.items()):
-        if status in LEFT and tracking in voided:
-            bad.append(f"shipment {shipment_id}: shipped under voided label {tracking}")
+    for shipment_id, (_, status, shipped_under) in sorted(f.shipments.items()):
+        if status in LEFT and shipped_under in voided:
+            bad.append(f"shipment {shipment_id}: shipped under voided label {shipped_under}")
     return bad
 
 
@@ -175,21 +187,28 @@ def one_fulfilment_per_shipment(f: Facts) -> list[str]:
             channel, ext, _ = f.orders[order_id]
             left[(channel, ext)] += 1
     keys = sorted(set(left) | set(f.fulfilments))
-    return [f"{c}:{e} {f.fulfilments[(c, e)]} fulfilments for {left[(c, e)]} shipments"
-            for c, e in keys if f.fulfilments[(c, e)] != left[(c, e)]]  # fmt: skip
+    return [
+        f"{c}:{e} {f.fulfilments[(c, e)]} fulfilments for {left[(c, e)]} shipments"
+        for c, e in keys
+        if f.fulfilments[(c, e)] != left[(c, e)]
+    ]
 
 
 def no_negative_stock(f: Facts) -> list[str]:
-    return [f"{sku}: on hand {on_hand}, reserved {reserved}"
-            for sku, (on_hand, reserved) in sorted(f.stock.items())
-            if on_hand < 0 or reserved < 0 or reserved > on_hand]  # fmt: skip
+    return [
+        f"{sku}: on hand {on_hand}, reserved {reserved}"
+        for sku, (on_hand, reserved) in sorted(f.stock.items())
+        if on_hand < 0 or reserved < 0 or reserved > on_hand
+    ]
 
 
 def channel_stock_matches(f: Facts) -> list[str]:
     """Every channel's stock equals the buffered available (when listings are pushed)."""
-    return [f"{account}/{sku}: pushed {pushed}, expected {expected}"
-            for (account, sku), (pushed, expected) in sorted(f.channel_stock.items())
-            if pushed is not None and pushed != expected]  # fmt: skip
+    return [
+        f"{account}/{sku}: pushed {pushed}, expected {expected}"
+        for (account, sku), (pushed, expected) in sorted(f.channel_stock.items())
+        if pushed is not None and pushed != expected
+    ]
 
 
 def acknowledged_webhooks_processed(f: Facts) -> list[str]:

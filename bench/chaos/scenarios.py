@@ -140,10 +140,13 @@ class PostgresTerminate(Scenario):
                 for _ in range(3):
                     time.sleep(run.rng.uniform(0.2, 0.8))
                     with admin.connect() as conn:
-                        killed = conn.execute(sa.text(
-                            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                            "WHERE datname = :db AND pid <> pg_backend_pid()"
-                        ), {"db": run.db_name}).scalar_one()  # fmt: skip
+                        killed = conn.execute(
+                            sa.text(
+                                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                "WHERE datname = :db AND pid <> pg_backend_pid()"
+                            ),
+                            {"db": run.db_name},
+                        ).scalar_one()
                     run.faults["postgres backends terminated"] += int(killed)
             finally:
                 admin.dispose()
@@ -183,8 +186,11 @@ class WebhookStorm(Scenario):
             fresh = dict(headers)
             for name in ("X-Shopify-Webhook-Id", "X-WC-Webhook-Delivery-ID"):
                 if name in fresh:
-                    fresh[name] = str(uuid.uuid4()) if "Shopify" in name else str(
-                        run.rng.randrange(10**8, 10**9))
+                    fresh[name] = (
+                        str(uuid.uuid4())
+                        if "Shopify" in name
+                        else str(run.rng.randrange(10**8, 10**9))
+                    )
             run.deliver(channel, fresh, body, keep=False)  # an old payload, a new id
 
         kept = list(run.kept)
@@ -265,8 +271,11 @@ class VisibilityTimeout(Scenario):
     """A worker stopped past ``visibility_timeout`` (60 s here): Redis hands what it held to
     another worker while it still "runs"; when it wakes, both finish the same task."""
 
-    env_ = {"ORDERSYNC_VISIBILITY_TIMEOUT_S": "60", "ORDERSYNC_PARK_AFTER_S": "20",
-            "ORDERSYNC_TASK_TIME_LIMIT_S": "30"}  # fmt: skip
+    env_ = {
+        "ORDERSYNC_VISIBILITY_TIMEOUT_S": "60",
+        "ORDERSYNC_PARK_AFTER_S": "20",
+        "ORDERSYNC_TASK_TIME_LIMIT_S": "30",
+    }
 
     def during(self, run: Run, round: int) -> None:
         if round != 0:
@@ -296,9 +305,10 @@ def _all() -> dict[str, Scenario]:
         MarketplaceFaults("marketplace_faults", MarketplaceFaults.__doc__ or ""),
         Poison("poison", Poison.__doc__ or ""),
         TwoBeats("two_beats", TwoBeats.__doc__ or ""),
-        VisibilityTimeout("visibility_timeout", VisibilityTimeout.__doc__ or "",
-                          env=VisibilityTimeout.env_),
-    ]  # fmt: skip
+        VisibilityTimeout(
+            "visibility_timeout", VisibilityTimeout.__doc__ or "", env=VisibilityTimeout.env_
+        ),
+    ]
     return {s.name: s for s in made}
 
 

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 import redis
-from kombu import Connection, Queue
+from kombu.connection import Connection
+from kombu.entity import Queue
 
 from workflows.broker import DEAD_LETTERS
 
@@ -38,7 +39,11 @@ def test_the_event_loop_sets_unreadable_items_aside_and_delivers_the_next(
         for item in BROKEN:  # kombu publishes LPUSH and consumes BRPOP: these come first
             client.lpush(queue.name, item)
         _publish(conn, queue, {"n": 1})
-        with conn.Consumer(queue, callbacks=[lambda body, m: (got.append(body), m.ack())]):
+        def take(body: Any, message: Any) -> None:
+            got.append(body)
+            message.ack()
+
+        with conn.Consumer(queue, callbacks=[take]):
             for _ in range(5):
                 if got:
                     break
