@@ -88,10 +88,12 @@ def run_scenario(
         run.wait(run.drained, 15, "the queues to drain after Beat stopped")
         facts = run.facts()
         phases["drain+facts"] = time.monotonic() - began - sum(phases.values())
-        dead = [c.name for c in world.stack.group.dead() if not c.name.startswith("beat")]
-        killed = run.faults["worker SIGKILL"]
-        if len(dead) > killed:
-            run.notes.append(f"processes died on their own: {len(dead) - killed} ({dead})")
+        # a process that exited without being killed by the scenario (Beats are stopped above)
+        died = [
+            c.name
+            for c in world.stack.group.dead()
+            if not c.name.startswith("beat") and c.name not in run.killed
+        ]
     broken = check_all(facts)
     return {
         "scenario": name,
@@ -100,6 +102,7 @@ def run_scenario(
         "faults": dict(run.faults),
         "invariants": broken,
         "quiet": quiet,
+        "died": died,
         "seconds_to_quiet": round(to_quiet, 1),
         "seconds": round(time.monotonic() - began, 1),
         "notes": run.notes,
@@ -109,7 +112,9 @@ def run_scenario(
 
 
 def ok(result: dict[str, Any]) -> bool:
-    return result["quiet"] and not any(result["invariants"].values())
+    return (
+        result["quiet"] and not result.get("died") and not any(result["invariants"].values())
+    )
 
 
 def render(results: list[dict[str, Any]], console: Console) -> None:
@@ -125,6 +130,8 @@ def render(results: list[dict[str, Any]], console: Console) -> None:
                 lines.append(f"[red]{name}: {'; '.join(ids[:3])}{more}[/red]")
         broken = len(lines)
         lines.insert(0, f"{len(INVARIANTS) - broken}/{len(INVARIANTS)} OK")
+        if r.get("died"):
+            lines.append(f"[red]died on their own: {', '.join(r['died'])}[/red]")
         lines += [f"[yellow]{note}[/yellow]" for note in r["notes"]]
         quiet = f"{r['seconds_to_quiet']} s" if r["quiet"] else "[red]never[/red]"
         table.add_row(r["scenario"], str(r["orders"]), faults, "\n".join(lines), quiet)

@@ -166,6 +166,7 @@ class Run:
     faults: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
     worker_seq: int = 0
+    killed: set[str] = field(default_factory=set)  # processes the scenario killed on purpose
     _polled_at: float = 0.0
 
     # -- setup -------------------------------------------------------------------------------

@@ -63,6 +63,7 @@ class WorkerKill(Scenario):
             os.killpg(victim.process.pid, signal.SIGKILL)
             victim.process.wait()
             run.faults["worker SIGKILL"] += 1
+            run.killed.add(victim.name)
             run.start_worker()
 
         self.background(kill)
