@@ -112,9 +112,7 @@ def run_scenario(
 
 
 def ok(result: dict[str, Any]) -> bool:
-    return (
-        result["quiet"] and not result.get("died") and not any(result["invariants"].values())
-    )
+    return result["quiet"] and not result.get("died") and not any(result["invariants"].values())
 
 
 def render(results: list[dict[str, Any]], console: Console) -> None:

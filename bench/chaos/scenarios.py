@@ -69,6 +69,55 @@ class WorkerKill(Scenario):
         self.background(kill)
 
 
+class CrashPoints(Scenario):
+    """SIGKILL of every worker at a crash point: the payment provider has applied a capture
+    (and holds its answer 1.5 s), or the carrier is buying a label (1.5 s), when the workers
+    die; new ones start. The charge or label exists outside and not in our database: the
+    retry must find it, not make a second one."""
+
+    def start(self, run: Run) -> None:
+        super().start(run)
+        run.world.sandbox.payments.reply_delay_s = 1.5
+        run.world.sandbox.carrier.apply_latency_s = 1.5
+
+    def during(self, run: Run, round: int) -> None:
+        if round < 0:  # staff at work: nothing is captured or bought any more
+            return
+        sandbox = run.world.sandbox
+        at_capture = round % 2 == 0  # the rounds take turns
+
+        def reached() -> bool:
+            if at_capture:
+                return len(sandbox.payments.captures) > captures
+            # a purchase whose key is taken and whose answer is not made yet (the carrier
+            # simulator keeps no public "in flight" view: its key table is read as is)
+            return any(k.body is None for k in list(sandbox.carrier._keys.values()))
+
+        def crash() -> None:
+            deadline = time.monotonic() + 20
+            while not reached():
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.02)
+            point = "after a capture, before its answer" if at_capture else "mid label purchase"
+            workers = run.live_workers()
+            for victim in workers:
+                os.killpg(victim.process.pid, signal.SIGKILL)
+                run.killed.add(victim.name)
+            for victim in workers:
+                victim.process.wait()
+                run.start_worker()
+            run.faults[f"all workers SIGKILLed {point}"] += 1
+
+        captures = len(sandbox.payments.captures)
+        self.background(crash)
+
+    def heal(self, run: Run) -> None:
+        super().heal(run)
+        run.world.sandbox.payments.reply_delay_s = 0.0
+        run.world.sandbox.carrier.apply_latency_s = 0.0
+
+
 class WorkerStall(Scenario):
     """SIGSTOP a worker (the long profile: past the lock TTL), then SIGCONT: the others take
     its work over; when it wakes, what it was doing must not happen twice."""
@@ -297,6 +346,7 @@ def _all() -> dict[str, Scenario]:
     made = [
         Scenario(),
         WorkerKill("worker_kill", WorkerKill.__doc__ or ""),
+        CrashPoints("crash_points", CrashPoints.__doc__ or ""),
         WorkerStall("worker_stall", WorkerStall.__doc__ or ""),
         DropAfterApply("drop_after_apply", DropAfterApply.__doc__ or ""),
         RedisRestart("redis_restart", RedisRestart.__doc__ or ""),
