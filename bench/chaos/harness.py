@@ -53,6 +53,7 @@ from orders.stock import set_on_hand
 from ordersync.demo import _demo_skus
 from tests.support.redis_server import RedisServer
 from tests.support.world import World, running_world
+from workflows.broker import DEAD_LETTERS
 
 __all__ = ["PROFILES", "Profile", "Run", "chaos_database", "own_redis", "world_for"]
 
@@ -166,6 +167,7 @@ class Run:
     faults: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
     worker_seq: int = 0
+    unreadable_pushed: int = 0  # queue items that are not messages (poison)
     killed: set[str] = field(default_factory=set)  # processes the scenario killed on purpose
     _polled_at: float = 0.0
 
@@ -533,6 +535,8 @@ class Run:
             f.lock_keys = sorted(k.decode() for k in client.scan_iter("ordersync:lock:*"))
             f.queued = {q: int(client.llen(q)) for q in QUEUES}
             f.queued["unacked"] = int(client.hlen("unacked"))
+            f.dead_letters = int(client.llen(DEAD_LETTERS))
+            f.unreadable_pushed = self.unreadable_pushed
         finally:
             client.close()
         return f

@@ -61,6 +61,9 @@ class Facts:
     #: deliveries sent on purpose as poison (unreadable): (account id, dedupe key)
     poison: set[tuple[int, str]] = field(default_factory=set)
     attempt_bound: int = 8
+    #: queue items that are not messages: how many the run pushed, how many were set aside
+    unreadable_pushed: int = 0
+    dead_letters: int = 0
     #: leftovers: Redis lock keys, unacked or queued messages, unfinished idempotency keys,
     #: undelivered outbox rows (ids)
     lock_keys: list[str] = field(default_factory=list)
@@ -259,6 +262,8 @@ def poison_dead_lettered(f: Facts) -> list[str]:
             bad.append(f"{key[0]}/{key[1]}: no inbox row")
         elif row[0] != "failed" or row[1] > f.attempt_bound + 1:
             bad.append(f"{key[0]}/{key[1]}: {row[0]} after {row[1]} attempts")
+    if f.dead_letters < f.unreadable_pushed:
+        bad.append(f"{f.unreadable_pushed} unreadable queue items, {f.dead_letters} set aside")
     return bad
 
 

@@ -113,6 +113,10 @@ def _poison_looping(f: Facts) -> None:
     f.inbox[(1, "bad")] = ("received", 30)
 
 
+def _unreadable_lost(f: Facts) -> None:
+    f.unreadable_pushed, f.dead_letters = 2, 1
+
+
 @pytest.mark.parametrize(
     ("invariant", "breaks", "expected"),
     [
@@ -133,6 +137,7 @@ def _poison_looping(f: Facts) -> None:
         ("no order moved backwards", _backwards, ["order 1: delivered->ready_to_ship"]),
         ("nothing left behind", _leftovers, ["lock ordersync:lock:capture:1", "outbox 7"]),
         ("poison dead-lettered", _poison_looping, ["1/bad: received after 30 attempts"]),
+        ("poison dead-lettered", _unreadable_lost, ["2 unreadable queue items, 1 set aside"]),
     ],
 )  # fmt: skip
 def test_a_broken_state_is_caught_by_its_invariant_with_the_ids(
