@@ -324,8 +324,10 @@ class VisibilityTimeout(Scenario):
 
     env_ = {
         "ORDERSYNC_VISIBILITY_TIMEOUT_S": "60",
-        "ORDERSYNC_PARK_AFTER_S": "20",
-        "ORDERSYNC_TASK_TIME_LIMIT_S": "30",
+        # the park and the hard limit within it; the soft limit is 30 s below the hard one
+        "ORDERSYNC_PARK_AFTER_S": "10",
+        "ORDERSYNC_TASK_TIME_LIMIT_S": "45",
+        "ORDERSYNC_SYNC_SLICE_S": "10",
     }
 
     def during(self, run: Run, round: int) -> None:
