@@ -315,6 +315,17 @@ class Run:
                 )
             )
 
+    def pending_outbox(self) -> int:
+        with self.world.maker() as session:
+            return int(
+                session.scalar(
+                    select(func.count())
+                    .select_from(OutboxMessage)
+                    .where(OutboxMessage.status == "pending")
+                )
+                or 0
+            )
+
     def _waiting(self) -> int:
         with self.world.maker() as session:
             inbox = session.scalar(
