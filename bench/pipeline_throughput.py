@@ -10,12 +10,13 @@ process), the web app (``ordersync web``) and **two worker processes** (``orders
 real processes. No Beat: nothing is polled or swept during the run.
 
 Pipeline: N orders created in the Shopify simulator, most of them ``authorized`` (so the
-pipeline captures the payment over HTTP; the rest are ``paid``, collected by Shopify), stock
-enough that none goes on hold. Their signed ``orders/create`` webhooks are posted as fast as a
-thread pool can; each order is timed from the moment its webhook was answered 200 to its
-``ready_to_ship`` row in ``order_events`` (read from the database after the run). Every order
-runs ``process_event`` then reserve_stock → capture_payment → chord([issue_invoice, buy_label])
-→ mark_ready_to_ship, with the invoice PDF and the label bought from the sandbox carrier.
+pipeline captures the authorization on Shopify over HTTP, ``orderCapture``; the rest are
+``paid``, collected by Shopify), stock enough that none goes on hold. Their signed
+``orders/create`` webhooks are posted as fast as a thread pool can; each order is timed from
+the moment its webhook was answered 200 to its ``ready_to_ship`` row in ``order_events`` (read
+from the database after the run). Every order runs ``process_event`` then reserve_stock →
+capture_payment → chord([issue_invoice, buy_label]) → mark_ready_to_ship, with the invoice PDF
+and the label bought from the sandbox carrier.
 
 Baseline, same run, same broker, same Celery settings, same worker set-up (two
 ``worker --concurrency 1`` processes, the ordersync CLI): N chains of as many no-op tasks in
@@ -583,6 +584,7 @@ def _deliveries(sandbox: Any, setup: Setup, count: int, capture_share: float) ->
         authorized = math.floor((i + 1) * capture_share) > math.floor(i * capture_share)
         order["financial_status"] = "authorized" if authorized else "paid"
         order["total_outstanding"] = order["current_total_price"] if authorized else "0.00"
+        shop.put_order(order)  # its transactions as the new status implies (an AUTHORIZATION)
         setup.captures_expected += authorized
         headers, body = shop.webhook_delivery(external_id, "orders/create", setup.secret)
         out.append((external_id, path, headers, body))
@@ -858,7 +860,8 @@ def run(
             task_stats=task_stats, redis_pid=redis_pid,
         )  # fmt: skip
         ledger = sandbox.ledger()
-        result["pipeline"]["captures_in_ledger"] = ledger["payments"]["captures"]
+        # authorizations are captured on Shopify (orderCapture): the simulator's ledger
+        result["pipeline"]["captures_in_ledger"] = ledger["shopify"]["captures"]
         result["pipeline"]["captures_expected"] = setup.captures_expected
         result["pipeline"]["labels_in_ledger"] = ledger["carrier"]["labels"]
         result["loadavg_after"] = os.getloadavg()

@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     sync_slice_pages: int = Field(default=50, ge=1)
     sync_slice_s: float = Field(default=120.0, gt=0)
 
+    # stock out to the channels: changes of one account within this window go out in one
+    # flush (bulk calls, the quantity as it is at send time)
+    stock_flush_window_s: float = Field(default=1.0, gt=0, le=60)
+
     # outside services of the pipeline (the demo points them at the sandbox)
     payments_url: str | None = None
     payments_api_key: SecretStr = SecretStr("")

@@ -52,6 +52,8 @@ __all__ = [
     "Refund",
     "Shipment",
     "ShipmentLine",
+    "StockCheck",
+    "StockDrift",
     "StockItem",
     "StockReservation",
     "SyncRun",
@@ -78,7 +80,17 @@ class ChannelAccount(Base):
     webhook_secret: Mapped[str | None] = mapped_column(String(255))
     poll_cursor: Mapped[dt.datetime | None]
     rate_limits: Mapped[JSONDict] = mapped_column(JSON, default=dict)
+    # the seller entity's invoice series prefix (``ACME-US`` → ``ACME-US-INV-2026``); None:
+    # the shared default series (``INV-2026``)
+    invoice_series: Mapped[str | None] = mapped_column(String(30))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # the buffer rule of the account's listings that set none of their own (domain/buffer.py)
+    stock_keep_percent: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    stock_max_quantity: Mapped[int | None] = mapped_column(Integer)
+    stock_zero_at_or_below: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # the one stock flusher of the account (orders/stock_push.py): who holds it, until when
+    stock_flush_owner: Mapped[str | None] = mapped_column(String(255))
+    stock_flush_until: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = created_at()
     updated_at: Mapped[dt.datetime] = updated_at()
 
@@ -110,6 +122,9 @@ class Order(Base):
     buyer_email: Mapped[str | None] = mapped_column(String(255))
     shipping_address: Mapped[JSONDict | None] = mapped_column(JSON)
     payment_collected_by_marketplace: Mapped[bool] = mapped_column(Boolean, default=False)
+    # what the marketplace says about the money (``domain.canonical.PaymentFacts`` as JSON):
+    # gateway, where the authorization lives, its id, amounts, expiry
+    payment_facts: Mapped[JSONDict | None] = mapped_column(JSON)
     # the marketplace ships it from its own stock (Amazon FBA): no reservation, no label, no
     # fulfilment push
     fulfilled_by_marketplace: Mapped[bool] = mapped_column(
@@ -154,6 +169,8 @@ class OrderLine(Base):
     title: Mapped[str] = mapped_column(String(500), default="")
     quantity: Mapped[int] = mapped_column(Integer)
     unit_price: Mapped[Decimal]
+    # the line's share of discounts; total = unit_price * quantity - discount (before tax)
+    discount: Mapped[Decimal] = mapped_column(default=Decimal(0), server_default="0")
     tax: Mapped[Decimal]
     total: Mapped[Decimal]
 
@@ -302,6 +319,9 @@ class StockItem(Base):
     sku: Mapped[str] = mapped_column(String(100), primary_key=True)
     on_hand: Mapped[int] = mapped_column(Integer, default=0)
     reserved: Mapped[int] = mapped_column(Integer, default=0)
+    # who set the last count (``staff:cli``, a user's name from the web): reservations and
+    # shipments move the numbers, people set them
+    counted_by: Mapped[str | None] = mapped_column(String(100))
     updated_at: Mapped[dt.datetime] = updated_at()
 
 
@@ -320,20 +340,85 @@ class StockReservation(Base):
 
 
 class Listing(Base):
-    """A SKU as listed on one channel, with the buffer rules applied to the pushed quantity."""
+    """One SKU as listed on one channel account: the marketplace's identifiers, the buffer rule
+    and what was pushed.
+
+    ``want_version`` is bumped in the transaction of every change of the SKU's available stock
+    (the dirty mark); the flusher pushes and records ``pushed_version`` with a conditional
+    update (``WHERE pushed_version < :v``), so an older quantity never overwrites a newer one.
+    The listing is dirty while ``want_version > pushed_version``. Identifiers per channel:
+    Shopify ``external_id`` = InventoryItem GID, ``external_location_id`` = its Location GID;
+    WooCommerce product or variation id, ``external_parent_id`` = the variable product;
+    Amazon seller SKU (+ ``external_location_id`` = marketplace id); eBay SKU (+ offer id in
+    ``external_parent_id``)."""
 
     __tablename__ = "listings"
-    __table_args__ = (UniqueConstraint("channel_account_id", "sku"),)
+    __table_args__ = (
+        UniqueConstraint("channel_account_id", "sku"),
+        Index("ix_listings_sku", "sku"),
+        Index("ix_listings_dirty", "channel_account_id", "dirty_at"),
+        CheckConstraint("buffer_percent BETWEEN 0 AND 100", name="buffer_percent_range"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     channel_account_id: Mapped[int] = mapped_column(ForeignKey("channel_accounts.id"))
     sku: Mapped[str] = mapped_column(String(100))
-    external_id: Mapped[str | None] = mapped_column(ExternalId)
-    buffer_percent: Mapped[int] = mapped_column(Integer, default=0)
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    external_parent_id: Mapped[str | None] = mapped_column(String(255))
+    external_location_id: Mapped[str | None] = mapped_column(String(255))
+    # Amazon FBA: Amazon holds that stock; recorded, never pushed
+    fulfilled_by_marketplace: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
+    # the listing's own buffer rule; None = the account's
+    buffer_percent: Mapped[int | None] = mapped_column(Integer)
     buffer_max: Mapped[int | None] = mapped_column(Integer)
-    zero_at_or_below: Mapped[int] = mapped_column(Integer, default=0)
+    zero_at_or_below: Mapped[int | None] = mapped_column(Integer)
+    want_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    pushed_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # first unpushed change (None = clean): what the flusher and its safety net look for
+    dirty_at: Mapped[dt.datetime | None]
     last_pushed_qty: Mapped[int | None] = mapped_column(Integer)
     last_pushed_at: Mapped[dt.datetime | None]
+    # the last push that failed for good (retries exhausted or refused): shown to staff
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = created_at()
+
+
+class StockDrift(Base):
+    """A listing whose quantity on the channel was not what we last pushed: someone changed it
+    in the marketplace's admin. Found by a push (Shopify's ``changeFromQuantity``) or by the
+    nightly check, repaired by pushing ours again."""
+
+    __tablename__ = "stock_drifts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    listing_id: Mapped[int] = mapped_column(
+        ForeignKey("listings.id", ondelete="CASCADE"), index=True
+    )
+    found_at: Mapped[dt.datetime] = created_at()
+    found_by: Mapped[str] = mapped_column(String(20))  # push | nightly
+    channel_qty: Mapped[int] = mapped_column(Integer)
+    expected_qty: Mapped[int | None] = mapped_column(Integer)
+    repaired_at: Mapped[dt.datetime | None]
+
+
+class StockCheck(Base):
+    """One nightly full push of one account: every listing read, compared, repaired."""
+
+    __tablename__ = "stock_checks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    channel_account_id: Mapped[int] = mapped_column(
+        ForeignKey("channel_accounts.id", ondelete="CASCADE"), index=True
+    )
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    listings_checked: Mapped[int] = mapped_column(Integer, default=0)
+    drifted: Mapped[int] = mapped_column(Integer, default=0)
+    missing_on_channel: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[dt.datetime] = created_at()
+    finished_at: Mapped[dt.datetime | None]
 
 
 class Payment(Base):
@@ -355,21 +440,30 @@ class Payment(Base):
 
 
 class Refund(Base):
-    """Money given back on a captured payment (a cancelled order), made once per idempotency
-    key. Payments the marketplace collected are refunded by the marketplace, not here."""
+    """Money given back, once per ``idempotency_key``: by us at the payment provider (a
+    cancelled order's capture, a staff refund: ``source`` ``provider`` / ``staff``), or by the
+    marketplace (``source`` ``marketplace``: the key is the marketplace's refund id), with the
+    lines and shipping it covers (``lines``: ``[{"line": external id, "quantity": n,
+    "amount": "…", "tax": "…", "restock": bool}]``) for its credit note."""
 
     __tablename__ = "refunds"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    payment_id: Mapped[int] = mapped_column(ForeignKey("payments.id"), index=True)
+    payment_id: Mapped[int | None] = mapped_column(ForeignKey("payments.id"), index=True)
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
     provider: Mapped[str] = mapped_column(String(50))
-    external_id: Mapped[str] = mapped_column(String(255))
+    source: Mapped[str] = mapped_column(String(20), default="provider", server_default="provider")
+    # the provider's or marketplace's id; None while a staff refund waits for its call
+    external_id: Mapped[str | None] = mapped_column(String(255))
     amount: Mapped[Decimal]
     currency: Mapped[str] = mapped_column(Currency)
     status: Mapped[str] = mapped_column(String(20))
     reason: Mapped[str | None] = mapped_column(String(50))
     idempotency_key: Mapped[str] = mapped_column(String(255), unique=True)
+    lines: Mapped[list[Any] | None] = mapped_column(JSON)
+    shipping: Mapped[Decimal] = mapped_column(default=Decimal(0), server_default="0")
+    # who asked: the staff member's name, or the marketplace / system
+    requested_by: Mapped[str | None] = mapped_column(String(100))
     created_at: Mapped[dt.datetime] = created_at()
 
 
@@ -383,16 +477,19 @@ class InvoiceCounter(Base):
 
 
 class Invoice(Base):
-    """A finalised invoice or credit note; never deleted."""
+    """A finalised invoice or credit note; never changed, never deleted.
+
+    ``source_key`` says what made it, once: ``invoice:{order}:{revision}``,
+    ``credit:cancel:{order}``, ``credit:edit:{order}:{revision}``, ``credit:refund:{refund}``.
+    ``lines`` are the printed lines with every column (``domain.invoice_math``), so a credit
+    note mirrors exactly what it credits."""
 
     __tablename__ = "invoices"
-    __table_args__ = (
-        UniqueConstraint("series", "number"),
-        UniqueConstraint("order_id", "kind"),
-    )
+    __table_args__ = (UniqueConstraint("series", "number"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"))
+    order_id: Mapped[int] = mapped_column(ForeignKey("orders.id"), index=True)
+    source_key: Mapped[str] = mapped_column(String(120), unique=True)
     kind: Mapped[str] = mapped_column(String(20), default="invoice")
     series: Mapped[str] = mapped_column(String(50))
     number: Mapped[int] = mapped_column(Integer)
@@ -400,6 +497,7 @@ class Invoice(Base):
     total: Mapped[Decimal]
     currency: Mapped[str] = mapped_column(Currency)
     credits_invoice_id: Mapped[int | None] = mapped_column(ForeignKey("invoices.id"))
+    lines: Mapped[list[Any] | None] = mapped_column(JSON)
     pdf: Mapped[bytes | None] = mapped_column(LargeBinary)
     issued_at: Mapped[dt.datetime] = created_at()
 

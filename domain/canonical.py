@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -25,7 +25,16 @@ from pydantic import (
 from domain.money import MoneyField, to_decimal
 from domain.states import OrderState
 
-__all__ = ["Address", "CanonicalLine", "CanonicalOrder", "MoneyField", "to_decimal"]
+__all__ = [
+    "Address",
+    "CanonicalLine",
+    "CanonicalOrder",
+    "CanonicalRefund",
+    "MoneyField",
+    "PaymentFacts",
+    "RefundLine",
+    "to_decimal",
+]
 
 
 def _aware_utc(value: dt.datetime) -> dt.datetime:
@@ -104,6 +113,51 @@ class CanonicalLine(_Canonical):
     total: MoneyField
 
 
+class PaymentFacts(_Canonical):
+    """What the marketplace says about the order's money, as far as it says it.
+
+    ``held_by`` is where an authorization we may capture lives: ``marketplace`` (Shopify holds
+    it; captured there with ``orderCapture``), ``provider`` (a PaymentIntent at the shop's
+    Stripe account, e.g. WooCommerce's Stripe gateway: captured at the provider), or None (no
+    authorization: the marketplace collected the money, or nobody has paid yet). Nothing here is
+    guessed: a field the marketplace does not give stays None.
+    """
+
+    gateway: str | None = None
+    held_by: Literal["marketplace", "provider"] | None = None
+    #: the authorization to capture: Shopify's AUTHORIZATION transaction id, or the
+    #: PaymentIntent id (``pi_…``); None when only found at capture time
+    authorization_id: str | None = None
+    amount_authorized: MoneyField | None = None
+    amount_captured: MoneyField | None = None
+    authorization_expires_at: UTCTimestamp | None = None
+
+
+class RefundLine(_Canonical):
+    """Units of one order line the marketplace refunded: their net (after discount, before
+    tax) and tax as it computed them, and whether they go back into stock."""
+
+    line_external_id: ExternalIdStr
+    quantity: int = Field(ge=0)
+    subtotal: MoneyField
+    tax: MoneyField = Decimal(0)
+    restock: bool = False
+
+
+class CanonicalRefund(_Canonical):
+    """A refund the marketplace made (Shopify ``refunds/create``, a WooCommerce order refund):
+    the lines and shipping it covers and the money that went back (``amount``)."""
+
+    external_id: ExternalIdStr
+    order_external_id: ExternalIdStr
+    lines: list[RefundLine] = Field(default_factory=list)
+    shipping: MoneyField = Decimal(0)
+    shipping_tax: MoneyField = Decimal(0)
+    amount: MoneyField
+    currency: str | None = None
+    created_at: UTCTimestamp | None = None
+
+
 class CanonicalOrder(_Canonical):
     #: the registered marketplace's name (``integrations.registry``); the domain lists none
     channel: str = Field(min_length=1, max_length=20)
@@ -125,6 +179,10 @@ class CanonicalOrder(_Canonical):
     buyer_name: str | None = None
     buyer_email: str | None = None
     payment_collected_by_marketplace: bool = False
+    #: the payment facts the marketplace gives (gateway, authorization); None: it gives none
+    payment: PaymentFacts | None = None
+    #: refunds the marketplace made, as far as the payload carries them
+    refunds: list[CanonicalRefund] = Field(default_factory=list)
     #: the marketplace ships it from its own warehouse (Amazon FBA): no stock of ours, no
     #: label, no fulfilment push
     fulfilled_by_marketplace: bool = False

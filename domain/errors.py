@@ -12,6 +12,8 @@ The queue decides what to do from the class alone::
         ├── AuthError                     401 / 403: credentials wrong, expired or revoked
         ├── NotFound                      404
         ├── ValidationError               4xx that says our request is wrong (400, 422)
+        ├── AuthorizationUnusable         the payment authorization cannot be captured (expired,
+        │                                 voided, smaller than the order): the reason in words
         └── PayloadError                  the response or webhook body does not parse / map
 
 ``error_for_status`` turns an HTTP status into the right class. Messages never carry
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthError",
+    "AuthorizationUnusable",
     "Conflict",
     "IntegrationError",
     "NotFound",
@@ -99,6 +102,12 @@ class ValidationError(PermanentError):
 
 class PayloadError(PermanentError):
     pass
+
+
+class AuthorizationUnusable(PermanentError):
+    """The order's payment authorization cannot be captured: it expired, was voided, or covers
+    less than the order. The message says which, in words staff act on (amounts and dates, no
+    buyer data); the order goes to ``needs_attention``."""
 
 
 def error_for_status(

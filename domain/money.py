@@ -3,12 +3,35 @@ float arithmetic, with a currency code beside them wherever they are stored."""
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator
 
-__all__ = ["MoneyField", "to_decimal"]
+__all__ = ["MoneyField", "minor_places", "round_money", "to_decimal"]
+
+# ISO 4217 minor units that are not 2 (https://www.six-group.com/en/products-services/
+# financial-information/data-standards.html, list one)
+_ZERO_PLACES = frozenset(
+    "BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF".split()
+)
+_THREE_PLACES = frozenset("BHD IQD JOD KWD LYD OMR TND".split())
+
+
+def minor_places(currency: str) -> int:
+    """Decimal places of the currency's minor unit (ISO 4217): JPY 0, EUR 2, KWD 3."""
+    code = currency.upper()
+    if code in _ZERO_PLACES:
+        return 0
+    if code in _THREE_PLACES:
+        return 3
+    return 2
+
+
+def round_money(amount: Decimal, currency: str) -> Decimal:
+    """``amount`` rounded half-up to the currency's minor unit (``Decimal('1.005')`` EUR →
+    ``1.01``); always with exactly that many places."""
+    return amount.quantize(Decimal(1).scaleb(-minor_places(currency)), rounding=ROUND_HALF_UP)
 
 
 def to_decimal(value: Any) -> Decimal:

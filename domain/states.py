@@ -39,7 +39,10 @@ TRANSITIONS: dict[OrderState, frozenset[OrderState]] = {
     _S.DOCUMENTED: frozenset({_S.READY_TO_SHIP}),
     _S.READY_TO_SHIP: frozenset({_S.SHIPPED, _S.PARTIALLY_SHIPPED}),
     _S.PARTIALLY_SHIPPED: frozenset({_S.SHIPPED, _S.NEEDS_ATTENTION}),
-    _S.SHIPPED: frozenset({_S.DELIVERED}),
+    # shipped, but the tracking did not reach the marketplace (no credentials, a refused push),
+    # the carrier lost the parcel, or the marketplace edited the order after the parcel left:
+    # staff look (not the pipeline)
+    _S.SHIPPED: frozenset({_S.DELIVERED, _S.NEEDS_ATTENTION}),
     _S.DELIVERED: frozenset(),
     _S.ON_HOLD: frozenset({_S.RESERVED}),
     _S.CANCELLED: frozenset(),
@@ -51,9 +54,9 @@ TRANSITIONS: dict[OrderState, frozenset[OrderState]] = {
         }
     ),
 }
-# shipped, but the tracking did not reach the marketplace (no credentials, a refused push) or
-# the carrier lost the parcel: staff look; their retry of the push puts it back to shipped
-TRANSITIONS[_S.SHIPPED] = TRANSITIONS[_S.SHIPPED] | {_S.NEEDS_ATTENTION}
+# an edit on the marketplace added units the shelf cannot cover: the order waits for them
+for _state in (_S.RESERVED, _S.PAID, _S.DOCUMENTED, _S.READY_TO_SHIP):
+    TRANSITIONS[_state] = TRANSITIONS[_state] | {_S.ON_HOLD}
 for _state in _ACTIVE:
     TRANSITIONS[_state] = TRANSITIONS[_state] | {_S.CANCELLED, _S.NEEDS_ATTENTION}
 TRANSITIONS[_S.NEEDS_ATTENTION] = TRANSITIONS[_S.NEEDS_ATTENTION] | {_S.CANCELLED}

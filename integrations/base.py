@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import httpx
 
 from domain.canonical import CanonicalOrder
+from domain.listings import ChannelListing, StockPushResult, StockUpdate
 from integrations.ratelimit import AccountRateLimits, RateLimiter
 
 __all__ = [
@@ -132,8 +133,19 @@ class MarketplaceConnector(Protocol):
         marketplace that takes it: ``Marketplace.takes_delivery``)."""
         ...
 
-    def push_stock(self, quantities: Mapping[str, int]) -> None:
-        """Set available quantity per SKU on the channel (batched to the API's maximum)."""
+    #: quantities per bulk stock call (the API's maximum: Shopify 250, WooCommerce 100,
+    #: eBay 25; Amazon's patchListingsItem takes one SKU)
+    stock_batch_size: int
+
+    def push_stock(self, updates: Sequence[StockUpdate]) -> StockPushResult:
+        """Set the available quantity of each listing in one bulk call (at most
+        ``stock_batch_size`` updates); says per listing whether it was applied, found drifted
+        (the channel did not show ``expected``) or refused."""
+        ...
+
+    def list_listings(self) -> Iterator[ChannelListing]:
+        """Every listing of the account on the channel, with its identifiers and the quantity
+        it shows now (``listings sync``, the nightly stock check)."""
         ...
 
     def test_connection(self) -> str:

@@ -12,12 +12,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from domain.canonical import CanonicalOrder
+from db.models import Order
+from domain.canonical import CanonicalOrder, CanonicalRefund
+from domain.errors import PayloadError
+from domain.states import OrderState
 from integrations.base import ConnectorFactory
 from integrations.ratelimit import Bucket, CostLimit
-from orders.intake import IntakeResult, apply_order
+from orders.intake import IntakeOutcome, IntakeResult, apply_order
+from orders.returns import record_marketplace_refunds
 
 __all__ = [
     "BodyCheck",
@@ -26,6 +31,7 @@ __all__ = [
     "Marketplace",
     "TopicHandler",
     "WebhookReceiver",
+    "refund_handler",
     "upsert_order",
 ]
 
@@ -82,6 +88,31 @@ class Delivery:
 TopicHandler = Callable[[Session, "Marketplace", Delivery], IntakeResult]
 
 
+def refund_handler(mapper: Callable[[dict[str, Any], str], CanonicalRefund]) -> TopicHandler:
+    """The handler of a topic whose body is one refund of an order (Shopify ``refunds/create``):
+    map it and record it once (``orders.returns``), restocking what the marketplace restocked.
+    A refund of an order we do not have is refused (staff retry it once the order is in)."""
+
+    def record(session: Session, marketplace: Marketplace, delivery: Delivery) -> IntakeResult:
+        refund = mapper(delivery.payload, delivery.account)
+        order = session.scalar(
+            select(Order)
+            .where(
+                Order.channel_account_id == delivery.account_id,
+                Order.external_id == refund.order_external_id,
+            )
+            .with_for_update()
+        )
+        if order is None:
+            raise PayloadError(f"{marketplace.name} refund of an order we do not have")
+        actor = f"webhook:{marketplace.name}"
+        new = record_marketplace_refunds(session, order, [refund], actor=actor)
+        return IntakeResult(order.id, IntakeOutcome.UPDATED if new else IntakeOutcome.STALE,
+                            OrderState(order.state), refunded=tuple(new))  # fmt: skip
+
+    return record
+
+
 def upsert_order(session: Session, marketplace: Marketplace, delivery: Delivery) -> IntakeResult:
     """The handler of a topic whose body is the order: map it, upsert it."""
     order = marketplace.mapper(delivery.payload, delivery.account)
@@ -112,3 +143,8 @@ class Marketplace:
     splits_by_location: bool = False
     #: the marketplace takes delivery events (``push_delivery``: Shopify's fulfillment events)
     takes_delivery: bool = False
+    #: a cancellation we push gives the buyer back the money the marketplace holds (Shopify's
+    #: ``orderCancel`` refunds to the original payment methods; an eBay seller cancellation
+    #: refunds a buyer who paid; WooCommerce's connector refunds through the shop's gateway):
+    #: the cancellation's delivery records that refund
+    refunds_on_cancel: bool = False

@@ -8,18 +8,24 @@ when the pipeline is loaded.
 from __future__ import annotations
 
 import dataclasses
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from core.settings import get_settings
+from db.models import Invoice, Order, Refund
 from db.session import Transaction
 from domain.states import OrderState
 from orders.steps import Outcome
 from orders.transitions import load_for_update
 
 if TYPE_CHECKING:
+    from domain.invoice_math import DocLine
     from orders.invoice_pdf import Seller
 
-__all__ = ["credit_note", "issue_invoice", "seller"]
+__all__ = ["credit_note", "credit_refunds", "issue_invoice", "refund_lines", "seller"]
 
 
 def seller() -> Seller:
@@ -29,22 +35,102 @@ def seller() -> Seller:
     return dataclasses.replace(DEMO_SELLER, name=get_settings().seller_name)
 
 
+#: refunds that get a credit note of their own lines (a cancellation's full refund is covered
+#: by the cancellation's credit note of what is left)
+CREDITED_SOURCES = ("marketplace", "staff")
+
+
+def refund_lines(invoice: Invoice, refund: Refund, currency: str) -> list[DocLine]:
+    """A refund as document lines (positive): each refunded line with the invoice line's SKU,
+    title and unit price, and the refund's own net and tax; its shipping; and an adjustment
+    so the total is the money that went back."""
+    from domain import invoice_math
+    from orders.invoices import document_lines
+
+    invoiced = {line.ref: line for line in document_lines(invoice)}
+    lines = []
+    for item in refund.lines or []:
+        base = invoiced.get(str(item["line"]))
+        amount = Decimal(str(item["amount"]))
+        quantity = int(item["quantity"])
+        unit = base.unit_price if base is not None else amount / max(quantity, 1)
+        lines.append(
+            invoice_math.line(
+                currency,
+                ref=str(item["line"]),
+                sku=base.sku if base else None,
+                title=base.title if base else "Refunded line",
+                quantity=quantity,
+                unit_price=unit,
+                discount=Decimal(0),
+                tax=Decimal(str(item.get("tax") or 0)),
+                net=amount,
+            )
+        )
+    return invoice_math.build(currency, lines, shipping=refund.shipping, charged=refund.amount)
+
+
+def credit_refunds(session: Session, order: Order) -> list[str]:
+    """A credit note for each refund of the order that has none yet, against the invoice in
+    force (none while the order is not invoiced: its invoicing credits them then)."""
+    from orders.invoices import credit_lines, current_invoice
+
+    invoice = current_invoice(session, order.id)
+    if invoice is None:
+        return []
+    refunds = session.scalars(
+        select(Refund)
+        .where(
+            Refund.order_id == order.id,
+            Refund.source.in_(CREDITED_SOURCES),
+            Refund.status == "succeeded",
+        )
+        .order_by(Refund.id)
+    ).all()
+    credited = set(
+        session.scalars(
+            select(Invoice.source_key).where(
+                Invoice.order_id == order.id, Invoice.source_key.like("credit:refund:%")
+            )
+        )
+    )
+    issued = []
+    for refund in refunds:
+        if f"credit:refund:{refund.id}" in credited:
+            continue
+        note = credit_lines(session, order, source_key=f"credit:refund:{refund.id}",
+                            lines=refund_lines(invoice, refund, order.currency),
+                            seller=seller())  # fmt: skip
+        if note is not None:
+            issued.append(note.full_number)
+    return issued
+
+
 def issue_invoice(transaction: Transaction, order_id: int) -> Outcome:
     """The invoice of a paid order (the one it has, if issued before); its number is the
-    result."""
+    result. Refunds the marketplace made before it get their credit notes with it."""
     from orders.invoices import invoice_for
 
     with transaction() as session:
         order = load_for_update(session, order_id)
         if order.state != OrderState.PAID:
             return Outcome(f"skip: {order.state}")
-        return Outcome(invoice_for(session, order, seller=seller()).full_number)
+        number = invoice_for(session, order, seller=seller()).full_number
+        credit_refunds(session, order)
+        return Outcome(number)
 
 
 def credit_note(transaction: Transaction, order_id: int) -> Outcome:
-    """A cancelled order that was invoiced gets one credit note (invoices are never deleted)."""
+    """Credit notes that are due: one per refund of lines or an amount (each once), and for a
+    cancelled, invoiced order one for what is left of its invoice (invoices are never
+    deleted)."""
     from orders.invoices import issue_credit_note
 
     with transaction() as session:
-        note = issue_credit_note(session, order_id, seller=seller())
-        return Outcome(note.full_number if note else "no invoice")
+        order = load_for_update(session, order_id)
+        issued = credit_refunds(session, order)
+        if order.state == OrderState.CANCELLED:
+            note = issue_credit_note(session, order_id, seller=seller())
+            if note is not None:
+                issued.append(note.full_number)
+        return Outcome(", ".join(dict.fromkeys(issued)) if issued else "nothing to credit")

@@ -9,7 +9,7 @@ order end with one row holding the newest data, whatever the interleaving.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -37,6 +37,10 @@ class IntakeResult:
     outcome: IntakeOutcome
     state: OrderState
     cancelled_now: bool = False  # this update moved the order to cancelled
+    #: refunds the marketplace made that this delivery recorded first (``orders.returns``)
+    refunded: tuple[int, ...] = ()
+    #: the delivery said the order changed without carrying it: fetch this external id
+    refetch: str | None = None
 
 
 def _order_values(order: CanonicalOrder) -> dict[str, Any]:
@@ -56,6 +60,9 @@ def _order_values(order: CanonicalOrder) -> dict[str, Any]:
             order.shipping_address.model_dump(exclude_none=True) if order.shipping_address else None
         ),
         "payment_collected_by_marketplace": order.payment_collected_by_marketplace,
+        "payment_facts": (
+            order.payment.model_dump(mode="json", exclude_none=True) if order.payment else None
+        ),
         "fulfilled_by_marketplace": order.fulfilled_by_marketplace,
         "external_created_at": order.created_at,
         "external_updated_at": order.updated_at,
@@ -134,6 +141,7 @@ def _replace_lines(
                     "title": line.title[:500],
                     "quantity": line.quantity,
                     "unit_price": line.unit_price,
+                    "discount": line.discount,
                     "tax": line.tax,
                     "total": line.total,
                 }
@@ -145,7 +153,22 @@ def _replace_lines(
 def apply_order(
     session: Session, account_id: int, order: CanonicalOrder, *, actor: str
 ) -> IntakeResult:
-    """Create the order, update it if this data is newer, or leave it if this data is stale."""
+    """Create the order, update it if this data is newer, or leave it if this data is stale;
+    then record the refunds it carries that are new (even from stale data: a refund is a fact
+    of its own, recorded once by its id)."""
+    result = _apply_order(session, account_id, order, actor=actor)
+    if not order.refunds:
+        return result
+    from orders.returns import record_marketplace_refunds
+
+    row = session.get_one(Order, result.order_id, with_for_update=True)
+    new = record_marketplace_refunds(session, row, order.refunds, actor=actor)
+    return replace(result, refunded=tuple(new)) if new else result
+
+
+def _apply_order(
+    session: Session, account_id: int, order: CanonicalOrder, *, actor: str
+) -> IntakeResult:
     values = _order_values(order)
     now = utcnow()
     initial_state = OrderState.CANCELLED if order.status == OrderState.CANCELLED else OrderState.NEW
@@ -180,6 +203,10 @@ def apply_order(
         return IntakeResult(created_id, IntakeOutcome.CREATED, initial_state)
 
     key = (Order.channel_account_id == account_id) & (Order.external_id == order.external_id)
+    from orders import edits
+
+    known = session.execute(select(Order.id, Order.total).where(key)).one()
+    before = edits.snapshot(session, known.id)
     row = session.execute(
         update(Order)
         .where(key, Order.external_updated_at < order.updated_at)
@@ -199,6 +226,15 @@ def apply_order(
         kind="updated",
         external_updated_at=order.updated_at.isoformat(),
     )
+    if order.status != OrderState.CANCELLED:
+        # lines or money changed on the marketplace: stock, documents, or a person (one
+        # transaction with the new lines)
+        diff = edits.diff_lines(before, edits.snapshot(session, order_id))
+        edits.apply_edit(session, order_id, diff, actor=actor,
+                         money_changed=known.total != order.total)  # fmt: skip
+        state = OrderState(
+            session.execute(select(Order.state).where(Order.id == order_id)).scalar_one()
+        )
     if order.status == OrderState.CANCELLED and can_transition(state, OrderState.CANCELLED):
         session.execute(
             update(Order)

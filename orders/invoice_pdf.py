@@ -11,25 +11,34 @@ Output is deterministic by default (``invariant``: no creation date, fixed docum
 same invoice always renders to the same bytes. ``compress=False`` leaves page streams readable,
 which is what tests use to find text in the file.
 
-The built-in Helvetica only covers Latin-1/WinAnsi; other characters (e.g. CJK names) come out
-as placeholder boxes. Embedding a Unicode TTF would fix that at the cost of size and speed.
+Text is drawn in DejaVu Sans (embedded, subset), which covers Latin, Greek, Cyrillic, Arabic
+and Hebrew; runs of characters it has no glyph for (Chinese, Japanese, Korean) are drawn in Droid
+Sans Fallback. Both are vendored in ``orders/fonts`` with their licences (its README says where
+they come from). Embedded TrueType subsets carry a ToUnicode map, so the text can be extracted
+back from the PDF (which is how the tests read it).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
+from pathlib import Path
 
 from reportlab.lib.pagesizes import A4
+from reportlab.pdfbase import pdfmetrics
 from reportlab.pdfbase.pdfmetrics import stringWidth
+from reportlab.pdfbase.ttfonts import TTFont
 from reportlab.pdfgen.canvas import Canvas
 from reportlab.pdfgen.textobject import PDFTextObject
 
+from domain.invoice_math import DocLine, totals
+from domain.money import round_money
+
 __all__ = [
-    "DocumentLine",
     "InvoiceDocument",
     "Seller",
     "format_money",
@@ -48,18 +57,9 @@ class Seller:
 
 
 @dataclass(frozen=True)
-class DocumentLine:
-    sku: str | None
-    title: str
-    quantity: int
-    unit_price: Decimal
-    tax: Decimal
-    total: Decimal
-
-
-@dataclass(frozen=True)
 class InvoiceDocument:
-    """Everything printed on one invoice or credit note; amounts already signed."""
+    """Everything printed on one invoice or credit note; amounts already signed. The totals
+    are the sums of the printed columns (``domain.invoice_math.totals``)."""
 
     full_number: str
     issued_at: dt.datetime
@@ -67,12 +67,7 @@ class InvoiceDocument:
     buyer_name: str
     buyer_address_lines: tuple[str, ...]
     currency: str
-    lines: Sequence[DocumentLine]
-    subtotal: Decimal
-    tax_total: Decimal
-    shipping_total: Decimal
-    discount_total: Decimal
-    total: Decimal
+    lines: Sequence[DocLine]
     title: str = "Invoice"
     order_reference: str | None = None
     # a credit note names the invoice it cancels
@@ -80,39 +75,82 @@ class InvoiceDocument:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
-# ISO 4217 currencies without minor units that marketplaces commonly use; the rest print 2 places
-_ZERO_DECIMAL = frozenset({"JPY", "KRW", "CLP", "VND", "ISK", "HUF", "TWD", "UGX", "XOF", "XAF"})
-
 PAGE_W, PAGE_H = float(A4[0]), float(A4[1])  # 595 x 842 pt
 MARGIN = 40.0
 ROW_H = 13.0
-FONT, BOLD, SIZE = "Helvetica", "Helvetica-Bold", 8.5
+FONT, BOLD, FALLBACK, SIZE = "DejaVuSans", "DejaVuSans-Bold", "DroidSansFallback", 8.5
+_FONT_DIR = Path(__file__).parent / "fonts"
+_FONT_FILES = {
+    FONT: "DejaVuSans.ttf",
+    BOLD: "DejaVuSans-Bold.ttf",
+    FALLBACK: "DroidSansFallbackFull.ttf",
+}
+
+
+@functools.cache
+def _fonts() -> frozenset[int]:
+    """Register the embedded fonts once per process; returns the code points DejaVu draws."""
+    for name, file in _FONT_FILES.items():
+        pdfmetrics.registerFont(TTFont(name, str(_FONT_DIR / file)))
+    face = pdfmetrics.getFont(FONT).face
+    return frozenset(face.charToGlyph)
+
+
+def _runs(text: str) -> list[tuple[bool, str]]:
+    """``text`` cut into runs DejaVu draws (True) and runs for the fallback font (False)."""
+    covered = _fonts()
+    runs: list[tuple[bool, str]] = []
+    for char in text:
+        mine = ord(char) in covered or char.isspace()
+        if runs and runs[-1][0] == mine:
+            runs[-1] = (mine, runs[-1][1] + char)
+        else:
+            runs.append((mine, char))
+    return runs
+
+
+def _width(text: str, font: str, size: float) -> float:
+    if text.isascii():  # DejaVu draws all of ASCII
+        return float(stringWidth(text, font, size))
+    return float(
+        sum(stringWidth(run, font if mine else FALLBACK, size) for mine, run in _runs(text))
+    )
+
+
 FOOTER_Y = MARGIN
 TABLE_TOP_FIRST = PAGE_H - 250.0  # below seller, buyer and document header
 TABLE_TOP_NEXT = PAGE_H - 90.0  # continuation pages: a one-line header only
 TABLE_BOTTOM = MARGIN + 25.0  # above the footer
-TOTALS_ROWS = 6  # a gap, subtotal, tax, shipping, discount, total (notes add one each)
+TOTALS_ROWS = 3  # a gap, the column totals, the total (notes add one each)
 
-# columns: (heading, right edge or left x, alignment)
-_X_SKU, _X_TITLE = MARGIN, MARGIN + 95.0
-_X_QTY, _X_UNIT, _X_TAX, _X_TOTAL = 355.0, 425.0, 485.0, PAGE_W - MARGIN
-_TITLE_WIDTH = _X_QTY - 30.0 - _X_TITLE
-_SKU_WIDTH = _X_TITLE - _X_SKU - 6.0
+# columns: SKU and description from their left x; the numbers right-aligned at their x
+_X_SKU, _X_TITLE = MARGIN, MARGIN + 64.0
+_X_QTY, _X_UNIT, _X_DISC, _X_NET = 250.0, 300.0, 345.0, 395.0
+_X_RATE, _X_TAX, _X_GROSS = 430.0, 480.0, PAGE_W - MARGIN
+_TITLE_WIDTH = _X_QTY - 24.0 - _X_TITLE
+_SKU_WIDTH = _X_TITLE - _X_SKU - 4.0
 
 
 def format_money(amount: Decimal, currency: str) -> str:
-    """``1234.5`` → ``1,234.50`` (no float on the way; half-up rounding for display only)."""
-    places = Decimal(1) if currency.upper() in _ZERO_DECIMAL else Decimal("0.01")
-    return f"{amount.quantize(places, rounding=ROUND_HALF_UP):,}"
+    """``1234.5`` → ``1,234.50``, in the currency's minor unit (ISO 4217: JPY none, KWD three);
+    no float on the way."""
+    return f"{round_money(amount, currency):,}"
+
+
+_COLUMNS = (
+    (_X_QTY, "Qty"), (_X_UNIT, "Unit price"), (_X_DISC, "Discount"), (_X_NET, "Net"),
+    (_X_RATE, "Tax rate"), (_X_TAX, "Tax"), (_X_GROSS, "Gross"),
+)  # fmt: skip
 
 
 def _fit(text: str, width: float, font: str = FONT, size: float = SIZE) -> str:
     """Cut ``text`` with an ellipsis so it fits ``width`` points (long marketplace titles)."""
-    if stringWidth(text, font, size) <= width:
+    full = _width(text, font, size)
+    if full <= width:
         return text
     # start from a character estimate, then shrink; avoids measuring every prefix
-    cut = max(1, int(len(text) * width / stringWidth(text, font, size)))
-    while cut > 1 and stringWidth(text[:cut] + "…", font, size) > width:
+    cut = max(1, int(len(text) * width / full))
+    while cut > 1 and _width(text[:cut] + "…", font, size) > width:
         cut -= 1
     return text[:cut].rstrip() + "…"
 
@@ -163,15 +201,17 @@ class _Renderer:
     def text(self, x: float, y: float, s: str, *, bold: bool = False, size: float = SIZE) -> None:
         if self.t is None:
             self.t = self.c.beginText()
-        font = (BOLD if bold else FONT, size)
-        if font != self.font:
-            self.t.setFont(*font)
-            self.font = font
         self.t.setTextOrigin(x, y)
-        self.t.textOut(s)
+        main = BOLD if bold else FONT
+        for mine, run in _runs(s) if not s.isascii() else [(True, s)]:
+            font = (main if mine else FALLBACK, size)
+            if font != self.font:
+                self.t.setFont(*font)
+                self.font = font
+            self.t.textOut(run)
 
     def right(self, x: float, y: float, s: str, *, bold: bool = False, size: float = SIZE) -> None:
-        self.text(x - stringWidth(s, BOLD if bold else FONT, size), y, s, bold=bold, size=size)
+        self.text(x - _width(s, BOLD if bold else FONT, size), y, s, bold=bold, size=size)
 
     def first_page_header(self) -> float:
         d = self.doc
@@ -214,9 +254,8 @@ class _Renderer:
     def column_headers(self, y: float) -> float:
         self.text(_X_SKU, y, "SKU", bold=True)
         self.text(_X_TITLE, y, "Description", bold=True)
-        for x, label in ((_X_QTY, "Qty"), (_X_UNIT, "Unit price"), (_X_TAX, "Tax")):
+        for x, label in _COLUMNS:
             self.right(x, y, label, bold=True)
-        self.right(_X_TOTAL, y, "Line total", bold=True)
         self.c.setLineWidth(0.5)
         self.c.line(MARGIN, y - 3, PAGE_W - MARGIN, y - 3)
         return y - ROW_H
@@ -232,29 +271,28 @@ class _Renderer:
         self.page += 1
         return self.column_headers(self.next_page_header())
 
-    def line_row(self, y: float, line: DocumentLine) -> None:
+    def line_row(self, y: float, line: DocLine) -> None:
         self.text(_X_SKU, y, _fit(line.sku or "-", _SKU_WIDTH))
         self.text(_X_TITLE, y, _fit(line.title, _TITLE_WIDTH))
         self.right(_X_QTY, y, str(line.quantity))
         self.right(_X_UNIT, y, self.money(line.unit_price))
+        self.right(_X_DISC, y, self.money(line.discount))
+        self.right(_X_NET, y, self.money(line.net))
+        self.right(_X_RATE, y, f"{line.tax_rate}%")
         self.right(_X_TAX, y, self.money(line.tax))
-        self.right(_X_TOTAL, y, self.money(line.total))
+        self.right(_X_GROSS, y, self.money(line.gross))
 
     def totals(self, y: float) -> None:
         d, c = self.doc, self.c
-        c.line(_X_UNIT - 40, y + ROW_H - 3, PAGE_W - MARGIN, y + ROW_H - 3)
-        rows = [
-            ("Subtotal", d.subtotal),
-            ("Tax", d.tax_total),
-            ("Shipping", d.shipping_total),
-            ("Discount", -d.discount_total if d.discount_total else d.discount_total),
-        ]
-        for label, amount in rows:
-            self.right(_X_TAX, y, label)
-            self.right(_X_TOTAL, y, self.money(amount))
-            y -= ROW_H
+        sums = totals(d.lines)
+        c.line(_X_QTY, y + ROW_H - 3, PAGE_W - MARGIN, y + ROW_H - 3)
+        self.text(_X_TITLE, y, "Totals", bold=True)
+        for x, amount in ((_X_DISC, sums.discount), (_X_NET, sums.net), (_X_TAX, sums.tax),
+                          (_X_GROSS, sums.gross)):  # fmt: skip
+            self.right(x, y, self.money(amount), bold=True)
+        y -= ROW_H
         self.right(_X_TAX, y, f"Total ({d.currency})", bold=True)
-        self.right(_X_TOTAL, y, self.money(d.total), bold=True)
+        self.right(_X_GROSS, y, self.money(sums.gross), bold=True)
         for note in d.notes:
             y -= ROW_H
             self.text(MARGIN, y, _fit(note, PAGE_W - 2 * MARGIN))
@@ -277,6 +315,7 @@ def render_invoice(
     document: InvoiceDocument, *, invariant: bool = True, compress: bool = True
 ) -> bytes:
     """The PDF bytes of ``document`` (A4, as many pages as its lines need)."""
+    _fonts()
     buffer = io.BytesIO()
     canvas = Canvas(
         buffer,

@@ -1,4 +1,6 @@
-"""Invoices and credit notes: exactly one per order, numbered without gaps per series.
+"""Invoices and credit notes, numbered without gaps per series: one invoice in force per order,
+and one document per thing that made it (``invoices.source_key``: the order's invoice, its
+cancellation, an edit, a refund).
 
 Invariant 4 rests on three things, all inside the caller's transaction:
 
@@ -8,10 +10,13 @@ Invariant 4 rests on three things, all inside the caller's transaction:
   takes the same number.
 - **A lock on the order row** before anything else, so two workers invoicing (or crediting) the
   same order queue up behind each other; the second then finds the first one's invoice and
-  returns it. The unique ``(order_id, kind)`` is the backstop. Lock order is always order row,
+  returns it. The unique ``source_key`` is the backstop. Lock order is always order row,
   then counter row, so the two never deadlock.
 - **Nothing is ever updated or deleted.** Cancelling an invoiced order issues a credit note
-  (negative total, pointing at the invoice) in its own series.
+  (negative lines, pointing at the invoice) in its own series for what is left of it; an edit
+  credits it the same way and issues a new invoice (the next number); a refund issues a credit
+  note of exactly the refunded lines. Every document stores its lines with every column
+  (``domain.invoice_math``), and its total is the sum of its gross column.
 
 On PostgreSQL the locks are ``SELECT … FOR UPDATE`` / ``UPDATE`` row locks under READ COMMITTED
 (the default; each statement sees what committed before it, which the re-check after the lock
@@ -26,16 +31,20 @@ it out of the lock if that ever matters).
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from db.base import table, utcnow
-from db.models import Invoice, InvoiceCounter, Order
+from db.models import ChannelAccount, Invoice, InvoiceCounter, Order
 from db.session import core, dialect_insert
+from domain import invoice_math
+from domain.invoice_math import DocLine
 from domain.states import OrderState
-from orders.invoice_pdf import DocumentLine, InvoiceDocument, Seller, render_invoice
+from orders.invoice_pdf import InvoiceDocument, Seller, render_invoice
 
 __all__ = [
     "CREDIT_NOTE",
@@ -45,12 +54,18 @@ __all__ = [
     "Seller",
     "attach_pdf",
     "build_document",
+    "credit_lines",
+    "credit_remaining",
+    "current_invoice",
+    "document_lines",
     "find_gaps",
     "format_number",
     "invoice_for",
     "issue_credit_note",
     "issue_invoice",
     "next_number",
+    "order_lines",
+    "remaining_lines",
     "series_for",
 ]
 
@@ -73,13 +88,14 @@ class InvoiceRefused(Exception):
     """
 
 
-def series_for(order: Order, at: dt.datetime, *, kind: str = INVOICE) -> str:
-    """``INV-2026`` / ``CN-2026``: one series per document kind and calendar year (UTC).
-
-    ``order`` is there so a series can later depend on the shop or country without changing
-    callers; today it does not.
+def series_for(
+    order: Order, at: dt.datetime, *, kind: str = INVOICE, prefix: str | None = None
+) -> str:
+    """``INV-2026`` / ``CN-2026``: one series per document kind and calendar year (UTC), per
+    seller entity when its account names one (``prefix`` ``ACME-US`` → ``ACME-US-INV-2026``).
     """
-    return f"{_PREFIX[kind]}-{at.astimezone(dt.UTC).year}"
+    base = f"{_PREFIX[kind]}-{at.astimezone(dt.UTC).year}"
+    return f"{prefix}-{base}" if prefix else base
 
 
 def format_number(series: str, number: int) -> str:
@@ -99,9 +115,7 @@ _BUMP = (
     .values(next_number=_counters.c.next_number + 1)
     .returning(_counters.c.next_number)
 )
-_EXISTING = select(Invoice).where(
-    Invoice.order_id == bindparam("b_order"), Invoice.kind == bindparam("b_kind")
-)
+_BY_SOURCE = select(Invoice).where(Invoice.source_key == bindparam("b_source"))
 
 
 def next_number(session: Session, series: str) -> int:
@@ -127,8 +141,8 @@ def _lock_order(session: Session, order_id: int) -> Order:
     return order
 
 
-def _existing(session: Session, order_id: int, kind: str) -> Invoice | None:
-    return session.scalars(_EXISTING, {"b_order": order_id, "b_kind": kind}).one_or_none()
+def _by_source(session: Session, source_key: str) -> Invoice | None:
+    return session.scalars(_BY_SOURCE, {"b_source": source_key}).one_or_none()
 
 
 def _address_lines(address: dict[str, object] | None) -> tuple[str, ...]:
@@ -148,11 +162,41 @@ def _address_lines(address: dict[str, object] | None) -> tuple[str, ...]:
     return tuple(line for line in lines if line)
 
 
+def order_lines(order: Order) -> list[DocLine]:
+    """The order as invoice lines: its lines as the marketplace priced them (net = its line
+    total after discount, its tax), shipping with the tax the lines do not carry, and an
+    adjustment when the marketplace's total differs from their sum."""
+    currency = order.currency
+    lines = [
+        invoice_math.line(
+            currency,
+            ref=line.external_id,
+            sku=line.sku,
+            title=line.title,
+            quantity=line.quantity,
+            unit_price=line.unit_price,
+            discount=line.discount,
+            tax=line.tax,
+            net=line.total,
+        )
+        for line in order.lines
+    ]
+    line_tax = sum((line.tax for line in order.lines), Decimal(0))
+    shipping_tax = order.tax_total - line_tax if order.shipping_total else Decimal(0)
+    return invoice_math.build(
+        currency, lines, shipping=order.shipping_total,
+        shipping_tax=max(shipping_tax, Decimal(0)), charged=order.total,
+    )  # fmt: skip
+
+
+def document_lines(invoice: Invoice) -> list[DocLine]:
+    return invoice_math.from_json(invoice.lines or [])
+
+
 def build_document(
     order: Order, invoice: Invoice, *, seller: Seller, credits: Invoice | None = None
 ) -> InvoiceDocument:
-    """The printable view of ``invoice``; a credit note negates every amount of the order."""
-    sign = -1 if invoice.kind == CREDIT_NOTE else 1
+    """The printable view of ``invoice``: its stored lines (a credit note's already negated)."""
     address = order.shipping_address or {}
     buyer = order.buyer_name or str(address.get("name") or "") or "Customer"
     return InvoiceDocument(
@@ -162,23 +206,8 @@ def build_document(
         seller=seller,
         buyer_name=buyer,
         buyer_address_lines=_address_lines(address),
-        currency=order.currency,
-        lines=[
-            DocumentLine(
-                sku=line.sku,
-                title=line.title,
-                quantity=line.quantity,
-                unit_price=sign * line.unit_price,
-                tax=sign * line.tax,
-                total=sign * line.total,
-            )
-            for line in order.lines
-        ],
-        subtotal=sign * order.subtotal,
-        tax_total=sign * order.tax_total,
-        shipping_total=sign * order.shipping_total,
-        discount_total=sign * order.discount_total,
-        total=invoice.total,
+        currency=invoice.currency,
+        lines=document_lines(invoice),
         order_reference=order.external_number or order.external_id,
         credits_number=credits.full_number if credits is not None else None,
     )
@@ -189,23 +218,28 @@ def _issue(
     order: Order,
     *,
     kind: str,
+    source_key: str,
+    lines: list[DocLine],
     seller: Seller,
     render: bool,
     credits: Invoice | None = None,
 ) -> Invoice:
     at = utcnow()
-    series = series_for(order, at, kind=kind)
+    account = session.get_one(ChannelAccount, order.channel_account_id)
+    series = series_for(order, at, kind=kind, prefix=account.invoice_series)
     number = next_number(session, series)
     invoice = Invoice(
         order_id=order.id,
         kind=kind,
+        source_key=source_key,
         series=series,
         number=number,
         full_number=format_number(series, number),
-        # what the buyer was charged, as the marketplace recorded it (Decimal end to end)
-        total=-order.total if kind == CREDIT_NOTE else order.total,
+        # the sum of its lines' gross column (what the buyer was charged, or is given back)
+        total=invoice_math.totals(lines).gross,
         currency=order.currency,
         credits_invoice_id=credits.id if credits is not None else None,
+        lines=invoice_math.to_json(lines),
         issued_at=at,
     )
     if render:
@@ -215,10 +249,60 @@ def _issue(
     return invoice
 
 
+def current_invoice(session: Session, order_id: int) -> Invoice | None:
+    """The order's invoice in force: its newest, unless a cancellation or an edit credited it
+    (a partial refund's credit note leaves it in force)."""
+    invoices = session.scalars(
+        select(Invoice)
+        .where(Invoice.order_id == order_id, Invoice.kind == INVOICE)
+        .order_by(Invoice.id.desc())
+    ).all()
+    if not invoices:
+        return None
+    closed = set(
+        session.scalars(
+            select(Invoice.credits_invoice_id).where(
+                Invoice.order_id == order_id,
+                Invoice.kind == CREDIT_NOTE,
+                ~Invoice.source_key.like("credit:refund:%"),
+            )
+        )
+    )
+    newest = invoices[0]
+    return None if newest.id in closed else newest
+
+
+def remaining_lines(session: Session, invoice: Invoice) -> list[DocLine]:
+    """What of ``invoice`` is not credited yet: its lines less every credit note against it,
+    per line (quantities and every money column)."""
+    left: dict[str, DocLine] = {line.ref: line for line in document_lines(invoice)}
+    notes = session.scalars(
+        select(Invoice).where(Invoice.credits_invoice_id == invoice.id, Invoice.kind == CREDIT_NOTE)
+    ).all()
+    for note in notes:
+        for credited in document_lines(note):
+            have = left.get(credited.ref)
+            if have is None:
+                continue
+            left[credited.ref] = replace(
+                have,
+                quantity=have.quantity - credited.quantity,
+                discount=have.discount + credited.discount,
+                net=have.net + credited.net,
+                tax=have.tax + credited.tax,
+                gross=have.gross + credited.gross,
+            )
+    return [
+        replace(line, tax_rate=invoice_math.tax_rate(line.net, line.tax))
+        for line in left.values()
+        if line.quantity > 0 or line.gross or line.net or line.tax
+    ]
+
+
 def issue_invoice(
     session: Session, order_id: int, *, seller: Seller = DEMO_SELLER, render: bool = True
 ) -> Invoice:
-    """The order's invoice: the existing one unchanged, or a new one numbered in its series.
+    """The order's invoice: the one in force unchanged, or a new one numbered in its series.
 
     Raises ``InvoiceRefused`` for a cancelled order without an invoice (the cancellation won the
     race; an invoice now would never be credited) and ``LookupError`` for an unknown order.
@@ -231,32 +315,75 @@ def invoice_for(
 ) -> Invoice:
     """``issue_invoice`` for an order the caller has already locked (``load_for_update``)."""
     # checked under the order's lock: a concurrent worker may have committed it while we waited
-    found = _existing(session, order.id, INVOICE)
+    found = current_invoice(session, order.id)
     if found is not None:
         return found
     if order.state == OrderState.CANCELLED:
         raise InvoiceRefused(f"order {order.id} is cancelled; no invoice issued")
-    return _issue(session, order, kind=INVOICE, seller=seller, render=render)
+    revision = 1 + len(
+        session.scalars(
+            select(Invoice.id).where(Invoice.order_id == order.id, Invoice.kind == INVOICE)
+        ).all()
+    )
+    return _issue(session, order, kind=INVOICE, source_key=f"invoice:{order.id}:{revision}",
+                  lines=order_lines(order), seller=seller, render=render)  # fmt: skip
+
+
+def credit_remaining(
+    session: Session, order: Order, *, source_key: str, seller: Seller = DEMO_SELLER,
+    render: bool = True,
+) -> Invoice | None:  # fmt: skip
+    """A credit note (once per ``source_key``) for what is left of the invoice in force: the
+    whole invoice, less what partial refunds already credited. None when there is no invoice
+    in force or nothing is left of it."""
+    found = _by_source(session, source_key)
+    if found is not None:
+        return found
+    invoice = current_invoice(session, order.id)
+    if invoice is None:
+        return None
+    left = remaining_lines(session, invoice)
+    if not left:
+        return None
+    return _issue(session, order, kind=CREDIT_NOTE, source_key=source_key,
+                  lines=invoice_math.negate(left), seller=seller, render=render,
+                  credits=invoice)  # fmt: skip
+
+
+def credit_lines(
+    session: Session, order: Order, *, source_key: str, lines: list[DocLine],
+    seller: Seller = DEMO_SELLER, render: bool = True,
+) -> Invoice | None:  # fmt: skip
+    """A credit note (once per ``source_key``) of exactly ``lines`` (positive amounts, negated
+    here) against the invoice in force; None when the order has no invoice in force yet."""
+    found = _by_source(session, source_key)
+    if found is not None:
+        return found
+    invoice = current_invoice(session, order.id)
+    if invoice is None or not lines:
+        return None
+    return _issue(session, order, kind=CREDIT_NOTE, source_key=source_key,
+                  lines=invoice_math.negate(lines), seller=seller, render=render,
+                  credits=invoice)  # fmt: skip
 
 
 def issue_credit_note(
     session: Session, order_id: int, *, seller: Seller = DEMO_SELLER, render: bool = True
 ) -> Invoice | None:
-    """The credit note of a cancelled, invoiced order (once); ``None`` if it has no invoice.
+    """The credit note of a cancelled, invoiced order (once): what is left of its invoice;
+    ``None`` if it has none (or partial refunds credited all of it).
 
     The invoice itself is left exactly as it was. Raises ``InvoiceRefused`` if the order is not
     cancelled.
     """
     order = _lock_order(session, order_id)
-    found = _existing(session, order_id, CREDIT_NOTE)
+    found = _by_source(session, f"credit:cancel:{order_id}")
     if found is not None:
         return found
     if order.state != OrderState.CANCELLED:
         raise InvoiceRefused(f"order {order_id} is not cancelled; no credit note issued")
-    invoice = _existing(session, order_id, INVOICE)
-    if invoice is None:
-        return None
-    return _issue(session, order, kind=CREDIT_NOTE, seller=seller, render=render, credits=invoice)
+    return credit_remaining(session, order, source_key=f"credit:cancel:{order_id}",
+                            seller=seller, render=render)  # fmt: skip
 
 
 def attach_pdf(session: Session, invoice_id: int, *, seller: Seller = DEMO_SELLER) -> Invoice:

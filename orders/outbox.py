@@ -33,6 +33,7 @@ from domain.errors import PermanentError
 from domain.states import OrderState
 from orders import idempotency
 from orders.intake import record_event
+from orders.returns import refunded_with_cancellation
 from orders.steps import FollowUp, Outcome
 from orders.transitions import load_for_update, transition
 
@@ -77,7 +78,9 @@ class Effect:
 class PushEffect(Protocol):
     """Tell the marketplace of ``account`` about ``effect`` (safe to repeat with its key)."""
 
-    def __call__(self, account: ChannelAccount, effect: Effect) -> None: ...
+    def __call__(self, account: ChannelAccount, effect: Effect) -> bool | None:
+        """True when the marketplace gave the buyer their money back with it (a cancellation
+        where the marketplace collected the money and refunds on cancel)."""
 
 
 def can_push(account: ChannelAccount) -> bool:
@@ -181,7 +184,7 @@ def deliver(
         session.expunge(account)
     try:
         with keys.outside_call(key):
-            push(account, effect)
+            refunded = bool(push(account, effect))
     except Exception as exc:
         with transaction() as session:
             _attempt(session, message_id, "error", started, code=getattr(exc, "status", None),
@@ -197,6 +200,8 @@ def deliver(
         idempotency.finish(session, key, {"delivered": True})
         record_event(session, message.order_id, actor="task:deliver", kind="pushed",
                      effect=message.kind, key=key)  # fmt: skip
+        if message.kind == CANCELLATION and refunded:
+            refunded_with_cancellation(session, message.order_id, actor="task:deliver")
     return Outcome("delivered")
 
 

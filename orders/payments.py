@@ -1,25 +1,32 @@
-"""Capturing an order's payment: the step that moves a reserved order to ``paid``, once.
+"""Capturing an order's payment where it lives: the step that moves a reserved order to
+``paid``, once. No payment method is ever invented: we only capture an authorization the
+buyer gave, and only where it is held.
 
 There is one payment per order (a unique constraint), recorded together with the move to
-``paid``:
+``paid``. The order's payment facts (``orders.payment_facts``, ``domain.canonical.PaymentFacts``)
+decide what happens:
 
 - the marketplace collected the money (``payment_collected_by_marketplace``): recorded as
   ``collected`` without any call;
-- the marketplace has not taken it yet (its financial status is one of ``AWAITING_PAYMENT``):
-  nothing happens and the pipeline stops; the marketplace's update pushes the order on;
-- otherwise we capture it from the payment provider under the idempotency key
-  ``capture:{order_id}``, claimed and committed before the call, so a crash between the call
-  and the record is resumed with the same key (the provider replays its answer) instead of
-  charging again;
-- captured while the order was being cancelled: the money was taken, so the payment is
-  recorded, a ``captured_after_cancel`` event shows it to staff, and a refund follows.
+- an authorization held by the marketplace (Shopify ``authorized``): captured on the
+  marketplace (``orderCapture`` with its AUTHORIZATION transaction as parent);
+- an authorization held by the payment provider (a WooCommerce order paid through the Stripe
+  gateway carries its PaymentIntent): captured at the provider (``/capture`` of that intent);
+- nothing authorised and nothing collected yet (``AWAITING_PAYMENT``: Shopify ``pending``, a
+  WooCommerce bank transfer ``on-hold``, Amazon ``Pending``): nothing happens and the pipeline
+  stops; the marketplace's update pushes the order on;
+- anything else: ``AuthorizationUnusable`` (the order goes to ``needs_attention``), as does an
+  authorization that expired, was voided or covers less than the order; the holder says which.
 
-No branch decides "nothing to capture" while a ``capture:`` key of the order is unfinished (an
-attempt that died between the provider's answer and our record). When the marketplace then
-says it collected the money, the provider is asked what it did for the order
-(``find_capture``): a capture it made is recorded (with its key finished) and refunded, since
-the buyer paid twice; only when the provider has none, and its search has had time to see one
-(``SEARCH_FRESHNESS``), is the key retired and the marketplace's money recorded.
+A capture is made under the idempotency key ``capture:{order_id}``, claimed and committed
+before the call and sent along (Shopify's ``@idempotent``, Stripe's ``Idempotency-Key``), so a
+crash between the call and the record is resumed with the same key instead of capturing again.
+No branch decides "nothing to capture" while that key is unfinished: when the marketplace then
+says it collected the money, the holder is asked whether our capture went through
+(``find_capture``); if it did, it is recorded as ours (one authorization is captured once: the
+buyer paid once), otherwise the key is retired and the marketplace's collection recorded.
+Captured while the order was being cancelled: the money was taken, so the payment is recorded,
+a ``captured_after_cancel`` event shows it to staff, and a refund follows.
 """
 
 from __future__ import annotations
@@ -27,34 +34,37 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from db.base import table, utcnow
-from db.models import Payment
+from db.models import Order, Payment
 from db.session import Transaction, core
-from domain.errors import RetryableError
+from domain.errors import AuthorizationUnusable
 from domain.states import OrderState
 from orders import idempotency
 from orders.intake import record_event
 from orders.steps import DONE_OR_GONE, FollowUp, Outcome
 from orders.transitions import load_for_update, transition
 
-__all__ = ["AWAITING_PAYMENT", "SEARCH_FRESHNESS", "CapturedPayment", "PaymentProvider", "capture"]
+__all__ = [
+    "AWAITING_PAYMENT",
+    "AuthorizationHolder",
+    "CapturedPayment",
+    "HolderFactory",
+    "capture",
+]
 
 S = OrderState
 ACTOR = "task:capture_payment"
-#: financial statuses of an order whose marketplace collects the money but has not yet
+#: financial statuses of an order nobody has paid or authorised yet: wait for the marketplace
 AWAITING_PAYMENT = {"pending", "unpaid", "authorized_pending", "payment_pending"}
-#: how long the provider's search may lag behind a capture ("data is searchable in under 1
-#: minute", https://docs.stripe.com/search#data-freshness): no answer before that proves nothing
-SEARCH_FRESHNESS = dt.timedelta(seconds=60)
 
 
 class CapturedPayment(Protocol):
-    """What the provider answers to a capture (``replayed``: from its idempotency cache)."""
+    """What a holder answers to a capture (``replayed``: from its idempotency cache)."""
 
     @property
     def id(self) -> str: ...
@@ -68,18 +78,31 @@ class CapturedPayment(Protocol):
     def replayed(self) -> bool: ...
 
 
-class PaymentProvider(Protocol):
-    """The payment provider: one call, one charge per idempotency key."""
+class AuthorizationHolder(Protocol):
+    """Where an order's authorization lives: the marketplace (Shopify) or the payment provider
+    (a PaymentIntent). ``name`` is what the payment row records as its provider."""
 
-    def capture(
-        self, *, order_ref: str, amount: Decimal, currency: str, idempotency_key: str
-    ) -> CapturedPayment: ...
+    @property
+    def name(self) -> str: ...
 
-    def retrieve_by_order(self, order_ref: str) -> CapturedPayment | None:
-        """What the provider did for ``order_ref``: its succeeded capture, else its newest
-        attempt, else None."""
+    def capture_authorization(
+        self, *, order_external_id: str, authorization_id: str | None, amount: Decimal,
+        currency: str, idempotency_key: str,
+    ) -> CapturedPayment:  # fmt: skip
+        """Capture ``amount`` of the order's authorization, once per key. Raises
+        ``AuthorizationUnusable`` (expired, voided, partial: the reason in words)."""
         ...
 
+    def find_capture(
+        self, *, order_external_id: str, authorization_id: str | None
+    ) -> CapturedPayment | None:
+        """The succeeded capture of that authorization, if there is one."""
+        ...
+
+
+#: (where the authorization is held: ``marketplace`` / ``provider``, the order's account id)
+#: → its holder; built only when a call is due
+HolderFactory = Callable[[str, int], AuthorizationHolder]
 
 _payments = table(Payment)
 # prebuilt (see db.session.core)
@@ -91,12 +114,14 @@ def _has_payment(session: Session, order_id: int) -> bool:
     return core(session).execute(_HAS_PAYMENT, {"b_order": order_id}).first() is not None
 
 
-def _record(session: Session, order_id: int, captured: CapturedPayment, key: str) -> None:
+def _record(
+    session: Session, order_id: int, captured: CapturedPayment, key: str, provider: str
+) -> None:
     """Our capture, as the order's one payment, with its key finished in the same transaction."""
     now = utcnow()
     core(session).execute(
         _RECORD_PAYMENT,
-        {"order_id": order_id, "provider": "payments", "amount": captured.amount,
+        {"order_id": order_id, "provider": provider, "amount": captured.amount,
          "currency": captured.currency, "status": captured.status,
          "external_id": captured.id, "idempotency_key": key,
          "collected_by_marketplace": False, "captured_at": now, "created_at": now},
@@ -104,51 +129,70 @@ def _record(session: Session, order_id: int, captured: CapturedPayment, key: str
     idempotency.finish(session, key, {"id": captured.id, "status": captured.status})
 
 
+def _facts(order: Order) -> dict[str, Any]:
+    return dict(order.payment_facts or {})
+
+
+def _held_by_when_in_doubt(facts: dict[str, Any]) -> str:
+    """Where a capture of ours in doubt was made: a PaymentIntent stays named on the order
+    (WooCommerce keeps ``_stripe_intent_id``) after it is captured; otherwise the marketplace
+    held it."""
+    return "provider" if facts.get("authorization_id") else "marketplace"
+
+
+def _checked(order: Order, facts: dict[str, Any], now: dt.datetime) -> None:
+    """Refuse what the facts already show cannot be captured (the holder checks again)."""
+    expires = facts.get("authorization_expires_at")
+    if expires and dt.datetime.fromisoformat(expires) <= now:
+        raise AuthorizationUnusable(
+            f"the payment authorization expired at {expires}: ask the buyer to pay again"
+        )
+    authorized = facts.get("amount_authorized")
+    if authorized is not None and Decimal(authorized) < order.total:
+        raise AuthorizationUnusable(
+            f"partial authorization: {authorized} {order.currency} authorised of "
+            f"{order.total} {order.currency}"
+        )
+
+
 def _resolve_unfinished(
-    transaction: Transaction,
-    order_id: int,
-    key: str,
-    provider: Callable[[], PaymentProvider],
-    *,
-    refund: FollowUp,
+    transaction: Transaction, order_id: int, key: str, holders: HolderFactory
 ) -> Outcome | None:
     """The marketplace collected the money while our capture under ``key`` never finished: ask
-    the provider what it did. Returns the outcome when our capture was found (recorded, and
-    refunded: the buyer paid twice), or None once it is certain there was none (key retired)."""
-    found = provider().retrieve_by_order(str(order_id))
+    the holder whether our capture went through. Returns the outcome when it did (recorded as
+    ours), or None once it is certain it did not (key retired)."""
+    with transaction() as session:
+        order = load_for_update(session, order_id)
+        facts, account, external_id = _facts(order), order.channel_account_id, order.external_id
+    held_by = _held_by_when_in_doubt(facts)
+    holder = holders(held_by, account)
+    found = holder.find_capture(
+        order_external_id=external_id, authorization_id=facts.get("authorization_id")
+    )
     with transaction() as session:
         order = load_for_update(session, order_id)
         row = idempotency.unfinished(session, f"capture:{order_id}")
         if OrderState(order.state) != S.RESERVED or row is None or row.key != key:
             return Outcome("resolved elsewhere")  # another attempt got here first
         if found is not None and found.status == "succeeded":
-            _record(session, order_id, found, key)
-            record_event(session, order_id, actor=ACTOR, kind="captured_twice",
-                         payment=found.id, collected_by=order.channel)  # fmt: skip
+            _record(session, order_id, found, key, holder.name)
             transition(session, order, S.PAID, actor=ACTOR, payment=found.id,
-                       collected_by=order.channel)  # fmt: skip
-            refund(session, order_id)  # the marketplace has the buyer's money: give ours back
-            return Outcome("captured by us and collected by the marketplace: refunding ours")
-        if utcnow() - row.created_at < SEARCH_FRESHNESS:
-            raise RetryableError(
-                f"capture {key} unfinished and not yet found at the provider; asking again",
-                retry_after=10.0,
-            )
-        idempotency.fail(session, key, "no capture at the provider", rejected=True)
+                       resolved="our capture in doubt went through")  # fmt: skip
+            return Outcome("captured (found after the fact)")
+        idempotency.fail(session, key, "no capture at the holder", rejected=True)
     return None
 
 
 def capture(
     transaction: Transaction,
     order_id: int,
-    provider: Callable[[], PaymentProvider],
+    holders: HolderFactory,
     keys: idempotency.Claimant,
     *,
     refund: FollowUp,
 ) -> Outcome:
-    """Capture (or record) the payment of a reserved order. ``provider`` is built only when a
-    call is due: an order whose marketplace collects the money needs none configured.
-    ``refund`` gives back money captured after the order was cancelled."""
+    """Capture (or record) the payment of a reserved order. ``refund`` gives back money
+    captured after the order was cancelled."""
     with transaction() as session:
         order = load_for_update(session, order_id)
         state = OrderState(order.state)
@@ -157,13 +201,11 @@ def capture(
         if _has_payment(session, order_id):
             transition(session, order, S.PAID, actor=ACTOR)
             return Outcome("already captured")
-        amount, currency = order.total, order.currency
+        amount, currency, facts = order.total, order.currency, _facts(order)
+        account, external_id = order.channel_account_id, order.external_id
+        held_by = facts.get("held_by")
         in_doubt: str | None = None
         if order.payment_collected_by_marketplace:
-            if (order.financial_status or "").lower() in AWAITING_PAYMENT:
-                # the marketplace has not taken the money yet (Amazon "Pending"): wait for the
-                # update that says it has; intake pushes the order on then
-                return Outcome("awaiting the marketplace's payment", stop=True)
             pending = idempotency.unfinished(session, f"capture:{order_id}")
             if pending is None:
                 key = idempotency.current_key(session, f"capture:{order_id}")
@@ -174,26 +216,41 @@ def capture(
                 )  # fmt: skip
                 transition(session, order, S.PAID, actor=ACTOR, collected_by=order.channel)
                 return Outcome("collected by marketplace")
-            in_doubt = pending.key  # we may have charged the buyer too: settle that first
+            in_doubt = pending.key  # our capture may have gone through: settle that first
+        elif held_by is None:
+            financial = (order.financial_status or "").lower()
+            if financial in AWAITING_PAYMENT:
+                # nobody has paid or authorised yet (Amazon "Pending", a bank transfer): wait
+                # for the update that says so; intake pushes the order on then
+                return Outcome("awaiting the marketplace's payment", stop=True)
+            raise AuthorizationUnusable(
+                f"nothing to capture: the marketplace has not collected the payment "
+                f"(financial status {financial or 'unknown'}) and holds no authorization"
+            )
         else:
-            params = {"order_ref": str(order_id), "amount": str(amount), "currency": currency}
+            _checked(order, facts, utcnow())
+            authorization = facts.get("authorization_id")
+            params = {"order_ref": str(order_id), "amount": str(amount), "currency": currency,
+                      "held_by": held_by, "authorization": authorization}  # fmt: skip
             # a finished key would mean a recorded payment (same transaction): returned above
             key = keys.claim(session, f"capture:{order_id}", params, point="capture_sent")
     if in_doubt is not None:
-        resolved = _resolve_unfinished(transaction, order_id, in_doubt, provider, refund=refund)
-        return resolved or capture(transaction, order_id, provider, keys, refund=refund)
+        resolved = _resolve_unfinished(transaction, order_id, in_doubt, holders)
+        return resolved or capture(transaction, order_id, holders, keys, refund=refund)
     # committed: the key exists before the call, so a crash here is resumed, not repeated
+    holder = holders(str(held_by), account)
     with keys.outside_call(key):
-        captured = provider().capture(
-            order_ref=str(order_id), amount=amount, currency=currency, idempotency_key=key
-        )
+        captured = holder.capture_authorization(
+            order_external_id=external_id, authorization_id=authorization, amount=amount,
+            currency=currency, idempotency_key=key,
+        )  # fmt: skip
     with transaction() as session:
         order = load_for_update(session, order_id)
         # a payment is recorded together with the move to paid (one per order, by a unique
         # constraint), so while the order is still reserved there is none
         if OrderState(order.state) != S.RESERVED and _has_payment(session, order_id):
             return Outcome("already recorded")
-        _record(session, order_id, captured, key)
+        _record(session, order_id, captured, key, holder.name)
         if OrderState(order.state) != S.RESERVED:
             # cancelled while the capture was in flight: the money was taken, so it is
             # recorded, and staff see that it needs refunding
@@ -202,5 +259,5 @@ def capture(
             refund(session, order_id)  # give it back
             return Outcome(f"captured, but order is {order.state}")
         transition(session, order, S.PAID, actor=ACTOR, payment=captured.id,
-                   replayed=captured.replayed)  # fmt: skip
+                   held_by=holder.name, replayed=captured.replayed)  # fmt: skip
     return Outcome("captured")

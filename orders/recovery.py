@@ -55,6 +55,9 @@ RESUME_STATE = {
     DELIVERY_STEP: S.SHIPPED,
     # cancelled on the marketplace after it shipped: staff took the return in
     RETURN_STEP: S.SHIPPED,
+    # edited on the marketplace after it shipped: staff settle it with the buyer, then retry
+    # puts it back where it was; nothing runs again
+    "edited_after_shipping": S.SHIPPED,
 }
 
 
@@ -100,7 +103,7 @@ def retry(
     if failed == PUSH_STEP:
         push(session, order_id)
     elif resume in (S.SHIPPED, S.PARTIALLY_SHIPPED):
-        pass  # a lost parcel or a return staff dealt with: acknowledged, nothing to run
+        pass  # a lost parcel, a return or an edit staff dealt with: acknowledged, nothing to run
     else:
         (ship if resume == S.READY_TO_SHIP else pipeline)(session, order_id)
     return resume

@@ -7,22 +7,31 @@ database's CHECK constraints (``0 <= reserved <= on_hand``) are the last line of
 
 SKUs with no ``stock_items`` row are not stock-managed (like "don't track inventory" in a shop)
 and reserve nothing.
+
+Every change of what is available (a reservation, a release, a count set by staff) marks the
+SKU's channel listings dirty in the same transaction (``mark_dirty``): their ``want_version``
+goes up, so the flusher (``orders/stock_push.py``) pushes the quantity as it is when it sends,
+and the accounts to flush are left on ``session.info`` for the after-commit trigger
+(``workflows/stock.py``). Consuming held units when a parcel ships leaves available as it was
+(on hand and reserved both fall), so it marks nothing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, false, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from db.base import table, utcnow
-from db.models import Order, OrderLine, StockItem, StockReservation
+from db.models import Listing, Order, OrderLine, StockItem, StockReservation
 from db.session import core, dialect_insert, rowcount
 
 __all__ = [
+    "DIRTY_ACCOUNTS",
     "ReservationResult",
     "consume",
+    "mark_dirty",
     "orders_waiting_for",
     "release",
     "reserve",
@@ -57,6 +66,35 @@ _TAKE = (
     .values(reserved=_items.c.reserved + bindparam("b_qty"), updated_at=bindparam("b_at"))
 )
 _HOLD = insert(table(StockReservation))
+_listings = table(Listing)
+_MARK = (
+    update(_listings)
+    .where(
+        _listings.c.sku.in_(bindparam("b_skus", expanding=True)),
+        _listings.c.fulfilled_by_marketplace == false(),
+    )
+    .values(
+        want_version=_listings.c.want_version + 1,
+        dirty_at=func.coalesce(_listings.c.dirty_at, bindparam("b_at")),
+    )
+    .returning(_listings.c.channel_account_id)
+)
+
+#: ``session.info`` key: the ids of the accounts whose listings this transaction marked dirty
+DIRTY_ACCOUNTS = "ordersync.stock_dirty_accounts"
+
+
+def mark_dirty(session: Session, skus: list[str] | set[str]) -> set[int]:
+    """In the transaction that changed what is available of ``skus``: their listings (not
+    the FBA ones) must be pushed again. Returns the accounts concerned, also kept on
+    ``session.info[DIRTY_ACCOUNTS]`` for the after-commit trigger."""
+    if not skus:
+        return set()
+    rows = core(session).execute(_MARK, {"b_skus": sorted(skus), "b_at": utcnow()})
+    accounts = {int(a) for (a,) in rows}
+    if accounts:
+        session.info.setdefault(DIRTY_ACCOUNTS, set()).update(accounts)
+    return accounts
 
 
 def _wanted(session: Session, order_id: int) -> dict[str, int]:
@@ -95,6 +133,7 @@ def reserve(session: Session, order_id: int) -> ReservationResult:
             for sku, qty in reserved.items()
         ]
         core(session).execute(_HOLD, rows if len(rows) > 1 else rows[0])
+        mark_dirty(session, set(reserved))
     if savepoint is not None:
         savepoint.commit()
     return ReservationResult(True, {}, reserved)
@@ -113,6 +152,8 @@ def _settle(session: Session, order_id: int, status: str, *, consume_on_hand: bo
             values["on_hand"] = StockItem.on_hand - reservation.quantity
         session.execute(update(StockItem).where(StockItem.sku == reservation.sku).values(values))
         reservation.status = status
+    if held and not consume_on_hand:  # a release frees units; consuming leaves available as is
+        mark_dirty(session, {r.sku for r in held})
     return len(held)
 
 
@@ -126,8 +167,9 @@ def consume(session: Session, order_id: int) -> int:
     return _settle(session, order_id, CONSUMED, consume_on_hand=True)
 
 
-def set_on_hand(session: Session, sku: str, on_hand: int) -> int:
-    """Set the counted quantity of a SKU (creating it); returns the units now available."""
+def set_on_hand(session: Session, sku: str, on_hand: int, *, actor: str = "system") -> int:
+    """Set the counted quantity of a SKU (creating it) as ``actor`` (``staff:cli``, a user's
+    name); returns the units now available. Its listings are marked dirty."""
     if on_hand < 0:
         raise ValueError("on_hand cannot be negative")
     reserved = session.scalar(
@@ -137,15 +179,17 @@ def set_on_hand(session: Session, sku: str, on_hand: int) -> int:
         raise ValueError(f"{sku}: {reserved} units are reserved by open orders; on hand >= that")
     session.execute(
         dialect_insert(session)(StockItem)
-        .values(sku=sku, on_hand=on_hand, reserved=0, updated_at=utcnow())
+        .values(sku=sku, on_hand=on_hand, reserved=0, counted_by=actor[:100], updated_at=utcnow())
         .on_conflict_do_update(
-            index_elements=["sku"], set_={"on_hand": on_hand, "updated_at": utcnow()}
+            index_elements=["sku"],
+            set_={"on_hand": on_hand, "counted_by": actor[:100], "updated_at": utcnow()},
         )
     )
-    available = session.scalar(
+    mark_dirty(session, {sku})
+    free = session.scalar(
         select(StockItem.on_hand - StockItem.reserved).where(StockItem.sku == sku)
     )
-    return int(available or 0)
+    return int(free or 0)
 
 
 def orders_waiting_for(session: Session, sku: str, limit: int = 500) -> list[int]:

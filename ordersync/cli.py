@@ -18,7 +18,15 @@ from core.logging import configure_logging
 from core.settings import ConfigError, get_settings, mask_url
 from domain.errors import PermanentError
 from orders.users import UserError
-from ordersync.staff_cli import CliError, accounts_cli, orders_cli, outbox_cli, stock_cli
+from ordersync.staff_cli import (
+    CliError,
+    accounts_cli,
+    listings_cli,
+    money_cli,
+    orders_cli,
+    outbox_cli,
+    stock_cli,
+)
 from ordersync.sync_cli import sync_cli
 from ordersync.users_cli import audit_cli, users_cli
 
@@ -34,6 +42,8 @@ cli.add_typer(accounts_cli, name="accounts")
 cli.add_typer(users_cli, name="users")
 cli.add_typer(audit_cli, name="audit")
 cli.add_typer(sync_cli, name="sync")
+cli.add_typer(money_cli, name="money")
+cli.add_typer(listings_cli, name="listings")
 console = Console(stderr=True)
 
 

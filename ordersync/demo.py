@@ -10,15 +10,20 @@ run-scoped accounts; then the N orders arrive as they would in production:
 
 Every order then runs the pipeline (stock, payment, invoice, label) until it is
 ``ready_to_ship`` or ``on_hold`` (the demo stock is set to run out); Shopify keeps two SKUs at
-a second location, so some of its orders ship in two shipments. Then "staff" cancel a tenth of
-the ready orders (their labels are voided, their money refunded, the cancellation pushed) and
-ship the rest (the fulfilments go out through the outbox), and the sandbox carrier delivers the
-parcels (Beat tracks them every ``TRACK_INTERVAL_S``, 2 s here) until all is quiet. Then the
-nightly full sync runs once, and its reconcile report is part of the summary (``ordersync sync
-status`` shows it too). The demo's staff user ``demo`` (an operator) gets a new password each
-run, printed. The summary counts what happened from our side and from the sandbox's ledgers
-(captures, labels, fulfilments, cancellations, voids). ``--json`` adds it as one JSON object on
-the last line of stdout; ``--keep`` leaves everything running.
+a second location, so some of its orders ship in two shipments. Every SKU is listed on all four
+marketplaces (``listings sync`` of each account), so every reservation moves stock that is
+pushed, coalesced and in bulk, to all four (Shopify's account keeps 10 % back). After the sale
+some paid Shopify orders are edited (a line added) and some partly refunded. Then the nightly
+full sync runs once, and its reconcile report is part of the summary (``ordersync sync status``
+shows it too). Then "staff" cancel a tenth of the ready orders (their labels are voided, their
+money refunded, the cancellation pushed) and ship the rest (the fulfilments go out through the
+outbox), and the sandbox carrier delivers the parcels (Beat tracks them every
+``TRACK_INTERVAL_S``, 2 s here) until all is quiet. The demo's staff user ``demo`` (an operator)
+gets a new password each run, printed. The summary counts what happened from our side and from
+the sandbox's ledgers (captures, labels, fulfilments, cancellations, voids, stock calls);
+``channel_stock_mismatches`` is the number of listings whose quantity in the sandbox differs,
+once quiet, from what the buffer rules give for our available stock (must be 0). ``--json`` adds
+it as one JSON object on the last line of stdout; ``--keep`` leaves everything running.
 """
 
 from __future__ import annotations
@@ -51,10 +56,15 @@ from db.models import (
     InboxEvent,
     Invoice,
     Label,
+    Listing,
     Order,
+    OrderEvent,
     OutboxMessage,
     Payment,
+    Refund,
     Shipment,
+    StockItem,
+    StockReservation,
     SyncRun,
 )
 from db.session import session_scope
@@ -82,6 +92,10 @@ SECOND_LOCATION_SKUS = ("SKU-BLUE-S", "SKU-BLUE-M")
 #: share of the ready orders staff cancel (Amazon's excepted: the seller cannot, by API)
 CANCEL_SHARE = 0.1
 CANCEL_REASON = "demo: the buyer changed their mind"
+#: the demo's buffer rule on Shopify: keep 10 % back from that channel
+SHOPIFY_KEEP_PERCENT = 10
+#: how long the stock pushes may take to go quiet after the last order settled
+STOCK_QUIET_TIMEOUT_S = 60
 Delivery = tuple[str, dict[str, str], bytes]  # (path, headers, body)
 
 
@@ -186,6 +200,91 @@ def _webhooks(
     return plan
 
 
+def _pay_pending(sandbox: Sandbox, accounts: dict[str, str], secret: str) -> Plan:
+    """The buyers who had not paid at checkout pay (a Shopify manual payment, a WooCommerce bank
+    transfer arrives): the shops say so by webhook and those orders go on. Authorised card
+    orders are left to us to capture."""
+    plan = Plan()
+    shop, woo = sandbox.shopify, sandbox.woocommerce
+    for external_id, order in list(shop.orders.items()):
+        if order["financial_status"] == "pending":
+            shop.touch_order(external_id)
+            headers, body = shop.webhook_delivery(external_id, "orders/updated", secret)
+            plan.deliveries.append((f"/webhooks/shopify/{accounts['shopify']}", headers, body))
+    for external_id, order in list(woo.orders.items()):
+        if order["status"] == "pending":
+            woo.touch_order(external_id)
+            headers, body = woo.webhook_delivery(
+                external_id, "order.updated", secret, delivery_id=secrets.token_hex(16)
+            )
+            plan.deliveries.append(
+                (f"/webhooks/woocommerce/{accounts['woocommerce']}", headers, body)
+            )
+    plan.distinct = len(plan.deliveries)
+    return plan
+
+
+AFTER_SALES_SHARE = 0.15  # of the ready Shopify orders: edited, and as many partly refunded
+
+
+def _after_sales(
+    sandbox: Sandbox, accounts: dict[str, str], secret: str, account_id: int, rng: random.Random
+) -> Plan:
+    """Edits and partial refunds in the Shopify admin of paid orders that are ready to ship,
+    and the webhooks that tell us (``orders/edited`` + ``orders/updated`` for an edit,
+    ``refunds/create`` + ``orders/updated`` for a refund; a refund's sometimes twice)."""
+    shop, path = sandbox.shopify, f"/webhooks/shopify/{accounts['shopify']}"
+    with session_scope() as session:
+        ready = set(
+            session.scalars(
+                select(Order.external_id).where(
+                    Order.channel_account_id == account_id, Order.state == "ready_to_ship"
+                )
+            )
+        )
+    paid = sorted(
+        i for i, o in shop.orders.items() if i in ready and o["financial_status"] == "paid"
+    )
+    rng.shuffle(paid)
+    count = max(1, int(len(paid) * AFTER_SALES_SHARE)) if paid else 0
+    plan = Plan()
+    for external_id in paid[:count]:
+        edit = shop.edit_add_line(external_id, rng.choice(shop.skus), 1)
+        plan.deliveries.append((path, *shop.edit_delivery(edit, secret)))
+        plan.deliveries.append(
+            (path, *shop.webhook_delivery(external_id, "orders/updated", secret))
+        )
+    for external_id in paid[count : 2 * count]:
+        refund = shop.refund_line(external_id, 0, 1, restock=True)
+        delivery = (path, *shop.refund_delivery(refund, secret))
+        plan.deliveries.append(delivery)
+        if rng.random() < 0.5:
+            plan.deliveries.append(delivery)  # Shopify retried it
+        plan.deliveries.append(
+            (path, *shop.webhook_delivery(external_id, "orders/updated", secret))
+        )
+    return plan
+
+
+def _wait_for_credit_notes(account_ids: list[int], deadline: float, group: ProcessGroup) -> None:
+    """Until every refund of lines has its credit note and every webhook is processed."""
+    while time.monotonic() < deadline and not group.dead():
+        with session_scope() as session:
+            run_orders = select(Order.id).where(Order.channel_account_id.in_(account_ids))
+            refunds = session.scalar(
+                select(func.count()).select_from(Refund)
+                .where(Refund.order_id.in_(run_orders), Refund.source != "provider")
+            )  # fmt: skip
+            notes = session.scalar(
+                select(func.count()).select_from(Invoice)
+                .where(Invoice.order_id.in_(run_orders), Invoice.source_key.like("credit:refund:%"))
+            )  # fmt: skip
+        _, _, waiting = _progress(account_ids)
+        if notes == refunds and not waiting:
+            return
+        time.sleep(0.25)
+
+
 def _demo_skus(sandbox: Sandbox) -> set[str]:
     from sandbox import woocommerce
 
@@ -228,10 +327,61 @@ def _polled(account_id: int) -> bool:
         )
 
 
+def _stock_pending(account_ids: list[int]) -> int:
+    with session_scope() as session:
+        return int(
+            session.scalar(
+                select(func.count()).select_from(Listing).where(
+                    Listing.channel_account_id.in_(account_ids),
+                    Listing.want_version > Listing.pushed_version,
+                    Listing.fulfilled_by_marketplace.is_(False),
+                )
+            ) or 0
+        )  # fmt: skip
+
+
+def _stock_mismatches(account_ids: list[int], sandbox: Sandbox) -> int:
+    """Listings whose quantity in the sandbox is not the buffered available quantity."""
+    from orders.stock_push import quantity_for
+
+    shown = sandbox.channel_stock()
+    wrong = 0
+    with session_scope() as session:
+        rows = session.execute(
+            select(Listing, ChannelAccount)
+            .join(ChannelAccount, ChannelAccount.id == Listing.channel_account_id)
+            .where(Listing.channel_account_id.in_(account_ids),
+                   Listing.fulfilled_by_marketplace.is_(False))
+        ).all()  # fmt: skip
+        for listing, account in rows:
+            want = quantity_for(session, listing, account)
+            if want is not None and shown[account.channel].get(listing.sku) != want:
+                wrong += 1
+    return wrong
+
+
+def _sync_listings(account_ids: list[int]) -> None:
+    """``ordersync listings sync`` for each account: the new listings are pushed our stock."""
+    from orders.stock_push import sync_listings
+    from workflows.providers import connector_for
+
+    for account_id in account_ids:
+        with session_scope() as session:
+            account = session.get(ChannelAccount, account_id)
+            assert account is not None
+            session.expunge(account)
+        connector = connector_for(account)
+        try:
+            sync_listings(session_scope, account_id, connector)
+        finally:
+            connector.close()
+
+
 def _summary(
     account_ids: list[int], sandbox: Sandbox, orders_sent: int, deliveries: int, seconds: float
 ) -> dict[str, Any]:
     from orders.invoices import find_gaps
+    from orders.money_check import check
 
     with session_scope() as session:
         in_run = Order.channel_account_id.in_(account_ids)
@@ -303,6 +453,35 @@ def _summary(
             select(func.count()).select_from(Label).join(Shipment)
             .where(Shipment.order_id.in_(run_orders), Label.voided_at.is_not(None))
         )  # fmt: skip
+        mismatches = check(session, account_ids)
+        credit_notes = session.scalar(
+            select(func.count()).select_from(Invoice)
+            .where(Invoice.order_id.in_(run_orders), Invoice.kind == "credit_note")
+        )  # fmt: skip
+        refunds = {
+            str(source): int(n)
+            for source, n in session.execute(
+                select(Refund.source, func.count())
+                .where(Refund.order_id.in_(run_orders)).group_by(Refund.source)
+            ).all()
+        }  # fmt: skip
+        edited = session.scalar(
+            select(func.count(func.distinct(OrderEvent.order_id)))
+            .where(OrderEvent.order_id.in_(run_orders), OrderEvent.kind == "edited")
+        )  # fmt: skip
+        # each reservation took stock, each release gave it back, each count set it
+        reservations = session.scalar(
+            select(func.count()).select_from(StockReservation)
+            .where(StockReservation.order_id.in_(run_orders))
+        )  # fmt: skip
+        released = session.scalar(
+            select(func.count()).select_from(StockReservation).where(
+                StockReservation.order_id.in_(run_orders), StockReservation.status == "released"
+            )
+        )  # fmt: skip
+        counted = session.scalar(
+            select(func.count()).select_from(StockItem).where(StockItem.counted_by == "demo")
+        )
     created = sum(by_state.values())
     failed = int(failed or 0)
     ledger = sandbox.ledger()
@@ -320,7 +499,9 @@ def _summary(
         "by_channel": by_channel,
         "paid_orders": int(paid or 0),
         "payments_collected_by_marketplace": int(collected or 0),
-        "captures_in_ledger": ledger["payments"]["captures"],
+        # captures as the outside world counts them: on Shopify (orderCapture) and at the
+        # payment provider (PaymentIntent captures)
+        "captures_in_ledger": ledger["payments"]["captures"] + ledger["shopify"]["captures"],
         "documented_orders": int(documented or 0),
         "labels_in_ledger": ledger["carrier"]["labels"],
         "invoices": int(invoices or 0),
@@ -345,6 +526,14 @@ def _summary(
         "deliveries_pushed": effects.get("delivery", 0),
         "delivery_events_in_ledger": ledger["shopify"]["fulfillment_events"],
         "outbox_undelivered": int(undelivered or 0),
+        "credit_notes": int(credit_notes or 0),
+        "edited_orders": int(edited or 0),
+        "refunds_by_source": refunds,
+        "money_mismatches": len(mismatches),
+        "stock_changes": int(reservations or 0) + int(released or 0) + int(counted or 0),
+        "stock_push_calls": sum(ledger["stock_calls"].values()),
+        "stock_push_calls_by_channel": ledger["stock_calls"],
+        "channel_stock_mismatches": _stock_mismatches(account_ids, sandbox),
         "seconds": round(seconds, 2),
         "orders_per_s": round(created / seconds, 1) if seconds else None,
     }
@@ -495,14 +684,18 @@ def run_demo(
                 webhook_secret=spec.webhook_secret,
                 # polled right away by the demo; Beat then polls on its own interval
                 poll_cursor=None,
+                stock_keep_percent=SHOPIFY_KEEP_PERCENT if channel == "shopify" else 0,
             )
             session.add(account)
             session.flush()
             accounts[channel] = account.name
             account_ids.append(account.id)
         by_name = {name: i for name, i in zip(accounts.values(), account_ids, strict=True)}
-        for sku in sorted(_demo_skus(sandbox)):
-            set_on_hand(session, sku, max(3, int(orders * STOCK_PER_ORDER)))
+        skus = sorted(_demo_skus(sandbox))
+        for sku in skus:
+            set_on_hand(session, sku, max(3, int(orders * STOCK_PER_ORDER)), actor="demo")
+    # every SKU on every marketplace, so every order's stock goes out to all four
+    sandbox.add_listings(skus)
 
     env = {
         **os.environ,
@@ -526,6 +719,7 @@ def run_demo(
         err.print(f"dashboard login: [bold]{DEMO_USER}[/bold] / [bold]{password}[/bold] "
                   f"(operator) at {base_url}/login", soft_wrap=True)  # fmt: skip
         wait_ready(base_url, broker, group, timeout_s=60)
+        _sync_listings(account_ids)
 
         counts = _split(orders)
         plan = _webhooks(sandbox, counts, accounts, secret, duplicate_rate, rng)
@@ -548,6 +742,11 @@ def run_demo(
                 if not _sends_webhooks(channel):
                     poll_account.delay(by_name[name])
             statuses = _send_all(base_url, plan, lambda: progress.advance(sent_bar))
+            # later, the buyers who chose to pay after checkout pay
+            payments_plan = _pay_pending(sandbox, accounts, secret)
+            progress.update(sent_bar, total=len(plan.deliveries) + len(payments_plan.deliveries))
+            statuses += _send_all(base_url, payments_plan, lambda: progress.advance(sent_bar))
+            plan.deliveries += payments_plan.deliveries
             deadline = time.monotonic() + timeout_s
             amazon_paid = False
             while True:
@@ -568,6 +767,12 @@ def run_demo(
                     err.print("[red]timed out waiting for the workers")
                     break
                 time.sleep(0.25)
+            # after the sale: some paid Shopify orders are edited (a line added) and some get a
+            # partial refund (a unit returned and restocked), each told by webhook (some twice)
+            after = _after_sales(sandbox, accounts, secret, by_name[accounts["shopify"]], rng)
+            statuses += _send_all(base_url, after, lambda: None)
+            plan.deliveries += after.deliveries
+            _wait_for_credit_notes(account_ids, deadline, group)
             # the nightly full sync, on what the webhooks and polls brought in
             reconciled = _reconcile(err, timeout_s=RECONCILE_TIMEOUT_S)
             acted = _ship_and_cancel(base_url, account_ids, rng, run)
@@ -580,6 +785,12 @@ def run_demo(
                     break
                 time.sleep(0.25)
             progress.update(ship_bar, total=acted, completed=acted)
+            # then the last stock changes (shipments, cancellations) reach the channels
+            quiet_by = time.monotonic() + STOCK_QUIET_TIMEOUT_S
+            while time.monotonic() < quiet_by and (
+                _stock_pending(account_ids) or _stock_mismatches(account_ids, sandbox)
+            ):
+                time.sleep(0.25)
         rejected = [s for s in statuses if s != 200]
         if rejected:
             err.print(f"[red]{len(rejected)} deliveries were not accepted: {sorted(set(rejected))}")
@@ -602,6 +813,7 @@ def run_demo(
             and summary["failed"] == 0
             and summary["orders_created"] == orders
             and summary["invoice_gaps"] == 0
+            and summary["money_mismatches"] == 0
             and summary["captures_in_ledger"] == summary["paid_orders"]
             and summary["labels_in_ledger"] == summary["documented_orders"]
             and summary["outbox_undelivered"] == 0
@@ -609,6 +821,8 @@ def run_demo(
             and summary["cancellations_in_ledger"] == summary["cancellations_pushed"]
             and summary["voided_in_ledger"] == summary["voided_labels"]
             and summary["delivery_events_in_ledger"] == summary["deliveries_pushed"]
+            and summary["channel_stock_mismatches"] == 0
+            and all(n > 0 for n in summary["stock_push_calls_by_channel"].values())
         )
         return 0 if ok else 1
     except KeyboardInterrupt:

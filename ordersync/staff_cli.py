@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -16,7 +17,15 @@ from db.session import session_scope
 from domain.states import OrderState
 from ordersync.users_cli import As, cli_actor
 
-__all__ = ["CliError", "accounts_cli", "orders_cli", "outbox_cli", "stock_cli"]
+__all__ = [
+    "CliError",
+    "accounts_cli",
+    "listings_cli",
+    "money_cli",
+    "orders_cli",
+    "outbox_cli",
+    "stock_cli",
+]
 
 #: the widths of the columns these commands write (db/models.py)
 NAME_MAX, SKU_MAX = 100, 100
@@ -31,9 +40,35 @@ console = Console()
 orders_cli = typer.Typer(no_args_is_help=True, help="Look at orders and retry stuck ones.")
 stock_cli = typer.Typer(no_args_is_help=True, help="Stock levels.")
 accounts_cli = typer.Typer(no_args_is_help=True, help="Marketplace accounts.")
+listings_cli = typer.Typer(no_args_is_help=True, help="Our SKUs as listed on each channel.")
 outbox_cli = typer.Typer(
     no_args_is_help=True, help="Fulfilments and cancellations on their way to the marketplaces."
 )
+money_cli = typer.Typer(no_args_is_help=True, help="Does the money add up?")
+
+
+@money_cli.command("check")
+def money_check(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """For every order whose money is settled: invoiced - credited = captured - refunded = what
+    the marketplace says the buyer paid. Lists each order that differs and why; exit code 1
+    when any does."""
+    from orders.money_check import check
+
+    with session_scope() as session:
+        found = check(session)
+    if as_json:
+        typer.echo(json.dumps([m.as_dict() for m in found], sort_keys=True))
+    elif found:
+        table = Table("order", "channel", "external id", "invoiced", "captured", "buyer paid",
+                      Column("why", overflow="fold"))  # fmt: skip
+        for m in found:
+            table.add_row(str(m.order_id), m.channel, m.external_id, str(m.invoiced),
+                          str(m.captured), str(m.buyer_paid), "; ".join(m.reasons))  # fmt: skip
+        console.print(table)
+    else:
+        console.print("every order adds up")
+    if found:
+        raise typer.Exit(1)
 
 
 @orders_cli.command("list")
@@ -256,6 +291,63 @@ def outbox_retry(message_id: int, as_: As = None) -> None:
     console.print(f"outbox message {message_id} ({was}): delivery started")
 
 
+@orders_cli.command("refund")
+def orders_refund(
+    order_id: int,
+    line: Annotated[
+        list[str] | None,
+        typer.Option("--line", help="LINE=UNITS (a line id or SKU), repeatable"),
+    ] = None,
+    amount: Annotated[
+        str | None, typer.Option(help="an amount instead of lines, e.g. 5.00")
+    ] = None,
+    key: Annotated[
+        str | None,
+        typer.Option(
+            help="this refund's key (default: its content: the same refund again is "
+            "the same refund)"
+        ),
+    ] = None,
+    as_: As = None,
+) -> None:
+    """Refund lines or an amount of an order whose money we captured, at the payment provider,
+    once; never more than is left to refund."""
+    from decimal import Decimal, InvalidOperation
+
+    from orders.refunds import RefundRefused
+    from orders.users import audit
+    from workflows.pipeline import request_refund
+
+    lines: dict[str, int] | None = None
+    if line:
+        lines = {}
+        for name, units in _parse_pairs(line).items():
+            if not units.isdigit() or int(units) < 1:
+                _refuse(f"--line {name}={units}: units must be a whole number of at least 1")
+            lines[name] = int(units)
+    value = None
+    if amount is not None:
+        try:
+            value = Decimal(amount)
+        except InvalidOperation:
+            _refuse(f"--amount {amount!r} is not an amount")
+        if not value.is_finite():
+            _refuse(f"--amount {amount!r} is not an amount")
+    actor = cli_actor(as_)
+    try:
+        with session_scope() as session:
+            refund, new = request_refund(session, order_id, actor=actor, lines=lines,
+                                         amount=value, request_key=key)  # fmt: skip
+            refund_id, total, currency = refund.id, refund.amount, refund.currency
+            if new:
+                audit(session, actor, "order.refund", f"order {order_id}", order_id=order_id,
+                      timeline=False, refund_id=refund_id, amount=str(total))  # fmt: skip
+    except RefundRefused as exc:
+        raise CliError(f"order {order_id}: {exc}") from None
+    said = "requested" if new else "already requested (the same refund)"
+    console.print(f"order {order_id}: refund {refund_id} of {total} {currency} {said}")
+
+
 # "-5" is read as the quantity (and refused as negative), not as an unknown option
 @stock_cli.command("set", context_settings={"ignore_unknown_options": True})
 def stock_set(sku: str, quantity: int, as_: As = None) -> None:
@@ -268,16 +360,124 @@ def stock_set(sku: str, quantity: int, as_: As = None) -> None:
         raise CliError(f"a SKU has 1 to {SKU_MAX} characters, got {len(sku)}")
     if not 0 <= quantity <= INT32_MAX:
         raise CliError(f"quantity must be between 0 and {INT32_MAX}, got {quantity}")
+    actor = cli_actor(as_)
     with session_scope() as session:
         try:
-            available = set_on_hand(session, sku, quantity)
+            available = set_on_hand(session, sku, quantity, actor=actor)
         except ValueError as exc:  # below what open orders hold
             raise CliError(str(exc)) from None
         waiting = release_waiting(session, sku)
-        audit(session, cli_actor(as_), "stock.set", sku, on_hand=quantity, available=available,
+        audit(session, actor, "stock.set", sku, on_hand=quantity, available=available,
               released=waiting)  # fmt: skip
     console.print(f"{sku}: on hand {quantity}, available {available}; "
                   f"{len(waiting)} waiting orders pushed on")  # fmt: skip
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else ""
+
+
+@stock_cli.command("show")
+def stock_show(sku: str) -> None:
+    """On hand, reserved and available of SKU; per channel listing what it should show, what
+    was last pushed and when, and any drift (both numbers)."""
+    from orders.stock_view import stock_view
+
+    with session_scope() as session:
+        view = stock_view(session, sku)
+    if view is None:
+        raise CliError(
+            f"no stock and no listing for SKU {sku!r} (ordersync stock set / listings sync)"
+        )
+    console.print(f"{view.sku}: on hand {view.on_hand}, reserved {view.reserved}, "
+                  f"available {view.available}"
+                  + (f" (counted by {view.counted_by})" if view.counted_by else ""))  # fmt: skip
+    table = Table("account", "channel", "should show", "last pushed", "at", "state", "drift")
+    for item in view.listings:
+        drift = item.drift
+        drift_text = ""
+        if drift is not None:
+            drift_text = (f"{drift['found_by']}: channel had {drift['channel_qty']}, expected "
+                          f"{drift['expected_qty']}"
+                          + (" (repaired)" if drift["repaired_at"] else ""))  # fmt: skip
+        if item.fulfilled_by_marketplace:
+            state = "FBA: not pushed"
+        elif item.last_error:
+            state = f"failed: {item.last_error[:50]}"
+        else:
+            state = "pending" if item.pending else "in sync"
+        table.add_row(item.account, item.channel,
+                      "" if item.should_show is None else str(item.should_show),
+                      "" if item.last_pushed_qty is None else str(item.last_pushed_qty),
+                      _when(item.last_pushed_at), state, drift_text)  # fmt: skip
+    console.print(table)
+
+
+@listings_cli.command("sync")
+def listings_sync(account: str) -> None:
+    """Discover ACCOUNT's listings on the marketplace by SKU and record them (new ones are
+    pushed our quantity); report SKUs that exist on one side only."""
+    from domain.errors import IntegrationError
+    from orders.stock_push import sync_listings
+    from workflows.providers import connector_for
+
+    with session_scope() as session:
+        row = session.scalar(select(ChannelAccount).where(ChannelAccount.name == account))
+    if row is None:
+        raise CliError(f"no account named {account!r} (ordersync accounts list)")
+    try:
+        connector = connector_for(row)
+    except KeyError as exc:
+        raise CliError(f"account {account!r} has no credential {exc} (accounts add … -c)") from None
+    try:
+        report = sync_listings(session_scope, row.id, connector)
+    except IntegrationError as exc:
+        raise CliError(f"{account}: {type(exc).__name__}: {exc}") from None
+    finally:
+        connector.close()
+    console.print(f"{account}: {report.found} listings on {row.channel}, {report.created} new, "
+                  f"{report.updated} changed, {report.fulfilled_by_marketplace} fulfilled by "
+                  f"the marketplace (never pushed)")  # fmt: skip
+    if report.channel_only:
+        console.print(f"on {row.channel} only ({len(report.channel_only)}, we hold no stock): "
+                      + ", ".join(report.channel_only[:20]))  # fmt: skip
+    if report.ours_only:
+        console.print(f"ours only ({len(report.ours_only)}, not listed on {row.channel}): "
+                      + ", ".join(report.ours_only[:20]))  # fmt: skip
+
+
+@listings_cli.command("list")
+def listings_list(
+    account: Annotated[str | None, typer.Option(help="only this account")] = None,
+    sku: Annotated[str | None, typer.Option(help="only this SKU")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000)] = 200,
+) -> None:
+    """Listings with their identifiers, what was last pushed and whether a push is pending."""
+    from db.models import Listing
+
+    query = (
+        select(Listing, ChannelAccount)
+        .join(ChannelAccount, ChannelAccount.id == Listing.channel_account_id)
+        .order_by(ChannelAccount.name, Listing.sku)
+        .limit(limit)
+    )
+    if account:
+        query = query.where(ChannelAccount.name == account)
+    if sku:
+        query = query.where(Listing.sku == sku)
+    table = Table("account", "sku", "external id", "last pushed", "at", "state")
+    with session_scope() as session:
+        for listing, acc in session.execute(query):
+            if listing.fulfilled_by_marketplace:
+                state = "FBA"
+            elif listing.last_error:
+                state = "failed"
+            else:
+                state = "pending" if listing.want_version > listing.pushed_version else "in sync"
+            table.add_row(acc.name, listing.sku, listing.external_id or "",
+                          "" if listing.last_pushed_qty is None else str(listing.last_pushed_qty),
+                          _when(listing.last_pushed_at), state)  # fmt: skip
+    console.print(table)
 
 
 def _parse_pairs(pairs: list[str]) -> dict[str, str]:
@@ -417,6 +617,13 @@ def accounts_add(
             help=f"{_RATE_LIMIT_SYNTAX}, per second; repeatable; overrides the documented limit",
         ),
     ] = None,
+    invoice_series: Annotated[
+        str | None,
+        typer.Option(
+            help="the seller entity's invoice series prefix, e.g. ACME-US "
+            "(→ ACME-US-INV-2026-000001); default: the shared INV-/CN- series"
+        ),
+    ] = None,
     as_: As = None,
 ) -> None:
     """Connect a shop: e.g. `accounts add shopify my-shop --shop my-shop.myshopify.com
@@ -424,6 +631,9 @@ def accounts_add(
     from orders.users import audit
 
     _check_new_account(channel, name, webhook_secret, api_base_url)
+    if invoice_series is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,29}",
+                                                       invoice_series):  # fmt: skip
+        _refuse(f"--invoice-series {invoice_series!r}: 1 to 30 letters, digits, - or _")
     rate_limits = _parse_rate_limits(channel, name, rate_limit or [])
     with session_scope() as session:
         if session.scalar(select(ChannelAccount.id).where(ChannelAccount.name == name)):
@@ -437,6 +647,7 @@ def accounts_add(
                 webhook_secret=webhook_secret,
                 credentials=_parse_pairs(credential or []),
                 rate_limits=rate_limits,
+                invoice_series=invoice_series,
             )
         )
         audit(session, cli_actor(as_), "account.add", name, channel=channel, shop=shop)

@@ -26,6 +26,14 @@ StateOrRegion, PostalCode and CountryCode and an empty ``BuyerInfo``. ``Shipping
 absent on ``Pending`` orders ("only available for Unshipped, PartiallyShipped, Shipped and
 InvoiceUnconfirmed"). An RDT is accepted only on the restricted calls it names.
 
+Listings Items 2021-08-01, for stock (seller ``SANDBOX_SELLER_ID``): ``GET
+/listings/2021-08-01/items/{sellerId}`` (``searchListingsItems``, ``pageSize`` ≤ 20, fulfillment
+availability per SKU; FBA listings show channel ``AMAZON_NA``) and ``PATCH
+/listings/2021-08-01/items/{sellerId}/{sku}`` (``patchListingsItem`` on
+``/attributes/fulfillment_availability``: ``ACCEPTED``, ``INVALID`` for an FBA listing, 404 for
+an unknown SKU), each at its usage plan; ``listings`` holds the quantity per SKU,
+``stock_calls`` / ``stock_sets`` the calls, ``edit_in_admin`` plays Seller Central.
+
 Payloads copy the shapes of the official fixtures (``getOrders.200.sandbox-1.json``,
 ``getOrderItems.200.sandbox-1.json``): money as ``{"CurrencyCode", "Amount"}`` strings, string
 booleans, 14-digit item ids that may start with zeros, Pending orders without ``OrderTotal``.
@@ -35,6 +43,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import random
 import threading
 import time
@@ -55,6 +64,7 @@ __all__ = [
     "SANDBOX_CLIENT_SECRET",
     "SANDBOX_MARKETPLACE_ID",
     "SANDBOX_REFRESH_TOKEN",
+    "SANDBOX_SELLER_ID",
     "AmazonSimulator",
 ]
 
@@ -70,7 +80,10 @@ DEFAULT_RATE_LIMITS: Mapping[str, tuple[float, float]] = {
     "getOrderItems": (0.5, 30),
     "confirmShipment": (2.0, 10),
     "createRestrictedDataToken": (1.0, 10),
+    "patchListingsItem": (5.0, 10),
+    "searchListingsItems": (5.0, 5),
 }
+SANDBOX_SELLER_ID = "A2ORDERSYNCSANDBOX"
 QUOTA_EXCEEDED: dict[str, object] = {
     "errors": [
         {
@@ -246,8 +259,34 @@ class AmazonSimulator:
         #: (AmazonOrderId, packageReferenceId) → confirmShipment packageDetail
         self.shipments: dict[tuple[str, str], dict[str, Any]] = {}
         self.request_log: list[tuple[str, int]] = []
+        #: the seller's listings: SKU → merchant-fulfilled quantity (channel DEFAULT), and the
+        #: SKUs Amazon fulfils (FBA: channel AMAZON_NA, quantity Amazon's own)
+        self.listings: dict[str, int] = dict.fromkeys(self.skus, 0)
+        self.fba_listings: dict[str, int] = {}
+        #: patchListingsItem calls answered, and every quantity set: (SKU, quantity)
+        self.stock_calls = 0
+        self.stock_sets: list[tuple[str, int]] = []
 
     # ------------------------------------------------------------------ test-side API
+
+    def add_listings(self, skus: Sequence[str], quantity: int = 0, *, fba: bool = False) -> None:
+        with self._lock:
+            for sku in skus:
+                if fba:
+                    self.fba_listings.setdefault(sku, quantity)
+                else:
+                    self.listings.setdefault(sku, quantity)
+
+    def set_rate_limit(self, operation: str, rate: float, burst: float) -> None:
+        """The usage plan this seller has for ``operation`` (Amazon grants some more)."""
+        with self._lock:
+            self._limits[operation] = (rate, burst)
+            self._buckets[operation] = _Bucket(rate, burst, self.clock())
+
+    def edit_in_admin(self, sku: str, quantity: int) -> None:
+        """A merchant sets the quantity in Seller Central (not through us)."""
+        with self._lock:
+            self.listings[sku] = quantity
 
     def add_orders(self, n: int) -> list[str]:
         with self._lock:
@@ -684,6 +723,72 @@ class AmazonSimulator:
             self._bump(order_id)
             return self._reply("confirmShipment", 204)
 
+    async def _search_listings(self, seller_id: str, request: Request) -> Response:
+        granted = await self._gate("searchListingsItems", request)
+        if isinstance(granted, Response):
+            return granted
+        q = request.query_params
+        marketplaces = q.get("marketplaceIds", "").split(",")
+        if seller_id != SANDBOX_SELLER_ID or self.marketplace_id not in marketplaces:
+            return self._reply("searchListingsItems", 400, _errors("InvalidInput", "bad seller"))
+        size = min(20, max(1, int(q.get("pageSize") or 10)))
+        start = int(q.get("pageToken") or 0)
+        with self._lock:
+            every = sorted({*self.listings, *self.fba_listings})
+            items = []
+            for sku in every[start : start + size]:
+                if sku in self.fba_listings:
+                    code, qty = "AMAZON_NA", self.fba_listings[sku]
+                else:
+                    code, qty = "DEFAULT", self.listings[sku]
+                items.append({
+                    "sku": sku,
+                    "summaries": [{"marketplaceId": self.marketplace_id, "status": ["BUYABLE"]}],
+                    "fulfillmentAvailability": [{"fulfillmentChannelCode": code,
+                                                 "quantity": qty}],
+                })  # fmt: skip
+        body: dict[str, Any] = {"numberOfResults": len(every), "items": items}
+        if start + size < len(every):
+            body["pagination"] = {"nextToken": str(start + size)}
+        return self._reply("searchListingsItems", 200, body)
+
+    async def _patch_listing(self, seller_id: str, sku: str, request: Request) -> Response:
+        granted = await self._gate("patchListingsItem", request)
+        if isinstance(granted, Response):
+            return granted
+        try:
+            body = json.loads(await request.body())
+            patch = body["patches"][0]
+            if patch["path"] != "/attributes/fulfillment_availability" or not body["productType"]:
+                raise ValueError(patch["path"])
+            quantity = int(patch["value"][0]["quantity"])
+            channel = patch["value"][0]["fulfillment_channel_code"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return self._reply("patchListingsItem", 400, _errors("InvalidInput", "bad patch"))
+        with self._lock:
+            self.stock_calls += 1
+            if seller_id != SANDBOX_SELLER_ID or sku not in {**self.listings, **self.fba_listings}:
+                return self._reply("patchListingsItem", 404, _errors("NOT_FOUND", "no such SKU"))
+            if sku in self.fba_listings or channel != "DEFAULT" or quantity < 0:
+                answer = {
+                    "sku": sku,
+                    "status": "INVALID",
+                    "submissionId": uuid.uuid4().hex,
+                    "issues": [
+                        {
+                            "code": "90000900",
+                            "severity": "ERROR",
+                            "message": "fulfillment_availability is not editable",
+                        }
+                    ],
+                }
+                return self._reply("patchListingsItem", 200, answer)  # fmt: skip
+            self.listings[sku] = quantity
+            self.stock_sets.append((sku, quantity))
+        answer = {"sku": sku, "status": "ACCEPTED", "submissionId": uuid.uuid4().hex,
+                  "issues": []}  # fmt: skip
+        return self._reply("patchListingsItem", 200, answer)
+
     def build_router(self) -> APIRouter:
         router = APIRouter()
         router.add_api_route("/auth/o2/token", self._lwa_token, methods=["POST"])
@@ -699,6 +804,12 @@ class AmazonSimulator:
             "/orders/v0/orders/{order_id}/shipmentConfirmation",
             self._confirm_shipment,
             methods=["POST"],
+        )
+        router.add_api_route(
+            "/listings/2021-08-01/items/{seller_id}", self._search_listings, methods=["GET"]
+        )
+        router.add_api_route(
+            "/listings/2021-08-01/items/{seller_id}/{sku}", self._patch_listing, methods=["PATCH"]
         )
         return router
 

@@ -19,7 +19,13 @@ Served (mount with ``app.include_router(sim.build_router(), prefix="/ebay")``):
 - ``GET /sell/fulfillment/v1/order/{orderId}`` (404 when unknown);
 - ``GET|POST /sell/fulfillment/v1/order/{orderId}/shipping_fulfillment`` and
   ``GET …/shipping_fulfillment/{fulfillmentId}`` — POST answers 201 with ``Location``; the
-  ``ledger`` keys each fulfillment by (order id, tracking number), a repeat is 409.
+  ``ledger`` keys each fulfillment by (order id, tracking number), a repeat is 409;
+- Sell Inventory API, for stock: ``GET /sell/inventory/v1/inventory_item`` (``limit`` 1..200,
+  ``offset``, ``total``; ``availability.shipToLocationAvailability.quantity``) and ``POST
+  /sell/inventory/v1/bulk_update_price_quantity`` (1..25 ``requests``; 200, or 207 with a
+  ``statusCode`` and ``errors`` per SKU, 25702 for an unknown SKU). ``inventory`` holds the
+  quantity per SKU, ``stock_calls`` / ``stock_sets`` the calls, ``edit_in_admin`` plays
+  Seller Hub. The Inventory API has its own quota bucket (2,000,000 calls a day by default).
 
 Rate limit: eBay counts calls per application and day (Fulfillment API default 100,000/day);
 one token bucket (``rate_per_s``, ``burst``, from the injected clock) stands for it, and an
@@ -32,6 +38,7 @@ import base64
 import binascii
 import copy
 import datetime as dt
+import json
 import math
 import random
 import threading
@@ -66,8 +73,11 @@ SELL_SCOPES = frozenset(
         "https://api.ebay.com/oauth/api_scope",
         "https://api.ebay.com/oauth/api_scope/sell.fulfillment",
         "https://api.ebay.com/oauth/api_scope/sell.fulfillment.readonly",
+        "https://api.ebay.com/oauth/api_scope/sell.inventory",
+        "https://api.ebay.com/oauth/api_scope/sell.inventory.readonly",
     }
 )
+INVENTORY_API = "/sell/inventory/v1"
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
 _CENT = Decimal("0.01")
@@ -159,6 +169,8 @@ class EbaySimulator:
         burst: float = 5_000.0,
         retry_after_s: float | None = None,  # None = computed from the bucket, rounded up
         token_ttl_s: int = 7200,
+        inventory_rate_per_s: float = 2_000_000 / 86_400,
+        inventory_burst: float = 50.0,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
@@ -183,6 +195,14 @@ class EbaySimulator:
         self.cancellations: dict[str, dict[str, Any]] = {}
         #: (operation, HTTP status) per request, for benchmarks (429 count, requests/s)
         self.request_log: list[tuple[str, int]] = []
+        #: inventory items: SKU → total ship-to-home quantity; the Inventory API's own quota
+        self.inventory: dict[str, int] = dict.fromkeys(self.skus, 0)
+        self.inventory_rate_per_s = inventory_rate_per_s
+        self._inventory_bucket = (inventory_burst, clock())
+        self.inventory_burst = inventory_burst
+        #: bulkUpdatePriceQuantity calls answered, and every quantity set: (SKU, quantity)
+        self.stock_calls = 0
+        self.stock_sets: list[tuple[str, int]] = []
 
     # -- state --------------------------------------------------------------------------------
 
@@ -328,6 +348,16 @@ class EbaySimulator:
             "lineItems": lines,
         }
 
+    def add_listings(self, skus: Sequence[str], quantity: int = 0) -> None:
+        with self._lock:
+            for sku in skus:
+                self.inventory.setdefault(sku, quantity)
+
+    def edit_in_admin(self, sku: str, quantity: int) -> None:
+        """A seller sets the quantity in Seller Hub (not through us)."""
+        with self._lock:
+            self.inventory[sku] = quantity
+
     # -- HTTP plumbing ------------------------------------------------------------------------
 
     def _log(self, operation: str, response: Response) -> Response:
@@ -347,7 +377,19 @@ class EbaySimulator:
             self._bucket = (tokens, now)
             return (1 - tokens) / self.rate_per_s
 
-    def _guard(self, request: Request) -> Response | None:
+    def _take_inventory(self) -> float:
+        with self._lock:
+            now = self.clock()
+            tokens, at = self._inventory_bucket
+            rate = self.inventory_rate_per_s
+            tokens = min(self.inventory_burst, tokens + max(0.0, now - at) * rate)
+            if tokens >= 1:
+                self._inventory_bucket = (tokens - 1, now)
+                return 0.0
+            self._inventory_bucket = (tokens, now)
+            return (1 - tokens) / rate
+
+    def _guard(self, request: Request, *, inventory: bool = False) -> Response | None:
         """Bearer user token, then the quota: the checks every sell endpoint makes."""
         header = request.headers.get("Authorization", "")
         token = header[7:] if header.startswith("Bearer ") else ""
@@ -357,7 +399,7 @@ class EbaySimulator:
             return JSONResponse(_INVALID_TOKEN, status_code=401)
         if kind != "user":
             return JSONResponse(_ACCESS_DENIED, status_code=403)
-        wait = self._take()
+        wait = self._take_inventory() if inventory else self._take()
         if wait > 0:
             retry = self.retry_after_s if self.retry_after_s is not None else math.ceil(wait)
             return JSONResponse(
@@ -660,12 +702,89 @@ class EbaySimulator:
             }
             order["cancelStatus"] = {"cancelState": "CANCELED", "cancelledDate": at,
                                      "cancelRequests": []}  # fmt: skip
-            order["orderPaymentStatus"] = "FULLY_REFUNDED"
+            if body.get("buyerPaid") is True:  # eBay refunds the buyer who paid
+                order["orderPaymentStatus"] = "FULLY_REFUNDED"
             order["lastModifiedDate"] = at
         return self._log(op, JSONResponse({"cancelId": cancel_id}, status_code=201))
 
+    async def _get_inventory_items(self, request: Request) -> Response:
+        disturbed = await self.knobs.disturb(TOO_MANY_REQUESTS)
+        if disturbed is not None:
+            return self._log("getInventoryItems", disturbed)
+        refused = self._guard(request, inventory=True)
+        if refused is not None:
+            return self._log("getInventoryItems", refused)
+        q = request.query_params
+        try:
+            limit, offset = int(q.get("limit") or 25), int(q.get("offset") or 0)
+        except ValueError:
+            return self._log("getInventoryItems", _api_error(400, 25709, "Invalid limit/offset"))
+        if not 1 <= limit <= 200 or offset < 0:
+            return self._log("getInventoryItems", _api_error(400, 25709, "Invalid limit/offset"))
+        with self._lock:
+            skus = sorted(self.inventory)
+            items = [
+                {"sku": sku, "locale": "en_US", "condition": "NEW",
+                 "availability": {"shipToLocationAvailability": {"quantity": self.inventory[sku]}}}
+                for sku in skus[offset : offset + limit]
+            ]  # fmt: skip
+        body = {"total": len(skus), "size": len(items), "limit": limit, "inventoryItems": items}
+        return self._log("getInventoryItems", JSONResponse(body))
+
+    async def _bulk_update_price_quantity(self, request: Request) -> Response:
+        operation = "bulkUpdatePriceQuantity"
+        disturbed = await self.knobs.disturb(TOO_MANY_REQUESTS)
+        if disturbed is not None:
+            return self._log(operation, disturbed)
+        refused = self._guard(request, inventory=True)
+        if refused is not None:
+            return self._log(operation, refused)
+        try:
+            requests = json.loads(await request.body())["requests"]
+            if not isinstance(requests, list):
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return self._log(operation, _api_error(400, 25709, "Invalid request"))
+        if not requests or len(requests) > 25:
+            return self._log(
+                operation, _api_error(400, 25709, "Between 1 and 25 requests are allowed")
+            )
+        responses, failed = [], False
+        with self._lock:
+            self.stock_calls += 1
+            for item in requests:
+                sku = item.get("sku") if isinstance(item, dict) else None
+                ship = (item or {}).get("shipToLocationAvailability") or {}
+                quantity = ship.get("quantity") if isinstance(ship, dict) else None
+                if sku not in self.inventory:
+                    failed = True
+                    responses.append({"statusCode": 404, "sku": sku, "errors": [
+                        {"errorId": 25702, "domain": "API_INVENTORY", "category": "REQUEST",
+                         "message": f"SKU {sku} is not available in the system"}]})  # fmt: skip
+                    continue
+                if not isinstance(quantity, int) or quantity < 0:
+                    failed = True
+                    responses.append({"statusCode": 400, "sku": sku, "errors": [
+                        {"errorId": 25709, "domain": "API_INVENTORY", "category": "REQUEST",
+                         "message": "Invalid value for quantity"}]})  # fmt: skip
+                    continue
+                self.inventory[sku] = quantity
+                self.stock_sets.append((sku, quantity))
+                responses.append({"statusCode": 200, "sku": sku, "warnings": []})
+        return self._log(
+            operation, JSONResponse({"responses": responses}, status_code=207 if failed else 200)
+        )
+
     def build_router(self) -> APIRouter:
         router = APIRouter()
+        router.add_api_route(
+            f"{INVENTORY_API}/inventory_item", self._get_inventory_items, methods=["GET"]
+        )
+        router.add_api_route(
+            f"{INVENTORY_API}/bulk_update_price_quantity",
+            self._bulk_update_price_quantity,
+            methods=["POST"],
+        )
         router.add_api_route("/identity/v1/oauth2/token", self._token, methods=["POST"])
         router.add_api_route(
             "/post-order/v2/cancellation", self._create_cancellation, methods=["POST"]

@@ -8,6 +8,13 @@ Served (mount with ``app.include_router(sim.build_router(), prefix="/payments")`
   ``payment_method=pm_card_chargeDeclined`` (Stripe's test card) or at ``decline_rate``;
 - ``GET /v1/payment_intents/search?query=metadata['order_ref']:'X'`` — a ``search_result``;
 - ``GET /v1/payment_intents/{id}``;
+- ``POST /v1/payment_intents/{id}/capture`` (https://docs.stripe.com/api/payment_intents/capture)
+  — ``amount_to_capture`` (minor units; default all that is capturable) of an intent in
+  ``requires_capture``; the rest is released. Intents authorised by a shop's checkout
+  (``authorize``: the WooCommerce sandbox's Stripe gateway) wait in ``requires_capture`` and
+  are cancelled (``cancellation_reason: automatic``) 7 days after they were created, as
+  Stripe's uncaptured card payments are; capturing one then, or one that was cancelled, is
+  refused with 400 ``payment_intent_unexpected_state``;
 - ``POST /v1/refunds`` (https://docs.stripe.com/api/refunds/create) — form-encoded
   ``payment_intent`` (required), ``amount`` (minor units; default: all that is left unrefunded),
   ``reason`` (``duplicate``, ``fraudulent``, ``requested_by_customer``), ``metadata[...]``;
@@ -79,6 +86,9 @@ DECLINING_METHODS = {"pm_card_chargeDeclined": "generic_decline"}
 REFUND_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
 INTENTS = "POST /v1/payment_intents"  # the endpoint is part of a key's stored record
 REFUNDS = "POST /v1/refunds"
+#: Stripe cancels an uncaptured card PaymentIntent 7 days after it was authorised
+#: (https://docs.stripe.com/payments/place-a-hold-on-a-payment-method)
+AUTHORIZATION_VALID_S = 7 * 24 * 3600
 _CLAUSE = re.compile(r"\s*(?:metadata\['([^'\]]+)'\]|(status|currency)):'([^'\\]*)'\s*")
 _ALNUM = string.ascii_letters + string.digits
 
@@ -192,6 +202,102 @@ class PaymentsSimulator:
             self._refunded[payment_intent] = refunded
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def authorize(self, order_ref: str, amount: int, currency: str) -> str:
+        """A PaymentIntent authorised at a shop's checkout (``capture_method=manual``), waiting
+        in ``requires_capture``: what a WooCommerce order paid through Stripe carries."""
+        with self._lock:
+            intent_id = self._new_id("pi_")
+            self.intents[intent_id] = {
+                "id": intent_id, "object": "payment_intent", "amount": amount,
+                "amount_capturable": amount, "amount_received": 0, "capture_method": "manual",
+                "cancellation_reason": None, "canceled_at": None,
+                "client_secret": f"{intent_id}_secret_{self._new_id('')}",
+                "confirmation_method": "automatic", "created": int(self._clock()),
+                "currency": currency.lower(), "customer": None, "description": None,
+                "last_payment_error": None, "latest_charge": self._new_id("ch_"),
+                "livemode": False, "metadata": {"order_ref": order_ref}, "next_action": None,
+                "payment_method": "pm_card_visa", "payment_method_types": ["card"],
+                "status": "requires_capture",
+            }  # fmt: skip
+            return intent_id
+
+    def age_authorization(self, intent_id: str, seconds: float) -> None:
+        """Move an authorization's creation ``seconds`` into the past (8 days: expired)."""
+        with self._lock:
+            self.intents[intent_id]["created"] -= int(seconds)
+
+    def cancel_authorization(self, intent_id: str) -> None:
+        """The shop voided the authorization (``POST /v1/payment_intents/{id}/cancel``)."""
+        with self._lock:
+            intent = self.intents[intent_id]
+            intent.update(status="canceled", cancellation_reason="requested_by_customer",
+                          amount_capturable=0, canceled_at=int(self._clock()))  # fmt: skip
+
+    def _expire_if_due(self, intent: dict[str, Any]) -> None:
+        """Stripe's automatic cancellation of an authorization not captured within 7 days."""
+        now = int(self._clock())
+        if (
+            intent["status"] == "requires_capture"
+            and now > intent["created"] + AUTHORIZATION_VALID_S
+        ):
+            intent.update(status="canceled", cancellation_reason="automatic", amount_capturable=0,
+                          canceled_at=intent["created"] + AUTHORIZATION_VALID_S)  # fmt: skip
+
+    def _capture_executor(self, intent_id: str) -> _Executor:
+        def execute(params: dict[str, str], idempotency_key: str | None) -> tuple[int, bytes]:
+            intent = self.intents.get(intent_id)
+            if intent is None:
+                raise _Refused(
+                    _error(
+                        404,
+                        "invalid_request_error",
+                        f"No such payment_intent: '{intent_id}'",
+                        code="resource_missing",
+                        param="intent",
+                    )
+                )
+            self._expire_if_due(intent)
+            if intent["status"] != "requires_capture":
+                raise _Refused(
+                    _error(
+                        400,
+                        "invalid_request_error",
+                        "This PaymentIntent could not be captured because it has a status of "
+                        f"{intent['status']}. Only a PaymentIntent with one of the following "
+                        "statuses may be captured: requires_capture.",
+                        code="payment_intent_unexpected_state",
+                    )
+                )
+            capturable = int(intent["amount_capturable"])
+            raw = params.get("amount_to_capture")
+            amount = int(raw) if raw is not None and raw.isdigit() else capturable
+            if not 0 < amount <= capturable:
+                raise _Refused(
+                    _error(
+                        400,
+                        "invalid_request_error",
+                        "The amount to capture must be at most the capturable amount.",
+                        code="amount_too_large",
+                        param="amount_to_capture",
+                    )
+                )
+            now = int(self._clock())
+            intent.update(status="succeeded", amount_received=amount, amount_capturable=0)
+            self.stats["executed"] += 1
+            self.captures.append(
+                {
+                    "id": intent_id,
+                    "order_ref": intent["metadata"].get("order_ref"),
+                    "amount": amount,
+                    "currency": intent["currency"],
+                    "idempotency_key": idempotency_key,
+                    "created": now,
+                }
+            )
+            return 200, json.dumps(intent).encode()
+
+        return execute
 
     def _new_id(self, prefix: str) -> str:
         return prefix + "".join(self._ids.choice(_ALNUM) for _ in range(24))
@@ -555,6 +661,13 @@ class PaymentsSimulator:
                 request, INTENTS, self._validate_intent, self._execute_intent
             )
 
+        @router.post("/v1/payment_intents/{intent_id}/capture")
+        async def capture_intent(intent_id: str, request: Request) -> Response:
+            return await self._idempotent_post(
+                request, f"POST /v1/payment_intents/{intent_id}/capture",
+                lambda _params: None, self._capture_executor(intent_id),
+            )  # fmt: skip
+
         @router.post("/v1/refunds")
         async def create_refund(request: Request) -> Response:
             return await self._idempotent_post(
@@ -616,6 +729,8 @@ class PaymentsSimulator:
             return refused
         with self._lock:
             found = store.get(object_id)
+            if found is not None and kind == "payment_intent":
+                self._expire_if_due(found)
             body = json.loads(json.dumps(found)) if found else None
         if body is None:
             return _error(

@@ -6,7 +6,9 @@ base URL is ``{sandbox}/amazon`` talks to it exactly as to the real thing:
     /shopify   Shopify Admin GraphQL           /payments  a Stripe-like payment provider
     /woocommerce  WooCommerce REST v3          /carrier   a label-buying carrier
     /amazon    SP-API Orders v0 + LWA          /_sandbox/ledger  effects, counted from outside
-    /ebay      eBay Sell Fulfillment + OAuth
+    /ebay      eBay Sell Fulfillment + OAuth    /_sandbox/stock   quantity per SKU per channel
+                                                /_sandbox/admin/{channel}/{sku}?quantity=N
+                                                           someone edits it in the admin
 
 ``Sandbox`` runs it in a background thread (the demo, tests, benchmarks); ``ordersync sandbox``
 runs it in the foreground for a merchant to try ordersync before connecting a real shop.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,10 +84,16 @@ class Sandbox:
             if fast
             else shopify.ShopifySimulator(self.knobs, seed=seed)
         )
+        self.payments = payments.PaymentsSimulator(self.knobs, seed=seed)
+        # the shop's Stripe gateway authorises its card orders at this payment provider
         self.woocommerce = (
-            woocommerce.WooCommerceSimulator(self.knobs, seed=seed, rate_limit=(200, 1.0))
+            woocommerce.WooCommerceSimulator(
+                self.knobs, seed=seed, rate_limit=(200, 1.0), authorizer=self.payments.authorize
+            )
             if fast
-            else woocommerce.WooCommerceSimulator(self.knobs, seed=seed)
+            else woocommerce.WooCommerceSimulator(
+                self.knobs, seed=seed, authorizer=self.payments.authorize
+            )
         )
         self.amazon = amazon.AmazonSimulator(
             self.knobs,
@@ -96,7 +104,6 @@ class Sandbox:
             ),
         )
         self.ebay = ebay.EbaySimulator(self.knobs, seed=seed)
-        self.payments = payments.PaymentsSimulator(self.knobs, seed=seed)
         self.carrier = carrier.CarrierSimulator(self.knobs, seed=seed)
         self.app = FastAPI(title="ordersync sandbox")
         for prefix, sim in (
@@ -109,6 +116,9 @@ class Sandbox:
         ):
             self.app.include_router(sim.build_router(), prefix=prefix)
         self.app.get("/_sandbox/ledger")(self.ledger)
+        self.app.get("/_sandbox/stock")(self.channel_stock)
+        # the "edited in the admin" knob: POST /_sandbox/admin/{channel}/{sku}?quantity=N
+        self.app.post("/_sandbox/admin/{channel}/{sku}")(self._admin_edit)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -147,6 +157,7 @@ class Sandbox:
                     "refresh_token": amazon.SANDBOX_REFRESH_TOKEN,
                     "lwa_url": f"{base}/amazon",
                     "marketplace_ids": [amazon.SANDBOX_MARKETPLACE_ID],
+                    "seller_id": amazon.SANDBOX_SELLER_ID,
                 },
             ),
             "ebay": AccountSpec(
@@ -175,6 +186,52 @@ class Sandbox:
                 self.amazon.touch_order(order_id)
         return pending
 
+    def add_listings(self, skus: list[str], quantity: int = 0) -> None:
+        """List more SKUs on all four marketplaces (their quantity there: ``quantity``)."""
+        self.shopify.add_listings(skus, quantity)
+        self.woocommerce.add_listings(skus, quantity)
+        self.amazon.add_listings(skus, quantity)
+        self.ebay.add_listings(skus, quantity)
+
+    def channel_stock(self) -> dict[str, dict[str, int]]:
+        """The quantity each marketplace shows per SKU of ours (merchant-fulfilled listings)."""
+        woo = {
+            str(p["sku"]): int(p["stock_quantity"])
+            for p in self.woocommerce.products.values()
+            if p["sku"] and isinstance(p.get("stock_quantity"), int)
+        }
+        return {
+            "shopify": dict(self.shopify.inventory),
+            "woocommerce": woo,
+            "amazon": dict(self.amazon.listings),
+            "ebay": dict(self.ebay.inventory),
+        }
+
+    def stock_calls(self) -> dict[str, int]:
+        """Bulk stock calls each marketplace answered (the push side of the ledger)."""
+        return {
+            "shopify": self.shopify.stock_calls,
+            "woocommerce": self.woocommerce.stock_calls,
+            "amazon": self.amazon.stock_calls,
+            "ebay": self.ebay.stock_calls,
+        }
+
+    def edit_in_admin(self, channel: str, sku: str, quantity: int) -> None:
+        """Someone changes a quantity in a marketplace's own admin, behind our back."""
+        edits: dict[str, Callable[[str, int], None]] = {
+            "shopify": self.shopify.edit_in_admin,
+            "woocommerce": self.woocommerce.edit_in_admin,
+            "amazon": self.amazon.edit_in_admin,
+            "ebay": self.ebay.edit_in_admin,
+        }
+        edits[channel](sku, quantity)
+
+    def _admin_edit(self, channel: str, sku: str, quantity: int) -> dict[str, Any]:
+        if channel not in self.stock_calls():
+            return {"error": f"unknown channel {channel}"}
+        self.edit_in_admin(channel, sku, quantity)
+        return {"channel": channel, "sku": sku, "quantity": quantity}
+
     def ledger(self) -> dict[str, Any]:
         """Effects as the outside world counts them."""
         woo = self.woocommerce.ledger
@@ -189,6 +246,7 @@ class Sandbox:
                 "fulfillments": len(self.shopify.fulfillments),
                 "cancels": len(self.shopify.cancels),
                 "fulfillment_events": len(self.shopify.fulfillment_events),
+                "captures": self.shopify.capture_count(),
             },
             "woocommerce": {
                 "orders": len(self.woocommerce.orders),
@@ -196,6 +254,8 @@ class Sandbox:
                 "tracking_notes": woo_count("note:"),
                 "completed": woo_count("fulfillment:"),
                 "cancellations": woo_count("cancellation:"),
+                # money given back through the shop's gateway (``api_refund``)
+                "gateway_refunds": woo_count("refund:"),
             },
             "amazon": {"orders": len(self.amazon.orders), "shipments": len(self.amazon.shipments)},
             "ebay": {
@@ -209,6 +269,7 @@ class Sandbox:
                 "voided": carrier["voided"],
                 "delivered": self.carrier.tracking_counts().get("DE", 0),
             },
+            "stock_calls": self.stock_calls(),
         }
 
     def _bind(self) -> socket.socket:

@@ -8,11 +8,22 @@ available gets ``THROTTLED`` like Shopify's, one above the whole bucket ``MAX_CO
 
 Orders are kept in the REST shape (``rest-2026-07/order.get.json``) with big-integer ids and
 totals that add up; GraphQL nodes and webhook bodies are derived from them. Ledgers record what
-the connector pushed: ``fulfillments``, ``inventory_sets`` (by idempotency key), ``cancels``.
+the connector pushed: ``fulfillments``, ``inventory_sets`` (by idempotency key), ``cancels``,
+``captures`` (by idempotency key); ``inventory`` is the quantity available per SKU at the shop's
+one location, ``stock_calls`` the ``inventorySetQuantities`` calls answered, and
+``edit_in_admin`` plays a merchant changing a quantity in Shopify's admin (the next
+compare-and-set from the old number is refused).
+
+Each order has its payment transactions, as ``OrderTransactions`` reads them: a ``paid`` order a
+SALE, an ``authorized`` one an AUTHORIZATION that expires 7 days after checkout (Shopify
+Payments' card authorizations), a ``pending`` one none. ``OrderCapture`` (``@idempotent``
+required) captures an authorization once: a repeated key answers the first capture; an expired,
+voided or already captured authorization, or more than it holds, is a user error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import hashlib
@@ -45,9 +56,11 @@ SANDBOX_SHOP = "ordersync-sandbox.myshopify.com"
 SANDBOX_ACCESS_TOKEN = "shpat_sandbox_00000000000000000000000000000000"  # noqa: S105 - public
 API_VERSION = "2026-07"
 DEFAULT_SKUS = ("SKU-RED-S", "SKU-RED-M", "SKU-BLUE-S", "SKU-BLUE-M", "SKU-GREEN-L")
-ORDER_TOPICS = ("orders/create", "orders/updated", "orders/cancelled")
+ORDER_TOPICS = ("orders/create", "orders/updated", "orders/cancelled", "orders/edited")
 
 CENT = Decimal("0.01")
+#: Shopify Payments card authorizations expire after 7 days
+AUTHORIZATION_VALID = dt.timedelta(days=7)
 TAX_RATE = Decimal("0.06")
 SHOP_OFFSET = dt.timezone(dt.timedelta(hours=-4))  # REST timestamps carry the shop's offset
 LOCATION_GID = "gid://shopify/Location/655441491"
@@ -142,6 +155,7 @@ def graphql_order(order: dict[str, Any]) -> dict[str, Any]:
         "closedAt": _gql_time(order.get("closed_at")),
         "displayFinancialStatus": (order.get("financial_status") or "").upper() or None,
         "displayFulfillmentStatus": fulfillment,
+        "paymentGatewayNames": list(order.get("payment_gateway_names") or []),
         "subtotalPriceSet": bag(order.get("subtotal_price")),
         "totalPriceSet": bag(order["total_price"]),
         "totalTaxSet": bag(order.get("total_tax") or "0"),
@@ -233,11 +247,22 @@ class ShopifySimulator:
             for i, sku in enumerate(self.skus)
         }
         self.inventory: dict[str, int] = dict.fromkeys(self.skus, 100)  # sku → available
+        #: inventorySetQuantities calls answered (applied or refused), counted from outside
+        self.stock_calls = 0
         #: ledgers of what the connector pushed
         self.fulfillments: list[dict[str, Any]] = []
         self.inventory_sets: dict[str, dict[str, Any]] = {}  # idempotency key → the set
         self.cancels: list[dict[str, Any]] = []
         self.fulfillment_events: list[dict[str, Any]] = []
+        #: order id → its transactions (the GraphQL ``OrderTransaction`` shape)
+        self.transactions: dict[str, list[dict[str, Any]]] = {}
+        #: idempotency key → the capture it made (``OrderCapture``)
+        self.captures: dict[str, dict[str, Any]] = {}
+        #: order edits made in the admin (``edit_add_line``)
+        self.edits: list[dict[str, Any]] = []
+        #: seconds an ``OrderCapture`` answer waits after the capture was applied
+        self.capture_reply_delay_s = 0.0
+        self._next_transaction = 7_300_000_000
         #: (operation, HTTP status); a THROTTLED answer is logged as 429, its REST equivalent
         #: (on the wire it is a 200 with errors[].extensions.code = THROTTLED)
         self.request_log: list[tuple[str, int]] = []
@@ -251,8 +276,106 @@ class ShopifySimulator:
             for _ in range(n):
                 order = self._new_order(now)
                 self.orders[str(order["id"])] = order
+                self._open_payment(order, now)
                 ids.append(str(order["id"]))
             return ids
+
+    def _open_fulfillment_orders(self, order_id: int, line_items: list[dict[str, Any]]) -> None:
+        """One OPEN fulfillment order per location the order's lines ship from."""
+        by_location: dict[str, list[dict[str, Any]]] = {}
+        for item in line_items:
+            where = LOCATION_2_GID if item["sku"] in self.second_location_skus else LOCATION_GID
+            by_location.setdefault(where, []).append(item)
+        self._fulfillment_orders[str(order_id)] = [
+            {
+                "id": f"gid://shopify/FulfillmentOrder/{order_id + n}",
+                "status": "OPEN",
+                "assignedLocation": {"location": {"id": where}},
+                "lineItems": {
+                    "nodes": [
+                        {
+                            "id": f"gid://shopify/FulfillmentOrderLineItem/{item['id'] * 10 + 1}",
+                            "remainingQuantity": item["quantity"],
+                            "totalQuantity": item["quantity"],
+                            "lineItem": {"id": item["admin_graphql_api_id"]},
+                        }
+                        for item in items
+                    ]
+                },
+            }
+            for n, (where, items) in enumerate(sorted(by_location.items()), start=1)
+        ]
+
+    def put_order(self, order: dict[str, Any]) -> None:
+        """An order made elsewhere (a test's fixture) that now exists in this shop, with the
+        payment transactions its ``financial_status`` implies, made now (an authorization
+        expires 7 days from now, whatever the fixture's ``created_at``)."""
+        with self._lock:
+            stored = json.loads(json.dumps(order))
+            stored.setdefault("fulfillments", [])
+            self.orders[str(order["id"])] = stored
+            if str(order["id"]) not in self._fulfillment_orders:
+                self._open_fulfillment_orders(int(order["id"]), stored.get("line_items") or [])
+            self.transactions.pop(str(order["id"]), None)
+            self._open_payment(stored, self._now())
+
+    def capture_count(self) -> int:
+        """Captures made through ``OrderCapture`` (one per idempotency key)."""
+        with self._lock:
+            return len(self.captures)
+
+    def captures_for(self, external_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(c) for c in self.captures.values() if c["order_id"] == external_id]
+
+    def _transaction(
+        self, order: dict[str, Any], kind: str, amount: Decimal | str, *,
+        parent: str | None = None, expires: dt.datetime | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        self._next_transaction += 1
+        tx = {
+            "id": f"gid://shopify/OrderTransaction/{self._next_transaction}",
+            "kind": kind,
+            "status": "SUCCESS",
+            "gateway": (order.get("payment_gateway_names") or ["shopify_payments"])[0],
+            "authorizationExpiresAt": expires.strftime("%Y-%m-%dT%H:%M:%SZ") if expires else None,
+            "amountSet": {"presentmentMoney": {"amount": _gql_amount(amount),
+                                               "currencyCode": order["currency"]}},
+            "parentTransaction": {"id": parent} if parent else None,
+        }  # fmt: skip
+        self.transactions.setdefault(str(order["id"]), []).append(tx)
+        return tx
+
+    def _open_payment(self, order: dict[str, Any], at: dt.datetime) -> None:
+        """The transactions checkout made at ``at``: a SALE when paid, an AUTHORIZATION (valid
+        7 days) when authorised."""
+        status = order.get("financial_status")
+        if status == "authorized":
+            self._transaction(order, "AUTHORIZATION", order["total_price"],
+                              expires=at + AUTHORIZATION_VALID)  # fmt: skip
+        elif status == "paid":
+            self._transaction(order, "SALE", order["total_price"])
+
+    def _authorization(self, external_id: str) -> dict[str, Any]:
+        return next(t for t in self.transactions.get(external_id, [])
+                    if t["kind"] == "AUTHORIZATION")  # fmt: skip
+
+    def expire_authorization(self, external_id: str) -> None:
+        """The order's authorization reached its expiry (checkout 8 days ago)."""
+        with self._lock:
+            past = self._now() - dt.timedelta(days=1)
+            self._authorization(external_id)["authorizationExpiresAt"] = past.strftime(
+                "%Y-%m-%dT%H:%M:%SZ"
+            )
+
+    def void_authorization(self, external_id: str) -> None:
+        """The merchant voided the authorization in the admin."""
+        with self._lock:
+            order = self.orders[external_id]
+            auth = self._authorization(external_id)
+            self._transaction(order, "VOID", "0", parent=auth["id"])
+            order["financial_status"] = "voided"
+            self._bump(order)
 
     def _new_order(self, now: dt.datetime) -> dict[str, Any]:
         rng = self.rng
@@ -441,29 +564,7 @@ class ShopifySimulator:
                 }
             ],
         }
-        by_location: dict[str, list[dict[str, Any]]] = {}
-        for item in line_items:
-            where = LOCATION_2_GID if item["sku"] in self.second_location_skus else LOCATION_GID
-            by_location.setdefault(where, []).append(item)
-        self._fulfillment_orders[str(order_id)] = [
-            {
-                "id": f"gid://shopify/FulfillmentOrder/{order_id + n}",
-                "status": "OPEN",
-                "assignedLocation": {"location": {"id": where}},
-                "lineItems": {
-                    "nodes": [
-                        {
-                            "id": f"gid://shopify/FulfillmentOrderLineItem/{item['id'] * 10 + 1}",
-                            "remainingQuantity": item["quantity"],
-                            "totalQuantity": item["quantity"],
-                            "lineItem": {"id": item["admin_graphql_api_id"]},
-                        }
-                        for item in items
-                    ]
-                },
-            }
-            for n, (where, items) in enumerate(sorted(by_location.items()), start=1)
-        ]
+        self._open_fulfillment_orders(order_id, line_items)
         return order
 
     @staticmethod
@@ -542,11 +643,121 @@ class ShopifySimulator:
             if cancel:
                 self._cancel(order, "customer")
             elif order["financial_status"] in ("pending", "authorized"):
+                if order["financial_status"] == "authorized":  # captured in the admin
+                    auth = self._authorization(external_id)
+                    self._transaction(order, "CAPTURE", order["total_price"], parent=auth["id"])
+                else:  # the buyer paid (a manual payment method)
+                    self._transaction(order, "SALE", order["total_price"])
                 order["financial_status"] = "paid"
                 order["total_outstanding"] = "0.00"
             else:
                 order["tags"] = ", ".join(t for t in (order["tags"], "touched") if t)
             self._bump(order)
+
+    def _retotal(self, order: dict[str, Any]) -> None:
+        """Totals from the line items again (after an edit), tax at the line items' own."""
+        cur = order["currency"]
+        gross = sum((Decimal(li["price"]) * li["quantity"] for li in order["line_items"]),
+                    Decimal(0))  # fmt: skip
+        discount = sum((Decimal(d["amount"]) for li in order["line_items"]
+                        for d in li["discount_allocations"]), Decimal(0))  # fmt: skip
+        tax = sum((Decimal(t["price"]) for li in order["line_items"] for t in li["tax_lines"]),
+                  Decimal(0))  # fmt: skip
+        shipping = Decimal(order["total_shipping_price_set"]["shop_money"]["amount"])
+        subtotal, total = gross - discount, gross - discount + shipping + tax
+        order.update(
+            subtotal_price=_money(subtotal), subtotal_price_set=_set(subtotal, cur),
+            total_line_items_price=_money(gross), total_line_items_price_set=_set(gross, cur),
+            total_tax=_money(tax), total_tax_set=_set(tax, cur),
+            total_price=_money(total), total_price_set=_set(total, cur),
+            current_total_price=_money(total), current_total_price_set=_set(total, cur),
+        )  # fmt: skip
+
+    def edit_add_line(self, external_id: str, sku: str, quantity: int) -> dict[str, Any]:
+        """An order edit in the admin that adds ``quantity`` of ``sku`` (the buyer pays the
+        difference: a paid order stays paid, its new SALE recorded); returns the edit, as the
+        ``orders/edited`` webhook's ``order_edit`` carries it."""
+        with self._lock:
+            order = self.orders[external_id]
+            line_id = int(order["id"]) * 10 + len(order["line_items"]) + 1
+            tax = (self.prices[sku] * quantity * TAX_RATE).quantize(CENT, ROUND_HALF_UP)
+            item = self._line_item(line_id, sku, quantity, tax, Decimal(0), order["currency"])
+            order["line_items"].append(item)
+            before = Decimal(order["total_price"])
+            self._retotal(order)
+            if order["financial_status"] == "paid":
+                self._transaction(order, "SALE", Decimal(order["total_price"]) - before)
+            self._bump(order)
+            edit = {
+                "id": 10_000 + line_id % 10_000, "order_id": int(order["id"]),
+                "created_at": order["updated_at"], "notify_customer": False,
+                "staff_note": "", "line_items": {
+                    "additions": [{"id": line_id, "delta": quantity}], "removals": []},
+                "discounts": {"additions": [], "removals": []},
+                "shipping_lines": {"additions": [], "removals": []},
+            }  # fmt: skip
+            self.edits.append(edit)
+            return edit
+
+    def refund_line(
+        self, external_id: str, line_index: int, quantity: int, *, restock: bool = True
+    ) -> dict[str, Any]:
+        """A refund in the admin of ``quantity`` units of one line (returned and restocked, or
+        not), with the money going back to the buyer's card; returns the REST refund."""
+        with self._lock:
+            order = self.orders[external_id]
+            item = order["line_items"][line_index]
+            cur = order["currency"]
+            share = Decimal(quantity) / Decimal(item["quantity"])
+            discount = sum((Decimal(d["amount"]) for d in item["discount_allocations"]),
+                           Decimal(0))  # fmt: skip
+            subtotal = ((Decimal(item["price"]) * item["quantity"] - discount) * share).quantize(
+                CENT, ROUND_HALF_UP
+            )
+            tax = (Decimal(item["tax_lines"][0]["price"]) * share).quantize(CENT, ROUND_HALF_UP)
+            refund_id = int(order["id"]) * 100 + len(order["refunds"]) + 1
+            parent = next((t["id"] for t in self.transactions.get(external_id, [])
+                           if t["kind"] in ("SALE", "CAPTURE")), None)  # fmt: skip
+            refund = {
+                "id": refund_id, "order_id": int(order["id"]),
+                "created_at": _rest_time(self._now()), "note": "returned",
+                "restock": restock,
+                "admin_graphql_api_id": f"gid://shopify/Refund/{refund_id}",
+                "refund_line_items": [{
+                    "id": refund_id + 7, "line_item_id": item["id"], "quantity": quantity,
+                    "restock_type": "return" if restock else "no_restock",
+                    "subtotal": float(subtotal), "total_tax": float(tax),
+                    "subtotal_set": _set(subtotal, cur), "total_tax_set": _set(tax, cur),
+                }],
+                "transactions": [{
+                    "id": refund_id + 9, "order_id": int(order["id"]), "kind": "refund",
+                    "status": "success", "amount": _money(subtotal + tax), "currency": cur,
+                    "parent_id": parent,
+                }],
+                "order_adjustments": [], "refund_shipping_lines": [],
+            }  # fmt: skip
+            order["refunds"].append(refund)
+            item["current_quantity"] = item.get("current_quantity", item["quantity"]) - quantity
+            refunded = sum((Decimal(t["amount"]) for r in order["refunds"]
+                            for t in r["transactions"]), Decimal(0))  # fmt: skip
+            order["financial_status"] = (
+                "refunded" if refunded >= Decimal(order["total_price"]) else "partially_refunded"
+            )
+            self._transaction(order, "REFUND", subtotal + tax, parent=parent)
+            self._bump(order)
+            return refund
+
+    def refund_delivery(
+        self, refund: dict[str, Any], secret: str, webhook_id: str | None = None
+    ) -> tuple[dict[str, str], bytes]:
+        """The ``refunds/create`` webhook of a refund: its body is the refund."""
+        return self._signed("refunds/create", refund, secret, webhook_id)
+
+    def edit_delivery(
+        self, edit: dict[str, Any], secret: str, webhook_id: str | None = None
+    ) -> tuple[dict[str, str], bytes]:
+        """The ``orders/edited`` webhook of an edit: its body is ``{"order_edit": …}``."""
+        return self._signed("orders/edited", {"order_edit": edit}, secret, webhook_id)
 
     def _cancel(self, order: dict[str, Any], reason: str) -> None:
         stamp = _rest_time(max(self._now(), _parse_time(order["updated_at"])))
@@ -559,10 +770,17 @@ class ShopifySimulator:
         self, external_id: str, topic: str, secret: str, webhook_id: str | None = None
     ) -> tuple[dict[str, str], bytes]:
         """The headers and raw body Shopify would POST for this order and topic."""
-        if topic not in ORDER_TOPICS:
+        if topic not in ORDER_TOPICS or topic == "orders/edited":
             raise ValueError(f"unsupported topic {topic!r}")
         with self._lock:
-            body = json.dumps(self.orders[external_id], separators=(",", ":")).encode()
+            order = json.loads(json.dumps(self.orders[external_id]))
+        return self._signed(topic, order, secret, webhook_id)
+
+    def _signed(
+        self, topic: str, payload: dict[str, Any], secret: str, webhook_id: str | None
+    ) -> tuple[dict[str, str], bytes]:
+        with self._lock:
+            body = json.dumps(payload, separators=(",", ":")).encode()
             event_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
             webhook_id = webhook_id or str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
         digest = hmac.new(secret.encode(), body, hashlib.sha256).digest()
@@ -581,6 +799,20 @@ class ShopifySimulator:
         return headers, body
 
     # --- the cost bucket ----------------------------------------------------------------------
+
+    def add_listings(self, skus: Iterable[str], quantity: int = 0) -> None:
+        """More product variants (one inventory item each) at the shop's location."""
+        with self._lock:
+            for sku in skus:
+                if sku not in self.inventory_items:
+                    number = 49148385000 + 17 * len(self.inventory_items)
+                    self.inventory_items[sku] = f"gid://shopify/InventoryItem/{number}"
+                    self.inventory[sku] = quantity
+
+    def edit_in_admin(self, sku: str, quantity: int) -> None:
+        """A merchant sets the quantity in Shopify's admin (not through us)."""
+        with self._lock:
+            self.inventory[sku] = quantity
 
     def spend(self, points: float) -> None:
         """Points used by someone else (another app on this shop): the next queries may be
@@ -645,6 +877,8 @@ class ShopifySimulator:
                 with self._lock:
                     self.drop_fulfillment_answers -= 1
                 return DroppedConnection(json.dumps(payload).encode())
+            if operation == "OrderCapture" and self.capture_reply_delay_s:
+                await asyncio.sleep(self.capture_reply_delay_s)  # applied, answer on its way
             return JSONResponse(
                 payload, headers={"X-Shopify-API-Version": API_VERSION, "X-Request-Id": "sim"}
             )
@@ -963,15 +1197,39 @@ class ShopifySimulator:
         payload = {"job": {"id": job, "done": False}, "orderCancelUserErrors": []}
         return {"orderCancel": payload}, MUTATION_COST
 
-    def _inventory_items_by_sku(
+    def _product_variants(
         self, query: str, variables: dict[str, Any]
     ) -> tuple[dict[str, Any], int]:
-        wanted = re.findall(r"sku:'((?:[^'\\]|\\.)*)'", str(variables.get("query") or ""))
-        wanted = [re.sub(r"\\(.)", r"\1", w) for w in wanted]
+        skus = sorted(self.inventory_items)
+        first = int(variables["first"])
+        start = int(_uncursor(variables["after"])[0]) if variables.get("after") else 0
+        page = skus[start : start + first]
         nodes = [
-            {"id": self.inventory_items[s], "sku": s} for s in wanted if s in self.inventory_items
-        ][: int(variables["first"])]
-        return {"inventoryItems": {"nodes": nodes}}, 2 + len(nodes)
+            {"sku": sku, "inventoryItem": {"id": self.inventory_items[sku],
+                                           "inventoryLevel": self._level(sku, variables)}}
+            for sku in page
+        ]  # fmt: skip
+        more = start + first < len(skus)
+        info = {"hasNextPage": more, "endCursor": _cursor(start + first) if more else None}
+        return {"productVariants": {"nodes": nodes, "pageInfo": info}}, 2 + 4 * len(nodes)
+
+    def _level(self, sku: str, variables: dict[str, Any]) -> dict[str, Any] | None:
+        if variables.get("location") != LOCATION_GID:
+            return None
+        return {"quantities": [{"name": "available", "quantity": self.inventory[sku]}]}
+
+    def _inventory_levels(
+        self, query: str, variables: dict[str, Any]
+    ) -> tuple[dict[str, Any], int]:
+        by_item = {gid: sku for sku, gid in self.inventory_items.items()}
+        nodes: list[dict[str, Any] | None] = []
+        for gid in variables["ids"]:
+            sku = by_item.get(gid)
+            nodes.append(
+                None if sku is None
+                else {"id": gid, "inventoryLevel": self._level(sku, variables)}
+            )  # fmt: skip
+        return {"nodes": nodes}, 1 + 3 * len(nodes)
 
     def _locations(self, query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
         nodes = [{"id": LOCATION_GID, "name": "Shop location"}]
@@ -982,6 +1240,7 @@ class ShopifySimulator:
     def _inventory_set_quantities(
         self, query: str, variables: dict[str, Any]
     ) -> tuple[dict[str, Any], int]:
+        self.stock_calls += 1
         key = variables.get("idempotencyKey")
         if "@idempotent" not in query or not key:
             raise _GraphQLFailure(
@@ -1071,6 +1330,76 @@ class ShopifySimulator:
         }
         return {"inventorySetQuantities": result}, MUTATION_COST
 
+    def _order_transactions(
+        self, query: str, variables: dict[str, Any]
+    ) -> tuple[dict[str, Any], int]:
+        order = self._lookup(variables["id"])
+        if order is None:
+            return {"order": None}, 1
+        txs = [dict(t) for t in self.transactions.get(str(order["id"]), [])]
+        node = {
+            "id": order["admin_graphql_api_id"],
+            "cancelledAt": _gql_time(order["cancelled_at"]),
+            "displayFinancialStatus": (order.get("financial_status") or "").upper() or None,
+            "transactions": txs,
+        }
+        return {"order": node}, 1 + 3 * len(txs)
+
+    def _order_capture(self, query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        key = variables.get("idempotencyKey")
+        if "@idempotent" not in query or not key:
+            raise _GraphQLFailure(
+                _gql_error(
+                    "The @idempotent directive is required for this mutation but was not provided.",
+                    "BAD_REQUEST",
+                )
+            )
+        spec = variables["input"]
+        fingerprint = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+        earlier = self.captures.get(key)
+        if earlier is not None:
+            if earlier["fingerprint"] != fingerprint:
+                return _user_errors(
+                    "orderCapture", ["idempotencyKey"],
+                    "The same idempotency key cannot be used with different operation parameters.",
+                )  # fmt: skip
+            return {"orderCapture": {"transaction": earlier["transaction"], "userErrors": []}}, (
+                MUTATION_COST
+            )
+        order = self._lookup(spec["id"])
+        if order is None:
+            return _user_errors("orderCapture", ["id"], "Order does not exist")
+        txs = self.transactions.get(str(order["id"]), [])
+        parent = next((t for t in txs if t["id"] == spec["parentTransactionId"]), None)
+        if parent is None or parent["kind"] != "AUTHORIZATION":
+            return _user_errors("orderCapture", ["parentTransactionId"],
+                                "Parent transaction is not an authorization")  # fmt: skip
+        children = [t for t in txs if (t.get("parentTransaction") or {}).get("id") == parent["id"]]
+        if any(t["kind"] == "VOID" for t in children):
+            return _user_errors("orderCapture", ["parentTransactionId"],
+                                "The authorization has been voided")  # fmt: skip
+        if any(t["kind"] == "CAPTURE" for t in children):
+            return _user_errors("orderCapture", ["parentTransactionId"],
+                                "The authorization has already been captured")  # fmt: skip
+        expires = parent.get("authorizationExpiresAt")
+        if expires and _parse_time(expires) <= self._now():
+            return _user_errors("orderCapture", ["parentTransactionId"],
+                                "The authorization has expired")  # fmt: skip
+        amount = Decimal(str(spec["amount"]))
+        held = Decimal(parent["amountSet"]["presentmentMoney"]["amount"])
+        if amount <= 0 or amount > held:
+            return _user_errors("orderCapture", ["amount"],
+                                "Amount must be between 0 and the authorized amount")  # fmt: skip
+        tx = self._transaction(order, "CAPTURE", amount, parent=parent["id"])
+        order["financial_status"] = "paid"
+        order["total_outstanding"] = _money(Decimal(order["total_price"]) - amount)
+        self._bump(order)
+        self.captures[key] = {
+            "order_id": str(order["id"]), "amount": str(amount), "transaction": dict(tx),
+            "fingerprint": fingerprint,
+        }  # fmt: skip
+        return {"orderCapture": {"transaction": dict(tx), "userErrors": []}}, MUTATION_COST
+
     def _shop(self, query: str, variables: dict[str, Any]) -> tuple[dict[str, Any], int]:
         return {"shop": {"name": "ordersync sandbox", "myshopifyDomain": self.shop}}, 1
 
@@ -1131,8 +1460,11 @@ _HANDLERS: dict[str, _Handler] = {
     "FulfillmentCreate": _Handler(lambda v: MUTATION_COST, _S._fulfillment_create),
     "FulfillmentEventCreate": _Handler(lambda v: MUTATION_COST, _S._fulfillment_event_create),
     "OrderCancel": _Handler(lambda v: MUTATION_COST, _S._order_cancel),
-    "InventoryItemsBySku": _Handler(lambda v: 2 + int(v["first"]), _S._inventory_items_by_sku),
+    "ProductVariants": _Handler(lambda v: 2 + 4 * int(v["first"]), _S._product_variants),
+    "InventoryLevels": _Handler(lambda v: 1 + 3 * len(v["ids"]), _S._inventory_levels),
     "Locations": _Handler(lambda v: 2 + int(v["first"]), _S._locations),
     "InventorySetQuantities": _Handler(lambda v: MUTATION_COST, _S._inventory_set_quantities),
     "Shop": _Handler(lambda v: 1, _S._shop),
+    "OrderTransactions": _Handler(lambda v: 1 + 50 * 3, _S._order_transactions),
+    "OrderCapture": _Handler(lambda v: MUTATION_COST, _S._order_capture),
 }

@@ -11,7 +11,9 @@ Served (mount with ``app.include_router(sim.build_router(), prefix="/woocommerce
   ``orderby``/``order``, ``modified_after``/``modified_before``/``after``/``before`` (strict),
   ``dates_are_gmt``, ``status``; ``X-WP-Total``, ``X-WP-TotalPages`` and ``Link`` headers;
 - ``GET|PUT|POST|PATCH /orders/{id}``, ``GET|POST /orders/{id}/notes``;
-- ``GET /products?sku=a,b``, ``POST /products/batch``, ``POST /products/{id}/variations/batch``
+- ``GET /products[?sku=a,b]`` (variations only in a SKU search), ``GET /products/{id}/variations``,
+  ``POST /products/batch`` (simple products), ``POST /products/{id}/variations/batch``; a ledger of
+  every stock set (``stock:{sku}``), ``stock_calls`` (batches answered) and ``edit_in_admin``
   (≤ 100 items, else 413 ``rest_request_entity_too_large``; bad ids fail per item).
 
 Auth: consumer key/secret as HTTP Basic or as ``consumer_key``/``consumer_secret`` query
@@ -33,7 +35,7 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -100,11 +102,17 @@ class WooCommerceSimulator:
         rate_limit: tuple[int, float] | None = (25, 10.0),
         clock: Callable[[], float] = time.time,
         webhook_id: int = 142,
+        authorizer: Callable[[str, int, str], str] | None = None,
     ) -> None:
+        """``authorizer(order_ref, amount in minor units, currency)`` → a PaymentIntent id: the
+        shop's Stripe gateway (woocommerce-gateway-stripe) authorising a card at checkout. With
+        it, the orders that wait ``on-hold`` are card orders authorised but not captured
+        (``_stripe_intent_id``, ``_stripe_charge_captured: no``) rather than bank transfers."""
         self.knobs = knobs or Knobs(seed=seed)
         self.site_url = site_url.rstrip("/")
         self.rate_limit = rate_limit  # (requests, window seconds) per consumer key, or None
         self.webhook_id = webhook_id
+        self.authorizer = authorizer
         self._clock = clock
         self._rng = random.Random(seed)
         self._lock = threading.RLock()
@@ -136,6 +144,14 @@ class WooCommerceSimulator:
                 "stock_quantity": 0,
                 "stock_status": "outofstock",
             }
+        # the variable product the variations belong to (no SKU, no stock of its own)
+        self.products[parent] = {
+            "id": parent, "name": "Variable product", "type": "variable", "status": "publish",
+            "sku": "", "price": "0.00", "parent_id": 0, "manage_stock": False,
+            "stock_quantity": None, "stock_status": "instock",
+        }  # fmt: skip
+        #: products/batch and variations/batch calls answered, counted from outside
+        self.stock_calls = 0
 
     # -- state ---------------------------------------------------------------------------
 
@@ -146,11 +162,20 @@ class WooCommerceSimulator:
         order[name] = _wc(gmt + SHOP_OFFSET) if gmt else None
         order[f"{name}_gmt"] = _wc(gmt) if gmt else None
 
-    def add_orders(self, n: int) -> list[str]:
+    def add_orders(self, n: int, *, status: str | None = None) -> list[str]:
+        """``n`` new orders; ``status`` forces theirs (``on-hold``: card orders authorised at
+        the payment provider, when the shop has its Stripe gateway)."""
         with self._lock:
-            return [self._new_order() for _ in range(n)]
+            return [self._new_order(status) for _ in range(n)]
 
-    def _new_order(self) -> str:
+    def cancel_order(self, external_id: str) -> None:
+        """The shop cancels the order (WooCommerce → Orders → Cancelled)."""
+        with self._lock:
+            order = self.orders[external_id]
+            order["status"] = "cancelled"
+            self._set_date(order, "date_modified", self._later(order))
+
+    def _new_order(self, forced_status: str | None = None) -> str:
         oid, now, rng = self._next_id, self._now(), self._rng
         self._next_id += 1
         sellable = [p for p in self.products.values() if p["sku"]]
@@ -194,6 +219,25 @@ class WooCommerceSimulator:
             "country": "US",
         }
         status = rng.choices(("processing", "pending", "on-hold"), weights=(7, 2, 1))[0]
+        status = forced_status or status
+        total = subtotal + shipping + tax_total
+        payment: dict[str, Any] = {
+            "payment_method": "bacs",
+            "payment_method_title": "Direct Bank Transfer",
+            "transaction_id": "",
+            "meta_data": [],
+        }
+        if status == "on-hold" and self.authorizer is not None:
+            intent = self.authorizer(f"woocommerce:{oid}", int(total * 100), "usd")
+            payment = {
+                "payment_method": "stripe",
+                "payment_method_title": "Credit Card (Stripe)",
+                "transaction_id": "",
+                "meta_data": [
+                    {"id": self._meta_id(), "key": "_stripe_intent_id", "value": intent},
+                    {"id": self._meta_id(), "key": "_stripe_charge_captured", "value": "no"},
+                ],
+            }
         order: dict[str, Any] = {
             "id": oid,
             "parent_id": 0,
@@ -208,7 +252,7 @@ class WooCommerceSimulator:
             "shipping_total": _money(shipping),
             "shipping_tax": "0.00",
             "cart_tax": _money(tax_total),
-            "total": _money(subtotal + shipping + tax_total),
+            "total": _money(total),
             "total_tax": _money(tax_total),
             "prices_include_tax": False,
             "customer_id": 0,
@@ -221,11 +265,8 @@ class WooCommerceSimulator:
                 "phone": "(555) 555-5555",
             },
             "shipping": address,
-            "payment_method": "bacs",
-            "payment_method_title": "Direct Bank Transfer",
-            "transaction_id": "",
+            **payment,
             "cart_hash": "",
-            "meta_data": [],
             "line_items": lines,
             "tax_lines": [],
             "fee_lines": [],
@@ -254,6 +295,10 @@ class WooCommerceSimulator:
         self.orders[str(oid)] = order
         return str(oid)
 
+    def _meta_id(self) -> int:
+        self._next_meta += 1
+        return self._next_meta
+
     def touch_order(self, external_id: str) -> None:
         """An update in the shop: unpaid orders get paid; the modification time moves on."""
         with self._lock:
@@ -261,7 +306,35 @@ class WooCommerceSimulator:
             if order["status"] in ("pending", "on-hold"):
                 order["status"] = "processing"
                 self._set_date(order, "date_paid", self._now())
-            self._set_date(order, "date_modified", self._now())
+            self._set_date(order, "date_modified", self._later(order))
+
+    def _later(self, order: dict[str, Any]) -> dt.datetime:
+        """Now, or a second after the order's last change: Woo's times have whole seconds, and
+        every change must read as newer."""
+        previous = dt.datetime.fromisoformat(order["date_modified_gmt"])
+        return max(self._now(), previous + dt.timedelta(seconds=1))
+
+    def add_listings(self, skus: Iterable[str], quantity: int = 0) -> None:
+        """More simple products, one per SKU."""
+        with self._lock:
+            known = {p["sku"] for p in self.products.values()}
+            for sku in skus:
+                if sku in known:
+                    continue
+                pid = 10_000 + len(self.products)
+                self.products[pid] = {
+                    "id": pid, "name": sku.title(), "type": "simple", "status": "publish",
+                    "sku": sku, "price": "10.00", "parent_id": 0, "manage_stock": True,
+                    "stock_quantity": quantity,
+                    "stock_status": "instock" if quantity > 0 else "outofstock",
+                }  # fmt: skip
+
+    def edit_in_admin(self, sku: str, quantity: int) -> None:
+        """A merchant sets the stock in the WordPress admin (not through us)."""
+        with self._lock:
+            for product in self.products.values():
+                if product["sku"] == sku:
+                    product["stock_quantity"] = quantity
 
     def stock(self, sku: str) -> int | None:
         with self._lock:
@@ -563,6 +636,43 @@ class WooCommerceSimulator:
                 body = json.loads(json.dumps(order))
             return self._ok("update_order", body, headers)
 
+        @router.post(f"{API}/orders/{{order_id}}/refunds")
+        async def create_refund(order_id: str, request: Request) -> Response:
+            """A refund of an amount; ``api_refund`` has the gateway give the money back (the
+            ledger counts those). Woo refuses more than is left, and marks an order refunded
+            in full ``refunded``."""
+            refused, headers = await self._guard(request, "create_refund")
+            if refused:
+                return refused
+            try:
+                data = json.loads(await request.body() or b"{}")
+                amount = Decimal(str(data["amount"]))
+            except (ValueError, KeyError, TypeError, ArithmeticError):
+                invalid = _error(400, "woocommerce_rest_invalid_order_refund", "Invalid amount.")
+                return self._log("create_refund", invalid)
+            with self._lock:
+                order = _order_or_404(order_id)
+                if order is None:
+                    return self._log("create_refund", _error(
+                        404, "woocommerce_rest_shop_order_invalid_id", "Invalid ID."))  # fmt: skip
+                back = sum((-Decimal(r["total"]) for r in order["refunds"]), Decimal(0))
+                if amount <= 0 or back + amount > Decimal(order["total"]):
+                    return self._log("create_refund", _error(
+                        400, "woocommerce_rest_invalid_order_refund",
+                        "Invalid refund amount."))  # fmt: skip
+                self._next_meta += 1
+                refund = {"id": self._next_meta, "reason": str(data.get("reason") or ""),
+                          "total": _money(-amount)}  # fmt: skip
+                order["refunds"].append(refund)
+                if data.get("api_refund"):
+                    self.ledger[f"refund:{order_id}"].append({"amount": _money(amount)})
+                if back + amount == Decimal(order["total"]):
+                    order["status"] = "refunded"
+                self._set_date(order, "date_modified", self._now())
+                body = {**refund, "amount": _money(amount),
+                        "refunded_payment": bool(data.get("api_refund"))}  # fmt: skip
+            return self._ok("create_refund", body, headers, status=201)
+
         @router.get(f"{API}/orders/{{order_id}}/notes")
         async def list_notes(order_id: str, request: Request) -> Response:
             refused, headers = await self._guard(request, "list_notes")
@@ -628,9 +738,12 @@ class WooCommerceSimulator:
             with self._lock:
                 items = list(self.products.values())
                 if "sku" in q:
-                    # a comma list, and (as Woo does) the whole string as one SKU too
+                    # a comma list, and (as Woo does) the whole string as one SKU too;
+                    # a SKU search finds variations too
                     skus = {*q["sku"].split(","), q["sku"]}
                     items = [p for p in items if p["sku"] in skus]
+                else:  # a listing shows products, not their variations
+                    items = [p for p in items if p["type"] != "variation"]
                 items = json.loads(json.dumps(items))
             total = len(items)
             headers |= {
@@ -665,11 +778,19 @@ class WooCommerceSimulator:
                 )
             out = []
             with self._lock:
+                self.stock_calls += 1
                 for item in updates:
                     product = self.products.get(
                         _int(item.get("id")) if isinstance(item, dict) else 0
                     )
-                    if product is None or (parent is not None and product["parent_id"] != parent):
+                    wrong_kind = product is not None and (product["type"] == "variation") != (
+                        parent is not None
+                    )
+                    if (
+                        product is None
+                        or wrong_kind
+                        or (parent is not None and product["parent_id"] != parent)
+                    ):
                         out.append(
                             {
                                 "id": 0,
@@ -690,6 +811,25 @@ class WooCommerceSimulator:
                         self.ledger[f"stock:{product['sku']}"].append({"quantity": qty})
                     out.append(dict(product))
             return self._ok(operation, {"update": out}, headers)
+
+        @router.get(f"{API}/products/{{product_id}}/variations")
+        async def list_variations(product_id: int, request: Request) -> Response:
+            refused, headers = await self._guard(request, "list_variations")
+            if refused:
+                return refused
+            q = request.query_params
+            page = max(1, _int(q.get("page"), 1))
+            per_page = min(100, max(1, _int(q.get("per_page"), 10)))
+            with self._lock:
+                items = [p for p in self.products.values() if p["parent_id"] == product_id]
+                items = json.loads(json.dumps(items))
+            headers |= {
+                "X-WP-Total": str(len(items)),
+                "X-WP-TotalPages": str(math.ceil(len(items) / per_page)),
+            }
+            return self._ok(
+                "list_variations", items[(page - 1) * per_page : page * per_page], headers
+            )
 
         @router.post(f"{API}/products/batch")
         async def batch_products(request: Request) -> Response:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
@@ -360,6 +361,53 @@ def _staff_action(session: Session, fn: Any, order_id: int) -> dict[str, Any]:
         raise HTTPException(404, str(exc)) from None
 
 
+class RefundRequest(BaseModel):
+    """Lines (line id or SKU → units) or an amount (``"5.00"``), not both."""
+
+    lines: dict[Annotated[str, Field(min_length=1, max_length=100)],
+                Annotated[int, Field(ge=1, le=1_000_000)]] | None = None  # fmt: skip
+    amount: Annotated[str, Field(pattern=r"^[0-9]{1,12}(\.[0-9]{1,4})?$")] | None = None
+
+
+class RefundOut(BaseModel):
+    refund_id: int
+    amount: str
+    currency: str
+    status: str
+    new: bool
+
+
+@router.post("/orders/{order_id}/refunds", status_code=202, response_model=RefundOut)
+def refund_order(
+    order_id: Id,
+    body: RefundRequest,
+    session: SessionDep,
+    staff: Staff,
+    idempotency_key: Annotated[str | None, Header(max_length=64)] = None,
+) -> dict[str, Any]:
+    """Refund lines or an amount of an order we captured; made at the payment provider once.
+    The same request again (a double click, or the same ``Idempotency-Key``) is the same
+    refund; more than is left to refund is refused (409)."""
+    from orders.refunds import RefundRefused
+    from workflows.pipeline import request_refund
+
+    try:
+        with session.begin():
+            amount = Decimal(body.amount) if body.amount is not None else None
+            refund, new = request_refund(session, order_id, actor=staff.actor, lines=body.lines,
+                                         amount=amount, request_key=idempotency_key)  # fmt: skip
+            if new:
+                audit(session, staff.actor, "order.refund", f"order {order_id}",
+                      order_id=order_id, timeline=False, refund_id=refund.id,
+                      amount=str(refund.amount))  # fmt: skip
+            return {"refund_id": refund.id, "amount": str(refund.amount),
+                    "currency": refund.currency, "status": refund.status, "new": new}  # fmt: skip
+    except RefundRefused as exc:
+        raise HTTPException(409, str(exc)) from None
+    except PermanentError as exc:  # no such order
+        raise HTTPException(404, str(exc)) from None
+
+
 @router.post("/orders/{order_id}/retry", response_model=RetryOut)
 def retry_order(order_id: Id, session: SessionDep, staff: Staff) -> dict[str, Any]:
     """Resume a needs_attention order from the step that failed. A second click gets 409."""
@@ -636,20 +684,34 @@ def retry_outbox(message_id: Id, session: SessionDep, staff: Staff) -> dict[str,
     return {"id": message_id, "was": was, "status": "pending"}
 
 
-@router.put("/stock/{sku}", response_model=StockOut)
+@router.get("/stock/{sku:path}")  # a SKU may hold a slash
+def get_stock(sku: Annotated[str, Path(min_length=1, max_length=100)],
+              session: SessionDep) -> dict[str, Any]:  # fmt: skip
+    """On hand, reserved, available; per channel listing what it should show, what was last
+    pushed and when, pending or failed, and the latest drift with both numbers."""
+    from orders.stock_view import stock_view
+
+    view = stock_view(session, sku)
+    if view is None:
+        raise HTTPException(404, "no stock and no listing for this SKU")
+    return view.as_dict()
+
+
+@router.put("/stock/{sku:path}", response_model=StockOut)  # a SKU may hold a slash
 def set_stock(
     sku: Annotated[str, Path(min_length=1, max_length=100)],
     session: SessionDep,
     staff: Staff,
     on_hand: int = Query(..., ge=0, le=2**31 - 1),
 ) -> dict[str, Any]:
-    """Set the counted quantity; on-hold orders waiting for the SKU are pushed on."""
+    """Set the counted quantity; on-hold orders waiting for the SKU are pushed on, and the
+    SKU's listings are pushed the new quantity."""
     from orders.stock import set_on_hand
     from workflows.pipeline import release_waiting
 
     with session.begin():
         try:
-            available = set_on_hand(session, sku, on_hand)
+            available = set_on_hand(session, sku, on_hand, actor=staff.actor)
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from None
         waiting = release_waiting(session, sku)
@@ -662,8 +724,12 @@ def set_stock(
 def invoice_pdf(
     order_id: Id, session: SessionDep, kind: Literal["invoice", "credit_note"] = "invoice"
 ) -> Response:
+    # the newest of that kind (an edit's new invoice, the latest credit note)
     invoice = session.scalar(
-        select(Invoice).where(Invoice.order_id == order_id, Invoice.kind == kind)
+        select(Invoice)
+        .where(Invoice.order_id == order_id, Invoice.kind == kind)
+        .order_by(Invoice.id.desc())
+        .limit(1)
     )
     if invoice is None or invoice.pdf is None:
         raise HTTPException(404, f"no {kind} for this order")

@@ -8,7 +8,10 @@
 - ``/orders/{id}``: one order: totals, lines, payment, invoice, its shipments (lines, location,
   label, tracking; reprint, ship this parcel, void, void and re-buy), what went to its
   marketplace with each attempt, timeline, actions (ship, mark shipped by hand, hold/release,
-  cancel with a reason).
+  cancel with a reason);
+- ``/stock[?sku=]``: every SKU's on hand / reserved / available with its listings' pending and
+  failed pushes and open drift (problems first); one SKU: per channel listing what it should
+  show, what we last pushed and when, and drift with both numbers.
 
 Pages only read. Every button posts to the staff JSON API (``web/api.py``) with ``fetch``
 (``static/dashboard.js``), so a retry here is exactly the retry of the API and the CLI, and a
@@ -45,6 +48,7 @@ from db.models import (
 )
 from domain.states import InboxStatus, OrderState
 from integrations import registry
+from orders.refunds import PROVIDER as OUR_PROVIDER
 from web.api import MAX_ID, Id, load_order, summary, undelivered
 from web.sessions import SessionDep
 from web.templating import HERE, render
@@ -114,8 +118,9 @@ def _latest_detail(
 
 
 def _refunds_owed(session: Session) -> list[tuple[Order, Payment, dict[str, Any]]]:
-    """Cancelled orders whose money we captured and have not given back yet (in flight, or
-    refused: then with the provider's answer from the last ``refund_failed`` row)."""
+    """Cancelled orders whose money we captured at our provider and whose cancellation refund is
+    not made yet (in flight, or refused: then with the provider's answer from the last
+    ``refund_failed`` row). Money captured on the marketplace it refunds itself."""
     rows = session.execute(
         select(Order, Payment)
         .join(Payment, Payment.order_id == Order.id)
@@ -123,7 +128,10 @@ def _refunds_owed(session: Session) -> list[tuple[Order, Payment, dict[str, Any]
             Order.state == OrderState.CANCELLED,
             Payment.collected_by_marketplace.is_(False),
             Payment.external_id.is_not(None),
-            ~select(Refund.id).where(Refund.payment_id == Payment.id).exists(),
+            Payment.provider == OUR_PROVIDER,
+            ~select(Refund.id)
+            .where(Refund.payment_id == Payment.id, Refund.source == "provider")
+            .exists(),
         )
         .order_by(Order.updated_at)
         .limit(OVERVIEW_LIMIT)
@@ -300,3 +308,19 @@ def order_detail(request: Request, order_id: Id, session: SessionDep) -> HTMLRes
         messages=messages,
         attempts=attempts,
     )
+
+
+# --- stock ------------------------------------------------------------------------------------
+
+STOCK_LIMIT = 500
+
+
+@router.get("/stock", response_class=HTMLResponse)
+def stock(request: Request, session: SessionDep, sku: str = "") -> HTMLResponse:
+    from orders.stock_view import stock_overview, stock_view
+
+    sku = sku.strip()
+    if sku:
+        return _render(request, "stock.html", sku=sku, view=stock_view(session, sku))
+    return _render(request, "stock.html", sku="", rows=stock_overview(session, limit=STOCK_LIMIT),
+                   limit=STOCK_LIMIT)  # fmt: skip

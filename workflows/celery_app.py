@@ -125,6 +125,16 @@ def _beat_schedule() -> dict[str, Any]:
             "schedule": float(settings.track_interval_s),
             "options": {"expires": float(settings.track_interval_s)},
         },
+        "stock-flush-safety-net": {
+            "task": "ordersync.outbound.flush_dirty",
+            "schedule": 15.0,
+            "options": {"expires": 15.0},
+        },
+        "nightly-stock-check": {
+            "task": "ordersync.sync.stock_check_all",
+            "schedule": crontab(minute=30, hour=settings.full_sync_hour_utc),
+            "options": {"expires": 3600.0},
+        },
         "nightly-full-sync": {
             "task": "ordersync.sync.full_sync_all",
             "schedule": crontab(minute=0, hour=settings.full_sync_hour_utc),

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import threading
 from collections.abc import Callable
-from typing import Any
+from decimal import Decimal
+from typing import Any, TypeGuard
 
 from celery import chain, chord
 from celery.canvas import Signature
@@ -35,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from core.settings import get_settings
 from db.base import utcnow
-from db.models import ChannelAccount, Order, Shipment
+from db.models import ChannelAccount, Order, Refund, Shipment
 from db.session import get_sessionmaker
 from domain.errors import PermanentError
 from domain.states import OrderState
@@ -53,10 +55,17 @@ from orders import (
     tracking,
 )
 from orders.fulfilment import marketplace_shipped
+from orders.payments import AuthorizationHolder
 from orders.steps import FollowUp
-from workflows.base import OrdersyncTask
+from workflows.base import OrdersyncTask, describe
 from workflows.celery_app import app
-from workflows.providers import carrier_client, connector_for, payments_client, shared_limiter
+from workflows.providers import (
+    NotAHolder,
+    carrier_client,
+    connector_for,
+    payments_client,
+    shared_limiter,
+)
 from workflows.publish import publish_after_commit
 from workflows.steps import DeliverTask, RefundTask, StepTask
 
@@ -74,10 +83,12 @@ __all__ = [
     "pipeline",
     "refund_payment",
     "release_waiting",
+    "request_refund",
     "reserve_stock",
     "retry_message",
     "retry_order",
     "ship",
+    "staff_refund",
     "track_due",
     "track_shipment",
     "void_labels",
@@ -104,9 +115,12 @@ def _after_commit(signature: Callable[[int], Signature]) -> FollowUp:
     return publish
 
 
-def _push_effect(account: ChannelAccount, effect: outbox.Effect) -> None:
+def _push_effect(account: ChannelAccount, effect: outbox.Effect) -> bool:
     """One outbox message to the account's marketplace, through its connector, on the buckets
-    every worker shares (as polling uses them)."""
+    every worker shares (as polling uses them). True: a cancellation the marketplace refunds
+    the buyer with (its declaration's ``refunds_on_cancel``)."""
+    from integrations import registry
+
     connector = connector_for(account, ConnectorSeams(limiter=shared_limiter()))
     try:
         if effect.kind == outbox.FULFILMENT:
@@ -128,10 +142,50 @@ def _push_effect(account: ChannelAccount, effect: outbox.Effect) -> None:
                 effect.external_id, reason=str(effect.payload.get("reason") or ""),
                 idempotency_key=effect.idempotency_key,
             )  # fmt: skip
+            return registry.get(account.channel).refunds_on_cancel
         else:
             raise PermanentError(f"no push for an effect of kind {effect.kind!r}")
+        return False
     finally:
         connector.close()
+
+
+#: the marketplace holders of this process, per account: (the account row's updated_at, its
+#: connector). Building a connector builds an httpx client (~50 ms: the TLS trust store), more
+#: than the capture itself; a changed account (credentials, limits) gets a new one.
+_HOLDERS: dict[int, tuple[Any, Any]] = {}
+_HOLDERS_LOCK = threading.Lock()
+
+
+def _holder(held_by: str, account_id: int) -> AuthorizationHolder:
+    """Where an order's authorization lives: the payment provider (a PaymentIntent), or the
+    marketplace of the order's account (its connector, on the buckets every worker shares;
+    reused by this process while the account is unchanged)."""
+    if held_by == "provider":
+        return payments_client()
+    from db.session import session_scope
+
+    with session_scope() as session:
+        account = session.get_one(ChannelAccount, account_id)
+        with _HOLDERS_LOCK:
+            cached = _HOLDERS.get(account_id)
+            if cached is not None and cached[0] == account.updated_at:
+                holder: AuthorizationHolder = cached[1]
+                return holder
+            connector = connector_for(account, ConnectorSeams(limiter=shared_limiter()))
+            if not _is_holder(connector):
+                connector.close()
+                raise NotAHolder(
+                    f"the {account.channel} marketplace holds no authorizations we capture"
+                )
+            if cached is not None:
+                cached[1].close()
+            _HOLDERS[account_id] = (account.updated_at, connector)
+            return connector
+
+
+def _is_holder(candidate: object) -> TypeGuard[AuthorizationHolder]:
+    return all(hasattr(candidate, name) for name in ("capture_authorization", "find_capture"))
 
 
 # --- the steps --------------------------------------------------------------------------------
@@ -147,9 +201,7 @@ def reserve_stock(self: StepTask, order_id: int) -> str:
 def capture_payment(self: StepTask, order_id: int) -> str:
     refund = _after_commit(refund_payment.si)  # money captured after a cancel goes back
     with self.lock(order_id):
-        outcome = payments.capture(
-            self.transaction, order_id, payments_client, self.keys(), refund=refund
-        )
+        outcome = payments.capture(self.transaction, order_id, _holder, self.keys(), refund=refund)
         return self.report(outcome)
 
 
@@ -293,6 +345,39 @@ def refund_payment(self: RefundTask, order_id: int) -> str:
     with self.lock(order_id):
         outcome = refunds.refund(self.transaction, order_id, payments_client, self.keys())
         return self.report(outcome)
+
+
+class StaffRefundTask(StepTask):
+    abstract = True
+
+    def on_permanent_failure(
+        self, exc: Exception, args: Any, kwargs: Any, *, attempts: int
+    ) -> None:
+        order_id, refund_id = (args or (kwargs["order_id"], kwargs["refund_id"]))[:2]
+        with self.transaction() as session:
+            refunds.refund_refused(session, order_id, refund_id, error=describe(exc))
+
+
+@_task("staff_refund", "orders", base=StaffRefundTask)
+def staff_refund(self: StepTask, order_id: int, refund_id: int) -> str:
+    credit = _after_commit(credit_note.si)
+    with self.lock(order_id):
+        outcome = refunds.make_refund(self.transaction, order_id, refund_id, payments_client,
+                                      self.keys(), credit=credit)  # fmt: skip
+        return self.report(outcome)
+
+
+def request_refund(
+    session: Session, order_id: int, *, actor: str, lines: dict[str, int] | None = None,
+    amount: Decimal | None = None, request_key: str | None = None,
+) -> tuple[Refund, bool]:  # fmt: skip
+    """Staff refund of lines or an amount (``orders.refunds.request_refund``), made at the
+    provider once the transaction commits; a repeated request is the same refund."""
+    refund, new = refunds.request_refund(session, order_id, actor=actor, lines=lines,
+                                         amount=amount, request_key=request_key)  # fmt: skip
+    if new:
+        publish_after_commit(session, staff_refund.si(order_id, refund.id))
+    return refund, new
 
 
 # --- canvas, and what cancelling, staff and new stock set off ---------------------------------

@@ -22,6 +22,10 @@ class NotConfigured(PermanentError):
     """A setting the step needs is missing; staff fix the configuration, then retry."""
 
 
+class NotAHolder(PermanentError):
+    """The order's marketplace connector cannot capture an authorization it holds."""
+
+
 # One client per process, reused by every task: building an httpx.Client costs ~50 ms (it loads
 # the TLS trust store), more than the call itself. Clients are thread-safe and created lazily,
 # so each prefork child builds its own after the fork.

@@ -32,6 +32,7 @@ from core.settings import get_settings
 from db.base import utcnow
 from db.models import ChannelAccount, OutboxMessage, ReconcileReport, SyncRun
 from integrations.base import ConnectorSeams, MarketplaceConnector
+from orders.intake import apply_order
 from orders.syncing import UNFINISHED, finish_report, run_slice, start_run
 from workflows.base import OrdersyncTask, describe
 from workflows.celery_app import app
@@ -39,7 +40,14 @@ from workflows.locks import LockBusy, redis_lock
 from workflows.providers import connector_for, shared_limiter
 from workflows.tasks import after_intake
 
-__all__ = ["full_sync_account", "full_sync_all", "poll_account", "poll_due", "sync_slice"]
+__all__ = [
+    "full_sync_account",
+    "full_sync_all",
+    "poll_account",
+    "poll_due",
+    "refresh_order",
+    "sync_slice",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -186,6 +194,23 @@ def sync_slice(self: OrdersyncTask, run_id: int) -> dict[str, Any]:
     """The next slice of a run (published by the previous slice, or by the sweeper for a run
     whose worker died)."""
     return _slice(self, run_id)
+
+
+@app.task(base=OrdersyncTask, bind=True, name="ordersync.sync.refresh_order", ignore_result=True)
+def refresh_order(self: OrdersyncTask, account_id: int, external_id: str) -> str:
+    """One order fetched as the marketplace has it now (a delivery said it changed without
+    carrying it: Shopify ``orders/edited``), through the same intake as a poll."""
+    with self.transaction() as session:
+        account = session.get_one(ChannelAccount, account_id)
+        connector = _connector(account)
+    try:
+        order = connector.get_order(external_id)
+    finally:
+        connector.close()
+    with self.transaction() as session:
+        result = apply_order(session, account_id, order, actor=f"refresh:{order.channel}")
+        after_intake(session, result)
+    return str(result.outcome)
 
 
 @app.task(base=OrdersyncTask, bind=True, name="ordersync.sync.full_sync_all", ignore_result=True)

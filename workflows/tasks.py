@@ -62,12 +62,27 @@ _LOAD_EVENT = (
 )
 
 
-def after_intake(session: Any, result: IntakeResult) -> None:
+def after_intake(session: Any, result: IntakeResult, account_id: int | None = None) -> None:
     """New orders enter the pipeline; orders cancelled by the marketplace release their stock
     (and void their labels); an order fulfilled in the marketplace's admin is not shipped again;
-    one cancelled there after it shipped expects a return."""
+    one cancelled there after it shipped expects a return; refunds it made get their credit
+    notes; an order said to have changed is fetched."""
     from orders.fulfilment import cancelled_after_shipping, fulfilled_elsewhere
-    from workflows.pipeline import marketplace_shipped, on_cancelled, pipeline, ship, void_unused
+    from workflows.pipeline import (
+        credit_note,
+        marketplace_shipped,
+        on_cancelled,
+        pipeline,
+        ship,
+        void_unused,
+    )
+
+    if result.refunded:
+        publish_after_commit(session, credit_note.si(result.order_id))
+    if result.refetch is not None and account_id is not None:
+        from workflows.sync import refresh_order
+
+        publish_after_commit(session, refresh_order.si(account_id, result.refetch))
 
     if result.outcome == IntakeOutcome.CREATED and result.state == OrderState.NEW:
         publish_after_commit(session, pipeline(result.order_id))
@@ -164,7 +179,7 @@ def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
             event.error = message[:2000]
             event.processed_at = utcnow()
             return {"inbox_id": inbox_id, "status": event.status, "error": message}
-        after_intake(session, result)
+        after_intake(session, result, account.id)
         event.status, event.attempts = InboxStatus.PROCESSED, attempts
         event.order_id = result.order_id
         event.error = "stale: older than the stored order" if result.outcome == "stale" else None

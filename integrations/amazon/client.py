@@ -61,7 +61,13 @@ RATE_LIMITS: Mapping[str, Bucket] = {
     "getOrderItems": Bucket(rate=0.5, burst=30),
     "confirmShipment": Bucket(rate=2.0, burst=10),
     "createRestrictedDataToken": Bucket(rate=1.0, burst=10),
+    # Listings Items 2021-08-01 ("Usage Plan" tables of the model)
+    "patchListingsItem": Bucket(rate=5.0, burst=10),
+    "searchListingsItems": Bucket(rate=5.0, burst=5),
 }
+LISTINGS_PATH = "/listings/2021-08-01/items"
+#: searchListingsItems: at most 20 per page, and 1000 items in all can be paged through
+LISTINGS_PAGE_SIZE = 20
 
 
 def iso(value: dt.datetime) -> str:
@@ -274,3 +280,43 @@ class SpApiClient(ApiClient):
             f"/orders/v0/orders/{quote(order_id, safe='')}/shipmentConfirmation",
             json=dict(body),
         )
+
+    def patch_listings_item(
+        self, seller_id: str, sku: str, marketplace_ids: Sequence[str], body: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """``patchListingsItem``: ``{"sku", "status": ACCEPTED | INVALID, "issues": [...]}``."""
+        response = self.request(
+            "patchListingsItem",
+            "PATCH",
+            f"{LISTINGS_PATH}/{quote(seller_id, safe='')}/{quote(sku, safe='')}",
+            params={"marketplaceIds": ",".join(marketplace_ids)},
+            json=dict(body),
+        )
+        return _object("patchListingsItem", response)
+
+    def search_listings_items(
+        self, seller_id: str, marketplace_ids: Sequence[str], page_token: str | None = None
+    ) -> dict[str, Any]:
+        """One page of ``searchListingsItems`` with summaries and fulfillment availability."""
+        params = {
+            "marketplaceIds": ",".join(marketplace_ids),
+            "includedData": "summaries,fulfillmentAvailability",
+            "pageSize": str(LISTINGS_PAGE_SIZE),
+        }
+        if page_token:
+            params["pageToken"] = page_token
+        response = self.request(
+            "searchListingsItems", "GET", f"{LISTINGS_PATH}/{quote(seller_id, safe='')}",
+            params=params,
+        )  # fmt: skip
+        return _object("searchListingsItems", response)
+
+
+def _object(operation: str, response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        raise PayloadError(f"{operation}: response is not JSON") from None
+    if not isinstance(body, dict):
+        raise PayloadError(f"{operation}: response is not a JSON object")
+    return body

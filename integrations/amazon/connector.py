@@ -27,8 +27,9 @@ Polling: ``getOrders`` by ``LastUpdatedAfter`` page by page with ``NextToken``, 
 mapper. Amazon requires ``LastUpdatedBefore`` to be at least two minutes in the past, so an
 ``until`` later than that is clamped; ``last_window_end`` tells the poller what was covered.
 
-``push_stock`` is not supported: quantities go through the Listings Items / Feeds APIs, which
-need a seller id and product types this connector does not model (it raises ``PermanentError``).
+Stock: the Listings Items API 2021-08-01 (credential ``seller_id``): ``searchListingsItems``
+lists the SKUs with their fulfillment availability, ``patchListingsItem`` sets the quantity of
+channel ``DEFAULT`` one SKU per call (5/s, burst 10). FBA listings are recorded, never pushed.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ from typing import Any
 import structlog
 
 from domain.canonical import CanonicalOrder
-from domain.errors import AuthError, PayloadError, PermanentError, ValidationError
+from domain.errors import AuthError, NotFound, PayloadError, PermanentError, ValidationError
+from domain.listings import ChannelListing, StockPushResult, StockUpdate
 from integrations.amazon.client import DEFAULT_API_BASE_URL, RATE_LIMITS, SpApiClient
 from integrations.amazon.lwa import DEFAULT_LWA_URL, LwaTokenProvider
 from integrations.amazon.mapper import map_order
@@ -257,12 +259,71 @@ class AmazonConnector:
             code="NotSupported",
         )
 
-    def push_stock(self, quantities: Mapping[str, int]) -> None:
-        raise PermanentError(
-            "amazon: stock push is not supported (quantities go through the Listings Items or "
-            "Feeds API, which this connector does not implement)",
-            code="NotImplemented",
-        )
+    # ------------------------------------------------------------------ stock
+
+    #: patchListingsItem sets one SKU per call
+    stock_batch_size = 1
+
+    def _seller_id(self) -> str:
+        seller = self.account.credentials.get("seller_id")
+        if not seller:
+            raise AuthError(f"amazon account {self.account.name}: no seller_id (Listings API)")
+        return str(seller)
+
+    def list_listings(self) -> Iterator[ChannelListing]:
+        """``searchListingsItems`` page by page: every SKU with its fulfillment availability;
+        a listing fulfilled by Amazon (a channel code other than ``DEFAULT``) is FBA."""
+        seller, token = self._seller_id(), None
+        while True:
+            page = self.client.search_listings_items(seller, self.marketplace_ids, token)
+            for item in page.get("items") or []:
+                if not isinstance(item, dict) or not item.get("sku"):
+                    continue
+                availability = [a for a in item.get("fulfillmentAvailability") or []
+                                if isinstance(a, dict)]  # fmt: skip
+                ours = [a for a in availability if a.get("fulfillmentChannelCode") == "DEFAULT"]
+                quantity = ours[0].get("quantity") if ours else None
+                yield ChannelListing(
+                    sku=str(item["sku"]), external_id=str(item["sku"]),
+                    location_id=self.marketplace_ids[0],
+                    quantity=int(quantity) if isinstance(quantity, int) else None,
+                    fulfilled_by_marketplace=bool(availability) and not ours,
+                )  # fmt: skip
+            token = (page.get("pagination") or {}).get("nextToken")
+            if not token:
+                return
+
+    def push_stock(self, updates: Sequence[StockUpdate]) -> StockPushResult:
+        """``patchListingsItem`` replacing ``fulfillment_availability`` (channel ``DEFAULT``,
+        merchant-fulfilled) per SKU. Amazon validates asynchronously: ``ACCEPTED`` is applied,
+        ``INVALID`` (with issues) refused, as is a SKU Amazon does not know (404)."""
+        result = StockPushResult()
+        seller = self._seller_id()
+        for update in updates:
+            body = {
+                "productType": "PRODUCT",
+                "patches": [{
+                    "op": "replace",
+                    "path": "/attributes/fulfillment_availability",
+                    "value": [{"fulfillment_channel_code": "DEFAULT",
+                               "quantity": max(0, update.quantity)}],
+                }],
+            }  # fmt: skip
+            marketplaces = [update.location_id] if update.location_id else self.marketplace_ids
+            try:
+                answer = self.client.patch_listings_item(
+                    seller, update.external_id or update.sku, marketplaces, body
+                )
+            except NotFound:
+                result.refused[update.listing_id] = "NOT_FOUND"
+                continue
+            if answer.get("status") == "ACCEPTED":
+                result.applied.append(update.listing_id)
+            else:
+                codes = sorted({str(i.get("code")) for i in answer.get("issues") or []
+                                if isinstance(i, dict)})  # fmt: skip
+                result.refused[update.listing_id] = f"{answer.get('status')}: {','.join(codes)}"
+        return result
 
     def test_connection(self) -> str:
         page = self.client.get_orders(

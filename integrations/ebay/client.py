@@ -51,13 +51,27 @@ __all__ = [
 API_BASE_URL = "https://api.ebay.com"
 TOKEN_PATH = "/identity/v1/oauth2/token"  # noqa: S105 (a path, not a password)
 FULFILLMENT_PATH = "/sell/fulfillment/v1"
-SCOPE = "https://api.ebay.com/oauth/api_scope/sell.fulfillment"
+#: the Fulfillment API (orders) and the Inventory API (stock), space-separated as OAuth wants
+SCOPE = (
+    "https://api.ebay.com/oauth/api_scope/sell.fulfillment "
+    "https://api.ebay.com/oauth/api_scope/sell.inventory"
+)
+INVENTORY_PATH = "/sell/inventory/v1"
+#: bulkUpdatePriceQuantity: "up to 25 inventory item records" per call
+BULK_QUANTITY_MAX = 25
+INVENTORY_PAGE_LIMIT = 100  # getInventoryItems: limit 1-200 (our page)
 MAX_PAGE_LIMIT = 200  # "If a requested limit is more than 200, the call fails"
 # 100,000 calls/day spread evenly; the burst lets one poll page through quickly (our choice)
 FULFILLMENT_QUOTA = Bucket(rate=100_000 / 86_400, burst=50)
 #: the limit groups: one daily quota covers the whole Fulfillment API ("token" is not limited)
 FULFILLMENT_QUOTA_GROUP = "sell.fulfillment"
-QUOTAS: dict[str, Bucket] = {FULFILLMENT_QUOTA_GROUP: FULFILLMENT_QUOTA}
+#: the Inventory API's own daily quota (eBay's default call limits: 2,000,000 a day)
+INVENTORY_QUOTA = Bucket(rate=2_000_000 / 86_400, burst=50)
+INVENTORY_QUOTA_GROUP = "sell.inventory"
+QUOTAS: dict[str, Bucket] = {
+    FULFILLMENT_QUOTA_GROUP: FULFILLMENT_QUOTA,
+    INVENTORY_QUOTA_GROUP: INVENTORY_QUOTA,
+}
 TOKEN_MARGIN = dt.timedelta(minutes=5)  # refresh this long before eBay says the token expires
 
 
@@ -84,6 +98,8 @@ class EbayClient(ApiClient):
         "getOrder": FULFILLMENT_QUOTA,
         "getShippingFulfillments": FULFILLMENT_QUOTA,
         "createShippingFulfillment": FULFILLMENT_QUOTA,
+        "bulkUpdatePriceQuantity": INVENTORY_QUOTA,
+        "getInventoryItems": INVENTORY_QUOTA,
     }
 
     def __init__(
@@ -258,9 +274,36 @@ class EbayClient(ApiClient):
         cancel_id = _json(response, "createCancellation").get("cancelId")
         return str(cancel_id) if cancel_id is not None else None
 
+    def bulk_update_price_quantity(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
+        """``POST /bulk_update_price_quantity``: 200 when all succeeded, 207 with a status per
+        SKU otherwise (``responses[].statusCode``, ``errors``)."""
+        if len(requests) > BULK_QUANTITY_MAX:
+            raise ValueError(f"at most {BULK_QUANTITY_MAX} requests per call")
+        response = self._api(
+            "bulkUpdatePriceQuantity",
+            "POST",
+            f"{INVENTORY_PATH}/bulk_update_price_quantity",
+            json={"requests": requests},
+            headers={"Content-Type": "application/json"},
+        )
+        return _json(response, "bulkUpdatePriceQuantity")
+
+    def get_inventory_items(self, offset: int, limit: int = INVENTORY_PAGE_LIMIT) -> dict[str, Any]:
+        """One page of ``getInventoryItems``: ``inventoryItems`` with their availability."""
+        response = self._api(
+            "getInventoryItems", "GET", f"{INVENTORY_PATH}/inventory_item",
+            params={"limit": limit, "offset": offset},
+        )  # fmt: skip
+        return _json(response, "getInventoryItems")
+
+
+_INVENTORY_OPERATIONS = frozenset({"bulkUpdatePriceQuantity", "getInventoryItems"})
+
 
 def _group(operation: str) -> str:
-    return "identity" if operation == "token" else FULFILLMENT_QUOTA_GROUP
+    if operation == "token":
+        return "identity"
+    return INVENTORY_QUOTA_GROUP if operation in _INVENTORY_OPERATIONS else FULFILLMENT_QUOTA_GROUP
 
 
 def _segment(value: str) -> str:

@@ -2,7 +2,7 @@
 
 Reads from ``account.credentials``: ``client_id`` and ``client_secret`` (the application
 keyset: App ID and Cert ID) and ``refresh_token`` (the seller's user refresh token, granted
-with the ``sell.fulfillment`` scope). ``account.api_base_url`` defaults to
+with the ``sell.fulfillment`` and ``sell.inventory`` scopes). ``account.api_base_url`` defaults to
 ``https://api.ebay.com``; the sandbox simulator serves the same paths under ``/ebay``.
 
 - Polling pages ``getOrders`` by ``offset`` under ``lastmodifieddate:[since..until]``. eBay's
@@ -14,17 +14,17 @@ with the ``sell.fulfillment`` scope). ``account.api_base_url`` defaults to
 - ``push_fulfillment`` is ``createShippingFulfillment`` with every line item of the order. The
   API takes no idempotency key, so the tracking number is ours: we look at the order's
   fulfillments first and do nothing if one already carries it (a retry after a lost answer).
-- ``push_stock`` is not part of the Fulfillment API: eBay quantities are set through the Sell
-  Inventory API (``bulkUpdatePriceQuantity``), which this connector does not cover yet; it
-  raises ``PermanentError`` so that a stock push to eBay is visible instead of silently lost.
-- Rate limit: one bucket for the whole Fulfillment API (``sell.fulfillment``, the default
-  100,000 calls a day); the account's ``rate_limits`` overrides it for a higher tier.
+- Stock goes through the Sell Inventory API: ``getInventoryItems`` lists the SKUs with their
+  ship-to-home quantity, ``bulkUpdatePriceQuantity`` sets it for up to 25 SKUs a call.
+- Rate limits: one bucket for the whole Fulfillment API (``sell.fulfillment``, the default
+  100,000 calls a day) and one for the Inventory API (``sell.inventory``, 2,000,000 a day);
+  the account's ``rate_limits`` overrides them for a higher tier.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -32,10 +32,12 @@ import structlog
 from pydantic import ValidationError as PydanticValidationError
 
 from domain.canonical import CanonicalOrder
-from domain.errors import AuthError, Conflict, PayloadError, PermanentError, ValidationError
+from domain.errors import AuthError, Conflict, PayloadError, ValidationError
+from domain.listings import ChannelListing, StockPushResult, StockUpdate
 from integrations.base import AccountConfig, ConnectorSeams, OrderPage, ShipmentGroup, orders_of
 from integrations.ebay.client import (
     API_BASE_URL,
+    BULK_QUANTITY_MAX,
     MAX_PAGE_LIMIT,
     QUOTAS,
     EbayClient,
@@ -179,16 +181,25 @@ class EbayConnector:
 
     def push_cancellation(self, external_id: str, *, reason: str, idempotency_key: str) -> None:
         """A seller-initiated cancellation (Post-Order API ``POST /post-order/v2/cancellation``,
-        reason ``OUT_OF_STOCK_OR_CANNOT_FULFILL``); an order whose ``cancelStatus`` says it is
+        reason ``OUT_OF_STOCK_OR_CANNOT_FULFILL``, ``buyerPaid`` as the order says: eBay refunds
+        a buyer who paid); an order whose ``cancelStatus`` says it is
         cancelled or being cancelled is left alone (a retry after a lost answer)."""
         order = self.client.get_order(external_id)
         state = str((order.get("cancelStatus") or {}).get("cancelState") or "")
         if state in ("CANCELED", "IN_PROGRESS"):
             log.info("ebay.cancellation.exists", order=external_id, key=idempotency_key)
             return
-        cancel_id = self.client.create_cancellation(
-            {"legacyOrderId": external_id, "cancelReason": "OUT_OF_STOCK_OR_CANNOT_FULFILL"}
-        )
+        body: dict[str, Any] = {
+            "legacyOrderId": external_id, "cancelReason": "OUT_OF_STOCK_OR_CANNOT_FULFILL",
+            # a paid order's buyer is refunded with the cancellation (CreateCancelRequest)
+            "buyerPaid": order.get("orderPaymentStatus") in ("PAID", "PARTIALLY_REFUNDED"),
+        }  # fmt: skip
+        payments = (order.get("paymentSummary") or {}).get("payments") or []
+        paid_at = next((p.get("paymentDate") for p in payments if isinstance(p, dict)
+                        and p.get("paymentDate")), None)  # fmt: skip
+        if body["buyerPaid"] and paid_at:
+            body["buyerPaidDate"] = {"value": paid_at}
+        cancel_id = self.client.create_cancellation(body)
         log.info("ebay.cancelled", order=external_id, key=idempotency_key, cancel_id=cancel_id)
 
     def push_delivery(
@@ -199,13 +210,54 @@ class EbayConnector:
             code="NotSupported",
         )
 
-    def push_stock(self, quantities: Mapping[str, int]) -> None:
-        if not quantities:
-            return
-        raise PermanentError(
-            "eBay stock is set through the Sell Inventory API (bulkUpdatePriceQuantity), "
-            "which the eBay connector does not cover yet"
-        )
+    # -- stock ------------------------------------------------------------------------------
+
+    stock_batch_size = BULK_QUANTITY_MAX
+
+    def list_listings(self) -> Iterator[ChannelListing]:
+        """``getInventoryItems`` page by page: every SKU with its ship-to-home quantity."""
+        offset = 0
+        while True:
+            page = self.client.get_inventory_items(offset)
+            items = [i for i in page.get("inventoryItems") or [] if isinstance(i, dict)]
+            for item in items:
+                if not item.get("sku"):
+                    continue
+                ship = (item.get("availability") or {}).get("shipToLocationAvailability") or {}
+                quantity = ship.get("quantity")
+                shown = quantity if isinstance(quantity, int) else None
+                yield ChannelListing(sku=str(item["sku"]), external_id=str(item["sku"]),
+                                     quantity=shown)  # fmt: skip
+            offset += len(items)
+            total = page.get("total")
+            if not items or not isinstance(total, int) or offset >= total:
+                return
+
+    def push_stock(self, updates: Sequence[StockUpdate]) -> StockPushResult:
+        """``bulkUpdatePriceQuantity`` (≤ 25 SKUs): the inventory item's total ship-to-home
+        quantity, which every published offer of the SKU sells from. A SKU answered with a
+        status other than 200 is refused with eBay's error id."""
+        result = StockPushResult()
+        by_sku = {(u.external_id or u.sku): u for u in updates}
+        answer = self.client.bulk_update_price_quantity(
+            [{"sku": sku, "shipToLocationAvailability": {"quantity": max(0, u.quantity)}}
+             for sku, u in by_sku.items()]
+        )  # fmt: skip
+        answered: set[str] = set()
+        for item in answer.get("responses") or []:
+            if not isinstance(item, dict) or item.get("sku") not in by_sku:
+                continue
+            sku = str(item["sku"])
+            answered.add(sku)
+            if item.get("statusCode") == 200:
+                result.applied.append(by_sku[sku].listing_id)
+            else:
+                errors = [e for e in item.get("errors") or [] if isinstance(e, dict)]
+                ids = ",".join(str(e.get("errorId")) for e in errors)
+                result.refused[by_sku[sku].listing_id] = f"{item.get('statusCode')}: {ids}"
+        for sku in set(by_sku) - answered:
+            result.refused[by_sku[sku].listing_id] = "no response for the SKU"
+        return result
 
     def test_connection(self) -> str:
         page = _page(self.client.get_orders(limit=1))

@@ -15,4 +15,5 @@ MARKETPLACE = Marketplace(
     connector=EbayConnector,
     mapper=map_order,
     rate_limit_defaults=QUOTAS,
+    refunds_on_cancel=True,
 )

@@ -1,13 +1,15 @@
 """Payments: a client for a Stripe-compatible provider (capture and refund with idempotency keys).
 
-The pipeline calls ``PaymentsClient.capture`` with a key derived from our own ids
-(``capture:{order_id}``), ``refund`` for a cancelled order's capture (``refund:{order_id}``) and
-``retrieve_by_order`` when reconciling; the sandbox simulator of the same provider lives in
+The pipeline captures a PaymentIntent the shop's checkout authorised
+(``PaymentsClient.capture_authorization``, key ``capture:{order_id}``) and refunds what we
+captured (``refund``: ``refund:{order_id}`` for a cancellation, one key per staff refund).
+``capture`` (create and confirm an intent with a PaymentMethod the caller names) and
+``retrieve_by_order`` are the provider's API as the sandbox tests exercise it; the pipeline never
+creates a payment of its own. The sandbox simulator of the same provider lives in
 ``sandbox/payments.py``.
 """
 
 from integrations.payments.client import (
-    DEFAULT_PAYMENT_METHOD,
     IdempotencyMismatch,
     PaymentDeclined,
     PaymentsClient,
@@ -22,7 +24,6 @@ from integrations.payments.payloads import (
 )
 
 __all__ = [
-    "DEFAULT_PAYMENT_METHOD",
     "Capture",
     "IdempotencyMismatch",
     "PaymentDeclined",

@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 
 from domain.errors import (
+    AuthorizationUnusable,
     IntegrationError,
     PayloadError,
     PermanentError,
@@ -48,13 +49,13 @@ from integrations.payments.payloads import (
     Refund,
     capture_from_intent,
     form_pairs,
+    from_minor,
     refund_from_object,
     to_minor,
 )
 from integrations.ratelimit import Bucket
 
 __all__ = [
-    "DEFAULT_PAYMENT_METHOD",
     "MAX_IDEMPOTENCY_KEY_LENGTH",
     "REFUND_REASONS",
     "IdempotencyMismatch",
@@ -62,8 +63,6 @@ __all__ = [
     "PaymentsClient",
 ]
 
-# Stripe's test-mode card that always succeeds; a live integration passes a saved PaymentMethod
-DEFAULT_PAYMENT_METHOD = "pm_card_visa"
 MAX_IDEMPOTENCY_KEY_LENGTH = 255  # documented maximum
 REFUND_REASONS = frozenset({"duplicate", "fraudulent", "requested_by_customer"})
 SEARCH_PAGE_LIMIT = 100  # documented maximum ``limit`` for search
@@ -149,7 +148,7 @@ class PaymentsClient(ApiClient):
         amount: Decimal,
         currency: str,
         idempotency_key: str,
-        payment_method: str = DEFAULT_PAYMENT_METHOD,
+        payment_method: str,
     ) -> Capture:
         """Create and confirm a PaymentIntent that captures at once; one call, one charge.
 
@@ -211,6 +210,67 @@ class PaymentsClient(ApiClient):
             return refund_from_object(self._json(response), replayed=replayed)
         except (KeyError, TypeError, ValueError) as exc:
             raise PayloadError("payments.refund: response is not a refund") from exc
+
+    # -- an authorization the shop's checkout made (``orders.payments.AuthorizationHolder``) --
+
+    name = "payments"
+
+    def capture_authorization(
+        self, *, order_external_id: str, authorization_id: str | None, amount: Decimal,
+        currency: str, idempotency_key: str,
+    ) -> Capture:  # fmt: skip
+        """Capture ``amount`` of the PaymentIntent ``authorization_id`` that the shop's checkout
+        authorised (``requires_capture``): ``POST /v1/payment_intents/{id}/capture`` with
+        ``amount_to_capture``, under ``idempotency_key``
+        (https://docs.stripe.com/api/payment_intents/capture). An intent already captured
+        answers itself (``replayed``); one cancelled (Stripe cancels uncaptured card
+        payments after 7 days: ``cancellation_reason`` ``automatic``), in another state, or
+        authorised for less than ``amount`` raises ``AuthorizationUnusable``."""
+        _check_key("capture", idempotency_key)
+        if not authorization_id or not re.fullmatch(r"pi_\w+", authorization_id):
+            raise AuthorizationUnusable("the order names no PaymentIntent to capture")
+        intent = self._json(
+            self._call("retrieve", "GET", f"/v1/payment_intents/{authorization_id}")
+        )
+        status = str(intent.get("status"))
+        code = str(intent.get("currency") or currency).upper()
+        if status == "succeeded":
+            return self._parse_intent(intent, replayed=True)
+        if status == "canceled":
+            if intent.get("cancellation_reason") == "automatic":
+                raise AuthorizationUnusable(
+                    "the card authorization expired (Stripe cancels an uncaptured payment after "
+                    "7 days): ask the buyer to pay again"
+                )
+            raise AuthorizationUnusable("the payment authorization was voided at the provider")
+        if status != "requires_capture":
+            raise AuthorizationUnusable(f"the PaymentIntent is {status}, not authorised")
+        capturable = from_minor(int(intent.get("amount_capturable") or 0), code)
+        if capturable < amount:
+            raise AuthorizationUnusable(
+                f"partial authorization: {capturable} {code} authorised of {amount} {code}"
+            )
+        minor = _minor_amount("capture", amount, code)
+        response, replayed = self._post(
+            "capture", f"/v1/payment_intents/{authorization_id}/capture",
+            {"amount_to_capture": minor}, idempotency_key,
+        )  # fmt: skip
+        return self._parse(response, replayed=replayed)
+
+    def find_capture(
+        self, *, order_external_id: str, authorization_id: str | None
+    ) -> Capture | None:
+        """The PaymentIntent if it was captured (retrieved by id: strongly consistent)."""
+        if not authorization_id or not re.fullmatch(r"pi_\w+", authorization_id):
+            return None
+        found = self.retrieve(authorization_id)
+        return found if found.succeeded else None
+
+    def _parse_intent(self, intent: dict[str, Any], *, replayed: bool) -> Capture:
+        try:
+            return capture_from_intent(intent, replayed=replayed)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PayloadError("payments: response is not a payment_intent") from exc
 
     def retrieve(self, intent_id: str) -> Capture:
         """One PaymentIntent by id (strongly consistent, unlike search)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -349,23 +349,85 @@ class ShopifyClient(ApiClient):
         self.check_user_errors("OrderCancel", result.get("orderCancelUserErrors"))
         return result
 
+    # --- payments -------------------------------------------------------------------------
+
+    def order_transactions(self, gid: str) -> dict[str, Any]:
+        data = self.graphql(
+            "OrderTransactions",
+            q.ORDER_TRANSACTIONS,
+            {"id": gid},
+            cost=q.ORDER_TRANSACTIONS_COST,
+        )
+        node = data.get("order")
+        if not isinstance(node, dict):
+            raise NotFound("OrderTransactions: no such order", code="NOT_FOUND")
+        return node
+
+    def order_capture(
+        self,
+        gid: str,
+        *,
+        parent_transaction_id: str,
+        amount: str,
+        currency: str,
+        idempotency_key: str,
+    ) -> dict[str, Any]:
+        data = self.graphql(
+            "OrderCapture",
+            q.ORDER_CAPTURE,
+            {
+                "input": {
+                    "id": gid,
+                    "parentTransactionId": parent_transaction_id,
+                    "amount": amount,
+                    "currency": currency,
+                    "finalCapture": True,
+                },
+                "idempotencyKey": idempotency_key,
+            },
+            cost=q.MUTATION_COST,
+        )
+        result = _dig(data, "orderCapture", "OrderCapture")
+        self.check_user_errors("OrderCapture", result.get("userErrors"))
+        transaction = result.get("transaction")
+        if not isinstance(transaction, dict):
+            raise PayloadError("OrderCapture: response has no transaction")
+        return transaction
+
     # --- inventory ------------------------------------------------------------------------
 
-    def inventory_items_by_sku(self, skus: Iterable[str]) -> dict[str, str]:
-        """SKU → InventoryItem GID for the SKUs that exist (one search query)."""
-        wanted = list(dict.fromkeys(skus))
-        search = " OR ".join(f"sku:'{_quote(s)}'" for s in wanted)
-        first = min(250, max(1, len(wanted) * 2))  # room for a SKU used by two variants
+    def variants_page(
+        self, location: str, after: str | None, first: int = q.VARIANTS_PAGE_SIZE
+    ) -> tuple[list[dict[str, Any]], bool, str | None]:
+        """One page of product variants with their inventory item and its level at
+        ``location``: (nodes, has next page, end cursor)."""
         data = self.graphql(
-            "InventoryItemsBySku",
-            q.INVENTORY_ITEMS_BY_SKU,
-            {"first": first, "query": search},
-            cost=2 + first,
+            "ProductVariants",
+            q.PRODUCT_VARIANTS,
+            {"first": first, "after": after, "location": location},
+            cost=q.variants_cost(first),
         )
-        found: dict[str, str] = {}
-        for node in _dig(data, "inventoryItems", "InventoryItemsBySku").get("nodes") or []:
-            if isinstance(node, dict) and node.get("sku") in wanted and node.get("id"):
-                found.setdefault(str(node["sku"]), str(node["id"]))
+        page = _dig(data, "productVariants", "ProductVariants")
+        info = page.get("pageInfo") or {}
+        nodes = [n for n in page.get("nodes") or [] if isinstance(n, dict)]
+        return nodes, bool(info.get("hasNextPage")), info.get("endCursor")
+
+    def inventory_available(self, item_ids: list[str], location: str) -> dict[str, int]:
+        """InventoryItem GID → ``available`` at ``location`` (items without a level left out)."""
+        data = self.graphql(
+            "InventoryLevels",
+            q.INVENTORY_LEVELS,
+            {"ids": item_ids, "location": location},
+            cost=q.levels_cost(len(item_ids)),
+        )
+        found: dict[str, int] = {}
+        for node in data.get("nodes") or []:
+            if not isinstance(node, dict) or not node.get("id"):
+                continue
+            for quantity in (node.get("inventoryLevel") or {}).get("quantities") or []:
+                value = quantity.get("quantity")
+                if quantity.get("name") == "available" and isinstance(value, int):
+                    found[str(node["id"])] = value
         return found
 
     def active_location_count(self) -> int:
@@ -400,9 +462,8 @@ class ShopifyClient(ApiClient):
             },
             cost=q.MUTATION_COST,
         )
-        result = _dig(data, "inventorySetQuantities", "InventorySetQuantities")
-        self.check_user_errors("InventorySetQuantities", result.get("userErrors"))
-        return result
+        # userErrors are the caller's to read: one stale item must not sink the batch
+        return _dig(data, "inventorySetQuantities", "InventorySetQuantities")
 
     def shop_info(self) -> dict[str, Any]:
         return _dig(self.graphql("Shop", q.SHOP, {}, cost=1), "shop", "Shop")

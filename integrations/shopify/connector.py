@@ -5,8 +5,9 @@ Reads from ``account``:
 - ``account.shop``: the shop's myshopify domain (``example.myshopify.com``);
 - ``account.api_base_url``: default ``https://{shop}`` (the sandbox sets its own);
 - ``account.credentials["access_token"]``: the Admin API access token (required);
-- ``account.credentials["location_id"]``: optional location GID that ``push_stock`` sets
-  quantities at; default the shop's first active location;
+- ``account.credentials["location_id"]``: optional location GID that ``list_listings`` reads
+  and ``push_stock`` sets quantities at (a listing's own location wins); default the shop's
+  first active location;
 - ``account.rate_limits.cost_bucket``: the shop's GraphQL cost bucket (``maximum`` points,
   ``restore_rate`` points/s, e.g. 2000 and 100 on Shopify Plus) assumed until Shopify reports
   the real one; default the standard plan's 1000 and 50 (``throttle.py``).
@@ -20,15 +21,18 @@ days of orders. https://shopify.dev/docs/api/admin-graphql/2026-07/queries/order
 from __future__ import annotations
 
 import datetime as dt
-import uuid
+import hashlib
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import structlog
 
-from domain.canonical import CanonicalOrder
-from domain.errors import AuthError, ValidationError
+from domain.canonical import CanonicalOrder, to_decimal
+from domain.errors import AuthError, AuthorizationUnusable, PayloadError, ValidationError
+from domain.listings import ChannelListing, StockPushResult, StockUpdate
 from integrations.base import AccountConfig, ConnectorSeams, OrderPage, ShipmentGroup, orders_of
 from integrations.ratelimit import Bucket, CostLimit
 from integrations.shopify import queries as q
@@ -41,12 +45,10 @@ from integrations.shopify.throttle import (
     shared_bucket,
 )
 
-__all__ = ["COST_BUCKET_DEFAULT", "RATE_LIMIT_DEFAULTS", "ShopifyConnector"]
+__all__ = ["COST_BUCKET_DEFAULT", "RATE_LIMIT_DEFAULTS", "ShopifyCapture", "ShopifyConnector"]
 
 log = structlog.get_logger(__name__)
 
-#: SKUs per inventoryItems search (keeps the search string short)
-SKU_LOOKUP_BATCH = 50
 #: fulfillment order statuses that can still be fulfilled
 _FULFILLABLE = frozenset({"OPEN", "IN_PROGRESS"})
 
@@ -65,6 +67,38 @@ def _search_time(value: dt.datetime) -> str:
     if value.tzinfo is None:
         raise ValueError("poll bounds must be timezone-aware")
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class ShopifyCapture:
+    """A CAPTURE transaction on Shopify (``orders.payments.CapturedPayment``)."""
+
+    id: str
+    status: str  # "succeeded" for Shopify's SUCCESS, else Shopify's status lower-cased
+    amount: Decimal
+    currency: str
+    replayed: bool = False
+
+
+def _money(transaction: Mapping[str, Any]) -> tuple[Decimal, str]:
+    bag = ((transaction.get("amountSet") or {}).get("presentmentMoney")) or {}
+    try:
+        return to_decimal(bag["amount"]), str(bag["currencyCode"])
+    except (KeyError, ValueError) as exc:
+        raise PayloadError("OrderTransactions: a transaction has no amount") from exc
+
+
+def _as_capture(transaction: Mapping[str, Any], *, replayed: bool = False) -> ShopifyCapture:
+    amount, currency = _money(transaction)
+    status = str(transaction.get("status") or "").upper()
+    return ShopifyCapture(id=str(transaction["id"]),
+                          status="succeeded" if status == "SUCCESS" else status.lower(),
+                          amount=amount, currency=currency, replayed=replayed)  # fmt: skip
+
+
+def _parent(transaction: Mapping[str, Any]) -> str | None:
+    parent = transaction.get("parentTransaction") or {}
+    return str(parent["id"]) if isinstance(parent, dict) and parent.get("id") else None
 
 
 #: what ``channel_accounts.rate_limits`` may override (declared in ``marketplace.py``): the
@@ -95,6 +129,7 @@ class ShopifyConnector:
                 account.shop, limits.cost_bucket.maximum, limits.cost_bucket.restore_rate
             )
         self.account = account
+        self.clock = seams.clock
         self.last_window_end: dt.datetime | None = None  # the window asked for is read whole
         self.notify_customer = notify_customer
         self.client = ShopifyClient(
@@ -109,9 +144,6 @@ class ShopifyConnector:
         location = account.credentials.get("location_id")
         self._location: str | None = str(location) if location else None
         self._locations: int | None = None  # how many active locations (shipment_groups)
-        # SKU → InventoryItem GID; SKUs rarely move between items, and a stale entry is
-        # dropped on INVALID_INVENTORY_ITEM
-        self._inventory_items: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"ShopifyConnector(account={self.account.name!r}, shop={self.account.shop!r})"
@@ -313,56 +345,157 @@ class ShopifyConnector:
         self.cancel_order(external_id, reason="STAFF", staff_note=f"ordersync: {reason}"[:255])
         log.info("shopify.cancelled", key=idempotency_key)
 
-    # --- stock ----------------------------------------------------------------------------
+    # --- payments (``orders.payments.AuthorizationHolder``) ---------------------------------
 
-    def push_stock(self, quantities: Mapping[str, int]) -> None:
-        """Set ``available`` per SKU at the location, at most 250 per mutation."""
-        if not quantities:
-            return
-        self._lookup(s for s in quantities if s not in self._inventory_items)
-        unknown = [s for s in quantities if s not in self._inventory_items]
-        if unknown:
-            log.warning("shopify.unknown_skus", account=self.account.name, count=len(unknown))
-        location = self._location_id()
-        items = [(s, max(0, int(n))) for s, n in quantities.items() if s in self._inventory_items]
-        for start in range(0, len(items), q.INVENTORY_SET_MAX):
-            batch = items[start : start + q.INVENTORY_SET_MAX]
-            try:
-                self._set_batch(batch, location)
-            except ValidationError as exc:
-                if exc.code != "INVALID_INVENTORY_ITEM":
-                    raise
-                # an item was deleted or re-created: look the batch's SKUs up again, once
-                for sku, _ in batch:
-                    self._inventory_items.pop(sku, None)
-                self._lookup(sku for sku, _ in batch)
-                self._set_batch([(s, n) for s, n in batch if s in self._inventory_items], location)
+    name = "shopify"
 
-    def _set_batch(self, batch: list[tuple[str, int]], location: str) -> None:
-        if not batch:
-            return
-        # one key per batch per call: in-call retries reuse it (Shopify applies it once);
-        # a later push is a new key, because the same absolute numbers may be due again
-        key = str(uuid.uuid4())
-        self.client.inventory_set_quantities(
-            [
-                {
-                    "inventoryItemId": self._inventory_items[sku],
-                    "locationId": location,
-                    "quantity": qty,
-                    "changeFromQuantity": None,  # we are the source of truth: no compare
-                }
-                for sku, qty in batch
-            ],
-            idempotency_key=key,
-            reference=f"gid://ordersync/StockPush/{key}",
+    def _transactions(self, order_external_id: str) -> tuple[dict[str, Any], list[Any]]:
+        node = self.client.order_transactions(order_gid(order_external_id))
+        txs = [t for t in node.get("transactions") or [] if isinstance(t, dict) and t.get("id")]
+        return node, txs
+
+    @staticmethod
+    def _captures(txs: list[Any], authorizations: set[str]) -> list[dict[str, Any]]:
+        return [t for t in txs if t.get("kind") == "CAPTURE" and t.get("status") == "SUCCESS"
+                and _parent(t) in authorizations]  # fmt: skip
+
+    def find_capture(
+        self, *, order_external_id: str, authorization_id: str | None
+    ) -> ShopifyCapture | None:
+        """The successful CAPTURE of the order's authorization, if Shopify has one."""
+        _, txs = self._transactions(order_external_id)
+        authorizations = {str(t["id"]) for t in txs if t.get("kind") == "AUTHORIZATION"}
+        captures = self._captures(txs, authorizations)
+        return _as_capture(captures[0], replayed=True) if captures else None
+
+    def capture_authorization(
+        self, *, order_external_id: str, authorization_id: str | None, amount: Decimal,
+        currency: str, idempotency_key: str,
+    ) -> ShopifyCapture:  # fmt: skip
+        """Capture ``amount`` of the order's successful AUTHORIZATION on Shopify
+        (``orderCapture``, ``finalCapture``), under ``idempotency_key`` (``@idempotent``).
+
+        An authorization already captured answers that capture (``replayed``); one that
+        expired, was voided, or covers less than ``amount``, and a cancelled order, raise
+        ``AuthorizationUnusable`` with the reason."""
+        node, txs = self._transactions(order_external_id)
+        if node.get("cancelledAt"):
+            raise AuthorizationUnusable("the order was cancelled on Shopify: nothing to capture")
+        authorizations = [
+            t for t in txs if t.get("kind") == "AUTHORIZATION" and t.get("status") == "SUCCESS"
+            and (authorization_id is None or t["id"] == authorization_id)
+        ]  # fmt: skip
+        done = self._captures(txs, {str(t["id"]) for t in authorizations})
+        if done:
+            return _as_capture(done[0], replayed=True)
+        voided = {
+            _parent(t) for t in txs if t.get("kind") == "VOID" and t.get("status") == "SUCCESS"
+        }
+        usable = [t for t in authorizations if t["id"] not in voided]
+        if not usable:
+            if authorizations:
+                raise AuthorizationUnusable("the payment authorization was voided on Shopify")
+            raise AuthorizationUnusable("Shopify holds no successful authorization for the order")
+        now = self.clock()
+        for auth in usable:
+            expires = auth.get("authorizationExpiresAt")
+            if expires and dt.datetime.fromisoformat(str(expires).replace("Z", "+00:00")) <= now:
+                continue
+            held, held_currency = _money(auth)
+            if held_currency.upper() != currency.upper():
+                raise AuthorizationUnusable(
+                    f"the authorization is in {held_currency}, the order in {currency}"
+                )
+            if held < amount:
+                raise AuthorizationUnusable(
+                    f"partial authorization: {held} {currency} authorised of {amount} {currency}"
+                )
+            captured = self.client.order_capture(
+                order_gid(order_external_id), parent_transaction_id=str(auth["id"]),
+                amount=str(amount), currency=currency.upper(), idempotency_key=idempotency_key,
+            )  # fmt: skip
+            log.info("shopify.captured", key=idempotency_key)
+            return _as_capture(captured)
+        expiry = min(str(t.get("authorizationExpiresAt")) for t in usable)
+        raise AuthorizationUnusable(
+            f"the payment authorization expired at {expiry}: ask the buyer to pay again"
         )
 
-    def _lookup(self, skus: Any) -> None:
-        wanted = list(dict.fromkeys(skus))
-        for start in range(0, len(wanted), SKU_LOOKUP_BATCH):
-            found = self.client.inventory_items_by_sku(wanted[start : start + SKU_LOOKUP_BATCH])
-            self._inventory_items.update(found)
+    # --- stock ----------------------------------------------------------------------------
+
+    stock_batch_size = q.INVENTORY_SET_MAX
+
+    def list_listings(self) -> Iterator[ChannelListing]:
+        """Every product variant with a SKU: its InventoryItem and the quantity available at
+        the account's location."""
+        location = self._location_id()
+        after: str | None = None
+        while True:
+            nodes, has_next, cursor = self.client.variants_page(location, after)
+            for node in nodes:
+                sku, item = node.get("sku"), node.get("inventoryItem") or {}
+                if not sku or not item.get("id"):
+                    continue
+                yield ChannelListing(
+                    sku=str(sku), external_id=str(item["id"]), location_id=location,
+                    quantity=_available(item.get("inventoryLevel")),
+                )  # fmt: skip
+            if not has_next or not cursor:
+                return
+            after = cursor
+
+    def push_stock(self, updates: Sequence[StockUpdate]) -> StockPushResult:
+        """``inventorySetQuantities`` with ``changeFromQuantity`` = what we last pushed: a
+        quantity someone changed in Shopify's admin is refused (``CHANGE_FROM_QUANTITY_STALE``)
+        and reported as drift with the number Shopify has, instead of being overwritten; an
+        item Shopify no longer knows is refused. The rest of the batch is sent again (Shopify
+        applies a mutation whole or not at all). The ``@idempotent`` key is derived from the
+        listings, their versions and quantities: a retry of the same push is the same key."""
+        result = StockPushResult()
+        pending = [u for u in updates if u.external_id]
+        for update in updates:
+            if not update.external_id:
+                result.refused[update.listing_id] = "no inventory item"
+        for _ in range(len(pending) + 1):
+            if not pending:
+                break
+            # the listing's own location (recorded by listings sync); the account's otherwise
+            location = "" if all(u.location_id for u in pending) else self._location_id()
+            key = _stock_key(self.account.name, pending)
+            answer = self.client.inventory_set_quantities(
+                [
+                    {
+                        "inventoryItemId": u.external_id,
+                        "locationId": u.location_id or location,
+                        "quantity": max(0, u.quantity),
+                        "changeFromQuantity": u.expected,
+                    }
+                    for u in pending
+                ],
+                idempotency_key=key,
+                reference=f"gid://ordersync/StockPush/{key}",
+            )
+            errors = answer.get("userErrors") or []
+            if errors:
+                code, index = _failed_item(errors)
+                if index is None or index >= len(pending) or code not in _ITEM_ERRORS:
+                    self.client.check_user_errors("InventorySetQuantities", errors)
+                    raise AssertionError("unreachable")  # pragma: no cover
+                bad = pending.pop(index)
+                if code == "CHANGE_FROM_QUANTITY_STALE":
+                    shown = self.client.inventory_available(
+                        [str(bad.external_id)], bad.location_id or location
+                    ).get(str(bad.external_id))
+                    if shown is None:
+                        result.refused[bad.listing_id] = "inventory level not found"
+                    else:
+                        result.drifted[bad.listing_id] = shown
+                else:
+                    result.refused[bad.listing_id] = code
+                continue
+            result.applied.extend(u.listing_id for u in pending)
+            break
+        return result
 
     def _location_id(self) -> str:
         if self._location is None:
@@ -374,3 +507,38 @@ class ShopifyConnector:
     def test_connection(self) -> str:
         shop = self.client.shop_info()
         return f"Shopify shop {shop.get('name')!s} ({shop.get('myshopifyDomain')!s})"
+
+
+def _available(level: Any) -> int | None:
+    if not isinstance(level, dict):
+        return None
+    for quantity in level.get("quantities") or []:
+        if isinstance(quantity, dict) and quantity.get("name") == "available":
+            value = quantity.get("quantity")
+            return int(value) if isinstance(value, int) else None
+    return None
+
+
+def _stock_key(account: str, updates: Sequence[StockUpdate]) -> str:
+    """The ``@idempotent`` key of one push: our listing ids, versions' quantities and the
+    compare-from numbers, so a retry of the same push reuses it and any other push does not."""
+    ordered = sorted(updates, key=lambda u: u.listing_id)
+    text = account + "|" + ";".join(f"{u.listing_id}:{u.quantity}:{u.expected}" for u in ordered)
+    return "stock-" + hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+#: userErrors about one item of the batch: that item is set aside, the rest sent again
+_ITEM_ERRORS = frozenset(
+    {"CHANGE_FROM_QUANTITY_STALE", "INVALID_INVENTORY_ITEM", "INVALID_LOCATION",
+     "ITEM_NOT_STOCKED_AT_LOCATION", "NON_MUTABLE_INVENTORY_ITEM"}
+)  # fmt: skip
+
+
+def _failed_item(errors: Any) -> tuple[str, int | None]:
+    """(code, index into ``input.quantities``) of the first userError."""
+    first = errors[0] if isinstance(errors, list) and isinstance(errors[0], dict) else {}
+    code = str(first.get("code") or "USER_ERROR")
+    for part in reversed(first.get("field") or []):
+        if str(part).isdigit():
+            return code, int(part)
+    return code, None

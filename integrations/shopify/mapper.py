@@ -19,7 +19,15 @@ from typing import Any, TypeVar
 
 import pydantic
 
-from domain.canonical import Address, CanonicalLine, CanonicalOrder, to_decimal
+from domain.canonical import (
+    Address,
+    CanonicalLine,
+    CanonicalOrder,
+    CanonicalRefund,
+    PaymentFacts,
+    RefundLine,
+    to_decimal,
+)
 from domain.errors import PayloadError
 from domain.states import OrderState
 from integrations.shopify.payloads import (
@@ -28,9 +36,13 @@ from integrations.shopify.payloads import (
     GqlOrder,
     ShopifyAddress,
     ShopifyOrder,
+    ShopifyRefund,
 )
 
-__all__ = ["gid_to_id", "map_graphql_order", "map_order"]
+__all__ = ["gid_to_id", "map_graphql_order", "map_order", "map_refund"]
+
+#: refund line restock types that put the units back on the shelf (``no_restock`` does not)
+_RESTOCKED = frozenset({"return", "cancel", "legacy_restock"})
 
 T = TypeVar("T")
 
@@ -45,6 +57,19 @@ _GQL_FULFILLMENT = {
 
 # Shopify Payments / the shop's gateway took the money at checkout: nothing for us to capture
 _COLLECTED = frozenset({"paid", "partially_refunded", "refunded"})
+# the money is authorised and held on Shopify: we capture it there (``orderCapture``)
+_AUTHORIZED = frozenset({"authorized", "partially_paid"})
+
+
+def _payment_facts(financial: str | None, gateways: list[str]) -> PaymentFacts:
+    """What Shopify's order says about its money: the gateway, and whether Shopify holds an
+    authorization for us to capture. The authorization itself (its transaction id, amount
+    and expiry) is read from the order's transactions when it is captured: neither the order
+    body nor the poll's order node carries them."""
+    return PaymentFacts(
+        gateway=gateways[0] if gateways else None,
+        held_by="marketplace" if financial in _AUTHORIZED else None,
+    )
 
 
 def _describe(exc: pydantic.ValidationError, prefix: str) -> str:
@@ -118,6 +143,61 @@ def _rest_shipping_total(order: ShopifyOrder) -> Decimal:
     return sum((line.price for line in order.shipping_lines), Decimal(0))
 
 
+def _money_of(bag: Any) -> Decimal:
+    shop = (bag or {}).get("shop_money") if isinstance(bag, dict) else None
+    return to_decimal(shop["amount"]) if isinstance(shop, dict) and "amount" in shop else Decimal(0)
+
+
+def _refund(refund: ShopifyRefund) -> CanonicalRefund:
+    """Shopify's refund: its refund line items (net and tax as Shopify computed them, restocked
+    unless ``no_restock``), shipping refunded (``refund_shipping_lines``, or the older
+    ``shipping_refund`` order adjustment) and the money that went back (its successful refund
+    transactions)."""
+    lines = [
+        RefundLine(
+            line_external_id=item.line_item_id,
+            quantity=item.quantity,
+            subtotal=item.subtotal or Decimal(0),
+            tax=item.total_tax or Decimal(0),
+            restock=(item.restock_type or "") in _RESTOCKED,
+        )
+        for item in refund.refund_line_items
+    ]
+    shipping = sum(
+        (_money_of(line.get("subtotal_amount_set")) for line in refund.refund_shipping_lines),
+        Decimal(0),
+    )
+    shipping_tax = sum(
+        (_money_of(line.get("tax_amount_set")) for line in refund.refund_shipping_lines),
+        Decimal(0),
+    )
+    for adjustment in refund.order_adjustments:
+        if adjustment.kind == "shipping_refund" and not refund.refund_shipping_lines:
+            shipping -= adjustment.amount or Decimal(0)  # negative on the adjustment
+            shipping_tax -= adjustment.tax_amount or Decimal(0)
+    paid_back = [
+        t for t in refund.transactions
+        if (t.kind or "").lower() == "refund" and (t.status or "").lower() == "success"
+    ]  # fmt: skip
+    return CanonicalRefund(
+        external_id=refund.id,
+        order_external_id=refund.order_id,
+        lines=lines,
+        shipping=shipping,
+        shipping_tax=shipping_tax,
+        amount=sum((t.amount or Decimal(0) for t in paid_back), Decimal(0)),
+        currency=next((t.currency for t in paid_back if t.currency), None),
+        created_at=refund.created_at,
+    )
+
+
+def map_refund(payload: dict[str, Any], account: str) -> CanonicalRefund:
+    """Map a ``refunds/create`` webhook body. Raises ``PayloadError`` if it cannot be mapped."""
+    refund = _validate(ShopifyRefund.model_validate, payload, "refund")
+    with _mapping("refund", "canonical"):
+        return _refund(refund)
+
+
 def map_order(payload: dict[str, Any], account: str) -> CanonicalOrder:
     """Map one REST / webhook order payload. Raises ``PayloadError`` if it cannot be mapped."""
     order = _validate(ShopifyOrder.model_validate, payload, "rest")
@@ -171,6 +251,8 @@ def map_order(payload: dict[str, Any], account: str) -> CanonicalOrder:
             buyer_name=buyer_name or None,
             buyer_email=order.email or (customer.email if customer else None),
             payment_collected_by_marketplace=order.financial_status in _COLLECTED,
+            payment=_payment_facts(order.financial_status, order.payment_gateway_names),
+            refunds=[_refund(refund) for refund in order.refunds],
             created_at=order.created_at,
             updated_at=order.updated_at,
             cancelled_at=order.cancelled_at,
@@ -263,6 +345,7 @@ def map_graphql_order(node: dict[str, Any], account: str) -> CanonicalOrder:
             buyer_name=buyer_name or None,
             buyer_email=order.email or None,
             payment_collected_by_marketplace=financial in _COLLECTED,
+            payment=_payment_facts(financial, order.paymentGatewayNames),
             created_at=order.createdAt,
             updated_at=order.updatedAt,
             cancelled_at=order.cancelledAt,

@@ -28,6 +28,7 @@ __all__ = [
     "ShopifyAddress",
     "ShopifyLineItem",
     "ShopifyOrder",
+    "ShopifyRefund",
     "ShopifyTaxLine",
 ]
 
@@ -103,6 +104,41 @@ class ShopifyCustomer(_Lenient):
     last_name: str | None = None
 
 
+class ShopifyRefundLineItem(_Lenient):
+    line_item_id: IdStr
+    quantity: int = Field(ge=0)
+    #: return / cancel / legacy_restock put the units back; no_restock does not
+    restock_type: str | None = None
+    subtotal: OptMoney = None
+    total_tax: OptMoney = None
+
+
+class ShopifyRefundTransaction(_Lenient):
+    kind: str | None = None
+    status: str | None = None
+    amount: OptMoney = None
+    currency: str | None = None
+
+
+class ShopifyOrderAdjustment(_Lenient):
+    kind: str | None = None
+    amount: OptMoney = None
+    tax_amount: OptMoney = None
+
+
+class ShopifyRefund(_Lenient):
+    """A REST refund (``refunds/create`` webhook body, or an entry of an order's ``refunds``).
+    https://shopify.dev/docs/api/admin-rest/2026-07/resources/refund"""
+
+    id: IdStr
+    order_id: IdStr
+    created_at: dt.datetime | None = None
+    refund_line_items: list[ShopifyRefundLineItem] = Field(default_factory=list)
+    transactions: list[ShopifyRefundTransaction] = Field(default_factory=list)
+    order_adjustments: list[ShopifyOrderAdjustment] = Field(default_factory=list)
+    refund_shipping_lines: list[dict[str, Any]] = Field(default_factory=list)
+
+
 class ShopifyOrder(_Lenient):
     id: IdStr
     name: str | None = None
@@ -116,6 +152,7 @@ class ShopifyOrder(_Lenient):
     total_shipping_price_set: dict[str, Any] | None = None
     financial_status: str | None = None
     fulfillment_status: str | None = None
+    payment_gateway_names: list[str] = Field(default_factory=list)
     cancelled_at: dt.datetime | None = None
     cancel_reason: str | None = None
     closed_at: dt.datetime | None = None
@@ -127,6 +164,7 @@ class ShopifyOrder(_Lenient):
     shipping_address: ShopifyAddress | None = None
     billing_address: ShopifyAddress | None = None
     customer: ShopifyCustomer | None = None
+    refunds: list[ShopifyRefund] = Field(default_factory=list)
 
 
 # --- GraphQL Admin API shape ------------------------------------------------------------
@@ -205,6 +243,7 @@ class GqlOrder(_Lenient):
     totalDiscountsSet: GqlMoneyBag | None = None
     totalShippingPriceSet: GqlMoneyBag | None = None
     displayFinancialStatus: str | None = None
+    paymentGatewayNames: list[str] = Field(default_factory=list)
     displayFulfillmentStatus: str | None = None
     cancelledAt: dt.datetime | None = None
     cancelReason: str | None = None

@@ -15,7 +15,7 @@ __all__ = [
     "API_VERSION",
     "FULFILLMENT_CREATE",
     "FULFILLMENT_EVENT_CREATE",
-    "INVENTORY_ITEMS_BY_SKU",
+    "INVENTORY_LEVELS",
     "INVENTORY_SET_QUANTITIES",
     "LINE_ITEMS_FIRST",
     "LOCATIONS",
@@ -24,10 +24,16 @@ __all__ = [
     "ORDERS_PAGE_SIZE",
     "ORDERS_UPDATED_SINCE",
     "ORDER_CANCEL",
+    "ORDER_CAPTURE",
     "ORDER_FULFILLMENT_STATE",
     "ORDER_LINE_ITEMS",
+    "ORDER_TRANSACTIONS",
+    "PRODUCT_VARIANTS",
     "SHOP",
+    "VARIANTS_PAGE_SIZE",
+    "levels_cost",
     "order_cost",
+    "variants_cost",
 ]
 
 API_VERSION = "2026-07"
@@ -54,7 +60,7 @@ ORDER_FIELDS = f"""
 fragment OrderFields on Order {{
   id legacyResourceId name email test currencyCode
   createdAt updatedAt cancelledAt cancelReason closedAt
-  displayFinancialStatus displayFulfillmentStatus
+  displayFinancialStatus displayFulfillmentStatus paymentGatewayNames
   subtotalPriceSet {{ {_MONEY} }}
   totalPriceSet {{ {_MONEY} }}
   totalTaxSet {{ {_MONEY} }}
@@ -157,11 +163,45 @@ mutation FulfillmentEventCreate($fulfillmentEvent: FulfillmentEventInput!) {
 }
 """
 
-INVENTORY_ITEMS_BY_SKU = """
-query InventoryItemsBySku($first: Int!, $query: String!) {
-  inventoryItems(first: $first, query: $query) { nodes { id sku } }
+# https://shopify.dev/docs/api/admin-graphql/2026-07/queries/productVariants
+PRODUCT_VARIANTS = """
+query ProductVariants($first: Int!, $after: String, $location: ID!) {
+  productVariants(first: $first, after: $after) {
+    nodes {
+      sku
+      inventoryItem {
+        id
+        inventoryLevel(locationId: $location) { quantities(names: ["available"]) { name quantity } }
+      }
+    }
+    pageInfo { hasNextPage endCursor }
+  }
 }
 """
+VARIANTS_PAGE_SIZE = 100
+
+
+def variants_cost(first: int) -> int:
+    """Connection 2 + per variant: itself, its item, the level, the quantities connection."""
+    return 2 + first * 4
+
+
+# https://shopify.dev/docs/api/admin-graphql/2026-07/queries/nodes
+INVENTORY_LEVELS = """
+query InventoryLevels($ids: [ID!]!, $location: ID!) {
+  nodes(ids: $ids) {
+    ... on InventoryItem {
+      id
+      inventoryLevel(locationId: $location) { quantities(names: ["available"]) { name quantity } }
+    }
+  }
+}
+"""
+
+
+def levels_cost(n: int) -> int:
+    return 1 + n * 3
+
 
 LOCATIONS = """
 query Locations($first: Int!) {
@@ -194,6 +234,39 @@ mutation OrderCancel($orderId: ID!, $reason: OrderCancelReason!,
               restock: $restock, notifyCustomer: $notifyCustomer, staffNote: $staffNote) {
     job { id done }
     orderCancelUserErrors { field message code }
+  }
+}
+"""
+
+# The order's payment transactions: the AUTHORIZATION to capture (its amount and expiry), and
+# any CAPTURE or VOID already made of it.
+# https://shopify.dev/docs/api/admin-graphql/2026-07/objects/OrderTransaction
+ORDER_TRANSACTIONS = """
+query OrderTransactions($id: ID!) {
+  order(id: $id) {
+    id cancelledAt displayFinancialStatus
+    transactions(first: 50) {
+      id kind status gateway authorizationExpiresAt
+      amountSet { presentmentMoney { amount currencyCode } }
+      parentTransaction { id }
+    }
+  }
+}
+"""
+ORDER_TRANSACTIONS_COST = 1 + 50 * 3
+
+# Captures (part of) an authorization; the @idempotent directive makes a repeat with the same
+# key answer the first capture instead of capturing again.
+# https://shopify.dev/docs/api/admin-graphql/2026-07/mutations/orderCapture
+ORDER_CAPTURE = """
+mutation OrderCapture($input: OrderCaptureInput!, $idempotencyKey: String!) {
+  orderCapture(input: $input) @idempotent(key: $idempotencyKey) {
+    transaction {
+      id kind status
+      amountSet { presentmentMoney { amount currencyCode } }
+      parentTransaction { id }
+    }
+    userErrors { field message }
   }
 }
 """

@@ -43,7 +43,6 @@ log = structlog.get_logger(__name__)
 API_PREFIX = "/wp-json/wc/v3"
 MAX_PER_PAGE = 100  # the REST collection maximum for per_page
 BATCH_LIMIT = 100  # woocommerce_rest_batch_items_limit default; more → 413
-SKU_LOOKUP_CHUNK = 50  # SKUs per ?sku=a,b,c lookup: keeps the URL short, answer within a page
 _POLITE = Bucket(rate=5.0, burst=10.0)
 
 
@@ -257,6 +256,14 @@ class WooCommerceClient(ApiClient):
         )
         return self._object("update_order", response)
 
+    def create_refund(self, order_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /orders/{id}/refunds``; ``api_refund: true`` has the order's payment gateway
+        give the money back (without it Woo only records the refund)."""
+        response = self.request(
+            "create_refund", "POST", f"/orders/{_path_id(order_id)}/refunds", json=body
+        )
+        return self._object("create_refund", response)
+
     def list_notes(self, order_id: str) -> list[dict[str, Any]]:
         response = self.request(
             "list_notes", "GET", f"/orders/{_path_id(order_id)}/notes", params={"type": "any"}
@@ -279,23 +286,20 @@ class WooCommerceClient(ApiClient):
 
     # -- products / stock ------------------------------------------------------------------
 
-    def find_products_by_sku(self, skus: Sequence[str]) -> list[dict[str, Any]]:
-        """Products (and variations) whose SKU is in ``skus``; ``?sku=`` takes a comma list."""
-        found: list[dict[str, Any]] = []
-        unique = sorted(set(skus))
-        for start in range(0, len(unique), SKU_LOOKUP_CHUNK):
-            chunk = unique[start : start + SKU_LOOKUP_CHUNK]
-            page = 1
-            while True:
-                params = {"sku": ",".join(chunk), "per_page": str(MAX_PER_PAGE), "page": str(page)}
-                response = self.request("list_products", "GET", "/products", params=params)
-                items = self._list("list_products", response)
-                found.extend(items)
-                pages = _int_header(response, "X-WP-TotalPages") or page
-                if not items or page >= pages:
-                    break
-                page += 1
-        return found
+    def iter_products(self, path: str = "/products") -> Iterator[dict[str, Any]]:
+        """Every product at ``path`` (``/products``, or ``/products/{id}/variations``), page by
+        page (``per_page`` 100, ``X-WP-TotalPages``)."""
+        operation = "list_products"
+        page = 1
+        while True:
+            params = {"per_page": str(MAX_PER_PAGE), "page": str(page)}
+            response = self.request(operation, "GET", path, params=params)
+            items = self._list(operation, response)
+            yield from items
+            pages = _int_header(response, "X-WP-TotalPages") or page
+            if not items or page >= pages:
+                return
+            page += 1
 
     def batch_update(self, path: str, updates: Sequence[dict[str, Any]]) -> BatchResult:
         """``POST {path}`` with ``{"update": [...]}`` in chunks of ``BATCH_LIMIT``.

@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from decimal import Decimal
 from typing import Any
 
 import structlog
 
 from domain.canonical import CanonicalOrder
-from domain.errors import AuthError, NotFound, ValidationError
+from domain.errors import AuthError, ValidationError
+from domain.listings import ChannelListing, StockPushResult, StockUpdate
 from integrations.base import AccountConfig, ConnectorSeams, OrderPage, ShipmentGroup, orders_of
-from integrations.woocommerce.client import WooCommerceClient
-from integrations.woocommerce.mapper import map_order
+from integrations.woocommerce.client import BATCH_LIMIT, WooCommerceClient
+from integrations.woocommerce.mapper import STRIPE_CAPTURED_META, map_order
 
 __all__ = ["FULFILLMENT_META_KEY", "WooCommerceConnector"]
 
@@ -36,10 +37,13 @@ CANCELLATION_META_KEY = "_ordersync_cancellation"
 _CLOSED = frozenset({"cancelled", "refunded", "failed", "trash"})
 
 
-@dataclass(frozen=True)
-class _ProductRef:
-    id: str
-    parent_id: str | None  # set for a variation: stock goes through the parent's batch
+def _listing(product: dict[str, Any], *, parent: str | None) -> ChannelListing | None:
+    sku, pid = product.get("sku"), product.get("id")
+    if not isinstance(sku, str) or not sku or pid is None:
+        return None
+    quantity = product.get("stock_quantity")
+    shown = quantity if isinstance(quantity, int) and product.get("manage_stock") else None
+    return ChannelListing(sku=sku, external_id=str(pid), parent_id=parent, quantity=shown)
 
 
 def _site_url(account: AccountConfig) -> str:
@@ -73,9 +77,6 @@ class WooCommerceConnector:
             sleep=seams.sleep,
             rate_limits=rate_limits,
         )
-        # SKU → product/variation id; SKUs rarely move, and a lookup per push would double the
-        # calls. A refused id (product deleted and re-created) is evicted and looked up again.
-        self._sku_cache: dict[str, _ProductRef] = {}
 
     def __repr__(self) -> str:
         return f"WooCommerceConnector(account={self.account.name!r})"
@@ -151,33 +152,31 @@ class WooCommerceConnector:
         )
 
     def push_cancellation(self, external_id: str, *, reason: str, idempotency_key: str) -> None:
-        """Status ``cancelled`` (Woo restocks and e-mails the buyer itself); an order that is
-        cancelled or refunded there already is left alone."""
+        """Status ``cancelled`` (Woo restocks and e-mails the buyer itself), then what is left
+        of the money the shop's gateway took at checkout refunded through that gateway
+        (``api_refund``): a cancelled status alone gives nothing back. A Stripe authorization
+        we captured at the provider is refunded there by us, not here. Safe to repeat: an
+        order cancelled already is not changed, and nothing is left to refund the second time."""
         order = self.client.get_order(external_id)
-        if str(order.get("status", "")) in ("cancelled", "refunded", "trash"):
-            return
-        self.client.update_order(
-            external_id,
-            {"status": "cancelled",
-             "meta_data": [{"key": CANCELLATION_META_KEY, "value": idempotency_key}]},
-        )  # fmt: skip
+        status = str(order.get("status", ""))
+        if status not in ("cancelled", "refunded", "trash"):
+            order = self.client.update_order(
+                external_id,
+                {"status": "cancelled",
+                 "meta_data": [{"key": CANCELLATION_META_KEY, "value": idempotency_key}]},
+            )  # fmt: skip
+        left = _gateway_refund_left(order)
+        if left > 0:
+            self.client.create_refund(
+                external_id,
+                {"amount": f"{left:.2f}", "reason": f"cancelled: {reason}"[:200],
+                 "api_refund": True},
+            )  # fmt: skip
+            log.info("woocommerce.refunded_with_cancellation", key=idempotency_key)
 
     # -- stock -----------------------------------------------------------------------------
 
-    def _resolve(self, skus: list[str]) -> dict[str, _ProductRef]:
-        missing = [s for s in skus if s not in self._sku_cache]
-        if missing:
-            wanted = set(missing)
-            for product in self.client.find_products_by_sku(missing):
-                sku = product.get("sku")
-                if not isinstance(sku, str) or sku not in wanted or product.get("id") is None:
-                    continue  # ``?sku=a,b`` also matches the literal "a,b"; keep exact hits
-                parent = product.get("parent_id")
-                is_variation = product.get("type") == "variation" or parent not in (None, 0, "0")
-                self._sku_cache[sku] = _ProductRef(
-                    id=str(product["id"]), parent_id=str(parent) if is_variation else None
-                )
-        return {s: self._sku_cache[s] for s in skus if s in self._sku_cache}
+    stock_batch_size = BATCH_LIMIT
 
     def push_delivery(
         self, external_id: str, *, tracking_number: str, delivered_at: str, idempotency_key: str
@@ -187,40 +186,48 @@ class WooCommerceConnector:
             code="NotSupported",
         )
 
-    def push_stock(self, quantities: Mapping[str, int]) -> None:
-        if not quantities:
-            return
-        refs = self._resolve(sorted(quantities))
-        simple: list[dict[str, Any]] = []
-        variations: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for sku, ref in refs.items():
-            update = {
-                "id": int(ref.id),
-                "manage_stock": True,
-                "stock_quantity": max(0, int(quantities[sku])),
-            }
-            (variations[ref.parent_id] if ref.parent_id else simple).append(update)
-        failed: list[tuple[str, str]] = []
-        if simple:
-            failed += self.client.batch_update("/products/batch", simple).failed
-        for parent_id, updates in sorted(variations.items()):
-            path = f"/products/{parent_id}/variations/batch"
-            failed += self.client.batch_update(path, updates).failed
-        if failed:
-            bad_ids = {pid for pid, _ in failed}
-            for sku in [s for s, r in self._sku_cache.items() if r.id in bad_ids]:
-                del self._sku_cache[sku]
-            codes = ", ".join(sorted({code for _, code in failed}))
-            raise ValidationError(
-                f"woocommerce: {len(failed)} stock update(s) refused ({codes})",
-                code="batch_item_error",
-            )
-        unknown = sorted(set(quantities) - set(refs))
-        if unknown:
-            # the others were pushed; these SKUs have no listing in this shop
-            raise NotFound(
-                f"woocommerce: {len(unknown)} SKU(s) not in the shop: {', '.join(unknown[:10])}"
-            )
+    def list_listings(self) -> Iterator[ChannelListing]:
+        """Every product with a SKU, and every variation of the variable ones."""
+        for product in self.client.iter_products():
+            if product.get("type") == "variable" and product.get("id") is not None:
+                path = f"/products/{int(product['id'])}/variations"
+                for variation in self.client.iter_products(path):
+                    listing = _listing(variation, parent=str(product["id"]))
+                    if listing is not None:
+                        yield listing
+                continue
+            listing = _listing(product, parent=None)
+            if listing is not None:
+                yield listing
+
+    def push_stock(self, updates: Sequence[StockUpdate]) -> StockPushResult:
+        """Simple products through ``products/batch``, variations through their parent's
+        ``products/{id}/variations/batch`` (≤ 100 each). Woo answers 200 with an error per item
+        it refused (a deleted product): those are refused, the others applied."""
+        result = StockPushResult()
+        simple: list[StockUpdate] = []
+        variations: dict[str, list[StockUpdate]] = defaultdict(list)
+        for update in updates:
+            if not update.external_id or not update.external_id.isdigit():
+                result.refused[update.listing_id] = "no product id"
+            elif update.parent_id:
+                variations[update.parent_id].append(update)
+            else:
+                simple.append(update)
+        groups = [("/products/batch", simple)] if simple else []
+        groups += [(f"/products/{parent}/variations/batch", batch)
+                   for parent, batch in sorted(variations.items())]  # fmt: skip
+        for path, batch in groups:
+            body = [{"id": int(str(u.external_id)), "manage_stock": True,
+                     "stock_quantity": max(0, u.quantity)} for u in batch]  # fmt: skip
+            failed = dict(self.client.batch_update(path, body).failed)
+            for update in batch:
+                code = failed.get(str(update.external_id))
+                if code is None:
+                    result.applied.append(update.listing_id)
+                else:
+                    result.refused[update.listing_id] = code
+        return result
 
     # -- misc ------------------------------------------------------------------------------
 
@@ -230,3 +237,21 @@ class WooCommerceConnector:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _gateway_refund_left(order: dict[str, Any]) -> Decimal:
+    """What the shop's gateway took at checkout and has not given back: nothing for an unpaid
+    order or a Stripe authorization captured at the provider by us (``_stripe_charge_captured``
+    was ``no``: the mapper's ``held_by`` provider)."""
+    metas = {m.get("key"): m.get("value") for m in order.get("meta_data") or []
+             if isinstance(m, dict)}  # fmt: skip
+    if not order.get("date_paid_gmt") or metas.get(STRIPE_CAPTURED_META) == "no":
+        return Decimal(0)
+    try:
+        total = Decimal(str(order.get("total") or "0"))
+        back = sum((-Decimal(str(r.get("total") or "0")) for r in order.get("refunds") or []
+                    if isinstance(r, dict)), Decimal(0))  # fmt: skip
+    except ArithmeticError:
+        return Decimal(0)
+    return max(Decimal(0), total - back)
+

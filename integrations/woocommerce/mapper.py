@@ -30,7 +30,13 @@ from typing import Any
 
 import pydantic
 
-from domain.canonical import Address, CanonicalLine, CanonicalOrder
+from domain.canonical import (
+    Address,
+    CanonicalLine,
+    CanonicalOrder,
+    CanonicalRefund,
+    PaymentFacts,
+)
 from domain.errors import PayloadError
 from domain.states import OrderState
 from integrations.woocommerce.payloads import WooAddress, WooLineItem, WooOrder
@@ -108,6 +114,50 @@ def _financial_status(order: WooOrder, status: str, paid: bool) -> str | None:
     return "paid" if paid else None
 
 
+#: the meta keys WooCommerce's Stripe gateway writes (woocommerce-gateway-stripe: the
+#: PaymentIntent id, and whether its charge was captured: "yes" / "no")
+STRIPE_INTENT_META = "_stripe_intent_id"
+STRIPE_CAPTURED_META = "_stripe_charge_captured"
+
+
+def _meta(order: WooOrder, key: str) -> str | None:
+    for item in order.meta_data:
+        if item.get("key") == key and item.get("value") not in (None, ""):
+            return str(item["value"])
+    return None
+
+
+def _payment_facts(order: WooOrder, paid: bool) -> PaymentFacts:
+    """A Stripe-gateway order that is authorised but not captured (on-hold, ``_stripe_charge_
+    captured`` = no) holds a PaymentIntent at the shop's Stripe account: we capture it there."""
+    intent = _meta(order, STRIPE_INTENT_META)
+    uncaptured = _meta(order, STRIPE_CAPTURED_META) == "no"
+    held = intent is not None and uncaptured and not paid
+    return PaymentFacts(
+        gateway=order.payment_method,
+        held_by="provider" if held else None,
+        # kept after the capture too: a capture of ours in doubt is looked up by it
+        authorization_id=intent,
+        amount_captured=order.total if paid else None,
+    )
+
+
+def _refunds(order: WooOrder) -> list[CanonicalRefund]:
+    """The order's refunds as its body lists them: id and amount only (Woo's summaries; the
+    refunded line items are at ``/orders/{id}/refunds``, which intake does not fetch yet), so
+    each is credited as an amount."""
+    return [
+        CanonicalRefund(
+            external_id=refund.id,
+            order_external_id=order.id,
+            amount=-refund.total,
+            currency=order.currency,
+        )
+        for refund in order.refunds
+        if refund.id is not None and refund.total < 0
+    ]
+
+
 def _fulfillment_status(order: WooOrder, status: str) -> str:
     if status == "completed" or order.date_completed_gmt is not None:
         return "fulfilled"
@@ -149,6 +199,8 @@ def _build(order: WooOrder, payload: dict[str, Any], account: str) -> CanonicalO
         buyer_email=billing.email if billing else None,
         # the shop's own gateway (Stripe, PayPal, …) took the money at checkout: never capture
         payment_collected_by_marketplace=paid and not cancelled,
+        payment=_payment_facts(order, paid),
+        refunds=_refunds(order),
         created_at=order.date_created_gmt,
         updated_at=order.date_modified_gmt,
         # Woo records no cancellation time; the last modification is when it became cancelled

@@ -29,4 +29,5 @@ MARKETPLACE = Marketplace(
         is_ping=webhooks.is_ping,
     ),
     topic_handlers=dict.fromkeys(ORDER_TOPICS, upsert_order),
+    refunds_on_cancel=True,
 )

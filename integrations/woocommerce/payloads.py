@@ -142,6 +142,7 @@ class WooOrder(_Lenient):
     shipping: WooAddress | None = None
     payment_method: OptStr = None
     transaction_id: OptStr = None
+    meta_data: list[dict[str, Any]] = Field(default_factory=list)
     line_items: list[WooLineItem] = Field(default_factory=list)
     shipping_lines: list[WooShippingLine] = Field(default_factory=list)
     fee_lines: list[WooFeeLine] = Field(default_factory=list)

@@ -30,6 +30,7 @@ from tests.support.staff import PASSWORD, bearer, new_user
 from tests.support.world import (
     SECRET,
     World,
+    charged_woo_order,
     fixture_order,
     running_world,
     stock_for,
@@ -57,8 +58,11 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 # screenshots of the staff flow, kept after the run (CI keeps var/)
-ARTIFACTS = Path(os.environ.get("ORDERSYNC_TEST_ARTIFACTS",
-                                Path(__file__).resolve().parents[2] / "var" / "test-artifacts"))
+ARTIFACTS = Path(
+    os.environ.get(
+        "ORDERSYNC_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "var" / "test-artifacts"
+    )
+)
 # customer data the fixture order carries that no list page may show
 EMAIL, PHONE = "bob.norman@mail.example.com", "+557734881234"
 
@@ -324,18 +328,12 @@ def test_a_refused_refund_is_listed_as_owed_and_retry_gives_the_money_back(
 ) -> None:
     # given an order we charged, partly refunded in the provider's dashboard, then cancelled:
     # our full refund is refused
-    shop = world.account()
-    payload = fixture_order(fixtures_dir, financial_status="authorized",
-                            updated_at="2026-06-02T10:00:00Z")  # fmt: skip
-    stock_for(world, payload)
-    world.post(shop, payload, topic="orders/create")
-    order = world.wait_state(shop, str(payload["id"]), "ready_to_ship")
-    capture = world.sandbox.payments.captures_for(str(order.id))[0]
+    shop, external_id, order = charged_woo_order(world)
+    capture = world.sandbox.payments.captures_for(f"woocommerce:{external_id}")[0]
     world.sandbox.payments.refund_outside(capture["id"], 100)
-    cancelled = copy.deepcopy(payload)
-    cancelled["updated_at"] = cancelled["cancelled_at"] = "2026-06-02T11:00:00Z"
-    world.post(shop, cancelled, topic="orders/cancelled")
-    world.wait_state(shop, str(payload["id"]), "cancelled")
+    world.sandbox.woocommerce.cancel_order(external_id)
+    world.post_woo(shop, external_id)
+    world.wait_state(shop, external_id, "cancelled")
 
     def refund_failed() -> bool:
         events = _api(world, f"/orders/{order.id}")["events"]
@@ -355,13 +353,15 @@ def test_a_refused_refund_is_listed_as_owed_and_retry_gives_the_money_back(
     expect(row.locator("output")).to_have_text("retry started (refund_payment)")
 
     # then the money goes back once and the order no longer shows as owed
-    wait_until(lambda: world.sandbox.payments.refunds_for(str(order.id)), what="refunded")
+    wait_until(
+        lambda: world.sandbox.payments.refunds_for(f"woocommerce:{external_id}"), what="refunded"
+    )
     world.wait_idle()
     page.reload()
     expect(page.locator(f"#refunds-owed tr[data-order-id='{order.id}']")).to_have_count(0)
     page.goto(f"/orders/{order.id}")
     expect(page.locator("#payment .refund")).to_have_count(1)
-    assert len(world.sandbox.payments.refunds_for(str(order.id))) == 1
+    assert len(world.sandbox.payments.refunds_for(f"woocommerce:{external_id}")) == 1
 
 
 def test_staff_log_in_find_an_order_by_buyer_retry_it_and_see_their_name_on_its_timeline(
@@ -441,3 +441,38 @@ def test_staff_log_in_find_an_order_by_buyer_retry_it_and_see_their_name_on_its_
         page.screenshot(path=str(shots / "5-logged-out.png"))
     finally:
         context.close()
+
+
+def test_the_stock_page_puts_failed_pushes_and_drift_first_with_both_numbers(
+    world: World, page: Page
+) -> None:
+    from db.models import Listing, StockDrift
+
+    sku, quiet = f"<b>SKU</b>-{uuid.uuid4().hex[:6]}", f"QUIET-{uuid.uuid4().hex[:6]}"
+    for s in (sku, quiet):
+        world.api("PUT", f"/stock/{s}", params={"on_hand": 12}).raise_for_status()
+    with world.maker() as session, session.begin():
+        account = ChannelAccount(name=f"stock-{uuid.uuid4().hex[:6]}", channel="ebay")
+        session.add(account)
+        session.flush()
+        listing = Listing(channel_account_id=account.id, sku=sku, external_id=sku,
+                          want_version=3, pushed_version=2, last_pushed_qty=5,
+                          last_pushed_at=utcnow(),
+                          last_error="ServerError: HTTP 503 (after 8 attempts)")  # fmt: skip
+        session.add(listing)
+        session.flush()
+        session.add(StockDrift(listing_id=listing.id, found_by="nightly", channel_qty=9,
+                               expected_qty=5))  # fmt: skip
+
+    page.goto("/stock")
+    first = page.locator("#stock tbody tr").first
+    expect(first).to_have_attribute("data-sku", sku)  # problems first; markup stays text
+    expect(first.locator("td").nth(6)).to_have_text("1")  # failed
+    expect(first.locator("td").nth(7)).to_have_text("1")  # open drift
+    first.get_by_role("link").click()
+    expect(page.locator("#stock-numbers tbody")).to_contain_text("12")
+    row = page.locator("#stock-listings tbody tr").first
+    expect(row).to_contain_text("push failed: ServerError: HTTP 503 (after 8 attempts)")
+    expect(row).to_contain_text("channel showed 9, expected 5")
+    expect(row).to_contain_text("12")  # what it should show: all 12 available (no rule)
+    expect(page.locator("#stock-numbers")).to_contain_text(world.staff_name)  # who counted

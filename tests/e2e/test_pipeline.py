@@ -29,7 +29,6 @@ from db.models import (
     IdempotencyKey,
     Invoice,
     Label,
-    Order,
     OrderEvent,
     Payment,
     Refund,
@@ -49,6 +48,7 @@ from tests.support.staff import bearer
 from tests.support.world import (
     SECRET,
     World,
+    charged_woo_order,
     fixture_order,
     module_database_url,
     running_world,
@@ -73,7 +73,7 @@ def world(
 def test_fifty_concurrent_triggers_make_one_reservation_capture_invoice_and_label(
     world: World, fixtures_dir: Path
 ) -> None:
-    # given an order that we must charge (Shopify only authorised the payment)
+    # given an order whose payment Shopify only authorised: we capture it on Shopify
     shop = world.account()
     payload = fixture_order(fixtures_dir, financial_status="authorized")
     wanted = stock_for(world, payload, per_unit=3)
@@ -104,30 +104,37 @@ def test_fifty_concurrent_triggers_make_one_reservation_capture_invoice_and_labe
             assert item is not None and item.reserved == qty
         payments = session.scalars(select(Payment).where(Payment.order_id == order.id)).all()
         assert len(payments) == 1 and not payments[0].collected_by_marketplace
+        assert payments[0].provider == "shopify"
         invoices = session.scalars(select(Invoice).where(Invoice.order_id == order.id)).all()
         assert len(invoices) == 1
         labels = session.scalars(
             select(Label).join(Shipment).where(Shipment.order_id == order.id)
         ).all()
         assert len(labels) == 1
-    captures = world.sandbox.payments.captures_for(str(order.id))
-    assert len(captures) == 1 and captures[0]["id"] == payments[0].external_id
+    # the simulator's transactions: one CAPTURE of the order's AUTHORIZATION, ours, nothing at
+    # the payment provider
+    captures = world.sandbox.shopify.captures_for(str(payload["id"]))
+    assert len(captures) == 1 and captures[0]["transaction"]["id"] == payments[0].external_id
+    kinds = [t["kind"] for t in world.sandbox.shopify.transactions[str(payload["id"])]]
+    assert kinds == ["AUTHORIZATION", "CAPTURE"]
+    assert world.sandbox.payments.captures_for(str(order.id)) == []
     assert len([k for k in world.sandbox.carrier.labels if k == f"label:{order.id}"]) == 1
 
 
 def test_a_worker_killed_after_the_capture_but_before_recording_it_charges_once(
     world: World, fixtures_dir: Path
 ) -> None:
-    # given a capture that the provider applies and then answers slowly
+    # given a capture that Shopify applies and then answers slowly
     shop = world.account()
-    payload = fixture_order(fixtures_dir, financial_status="pending")
+    payload = fixture_order(fixtures_dir, financial_status="authorized")
     stock_for(world, payload)
-    world.sandbox.payments.reply_delay_s = 3.0
+    world.sandbox.shopify.capture_reply_delay_s = 3.0
+    external = str(payload["id"])
     try:
         world.post(shop, payload, topic="orders/create")
-        order = world.wait_state(shop, str(payload["id"]), "reserved", "paid", timeout=30)
-        wait_until(lambda: world.sandbox.payments.captures_for(str(order.id)),
-                   timeout=30, what="capture applied at the provider")  # fmt: skip
+        world.wait_state(shop, external, "reserved", "paid", timeout=30)
+        wait_until(lambda: world.sandbox.shopify.captures_for(external),
+                   timeout=30, what="capture applied on Shopify")  # fmt: skip
 
         # when every worker pool process is SIGKILLed while the answer is on its way
         killed = 0
@@ -138,34 +145,37 @@ def test_a_worker_killed_after_the_capture_but_before_recording_it_charges_once(
                     killed += 1
         assert killed > 0
     finally:
-        world.sandbox.payments.reply_delay_s = 0.0
+        world.sandbox.shopify.capture_reply_delay_s = 0.0
 
     # then the redelivered task resumes with the same key: one capture, and the order completes
-    done = world.wait_state(shop, str(payload["id"]), "ready_to_ship", timeout=90)
-    captures = world.sandbox.payments.captures_for(str(order.id))
+    done = world.wait_state(shop, external, "ready_to_ship", timeout=90)
+    captures = world.sandbox.shopify.captures_for(external)
     assert len(captures) == 1
     with world.maker() as session:
         payment = session.scalars(select(Payment).where(Payment.order_id == done.id)).one()
-    assert payment.external_id == captures[0]["id"]
+    assert payment.external_id == captures[0]["transaction"]["id"]
+    kinds = [t["kind"] for t in world.sandbox.shopify.transactions[external]]
+    assert kinds.count("CAPTURE") == 1
 
 
-def test_a_capture_lost_by_a_killed_worker_then_paid_on_the_marketplace_is_refunded_once(
+def test_a_capture_lost_by_a_killed_worker_then_paid_on_the_marketplace_is_recorded_once(
     world: World, fixtures_dir: Path
 ) -> None:
-    # given our capture applied at the provider, answered slowly
+    # given our capture applied on Shopify, answered slowly
     shop = world.account()
-    payload = fixture_order(fixtures_dir, financial_status="pending")
+    payload = fixture_order(fixtures_dir, financial_status="authorized")
     stock_for(world, payload)
-    world.sandbox.payments.reply_delay_s = 3.0
+    external = str(payload["id"])
+    world.sandbox.shopify.capture_reply_delay_s = 3.0
     try:
         world.post(shop, payload, topic="orders/create")
-        order = world.wait_state(shop, str(payload["id"]), "reserved", "paid", timeout=30)
-        wait_until(lambda: world.sandbox.payments.captures_for(str(order.id)),
-                   timeout=30, what="capture applied at the provider")  # fmt: skip
-        # when the marketplace says it collected the money itself (authorized -> paid)
+        order = world.wait_state(shop, external, "reserved", "paid", timeout=30)
+        wait_until(lambda: world.sandbox.shopify.captures_for(external),
+                   timeout=30, what="capture applied on Shopify")  # fmt: skip
+        # when Shopify's update says the order is paid (our capture did that)
         paid = dict(payload, financial_status="paid", updated_at="2099-01-01T00:00:00Z")
         world.post(shop, paid)
-        wait_until(lambda: (o := world.order(shop, str(payload["id"]))) is not None
+        wait_until(lambda: (o := world.order(shop, external)) is not None
                    and o.payment_collected_by_marketplace, timeout=30,
                    what="the paid update applied")  # fmt: skip
         # and every worker pool process is SIGKILLed while our capture's answer is on its way
@@ -174,20 +184,19 @@ def test_a_capture_lost_by_a_killed_worker_then_paid_on_the_marketplace_is_refun
                 for pool_process in psutil.Process(child.process.pid).children(recursive=True):
                     os.kill(pool_process.pid, signal.SIGKILL)
     finally:
-        world.sandbox.payments.reply_delay_s = 0.0
+        world.sandbox.shopify.capture_reply_delay_s = 0.0
 
-    # then our one charge is recorded and given back once; no capture key is left unfinished
-    done = world.wait_state(shop, str(payload["id"]), "ready_to_ship", timeout=90)
-    captures = world.sandbox.payments.captures_for(str(order.id))
+    # then our one capture is found and recorded as ours, nothing is refunded (one
+    # authorization, captured once), and no capture key is left unfinished
+    done = world.wait_state(shop, external, "ready_to_ship", timeout=90)
+    world.wait_idle()
+    captures = world.sandbox.shopify.captures_for(external)
     assert len(captures) == 1
-    wait_until(lambda: world.sandbox.payments.refunds_for(str(order.id)), timeout=60,
-               what="our charge refunded")  # fmt: skip
-    assert len(world.sandbox.payments.refunds_for(str(order.id))) == 1
     with world.maker() as session:
         payment = session.scalars(select(Payment).where(Payment.order_id == done.id)).one()
-        assert payment.external_id == captures[0]["id"]
-        refund = session.scalars(select(Refund).where(Refund.order_id == done.id)).one()
-        assert refund.payment_id == payment.id
+        assert payment.external_id == captures[0]["transaction"]["id"]
+        assert not payment.collected_by_marketplace and payment.provider == "shopify"
+        assert session.scalars(select(Refund).where(Refund.order_id == done.id)).all() == []
         open_keys = session.scalars(
             select(IdempotencyKey.key).where(
                 IdempotencyKey.key.startswith(f"capture:{done.id}"),
@@ -195,6 +204,30 @@ def test_a_capture_lost_by_a_killed_worker_then_paid_on_the_marketplace_is_refun
             )
         ).all()
     assert open_keys == []
+    assert order.id == done.id
+
+
+def test_an_expired_authorization_sends_the_order_to_needs_attention_with_the_reason(
+    world: World, fixtures_dir: Path
+) -> None:
+    # given an authorized order whose authorization expired on Shopify before we captured it
+    shop = world.account()
+    payload = fixture_order(fixtures_dir, financial_status="authorized")
+    stock_for(world, payload)
+    external = str(payload["id"])
+    world.sandbox.shopify.put_order(payload)
+    world.sandbox.shopify.expire_authorization(external)
+
+    # when its webhook arrives and the pipeline runs
+    world.post(shop, payload, topic="orders/create")
+
+    # then it waits for staff, with the reason in words, and nothing was captured
+    order = world.wait_state(shop, external, "needs_attention")
+    assert order.failed_step == "capture_payment"
+    assert order.last_error is not None and "authorization expired at" in order.last_error
+    assert world.sandbox.shopify.captures_for(external) == []
+    with world.maker() as session:
+        assert session.scalars(select(Payment).where(Payment.order_id == order.id)).all() == []
 
 
 def test_two_orders_for_the_last_unit_one_waits_on_hold_until_stock_arrives(
@@ -313,30 +346,19 @@ def test_stale_and_reordered_events_never_move_an_order_back_and_a_cancel_credit
         assert find_gaps(session) == {}
 
 
-def _charged_order(world: World, fixtures_dir: Path) -> tuple[str, dict[str, Any], Order]:
-    """An order we captured ourselves (Shopify only authorised it), ready to ship."""
-    shop = world.account()
-    payload = fixture_order(fixtures_dir, financial_status="authorized",
-                            updated_at="2026-07-01T10:00:00Z")  # fmt: skip
-    stock_for(world, payload)
-    world.post(shop, payload, topic="orders/create")
-    return shop, payload, world.wait_state(shop, str(payload["id"]), "ready_to_ship")
-
-
-def _cancel(world: World, shop: str, payload: dict[str, Any]) -> None:
-    cancelled = copy.deepcopy(payload)
-    cancelled["updated_at"] = cancelled["cancelled_at"] = "2026-07-01T13:00:00Z"
-    world.post(shop, cancelled, topic="orders/cancelled")
+def _cancel_woo(world: World, account: str, external_id: str) -> None:
+    world.sandbox.woocommerce.cancel_order(external_id)
+    world.post_woo(account, external_id)
+    world.post_woo(account, external_id)  # the shop delivers it again
 
 
 def test_a_cancelled_order_we_charged_is_refunded_once_however_often_it_is_triggered(
     world: World, fixtures_dir: Path
 ) -> None:
-    # given an order we captured ourselves (Shopify only authorised it), then cancelled
-    shop, payload, order = _charged_order(world, fixtures_dir)
-    _cancel(world, shop, payload)
-    _cancel(world, shop, payload)  # the marketplace delivers it again
-    world.wait_state(shop, str(payload["id"]), "cancelled")
+    # given a card order whose authorization we captured at the provider, then cancelled
+    shop, external_id, order = charged_woo_order(world)
+    _cancel_woo(world, shop, external_id)
+    world.wait_state(shop, external_id, "cancelled")
 
     def refunded() -> Refund | None:
         with world.maker() as session:
@@ -362,7 +384,7 @@ def test_a_cancelled_order_we_charged_is_refunded_once_however_often_it_is_trigg
         kinds = session.scalars(
             select(OrderEvent.kind).where(OrderEvent.order_id == order.id)
         ).all()
-    ledger = world.sandbox.payments.refunds_for(str(order.id))
+    ledger = world.sandbox.payments.refunds_for(f"woocommerce:{external_id}")
     assert len(ledger) == 1 and len(refunds) == 1 and refunds[0].id == first.id
     assert ledger[0]["id"] == refunds[0].external_id
     assert ledger[0]["payment_intent"] == payment.external_id
@@ -373,14 +395,14 @@ def test_a_cancelled_order_we_charged_is_refunded_once_however_often_it_is_trigg
 def test_a_refused_refund_is_shown_to_staff_and_their_retry_refunds_it(
     world: World, fixtures_dir: Path
 ) -> None:
-    shop, payload, order = _charged_order(world, fixtures_dir)
+    shop, external_id, order = charged_woo_order(world)
     with world.maker() as session:
         payment = session.scalars(select(Payment).where(Payment.order_id == order.id)).one()
     # someone refunded part of it in the provider's dashboard: a full refund is now refused
     intent = payment.external_id
     assert intent is not None
     world.sandbox.payments.refund_outside(intent, 100)
-    _cancel(world, shop, payload)
+    _cancel_woo(world, shop, external_id)
 
     def events() -> list[OrderEvent]:
         with world.maker() as session:
@@ -397,8 +419,8 @@ def test_a_refused_refund_is_shown_to_staff_and_their_retry_refunds_it(
     response = world.api("POST", f"/orders/{order.id}/retry")
     assert response.status_code == 200 and response.json()["resumed_from"] == "cancelled"
     wait_until(lambda: [e for e in events() if e.kind == "refunded"], what="refund after retry")
-    ledger = world.sandbox.payments.refunds_for(str(order.id))
-    captures = world.sandbox.payments.captures_for(str(order.id))
+    ledger = world.sandbox.payments.refunds_for(f"woocommerce:{external_id}")
+    captures = world.sandbox.payments.captures_for(f"woocommerce:{external_id}")
     assert len(ledger) == 1 and ledger[0]["amount"] == captures[0]["amount"]
 
 

@@ -52,7 +52,7 @@ def test_a_redis_restart_mid_run_loses_no_order_and_is_quiet_within_a_minute(
     with running_world(url, server.url, tmp_path / "var", beat=True) as world:
         # given orders in flight: captures answered slowly, so most are mid-pipeline
         shop = world.account()
-        world.sandbox.payments.reply_delay_s = 0.5
+        world.sandbox.shopify.capture_reply_delay_s = 0.5
         ids = []
         for _ in range(ORDERS):
             payload = fixture_order(fixtures_dir, financial_status="authorized")
@@ -67,7 +67,7 @@ def test_a_redis_restart_mid_run_loses_no_order_and_is_quiet_within_a_minute(
         server.stop()
         server.start()
         restarted = time.monotonic()
-        world.sandbox.payments.reply_delay_s = 0.0
+        world.sandbox.shopify.capture_reply_delay_s = 0.0
 
         # then every order is ready to ship within the bound, none waits for a person
         try:
@@ -83,12 +83,5 @@ def test_a_redis_restart_mid_run_loses_no_order_and_is_quiet_within_a_minute(
                 .where(Order.external_id.in_(ids))
             )  # fmt: skip
         assert paid == ORDERS
-        captures = [
-            len(world.sandbox.payments.captures_for(str(o))) for o in _order_ids(world, ids)
-        ]
+        captures = [len(world.sandbox.shopify.captures_for(o)) for o in ids]
         assert captures == [1] * ORDERS
-
-
-def _order_ids(world: World, external_ids: list[str]) -> list[int]:
-    with world.maker() as session:
-        return list(session.scalars(select(Order.id).where(Order.external_id.in_(external_ids))))

@@ -57,6 +57,7 @@ def _capture(client: PaymentsClient, order: int = 1, **overrides: Any) -> Captur
         "amount": Decimal("19.99"),
         "currency": "USD",
         "idempotency_key": f"capture:{order}",
+        "payment_method": "pm_card_visa",  # Stripe's test card: a buyer's saved method
     }
     return client.capture(**(args | overrides))
 

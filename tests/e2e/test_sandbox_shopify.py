@@ -11,6 +11,7 @@ import pytest
 from fastapi import FastAPI
 
 from domain.errors import AuthError
+from domain.listings import StockUpdate
 from domain.states import OrderState
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.shopify.connector import ShopifyConnector
@@ -99,6 +100,29 @@ def test_a_throttled_poll_still_completes() -> None:
         assert any(status == 429 for _, status in sim.request_log)
 
 
+def _stock_updates(sim: ShopifySimulator, quantities: dict[str, int]) -> list[StockUpdate]:
+    return [StockUpdate(i, sku, sim.inventory_items[sku], None, None, qty, None)
+            for i, (sku, qty) in enumerate(quantities.items())]  # fmt: skip
+
+
+def test_an_admin_edit_is_found_as_drift_by_change_from_and_listings_show_it(
+    sim: ShopifySimulator, base_url: str
+) -> None:
+    shopify = ShopifyConnector(account(base_url), ConnectorSeams(), cost_bucket=CostBucket())
+    listings = {x.sku: x for x in shopify.list_listings()}
+    assert set(listings) == set(sim.inventory_items)
+    assert listings["SKU-RED-S"].quantity == sim.inventory["SKU-RED-S"]
+    item = listings["SKU-RED-S"].external_id
+    shopify.push_stock([StockUpdate(1, "SKU-RED-S", item, None, None, 5, None)])
+    sim.edit_in_admin("SKU-RED-S", 11)
+
+    result = shopify.push_stock([StockUpdate(1, "SKU-RED-S", item, None, None, 4, 5)])
+
+    assert result.drifted == {1: 11} and sim.inventory["SKU-RED-S"] == 11
+    repaired = shopify.push_stock([StockUpdate(1, "SKU-RED-S", item, None, None, 4, 11)])
+    assert repaired.applied == [1] and sim.inventory["SKU-RED-S"] == 4
+
+
 def test_pushes_land_once_in_the_ledger(sim: ShopifySimulator, base_url: str) -> None:
     # given
     first, second = sim.add_orders(2)
@@ -109,7 +133,7 @@ def test_pushes_land_once_in_the_ledger(sim: ShopifySimulator, base_url: str) ->
         shopify.push_fulfillment(
             first, tracking_number="1Z999AA1", carrier="UPS", idempotency_key="ship:1"
         )
-        shopify.push_stock({"SKU-RED-S": 7, "SKU-BLUE-M": 0, "NOT-IN-SHOP": 3})
+        shopify.push_stock(_stock_updates(sim, {"SKU-RED-S": 7, "SKU-BLUE-M": 0}))
         shopify.cancel_order(second, reason="CUSTOMER")
 
     # then
@@ -117,7 +141,8 @@ def test_pushes_land_once_in_the_ledger(sim: ShopifySimulator, base_url: str) ->
         (first, "1Z999AA1")
     ]
     assert sim.inventory["SKU-RED-S"] == 7 and sim.inventory["SKU-BLUE-M"] == 0
-    assert len(sim.inventory_sets) == 2  # two pushes, absolute values, nothing doubled
+    assert len(sim.inventory_sets) == 1  # the retry reused the push's key: applied once
+    assert sim.stock_calls == 2
     assert [c["order_id"] for c in sim.cancels] == [second]
     assert shopify.get_order(second).status is OrderState.CANCELLED
     assert shopify.get_order(first).fulfillment_status == "fulfilled"

@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from domain.errors import AuthError
+from domain.listings import StockUpdate
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.woocommerce.connector import WooCommerceConnector
 from integrations.woocommerce.webhooks import dedupe_key, is_ping, verify_signature
@@ -104,7 +105,15 @@ def test_fulfillment_and_stock_reach_the_shop_once(serve: Serve) -> None:
         connector.push_fulfillment(
             oid, tracking_number="1Z999", carrier="UPS", idempotency_key=f"fulfil:{oid}"
         )
-    connector.push_stock({"SKU-RED-S": 7, "SKU-RED-M": 0, "SKU-MUG": 12})
+    found = {x.sku: x for x in connector.list_listings()}
+    wanted = {"SKU-RED-S": 7, "SKU-RED-M": 0, "SKU-MUG": 12}
+    updates = [
+        StockUpdate(i, sku, found[sku].external_id, found[sku].parent_id, None, qty, None)
+        for i, (sku, qty) in enumerate(wanted.items())
+    ]
+    result = connector.push_stock(updates)
+    assert sorted(result.applied) == [0, 1, 2]
+    assert found["SKU-RED-M"].parent_id is not None  # a variation: through its parent's batch
 
     assert len(sim.ledger[f"note:{oid}"]) == 1
     assert len(sim.ledger[f"fulfillment:{oid}"]) == 1

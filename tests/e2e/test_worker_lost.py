@@ -43,15 +43,14 @@ def test_orders_held_by_a_killed_worker_finish_on_another_within_a_minute(
     with running_world(url, redis_url, tmp_path / "var", beat=True) as world:
         # given captures answered slowly, so both workers hold orders in flight
         shop = world.account()
-        world.sandbox.payments.reply_delay_s = 4.0
+        world.sandbox.shopify.capture_reply_delay_s = 4.0
         ids = []
         for _ in range(ORDERS):
             payload = fixture_order(fixtures_dir, financial_status="authorized")
             stock_for(world, payload)
             world.post(shop, payload, topic="orders/create")
             ids.append(str(payload["id"]))
-        wait_until(lambda: sum(len(world.sandbox.payments.captures_for(str(o)))
-                               for o in _ids(world, ids)) >= 2,
+        wait_until(lambda: sum(len(world.sandbox.shopify.captures_for(o)) for o in ids) >= 2,
                    timeout=60, what="captures in flight")  # fmt: skip
 
         # when one worker's whole process group dies at once
@@ -60,17 +59,12 @@ def test_orders_held_by_a_killed_worker_finish_on_another_within_a_minute(
         os.killpg(victim.process.pid, signal.SIGKILL)
         victim.process.wait()
         killed = time.monotonic()
-        world.sandbox.payments.reply_delay_s = 0.0
+        world.sandbox.shopify.capture_reply_delay_s = 0.0
 
         # then every order is ready to ship soon after, on the worker that is left
         wait_until(lambda: _states(world, ids) == {"ready_to_ship": ORDERS},
                    timeout=QUIET_WITHIN_S + 60, what="every order ready to ship")  # fmt: skip
         took = time.monotonic() - killed
         assert took <= QUIET_WITHIN_S, f"quiet {took:.0f} s after the kill"
-        payments = world.sandbox.payments
-        assert [len(payments.captures_for(str(o))) for o in _ids(world, ids)] == [1] * ORDERS
-
-
-def _ids(world: World, external_ids: list[str]) -> list[int]:
-    with world.maker() as session:
-        return list(session.scalars(select(Order.id).where(Order.external_id.in_(external_ids))))
+        shopify = world.sandbox.shopify  # its transactions: one CAPTURE per order
+        assert [len(shopify.captures_for(o)) for o in ids] == [1] * ORDERS

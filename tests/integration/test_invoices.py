@@ -409,3 +409,33 @@ def test_find_gaps_reports_a_missing_invoice_inside_a_series_and_at_its_end(
     with maker() as session:
         assert find_gaps(session) == {}
         assert session.scalar(select(func.count()).select_from(Invoice)) == 5
+
+
+def test_an_account_with_its_own_series_numbers_its_invoices_apart_from_the_shared_one(
+    maker: sessionmaker[Session],
+) -> None:
+    # given an order of the shared series' account and one of a seller entity with its own
+    shared = _orders(maker, 1)[0]
+    with maker() as session, session.begin():
+        entity = ChannelAccount(name="us-shop", channel="shopify", invoice_series="ACME-US")
+        session.add(entity)
+        session.flush()
+        other = session.get_one(Order, shared)
+        own = Order(channel_account_id=entity.id, channel="shopify", external_id="us-1",
+                    state=OrderState.PAID, currency="USD", subtotal=Decimal(5),
+                    tax_total=Decimal(0), shipping_total=Decimal(0), discount_total=Decimal(0),
+                    total=Decimal(5), external_updated_at=utcnow(), lines=[])  # fmt: skip
+        session.add(own)
+        session.flush()
+        own_id, shared_id = own.id, other.id
+
+    # when both are invoiced
+    _invoice_in_own_transaction(maker, shared_id)
+    _invoice_in_own_transaction(maker, own_id)
+
+    # then each series starts at 1: the entity's is prefixed by its series
+    year = utcnow().year
+    by_order = {i.order_id: i for i in _invoices(maker)}
+    assert by_order[shared_id].full_number == f"INV-{year}-000001"
+    assert by_order[own_id].full_number == f"ACME-US-INV-{year}-000001"
+    assert by_order[own_id].total == Decimal(5)  # no lines: the adjustment carries the total

@@ -20,6 +20,7 @@ from db.base import Base, utcnow
 from db.models import ChannelAccount, IdempotencyKey, Order, OrderEvent, OrderLine, Payment
 from db.session import make_engine
 from domain.canonical import Address
+from domain.errors import AuthorizationUnusable
 from domain.parcel import Parcel
 from domain.states import OrderState
 from integrations.carriers.payloads import PurchasedLabel
@@ -143,7 +144,7 @@ class Shop:
         return payment
 
 
-def never_built() -> Any:
+def never_built(*_: object) -> Any:
     """A client factory for a step that must call nobody: building the client fails the test."""
     raise AssertionError("the step built a client it did not need")
 
@@ -161,6 +162,8 @@ class FakePayments:
     during_call: Callable[[], None] | None = None
     lose_answer: BaseException | None = None
     refuse: Exception | None = None
+    #: authorization id → why it cannot be captured (expired, voided, partial)
+    unusable: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def _answer(self, key: str) -> None:
         self.calls.append(key)
@@ -175,22 +178,31 @@ class FakePayments:
             raise lost
         return result
 
-    def capture(
-        self, *, order_ref: str, amount: Decimal, currency: str, idempotency_key: str
-    ) -> Capture:
+    name = "payments"
+
+    def capture_authorization(
+        self, *, order_external_id: str, authorization_id: str | None, amount: Decimal,
+        currency: str, idempotency_key: str,
+    ) -> Capture:  # fmt: skip
+        """Capture the authorization once per key (a repeat replays); one authorization is
+        captured at most once whatever the key (a second key answers the first capture)."""
         self._answer(idempotency_key)
+        if authorization_id in self.unusable:
+            raise AuthorizationUnusable(self.unusable[authorization_id])
         replayed = idempotency_key in self.captures
         if not replayed:
             self.captures[idempotency_key] = Capture(
-                id=f"pi_{len(self.captures) + 1}", status="succeeded", amount=amount,
-                currency=currency, order_ref=order_ref,
+                id=authorization_id or f"pi_{len(self.captures) + 1}", status="succeeded",
+                amount=amount, currency=currency, order_ref=order_external_id,
             )  # fmt: skip
         return self._deliver(dataclasses.replace(self.captures[idempotency_key], replayed=replayed))
 
-    def retrieve_by_order(self, order_ref: str) -> Capture | None:
-        """The capture made for ``order_ref``, as a search by our reference finds it."""
-        self.calls.append(f"search:{order_ref}")
-        found = [c for c in self.captures.values() if c.order_ref == order_ref]
+    def find_capture(
+        self, *, order_external_id: str, authorization_id: str | None
+    ) -> Capture | None:
+        """The capture of ``authorization_id``, as retrieving the intent finds it."""
+        self.calls.append(f"find:{authorization_id}")
+        found = [c for c in self.captures.values() if c.id == authorization_id]
         return found[0] if found else None
 
     def refund(
@@ -256,8 +268,10 @@ class FakeMarketplace:
     pushed: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     fail: Exception | None = None
     apply_then_fail: Exception | None = None
+    #: a cancellation gives the buyer back what the marketplace collected (Shopify, eBay)
+    refunds_on_cancel: bool = False
 
-    def __call__(self, account: ChannelAccount, effect: Effect) -> None:
+    def __call__(self, account: ChannelAccount, effect: Effect) -> bool:
         if self.fail is not None:
             failure, self.fail = self.fail, None
             raise failure
@@ -268,6 +282,7 @@ class FakeMarketplace:
         if self.apply_then_fail is not None:
             failure, self.apply_then_fail = self.apply_then_fail, None
             raise failure
+        return self.refunds_on_cancel and effect.kind == "cancellation"
 
 
 class FollowUps:

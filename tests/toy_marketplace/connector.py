@@ -6,10 +6,11 @@ Reads ``account.api_base_url`` (required: the toy has no production URL) and
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 
 from domain.canonical import CanonicalOrder
 from domain.errors import AuthError, ValidationError
+from domain.listings import ChannelListing, StockPushResult, StockUpdate
 from integrations.base import AccountConfig, ConnectorSeams, OrderPage, ShipmentGroup, orders_of
 from tests.toy_marketplace.client import RATE_LIMITS, ToyClient
 from tests.toy_marketplace.mapper import map_order
@@ -86,8 +87,14 @@ class ToyConnector:
             code="NotSupported",
         )
 
-    def push_stock(self, quantities: Mapping[str, int]) -> None:
-        raise ValidationError("toy: stock is not pushed", code="unsupported")
+    #: the toy shop keeps no stock of ours: it lists nothing, so nothing is ever pushed to it
+    stock_batch_size = 1
+
+    def list_listings(self) -> Iterator[ChannelListing]:
+        return iter(())
+
+    def push_stock(self, updates: Sequence[StockUpdate]) -> StockPushResult:
+        return StockPushResult(refused={u.listing_id: "toy: stock is not pushed" for u in updates})
 
     def test_connection(self) -> str:
         now = self._clock()

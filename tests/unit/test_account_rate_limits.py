@@ -25,7 +25,7 @@ from db.session import get_engine, session_scope
 from integrations import registry
 from integrations.amazon.client import RATE_LIMITS as AMAZON_DEFAULTS
 from integrations.base import ConnectorSeams
-from integrations.ebay.client import FULFILLMENT_QUOTA, EbayClient
+from integrations.ebay.client import FULFILLMENT_QUOTA, INVENTORY_QUOTA, EbayClient
 from integrations.ratelimit import (
     AccountRateLimits,
     Bucket,
@@ -81,9 +81,7 @@ CREDENTIALS: dict[str, dict[str, Any]] = {
 }
 
 
-def account(
-    channel: str, rate_limits: Any = None, *, name: str | None = None
-) -> ChannelAccount:
+def account(channel: str, rate_limits: Any = None, *, name: str | None = None) -> ChannelAccount:
     """A ``channel_accounts`` row as the workers load it (not persisted: no database here)."""
     name = name or f"{channel}-{uuid.uuid4().hex[:8]}"
     shop = f"{name}.myshopify.com" if channel == "shopify" else f"{name}.example"
@@ -178,7 +176,11 @@ def test_an_empty_or_absent_column_is_the_defaults(channel: str, raw: Any) -> No
             {"cost_bucket": {"maximum": 10, "restore_rate": 1}},
             "operation 'cost_bucket'",
         ),
-        ("ebay", {"getOrders": {"rate": 1, "burst": 1}}, "(known: sell.fulfillment)"),
+        (
+            "ebay",
+            {"getOrders": {"rate": 1, "burst": 1}},
+            "(known: sell.fulfillment, sell.inventory)",
+        ),
         # numbers that are not positive, not finite, not numbers, a bucket under one request
         ("amazon", {"getOrders": {"rate": 0, "burst": 1}}, "rate_limits.getOrders.rate"),
         (
@@ -285,9 +287,11 @@ def test_ebay_connector_for_an_account_has_its_quota(time_: FakeTime) -> None:
 
     connector: Any = connector_for(acct, s)
 
-    # one daily quota for the whole Fulfillment API: every operation, one key, one bucket
+    # one daily quota for the whole Fulfillment API: every operation, one key, one bucket;
+    # the Inventory API (stock) has its own, at its default here
     assert limiter.configured == {
-        f"EbayClient:{acct.name}:sell.fulfillment": Bucket(1_500_000 / 86_400, 80)
+        f"EbayClient:{acct.name}:sell.fulfillment": Bucket(1_500_000 / 86_400, 80),
+        f"EbayClient:{acct.name}:sell.inventory": INVENTORY_QUOTA,
     }
     assert set(connector.client.rate_limits) == set(EbayClient.rate_limits)
     connector.close()
@@ -308,9 +312,7 @@ def test_shopify_connector_for_an_account_has_its_cost_bucket() -> None:
 
 
 @pytest.mark.parametrize("channel", list(CREDENTIALS))
-def test_without_limits_every_connector_has_todays_defaults(
-    channel: str, time_: FakeTime
-) -> None:
+def test_without_limits_every_connector_has_todays_defaults(channel: str, time_: FakeTime) -> None:
     acct = account(channel)
     s, limiter = seams(time_)
 
@@ -327,7 +329,7 @@ def test_without_limits_every_connector_has_todays_defaults(
         assert set(limiter.configured.values()) == {Bucket(5.0, 10.0)}
         assert len(limiter.configured) == len(WooCommerceClient.rate_limits)
     else:
-        assert set(limiter.configured.values()) == {FULFILLMENT_QUOTA}
+        assert set(limiter.configured.values()) == {FULFILLMENT_QUOTA, INVENTORY_QUOTA}
     connector.close()
 
 
@@ -496,14 +498,18 @@ def test_cli_add_stores_the_limits_and_list_shows_them(cli: Cli) -> None:
     "args, message",
     [
         (["amazon", "--rate-limit", "getOrdrs=1/10"], "unknown amazon operation 'getOrdrs'"),
-        (["shopify", "--webhook-secret", "s", "--rate-limit", "cost_bucket=2000"],
-         "expected OPERATION=RATE/BURST"),
+        (
+            ["shopify", "--webhook-secret", "s", "--rate-limit", "cost_bucket=2000"],
+            "expected OPERATION=RATE/BURST",
+        ),
         (["amazon", "--rate-limit", "getOrders=fast/10"], "expected two numbers"),
         (["amazon", "--rate-limit", "getOrders=0/10"], "getOrders.rate"),
         (["ebay", "--rate-limit", "sell.fulfillment=1/0"], "sell.fulfillment.burst"),
         (["amazon", "--rate-limit", "getOrders=1/10", "--rate-limit", "getOrders=2/10"], "twice"),
-        (["woocommerce", "--webhook-secret", "s", "--rate-limit", "cost_bucket=10/1"],
-         "operation 'cost_bucket'"),
+        (
+            ["woocommerce", "--webhook-secret", "s", "--rate-limit", "cost_bucket=10/1"],
+            "operation 'cost_bucket'",
+        ),
     ],
 )
 def test_cli_add_refuses_a_bad_rate_limit_in_one_line(
@@ -536,7 +542,8 @@ def test_cli_list_shows_limits_that_do_not_parse(cli: Cli) -> None:
 def test_client_seams_refuse_operations_they_do_not_have() -> None:
     with pytest.raises(RateLimitsError, match="list_order"):
         WooCommerceClient("https://w.example", "ck", "cs", rate_limits={"list_order": Bucket(1, 1)})
-    with pytest.raises(RateLimitsError, match=r"getOrders \(known: sell.fulfillment\)"):
+    known = r"\(known: sell.fulfillment, sell.inventory\)"
+    with pytest.raises(RateLimitsError, match=rf"getOrders {known}"):
         EbayClient(client_id="a", client_secret="b", refresh_token="c",
                    rate_limits={"getOrders": Bucket(1, 1)})  # fmt: skip
 

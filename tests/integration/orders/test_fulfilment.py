@@ -48,6 +48,7 @@ def _invoiced(shop: Shop, order_id: int) -> None:
     order = shop.get(order_id)
     with shop.transaction() as session:
         session.add(Invoice(order_id=order_id, kind="invoice", series="INV-T", number=order_id,
+                            source_key=f"invoice:{order_id}:1",
                             full_number=f"INV-T-{order_id}", total=order.total,
                             currency=order.currency))  # fmt: skip
 

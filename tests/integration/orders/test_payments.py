@@ -1,57 +1,95 @@
-"""orders.payments.capture: one payment per order, whatever crashes, retries and cancels do."""
+"""orders.payments.capture: the authorization captured where it lives, once per order, whatever
+crashes, retries and cancels do; never a payment method of our own."""
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
 from db.base import utcnow
-from db.models import IdempotencyKey, Payment
-from domain.errors import RetryableError, TransportError, ValidationError
+from db.models import Payment
+from domain.errors import AuthorizationUnusable, TransportError, ValidationError
 from domain.states import OrderState
 from orders import idempotency
-from orders.payments import SEARCH_FRESHNESS, capture
+from orders.payments import AuthorizationHolder, capture
 from orders.steps import Outcome
 from tests.support.shop import FakePayments, FollowUps, Shop, WorkerKilled, never_built
 
 S = OrderState
+#: a WooCommerce order paid through the Stripe gateway: its PaymentIntent awaits capture
+AUTHORIZED = {"gateway": "stripe", "held_by": "provider", "authorization_id": "pi_auth"}
+
+
+class Holders:
+    """The holder factory the step gets: records where it looked (held_by, account)."""
+
+    def __init__(self, holder: FakePayments) -> None:
+        self.holder, self.asked = holder, list[tuple[str, int]]()
+
+    def __call__(self, held_by: str, account_id: int) -> AuthorizationHolder:
+        self.asked.append((held_by, account_id))
+        return self.holder
 
 
 def _capture(shop: Shop, order_id: int, provider: FakePayments, later: FollowUps,
              owner: str = "task-1") -> Outcome:  # fmt: skip
-    return capture(shop.transaction, order_id, lambda: provider, shop.keys(owner),
+    return capture(shop.transaction, order_id, Holders(provider), shop.keys(owner),
                    refund=later("refund"))  # fmt: skip
 
 
-def test_capture_charges_once_and_records_exactly_one_payment(
+def _authorized(shop: Shop, state: OrderState = S.RESERVED, **fields: Any) -> int:
+    return shop.order(state, payment_facts=fields.pop("facts", AUTHORIZED), **fields)
+
+
+def test_the_authorization_is_captured_once_at_its_holder_and_exactly_one_payment_recorded(
     shop: Shop, provider: FakePayments, later: FollowUps
 ) -> None:
-    order_id = shop.order(S.RESERVED, lines={"A": 2})
+    order_id = _authorized(shop)
+    holders = Holders(provider)
 
-    assert _capture(shop, order_id, provider, later) == Outcome("captured")
+    outcome = capture(shop.transaction, order_id, holders, shop.keys(), refund=later("refund"))
+    assert outcome == Outcome("captured")
     # a second run (a duplicate trigger) finds the order paid and calls nobody
     assert _capture(shop, order_id, provider, later, owner="task-2") == Outcome("skip: paid")
 
+    assert holders.asked == [("provider", shop.account.id)]
     assert provider.calls == [f"capture:{order_id}"]
+    (made,) = provider.captures.values()
+    assert (made.id, made.amount) == ("pi_auth", Decimal(20))  # the buyer's intent, no new one
     (payment,) = shop.rows(Payment, order_id=order_id)
-    assert (payment.external_id, payment.amount, payment.status) == ("pi_1", Decimal(20),
-                                                                     "succeeded")  # fmt: skip
+    assert (payment.external_id, payment.amount, payment.status, payment.provider) == (
+        "pi_auth", Decimal(20), "succeeded", "payments")  # fmt: skip
     assert payment.idempotency_key == f"capture:{order_id}"
     assert not payment.collected_by_marketplace
     assert shop.get(order_id).state == S.PAID
     key = shop.key(f"capture:{order_id}")
     assert key is not None and key.recovery_point == "finished"
-    assert key.response_body == {"id": "pi_1", "status": "succeeded"}
+    assert key.response_body == {"id": "pi_auth", "status": "succeeded"}
     assert later.scheduled == {}
+
+
+def test_an_authorization_held_by_the_marketplace_is_captured_by_the_orders_account(
+    shop: Shop, provider: FakePayments, later: FollowUps
+) -> None:
+    order_id = _authorized(shop, facts={"gateway": "shopify_payments", "held_by": "marketplace"})
+    holders = Holders(provider)
+
+    outcome = capture(shop.transaction, order_id, holders, shop.keys(), refund=later("refund"))
+
+    assert outcome == Outcome("captured")
+    assert holders.asked == [("marketplace", shop.account.id)]
+    assert provider.calls == [f"capture:{order_id}"]
 
 
 def test_a_worker_killed_between_the_call_and_the_record_replays_the_claimed_key(
     shop: Shop, provider: FakePayments, later: FollowUps
 ) -> None:
-    # given a capture the provider applied, whose worker died before recording it
-    order_id = shop.order(S.RESERVED)
+    # given a capture the holder applied, whose worker died before recording it
+    order_id = _authorized(shop)
     provider.lose_answer = WorkerKilled()
     with pytest.raises(WorkerKilled):
         _capture(shop, order_id, provider, later)
@@ -65,11 +103,11 @@ def test_a_worker_killed_between_the_call_and_the_record_replays_the_claimed_key
     # and when the task is redelivered (the same task id)
     assert _capture(shop, order_id, provider, later) == Outcome("captured")
 
-    # then the provider was asked again under the same key, and charged once
+    # then the holder was asked again under the same key, and captured once
     assert provider.calls == [f"capture:{order_id}"] * 2
     assert list(provider.captures) == [f"capture:{order_id}"]
     (payment,) = shop.rows(Payment, order_id=order_id)
-    assert payment.external_id == "pi_1"
+    assert payment.external_id == "pi_auth"
     (paid,) = shop.events(order_id, "transition")
     assert paid.to_state == S.PAID and paid.detail["replayed"] is True
 
@@ -77,7 +115,7 @@ def test_a_worker_killed_between_the_call_and_the_record_replays_the_claimed_key
 def test_a_lost_answer_releases_the_key_and_the_retry_reuses_it(
     shop: Shop, provider: FakePayments, later: FollowUps
 ) -> None:
-    order_id = shop.order(S.RESERVED)
+    order_id = _authorized(shop)
     provider.lose_answer = TransportError("capture: read timeout")
     with pytest.raises(TransportError):
         _capture(shop, order_id, provider, later)
@@ -93,7 +131,7 @@ def test_a_lost_answer_releases_the_key_and_the_retry_reuses_it(
 def test_a_refused_capture_retires_its_key_and_the_next_attempt_takes_a_new_one(
     shop: Shop, provider: FakePayments, later: FollowUps
 ) -> None:
-    order_id = shop.order(S.RESERVED)
+    order_id = _authorized(shop)
     provider.refuse = ValidationError("capture: amount_too_large", status=400)
     with pytest.raises(ValidationError):
         _capture(shop, order_id, provider, later)
@@ -105,6 +143,54 @@ def test_a_refused_capture_retires_its_key_and_the_next_attempt_takes_a_new_one(
     assert provider.calls == [f"capture:{order_id}", f"capture:{order_id}:2"]
     (payment,) = shop.rows(Payment, order_id=order_id)
     assert payment.idempotency_key == f"capture:{order_id}:2"
+
+
+@pytest.mark.parametrize(
+    ("facts", "reason"),
+    [
+        ({**AUTHORIZED, "authorization_expires_at": "2026-01-08T10:00:00+00:00"},
+         "the payment authorization expired at 2026-01-08T10:00:00+00:00"),
+        ({**AUTHORIZED, "amount_authorized": "15.00"},
+         "partial authorization: 15.00 EUR authorised of 20.0000 EUR"),
+    ],
+)  # fmt: skip
+def test_an_authorization_the_facts_show_expired_or_partial_is_refused_in_words_without_a_call(
+    shop: Shop, provider: FakePayments, later: FollowUps, facts: dict[str, str], reason: str
+) -> None:
+    order_id = _authorized(shop, facts=facts)
+
+    with pytest.raises(AuthorizationUnusable, match=re.escape(reason)):
+        _capture(shop, order_id, provider, later)
+
+    assert provider.calls == [] and shop.key(f"capture:{order_id}") is None
+    assert shop.rows(Payment, order_id=order_id) == [] and shop.get(order_id).state == S.RESERVED
+
+
+def test_an_authorization_its_holder_finds_voided_is_refused_with_the_holders_reason(
+    shop: Shop, provider: FakePayments, later: FollowUps
+) -> None:
+    order_id = _authorized(shop)
+    provider.unusable["pi_auth"] = "the payment authorization was voided at the provider"
+
+    with pytest.raises(AuthorizationUnusable, match="voided at the provider"):
+        _capture(shop, order_id, provider, later)
+
+    assert provider.captures == {} and shop.rows(Payment, order_id=order_id) == []
+    key = shop.key(f"capture:{order_id}")  # released for staff's retry, nothing was applied
+    assert key is not None and key.locked_by is None
+    assert key.last_error == "AuthorizationUnusable: the payment authorization was voided at " \
+        "the provider"  # fmt: skip
+
+
+def test_no_authorization_and_no_collection_is_never_charged_with_a_method_of_our_own(
+    shop: Shop, provider: FakePayments, later: FollowUps
+) -> None:
+    order_id = shop.order(S.RESERVED, financial_status="authorized", payment_facts=None)
+
+    with pytest.raises(AuthorizationUnusable, match="holds no authorization"):
+        _capture(shop, order_id, provider, later)
+
+    assert provider.calls == [] and shop.rows(Payment, order_id=order_id) == []
 
 
 def test_money_the_marketplace_collected_is_recorded_without_a_call(
@@ -125,59 +211,49 @@ def test_money_the_marketplace_collected_is_recorded_without_a_call(
     assert paid.detail == {"collected_by": "amazon"}
 
 
-def test_a_capture_in_doubt_when_the_marketplace_says_it_collected_is_found_and_refunded(
+def test_a_capture_in_doubt_when_the_marketplace_says_it_collected_is_found_and_recorded_once(
     shop: Shop, provider: FakePayments, later: FollowUps
 ) -> None:
     # given our capture applied at the provider, its worker killed before recording it
-    order_id = shop.order(S.RESERVED)
+    order_id = _authorized(shop)
     provider.lose_answer = WorkerKilled()
     with pytest.raises(WorkerKilled):
         _capture(shop, order_id, provider, later)
-    # and then the marketplace's update: it collected the money itself (authorized -> paid)
-    shop.update(order_id, payment_collected_by_marketplace=True, financial_status="paid")
+    # and then the marketplace's update: it now says the money is collected (the same intent)
+    shop.update(order_id, payment_collected_by_marketplace=True, financial_status="paid",
+                payment_facts={"gateway": "stripe", "authorization_id": "pi_auth"})  # fmt: skip
 
     # when the step runs again (a sweep, the update's pipeline)
     outcome = _capture(shop, order_id, provider, later, owner="task-2")
 
-    # then the provider was asked, our charge is recorded with its key finished, and refunded
-    assert outcome == Outcome("captured by us and collected by the marketplace: refunding ours")
-    assert provider.calls == [f"capture:{order_id}", f"search:{order_id}"]
+    # then the holder was asked, our capture is recorded with its key finished, nothing refunded
+    # (one authorization, captured once: the buyer paid once)
+    assert outcome == Outcome("captured (found after the fact)")
+    assert provider.calls == [f"capture:{order_id}", "find:pi_auth"]
     (payment,) = shop.rows(Payment, order_id=order_id)
-    assert (payment.external_id, payment.collected_by_marketplace) == ("pi_1", False)
+    assert (payment.external_id, payment.collected_by_marketplace) == ("pi_auth", False)
     key = shop.key(f"capture:{order_id}")
     assert key is not None and key.recovery_point == "finished"
-    assert later.scheduled == {"refund": [order_id]}
-    (twice,) = shop.events(order_id, "captured_twice")
-    assert twice.detail["payment"] == "pi_1"
+    assert later.scheduled == {}
     assert shop.get(order_id).state == S.PAID
 
 
-def test_a_capture_in_doubt_the_provider_never_saw_waits_then_the_marketplaces_money_counts(
+def test_a_capture_in_doubt_the_holder_never_saw_retires_its_key_and_the_marketplaces_money_counts(
     shop: Shop, provider: FakePayments, later: FollowUps
 ) -> None:
-    # given a key claimed by a worker that died before its call reached the provider
+    # given a key claimed by a worker that died before its call reached the holder
+    facts = {"gateway": "stripe", "authorization_id": "pi_x"}
     order_id = shop.order(S.RESERVED, payment_collected_by_marketplace=True,
-                          financial_status="paid")  # fmt: skip
+                          financial_status="paid", payment_facts=facts)  # fmt: skip
     params = {"order_ref": str(order_id), "amount": "20", "currency": "USD"}
     with shop.transaction() as session:
         shop.keys().claim(session, f"capture:{order_id}", params, point="capture_sent")
 
-    # when the step runs while the provider's search may still lag: it asks again later
-    with pytest.raises(RetryableError):
-        _capture(shop, order_id, provider, later, owner="task-2")
-    assert shop.rows(Payment, order_id=order_id) == []
-    # and once the search has had time to see any capture, nothing is found
-    claimed = shop.key(f"capture:{order_id}")
-    assert claimed is not None
-    with shop.transaction() as session:
-        key = session.get(IdempotencyKey, claimed.id)
-        assert key is not None
-        key.created_at = utcnow() - SEARCH_FRESHNESS - dt.timedelta(seconds=1)
     outcome = _capture(shop, order_id, provider, later, owner="task-3")
 
-    # then the key is retired and the marketplace's money recorded; nobody was charged by us
+    # then the key is retired and the marketplace's money recorded; nothing was captured by us
     assert outcome == Outcome("collected by marketplace")
-    assert provider.captures == {}
+    assert provider.calls == ["find:pi_x"] and provider.captures == {}
     (payment,) = shop.rows(Payment, order_id=order_id)
     assert payment.collected_by_marketplace
     retired = shop.key(f"capture:{order_id}")
@@ -185,11 +261,15 @@ def test_a_capture_in_doubt_the_provider_never_saw_waits_then_the_marketplaces_m
     assert later.scheduled == {}
 
 
-def test_a_payment_the_marketplace_has_not_taken_yet_is_waited_for(
-    shop: Shop, later: FollowUps
+@pytest.mark.parametrize("financial", ["Pending", "pending", "unpaid"])
+def test_a_payment_nobody_has_made_or_authorised_yet_is_waited_for(
+    shop: Shop, later: FollowUps, financial: str
 ) -> None:
-    order_id = shop.order(S.RESERVED, channel="amazon", payment_collected_by_marketplace=True,
-                          financial_status="Pending")  # fmt: skip
+    collected = financial == "Pending"  # Amazon: collects itself, once the buyer's bank says so
+    order_id = shop.order(S.RESERVED, payment_collected_by_marketplace=collected,
+                          financial_status=financial)  # fmt: skip
+    if collected:
+        shop.update(order_id, payment_collected_by_marketplace=False)
 
     outcome = capture(shop.transaction, order_id, never_built, shop.keys(),
                       refund=later("refund"))  # fmt: skip
@@ -198,7 +278,7 @@ def test_a_payment_the_marketplace_has_not_taken_yet_is_waited_for(
     assert shop.rows(Payment, order_id=order_id) == []
     assert shop.get(order_id).state == S.RESERVED
     # when the marketplace's update says it took the money, the next run records it
-    shop.update(order_id, financial_status="paid")
+    shop.update(order_id, financial_status="paid", payment_collected_by_marketplace=True)
     again = capture(shop.transaction, order_id, never_built, shop.keys(), refund=later("refund"))
     assert again == Outcome("collected by marketplace")
 
@@ -206,17 +286,17 @@ def test_a_payment_the_marketplace_has_not_taken_yet_is_waited_for(
 def test_money_captured_while_the_order_was_cancelled_is_recorded_and_refunded(
     shop: Shop, provider: FakePayments, later: FollowUps
 ) -> None:
-    order_id = shop.order(S.RESERVED)
+    order_id = _authorized(shop)
     provider.during_call = lambda: shop.move(order_id, S.CANCELLED)  # the marketplace cancels
 
     outcome = _capture(shop, order_id, provider, later)
 
     assert outcome == Outcome("captured, but order is cancelled")
     (payment,) = shop.rows(Payment, order_id=order_id)
-    assert payment.external_id == "pi_1"
+    assert payment.external_id == "pi_auth"
     assert shop.get(order_id).state == S.CANCELLED
     (event,) = shop.events(order_id, "captured_after_cancel")
-    assert event.detail == {"payment": "pi_1"}
+    assert event.detail == {"payment": "pi_auth"}
     assert later.scheduled == {"refund": [order_id]}
 
 
@@ -228,7 +308,15 @@ def test_money_captured_while_the_order_was_cancelled_is_recorded_and_refunded(
 def test_an_order_not_reserved_is_not_charged_and_stops_the_chain_if_it_is_behind_or_gone(
     shop: Shop, provider: FakePayments, later: FollowUps, state: OrderState, stop: bool
 ) -> None:
-    order_id = shop.order(state)
+    order_id = _authorized(shop, state)
 
     assert _capture(shop, order_id, provider, later) == Outcome(f"skip: {state}", stop=stop)
     assert provider.calls == [] and shop.rows(Payment, order_id=order_id) == []
+
+
+def test_the_expiry_check_uses_the_clock(shop: Shop) -> None:
+    # an authorization that expires tomorrow is still good today (guards the comparison)
+    tomorrow = (utcnow() + dt.timedelta(days=1)).isoformat()
+    order_id = _authorized(shop, facts={**AUTHORIZED, "authorization_expires_at": tomorrow})
+    provider, later = FakePayments(), FollowUps()
+    assert _capture(shop, order_id, provider, later) == Outcome("captured")

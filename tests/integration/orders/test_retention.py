@@ -55,6 +55,7 @@ def _label(shop: Shop, order_id: int) -> None:
             )
         )
         session.add(Invoice(order_id=order_id, series="INV", number=order_id,
+                            source_key=f"invoice:{order_id}:1",
                             full_number=f"INV-{order_id}", total=Decimal(20), currency="EUR",
                             pdf=b"%PDF invoice"))  # fmt: skip
 

@@ -234,3 +234,52 @@ def test_a_held_order_does_not_ship_until_released(shop: Shop, later: FollowUps)
     assert [(e.kind, e.actor) for e in shop.events(order_id) if e.kind in ("held", "released")] == [
         ("held", "staff:ann"), ("released", "staff:bob")
     ]  # fmt: skip
+
+
+def _collected(shop: Shop, order_id: int) -> Any:
+    """The marketplace collected the order's money (Shopify, eBay)."""
+    from db.models import Payment
+
+    row = shop.get(order_id)
+    with shop.transaction() as session:
+        session.add(Payment(order_id=order_id, provider=row.channel, amount=row.total,
+                            currency=row.currency, status="collected",
+                            collected_by_marketplace=True,
+                            idempotency_key=f"capture:{order_id}"))  # fmt: skip
+    return row.total
+
+
+@pytest.mark.parametrize("refunds_on_cancel", [True, False])
+def test_a_cancellation_delivered_where_the_marketplace_refunds_records_that_refund_once(
+    shop: Shop, later: FollowUps, refunds_on_cancel: bool
+) -> None:
+    from db.models import Refund
+    from domain.canonical import CanonicalRefund
+    from orders.outbox import deliver
+    from orders.returns import record_marketplace_refunds
+    from tests.support.shop import FakeMarketplace
+
+    order_id = _labelled_order(shop)
+    paid = _collected(shop, order_id)
+    _cancel(shop, later, order_id)
+    (message,) = shop.rows(OutboxMessage, order_id=order_id)
+    marketplace = FakeMarketplace(refunds_on_cancel=refunds_on_cancel)
+
+    assert deliver(shop.transaction, message.id, marketplace, shop.keys()) == Outcome("delivered")
+    deliver(shop.transaction, message.id, marketplace, shop.keys("task-2"))  # a redelivery
+
+    refunds = shop.rows(Refund, order_id=order_id)
+    if not refunds_on_cancel:  # (WooCommerce: a cancelled status gives nothing back)
+        assert refunds == []
+        return
+    assert [(r.source, r.amount, r.provider) for r in refunds] == [
+        ("cancellation", paid, "shopify")
+    ]
+    # the marketplace then reports the refund its cancellation made: the same money, once
+    with shop.transaction() as session:
+        order = session.get_one(type(shop.get(order_id)), order_id)
+        report = CanonicalRefund(external_id="r-1", order_external_id=order.external_id,
+                                 amount=paid, currency=order.currency)  # fmt: skip
+        assert record_marketplace_refunds(session, order, [report], actor="webhook") == []
+    assert len(shop.rows(Refund, order_id=order_id)) == 1
+    assert [e.detail["refund"] for e in shop.events(order_id, "refund_already_counted")] == ["r-1"]

@@ -14,11 +14,11 @@ import respx
 
 from domain.errors import (
     AuthError,
-    PermanentError,
     RateLimited,
     ServerError,
     ValidationError,
 )
+from domain.listings import StockUpdate
 from integrations.amazon.connector import AmazonConnector, package_reference_id
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.ratelimit import Bucket, MemoryRateLimiter
@@ -111,6 +111,7 @@ class Env:
                 "client_secret": SECRET,
                 "lwa_url": LWA,
                 "marketplace_ids": ["ATVPDKIKX0DER"],
+                "seller_id": "A2SELLER",
             },
         )
         seams = ConnectorSeams(
@@ -430,16 +431,60 @@ def test_push_fulfillment_leaves_a_shipped_order_alone(env: Env) -> None:
     assert confirm.call_count == 0
 
 
-def test_push_stock_is_a_permanent_not_implemented_error(env: Env) -> None:
-    with pytest.raises(PermanentError) as caught:
-        env.connector.push_stock({"SKU-1": 3})
-    assert caught.value.code == "NotImplemented"
+def _stock(i: int, sku: str, qty: int) -> StockUpdate:
+    return StockUpdate(listing_id=i, sku=sku, external_id=sku, parent_id=None,
+                       location_id="ATVPDKIKX0DER", quantity=qty, expected=None)  # fmt: skip
+
+
+def test_push_stock_patches_fulfillment_availability_per_sku_and_reads_the_status(
+    env: Env,
+) -> None:
+    answers = {
+        "OK-1": httpx.Response(200, json={"sku": "OK-1", "status": "ACCEPTED",
+                                          "submissionId": "s1", "issues": []}),
+        "BAD": httpx.Response(200, json={"sku": "BAD", "status": "INVALID", "submissionId": "s2",
+                                         "issues": [{"code": "90000900", "severity": "ERROR",
+                                                     "message": "x"}]}),
+        "GONE": httpx.Response(404, json={"errors": [{"code": "NOT_FOUND", "message": "x"}]}),
+    }  # fmt: skip
+    route = env.router.patch(url__regex=rf"{API}/listings/2021-08-01/items/A2SELLER/.+").mock(
+        side_effect=lambda request: answers[request.url.path.rsplit("/", 1)[-1]]
+    )
+    result = env.connector.push_stock([_stock(1, "OK-1", 7), _stock(2, "BAD", 1),
+                                       _stock(3, "GONE", -2)])  # fmt: skip
+    assert result.applied == [1]
+    assert result.refused == {2: "INVALID: 90000900", 3: "NOT_FOUND"}
+    first = route.calls[0].request
+    assert first.url.params["marketplaceIds"] == "ATVPDKIKX0DER"
+    assert json.loads(first.content) == {
+        "productType": "PRODUCT",
+        "patches": [{"op": "replace", "path": "/attributes/fulfillment_availability",
+                     "value": [{"fulfillment_channel_code": "DEFAULT", "quantity": 7}]}],
+    }  # fmt: skip
+    assert json.loads(route.calls[2].request.content)["patches"][0]["value"][0]["quantity"] == 0
+
+
+def test_list_listings_pages_search_listings_items_and_recognises_fba(env: Env) -> None:
+    pages = iter([
+        {"numberOfResults": 3, "pagination": {"nextToken": "t2"}, "items": [
+            {"sku": "MINE", "fulfillmentAvailability": [
+                {"fulfillmentChannelCode": "DEFAULT", "quantity": 4}]},
+            {"sku": "FBA", "fulfillmentAvailability": [
+                {"fulfillmentChannelCode": "AMAZON_NA", "quantity": 90}]}]},
+        {"numberOfResults": 3, "items": [{"sku": "BARE"}]},
+    ])  # fmt: skip
+    route = env.router.get(f"{API}/listings/2021-08-01/items/A2SELLER").mock(
+        side_effect=lambda request: httpx.Response(200, json=next(pages))
+    )
+    listings = list(env.connector.list_listings())
+    assert [(x.sku, x.quantity, x.fulfilled_by_marketplace) for x in listings] == [
+        ("MINE", 4, False), ("FBA", None, True), ("BARE", None, False)]  # fmt: skip
+    assert route.calls[1].request.url.params["pageToken"] == "t2"
+    assert "fulfillmentAvailability" in route.calls[0].request.url.params["includedData"]
 
 
 def test_missing_credentials_are_an_auth_error_naming_only_the_keys() -> None:
-    account = AccountConfig(
-        name="acct", channel="amazon", credentials={"client_secret": SECRET}
-    )
+    account = AccountConfig(name="acct", channel="amazon", credentials={"client_secret": SECRET})
 
     with pytest.raises(AuthError) as caught:
         AmazonConnector(account)

@@ -23,11 +23,11 @@ from domain.errors import (
     AuthError,
     NotFound,
     PayloadError,
-    PermanentError,
     RateLimited,
     ServerError,
     ValidationError,
 )
+from domain.listings import StockUpdate
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.ebay.client import SCOPE
 from integrations.ebay.connector import EbayConnector
@@ -536,13 +536,52 @@ def test_push_fulfillment_after_a_409_is_done_if_our_fulfillment_landed(
     assert create.call_count == 3  # 409 is retryable inside the call before we re-check
 
 
-def test_push_stock_is_refused_because_it_belongs_to_the_inventory_api(
-    clock: Clock, sleeps: list[float]
+INVENTORY = f"{BASE}/sell/inventory/v1"
+
+
+def test_push_stock_is_one_bulk_update_price_quantity_with_a_status_per_sku(
+    mock: respx.MockRouter, clock: Clock, sleeps: list[float]
 ) -> None:
-    ebay = connector(clock, sleeps)
-    ebay.push_stock({})  # nothing to push: nothing to refuse
-    with pytest.raises(PermanentError, match="Inventory API"):
-        ebay.push_stock({"SKU-RED-S": 3})
+    mock.post(TOKEN).mock(return_value=token_ok())
+    bulk = mock.post(f"{INVENTORY}/bulk_update_price_quantity").mock(
+        return_value=httpx.Response(207, json={"responses": [
+            {"statusCode": 200, "sku": "A", "warnings": []},
+            {"statusCode": 404, "sku": "B", "errors": [{"errorId": 25702, "message": "x"}]},
+        ]})
+    )  # fmt: skip
+    updates = [StockUpdate(i, s, s, None, None, q, None) for i, s, q in
+               ((1, "A", 4), (2, "B", 1), (3, "C", -1))]  # fmt: skip
+    result = connector(clock, sleeps).push_stock(updates)
+    assert result.applied == [1]
+    assert result.refused == {2: "404: 25702", 3: "no response for the SKU"}
+    assert json.loads(bulk.calls[0].request.content) == {"requests": [
+        {"sku": "A", "shipToLocationAvailability": {"quantity": 4}},
+        {"sku": "B", "shipToLocationAvailability": {"quantity": 1}},
+        {"sku": "C", "shipToLocationAvailability": {"quantity": 0}},
+    ]}  # fmt: skip
+
+
+def test_list_listings_pages_get_inventory_items(
+    mock: respx.MockRouter, clock: Clock, sleeps: list[float]
+) -> None:
+    mock.post(TOKEN).mock(return_value=token_ok())
+
+    def page(request: httpx.Request) -> httpx.Response:
+        offset = int(request.url.params["offset"])
+        items = [
+            {
+                "sku": f"S{offset + i}",
+                "availability": {"shipToLocationAvailability": {"quantity": offset + i}},
+            }
+            for i in range(2)
+        ]
+        body = {"total": 3, "inventoryItems": items[: 3 - offset]}
+        return httpx.Response(200, json=body)
+
+    route = mock.get(f"{INVENTORY}/inventory_item").mock(side_effect=page)
+    listings = list(connector(clock, sleeps).list_listings())
+    assert [(x.sku, x.quantity) for x in listings] == [("S0", 0), ("S1", 1), ("S2", 2)]
+    assert [c.request.url.params["offset"] for c in route.calls] == ["0", "2"]
 
 
 def test_test_connection_reports_the_order_count(
@@ -660,6 +699,8 @@ def test_push_cancellation_asks_for_a_seller_cancellation_unless_one_is_there(
         connector(clock, sleeps).push_cancellation(order_id, reason="r", idempotency_key="c:1")
 
     assert create.call_count == 1
+    # the buyer paid: eBay refunds them with the cancellation (CreateCancelRequest)
     assert json.loads(create.calls[0].request.content) == {
-        "legacyOrderId": order_id, "cancelReason": "OUT_OF_STOCK_OR_CANNOT_FULFILL"
+        "legacyOrderId": order_id, "cancelReason": "OUT_OF_STOCK_OR_CANNOT_FULFILL",
+        "buyerPaid": True, "buyerPaidDate": {"value": "2026-01-01T09:14:29.000Z"},
     }  # fmt: skip

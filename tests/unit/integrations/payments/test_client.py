@@ -115,6 +115,7 @@ def capture(client: PaymentsClient, **overrides: Any) -> Capture:
         "amount": Decimal("20.00"),
         "currency": "USD",
         "idempotency_key": "capture:42",
+        "payment_method": "pm_card_visa",  # Stripe's test card: a buyer's saved method
     }
     return client.capture(**(args | overrides))
 

@@ -24,6 +24,7 @@ from domain.errors import (
     ServerError,
     ValidationError,
 )
+from domain.listings import StockUpdate
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.shopify.connector import ShopifyConnector
 from integrations.shopify.throttle import CostBucket
@@ -511,46 +512,71 @@ def test_cancel_sends_order_cancel_once(mock: respx.MockRouter, time_: FakeTime)
     assert cancels[0]["refundMethod"] == {"originalPaymentMethodsRefund": True}
 
 
-def test_push_stock_looks_skus_up_once_and_batches_by_250(
+def _update(i: int, quantity: int, expected: int | None) -> StockUpdate:
+    return StockUpdate(listing_id=i, sku=f"SKU-{i:03d}",
+                       external_id=f"gid://shopify/InventoryItem/{i}", parent_id=None,
+                       location_id=None, quantity=quantity, expected=expected)  # fmt: skip
+
+
+def test_push_stock_sets_available_with_change_from_and_a_key_derived_from_the_push(
     mock: respx.MockRouter, time_: FakeTime
 ) -> None:
-    # given: 300 SKUs the shop knows, one it does not
-    skus = [f"SKU-{i:03d}" for i in range(300)]
-
-    def lookup(v: dict[str, Any]) -> httpx.Response:
-        wanted = [part.split("'")[1] for part in v["query"].split(" OR ")]
-        nodes = [
-            {"id": f"gid://shopify/InventoryItem/{s[4:]}", "sku": s}
-            for s in wanted
-            if s != "SKU-UNKNOWN"
-        ]
-        return ok({"inventoryItems": {"nodes": nodes}})
-
     done = {"inventorySetQuantities": {"inventoryAdjustmentGroup": {"id": "g"}, "userErrors": []}}
-    side_effect, calls = by_operation(
-        {"InventoryItemsBySku": lookup, "InventorySetQuantities": lambda v: ok(done)}
-    )
+    side_effect, calls = by_operation({"InventorySetQuantities": lambda v: ok(done)})
+    mock.post(URL).mock(side_effect=side_effect)
+    shopify = connector(time_, location_id="gid://shopify/Location/1")
+    updates = [_update(i, 7, None if i == 0 else 3) for i in range(250)]
+
+    result = shopify.push_stock(updates)
+    shopify.push_stock(updates)  # the same push again (a retry): the same key
+    shopify.push_stock([_update(0, -3, 7)])
+
+    assert result.applied == list(range(250)) and not result.drifted and not result.refused
+    sets = [v for op, v in calls if op == "InventorySetQuantities"]
+    assert [len(v["input"]["quantities"]) for v in sets] == [250, 250, 1]
+    assert sets[0]["input"]["name"] == "available"
+    assert sets[0]["input"]["quantities"][:2] == [
+        {"inventoryItemId": "gid://shopify/InventoryItem/0",
+         "locationId": "gid://shopify/Location/1", "quantity": 7, "changeFromQuantity": None},
+        {"inventoryItemId": "gid://shopify/InventoryItem/1",
+         "locationId": "gid://shopify/Location/1", "quantity": 7, "changeFromQuantity": 3},
+    ]  # fmt: skip
+    assert sets[2]["input"]["quantities"][0]["quantity"] == 0  # never negative
+    assert sets[0]["idempotencyKey"] == sets[1]["idempotencyKey"] != sets[2]["idempotencyKey"]
+    assert sets[0]["input"]["referenceDocumentUri"].endswith(sets[0]["idempotencyKey"])
+
+
+def test_a_stale_change_from_is_drift_with_the_quantity_shopify_has_and_the_rest_is_set(
+    mock: respx.MockRouter, time_: FakeTime
+) -> None:
+    stale = {"inventorySetQuantities": {"inventoryAdjustmentGroup": None, "userErrors": [
+        {"code": "CHANGE_FROM_QUANTITY_STALE",
+         "field": ["input", "quantities", "1", "changeFromQuantity"],
+         "message": "The changeFromQuantity value does not match persisted value."}]}}  # fmt: skip
+    gone = {"inventorySetQuantities": {"inventoryAdjustmentGroup": None, "userErrors": [
+        {"code": "INVALID_INVENTORY_ITEM",
+         "field": ["input", "quantities", "1", "inventoryItemId"],
+         "message": "The specified inventory item could not be found."}]}}  # fmt: skip
+    done = {"inventorySetQuantities": {"inventoryAdjustmentGroup": {"id": "g"}, "userErrors": []}}
+    answers: Iterator[dict[str, Any]] = iter([stale, gone, done])
+    level = {"nodes": [{"id": "gid://shopify/InventoryItem/1", "inventoryLevel": {
+        "quantities": [{"name": "available", "quantity": 42}]}}]}  # fmt: skip
+    side_effect, calls = by_operation({
+        "InventorySetQuantities": lambda v: ok(next(answers)),
+        "InventoryLevels": lambda v: ok(level),
+    })  # fmt: skip
     mock.post(URL).mock(side_effect=side_effect)
     shopify = connector(time_, location_id="gid://shopify/Location/1")
 
-    # when
-    shopify.push_stock({**dict.fromkeys(skus, 7), "SKU-UNKNOWN": 1})
-    shopify.push_stock({"SKU-000": -3})
+    result = shopify.push_stock([_update(0, 5, 4), _update(1, 5, 4), _update(2, 5, 4)])
 
-    # then
+    assert result.drifted == {1: 42}
+    assert result.refused == {2: "INVALID_INVENTORY_ITEM"}
+    assert result.applied == [0]
     sets = [v for op, v in calls if op == "InventorySetQuantities"]
-    assert [len(v["input"]["quantities"]) for v in sets] == [250, 50, 1]
-    assert sets[0]["input"]["name"] == "available"
-    assert sets[0]["input"]["quantities"][0] == {
-        "inventoryItemId": "gid://shopify/InventoryItem/000",
-        "locationId": "gid://shopify/Location/1",
-        "quantity": 7,
-        "changeFromQuantity": None,
-    }
-    assert sets[2]["input"]["quantities"][0]["quantity"] == 0  # never negative
+    assert [[q["inventoryItemId"][-1] for q in v["input"]["quantities"]] for v in sets] == [
+        ["0", "1", "2"], ["0", "2"], ["0"]]  # fmt: skip
     assert len({v["idempotencyKey"] for v in sets}) == 3
-    lookups = [v for op, v in calls if op == "InventoryItemsBySku"]
-    assert len(lookups) == 7  # 301 SKUs by 50; the second push hit the cache
 
 
 # --- split shipments: fulfillment orders by location ------------------------------------------
@@ -702,3 +728,28 @@ def test_a_refused_retry_of_a_fulfillment_that_landed_is_done(
     assert [op for op, _ in calls] == [
         "OrderFulfillmentState", "FulfillmentCreate", "OrderFulfillmentState"
     ]  # fmt: skip
+
+
+def test_list_listings_reads_every_variant_with_its_item_and_level(
+    mock: respx.MockRouter, time_: FakeTime
+) -> None:
+    def page(v: dict[str, Any]) -> httpx.Response:
+        assert v["location"] == "gid://shopify/Location/1"
+        first = v["after"] is None
+        level = {"quantities": [{"name": "available", "quantity": 3}]} if first else None
+        item = f"gid://shopify/InventoryItem/{1 if first else 2}"
+        nodes = [
+            {"sku": "A" if first else "B", "inventoryItem": {"id": item, "inventoryLevel": level}},
+            {"sku": "", "inventoryItem": {"id": "gid://shopify/InventoryItem/9"}},
+        ]
+        info = {"hasNextPage": first, "endCursor": "c1" if first else None}
+        return ok({"productVariants": {"nodes": nodes, "pageInfo": info}})  # fmt: skip
+
+    side_effect, _ = by_operation({"ProductVariants": page})
+    mock.post(URL).mock(side_effect=side_effect)
+    listings = list(connector(time_, location_id="gid://shopify/Location/1").list_listings())
+    assert [(x.sku, x.external_id, x.quantity) for x in listings] == [
+        ("A", "gid://shopify/InventoryItem/1", 3),
+        ("B", "gid://shopify/InventoryItem/2", None),
+    ]
+    assert {x.location_id for x in listings} == {"gid://shopify/Location/1"}

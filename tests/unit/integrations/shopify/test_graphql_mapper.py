@@ -28,8 +28,11 @@ def test_graphql_and_rest_mappers_agree_on_every_fixture(
     from_graphql = map_graphql_order(node, "shop-1")
     from_rest = map_order(payload, "shop-1")
 
-    # then: everything but the raw payload is the same
-    assert from_graphql.model_dump(exclude={"raw"}) == from_rest.model_dump(exclude={"raw"})
+    # then: everything but the raw payload and the refunds is the same (a poll does not read an
+    # order's refunds yet: they come by the refunds/create and orders/* webhooks)
+    assert from_graphql.model_dump(exclude={"raw", "refunds"}) == from_rest.model_dump(
+        exclude={"raw", "refunds"}
+    )
     assert from_graphql.raw == node
 
 

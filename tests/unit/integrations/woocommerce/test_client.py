@@ -6,7 +6,6 @@ import base64
 import copy
 import datetime as dt
 import json
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -20,6 +19,7 @@ from domain.errors import (
     ServerError,
     ValidationError,
 )
+from domain.listings import StockUpdate
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.ratelimit import MemoryRateLimiter
 from integrations.woocommerce.client import WooCommerceClient
@@ -298,96 +298,61 @@ def _product(pid: int, sku: str, parent: int = 0) -> dict[str, Any]:
     }
 
 
-def _lookup_from(
-    catalogue: dict[str, dict[str, Any]],
-) -> Callable[[httpx.Request], httpx.Response]:
-    def handler(request: httpx.Request) -> httpx.Response:
-        skus = request.url.params["sku"].split(",")
-        items = [catalogue[s] for s in skus if s in catalogue]
-        return _page(items, len(items), 1)
-
-    return handler
-
-
 def _batch_echo(request: httpx.Request) -> httpx.Response:
     body = json.loads(request.content)
     return httpx.Response(200, json={"update": [dict(u) for u in body["update"]]})
 
 
-def test_push_stock_batches_at_most_100_per_call_and_caches_the_sku_lookup(
+def _stock(i: int, pid: int, parent: str | None = None, qty: int = 1) -> StockUpdate:
+    return StockUpdate(listing_id=i, sku=f"SKU-{i}", external_id=str(pid), parent_id=parent,
+                       location_id=None, quantity=qty, expected=None)  # fmt: skip
+
+
+def test_push_stock_sends_simple_products_and_each_parents_variations_in_their_batches(
     router: respx.MockRouter, connector: WooCommerceConnector
 ) -> None:
-    # given: 250 simple products and 3 variations of product 9000
-    catalogue = {f"SKU-{i:04d}": _product(5000 + i, f"SKU-{i:04d}") for i in range(250)}
-    catalogue |= {f"VAR-{i}": _product(9100 + i, f"VAR-{i}", parent=9000) for i in range(3)}
-    lookup = router.get("/products").mock(side_effect=_lookup_from(catalogue))
     batch = router.post("/products/batch").mock(side_effect=_batch_echo)
     variations = router.post("/products/9000/variations/batch").mock(side_effect=_batch_echo)
-    quantities = {sku: i for i, sku in enumerate(sorted(catalogue))}
+    updates = [_stock(i, 5000 + i, qty=i) for i in range(97)]
+    updates += [_stock(100 + i, 9100 + i, parent="9000", qty=-1) for i in range(3)]
 
-    # when
-    connector.push_stock(quantities)
+    result = connector.push_stock(updates)
 
-    # then
-    sizes = [len(json.loads(c.request.content)["update"]) for c in batch.calls]
-    assert sizes == [100, 100, 50]
-    sent = [u for c in batch.calls for u in json.loads(c.request.content)["update"]]
-    assert {u["id"] for u in sent} == {5000 + i for i in range(250)}
-    assert all(u["manage_stock"] is True for u in sent)
-    assert sent[0] == {"id": 5000, "manage_stock": True, "stock_quantity": quantities["SKU-0000"]}
-    var_updates = json.loads(variations.calls.last.request.content)["update"]
-    assert sorted(u["id"] for u in var_updates) == [9100, 9101, 9102]
-    lookups = lookup.call_count
-    assert lookups == 6  # 253 SKUs in chunks of 50
-
-    # when: a second push of the same SKUs
-    connector.push_stock({"SKU-0001": 3, "VAR-2": 0})
-
-    # then: no new lookup
-    assert lookup.call_count == lookups
+    assert sorted(result.applied) == sorted(u.listing_id for u in updates)
+    sent = json.loads(batch.calls.last.request.content)["update"]
+    assert len(sent) == 97 and batch.call_count == 1
+    assert sent[3] == {"id": 5003, "manage_stock": True, "stock_quantity": 3}
     assert json.loads(variations.calls.last.request.content)["update"] == [
-        {"id": 9102, "manage_stock": True, "stock_quantity": 0}
-    ]
+        {"id": 9100 + i, "manage_stock": True, "stock_quantity": 0} for i in range(3)
+    ]  # never negative
 
 
-def test_push_stock_pushes_known_skus_then_reports_unknown_ones(
+def test_push_stock_refuses_the_items_woo_refused_and_applies_the_others(
     router: respx.MockRouter, connector: WooCommerceConnector
 ) -> None:
-    router.get("/products").mock(side_effect=_lookup_from({"A": _product(1, "A")}))
-    batch = router.post("/products/batch").mock(side_effect=_batch_echo)
-    with pytest.raises(NotFound) as info:
-        connector.push_stock({"A": 5, "GHOST": 1})
-    assert batch.call_count == 1
-    assert "GHOST" in str(info.value)
-
-
-def test_push_stock_item_error_raises_and_forgets_the_stale_id(
-    router: respx.MockRouter, connector: WooCommerceConnector
-) -> None:
-    lookup = router.get("/products").mock(side_effect=_lookup_from({"A": _product(1, "A")}))
+    invalid = {"id": 0, "error": {"code": "woocommerce_rest_product_invalid_id",
+                                  "message": "Invalid ID.", "data": {"status": 400}}}  # fmt: skip
     router.post("/products/batch").mock(
-        return_value=httpx.Response(
-            200,
-            json={
-                "update": [
-                    {
-                        "id": 0,
-                        "error": {
-                            "code": "woocommerce_rest_product_invalid_id",
-                            "message": "Invalid ID.",
-                            "data": {"status": 400},
-                        },
-                    }
-                ]
-            },
-        )
+        return_value=httpx.Response(200, json={"update": [{"id": 1, "stock_quantity": 5}, invalid]})
     )
-    with pytest.raises(ValidationError) as info:
-        connector.push_stock({"A": 5})
-    assert "woocommerce_rest_product_invalid_id" in str(info.value)
-    with pytest.raises(ValidationError):
-        connector.push_stock({"A": 5})
-    assert lookup.call_count == 2  # looked up again after the refusal
+    result = connector.push_stock([_stock(1, 1, qty=5), _stock(2, 2, qty=5)])
+    assert result.applied == [1]
+    assert result.refused == {2: "woocommerce_rest_product_invalid_id"}
+
+
+def test_list_listings_reads_products_and_the_variations_of_variable_ones(
+    router: respx.MockRouter, connector: WooCommerceConnector
+) -> None:
+    simple = {**_product(1, "A"), "stock_quantity": 4}
+    variable = {"id": 9000, "sku": "", "type": "variable", "parent_id": 0, "manage_stock": False}
+    unmanaged = {**_product(2, "B"), "manage_stock": False, "stock_quantity": None}
+    router.get("/products").mock(return_value=_page([simple, variable, unmanaged], 3, 1))
+    router.get("/products/9000/variations").mock(
+        return_value=_page([{**_product(9100, "V1", parent=9000), "stock_quantity": 2}], 1, 1)
+    )
+    listings = list(connector.list_listings())
+    assert [(x.sku, x.external_id, x.parent_id, x.quantity) for x in listings] == [
+        ("A", "1", None, 4), ("V1", "9100", "9000", 2), ("B", "2", None, None)]  # fmt: skip
 
 
 # -- fulfillment ---------------------------------------------------------------------------
@@ -485,17 +450,24 @@ def test_a_shipment_that_is_not_the_last_adds_its_note_and_leaves_the_status(
     assert "TRK2" in json.loads(note_route.calls[0].request.content)["note"]
 
 
-def test_push_cancellation_sets_the_status_once(
+def test_push_cancellation_sets_the_status_and_refunds_the_gateway_once(
     router: respx.MockRouter, connector: WooCommerceConnector
 ) -> None:
+    # the official order: processing, paid by bank transfer at checkout (the shop's gateway)
     state = copy.deepcopy(load("order.retrieve.json"))
 
     def put(request: httpx.Request) -> httpx.Response:
         state.update(status=json.loads(request.content)["status"])
         return httpx.Response(200, json=state)
 
+    def refund(request: httpx.Request) -> httpx.Response:
+        amount = json.loads(request.content)["amount"]
+        state["refunds"].append({"id": 731, "reason": "", "total": f"-{amount}"})
+        return httpx.Response(201, json={"id": 731, "amount": amount})
+
     router.get("/orders/727").mock(side_effect=lambda r: httpx.Response(200, json=state))
     put_route = router.put("/orders/727").mock(side_effect=put)
+    refund_route = router.post("/orders/727/refunds").mock(side_effect=refund)
 
     for _ in range(2):  # a retry after the answer was lost
         connector.push_cancellation("727", reason="buyer asked", idempotency_key="cancel:9")
@@ -503,3 +475,24 @@ def test_push_cancellation_sets_the_status_once(
     assert put_route.call_count == 1 and state["status"] == "cancelled"
     sent = json.loads(put_route.calls[0].request.content)
     assert sent["meta_data"] == [{"key": "_ordersync_cancellation", "value": "cancel:9"}]
+    assert refund_route.call_count == 1
+    assert json.loads(refund_route.calls[0].request.content) == {
+        "amount": state["total"], "reason": "cancelled: buyer asked", "api_refund": True
+    }  # fmt: skip
+
+
+def test_push_cancellation_of_a_stripe_authorization_we_captured_refunds_nothing_in_woo(
+    router: respx.MockRouter, connector: WooCommerceConnector
+) -> None:
+    state = copy.deepcopy(load("order.retrieve.json"))
+    state["meta_data"] = [{"id": 1, "key": "_stripe_intent_id", "value": "pi_1"},
+                          {"id": 2, "key": "_stripe_charge_captured", "value": "no"}]  # fmt: skip
+    router.get("/orders/727").mock(return_value=httpx.Response(200, json=state))
+    router.put("/orders/727").mock(
+        return_value=httpx.Response(200, json=state | {"status": "cancelled"})
+    )
+    refund_route = router.post("/orders/727/refunds")
+
+    connector.push_cancellation("727", reason="buyer asked", idempotency_key="cancel:9")
+
+    assert not refund_route.called  # our refund at the provider gives that money back
