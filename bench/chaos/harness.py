@@ -3,11 +3,13 @@ web app, N workers and Beat as real processes (``tests.support.world.running_wor
 e2e tests start them), a steady load from the sandbox marketplaces, staff at work through the
 API, then quiet, then the facts the invariants read.
 
-The load: Shopify and WooCommerce orders arrive by signed webhooks (Shopify also cancels some
-from its admin), Amazon's and eBay's are found by Beat's polls; staff raise stock through the
+The load: the marketplaces' listings are found first (``ordersync listings sync``); Shopify
+and WooCommerce orders arrive by signed webhooks (Shopify also cancels some from its admin; the
+buyers who had not paid at checkout pay, as in the demo), Amazon's and eBay's are found by
+Beat's polls; staff raise stock through the
 API (releasing orders on hold), then cancel a share of the ready orders and ship the rest; the
 sandbox carrier delivers and Beat's tracking sees it. "Quiet": every order final, nothing in
-the inbox or outbox waiting; then Beat stops and the queues drain before the facts are read.
+the inbox, the outbox or the stock pushes waiting; then Beat stops and the queues drain before the facts are read.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -40,17 +44,19 @@ from db.models import (
     Invoice,
     InvoiceCounter,
     Label,
+    Listing,
     Order,
     OrderEvent,
     OutboxMessage,
     Payment,
-    Refund,
     Shipment,
     StockItem,
 )
 from integrations import registry
+from orders.money_check import check as money_check
 from orders.stock import set_on_hand
-from ordersync.demo import _demo_skus
+from orders.stock_push import quantity_for
+from ordersync.demo import _demo_skus, _pay_pending
 from tests.support.redis_server import RedisServer
 from tests.support.world import World, running_world
 from workflows.broker import DEAD_LETTERS
@@ -195,6 +201,19 @@ class Run:
             for sku in sorted(_demo_skus(sandbox)):
                 set_on_hand(session, sku, max(2, total // 3))
 
+        # the marketplaces' listings of our SKUs, found and recorded as an operator would
+        def sync(name: str) -> None:
+            subprocess.run(
+                [sys.executable, "-m", "ordersync", "listings", "sync", name],
+                env=self.world.stack.env,
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(sync, [name for name, _ in self.accounts.values()]))
+
     # -- load --------------------------------------------------------------------------------
 
     def load_round(self) -> None:
@@ -217,6 +236,10 @@ class Run:
         self.sent += [("amazon", ext) for ext in sandbox.add_amazon_orders(n)]
         sandbox.pay_pending_amazon_orders()
         self.sent += [("ebay", ext) for ext in sandbox.ebay.add_orders(n)]
+        # the buyers who had not paid at checkout pay (as in the demo): the shops say so
+        accounts = {channel: name for channel, (name, _) in self.accounts.items()}
+        for path, headers, body in _pay_pending(sandbox, accounts, SECRET).deliveries:
+            self.deliver(path.split("/")[2], headers, body)
 
     def deliver(
         self, channel: str, headers: dict[str, str], body: bytes, *, keep: bool = True
@@ -327,7 +350,17 @@ class Run:
             )
 
     def _waiting(self) -> int:
+        """Inbox rows, outbox messages and stock pushes still to do."""
         with self.world.maker() as session:
+            dirty = session.scalar(
+                select(func.count())
+                .select_from(Listing)
+                .where(
+                    Listing.channel_account_id.in_(self.account_ids()),
+                    Listing.want_version > Listing.pushed_version,
+                    Listing.fulfilled_by_marketplace.is_(False),
+                )
+            )
             inbox = session.scalar(
                 select(func.count())
                 .select_from(InboxEvent)
@@ -341,7 +374,7 @@ class Run:
                 .select_from(OutboxMessage)
                 .where(OutboxMessage.status == "pending")
             )
-        return int(inbox or 0) + int(outbox or 0)
+        return int(inbox or 0) + int(outbox or 0) + int(dirty or 0)
 
     def settled(self) -> bool:
         """Every order the marketplaces made is ours and out of the pipeline."""
@@ -474,16 +507,23 @@ class Run:
                     f.payments[oid] = (Decimal(amount), bool(by_mp))
                 else:
                     self.notes.append(f"payment of order {oid}: {status}")
-            for oid, total in session.execute(
-                select(Invoice.order_id, func.sum(Invoice.total)).group_by(Invoice.order_id)
-            ):
-                f.invoiced[oid] = Decimal(total)
-            for oid, total in session.execute(
-                select(Refund.order_id, func.sum(Refund.amount))
-                .where(Refund.status == "succeeded")
-                .group_by(Refund.order_id)
-            ):
-                f.refunded[oid] = Decimal(total)
+            f.money_mismatches = [
+                f"order {m.order_id}: {'; '.join(m.reasons)}" for m in money_check(session, ids)
+            ]
+            shown = self.world.sandbox.channel_stock()
+            for listing, account in session.execute(
+                select(Listing, ChannelAccount)
+                .join(ChannelAccount, ChannelAccount.id == Listing.channel_account_id)
+                .where(
+                    Listing.channel_account_id.in_(ids), Listing.fulfilled_by_marketplace.is_(False)
+                )
+            ).all():
+                want = quantity_for(session, listing, account)
+                if want is not None:
+                    f.channel_stock[(account.channel, listing.sku)] = (
+                        shown[account.channel].get(listing.sku),
+                        want,
+                    )
             for series, number in session.execute(select(Invoice.series, Invoice.number)):
                 f.invoice_numbers.setdefault(series, []).append(number)
             f.invoice_counters = dict(
@@ -533,9 +573,7 @@ class Run:
                 f.undelivered_outbox.append(i)
                 self.notes.append(f"outbox {i} ({kind}) {outbox_status}: {(error or '')[:120]}")
         sandbox = self.world.sandbox
-        f.captures = [
-            (c["id"], str(c["order_ref"]), int(c["amount"])) for c in sandbox.payments.captures
-        ]
+        f.captures = _ledger_captures(sandbox)
         f.carrier_labels = [
             (r.label_id, r.external_shipment_id, r.tracking_number, r.voided)
             for r in list(sandbox.carrier.labels.values())
@@ -551,6 +589,18 @@ class Run:
         finally:
             client.close()
         return f
+
+
+def _ledger_captures(sandbox: Any) -> list[tuple[str, tuple[str, str], Decimal]]:
+    """Captures at the payment provider (its ``order_ref`` is ``channel:external id``, the
+    marketplace's authorization) and on Shopify (``orderCapture``)."""
+    out = []
+    for capture in list(sandbox.payments.captures):
+        channel, _, ext = str(capture["order_ref"]).partition(":")
+        out.append((str(capture["id"]), (channel, ext), Decimal(int(capture["amount"])) / 100))
+    for key, capture in list(sandbox.shopify.captures.items()):
+        out.append((str(key), ("shopify", str(capture["order_id"])), Decimal(capture["amount"])))
+    return out
 
 
 def _ledger_fulfilments(sandbox: Any) -> Counter[tuple[str, str]]:

@@ -34,11 +34,11 @@ class Facts:
     transitions: list[tuple[int, str | None, str | None]] = field(default_factory=list)
     #: our payments: order id → (amount, collected by the marketplace)
     payments: dict[int, tuple[Decimal, bool]] = field(default_factory=dict)
-    #: the provider's captures: (capture id, order ref, amount in minor units)
-    captures: list[tuple[str, str, int]] = field(default_factory=list)
-    #: money per order: invoice totals (credit notes negative), refunds we recorded
-    invoiced: dict[int, Decimal] = field(default_factory=dict)
-    refunded: dict[int, Decimal] = field(default_factory=dict)
+    #: captures as the outside world counts them (the payment provider's PaymentIntents,
+    #: Shopify's orderCapture): (capture id, (channel, external order id), amount)
+    captures: list[tuple[str, tuple[str, str], Decimal]] = field(default_factory=list)
+    #: orders whose money does not add up (``orders.money_check``): "order N: why"
+    money_mismatches: list[str] = field(default_factory=list)
     #: invoice numbers per series, and each series' counter (the next number to issue)
     invoice_numbers: dict[str, list[int]] = field(default_factory=dict)
     invoice_counters: dict[str, int] = field(default_factory=dict)
@@ -52,7 +52,8 @@ class Facts:
     fulfilments: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: stock: sku → (on hand, reserved)
     stock: dict[str, tuple[int, int]] = field(default_factory=dict)
-    #: channel stock (when the inventory work is on main): (account, sku) → (pushed, expected)
+    #: each merchant-fulfilled listing: (channel, sku) → (what the marketplace shows, the
+    #: buffered available quantity it should show)
     channel_stock: dict[tuple[str, str], tuple[int | None, int]] = field(default_factory=dict)
     #: webhooks the run sent and our web app answered 2xx: (account id, dedupe key)
     acknowledged: set[tuple[int, str]] = field(default_factory=set)
@@ -97,50 +98,38 @@ def orders_final(f: Facts) -> list[str]:
 
 
 def one_capture_per_payment(f: Facts) -> list[str]:
-    """At most one capture per order, exactly one per order we recorded as paid by us, and
-    the amounts equal."""
-    by_ref: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    for capture_id, ref, minor in f.captures:
-        by_ref[ref].append((capture_id, minor))
-    bad = [f"order {ref}: {len(c)} captures" for ref, c in sorted(by_ref.items()) if len(c) > 1]
+    """At most one capture per order (one authorization each), exactly one per payment we
+    recorded as captured by us, the amounts equal; none we do not know of."""
+    by_order: dict[tuple[str, str], list[tuple[str, Decimal]]] = defaultdict(list)
+    for capture_id, order_key, captured in f.captures:
+        by_order[order_key].append((capture_id, captured))
+    bad = [
+        f"{c}:{e}: {len(got)} captures" for (c, e), got in sorted(by_order.items()) if len(got) > 1
+    ]
+    ours = set()
     for order_id, (amount, by_marketplace) in sorted(f.payments.items()):
-        got = by_ref.get(str(order_id), [])
-        if by_marketplace:
-            if got:
-                bad.append(f"order {order_id}: captured though the marketplace collects")
+        if by_marketplace or order_id not in f.orders:
             continue
-        if len(got) > 1:
-            continue  # reported above
-        if len(got) != 1:
-            bad.append(f"order {order_id}: paid, {len(got)} captures")
-        elif got[0][1] != int((amount * 100).to_integral_value()):
+        channel, ext, _ = f.orders[order_id]
+        ours.add((channel, ext))
+        got = by_order.get((channel, ext), [])
+        if not got:
+            bad.append(f"order {order_id}: paid, no capture")
+        elif len(got) == 1 and got[0][1] != amount:
             bad.append(f"order {order_id}: captured {got[0][1]} != {amount}")
-    paid = {str(oid) for oid in f.payments}
     bad += [
-        f"capture {c[0]} of order {ref}: no payment of ours"
-        for ref, c in sorted(by_ref.items())
-        if ref not in paid
+        f"capture {got[0][0]} of {c}:{e}: no payment of ours"
+        for (c, e), got in sorted(by_order.items())
+        if (c, e) not in ours
     ]
     return bad
 
 
 def money_balances(f: Facts) -> list[str]:
-    """invoiced - credited = captured - refunded, per order with money (needs_attention
-    orders excepted: their failed step is waiting for staff; what a marketplace collected it
-    refunds itself when the order is cancelled)."""
-    bad = []
-    for order_id, (amount, by_marketplace) in sorted(f.payments.items()):
-        state = f.orders.get(order_id, ("", "", ""))[2]
-        if state == OrderState.NEEDS_ATTENTION:
-            continue
-        invoiced = f.invoiced.get(order_id, Decimal(0))
-        if by_marketplace and state == OrderState.CANCELLED:
-            net = Decimal(0)
-        else:
-            net = amount - f.refunded.get(order_id, Decimal(0))
-        if invoiced != net:
-            bad.append(f"order {order_id}: invoiced {invoiced} != paid {net}")
-    return bad
+    """invoiced - credited = captured - refunded = what the marketplace says the buyer paid,
+    per order whose money is settled (``orders.money_check``, the product's own definition,
+    read into ``money_mismatches``)."""
+    return list(f.money_mismatches)
 
 
 def invoice_numbers_contiguous(f: Facts) -> list[str]:
@@ -206,11 +195,11 @@ def no_negative_stock(f: Facts) -> list[str]:
 
 
 def channel_stock_matches(f: Facts) -> list[str]:
-    """Every channel's stock equals the buffered available (when listings are pushed)."""
+    """Every channel shows the buffered available quantity of each listing."""
     return [
-        f"{account}/{sku}: pushed {pushed}, expected {expected}"
-        for (account, sku), (pushed, expected) in sorted(f.channel_stock.items())
-        if pushed is not None and pushed != expected
+        f"{channel}/{sku}: shows {shown}, should show {expected}"
+        for (channel, sku), (shown, expected) in sorted(f.channel_stock.items())
+        if shown != expected
     ]
 
 

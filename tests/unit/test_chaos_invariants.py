@@ -28,9 +28,9 @@ def healthy() -> Facts:
             (2, "ready_to_ship", "cancelled"),
         ],
         payments={1: (Decimal("42.25"), False), 2: (Decimal("10.00"), False)},
-        captures=[("pi_1", "1", 4225), ("pi_2", "2", 1000)],
-        invoiced={1: Decimal("42.25"), 2: Decimal("0.00")},
-        refunded={2: Decimal("10.00")},
+        captures=[("pi_1", ("shopify", "1001"), Decimal("42.25")),
+                  ("pi_2", ("woocommerce", "77"), Decimal("10.00"))],
+        channel_stock={("shopify", "SKU-A"): (5, 5), ("ebay", "SKU-A"): (4, 4)},
         invoice_numbers={"INV-2026": [1, 2], "CN-2026": [1]},
         invoice_counters={"INV-2026": 3, "CN-2026": 2},
         shipments={10: (1, "delivered", "1Z1"), 11: (2, "cancelled", None)},
@@ -61,15 +61,19 @@ def _stuck(f: Facts) -> None:
 
 
 def _captured_twice(f: Facts) -> None:
-    f.captures.append(("pi_9", "1", 4225))
+    f.captures.append(("pi_9", ("shopify", "1001"), Decimal("42.25")))
 
 
 def _wrong_amount(f: Facts) -> None:
-    f.captures[0] = ("pi_1", "1", 4200)
+    f.captures[0] = ("pi_1", ("shopify", "1001"), Decimal("42.00"))
 
 
 def _unbalanced(f: Facts) -> None:
-    f.refunded.pop(2)  # cancelled and credited, the money kept
+    f.money_mismatches = ["order 2: cancelled, yet 10.00 of the buyer's money is not refunded"]
+
+
+def _channel_behind(f: Facts) -> None:
+    f.channel_stock[("ebay", "SKU-A")] = (5, 4)  # a sale not pushed
 
 
 def _gap(f: Facts) -> None:
@@ -123,10 +127,12 @@ def _unreadable_lost(f: Facts) -> None:
         ("one order per external order", _dup_order, ["shopify:1001 x2"]),
         ("one order per external order", _lost_order, ["ebay:12-345 x0"]),
         ("orders final", _stuck, ["order 1 documented"]),
-        ("one capture per payment", _captured_twice, ["order 1: 2 captures"]),
-        ("one capture per payment", _wrong_amount, ["order 1: captured 4200 != 42.25"]),
+        ("one capture per payment", _captured_twice, ["shopify:1001: 2 captures"]),
+        ("one capture per payment", _wrong_amount, ["order 1: captured 42.00 != 42.25"]),
         ("invoiced - credited = captured - refunded", _unbalanced,
-         ["order 2: invoiced 0.00 != paid 10.00"]),
+         ["order 2: cancelled, yet 10.00 of the buyer's money is not refunded"]),
+        ("channel stock = buffered available", _channel_behind,
+         ["ebay/SKU-A: shows 5, should show 4"]),
         ("invoice numbers contiguous", _gap, ["INV-2026-2 missing"]),
         ("one label per shipment", _label_reused, ["shipment 11: shipped under voided label 1Z2"]),
         ("one label per shipment", _two_labels, ["shipment 10: 2 live labels"]),
