@@ -9,7 +9,8 @@ buyers who had not paid at checkout pay, as in the demo), Amazon's and eBay's ar
 Beat's polls; staff raise stock through the
 API (releasing orders on hold), then cancel a share of the ready orders and ship the rest; the
 sandbox carrier delivers and Beat's tracking sees it. "Quiet": every order final, nothing in
-the inbox, the outbox or the stock pushes waiting; then Beat stops and the queues drain before the facts are read.
+the inbox, the outbox or the stock pushes waiting; then Beat stops and the queues drain
+before the facts are read.
 """
 
 from __future__ import annotations
