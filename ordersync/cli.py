@@ -365,6 +365,27 @@ def bench(ctx: typer.Context) -> None:
     raise typer.Exit(code)
 
 
+@cli.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def chaos(ctx: typer.Context) -> None:
+    """Run the chaos suite: real processes under load, faults injected, every invariant
+    checked after quiet (`python -m bench.chaos`: --scenario NAME, --profile short|long,
+    --seed N, --json, --list). Needs a checkout of the repository and a PostgreSQL server."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "bench" / "chaos" / "__main__.py").exists():
+        raise CliError(
+            "ordersync chaos needs a checkout of the repository (bench/ is not installed)"
+        )
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    code = subprocess.call([sys.executable, "-m", "bench.chaos", *ctx.args], cwd=root, env=env)
+    raise typer.Exit(code)
+
+
 def _one_line(exc: BaseException) -> str:
     """What the operator reads of an error: one line, no traceback, no secret."""
     from sqlalchemy import exc as sa_exc

@@ -8,6 +8,8 @@
 - One ``visibility_timeout`` for the broker and the result backend, longer than any task or
   countdown: Redis redelivers an unacknowledged message after it, to whoever asks.
 - JSON only; explicit task names; ``result_expires`` longer than any chord can take.
+- The Redis transport of ``workflows.broker``: an item in a queue that is not a message is set
+  aside (``ordersync:dead-letters``) instead of stopping the worker that popped it.
 
 The broker URL is resolved lazily (on first use), so importing this module never starts Redis.
 """
@@ -44,6 +46,12 @@ def _config() -> dict[str, Any]:
     transport = {"visibility_timeout": settings.visibility_timeout_s}
     return {
         "broker_url": url,
+        # redis:// and rediss:// (unix:// is kombu's socket transport: left as it is)
+        **(
+            {"broker_transport": "workflows.broker:Transport"}
+            if url.split("://", 1)[0] in ("redis", "rediss")
+            else {}
+        ),
         "result_backend": url,
         "broker_transport_options": transport,
         "result_backend_transport_options": transport,

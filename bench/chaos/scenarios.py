@@ -1,0 +1,379 @@
+"""The chaos scenarios: each a fault injected into a run under load (``--scenario NAME``).
+
+A scenario may set the processes' environment (``env``), switch the webhooks off, and hook
+into the run: ``start`` (before the load), ``during`` (after each round of load, and once
+while staff act: ``round == -1``) and ``heal`` (the fault ends; the system must then reach
+quiet on its own). Every fault injected is counted in ``run.faults``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from bench.chaos.harness import Run
+from integrations.shopify.webhooks import sign
+
+__all__ = ["SCENARIOS", "Scenario", "make"]
+
+
+@dataclass
+class Scenario:
+    name: str = "baseline"
+    doc: str = "no fault: the load alone (what every other scenario is compared with)"
+    env: dict[str, str] = field(default_factory=dict)
+    webhooks: bool = True
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self, run: Run) -> None:
+        run.webhooks = self.webhooks
+
+    def during(self, run: Run, round: int) -> None:
+        pass
+
+    def heal(self, run: Run) -> None:
+        for thread in self.threads:
+            thread.join()
+        self.threads.clear()
+
+    def background(self, target: object) -> None:
+        thread = threading.Thread(target=target, daemon=True)  # type: ignore[arg-type]
+        thread.start()
+        self.threads.append(thread)
+
+
+class WorkerKill(Scenario):
+    """SIGKILL of a whole worker (main process and pool) at a random moment, a new one started:
+    what it held is unacknowledged and must be put back by the sweeper, charged once."""
+
+    def during(self, run: Run, round: int) -> None:
+        def kill() -> None:
+            time.sleep(run.rng.uniform(0.2, 1.5))
+            workers = run.live_workers()
+            if not workers:
+                return
+            victim = run.rng.choice(workers)
+            os.killpg(victim.process.pid, signal.SIGKILL)
+            victim.process.wait()
+            run.faults["worker SIGKILL"] += 1
+            run.killed.add(victim.name)
+            run.start_worker()
+
+        self.background(kill)
+
+
+class CrashPoints(Scenario):
+    """SIGKILL of every worker at a crash point: the payment provider has applied a capture
+    (and holds its answer 1.5 s), or the carrier is buying a label (1.5 s), when the workers
+    die; new ones start. The charge or label exists outside and not in our database: the
+    retry must find it, not make a second one."""
+
+    def start(self, run: Run) -> None:
+        super().start(run)
+        run.world.sandbox.payments.reply_delay_s = 1.5
+        run.world.sandbox.carrier.apply_latency_s = 1.5
+
+    def during(self, run: Run, round: int) -> None:
+        if round < 0:  # staff at work: nothing is captured or bought any more
+            return
+        sandbox = run.world.sandbox
+        at_capture = round % 2 == 0  # the rounds take turns
+
+        def reached() -> bool:
+            if at_capture:
+                return len(sandbox.payments.captures) > captures
+            # a purchase whose key is taken and whose answer is not made yet (the carrier
+            # simulator keeps no public "in flight" view: its key table is read as is)
+            return any(k.body is None for k in list(sandbox.carrier._keys.values()))
+
+        def crash() -> None:
+            deadline = time.monotonic() + 20
+            while not reached():
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.02)
+            point = "after a capture, before its answer" if at_capture else "mid label purchase"
+            workers = run.live_workers()
+            for victim in workers:
+                os.killpg(victim.process.pid, signal.SIGKILL)
+                run.killed.add(victim.name)
+            for victim in workers:
+                victim.process.wait()
+                run.start_worker()
+            run.faults[f"all workers SIGKILLed {point}"] += 1
+
+        captures = len(sandbox.payments.captures)
+        self.background(crash)
+
+    def heal(self, run: Run) -> None:
+        super().heal(run)
+        run.world.sandbox.payments.reply_delay_s = 0.0
+        run.world.sandbox.carrier.apply_latency_s = 0.0
+
+
+class WorkerStall(Scenario):
+    """SIGSTOP a worker (the long profile: past the lock TTL), then SIGCONT: the others take
+    its work over; when it wakes, what it was doing must not happen twice."""
+
+    def during(self, run: Run, round: int) -> None:
+        if round != 0 and round != -1:
+            return
+
+        def stall() -> None:
+            time.sleep(run.rng.uniform(0.2, 1.0))
+            workers = run.live_workers()
+            if not workers:
+                return
+            victim = run.rng.choice(workers)
+            os.killpg(victim.process.pid, signal.SIGSTOP)
+            run.faults["worker SIGSTOP"] += 1
+            time.sleep(run.profile.stall_s)
+            os.killpg(victim.process.pid, signal.SIGCONT)
+
+        self.background(stall)
+
+
+class DropAfterApply(Scenario):
+    """The payment provider, the carrier and Shopify's fulfilment apply the request, then the
+    connection drops before the answer: the retry must find what was done, not do it again."""
+
+    def start(self, run: Run) -> None:
+        super().start(run)
+        sandbox = run.world.sandbox
+        # every first answer dropped (a retry with the same key is answered from the
+        # provider's store, as Stripe and ShipEngine do)
+        sandbox.payments.drop_after_apply_rate = 1.0
+        sandbox.carrier.drop_after_apply_rate = 1.0
+        sandbox.shopify.drop_fulfillment_answers = 3
+
+    def heal(self, run: Run) -> None:
+        super().heal(run)
+        # the fulfilments staff caused go out through the outbox: the knob stays until then
+        run.wait(lambda: not run.pending_outbox(), 30, "the fulfilments to go out")
+        sandbox = run.world.sandbox
+        run.faults["payments dropped after apply"] = sandbox.payments.stats["dropped"]
+        run.faults["shopify fulfilments dropped"] = 3 - sandbox.shopify.drop_fulfillment_answers
+        sandbox.payments.drop_after_apply_rate = 0.0
+        sandbox.carrier.drop_after_apply_rate = 0.0
+        sandbox.shopify.drop_fulfillment_answers = 0
+
+    def during(self, run: Run, round: int) -> None:
+        if round == -1:  # the carrier keeps no counter: every label's first answer is dropped
+            run.faults["carrier answers dropped"] = run.world.sandbox.carrier.label_count()
+
+
+class RedisRestart(Scenario):
+    """The run's redis-server killed and started again, empty (messages, chord counters,
+    locks and Beat's schedule gone) mid-load and while staff act."""
+
+    def during(self, run: Run, round: int) -> None:
+        if round not in (0, -1):
+            return
+        time.sleep(run.rng.uniform(0.3, 1.0))
+        run.redis_server.stop()
+        run.faults["redis killed"] += 1
+        time.sleep(2.0)
+        run.redis_server.start()
+
+
+class PostgresTerminate(Scenario):
+    """Every connection to the run's database terminated (pg_terminate_backend), several
+    times, mid-load and while staff act: the transactions in flight are lost."""
+
+    def during(self, run: Run, round: int) -> None:
+        def terminate() -> None:
+            admin = sa.create_engine(run.admin_url, isolation_level="AUTOCOMMIT")
+            try:
+                for _ in range(3):
+                    time.sleep(run.rng.uniform(0.2, 0.8))
+                    with admin.connect() as conn:
+                        killed = conn.execute(
+                            sa.text(
+                                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                "WHERE datname = :db AND pid <> pg_backend_pid()"
+                            ),
+                            {"db": run.db_name},
+                        ).scalar_one()
+                    run.faults["postgres backends terminated"] += int(killed)
+            finally:
+                admin.dispose()
+
+        self.background(terminate)
+
+
+class WebhookStorm(Scenario):
+    """One delivery 50 times at once; an update before its create (out of order); after the
+    staff acted, every old delivery again, as a retry and under a new webhook id (stale)."""
+
+    def during(self, run: Run, round: int) -> None:
+        sandbox = run.world.sandbox
+        if round == -1:
+            self._stale(run)
+            return
+        ext = sandbox.shopify.add_orders(1)[0]
+        run.sent.append(("shopify", ext))
+        created = sandbox.shopify.webhook_delivery(ext, "orders/create", "chaos-webhook-secret")
+        with ThreadPoolExecutor(50) as pool:
+            list(pool.map(lambda _: run.deliver("shopify", *created, keep=False), range(50)))
+        run.faults["same webhook x50"] += 50
+        # out of order: an edit's update arrives before the order's create
+        ext = sandbox.shopify.add_orders(1)[0]
+        run.sent.append(("shopify", ext))
+        first = sandbox.shopify.webhook_delivery(ext, "orders/create", "chaos-webhook-secret")
+        sandbox.shopify.touch_order(ext)
+        update = sandbox.shopify.webhook_delivery(ext, "orders/updated", "chaos-webhook-secret")
+        run.deliver("shopify", *update)
+        run.deliver("shopify", *first)
+        run.faults["out-of-order pair"] += 1
+
+    def _stale(self, run: Run) -> None:
+        def again(item: tuple[str, dict[str, str], bytes]) -> None:
+            channel, headers, body = item
+            run.deliver(channel, headers, body, keep=False)  # the marketplace retries
+            fresh = dict(headers)
+            for name in ("X-Shopify-Webhook-Id", "X-WC-Webhook-Delivery-ID"):
+                if name in fresh:
+                    fresh[name] = (
+                        str(uuid.uuid4())
+                        if "Shopify" in name
+                        else str(run.rng.randrange(10**8, 10**9))
+                    )
+            run.deliver(channel, fresh, body, keep=False)  # an old payload, a new id
+
+        kept = list(run.kept)
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(again, kept))
+        run.faults["stale redeliveries"] += 2 * len(kept)
+
+
+class WebhooksOff(Scenario):
+    """No webhook arrives at all: the polls must find every order."""
+
+
+class MarketplaceFaults(Scenario):
+    """Every sandbox API (marketplaces, payments, carrier) answers 429 (Retry-After 1 s) and
+    503 at random, and the next 20 requests are throttled, during the load and staff work."""
+
+    def start(self, run: Run) -> None:
+        super().start(run)
+        knobs = run.world.sandbox.knobs
+        knobs.rate_429, knobs.error_rate, knobs.throttle_next = 0.25, 0.15, 20
+        run.faults["throttled burst"] += 20
+
+    def during(self, run: Run, round: int) -> None:
+        run.world.sandbox.knobs.throttle_next = 20
+        run.faults["throttled burst"] += 20
+
+    def heal(self, run: Run) -> None:
+        super().heal(run)
+        knobs = run.world.sandbox.knobs
+        knobs.rate_429 = knobs.error_rate = 0.0
+        knobs.throttle_next = 0
+        run.faults["429/503 at random (25 %/15 %)"] = 1
+
+
+class Poison(Scenario):
+    """Unreadable deliveries (signed, not JSON) and a message in a queue that is not a task:
+    the first must end ``failed`` within the attempt bound, the second must be dropped, and
+    neither may loop or stop a worker."""
+
+    def during(self, run: Run, round: int) -> None:
+        if round == -1:
+            return
+        body = b'{"id": 1, "line_items": [ this is not json'
+        headers = {
+            "Content-Type": "application/json",
+            "X-Shopify-Topic": "orders/create",
+            "X-Shopify-Hmac-Sha256": sign("chaos-webhook-secret", body),
+            "X-Shopify-Shop-Domain": run.world.sandbox.shopify.shop,
+            "X-Shopify-Webhook-Id": str(uuid.uuid4()),
+        }
+        status = run.deliver("shopify", headers, body, keep=False)
+        run.faults[f"unreadable webhook (answered {status})"] += 1
+        if 200 <= status < 300:
+            from integrations import registry
+
+            receiver = registry.get("shopify").webhooks
+            assert receiver is not None
+            run.poison.add((run.accounts["shopify"][1], receiver.dedupe_key(headers, body)))
+        client = run.redis()
+        try:
+            client.lpush("orders", b"\x00\xffnot a celery message")
+            client.lpush("intake", b'{"hello": "JSON, but not a message"}')
+        finally:
+            client.close()
+        run.unreadable_pushed += 1  # the other one is JSON: Celery's to drop
+        run.faults["unreadable queue items"] += 2
+
+
+class TwoBeats(Scenario):
+    """A second Beat started by mistake beside the first."""
+
+    def start(self, run: Run) -> None:
+        super().start(run)
+        run.world.stack.group.start("beat-2", ["beat"])
+        run.faults["second beat"] += 1
+
+
+class VisibilityTimeout(Scenario):
+    """A worker stopped past ``visibility_timeout`` (60 s here): Redis hands what it held to
+    another worker while it still "runs"; when it wakes, both finish the same task."""
+
+    env_ = {
+        "ORDERSYNC_VISIBILITY_TIMEOUT_S": "60",
+        # the park and the hard limit within it; the soft limit is 30 s below the hard one
+        "ORDERSYNC_PARK_AFTER_S": "10",
+        "ORDERSYNC_TASK_TIME_LIMIT_S": "45",
+        "ORDERSYNC_SYNC_SLICE_S": "10",
+    }
+
+    def during(self, run: Run, round: int) -> None:
+        if round != 0:
+            return
+
+        def stall() -> None:
+            workers = run.live_workers()
+            victim = run.rng.choice(workers)
+            os.killpg(victim.process.pid, signal.SIGSTOP)
+            run.faults["worker stopped past visibility_timeout"] += 1
+            time.sleep(65.0)
+            os.killpg(victim.process.pid, signal.SIGCONT)
+
+        self.background(stall)
+
+
+def _all() -> dict[str, Scenario]:
+    made = [
+        Scenario(),
+        WorkerKill("worker_kill", WorkerKill.__doc__ or ""),
+        CrashPoints("crash_points", CrashPoints.__doc__ or ""),
+        WorkerStall("worker_stall", WorkerStall.__doc__ or ""),
+        DropAfterApply("drop_after_apply", DropAfterApply.__doc__ or ""),
+        RedisRestart("redis_restart", RedisRestart.__doc__ or ""),
+        PostgresTerminate("postgres_terminate", PostgresTerminate.__doc__ or ""),
+        WebhookStorm("webhook_storm", WebhookStorm.__doc__ or ""),
+        WebhooksOff("webhooks_off", WebhooksOff.__doc__ or "", webhooks=False),
+        MarketplaceFaults("marketplace_faults", MarketplaceFaults.__doc__ or ""),
+        Poison("poison", Poison.__doc__ or ""),
+        TwoBeats("two_beats", TwoBeats.__doc__ or ""),
+        VisibilityTimeout(
+            "visibility_timeout", VisibilityTimeout.__doc__ or "", env=VisibilityTimeout.env_
+        ),
+    ]
+    return {s.name: s for s in made}
+
+
+#: every scenario's name and what it does, in the order ``--scenario all`` runs them
+SCENARIOS = {name: s.doc.split("\n\n")[0] for name, s in _all().items()}
+
+
+def make(name: str) -> Scenario:
+    """A fresh scenario (it keeps the threads of its faults)."""
+    return _all()[name]
