@@ -28,7 +28,7 @@ from kombu.entity import Queue
 from core.logging import redacted_error
 from core.settings import get_settings
 
-__all__ = ["app"]
+__all__ = ["app", "soft_time_limit"]
 
 app = Celery("ordersync")
 
@@ -36,6 +36,13 @@ app = Celery("ordersync")
 #: standby Beat waiting
 BEAT_MAX_LOOP_S = 5
 BEAT_LOCK_TIMEOUT_S = 30
+
+
+def soft_time_limit(hard_s: int) -> int:
+    """The soft limit (``SoftTimeLimitExceeded``, a task can still record why it stops): 30 s
+    before the hard one, or a tenth of it for a short hard limit (a 20 s limit gives 18 s,
+    not 1 s)."""
+    return max(1, hard_s - min(30, max(1, hard_s // 10)))
 
 
 def _config() -> dict[str, Any]:
@@ -66,7 +73,7 @@ def _config() -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_concurrency": settings.worker_concurrency,
         "task_time_limit": settings.task_time_limit_s,
-        "task_soft_time_limit": max(1, settings.task_time_limit_s - 30),
+        "task_soft_time_limit": soft_time_limit(settings.task_time_limit_s),
         "result_expires": max(86_400, settings.visibility_timeout_s * 2),
         # no STARTED state, no extended metadata: each is one more Redis write per task, and
         # the database timeline is where staff see progress (bench/pipeline_throughput.py)
