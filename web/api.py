@@ -7,7 +7,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, selectinload
 
@@ -443,10 +443,20 @@ class ShipBody(BaseModel):
     """The shipments that left, or the lines (line id or SKU → units) that leave now; neither:
     every labelled shipment."""
 
+    # unknown fields are refused (a typo of "lines" must not ship everything), and the
+    # schema says so (``additionalProperties: false``)
+    model_config = ConfigDict(extra="forbid")
+
     #: the shipments that left (none given: every labelled one)
     shipments: list[int] | None = None
     lines: dict[Annotated[str, Field(min_length=1, max_length=100)],
                 Annotated[int, Field(ge=1, le=1_000_000)]] | None = None  # fmt: skip
+
+    @model_validator(mode="after")
+    def _one_or_the_other(self) -> ShipBody:
+        if self.shipments is not None and self.lines is not None:
+            raise ValueError("give shipments or lines, not both")
+        return self
 
 
 class ShipOut(ActionOut):
@@ -472,9 +482,6 @@ def ship_order(
     click, or the same ``Idempotency-Key``) are the same request; more units than wait to ship
     are refused (409)."""
     from workflows.pipeline import ship, ship_lines
-
-    if body is not None and body.shipments is not None and body.lines is not None:
-        raise HTTPException(422, "give shipments or lines, not both")
 
     def act_lines(session: Session, oid: int) -> dict[str, Any]:
         assert body is not None and body.lines is not None
