@@ -33,11 +33,18 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.models import ChannelAccount, Listing, StockCheck, StockDrift, StockItem
+from db.models import (
+    AccountLocation,
+    ChannelAccount,
+    Listing,
+    StockCheck,
+    StockDrift,
+    StockItem,
+)
 from db.session import Transaction, dialect_insert, rowcount
 from domain.buffer import BufferRule, pushed_quantity
 from domain.listings import ChannelListing, StockPushResult, StockUpdate
-from orders.stock import DIRTY_ACCOUNTS
+from orders.stock import DIRTY_ACCOUNTS, available_for
 
 __all__ = [
     "CheckReport",
@@ -107,11 +114,26 @@ def _rule(account: ChannelAccount, listing: Listing) -> BufferRule:
 
 
 def quantity_for(session: Session, listing: Listing, account: ChannelAccount) -> int | None:
-    """What ``listing`` should show now (None: its SKU is not stock-managed)."""
-    item = session.get(StockItem, listing.sku)
-    if item is None:
+    """What ``listing`` should show now (None: its SKU is not stock-managed): the buffer rule
+    over what the account may sell, the sum over its locations."""
+    free = available_for(session, account.id, [listing.sku])
+    if listing.sku not in free:
         return None
-    return pushed_quantity(item.on_hand - item.reserved, _rule(account, listing))
+    return pushed_quantity(free[listing.sku], _rule(account, listing))
+
+
+def _push_location(session: Session, account: ChannelAccount) -> str | None:
+    """Shopify: the account's Location GID for the first of its locations that names one, where
+    its listings are set (over the one the listings sync found); None: the listing's own."""
+    if account.channel != "shopify":
+        return None
+    found = session.scalar(
+        select(AccountLocation.external_location_id)
+        .where(AccountLocation.channel_account_id == account.id,
+               AccountLocation.external_location_id.is_not(None))
+        .order_by(AccountLocation.position).limit(1)
+    )  # fmt: skip
+    return str(found) if found else None
 
 
 # --- the lease --------------------------------------------------------------------------------
@@ -158,9 +180,8 @@ def _due(
     account = session.get(ChannelAccount, account_id)
     if account is None:
         return [], []
-    rows = session.execute(
-        select(Listing, StockItem.on_hand - StockItem.reserved)
-        .outerjoin(StockItem, StockItem.sku == Listing.sku)
+    listings = session.scalars(
+        select(Listing)
         .where(
             Listing.channel_account_id == account_id,
             Listing.want_version > Listing.pushed_version,
@@ -170,16 +191,19 @@ def _due(
         .order_by(Listing.sku)
         .limit(limit)
     ).all()
+    free = available_for(session, account_id, (listing.sku for listing in listings))
+    where = _push_location(session, account) if listings else None
     due: list[_Due] = []
     unmanaged: list[int] = []
-    for listing, free in rows:
-        if free is None:
+    for listing in listings:
+        if listing.sku not in free:
             unmanaged.append(listing.id)
             continue
         due.append(
             _Due(listing.id, listing.sku, listing.external_id, listing.external_parent_id,
-                 listing.external_location_id, listing.want_version,
-                 pushed_quantity(int(free), _rule(account, listing)), listing.last_pushed_qty)
+                 where or listing.external_location_id, listing.want_version,
+                 pushed_quantity(free[listing.sku], _rule(account, listing)),
+                 listing.last_pushed_qty)
         )  # fmt: skip
     return due, unmanaged
 
@@ -491,12 +515,14 @@ def check(transaction: Transaction, account_id: int, channel: StockChannel) -> C
             .order_by(Listing.sku)
         ).all()
         _lock_stock(session, (listing.sku for listing in listings))
+        free = available_for(session, account_id, (listing.sku for listing in listings))
         for listing in listings:
             if listing.sku not in shown:
                 missing += 1
                 continue
             there = shown[listing.sku]
-            want = quantity_for(session, listing, account)
+            want = (pushed_quantity(free[listing.sku], _rule(account, listing))
+                    if listing.sku in free else None)  # fmt: skip
             if there is None or want is None:
                 continue
             checked += 1
