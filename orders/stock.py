@@ -66,6 +66,7 @@ __all__ = [
     "return_to_shelf",
     "set_account_locations",
     "set_on_hand",
+    "shipment_location",
     "take",
     "take_more",
 ]
@@ -229,6 +230,32 @@ def our_location(session: Session, account_id: int, location: str | None) -> int
         )
     )
     return None if found is None else int(found)
+
+
+_locations = table(StockLocation)
+_HELD_AT = (
+    select(_locations.c.code, _locations.c.id)
+    .join(table(StockReservation), table(StockReservation).c.location_id == _locations.c.id)
+    .where(table(StockReservation).c.order_id == bindparam("b_order"),
+           table(StockReservation).c.status == HELD)
+    .order_by(table(StockReservation).c.sku)
+    .limit(1)
+)  # fmt: skip
+
+
+def shipment_location(
+    session: Session, order_id: int, location: str | None
+) -> tuple[str, int | None]:
+    """Where a shipment of the order leaves from: ``location`` as the marketplace gave it (or,
+    when it gave none, the code of the location the order's units are held at, ``main`` when
+    none are), and which of our locations that is (None when it names none of ours)."""
+    if not location:
+        held = core(session).execute(_HELD_AT, {"b_order": order_id}).first()
+        if held is not None:
+            return str(held[0]), int(held[1])
+        location = DEFAULT_LOCATION
+    account = core(session).execute(_ACCOUNT_OF, {"b_order": order_id}).scalar_one()
+    return location, our_location(session, int(account), location)
 
 
 def available_for(session: Session, account_id: int, skus: Iterable[str]) -> dict[str, int]:

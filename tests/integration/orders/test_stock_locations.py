@@ -226,3 +226,19 @@ def test_a_shipment_location_is_ours_by_code_or_by_the_accounts_marketplace_id(
             depots["west"]  # fmt: skip
         assert stock.our_location(session, account.id, "gid://shopify/Location/99") is None
         assert stock.our_location(session, shop.account.id, "gid://shopify/Location/22") is None
+
+
+def test_a_shipment_the_marketplace_does_not_place_leaves_from_where_its_units_are_held(
+    shop: Shop, depots: dict[str, int]
+) -> None:
+    account = _account(shop, "two-depots", [("east", None), ("west", "gid://shopify/Location/22")])
+    _count(shop, "A", west=5)
+    order = shop.order(OrderState.NEW, lines={"A": 1}, account=account)
+    never = shop.order(OrderState.NEW, lines={"UNTRACKED": 1}, account=account)
+    assert reserve(shop.transaction, order).result == "reserved"
+    with shop.transaction() as session:
+        assert stock.shipment_location(session, order, None) == ("west", depots["west"])
+        (main,) = shop.rows(StockLocation, code="main")
+        assert stock.shipment_location(session, never, None) == ("main", main.id)
+        assert stock.shipment_location(session, order, "gid://shopify/Location/22") == (
+            "gid://shopify/Location/22", depots["west"])  # fmt: skip
