@@ -236,9 +236,9 @@ def test_a_shipment_the_marketplace_does_not_place_leaves_from_where_its_units_a
     order = shop.order(OrderState.NEW, lines={"A": 1}, account=account)
     never = shop.order(OrderState.NEW, lines={"UNTRACKED": 1}, account=account)
     assert reserve(shop.transaction, order).result == "reserved"
+    (main,) = shop.rows(StockLocation, code="main")
     with shop.transaction() as session:
         assert stock.shipment_location(session, order, None) == ("west", depots["west"])
-        (main,) = shop.rows(StockLocation, code="main")
         assert stock.shipment_location(session, never, None) == ("main", main.id)
         assert stock.shipment_location(session, order, "gid://shopify/Location/22") == (
             "gid://shopify/Location/22", depots["west"])  # fmt: skip
