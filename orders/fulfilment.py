@@ -215,7 +215,7 @@ def _make_shipments(
     db, now = core(session), utcnow()
     ordered = {str(external): int(qty) for external, qty in db.execute(
         _ORDER_LINES, {"b_order": order_id})}  # fmt: skip
-    planned: list[tuple[str, list[tuple[str, int]]]] = []
+    planned: list[tuple[str | None, list[tuple[str, int]]]] = []
     for group in groups:
         taken = [
             (line, min(qty, ordered[line]))

@@ -174,7 +174,7 @@ def _snapshot(workdir: Path) -> tuple[list[tuple[object, ...]], ...]:
     engine = sa.create_engine(f"sqlite:///{workdir / 'ordersync.db'}")
     with engine.connect() as conn:
         accounts = conn.execute(sa.text("SELECT * FROM channel_accounts ORDER BY id")).all()
-        stock = conn.execute(sa.text("SELECT * FROM stock_items ORDER BY sku")).all()
+        stock = list(conn.execute(sa.text("SELECT * FROM stock_items ORDER BY sku")).all())
         stock += conn.execute(sa.text("SELECT * FROM stock_levels ORDER BY sku")).all()
         stock += conn.execute(sa.text("SELECT * FROM stock_locations ORDER BY id")).all()
         stock += conn.execute(sa.text("SELECT * FROM account_locations")).all()

@@ -209,7 +209,7 @@ def test_a_count_below_what_a_location_holds_is_refused_and_an_unknown_location_
         stock.set_on_hand(session, "A", 1, location="east")
     with shop.transaction() as session:
         stock.set_on_hand(session, "A", 0, location="west")  # nothing held there
-    with pytest.raises(ValueError, match="no stock location 'north'.*main, east, west"), \
+    with pytest.raises(ValueError, match=r"no stock location 'north'.*main, east, west"), \
             shop.transaction() as session:  # fmt: skip
         stock.set_on_hand(session, "A", 1, location="north")
     assert _levels(shop, "A") == {"east": (3, 2), "west": (0, 0)}
