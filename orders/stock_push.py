@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
@@ -51,6 +51,7 @@ __all__ = [
     "FlushResult",
     "ListingsReport",
     "StockChannel",
+    "StockFeedChannel",
     "check",
     "dirty_accounts",
     "flush",
@@ -78,6 +79,18 @@ class StockChannel(Protocol):
     def list_listings(self) -> Iterator[ChannelListing]: ...
 
 
+@runtime_checkable
+class StockFeedChannel(Protocol):
+    """A channel that also takes many quantities in one asynchronous feed (Amazon's
+    ``JSON_LISTINGS_FEED``): used when a round has more than ``stock_feed_threshold`` to send;
+    the lease is held ``stock_feed_max_wait_s`` longer while the feed is processed."""
+
+    stock_feed_threshold: int
+    stock_feed_max_wait_s: float
+
+    def push_stock_feed(self, updates: Sequence[StockUpdate]) -> StockPushResult: ...
+
+
 @dataclass
 class FlushResult:
     busy: bool = False  # another flusher holds the account
@@ -87,6 +100,7 @@ class FlushResult:
     drifted: int = 0
     refused: int = 0
     lost_races: int = 0  # recorded by a newer push first: marked dirty again
+    feeds: int = 0  # of the calls, asynchronous feeds (Amazon JSON_LISTINGS_FEED)
     more: bool = False  # listings still dirty after MAX_ROUNDS
 
     def as_dict(self) -> dict[str, int | bool]:
@@ -364,12 +378,24 @@ def _round(
             flushed.pushed -= len(same)
             flushed.unchanged += len(same)
     size = max(1, channel.stock_batch_size)
+    feeder = (
+        channel if isinstance(channel, StockFeedChannel)
+        and len(send) > channel.stock_feed_threshold else None
+    )  # fmt: skip
+    if feeder is not None:  # all of them in one feed
+        size = len(send)
+        with transaction() as session:  # held while the channel processes the feed
+            _take(session, account_id, owner,
+                  lease + dt.timedelta(seconds=feeder.stock_feed_max_wait_s))  # fmt: skip
     for start in range(0, len(send), size):
         batch = send[start : start + size]
-        result = channel.push_stock(
-            [StockUpdate(d.listing_id, d.sku, d.external_id, d.parent_id, d.location_id,
-                         d.quantity, d.last_pushed) for d in batch]
-        )  # fmt: skip
+        updates = [StockUpdate(d.listing_id, d.sku, d.external_id, d.parent_id, d.location_id,
+                               d.quantity, d.last_pushed) for d in batch]  # fmt: skip
+        if feeder is not None:
+            result = feeder.push_stock_feed(updates)
+            flushed.feeds += 1
+        else:
+            result = channel.push_stock(updates)
         flushed.calls += 1
         with transaction() as session:
             _record(session, batch, result, clock(), flushed, cutoff)
