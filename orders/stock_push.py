@@ -323,15 +323,18 @@ def _clean(session: Session, listing_ids: Sequence[int]) -> None:
 def flush(
     transaction: Transaction, account_id: int, channel: StockChannel, *, owner: str,
     lease: dt.timedelta = dt.timedelta(minutes=5), clock: Callable[[], dt.datetime] = utcnow,
+    flushed: FlushResult | None = None,
 ) -> FlushResult:  # fmt: skip
     """Push every dirty listing of the account, as it is now, in bulk; see the module.
+    ``flushed``: counted into as the batches are recorded (what a failed flush did before it
+    failed stays there); a new one by default.
 
     A failed call raises; the lease stays with ``owner`` (the task, whose retry has the same
     id) until the retry, or until ``give_up`` lets it go: other triggers meanwhile find the
     account busy and leave the work to it. ``more``: listings were still dirty when the lease
     was let go (a change that came after the last round, or ``MAX_ROUNDS`` were done): flush
     again."""
-    flushed = FlushResult()
+    flushed = FlushResult() if flushed is None else flushed
     with transaction() as session:
         if not _take(session, account_id, owner, lease):
             flushed.busy = True
