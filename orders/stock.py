@@ -152,12 +152,14 @@ def mark_dirty(session: Session, skus: list[str] | set[str]) -> set[int]:
 
 
 def mark_account_dirty(session: Session, account_id: int) -> None:
-    """Every listing of the account must be pushed again (what it draws from changed)."""
+    """Every listing of the account must be pushed again: what it draws from changed, and
+    maybe where it is set (Shopify's location), so what it shows there is not known
+    (``last_pushed_qty`` None: sent without a compare-from)."""
     done = session.execute(
         update(Listing)
         .where(Listing.channel_account_id == account_id,
                Listing.fulfilled_by_marketplace.is_(False))
-        .values(want_version=Listing.want_version + 1,
+        .values(want_version=Listing.want_version + 1, last_pushed_qty=None,
                 dirty_at=func.coalesce(Listing.dirty_at, utcnow()))
     )  # fmt: skip
     if rowcount(done):
