@@ -431,6 +431,8 @@ def dirty_accounts(session: Session, older_than: dt.datetime) -> list[int]:
             .join(ChannelAccount, ChannelAccount.id == Listing.channel_account_id)
             .where(
                 Listing.dirty_at < older_than,
+                Listing.want_version > Listing.pushed_version,
+                Listing.fulfilled_by_marketplace.is_(False),
                 ChannelAccount.active.is_(True),
                 or_(ChannelAccount.stock_flush_until.is_(None),
                     ChannelAccount.stock_flush_until < now),

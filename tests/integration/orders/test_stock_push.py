@@ -280,6 +280,10 @@ def test_fba_listings_are_recorded_and_never_pushed(shop: Shop) -> None:
     assert channel.calls == [[("MINE", 7)]]
     fba = _listing(shop, "FBA-1")
     assert fba.fulfilled_by_marketplace and fba.pushed_version == 0 and fba.want_version == 1
+    # nor does the safety net keep flushing the account for it
+    with shop.transaction() as session:
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+        assert stock_push.dirty_accounts(session, later) == []
 
 
 def test_listings_sync_records_identifiers_and_reports_skus_on_one_side_only(
