@@ -13,7 +13,8 @@ every 20 ms.
 - **calls / minimum**: bulk stock calls the sandbox answered, per channel, against the fewest
   that could carry the changes: cut the change timeline into windows of ``--window`` s; in each,
   the SKUs whose buffered quantity for that channel moved, in full batches of the channel's
-  maximum (Shopify 250, WooCommerce 100, eBay 25, Amazon 1).
+  maximum (Shopify 250, WooCommerce 100, eBay 25, Amazon 1, or one ``JSON_LISTINGS_FEED`` for
+  more than 300).
 - **convergence p50 / p99 / max**: per (channel, SKU), from the SKU's last change until the
   channel first shows its final buffered quantity.
 - **baseline** (the same run): the first ``--baseline`` changes pushed one call per change and
@@ -48,6 +49,7 @@ from db.session import make_engine
 from domain.buffer import BufferRule, pushed_quantity
 from domain.listings import StockUpdate
 from integrations import registry
+from integrations.amazon.connector import AmazonConnector
 from integrations.base import AccountConfig, MarketplaceConnector
 from orders import stock_push
 from orders.stock import set_on_hand
@@ -55,6 +57,8 @@ from sandbox.server import Sandbox
 
 CHANNELS = ("shopify", "woocommerce", "amazon", "ebay")
 BATCH = {"shopify": 250, "woocommerce": 100, "amazon": 1, "ebay": 25}
+#: more SKUs than this in one window go to the channel in one feed (Amazon's JSON_LISTINGS_FEED)
+FEED_ABOVE = {"amazon": AmazonConnector.stock_feed_threshold}
 RULES = {ch: BufferRule() for ch in CHANNELS} | {"shopify": BufferRule(keep_percent=10)}
 
 
@@ -95,7 +99,10 @@ def _minimum(run: Run, skus: list[str], start_qty: int, window: float, t0: float
             moved = [s for s in skus if pushed_quantity(current[s], RULES[ch]) != shown[ch][s]]
             for s in moved:
                 shown[ch][s] = pushed_quantity(current[s], RULES[ch])
-            minimum[ch] += math.ceil(len(moved) / BATCH[ch])
+            if ch in FEED_ABOVE and len(moved) > FEED_ABOVE[ch]:
+                minimum[ch] += 1  # one JSON_LISTINGS_FEED carries them all
+            else:
+                minimum[ch] += math.ceil(len(moved) / BATCH[ch])
     return minimum
 
 

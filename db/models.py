@@ -32,6 +32,7 @@ from db.base import Base, Currency, ExternalId, created_at, updated_at
 from domain.states import InboxStatus, OrderState
 
 __all__ = [
+    "AccountLocation",
     "ApiToken",
     "AuditEntry",
     "CarrierEvent",
@@ -56,6 +57,8 @@ __all__ = [
     "StockCheck",
     "StockDrift",
     "StockItem",
+    "StockLevel",
+    "StockLocation",
     "StockReservation",
     "SyncRun",
     "User",
@@ -330,8 +333,23 @@ class IdempotencyKey(Base):
     last_run_at: Mapped[dt.datetime | None]
 
 
+class StockLocation(Base):
+    """One of our warehouses (a shelf that stock is counted on). The migration makes ``main``,
+    so a merchant with one warehouse never has to think about locations."""
+
+    __tablename__ = "stock_locations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(50), unique=True)
+    name: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[dt.datetime] = created_at()
+
+
 class StockItem(Base):
-    """Stock of one SKU: on hand and reserved; available = on_hand - reserved, never < 0."""
+    """Stock of one SKU over every location: on hand and reserved are the sums of its
+    ``stock_levels`` (kept so by ``orders/stock.py``, the only writer, in the same statement
+    order everywhere: this row first, then the level); available = on_hand - reserved, never
+    < 0. The row is also the SKU's lock: whoever changes a level holds it."""
 
     __tablename__ = "stock_items"
     __table_args__ = (
@@ -348,8 +366,47 @@ class StockItem(Base):
     updated_at: Mapped[dt.datetime] = updated_at()
 
 
+class StockLevel(Base):
+    """Stock of one SKU at one location: on hand and reserved there."""
+
+    __tablename__ = "stock_levels"
+    __table_args__ = (
+        CheckConstraint("reserved >= 0", name="reserved_not_negative"),
+        CheckConstraint("reserved <= on_hand", name="reserved_within_on_hand"),
+    )
+
+    sku: Mapped[str] = mapped_column(
+        ForeignKey("stock_items.sku", ondelete="CASCADE"), primary_key=True
+    )
+    location_id: Mapped[int] = mapped_column(ForeignKey("stock_locations.id"), primary_key=True)
+    on_hand: Mapped[int] = mapped_column(Integer, default=0)
+    reserved: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[dt.datetime] = updated_at()
+
+
+class AccountLocation(Base):
+    """One of the locations a channel account sells from, in order (``position``): its
+    reservations take from the first that has all the units of a line, and the quantity its
+    listings are pushed is the sum over them. An account with none sells from every location.
+    ``external_location_id``: the marketplace's location for ours (Shopify: a Location GID,
+    where the account's listings are set)."""
+
+    __tablename__ = "account_locations"
+    __table_args__ = (UniqueConstraint("channel_account_id", "position"),)
+
+    channel_account_id: Mapped[int] = mapped_column(
+        ForeignKey("channel_accounts.id", ondelete="CASCADE"), primary_key=True
+    )
+    location_id: Mapped[int] = mapped_column(
+        ForeignKey("stock_locations.id", ondelete="CASCADE"), primary_key=True
+    )
+    position: Mapped[int] = mapped_column(Integer)
+    external_location_id: Mapped[str | None] = mapped_column(String(255))
+
+
 class StockReservation(Base):
-    """Units of one SKU held for one order (held → consumed on ship, or released)."""
+    """Units of one SKU held for one order at one location (held → consumed on ship, or
+    released)."""
 
     __tablename__ = "stock_reservations"
     __table_args__ = (UniqueConstraint("order_id", "sku"),)
@@ -357,6 +414,9 @@ class StockReservation(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     order_id: Mapped[int] = mapped_column(ForeignKey("orders.id", ondelete="CASCADE"))
     sku: Mapped[str] = mapped_column(ForeignKey("stock_items.sku"))
+    # where the units are held (None only for a row made before locations; none is left
+    # after the migration)
+    location_id: Mapped[int | None] = mapped_column(ForeignKey("stock_locations.id"))
     quantity: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(20), default="held")
     created_at: Mapped[dt.datetime] = created_at()
@@ -545,13 +605,16 @@ class Shipment(Base):
     tracking_status: Mapped[str | None] = mapped_column(String(10))
     tracked_at: Mapped[dt.datetime | None]
     # where it leaves from: the marketplace's location id (a Shopify location GID) or our
-    # stock location's code (``main``); tying it to our stock locations follows issue 10
+    # stock location's code (``main``) …
     location: Mapped[str] = mapped_column(String(100), default="main", server_default="main")
     # staff asked for it to leave as soon as it is labelled (shipping chosen lines,
     # ``orders.staff.ship_lines``): the request's key (a repeat of it is the same request) and
     # who asked
     ship_request: Mapped[str | None] = mapped_column(String(120))
     ship_requested_by: Mapped[str | None] = mapped_column(String(100))
+    # … and which of our locations that is, where it can be told (the code, or the account's
+    # ``account_locations.external_location_id``; orders/stock.py ``our_location``)
+    stock_location_id: Mapped[int | None] = mapped_column(ForeignKey("stock_locations.id"))
 
     lines: Mapped[list[ShipmentLine]] = relationship(
         cascade="all, delete-orphan", order_by="ShipmentLine.id"

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
@@ -42,6 +42,7 @@ from db.models import (
     StockReservation,
 )
 from domain.states import OrderState
+from orders import stock
 from orders.intake import record_event
 from orders.stock import mark_dirty
 from orders.transitions import transition
@@ -128,18 +129,24 @@ def _rebalance(session: Session, order_id: int) -> tuple[dict[str, int], dict[st
     wanted, held = _wanted(session, order_id), _held(session, order_id)
     changes: dict[str, int] = {}
     short: dict[str, int] = {}
+    account = session.scalar(select(Order.channel_account_id).where(Order.id == order_id))
+    locations = stock.locations_of(session, int(account or 0))
     savepoint = session.begin_nested()
     for sku in sorted(set(wanted) | set(held)):  # one lock order everywhere
         have = held[sku].quantity if sku in held else 0
         delta = wanted.get(sku, 0) - have
         if not delta:
             continue
-        took = session.execute(
-            update(StockItem)
-            .where(StockItem.sku == sku, StockItem.on_hand - StockItem.reserved >= delta)
-            .values(reserved=StockItem.reserved + delta, updated_at=utcnow())
-        )
-        if getattr(took, "rowcount", 0) != 1:
+        # more units at the reservation's own location (a new line: the first of the
+        # account's locations that has them all); fewer go back where they were held
+        location: int | None = None
+        if delta < 0:
+            stock.give_back(session, held[sku], -delta)
+        elif sku in held:
+            location = stock.take_more(session, held[sku], delta)
+        else:
+            location = stock.take(session, sku, delta, locations)
+        if delta > 0 and location is None:
             available = session.scalar(
                 select(StockItem.on_hand - StockItem.reserved).where(StockItem.sku == sku)
             )
@@ -152,7 +159,8 @@ def _rebalance(session: Session, order_id: int) -> tuple[dict[str, int], dict[st
                 held[sku].status = "released"
         else:
             session.add(StockReservation(order_id=order_id, sku=sku, quantity=delta,
-                                         status=HELD, created_at=utcnow()))  # fmt: skip
+                                         location_id=location, status=HELD,
+                                         created_at=utcnow()))  # fmt: skip
     if short:
         savepoint.rollback()
         return {}, short
@@ -166,11 +174,7 @@ def _hold_for_stock(session: Session, order: Order, short: Mapping[str, int], ac
     waits on hold (its reservation is made afresh when the stock arrives)."""
     held = _held(session, order.id)
     for row in held.values():
-        session.execute(
-            update(StockItem)
-            .where(StockItem.sku == row.sku)
-            .values(reserved=StockItem.reserved - row.quantity, updated_at=utcnow())
-        )
+        stock.give_back(session, row, row.quantity)
     session.execute(delete(StockReservation).where(StockReservation.order_id == order.id))
     mark_dirty(session, set(held))
     transition(session, order, S.ON_HOLD, actor=actor, short=dict(short), reason="edited")
@@ -298,7 +302,8 @@ def relabel(
         set_aside.append(shipment.tracking_number or "")
         if plan:
             again = Shipment(order_id=order_id, carrier="", status="pending",
-                             location=shipment.location)  # fmt: skip
+                             location=shipment.location,
+                             stock_location_id=shipment.stock_location_id)  # fmt: skip
             again.lines = [ShipmentLine(line_external_id=line, quantity=qty)
                            for line, qty in sorted(plan.items())]  # fmt: skip
             session.add(again)

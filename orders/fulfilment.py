@@ -136,8 +136,6 @@ def one_shipment(order_id: int) -> Sequence[Group]:
     return []
 
 
-#: where a shipment leaves from when the marketplace does not say: our stock location's code
-MAIN_LOCATION = "main"
 #: states in which buy_label labels shipments: the pipeline's, and a re-bought label's
 _LABEL_STATES = frozenset({S.PAID, S.READY_TO_SHIP, S.PARTIALLY_SHIPPED})
 
@@ -226,7 +224,7 @@ def _make_shipments(
     db, now = core(session), utcnow()
     ordered = {str(external): int(qty) for external, qty in db.execute(
         _ORDER_LINES, {"b_order": order_id})}  # fmt: skip
-    planned: list[tuple[str, list[tuple[str, int]]]] = []
+    planned: list[tuple[str | None, list[tuple[str, int]]]] = []
     for group in groups:
         taken = [
             (line, min(qty, ordered[line]))
@@ -234,15 +232,16 @@ def _make_shipments(
             if line in ordered and qty > 0
         ]
         if taken:
-            planned.append((group.location or MAIN_LOCATION, taken))
-    if not planned:  # the marketplace does not split it (or said nothing we know)
-        planned = [(MAIN_LOCATION, [(line, qty) for line, qty in ordered.items() if qty > 0])]
+            planned.append((group.location, taken))
+    if not planned:  # the marketplace does not split it (or said nothing we know): from ours
+        planned = [(None, [(line, qty) for line, qty in ordered.items() if qty > 0])]
     made: list[tuple[int, str | None, int]] = []
-    for location, taken in planned:
+    for given, taken in planned:
+        location, ours = stock.shipment_location(session, order_id, given)
         shipment_id = db.execute(
             _NEW_SHIPMENT,
             {"order_id": order_id, "carrier": "", "status": "pending", "location": location,
-             "created_at": now},
+             "stock_location_id": ours, "created_at": now},
         ).scalar_one()  # fmt: skip
         if taken:
             db.execute(
@@ -523,7 +522,8 @@ def replace_shipment(
         if not taken:
             continue
         new = Shipment(order_id=shipment.order_id, carrier="", status="pending",
-                       location=shipment.location)  # fmt: skip
+                       location=shipment.location,
+                       stock_location_id=shipment.stock_location_id)  # fmt: skip
         new.lines = [ShipmentLine(line_external_id=line, quantity=units) for line, units in taken]
         session.add(new)
         made.append(new)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from decimal import Decimal
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
@@ -22,7 +22,7 @@ from db.models import Order, OrderLine, Payment, Refund, StockItem, StockReserva
 from db.session import dialect_insert
 from domain.canonical import CanonicalRefund
 from orders.intake import record_event
-from orders.stock import mark_dirty
+from orders.stock import give_back, mark_dirty, return_to_shelf
 
 __all__ = ["key_of", "record_marketplace_refunds", "refunded_total", "restock", "unrecorded"]
 
@@ -62,29 +62,21 @@ def restock(session: Session, order_id: int, sku: str, quantity: int) -> str | N
     )
     if held is not None:
         units = min(quantity, held.quantity)
-        session.execute(
-            update(StockItem)
-            .where(StockItem.sku == sku)
-            .values(reserved=StockItem.reserved - units, updated_at=utcnow())
-        )
+        give_back(session, held, units)
         held.quantity -= units
         if held.quantity == 0:
             held.status = "released"
         mark_dirty(session, {sku})  # available again: the channels are told
         return "released"
     shipped = session.scalar(
-        select(StockReservation.quantity).where(
+        select(StockReservation).where(
             StockReservation.order_id == order_id, StockReservation.sku == sku,
             StockReservation.status == "consumed",
         )
     )  # fmt: skip
-    if not shipped:
+    if shipped is None or not shipped.quantity:
         return None
-    session.execute(
-        update(StockItem)
-        .where(StockItem.sku == sku)
-        .values(on_hand=StockItem.on_hand + min(quantity, shipped), updated_at=utcnow())
-    )
+    return_to_shelf(session, shipped, min(quantity, shipped.quantity))  # where it left from
     mark_dirty(session, {sku})
     return "returned"
 

@@ -138,7 +138,8 @@ def void_label(
     new_id = None
     if rebuy:
         again = Shipment(order_id=order.id, carrier="", status="pending",
-                         location=shipment.location)  # fmt: skip
+                         location=shipment.location,
+                         stock_location_id=shipment.stock_location_id)  # fmt: skip
         again.lines = [ShipmentLine(line_external_id=line.line_external_id,
                                     quantity=line.quantity) for line in shipment.lines]  # fmt: skip
         session.add(again)
@@ -194,9 +195,13 @@ def mark_shipped(
             if line.quantity > 0
         }
     now = utcnow()
+    location, ours = (
+        (unused[0].location, unused[0].stock_location_id) if unused
+        else stock.shipment_location(session, order_id, None)
+    )  # fmt: skip
     shipment = Shipment(order_id=order_id, carrier=carrier, status="shipped",
                         tracking_number=tracking_number, shipped_at=now,
-                        location=unused[0].location if unused else "main")  # fmt: skip
+                        location=location, stock_location_id=ours)  # fmt: skip
     shipment.lines = [ShipmentLine(line_external_id=k, quantity=v) for k, v in quantities.items()]
     session.add(shipment)
     session.flush()

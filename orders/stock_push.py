@@ -27,23 +27,31 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.models import ChannelAccount, Listing, StockCheck, StockDrift, StockItem
+from db.models import (
+    AccountLocation,
+    ChannelAccount,
+    Listing,
+    StockCheck,
+    StockDrift,
+    StockItem,
+)
 from db.session import Transaction, dialect_insert, rowcount
 from domain.buffer import BufferRule, pushed_quantity
 from domain.listings import ChannelListing, StockPushResult, StockUpdate
-from orders.stock import DIRTY_ACCOUNTS
+from orders.stock import DIRTY_ACCOUNTS, available_for
 
 __all__ = [
     "CheckReport",
     "FlushResult",
     "ListingsReport",
     "StockChannel",
+    "StockFeedChannel",
     "check",
     "dirty_accounts",
     "flush",
@@ -71,6 +79,18 @@ class StockChannel(Protocol):
     def list_listings(self) -> Iterator[ChannelListing]: ...
 
 
+@runtime_checkable
+class StockFeedChannel(Protocol):
+    """A channel that also takes many quantities in one asynchronous feed (Amazon's
+    ``JSON_LISTINGS_FEED``): used when a round has more than ``stock_feed_threshold`` to send;
+    the lease is held ``stock_feed_max_wait_s`` longer while the feed is processed."""
+
+    stock_feed_threshold: int
+    stock_feed_max_wait_s: float
+
+    def push_stock_feed(self, updates: Sequence[StockUpdate]) -> StockPushResult: ...
+
+
 @dataclass
 class FlushResult:
     busy: bool = False  # another flusher holds the account
@@ -80,6 +100,7 @@ class FlushResult:
     drifted: int = 0
     refused: int = 0
     lost_races: int = 0  # recorded by a newer push first: marked dirty again
+    feeds: int = 0  # of the calls, asynchronous feeds (Amazon JSON_LISTINGS_FEED)
     more: bool = False  # listings still dirty after MAX_ROUNDS
 
     def as_dict(self) -> dict[str, int | bool]:
@@ -107,11 +128,26 @@ def _rule(account: ChannelAccount, listing: Listing) -> BufferRule:
 
 
 def quantity_for(session: Session, listing: Listing, account: ChannelAccount) -> int | None:
-    """What ``listing`` should show now (None: its SKU is not stock-managed)."""
-    item = session.get(StockItem, listing.sku)
-    if item is None:
+    """What ``listing`` should show now (None: its SKU is not stock-managed): the buffer rule
+    over what the account may sell, the sum over its locations."""
+    free = available_for(session, account.id, [listing.sku])
+    if listing.sku not in free:
         return None
-    return pushed_quantity(item.on_hand - item.reserved, _rule(account, listing))
+    return pushed_quantity(free[listing.sku], _rule(account, listing))
+
+
+def _push_location(session: Session, account: ChannelAccount) -> str | None:
+    """Shopify: the account's Location GID for the first of its locations that names one, where
+    its listings are set (over the one the listings sync found); None: the listing's own."""
+    if account.channel != "shopify":
+        return None
+    found = session.scalar(
+        select(AccountLocation.external_location_id)
+        .where(AccountLocation.channel_account_id == account.id,
+               AccountLocation.external_location_id.is_not(None))
+        .order_by(AccountLocation.position).limit(1)
+    )  # fmt: skip
+    return str(found) if found else None
 
 
 # --- the lease --------------------------------------------------------------------------------
@@ -158,9 +194,8 @@ def _due(
     account = session.get(ChannelAccount, account_id)
     if account is None:
         return [], []
-    rows = session.execute(
-        select(Listing, StockItem.on_hand - StockItem.reserved)
-        .outerjoin(StockItem, StockItem.sku == Listing.sku)
+    listings = session.scalars(
+        select(Listing)
         .where(
             Listing.channel_account_id == account_id,
             Listing.want_version > Listing.pushed_version,
@@ -170,16 +205,19 @@ def _due(
         .order_by(Listing.sku)
         .limit(limit)
     ).all()
+    free = available_for(session, account_id, (listing.sku for listing in listings))
+    where = _push_location(session, account) if listings else None
     due: list[_Due] = []
     unmanaged: list[int] = []
-    for listing, free in rows:
-        if free is None:
+    for listing in listings:
+        if listing.sku not in free:
             unmanaged.append(listing.id)
             continue
         due.append(
             _Due(listing.id, listing.sku, listing.external_id, listing.external_parent_id,
-                 listing.external_location_id, listing.want_version,
-                 pushed_quantity(int(free), _rule(account, listing)), listing.last_pushed_qty)
+                 where or listing.external_location_id, listing.want_version,
+                 pushed_quantity(free[listing.sku], _rule(account, listing)),
+                 listing.last_pushed_qty)
         )  # fmt: skip
     return due, unmanaged
 
@@ -285,15 +323,18 @@ def _clean(session: Session, listing_ids: Sequence[int]) -> None:
 def flush(
     transaction: Transaction, account_id: int, channel: StockChannel, *, owner: str,
     lease: dt.timedelta = dt.timedelta(minutes=5), clock: Callable[[], dt.datetime] = utcnow,
+    flushed: FlushResult | None = None,
 ) -> FlushResult:  # fmt: skip
     """Push every dirty listing of the account, as it is now, in bulk; see the module.
+    ``flushed``: counted into as the batches are recorded (what a failed flush did before it
+    failed stays there); a new one by default.
 
     A failed call raises; the lease stays with ``owner`` (the task, whose retry has the same
     id) until the retry, or until ``give_up`` lets it go: other triggers meanwhile find the
     account busy and leave the work to it. ``more``: listings were still dirty when the lease
     was let go (a change that came after the last round, or ``MAX_ROUNDS`` were done): flush
     again."""
-    flushed = FlushResult()
+    flushed = FlushResult() if flushed is None else flushed
     with transaction() as session:
         if not _take(session, account_id, owner, lease):
             flushed.busy = True
@@ -340,12 +381,24 @@ def _round(
             flushed.pushed -= len(same)
             flushed.unchanged += len(same)
     size = max(1, channel.stock_batch_size)
+    feeder = (
+        channel if isinstance(channel, StockFeedChannel)
+        and len(send) > channel.stock_feed_threshold else None
+    )  # fmt: skip
+    if feeder is not None:  # all of them in one feed
+        size = len(send)
+        with transaction() as session:  # held while the channel processes the feed
+            _take(session, account_id, owner,
+                  lease + dt.timedelta(seconds=feeder.stock_feed_max_wait_s))  # fmt: skip
     for start in range(0, len(send), size):
         batch = send[start : start + size]
-        result = channel.push_stock(
-            [StockUpdate(d.listing_id, d.sku, d.external_id, d.parent_id, d.location_id,
-                         d.quantity, d.last_pushed) for d in batch]
-        )  # fmt: skip
+        updates = [StockUpdate(d.listing_id, d.sku, d.external_id, d.parent_id, d.location_id,
+                               d.quantity, d.last_pushed) for d in batch]  # fmt: skip
+        if feeder is not None:
+            result = feeder.push_stock_feed(updates)
+            flushed.feeds += 1
+        else:
+            result = channel.push_stock(updates)
         flushed.calls += 1
         with transaction() as session:
             _record(session, batch, result, clock(), flushed, cutoff)
@@ -378,6 +431,8 @@ def dirty_accounts(session: Session, older_than: dt.datetime) -> list[int]:
             .join(ChannelAccount, ChannelAccount.id == Listing.channel_account_id)
             .where(
                 Listing.dirty_at < older_than,
+                Listing.want_version > Listing.pushed_version,
+                Listing.fulfilled_by_marketplace.is_(False),
                 ChannelAccount.active.is_(True),
                 or_(ChannelAccount.stock_flush_until.is_(None),
                     ChannelAccount.stock_flush_until < now),
@@ -491,12 +546,14 @@ def check(transaction: Transaction, account_id: int, channel: StockChannel) -> C
             .order_by(Listing.sku)
         ).all()
         _lock_stock(session, (listing.sku for listing in listings))
+        free = available_for(session, account_id, (listing.sku for listing in listings))
         for listing in listings:
             if listing.sku not in shown:
                 missing += 1
                 continue
             there = shown[listing.sku]
-            want = quantity_for(session, listing, account)
+            want = (pushed_quantity(free[listing.sku], _rule(account, listing))
+                    if listing.sku in free else None)  # fmt: skip
             if there is None or want is None:
                 continue
             checked += 1

@@ -1,5 +1,6 @@
 """What staff see of stock (``ordersync stock show``, ``GET /api/stock/{sku}``, the dashboard's
-stock page): on hand, reserved and available, and per channel listing what it should show,
+stock page): on hand, reserved and available, in all and per location, and per channel listing
+the locations its account draws from, what it should show,
 what we last pushed and when, whether a push is pending or failed, and any drift with both
 numbers."""
 
@@ -12,10 +13,36 @@ from typing import Any
 from sqlalchemy import Integer, func, select
 from sqlalchemy.orm import Session
 
-from db.models import ChannelAccount, Listing, StockDrift, StockItem
+from db.models import (
+    AccountLocation,
+    ChannelAccount,
+    Listing,
+    StockDrift,
+    StockItem,
+    StockLevel,
+    StockLocation,
+)
+from orders.stock import available_for
 from orders.stock_push import quantity_for
 
-__all__ = ["ListingView", "StockRow", "StockView", "stock_overview", "stock_view"]
+__all__ = [
+    "ListingView",
+    "LocationView",
+    "StockRow",
+    "StockView",
+    "locations_overview",
+    "stock_overview",
+    "stock_view",
+]
+
+
+@dataclass
+class LocationView:
+    code: str
+    name: str
+    on_hand: int
+    reserved: int
+    available: int
 
 
 @dataclass
@@ -24,6 +51,8 @@ class ListingView:
     channel: str
     external_id: str | None
     fulfilled_by_marketplace: bool
+    draws_from: list[str]  # our locations the account sells from, in order
+    may_sell: int | None  # available over those locations (before the buffer rule)
     should_show: int | None  # the buffered quantity for our available stock now
     last_pushed_qty: int | None
     last_pushed_at: dt.datetime | None
@@ -40,6 +69,7 @@ class StockView:
     reserved: int
     available: int
     counted_by: str | None
+    locations: list[LocationView] = field(default_factory=list)
     listings: list[ListingView] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -63,7 +93,23 @@ def stock_view(session: Session, sku: str) -> StockView | None:
         available=(item.on_hand - item.reserved) if item else 0,
         counted_by=item.counted_by if item else None,
     )
+    view.locations = [
+        LocationView(code, name, on_hand, reserved, on_hand - reserved)
+        for code, name, on_hand, reserved in session.execute(
+            select(StockLocation.code, StockLocation.name, StockLevel.on_hand,
+                   StockLevel.reserved)
+            .join(StockLevel, StockLevel.location_id == StockLocation.id)
+            .where(StockLevel.sku == sku)
+            .order_by(StockLocation.id)
+        )
+    ]  # fmt: skip
     for listing, account in rows:
+        draws_from = list(session.scalars(
+            select(StockLocation.code)
+            .join(AccountLocation, AccountLocation.location_id == StockLocation.id)
+            .where(AccountLocation.channel_account_id == account.id)
+            .order_by(AccountLocation.position)
+        )) or ["every location"]  # fmt: skip
         drift = session.scalars(
             select(StockDrift).where(StockDrift.listing_id == listing.id)
             .order_by(StockDrift.id.desc()).limit(1)
@@ -72,6 +118,8 @@ def stock_view(session: Session, sku: str) -> StockView | None:
             ListingView(
                 account=account.name, channel=account.channel, external_id=listing.external_id,
                 fulfilled_by_marketplace=listing.fulfilled_by_marketplace,
+                draws_from=draws_from,
+                may_sell=available_for(session, account.id, [sku]).get(sku),
                 should_show=None if listing.fulfilled_by_marketplace
                 else quantity_for(session, listing, account),
                 last_pushed_qty=listing.last_pushed_qty, last_pushed_at=listing.last_pushed_at,
@@ -97,6 +145,8 @@ class StockRow:
     pending: int
     failed: int
     drifts_open: int
+    #: location code → available there
+    by_location: dict[str, int] = field(default_factory=dict)
 
 
 def stock_overview(
@@ -136,4 +186,38 @@ def stock_overview(
             continue
         rows.append(row)
     rows.sort(key=lambda r: (-(r.failed + r.drifts_open), -r.pending, r.sku))
-    return rows[:limit]
+    rows = rows[:limit]
+    by_sku = {row.sku: row for row in rows}
+    for sku, code, free in session.execute(
+        select(StockLevel.sku, StockLocation.code, StockLevel.on_hand - StockLevel.reserved)
+        .join(StockLocation, StockLocation.id == StockLevel.location_id)
+        .where(StockLevel.sku.in_(list(by_sku)))
+        .order_by(StockLevel.sku, StockLocation.id)
+    ):  # fmt: skip
+        by_sku[sku].by_location[code] = int(free)
+    return rows
+
+
+def locations_overview(session: Session) -> list[dict[str, Any]]:
+    """Our locations with their units (on hand, reserved) and the accounts that draw from
+    each (with the marketplace's location id where one is set)."""
+    totals = {
+        loc: (int(on_hand or 0), int(reserved or 0))
+        for loc, on_hand, reserved in session.execute(
+            select(StockLevel.location_id, func.sum(StockLevel.on_hand),
+                   func.sum(StockLevel.reserved)).group_by(StockLevel.location_id)
+        )
+    }  # fmt: skip
+    accounts: dict[int, list[str]] = {}
+    for loc, name, external in session.execute(
+        select(AccountLocation.location_id, ChannelAccount.name,
+               AccountLocation.external_location_id)
+        .join(ChannelAccount, ChannelAccount.id == AccountLocation.channel_account_id)
+        .order_by(ChannelAccount.name)
+    ):  # fmt: skip
+        accounts.setdefault(loc, []).append(f"{name} ({external})" if external else name)
+    return [
+        {"code": loc.code, "name": loc.name, "on_hand": totals.get(loc.id, (0, 0))[0],
+         "reserved": totals.get(loc.id, (0, 0))[1], "accounts": accounts.get(loc.id, [])}
+        for loc in session.scalars(select(StockLocation).order_by(StockLocation.id))
+    ]  # fmt: skip

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Column, Table
 from sqlalchemy import select
 
-from db.models import ChannelAccount, Order
+from db.models import AccountLocation, ChannelAccount, Order, StockLocation
 from db.session import session_scope
 from domain.states import OrderState
 from ordersync.users_cli import As, cli_actor
@@ -381,8 +381,16 @@ def orders_refund(
 
 # "-5" is read as the quantity (and refused as negative), not as an unknown option
 @stock_cli.command("set", context_settings={"ignore_unknown_options": True})
-def stock_set(sku: str, quantity: int, as_: As = None) -> None:
-    """Set the on-hand quantity of SKU; on-hold orders waiting for it are released."""
+def stock_set(
+    sku: str,
+    quantity: int,
+    location: Annotated[
+        str, typer.Option(help="our location's code (ordersync stock locations)")
+    ] = "main",
+    as_: As = None,
+) -> None:
+    """Set the on-hand quantity of SKU at a location; on-hold orders waiting for it are
+    released."""
     from orders.stock import set_on_hand
     from orders.users import audit
     from workflows.pipeline import release_waiting
@@ -394,14 +402,46 @@ def stock_set(sku: str, quantity: int, as_: As = None) -> None:
     actor = cli_actor(as_)
     with session_scope() as session:
         try:
-            available = set_on_hand(session, sku, quantity, actor=actor)
-        except ValueError as exc:  # below what open orders hold
+            available = set_on_hand(session, sku, quantity, location=location, actor=actor)
+        except ValueError as exc:  # below what open orders hold there, an unknown location
             raise CliError(str(exc)) from None
         waiting = release_waiting(session, sku)
-        audit(session, actor, "stock.set", sku, on_hand=quantity, available=available,
-              released=waiting)  # fmt: skip
-    console.print(f"{sku}: on hand {quantity}, available {available}; "
-                  f"{len(waiting)} waiting orders pushed on")  # fmt: skip
+        audit(session, actor, "stock.set", sku, on_hand=quantity, location=location,
+              available=available, released=waiting)  # fmt: skip
+    console.print(f"{sku}: on hand {quantity} at {location}, available {available} over every "
+                  f"location; {len(waiting)} waiting orders pushed on")  # fmt: skip
+
+
+@stock_cli.command("locations")
+def stock_locations() -> None:
+    """Our stock locations: units there and the accounts that sell from each."""
+    from orders.stock_view import locations_overview
+
+    with session_scope() as session:
+        rows = locations_overview(session)
+    table = Table("code", "name", "on hand", "reserved", "accounts drawing from it")
+    for r in rows:
+        table.add_row(r["code"], r["name"], str(r["on_hand"]), str(r["reserved"]),
+                      ", ".join(r["accounts"]) or "(accounts with no list: all)")  # fmt: skip
+    console.print(table)
+
+
+@stock_cli.command("add-location")
+def stock_add_location(
+    code: str, name: Annotated[str, typer.Option(help="what staff call it")] = "", as_: As = None
+) -> None:
+    """Add a stock location (a warehouse) called CODE."""
+    from orders.stock import add_location
+    from orders.users import audit
+
+    actor = cli_actor(as_)
+    with session_scope() as session:
+        try:
+            add_location(session, code, name)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        audit(session, actor, "stock.location_add", code, name=name)
+    console.print(f"added stock location {code}")
 
 
 def _when(value: Any) -> str:
@@ -423,7 +463,12 @@ def stock_show(sku: str) -> None:
     console.print(f"{view.sku}: on hand {view.on_hand}, reserved {view.reserved}, "
                   f"available {view.available}"
                   + (f" (counted by {view.counted_by})" if view.counted_by else ""))  # fmt: skip
-    table = Table("account", "channel", "should show", "last pushed", "at", "state", "drift")
+    where = Table("location", "on hand", "reserved", "available")
+    for loc in view.locations:
+        where.add_row(loc.code, str(loc.on_hand), str(loc.reserved), str(loc.available))
+    console.print(where)
+    table = Table("account", "channel", "draws from", "may sell", "should show", "last pushed",
+                  "at", "state", "drift")  # fmt: skip
     for item in view.listings:
         drift = item.drift
         drift_text = ""
@@ -437,7 +482,8 @@ def stock_show(sku: str) -> None:
             state = f"failed: {item.last_error[:50]}"
         else:
             state = "pending" if item.pending else "in sync"
-        table.add_row(item.account, item.channel,
+        table.add_row(item.account, item.channel, ", ".join(item.draws_from),
+                      "" if item.may_sell is None else str(item.may_sell),
                       "" if item.should_show is None else str(item.should_show),
                       "" if item.last_pushed_qty is None else str(item.last_pushed_qty),
                       _when(item.last_pushed_at), state, drift_text)  # fmt: skip
@@ -717,6 +763,51 @@ def accounts_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> N
                       _limits_text(r["rate_limits"], r["rate_limits_error"]),
                       r["poll_cursor"] or "", str(r["active"]))  # fmt: skip
     console.print(table)
+
+
+@accounts_cli.command("locations")
+def accounts_locations(
+    name: str,
+    locations: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[CODE[=MARKETPLACE_LOCATION_ID]]...",
+            help="our locations it sells from, in the order reservations take from them "
+            "(Shopify: =gid://shopify/Location/… where its listings are set)",
+        ),
+    ] = None,
+    every: Annotated[
+        bool, typer.Option("--every", help="sell from every location (the default)")
+    ] = False,
+    as_: As = None,
+) -> None:
+    """Show or set the locations account NAME sells from; what its listings are pushed is
+    the sum over them."""
+    from orders.stock import set_account_locations
+    from orders.users import audit
+
+    pairs = [(c, e or None) for c, _, e in (item.partition("=") for item in locations or [])]
+    with session_scope() as session:
+        account = session.scalar(select(ChannelAccount).where(ChannelAccount.name == name))
+        if account is None:
+            raise CliError(f"no account named {name!r} (ordersync accounts list)")
+        if pairs or every:
+            if pairs and every:
+                raise CliError("either locations or --every, not both")
+            try:
+                set_account_locations(session, account.id, pairs)
+            except ValueError as exc:
+                raise CliError(str(exc)) from None
+            audit(session, cli_actor(as_), "account.locations", name,
+                  locations=[c for c, _ in pairs] or "every")  # fmt: skip
+        now = session.execute(
+            select(StockLocation.code, AccountLocation.external_location_id)
+            .join(AccountLocation, AccountLocation.location_id == StockLocation.id)
+            .where(AccountLocation.channel_account_id == account.id)
+            .order_by(AccountLocation.position)
+        ).all()  # fmt: skip
+    said = ", ".join(f"{code}={ext}" if ext else code for code, ext in now) or "every location"
+    console.print(f"{name} sells from: {said}")
 
 
 @accounts_cli.command("test")

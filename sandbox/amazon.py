@@ -34,6 +34,18 @@ availability per SKU; FBA listings show channel ``AMAZON_NA``) and ``PATCH
 an unknown SKU), each at its usage plan; ``listings`` holds the quantity per SKU,
 ``stock_calls`` / ``stock_sets`` the calls, ``edit_in_admin`` plays Seller Central.
 
+Feeds 2021-06-30, for many quantities at once: ``POST /feeds/2021-06-30/documents``
+(``createFeedDocument``, 201 with a presigned URL on ``/feed-documents/{id}``, the stand-in for
+S3: no SP-API token, the signature in the query, the content type of the request), ``POST
+/feeds/2021-06-30/feeds`` (``createFeed``, ``JSON_LISTINGS_FEED`` only, 202), ``GET
+/feeds/2021-06-30/feeds/{id}`` (``getFeed``: IN_QUEUE, IN_PROGRESS for
+``feed_polls_in_progress`` answers, then DONE with ``resultFeedDocumentId``, or FATAL for a
+document that is not a listings feed of this seller) and ``GET
+/feeds/2021-06-30/documents/{id}`` (``getFeedDocument``: the gzipped JSON processing report,
+``header`` / ``issues`` per ``messageId`` / ``summary``), each at its usage plan. A feed's
+messages are applied as ``patchListingsItem`` would; a created feed counts as one of
+``stock_calls``.
+
 Payloads copy the shapes of the official fixtures (``getOrders.200.sandbox-1.json``,
 ``getOrderItems.200.sandbox-1.json``): money as ``{"CurrencyCode", "Amount"}`` strings, string
 booleans, 14-digit item ids that may start with zeros, Pending orders without ``OrderTotal``.
@@ -43,6 +55,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import gzip
 import json
 import random
 import threading
@@ -82,7 +95,13 @@ DEFAULT_RATE_LIMITS: Mapping[str, tuple[float, float]] = {
     "createRestrictedDataToken": (1.0, 10),
     "patchListingsItem": (5.0, 10),
     "searchListingsItems": (5.0, 5),
+    # Feeds 2021-06-30
+    "createFeedDocument": (0.5, 15),
+    "createFeed": (0.0083, 15),
+    "getFeed": (2.0, 15),
+    "getFeedDocument": (0.0222, 10),
 }
+FEEDS = "/feeds/2021-06-30"
 SANDBOX_SELLER_ID = "A2ORDERSYNCSANDBOX"
 QUOTA_EXCEEDED: dict[str, object] = {
     "errors": [
@@ -263,9 +282,15 @@ class AmazonSimulator:
         #: SKUs Amazon fulfils (FBA: channel AMAZON_NA, quantity Amazon's own)
         self.listings: dict[str, int] = dict.fromkeys(self.skus, 0)
         self.fba_listings: dict[str, int] = {}
-        #: patchListingsItem calls answered, and every quantity set: (SKU, quantity)
+        #: patchListingsItem calls and feeds created, and every quantity set: (SKU, quantity)
         self.stock_calls = 0
         self.stock_sets: list[tuple[str, int]] = []
+        #: Feeds API: documents (id → content type, content, presigned signature), feeds (id →
+        #: the Feed object), and how many getFeed answers a feed stays IN_PROGRESS
+        self.documents: dict[str, dict[str, Any]] = {}
+        self.feeds: dict[str, dict[str, Any]] = {}
+        self.feed_polls_in_progress = 1
+        self._feed_polls: dict[str, int] = {}
 
     # ------------------------------------------------------------------ test-side API
 
@@ -789,6 +814,182 @@ class AmazonSimulator:
                   "issues": []}  # fmt: skip
         return self._reply("patchListingsItem", 200, answer)
 
+    # ------------------------------------------------------------------ feeds 2021-06-30
+
+    def _presigned_url(self, request: Request, document_id: str) -> str:
+        """Where a document is uploaded / downloaded: this simulator's stand-in for S3, with
+        a signature in the query as a presigned URL has (no SP-API token needed or taken)."""
+        base = str(request.url).split(FEEDS, 1)[0]
+        signature = self.documents[document_id]["signature"]
+        return f"{base}/feed-documents/{document_id}?X-Amz-Signature={signature}"
+
+    async def _create_feed_document(self, request: Request) -> Response:
+        granted = await self._gate("createFeedDocument", request)
+        if isinstance(granted, Response):
+            return granted
+        try:
+            content_type = json.loads(await request.body())["contentType"]
+            if not isinstance(content_type, str) or not content_type:
+                raise ValueError(content_type)
+        except (ValueError, KeyError, TypeError):
+            return self._reply("createFeedDocument", 400,
+                               _errors("InvalidInput", "contentType is required"))  # fmt: skip
+        with self._lock:
+            document_id = f"amzn1.tortuga.4.na.{uuid.uuid4()}"
+            self.documents[document_id] = {"content_type": content_type, "content": None,
+                                           "signature": uuid.uuid4().hex}  # fmt: skip
+            url = self._presigned_url(request, document_id)
+        return self._reply("createFeedDocument", 201, {"feedDocumentId": document_id, "url": url})
+
+    def _document(self, document_id: str, request: Request) -> dict[str, Any] | None:
+        document = self.documents.get(document_id)
+        if document is None or request.query_params.get("X-Amz-Signature") != (
+            document["signature"]
+        ):
+            return None
+        return document
+
+    async def _upload_document(self, document_id: str, request: Request) -> Response:
+        content = await request.body()
+        with self._lock:
+            document = self._document(document_id, request)
+            if document is None or document.get("result"):
+                return Response("<Error><Code>AccessDenied</Code></Error>", status_code=403)
+            if request.headers.get("content-type") != document["content_type"]:
+                # the signature covers the content type given to createFeedDocument
+                return Response("<Error><Code>SignatureDoesNotMatch</Code></Error>",
+                                status_code=403)  # fmt: skip
+            document["content"] = content
+        return Response(status_code=200)
+
+    async def _download_document(self, document_id: str, request: Request) -> Response:
+        with self._lock:
+            document = self._document(document_id, request)
+            if document is None or document["content"] is None:
+                return Response("<Error><Code>NoSuchKey</Code></Error>", status_code=404)
+            return Response(document["content"], media_type=document["content_type"])
+
+    async def _create_feed(self, request: Request) -> Response:
+        granted = await self._gate("createFeed", request)
+        if isinstance(granted, Response):
+            return granted
+        try:
+            body = json.loads(await request.body())
+            feed_type, document_id = body["feedType"], body["inputFeedDocumentId"]
+            marketplaces = body["marketplaceIds"]
+            if not isinstance(marketplaces, list) or not marketplaces:
+                raise ValueError(marketplaces)
+        except (ValueError, KeyError, TypeError):
+            return self._reply("createFeed", 400, _errors("InvalidInput", "bad feed"))
+        with self._lock:
+            document = self.documents.get(document_id)
+            if feed_type != "JSON_LISTINGS_FEED" or document is None or document["content"] is None:
+                bad = _errors("InvalidInput", "unknown feedType or document")
+                return self._reply("createFeed", 400, bad)
+            self.stock_calls += 1
+            feed_id = str(50000000000 + len(self.feeds) + 1)
+            self.feeds[feed_id] = {
+                "feedId": feed_id, "feedType": feed_type, "marketplaceIds": marketplaces,
+                "createdTime": _iso(self.clock()), "processingStatus": "IN_QUEUE",
+                "inputFeedDocumentId": document_id,
+            }  # fmt: skip
+            self._feed_polls[feed_id] = self.feed_polls_in_progress
+        return self._reply("createFeed", 202, {"feedId": feed_id})
+
+    async def _get_feed(self, feed_id: str, request: Request) -> Response:
+        granted = await self._gate("getFeed", request)
+        if isinstance(granted, Response):
+            return granted
+        with self._lock:
+            feed = self.feeds.get(feed_id)
+            if feed is None:
+                return self._reply("getFeed", 404, _errors("NotFound", "no such feed"))
+            if feed["processingStatus"] in ("IN_QUEUE", "IN_PROGRESS"):
+                if self._feed_polls[feed_id] > 0:
+                    self._feed_polls[feed_id] -= 1
+                    feed["processingStatus"] = "IN_PROGRESS"
+                    feed.setdefault("processingStartTime", _iso(self.clock()))
+                else:
+                    self._process_feed(feed)
+            answer = {k: v for k, v in feed.items() if k != "inputFeedDocumentId"}
+        return self._reply("getFeed", 200, answer)
+
+    def _process_feed(self, feed: dict[str, Any]) -> None:
+        """Apply a JSON_LISTINGS_FEED's messages as patchListingsItem would, and store its
+        processing report (gzipped JSON, as Amazon serves it)."""
+        document = self.documents[feed["inputFeedDocumentId"]]
+        issues: list[dict[str, Any]] = []
+        accepted = invalid = 0
+        try:
+            parsed = json.loads(document["content"])
+            header, messages = parsed["header"], parsed["messages"]
+            if header.get("sellerId") != SANDBOX_SELLER_ID or not isinstance(messages, list):
+                raise ValueError("header")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            feed["processingStatus"] = "FATAL"
+            issues.append({"code": "4000001", "severity": "ERROR",
+                           "message": "The feed is not a valid JSON_LISTINGS_FEED."})  # fmt: skip
+            messages = []
+        for message in messages:
+            problem = self._feed_message(message)
+            if problem is None:
+                accepted += 1
+                continue
+            invalid += 1
+            code, text = problem
+            which = message.get("messageId") if isinstance(message, dict) else None
+            issues.append({"messageId": which, "code": code, "severity": "ERROR",
+                           "message": text})  # fmt: skip
+        if feed["processingStatus"] != "FATAL":
+            feed["processingStatus"] = "DONE"
+        feed["processingEndTime"] = _iso(self.clock())
+        report = {
+            "header": {"sellerId": SANDBOX_SELLER_ID, "version": "2.0",
+                       "feedId": feed["feedId"]},
+            "issues": issues,
+            "summary": {"errors": len(issues), "warnings": 0, "messagesProcessed": len(messages),
+                        "messagesAccepted": accepted, "messagesInvalid": invalid},
+        }  # fmt: skip
+        result_id = f"amzn1.tortuga.4.na.{uuid.uuid4()}"
+        self.documents[result_id] = {
+            "content_type": "application/json", "result": True,
+            "content": gzip.compress(json.dumps(report).encode()), "signature": uuid.uuid4().hex,
+        }  # fmt: skip
+        feed["resultFeedDocumentId"] = result_id
+
+    def _feed_message(self, message: Any) -> tuple[str, str] | None:
+        """One message of a feed: applied (None), or why not (code, message)."""
+        try:
+            sku = message["sku"]
+            patch = message["patches"][0]
+            if message["operationType"] != "PATCH" or not message["productType"] or (
+                patch["path"] != "/attributes/fulfillment_availability"
+            ):
+                raise ValueError(patch["path"])
+            quantity = int(patch["value"][0]["quantity"])
+            channel = patch["value"][0]["fulfillment_channel_code"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return "4000003", "The message is not a valid PATCH of fulfillment_availability."
+        if sku not in {**self.listings, **self.fba_listings}:
+            return "NOT_FOUND", f"SKU {sku} is not a listing of this seller."
+        if sku in self.fba_listings or channel != "DEFAULT" or quantity < 0:
+            return "90000900", "fulfillment_availability is not editable"
+        self.listings[sku] = quantity
+        self.stock_sets.append((sku, quantity))
+        return None
+
+    async def _get_feed_document(self, document_id: str, request: Request) -> Response:
+        granted = await self._gate("getFeedDocument", request)
+        if isinstance(granted, Response):
+            return granted
+        with self._lock:
+            document = self.documents.get(document_id)
+            if document is None or not document.get("result"):
+                return self._reply("getFeedDocument", 404, _errors("NotFound", "no document"))
+            answer = {"feedDocumentId": document_id, "compressionAlgorithm": "GZIP",
+                      "url": self._presigned_url(request, document_id)}  # fmt: skip
+        return self._reply("getFeedDocument", 200, answer)
+
     def build_router(self) -> APIRouter:
         router = APIRouter()
         router.add_api_route("/auth/o2/token", self._lwa_token, methods=["POST"])
@@ -810,6 +1011,18 @@ class AmazonSimulator:
         )
         router.add_api_route(
             "/listings/2021-08-01/items/{seller_id}/{sku}", self._patch_listing, methods=["PATCH"]
+        )
+        router.add_api_route(f"{FEEDS}/documents", self._create_feed_document, methods=["POST"])
+        router.add_api_route(
+            f"{FEEDS}/documents/{{document_id}}", self._get_feed_document, methods=["GET"]
+        )
+        router.add_api_route(f"{FEEDS}/feeds", self._create_feed, methods=["POST"])
+        router.add_api_route(f"{FEEDS}/feeds/{{feed_id}}", self._get_feed, methods=["GET"])
+        router.add_api_route(
+            "/feed-documents/{document_id}", self._upload_document, methods=["PUT"]
+        )
+        router.add_api_route(
+            "/feed-documents/{document_id}", self._download_document, methods=["GET"]
         )
         return router
 

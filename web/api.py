@@ -139,8 +139,9 @@ class ActionOut(BaseModel):
 
 class StockOut(BaseModel):
     sku: str
-    on_hand: int
-    available: int
+    location: str
+    on_hand: int  # at the location
+    available: int  # over every location
     released: list[int]
 
 
@@ -750,21 +751,28 @@ def set_stock(
     session: SessionDep,
     staff: Staff,
     on_hand: int = Query(..., ge=0, le=2**31 - 1),
+    location: str = Query("main", min_length=1, max_length=50),
 ) -> dict[str, Any]:
-    """Set the counted quantity; on-hold orders waiting for the SKU are pushed on, and the
-    SKU's listings are pushed the new quantity."""
-    from orders.stock import set_on_hand
+    """Set the counted quantity at one of our locations (``main`` by default); on-hold orders
+    waiting for the SKU are pushed on, and the SKU's listings are pushed the new quantity. An
+    unknown location is 404, a count below what open orders hold there 409."""
+    from orders.stock import location_id, set_on_hand
     from workflows.pipeline import release_waiting
 
     with session.begin():
         try:
-            available = set_on_hand(session, sku, on_hand, actor=staff.actor)
+            location_id(session, location)
+        except ValueError as exc:
+            raise HTTPException(404, str(exc)) from None
+        try:
+            available = set_on_hand(session, sku, on_hand, location=location, actor=staff.actor)
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from None
         waiting = release_waiting(session, sku)
-        audit(session, staff.actor, "stock.set", sku, on_hand=on_hand, available=available,
-              released=waiting)
-    return {"sku": sku, "on_hand": on_hand, "available": available, "released": waiting}
+        audit(session, staff.actor, "stock.set", sku, on_hand=on_hand, location=location,
+              available=available, released=waiting)  # fmt: skip
+    return {"sku": sku, "location": location, "on_hand": on_hand, "available": available,
+            "released": waiting}  # fmt: skip
 
 
 @router.get("/orders/{order_id}/invoice.pdf", response_class=Response, responses=PDF)

@@ -1,7 +1,10 @@
 """Prometheus series of the workers, and what the queues hold.
 
 Every Celery process counts its task runs (``ordersync_task_runs_total{task, outcome}``:
-success, failure, retry, ignored = parked or skipped), failures, retries and durations. A
+success, failure, retry, ignored = parked or skipped), failures, retries and durations, and
+what its stock flushes did (``ordersync_stock_pushes_total{channel, outcome}``: applied,
+refused, drifted; ``…_stock_push_calls_total{channel, kind}``: call, feed;
+``…_stock_drift_found_total{channel, found_by}``: push, nightly). A
 worker's pool processes are forked, so ``ordersync worker --metrics-port`` turns on
 prometheus_client's multiprocess mode (a directory of its own, set before the pool starts)
 and serves the sum of its processes on that port.
@@ -19,7 +22,9 @@ from typing import Any
 from celery import signals
 from prometheus_client import Counter, Histogram
 
-__all__ = ["PUBLISHED_AT", "queue_depths"]
+from orders.stock_push import FlushResult
+
+__all__ = ["PUBLISHED_AT", "count_check", "count_flush", "queue_depths"]
 
 #: the message header with the publish time (seconds since the epoch)
 PUBLISHED_AT = "ordersync_published_at"
@@ -34,7 +39,43 @@ DURATION = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 
+# stock out to the channels (orders/stock_push.py), counted by the task that flushed
+STOCK_PUSHES = Counter(
+    "ordersync_stock_pushes",
+    "Listing quantities sent to a channel, by what became of them",
+    ["channel", "outcome"],
+)
+STOCK_PUSH_CALLS = Counter(
+    "ordersync_stock_push_calls", "Bulk stock calls made to a channel (a feed is one)",
+    ["channel", "kind"],
+)  # fmt: skip
+STOCK_DRIFT = Counter(
+    "ordersync_stock_drift_found",
+    "Listings found showing another quantity than we last pushed (edited on the channel)",
+    ["channel", "found_by"],
+)
+
 _started: dict[str, float] = {}
+
+
+def count_flush(channel: str, flushed: FlushResult) -> None:
+    """A flush's pushes: applied, refused, drifted (found by the push's compare-and-set)."""
+    for outcome, n in (("applied", flushed.pushed), ("refused", flushed.refused),
+                       ("drifted", flushed.drifted)):  # fmt: skip
+        if n:
+            STOCK_PUSHES.labels(channel, outcome).inc(n)
+    if flushed.calls - flushed.feeds:
+        STOCK_PUSH_CALLS.labels(channel, "call").inc(flushed.calls - flushed.feeds)
+    if flushed.feeds:
+        STOCK_PUSH_CALLS.labels(channel, "feed").inc(flushed.feeds)
+    if flushed.drifted:
+        STOCK_DRIFT.labels(channel, "push").inc(flushed.drifted)
+
+
+def count_check(channel: str, drifted: int) -> None:
+    """The nightly check's drift."""
+    if drifted:
+        STOCK_DRIFT.labels(channel, "nightly").inc(drifted)
 
 
 @signals.before_task_publish.connect

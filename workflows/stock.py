@@ -39,6 +39,7 @@ from orders import stock_push
 from orders.stock import DIRTY_ACCOUNTS
 from workflows.base import OrdersyncTask, describe
 from workflows.celery_app import app
+from workflows.metrics import count_check, count_flush
 from workflows.providers import connector_for, shared_limiter
 
 __all__ = ["flush_dirty", "flush_stock", "schedule_flush", "stock_check", "stock_check_all"]
@@ -117,11 +118,13 @@ def flush_stock(self: StockTask, account_id: int) -> dict[str, Any]:
     if account is None:
         return {"account_id": account_id, "status": "inactive"}
     connector = connector_for(account, ConnectorSeams(limiter=shared_limiter()))
+    result = stock_push.FlushResult()
     try:
-        result = stock_push.flush(self.transaction, account_id, connector,
-                                  owner=self.request.id or uuid.uuid4().hex)  # fmt: skip
+        stock_push.flush(self.transaction, account_id, connector,
+                         owner=self.request.id or uuid.uuid4().hex, flushed=result)  # fmt: skip
     finally:
         connector.close()
+        count_flush(account.channel, result)  # what it did, even when a later batch failed
     # busy: the flusher holding the account reads what is dirty when its round starts, and
     # looks again after letting go (``more``), so nothing is left behind by returning here
     if result.more:
@@ -150,6 +153,7 @@ def stock_check(self: OrdersyncTask, account_id: int) -> dict[str, Any]:
         report = stock_push.check(self.transaction, account_id, connector)
     finally:
         connector.close()
+    count_check(account.channel, report.drifted)
     flush_stock.delay(account_id)  # repairs what drifted, pushes what was dirty anyway
     return {"account_id": account_id, **report.__dict__}
 

@@ -16,6 +16,7 @@ https://developer-docs.amazon.com/sp-api/docs/usage-plans-and-rate-limits
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -23,7 +24,7 @@ from urllib.parse import quote
 import httpx
 import structlog
 
-from domain.errors import AuthError, PayloadError
+from domain.errors import AuthError, PayloadError, TransportError, error_for_status
 from integrations.amazon.lwa import LwaTokenProvider
 from integrations.amazon.rdt import (
     DEFAULT_DENIED_TTL,
@@ -32,11 +33,13 @@ from integrations.amazon.rdt import (
     RestrictedResource,
     RestrictedTokenCache,
 )
-from integrations.http import ApiClient
+from integrations.http import ApiClient, parse_retry_after
 from integrations.ratelimit import Bucket
 
 __all__ = [
     "DEFAULT_API_BASE_URL",
+    "FEEDS_PATH",
+    "JSON_CONTENT_TYPE",
     "ORDERS_PATH",
     "RATE_LIMITS",
     "RDT_PATH",
@@ -64,8 +67,16 @@ RATE_LIMITS: Mapping[str, Bucket] = {
     # Listings Items 2021-08-01 ("Usage Plan" tables of the model)
     "patchListingsItem": Bucket(rate=5.0, burst=10),
     "searchListingsItems": Bucket(rate=5.0, burst=5),
+    # Feeds 2021-06-30 ("Usage Plan" tables of the model)
+    "createFeedDocument": Bucket(rate=0.5, burst=15),
+    "createFeed": Bucket(rate=0.0083, burst=15),
+    "getFeed": Bucket(rate=2.0, burst=15),
+    "getFeedDocument": Bucket(rate=0.0222, burst=10),
 }
 LISTINGS_PATH = "/listings/2021-08-01/items"
+FEEDS_PATH = "/feeds/2021-06-30"
+#: the content type of a JSON listings feed document (createFeedDocument and its upload)
+JSON_CONTENT_TYPE = "application/json; charset=UTF-8"
 #: searchListingsItems: at most 20 per page, and 1000 items in all can be paged through
 LISTINGS_PAGE_SIZE = 20
 
@@ -310,6 +321,71 @@ class SpApiClient(ApiClient):
             params=params,
         )  # fmt: skip
         return _object("searchListingsItems", response)
+
+
+    # ------------------------------------------------------------------ feeds 2021-06-30
+
+    def create_feed_document(self, content_type: str = JSON_CONTENT_TYPE) -> dict[str, Any]:
+        """``createFeedDocument``: ``{"feedDocumentId", "url"}`` (a presigned upload URL)."""
+        response = self.request(
+            "createFeedDocument", "POST", f"{FEEDS_PATH}/documents",
+            json={"contentType": content_type},
+        )  # fmt: skip
+        return _object("createFeedDocument", response)
+
+    def upload_feed_document(
+        self, url: str, content: bytes, content_type: str = JSON_CONTENT_TYPE
+    ) -> None:
+        """PUT the document to its presigned URL (no SP-API token: the URL is the grant)."""
+        self._presigned("uploadFeedDocument", "PUT", url, content=content,
+                        headers={"content-type": content_type})  # fmt: skip
+
+    def create_feed(
+        self, feed_type: str, marketplace_ids: Sequence[str], document_id: str
+    ) -> dict[str, Any]:
+        """``createFeed``: ``{"feedId"}`` (202)."""
+        response = self.request(
+            "createFeed", "POST", f"{FEEDS_PATH}/feeds",
+            json={"feedType": feed_type, "marketplaceIds": list(marketplace_ids),
+                  "inputFeedDocumentId": document_id},
+        )  # fmt: skip
+        return _object("createFeed", response)
+
+    def get_feed(self, feed_id: str) -> dict[str, Any]:
+        """``getFeed``: ``processingStatus`` (IN_QUEUE, IN_PROGRESS, DONE, CANCELLED, FATAL)
+        and, once done, ``resultFeedDocumentId``."""
+        response = self.request(
+            "getFeed", "GET", f"{FEEDS_PATH}/feeds/{quote(feed_id, safe='')}"
+        )
+        return _object("getFeed", response)
+
+    def get_feed_document(self, document_id: str) -> dict[str, Any]:
+        """``getFeedDocument``: ``{"feedDocumentId", "url", "compressionAlgorithm"?}``."""
+        response = self.request(
+            "getFeedDocument", "GET", f"{FEEDS_PATH}/documents/{quote(document_id, safe='')}"
+        )
+        return _object("getFeedDocument", response)
+
+    def download_feed_document(self, url: str, compression: str | None = None) -> bytes:
+        """The document at its presigned URL, un-gzipped when ``compression`` is ``GZIP``."""
+        content = self._presigned("downloadFeedDocument", "GET", url).content
+        if compression == "GZIP":
+            try:
+                return gzip.decompress(content)
+            except (OSError, EOFError):
+                raise PayloadError("downloadFeedDocument: not GZIP as announced") from None
+        return content
+
+    def _presigned(self, operation: str, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            raise TransportError(f"{operation}: {type(exc).__name__}") from exc
+        if response.is_success:
+            return response
+        wait = parse_retry_after(response.headers.get("Retry-After"))
+        status = response.status_code
+        raise error_for_status(status, f"{operation}: HTTP {status}", retry_after=wait)
 
 
 def _object(operation: str, response: httpx.Response) -> dict[str, Any]:

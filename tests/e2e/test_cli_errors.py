@@ -73,6 +73,15 @@ CASES = [
     Case("stock-below-reserved", ["stock", "set", "HELD", "1"], "reserved"),
     Case("stock-sku-too-long", ["stock", "set", "S" * 101, "5"], "1 to 100 characters"),
     Case("stock-over-int32", ["stock", "set", "SKU-1", str(2**31)], "between 0 and"),
+    Case("stock-unknown-location", ["stock", "set", "SKU-1", "5", "--location", "north"],
+         "no stock location 'north' (known: main)"),
+    Case("stock-location-duplicate", ["stock", "add-location", "main"], "exists already"),
+    Case("account-locations-unknown", ["accounts", "locations", "taken", "main", "north"],
+         "no stock location 'north'"),
+    Case("account-locations-twice", ["accounts", "locations", "taken", "main", "main"],
+         "named twice"),
+    Case("account-locations-and-every", ["accounts", "locations", "taken", "main", "--every"],
+         "not both"),
     # orders
     Case("retry-unknown-order", ["orders", "retry", "999999"], "order 999999 does not exist"),
     Case("list-negative-limit", ["orders", "list", "--limit", "-1"], "--limit"),
@@ -136,6 +145,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
         conn.execute(
             sa.text(
+                "INSERT INTO stock_levels (sku, location_id, on_hand, reserved, updated_at)"
+                " SELECT 'HELD', id, 5, 3, CURRENT_TIMESTAMP FROM stock_locations"
+                " WHERE code = 'main'"
+            )
+        )
+        conn.execute(
+            sa.text(
                 "INSERT INTO users (name, password_hash, role, active, session_version,"
                 " created_at, updated_at) VALUES ('vera', 'not-a-hash', 'viewer', 1, 1,"
                 " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
@@ -164,7 +180,10 @@ def _snapshot(workdir: Path) -> tuple[list[tuple[object, ...]], ...]:
     engine = sa.create_engine(f"sqlite:///{workdir / 'ordersync.db'}")
     with engine.connect() as conn:
         accounts = conn.execute(sa.text("SELECT * FROM channel_accounts ORDER BY id")).all()
-        stock = conn.execute(sa.text("SELECT * FROM stock_items ORDER BY sku")).all()
+        stock = list(conn.execute(sa.text("SELECT * FROM stock_items ORDER BY sku")).all())
+        stock += conn.execute(sa.text("SELECT * FROM stock_levels ORDER BY sku")).all()
+        stock += conn.execute(sa.text("SELECT * FROM stock_locations ORDER BY id")).all()
+        stock += conn.execute(sa.text("SELECT * FROM account_locations")).all()
         users = conn.execute(sa.text("SELECT * FROM users ORDER BY id")).all()
         tokens = conn.execute(sa.text("SELECT * FROM api_tokens ORDER BY id")).all()
     engine.dispose()

@@ -468,10 +468,12 @@ def test_the_stock_page_puts_failed_pushes_and_drift_first_with_both_numbers(
     page.goto("/stock")
     first = page.locator("#stock tbody tr").first
     expect(first).to_have_attribute("data-sku", sku)  # problems first; markup stays text
-    expect(first.locator("td").nth(6)).to_have_text("1")  # failed
-    expect(first.locator("td").nth(7)).to_have_text("1")  # open drift
+    expect(first.locator("td").nth(4)).to_have_text("main 12")  # available by location
+    expect(first.locator("td").nth(7)).to_have_text("1")  # failed
+    expect(first.locator("td").nth(8)).to_have_text("1")  # open drift
     first.get_by_role("link").click()
     expect(page.locator("#stock-numbers tbody")).to_contain_text("12")
+    expect(page.locator("#stock-locations tr[data-location=main]")).to_contain_text("12")
     row = page.locator("#stock-listings tbody tr").first
     expect(row).to_contain_text("push failed: ServerError: HTTP 503 (after 8 attempts)")
     expect(row).to_contain_text("channel showed 9, expected 5")

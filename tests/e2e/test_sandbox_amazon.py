@@ -16,6 +16,7 @@ import pytest
 from fastapi import FastAPI
 
 from domain.errors import AuthError
+from domain.listings import StockUpdate
 from integrations.amazon.connector import AmazonConnector
 from integrations.base import AccountConfig, ConnectorSeams
 from sandbox.amazon import (
@@ -23,6 +24,7 @@ from sandbox.amazon import (
     SANDBOX_CLIENT_SECRET,
     SANDBOX_MARKETPLACE_ID,
     SANDBOX_REFRESH_TOKEN,
+    SANDBOX_SELLER_ID,
     AmazonSimulator,
 )
 from tests.support.servers import serve_app
@@ -37,8 +39,9 @@ def running(sim: AmazonSimulator) -> Iterator[str]:
 
 
 def connector(
-    base: str, *, secret: str = SANDBOX_CLIENT_SECRET, sleep: Callable[[float], None] = time.sleep
-) -> AmazonConnector:
+    base: str, *, secret: str = SANDBOX_CLIENT_SECRET, sleep: Callable[[float], None] = time.sleep,
+    seller_id: str | None = None,
+) -> AmazonConnector:  # fmt: skip
     account = AccountConfig(
         name="amazon-e2e",
         channel="amazon",
@@ -49,6 +52,7 @@ def connector(
             "client_secret": secret,
             "lwa_url": base,  # the simulator serves LWA under the same prefix
             "marketplace_ids": [SANDBOX_MARKETPLACE_ID],
+            **({"seller_id": seller_id} if seller_id else {}),
         },
     )
     return AmazonConnector(account, ConnectorSeams(sleep=sleep))
@@ -353,3 +357,33 @@ def test_simulator_rdt_expires_after_its_lifetime() -> None:
 
     assert expired.status_code == 403
     assert "expired" in expired.json()["errors"][0]["message"]
+
+
+def test_a_json_listings_feed_sets_hundreds_of_quantities_in_one_feed_with_a_report() -> None:
+    sim = AmazonSimulator(seed=6, skus=())
+    skus = [f"FEED-{i:03d}" for i in range(400)]
+    sim.add_listings(skus)
+    sim.add_listings(["FBA-1"], 50, fba=True)
+    sim.feed_polls_in_progress = 2
+    updates = [
+        StockUpdate(listing_id=i, sku=sku, external_id=sku, parent_id=None,
+                    location_id=SANDBOX_MARKETPLACE_ID, quantity=i % 7, expected=None)
+        for i, sku in enumerate([*skus, "FBA-1", "NOWHERE"])
+    ]  # fmt: skip
+
+    with running(sim) as base:
+        amazon = connector(base, seller_id=SANDBOX_SELLER_ID)
+        try:
+            result = amazon.push_stock_feed(updates)
+        finally:
+            amazon.close()
+
+    assert sorted(result.applied) == list(range(400))
+    assert result.refused == {400: "INVALID: 90000900", 401: "INVALID: NOT_FOUND"}
+    assert sim.listings == {sku: i % 7 for i, sku in enumerate(skus)}
+    assert sim.fba_listings == {"FBA-1": 50}
+    assert sim.stock_calls == 1  # one feed, not 402 patchListingsItem calls
+    calls = Counter(op for op, _ in sim.request_log)
+    assert calls["createFeedDocument"] == calls["createFeed"] == calls["getFeedDocument"] == 1
+    assert calls["getFeed"] == 3  # IN_PROGRESS twice, then DONE
+    assert calls["patchListingsItem"] == 0

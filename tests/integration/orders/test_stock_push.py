@@ -280,6 +280,10 @@ def test_fba_listings_are_recorded_and_never_pushed(shop: Shop) -> None:
     assert channel.calls == [[("MINE", 7)]]
     fba = _listing(shop, "FBA-1")
     assert fba.fulfilled_by_marketplace and fba.pushed_version == 0 and fba.want_version == 1
+    # nor does the safety net keep flushing the account for it
+    with shop.transaction() as session:
+        later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
+        assert stock_push.dirty_accounts(session, later) == []
 
 
 def test_listings_sync_records_identifiers_and_reports_skus_on_one_side_only(
@@ -352,3 +356,46 @@ def test_sku_without_stock_is_not_pushed_and_an_unknown_listing_is_refused_with_
     assert ghost.last_error == "NOT_FOUND" and ghost.dirty_at is None
     with shop.maker() as session:
         assert session.scalar(select(StockItem.counted_by).where(StockItem.sku == "OK")) == "test"
+
+
+class FeedChannel(FakeChannel):
+    """A channel that also takes a feed (as Amazon's JSON_LISTINGS_FEED) above a threshold."""
+
+    stock_feed_threshold = 3
+    stock_feed_max_wait_s = 60.0
+
+    def __init__(self, skus: Sequence[str]) -> None:
+        super().__init__(skus, batch=1, compare=False)
+        self.feeds: list[list[tuple[str, int]]] = []
+
+    def push_stock_feed(self, updates: Sequence[StockUpdate]) -> StockPushResult:
+        self.feeds.append([(u.sku, u.quantity) for u in updates])
+        for u in updates:
+            self.shown[u.sku] = u.quantity
+        return StockPushResult(applied=[u.listing_id for u in updates])
+
+
+def test_more_changes_than_the_feed_threshold_go_in_one_feed_fewer_call_by_call(
+    shop: Shop,
+) -> None:
+    skus = ["A", "B", "C", "D", "E"]
+    _listings(shop, skus)
+    for i, sku in enumerate(skus):
+        _set(shop, sku, i + 1)
+    channel = FeedChannel(skus)
+
+    flushed = _flush(shop, channel)
+
+    assert channel.feeds == [[("A", 1), ("B", 2), ("C", 3), ("D", 4), ("E", 5)]]
+    assert channel.calls == []
+    assert (flushed.calls, flushed.feeds, flushed.pushed) == (1, 1, 5)
+    assert {r.sku: r.last_pushed_qty for r in shop.rows(Listing)} == {
+        "A": 1, "B": 2, "C": 3, "D": 4, "E": 5}  # fmt: skip
+
+    # three changes are not more than the threshold: one call each (batch size 1)
+    for sku in ("A", "B", "C"):
+        _set(shop, sku, 9)
+    flushed = _flush(shop, channel)
+    assert len(channel.feeds) == 1
+    assert channel.calls == [[("A", 9)], [("B", 9)], [("C", 9)]]
+    assert (flushed.calls, flushed.feeds) == (3, 0)

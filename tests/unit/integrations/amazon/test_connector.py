@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -515,3 +516,114 @@ def test_amazon_says_a_seller_cannot_cancel_through_the_api(env: Env) -> None:
     with pytest.raises(ValidationError) as caught:
         env.connector.push_cancellation("902-1845936-5435065", reason="r", idempotency_key="c")
     assert caught.value.code == "NotSupported" and "Seller Central" in str(caught.value)
+
+
+# --- JSON_LISTINGS_FEED (Feeds API 2021-06-30), with the payloads of its documentation ---------
+
+FEEDS = f"{API}/feeds/2021-06-30"
+UPLOAD = "https://tortuga-prod-na.s3.test/doc-in?X-Amz-Signature=abc"
+REPORT_AT = "https://tortuga-prod-na.s3.test/doc-out?X-Amz-Signature=def"
+
+
+def _feed_routes(
+    env: Env, statuses: list[str], report: dict[str, Any] | None
+) -> dict[str, respx.Route]:
+    polls = iter(statuses)
+
+    def feed(request: httpx.Request) -> httpx.Response:
+        status = next(polls)
+        body: dict[str, Any] = {
+            "feedId": "50014018000", "feedType": "JSON_LISTINGS_FEED",
+            "marketplaceIds": ["ATVPDKIKX0DER"], "createdTime": "2024-06-01T12:00:00Z",
+            "processingStatus": status,
+        }  # fmt: skip
+        if status in ("DONE", "FATAL") and report is not None:
+            body["resultFeedDocumentId"] = "amzn1.tortuga.4.na.out"
+        return httpx.Response(200, json=body)
+
+    return {
+        "document": env.router.post(f"{FEEDS}/documents").mock(return_value=httpx.Response(
+            201, json={"feedDocumentId": "amzn1.tortuga.4.na.in", "url": UPLOAD})),
+        "upload": env.router.put(UPLOAD).mock(return_value=httpx.Response(200)),
+        "create": env.router.post(f"{FEEDS}/feeds").mock(
+            return_value=httpx.Response(202, json={"feedId": "50014018000"})),
+        "feed": env.router.get(f"{FEEDS}/feeds/50014018000").mock(side_effect=feed),
+        "result": env.router.get(f"{FEEDS}/documents/amzn1.tortuga.4.na.out").mock(
+            return_value=httpx.Response(200, json={
+                "feedDocumentId": "amzn1.tortuga.4.na.out", "url": REPORT_AT,
+                "compressionAlgorithm": "GZIP"})),
+        "download": env.router.get(REPORT_AT).mock(return_value=httpx.Response(
+            200, content=gzip.compress(json.dumps(report or {}).encode()))),
+    }  # fmt: skip
+
+
+def test_a_feed_sends_every_quantity_in_one_document_and_reads_the_processing_report(
+    env: Env,
+) -> None:
+    report = {
+        "header": {"sellerId": "A2SELLER", "version": "2.0", "feedId": "50014018000"},
+        "issues": [
+            {"messageId": 2, "code": "90000900", "severity": "ERROR",
+             "message": "fulfillment_availability is not editable"},
+            {"messageId": 1, "code": "99022", "severity": "WARNING", "message": "slow"},
+        ],
+        "summary": {"errors": 1, "warnings": 1, "messagesProcessed": 3,
+                    "messagesAccepted": 2, "messagesInvalid": 1},
+    }  # fmt: skip
+    routes = _feed_routes(env, ["IN_QUEUE", "IN_PROGRESS", "DONE"], report)
+
+    result = env.connector.push_stock_feed(
+        [_stock(11, "OK-1", 7), _stock(12, "FBA-1", 3), _stock(13, "OK-2", -1)]
+    )
+
+    assert result.applied == [11, 13]
+    assert result.refused == {12: "INVALID: 90000900"}
+    assert json.loads(routes["document"].calls[0].request.content) == {
+        "contentType": "application/json; charset=UTF-8"}  # fmt: skip
+    upload = routes["upload"].calls[0].request
+    assert upload.headers["content-type"] == "application/json; charset=UTF-8"
+    assert "x-amz-access-token" not in upload.headers  # the presigned URL is the grant
+    assert json.loads(upload.content) == {
+        "header": {"sellerId": "A2SELLER", "version": "2.0", "issueLocale": "en_US"},
+        "messages": [
+            {"messageId": n, "sku": sku, "operationType": "PATCH", "productType": "PRODUCT",
+             "patches": [{"op": "replace", "path": "/attributes/fulfillment_availability",
+                          "value": [{"fulfillment_channel_code": "DEFAULT", "quantity": q}]}]}
+            for n, sku, q in ((1, "OK-1", 7), (2, "FBA-1", 3), (3, "OK-2", 0))
+        ],
+    }  # fmt: skip
+    assert json.loads(routes["create"].calls[0].request.content) == {
+        "feedType": "JSON_LISTINGS_FEED", "marketplaceIds": ["ATVPDKIKX0DER"],
+        "inputFeedDocumentId": "amzn1.tortuga.4.na.in"}  # fmt: skip
+    assert routes["feed"].call_count == 3
+    assert env.sleeps == [0.5, 1.0]  # backing off between getFeed polls
+    assert "x-amz-access-token" not in routes["download"].calls[0].request.headers
+
+
+def test_a_fatal_feed_refuses_every_message_with_the_reports_codes(env: Env) -> None:
+    report = {"header": {"sellerId": "A2SELLER", "version": "2.0", "feedId": "50014018000"},
+              "issues": [{"code": "4000001", "severity": "ERROR", "message": "bad feed"}],
+              "summary": {"errors": 1, "warnings": 0, "messagesProcessed": 0,
+                          "messagesAccepted": 0, "messagesInvalid": 0}}  # fmt: skip
+    _feed_routes(env, ["FATAL"], report)
+
+    result = env.connector.push_stock_feed([_stock(1, "A", 1), _stock(2, "B", 2)])
+
+    assert result.applied == []
+    assert result.refused == {1: "FATAL: 4000001", 2: "FATAL: 4000001"}
+
+
+def test_a_cancelled_feed_or_one_not_done_in_time_is_retried_not_recorded(env: Env) -> None:
+    _feed_routes(env, ["CANCELLED"], None)
+    with pytest.raises(ServerError, match="CANCELLED"):
+        env.connector.push_stock_feed([_stock(1, "A", 1)])
+
+    env.connector.stock_feed_max_wait_s = 2.0
+    env.sleeps.clear()
+    routes = _feed_routes(env, ["IN_QUEUE"] * 10, None)
+    polled = routes["feed"].call_count
+    with pytest.raises(ServerError, match="IN_QUEUE"):
+        env.connector.push_stock_feed([_stock(1, "A", 1)])
+    # polled at 0, 0.5, 1.5 and 3.5 s: past the 2 s it waits, it gives up
+    assert routes["feed"].call_count - polled == 4
+    assert env.sleeps == [0.5, 1.0, 2.0]
