@@ -200,6 +200,9 @@ def _version(fixtures_dir: Path, external_id: str, minute: int, total: str) -> A
     )  # fmt: skip
     payload["id"] = int(external_id)
     payload["admin_graphql_api_id"] = f"gid://shopify/Order/{external_id}"
+    for n, refund in enumerate(payload.get("refunds") or [], start=1):
+        # a refund id is the shop's, unique across its orders (the fixture's one order has one)
+        refund["id"], refund["order_id"] = int(external_id) * 100 + n, int(external_id)
     return map_order(payload, "shop")
 
 
@@ -248,10 +251,12 @@ def test_a_page_creates_the_new_orders_leaves_the_stale_and_updates_the_newer(
             .where(OrderEvent.actor == "poll:shop")
             .order_by(Order.external_id, OrderEvent.id)
         ).all()
-        # the newer version of 2 went through the single-order intake: its edit was seen
+        # the newer version of 2 went through the single-order intake: its edit was seen; the
+        # new orders' refunds (the fixture is partly refunded) recorded with them, once
         assert [tuple(r) for r in timeline] == [
             ("2", "updated", "poll:shop"), ("2", "edited", "poll:shop"),
-            ("3", "received", "poll:shop"), ("4", "received", "poll:shop"),
+            ("3", "received", "poll:shop"), ("3", "refunded_on_marketplace", "poll:shop"),
+            ("4", "received", "poll:shop"), ("4", "refunded_on_marketplace", "poll:shop"),
         ]  # fmt: skip
 
 
