@@ -55,6 +55,7 @@ __all__ = [
     "CapturedPayment",
     "HolderFactory",
     "capture",
+    "record_collected",
 ]
 
 S = OrderState
@@ -127,6 +128,30 @@ def _record(
          "collected_by_marketplace": False, "captured_at": now, "created_at": now},
     )  # fmt: skip
     idempotency.finish(session, key, {"id": captured.id, "status": captured.status})
+
+
+def record_collected(session: Session, order: Order) -> Payment | None:
+    """The money the marketplace says it collected (``payment_collected_by_marketplace``), as
+    the order's one payment, when none is recorded and no capture of ours is in doubt (that
+    one the capture step settles first). The capture step records it so; so does a refund the
+    marketplace reports before the pipeline reached the payment (an order paid at checkout and
+    cancelled with its refund in the admin): money given back was first taken."""
+    if not order.payment_collected_by_marketplace or _has_payment(session, order.id):
+        return None
+    if idempotency.unfinished(session, f"capture:{order.id}") is not None:
+        return None
+    return _collected(session, order)
+
+
+def _collected(session: Session, order: Order) -> Payment:
+    payment = Payment(
+        order_id=order.id, provider=order.channel, amount=order.total, currency=order.currency,
+        status="collected", idempotency_key=idempotency.current_key(session, f"capture:{order.id}"),
+        collected_by_marketplace=True, captured_at=utcnow(),
+    )  # fmt: skip
+    session.add(payment)
+    session.flush()
+    return payment
 
 
 def _facts(order: Order) -> dict[str, Any]:
@@ -208,12 +233,7 @@ def capture(
         if order.payment_collected_by_marketplace:
             pending = idempotency.unfinished(session, f"capture:{order_id}")
             if pending is None:
-                key = idempotency.current_key(session, f"capture:{order_id}")
-                session.add(
-                    Payment(order_id=order_id, provider=order.channel, amount=amount,
-                            currency=currency, status="collected", idempotency_key=key,
-                            collected_by_marketplace=True, captured_at=utcnow())
-                )  # fmt: skip
+                _collected(session, order)
                 transition(session, order, S.PAID, actor=ACTOR, collected_by=order.channel)
                 return Outcome("collected by marketplace")
             in_doubt = pending.key  # our capture may have gone through: settle that first

@@ -91,6 +91,11 @@ def record_marketplace_refunds(
     if not refunds:
         return new
     payment_id = session.scalar(select(Payment.id).where(Payment.order_id == order.id))
+    if payment_id is None and unrecorded(session, order.channel_account_id, refunds):
+        from orders.payments import record_collected
+
+        collected = record_collected(session, order)  # refunded before the pipeline paid it
+        payment_id = collected.id if collected is not None else None
     rows = session.execute(
         select(OrderLine.external_id, OrderLine.sku).where(OrderLine.order_id == order.id)
     ).all()

@@ -788,6 +788,7 @@ class ShopifySimulator:
         with self._lock:
             order = self.orders[external_id]
             if cancel:
+                self._settle_for_cancel(order)
                 self._cancel(order, "customer")
             elif order["financial_status"] in ("pending", "authorized"):
                 if order["financial_status"] == "authorized":  # captured in the admin
@@ -905,6 +906,68 @@ class ShopifySimulator:
     ) -> tuple[dict[str, str], bytes]:
         """The ``orders/edited`` webhook of an edit: its body is ``{"order_edit": …}``."""
         return self._signed("orders/edited", {"order_edit": edit}, secret, webhook_id)
+
+    def _settle_for_cancel(self, order: dict[str, Any]) -> None:
+        """The money side of a cancellation in the admin, as Shopify does it by default: an
+        authorization not captured is voided (``voided``); money the buyer paid goes back to
+        the card in one refund of every unit not refunded yet (restocked: ``cancel``) and
+        the shipping (``refunded``)."""
+        external_id = str(order["id"])
+        if order["financial_status"] == "authorized":
+            auth = self._authorization(external_id)
+            self._transaction(order, "VOID", "0", parent=auth["id"])
+            order["financial_status"] = "voided"
+            return
+        if order["financial_status"] not in ("paid", "partially_refunded"):
+            return  # nothing paid (pending): nothing to give back
+        cur = order["currency"]
+        refunds = order.setdefault("refunds", [])
+        back = sum((Decimal(t["amount"]) for r in refunds for t in r["transactions"]),
+                   Decimal(0))  # fmt: skip
+        left = Decimal(order["total_price"]) - back
+        if left <= 0:
+            return
+        refund_id = int(order["id"]) * 100 + len(refunds) + 1
+        items = []
+        for n, item in enumerate(order["line_items"]):
+            remaining = int(item.get("current_quantity", item["quantity"]))
+            if remaining <= 0:
+                continue
+            share = Decimal(remaining) / Decimal(item["quantity"])
+            discount = sum((Decimal(d["amount"]) for d in item["discount_allocations"]),
+                           Decimal(0))  # fmt: skip
+            subtotal = ((Decimal(item["price"]) * item["quantity"] - discount) * share).quantize(
+                CENT, ROUND_HALF_UP
+            )
+            tax = (Decimal(item["tax_lines"][0]["price"]) * share).quantize(CENT, ROUND_HALF_UP)
+            items.append({
+                "id": refund_id * 10 + n, "line_item_id": item["id"], "quantity": remaining,
+                "restock_type": "cancel", "subtotal": float(subtotal), "total_tax": float(tax),
+                "subtotal_set": _set(subtotal, cur), "total_tax_set": _set(tax, cur),
+            })  # fmt: skip
+            item["current_quantity"] = 0
+        shipping = Decimal(order["total_shipping_price_set"]["shop_money"]["amount"])
+        parent = next((t["id"] for t in self.transactions.get(external_id, [])
+                       if t["kind"] in ("SALE", "CAPTURE")), None)  # fmt: skip
+        refunds.append({
+            "id": refund_id, "order_id": int(order["id"]),
+            "created_at": _rest_time(self._now()), "note": "cancelled", "restock": True,
+            "admin_graphql_api_id": f"gid://shopify/Refund/{refund_id}",
+            "refund_line_items": items,
+            "transactions": [{
+                "id": refund_id + 9, "order_id": int(order["id"]), "kind": "refund",
+                "status": "success", "amount": _money(left), "currency": cur,
+                "parent_id": parent,
+            }],
+            "order_adjustments": [],
+            "refund_shipping_lines": [{
+                "id": refund_id + 8,
+                "subtotal_amount_set": _set(shipping, cur),
+                "tax_amount_set": _set(Decimal(0), cur),
+            }] if shipping else [],
+        })  # fmt: skip
+        order["financial_status"] = "refunded"
+        self._transaction(order, "REFUND", left, parent=parent)
 
     def _cancel(self, order: dict[str, Any], reason: str) -> None:
         stamp = _rest_time(max(self._now(), _parse_time(order["updated_at"])))

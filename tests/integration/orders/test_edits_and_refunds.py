@@ -250,3 +250,43 @@ def test_restocked_units_go_back_only_where_they_were(shop: Shop) -> None:
     with shop.maker() as session:
         item = session.get_one(StockItem, "B")
         assert (item.on_hand, item.reserved) == (5 - 2 + 1, 0)
+
+
+@pytest.mark.parametrize("paid_first", [False, True], ids=["before-the-pipeline", "after-paid"])
+def test_a_paid_order_cancelled_with_its_refund_in_the_admin_adds_up(
+    shop: Shop, paid_first: bool
+) -> None:
+    """Shopify's admin cancels a paid order and refunds the buyer (its default): whether the
+    cancellation arrives before our pipeline recorded the payment or after, what was collected
+    and what went back are both recorded, once, and the money check finds nothing."""
+    from orders.money_check import check
+    from orders.payments import record_collected
+
+    _stock(shop, A=5)
+    order = _canonical({"1": ("A", 2)})
+    with shop.transaction() as session:
+        order_id = apply_order(session, shop.account.id, order, actor="test").order_id
+        if paid_first:
+            assert record_collected(session, load_for_update(session, order_id)) is not None
+    refund = CanonicalRefund(
+        external_id="77", order_external_id="9001", amount=Decimal(20), currency="EUR",
+        lines=[RefundLine(line_external_id="1", quantity=2, subtotal=Decimal(20),
+                          tax=Decimal(0), restock=True)],
+    )  # fmt: skip
+    cancelled = _canonical(
+        {"1": ("A", 2)}, minutes=3, status=S.CANCELLED, financial_status="refunded",
+        refunds=[refund],
+    )  # fmt: skip
+
+    for _ in range(2):  # the webhook, and the poll that finds the same order again
+        with shop.transaction() as session:
+            apply_order(session, shop.account.id, cancelled, actor="test")
+
+    (payment,) = shop.rows(Payment, order_id=order_id)
+    assert (payment.amount, payment.status, payment.collected_by_marketplace) == (
+        Decimal(20), "collected", True,
+    )  # fmt: skip
+    (back,) = shop.rows(Refund, order_id=order_id)
+    assert (back.amount, back.payment_id, back.source) == (Decimal(20), payment.id, "marketplace")
+    with shop.maker() as session:
+        assert check(session) == []

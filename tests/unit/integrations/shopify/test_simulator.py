@@ -209,3 +209,58 @@ def test_a_page_costs_the_same_whatever_the_number_of_orders() -> None:
 
     small, large = per_page(2_000), per_page(20_000)
     assert large < 3 * small
+
+
+def _with_status(sim: ShopifySimulator, financial: str) -> str:
+    """An order of the simulator whose checkout ended ``financial`` (paid / authorized)."""
+    while True:
+        [external_id] = sim.add_orders(1)
+        if sim.orders[external_id]["financial_status"] == financial:
+            return external_id
+
+
+def test_an_admin_cancel_of_a_paid_order_refunds_every_unit_and_the_shipping() -> None:
+    from decimal import Decimal
+
+    sim = ShopifySimulator(seed=3)
+    external_id = _with_status(sim, "paid")
+    total = Decimal(sim.orders[external_id]["total_price"])
+
+    sim.touch_order(external_id, cancel=True)
+
+    cancelled = sim.orders[external_id]
+    (refund,) = cancelled["refunds"]
+    assert cancelled["financial_status"] == "refunded" and cancelled["cancelled_at"]
+    assert [Decimal(t["amount"]) for t in refund["transactions"]] == [total]
+    parts = sum(
+        (Decimal(str(i["subtotal"])) + Decimal(str(i["total_tax"]))
+         for i in refund["refund_line_items"]), Decimal(0),
+    ) + sum((Decimal(s["subtotal_amount_set"]["shop_money"]["amount"])
+             for s in refund["refund_shipping_lines"]), Decimal(0))  # fmt: skip
+    assert parts == total  # the lines, their tax and the shipping: the money that went back
+    assert {i["restock_type"] for i in refund["refund_line_items"]} == {"cancel"}
+    assert {i["line_item_id"]: i["quantity"] for i in refund["refund_line_items"]} == {
+        li["id"]: li["quantity"] for li in cancelled["line_items"]
+    }
+    kinds = [t["kind"] for t in sim.transactions[external_id]]
+    assert kinds == ["SALE", "REFUND"]
+
+
+def test_an_admin_cancel_voids_an_authorization_which_then_cannot_be_captured() -> None:
+    sim = ShopifySimulator(seed=3)
+    external_id = _with_status(sim, "authorized")
+    auth = sim.transactions[external_id][0]
+
+    sim.touch_order(external_id, cancel=True)
+
+    assert sim.orders[external_id]["financial_status"] == "voided"
+    assert not sim.orders[external_id].get("refunds")  # nothing was taken: nothing goes back
+    _, body = sim.execute(
+        "OrderCapture",
+        "mutation OrderCapture($input: OrderCaptureInput!) @idempotent(key: $key) { x }",
+        {"key": "k1", "idempotencyKey": "k1", "input": {
+            "id": f"gid://shopify/Order/{external_id}", "parentTransactionId": auth["id"],
+            "amount": sim.orders[external_id]["total_price"], "currency": "USD"}},
+    )  # fmt: skip
+    errors = body["data"]["orderCapture"]["userErrors"]
+    assert [e["message"] for e in errors] == ["The authorization has been voided"]
