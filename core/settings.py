@@ -71,6 +71,10 @@ class Settings(BaseSettings):
 
     # Retries: exponential backoff with full jitter, capped; then the work is surfaced to staff.
     retry_max_attempts: int = Field(default=8, ge=0)
+    # A message handed out again after its worker died (``redelivered``) is counted; past this
+    # many deliveries it is set aside as poison (recorded for staff), not run again: a message
+    # that kills its worker would otherwise be redelivered forever.
+    max_deliveries: int = Field(default=5, ge=1)
     retry_backoff_base_s: float = Field(default=2.0, gt=0)
     retry_backoff_max_s: float = Field(default=600.0, gt=0)
     # One visibility timeout everywhere (broker and result backend); longer than any task or

@@ -2,7 +2,8 @@
 
 - explicit timeouts; a ``transport`` argument (``httpx.MockTransport`` or respx in tests);
 - a rate-limit bucket per (account, operation), waited for before each request;
-- non-2xx answers and transport failures become ``domain.errors`` classes;
+- non-2xx answers, transport failures and 2xx answers whose JSON does not parse become
+  ``domain.errors`` classes;
 - a few in-call retries for retryable failures (honouring ``Retry-After``), after which the error
   goes up to the task, which retries with backoff or surfaces the order to staff;
 - no wait longer than ``max_wait_s`` (``PARK_AFTER_S``) inside a worker: a longer ``Retry-After``
@@ -14,6 +15,7 @@ Headers that carry credentials are never logged; only method, operation, status 
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +30,7 @@ from domain.errors import (
     IntegrationError,
     RateLimited,
     RetryableError,
+    ServerError,
     TransportError,
     error_for_status,
 )
@@ -53,6 +56,25 @@ def parse_retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def _parsed(operation: str, response: httpx.Response) -> httpx.Response:
+    """A 2xx JSON answer, parsed once here: a body that is not JSON (cut short by a proxy, an
+    HTML error page behind a 200) is a ``ServerError``, retried like a 5xx, instead of a
+    ``ValueError`` deep in a mapper that would fail the work for good. ``response.json()``
+    then returns what was parsed here (not parsed twice)."""
+    media = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    if not response.content or not (media == "application/json" or media.endswith("+json")):
+        return response  # a JSONL export, a PDF label, a feed document: read by their callers
+    try:
+        parsed = json.loads(response.content)
+    except ValueError:
+        raise ServerError(
+            f"{operation}: HTTP {response.status_code} with a body that is not JSON",
+            status=response.status_code,
+        ) from None
+    setattr(response, "json", lambda **_: parsed)  # noqa: B010  (the one parse, kept)
+    return response
 
 
 class ApiClient:
@@ -162,7 +184,7 @@ class ApiClient:
         )
         self.observe(operation, response)
         if response.is_success:
-            return response
+            return _parsed(operation, response)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         error: IntegrationError = error_for_status(
             response.status_code,

@@ -1,5 +1,5 @@
 """Fault knobs shared by every simulator: latency, 5xx rate, 429 rate (and its Retry-After),
-the next N requests throttled, timeouts.
+the next N requests throttled, timeouts, 200 answers whose JSON is cut short.
 
 A simulator calls ``await knobs.disturb()`` at the top of each handler; it sleeps for the
 latency and may return an error response (or hang past the client's timeout) instead of the
@@ -27,6 +27,7 @@ class Knobs:
     timeout_s: float = 30.0
     retry_after: str = "1"  # the Retry-After header of a 429
     throttle_next: int = 0  # the next N requests are answered 429, whatever the dice say
+    malformed_rate: float = 0.0  # fraction answered 200 with JSON cut short (nothing applied)
     seed: int = 0
     rng: random.Random = field(init=False, repr=False)
 
@@ -50,6 +51,9 @@ class Knobs:
         roll -= self.rate_429
         if roll < self.error_rate:
             return JSONResponse({"errors": "Service Unavailable"}, status_code=503)
+        roll -= self.error_rate
+        if roll < self.malformed_rate:  # a proxy's broken answer: a 200 whose body is cut short
+            return Response(b'{"data": {"orders": [{"id', media_type="application/json")
         return None
 
     def _too_many(self, error_body: dict[str, object] | None) -> Response:

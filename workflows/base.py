@@ -17,6 +17,12 @@ to get a session whose commit publishes any task queued with ``publish_after_com
   down) is parked too, for the sweeper to publish when the broker is back;
 - anything else, or retries exhausted → ``on_permanent_failure`` (subclasses record it for staff:
   the inbox row or the order goes to ``failed`` / ``needs_attention``) and the task fails.
+
+A message Redis hands out again because its worker died holding it (``redelivered``: the
+child was killed, the machine went down) is counted in Redis per task and arguments
+(``workflows.locks.count_delivery``; a first delivery costs nothing). Past ``MAX_DELIVERIES``
+it is poison, a message that kills whatever runs it: ``on_permanent_failure`` records it for
+staff with ``WorkerLost`` and the message is acknowledged without running it again.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from domain.errors import RetryableError
 __all__ = [
     "OrdersyncTask",
     "RetryPlan",
+    "WorkerLost",
     "backoff_delay",
     "describe",
     "is_retryable",
@@ -133,6 +140,10 @@ def plan_retry(
     return RetryPlan("park", delay, (now or utcnow()) + dt.timedelta(seconds=delay))
 
 
+class WorkerLost(Exception):
+    """The work's worker died each time it ran it: set aside as poison."""
+
+
 class OrdersyncTask(Task):  # type: ignore[misc]
     abstract = True
     #: no Celery limit: ``plan_retry`` decides (``RETRY_MAX_ATTEMPTS``). With Celery's default of
@@ -149,6 +160,8 @@ class OrdersyncTask(Task):  # type: ignore[misc]
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         structlog.contextvars.bind_contextvars(task=self.name, task_id=self.request.id)
         try:
+            if self._poison(args, kwargs):
+                return None
             return super().__call__(*args, **kwargs)
         except Retry:
             raise
@@ -156,6 +169,24 @@ class OrdersyncTask(Task):  # type: ignore[misc]
             return self._handle_error(exc, args, kwargs)
         finally:
             structlog.contextvars.unbind_contextvars("task", "task_id")
+
+    def _poison(self, args: Any, kwargs: Any) -> bool:
+        """A redelivered message past its delivery bound: recorded, not run (module doc)."""
+        if not (self.request.delivery_info or {}).get("redelivered"):
+            return False
+        from workflows.locks import count_delivery
+
+        work = f"{self.name}:{kombu_dumps([list(args), dict(kwargs)])}"
+        deliveries = count_delivery(work)
+        bound = get_settings().max_deliveries
+        if deliveries <= bound:
+            log.warning("task.redelivered", delivery=deliveries, bound=bound)
+            return False
+        exc = WorkerLost(f"its worker died each of the {deliveries - 1} times it ran: set aside "
+                         f"as a poison message, not run again")  # fmt: skip
+        log.error("task.poison", deliveries=deliveries)
+        self.on_permanent_failure(exc, args, kwargs, attempts=deliveries - 1)
+        return True
 
     #: the plan of the failure being handled (``retry_plan``), until ``_handle_error`` used it
     _decided: tuple[BaseException, RetryPlan] | None = None

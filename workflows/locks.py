@@ -21,7 +21,10 @@ import redis
 from core.runtime import redis_url
 from domain.errors import RetryableError
 
-__all__ = ["LockBusy", "OrderLock", "order_lock", "redis_lock", "redis_lost_its_data"]
+__all__ = [
+    "LockBusy", "OrderLock", "count_delivery", "order_lock", "redis_lock",
+    "redis_lost_its_data",
+]  # fmt: skip
 
 DEFAULT_TTL_S = 120
 
@@ -57,6 +60,22 @@ def redis_lost_its_data() -> bool:
     """True the first time it is asked after Redis came up empty (and on a new deployment):
     the caller then treats all unfinished work as lost instead of waiting for it to look stuck."""
     return bool(_scripts(redis_url()).client.set(EPOCH_KEY, "1", nx=True))
+
+
+#: deliveries of one piece of work whose worker died (``count_delivery``); kept a day
+DELIVERIES_KEY = "ordersync:deliveries:"
+DELIVERIES_TTL_S = 86_400
+
+
+def count_delivery(work: str) -> int:
+    """One more delivery of ``work`` (a task name and its arguments): how many so far."""
+    client = _scripts(redis_url()).client
+    key = DELIVERIES_KEY + work
+    with client.pipeline() as pipe:
+        pipe.incr(key)
+        pipe.expire(key, DELIVERIES_TTL_S)
+        count, _ = pipe.execute()
+    return int(count)
 
 
 class LockBusy(RetryableError):

@@ -87,6 +87,7 @@ def run_scenario(
         run.stop_beats()
         run.wait(run.drained, 15, "the queues to drain after Beat stopped")
         facts = run.facts()
+        scenario.finish(run)
         phases["drain+facts"] = time.monotonic() - began - sum(phases.values())
         # a process that exited without being killed by the scenario (Beats are stopped above)
         died = [

@@ -1,20 +1,25 @@
 """The chaos scenarios: each a fault injected into a run under load (``--scenario NAME``).
 
-A scenario may set the processes' environment (``env``), switch the webhooks off, and hook
-into the run: ``start`` (before the load), ``during`` (after each round of load, and once
-while staff act: ``round == -1``) and ``heal`` (the fault ends; the system must then reach
-quiet on its own). Every fault injected is counted in ``run.faults``.
+A scenario may set the processes' environment (``env``; ``injector_env`` arms the crash
+injector of ``bench/chaos/inject`` in the workers), switch the webhooks off, and hook into the
+run: ``start`` (before the load), ``during`` (after each round of load, and once while staff
+act: ``round == -1``), ``heal`` (the fault ends; the system must then reach quiet on its own)
+and ``finish`` (after the facts were read). Every fault injected is counted in ``run.faults``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -22,6 +27,29 @@ from bench.chaos.harness import Run
 from integrations.shopify.webhooks import sign
 
 __all__ = ["SCENARIOS", "Scenario", "make"]
+
+#: the crash injector (``bench/chaos/inject/sitecustomize.py``), first on the workers' path
+INJECT = Path(__file__).resolve().parent / "inject"
+ROOT = Path(__file__).resolve().parents[2]
+KILL_MARKER = "chaos:no-worker-survives-this"
+
+
+def injector_env(**settings: str) -> dict[str, str]:
+    """The processes' environment that arms the crash injector with ``settings`` (its
+    ``ORDERSYNC_CHAOS_*``), its kills logged to a file of this run's own."""
+    log = Path(tempfile.gettempdir()) / f"ordersync-chaos-{uuid.uuid4().hex[:10]}.kills"
+    return {"PYTHONPATH": f"{INJECT}{os.pathsep}{ROOT}", "ORDERSYNC_CHAOS_LOG": str(log),
+            **settings}  # fmt: skip
+
+
+def kills(env: dict[str, str]) -> Counter[str]:
+    """The injector's kills so far, by point (``before POST /x`` → ``before call``)."""
+    try:
+        lines = Path(env["ORDERSYNC_CHAOS_LOG"]).read_text().splitlines()
+    except OSError:
+        return Counter()
+    points = (line.split(" ", 1)[1] for line in lines if " " in line)
+    return Counter(f"{p.split(' ')[0]} an outside call" if "/" in p else p for p in points)
 
 
 @dataclass
@@ -42,6 +70,14 @@ class Scenario:
         for thread in self.threads:
             thread.join()
         self.threads.clear()
+
+    def finish(self, run: Run) -> None:
+        """After the facts: the crash injector's kills (if it was armed) become faults."""
+        if "ORDERSYNC_CHAOS_LOG" not in self.env:
+            return
+        for point, n in kills(self.env).items():
+            run.faults[f"worker SIGKILLed {point}"] = n
+        Path(self.env["ORDERSYNC_CHAOS_LOG"]).unlink(missing_ok=True)
 
     def background(self, target: object) -> None:
         thread = threading.Thread(target=target, daemon=True)  # type: ignore[arg-type]
@@ -258,13 +294,15 @@ class WebhooksOff(Scenario):
 
 
 class MarketplaceFaults(Scenario):
-    """Every sandbox API (marketplaces, payments, carrier) answers 429 (Retry-After 1 s) and
-    503 at random, and the next 20 requests are throttled, during the load and staff work."""
+    """Every sandbox API (marketplaces, payments, carrier) answers 429 (Retry-After 1 s), 503
+    and 200 with its JSON cut short at random, and the next 20 requests are throttled, during
+    the load and staff work."""
 
     def start(self, run: Run) -> None:
         super().start(run)
         knobs = run.world.sandbox.knobs
         knobs.rate_429, knobs.error_rate, knobs.throttle_next = 0.25, 0.15, 20
+        knobs.malformed_rate = 0.05
         run.faults["throttled burst"] += 20
 
     def during(self, run: Run, round: int) -> None:
@@ -274,15 +312,15 @@ class MarketplaceFaults(Scenario):
     def heal(self, run: Run) -> None:
         super().heal(run)
         knobs = run.world.sandbox.knobs
-        knobs.rate_429 = knobs.error_rate = 0.0
+        knobs.rate_429 = knobs.error_rate = knobs.malformed_rate = 0.0
         knobs.throttle_next = 0
-        run.faults["429/503 at random (25 %/15 %)"] = 1
+        run.faults["429/503/JSON cut short at random (25 %/15 %/5 %)"] = 1
 
 
 class Poison(Scenario):
-    """Unreadable deliveries (signed, not JSON) and a message in a queue that is not a task:
-    the first must end ``failed`` within the attempt bound, the second must be dropped, and
-    neither may loop or stop a worker."""
+    """Unreadable deliveries (signed, not JSON), a delivery that kills the worker that parses
+    it, and a message in a queue that is not a task: the first two must end ``failed`` within
+    the attempt bound, the last must be set aside, and none may loop or stop the workers."""
 
     def during(self, run: Run, round: int) -> None:
         if round == -1:
@@ -303,6 +341,19 @@ class Poison(Scenario):
             receiver = registry.get("shopify").webhooks
             assert receiver is not None
             run.poison.add((run.accounts["shopify"][1], receiver.dedupe_key(headers, body)))
+        # a webhook no worker survives (the injector kills the process that parses it): it
+        # must be set aside after MAX_DELIVERIES, not redelivered forever
+        body = json.dumps({"id": 1, "note": KILL_MARKER}).encode()
+        headers = {**headers, "X-Shopify-Hmac-Sha256": sign("chaos-webhook-secret", body),
+                   "X-Shopify-Webhook-Id": str(uuid.uuid4())}  # fmt: skip
+        status = run.deliver("shopify", headers, body, keep=False)
+        run.faults[f"webhook that kills its worker (answered {status})"] += 1
+        if 200 <= status < 300:
+            from integrations import registry
+
+            receiver = registry.get("shopify").webhooks
+            assert receiver is not None
+            run.poison.add((run.accounts["shopify"][1], receiver.dedupe_key(headers, body)))
         client = run.redis()
         try:
             client.lpush("orders", b"\x00\xffnot a celery message")
@@ -311,6 +362,13 @@ class Poison(Scenario):
             client.close()
         run.unreadable_pushed += 1  # the other one is JSON: Celery's to drop
         run.faults["unreadable queue items"] += 2
+
+
+class KillPoints(Scenario):
+    """Pool processes SIGKILLed where a crash hurts most (``bench/chaos/inject``): before an
+    outside call (marketplace, payment provider, carrier) is sent, after its answer came back
+    and before it is recorded, before a commit and right after one (before its publishes);
+    at random (2 %), up to a budget of kills. Each message must be redelivered and end once."""
 
 
 class TwoBeats(Scenario):
@@ -361,7 +419,16 @@ def _all() -> dict[str, Scenario]:
         WebhookStorm("webhook_storm", WebhookStorm.__doc__ or ""),
         WebhooksOff("webhooks_off", WebhooksOff.__doc__ or "", webhooks=False),
         MarketplaceFaults("marketplace_faults", MarketplaceFaults.__doc__ or ""),
-        Poison("poison", Poison.__doc__ or ""),
+        KillPoints(
+            "kill_points",
+            KillPoints.__doc__ or "",
+            env=injector_env(ORDERSYNC_CHAOS_CRASH_RATE="0.02", ORDERSYNC_CHAOS_CRASH_BUDGET="25"),
+        ),
+        Poison(
+            "poison",
+            Poison.__doc__ or "",
+            env=injector_env(ORDERSYNC_CHAOS_KILL_MARKER=KILL_MARKER),
+        ),
         TwoBeats("two_beats", TwoBeats.__doc__ or ""),
         VisibilityTimeout(
             "visibility_timeout", VisibilityTimeout.__doc__ or "", env=VisibilityTimeout.env_

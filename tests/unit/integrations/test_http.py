@@ -54,3 +54,36 @@ def test_a_retry_after_past_the_bound_is_raised_at_once_without_sleeping() -> No
         client.request("orders", "GET", "/orders")
     assert paused.value.retry_after is not None and paused.value.retry_after > 7000
     assert sent == ["/orders"] and clock.sleeps == []
+
+
+def test_a_2xx_whose_json_is_cut_short_is_retried_like_a_5xx_then_read_once() -> None:
+    clock = FakeTime(start=0.0)
+    cut = httpx.Response(200, content=b'{"orders": [{"id": 1', headers={
+        "content-type": "application/json; charset=utf-8"})  # fmt: skip
+    client, sent = _client([cut, httpx.Response(200, json={"orders": [{"id": 1}]})], clock)
+
+    answer = client.request("orders", "GET", "/orders")
+
+    assert len(sent) == 2 and answer.json() == {"orders": [{"id": 1}]}
+
+
+def test_a_2xx_that_never_parses_ends_as_a_server_error_not_a_value_error() -> None:
+    from domain.errors import ServerError
+
+    clock = FakeTime(start=0.0)
+    html = httpx.Response(200, content=b"<html>gateway</html>", headers={
+        "content-type": "application/json"})  # fmt: skip
+    client, sent = _client([html, html, html], clock)
+
+    with pytest.raises(ServerError, match="not JSON"):
+        client.request("orders", "GET", "/orders")
+    assert len(sent) == 3  # the client's own attempts; then the task retries with backoff
+
+
+def test_a_jsonl_export_is_not_read_as_one_json_document() -> None:
+    clock = FakeTime(start=0.0)
+    lines = httpx.Response(200, content=b'{"id": 1}\n{"id": 2}\n', headers={
+        "content-type": "application/jsonl"})  # fmt: skip
+    client, _ = _client([lines], clock)
+
+    assert client.request("orders", "GET", "/export").content.count(b"\n") == 2
