@@ -85,7 +85,8 @@ class PageSource(Protocol):
 
 #: what happens after a page's orders were applied (new orders enter the pipeline, …), in the
 #: page's transaction
-AfterIntake = Callable[[Session, Sequence[IntakeResult]], None]
+#: what follows a page's intake, in its transaction: (session, results, the account's id)
+AfterIntake = Callable[[Session, Sequence[IntakeResult], int], None]
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ def run_slice(
                                          actor=f"reconcile:{channel}")  # fmt: skip
                 results, flagged = checked.results, checked.flagged
                 repaired += checked.repaired
-            after_intake(session, results)
+            after_intake(session, results, account_id)
             values = {
                 "page_token": page.resume,
                 "pages": SyncRun.pages + 1,

@@ -28,16 +28,27 @@ class Knobs:
     retry_after: str = "1"  # the Retry-After header of a 429
     throttle_next: int = 0  # the next N requests are answered 429, whatever the dice say
     malformed_rate: float = 0.0  # fraction answered 200 with JSON cut short (nothing applied)
+    #: operation → how many of its next requests are answered 429 with ``park_retry_after``
+    #: (a marketplace that asks for hours; only simulators that name their operations)
+    park_operations: dict[str, int] = field(default_factory=dict)
+    park_retry_after: str = "7200"
     seed: int = 0
     rng: random.Random = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
 
-    async def disturb(self, error_body: dict[str, object] | None = None) -> Response | None:
+    async def disturb(
+        self, error_body: dict[str, object] | None = None, *, operation: str | None = None
+    ) -> Response | None:
         """None = go on and answer normally; otherwise the response to send instead."""
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
+        if operation is not None and self.park_operations.get(operation, 0) > 0:
+            self.park_operations[operation] -= 1
+            refused = self._too_many(error_body)
+            refused.headers["Retry-After"] = self.park_retry_after
+            return refused
         if self.throttle_next > 0:
             self.throttle_next -= 1
             return self._too_many(error_body)

@@ -464,7 +464,8 @@ class WooCommerceSimulator:
                 "code": "rate_limit_exceeded",
                 "message": "Too many requests.",
                 "data": {"status": 429},
-            }
+            },
+            operation=operation,
         )
         if disturbed is not None:
             return self._log(operation, disturbed), {}

@@ -65,9 +65,12 @@ _LOAD_EVENT = (
 )
 
 
-def after_page(session: Any, results: Sequence[IntakeResult]) -> None:
-    """``after_intake`` for a page of a sync (``orders.syncing``): the pipelines of its new
-    orders go out as one message (``workflows.pipeline.pipelines``), the rest one by one."""
+def after_page(
+    session: Any, results: Sequence[IntakeResult], account_id: int | None = None
+) -> None:
+    """``after_intake`` for a page of a sync (``orders.syncing``) of ``account_id``: the
+    pipelines of its new orders go out as one message (``workflows.pipeline.pipelines``), the
+    rest one by one (an order whose refund came without its lines is fetched whole)."""
     from workflows.pipeline import pipelines
 
     new = [r.order_id for r in results if _batched(r)]
@@ -75,7 +78,7 @@ def after_page(session: Any, results: Sequence[IntakeResult]) -> None:
         publish_after_commit(session, pipelines(new))
     for result in results:
         if not _batched(result):
-            after_intake(session, result)
+            after_intake(session, result, account_id)
 
 
 def _enters_pipeline(result: IntakeResult) -> bool:

@@ -52,6 +52,7 @@ from db.models import (
     Payment,
     Shipment,
     StockItem,
+    SyncRun,
 )
 from integrations import registry
 from orders.money_check import check as money_check
@@ -337,6 +338,21 @@ class Run:
                         .group_by(Order.state)
                     ).all()
                 )
+            )
+
+    def parked_polls(self, channel: str) -> int:
+        """Sync runs of the channel's account parked by a marketplace's Retry-After."""
+        with self.world.maker() as session:
+            return int(
+                session.scalar(
+                    select(func.count())
+                    .select_from(SyncRun)
+                    .where(
+                        SyncRun.channel_account_id == self.accounts[channel][1],
+                        SyncRun.status == "parked",
+                    )
+                )
+                or 0
             )
 
     def pending_outbox(self) -> int:

@@ -207,16 +207,54 @@ class DropAfterApply(Scenario):
 
 class RedisRestart(Scenario):
     """The run's redis-server killed and started again, empty (messages, chord counters,
-    locks and Beat's schedule gone) mid-load and while staff act."""
+    locks and Beat's schedule gone): mid-load, mid-chord (while a label is being bought, the
+    invoice beside it: the chord's header in flight) and while staff act."""
+
+    def start(self, run: Run) -> None:
+        super().start(run)
+        run.world.sandbox.carrier.apply_latency_s = 1.0  # a label purchase takes a second
 
     def during(self, run: Run, round: int) -> None:
-        if round not in (0, -1):
+        if round == 1:
+            carrier = run.world.sandbox.carrier
+            # the carrier keeps no public "in flight" view: its key table is read as is
+            if run.wait(lambda: any(k.body is None for k in list(carrier._keys.values())),
+                        20, "a label purchase in flight"):  # fmt: skip
+                self._restart(run, "redis killed mid-chord")
             return
-        time.sleep(run.rng.uniform(0.3, 1.0))
+        if round in (0, -1):
+            time.sleep(run.rng.uniform(0.3, 1.0))
+            self._restart(run, "redis killed")
+
+    def _restart(self, run: Run, what: str) -> None:
         run.redis_server.stop()
-        run.faults["redis killed"] += 1
+        run.faults[what] += 1
         time.sleep(2.0)
         run.redis_server.start()
+
+    def heal(self, run: Run) -> None:
+        super().heal(run)
+        run.world.sandbox.carrier.apply_latency_s = 0.0
+
+
+class RedisSlow(Scenario):
+    """Redis stalls: every client paused for 400 ms out of every 600 ms (``CLIENT PAUSE``),
+    for four seconds each round of load and while staff act: locks, publishes and chord
+    counters all wait, past the clients' socket timeouts now and then."""
+
+    def during(self, run: Run, round: int) -> None:
+        def stall() -> None:
+            client = run.redis()
+            try:
+                deadline = time.monotonic() + 4.0
+                while time.monotonic() < deadline:
+                    client.client_pause(400, all=True)
+                    run.faults["redis paused 400 ms"] += 1
+                    time.sleep(0.6)
+            finally:
+                client.close()
+
+        self.background(stall)
 
 
 class PostgresTerminate(Scenario):
@@ -317,6 +355,28 @@ class MarketplaceFaults(Scenario):
         run.faults["429/503/JSON cut short at random (25 %/15 %/5 %)"] = 1
 
 
+class RetryAfterHours(Scenario):
+    """WooCommerce answers a poll 429 with ``Retry-After: 7200``: the poll parks for two hours
+    (no worker waits, the cursor stays), the webhooks still bring every order, and nothing
+    else waits for the parked poll."""
+
+    def start(self, run: Run) -> None:
+        super().start(run)
+        knobs = run.world.sandbox.knobs
+        knobs.park_operations["list_orders"] = 1
+        knobs.park_retry_after = "7200"
+
+    def finish(self, run: Run) -> None:
+        super().finish(run)
+        run.faults["poll answered Retry-After 7200 s"] = (
+            1 - run.world.sandbox.knobs.park_operations.get("list_orders", 0)
+        )
+        parked = run.parked_polls("woocommerce")
+        run.faults["poll parked for it (sync runs parked)"] = parked
+        if not parked:
+            run.notes.append("the poll answered Retry-After 7200 s was not parked")
+
+
 class Poison(Scenario):
     """Unreadable deliveries (signed, not JSON), a delivery that kills the worker that parses
     it, and a message in a queue that is not a task: the first two must end ``failed`` within
@@ -415,10 +475,12 @@ def _all() -> dict[str, Scenario]:
         WorkerStall("worker_stall", WorkerStall.__doc__ or ""),
         DropAfterApply("drop_after_apply", DropAfterApply.__doc__ or ""),
         RedisRestart("redis_restart", RedisRestart.__doc__ or ""),
+        RedisSlow("redis_slow", RedisSlow.__doc__ or ""),
         PostgresTerminate("postgres_terminate", PostgresTerminate.__doc__ or ""),
         WebhookStorm("webhook_storm", WebhookStorm.__doc__ or ""),
         WebhooksOff("webhooks_off", WebhooksOff.__doc__ or "", webhooks=False),
         MarketplaceFaults("marketplace_faults", MarketplaceFaults.__doc__ or ""),
+        RetryAfterHours("retry_after_hours", RetryAfterHours.__doc__ or ""),
         KillPoints(
             "kill_points",
             KillPoints.__doc__ or "",

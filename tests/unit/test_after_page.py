@@ -40,3 +40,15 @@ def test_a_page_without_new_orders_publishes_nothing() -> None:
     stale = [IntakeResult(2, IntakeOutcome.STALE, OrderState.PAID)]
     after_page(session, stale)
     assert session.info == {}
+
+
+def test_an_order_of_a_page_whose_refund_came_without_lines_is_fetched_from_its_account() -> None:
+    from workflows.sync import refresh_order
+
+    session = _Session()
+    partial = IntakeResult(7, IntakeOutcome.UPDATED, OrderState.CANCELLED, refetch="4711")
+
+    after_page(session, [partial], 42)
+
+    [message] = session.info["ordersync.after_commit"]
+    assert (message.task, message.args) == (refresh_order.name, (42, "4711"))

@@ -26,7 +26,9 @@ class Seen:
     def __init__(self) -> None:
         self.results: list[IntakeResult] = []
 
-    def __call__(self, session: Session, results: Sequence[IntakeResult]) -> None:
+    def __call__(
+        self, session: Session, results: Sequence[IntakeResult], account_id: int
+    ) -> None:
         self.results += results
 
 

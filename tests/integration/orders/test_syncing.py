@@ -77,7 +77,9 @@ class Followed:
     def __init__(self) -> None:
         self.created: list[int] = []
 
-    def __call__(self, session: Session, results: Sequence[IntakeResult]) -> None:
+    def __call__(
+        self, session: Session, results: Sequence[IntakeResult], account_id: int
+    ) -> None:
         self.created += [r.order_id for r in results if r.outcome == "created"]
 
 
