@@ -24,13 +24,14 @@ import random
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from bench.chaos.harness import PROFILES, Profile, Run, world_for
+from bench.chaos.harness import PROFILES, Profile, Run, own_postgres, world_for
 from bench.chaos.invariants import INVARIANTS, check_all
 from bench.chaos.scenarios import SCENARIOS, make
 
@@ -48,10 +49,15 @@ def run_scenario(
     scenario = make(name)
     rng = random.Random(f"{seed}:{name}")
     began = time.monotonic()
-    with world_for(
-        admin_url, var_dir, seed=seed, workers=profile.workers, extra_env=scenario.env
-    ) as (world, server, db_name):
-        run = Run(world, server, db_name, admin_url, profile, rng)
+    with ExitStack() as stack:
+        postgres = None
+        if scenario.own_postgres:  # a server of the run's own, which the scenario restarts
+            postgres = stack.enter_context(own_postgres(var_dir / "postgres"))
+            admin_url = postgres.admin_url
+        world, server, db_name = stack.enter_context(world_for(
+            admin_url, var_dir, seed=seed, workers=profile.workers, extra_env=scenario.env
+        ))  # fmt: skip
+        run = Run(world, server, db_name, admin_url, profile, rng, postgres_server=postgres)
         phases = {"start": time.monotonic() - began}
         run.connect_accounts()
         scenario.start(run)

@@ -59,11 +59,14 @@ from orders.money_check import check as money_check
 from orders.stock import set_on_hand
 from orders.stock_push import quantity_for
 from ordersync.demo import _demo_skus, _pay_pending
+from tests.support.postgres_server import PostgresServer, find_pg_bin
 from tests.support.redis_server import RedisServer
 from tests.support.world import World, running_world
 from workflows.broker import DEAD_LETTERS
 
-__all__ = ["PROFILES", "Profile", "Run", "chaos_database", "own_redis", "world_for"]
+__all__ = [
+    "PROFILES", "Profile", "Run", "chaos_database", "own_postgres", "own_redis", "world_for",
+]  # fmt: skip
 
 #: what the run's processes are told: everything that waits, short (the sweeper every 5 s,
 #: polls every 5 s, tracking every 2 s, an idempotency key taken over after 10 s)
@@ -155,6 +158,21 @@ def own_redis(directory: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
+@contextmanager
+def own_postgres(directory: Path) -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the run's own (the postgres scenario restarts it); removed after."""
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        raise RuntimeError("PostgreSQL's initdb and pg_ctl are not installed (pg_config --bindir)")
+    server = PostgresServer(directory, bin_dir)
+    try:
+        server.init()
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
 @dataclass
 class Run:
     """A running system under load, and what the run sent and saw."""
@@ -177,6 +195,7 @@ class Run:
     worker_seq: int = 0
     unreadable_pushed: int = 0  # queue items that are not messages (poison)
     killed: set[str] = field(default_factory=set)  # processes the scenario killed on purpose
+    postgres_server: PostgresServer | None = None  # the run's own, when the scenario has one
     _polled_at: float = 0.0
 
     # -- setup -------------------------------------------------------------------------------

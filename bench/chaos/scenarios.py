@@ -58,6 +58,7 @@ class Scenario:
     doc: str = "no fault: the load alone (what every other scenario is compared with)"
     env: dict[str, str] = field(default_factory=dict)
     webhooks: bool = True
+    own_postgres: bool = False  # a PostgreSQL server of the run's own (``run.postgres_server``)
     threads: list[threading.Thread] = field(default_factory=list)
 
     def start(self, run: Run) -> None:
@@ -282,6 +283,23 @@ class PostgresTerminate(Scenario):
         self.background(terminate)
 
 
+class PostgresRestart(Scenario):
+    """The run's own PostgreSQL server killed (``pg_ctl stop -m immediate``: every backend
+    gone mid-transaction, crash recovery at the start) and down for three seconds, mid-load
+    and while staff act."""
+
+    def during(self, run: Run, round: int) -> None:
+        if round not in (0, -1):
+            return
+        server = run.postgres_server
+        assert server is not None
+        time.sleep(run.rng.uniform(0.3, 1.0))
+        server.stop("immediate")
+        run.faults["postgres killed and restarted"] += 1
+        time.sleep(3.0)
+        server.start()
+
+
 class WebhookStorm(Scenario):
     """One delivery 50 times at once; an update before its create (out of order); after the
     staff acted, every old delivery again, as a retry and under a new webhook id (stale)."""
@@ -477,6 +495,7 @@ def _all() -> dict[str, Scenario]:
         RedisRestart("redis_restart", RedisRestart.__doc__ or ""),
         RedisSlow("redis_slow", RedisSlow.__doc__ or ""),
         PostgresTerminate("postgres_terminate", PostgresTerminate.__doc__ or ""),
+        PostgresRestart("postgres_restart", PostgresRestart.__doc__ or "", own_postgres=True),
         WebhookStorm("webhook_storm", WebhookStorm.__doc__ or ""),
         WebhooksOff("webhooks_off", WebhooksOff.__doc__ or "", webhooks=False),
         MarketplaceFaults("marketplace_faults", MarketplaceFaults.__doc__ or ""),

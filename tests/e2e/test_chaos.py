@@ -1,8 +1,9 @@
 """The chaos suite end to end, at a tiny size: real processes (web, two workers, Beat, an own
 redis-server, a fresh PostgreSQL database), a load from the sandbox marketplaces, a fault, then
-every invariant checked after quiet. Two scenarios: a worker SIGKILLed mid-run, and poison (an
-unreadable webhook and unreadable queue items; these stopped the workers before
-``workflows.broker``)."""
+every invariant checked after quiet. Three scenarios: a worker SIGKILLed mid-run, pool
+processes SIGKILLed at crash points (around outside calls and commits), and poison (an
+unreadable webhook, one that kills its worker, and unreadable queue items; these stopped the
+workers, or looped, before ``workflows.broker`` and the delivery bound)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.slow
 TINY = dataclasses.replace(PROFILES["short"], name="tiny", rounds=1, per_channel=2)
 
 
-@pytest.mark.parametrize("scenario", ["worker_kill", "poison"])
+@pytest.mark.parametrize("scenario", ["worker_kill", "kill_points", "poison"])
 def test_a_scenario_ends_quiet_with_every_invariant_holding(
     scenario: str, postgres_admin_url: str, tmp_path: Path
 ) -> None:
