@@ -9,6 +9,15 @@ worker down, and a second item the next one). Here the item is set aside instead
 without its content (it may hold buyer data), and the worker goes on with the next message.
 
 A message that is JSON but not a task is Celery's to handle (it logs and drops it).
+
+And made to survive losing Redis twice: when the broker connection breaks, Celery closes the
+old connection and, later, its consumer's channel; closing a channel restores its unacked
+messages, for which kombu builds a new client from the connection's parameters, which the
+closed connection no longer has (``'NoneType' object has no attribute 'hostname'``, an
+``AttributeError`` Celery does not expect: "Unrecoverable error", the worker exits; found by
+the chaos suite's Redis restarts). Here that is a broker connection error, which Celery
+ignores while it closes a dead connection; the unacked messages stay in Redis's ``unacked``
+hash, restored by a live worker after the visibility timeout (and by the sweeper).
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import redis.exceptions
 import structlog
 from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps
@@ -49,6 +59,11 @@ class Channel(kombu_redis.Channel):
         finally:
             log.error("broker.unreadable_message", error=type(exc).__name__, size=len(raw),
                       dead_letters=DEAD_LETTERS)  # fmt: skip
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:  # the connection was closed under this channel
+            raise redis.exceptions.ConnectionError("the broker connection is closed")
+        return super()._connparams(asynchronous=asynchronous)
 
     def _brpop_read(self, **options: Any) -> bool:
         try:

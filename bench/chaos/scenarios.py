@@ -350,15 +350,17 @@ class WebhooksOff(Scenario):
 
 
 class MarketplaceFaults(Scenario):
-    """Every sandbox API (marketplaces, payments, carrier) answers 429 (Retry-After 1 s), 503
-    and 200 with its JSON cut short at random, and the next 20 requests are throttled, during
-    the load and staff work."""
+    """Every sandbox API (marketplaces, payments, carrier) answers 429 (Retry-After 1 s), 503,
+    200 with its JSON cut short, or hangs past the client's timeout, at random, and the next
+    20 requests are throttled, during the load and staff work."""
 
     def start(self, run: Run) -> None:
         super().start(run)
         knobs = run.world.sandbox.knobs
         knobs.rate_429, knobs.error_rate, knobs.throttle_next = 0.25, 0.15, 20
         knobs.malformed_rate = 0.05
+        # a request that hangs past our clients' 20 s read timeout now and then
+        knobs.timeout_rate, knobs.timeout_s = 0.01, 21.0
         run.faults["throttled burst"] += 20
 
     def during(self, run: Run, round: int) -> None:
@@ -368,9 +370,9 @@ class MarketplaceFaults(Scenario):
     def heal(self, run: Run) -> None:
         super().heal(run)
         knobs = run.world.sandbox.knobs
-        knobs.rate_429 = knobs.error_rate = knobs.malformed_rate = 0.0
+        knobs.rate_429 = knobs.error_rate = knobs.malformed_rate = knobs.timeout_rate = 0.0
         knobs.throttle_next = 0
-        run.faults["429/503/JSON cut short at random (25 %/15 %/5 %)"] = 1
+        run.faults["429/503/JSON cut short/hung at random (25 %/15 %/5 %/1 %)"] = 1
 
 
 class RetryAfterHours(Scenario):

@@ -76,3 +76,34 @@ def test_kombus_own_transport_raises_on_them(redis_url: str) -> None:
         with conn.Consumer(queue, callbacks=[lambda body, m: m.ack()]):
             with pytest.raises(ValueError):
                 conn.drain_events(timeout=5)
+
+
+def test_closing_a_channel_after_redis_went_away_and_its_connection_closed_is_quiet(
+    tmp_path: Any,
+) -> None:
+    """Celery closes a dead connection, then its consumer's channel (which holds an unacked
+    message): kombu's transport raised ``AttributeError`` there (the connection's parameters
+    were gone), which Celery does not ignore: the worker exited. Ours raises a connection
+    error, which ``maybe_close_channel`` ignores; the message stays in Redis's unacked hash."""
+    from kombu.common import ignore_errors
+
+    from tests.support.redis_server import RedisServer
+
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        conn = Connection(server.url, transport="workflows.broker:Transport")
+        queue = Queue("orders")
+        channel = conn.default_channel
+        _publish(conn, queue, {"n": 1})
+        held = queue(channel).get(no_ack=False)
+        assert held is not None and held.payload == {"n": 1}
+        server.stop()  # Redis goes away
+        channel._pool = None  # type: ignore[attr-defined]  # dropped with the connection
+        conn._do_close_transport()  # Celery's close of the dead connection
+
+        ignore_errors(conn, conn.maybe_close_channel, channel)  # raised AttributeError
+
+        assert channel.closed
+    finally:
+        server.stop()
