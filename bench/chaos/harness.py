@@ -120,8 +120,8 @@ PROFILES = {
     # release checks: more orders, more workers, a worker stopped past the lock TTL (120 s)
     "long": Profile(
         "long",
-        rounds=8,
-        per_channel=10,
+        rounds=6,
+        per_channel=6,
         workers=3,
         stall_s=130.0,
         settle_timeout_s=600.0,
@@ -134,7 +134,8 @@ PROFILES = {
 def chaos_database(admin_url: str) -> Iterator[tuple[str, str]]:
     """A fresh PostgreSQL database for one run, dropped after: (url, name)."""
     name = f"ordersync_chaos_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    # pinged: the server may have been restarted under the pooled connection (postgres_restart)
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     try:
