@@ -184,7 +184,7 @@ class EbaySimulator:
         self.clock = clock
         self.now = now
         self._rng = random.Random(seed)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # _log takes it too, and is called under it
         self._orders: dict[str, dict[str, Any]] = {}
         self._counter = 0
         self._tokens: dict[str, tuple[str, float]] = {}  # token → (kind, expires at clock())
