@@ -4,7 +4,10 @@
 - a rate-limit bucket per (account, operation), waited for before each request;
 - non-2xx answers and transport failures become ``domain.errors`` classes;
 - a few in-call retries for retryable failures (honouring ``Retry-After``), after which the error
-  goes up to the task, which retries with backoff or surfaces the order to staff;
+  goes up to the task, which retries with backoff or surfaces the order to staff; a write the
+  remote side does not dedupe is sent with ``replay=False``: a broken connection or a timeout
+  (the request may have been applied, its answer lost) is raised at once, for the caller to
+  read back what was done before it writes again;
 - no wait longer than ``max_wait_s`` (``PARK_AFTER_S``) inside a worker: a longer ``Retry-After``
   or rate-limit pause is raised at once as ``RateLimited(retry_after=…)``, and the task parks
   its work in the database until then (``workflows.base``) instead of holding a worker slot.
@@ -116,8 +119,17 @@ class ApiClient:
         return None
 
     def request(
-        self, operation: str, method: str, url: str, *, cost: float = 1.0, **kwargs: Any
+        self,
+        operation: str,
+        method: str,
+        url: str,
+        *,
+        cost: float = 1.0,
+        replay: bool = True,
+        **kwargs: Any,
     ) -> httpx.Response:
+        """``replay=False``: a ``TransportError`` (no answer, or half of one: the request may
+        have been applied) is not sent again here; 429s and 5xx answers still are."""
         attempt = 0
         while True:
             attempt += 1
@@ -126,6 +138,8 @@ class ApiClient:
             except RetryableError as exc:
                 if attempt >= self.max_attempts or (exc.retry_after or 0) > self.max_wait_s:
                     raise  # the task retries it, or parks it until the Retry-After
+                if not replay and isinstance(exc, TransportError):
+                    raise  # maybe applied: the caller reads back before writing again
                 delay = exc.retry_after
                 if delay is None:
                     delay = random.uniform(0, min(30.0, 0.5 * 2**attempt))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from domain.errors import RateLimited
+from domain.errors import RateLimited, TransportError
 from integrations.http import ApiClient
 from integrations.ratelimit import Bucket, MemoryRateLimiter
 from tests.support.fake_time import FakeTime
@@ -54,3 +54,46 @@ def test_a_retry_after_past_the_bound_is_raised_at_once_without_sleeping() -> No
         client.request("orders", "GET", "/orders")
     assert paused.value.retry_after is not None and paused.value.retry_after > 7000
     assert sent == ["/orders"] and clock.sleeps == []
+
+
+def _dropping(answers: list[httpx.Response | None], sent: list[str]) -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.method)
+        answer = answers.pop(0)
+        if answer is None:  # applied, then the connection broke before the answer
+            raise httpx.RemoteProtocolError("peer closed connection", request=request)
+        return answer
+
+    return httpx.MockTransport(handler)
+
+
+def test_a_write_without_replay_is_not_sent_again_after_a_lost_answer() -> None:
+    clock, sent = FakeTime(start=0.0), []
+    answers: list[httpx.Response | None] = [None, httpx.Response(201, json={})]
+    client = ShopClient("http://shop.test", transport=_dropping(answers, sent),
+                        sleep=clock.sleep, max_wait_s=300)  # fmt: skip
+
+    with pytest.raises(TransportError):
+        client.request("orders", "POST", "/orders/1/notes", replay=False)
+
+    assert sent == ["POST"]  # once: the caller reads back before it writes again
+
+
+def test_a_write_without_replay_is_still_retried_after_a_5xx() -> None:
+    clock, sent = FakeTime(start=0.0), []
+    answers: list[httpx.Response | None] = [httpx.Response(503), httpx.Response(201, json={})]
+    client = ShopClient("http://shop.test", transport=_dropping(answers, sent),
+                        sleep=clock.sleep, max_wait_s=300)  # fmt: skip
+
+    assert client.request("orders", "POST", "/orders/1/notes", replay=False).status_code == 201
+    assert sent == ["POST", "POST"]
+
+
+def test_a_read_is_sent_again_after_a_lost_answer() -> None:
+    clock, sent = FakeTime(start=0.0), []
+    answers: list[httpx.Response | None] = [None, httpx.Response(200, json={})]
+    client = ShopClient("http://shop.test", transport=_dropping(answers, sent),
+                        sleep=clock.sleep, max_wait_s=300)  # fmt: skip
+
+    assert client.request("orders", "GET", "/orders").status_code == 200
+    assert sent == ["GET", "GET"]
