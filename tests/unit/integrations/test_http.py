@@ -68,7 +68,7 @@ def _dropping(answers: list[httpx.Response | None], sent: list[str]) -> httpx.Mo
 
 
 def test_a_write_without_replay_is_not_sent_again_after_a_lost_answer() -> None:
-    clock, sent = FakeTime(start=0.0), []
+    clock, sent = FakeTime(start=0.0), list[str]()
     answers: list[httpx.Response | None] = [None, httpx.Response(201, json={})]
     client = ShopClient("http://shop.test", transport=_dropping(answers, sent),
                         sleep=clock.sleep, max_wait_s=300)  # fmt: skip
@@ -80,7 +80,7 @@ def test_a_write_without_replay_is_not_sent_again_after_a_lost_answer() -> None:
 
 
 def test_a_write_without_replay_is_still_retried_after_a_5xx() -> None:
-    clock, sent = FakeTime(start=0.0), []
+    clock, sent = FakeTime(start=0.0), list[str]()
     answers: list[httpx.Response | None] = [httpx.Response(503), httpx.Response(201, json={})]
     client = ShopClient("http://shop.test", transport=_dropping(answers, sent),
                         sleep=clock.sleep, max_wait_s=300)  # fmt: skip
@@ -90,7 +90,7 @@ def test_a_write_without_replay_is_still_retried_after_a_5xx() -> None:
 
 
 def test_a_read_is_sent_again_after_a_lost_answer() -> None:
-    clock, sent = FakeTime(start=0.0), []
+    clock, sent = FakeTime(start=0.0), list[str]()
     answers: list[httpx.Response | None] = [None, httpx.Response(200, json={})]
     client = ShopClient("http://shop.test", transport=_dropping(answers, sent),
                         sleep=clock.sleep, max_wait_s=300)  # fmt: skip
