@@ -5,7 +5,10 @@
 - non-2xx answers, transport failures and 2xx answers whose JSON does not parse become
   ``domain.errors`` classes;
 - a few in-call retries for retryable failures (honouring ``Retry-After``), after which the error
-  goes up to the task, which retries with backoff or surfaces the order to staff;
+  goes up to the task, which retries with backoff or surfaces the order to staff; a write the
+  remote side does not dedupe is sent with ``replay=False``: a broken connection or a timeout
+  (the request may have been applied, its answer lost) is raised at once, for the caller to
+  read back what was done before it writes again;
 - no wait longer than ``max_wait_s`` (``PARK_AFTER_S``) inside a worker: a longer ``Retry-After``
   or rate-limit pause is raised at once as ``RateLimited(retry_after=…)``, and the task parks
   its work in the database until then (``workflows.base``) instead of holding a worker slot.
@@ -30,7 +33,6 @@ from domain.errors import (
     IntegrationError,
     RateLimited,
     RetryableError,
-    ServerError,
     TransportError,
     error_for_status,
 )
@@ -60,17 +62,18 @@ def parse_retry_after(value: str | None) -> float | None:
 
 def _parsed(operation: str, response: httpx.Response) -> httpx.Response:
     """A 2xx JSON answer, parsed once here: a body that is not JSON (cut short by a proxy, an
-    HTML error page behind a 200) is a ``ServerError``, retried like a 5xx, instead of a
-    ``ValueError`` deep in a mapper that would fail the work for good. ``response.json()``
-    then returns what was parsed here (not parsed twice)."""
+    HTML error page behind a 200) is an answer lost, a ``TransportError``: retried, and for a
+    write that is not replayed (``replay=False``: it was applied) read back by the caller,
+    instead of a ``ValueError`` deep in a mapper that would fail the work for good.
+    ``response.json()`` then returns what was parsed here (not parsed twice)."""
     media = response.headers.get("content-type", "").split(";")[0].strip().lower()
     if not response.content or not (media == "application/json" or media.endswith("+json")):
         return response  # a JSONL export, a PDF label, a feed document: read by their callers
     try:
         parsed = json.loads(response.content)
     except ValueError:
-        raise ServerError(
-            f"{operation}: HTTP {response.status_code} with a body that is not JSON",
+        raise TransportError(
+            f"{operation}: HTTP {response.status_code} with a body that is not JSON (cut short)",
             status=response.status_code,
         ) from None
     setattr(response, "json", lambda **_: parsed)  # noqa: B010  (the one parse, kept)
@@ -138,8 +141,17 @@ class ApiClient:
         return None
 
     def request(
-        self, operation: str, method: str, url: str, *, cost: float = 1.0, **kwargs: Any
+        self,
+        operation: str,
+        method: str,
+        url: str,
+        *,
+        cost: float = 1.0,
+        replay: bool = True,
+        **kwargs: Any,
     ) -> httpx.Response:
+        """``replay=False``: a ``TransportError`` (no answer, or half of one: the request may
+        have been applied) is not sent again here; 429s and 5xx answers still are."""
         attempt = 0
         while True:
             attempt += 1
@@ -148,6 +160,8 @@ class ApiClient:
             except RetryableError as exc:
                 if attempt >= self.max_attempts or (exc.retry_after or 0) > self.max_wait_s:
                     raise  # the task retries it, or parks it until the Retry-After
+                if not replay and isinstance(exc, TransportError):
+                    raise  # maybe applied: the caller reads back before writing again
                 delay = exc.retry_after
                 if delay is None:
                     delay = random.uniform(0, min(30.0, 0.5 * 2**attempt))

@@ -69,7 +69,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from sandbox.knobs import Knobs
+from sandbox.knobs import Knobs, WriteDrops
 
 __all__ = [
     "DEFAULT_RATE_LIMITS",
@@ -102,6 +102,8 @@ DEFAULT_RATE_LIMITS: Mapping[str, tuple[float, float]] = {
     "getFeedDocument": (0.0222, 10),
 }
 FEEDS = "/feeds/2021-06-30"
+#: the writes ordersync makes here, each of which ``drop_write_answers`` can drop
+WRITE_OPERATIONS = ("confirmShipment", "patchListingsItem", "createFeed")
 SANDBOX_SELLER_ID = "A2ORDERSYNCSANDBOX"
 QUOTA_EXCEEDED: dict[str, object] = {
     "errors": [
@@ -278,6 +280,11 @@ class AmazonSimulator:
         #: (AmazonOrderId, packageReferenceId) → confirmShipment packageDetail
         self.shipments: dict[tuple[str, str], dict[str, Any]] = {}
         self.request_log: list[tuple[str, int]] = []
+        #: "apply then drop": ``drop_write_answers.arm(n, "confirmShipment", ...)`` has the
+        #: next n answers of those writes (``WRITE_OPERATIONS``; all when none is named)
+        #: dropped after the write was applied. confirmShipment has no idempotency key: the
+        #: same package again is refused (400 InvalidInput), more items are shipped
+        self.drop_write_answers = WriteDrops(WRITE_OPERATIONS)
         #: the seller's listings: SKU → merchant-fulfilled quantity (channel DEFAULT), and the
         #: SKUs Amazon fulfils (FBA: channel AMAZON_NA, quantity Amazon's own)
         self.listings: dict[str, int] = dict.fromkeys(self.skus, 0)
@@ -501,8 +508,10 @@ class AmazonSimulator:
         if operation in self._limits:
             all_headers["x-amzn-RateLimit-Limit"] = str(self._limits[operation][0])
         if body is None:
-            return Response(status_code=status, headers=all_headers)
-        return JSONResponse(body, status_code=status, headers=all_headers)
+            answer = Response(status_code=status, headers=all_headers)
+        else:
+            answer = JSONResponse(body, status_code=status, headers=all_headers)
+        return self.drop_write_answers(operation, answer)
 
     async def _gate(
         self, operation: str, request: Request, path: str | None = None

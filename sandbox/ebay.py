@@ -51,7 +51,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from sandbox.knobs import Knobs
+from sandbox.knobs import Knobs, WriteDrops
 
 __all__ = [
     "DEFAULT_SKUS",
@@ -78,6 +78,8 @@ SELL_SCOPES = frozenset(
     }
 )
 INVENTORY_API = "/sell/inventory/v1"
+#: the writes ordersync makes here, each of which ``drop_write_answers`` can drop
+WRITE_OPERATIONS = ("createShippingFulfillment", "createCancellation", "bulkUpdatePriceQuantity")
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 50
 _CENT = Decimal("0.01")
@@ -184,7 +186,7 @@ class EbaySimulator:
         self.clock = clock
         self.now = now
         self._rng = random.Random(seed)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # _log takes it too, and is called under it
         self._orders: dict[str, dict[str, Any]] = {}
         self._counter = 0
         self._tokens: dict[str, tuple[str, float]] = {}  # token → (kind, expires at clock())
@@ -195,6 +197,11 @@ class EbaySimulator:
         self.cancellations: dict[str, dict[str, Any]] = {}
         #: (operation, HTTP status) per request, for benchmarks (429 count, requests/s)
         self.request_log: list[tuple[str, int]] = []
+        #: "apply then drop": ``drop_write_answers.arm(n, "createCancellation", ...)`` has the
+        #: next n answers of those writes (``WRITE_OPERATIONS``; all when none is named)
+        #: dropped after the write was applied. A fulfillment with the same tracking number
+        #: again is 409, a second cancellation 400 (32700)
+        self.drop_write_answers = WriteDrops(WRITE_OPERATIONS)
         #: inventory items: SKU → total ship-to-home quantity; the Inventory API's own quota
         self.inventory: dict[str, int] = dict.fromkeys(self.skus, 0)
         self.inventory_rate_per_s = inventory_rate_per_s
@@ -363,7 +370,7 @@ class EbaySimulator:
     def _log(self, operation: str, response: Response) -> Response:
         with self._lock:
             self.request_log.append((operation, response.status_code))
-        return response
+        return self.drop_write_answers(operation, response)
 
     def _take(self) -> float:
         """One call from the bucket; returns 0 when allowed, else seconds until a token."""

@@ -1,5 +1,6 @@
 """Fault knobs shared by every simulator: latency, 5xx rate, 429 rate (and its Retry-After),
-the next N requests throttled, timeouts, 200 answers whose JSON is cut short.
+the next N requests throttled, timeouts, 200 answers whose JSON is cut short; and
+``WriteDrops``, the next N answers of a write applied and then dropped (``DroppedConnection``).
 
 A simulator calls ``await knobs.disturb()`` at the top of each handler; it sleeps for the
 latency and may return an error response (or hang past the client's timeout) instead of the
@@ -10,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fastapi.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
-__all__ = ["DroppedConnection", "Knobs"]
+__all__ = ["DroppedConnection", "Knobs", "WriteDrops"]
 
 
 @dataclass
@@ -79,20 +83,65 @@ class DroppedConnection(Response):
     """Starts a 200 answer, then fails mid-body: the server closes the connection and the
     client sees a protocol error although the request was applied ("apply then drop")."""
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, status: int = 200) -> None:
         super().__init__()
-        self._payload = body
+        self._payload = body if len(body) > 1 else b'{"dropped": true}'  # never whole at 16
+        self._status = 200 if status in (204, 304) else status  # a status that has a body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
             {
                 "type": "http.response.start",
-                "status": 200,
+                "status": self._status,
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(self._payload)).encode()),
                 ],
             }
         )
-        await send({"type": "http.response.body", "body": self._payload[:16], "more_body": True})
+        cut = min(16, len(self._payload) - 1)  # at least one byte short of the length
+        await send({"type": "http.response.body", "body": self._payload[:cut], "more_body": True})
         raise ConnectionAbortedError("sandbox: drop_after_apply (intended)")
+
+
+class WriteDrops:
+    """Apply then drop, for a simulator's writes: the next N answers of a write operation are
+    sent as a ``DroppedConnection`` after the write was applied (ledger and all), as when the
+    marketplace's answer is lost on the way back. ``arm(n, "op", ...)`` per operation, or
+    ``arm(n)`` for the next N writes of any kind; ``dropped`` counts what was dropped."""
+
+    ANY = "*"
+
+    def __init__(self, operations: Iterable[str]) -> None:
+        self.operations = frozenset(operations)
+        self.pending: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def arm(self, n: int, *operations: str) -> None:
+        unknown = set(operations) - self.operations
+        if unknown:
+            raise ValueError(f"not a write of this simulator: {sorted(unknown)}")
+        with self._lock:
+            for operation in operations or (self.ANY,):
+                self.pending[operation] = n
+
+    def clear(self) -> None:
+        with self._lock:
+            self.pending.clear()
+
+    @property
+    def total(self) -> int:
+        return sum(self.dropped.values())
+
+    def __call__(self, operation: str, response: Response) -> Response:
+        """``response`` (the write applied) as it is, or dropped if one is due."""
+        if operation not in self.operations or not 200 <= response.status_code < 300:
+            return response
+        with self._lock:
+            due = next((k for k in (operation, self.ANY) if self.pending[k] > 0), None)
+            if due is None:
+                return response
+            self.pending[due] -= 1
+            self.dropped[operation] += 1
+        return DroppedConnection(bytes(response.body), response.status_code)

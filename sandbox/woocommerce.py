@@ -42,7 +42,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from sandbox.knobs import Knobs
+from sandbox.knobs import Knobs, WriteDrops
 
 __all__ = [
     "DEFAULT_SKUS",
@@ -61,6 +61,10 @@ API = "/wp-json/wc/v3"
 SHOP_OFFSET = dt.timedelta(hours=-3)  # shop-local time of the official samples
 STATUSES = ("pending", "processing", "on-hold", "completed", "cancelled", "refunded", "failed")
 BATCH_LIMIT = 100
+#: the writes ordersync makes here, each of which ``drop_write_answers`` can drop
+WRITE_OPERATIONS = (
+    "update_order", "create_refund", "add_note", "batch_products", "batch_variations",
+)  # fmt: skip
 _CENT = Decimal("0.01")
 _BUYERS = (("John", "Doe"), ("João", "Silva"), ("Zoë", "Müller"), ("Ama", "Mensah"))
 
@@ -155,6 +159,11 @@ class WooCommerceSimulator:
         #: "cancellation:{order}", "stock:{sku}"
         self.ledger: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.request_log: list[tuple[str, int]] = []
+        #: "apply then drop": ``drop_write_answers.arm(n, "add_note", ...)`` has the next n
+        #: answers of those writes (``WRITE_OPERATIONS``; all of them when none is named)
+        #: dropped after the write was applied. Woo has no idempotency keys: a note or a
+        #: refund sent again is made again
+        self.drop_write_answers = WriteDrops(WRITE_OPERATIONS)
         self.products: dict[int, dict[str, Any]] = {}
         parent = 500
         for i, sku in enumerate(skus):
@@ -498,7 +507,8 @@ class WooCommerceSimulator:
     def _ok(
         self, operation: str, body: Any, headers: dict[str, str], status: int = 200
     ) -> Response:
-        return self._log(operation, JSONResponse(body, status_code=status, headers=headers))
+        answer = self._log(operation, JSONResponse(body, status_code=status, headers=headers))
+        return self.drop_write_answers(operation, answer)
 
     # -- handlers ------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ The load: the marketplaces' listings are found first (``ordersync listings sync`
 and WooCommerce orders arrive by signed webhooks (Shopify also cancels some from its admin; the
 buyers who had not paid at checkout pay, as in the demo), Amazon's and eBay's are found by
 Beat's polls; staff raise stock through the
-API (releasing orders on hold), then cancel a share of the ready orders and ship the rest; the
+API (releasing orders on hold), then cancel a share of the ready orders and ship the rest; a share
+of the Shopify orders is edited or partly refunded in the admin as they arrive; the
 sandbox carrier delivers and Beat's tracking sees it. "Quiet": every order final, nothing in
 the inbox, the outbox or the stock pushes waiting; then Beat stops and the queues drain
 before the facts are read.
@@ -83,6 +84,8 @@ ENV = {
 QUEUES = ("intake", "orders", "sync", "documents", "outbound")
 PIPELINE = {"new", "reserved", "paid", "documented"}
 CANCEL_SHARE = 0.15
+#: of the new Shopify orders (paid, not cancelled): edited in the admin; as many partly refunded
+AFTER_SALES_SHARE = 0.15
 #: the sandbox's raised ("fast") limits, told to our client as an account's own would be: at
 #: Amazon's documented getOrders rate (one a minute once the burst is spent) a storm of 429s
 #: leaves a poll waiting minutes, which the short profile cannot
@@ -194,6 +197,7 @@ class Run:
     faults: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
     worker_seq: int = 0
+    rounds_loaded: int = 0
     unreadable_pushed: int = 0  # queue items that are not messages (poison)
     killed: set[str] = field(default_factory=set)  # processes the scenario killed on purpose
     postgres_server: PostgresServer | None = None  # the run's own, when the scenario has one
@@ -242,7 +246,8 @@ class Run:
         """New orders in every marketplace; webhooks for those that send them."""
         n = self.profile.per_channel
         sandbox = self.world.sandbox
-        for ext in sandbox.shopify.add_orders(n):
+        shopify_new = sandbox.shopify.add_orders(n)
+        for ext in shopify_new:
             self.sent.append(("shopify", ext))
             self.deliver("shopify", *sandbox.shopify.webhook_delivery(ext, "orders/create", SECRET))
             if self.rng.random() < 0.2:  # cancelled in the Shopify admin before we shipped
@@ -262,6 +267,48 @@ class Run:
         accounts = {channel: name for channel, (name, _) in self.accounts.items()}
         for path, headers, body in _pay_pending(sandbox, accounts, SECRET).deliveries:
             self.deliver(path.split("/")[2], headers, body)
+        self.rounds_loaded += 1
+        self.after_sales(shopify_new, last=self.rounds_loaded >= self.profile.rounds)
+
+    def after_sales(self, external_ids: list[str], *, last: bool) -> None:
+        """Some of the new Shopify orders, paid and not cancelled, are edited in the admin (a
+        line added: ``orders/edited`` and ``orders/updated``) and some partly refunded (one
+        unit of a line, restocked: ``refunds/create`` and ``orders/updated``), while our
+        pipeline is at them; counted as "edits" and "refunds". At least one of each in a run
+        (the last round makes it if the dice did not), so the short profile has them too."""
+        shop = self.world.sandbox.shopify
+        open_ = [ext for ext in external_ids if self._open_paid(ext)]
+        edits = [ext for ext in external_ids if self.rng.random() < AFTER_SALES_SHARE]
+        refunds = [ext for ext in external_ids if self.rng.random() < AFTER_SALES_SHARE]
+        edits, refunds = [e for e in edits if e in open_], [e for e in refunds if e in open_]
+        if last:
+            earlier = [ext for c, ext in self.sent if c == "shopify" and self._open_paid(ext)]
+            if not self.faults["edits"] and not edits and earlier:
+                edits.append(self.rng.choice(earlier))
+            if not self.faults["refunds"] and not refunds and earlier:
+                refunds.append(self.rng.choice(earlier))
+        for ext in edits:
+            made = shop.edit_add_line(ext, self.rng.choice(sorted(shop.skus)), 1)
+            self.deliver("shopify", *shop.edit_delivery(made, SECRET))
+            self.deliver("shopify", *shop.webhook_delivery(ext, "orders/updated", SECRET))
+            self.faults["edits"] += 1
+        for ext in refunds:
+            items = shop.orders[ext]["line_items"]
+            lines = [i for i, item in enumerate(items)
+                     if int(item.get("current_quantity", item["quantity"])) > 0]  # fmt: skip
+            if not lines:
+                continue
+            back = shop.refund_line(ext, self.rng.choice(lines), 1, restock=True)
+            self.deliver("shopify", *shop.refund_delivery(back, SECRET))
+            self.deliver("shopify", *shop.webhook_delivery(ext, "orders/updated", SECRET))
+            self.faults["refunds"] += 1
+
+    def _open_paid(self, external_id: str) -> bool:
+        """Paid at Shopify (not only authorised) and not cancelled."""
+        order = self.world.sandbox.shopify.orders[external_id]
+        return not order.get("cancelled_at") and order["financial_status"] in (
+            "paid", "partially_refunded",
+        )  # fmt: skip
 
     def deliver(
         self, channel: str, headers: dict[str, str], body: bytes, *, keep: bool = True
@@ -630,13 +677,23 @@ class Run:
 
 def _ledger_captures(sandbox: Any) -> list[tuple[str, tuple[str, str], Decimal]]:
     """Captures at the payment provider (its ``order_ref`` is ``channel:external id``, the
-    marketplace's authorization) and on Shopify (``orderCapture``)."""
+    marketplace's authorization) and on Shopify (``orderCapture``). A Shopify capture counts
+    with what the buyer paid Shopify for the order's edits after it (the edit's ``SALE``): the
+    money Shopify holds for the order by our capture, which our payment follows
+    (``orders.edits._follow_collection``); a captured order has no other SALE."""
     out = []
     for capture in list(sandbox.payments.captures):
         channel, _, ext = str(capture["order_ref"]).partition(":")
         out.append((str(capture["id"]), (channel, ext), Decimal(int(capture["amount"])) / 100))
     for key, capture in list(sandbox.shopify.captures.items()):
-        out.append((str(key), ("shopify", str(capture["order_id"])), Decimal(capture["amount"])))
+        ext = str(capture["order_id"])
+        edits_paid = sum(
+            (Decimal(tx["amountSet"]["presentmentMoney"]["amount"])
+             for tx in list(sandbox.shopify.transactions.get(ext, []))
+             if tx["kind"] == "SALE" and tx["status"] == "SUCCESS"),
+            Decimal(0),
+        )  # fmt: skip
+        out.append((str(key), ("shopify", ext), Decimal(capture["amount"]) + edits_paid))
     return out
 
 

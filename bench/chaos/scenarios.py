@@ -177,9 +177,27 @@ class WorkerStall(Scenario):
         self.background(stall)
 
 
+#: the marketplace writes whose next answers DropAfterApply drops, per simulator: (how many,
+#: operations); the orders' writes twice each, the stock pushes once
+MARKETPLACE_DROPS: dict[str, list[tuple[int, tuple[str, ...]]]] = {
+    "woocommerce": [
+        (2, ("add_note", "update_order", "create_refund")),
+        (1, ("batch_products", "batch_variations")),
+    ],
+    "amazon": [(2, ("confirmShipment",)), (1, ("patchListingsItem", "createFeed"))],
+    "ebay": [
+        (2, ("createShippingFulfillment", "createCancellation")),
+        (1, ("bulkUpdatePriceQuantity",)),
+    ],
+}
+
+
 class DropAfterApply(Scenario):
-    """The payment provider, the carrier and Shopify's fulfilment apply the request, then the
-    connection drops before the answer: the retry must find what was done, not do it again."""
+    """The payment provider, the carrier and every marketplace's writes (Shopify's
+    fulfilments; WooCommerce's notes, status updates, refunds and stock; Amazon's shipment
+    confirmations and stock; eBay's fulfilments, cancellations and stock) apply the request,
+    then the connection drops before the answer: the retry must find what was done, not do
+    it again."""
 
     def start(self, run: Run) -> None:
         super().start(run)
@@ -189,6 +207,9 @@ class DropAfterApply(Scenario):
         sandbox.payments.drop_after_apply_rate = 1.0
         sandbox.carrier.drop_after_apply_rate = 1.0
         sandbox.shopify.drop_fulfillment_answers = 3
+        for channel, drops in MARKETPLACE_DROPS.items():
+            for n, operations in drops:
+                getattr(sandbox, channel).drop_write_answers.arm(n, *operations)
 
     def heal(self, run: Run) -> None:
         super().heal(run)
@@ -197,6 +218,11 @@ class DropAfterApply(Scenario):
         sandbox = run.world.sandbox
         run.faults["payments dropped after apply"] = sandbox.payments.stats["dropped"]
         run.faults["shopify fulfilments dropped"] = 3 - sandbox.shopify.drop_fulfillment_answers
+        for channel in MARKETPLACE_DROPS:
+            drops = getattr(sandbox, channel).drop_write_answers
+            for operation, n in sorted(drops.dropped.items()):
+                run.faults[f"{channel} {operation} dropped"] = n
+            drops.clear()
         sandbox.payments.drop_after_apply_rate = 0.0
         sandbox.carrier.drop_after_apply_rate = 0.0
         sandbox.shopify.drop_fulfillment_answers = 0

@@ -290,6 +290,7 @@ class SpApiClient(ApiClient):
             "POST",
             f"/orders/v0/orders/{quote(order_id, safe='')}/shipmentConfirmation",
             json=dict(body),
+            replay=False,  # the same package again is refused: the caller reads back
         )
 
     def patch_listings_item(

@@ -51,6 +51,7 @@ from domain.errors import (
     PayloadError,
     PermanentError,
     ServerError,
+    TransportError,
     ValidationError,
 )
 from domain.listings import ChannelListing, StockPushResult, StockUpdate
@@ -217,7 +218,7 @@ class AmazonConnector(PagedOrders):
             return
         if status == "Canceled":
             raise PermanentError(f"confirmShipment: order is cancelled ({external_id})")
-        items = _unshipped(self.client.all_order_items(external_id))
+        items = unshipped = _unshipped(self.client.all_order_items(external_id))
         if lines:  # this package: the shipment's items, as far as they are still unshipped
             remaining = {i["orderItemId"]: i["quantity"] for i in items}
             items = [
@@ -239,7 +240,18 @@ class AmazonConnector(PagedOrders):
                 "orderItems": items,
             },
         }
-        self.client.confirm_shipment(external_id, body)
+        try:
+            self.client.confirm_shipment(external_id, body)
+        except TransportError:
+            # no answer: Amazon may have shipped the package (the same one again would be
+            # refused as InvalidInput); the items' shipped quantities say whether it did
+            after = {i["orderItemId"]: i["quantity"]
+                     for i in _unshipped(self.client.all_order_items(external_id))}  # fmt: skip
+            before = {i["orderItemId"]: i["quantity"] for i in unshipped}
+            if any(before[i["orderItemId"]] - after.get(i["orderItemId"], 0) < i["quantity"]
+                   for i in items):  # fmt: skip
+                raise
+            log.info("amazon.shipment_found_after_lost_answer", account=self.account.name)
 
     def push_cancellation(self, external_id: str, *, reason: str, idempotency_key: str) -> None:
         """The Orders API has no cancel: a seller cancels an Amazon order in Seller Central (or

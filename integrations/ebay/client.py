@@ -270,6 +270,7 @@ class EbayClient(ApiClient):
             "/post-order/v2/cancellation",
             json=body,
             headers={"Content-Type": "application/json"},
+            replay=False,  # a second request is refused (32700): the caller reads back
         )
         cancel_id = _json(response, "createCancellation").get("cancelId")
         return str(cancel_id) if cancel_id is not None else None

@@ -32,7 +32,7 @@ import structlog
 from pydantic import ValidationError as PydanticValidationError
 
 from domain.canonical import CanonicalOrder
-from domain.errors import AuthError, Conflict, PayloadError, ValidationError
+from domain.errors import AuthError, Conflict, PayloadError, TransportError, ValidationError
 from domain.listings import ChannelListing, StockPushResult, StockUpdate
 from integrations.base import AccountConfig, ConnectorSeams, OrderPage, PagedOrders, ShipmentGroup
 from integrations.ebay.client import (
@@ -175,8 +175,7 @@ class EbayConnector(PagedOrders):
         a buyer who paid); an order whose ``cancelStatus`` says it is
         cancelled or being cancelled is left alone (a retry after a lost answer)."""
         order = self.client.get_order(external_id)
-        state = str((order.get("cancelStatus") or {}).get("cancelState") or "")
-        if state in ("CANCELED", "IN_PROGRESS"):
+        if _cancel_state(order) in ("CANCELED", "IN_PROGRESS"):
             log.info("ebay.cancellation.exists", order=external_id, key=idempotency_key)
             return
         body: dict[str, Any] = {
@@ -189,7 +188,16 @@ class EbayConnector(PagedOrders):
                         and p.get("paymentDate")), None)  # fmt: skip
         if body["buyerPaid"] and paid_at:
             body["buyerPaidDate"] = {"value": paid_at}
-        cancel_id = self.client.create_cancellation(body)
+        try:
+            cancel_id = self.client.create_cancellation(body)
+        except TransportError:
+            # no answer: the cancellation may have been made (a second one is refused as not
+            # eligible); the order's cancelStatus says whether it was
+            if not self._cancelled(external_id):
+                raise
+            log.info("ebay.cancellation.found_after_lost_answer", order=external_id,
+                     key=idempotency_key)  # fmt: skip
+            return
         log.info("ebay.cancelled", order=external_id, key=idempotency_key, cancel_id=cancel_id)
 
     def push_delivery(
@@ -266,6 +274,10 @@ class EbayConnector(PagedOrders):
                 raise PayloadError(message) from None
             raise
 
+    def _cancelled(self, external_id: str) -> bool:
+        """Cancelled, or being cancelled (a cancellation request is open)."""
+        return _cancel_state(self.client.get_order(external_id)) in ("CANCELED", "IN_PROGRESS")
+
     def _has_fulfillment(self, external_id: str, tracking_number: str) -> bool:
         try:
             page = EbayShippingFulfillmentPage.model_validate(
@@ -274,6 +286,10 @@ class EbayConnector(PagedOrders):
         except PydanticValidationError:
             raise PayloadError(f"eBay order {external_id}: fulfillments unreadable") from None
         return any(f.shipmentTrackingNumber == tracking_number for f in page.fulfillments)
+
+
+def _cancel_state(order: dict[str, Any]) -> str:
+    return str((order.get("cancelStatus") or {}).get("cancelState") or "")
 
 
 def _page(body: dict[str, Any]) -> EbayOrderPage:

@@ -261,8 +261,9 @@ class WooCommerceClient(ApiClient):
         """``POST /orders/{id}/refunds``; ``api_refund: true`` has the order's payment gateway
         give the money back (without it Woo only records the refund)."""
         response = self.request(
-            "create_refund", "POST", f"/orders/{_path_id(order_id)}/refunds", json=body
-        )
+            "create_refund", "POST", f"/orders/{_path_id(order_id)}/refunds", json=body,
+            replay=False,  # Woo has no idempotency key: a second POST is a second refund
+        )  # fmt: skip
         return self._object("create_refund", response)
 
     def list_refunds(self, order_id: str) -> list[dict[str, Any]]:
@@ -286,6 +287,7 @@ class WooCommerceClient(ApiClient):
             "POST",
             f"/orders/{_path_id(order_id)}/notes",
             json={"note": note, "customer_note": customer_note},
+            replay=False,  # a second POST is a second note (and a second e-mail to the buyer)
         )
         return self._object("add_note", response)
 

@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from domain.canonical import CanonicalOrder
-from domain.errors import AuthError, ValidationError
+from domain.errors import AuthError, TransportError, ValidationError
 from domain.listings import ChannelListing, StockPushResult, StockUpdate
 from integrations.base import AccountConfig, ConnectorSeams, OrderPage, PagedOrders, ShipmentGroup
 from integrations.woocommerce.client import BATCH_LIMIT, WooCommerceClient
@@ -140,13 +140,18 @@ class WooCommerceConnector(PagedOrders):
             raise ValidationError(
                 f"woocommerce: cannot fulfil an order in status {status!r}", code="order_closed"
             )
-        notes = self.client.list_notes(external_id)
-        if not any(tracking_number in str(n.get("note", "")) for n in notes):
-            self.client.add_note(
-                external_id,
-                f"Your order has shipped with {carrier}. Tracking number: {tracking_number}",
-                customer_note=True,  # Woo e-mails customer notes to the buyer
-            )
+        if not self._has_note(external_id, tracking_number):
+            try:
+                self.client.add_note(
+                    external_id,
+                    f"Your order has shipped with {carrier}. Tracking number: {tracking_number}",
+                    customer_note=True,  # Woo e-mails customer notes to the buyer
+                )
+            except TransportError:
+                # no answer: the note may be there already; read before writing again
+                if not self._has_note(external_id, tracking_number):
+                    raise
+                log.info("woocommerce.note_found_after_lost_answer", key=idempotency_key)
         if not last:
             return
         self.client.update_order(
@@ -173,11 +178,17 @@ class WooCommerceConnector(PagedOrders):
             )  # fmt: skip
         left = _gateway_refund_left(order)
         if left > 0:
-            self.client.create_refund(
-                external_id,
-                {"amount": f"{left:.2f}", "reason": f"cancelled: {reason}"[:200],
-                 "api_refund": True},
-            )  # fmt: skip
+            try:
+                self.client.create_refund(
+                    external_id,
+                    {"amount": f"{left:.2f}", "reason": f"cancelled: {reason}"[:200],
+                     "api_refund": True},
+                )  # fmt: skip
+            except TransportError:
+                # no answer: the refund may have been made; what is left says (a retry of
+                # the whole push reads it again and refunds only what is still left)
+                if _gateway_refund_left(self.client.get_order(external_id)) > 0:
+                    raise
             log.info("woocommerce.refunded_with_cancellation", key=idempotency_key)
 
     # -- stock -----------------------------------------------------------------------------
@@ -234,6 +245,10 @@ class WooCommerceConnector(PagedOrders):
                 else:
                     result.refused[update.listing_id] = code
         return result
+
+    def _has_note(self, external_id: str, tracking_number: str) -> bool:
+        notes = self.client.list_notes(external_id)
+        return any(tracking_number in str(n.get("note", "")) for n in notes)
 
     # -- misc ------------------------------------------------------------------------------
 

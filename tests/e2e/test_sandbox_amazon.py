@@ -15,7 +15,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from domain.errors import AuthError
+from domain.errors import AuthError, TransportError
 from domain.listings import StockUpdate
 from integrations.amazon.connector import AmazonConnector
 from integrations.base import AccountConfig, ConnectorSeams
@@ -137,6 +137,61 @@ def test_push_fulfillment_is_recorded_once_and_ships_the_order() -> None:
     assert len(sim.shipments) == 1
     assert sim.orders[order_id]["OrderStatus"] == "Shipped"
     assert shipped.fulfillment_status == "fulfilled"
+
+
+def test_a_dropped_confirm_shipment_answer_ships_once_read_back_from_the_items() -> None:
+    # confirmShipment has no idempotency key (the same package again is refused 400)
+    sim = AmazonSimulator(seed=5, pending_ratio=0.0)
+    first, second = sim.add_orders(2)
+
+    with running(sim) as base:
+        amazon = connector(base)
+        try:
+            # the client sees a broken answer; the package is shipped once, not sent again
+            items = [{"orderItemId": i["OrderItemId"], "quantity": i["QuantityOrdered"]}
+                     for i in sim.items[first]]  # fmt: skip
+            body = {"marketplaceId": SANDBOX_MARKETPLACE_ID, "packageDetail": {
+                "packageReferenceId": "1", "carrierCode": "UPS", "trackingNumber": "1ZD",
+                "shipDate": "2026-01-01T00:00:00Z", "orderItems": items}}  # fmt: skip
+            sim.drop_write_answers.arm(1, "confirmShipment")
+            with pytest.raises(TransportError):
+                amazon.client.confirm_shipment(first, body)
+            assert list(sim.shipments) == [(first, "1")]
+
+            # the connector, its answer dropped, reads the items back: shipped, done
+            sim.drop_write_answers.arm(1, "confirmShipment")
+            for _ in range(2):  # and the task retried: the order is shipped, left alone
+                amazon.push_fulfillment(
+                    second, tracking_number="1Z999AA1", carrier="UPS", idempotency_key="ship:2"
+                )
+        finally:
+            amazon.close()
+
+    assert sim.drop_write_answers.dropped["confirmShipment"] == 2
+    assert len([k for k in sim.shipments if k[0] == second]) == 1
+    assert sim.orders[second]["OrderStatus"] == "Shipped"
+    assert [op for op, _ in sim.request_log].count("confirmShipment") == 2  # one per order
+
+
+def test_a_dropped_patch_listings_answer_sets_the_same_absolute_quantity() -> None:
+    sim = AmazonSimulator(seed=6)
+    sku = sim.skus[0]
+    update = StockUpdate(listing_id=1, sku=sku, external_id=sku, parent_id=None,
+                         location_id=SANDBOX_MARKETPLACE_ID, quantity=9, expected=None)  # fmt: skip
+    sim.drop_write_answers.arm(1, "patchListingsItem")
+
+    with running(sim) as base:
+        amazon = connector(base, seller_id=SANDBOX_SELLER_ID)
+        try:
+            result = amazon.push_stock([update])
+        finally:
+            amazon.close()
+
+    assert result.applied == [1]
+    assert sim.drop_write_answers.dropped["patchListingsItem"] == 1
+    # a replace of an absolute quantity, sent again: the same value set twice
+    assert sim.stock_sets == [(sku, 9), (sku, 9)]
+    assert sim.listings[sku] == 9
 
 
 def test_wrong_client_secret_is_an_auth_error() -> None:

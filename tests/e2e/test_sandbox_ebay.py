@@ -12,7 +12,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from domain.errors import AuthError
+from domain.errors import AuthError, TransportError
+from domain.listings import StockUpdate
 from domain.states import OrderState
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.ebay.connector import EbayConnector
@@ -140,6 +141,66 @@ def test_push_fulfillment_lands_once_even_when_repeated(serve: Serve) -> None:
     assert shipped.fulfillment_status == "fulfilled"
     lines = {line["lineItemId"] for line in sim.ledger[(order_id, "9400111899223")]["lineItems"]}
     assert lines == {line.external_id for line in shipped.lines}
+
+
+def test_a_dropped_fulfillment_answer_is_sent_again_and_found_by_its_tracking(
+    serve: Serve,
+) -> None:
+    # eBay answers the same tracking number again with 409: the connector looks it up
+    sim = EbaySimulator(seed=4)
+    (order_id,) = sim.add_orders(1)
+    ebay = connect(serve(sim))
+    sim.drop_write_answers.arm(1, "createShippingFulfillment")
+
+    ebay.push_fulfillment(
+        order_id, tracking_number="9400111899223", carrier="USPS", idempotency_key="ship:9"
+    )
+
+    assert sim.drop_write_answers.dropped["createShippingFulfillment"] == 1
+    assert list(sim.ledger) == [(order_id, "9400111899223")]
+    assert sim.request_log.count(("createShippingFulfillment", 201)) == 1
+    # the repeats were answered 409 (our client retries a 409 itself, then the connector
+    # looks the tracking number up)
+    assert sim.request_log.count(("createShippingFulfillment", 409)) >= 1
+
+
+def test_a_dropped_cancellation_answer_is_read_back_not_sent_again(serve: Serve) -> None:
+    # a second cancellation is refused (32700, not eligible): sending it again would fail
+    sim = EbaySimulator(seed=4)
+    first, second = sim.add_orders(2)
+    ebay = connect(serve(sim))
+
+    # the client sees a broken answer; the order is cancelled once
+    sim.drop_write_answers.arm(1, "createCancellation")
+    with pytest.raises(TransportError):
+        ebay.client.create_cancellation({"legacyOrderId": first, "buyerPaid": True})
+    assert list(sim.cancellations) == [first]
+
+    sim.drop_write_answers.arm(1, "createCancellation")
+    for _ in range(2):  # the task retried: cancelled already, left alone
+        ebay.push_cancellation(second, reason="out of stock", idempotency_key="cancel:2")
+
+    assert sim.drop_write_answers.dropped["createCancellation"] == 2
+    assert list(sim.cancellations) == [first, second]
+    assert sim.orders[second]["cancelStatus"]["cancelState"] == "CANCELED"
+    assert [op for op, _ in sim.request_log].count("createCancellation") == 2  # one per order
+
+
+def test_a_dropped_bulk_quantity_answer_sets_the_same_absolute_quantities(serve: Serve) -> None:
+    sim = EbaySimulator(seed=4)
+    ebay = connect(serve(sim))
+    updates = [StockUpdate(i, sku, sku, None, None, 3 + i, None)
+               for i, sku in enumerate(sim.skus[:2])]  # fmt: skip
+    sim.drop_write_answers.arm(1, "bulkUpdatePriceQuantity")
+
+    result = ebay.push_stock(updates)
+
+    assert sorted(result.applied) == [0, 1]
+    assert sim.drop_write_answers.dropped["bulkUpdatePriceQuantity"] == 1
+    # quantities are absolute: sent again, the same values set twice
+    expected = [(sku, 3 + i) for i, sku in enumerate(sim.skus[:2])]
+    assert sim.stock_sets == expected * 2
+    assert [sim.inventory[sku] for sku in sim.skus[:2]] == [3, 4]
 
 
 def test_a_wrong_client_secret_is_refused_with_ebays_error(serve: Serve) -> None:

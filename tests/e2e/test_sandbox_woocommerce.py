@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from domain.errors import AuthError
+from domain.errors import AuthError, TransportError
 from domain.listings import StockUpdate
 from integrations.base import AccountConfig, ConnectorSeams
 from integrations.woocommerce.connector import WooCommerceConnector
@@ -122,6 +122,78 @@ def test_fulfillment_and_stock_reach_the_shop_once(serve: Serve) -> None:
     assert connector.get_order(oid).fulfillment_status == "fulfilled"
     ops = [op for op, _ in sim.request_log]
     assert "batch_variations" in ops and "batch_products" in ops  # SKU-RED-M is a variation
+
+
+def test_a_dropped_note_answer_leaves_one_note_and_the_connector_reads_it_back(
+    serve: Serve,
+) -> None:
+    # Woo has no idempotency key: a note POSTed again is a second note (and e-mail)
+    sim = WooCommerceSimulator(seed=3)
+    first, second = sim.add_orders(2, status="processing")
+    connector = _connector(serve(sim))
+
+    # the client sees a broken answer; the note is in the shop once, not sent again
+    sim.drop_write_answers.arm(1, "add_note")
+    with pytest.raises(TransportError):
+        connector.client.add_note(first, "Tracking number: 1ZDIRECT", customer_note=True)
+    assert len(sim.ledger[f"note:{first}"]) == 1
+    assert sim.drop_write_answers.dropped["add_note"] == 1
+
+    # the connector, its note's answer dropped, finds the note and completes the order
+    sim.drop_write_answers.arm(1, "add_note")
+    connector.push_fulfillment(
+        second, tracking_number="1Z999", carrier="UPS", idempotency_key=f"fulfil:{second}"
+    )
+    connector.push_fulfillment(  # the task retried: nothing more
+        second, tracking_number="1Z999", carrier="UPS", idempotency_key=f"fulfil:{second}"
+    )
+    assert sim.drop_write_answers.dropped["add_note"] == 2
+    assert len(sim.ledger[f"note:{second}"]) == 1
+    assert len(sim.ledger[f"fulfillment:{second}"]) == 1
+    assert sim.orders[second]["status"] == "completed"
+    assert [op for op, _ in sim.request_log].count("add_note") == 2  # one per order
+    connector.close()
+
+
+def test_a_dropped_status_or_refund_answer_cancels_and_refunds_once(serve: Serve) -> None:
+    sim = WooCommerceSimulator(seed=3)
+    (oid,) = sim.add_orders(1, status="processing")  # paid at checkout by the shop's gateway
+    connector = _connector(serve(sim))
+    sim.drop_write_answers.arm(1, "update_order", "create_refund")
+
+    connector.push_cancellation(oid, reason="out of stock", idempotency_key=f"cancel:{oid}")
+    connector.push_cancellation(oid, reason="out of stock", idempotency_key=f"cancel:{oid}")
+
+    assert sim.drop_write_answers.dropped == {"update_order": 1, "create_refund": 1}
+    assert len(sim.ledger[f"cancellation:{oid}"]) == 1
+    assert sim.ledger[f"refund:{oid}"] == [{"amount": sim.orders[oid]["total"]}]
+    assert sim.orders[oid]["status"] == "refunded"
+    # the status PUT (absolute) was sent again, the refund POST never
+    ops = [op for op, _ in sim.request_log]
+    assert ops.count("create_refund") == 1
+    assert ops.count("update_order") == 2
+
+
+def test_a_dropped_stock_batch_answer_sets_the_same_absolute_quantities(serve: Serve) -> None:
+    sim = WooCommerceSimulator(seed=3)
+    connector = _connector(serve(sim))
+    found = {x.sku: x for x in connector.list_listings()}
+    wanted = {"SKU-RED-S": 7, "SKU-RED-M": 4}  # a simple product, a variation
+    updates = [
+        StockUpdate(i, sku, found[sku].external_id, found[sku].parent_id, None, qty, None)
+        for i, (sku, qty) in enumerate(wanted.items())
+    ]
+    sim.drop_write_answers.arm(1, "batch_products", "batch_variations")
+
+    result = connector.push_stock(updates)
+
+    assert sorted(result.applied) == [0, 1]
+    assert sim.drop_write_answers.dropped == {"batch_products": 1, "batch_variations": 1}
+    # sent again (a PUT of an absolute quantity, not a change): the same value, set twice
+    assert sim.ledger["stock:SKU-RED-S"] == [{"quantity": 7}] * 2
+    assert sim.ledger["stock:SKU-RED-M"] == [{"quantity": 4}] * 2
+    assert (sim.stock("SKU-RED-S"), sim.stock("SKU-RED-M")) == (7, 4)
+    connector.close()
 
 
 def test_poll_under_the_shops_rate_limit_still_completes(serve: Serve) -> None:

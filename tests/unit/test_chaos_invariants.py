@@ -155,3 +155,32 @@ def test_a_broken_state_is_caught_by_its_invariant_with_the_ids(
     assert broken[invariant] == expected
     # the state is broken in one way only: no other invariant speaks up
     assert [name for name, ids in broken.items() if ids] == [invariant]
+
+
+def test_a_shopify_capture_counts_with_the_edit_the_buyer_paid_after_it() -> None:
+    """Shopify holds our capture and the edit's SALE; our payment follows that total
+    (orders.edits), so the ledger the capture invariant reads counts both."""
+    from types import SimpleNamespace
+
+    from bench.chaos.harness import _ledger_captures
+    from sandbox.shopify import ShopifySimulator
+
+    sim = ShopifySimulator(seed=3)
+    external_id = next(i for i in sim.add_orders(20) if sim.orders[i]["financial_status"]
+                       == "authorized")  # fmt: skip
+    auth = sim.transactions[external_id][0]
+    captured = sim.orders[external_id]["total_price"]
+    sim.execute(
+        "OrderCapture",
+        "mutation OrderCapture($input: OrderCaptureInput!) @idempotent(key: $key) { x }",
+        {"key": "k1", "idempotencyKey": "k1", "input": {
+            "id": f"gid://shopify/Order/{external_id}", "parentTransactionId": auth["id"],
+            "amount": captured, "currency": "USD"}},
+    )  # fmt: skip
+    sim.edit_add_line(external_id, sim.skus[0], 1)  # the buyer pays the difference (SALE)
+    world = SimpleNamespace(payments=SimpleNamespace(captures=[]), shopify=sim)
+
+    ((_, order, amount),) = _ledger_captures(world)
+
+    assert order == ("shopify", external_id)
+    assert amount == Decimal(sim.orders[external_id]["total_price"]) > Decimal(captured)

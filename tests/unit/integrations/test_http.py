@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from domain.errors import RateLimited
+from domain.errors import RateLimited, TransportError
 from integrations.http import ApiClient
 from integrations.ratelimit import Bucket, MemoryRateLimiter
 from tests.support.fake_time import FakeTime
@@ -56,7 +56,7 @@ def test_a_retry_after_past_the_bound_is_raised_at_once_without_sleeping() -> No
     assert sent == ["/orders"] and clock.sleeps == []
 
 
-def test_a_2xx_whose_json_is_cut_short_is_retried_like_a_5xx_then_read_once() -> None:
+def test_a_2xx_whose_json_is_cut_short_is_retried_then_read_once() -> None:
     clock = FakeTime(start=0.0)
     cut = httpx.Response(200, content=b'{"orders": [{"id": 1', headers={
         "content-type": "application/json; charset=utf-8"})  # fmt: skip
@@ -67,15 +67,13 @@ def test_a_2xx_whose_json_is_cut_short_is_retried_like_a_5xx_then_read_once() ->
     assert len(sent) == 2 and answer.json() == {"orders": [{"id": 1}]}
 
 
-def test_a_2xx_that_never_parses_ends_as_a_server_error_not_a_value_error() -> None:
-    from domain.errors import ServerError
-
+def test_a_2xx_that_never_parses_ends_as_an_answer_lost_not_a_value_error() -> None:
     clock = FakeTime(start=0.0)
     html = httpx.Response(200, content=b"<html>gateway</html>", headers={
         "content-type": "application/json"})  # fmt: skip
     client, sent = _client([html, html, html], clock)
 
-    with pytest.raises(ServerError, match="not JSON"):
+    with pytest.raises(TransportError, match="not JSON"):
         client.request("orders", "GET", "/orders")
     assert len(sent) == 3  # the client's own attempts; then the task retries with backoff
 
@@ -87,3 +85,58 @@ def test_a_jsonl_export_is_not_read_as_one_json_document() -> None:
     client, _ = _client([lines], clock)
 
     assert client.request("orders", "GET", "/export").content.count(b"\n") == 2
+
+
+def _dropping(answers: list[httpx.Response | None], sent: list[str]) -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.method)
+        answer = answers.pop(0)
+        if answer is None:  # applied, then the connection broke before the answer
+            raise httpx.RemoteProtocolError("peer closed connection", request=request)
+        return answer
+
+    return httpx.MockTransport(handler)
+
+
+def test_a_write_without_replay_is_not_sent_again_after_a_lost_answer() -> None:
+    clock, sent = FakeTime(start=0.0), list[str]()
+    answers: list[httpx.Response | None] = [None, httpx.Response(201, json={})]
+    client = ShopClient("http://shop.test", transport=_dropping(answers, sent),
+                        sleep=clock.sleep, max_wait_s=300)  # fmt: skip
+
+    with pytest.raises(TransportError):
+        client.request("orders", "POST", "/orders/1/notes", replay=False)
+
+    assert sent == ["POST"]  # once: the caller reads back before it writes again
+
+
+def test_a_write_without_replay_is_still_retried_after_a_5xx() -> None:
+    clock, sent = FakeTime(start=0.0), list[str]()
+    answers: list[httpx.Response | None] = [httpx.Response(503), httpx.Response(201, json={})]
+    client = ShopClient("http://shop.test", transport=_dropping(answers, sent),
+                        sleep=clock.sleep, max_wait_s=300)  # fmt: skip
+
+    assert client.request("orders", "POST", "/orders/1/notes", replay=False).status_code == 201
+    assert sent == ["POST", "POST"]
+
+
+def test_a_read_is_sent_again_after_a_lost_answer() -> None:
+    clock, sent = FakeTime(start=0.0), list[str]()
+    answers: list[httpx.Response | None] = [None, httpx.Response(200, json={})]
+    client = ShopClient("http://shop.test", transport=_dropping(answers, sent),
+                        sleep=clock.sleep, max_wait_s=300)  # fmt: skip
+
+    assert client.request("orders", "GET", "/orders").status_code == 200
+    assert sent == ["GET", "GET"]
+
+
+def test_a_write_without_replay_answered_2xx_with_broken_json_is_not_sent_again() -> None:
+    clock, sent = FakeTime(start=0.0), list[str]()
+    cut = httpx.Response(201, content=b'{"id": 4', headers={"content-type": "application/json"})
+    answers: list[httpx.Response | None] = [cut, httpx.Response(201, json={})]
+    client = ShopClient("http://shop.test", transport=_dropping(answers, sent),
+                        sleep=clock.sleep, max_wait_s=300)  # fmt: skip
+
+    with pytest.raises(TransportError, match="cut short"):
+        client.request("orders", "POST", "/orders/1/notes", replay=False)
+    assert sent == ["POST"]  # applied once: the caller reads back before writing again
