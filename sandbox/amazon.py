@@ -6,7 +6,8 @@ Mount with ``app.include_router(sim.build_router(), prefix="/amazon")``; a conne
 - ``POST /auth/o2/token``: refresh-token grant; a wrong client id/secret gets LWA's real
   ``401 {"error_description": "Client authentication failed", "error": "invalid_client"}``;
 - ``GET /orders/v0/orders`` (``LastUpdatedAfter``/``CreatedAfter``, ``LastUpdatedBefore`` at
-  least ``min_before_age_s`` in the past, ``MaxResultsPerPage`` ≤ 100, opaque ``NextToken``),
+  least ``min_before_age_s`` in the past, ``MaxResultsPerPage`` ≤ 100, opaque ``NextToken``
+  that answers the same page each time it is asked: a poll resumed after a crash asks again),
   ``GET /orders/v0/orders/{id}``, ``GET /orders/v0/orders/{id}/orderItems`` (own NextToken),
   ``POST /orders/v0/orders/{id}/shipmentConfirmation`` (204, recorded in ``shipments``);
 - ``POST /tokens/2021-03-01/restrictedDataToken`` (``createRestrictedDataToken``): called with
@@ -632,7 +633,7 @@ class AmazonSimulator:
             extra: dict[str, str] = {}
             token = q.get("NextToken")
             if token:
-                remaining = self._cursors.pop(token, None)
+                remaining = self._cursors.get(token)  # asked again (a retry), same page
                 if remaining is None:
                     return self._reply(
                         "getOrders", 400, _errors("InvalidInput", "Invalid NextToken")
@@ -697,7 +698,7 @@ class AmazonSimulator:
             offset = 0
             token = request.query_params.get("NextToken")
             if token:
-                cursor = self._item_cursors.pop(token, None)
+                cursor = self._item_cursors.get(token)
                 if cursor is None or cursor[0] != order_id:
                     return self._reply(
                         "getOrderItems", 400, _errors("InvalidInput", "Invalid NextToken")
