@@ -8,7 +8,6 @@ is a respx mock.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -23,19 +22,6 @@ from db.session import make_engine
 SITE = "http://woo.parked.test"
 CURSOR = dt.datetime(2026, 11, 1, 8, 0, tzinfo=dt.UTC)
 
-
-@pytest.fixture
-def settings_for(
-    migrated_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
-    from core.settings import get_settings
-
-    monkeypatch.setenv("ORDERSYNC_DATABASE_URL", migrated_url)
-    monkeypatch.setenv("ORDERSYNC_REDIS_URL", redis_url)
-    get_settings.cache_clear()
-    yield migrated_url
-    monkeypatch.undo()
-    get_settings.cache_clear()
 
 
 def test_a_long_retry_after_parks_the_poll_keeps_the_cursor_and_holds_off_poll_due(

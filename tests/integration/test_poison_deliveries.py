@@ -16,23 +16,18 @@ from db.session import make_engine
 
 
 @pytest.fixture
-def settings_for(
-    migrated_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
-    from core.settings import get_settings
-
-    monkeypatch.setenv("ORDERSYNC_DATABASE_URL", migrated_url)
-    monkeypatch.setenv("ORDERSYNC_REDIS_URL", redis_url)
-    monkeypatch.setenv("ORDERSYNC_MAX_DELIVERIES", "3")
-    get_settings.cache_clear()
+def poison_settings(settings_for: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """``settings_for`` with a delivery bound of 3, and no delivery counted yet."""
     from core.runtime import redis_url as url_of
+    from core.settings import get_settings
     from workflows.locks import DELIVERIES_KEY, _scripts
 
+    monkeypatch.setenv("ORDERSYNC_MAX_DELIVERIES", "3")
+    get_settings.cache_clear()
     client = _scripts(url_of()).client  # inbox ids repeat across the databases: counts start at 0
     for key in client.scan_iter(f"{DELIVERIES_KEY}*"):
         client.delete(key)
-    yield migrated_url
-    monkeypatch.undo()
+    yield settings_for
     get_settings.cache_clear()
 
 
@@ -60,12 +55,12 @@ def _deliver(inbox_id: int, *, redelivered: bool) -> object:
         process_event.pop_request()
 
 
-def test_a_message_redelivered_past_the_bound_is_set_aside_not_run(settings_for: str) -> None:
+def test_a_message_redelivered_past_the_bound_is_set_aside_not_run(poison_settings: str) -> None:
     # an inbox row whose processing "killed" its worker three times (each run ended with the
     # process gone: here the row stays received because the run is never made)
     from workflows.locks import count_delivery
 
-    maker, inbox_id = _inbox_row(settings_for, b'{"id": 1}')
+    maker, inbox_id = _inbox_row(poison_settings, b'{"id": 1}')
     work = f'ordersync.intake.process_event:[[{inbox_id}], {{}}]'
     for _ in range(3):
         count_delivery(work)
@@ -81,12 +76,12 @@ def test_a_message_redelivered_past_the_bound_is_set_aside_not_run(settings_for:
 
 
 def test_redeliveries_within_the_bound_run_and_first_deliveries_count_nothing(
-    settings_for: str,
+    poison_settings: str,
 ) -> None:
     from core.runtime import redis_url
     from workflows.locks import DELIVERIES_KEY, _scripts
 
-    maker, inbox_id = _inbox_row(settings_for, b"not json")
+    maker, inbox_id = _inbox_row(poison_settings, b"not json")
     key = f'{DELIVERIES_KEY}ordersync.intake.process_event:[[{inbox_id}], {{}}]'
     client = _scripts(redis_url()).client
 

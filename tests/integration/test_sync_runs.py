@@ -2,28 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from db.models import ChannelAccount, SyncRun
 from db.session import make_engine
-
-
-@pytest.fixture
-def settings_for(
-    migrated_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
-    from core.settings import get_settings
-
-    monkeypatch.setenv("ORDERSYNC_DATABASE_URL", migrated_url)
-    monkeypatch.setenv("ORDERSYNC_REDIS_URL", redis_url)
-    get_settings.cache_clear()
-    yield migrated_url
-    monkeypatch.undo()
-    get_settings.cache_clear()
 
 
 def test_an_account_with_bad_rate_limits_fails_its_poll_visibly(settings_for: str) -> None:

@@ -3,29 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from sqlalchemy.orm import sessionmaker
 
 from db.base import utcnow
 from db.models import ChannelAccount, InboxEvent
 from db.session import make_engine
 from domain.states import InboxStatus
-
-
-@pytest.fixture
-def settings_for(
-    migrated_url: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
-    from core.settings import get_settings
-
-    monkeypatch.setenv("ORDERSYNC_DATABASE_URL", migrated_url)
-    monkeypatch.setenv("ORDERSYNC_REDIS_URL", redis_url)
-    get_settings.cache_clear()
-    yield migrated_url
-    monkeypatch.undo()
-    get_settings.cache_clear()
 
 
 def test_a_delivery_of_an_unregistered_channel_is_marked_failed(settings_for: str) -> None:
