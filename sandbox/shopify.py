@@ -856,13 +856,7 @@ class ShopifySimulator:
             order = self.orders[external_id]
             item = order["line_items"][line_index]
             cur = order["currency"]
-            share = Decimal(quantity) / Decimal(item["quantity"])
-            discount = sum((Decimal(d["amount"]) for d in item["discount_allocations"]),
-                           Decimal(0))  # fmt: skip
-            subtotal = ((Decimal(item["price"]) * item["quantity"] - discount) * share).quantize(
-                CENT, ROUND_HALF_UP
-            )
-            tax = (Decimal(item["tax_lines"][0]["price"]) * share).quantize(CENT, ROUND_HALF_UP)
+            subtotal, tax = _refunded_share(item, quantity)
             refund_id = int(order["id"]) * 100 + len(order["refunds"]) + 1
             parent = next((t["id"] for t in self.transactions.get(external_id, [])
                            if t["kind"] in ("SALE", "CAPTURE")), None)  # fmt: skip
@@ -933,13 +927,7 @@ class ShopifySimulator:
             remaining = int(item.get("current_quantity", item["quantity"]))
             if remaining <= 0:
                 continue
-            share = Decimal(remaining) / Decimal(item["quantity"])
-            discount = sum((Decimal(d["amount"]) for d in item["discount_allocations"]),
-                           Decimal(0))  # fmt: skip
-            subtotal = ((Decimal(item["price"]) * item["quantity"] - discount) * share).quantize(
-                CENT, ROUND_HALF_UP
-            )
-            tax = (Decimal(item["tax_lines"][0]["price"]) * share).quantize(CENT, ROUND_HALF_UP)
+            subtotal, tax = _refunded_share(item, remaining)
             items.append({
                 "id": refund_id * 10 + n, "line_item_id": item["id"], "quantity": remaining,
                 "restock_type": "cancel", "subtotal": float(subtotal), "total_tax": float(tax),
@@ -1725,6 +1713,16 @@ def _user_errors(
 
 _BULK_SEARCH = re.compile(r'orders\(query:\s*"((?:[^"\\]|\\.)*)"')
 _BOUND = re.compile(r"updated_at:(>=|<)'?([0-9T:\-+.Z]+)'?")
+
+
+def _refunded_share(item: dict[str, Any], quantity: int) -> tuple[Decimal, Decimal]:
+    """What refunding ``quantity`` units of a line gives back: its net (after its discount)
+    and its tax, in the line's proportion, to the cent."""
+    share = Decimal(quantity) / Decimal(item["quantity"])
+    discount = sum((Decimal(d["amount"]) for d in item["discount_allocations"]), Decimal(0))
+    subtotal = (Decimal(item["price"]) * item["quantity"] - discount) * share
+    tax = Decimal(item["tax_lines"][0]["price"]) * share
+    return subtotal.quantize(CENT, ROUND_HALF_UP), tax.quantize(CENT, ROUND_HALF_UP)
 
 
 def _time_bounds(search: str) -> tuple[dt.datetime | None, dt.datetime | None]:
