@@ -53,6 +53,7 @@ from bench.pipeline_throughput import (
     _wait_ready,
     percentile,
 )
+from bench.rawhttp import exchange
 
 __all__ = ["main", "run"]
 
@@ -90,19 +91,8 @@ def _send_burst(
                     delay = due - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                    writer.write(request)
-                    status_line = await reader.readline()
-                    length = 0
-                    while True:
-                        line = await reader.readline()
-                        if line in (b"\r\n", b""):
-                            break
-                        name, _, value = line.partition(b":")
-                        if name.strip().lower() == b"content-length":
-                            length = int(value)
-                    if length:
-                        await reader.readexactly(length)
-                    out.append((time.monotonic() - due, int(status_line.split()[1])))
+                    status = await exchange(reader, writer, request)
+                    out.append((time.monotonic() - due, status))
             finally:
                 writer.close()
 

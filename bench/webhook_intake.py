@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.pipeline_throughput import percentile
+from bench.rawhttp import exchange
 
 __all__ = ["RATIO_GOAL", "WEBHOOKS_PER_S_GOAL", "main", "run"]
 
@@ -69,19 +70,8 @@ async def _connection(
         while time.monotonic() < stop_at:
             request = make()
             started = time.monotonic()
-            writer.write(request)
-            status_line = await reader.readline()
-            length = 0
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b""):
-                    break
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            if length:
-                await reader.readexactly(length)
-            out.append((time.monotonic() - started, int(status_line.split()[1])))
+            status = await exchange(reader, writer, request)
+            out.append((time.monotonic() - started, status))
     finally:
         writer.close()
 
