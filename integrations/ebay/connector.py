@@ -9,8 +9,9 @@ with the ``sell.fulfillment`` and ``sell.inventory`` scopes). ``account.api_base
   range is inclusive at both ends and refuses an end in the future (error 30850), so the end is
   left open when it has not happened yet and orders modified at or after ``until`` are dropped
   here, giving the ``[since, until)`` the protocol promises. Offset pages shift when orders are
-  modified mid-poll; an order seen twice in one poll is yielded once, and the poller's overlap
-  catches any that moved past us.
+  modified mid-poll: an order met again on a later page is yielded again (the intake finds it
+  stale; nothing per order is kept from one page to the next, so a long history polls at flat
+  memory), and the poller's overlap catches any that moved past us.
 - ``push_fulfillment`` is ``createShippingFulfillment`` with every line item of the order. The
   API takes no idempotency key, so the tracking number is ours: we look at the order's
   fulfillments first and do nothing if one already carries it (a retry after a lost answer).
@@ -94,7 +95,6 @@ class EbayConnector(PagedOrders):
         """Pages of ``getOrders``; ``resume`` is the next page's offset."""
         end = until if until is not None and until <= self.clock() else None
         query = lastmodified_filter(since, end)
-        seen: set[str] = set()
         offset = int(resume) if resume else 0
         while True:
             page = _page(self.client.get_orders(filter=query, limit=self.page_limit, offset=offset))
@@ -103,9 +103,6 @@ class EbayConnector(PagedOrders):
                 order = self._map(raw)
                 if until is not None and order.updated_at >= until:
                     continue
-                if order.external_id in seen:
-                    continue
-                seen.add(order.external_id)
                 orders.append(order)
             if not page.next or not page.orders:
                 yield OrderPage(orders, None)
