@@ -28,6 +28,7 @@ __all__ = [
     "Conflict",
     "IntegrationError",
     "NotFound",
+    "OrderNotKnown",
     "PayloadError",
     "PermanentError",
     "RateLimited",
@@ -78,6 +79,16 @@ class RateLimited(RetryableError):
 
 class ServerError(RetryableError):
     pass
+
+
+class OrderNotKnown(RetryableError):
+    """A delivery about an order we do not have yet (a Shopify ``orders/edited`` or
+    ``refunds/create`` that overtook the order's own ``orders/create``): the order is fetched
+    from the marketplace where we can ask it, else the delivery is tried again later."""
+
+    def __init__(self, message: str, *, external_id: str) -> None:
+        super().__init__(message)
+        self.external_id = external_id
 
 
 class Conflict(RetryableError):

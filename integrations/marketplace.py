@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Order
 from domain.canonical import CanonicalOrder, CanonicalRefund
-from domain.errors import PayloadError
+from domain.errors import OrderNotKnown
 from domain.states import OrderState
 from integrations.base import ConnectorFactory
 from integrations.ratelimit import Bucket, CostLimit
@@ -91,7 +91,8 @@ TopicHandler = Callable[[Session, "Marketplace", Delivery], IntakeResult]
 def refund_handler(mapper: Callable[[dict[str, Any], str], CanonicalRefund]) -> TopicHandler:
     """The handler of a topic whose body is one refund of an order (Shopify ``refunds/create``):
     map it and record it once (``orders.returns``), restocking what the marketplace restocked.
-    A refund of an order we do not have is refused (staff retry it once the order is in)."""
+    A refund of an order we do not have yet is ``OrderNotKnown``: intake fetches the order (its
+    refunds come with it), or tries the delivery again later."""
 
     def record(session: Session, marketplace: Marketplace, delivery: Delivery) -> IntakeResult:
         refund = mapper(delivery.payload, delivery.account)
@@ -103,8 +104,9 @@ def refund_handler(mapper: Callable[[dict[str, Any], str], CanonicalRefund]) -> 
             )
             .with_for_update()
         )
-        if order is None:
-            raise PayloadError(f"{marketplace.name} refund of an order we do not have")
+        if order is None:  # it overtook the order's own delivery
+            raise OrderNotKnown(f"{marketplace.name} refund of an order we do not have yet",
+                                external_id=refund.order_external_id)  # fmt: skip
         actor = f"webhook:{marketplace.name}"
         new = record_marketplace_refunds(session, order, [refund], actor=actor)
         return IntakeResult(order.id, IntakeOutcome.UPDATED if new else IntakeOutcome.STALE,

@@ -19,10 +19,13 @@ to get a session whose commit publishes any task queued with ``publish_after_com
   the inbox row or the order goes to ``failed`` / ``needs_attention``) and the task fails.
 
 A message Redis hands out again because its worker died holding it (``redelivered``: the
-child was killed, the machine went down) is counted in Redis per task and arguments
-(``workflows.locks.count_delivery``; a first delivery costs nothing). Past ``MAX_DELIVERIES``
-it is poison, a message that kills whatever runs it: ``on_permanent_failure`` records it for
-staff with ``WorkerLost`` and the message is acknowledged without running it again.
+child was killed, the machine went down) is counted in Redis by its task id, which a
+redelivered message keeps (``workflows.locks.count_delivery``; a first delivery costs
+nothing). Past ``MAX_DELIVERIES`` it is poison, a message that kills whatever runs it:
+``on_permanent_failure`` records it for staff with ``WorkerLost`` and the message is
+acknowledged without running it again. (Counted per message, not per task and arguments: the
+many messages of the same work over a day, each redelivered once after a crash, are not one
+poison message.)
 """
 
 from __future__ import annotations
@@ -176,8 +179,7 @@ class OrdersyncTask(Task):  # type: ignore[misc]
             return False
         from workflows.locks import count_delivery
 
-        work = f"{self.name}:{kombu_dumps([list(args), dict(kwargs)])}"
-        deliveries = count_delivery(work)
+        deliveries = count_delivery(str(self.request.id))
         bound = get_settings().max_deliveries
         if deliveries <= bound:
             log.warning("task.redelivered", delivery=deliveries, bound=bound)

@@ -62,15 +62,15 @@ def redis_lost_its_data() -> bool:
     return bool(_scripts(redis_url()).client.set(EPOCH_KEY, "1", nx=True))
 
 
-#: deliveries of one piece of work whose worker died (``count_delivery``); kept a day
+#: deliveries of one message whose worker died (``count_delivery``), by task id; kept a day
 DELIVERIES_KEY = "ordersync:deliveries:"
 DELIVERIES_TTL_S = 86_400
 
 
-def count_delivery(work: str) -> int:
-    """One more delivery of ``work`` (a task name and its arguments): how many so far."""
+def count_delivery(task_id: str) -> int:
+    """One more delivery of the message ``task_id``: how many so far."""
     client = _scripts(redis_url()).client
-    key = DELIVERIES_KEY + work
+    key = DELIVERIES_KEY + task_id
     with client.pipeline() as pipe:
         pipe.incr(key)
         pipe.expire(key, DELIVERIES_TTL_S)

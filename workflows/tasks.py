@@ -22,7 +22,7 @@ from sqlalchemy import Exists, bindparam, exists, select, update
 from core.settings import get_settings
 from db.base import utcnow
 from db.models import CarrierEvent, ChannelAccount, InboxEvent, Order, OutboxMessage
-from domain.errors import PayloadError
+from domain.errors import OrderNotKnown, PayloadError
 from domain.states import InboxStatus, OrderState
 from integrations import registry
 from integrations.marketplace import Delivery
@@ -211,6 +211,19 @@ def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
             delivery = Delivery(account.id, account.name, event.topic, _parse(event.body))
             with session.begin_nested():  # a failed mapping must not leave half an order
                 result = handler(session, marketplace, delivery)
+        except OrderNotKnown as exc:
+            if not account.credentials:
+                raise  # a webhook-only account: tried again later, when the order is in
+            # it overtook the order's own delivery: the order is fetched as it is now (what
+            # this delivery says comes with it), and this delivery is done
+            from workflows.sync import refresh_order
+
+            publish_after_commit(session, refresh_order.si(account.id, exc.external_id))
+            log.info("inbox.order_fetched", inbox_id=inbox_id, topic=event.topic)
+            event.status, event.attempts = InboxStatus.PROCESSED, attempts
+            event.error = f"{exc}: the order is fetched from the marketplace"
+            event.processed_at = utcnow()
+            return {"inbox_id": inbox_id, "status": event.status, "outcome": "fetched"}
         except (PayloadError, pydantic.ValidationError) as exc:
             message = _payload_error_message(exc)
             log.warning("inbox.unparseable", inbox_id=inbox_id, error=message[:300])

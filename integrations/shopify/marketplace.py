@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Order
-from domain.errors import PayloadError
+from domain.errors import OrderNotKnown, PayloadError
 from domain.states import OrderState
 from integrations.marketplace import (
     Delivery,
@@ -54,8 +54,9 @@ def edit_seen(session: Session, marketplace: Marketplace, delivery: Delivery) ->
             Order.channel_account_id == delivery.account_id, Order.external_id == external_id
         )
     )
-    if order is None:
-        raise PayloadError("shopify orders/edited: an edit of an order we do not have")
+    if order is None:  # it overtook the order's own delivery
+        raise OrderNotKnown("shopify orders/edited: an edit of an order we do not have yet",
+                            external_id=external_id)  # fmt: skip
     found = edit.get("line_items")
     items: dict[str, Any] = found if isinstance(found, dict) else {}
     record_event(session, order.id, actor="webhook:shopify", kind="edited_on_marketplace",

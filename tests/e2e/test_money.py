@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from db.models import Invoice, Refund, StockItem, StockReservation
+from db.models import InboxEvent, Invoice, Refund, StockItem, StockReservation
 from orders.money_check import check
 from tests.support.stack import wait_until
 from tests.support.world import (
@@ -165,6 +165,42 @@ def test_a_partial_refund_of_one_of_three_lines_delivered_20_times_is_credited_a
     assert item.reserved == wanted[sku] - 1
     with world.maker() as session:
         assert [m for m in check(session) if m.order_id == order.id] == []
+
+
+def test_a_refund_that_overtakes_its_orders_create_fetches_the_order_with_its_refund(
+    world: World, fixtures_dir: Path
+) -> None:
+    # given an order paid on Shopify and one of its lines refunded there, whose refunds/create
+    # reaches us before its orders/create (webhooks come in any order)
+    shop = world.account()
+    payload = fixture_order(fixtures_dir, financial_status="paid", refunds=[])
+    stock_for(world, payload, per_unit=2)
+    world.sandbox.shopify.put_order(payload)
+    refund = world.sandbox.shopify.refund_line(str(payload["id"]), 2, 1)
+
+    # when the refund arrives first, then the order's create (older than what we fetched)
+    world.deliver(shop, "refunds/create", refund)
+    order = world.wait_state(shop, str(payload["id"]), "ready_to_ship")
+    world.deliver(shop, "orders/create", payload)
+    world.wait_idle()
+
+    # then the order was fetched with the refund: one order, the refund once, credited once,
+    # and both deliveries done (the refund's says the order was fetched)
+    with world.maker() as session:
+        refunds = session.scalars(select(Refund).where(Refund.order_id == order.id)).all()
+        events = session.scalars(  # the account is this test's own
+            select(InboxEvent).where(InboxEvent.channel_account_id == order.channel_account_id)
+        ).all()
+        money = [m for m in check(session) if m.order_id == order.id]
+    amount = sum(Decimal(t["amount"]) for t in refund["transactions"])
+    assert [(r.source, r.amount, r.external_id) for r in refunds] == [
+        ("marketplace", amount, str(refund["id"]))]  # fmt: skip
+    assert sorted(e.topic for e in events) == ["orders/create", "refunds/create"]
+    assert {e.status for e in events} == {"processed"}
+    (first,) = [e for e in events if e.topic == "refunds/create"]
+    assert first.error is not None and "fetched from the marketplace" in first.error
+    assert [i.total for i in _documents(world, order.id) if i.kind == "credit_note"] == [-amount]
+    assert money == []
 
 
 def test_a_staff_refund_double_clicked_makes_one_refund_at_the_provider(world: World) -> None:

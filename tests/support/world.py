@@ -246,6 +246,7 @@ def fixture_order(fixtures_dir: Path, **changes: Any) -> dict[str, Any]:
     )["order"]
     order = copy.deepcopy(order)
     order["id"] = int(uuid.uuid4().int % 10**13)
+    order["admin_graphql_api_id"] = f"gid://shopify/Order/{order['id']}"  # the same order
     # a new order: the sample's refunds (it is partially refunded) belong to another story
     order["refunds"] = []
     for item in order["line_items"]:
