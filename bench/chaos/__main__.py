@@ -191,6 +191,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "notes": [f"did not run: {type(exc).__name__}: {exc}"],
             }
         err.print(f"  {'OK' if ok(result) else 'BROKEN'} in {result['seconds']} s")
+        for invariant, ids in result["invariants"].items():  # as it goes, not only at the end
+            if ids:
+                err.print(f"    {invariant}: {'; '.join(ids[:3])}", markup=False)
+        for line in result["notes"] + [f"died: {c}" for c in result.get("died") or []]:
+            err.print(f"    {line}", markup=False)
         results.append(result)
     render(results, err if args.json else Console())
     if args.json:
