@@ -27,7 +27,7 @@ from db.base import table, utcnow
 from db.models import Invoice, Label, Order, OrderEvent, OrderLine, Shipment, ShipmentLine
 from db.session import Transaction, core
 from domain.canonical import Address
-from domain.errors import PermanentError
+from domain.errors import PermanentError, RetryableError
 from domain.parcel import Parcel
 from domain.states import OrderState
 from orders import idempotency, outbox, stock
@@ -55,6 +55,10 @@ __all__ = [
 S = OrderState
 #: timeline kind of buy_label for an order the marketplace ships itself
 LABEL_NOT_NEEDED = "label_not_needed"
+
+
+class DocumentsPending(RetryableError):
+    """The order is to be ready to ship, but its invoice or a label is still being made."""
 
 
 class BoughtLabel(Protocol):
@@ -413,7 +417,11 @@ def mark_ready_to_ship(
             labelled = has_label and all_labelled
             # the marketplace ships an order it fulfils: no label of ours to wait for
             if not (has_invoice and (labelled or order.fulfilled_by_marketplace)):
-                raise IllegalTransition(f"order {order_id}: invoice or label missing")
+                # both header steps ended, so a document went missing since: an edit set a
+                # parcel aside and its new label is being bought (or an invoice credited and
+                # the next one on its way). Wait for it; past the retries, staff see it.
+                raise DocumentsPending(f"order {order_id}: its invoice or a label is still "
+                                       f"being made (after an edit); waiting for it")  # fmt: skip
             path = [S.DOCUMENTED, S.READY_TO_SHIP]
         advance(session, order, path, actor="task:mark_ready_to_ship")
         if marketplace_shipped(order):  # it left the marketplace's warehouse meanwhile

@@ -144,13 +144,26 @@ def test_a_paid_order_with_invoice_and_label_becomes_ready_to_ship(
     assert later.scheduled == {}
 
 
-def test_a_paid_order_without_its_label_is_not_ready(shop: Shop, later: FollowUps) -> None:
+def test_a_paid_order_without_its_label_is_not_ready_and_waits_for_it(
+    shop: Shop, later: FollowUps
+) -> None:
+    from domain.errors import RetryableError
+    from orders.fulfilment import DocumentsPending
+
     order_id = shop.order(S.PAID)
     _invoiced(shop, order_id)
 
-    with pytest.raises(IllegalTransition, match="invoice or label missing"):
+    # its label set aside by an edit and being bought again: the step waits (a retry), it
+    # does not fail the order
+    with pytest.raises(DocumentsPending, match="still being made") as waiting:
         mark_ready_to_ship(shop.transaction, order_id, ship_it=later("ship"))
+    assert isinstance(waiting.value, RetryableError)
     assert shop.get(order_id).state == S.PAID
+
+    _labelled(shop, order_id)  # the new label is bought
+    assert mark_ready_to_ship(shop.transaction, order_id, ship_it=later("ship")) == Outcome(
+        "ready_to_ship"
+    )
 
 
 def test_an_order_the_marketplace_already_shipped_is_shipped_once_ready(
