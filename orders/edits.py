@@ -18,7 +18,10 @@ one transaction: the diff goes on the timeline (``edited``), and by the order's 
   after commit (``orders.fulfilment.void_labels``, ``buy_label``: the new shipment's label key
   is ``label:{order}:s{shipment}``, never the old one's). A shipment not labelled yet gets its
   new lines in place (its label is bought with the address as it is then);
-- shipped: ``needs_attention`` (``edited_after_shipping``): a parcel that left cannot change.
+- shipped: ``needs_attention`` (``edited_after_shipping``): a parcel that left cannot change;
+- delivered: on the timeline only: the order is done, a return or a refund settles it (a
+  refund's lines in a delivered order's body used to fail its intake: a delivered order has no
+  way to ``needs_attention``).
 """
 
 from __future__ import annotations
@@ -337,6 +340,8 @@ def apply_edit(
     extra: dict[str, Any] = {"address_changed": True} if address_changed else {}
     record_event(session, order_id, actor=actor, kind="edited", state=state.value,
                  **diff.detail(), **extra)  # fmt: skip
+    if state == S.DELIVERED:  # done: a return or a refund settles it, on the timeline
+        return False
     if state in _SHIPPED:
         transition(session, order, S.NEEDS_ATTENTION, actor=actor, step="edited_after_shipping",
                    error="edited on the marketplace after it shipped")  # fmt: skip

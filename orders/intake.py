@@ -240,8 +240,11 @@ def _apply_order(
     key = (Order.channel_account_id == account_id) & (Order.external_id == order.external_id)
     from orders import edits
 
+    # the order's row locked first: a concurrent intake of the same order (a fetch racing a
+    # webhook) waits here, then reads the lines the other one wrote, so the edit's diff and
+    # its reservations are made against what is there (not against what was before it)
     known = session.execute(
-        select(Order.id, Order.total, Order.shipping_address).where(key)
+        select(Order.id, Order.total, Order.shipping_address).where(key).with_for_update()
     ).one()
     before = edits.snapshot(session, known.id)
     row = session.execute(

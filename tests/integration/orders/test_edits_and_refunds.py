@@ -157,6 +157,43 @@ def test_an_edit_after_shipping_needs_a_person(shop: Shop) -> None:
     assert (order.state, order.failed_step) == (S.NEEDS_ATTENTION, "edited_after_shipping")
 
 
+def test_an_edit_of_a_delivered_order_is_on_its_timeline_and_fails_nothing(shop: Shop) -> None:
+    _stock(shop, A=5)
+    order_id = _documented(shop, _canonical({"1": ("A", 2)}))
+    for state in (S.READY_TO_SHIP, S.SHIPPED, S.DELIVERED):
+        shop.move(order_id, state)
+
+    # the marketplace's body after a refund of one unit (its lines as they are now)
+    with shop.transaction() as session:
+        later = _canonical({"1": ("A", 1)}, minutes=5)
+        apply_order(session, shop.account.id, later, actor="t")
+
+    assert shop.get(order_id).state == S.DELIVERED  # done stays done
+    (edited,) = shop.events(order_id, "edited")
+    assert edited.detail["state"] == "delivered"
+
+
+def test_one_edit_in_10_newer_versions_at_once_reserves_its_units_once(shop: Shop) -> None:
+    # a fetch racing the webhooks of one edit and the updates after it (each version newer,
+    # the same lines): each intake diffs against the lines the one before it wrote
+    _stock(shop, A=5, B=5)
+    order_id = _documented(shop, _canonical({"1": ("A", 1)}))
+    barrier = threading.Barrier(10)
+
+    def deliver(n: int) -> None:
+        edit = _canonical({"1": ("A", 1), "2": ("B", 2)}, minutes=5 + n)
+        barrier.wait()
+        with shop.transaction() as session:
+            apply_order(session, shop.account.id, edit, actor="t")
+
+    with ThreadPoolExecutor(10) as pool:
+        list(pool.map(deliver, range(10)))
+
+    assert _held(shop, order_id) == {"A": 1, "B": 2}
+    assert _reserved(shop, "A", "B") == {"A": 1, "B": 2}
+    assert len(shop.events(order_id, "edited")) == 1
+
+
 def _refund(units: int = 1, refund_id: str = "77") -> CanonicalRefund:
     line = RefundLine(line_external_id="2", quantity=units, subtotal=Decimal(10 * units),
                       restock=True)  # fmt: skip
