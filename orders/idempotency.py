@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from db.base import table, utcnow
 from db.models import IdempotencyKey
 from db.session import Transaction, core, per_dialect
-from domain.errors import PermanentError, RetryableError
+from domain.errors import AuthorizationUnusable, PermanentError, RetryableError
 
 __all__ = [
     "Attempt",
@@ -240,7 +240,11 @@ def fail(session: Session, key: str, error: str, *, rejected: bool = False) -> N
 
 def refused(exc: Exception) -> bool:
     """The provider answered 4xx: it refused the request and applied nothing (an unparseable
-    2xx or a transport failure might have been applied, so they keep their key)."""
+    2xx or a transport failure might have been applied, so they keep their key); or the holder
+    said the authorization cannot be captured (voided, expired, the order cancelled there),
+    whatever the status its answer came with (GraphQL's userErrors come in a 200)."""
+    if isinstance(exc, AuthorizationUnusable):
+        return True
     status = getattr(exc, "status", None)
     return isinstance(exc, PermanentError) and status is not None and 400 <= status < 500
 

@@ -176,8 +176,10 @@ def test_an_authorization_its_holder_finds_voided_is_refused_with_the_holders_re
         _capture(shop, order_id, provider, later)
 
     assert provider.captures == {} and shop.rows(Payment, order_id=order_id) == []
-    key = shop.key(f"capture:{order_id}")  # released for staff's retry, nothing was applied
-    assert key is not None and key.locked_by is None
+    # nothing was applied: the key is retired (not left unfinished), a staff retry takes the
+    # next one (capture:{order}:2) and asks again
+    key = shop.key(f"capture:{order_id}")
+    assert key is not None and key.locked_by is None and key.recovery_point == "rejected"
     assert key.last_error == "AuthorizationUnusable: the payment authorization was voided at " \
         "the provider"  # fmt: skip
 
