@@ -126,6 +126,25 @@ def _held(session: Session, order_id: int) -> dict[str, StockReservation]:
     return {row.sku: row for row in rows}
 
 
+def _hold_again(
+    session: Session, order_id: int, sku: str, units: int, location: int | None
+) -> None:
+    """Hold ``units`` of a SKU the order holds none of now: its released row if it had one
+    (one reservation row per order and SKU: a refund or an earlier edit gave those units back,
+    and this edit wants the SKU again), else a new row."""
+    earlier = session.scalar(
+        select(StockReservation)
+        .where(StockReservation.order_id == order_id, StockReservation.sku == sku)
+        .with_for_update()
+    )
+    if earlier is None:
+        session.add(StockReservation(order_id=order_id, sku=sku, quantity=units,
+                                     location_id=location, status=HELD,
+                                     created_at=utcnow()))  # fmt: skip
+        return
+    earlier.status, earlier.quantity, earlier.location_id = HELD, units, location
+
+
 def _rebalance(session: Session, order_id: int) -> tuple[dict[str, int], dict[str, int]]:
     """Held units per SKU moved to what the lines want now. Returns (changes, short): on a
     shortage nothing is taken (a savepoint) and ``short`` says what is missing."""
@@ -161,9 +180,7 @@ def _rebalance(session: Session, order_id: int) -> tuple[dict[str, int], dict[st
             if held[sku].quantity == 0:
                 held[sku].status = "released"
         else:
-            session.add(StockReservation(order_id=order_id, sku=sku, quantity=delta,
-                                         location_id=location, status=HELD,
-                                         created_at=utcnow()))  # fmt: skip
+            _hold_again(session, order_id, sku, delta, location)
     if short:
         savepoint.rollback()
         return {}, short

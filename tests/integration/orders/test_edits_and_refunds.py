@@ -194,6 +194,19 @@ def test_one_edit_in_10_newer_versions_at_once_reserves_its_units_once(shop: Sho
     assert len(shop.events(order_id, "edited")) == 1
 
 
+def test_a_sku_given_back_then_wanted_again_is_held_again(shop: Shop) -> None:
+    # B given back by an edit (a refund's restock does the same), then an edit wants B again:
+    # one reservation row per order and SKU, held once more (it was a unique-key failure)
+    _stock(shop, A=5, B=5)
+    order_id = _documented(shop, _canonical({"1": ("A", 1), "2": ("B", 2)}))
+    for minutes, lines in ((5, {"1": ("A", 1)}), (9, {"1": ("A", 1), "3": ("B", 1)})):
+        with shop.transaction() as session:
+            apply_order(session, shop.account.id, _canonical(lines, minutes=minutes), actor="t")
+
+    assert _held(shop, order_id) == {"A": 1, "B": 1}
+    assert _reserved(shop, "A", "B") == {"A": 1, "B": 1}
+
+
 def _refund(units: int = 1, refund_id: str = "77") -> CanonicalRefund:
     line = RefundLine(line_external_id="2", quantity=units, subtotal=Decimal(10 * units),
                       restock=True)  # fmt: skip
