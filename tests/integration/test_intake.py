@@ -251,10 +251,13 @@ def test_a_page_creates_the_new_orders_leaves_the_stale_and_updates_the_newer(
             .where(OrderEvent.actor == "poll:shop")
             .order_by(Order.external_id, OrderEvent.id)
         ).all()
-        # the newer version of 2 went through the single-order intake: its edit was seen; the
-        # new orders' refunds (the fixture is partly refunded) recorded with them, once
+        # the newer version of 2 went through the single-order intake: its edit was seen, and
+        # the money Shopify collected follows it (its refund, recorded at minute 10, recorded
+        # the collected payment with it); the new orders' refunds (the fixture is partly
+        # refunded) recorded with them, once
         assert [tuple(r) for r in timeline] == [
             ("2", "updated", "poll:shop"), ("2", "edited", "poll:shop"),
+            ("2", "collected_amount_changed", "poll:shop"),
             ("3", "received", "poll:shop"), ("3", "refunded_on_marketplace", "poll:shop"),
             ("4", "received", "poll:shop"), ("4", "refunded_on_marketplace", "poll:shop"),
         ]  # fmt: skip
