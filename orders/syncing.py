@@ -84,8 +84,7 @@ class PageSource(Protocol):
 
 
 #: what happens after a page's orders were applied (new orders enter the pipeline, …), in the
-#: page's transaction
-#: what follows a page's intake, in its transaction: (session, results, the account's id)
+#: page's transaction: (session, results, the account's id)
 AfterIntake = Callable[[Session, Sequence[IntakeResult], int], None]
 
 
