@@ -445,8 +445,17 @@ class ShipBody(BaseModel):
     every labelled shipment."""
 
     # unknown fields are refused (a typo of "lines" must not ship everything), and the
-    # schema says so (``additionalProperties: false``)
-    model_config = ConfigDict(extra="forbid")
+    # schema says so (``additionalProperties: false``); so does "not both" (``not``: both
+    # given and neither null), which the validator below enforces
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "not": {
+                "required": ["shipments", "lines"],
+                "properties": {"shipments": {"type": "array"}, "lines": {"type": "object"}},
+            }
+        },
+    )
 
     #: the shipments that left (none given: every labelled one)
     shipments: list[int] | None = None
