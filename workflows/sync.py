@@ -83,15 +83,20 @@ def _slice(task: OrdersyncTask, run_id: int) -> dict[str, Any]:
     there is more. A failure is booked on the run (``retrying``, ``parked`` or ``failed``,
     the page token kept) before the task retries."""
     settings = get_settings()
+    with task.transaction() as session:
+        run = session.get(SyncRun, run_id)
+        account = session.get(ChannelAccount, run.channel_account_id) if run else None
+    if run is None or account is None:
+        return {"run_id": run_id, "status": "gone"}
     try:
+        # one reader per account and kind, not per run: a poll_account redelivered after its
+        # worker died may find the run it was reading finished and start the next one, and
+        # with the same lock name it takes its own lock back (the token is its task id)
+        # instead of leaving the dead one's to run out its TTL
         with redis_lock(
-            f"sync-run:{run_id}", str(task.request.id), ttl_s=settings.task_time_limit_s
-        ):
-            with task.transaction() as session:
-                run = session.get(SyncRun, run_id)
-                account = session.get(ChannelAccount, run.channel_account_id) if run else None
-            if run is None or account is None:
-                return {"run_id": run_id, "status": "gone"}
+            f"sync:{account.id}:{run.kind}", str(task.request.id),
+            ttl_s=settings.task_time_limit_s,
+        ):  # fmt: skip
             connector: MarketplaceConnector | None = None
             try:
                 # inside the try: an account that cannot be connected (credentials, bad rate
