@@ -17,7 +17,9 @@ one transaction: the diff goes on the timeline (``edited``), and by the order's 
   its place (``relabel``); the caller voids the old label at the carrier and buys the new one
   after commit (``orders.fulfilment.void_labels``, ``buy_label``: the new shipment's label key
   is ``label:{order}:s{shipment}``, never the old one's). A shipment not labelled yet gets its
-  new lines in place (its label is bought with the address as it is then);
+  new lines in place (its label is bought with the address as it is then; when a purchase of
+  its label for the old parcel died in flight, ``buy_label`` voids what that attempt bought and
+  retires its key first: ``orders.fulfilment._supersede``);
 - shipped: ``needs_attention`` (``edited_after_shipping``): a parcel that left cannot change;
 - delivered: on the timeline only: the order is done, a return or a refund settles it (a
   refund's lines in a delivered order's body used to fail its intake: a delivered order has no

@@ -78,6 +78,11 @@ class Carrier(Protocol):
 
     def void_label(self, label_id: str) -> bool: ...
 
+    def get_label_by_ref(self, shipment_ref: str) -> BoughtLabel | None:
+        """The newest live label bought for our shipment reference (one whose purchase
+        went through but was never recorded here), or None."""
+        ...
+
     def buy_label(
         self,
         *,
@@ -317,6 +322,9 @@ def buy_label(
         if claimed is None or claimed.shipment_id != shipment_id:
             with transaction() as session:
                 claimed = _claim(session, order_id, shipment_id, units, ship_to, keys)
+        if claimed.superseded:
+            claimed = _supersede(transaction, order_id, claimed, units, ship_to, carrier, keys,
+                                 actor)  # fmt: skip
         number = _buy_and_record(transaction, order_id, claimed, ship_to, carrier, keys, actor,
                                  ship_requested)  # fmt: skip
         claimed = None
@@ -331,6 +339,10 @@ class _Claim:
     key: str
     ref: str
     parcel: Parcel
+    #: the shipment's key is unfinished from an attempt for another parcel or address (an
+    #: edit changed the pending shipment while that attempt's purchase was in flight and its
+    #: worker died): ``_supersede`` voids what it may have bought and retires the key first
+    superseded: bool = False
 
 
 def _claim(
@@ -343,8 +355,37 @@ def _claim(
     first = core(session).execute(_FIRST_SHIPMENT, {"b_order": order_id}).scalar()
     suffix = "" if first == shipment_id else f":s{shipment_id}"
     ref = f"order-{order_id}" + ("" if not suffix else f"-s{shipment_id}")
-    key = keys.claim(session, f"label:{order_id}{suffix}", params, point="label_requested")
+    base = f"label:{order_id}{suffix}"
+    stale = idempotency.unfinished(session, base)
+    if stale is not None and stale.request_hash != idempotency.request_hash(params):
+        keys.check_not_live(stale)  # an attempt still in flight: wait for it
+        return _Claim(shipment_id, stale.key, ref, parcel, superseded=True)
+    key = keys.claim(session, base, params, point="label_requested")
     return _Claim(shipment_id, key, ref, parcel)
+
+
+def _supersede(
+    transaction: Transaction, order_id: int, claimed: _Claim, units: int, ship_to: Address,
+    carrier: Callable[[], Carrier], keys: idempotency.Claimant, actor: str,
+) -> _Claim:  # fmt: skip
+    """The shipment changed after a label attempt for it died in flight (``_Claim``): a label
+    that attempt bought is found by our reference and voided at the carrier (it is for the old
+    parcel and was never recorded), its key retired, and the shipment's key claimed again
+    (``label:…:2``) for the parcel as it is now. Safe to repeat: a voided label is not found
+    again."""
+    found = carrier().get_label_by_ref(claimed.ref)
+    if found is not None and not carrier().void_label(found.label_id):
+        raise PermanentError(f"the carrier refused to void label {found.tracking_number}")
+    with transaction() as session:
+        idempotency.fail(session, claimed.key, "superseded: the shipment changed before its "
+                         "label was recorded", rejected=True)  # fmt: skip
+        if found is not None:
+            record_event(
+                session, order_id, actor=actor, kind="label_voided",
+                tracking_number=found.tracking_number,
+                reason="bought before an edit changed the shipment, never recorded",
+            )  # fmt: skip
+        return _claim(session, order_id, claimed.shipment_id, units, ship_to, keys)
 
 
 def _claim_first(

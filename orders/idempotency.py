@@ -268,6 +268,13 @@ class Claimant:
         )
         return attempt.key
 
+    def check_not_live(self, row: IdempotencyKey) -> None:
+        """``KeyLocked`` when another attempt holds ``row`` and its lock has not timed out
+        (its call may still be in flight)."""
+        live = row.locked_at is not None and utcnow() - row.locked_at < self.lock_timeout
+        if live and row.locked_by not in (None, self.owner):
+            raise KeyLocked(f"{row.key} is in progress elsewhere", retry_after=5.0)
+
     @contextmanager
     def outside_call(self, key: str) -> Iterator[None]:
         """Around a call to the outside world under ``key``: a failure releases the key (and

@@ -257,6 +257,14 @@ class FakeCarrier:
         self.voided.append(label_id)
         return True
 
+    def get_label_by_ref(self, shipment_ref: str) -> PurchasedLabel | None:
+        """The newest label bought for ``shipment_ref`` that is not voided."""
+        for asked in reversed(self.bought):
+            label = self.labels[asked["key"]]
+            if asked["ref"] == shipment_ref and label.label_id not in self.voided:
+                return label
+        return None
+
 
 @dataclasses.dataclass
 class FakeMarketplace:

@@ -4,10 +4,14 @@ that moves no parcel voids nothing."""
 
 from __future__ import annotations
 
+import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from db.models import Label, Shipment, ShipmentLine
+from sqlalchemy import update
+
+from db.base import utcnow
+from db.models import IdempotencyKey, Label, Shipment, ShipmentLine
 from domain.canonical import Address, CanonicalOrder
 from domain.parcel import Parcel
 from domain.states import OrderState
@@ -157,3 +161,93 @@ def test_a_shipment_not_labelled_yet_takes_the_edited_lines_in_place(shop: Shop)
     assert _lines(shop, shipment_id) == {"2": 3}
     (moved,) = shop.events(order_id, "relabelled")
     assert moved.detail == {"reason": "lines changed", "voided": [], "new_shipments": []}
+
+
+def _label_attempt_died(shop: Shop, carrier: FakeCarrier, *, bought: bool) -> tuple[int, int]:
+    """An order (A x1) invoiced, its shipment made and its label key claimed by an attempt
+    whose worker died in flight: after the carrier sold the label (``bought``), or before the
+    request reached it. Its order id and shipment id."""
+    from orders import idempotency
+
+    _stock(shop, A=5, B=5)
+    order_id = _documented(shop, _order({"1": ("A", 1)}))
+    shop.move(order_id, S.READY_TO_SHIP)  # as _labelled: the label step runs in this state too
+    with shop.transaction() as session:
+        shipment = Shipment(order_id=order_id, carrier="", status="pending")
+        shipment.lines = [ShipmentLine(line_external_id="1", quantity=1)]
+        session.add(shipment)
+        session.flush()
+        shipment_id = shipment.id
+        params = {"ship_to": HOME.model_dump(), "grams": 400}
+        key = f"label:{order_id}"
+        idempotency.claim(session, key, params, owner="task-dead", point="label_requested")
+        # its lock ran out: the attempt is not alive
+        session.execute(update(IdempotencyKey).where(IdempotencyKey.key == key)
+                        .values(locked_at=utcnow() - dt.timedelta(minutes=5)))  # fmt: skip
+    if bought:
+        from orders.fulfilment import parcel_for, ship_from
+
+        carrier.buy_label(shipment_ref=f"order-{order_id}", ship_to=HOME, ship_from=ship_from(),
+                          parcel=parcel_for(1), idempotency_key=f"label:{order_id}")  # fmt: skip
+    return order_id, shipment_id
+
+
+def test_an_edit_after_a_label_purchase_died_in_flight_voids_that_label_and_buys_the_new_parcel(
+    shop: Shop,
+) -> None:
+    # given a label bought at the carrier for (A x1) by an attempt that died before recording
+    carrier = FakeCarrier()
+    order_id, shipment_id = _label_attempt_died(shop, carrier, bought=True)
+
+    # when B x2 is added on the marketplace: the pending shipment takes it in place
+    _edit(shop, _order({"1": ("A", 1), "2": ("B", 2)}, minutes=5))
+    assert _lines(shop, shipment_id) == {"1": 1, "2": 2}
+
+    # then the label step (run twice, a redelivery) voids the old parcel's label once,
+    # retires its key and buys one label for the parcel as it is now, under a new key
+    _settle(shop, order_id, carrier)
+    assert carrier.voided == ["se-1"]
+    assert [b["key"] for b in carrier.bought] == [f"label:{order_id}", f"label:{order_id}:2"]
+    assert carrier.bought[-1]["parcel"].weight_grams == 1200
+    (label,) = shop.rows(Label)
+    assert (label.shipment_id, label.idempotency_key, label.voided_at) == (
+        shipment_id, f"label:{order_id}:2", None)  # fmt: skip
+    (shipment,) = shop.rows(Shipment, order_id=order_id)
+    assert shipment.status == "labelled" and shipment.tracking_number == "1Z00000002"
+    (voided,) = shop.events(order_id, "label_voided")
+    assert voided.detail["tracking_number"] == "1Z00000001"
+
+
+def test_an_edit_after_a_label_request_died_before_the_carrier_buys_under_a_new_key(
+    shop: Shop,
+) -> None:
+    carrier = FakeCarrier()
+    order_id, shipment_id = _label_attempt_died(shop, carrier, bought=False)
+
+    _edit(shop, _order({"1": ("A", 2)}, minutes=5))
+    _settle(shop, order_id, carrier)
+
+    # nothing to void: one label, for two units, under the next key
+    assert carrier.voided == []
+    assert [b["key"] for b in carrier.bought] == [f"label:{order_id}:2"]
+    assert carrier.bought[0]["parcel"].weight_grams == 800
+    assert shop.events(order_id, "label_voided") == []
+    (shipment,) = shop.rows(Shipment, order_id=order_id)
+    assert (shipment.id, shipment.status) == (shipment_id, "labelled")
+
+
+def test_a_label_attempt_still_in_flight_is_waited_for_not_superseded(shop: Shop) -> None:
+    import pytest
+
+    from orders import idempotency
+
+    carrier = FakeCarrier()
+    order_id, _ = _label_attempt_died(shop, carrier, bought=False)
+    with shop.transaction() as session:  # the attempt is alive: its lock is fresh
+        idempotency.claim(session, f"label:{order_id}", {"ship_to": HOME.model_dump(),
+                          "grams": 400}, owner="task-dead", point="label_requested")  # fmt: skip
+    _edit(shop, _order({"1": ("A", 2)}, minutes=5))
+
+    with pytest.raises(idempotency.KeyLocked):
+        buy_label(shop.transaction, order_id, lambda: carrier, shop.keys("task-2"))
+    assert carrier.bought == [] and carrier.voided == []
