@@ -71,8 +71,12 @@ def refund_lines(invoice: Invoice, refund: Refund, currency: str) -> list[DocLin
 
 
 def credit_refunds(session: Session, order: Order) -> list[str]:
-    """A credit note for each refund of the order that has none yet, against the invoice in
-    force (none while the order is not invoiced: its invoicing credits them then)."""
+    """A credit note for each refund of the order that has none against the invoice in force
+    (none while the order is not invoiced: its invoicing credits them then). An edit's new
+    invoice is of the order's lines, which keep what was refunded (the marketplaces keep a
+    line's quantity and total when they refund it), so the refunds credited against the
+    invoice it replaced are credited against it again (key ``credit:refund:{refund}``, then
+    ``credit:refund:{refund}:i{invoice}``): invoiced - credited stays what the buyer paid."""
     from orders.invoices import credit_lines, current_invoice
 
     invoice = current_invoice(session, order.id)
@@ -87,18 +91,21 @@ def credit_refunds(session: Session, order: Order) -> list[str]:
         )
         .order_by(Refund.id)
     ).all()
-    credited = set(
-        session.scalars(
-            select(Invoice.source_key).where(
-                Invoice.order_id == order.id, Invoice.source_key.like("credit:refund:%")
-            )
+    credited = session.execute(
+        select(Invoice.source_key, Invoice.credits_invoice_id).where(
+            Invoice.order_id == order.id, Invoice.source_key.like("credit:refund:%")
         )
-    )
+    ).all()
+    keys = {str(key) for key, _ in credited}
+    here = {str(key).split(":")[2] for key, against in credited if against == invoice.id}
     issued = []
     for refund in refunds:
-        if f"credit:refund:{refund.id}" in credited:
+        if str(refund.id) in here:
             continue
-        note = credit_lines(session, order, source_key=f"credit:refund:{refund.id}",
+        key = f"credit:refund:{refund.id}"
+        if key in keys:  # credited against an invoice an edit replaced
+            key = f"{key}:i{invoice.id}"
+        note = credit_lines(session, order, source_key=key,
                             lines=refund_lines(invoice, refund, order.currency),
                             seller=seller())  # fmt: skip
         if note is not None:

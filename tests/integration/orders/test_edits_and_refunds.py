@@ -340,3 +340,49 @@ def test_a_paid_order_cancelled_with_its_refund_in_the_admin_adds_up(
     assert (back.amount, back.payment_id, back.source) == (Decimal(20), payment.id, "marketplace")
     with shop.maker() as session:
         assert check(session) == []
+
+
+def test_a_refund_then_an_edit_of_an_invoiced_order_credits_the_refund_on_the_new_invoice(
+    shop: Shop,
+) -> None:
+    """Found by the chaos suite (postgres_restart): a Shopify order refunded one unit, then
+    edited. The edit's new invoice is of the order's lines, which keep the refunded unit (the
+    marketplace keeps a line's quantity when it refunds it): the refund is credited against it
+    again, so invoiced - credited is what the buyer paid, and the money check finds nothing."""
+    from orders.money_check import check
+
+    # given A x1 and B x2 (30.00), invoiced, and one B refunded on the marketplace (-10.00)
+    _stock(shop, A=5, B=5)
+    order_id = _documented(shop, _canonical({"1": ("A", 1), "2": ("B", 2)}))
+    with shop.transaction() as session:
+        record_marketplace_refunds(session, load_for_update(session, order_id), [_refund()],
+                                   actor="t")  # fmt: skip
+    assert documents.credit_note(shop.transaction, order_id).result.startswith("CN-")
+
+    # when the buyer adds C x1 (the order's total: 40.00, refunds not taken off)
+    with shop.transaction() as session:
+        apply_order(session, shop.account.id,
+                    _canonical({"1": ("A", 1), "2": ("B", 2), "3": ("C", 1)}, minutes=5),
+                    actor="t")  # fmt: skip
+    # (delivered again, and the credit-note step run again: nothing more)
+    with shop.transaction() as session:
+        apply_order(session, shop.account.id,
+                    _canonical({"1": ("A", 1), "2": ("B", 2), "3": ("C", 1)}, minutes=5),
+                    actor="t")  # fmt: skip
+    assert documents.credit_note(shop.transaction, order_id).result == "nothing to credit"
+
+    # then: the first invoice credited in full (the refund's -10, the edit's -20), the new
+    # invoice of 40.00 and the refund credited against it (-10): 30.00 is what the buyer paid
+    first, refund_note, rest, second, again = shop.rows(Invoice, order_id=order_id)
+    assert [(d.kind, d.total) for d in (first, refund_note, rest, second, again)] == [
+        ("invoice", Decimal(30)), ("credit_note", Decimal(-10)), ("credit_note", Decimal(-20)),
+        ("invoice", Decimal(40)), ("credit_note", Decimal(-10)),
+    ]  # fmt: skip
+    assert (refund_note.credits_invoice_id, rest.credits_invoice_id) == (first.id, first.id)
+    assert again.credits_invoice_id == second.id
+    assert [(x["ref"], x["quantity"]) for x in again.lines or []] == [("2", 1)]
+    assert sum(d.total for d in shop.rows(Invoice, order_id=order_id)) == Decimal(30)
+    (payment,) = shop.rows(Payment, order_id=order_id)
+    assert payment.amount == Decimal(40)  # collected, less the refund of 10: 30
+    with shop.maker() as session:
+        assert check(session) == []
