@@ -94,6 +94,10 @@ def run_scenario(
         run.wait(run.drained, 15, "the queues to drain after Beat stopped")
         facts = run.facts()
         scenario.finish(run)
+        broken = check_all(facts)
+        if any(broken.values()):  # read before the database is dropped
+            run.keep_evidence(var_dir / "evidence.json")
+            run.notes.append(f"evidence: {var_dir / 'evidence.json'}")
         phases["drain+facts"] = time.monotonic() - began - sum(phases.values())
         # a process that exited without being killed by the scenario (Beats are stopped above)
         died = [
@@ -101,7 +105,6 @@ def run_scenario(
             for c in world.stack.group.dead()
             if not c.name.startswith("beat") and c.name not in run.killed
         ]
-    broken = check_all(facts)
     return {
         "scenario": name,
         "orders": len(run.sent),

@@ -517,6 +517,33 @@ class Run:
         finally:
             client.close()
 
+    def keep_evidence(self, path: Path) -> None:
+        """What a broken run leaves to read before its database is dropped: every row of the
+        tables the invariants read (orders and their timelines, payments, invoices, shipments,
+        labels, idempotency keys, outbox rows), and the sandbox's money and label ledgers, as
+        JSON in ``path``."""
+        import json
+
+        def plain(row: Any) -> dict[str, Any]:  # a PDF is its size
+            return {k: f"<{len(v)} bytes>" if isinstance(v, bytes) else v
+                    for k, v in dict(row).items()}  # fmt: skip
+
+        tables = (Order, OrderEvent, Payment, Invoice, Shipment, Label, IdempotencyKey,
+                  OutboxMessage)  # fmt: skip
+        evidence: dict[str, Any] = {}
+        with self.world.maker() as session:
+            for model in tables:
+                rows = session.execute(select(model.__table__))
+                evidence[model.__tablename__] = [plain(r._mapping) for r in rows]
+        sandbox = self.world.sandbox
+        evidence["sandbox"] = {
+            "captures": list(sandbox.payments.captures),
+            "shopify_captures": dict(sandbox.shopify.captures),
+            "shopify_transactions": dict(sandbox.shopify.transactions),
+            "carrier_labels": [plain(vars(r)) for r in list(sandbox.carrier.labels.values())],
+        }
+        path.write_text(json.dumps(evidence, indent=1, default=str))
+
     def held(self) -> list[str]:
         """What the unacked messages are (task, retries, eta): why the queues are not empty."""
         import json
