@@ -858,26 +858,11 @@ class ShopifySimulator:
             cur = order["currency"]
             subtotal, tax = _refunded_share(item, quantity)
             refund_id = int(order["id"]) * 100 + len(order["refunds"]) + 1
-            parent = next((t["id"] for t in self.transactions.get(external_id, [])
-                           if t["kind"] in ("SALE", "CAPTURE")), None)  # fmt: skip
-            refund = {
-                "id": refund_id, "order_id": int(order["id"]),
-                "created_at": _rest_time(self._now()), "note": "returned",
-                "restock": restock,
-                "admin_graphql_api_id": f"gid://shopify/Refund/{refund_id}",
-                "refund_line_items": [{
-                    "id": refund_id + 7, "line_item_id": item["id"], "quantity": quantity,
-                    "restock_type": "return" if restock else "no_restock",
-                    "subtotal": float(subtotal), "total_tax": float(tax),
-                    "subtotal_set": _set(subtotal, cur), "total_tax_set": _set(tax, cur),
-                }],
-                "transactions": [{
-                    "id": refund_id + 9, "order_id": int(order["id"]), "kind": "refund",
-                    "status": "success", "amount": _money(subtotal + tax), "currency": cur,
-                    "parent_id": parent,
-                }],
-                "order_adjustments": [], "refund_shipping_lines": [],
-            }  # fmt: skip
+            parent = self._money_in(external_id)
+            line = _refund_line_item(refund_id + 7, item["id"], quantity,
+                                     "return" if restock else "no_restock", subtotal, tax, cur)
+            refund = self._refund(order, refund_id, note="returned", restock=restock,
+                                  items=[line], amount=subtotal + tax, parent=parent)
             order["refunds"].append(refund)
             item["current_quantity"] = item.get("current_quantity", item["quantity"]) - quantity
             refunded = sum((Decimal(t["amount"]) for r in order["refunds"]
@@ -900,6 +885,36 @@ class ShopifySimulator:
     ) -> tuple[dict[str, str], bytes]:
         """The ``orders/edited`` webhook of an edit: its body is ``{"order_edit": …}``."""
         return self._signed("orders/edited", {"order_edit": edit}, secret, webhook_id)
+
+    def _money_in(self, external_id: str) -> Any:
+        """The id of the order's SALE or CAPTURE: what a refund goes back against."""
+        return next((t["id"] for t in self.transactions.get(external_id, [])
+                     if t["kind"] in ("SALE", "CAPTURE")), None)  # fmt: skip
+
+    def _refund(
+        self, order: dict[str, Any], refund_id: int, *, note: str, restock: bool,
+        items: list[dict[str, Any]], amount: Decimal, parent: Any, shipping: Decimal = Decimal(0),
+    ) -> dict[str, Any]:  # fmt: skip
+        """One REST refund of ``items`` (``_refund_line_item``) and ``shipping``, with its
+        refund transaction of ``amount`` against ``parent`` (the sale or capture)."""
+        cur = order["currency"]
+        return {
+            "id": refund_id, "order_id": int(order["id"]),
+            "created_at": _rest_time(self._now()), "note": note, "restock": restock,
+            "admin_graphql_api_id": f"gid://shopify/Refund/{refund_id}",
+            "refund_line_items": items,
+            "transactions": [{
+                "id": refund_id + 9, "order_id": int(order["id"]), "kind": "refund",
+                "status": "success", "amount": _money(amount), "currency": cur,
+                "parent_id": parent,
+            }],
+            "order_adjustments": [],
+            "refund_shipping_lines": [{
+                "id": refund_id + 8,
+                "subtotal_amount_set": _set(shipping, cur),
+                "tax_amount_set": _set(Decimal(0), cur),
+            }] if shipping else [],
+        }  # fmt: skip
 
     def _settle_for_cancel(self, order: dict[str, Any]) -> None:
         """The money side of a cancellation in the admin, as Shopify does it by default: an
@@ -928,32 +943,13 @@ class ShopifySimulator:
             if remaining <= 0:
                 continue
             subtotal, tax = _refunded_share(item, remaining)
-            items.append({
-                "id": refund_id * 10 + n, "line_item_id": item["id"], "quantity": remaining,
-                "restock_type": "cancel", "subtotal": float(subtotal), "total_tax": float(tax),
-                "subtotal_set": _set(subtotal, cur), "total_tax_set": _set(tax, cur),
-            })  # fmt: skip
+            items.append(_refund_line_item(refund_id * 10 + n, item["id"], remaining, "cancel",
+                                           subtotal, tax, cur))  # fmt: skip
             item["current_quantity"] = 0
         shipping = Decimal(order["total_shipping_price_set"]["shop_money"]["amount"])
-        parent = next((t["id"] for t in self.transactions.get(external_id, [])
-                       if t["kind"] in ("SALE", "CAPTURE")), None)  # fmt: skip
-        refunds.append({
-            "id": refund_id, "order_id": int(order["id"]),
-            "created_at": _rest_time(self._now()), "note": "cancelled", "restock": True,
-            "admin_graphql_api_id": f"gid://shopify/Refund/{refund_id}",
-            "refund_line_items": items,
-            "transactions": [{
-                "id": refund_id + 9, "order_id": int(order["id"]), "kind": "refund",
-                "status": "success", "amount": _money(left), "currency": cur,
-                "parent_id": parent,
-            }],
-            "order_adjustments": [],
-            "refund_shipping_lines": [{
-                "id": refund_id + 8,
-                "subtotal_amount_set": _set(shipping, cur),
-                "tax_amount_set": _set(Decimal(0), cur),
-            }] if shipping else [],
-        })  # fmt: skip
+        parent = self._money_in(external_id)
+        refunds.append(self._refund(order, refund_id, note="cancelled", restock=True, items=items,
+                                    amount=left, parent=parent, shipping=shipping))  # fmt: skip
         order["financial_status"] = "refunded"
         self._transaction(order, "REFUND", left, parent=parent)
 
@@ -1723,6 +1719,18 @@ def _refunded_share(item: dict[str, Any], quantity: int) -> tuple[Decimal, Decim
     subtotal = (Decimal(item["price"]) * item["quantity"] - discount) * share
     tax = Decimal(item["tax_lines"][0]["price"]) * share
     return subtotal.quantize(CENT, ROUND_HALF_UP), tax.quantize(CENT, ROUND_HALF_UP)
+
+
+def _refund_line_item(
+    item_id: int, line_item_id: Any, quantity: int, restock_type: str, subtotal: Decimal,
+    tax: Decimal, currency: str,
+) -> dict[str, Any]:  # fmt: skip
+    """One ``refund_line_items`` entry of a REST refund."""
+    return {
+        "id": item_id, "line_item_id": line_item_id, "quantity": quantity,
+        "restock_type": restock_type, "subtotal": float(subtotal), "total_tax": float(tax),
+        "subtotal_set": _set(subtotal, currency), "total_tax_set": _set(tax, currency),
+    }  # fmt: skip
 
 
 def _time_bounds(search: str) -> tuple[dt.datetime | None, dt.datetime | None]:

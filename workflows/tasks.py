@@ -171,6 +171,12 @@ def _payload_error_message(exc: Exception) -> str:
     return str(exc)
 
 
+def _settle(event: InboxEvent, status: str, attempts: int, error: str | None) -> None:
+    """The inbox row's outcome, with its attempts counted in the same UPDATE."""
+    event.status, event.attempts, event.error = status, attempts, error
+    event.processed_at = utcnow()
+
+
 @app.task(
     base=IntakeTask,
     bind=True,
@@ -196,16 +202,12 @@ def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
             marketplace = registry.get(event.channel)
         except registry.UnknownMarketplace as exc:
             log.warning("inbox.unknown_marketplace", inbox_id=inbox_id, channel=event.channel)
-            event.status, event.attempts = InboxStatus.FAILED, attempts
-            event.error = str(exc)
-            event.processed_at = utcnow()
+            _settle(event, InboxStatus.FAILED, attempts, str(exc))
             return {"inbox_id": inbox_id, "status": event.status, "error": event.error}
         handler = marketplace.topic_handlers.get(event.topic)
         if handler is None:
             log.info("inbox.ignored_topic", inbox_id=inbox_id, topic=event.topic)
-            event.status, event.attempts = InboxStatus.IGNORED, attempts
-            event.error = f"topic {event.topic!r} is not handled"
-            event.processed_at = utcnow()
+            _settle(event, InboxStatus.IGNORED, attempts, f"topic {event.topic!r} is not handled")
             return {"inbox_id": inbox_id, "status": event.status}
         try:
             delivery = Delivery(account.id, account.name, event.topic, _parse(event.body))
@@ -220,22 +222,18 @@ def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
 
             publish_after_commit(session, refresh_order.si(account.id, exc.external_id))
             log.info("inbox.order_fetched", inbox_id=inbox_id, topic=event.topic)
-            event.status, event.attempts = InboxStatus.PROCESSED, attempts
-            event.error = f"{exc}: the order is fetched from the marketplace"
-            event.processed_at = utcnow()
+            _settle(event, InboxStatus.PROCESSED, attempts,
+                    f"{exc}: the order is fetched from the marketplace")  # fmt: skip
             return {"inbox_id": inbox_id, "status": event.status, "outcome": "fetched"}
         except (PayloadError, pydantic.ValidationError) as exc:
             message = _payload_error_message(exc)
             log.warning("inbox.unparseable", inbox_id=inbox_id, error=message[:300])
-            event.status, event.attempts = InboxStatus.FAILED, attempts
-            event.error = message[:2000]
-            event.processed_at = utcnow()
+            _settle(event, InboxStatus.FAILED, attempts, message[:2000])
             return {"inbox_id": inbox_id, "status": event.status, "error": message}
         after_intake(session, result, account.id)
-        event.status, event.attempts = InboxStatus.PROCESSED, attempts
+        _settle(event, InboxStatus.PROCESSED, attempts,
+                "stale: older than the stored order" if result.outcome == "stale" else None)
         event.order_id = result.order_id
-        event.error = "stale: older than the stored order" if result.outcome == "stale" else None
-        event.processed_at = utcnow()
         log.info(
             "inbox.processed",
             inbox_id=inbox_id,
