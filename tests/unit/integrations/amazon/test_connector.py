@@ -15,6 +15,7 @@ import respx
 
 from domain.errors import (
     AuthError,
+    PayloadError,
     RateLimited,
     ServerError,
     ValidationError,
@@ -275,6 +276,27 @@ def test_lwa_5xx_is_retried(env: Env) -> None:
 
     assert list(env.connector.fetch_updated_orders(NOW - dt.timedelta(hours=1))) == []
     assert env.lwa.call_count == 2
+
+
+def test_lwa_200_cut_short_is_an_answer_lost_and_retried(env: Env) -> None:
+    """Found by the chaos suite (marketplace_faults): a token answer whose JSON was cut short
+    failed the poll and the stock push for good (``PayloadError``)."""
+    cut = httpx.Response(200, content=b'{"access_token": "Atza|x", "expi',
+                         headers={"content-type": "application/json"})  # fmt: skip
+    good = httpx.Response(200, json={"access_token": "Atza|x", "expires_in": 3600})
+    env.lwa.mock(side_effect=[cut, good])
+    env.router.get(ORDERS).mock(return_value=httpx.Response(200, json={"payload": {"Orders": []}}))
+
+    assert list(env.connector.fetch_updated_orders(NOW - dt.timedelta(hours=1))) == []
+    assert env.lwa.call_count == 2
+
+
+def test_lwa_200_without_a_token_is_a_payload_error(env: Env) -> None:
+    env.lwa.mock(side_effect=None, return_value=httpx.Response(200, json={"token_type": "bearer"}))
+
+    with pytest.raises(PayloadError, match="no access_token"):
+        list(env.connector.fetch_updated_orders(NOW - dt.timedelta(hours=1)))
+    assert env.lwa.call_count == 1
 
 
 def test_sp_api_403_is_permanent_and_forgets_the_token(env: Env) -> None:
