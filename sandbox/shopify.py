@@ -833,7 +833,8 @@ class ShopifySimulator:
             order["line_items"].append(item)
             before = Decimal(order["total_price"])
             self._retotal(order)
-            if order["financial_status"] == "paid":
+            # paid, and paid with part of it refunded since: the buyer pays the difference
+            if order["financial_status"] in ("paid", "partially_refunded"):
                 self._transaction(order, "SALE", Decimal(order["total_price"]) - before)
             self._bump(order)
             edit = {

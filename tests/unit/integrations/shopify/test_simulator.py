@@ -246,6 +246,26 @@ def test_an_admin_cancel_of_a_paid_order_refunds_every_unit_and_the_shipping() -
     assert kinds == ["SALE", "REFUND"]
 
 
+def test_an_edit_after_a_partial_refund_charges_the_buyer_the_difference() -> None:
+    """Found by the chaos suite (webhook_storm): an order refunded in part and then edited
+    was left with its status paid-ish but no SALE for what the edit added."""
+    from decimal import Decimal
+
+    sim = ShopifySimulator(seed=3)
+    external_id = _with_status(sim, "paid")
+    sim.refund_line(external_id, 0, 1)
+    before = Decimal(sim.orders[external_id]["total_price"])
+    sku = next(iter(sim.prices))
+
+    sim.edit_add_line(external_id, sku, 1)
+
+    after = Decimal(sim.orders[external_id]["total_price"])
+    sale = sim.transactions[external_id][-1]
+    assert sim.orders[external_id]["financial_status"] == "partially_refunded"
+    assert sale["kind"] == "SALE" and after > before
+    assert Decimal(sale["amountSet"]["presentmentMoney"]["amount"]) == after - before
+
+
 def test_an_admin_cancel_voids_an_authorization_which_then_cannot_be_captured() -> None:
     sim = ShopifySimulator(seed=3)
     external_id = _with_status(sim, "authorized")
