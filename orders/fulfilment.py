@@ -373,8 +373,9 @@ def _supersede(
     parcel and was never recorded), its key retired, and the shipment's key claimed again
     (``label:…:2``) for the parcel as it is now. Safe to repeat: a voided label is not found
     again."""
-    found = carrier().get_label_by_ref(claimed.ref)
-    if found is not None and not carrier().void_label(found.label_id):
+    client = carrier()
+    found = client.get_label_by_ref(claimed.ref)
+    if found is not None and not client.void_label(found.label_id):
         raise PermanentError(f"the carrier refused to void label {found.tracking_number}")
     with transaction() as session:
         idempotency.fail(session, claimed.key, "superseded: the shipment changed before its "

@@ -186,9 +186,7 @@ def begin(
         raise IdempotencyMismatch(f"idempotency key {key} was used for a different request")
     if row.recovery_point == FINISHED:
         return Attempt(key, FINISHED, row.response_body)
-    live = row.locked_at is not None and now - row.locked_at < lock_timeout
-    if live and row.locked_by not in (None, owner):
-        raise KeyLocked(f"{key} is in progress elsewhere", retry_after=5.0)
+    _check_not_live(row, owner, lock_timeout, now)
     was = row.recovery_point
     row.locked_at = now
     row.locked_by = owner
@@ -196,6 +194,16 @@ def begin(
     if point is not None:
         row.recovery_point = point
     return Attempt(key, was, None)
+
+
+def _check_not_live(
+    row: IdempotencyKey, owner: str, lock_timeout: dt.timedelta, now: dt.datetime
+) -> None:
+    """``KeyLocked`` when another owner holds ``row`` and its lock has not timed out (its
+    call may still be in flight)."""
+    live = row.locked_at is not None and now - row.locked_at < lock_timeout
+    if live and row.locked_by not in (None, owner):
+        raise KeyLocked(f"{row.key} is in progress elsewhere", retry_after=5.0)
 
 
 def claim(
@@ -270,10 +278,8 @@ class Claimant:
 
     def check_not_live(self, row: IdempotencyKey) -> None:
         """``KeyLocked`` when another attempt holds ``row`` and its lock has not timed out
-        (its call may still be in flight)."""
-        live = row.locked_at is not None and utcnow() - row.locked_at < self.lock_timeout
-        if live and row.locked_by not in (None, self.owner):
-            raise KeyLocked(f"{row.key} is in progress elsewhere", retry_after=5.0)
+        (its call may still be in flight), as ``begin`` judges it."""
+        _check_not_live(row, self.owner, self.lock_timeout, utcnow())
 
     @contextmanager
     def outside_call(self, key: str) -> Iterator[None]:
