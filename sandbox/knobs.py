@@ -10,6 +10,7 @@ real answer. Randomness comes from one seeded ``random.Random`` so runs are repr
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import threading
 from collections import Counter
@@ -79,6 +80,19 @@ class Knobs:
         )
 
 
+class IntendedDrop(ConnectionAbortedError):
+    """What ``DroppedConnection`` raises to make the server close the connection mid-answer."""
+
+
+def _not_intended(record: logging.LogRecord) -> bool:
+    """uvicorn logs an app's exception with its traceback; a drop we made on purpose is not
+    an error of the simulator (any other exception still is)."""
+    return not (record.exc_info and isinstance(record.exc_info[1], IntendedDrop))
+
+
+logging.getLogger("uvicorn.error").addFilter(_not_intended)
+
+
 class DroppedConnection(Response):
     """Starts a 200 answer, then fails mid-body: the server closes the connection and the
     client sees a protocol error although the request was applied ("apply then drop")."""
@@ -101,7 +115,7 @@ class DroppedConnection(Response):
         )
         cut = min(16, len(self._payload) - 1)  # at least one byte short of the length
         await send({"type": "http.response.body", "body": self._payload[:cut], "more_body": True})
-        raise ConnectionAbortedError("sandbox: drop_after_apply (intended)")
+        raise IntendedDrop("sandbox: drop_after_apply (intended)")
 
 
 class WriteDrops:

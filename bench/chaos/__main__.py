@@ -23,6 +23,7 @@ import os
 import random
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -182,7 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print(f"[bold]{name}[/bold] …")
         try:
             result = run_scenario(name, profile, seed, args.postgres_url, root / name)
-        except Exception as exc:  # the harness itself failed: a row that says so
+        except Exception as exc:  # the harness itself failed: a row that says so, and where
+            (root / name).mkdir(parents=True, exist_ok=True)
+            (root / name / "harness-error.txt").write_text(traceback.format_exc())
             result = {
                 "scenario": name,
                 "orders": 0,
@@ -191,7 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "invariants": {},
                 "seconds_to_quiet": None,
                 "seconds": None,
-                "notes": [f"did not run: {type(exc).__name__}: {exc}"],
+                "notes": [
+                    f"did not run: {type(exc).__name__}: {exc}",
+                    f"traceback: {root / name / 'harness-error.txt'}",
+                ],
             }
         err.print(f"  {'OK' if ok(result) else 'BROKEN'} in {result['seconds']} s")
         for invariant, ids in result["invariants"].items():  # as it goes, not only at the end

@@ -16,6 +16,7 @@ before the facts are read.
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -30,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import redis
@@ -64,6 +65,31 @@ from tests.support.postgres_server import PostgresServer, find_pg_bin
 from tests.support.redis_server import RedisServer
 from tests.support.world import World, running_world
 from workflows.broker import DEAD_LETTERS
+
+T = TypeVar("T")
+
+#: the harness's own reads of the run's database: a fault may cut them too (postgres_terminate
+#: kills every backend of the database, the harness's included, between its ping and its query)
+_READ_ATTEMPTS = 20
+
+
+def _retried(read: Callable[..., T]) -> Callable[..., T]:
+    """Retry a harness read whose connection a fault took away (the fault is the scenario's,
+    not a finding): the pool reconnects on the next attempt."""
+
+    @functools.wraps(read)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                return read(*args, **kwargs)
+            except (sa.exc.OperationalError, sa.exc.InterfaceError):
+                if attempt == _READ_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.25 * min(attempt + 1, 4))
+        raise AssertionError("unreachable")
+
+    return wrapper
+
 
 __all__ = [
     "PROFILES", "Profile", "Run", "chaos_database", "own_postgres", "own_redis", "world_for",
@@ -361,17 +387,24 @@ class Run:
             time.sleep(0.25 * 2 ** min(attempt, 4))
         return code
 
+    @_retried
+    def ready_orders(self) -> list[tuple[int, str]]:
+        with self.world.maker() as session:
+            return [
+                (order_id, channel)
+                for order_id, channel in session.execute(
+                    select(Order.id, Order.channel)
+                    .where(
+                        Order.channel_account_id.in_(self.account_ids()),
+                        Order.state == "ready_to_ship",
+                    )
+                    .order_by(Order.id)
+                )
+            ]
+
     def staff_act(self) -> int:
         """Cancel a share of the ready orders (where the seller may), ship the rest."""
-        with self.world.maker() as session:
-            ready = session.execute(
-                select(Order.id, Order.channel)
-                .where(
-                    Order.channel_account_id.in_(self.account_ids()),
-                    Order.state == "ready_to_ship",
-                )
-                .order_by(Order.id)
-            ).all()
+        ready = self.ready_orders()
 
         def act(row: tuple[int, str]) -> int:
             order_id, channel = row
@@ -384,7 +417,7 @@ class Run:
             return self.staff("POST", f"/orders/{order_id}/ship")
 
         with ThreadPoolExecutor(4) as pool:
-            codes = list(pool.map(act, [(r[0], r[1]) for r in ready]))
+            codes = list(pool.map(act, ready))
         refused = Counter(c for c in codes if c != 200)
         for code, n in refused.items():
             self.notes.append(f"{n} staff actions answered {code}")
@@ -395,6 +428,7 @@ class Run:
     def account_ids(self) -> list[int]:
         return [i for _, i in self.accounts.values()]
 
+    @_retried
     def states(self) -> Counter[str]:
         with self.world.maker() as session:
             return Counter(
@@ -407,6 +441,7 @@ class Run:
                 )
             )
 
+    @_retried
     def parked_polls(self, channel: str) -> int:
         """Sync runs of the channel's account parked by a marketplace's Retry-After."""
         with self.world.maker() as session:
@@ -422,6 +457,7 @@ class Run:
                 or 0
             )
 
+    @_retried
     def pending_outbox(self) -> int:
         with self.world.maker() as session:
             return int(
@@ -433,6 +469,7 @@ class Run:
                 or 0
             )
 
+    @_retried
     def _waiting(self) -> int:
         """Inbox rows, outbox messages and stock pushes still to do."""
         with self.world.maker() as session:

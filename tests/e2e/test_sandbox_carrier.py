@@ -338,3 +338,44 @@ def test_a_voided_label_is_no_longer_found(
     assert client.get_label_by_ref("shp_1") is None
     assert sim.label_count() == 1
     assert sim.label_count(include_voided=False) == 0
+
+
+def test_an_intended_drop_is_not_logged_as_a_server_error(
+    make_client: Callable[..., CarrierClient], sim: CarrierSimulator
+) -> None:
+    import logging
+
+    # given: the carrier drops its answer on purpose; a handler on uvicorn's own error logger
+    # (it does not propagate to the root, so caplog would see nothing either way)
+    sim.drop_after_apply_rate = 1.0
+    client = make_client(max_attempts=1)
+    seen: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = seen.append  # type: ignore[method-assign,assignment]
+    server_log = logging.getLogger("uvicorn.error")
+    server_log.addHandler(handler)
+    try:
+        # when
+        with pytest.raises(TransportError):
+            _buy(client, "shp_quiet")
+    finally:
+        server_log.removeHandler(handler)
+    # then: the drop happened (the label exists), and uvicorn logged no traceback for it
+    assert sim.label_count() == 1
+    assert not [r for r in seen if r.exc_info]
+
+
+def test_the_drop_filter_keeps_every_other_exception() -> None:
+    import logging
+
+    from sandbox.knobs import IntendedDrop, _not_intended
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        return logging.LogRecord(
+            "uvicorn.error", logging.ERROR, __file__, 1, "Exception in ASGI application",
+            None, (type(exc), exc, None),
+        )  # fmt: skip
+
+    assert _not_intended(record(IntendedDrop("on purpose"))) is False
+    assert _not_intended(record(ConnectionAbortedError("a real one"))) is True
+    assert _not_intended(record(RuntimeError("a bug"))) is True
