@@ -107,3 +107,26 @@ def test_closing_a_channel_after_redis_went_away_and_its_connection_closed_is_qu
         assert channel.closed
     finally:
         server.stop()
+
+
+def test_publishes_share_one_client_until_the_pool_is_replaced(redis_url: str) -> None:
+    """kombu builds a ``redis.Redis`` per publish; ours keeps one per pool (issue 14), and a
+    pool kombu replaces after a connection error gets a client of its own."""
+    client, queue = _setup(redis_url)
+    with Connection(redis_url, transport="workflows.broker:Transport") as conn:
+        channel = conn.default_channel
+        queue(channel).declare()
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second
+        for n in range(3):
+            _publish(conn, queue, {"n": n})
+        with channel.conn_or_acquire() as after:
+            assert after is first
+        channel._disconnect_pools()  # as after a broken connection
+        _publish(conn, queue, {"n": 3})
+        with channel.conn_or_acquire() as renewed:
+            assert renewed is not first
+            assert renewed.connection_pool is channel.pool
+        got = [queue(channel).get(no_ack=True).decode()["n"] for _ in range(4)]
+    assert sorted(got) == [0, 1, 2, 3]
+    assert client.llen(queue.name) == 0

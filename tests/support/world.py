@@ -22,8 +22,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from db.migrate import upgrade
-from db.models import ChannelAccount, Order
+from db.models import ChannelAccount, InboxEvent, Order
 from db.session import make_engine
+from domain.states import InboxStatus
 from integrations.shopify.webhooks import sign
 from orders.stock import set_on_hand
 from sandbox import carrier as sandbox_carrier
@@ -158,11 +159,20 @@ class World:
             ) from None
 
     def wait_idle(self) -> None:
-        """No task queued or running anywhere (duplicates have all finished skipping)."""
+        """No delivery waiting for its publish (the web app publishes after its answer), no
+        task queued or running anywhere (duplicates have all finished skipping)."""
         probe = Celery("probe", broker=self.redis_url)
         client = probe.connection_for_write().default_channel.client
 
         def idle() -> bool:
+            with self.maker() as session:
+                unpublished = session.scalar(
+                    sa.select(sa.func.count())
+                    .select_from(InboxEvent)
+                    .where(InboxEvent.status == InboxStatus.RECEIVED.value)
+                )
+            if unpublished:
+                return False
             queued = sum(client.llen(q) for q in ("intake", "orders", "documents", "outbound"))
             active = probe.control.inspect(timeout=0.5).active() or {}
             reserved = probe.control.inspect(timeout=0.5).reserved() or {}
