@@ -81,13 +81,16 @@ class Knobs:
 
 
 class IntendedDrop(ConnectionAbortedError):
-    """What ``DroppedConnection`` raises to make the server close the connection mid-answer."""
+    """What ``DroppedConnection`` raises to make the server close the connection mid-answer.
+    (An exception class of a simulator's own marks itself with ``intended_drop = True``.)"""
+
+    intended_drop = True
 
 
 def _not_intended(record: logging.LogRecord) -> bool:
     """uvicorn logs an app's exception with its traceback; a drop we made on purpose is not
     an error of the simulator (any other exception still is)."""
-    return not (record.exc_info and isinstance(record.exc_info[1], IntendedDrop))
+    return not (record.exc_info and getattr(record.exc_info[1], "intended_drop", False) is True)
 
 
 logging.getLogger("uvicorn.error").addFilter(_not_intended)

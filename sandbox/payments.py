@@ -94,7 +94,10 @@ _ALNUM = string.ascii_letters + string.digits
 
 
 class DroppedConnection(RuntimeError):
-    """Raised inside the response to break the connection after the effect was applied."""
+    """Raised inside the response to break the connection after the effect was applied (not
+    logged as a server error: ``sandbox.knobs``)."""
+
+    intended_drop = True
 
 
 class _Refused(Exception):
