@@ -154,14 +154,31 @@ def _fail(session: Session, message: OutboxMessage, error: str) -> None:
         _order_needs_attention(session, message.order_id, f"tracking not sent: {error}"[:2000])
 
 
+def _shipment_messages(session: Session, message: OutboxMessage, kind: str) -> list[Any]:
+    """(id, status) of the messages of ``kind`` for the same shipment as ``message``."""
+    if message.shipment_id is None:
+        return []
+    return list(session.execute(
+        select(OutboxMessage.id, OutboxMessage.status).where(
+            OutboxMessage.shipment_id == message.shipment_id, OutboxMessage.kind == kind)
+    ).all())  # fmt: skip
+
+
 def deliver(
     transaction: Transaction,
     message_id: int,
     push: PushEffect,
     keys: idempotency.Claimant,
+    deliver_it: FollowUp | None = None,
 ) -> Outcome:
     """Deliver one message (see the module docstring); a failed call is recorded as an
-    attempt and raised for the task to retry."""
+    attempt and raised for the task to retry.
+
+    A delivery event waits for its shipment's fulfilment: the marketplace finds the
+    fulfilment it belongs to by its tracking number, so told first it answers "not found"
+    (the chaos suite: a fulfilment held back by 429s, the carrier's delivery ahead of it).
+    Waiting costs no try and no key; once the fulfilment is delivered it publishes the waiting
+    delivery (``deliver_it``), and the sweeper publishes a pending one again anyway."""
     started = time.monotonic()
     with transaction() as session:
         message = session.get(OutboxMessage, message_id, with_for_update=True)
@@ -169,6 +186,10 @@ def deliver(
             raise PermanentError(f"outbox message {message_id} is not an effect to deliver")
         if message.status != PENDING:
             return Outcome(f"skip: {message.status}")
+        if message.kind == DELIVERY and any(
+            status != DELIVERED for _, status in _shipment_messages(session, message, FULFILMENT)
+        ):
+            return Outcome("waits: the shipment's fulfilment is not delivered yet")
         order = session.get(Order, message.order_id)
         assert order is not None
         account = session.get(ChannelAccount, order.channel_account_id)
@@ -202,6 +223,10 @@ def deliver(
                      effect=message.kind, key=key)  # fmt: skip
         if message.kind == CANCELLATION and refunded:
             refunded_with_cancellation(session, message.order_id, actor="task:deliver")
+        if message.kind == FULFILMENT and deliver_it is not None:
+            for waiting, status in _shipment_messages(session, message, DELIVERY):
+                if status == PENDING:
+                    deliver_it(session, waiting)
     return Outcome("delivered")
 
 

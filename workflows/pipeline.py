@@ -294,7 +294,8 @@ def _ship_these(session: Session, order_id: int, shipment_ids: list[int]) -> Non
 @app.task(base=DeliverTask, bind=True, name=outbox.DELIVER_TASK, ignore_result=True)
 def deliver(self: DeliverTask, message_id: int) -> str:
     """One outbox message to its marketplace (``orders.outbox.deliver``)."""
-    return outbox.deliver(self.transaction, message_id, _push_effect, self.keys()).result
+    return outbox.deliver(self.transaction, message_id, _push_effect, self.keys(),
+                          deliver_it=_after_commit(deliver.si)).result  # fmt: skip
 
 
 @_task("void_labels", "outbound")

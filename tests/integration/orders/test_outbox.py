@@ -158,3 +158,56 @@ def test_a_delivered_message_cannot_be_retried(shop: Shop, later: FollowUps) -> 
 
     with pytest.raises(ValueError, match="delivered already"), shop.transaction() as session:
         retry(session, message_id, actor="staff:ann", deliver_it=later("deliver"))
+
+
+def test_a_delivery_event_waits_for_its_shipments_fulfilment_then_goes_out_after_it(
+    shop: Shop, later: FollowUps
+) -> None:
+    """Found by the chaos suite (marketplace_faults, long): the fulfilment held back by 429s,
+    the carrier's delivery was pushed first, Shopify found no fulfilment with the tracking
+    number ("NOT_FOUND") and the delivery failed for good."""
+    marketplace = FakeMarketplace()
+    order_id, fulfilment_id = _shipped(shop, later)
+    (shipment,) = shop.rows(Shipment, order_id=order_id)
+    key = f"delivered:{order_id}:s{shipment.id}"
+    with shop.transaction() as session:
+        delivery_id = outbox.enqueue(
+            session, order_id, kind=outbox.DELIVERY, key=key, shipment_id=shipment.id,
+            payload={"tracking_number": "1ZOUT", "delivered_at": "2026-12-04T18:52:52Z"},
+            deliver_it=later("deliver"),
+        )  # fmt: skip
+
+    # when: the delivery comes first
+    first = deliver(shop.transaction, delivery_id, marketplace, shop.keys())
+    # then: it waits, untried: no push, no attempt, no key, still pending
+    assert first == Outcome("waits: the shipment's fulfilment is not delivered yet")
+    assert marketplace.pushed == []
+    assert shop.rows(OutboxAttempt, message_id=delivery_id) == []
+    assert shop.key(key) is None
+    assert shop.rows(OutboxMessage, id=delivery_id)[0].status == "pending"
+
+    # when: the fulfilment goes out
+    before = len(later.scheduled["deliver"])
+    assert deliver(shop.transaction, fulfilment_id, marketplace, shop.keys(),
+                   deliver_it=later("deliver")) == Outcome("delivered")  # fmt: skip
+    # then: it publishes the waiting delivery, which now goes out after it
+    assert later.scheduled["deliver"][before:] == [delivery_id]
+    assert deliver(shop.transaction, delivery_id, marketplace, shop.keys()) == Outcome("delivered")
+    assert [p["kind"] for p in marketplace.pushed] == ["fulfilment", "delivery"]
+
+
+def test_a_delivery_without_a_fulfilment_message_is_not_held(shop: Shop, later: FollowUps) -> None:
+    marketplace = FakeMarketplace()
+    order_id = shop.order(S.SHIPPED, lines={"A": 1})
+    with shop.transaction() as session:
+        shipment = Shipment(order_id=order_id, carrier="ups", status="delivered",
+                            tracking_number="1ZMP")  # fmt: skip
+        session.add(shipment)
+        session.flush()
+        delivery_id = outbox.enqueue(
+            session, order_id, kind=outbox.DELIVERY, key=f"delivered:{order_id}:s{shipment.id}",
+            payload={"tracking_number": "1ZMP"}, deliver_it=later("deliver"),
+            shipment_id=shipment.id,
+        )  # fmt: skip
+    assert deliver(shop.transaction, delivery_id, marketplace, shop.keys()) == Outcome("delivered")
+    assert [p["kind"] for p in marketplace.pushed] == ["delivery"]
