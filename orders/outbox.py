@@ -2,11 +2,12 @@
 
 An effect (``fulfilment``: a shipment left with its tracking number; ``delivery``: the carrier
 delivered it, told where the marketplace takes delivery events, after the shipment's
-fulfilment; ``cancellation``: we cancelled the order) is an ``outbox_messages`` row written by ``enqueue`` in the transaction of
-the state change that causes it, with an idempotency key derived from our ids
-(``fulfill:{order_id}:s{shipment_id}``, ``cancel:{order_id}``) and what the marketplace is to be
-told (``payload``). Its delivery (``deliver``, the task ``ordersync.outbound.deliver``) is
-published after that commit; the sweeper publishes again a message that is still ``pending``.
+fulfilment; ``cancellation``: we cancelled the order) is an ``outbox_messages`` row written by
+``enqueue`` in the transaction of the state change that causes it, with an idempotency key
+derived from our ids (``fulfill:{order_id}:s{shipment_id}``, ``cancel:{order_id}``) and what
+the marketplace is to be told (``payload``). Its delivery (``deliver``, the task
+``ordersync.outbound.deliver``) is published after that commit; the sweeper publishes again a
+message that is still ``pending``.
 
 ``deliver`` claims the key before the call (``orders.idempotency``), calls the marketplace,
 and writes one ``outbox_attempts`` row per try (status, response code, error, duration). An
