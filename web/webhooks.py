@@ -181,13 +181,17 @@ class _Broker:
     def submit(self, inbox_id: int) -> None:
         if time.monotonic() < self.down_until:
             return  # the row waits in ``received``; the sweeper publishes it
-        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+        if not self._running():
             self._start()
         self._ids.put(inbox_id)
 
+    def _running(self) -> bool:
+        """This process's publisher thread is alive (a forked child has none of its own)."""
+        return self._thread is not None and self._pid == os.getpid() and self._thread.is_alive()
+
     def _start(self) -> None:
         with self._lock:
-            if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+            if self._running():
                 return
             self._ids, self._pid = queue.SimpleQueue(), os.getpid()  # a child's own queue
             self._thread = threading.Thread(
