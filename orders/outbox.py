@@ -156,14 +156,16 @@ def _fail(session: Session, message: OutboxMessage, error: str) -> None:
         _order_needs_attention(session, message.order_id, f"tracking not sent: {error}"[:2000])
 
 
-def _shipment_messages(session: Session, message: OutboxMessage, kind: str) -> list[Any]:
+def _shipment_messages(
+    session: Session, message: OutboxMessage, kind: str
+) -> list[tuple[int, str]]:
     """(id, status) of the messages of ``kind`` for the same shipment as ``message``."""
     if message.shipment_id is None:
         return []
-    return list(session.execute(
+    return [(int(i), str(status)) for i, status in session.execute(
         select(OutboxMessage.id, OutboxMessage.status).where(
             OutboxMessage.shipment_id == message.shipment_id, OutboxMessage.kind == kind)
-    ).all())  # fmt: skip
+    )]  # fmt: skip
 
 
 def deliver(
@@ -180,7 +182,9 @@ def deliver(
     fulfilment it belongs to by its tracking number, so told first it answers "not found"
     (the chaos suite: a fulfilment held back by 429s, the carrier's delivery ahead of it).
     Waiting costs no try and no key; once the fulfilment is delivered it publishes the waiting
-    delivery (``deliver_it``), and the sweeper publishes a pending one again anyway."""
+    delivery (``deliver_it``), and the sweeper publishes a pending one again anyway. Only a
+    fulfilment still pending holds it: one that failed for good (staff see it) does not keep
+    its delivery pending for ever; the delivery is tried, and fails, as before."""
     started = time.monotonic()
     with transaction() as session:
         message = session.get(OutboxMessage, message_id, with_for_update=True)
@@ -189,7 +193,7 @@ def deliver(
         if message.status != PENDING:
             return Outcome(f"skip: {message.status}")
         if message.kind == DELIVERY and any(
-            status != DELIVERED for _, status in _shipment_messages(session, message, FULFILMENT)
+            status == PENDING for _, status in _shipment_messages(session, message, FULFILMENT)
         ):
             return Outcome("waits: the shipment's fulfilment is not delivered yet")
         order = session.get(Order, message.order_id)

@@ -211,3 +211,22 @@ def test_a_delivery_without_a_fulfilment_message_is_not_held(shop: Shop, later: 
         )  # fmt: skip
     assert deliver(shop.transaction, delivery_id, marketplace, shop.keys()) == Outcome("delivered")
     assert [p["kind"] for p in marketplace.pushed] == ["delivery"]
+
+
+def test_a_delivery_is_not_held_for_ever_by_a_fulfilment_that_failed_for_good(
+    shop: Shop, later: FollowUps
+) -> None:
+    marketplace = FakeMarketplace(fail=ValidationError("push_delivery: not found"))
+    order_id, fulfilment_id = _shipped(shop, later)
+    (shipment,) = shop.rows(Shipment, order_id=order_id)
+    with shop.transaction() as session:
+        record_failure(session, fulfilment_id, error="refused")
+        delivery_id = outbox.enqueue(
+            session, order_id, kind=outbox.DELIVERY, key=f"delivered:{order_id}:s{shipment.id}",
+            payload={"tracking_number": "1ZOUT"}, deliver_it=later("deliver"),
+            shipment_id=shipment.id,
+        )  # fmt: skip
+    # the delivery is tried (not left pending for the sweeper to republish for ever)
+    with pytest.raises(ValidationError):
+        deliver(shop.transaction, delivery_id, marketplace, shop.keys())
+    assert len(shop.rows(OutboxAttempt, message_id=delivery_id)) == 1
