@@ -66,10 +66,17 @@ def _without_lone_surrogates(value: Any) -> Any:
 def _utf8_clean(value: Any) -> bool:
     """No surrogate anywhere in it: its JSON (unescaped) encodes as UTF-8."""
     try:
-        json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+        json.dumps(value, ensure_ascii=False, default=_opaque).encode("utf-8")
     except (UnicodeEncodeError, TypeError, ValueError):
         return False  # a surrogate (or something JSON cannot say): walk it
     return True
+
+
+def _opaque(value: Any) -> Any:
+    """What JSON says for a value it has no form for: nothing for a canonical model (each
+    was cleaned by its own validators when it was made: a list of order lines is not turned
+    into text again), the text of anything else."""
+    return None if isinstance(value, _Canonical) else str(value)
 
 
 def _walk(value: Any) -> Any:
