@@ -21,9 +21,12 @@ of any size runs at flat memory.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -153,41 +156,20 @@ def run_slice(
     started = clock()
     pages = orders = 0
     read = source.fetch_history if history else source.fetch_pages
-    for page in read(since, until, token):
-        with transaction() as session:
-            seen = changed = created = repaired = flagged = 0
-            results = apply_page(session, account_id, page.orders, actor=f"{kind}:{channel}")
-            for result in results:
-                seen += 1
-                changed += result.outcome != IntakeOutcome.STALE
-                created += result.outcome == IntakeOutcome.CREATED
-                repaired += result.cancelled_now  # cancelled on the marketplace, not here yet
-            if kind == "full":  # every order seen is compared with ours (orders.reconcile)
-                checked = reconcile_page(session, page.orders, results,
-                                         actor=f"reconcile:{channel}")  # fmt: skip
-                results, flagged = checked.results, checked.flagged
-                repaired += checked.repaired
-            after_intake(session, results, account_id)
-            values = {
-                "page_token": page.resume,
-                "pages": SyncRun.pages + 1,
-                "orders_seen": SyncRun.orders_seen + seen,
-                "orders_changed": SyncRun.orders_changed + changed,
-                "orders_created": SyncRun.orders_created + created,
-                "states_repaired": SyncRun.states_repaired + repaired,
-                "mismatches_flagged": SyncRun.mismatches_flagged + flagged,
-                "heartbeat_at": utcnow(),
-            }
-            if source.last_window_end is not None:  # the marketplace bounded the window
-                values["window_to"] = source.last_window_end
-            session.execute(update(SyncRun).where(SyncRun.id == run_id).values(**values))
+    with _ReadAhead(read(since, until, token)) as ahead:
+        for page in ahead:
+            # decided as the page comes in: the next one is read while this one is applied
+            more = pages + 1 < max_pages and clock() - started < max_seconds
+            window_end = source.last_window_end  # as the source left it with this page
+            if more and page.resume is not None:
+                ahead.read_next()
+            _apply(transaction, run_id, account_id, kind, channel, page, after_intake,
+                   window_end)  # fmt: skip
+            pages, orders = pages + 1, orders + len(page.orders)
             if page.resume is None:
-                _finish(session, run_id, account_id)
-        pages, orders = pages + 1, orders + len(page.orders)
-        if page.resume is None:
-            return SliceOutcome(run_id, "ok", pages, orders)
-        if pages >= max_pages or clock() - started >= max_seconds:
-            return SliceOutcome(run_id, "more", pages, orders)
+                return SliceOutcome(run_id, "ok", pages, orders)
+            if not more:
+                return SliceOutcome(run_id, "more", pages, orders)
     # the source ended without a last page (an empty window it chose not to ask for)
     with transaction() as session:
         if source.last_window_end is not None:
@@ -195,6 +177,91 @@ def run_slice(
                             .values(window_to=source.last_window_end))  # fmt: skip
         _finish(session, run_id, account_id)
     return SliceOutcome(run_id, "ok", pages, orders)
+
+
+class _ReadAhead:
+    """A slice's pages, the next one read by a thread of its own while the slice applies the
+    one before: the marketplace's answer (or the bulk file's next lines, and their mapping)
+    and our database's work overlap instead of taking turns. At most one page is read ahead,
+    and only one the slice asked for (``read_next``), so a slice that stops reads no page it
+    does not apply: a rate-limited page is not spent for nothing. The pages are read in the
+    task's context (its log fields); an error reading one is raised where the slice takes it.
+    Leaving waits for a read in flight and closes the source (its stream, its connection)."""
+
+    def __init__(self, pages: Iterator[Page]) -> None:
+        self._pages = pages
+        self._context = contextvars.copy_context()
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="sync-read-ahead")
+        self._next: Future[Page | None] | None = None
+
+    def read_next(self) -> None:
+        self._next = self._thread.submit(self._context.run, self._read)
+
+    def _read(self) -> Page | None:
+        return next(self._pages, None)
+
+    def __iter__(self) -> Iterator[Page]:
+        self.read_next()
+        while self._next is not None:
+            page, self._next = self._next.result(), None
+            if page is None:
+                return
+            yield page
+
+    def __enter__(self) -> _ReadAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._next is not None:  # the slice failed applying the page before this one
+            with contextlib.suppress(Exception):  # its error is the one that matters
+                self._next.result()
+        self._thread.shutdown(wait=True)
+        close = getattr(self._pages, "close", None)
+        if close is not None:
+            close()
+
+
+def _apply(
+    transaction: Transaction,
+    run_id: int,
+    account_id: int,
+    kind: str,
+    channel: str,
+    page: Page,
+    after_intake: AfterIntake,
+    window_end: dt.datetime | None,
+) -> None:
+    """One page's orders applied, with its resume token and the run's progress, in one
+    transaction (the run finished with its last page)."""
+    with transaction() as session:
+        seen = changed = created = repaired = flagged = 0
+        results = apply_page(session, account_id, page.orders, actor=f"{kind}:{channel}")
+        for result in results:
+            seen += 1
+            changed += result.outcome != IntakeOutcome.STALE
+            created += result.outcome == IntakeOutcome.CREATED
+            repaired += result.cancelled_now  # cancelled on the marketplace, not here yet
+        if kind == "full":  # every order seen is compared with ours (orders.reconcile)
+            checked = reconcile_page(session, page.orders, results,
+                                     actor=f"reconcile:{channel}")  # fmt: skip
+            results, flagged = checked.results, checked.flagged
+            repaired += checked.repaired
+        after_intake(session, results, account_id)
+        values = {
+            "page_token": page.resume,
+            "pages": SyncRun.pages + 1,
+            "orders_seen": SyncRun.orders_seen + seen,
+            "orders_changed": SyncRun.orders_changed + changed,
+            "orders_created": SyncRun.orders_created + created,
+            "states_repaired": SyncRun.states_repaired + repaired,
+            "mismatches_flagged": SyncRun.mismatches_flagged + flagged,
+            "heartbeat_at": utcnow(),
+        }
+        if window_end is not None:  # the marketplace bounded the window
+            values["window_to"] = window_end
+        session.execute(update(SyncRun).where(SyncRun.id == run_id).values(**values))
+        if page.resume is None:
+            _finish(session, run_id, account_id)
 
 
 def _finish(session: Session, run_id: int, account_id: int) -> None:

@@ -4,7 +4,10 @@ ends with every order once and the cursor at the window's end."""
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
+import threading
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -77,9 +80,7 @@ class Followed:
     def __init__(self) -> None:
         self.created: list[int] = []
 
-    def __call__(
-        self, session: Session, results: Sequence[IntakeResult], account_id: int
-    ) -> None:
+    def __call__(self, session: Session, results: Sequence[IntakeResult], account_id: int) -> None:
         self.created += [r.order_id for r in results if r.outcome == "created"]
 
 
@@ -142,6 +143,77 @@ def test_a_worker_killed_at_any_page_loses_only_that_page(shop: Shop, kill_at: i
     assert source.asked == [*range(kill_at + 1), *range(kill_at, 4)]
     assert _orders(shop) == 14 and sorted(followed.created) == sorted(set(followed.created))
     assert shop.rows(ChannelAccount)[0].poll_cursor == NOW
+
+
+REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("request")
+
+
+class _Asked(list[int]):
+    """The pages asked for, each with an event set as its read begins and the task context's
+    ``REQUEST`` as the read saw it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.begun: defaultdict[int, threading.Event] = defaultdict(threading.Event)
+        self.requests: list[str | None] = []
+
+    def append(self, page: int) -> None:
+        super().append(page)
+        self.requests.append(REQUEST.get(None))
+        self.begun[page].set()
+
+
+def test_the_next_page_is_read_while_the_page_before_is_applied(shop: Shop) -> None:
+    # given: 10 orders in 3 pages, a slice of the task whose context says "task-7"
+    source, asked = FakeMarketplace(10), _Asked()
+    source.asked = asked
+    run_id = _start(shop)
+    overlapped: list[bool] = []
+
+    def after(session: Session, results: Sequence[IntakeResult], account_id: int) -> None:
+        # page n is being committed: page n + 1's read has begun meanwhile (no read-ahead:
+        # it begins only after this returns, and the wait runs out)
+        page = len(overlapped)
+        overlapped.append(page == 2 or asked.begun[page + 1].wait(timeout=10))
+
+    REQUEST.set("task-7")
+    outcome = run_slice(shop.transaction, run_id, source, after, max_pages=10, max_seconds=60)
+
+    assert outcome.status == "ok" and overlapped == [True, True, True]
+    assert list(asked) == [0, 1, 2] and asked.requests == ["task-7"] * 3
+    assert _orders(shop) == 10
+
+
+def test_a_slice_that_fails_applying_a_page_waits_for_the_read_ahead_and_closes_the_source(
+    shop: Shop,
+) -> None:
+    closed = threading.Event()
+
+    class Closing(FakeMarketplace):
+        def fetch_pages(
+            self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
+        ) -> Iterator[_Page]:
+            try:
+                yield from super().fetch_pages(since, until, resume)
+            finally:
+                closed.set()
+
+    source, asked = Closing(14), _Asked()
+    source.asked = asked
+    run_id = _start(shop)
+
+    def after(session: Session, results: Sequence[IntakeResult], account_id: int) -> None:
+        assert asked.begun[1].wait(timeout=10)
+        raise WorkerKilled  # page 0's commit fails while page 1 is read
+
+    with pytest.raises(WorkerKilled):
+        run_slice(shop.transaction, run_id, source, after, max_pages=10, max_seconds=60)
+
+    # the source is closed when run_slice returns (the caller closes the connector next),
+    # and the page read ahead is not read again; nothing of page 0 was committed
+    assert closed.is_set() and list(asked) == [0, 1]
+    [run] = shop.rows(SyncRun)
+    assert (run.pages, run.page_token) == (0, None) and _orders(shop) == 0
 
 
 def test_a_second_start_goes_on_with_the_unfinished_run_and_a_finished_one_starts_anew(
