@@ -213,7 +213,7 @@ def rowcount(result: Result[Any]) -> int:
 #: The web app and the CLI keep it, so no request fails after a database restart.
 PRE_PING_DEFAULT = True
 
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[str, bool | None], Engine] = {}
 _lock = threading.Lock()
 
 
@@ -222,15 +222,20 @@ def _pre_ping() -> bool:
     return PRE_PING_DEFAULT if configured is None else configured
 
 
-def get_engine(url: str | None = None) -> Engine:
-    """The process's engine for ``url`` (default: the configured database), made once."""
+def get_engine(url: str | None = None, *, pre_ping: bool | None = None) -> Engine:
+    """The process's engine for ``url`` (default: the configured database), made once.
+    ``pre_ping`` overrides the pool's ping (PostgreSQL): a caller that retries a lost
+    connection itself saves the round trip (``web.webhooks``); it gets a pool of its own.
+    SQLite is never pinged: one engine per file."""
     url = url or get_settings().database_url
-    engine = _engines.get(url)
+    key = (url, None if url.startswith("sqlite") else pre_ping)
+    engine = _engines.get(key)
     if engine is None:
         with _lock:
-            engine = _engines.get(url)
+            engine = _engines.get(key)
             if engine is None:
-                engine = _engines[url] = make_engine(url)
+                options = {} if key[1] is None else {"pool_pre_ping": key[1]}
+                engine = _engines[key] = make_engine(url, **options)
     return engine
 
 

@@ -49,6 +49,7 @@ from typing import Any
 import structlog
 from celery import Task
 from sqlalchemy import Connection, Engine, bindparam, select
+from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 
 from core.settings import get_settings
@@ -294,8 +295,31 @@ def _writing(engine: Engine) -> AbstractContextManager[Connection]:
     return engine.begin()
 
 
+def _insert(values: dict[str, Any]) -> int | None:
+    """The inbox row's id; None: the delivery is in already. The pool does not ping a
+    connection before each webhook (a round trip, about a tenth of the request's CPU):
+    one the server closed (a restart, a failover, a proxy's idle timeout) fails the insert,
+    SQLAlchemy drops the pool's connections of before, and the insert is tried once more
+    on a new one. If the first try had committed before its answer was lost, the second
+    finds the row and says duplicate: the webhook is answered 2xx and the sweeper publishes
+    it (``received``)."""
+    engine = get_engine(pre_ping=False)
+    try:
+        return _insert_once(engine, values)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        log.warning("webhook.database_reconnect", error=type(exc.orig).__name__)
+    return _insert_once(engine, values)
+
+
+def _insert_once(engine: Engine, values: dict[str, Any]) -> int | None:
+    with _writing(engine) as conn:
+        inbox_id: int | None = conn.execute(_insert_statement(engine.dialect.name), values).scalar()
+    return inbox_id
+
+
 def _store(
-    engine: Engine,
     channel: str,
     receiver: WebhookReceiver,
     account_name: str,
@@ -329,8 +353,7 @@ def _store(
         "attempts": 0,
         "received_at": utcnow(),
     }
-    with _writing(engine) as conn:
-        inbox_id = conn.execute(_insert_statement(engine.dialect.name), values).scalar()
+    inbox_id = _insert(values)
     if inbox_id is None:
         log.info("webhook.duplicate", channel=channel, account=account_name)
         return {"status": "duplicate"}
@@ -391,7 +414,7 @@ async def _receive(scope: Scope, receive: Receive, send: Send) -> None:
         body.close()
     try:
         answer = await run_in_threadpool(
-            _store, engine, channel, receiver, name, found, headers, raw, body.verified
+            _store, channel, receiver, name, found, headers, raw, body.verified
         )
     except _Refused as refused:
         if refused is _REFUSED:
