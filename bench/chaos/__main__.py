@@ -91,6 +91,7 @@ def run_scenario(
         # then without it (a scheduled poll sent meanwhile is not a leftover)
         if not run.wait(run.drained, 30, "the queues to drain"):
             run.notes += [f"held: {held}" for held in run.held()]
+            run.notes += [f"busy: {busy}" for busy in run.busy()]
         run.stop_beats()
         run.wait(run.drained, 15, "the queues to drain after Beat stopped")
         facts = run.facts()

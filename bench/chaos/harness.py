@@ -22,6 +22,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -225,6 +226,9 @@ class Run:
     unreadable_pushed: int = 0  # queue items that are not messages (poison)
     killed: set[str] = field(default_factory=set)  # processes the scenario killed on purpose
     postgres_server: PostgresServer | None = None  # the run's own, when the scenario has one
+    #: held while workers are killed and replaced: two faults at once must not both replace
+    #: the same victims (the run would end with twice the profile's workers, then more)
+    workers_lock: threading.RLock = field(default_factory=threading.RLock)
     _polled_at: float = 0.0
 
     # -- setup -------------------------------------------------------------------------------
@@ -599,6 +603,27 @@ class Run:
         finally:
             client.close()
 
+    def busy(self) -> list[str]:
+        """What each live worker runs and holds reserved now (``inspect``): who holds what the
+        queues wait for, when they do not drain."""
+        from celery import Celery
+
+        probe = Celery("chaos", broker=self.redis_server.url)
+        try:
+            inspect = probe.control.inspect(timeout=3.0)
+            active, reserved = inspect.active() or {}, inspect.reserved() or {}
+        except Exception as exc:  # a note, not a failure of its own
+            return [f"no answer from the workers ({type(exc).__name__})"]
+        finally:
+            probe.close()
+        out = []
+        for worker in sorted(set(active) | set(reserved)):
+            running = [f"{t.get('name')}{t.get('args')} pid={t.get('worker_pid')}"
+                       for t in active.get(worker) or []]  # fmt: skip
+            waiting = [f"{t.get('name')}{t.get('args')}" for t in reserved.get(worker) or []]
+            out.append(f"{worker}: running {running or 'nothing'}; reserved {waiting or 'none'}")
+        return out or ["no worker answered"]
+
     def stop_beats(self) -> None:
         """Beat stops before the facts are read: a scheduled poll is not a leftover."""
         for child in self.world.stack.group.children:
@@ -618,6 +643,12 @@ class Run:
     def start_worker(self) -> None:
         self.worker_seq += 1
         self.world.stack.group.start(f"worker-r{self.worker_seq}", ["worker", "--concurrency", "2"])
+
+    def replace_killed_workers(self) -> None:
+        """As many live workers as the profile's again: one started per worker gone."""
+        with self.workers_lock:
+            for _ in range(self.profile.workers - len(self.live_workers())):
+                self.start_worker()
 
     # -- facts -------------------------------------------------------------------------------
 

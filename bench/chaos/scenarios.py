@@ -93,15 +93,16 @@ class WorkerKill(Scenario):
     def during(self, run: Run, round: int) -> None:
         def kill() -> None:
             time.sleep(run.rng.uniform(0.2, 1.5))
-            workers = run.live_workers()
-            if not workers:
-                return
-            victim = run.rng.choice(workers)
-            os.killpg(victim.process.pid, signal.SIGKILL)
-            victim.process.wait()
-            run.faults["worker SIGKILL"] += 1
-            run.killed.add(victim.name)
-            run.start_worker()
+            with run.workers_lock:
+                workers = run.live_workers()
+                if not workers:
+                    return
+                victim = run.rng.choice(workers)
+                os.killpg(victim.process.pid, signal.SIGKILL)
+                victim.process.wait()
+                run.faults["worker SIGKILL"] += 1
+                run.killed.add(victim.name)
+                run.replace_killed_workers()
 
         self.background(kill)
 
@@ -137,14 +138,17 @@ class CrashPoints(Scenario):
                     return
                 time.sleep(0.02)
             point = "after a capture, before its answer" if at_capture else "mid label purchase"
-            workers = run.live_workers()
-            for victim in workers:
-                os.killpg(victim.process.pid, signal.SIGKILL)
-                run.killed.add(victim.name)
-            for victim in workers:
-                victim.process.wait()
-                run.start_worker()
-            run.faults[f"all workers SIGKILLed {point}"] += 1
+            # one crash at a time: two rounds' threads that reach their points together kill
+            # the workers once, and replace them once
+            with run.workers_lock:
+                workers = run.live_workers()
+                for victim in workers:
+                    os.killpg(victim.process.pid, signal.SIGKILL)
+                    run.killed.add(victim.name)
+                for victim in workers:
+                    victim.process.wait()
+                run.replace_killed_workers()
+                run.faults[f"all workers SIGKILLed {point}"] += 1
 
         captures = len(sandbox.payments.captures)
         self.background(crash)
@@ -454,7 +458,6 @@ class Poison(Scenario):
             client.close()
         run.unreadable_pushed += 1  # the other one is JSON: Celery's to drop
         run.faults["unreadable queue items"] += 2
-
 
     @staticmethod
     def _send(run: Run, what: str, headers: dict[str, str], body: bytes) -> None:
