@@ -66,3 +66,24 @@ def test_a_worker_connection_killed_by_the_server_fails_retryably_and_the_next_o
     finally:
         engine.dispose()
         admin.dispose()
+
+
+@pytest.mark.postgres
+def test_a_long_statement_sent_again_is_converted_by_psycopg_once(postgres_url: str) -> None:
+    """A page's multi-row INSERT (hundreds of parameters, longer than 4 KB) is sent again and
+    again with the same text: psycopg keeps its placeholder conversion (db.session)."""
+    from psycopg import _queries
+
+    engine = make_engine(postgres_url)
+    columns = ", ".join(f":p{i} AS c{i}" for i in range(300))  # 300 parameters, > 4 KB
+    statement = sa.text(f"SELECT {columns} /* {'x' * 2000} */")
+    try:
+        with engine.connect() as conn:
+            conn.execute(statement, {f"p{i}": i for i in range(300)})
+            parsed = _queries._query2pg.cache_info()
+            row = conn.execute(statement, {f"p{i}": i * 2 for i in range(300)}).one()
+            again = _queries._query2pg.cache_info()
+    finally:
+        engine.dispose()
+    assert row[299] == 598  # the second one's own values
+    assert again.hits == parsed.hits + 1 and again.misses == parsed.misses
