@@ -19,12 +19,21 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from sqlalchemy import bindparam, exists, func, insert, select
+from sqlalchemy import bindparam, exists, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from core.settings import get_settings
 from db.base import table, utcnow
-from db.models import Invoice, Label, Order, OrderEvent, OrderLine, Shipment, ShipmentLine
+from db.models import (
+    IdempotencyKey,
+    Invoice,
+    Label,
+    Order,
+    OrderEvent,
+    OrderLine,
+    Shipment,
+    ShipmentLine,
+)
 from db.session import Transaction, core
 from domain.canonical import Address
 from domain.errors import PermanentError, RetryableError
@@ -581,14 +590,29 @@ def replace_shipment(
     return made
 
 
-def void_labels(transaction: Transaction, order_id: int, carrier: Callable[[], Carrier]) -> Outcome:
+def void_labels(
+    transaction: Transaction,
+    order_id: int,
+    carrier: Callable[[], Carrier],
+    keys: idempotency.Claimant,
+) -> Outcome:
     """Labels that will not leave are voided at the carrier (the carrier refunds them): all
     unused ones of a cancelled order, else those of shipments set aside (``voided``: staff
     voided it, or the marketplace's admin shipped the order); each is recorded on its label
     and shipment and on the timeline. Safe to repeat: a voided label is skipped, and the
-    carrier approves a second void of the same label."""
+    carrier approves a second void of the same label.
+
+    A cancelled order's label purchase that was in flight when it was cancelled, and never
+    recorded (its attempt died, or found the order cancelled on its retry), is looked up at
+    the carrier by our reference and voided too, and its key retired (``_void_unrecorded``);
+    one whose attempt is still alive is waited for (``KeyLocked``: it records its label, which
+    the retry then voids)."""
     with transaction() as session:
         state = session.scalar(select(Order.state).where(Order.id == order_id))
+        in_flight = _unfinished_label_keys(session, order_id) if state == S.CANCELLED else []
+        for row in in_flight:
+            keys.check_not_live(row)
+        in_flight_keys = [row.key for row in in_flight]
         # a cancelled order ships nothing: every unused label goes; otherwise only the labels
         # of shipments set aside (staff voided them, or the marketplace shipped elsewhere)
         unused = ["pending", "labelled", "voided"] if state == S.CANCELLED else ["voided"]
@@ -625,7 +649,51 @@ def void_labels(transaction: Transaction, order_id: int, carrier: Callable[[], C
             record_event(session, order_id, actor="task:void_label", kind="label_voided",
                          tracking_number=tracking)  # fmt: skip
         voided.append(tracking)
+    for key in in_flight_keys:
+        unrecorded = _void_unrecorded(transaction, order_id, key, carrier)
+        if unrecorded is not None:
+            voided.append(unrecorded)
     return Outcome(f"voided {len(voided)}")
+
+
+def _unfinished_label_keys(session: Session, order_id: int) -> list[IdempotencyKey]:
+    """The order's label keys whose purchase started and never finished (``label:{order}``,
+    ``label:{order}:s{shipment}``, and their next keys ``…:2`` after a retired one)."""
+    base = f"label:{order_id}"
+    return list(
+        session.scalars(
+            select(IdempotencyKey)
+            .where(
+                or_(IdempotencyKey.key == base, IdempotencyKey.key.like(f"{base}:%")),
+                IdempotencyKey.recovery_point.not_in([idempotency.FINISHED, idempotency.REJECTED]),
+            )
+            .order_by(IdempotencyKey.id)
+            .with_for_update()
+        )
+    )
+
+
+def _void_unrecorded(
+    transaction: Transaction, order_id: int, key: str, carrier: Callable[[], Carrier]
+) -> str | None:
+    """A purchase under ``key`` that may have been applied at the carrier and was never
+    recorded: the label it bought (found by our reference) is voided and the key retired.
+    The tracking number voided; None: the carrier sold nothing under that reference."""
+    shipment = key.removeprefix(f"label:{order_id}").lstrip(":").split(":", 1)[0]
+    ref = f"order-{order_id}" + (f"-{shipment}" if shipment.startswith("s") else "")
+    client = carrier()
+    found = client.get_label_by_ref(ref)
+    if found is not None and not client.void_label(found.label_id):
+        raise PermanentError(f"the carrier refused to void label {found.tracking_number}")
+    with transaction() as session:
+        idempotency.fail(session, key, "retired: the order was cancelled before its label "
+                         "was recorded", rejected=True)  # fmt: skip
+        if found is None:
+            return None
+        record_event(session, order_id, actor="task:void_label", kind="label_voided",
+                     tracking_number=found.tracking_number,
+                     reason="bought as the order was cancelled, never recorded")  # fmt: skip
+    return found.tracking_number
 
 
 # --- what the marketplace did in its own admin -----------------------------------------------

@@ -33,6 +33,7 @@ from orders.tracking import DELIVERY_STEP
 from orders.transitions import IllegalTransition, load_for_update, transition
 
 __all__ = [
+    "KEY_CLEANUP",
     "KEY_STEPS",
     "RESUME_STATE",
     "UnfinishedCall",
@@ -136,6 +137,14 @@ KEY_STEPS: dict[str, tuple[str, frozenset[OrderState]]] = {
 }
 
 
+#: a key whose order moved on (cancelled) while its call was in flight: the step that finds
+#: what the call may have done outside and undoes it (a label bought as the order was
+#: cancelled is voided, ``orders.fulfilment.void_labels``)
+KEY_CLEANUP: dict[str, tuple[str, frozenset[OrderState]]] = {
+    "label": ("void_labels", frozenset({S.CANCELLED})),
+}
+
+
 @dataclass(frozen=True)
 class UnfinishedCall:
     step: str
@@ -175,8 +184,12 @@ def unfinished_calls(
     found = []
     now = utcnow()
     for row, prefix, order_id in parsed:
-        step, active = KEY_STEPS[prefix]
         row.last_run_at = now
-        if order_id in states and OrderState(states[order_id]) in active:
-            found.append(UnfinishedCall(step, order_id, row.key))
+        if order_id not in states:
+            continue
+        state = OrderState(states[order_id])
+        for step, active in (KEY_STEPS[prefix], KEY_CLEANUP.get(prefix, ("", frozenset()))):
+            if state in active:
+                found.append(UnfinishedCall(step, order_id, row.key))
+                break
     return found

@@ -301,7 +301,9 @@ def deliver(self: DeliverTask, message_id: int) -> str:
 @_task("void_labels", "outbound")
 def void_labels(self: StepTask, order_id: int) -> str:
     with self.lock(order_id):
-        return self.report(fulfilment.void_labels(self.transaction, order_id, carrier_client))
+        return self.report(
+            fulfilment.void_labels(self.transaction, order_id, carrier_client, self.keys())
+        )
 
 
 @app.task(base=OrdersyncTask, bind=True, name="ordersync.outbound.track_shipment",

@@ -382,7 +382,7 @@ def _unfinished_calls(session: Any, limit: int, at: dt.datetime, *, now: bool = 
     idempotency lock timeout, or ``now``): their step runs again and resumes the key. A call
     whose order has parked work (a 429 that said "in two hours") waits for it."""
     from orders.recovery import unfinished_calls
-    from workflows.pipeline import pipeline, refund_payment
+    from workflows.pipeline import pipeline, refund_payment, void_labels
 
     idle = dt.timedelta(seconds=0 if now else get_settings().idempotency_lock_timeout_s)
     found = unfinished_calls(session, idle_for=idle, limit=limit)
@@ -392,9 +392,10 @@ def _unfinished_calls(session: Any, limit: int, at: dt.datetime, *, now: bool = 
         )
     )
     found = [call for call in found if call.order_id not in parked]
+    steps = {"refund_payment": refund_payment, "void_labels": void_labels}
     for call in found:
-        step = refund_payment.si(call.order_id) if call.step == "refund_payment" else None
-        publish_after_commit(session, step or pipeline(call.order_id))
+        step = steps.get(call.step)
+        publish_after_commit(session, step.si(call.order_id) if step else pipeline(call.order_id))
     return [call.key for call in found]
 
 

@@ -63,7 +63,7 @@ def _lines(shop: Shop, shipment_id: int) -> dict[str, int]:
 def _settle(shop: Shop, order_id: int, carrier: FakeCarrier) -> None:
     """The follow-ups run, each twice (a redelivered task)."""
     for attempt in ("task-2", "task-3"):
-        void_labels(shop.transaction, order_id, lambda: carrier)
+        void_labels(shop.transaction, order_id, lambda: carrier, shop.keys())
         buy_label(shop.transaction, order_id, lambda: carrier, shop.keys(attempt))
 
 
@@ -133,7 +133,7 @@ def test_an_edit_that_moves_no_parcel_voids_nothing(shop: Shop) -> None:
     assert _after_commit(shop, result) == []
     (shipment,) = shop.rows(Shipment, order_id=order_id)
     assert shipment.status == "labelled"
-    void_labels(shop.transaction, order_id, lambda: carrier)
+    void_labels(shop.transaction, order_id, lambda: carrier, shop.keys())
     assert carrier.voided == [] and len(carrier.bought) == 1
     assert shop.events(order_id, "relabelled") == []
     assert shop.events(order_id, "edited")  # the edit itself is on the timeline
@@ -251,3 +251,61 @@ def test_a_label_attempt_still_in_flight_is_waited_for_not_superseded(shop: Shop
     with pytest.raises(idempotency.KeyLocked):
         buy_label(shop.transaction, order_id, lambda: carrier, shop.keys("task-2"))
     assert carrier.bought == [] and carrier.voided == []
+
+
+def test_a_label_bought_as_its_order_was_cancelled_and_never_recorded_is_voided_once(
+    shop: Shop,
+) -> None:
+    # given: a label sold by the carrier to an attempt that died before recording it, and
+    # the order cancelled on the marketplace meanwhile (the label step skips it now)
+    carrier = FakeCarrier()
+    order_id, _ = _label_attempt_died(shop, carrier, bought=True)
+    shop.move(order_id, S.CANCELLED)
+    assert buy_label(shop.transaction, order_id, lambda: carrier,
+                     shop.keys("task-2")).result == "skip: cancelled"  # fmt: skip
+
+    # when the voids run (twice: a redelivery, or the sweeper's for the unfinished key)
+    first = void_labels(shop.transaction, order_id, lambda: carrier, shop.keys("task-3"))
+    second = void_labels(shop.transaction, order_id, lambda: carrier, shop.keys("task-4"))
+
+    # then the label is voided at the carrier once, its key retired, staff see it
+    assert (first.result, second.result) == ("voided 1", "voided 0")
+    assert carrier.voided == ["se-1"] and len(carrier.bought) == 1
+    (key,) = shop.rows(IdempotencyKey, key=f"label:{order_id}")
+    assert key.recovery_point == "rejected"
+    (voided,) = shop.events(order_id, "label_voided")
+    assert voided.detail == {"tracking_number": "1Z00000001",
+                             "reason": "bought as the order was cancelled, never recorded"}
+
+
+def test_a_label_request_that_never_reached_the_carrier_of_a_cancelled_order_only_retires_its_key(
+    shop: Shop,
+) -> None:
+    carrier = FakeCarrier()
+    order_id, _ = _label_attempt_died(shop, carrier, bought=False)
+    shop.move(order_id, S.CANCELLED)
+
+    assert void_labels(shop.transaction, order_id, lambda: carrier, shop.keys()).result == (
+        "voided 0")  # fmt: skip
+    assert carrier.voided == [] and carrier.bought == []
+    (key,) = shop.rows(IdempotencyKey, key=f"label:{order_id}")
+    assert key.recovery_point == "rejected" and shop.events(order_id, "label_voided") == []
+
+
+def test_a_cancelled_orders_label_purchase_still_in_flight_is_waited_for(shop: Shop) -> None:
+    import pytest
+
+    from orders import idempotency
+
+    carrier = FakeCarrier()
+    order_id, _ = _label_attempt_died(shop, carrier, bought=True)
+    with shop.transaction() as session:  # the attempt is alive: it will record its label
+        idempotency.claim(session, f"label:{order_id}", {"ship_to": HOME.model_dump(),
+                          "grams": 400}, owner="task-dead", point="label_requested")  # fmt: skip
+    shop.move(order_id, S.CANCELLED)
+
+    with pytest.raises(idempotency.KeyLocked):
+        void_labels(shop.transaction, order_id, lambda: carrier, shop.keys("task-2"))
+    assert carrier.voided == []
+    (key,) = shop.rows(IdempotencyKey, key=f"label:{order_id}")
+    assert key.recovery_point == "label_requested"

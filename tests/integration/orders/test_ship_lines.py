@@ -98,7 +98,9 @@ def test_chosen_units_split_off_get_their_own_label_ship_alone_and_the_rest_ship
     assert (_lines(shop, taken_id), _lines(shop, rest_id)) == ({"0": 1}, {"0": 1, "2": 3})
     assert shipments[taken_id].location == shipments[rest_id].location == LOC1
     assert (shipments[taken_id].ship_request, shipments[taken_id].ship_requested_by) == (
-        shipments[whole_id].ship_request, "ann")
+        shipments[whole_id].ship_request,
+        "ann",
+    )
     assert shipments[rest_id].ship_request is None
     assert later.scheduled == {"void": [order_id], "label": [order_id]}
     assert ships.calls == [(order_id, [taken_id, whole_id])]
@@ -113,7 +115,9 @@ def test_chosen_units_split_off_get_their_own_label_ship_alone_and_the_rest_ship
     assert now == Outcome("partially shipped") and shop.get(order_id).state == S.PARTIALLY_SHIPPED
 
     # the old label is voided; each part gets its own label, and only the taken one ships
-    assert void_labels(shop.transaction, order_id, lambda: carrier) == Outcome("voided 1")
+    assert void_labels(shop.transaction, order_id, lambda: carrier, shop.keys()) == Outcome(
+        "voided 1"
+    )
     labels_ship = _Ships()
     buy_label(shop.transaction, order_id, lambda: carrier, shop.keys("task-2"),
               ship_requested=labels_ship)  # fmt: skip

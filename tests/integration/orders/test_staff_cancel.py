@@ -119,8 +119,8 @@ def test_void_labels_voids_the_unused_label_once_and_records_it(
     order_id = _labelled_order(shop)
     _cancel(shop, later, order_id)
 
-    first = void_labels(shop.transaction, order_id, lambda: carrier)
-    second = void_labels(shop.transaction, order_id, never_built)
+    first = void_labels(shop.transaction, order_id, lambda: carrier, shop.keys())
+    second = void_labels(shop.transaction, order_id, never_built, shop.keys())
 
     assert (first, second) == (Outcome("voided 1"), Outcome("voided 0"))
     assert carrier.voided == ["se-77"]
@@ -171,7 +171,7 @@ def test_the_rebought_shipment_gets_its_own_label_and_key_and_the_old_one_is_voi
                             void_it=later("void"), label_it=later("label"))  # fmt: skip
 
     bought = buy_label(shop.transaction, order_id, lambda: carrier, shop.keys())
-    voided = void_labels(shop.transaction, order_id, lambda: carrier)
+    voided = void_labels(shop.transaction, order_id, lambda: carrier, shop.keys())
 
     assert bought == Outcome("1Z00000001") and voided == Outcome("voided 1")
     assert [b["key"] for b in carrier.bought] == [f"label:{order_id}:s{new_id}"]

@@ -40,6 +40,9 @@ def test_keys_no_live_attempt_holds_are_run_again_once_per_idle_period(shop: Sho
     _key(shop, f"capture:{capture}", "capture_sent", held_for=LONG_AGO)
     _key(shop, f"label:{label}:2", "label_requested", held_for=LONG_AGO)
     _key(shop, f"refund:{refund}", "refund_sent", held_for=None)
+    # and a label bought as its order was cancelled: no label step runs for it any more
+    cancelled = shop.order(S.CANCELLED)
+    _key(shop, f"label:{cancelled}", "label_requested", held_for=LONG_AGO)
 
     # when the sweeper looks
     first = _found(shop)
@@ -49,6 +52,7 @@ def test_keys_no_live_attempt_holds_are_run_again_once_per_idle_period(shop: Sho
         ("capture_payment", capture, f"capture:{capture}"),
         ("buy_label", label, f"label:{label}:2"),
         ("refund_payment", refund, f"refund:{refund}"),
+        ("void_labels", cancelled, f"label:{cancelled}"),
     ])  # fmt: skip
     assert _found(shop) == []
 
