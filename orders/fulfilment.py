@@ -611,7 +611,9 @@ def void_labels(
         state = session.scalar(select(Order.state).where(Order.id == order_id))
         in_flight = _unfinished_label_keys(session, order_id) if state == S.CANCELLED else []
         for row in in_flight:
-            keys.check_not_live(row)
+            # a live attempt records its label, which the retry then voids; one that died
+            # after the purchase holds the key until its lock times out: retry after that
+            keys.check_not_live(row, until_released=True)
         in_flight_keys = [row.key for row in in_flight]
         # a cancelled order ships nothing: every unused label goes; otherwise only the labels
         # of shipments set aside (staff voided them, or the marketplace shipped elsewhere)

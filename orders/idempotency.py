@@ -197,13 +197,22 @@ def begin(
 
 
 def _check_not_live(
-    row: IdempotencyKey, owner: str, lock_timeout: dt.timedelta, now: dt.datetime
+    row: IdempotencyKey,
+    owner: str,
+    lock_timeout: dt.timedelta,
+    now: dt.datetime,
+    *,
+    until_released: bool = False,
 ) -> None:
     """``KeyLocked`` when another owner holds ``row`` and its lock has not timed out (its
-    call may still be in flight)."""
+    call may still be in flight): retry in 5 s, or (``until_released``) once the lock has
+    timed out, when the holder is known to be dead if it has not released the key."""
     live = row.locked_at is not None and now - row.locked_at < lock_timeout
     if live and row.locked_by not in (None, owner):
-        raise KeyLocked(f"{row.key} is in progress elsewhere", retry_after=5.0)
+        assert row.locked_at is not None
+        left = (row.locked_at + lock_timeout - now).total_seconds() + 1.0
+        raise KeyLocked(f"{row.key} is in progress elsewhere",
+                        retry_after=max(5.0, left) if until_released else 5.0)  # fmt: skip
 
 
 def claim(
@@ -276,10 +285,12 @@ class Claimant:
         )
         return attempt.key
 
-    def check_not_live(self, row: IdempotencyKey) -> None:
+    def check_not_live(self, row: IdempotencyKey, *, until_released: bool = False) -> None:
         """``KeyLocked`` when another attempt holds ``row`` and its lock has not timed out
-        (its call may still be in flight), as ``begin`` judges it."""
-        _check_not_live(row, self.owner, self.lock_timeout, utcnow())
+        (its call may still be in flight), as ``begin`` judges it; ``until_released``: its
+        retry waits until the lock has timed out, rather than 5 s."""
+        _check_not_live(row, self.owner, self.lock_timeout, utcnow(),
+                        until_released=until_released)  # fmt: skip
 
     @contextmanager
     def outside_call(self, key: str) -> Iterator[None]:

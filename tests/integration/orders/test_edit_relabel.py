@@ -304,8 +304,10 @@ def test_a_cancelled_orders_label_purchase_still_in_flight_is_waited_for(shop: S
                           "grams": 400}, owner="task-dead", point="label_requested")  # fmt: skip
     shop.move(order_id, S.CANCELLED)
 
-    with pytest.raises(idempotency.KeyLocked):
+    with pytest.raises(idempotency.KeyLocked) as waited:
         void_labels(shop.transaction, order_id, lambda: carrier, shop.keys("task-2"))
+    # retried once the attempt's lock (90 s) has run out, not every 5 s until it gives up
+    assert 80 < (waited.value.retry_after or 0) <= 91
     assert carrier.voided == []
     (key,) = shop.rows(IdempotencyKey, key=f"label:{order_id}")
     assert key.recovery_point == "label_requested"
