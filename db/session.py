@@ -84,11 +84,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 #: psycopg converts a statement's ``%(name)s`` placeholders to ``$n`` with a regex pass over
 #: the text, and keeps the result (an LRU of 128 statements) only for a statement of at most
-#: 4,096 bytes and 50 parameters. A page's multi-row INSERTs (``orders.intake.apply_page``: ten
-#: orders of 30 columns per statement, the same text each time) are longer: each was parsed
-#: anew, 3 ms a statement, 0.3 ms per order, about half of a backfill's CPU in the worker
-#: (cProfile). With these limits they are parsed once per process; the LRU holds at most 128
-#: statements of at most 64 KB.
+#: 4,096 bytes and 50 parameters. A page's multi-row INSERTs (``orders.intake.apply_page``: 50
+#: orders of 30 columns per statement, 44 KB, the same text each time) are longer: each was
+#: parsed anew, about 3 ms a statement (an in-process cProfile of ``apply_page``: 724 -> 311-392
+#: µs per order with the cache). With these limits they are parsed once per process; the LRU
+#: holds at most 128 statements of at most 64 KB.
 PSYCOPG_CACHED_STATEMENT_BYTES = 64 * 1024
 PSYCOPG_CACHED_STATEMENT_PARAMS = 4096
 
