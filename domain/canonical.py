@@ -57,8 +57,23 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 def _without_lone_surrogates(value: Any) -> Any:
     """``value`` with each lone surrogate in its strings (dict keys too) replaced by U+FFFD; a
-    high-low pair that stands for one character is joined into it."""
-    if isinstance(value, (dict, list, tuple)) and _utf8_clean(value):
+    high-low pair that stands for one character is joined into it.
+
+    It runs for every field of every canonical model (some fifty an order), so the common
+    cases return first: a number, a time or a model (cleaned when it was made), an ASCII
+    string, a list of models (an order's lines)."""
+    kind = type(value)
+    if kind is str:
+        return value if value.isascii() else _walk(value)
+    if kind is list or kind is tuple:
+        if all(isinstance(item, _Canonical) for item in value):
+            return value
+    elif kind is not dict:
+        if isinstance(value, str):
+            return _walk(value)
+        if not isinstance(value, (dict, list, tuple)):
+            return value
+    if _utf8_clean(value):
         return value  # the common case, checked in C: no walk through a payload of 3 KB
     return _walk(value)
 

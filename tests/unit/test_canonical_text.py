@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections import OrderedDict
 from decimal import Decimal
 from typing import Any
 
@@ -69,6 +70,16 @@ def test_order_line_and_raw_strings_are_cleaned_keys_too_and_other_values_kept()
     assert [line.title for line in order.lines] == ["Mug \ufffd", ""]
     assert order.lines[1].sku == "S\ufffd"
     assert order.raw == {"k\ufffd": ["a\ufffd", {"b": "\ufffd"}, 3, None, True], "n": 1.5}
+
+
+def test_subclasses_of_dict_and_str_are_cleaned_as_their_bases_are() -> None:
+    class Text(str):
+        pass
+
+    order = _order(buyer_name=Text(f"Bob{HALF}"), raw=OrderedDict(k=[f"a{LOW}"]))
+
+    assert order.buyer_name == "Bob\ufffd"
+    assert order.raw == {"k": ["a\ufffd"]}
 
 
 def test_a_surrogate_pair_is_joined_into_its_character_and_other_text_is_untouched() -> None:
