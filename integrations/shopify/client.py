@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import structlog
 
+from domain.canonical import may_hold_surrogates
 from domain.errors import (
     AuthError,
     Conflict,
@@ -335,10 +336,11 @@ class ShopifyClient(ApiClient):
             raise NotFound("BulkOperation: no such bulk operation", code="NOT_FOUND")
         return node
 
-    def bulk_lines(self, url: str, skip: int = 0) -> Iterator[dict[str, Any]]:
+    def bulk_lines(self, url: str, skip: int = 0) -> Iterator[tuple[dict[str, Any], bool]]:
         """The result file's objects, one per line, read as a stream (never held whole), after
-        the first ``skip`` objects (blank lines are not counted). The URL is signed storage,
-        not the Admin API: no token goes with it."""
+        the first ``skip`` objects (blank lines are not counted), each with whether its text
+        may hold a lone surrogate (``domain.canonical.may_hold_surrogates``). The URL is signed
+        storage, not the Admin API: no token goes with it."""
         try:
             with self.http.stream("GET", url) as response:
                 if response.status_code != 200:
@@ -355,7 +357,7 @@ class ShopifyClient(ApiClient):
                     item = json.loads(line)
                     if not isinstance(item, dict):
                         raise PayloadError(f"bulk result object {number} is not an object")
-                    yield item
+                    yield item, may_hold_surrogates(line)
         except httpx.TransportError as exc:
             raise TransportError(f"bulk result: {type(exc).__name__}") from None
         except json.JSONDecodeError:

@@ -31,7 +31,7 @@ from typing import Any
 
 import structlog
 
-from domain.canonical import CanonicalOrder, to_decimal
+from domain.canonical import CanonicalOrder, from_checked_text, to_decimal
 from domain.errors import (
     AuthError,
     AuthorizationUnusable,
@@ -257,28 +257,37 @@ class ShopifyConnector(PagedOrders):
         orders: list[CanonicalOrder] = []
         current: dict[str, Any] | None = None
         lines: list[dict[str, Any]] = []
+        escaped = False  # a line of the current order may hold a surrogate
         read = at
-        for item in self.client.bulk_lines(str(url), skip=at):
+        for item, may_hold in self.client.bulk_lines(str(url), skip=at):
             parent = item.pop("__parentId", None)
             if parent is None:  # the next order: the one before is whole
                 if current is not None:
-                    orders.append(self._bulk_order(current, lines))
+                    orders.append(self._bulk_order(current, lines, escaped))
                     if len(orders) >= BULK_PAGE_SIZE:
                         yield OrderPage(orders, _bulk_token(gid, read))
                         orders = []
-                current, lines = item, []
+                current, lines, escaped = item, [], may_hold
             elif current is None or parent != current.get("id"):
                 raise PayloadError("bulk result: a line item away from its order (not grouped)")
             else:
                 lines.append(item)
+                escaped = escaped or may_hold
             read += 1
         if current is not None:
-            orders.append(self._bulk_order(current, lines))
+            orders.append(self._bulk_order(current, lines, escaped))
         yield OrderPage(orders, None)
 
-    def _bulk_order(self, node: dict[str, Any], lines: list[dict[str, Any]]) -> CanonicalOrder:
+    def _bulk_order(
+        self, node: dict[str, Any], lines: list[dict[str, Any]], escaped: bool
+    ) -> CanonicalOrder:
+        """One order of the export, mapped; its text checked for surrogates field by field
+        only where its lines' JSON had an escape that can make one."""
         node["lineItems"] = {"nodes": lines, "pageInfo": {"hasNextPage": False}}
-        return map_graphql_order(node, self.account.name)
+        if escaped:
+            return map_graphql_order(node, self.account.name)
+        with from_checked_text():
+            return map_graphql_order(node, self.account.name)
 
     def get_order(self, external_id: str) -> CanonicalOrder:
         return map_graphql_order(self.client.order(order_gid(external_id)), self.account.name)

@@ -209,6 +209,35 @@ def test_a_bulk_export_streams_every_order_with_its_lines_in_pages_and_resumes(
     shopify.close()
 
 
+def test_a_bulk_export_cleans_half_pairs_wherever_its_json_escapes_them(
+    sim: ShopifySimulator, base_url: str
+) -> None:
+    # given: the simulator writes JSON with ASCII escapes, so a lone half is "\\ud800" in the
+    # file: in an order's own line, only in one of its line items' lines, and a whole pair
+    address, line_only, pair, plain = sim.add_orders(4)
+    sim.orders[address]["shipping_address"]["name"] = "Ann \ud800"
+    sim.orders[line_only]["line_items"][-1]["title"] = "Mug \udc00"
+    sim.orders[pair]["shipping_address"]["name"] = "Bo \U0001f600"
+    shopify = ShopifyConnector(account(base_url), ConnectorSeams(sleep=lambda s: None),
+                               cost_bucket=CostBucket())  # fmt: skip
+
+    # when
+    orders = {o.external_id: o for p in shopify.fetch_history(SINCE, None) for o in p.orders}
+
+    # then: each half became U+FFFD, in the canonical fields and in raw; the rest is as sent
+    def name(order_id: str) -> str | None:
+        ship_to = orders[order_id].shipping_address
+        return ship_to.name if ship_to else None
+
+    assert name(address) == "Ann \ufffd"
+    assert orders[address].raw["shippingAddress"]["name"] == "Ann \ufffd"
+    assert orders[line_only].lines[-1].title.startswith("Mug \ufffd")
+    assert orders[line_only].raw["lineItems"]["nodes"][-1]["title"] == "Mug \ufffd"
+    assert name(pair) == "Bo \U0001f600"
+    assert name(plain) == sim.orders[plain]["shipping_address"]["name"]
+    shopify.close()
+
+
 def test_a_bulk_export_of_an_empty_window_and_a_second_export_while_one_runs(
     sim: ShopifySimulator, base_url: str
 ) -> None:

@@ -13,7 +13,14 @@ import httpx
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain.canonical import Address, CanonicalLine, CanonicalOrder
+from domain.canonical import (
+    _SURROGATE,
+    Address,
+    CanonicalLine,
+    CanonicalOrder,
+    from_checked_text,
+    may_hold_surrogates,
+)
 from integrations.carriers.payloads import Parcel, label_request
 from integrations.shopify.mapper import map_order
 from tests.unit.integrations.shopify.fixtures import order as shopify_order
@@ -126,3 +133,32 @@ def test_a_shopify_webhook_with_an_escaped_half_pair_maps_to_a_label_request_tha
         "Chestnut Street 92 \ufffd"
     )
     assert order.raw["shipping_address"]["address1"] == "Chestnut Street 92 \ufffd"
+
+
+@given(st.text(st.characters(exclude_categories=())))
+def test_json_text_said_free_of_surrogates_parses_to_strings_utf8_can_encode(text: str) -> None:
+    # JSON as a marketplace sends it: every character escaped, or sent as UTF-8 and decoded as
+    # an HTTP client does (what UTF-8 cannot carry arrives replaced)
+    escaped = json.dumps(text)
+    received = json.dumps(text, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    for body in (escaped, received.decode("utf-8", "replace")):
+        if not may_hold_surrogates(body):
+            json.loads(body).encode("utf-8")  # raises on a surrogate
+    if _SURROGATE.search(text):
+        assert may_hold_surrogates(escaped)
+
+
+def test_escapes_that_can_make_a_surrogate_are_found_in_either_case() -> None:
+    assert may_hold_surrogates('{"a": "x\\ud800"}')
+    assert may_hold_surrogates('{"a": "\\uDC00"}')
+    assert may_hold_surrogates('{"a": "\\ud83d\\ude00"}')  # a pair: checked, then joined
+    assert not may_hold_surrogates('{"a": "Jo\\u00e3o \u6771"}')
+
+
+def test_models_made_from_checked_text_skip_the_check_and_others_do_not() -> None:
+    with from_checked_text():
+        trusted = Address(name="plain")
+    checked = Address(name=f"x{HALF}")
+
+    assert trusted.name == "plain"
+    assert checked.name == "x\ufffd"  # the context ended: the check is back
