@@ -61,9 +61,15 @@ def _sqlite_directory(database: Path) -> None:
         raise ConfigError(f"ORDERSYNC_DATABASE_URL: the directory {folder} does not exist")
 
 
+@functools.lru_cache(maxsize=64)
+def _is_sqlite(url: str) -> bool:
+    """The URL's backend is SQLite (asked for every engine lookup: parsed once per URL)."""
+    return make_url(url).get_backend_name() == "sqlite"
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
+    if _is_sqlite(url):
         if parsed.database and parsed.database != ":memory:":
             _sqlite_directory(Path(parsed.database))
         connect_args: dict[str, Any] = {
@@ -253,7 +259,7 @@ def get_engine(url: str | None = None, *, pre_ping: bool | None = None) -> Engin
     connection itself saves the round trip (``web.webhooks``); it gets a pool of its own.
     SQLite is never pinged: one engine per file."""
     url = url or get_settings().database_url
-    key = (url, None if url.startswith("sqlite") else pre_ping)
+    key = (url, None if _is_sqlite(url) else pre_ping)
     engine = _engines.get(key)
     if engine is None:
         with _lock:
