@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from sqlalchemy import bindparam, exists, func, insert, or_, select
 from sqlalchemy.orm import Session
@@ -62,6 +62,7 @@ __all__ = [
 ]
 
 S = OrderState
+T = TypeVar("T")
 #: timeline kind of buy_label for an order the marketplace ships itself
 LABEL_NOT_NEEDED = "label_not_needed"
 
@@ -362,15 +363,82 @@ def _claim(
     parcel = parcel_for(units)
     params = {"ship_to": ship_to.model_dump(), "grams": parcel.weight_grams}
     first = core(session).execute(_FIRST_SHIPMENT, {"b_order": order_id}).scalar()
-    suffix = "" if first == shipment_id else f":s{shipment_id}"
-    ref = f"order-{order_id}" + ("" if not suffix else f"-s{shipment_id}")
-    base = f"label:{order_id}{suffix}"
+    base, ref = _label_names(order_id, None if first == shipment_id else shipment_id)
     stale = idempotency.unfinished(session, base)
     if stale is not None and stale.request_hash != idempotency.request_hash(params):
         keys.check_not_live(stale)  # an attempt still in flight: wait for it
         return _Claim(shipment_id, stale.key, ref, parcel, superseded=True)
     key = keys.claim(session, base, params, point="label_requested")
     return _Claim(shipment_id, key, ref, parcel)
+
+
+def _label_names(order_id: int, shipment_id: int | None) -> tuple[str, str]:
+    """A shipment's label: the base of its idempotency key and the reference its purchase
+    goes out under at the carrier (where a lost answer is found again). The order's first
+    shipment (``None``) has ``label:{order}`` and ``order-{order}``, any other
+    ``label:{order}:s{shipment}`` and ``order-{order}-s{shipment}``. A retired key's
+    successor (``…:2``) buys under the same reference."""
+    if shipment_id is None:
+        return f"label:{order_id}", f"order-{order_id}"
+    return f"label:{order_id}:s{shipment_id}", f"order-{order_id}-s{shipment_id}"
+
+
+def _ref_of_key(order_id: int, key: str) -> str:
+    """The carrier reference of a label key (``_label_names``, read back)."""
+    part = key.removeprefix(f"label:{order_id}").lstrip(":").split(":", 1)[0]
+    return _label_names(order_id, int(part[1:]) if part.startswith("s") else None)[1]
+
+
+class _RecordedMeanwhile(RetryableError):
+    """A label attempt taken for dead recorded its label while it was being voided."""
+
+
+@dataclass(frozen=True)
+class _Unrecorded:
+    """Why a label purchase is retired unrecorded: the key's error, the timeline's reason."""
+
+    retired: str
+    voided: str
+
+
+_SUPERSEDED = _Unrecorded(
+    "superseded: the shipment changed before its label was recorded",
+    "bought before an edit changed the shipment, never recorded",
+)
+_CANCELLED = _Unrecorded(
+    "retired: the order was cancelled before its label was recorded",
+    "bought as the order was cancelled, never recorded",
+)
+
+
+def _void_unrecorded(
+    transaction: Transaction, order_id: int, key: str, carrier: Callable[[], Carrier],
+    why: _Unrecorded, actor: str, then: Callable[[Session], T],
+) -> tuple[str | None, T]:  # fmt: skip
+    """A purchase under ``key`` that may have been applied at the carrier and was never
+    recorded: the label it bought (found by our reference) is voided and the key retired,
+    and ``then`` runs in the same transaction. The tracking number voided (None: the carrier
+    sold nothing under that reference) and what ``then`` returned. Safe to repeat: a voided
+    label is not found again."""
+    client = carrier()
+    found = client.get_label_by_ref(_ref_of_key(order_id, key))
+    if found is not None and not client.void_label(found.label_id):
+        raise PermanentError(f"the carrier refused to void label {found.tracking_number}")
+    with transaction() as session:
+        idempotency.locked_point(session, key)  # a recording in flight ends first
+        recorded = session.scalar(select(Label).where(Label.idempotency_key == key))
+        if recorded is None:
+            idempotency.fail(session, key, why.retired, rejected=True)
+            if found is not None:
+                record_event(session, order_id, actor=actor, kind="label_voided",
+                             tracking_number=found.tracking_number, reason=why.voided)  # fmt: skip
+            return (found.tracking_number if found else None), then(session)
+        # its attempt was alive after all and recorded the label meanwhile: if that is what
+        # was just voided, it is recorded so; the step runs again with that known
+        if found is not None and recorded.external_id == found.label_id:
+            _mark_voided(session, order_id, recorded, reason=why.voided)
+    raise _RecordedMeanwhile(f"order {order_id}: the label under {key} was recorded while "
+                             "it was being voided; looking again")
 
 
 def _supersede(
@@ -380,22 +448,12 @@ def _supersede(
     """The shipment changed after a label attempt for it died in flight (``_Claim``): a label
     that attempt bought is found by our reference and voided at the carrier (it is for the old
     parcel and was never recorded), its key retired, and the shipment's key claimed again
-    (``label:…:2``) for the parcel as it is now. Safe to repeat: a voided label is not found
-    again."""
-    client = carrier()
-    found = client.get_label_by_ref(claimed.ref)
-    if found is not None and not client.void_label(found.label_id):
-        raise PermanentError(f"the carrier refused to void label {found.tracking_number}")
-    with transaction() as session:
-        idempotency.fail(session, claimed.key, "superseded: the shipment changed before its "
-                         "label was recorded", rejected=True)  # fmt: skip
-        if found is not None:
-            record_event(
-                session, order_id, actor=actor, kind="label_voided",
-                tracking_number=found.tracking_number,
-                reason="bought before an edit changed the shipment, never recorded",
-            )  # fmt: skip
-        return _claim(session, order_id, claimed.shipment_id, units, ship_to, keys)
+    (``label:…:2``) for the parcel as it is now."""
+    _, claimed_again = _void_unrecorded(
+        transaction, order_id, claimed.key, carrier, _SUPERSEDED, actor,
+        lambda session: _claim(session, order_id, claimed.shipment_id, units, ship_to, keys),
+    )  # fmt: skip
+    return claimed_again
 
 
 def _claim_first(
@@ -415,7 +473,7 @@ def _buy_and_record(
     ship_requested: ShipThese | None = None,
 ) -> str | None:  # fmt: skip
     """Buy and record the label of one shipment; its tracking number (None: recorded by
-    another attempt meanwhile)."""
+    another attempt meanwhile, or not recorded because its key was retired meanwhile)."""
     shipment_id, key = claimed.shipment_id, claimed.key
     with keys.outside_call(key):
         label = carrier().buy_label(
@@ -423,25 +481,62 @@ def _buy_and_record(
             parcel=claimed.parcel, idempotency_key=key,
         )  # fmt: skip
     with transaction() as session:
-        db, now = core(session), utcnow()
-        if db.execute(_HAS_LABEL, {"b_id": shipment_id}).first() is not None:
-            return None
-        db.execute(_LABELLED, {"b_id": shipment_id, "b_tracking": label.tracking_number,
-                               "b_carrier": label.carrier})  # fmt: skip
-        db.execute(
-            _RECORD_LABEL,
-            {"shipment_id": shipment_id, "carrier": label.carrier, "idempotency_key": key,
-             "tracking_number": label.tracking_number, "pdf": label.pdf, "created_at": now,
-             "external_id": label.label_id},
-        )  # fmt: skip
-        response = {"label_id": label.label_id, "tracking_number": label.tracking_number}
-        idempotency.finish(session, key, response)
-        record_event(session, order_id, actor=actor, kind="label",
-                     tracking_number=label.tracking_number, carrier=label.carrier)  # fmt: skip
-        requested = db.execute(_SHIP_REQUESTED, {"b_id": shipment_id}).scalar()
-        if requested is not None and ship_requested is not None:
-            ship_requested(session, order_id, [shipment_id])
+        if not idempotency.retired(session, key):
+            return _record_label(session, order_id, shipment_id, key, label, actor,
+                                 ship_requested)  # fmt: skip
+    _void_outlived(transaction, order_id, label, carrier, actor)
+    return None
+
+
+def _record_label(
+    session: Session, order_id: int, shipment_id: int, key: str, label: BoughtLabel,
+    actor: str, ship_requested: ShipThese | None,
+) -> str | None:  # fmt: skip
+    db, now = core(session), utcnow()
+    if db.execute(_HAS_LABEL, {"b_id": shipment_id}).first() is not None:
+        return None
+    db.execute(_LABELLED, {"b_id": shipment_id, "b_tracking": label.tracking_number,
+                           "b_carrier": label.carrier})  # fmt: skip
+    db.execute(
+        _RECORD_LABEL,
+        {"shipment_id": shipment_id, "carrier": label.carrier, "idempotency_key": key,
+         "tracking_number": label.tracking_number, "pdf": label.pdf, "created_at": now,
+         "external_id": label.label_id},
+    )  # fmt: skip
+    response = {"label_id": label.label_id, "tracking_number": label.tracking_number}
+    idempotency.finish(session, key, response)
+    record_event(session, order_id, actor=actor, kind="label",
+                 tracking_number=label.tracking_number, carrier=label.carrier)  # fmt: skip
+    requested = db.execute(_SHIP_REQUESTED, {"b_id": shipment_id}).scalar()
+    if requested is not None and ship_requested is not None:
+        ship_requested(session, order_id, [shipment_id])
     return label.tracking_number
+
+
+def _void_outlived(
+    transaction: Transaction, order_id: int, label: BoughtLabel,
+    carrier: Callable[[], Carrier], actor: str,
+) -> None:  # fmt: skip
+    """A label bought by an attempt that outlived its key's lock (its worker was stopped past
+    it), after another attempt took the key over and retired it (the order was cancelled or
+    its shipment edited meanwhile, and whatever the key had bought then was voided): voided
+    too, and never recorded. The carrier approves a second void of one label; staff see one
+    ``label_voided`` for it."""
+    if not carrier().void_label(label.label_id):
+        raise PermanentError(f"the carrier refused to void label {label.tracking_number}")
+    with transaction() as session:
+        shown = session.scalars(
+            select(OrderEvent.detail).where(
+                OrderEvent.order_id == order_id, OrderEvent.kind == "label_voided"
+            )
+        )
+        if all((detail or {}).get("tracking_number") != label.tracking_number
+               for detail in shown):  # fmt: skip
+            record_event(session, order_id, actor=actor, kind="label_voided",
+                         tracking_number=label.tracking_number, reason=_OUTLIVED)  # fmt: skip
+
+
+_OUTLIVED = "bought by an attempt that outlived its lock after its key was retired, never recorded"
 
 
 def mark_ready_to_ship(
@@ -640,22 +735,31 @@ def void_labels(
         with transaction() as session:
             label = session.get(Label, label_id, with_for_update=True)
             assert label is not None
-            if label.voided_at is not None:
+            if not _mark_voided(session, order_id, label):
                 continue
-            label.voided_at = utcnow()
-            shipment = session.get(Shipment, label.shipment_id)
-            assert shipment is not None
-            if shipment.status in ("shipped", "delivered"):  # it left after all: keep it
-                raise PermanentError(f"label {tracking} was shipped; it is not voided")
-            shipment.status = "voided"
-            record_event(session, order_id, actor="task:void_label", kind="label_voided",
-                         tracking_number=tracking)  # fmt: skip
         voided.append(tracking)
     for key in in_flight_keys:
-        unrecorded = _void_unrecorded(transaction, order_id, key, carrier)
+        unrecorded, _ = _void_unrecorded(transaction, order_id, key, carrier, _CANCELLED,
+                                         "task:void_label", lambda session: None)  # fmt: skip
         if unrecorded is not None:
             voided.append(unrecorded)
     return Outcome(f"voided {len(voided)}")
+
+
+def _mark_voided(session: Session, order_id: int, label: Label, **detail: str) -> bool:
+    """A label the carrier voided, recorded so on it, its shipment and the timeline; False if
+    it was already."""
+    if label.voided_at is not None:
+        return False
+    label.voided_at = utcnow()
+    shipment = session.get(Shipment, label.shipment_id)
+    assert shipment is not None
+    if shipment.status in ("shipped", "delivered"):  # it left after all: keep it
+        raise PermanentError(f"label {label.tracking_number} was shipped; it is not voided")
+    shipment.status = "voided"
+    record_event(session, order_id, actor="task:void_label", kind="label_voided",
+                 tracking_number=label.tracking_number, **detail)  # fmt: skip
+    return True
 
 
 def _unfinished_label_keys(session: Session, order_id: int) -> list[IdempotencyKey]:
@@ -673,29 +777,6 @@ def _unfinished_label_keys(session: Session, order_id: int) -> list[IdempotencyK
             .with_for_update()
         )
     )
-
-
-def _void_unrecorded(
-    transaction: Transaction, order_id: int, key: str, carrier: Callable[[], Carrier]
-) -> str | None:
-    """A purchase under ``key`` that may have been applied at the carrier and was never
-    recorded: the label it bought (found by our reference) is voided and the key retired.
-    The tracking number voided; None: the carrier sold nothing under that reference."""
-    shipment = key.removeprefix(f"label:{order_id}").lstrip(":").split(":", 1)[0]
-    ref = f"order-{order_id}" + (f"-{shipment}" if shipment.startswith("s") else "")
-    client = carrier()
-    found = client.get_label_by_ref(ref)
-    if found is not None and not client.void_label(found.label_id):
-        raise PermanentError(f"the carrier refused to void label {found.tracking_number}")
-    with transaction() as session:
-        idempotency.fail(session, key, "retired: the order was cancelled before its label "
-                         "was recorded", rejected=True)  # fmt: skip
-        if found is None:
-            return None
-        record_event(session, order_id, actor="task:void_label", kind="label_voided",
-                     tracking_number=found.tracking_number,
-                     reason="bought as the order was cancelled, never recorded")  # fmt: skip
-    return found.tracking_number
 
 
 # --- what the marketplace did in its own admin -----------------------------------------------

@@ -246,6 +246,24 @@ def finish(session: Session, key: str, response: dict[str, Any], *, code: int = 
     core(session).execute(_FINISH, {"b_key": key, "b_code": code, "b_body": response})
 
 
+def locked_point(session: Session, key: str) -> str | None:
+    """``key``'s recovery point, its row locked until the transaction ends (None: no such
+    key): a retirement of the key and the recording of its call's result, each taking this
+    first, come one after the other, never across each other."""
+    return session.scalar(
+        select(IdempotencyKey.recovery_point)
+        .where(IdempotencyKey.key == key)
+        .with_for_update()
+    )
+
+
+def retired(session: Session, key: str) -> bool:
+    """Whether ``key`` was retired (``REJECTED``) while its attempt's call was out: another
+    attempt found it dead and gave its call up for good (``orders.fulfilment`` voids what a
+    dead label attempt bought). Locks the row (``locked_point``)."""
+    return locked_point(session, key) == REJECTED
+
+
 def fail(session: Session, key: str, error: str, *, rejected: bool = False) -> None:
     """Release the key after a failed attempt. A retryable failure keeps its recovery point for
     the next attempt; ``rejected`` (the provider refused it) retires the key for good."""

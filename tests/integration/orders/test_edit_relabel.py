@@ -5,6 +5,7 @@ that moves no parcel voids nothing."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -13,6 +14,7 @@ from sqlalchemy import update
 from db.base import utcnow
 from db.models import IdempotencyKey, Label, Shipment, ShipmentLine
 from domain.canonical import Address, CanonicalOrder
+from domain.errors import RetryableError
 from domain.parcel import Parcel
 from domain.states import OrderState
 from orders.fulfilment import buy_label, void_labels
@@ -311,3 +313,117 @@ def test_a_cancelled_orders_label_purchase_still_in_flight_is_waited_for(shop: S
     assert carrier.voided == []
     (key,) = shop.rows(IdempotencyKey, key=f"label:{order_id}")
     assert key.recovery_point == "label_requested"
+
+
+class _StoppedCarrier(FakeCarrier):
+    """A carrier call during which the calling worker was stopped past its key's lock: the
+    world goes on (``meanwhile``, once) before the label is sold (``sold_first=False``: the
+    request had not reached the carrier) or after it (the answer had not come back)."""
+
+    def __init__(self, meanwhile: Callable[[], object], *, sold_first: bool) -> None:
+        super().__init__()
+        self.meanwhile: Callable[[], object] | None = meanwhile
+        self.sold_first = sold_first
+
+    def buy_label(self, **asked: Any) -> Any:
+        if not self.sold_first:
+            self._go_on()
+        label = super().buy_label(**asked)
+        self._go_on()
+        return label
+
+    def _go_on(self) -> None:
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+
+
+def _stopped_past_its_lock(shop: Shop, *, sold_first: bool) -> tuple[int, _StoppedCarrier]:
+    """An order waiting for its label, and a carrier call during which its attempt's lock ran
+    out, the order was cancelled on the marketplace and its labels voided by another task."""
+    _stock(shop, A=5, B=5)
+    order_id = _documented(shop, _order({"1": ("A", 1)}))
+    shop.move(order_id, S.READY_TO_SHIP)
+
+    def meanwhile() -> None:
+        with shop.transaction() as session:
+            session.execute(update(IdempotencyKey).where(IdempotencyKey.key == f"label:{order_id}")
+                            .values(locked_at=utcnow() - dt.timedelta(minutes=5)))  # fmt: skip
+        shop.move(order_id, S.CANCELLED)
+        void_labels(shop.transaction, order_id, lambda: carrier, shop.keys("task-void"))
+
+    carrier = _StoppedCarrier(meanwhile, sold_first=sold_first)
+    return order_id, carrier
+
+
+def test_an_attempt_that_outlived_its_lock_does_not_record_the_label_voided_meanwhile(
+    shop: Shop,
+) -> None:
+    # given: the label sold, then the attempt stopped; meanwhile its key was taken for dead,
+    # the label found by our reference and voided, the key retired
+    order_id, carrier = _stopped_past_its_lock(shop, sold_first=True)
+
+    # when the stopped attempt wakes up and goes on to record its label
+    outcome = buy_label(shop.transaction, order_id, lambda: carrier, shop.keys("task-zombie"))
+
+    # then nothing is recorded as a label of the cancelled order; the label is voided (the
+    # repeated void is the carrier's no-op) and staff see one void
+    assert outcome.result == "already recorded"
+    assert shop.rows(Label) == []
+    assert carrier.voided == ["se-1", "se-1"]
+    (voided,) = shop.events(order_id, "label_voided")
+    assert voided.detail["reason"] == "bought as the order was cancelled, never recorded"
+    (key,) = shop.rows(IdempotencyKey, key=f"label:{order_id}")
+    assert key.recovery_point == "rejected"
+
+
+def test_a_label_bought_after_its_key_was_retired_is_voided_not_recorded(shop: Shop) -> None:
+    # given: the attempt stopped before its request reached the carrier; meanwhile the void
+    # found nothing to void and retired the key
+    order_id, carrier = _stopped_past_its_lock(shop, sold_first=False)
+
+    # when it wakes up: the carrier sells it a label
+    buy_label(shop.transaction, order_id, lambda: carrier, shop.keys("task-zombie"))
+
+    # then that label is voided at once, never recorded, and staff see why
+    assert len(carrier.bought) == 1 and carrier.voided == ["se-1"]
+    assert shop.rows(Label) == []
+    (voided,) = shop.events(order_id, "label_voided")
+    assert voided.detail == {"tracking_number": "1Z00000001", "reason": (
+        "bought by an attempt that outlived its lock after its key was retired, never recorded")}
+
+
+def test_a_label_recorded_while_its_purchase_was_being_voided_is_recorded_voided(
+    shop: Shop,
+) -> None:
+    import pytest
+
+    from orders.fulfilment import _Claim, _record_label, parcel_for
+    from orders.idempotency import locked_point
+
+    # given: an attempt taken for dead whose label the carrier sold, the order cancelled
+    carrier = FakeCarrier()
+    order_id, shipment_id = _label_attempt_died(shop, carrier, bought=True)
+    shop.move(order_id, S.CANCELLED)
+    key, label = f"label:{order_id}", carrier.labels[f"label:{order_id}"]
+    claimed = _Claim(shipment_id, key, f"order-{order_id}", parcel_for(1))
+
+    # when the void at the carrier is under way, the attempt wakes and records its label
+    def void_label(label_id: str) -> bool:
+        with shop.transaction() as session:
+            assert locked_point(session, key) == "label_requested"
+            _record_label(session, order_id, claimed.shipment_id, key, label, "task-dead", None)
+        return FakeCarrier.void_label(carrier, label_id)
+
+    carrier.void_label = void_label  # type: ignore[method-assign]
+    with pytest.raises(RetryableError):
+        void_labels(shop.transaction, order_id, lambda: carrier, shop.keys("task-void"))
+    again = void_labels(shop.transaction, order_id, lambda: carrier, shop.keys("task-void"))
+
+    # then the recorded label is recorded as voided (it is, at the carrier), voided once
+    assert again.result == "voided 0" and carrier.voided == ["se-1"]
+    (row,) = shop.rows(Label)
+    assert row.voided_at is not None
+    (shipment,) = shop.rows(Shipment, order_id=order_id)
+    assert shipment.status == "voided"
+    assert len(shop.events(order_id, "label_voided")) == 1
