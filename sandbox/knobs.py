@@ -14,7 +14,7 @@ import logging
 import random
 import threading
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from fastapi.responses import JSONResponse, Response
@@ -100,10 +100,13 @@ class DroppedConnection(Response):
     """Starts a 200 answer, then fails mid-body: the server closes the connection and the
     client sees a protocol error although the request was applied ("apply then drop")."""
 
-    def __init__(self, body: bytes, status: int = 200) -> None:
+    def __init__(
+        self, body: bytes, status: int = 200, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__()
         self._payload = body if len(body) > 1 else b'{"dropped": true}'  # never whole at 16
         self._status = 200 if status in (204, 304) else status  # a status that has a body
+        self._extra = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(
@@ -113,6 +116,7 @@ class DroppedConnection(Response):
                 "headers": [
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(self._payload)).encode()),
+                    *self._extra,
                 ],
             }
         )

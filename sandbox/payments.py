@@ -63,17 +63,17 @@ import re
 import string
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 
-from sandbox.knobs import Knobs
+from sandbox.knobs import DroppedConnection, Knobs
 
-__all__ = ["IDEMPOTENCY_TTL_S", "SANDBOX_API_KEY", "DroppedConnection", "PaymentsSimulator"]
+__all__ = ["IDEMPOTENCY_TTL_S", "SANDBOX_API_KEY", "PaymentsSimulator"]
 
 # public, fixed sandbox credential (never valid anywhere else)
 SANDBOX_API_KEY = "sk_test_ordersync_sandbox_000000000000000000"
@@ -91,13 +91,6 @@ REFUNDS = "POST /v1/refunds"
 AUTHORIZATION_VALID_S = 7 * 24 * 3600
 _CLAUSE = re.compile(r"\s*(?:metadata\['([^'\]]+)'\]|(status|currency)):'([^'\\]*)'\s*")
 _ALNUM = string.ascii_letters + string.digits
-
-
-class DroppedConnection(RuntimeError):
-    """Raised inside the response to break the connection after the effect was applied (not
-    logged as a server error: ``sandbox.knobs``)."""
-
-    intended_drop = True
 
 
 class _Refused(Exception):
@@ -640,12 +633,7 @@ class PaymentsSimulator:
             await asyncio.sleep(self.reply_delay_s)
         headers = {"Idempotency-Key": key, "Request-Id": record.request_id}
         if drop:
-            return StreamingResponse(
-                _broken_body(record.body),
-                status_code=record.status,
-                media_type="application/json",
-                headers=headers,
-            )
+            return DroppedConnection(record.body, record.status, headers)
         return Response(
             record.body,
             status_code=record.status,
@@ -785,13 +773,6 @@ class PaymentsSimulator:
                 "Request-Id": self._new_id("req_"),
             },
         )
-
-
-async def _broken_body(body: bytes) -> AsyncIterator[bytes]:
-    """Send the status line, headers and half the body, then fail: uvicorn aborts the
-    connection and the client reads an incomplete response (a transport error)."""
-    yield body[: len(body) // 2]
-    raise DroppedConnection("sandbox: connection dropped after the request was applied")
 
 
 def _metadata(params: dict[str, str]) -> dict[str, str]:

@@ -369,7 +369,6 @@ def test_the_drop_filter_keeps_every_other_exception() -> None:
     import logging
 
     from sandbox.knobs import IntendedDrop, _not_intended
-    from sandbox.payments import DroppedConnection
 
     def record(exc: BaseException) -> logging.LogRecord:
         return logging.LogRecord(
@@ -378,6 +377,5 @@ def test_the_drop_filter_keeps_every_other_exception() -> None:
         )  # fmt: skip
 
     assert _not_intended(record(IntendedDrop("on purpose"))) is False
-    assert _not_intended(record(DroppedConnection("the payments simulator's"))) is False
     assert _not_intended(record(ConnectionAbortedError("a real one"))) is True
     assert _not_intended(record(RuntimeError("a bug"))) is True
