@@ -38,7 +38,7 @@ from domain.errors import (
 )
 from integrations.ratelimit import Bucket, MemoryRateLimiter, RateLimiter
 
-__all__ = ["DEFAULT_TIMEOUT", "ApiClient", "parse_retry_after"]
+__all__ = ["DEFAULT_TIMEOUT", "ApiClient", "parse_retry_after", "parsed_json"]
 
 log = structlog.get_logger(__name__)
 
@@ -60,7 +60,7 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _parsed(operation: str, response: httpx.Response) -> httpx.Response:
+def parsed_json(operation: str, response: httpx.Response) -> httpx.Response:
     """A 2xx JSON answer, parsed once here: a body that is not JSON (cut short by a proxy, an
     HTML error page behind a 200) is an answer lost, a ``TransportError``: retried, and for a
     write that is not replayed (``replay=False``: it was applied) read back by the caller,
@@ -198,7 +198,7 @@ class ApiClient:
         )
         self.observe(operation, response)
         if response.is_success:
-            return _parsed(operation, response)
+            return parsed_json(operation, response)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         error: IntegrationError = error_for_status(
             response.status_code,

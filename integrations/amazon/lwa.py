@@ -28,6 +28,7 @@ from domain.errors import (
     TransportError,
     error_for_status,
 )
+from integrations.http import parsed_json
 
 __all__ = ["DEFAULT_LWA_URL", "LwaTokenProvider"]
 
@@ -95,14 +96,9 @@ class LwaTokenProvider:
         except httpx.TransportError as exc:
             raise TransportError(f"lwa token: {type(exc).__name__}") from None
         self.exchanges += 1
+        if response.is_success:  # JSON cut short is an answer lost (TransportError), retried
+            response = parsed_json("lwa token", response)
         body = _json(response)
-        if response.is_success and not body and response.content:
-            # a 200 whose JSON was cut short (a proxy, a dropped connection): an answer lost,
-            # retried like a timeout, not a broken contract that fails the work for good
-            raise TransportError(
-                f"lwa token: HTTP {response.status_code} with a body that is not JSON (cut short)",
-                status=response.status_code,
-            )
         if not response.is_success:
             code = body.get("error") if isinstance(body.get("error"), str) else None
             log.warning("lwa.token_failed", status=response.status_code, code=code)
