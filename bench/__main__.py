@@ -1,6 +1,7 @@
 """Every benchmark in one table: ``python -m bench`` (``ordersync bench`` runs this).
 
-``python -m bench [--profile smoke|full] [--repeat N] [--only NAME ...] [--json] [--write]``
+``python -m bench [--profile smoke|full] [--repeat N] [--runs NAME=N ...] [--only NAME ...]
+[--json] [--write]``
 
 Each benchmark runs in a process of its own (they set up their own database, Redis and
 processes; none may share the CPU with another) with ``--json``, ``--repeat`` times; the table
@@ -35,6 +36,7 @@ __all__ = ["BENCHMARKS", "Figure", "main"]
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "RESULTS.md"
+RUN_TIMEOUT_S = 4200
 
 
 @dataclass
@@ -201,7 +203,9 @@ BENCHMARKS = (
 def _run_one(bench: Benchmark, profile: str, extra: Sequence[str]) -> Any:
     env = {**os.environ, "PYTHONPATH": str(ROOT), **bench.extra_env}
     argv = [sys.executable, "-m", bench.module, *bench.args[profile], *extra, "--json"]
-    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    # longer than any benchmark's own limit (the burst's drain may take an hour)
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S)  # fmt: skip
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
         raise RuntimeError(f"{bench.name} exited {done.returncode}: {' | '.join(tail)}")
@@ -223,7 +227,12 @@ def _row(runs: list[Figure]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def run(profile: str, repeat: int, only: Sequence[str] | None = None) -> dict[str, Any]:
+def run(
+    profile: str, repeat: int, only: Sequence[str] | None = None,
+    runs: dict[str, int] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Each benchmark (``only`` those named) ``repeat`` times, or as often as ``runs`` says
+    for it."""
     rows: list[dict[str, Any]] = []
     errors: dict[str, str] = {}
     for bench in BENCHMARKS:
@@ -231,7 +240,7 @@ def run(profile: str, repeat: int, only: Sequence[str] | None = None) -> dict[st
             continue
         per_figure: dict[str, list[Figure]] = {}
         try:
-            for _ in range(repeat):
+            for _ in range((runs or {}).get(bench.name, repeat)):
                 for figure in bench.figures(_run_one(bench, profile, [])):
                     per_figure.setdefault(figure.name, []).append(figure)
         except Exception as exc:  # report it, and go on with the others
@@ -271,19 +280,21 @@ def _num(value: float | None, digits: int | None = None) -> str:
 
 def render(result: dict[str, Any]) -> str:
     lines = [
-        "| figure | value (median) | min to max | baseline | ratio | goal | pass | bound by |",
-        "|---|---|---|---|---|---|---|---|",
+        "| figure | value (median) | min to max | runs | baseline | ratio | goal | pass | "
+        "bound by |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['figure']} | {_num(r['median'])} {r['unit']} | {_num(r['min'])} to "
-            f"{_num(r['max'])} | {_num(r['baseline'])} | {_num(r['ratio'], 2)} | {r['goal']} | "
-            f"{'PASS' if r['pass'] else 'FAIL'} | {r['bound']} |"
+            f"{_num(r['max'])} | {r['runs']} | {_num(r['baseline'])} | {_num(r['ratio'], 2)} | "
+            f"{r['goal']} | {'PASS' if r['pass'] else 'FAIL'} | {r['bound']} |"
         )
     for name, error in result["errors"].items():
-        lines.append(f"| {name} | did not run: {error} | | | | | FAIL | |")
+        lines.append(f"| {name} | did not run: {error} | | | | | | FAIL | |")
     m = result["machine"]
-    lines += ["", f"{result['profile']} profile, {result['repeat']} run(s) each, "
+    lines += ["", f"{result['profile']} profile, {result['repeat']} run(s) each unless the "
+              "runs column says otherwise, "
               f"{result['date']}; {m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB, "
               f"Python {m['python']}, load average before {m['load_average'][0]:.2f}"]  # fmt: skip
     return "\n".join(lines)
@@ -294,12 +305,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile", choices=("smoke", "full"), default="full")
     parser.add_argument("--repeat", type=int, default=None, help="runs per benchmark")
     parser.add_argument("--only", action="append", choices=[b.name for b in BENCHMARKS])
+    parser.add_argument("--runs", action="append", default=[], metavar="NAME=N",
+                        help="runs of one benchmark, instead of --repeat's")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--write", action="store_true", help="write bench/RESULTS.md")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     args = parser.parse_args(argv)
     repeat = args.repeat or (1 if args.profile == "smoke" else 3)
-    result = run(args.profile, repeat, args.only)
+    runs: dict[str, int] = {}
+    for given in args.runs:
+        name, _, count = given.partition("=")
+        if name not in {b.name for b in BENCHMARKS} or not count.isdigit() or int(count) < 1:
+            parser.error(f"--runs {given}: expected NAME=N with a benchmark's name and N >= 1")
+        runs[name] = int(count)
+    result = run(args.profile, repeat, args.only, runs)
     table = render(result)
     print(json.dumps(result) if args.json else table)
     if args.write:
