@@ -351,7 +351,8 @@ def purge(
 )
 def bench(ctx: typer.Context) -> None:
     """Run every benchmark and print one table (`python -m bench`: --profile smoke|full,
-    --repeat N, --only NAME, --json, --write). Needs a checkout of the repository."""
+    --repeat N, --runs NAME=N, --only NAME, --json, --write). Needs a checkout of the
+    repository."""
     import subprocess
     from pathlib import Path
 
