@@ -92,17 +92,12 @@ def _without_lone_surrogates(value: Any) -> Any:
     string, a list of models (an order's lines)."""
     if _TEXT_CHECKED.get():
         return value
-    kind = type(value)
-    if kind is str:
+    if isinstance(value, str):
         return value if value.isascii() else _walk(value)
-    if kind is list or kind is tuple:
-        if all(isinstance(item, _Canonical) for item in value):
-            return value
-    elif kind is not dict:
-        if isinstance(value, str):
-            return _walk(value)
-        if not isinstance(value, (dict, list, tuple)):
-            return value
+    if not isinstance(value, (dict, list, tuple)):
+        return value
+    if not isinstance(value, dict) and all(isinstance(item, _Canonical) for item in value):
+        return value
     if _utf8_clean(value):
         return value  # the common case, checked in C: no walk through a payload of 3 KB
     return _walk(value)
