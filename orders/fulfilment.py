@@ -436,7 +436,7 @@ def _void_unrecorded(
         # its attempt was alive after all and recorded the label meanwhile: if that is what
         # was just voided, it is recorded so; the step runs again with that known
         if found is not None and recorded.external_id == found.label_id:
-            _mark_voided(session, order_id, recorded, reason=why.voided)
+            _mark_voided(session, order_id, recorded, actor, reason=why.voided)
     raise _RecordedMeanwhile(f"order {order_id}: the label under {key} was recorded while "
                              "it was being voided; looking again")
 
@@ -735,7 +735,7 @@ def void_labels(
         with transaction() as session:
             label = session.get(Label, label_id, with_for_update=True)
             assert label is not None
-            if not _mark_voided(session, order_id, label):
+            if not _mark_voided(session, order_id, label, "task:void_label"):
                 continue
         voided.append(tracking)
     for key in in_flight_keys:
@@ -746,7 +746,9 @@ def void_labels(
     return Outcome(f"voided {len(voided)}")
 
 
-def _mark_voided(session: Session, order_id: int, label: Label, **detail: str) -> bool:
+def _mark_voided(
+    session: Session, order_id: int, label: Label, actor: str, **detail: str
+) -> bool:
     """A label the carrier voided, recorded so on it, its shipment and the timeline; False if
     it was already."""
     if label.voided_at is not None:
@@ -757,7 +759,7 @@ def _mark_voided(session: Session, order_id: int, label: Label, **detail: str) -
     if shipment.status in ("shipped", "delivered"):  # it left after all: keep it
         raise PermanentError(f"label {label.tracking_number} was shipped; it is not voided")
     shipment.status = "voided"
-    record_event(session, order_id, actor="task:void_label", kind="label_voided",
+    record_event(session, order_id, actor=actor, kind="label_voided",
                  tracking_number=label.tracking_number, **detail)  # fmt: skip
     return True
 
