@@ -165,6 +165,21 @@ def test_a_shipment_not_labelled_yet_takes_the_edited_lines_in_place(shop: Shop)
     assert moved.detail == {"reason": "lines changed", "voided": [], "new_shipments": []}
 
 
+def _lock_ran_out(shop: Shop, key: str) -> None:
+    with shop.transaction() as session:
+        session.execute(update(IdempotencyKey).where(IdempotencyKey.key == key)
+                        .values(locked_at=utcnow() - dt.timedelta(minutes=5)))  # fmt: skip
+
+
+def _cancelled_after_a_dead_purchase(shop: Shop) -> tuple[FakeCarrier, int, int]:
+    """A label sold by the carrier to an attempt that died before recording it, and the order
+    cancelled on the marketplace meanwhile: the carrier, the order id and the shipment id."""
+    carrier = FakeCarrier()
+    order_id, shipment_id = _label_attempt_died(shop, carrier, bought=True)
+    shop.move(order_id, S.CANCELLED)
+    return carrier, order_id, shipment_id
+
+
 def _label_attempt_died(shop: Shop, carrier: FakeCarrier, *, bought: bool) -> tuple[int, int]:
     """An order (A x1) invoiced, its shipment made and its label key claimed by an attempt
     whose worker died in flight: after the carrier sold the label (``bought``), or before the
@@ -183,9 +198,7 @@ def _label_attempt_died(shop: Shop, carrier: FakeCarrier, *, bought: bool) -> tu
         params = {"ship_to": HOME.model_dump(), "grams": 400}
         key = f"label:{order_id}"
         idempotency.claim(session, key, params, owner="task-dead", point="label_requested")
-        # its lock ran out: the attempt is not alive
-        session.execute(update(IdempotencyKey).where(IdempotencyKey.key == key)
-                        .values(locked_at=utcnow() - dt.timedelta(minutes=5)))  # fmt: skip
+    _lock_ran_out(shop, key)  # the attempt is not alive
     if bought:
         from orders.fulfilment import parcel_for, ship_from
 
@@ -260,9 +273,7 @@ def test_a_label_bought_as_its_order_was_cancelled_and_never_recorded_is_voided_
 ) -> None:
     # given: a label sold by the carrier to an attempt that died before recording it, and
     # the order cancelled on the marketplace meanwhile (the label step skips it now)
-    carrier = FakeCarrier()
-    order_id, _ = _label_attempt_died(shop, carrier, bought=True)
-    shop.move(order_id, S.CANCELLED)
+    carrier, order_id, _ = _cancelled_after_a_dead_purchase(shop)
     assert buy_label(shop.transaction, order_id, lambda: carrier,
                      shop.keys("task-2")).result == "skip: cancelled"  # fmt: skip
 
@@ -346,9 +357,7 @@ def _stopped_past_its_lock(shop: Shop, *, sold_first: bool) -> tuple[int, _Stopp
     shop.move(order_id, S.READY_TO_SHIP)
 
     def meanwhile() -> None:
-        with shop.transaction() as session:
-            session.execute(update(IdempotencyKey).where(IdempotencyKey.key == f"label:{order_id}")
-                            .values(locked_at=utcnow() - dt.timedelta(minutes=5)))  # fmt: skip
+        _lock_ran_out(shop, f"label:{order_id}")
         shop.move(order_id, S.CANCELLED)
         void_labels(shop.transaction, order_id, lambda: carrier, shop.keys("task-void"))
 
@@ -398,21 +407,18 @@ def test_a_label_recorded_while_its_purchase_was_being_voided_is_recorded_voided
 ) -> None:
     import pytest
 
-    from orders.fulfilment import _Claim, _record_label, parcel_for
+    from orders.fulfilment import _record_label
     from orders.idempotency import locked_point
 
     # given: an attempt taken for dead whose label the carrier sold, the order cancelled
-    carrier = FakeCarrier()
-    order_id, shipment_id = _label_attempt_died(shop, carrier, bought=True)
-    shop.move(order_id, S.CANCELLED)
+    carrier, order_id, shipment_id = _cancelled_after_a_dead_purchase(shop)
     key, label = f"label:{order_id}", carrier.labels[f"label:{order_id}"]
-    claimed = _Claim(shipment_id, key, f"order-{order_id}", parcel_for(1))
 
     # when the void at the carrier is under way, the attempt wakes and records its label
     def void_label(label_id: str) -> bool:
         with shop.transaction() as session:
             assert locked_point(session, key) == "label_requested"
-            _record_label(session, order_id, claimed.shipment_id, key, label, "task-dead", None)
+            _record_label(session, order_id, shipment_id, key, label, "task-dead", None)
         return FakeCarrier.void_label(carrier, label_id)
 
     carrier.void_label = void_label  # type: ignore[method-assign]
