@@ -60,6 +60,7 @@ __all__ = ["main", "run"]
 ANSWER_WITHIN_S = 5.0  # Shopify's timeout for a webhook delivery
 DEFAULT_WEBHOOKS = 20_000
 DEFAULT_SECONDS = 20.0
+DEFAULT_WEB_PROCESSES = 2
 
 
 def _request(path: str, headers: dict[str, str], body: bytes) -> bytes:
@@ -131,6 +132,7 @@ class RssSampler:
 def run(
     *, webhooks: int = DEFAULT_WEBHOOKS, seconds: float = DEFAULT_SECONDS, connections: int = 64,
     database_url: str | None = None, drain_timeout_s: float = 3600.0, keep: bool = False,
+    web_processes: int = DEFAULT_WEB_PROCESSES,
 ) -> dict[str, Any]:  # fmt: skip
     var_dir = Path(tempfile.mkdtemp(prefix="ordersync-bench-burst-"))
     with scratch_database(database_url) as (url, label):
@@ -170,7 +172,7 @@ def run(
             deliveries = _deliveries(sandbox, setup, webhooks, capture_share=0.9)
             requests = [_request(path, headers, body) for _, path, headers, body in deliveries]
             del deliveries
-            procs.start("web", "ordersync", ["web"])
+            procs.start("web", "ordersync", ["web", "--workers", str(web_processes)])
             for i in range(2):
                 procs.start(f"worker-{i + 1}", "ordersync", ["worker", "--concurrency", "1"])
             procs.start("beat", "ordersync", ["beat"])
@@ -275,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--webhooks", type=int, default=DEFAULT_WEBHOOKS)
     parser.add_argument("--seconds", type=float, default=DEFAULT_SECONDS)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--web-processes", type=int, default=DEFAULT_WEB_PROCESSES)
     parser.add_argument("--database-url", default=None)
     parser.add_argument("--drain-timeout", type=float, default=3600.0)
     parser.add_argument("--keep", action="store_true")
@@ -287,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     result = run(webhooks=args.webhooks, seconds=args.seconds, connections=args.connections,
                  database_url=args.database_url, drain_timeout_s=args.drain_timeout,
-                 keep=args.keep)  # fmt: skip
+                 keep=args.keep, web_processes=args.web_processes)  # fmt: skip
     print(json.dumps(result, indent=2, default=str) if args.json else render(result))
     return 1 if args.strict and not result["pass"] else 0
 

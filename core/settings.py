@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     # A committed inbox row still unprocessed after this long is republished by the sweeper.
     sweep_after_s: int = Field(default=60, ge=1)
     worker_concurrency: int = Field(default=2, ge=1)
+    # workers run at this CPU niceness (at least; 0 = as started): on a machine they share with
+    # ``ordersync web``, the webhook receiver (Shopify waits 5 s for an answer) gets a core
+    # first and the pipeline, which waits in its queue, the rest
+    worker_nice: int = Field(default=10, ge=0, le=19)
     task_events: bool = Field(default=False, description="Celery task events (for Flower)")
     # an order with no progress for this long in a pipeline state is pushed on by the sweeper
     stuck_after_s: int = Field(default=600, ge=10)

@@ -139,10 +139,15 @@ def worker(
         int | None,
         typer.Option(help="serve this worker's task metrics here (default WORKER_METRICS_PORT)"),
     ] = None,
+    nice: Annotated[
+        int | None,
+        typer.Option(min=0, max=19, help="CPU niceness, at least (default WORKER_NICE)"),
+    ] = None,
 ) -> None:
     """Run a Celery worker on all queues (or --queues)."""
     _setup_logging()
     settings = get_settings()
+    lower_cpu_priority(settings.worker_nice if nice is None else nice)
     port = settings.worker_metrics_port if metrics_port is None else metrics_port
     if port:
         _worker_metrics(port, settings.web_host)
@@ -161,6 +166,18 @@ def worker(
             "--without-gossip",
         ]
     )  # fmt: skip
+
+
+def lower_cpu_priority(niceness: int) -> int:
+    """Run this process (and what it forks: the prefork pool) at ``niceness`` at least, so that
+    a web process on the same machine answers webhooks first; never raises a priority (that
+    needs privileges), and does nothing where the OS has no niceness. The niceness in effect."""
+    if not hasattr(os, "setpriority"):
+        return 0
+    current = os.getpriority(os.PRIO_PROCESS, 0)
+    if niceness > current:
+        os.setpriority(os.PRIO_PROCESS, 0, niceness)
+    return os.getpriority(os.PRIO_PROCESS, 0)
 
 
 def _multiprocess_metrics() -> None:

@@ -26,8 +26,8 @@ front of the FastAPI app: a webhook pays for no routing, dependency or middlewar
    ``received`` and the sweeper publishes it; after a failed publish the publisher stops
    trying for ``_BROKER_BACKOFF_S``.
 
-The request path hops to a thread once (the insert and commit), twice when the account is not
-in the cache.
+The request path hops to a thread once (the insert and commit: at most ``WRITERS`` of them at
+once per process), twice when the account is not in the cache.
 
 The body is never parsed here: a payload we cannot parse is still stored and answered 200, and
 the task marks it ``failed`` with the parse error for staff to see.
@@ -35,6 +35,7 @@ the task marks it ``failed`` with the parse error for staff to see.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import queue
@@ -42,6 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
@@ -229,6 +231,24 @@ class _Broker:
 
 _broker = _Broker()
 
+#: threads of one web process that store deliveries (at most this many at once). Fewer than
+#: the webhook engine's pool (``db.session``: 10), so that no insert opens a connection of the
+#: pool's overflow (one is opened and closed per use: a PostgreSQL backend started for one
+#: INSERT); and few, so that the event loop, which reads, verifies and answers every request,
+#: is not kept waiting for the GIL by dozens of threads. On Starlette's thread pool (40
+#: threads) a burst was answered at 550 to 650 webhooks/s with a third of the machine idle; on
+#: these 8, 785 (``bench.burst``, one web process).
+WRITERS = 8
+_writers: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _writer_pool() -> ThreadPoolExecutor:
+    """This process's pool of ``WRITERS`` threads (a forked child makes its own)."""
+    global _writers
+    if _writers is None or _writers[0] != os.getpid():
+        _writers = (os.getpid(), ThreadPoolExecutor(WRITERS, thread_name_prefix="webhook-store"))
+    return _writers[1]
+
 
 @dataclass
 class _Body:
@@ -413,8 +433,8 @@ async def _receive(scope: Scope, receive: Receive, send: Send) -> None:
     finally:
         body.close()
     try:
-        answer = await run_in_threadpool(
-            _store, channel, receiver, name, found, headers, raw, body.verified
+        answer = await asyncio.get_running_loop().run_in_executor(
+            _writer_pool(), _store, channel, receiver, name, found, headers, raw, body.verified
         )
     except _Refused as refused:
         if refused is _REFUSED:

@@ -35,6 +35,7 @@ from db.models import (
     StockItem,
     StockReservation,
 )
+from core.settings import Settings
 from domain.canonical import CanonicalOrder
 from integrations.amazon.connector import AmazonConnector
 from integrations.amazon.mapper import map_order as map_amazon_order
@@ -108,6 +109,20 @@ def test_fifty_concurrent_triggers_make_one_reservation_capture_invoice_and_labe
     assert kinds == ["AUTHORIZATION", "CAPTURE"]
     assert world.sandbox.payments.captures_for(str(order.id)) == []
     assert len([k for k in world.sandbox.carrier.labels if k == f"label:{order.id}"]) == 1
+
+
+def test_workers_run_at_a_lower_cpu_priority_than_the_web_process(world: World) -> None:
+    # given the stack as ``ordersync web`` and ``ordersync worker`` start it (WORKER_NICE unset)
+    own = os.getpriority(os.PRIO_PROCESS, 0)  # a test run under ``nice`` passes its own on
+    default = Settings.model_fields["worker_nice"].default
+    children = {c.name: c.process for c in world.stack.group.children if c.process}
+    # then each worker and its prefork pool run at WORKER_NICE, and the web process as started:
+    # on a machine they share, a burst of webhooks gets a core before the pipeline does
+    for name, process in children.items():
+        procs = [psutil.Process(process.pid), *psutil.Process(process.pid).children(True)]
+        wanted = max(default, own) if name.startswith("worker") else own
+        assert {p.nice() for p in procs} == {wanted}, name
+    assert any(name.startswith("worker") for name in children) and "web" in children
 
 
 def test_a_worker_killed_after_the_capture_but_before_recording_it_charges_once(
