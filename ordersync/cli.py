@@ -118,8 +118,9 @@ def web(
             settings.web_metrics_port, addr=host or settings.web_host, registry=scrape_registry()
         )
     uvicorn.run(
-        # an import string, so that each of several processes builds its own app
-        "web.app:create_app",
+        # an import string, so that each of several processes builds its own app (and sets up
+        # its own logging: the processes are new interpreters)
+        "web.app:served_app",
         factory=True,
         workers=workers,
         host=host or settings.web_host,

@@ -15,12 +15,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 from sqlalchemy import text
 
+from core.logging import configure_logging
+from core.settings import get_settings
 from db.session import get_engine
 from web import admin, api, dashboard, login, sync_pages, webhooks
 from web.auth import STAFF_RESPONSES, StaffGate
 from web.metrics import scrape_registry
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "served_app"]
 
 
 class Health(BaseModel):
@@ -53,3 +55,12 @@ def create_app() -> FastAPI:
         return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def served_app() -> FastAPI:
+    """The app as ``ordersync web`` serves it, built in each of its processes: logging set up
+    first (level, JSON, and the redaction of secrets and buyer data), because ``--workers N``
+    starts N fresh interpreters that inherit none of the command's configuration."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return create_app()

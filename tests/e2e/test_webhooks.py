@@ -22,12 +22,14 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.net import free_port
 from db.migrate import upgrade
 from db.models import ChannelAccount, InboxEvent, Order
 from db.session import make_engine
 from domain.states import InboxStatus
 from integrations.shopify.webhooks import sign
 from integrations.woocommerce import webhooks as woo_webhooks
+from ordersync.supervisor import ProcessGroup
 from tests.support.stack import Stack, run_stack, wait_until
 from tests.support.staff import bearer, staff_token
 from tests.support.world import module_database_url
@@ -391,3 +393,43 @@ def test_a_rotated_webhook_secret_costs_one_refused_delivery_not_the_cache_lifet
 
     # then: only the first try met the cached old secret
     assert (first.status_code, retried.status_code) == (401, 200)
+
+
+def test_every_process_of_web_workers_2_logs_as_configured(
+    stack: tuple[Stack, sessionmaker[Session]], shop: str, fixtures_dir: Path, tmp_path: Path
+) -> None:
+    # given `ordersync web --workers 2` (two new interpreters serve the port) told to log JSON
+    # at WARNING
+    running, _ = stack
+    port = free_port()
+    env = {**running.env, "ORDERSYNC_WEB_PORT": str(port), "ORDERSYNC_LOG_JSON": "true",
+           "ORDERSYNC_LOG_LEVEL": "WARNING"}  # fmt: skip
+    group = ProcessGroup(env=env, log_dir=tmp_path)
+    child = group.start("web", ["web", "--workers", "2"])
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(base_url), what="web --workers 2")
+        body = json.dumps(_order(fixtures_dir)).encode()
+        # when deliveries come in on new connections, bad signatures (WARNING) and good (INFO)
+        for i in range(12):
+            assert _post(base_url, shop, body, webhook_id=f"w2-bad-{i}",
+                         signature="AAAA").status_code == 401  # fmt: skip
+            assert _post(base_url, shop, body, webhook_id=f"w2-ok-{i}").status_code == 200
+    finally:
+        group.stop(timeout_s=20)
+    # then every line the processes wrote is JSON: the warnings, with the account and no
+    # body; the accepted deliveries (INFO) are not logged
+    assert child.log_path is not None
+    lines = child.log_path.read_text().splitlines()
+    assert not [line for line in lines if "webhook." in line and not line.startswith("{")]
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    bad = [e for e in events if e.get("event") == "webhook.bad_signature"]
+    assert len(bad) == 12 and {e["account"] for e in bad} == {shop}
+    assert not [e for e in events if e.get("event") == "webhook.accepted"]
+
+
+def _answers(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
