@@ -23,6 +23,7 @@ import psutil
 import pytest
 from sqlalchemy import func, select
 
+from core.settings import Settings
 from db.models import (
     ChannelAccount,
     IdempotencyKey,
@@ -35,7 +36,6 @@ from db.models import (
     StockItem,
     StockReservation,
 )
-from core.settings import Settings
 from domain.canonical import CanonicalOrder
 from integrations.amazon.connector import AmazonConnector
 from integrations.amazon.mapper import map_order as map_amazon_order
