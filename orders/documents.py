@@ -8,10 +8,11 @@ when the pipeline is loaded.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import String, cast, exists, literal, or_, select
 from sqlalchemy.orm import Session
 
 from core.settings import get_settings
@@ -111,6 +112,37 @@ def credit_refunds(session: Session, order: Order) -> list[str]:
         if note is not None:
             issued.append(note.full_number)
     return issued
+
+
+def uncredited_refunds(session: Session, *, before: dt.datetime, limit: int) -> list[int]:
+    """Orders with an invoice and a refund of theirs to credit (the marketplace's or staff's,
+    succeeded, recorded in the day before ``before``) that no credit note names: its
+    ``credit_note`` was committed to be published and never was (a worker killed between the
+    commit that recorded the refund and the publish; a redelivery finds the refund recorded
+    and has nothing new to publish). The sweeper publishes their ``credit_note`` again, which
+    issues what is due and nothing twice."""
+    key = literal("credit:refund:") + cast(Refund.id, String)
+    credited = exists().where(
+        Invoice.order_id == Refund.order_id,
+        or_(Invoice.source_key == key, Invoice.source_key.like(key + ":%")),
+    )
+    invoiced = exists().where(Invoice.order_id == Refund.order_id, Invoice.kind == "invoice")
+    return list(
+        session.scalars(
+            select(Refund.order_id)
+            .where(
+                Refund.status == "succeeded",
+                Refund.source.in_(CREDITED_SOURCES),
+                Refund.created_at < before,
+                Refund.created_at >= before - dt.timedelta(days=1),
+                invoiced,
+                ~credited,
+            )
+            .distinct()
+            .order_by(Refund.order_id)
+            .limit(limit)
+        )
+    )
 
 
 def issue_invoice(transaction: Transaction, order_id: int) -> Outcome:

@@ -309,19 +309,32 @@ def sweep(self: OrdersyncTask, limit: int = 500, now: str | None = None) -> dict
         for event_id in tracked:
             publish_after_commit(session, app.signature(carrier_events.TASK, (event_id,)))
         effects = _undelivered_effects(session, limit, at, cutoff)
+        credits = _uncredited(session, limit, cutoff)
         orders = _stuck_orders(session, limit, at, now=lost)
         calls = _unfinished_calls(session, limit, at, now=lost)
         runs = _stalled_runs(session, limit, now=lost)
     orphans = 0 if lost else restore_orphans(app)  # after an empty Redis there are none
-    if stuck or tracked or outbox or effects or orders or calls or runs or orphans:
+    if stuck or tracked or outbox or effects or credits or orders or calls or runs or orphans:
         log.info("sweep.republished", inbox=len(stuck), carrier=len(tracked),
-                 outbox=len(outbox), effects=len(effects),
+                 outbox=len(outbox), effects=len(effects), credits=len(credits),
                  orders=len(orders), calls=len(calls), runs=len(runs),
                  orphans=orphans)  # fmt: skip
     return {"inbox": len(stuck), "carrier": len(tracked), "outbox": len(outbox),
-            "effects": len(effects),
+            "effects": len(effects), "credits": len(credits),
             "orders": len(orders), "calls": len(calls), "runs": len(runs),
             "orphans": orphans}  # fmt: skip
+
+
+def _uncredited(session: Any, limit: int, cutoff: dt.datetime) -> list[int]:
+    """Orders whose refund's credit note was never published (``orders.documents``): their
+    ``credit_note`` again."""
+    from orders.documents import uncredited_refunds
+    from workflows.pipeline import credit_note
+
+    order_ids = uncredited_refunds(session, before=cutoff, limit=limit)
+    for order_id in order_ids:
+        publish_after_commit(session, credit_note.si(order_id))
+    return order_ids
 
 
 def _stalled_runs(session: Any, limit: int, *, now: bool = False) -> list[int]:

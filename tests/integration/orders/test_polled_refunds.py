@@ -94,9 +94,18 @@ def test_a_refund_made_in_the_admin_is_read_by_the_next_poll_credited_and_restoc
     assert after.get(line["sku"], 0) == held[line["sku"]] - 1
     with shop.maker() as session:
         assert session.get_one(StockItem, line["sku"]).reserved == held[line["sku"]] - 1
+    # and while its credit note is not issued (its publish lost to a killed worker: the second
+    # poll had nothing new to publish) the sweeper finds the order, once the refund is older
+    # than its cut-off
+    later = recorded.created_at + dt.timedelta(seconds=1)
+    with shop.maker() as session:
+        assert documents.uncredited_refunds(session, before=later, limit=10) == [order.id]
+        assert documents.uncredited_refunds(session, before=recorded.created_at, limit=10) == []
     # and one credit note of exactly that line
     assert documents.credit_note(shop.transaction, order.id).result.startswith("CN-")
     assert documents.credit_note(shop.transaction, order.id).result == "nothing to credit"
+    with shop.maker() as session:
+        assert documents.uncredited_refunds(session, before=later, limit=10) == []
     (note,) = [i for i in shop.rows(Invoice, order_id=order.id) if i.kind == "credit_note"]
     assert note.total == -paid_back
     assert [(x["ref"], x["quantity"]) for x in note.lines or []] == [(str(line["id"]), 1)]
