@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from db.models import AuditEntry
 from orders.users import Principal, Role, UserError, revoke_token, users_with_tokens
-from web.api import MAX_ID
+from web.api import MAX_ID, NO_NUL
 from web.auth import STAFF_RESPONSES, Problem, require
 from web.sessions import SessionDep
 from web.templating import render
@@ -100,8 +100,8 @@ def _audit_json(entry: AuditEntry) -> dict[str, Any]:
 @api.get("/audit", response_model=AuditListOut)
 def list_audit(
     session: SessionDep,
-    actor: Annotated[str, Query(max_length=100)] = "",
-    action: Annotated[str, Query(max_length=50)] = "",
+    actor: Annotated[str, Query(max_length=100, pattern=NO_NUL)] = "",
+    action: Annotated[str, Query(max_length=50, pattern=NO_NUL)] = "",
     order_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = AUDIT_LIMIT,
 ) -> dict[str, Any]:
@@ -113,8 +113,8 @@ def list_audit(
 def audit_page(
     request: Request,
     session: SessionDep,
-    actor: Annotated[str, Query(max_length=100)] = "",
-    action: Annotated[str, Query(max_length=50)] = "",
+    actor: Annotated[str, Query(max_length=100, pattern=NO_NUL)] = "",
+    action: Annotated[str, Query(max_length=50, pattern=NO_NUL)] = "",
 ) -> HTMLResponse:
     rows = audit_entries(session, actor=actor.strip(), action=action.strip())
     return render(request, "audit.html", rows=rows, actor=actor, action=action, limit=AUDIT_LIMIT)

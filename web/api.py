@@ -46,6 +46,9 @@ Staff = Annotated[Principal, Depends(current)]
 #: the largest row id: our ids are INTEGER columns (a larger number is a 422, not an error of
 #: PostgreSQL's "integer out of range")
 MAX_ID = 2**31 - 1
+#: text a parameter may hold: anything but NUL, which no stored text holds (PostgreSQL's text
+#: refuses it), so it is a 422 instead of a database error
+NO_NUL = r"^[^\x00]*$"
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 PDF: dict[int | str, dict[str, Any]] = {
     200: {"content": {"application/pdf": {}}, "description": "the stored PDF"}
@@ -742,8 +745,9 @@ def retry_outbox(message_id: Id, session: SessionDep, staff: Staff) -> dict[str,
 
 
 @router.get("/stock/{sku:path}")  # a SKU may hold a slash
-def get_stock(sku: Annotated[str, Path(min_length=1, max_length=100)],
-              session: SessionDep) -> dict[str, Any]:  # fmt: skip
+def get_stock(
+    sku: Annotated[str, Path(min_length=1, max_length=100, pattern=NO_NUL)], session: SessionDep
+) -> dict[str, Any]:
     """On hand, reserved, available; per channel listing what it should show, what was last
     pushed and when, pending or failed, and the latest drift with both numbers."""
     from orders.stock_view import stock_view
@@ -756,11 +760,11 @@ def get_stock(sku: Annotated[str, Path(min_length=1, max_length=100)],
 
 @router.put("/stock/{sku:path}", response_model=StockOut)  # a SKU may hold a slash
 def set_stock(
-    sku: Annotated[str, Path(min_length=1, max_length=100)],
+    sku: Annotated[str, Path(min_length=1, max_length=100, pattern=NO_NUL)],
     session: SessionDep,
     staff: Staff,
     on_hand: int = Query(..., ge=0, le=2**31 - 1),
-    location: str = Query("main", min_length=1, max_length=50),
+    location: str = Query("main", min_length=1, max_length=50, pattern=NO_NUL),
 ) -> dict[str, Any]:
     """Set the counted quantity at one of our locations (``main`` by default); on-hold orders
     waiting for the SKU are pushed on, and the SKU's listings are pushed the new quantity. An
