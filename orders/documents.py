@@ -39,6 +39,8 @@ def seller() -> Seller:
 #: refunds that get a credit note of their own lines (a cancellation's full refund is covered
 #: by the cancellation's credit note of what is left)
 CREDITED_SOURCES = ("marketplace", "staff")
+#: a refund's credit note's source key starts with this and the refund's id
+CREDIT_REFUND = "credit:refund:"
 
 
 def refund_lines(invoice: Invoice, refund: Refund, currency: str) -> list[DocLine]:
@@ -94,7 +96,7 @@ def credit_refunds(session: Session, order: Order) -> list[str]:
     ).all()
     credited = session.execute(
         select(Invoice.source_key, Invoice.credits_invoice_id).where(
-            Invoice.order_id == order.id, Invoice.source_key.like("credit:refund:%")
+            Invoice.order_id == order.id, Invoice.source_key.like(f"{CREDIT_REFUND}%")
         )
     ).all()
     keys = {str(key) for key, _ in credited}
@@ -103,7 +105,7 @@ def credit_refunds(session: Session, order: Order) -> list[str]:
     for refund in refunds:
         if str(refund.id) in here:
             continue
-        key = f"credit:refund:{refund.id}"
+        key = f"{CREDIT_REFUND}{refund.id}"
         if key in keys:  # credited against an invoice an edit replaced
             key = f"{key}:i{invoice.id}"
         note = credit_lines(session, order, source_key=key,
@@ -121,7 +123,7 @@ def uncredited_refunds(session: Session, *, before: dt.datetime, limit: int) -> 
     commit that recorded the refund and the publish; a redelivery finds the refund recorded
     and has nothing new to publish). The sweeper publishes their ``credit_note`` again, which
     issues what is due and nothing twice."""
-    key = literal("credit:refund:") + cast(Refund.id, String)
+    key = literal(CREDIT_REFUND) + cast(Refund.id, String)
     credited = exists().where(
         Invoice.order_id == Refund.order_id,
         or_(Invoice.source_key == key, Invoice.source_key.like(key + ":%")),

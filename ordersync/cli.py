@@ -169,16 +169,12 @@ def worker(
     )  # fmt: skip
 
 
-def lower_cpu_priority(niceness: int) -> int:
+def lower_cpu_priority(niceness: int) -> None:
     """Run this process (and what it forks: the prefork pool) at ``niceness`` at least, so that
     a web process on the same machine answers webhooks first; never raises a priority (that
-    needs privileges), and does nothing where the OS has no niceness. The niceness in effect."""
-    if not hasattr(os, "setpriority"):
-        return 0
-    current = os.getpriority(os.PRIO_PROCESS, 0)
-    if niceness > current:
+    needs privileges), and does nothing where the OS has no niceness."""
+    if hasattr(os, "setpriority") and niceness > os.getpriority(os.PRIO_PROCESS, 0):
         os.setpriority(os.PRIO_PROCESS, 0, niceness)
-    return os.getpriority(os.PRIO_PROCESS, 0)
 
 
 def _multiprocess_metrics() -> None:
