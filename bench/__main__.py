@@ -70,14 +70,18 @@ def _heaviest(cpu: dict[str, float]) -> str:
 def _intake(result: dict[str, Any]) -> list[Figure]:
     hooks, health = result["phases"]["webhooks"], result["phases"]["healthz"]
     procs = result["web_workers"]
-    where = f"{procs} web process{'es' if procs > 1 else ''}"
+    where = f"{procs} web process{'es' if procs > 1 else ''}, {result['database']}"
+    rate_goal, p99_goal = ">= 0.7 x /healthz, or >= 1000/s and p99 <= 50 ms", "<= 50 ms"
+    rate_ok, p99_ok = bool(result["goal_met"]), hooks["p99_s"] <= 0.05
+    if result["database"].startswith("sqlite"):
+        # the laptop set-up (one writer at a time): measured; the goals are PostgreSQL's
+        rate_goal = p99_goal = "measured (the goals are PostgreSQL's)"
+        rate_ok = p99_ok = True
     return [
         Figure(f"webhook intake, {where}", hooks["per_s"], "webhooks/s", health["per_s"],
-               ">= 0.7 x /healthz, or >= 1000/s and p99 <= 50 ms", bool(result["goal_met"]),
-               _heaviest(hooks["cpu_ms_per_request"])),
+               rate_goal, rate_ok, _heaviest(hooks["cpu_ms_per_request"])),
         Figure(f"webhook intake p99, {where}", 1000 * hooks["p99_s"], "ms",
-               1000 * health["p99_s"], "<= 50 ms", hooks["p99_s"] <= 0.05,
-               "queueing behind the CPU above"),
+               1000 * health["p99_s"], p99_goal, p99_ok, "queueing behind the CPU above"),
     ]  # fmt: skip
 
 
@@ -168,8 +172,9 @@ def _stock(result: dict[str, Any]) -> list[Figure]:
 
 
 BENCHMARKS = (
-    # the intake with one web process and with two (as many as the cores): /healthz is the
-    # baseline of each, measured on the same processes
+    # the intake with one web process and with two (as many as the cores), on PostgreSQL (a
+    # scratch database; SQLite, said so, where none answers): /healthz is the baseline of
+    # each, measured on the same processes
     Benchmark("webhook_intake", "bench.webhook_intake",
               {"smoke": ["--seconds", "2", "--connections", "8"],
                "full": ["--seconds", "10", "--connections", "32", "--web-workers", "1"]},
@@ -177,6 +182,11 @@ BENCHMARKS = (
     Benchmark("webhook_intake_2", "bench.webhook_intake",
               {"smoke": ["--seconds", "2", "--connections", "8", "--web-workers", "2"],
                "full": ["--seconds", "10", "--connections", "32", "--web-workers", "2"]},
+              _intake),
+    # the laptop set-up, SQLite: measured beside the others, no goal of its own
+    Benchmark("webhook_intake_sqlite", "bench.webhook_intake",
+              {"smoke": ["--seconds", "2", "--connections", "8", "--sqlite"],
+               "full": ["--seconds", "10", "--connections", "32", "--sqlite"]},
               _intake),
     Benchmark("pipeline", "bench.pipeline_throughput",
               {"smoke": ["--orders", "20", "--warmup", "2", "--no-task-stats"],

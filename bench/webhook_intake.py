@@ -1,10 +1,12 @@
 """Webhook intake: signed Shopify order webhooks against ``/healthz`` on the same web processes.
 
 ``python -m bench.webhook_intake [--seconds S] [--connections C] [--web-workers N]
-[--database-url URL] [--redis-url URL] [--json]``
+[--database-url URL | --sqlite] [--redis-url URL] [--json]``
 
-Set-up: the database migrated (a fresh SQLite file, or ``--database-url``: a PostgreSQL URL
-gets a new database of its own, dropped afterwards), Redis (the embedded one, or
+Set-up: the database migrated: a scratch PostgreSQL database made on ``--database-url``'s
+server (by default ``ORDERSYNC_TEST_POSTGRES_URL``'s) and dropped after, the set-up that takes
+bursts in production; a fresh SQLite file with ``--sqlite`` (the laptop set-up: one writer at
+a time), or when no PostgreSQL answers, said so), Redis (the embedded one, or
 ``--redis-url``), one Shopify account with a webhook secret, and ``ordersync web --workers N``
 (real processes; no worker, so every accepted webhook's ``process_event`` waits in Redis, as
 during a burst while the workers are busy).
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import math
@@ -116,11 +119,12 @@ def run(
     web_workers: int,
     database_url: str | None,
     redis_url: str | None,
+    sqlite: bool = False,
     keep: bool = False,
 ) -> dict[str, Any]:
     import sqlalchemy as sa
-    from sqlalchemy.engine import make_url
 
+    from bench.backfill import scratch_database
     from bench.pipeline_throughput import PG_ROLE, CpuMeter, Processes, _postmaster, _wait_ready
     from core.embedded_redis import EmbeddedRedis
     from core.net import free_port
@@ -132,12 +136,11 @@ def run(
     tmp = Path(tempfile.mkdtemp(prefix="ordersync-bench-intake-"))
     embedded = None if redis_url else EmbeddedRedis(tmp / "redis")
     broker = redis_url or embedded.ensure()  # type: ignore[union-attr]
-    admin_url, url = None, database_url or f"sqlite:///{tmp / 'ordersync.db'}"
-    if url.startswith("postgresql"):
-        admin_url, name = url, f"ordersync_bench_{uuid.uuid4().hex[:8]}"
-        with sa.create_engine(url, isolation_level="AUTOCOMMIT").connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        url = make_url(url).set(database=name).render_as_string(hide_password=False)
+    database = contextlib.ExitStack()
+    if sqlite:
+        url, label = f"sqlite:///{tmp / 'ordersync.db'}", "sqlite"
+    else:
+        url, label = database.enter_context(scratch_database(database_url))
     upgrade(url)
     secret = secrets.token_hex(16)
     engine = make_engine(url)
@@ -171,7 +174,7 @@ def run(
         if embedded is not None and embedded.process is not None:
             roles["redis-server"] = [embedded.process.pid]
         postmaster = _postmaster()
-        if postmaster and admin_url:
+        if postmaster and url.startswith("postgresql"):
             roles[PG_ROLE] = [postmaster]
         phases: dict[str, Any] = {}
         for name, make in (("healthz", lambda: healthz), ("webhooks", webhook)):
@@ -187,17 +190,14 @@ def run(
         engine.dispose()
         if embedded is not None:
             embedded.stop()
-        if admin_url:
-            with sa.create_engine(admin_url, isolation_level="AUTOCOMMIT").connect() as conn:
-                dropped = make_url(url).database
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{dropped}" WITH (FORCE)'))
+        database.close()  # the scratch database dropped
         if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
     hooks = phases["webhooks"]
     accepted = 0 if hooks["not_200"] else stored  # warm-up webhooks are stored too
     ratio = hooks["per_s"] / phases["healthz"]["per_s"] if phases["healthz"]["per_s"] else 0.0
     return {
-        "database": "postgresql" if admin_url else "sqlite",
+        "database": label,
         "web_workers": web_workers,
         "connections": connections,
         "seconds": seconds,
@@ -246,14 +246,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="per phase (default 10)")
     parser.add_argument("--connections", type=int, default=32, help="keep-alive connections")
     parser.add_argument("--web-workers", type=int, default=1, help="ordersync web --workers N")
-    parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--database-url", default=None,
+                       help="a PostgreSQL server: a scratch database is made on it (default: "
+                            "ORDERSYNC_TEST_POSTGRES_URL's)")  # fmt: skip
+    where.add_argument("--sqlite", action="store_true", help="a fresh SQLite file instead")
     parser.add_argument("--redis-url", default=None, help="default: the embedded redis-server")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir and logs")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     args = parser.parse_args(argv)
     result = run(seconds=args.seconds, connections=args.connections,
                  web_workers=args.web_workers, database_url=args.database_url,
-                 redis_url=args.redis_url, keep=args.keep)  # fmt: skip
+                 redis_url=args.redis_url, sqlite=args.sqlite, keep=args.keep)  # fmt: skip
     print(json.dumps(result) if args.json else render(result))
     return 0
 
