@@ -96,9 +96,9 @@ def refundable(session: Session, order_id: int) -> Payment | None:
         return None
     if payment.provider != PROVIDER:
         return None  # captured on the marketplace (Shopify): it refunds on its side
-    if session.scalar(select(Refund.id).where(Refund.idempotency_key.like(
-            f"refund:{order_id}%"), Refund.source == "provider")) is not None:  # fmt: skip
-        return None  # the full refund of a cancellation was made
+    if session.scalar(select(Refund.id).where(Refund.order_id == order_id,
+                                              Refund.source == "provider")) is not None:
+        return None  # the full refund of a cancellation was made (only ``refund`` makes one)
     return payment if left_to_refund(session, payment) > 0 else None
 
 

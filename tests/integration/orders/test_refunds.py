@@ -136,3 +136,22 @@ def test_cancelling_an_order_that_holds_no_stock_records_no_release(
 
     assert shop.events(order_id, "stock_released") == []
     assert later.scheduled == {"credit_note": [order_id], "refund": [order_id]}
+
+
+def test_a_refund_of_an_order_whose_id_begins_alike_does_not_stand_for_this_ones(
+    shop: Shop, provider: FakePayments
+) -> None:
+    # given two cancelled, captured orders whose ids begin alike (n and n0): the refund key of
+    # the second, refund:n0, begins with the first's, refund:n
+    first = shop.order(S.CANCELLED)
+    shop.captured(first, "pi_1")
+    longer = shop.order(S.CANCELLED, id=int(f"{first}0"))
+    shop.captured(longer, "pi_2")
+
+    # when the second is refunded first
+    assert refund(shop.transaction, longer, lambda: provider, shop.keys()) == Outcome("refunded")
+
+    # then the first is still refunded: its own money, not "nothing to refund"
+    assert refund(shop.transaction, first, lambda: provider, shop.keys("t2")) == Outcome("refunded")
+    assert sorted(r.payment_intent for r in provider.refunds.values()) == ["pi_1", "pi_2"]
+    assert {r.order_id for r in shop.rows(Refund)} == {first, longer}
