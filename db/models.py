@@ -318,7 +318,14 @@ class IdempotencyKey(Base):
     __tablename__ = "idempotency_keys"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    key: Mapped[str] = mapped_column(String(255), unique=True)
+    # ordered byte by byte (COLLATE "C" on PostgreSQL; SQLite's BINARY already is), so that a
+    # key and the keys under it (``label:7``, ``label:7:2``, ``label:7:s3``) are one range of
+    # its unique index (``orders.idempotency.family``): under the database's language
+    # collation neither that range nor a LIKE can use the index, and every claim read the
+    # whole table
+    key: Mapped[str] = mapped_column(
+        String(255).with_variant(String(255, collation="C"), "postgresql"), unique=True
+    )
     request_hash: Mapped[str] = mapped_column(String(64))
     recovery_point: Mapped[str] = mapped_column(String(50), default="started")
     locked_at: Mapped[dt.datetime | None]

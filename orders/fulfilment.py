@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from sqlalchemy import bindparam, exists, func, insert, or_, select
+from sqlalchemy import bindparam, exists, func, insert, select
 from sqlalchemy.orm import Session
 
 from core.settings import get_settings
@@ -772,7 +772,7 @@ def _unfinished_label_keys(session: Session, order_id: int) -> list[IdempotencyK
         session.scalars(
             select(IdempotencyKey)
             .where(
-                or_(IdempotencyKey.key == base, IdempotencyKey.key.like(f"{base}:%")),
+                idempotency.family(base),
                 IdempotencyKey.recovery_point.not_in([idempotency.FINISHED, idempotency.REJECTED]),
             )
             .order_by(IdempotencyKey.id)

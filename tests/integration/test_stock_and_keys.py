@@ -245,3 +245,81 @@ def test_advance_walks_a_path_in_one_fenced_write_with_a_timeline_row_per_step(
             ("new", "reserved", {"n": 1}),
             ("reserved", "paid", {"n": 1}),
         ]
+
+
+def test_a_keys_family_is_itself_and_the_keys_under_it_read_from_the_unique_index(
+    migrated_url: str,
+) -> None:
+    # given keys of order 7's label, of orders 70 and 8, and a key that only sorts nearby
+    maker = _maker(migrated_url)
+    keys = ["label:7", "label:7:2", "label:7:s3", "label:7:s3:2", "label:70", "label:70:2",
+            "label:8", "label:6:9", "label:7;", "label:7 ", "LABEL:7:2", "label:7/"]  # fmt: skip
+    with maker() as session, session.begin():
+        for key in keys:
+            session.add(IdempotencyKey(key=key, request_hash="h"))
+
+    # when the family of label:7 is read
+    query = select(IdempotencyKey.key).where(idempotency.family("label:7"))
+    with maker() as session:
+        found = sorted(session.scalars(query))
+    engine = maker.kw["bind"]
+    sql = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            # a scan of the whole table is the planner's last resort here: a plan without one
+            # exists only if the index serves the predicate
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql(f"EXPLAIN {sql}"))
+        else:
+            plan = "\n".join(r[-1] for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+
+    # then it is the key and the keys under it, nothing that merely begins alike
+    assert found == ["label:7", "label:7:2", "label:7:s3", "label:7:s3:2"]
+    # and the unique index finds them: no scan of the whole table (it grew with every order)
+    assert "Seq Scan" not in plan and not plan.startswith("SCAN"), plan
+    assert "idempotency_keys_key" in plan or "sqlite_autoindex_idempotency_keys" in plan, plan
+
+
+@pytest.mark.postgres
+def test_a_keys_family_is_whole_on_a_postgresql_database_with_a_language_collation(
+    postgres_admin_url: str,
+) -> None:
+    # given a database whose default collation is a language's (ICU en-US, where ';' sorts
+    # before ':', as many servers are set up): ordered so, the family's range would be empty
+    import uuid
+
+    import sqlalchemy as sa
+    from sqlalchemy.engine import make_url
+
+    from db.migrate import upgrade
+
+    name = f"ordersync_t_icu_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        icu = "LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+        conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE template0 {icu}'))
+    url = make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        maker = _maker(url)
+        with maker() as session, session.begin():
+            assert session.scalar(sa.text("SELECT 'label:7:2' < 'label:7;'")) is False
+            for key in ("label:7", "label:7:2", "label:7:s3", "label:70", "label:8"):
+                session.add(IdempotencyKey(key=key, request_hash="h"))
+
+        # when order 7's label keys are read, and the next key after a retired one is asked
+        with maker() as session, session.begin():
+            found = sorted(session.scalars(
+                select(IdempotencyKey.key).where(idempotency.family("label:7"))))  # fmt: skip
+            for retired in ("label:7", "label:7:2"):  # the carrier refused both
+                idempotency.fail(session, retired, "400", rejected=True)
+            current = idempotency.current_key(session, "label:7")
+
+        # then the migration's byte order holds: every key under label:7 and no other
+        assert found == ["label:7", "label:7:2", "label:7:s3"]
+        assert current == "label:7:3"  # never a retired key again
+        maker.kw["bind"].dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
