@@ -51,13 +51,15 @@ from db.models import (
 from domain.states import InboxStatus, OrderState
 from integrations import registry
 from orders.refunds import PROVIDER as OUR_PROVIDER
-from web.api import MAX_ID, Id, load_order, summary, undelivered
+from web.api import MAX_ID, NO_NUL, Id, load_order, summary, undelivered
 from web.sessions import SessionDep
 from web.templating import HERE, render
 
 __all__ = ["router"]
 
 PAGE_SIZE = 50
+#: past it the OFFSET would not fit PostgreSQL's BIGINT (a 500): a 422 instead
+MAX_PAGE = 10**9
 # how much of each worklist the overview shows; the full lists are one click away
 OVERVIEW_LIMIT = 50
 
@@ -199,8 +201,8 @@ def orders(
     request: Request,
     state: str = "",
     channel: str = "",
-    q: str = Query("", max_length=100),
-    page: int = Query(1, ge=1),
+    q: str = Query("", max_length=100, pattern=NO_NUL),
+    page: int = Query(1, ge=1, le=MAX_PAGE),
     *,
     session: SessionDep,
 ) -> HTMLResponse:

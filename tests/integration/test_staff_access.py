@@ -421,3 +421,19 @@ def test_a_login_form_larger_than_a_form_is_refused_without_being_held(staffed: 
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert done.status_code == 413
+
+
+def test_the_order_lists_search_refuses_what_the_database_cannot_take_with_422(
+    staffed: Staffed,
+) -> None:
+    client = TestClient(staffed.app, base_url=BASE)
+    headers = bearer(staff_token(staffed.maker, "viewer"))
+
+    found = client.get("/orders", params={"q": "Lovelace"}, headers=headers)
+    assert found.status_code == 200 and f"/orders/{staffed.order_id}" in found.text
+
+    # a NUL in the search (PostgreSQL's text cannot hold one) and a page whose OFFSET would
+    # not fit a BIGINT: refused before the query, never a 500
+    for params in ({"q": "Ada\x00"}, {"page": 10**18}):
+        refused = client.get("/orders", params=params, headers=headers)
+        assert refused.status_code == 422, (params, refused.status_code)
