@@ -45,6 +45,7 @@ __all__ = [
     "per_dialect",
     "rowcount",
     "session_scope",
+    "set_pre_ping_default",
 ]
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -251,6 +252,19 @@ _lock = threading.Lock()
 def _pre_ping() -> bool:
     configured = get_settings().db_pool_pre_ping
     return PRE_PING_DEFAULT if configured is None else configured
+
+
+def set_pre_ping_default(value: bool) -> None:
+    """Make ``value`` the pool's ping where ``ORDERSYNC_DB_POOL_PRE_PING`` is unset, for the
+    engines made from now on *and* for the default engines made already (a worker's CLI
+    checks the schema before Celery starts, so the process had an engine, with the ping,
+    before ``worker_init``): those are disposed and forgotten, and made again on next use."""
+    global PRE_PING_DEFAULT
+    with _lock:
+        PRE_PING_DEFAULT = value
+        for key in [key for key in _engines if key[1] is None]:
+            _engines.pop(key).dispose()
+        _sessionmaker.cache_clear()
 
 
 def get_engine(url: str | None = None, *, pre_ping: bool | None = None) -> Engine:

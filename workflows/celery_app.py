@@ -154,7 +154,7 @@ def _beat_schedule() -> dict[str, Any]:
 def _worker_init(**_kwargs: Any) -> None:
     from db import session
 
-    session.PRE_PING_DEFAULT = False  # see db.session: tasks retry a lost connection
+    session.set_pre_ping_default(False)  # see db.session: tasks retry a lost connection
 
 
 @signals.worker_process_init.connect

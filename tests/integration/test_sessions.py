@@ -87,3 +87,33 @@ def test_a_long_statement_sent_again_is_converted_by_psycopg_once(postgres_url: 
         engine.dispose()
     assert row[299] == 598  # the second one's own values
     assert again.hits == parsed.hits + 1 and again.misses == parsed.misses
+
+
+@pytest.mark.postgres
+def test_a_worker_process_does_not_ping_on_checkout_though_its_cli_made_an_engine_first(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``ordersync worker`` checks the schema (an engine, with the ping) before Celery starts;
+    ``worker_init`` must still leave the tasks' engine without the ping (one round trip per
+    transaction: ten per order in the pipeline, before this was fixed)."""
+    from celery import signals
+
+    from db import session
+    from db.migrate import check_ready, upgrade
+
+    upgrade(postgres_url)
+    monkeypatch.delenv("ORDERSYNC_DB_POOL_PRE_PING", raising=False)
+    monkeypatch.setattr(session, "PRE_PING_DEFAULT", True)
+    check_ready(postgres_url)  # as ordersync.cli.worker does, before app.worker_main
+    before = session.get_engine(postgres_url)
+    assert before.pool._pre_ping  # the CLI's own engine pings (web and CLI keep it)
+    try:
+        signals.worker_init.send(sender=None)
+        signals.worker_process_init.send(sender=None)
+        engine = session.get_sessionmaker(postgres_url)().get_bind()
+        assert engine is session.get_engine(postgres_url) and engine is not before
+        assert engine.pool._pre_ping is False
+        with engine.connect() as conn:  # and it works
+            assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
+    finally:
+        session.set_pre_ping_default(True)
