@@ -92,8 +92,9 @@ def _pipeline(result: dict[str, Any]) -> list[Figure]:
     ratio_ok = bool(result.get("ratio_pass")) or (
         bool(base) and pipe["per_s"] / base["per_s"] >= 0.5
     )
+    where = str(result.get("database", "?")).split(":", 1)[0].split("+", 1)[0].split(" ", 1)[0]
     return [
-        Figure("pipeline", pipe["per_s"], "orders/s", base.get("per_s"),
+        Figure(f"pipeline, {where}", pipe["per_s"], "orders/s", base.get("per_s"),
                ">= 0.5 x the bare chain", ratio_ok and pipe["all_completed"],
                _heaviest(cpu) if cpu else "?"),
     ]  # fmt: skip
@@ -191,6 +192,11 @@ BENCHMARKS = (
     Benchmark("pipeline", "bench.pipeline_throughput",
               {"smoke": ["--orders", "20", "--warmup", "2", "--no-task-stats"],
                "full": ["--orders", "300"]},
+              _pipeline),
+    # the same on PostgreSQL (the goal is on both databases)
+    Benchmark("pipeline_pg", "bench.pipeline_throughput",
+              {"smoke": ["--orders", "20", "--warmup", "2", "--no-task-stats", "--postgres"],
+               "full": ["--orders", "300", "--postgres"]},
               _pipeline),
     Benchmark("poll", "bench.poll_throughput",
               {"smoke": ["--seconds", "2"], "full": []},

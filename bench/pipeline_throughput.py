@@ -43,6 +43,7 @@ functions on stderr). Columns: bench/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import functools
 import gc
@@ -1021,10 +1022,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_WARMUP,
         help=f"orders and chains run first, not counted (default {DEFAULT_WARMUP})",
     )
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--database-url",
         default=None,
         help="SQLAlchemy URL (default: a fresh SQLite file in a temp dir)",
+    )
+    where.add_argument(
+        "--postgres",
+        action="store_true",
+        help="a new PostgreSQL database, dropped after, on ORDERSYNC_TEST_POSTGRES_URL's "
+        "server (SQLite, said so, when none answers)",
     )
     parser.add_argument(
         "--redis-url",
@@ -1093,22 +1101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # our own process (sandbox, clients) logs nothing below WARNING: keep the output the result
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     logging.basicConfig(level=logging.WARNING)
-    result = run(
-        orders=args.orders,
-        warmup=args.warmup,
-        database_url=args.database_url,
-        redis_url=args.redis_url,
-        workers=args.workers,
-        concurrency=args.concurrency,
-        threads=args.send_threads,
-        capture_share=args.capture_share,
-        timeout_s=args.timeout,
-        baseline=not args.no_baseline,
-        log_level=args.log_level,
-        keep=args.keep,
-        profile_dir=args.profile.resolve() if args.profile else None,
-        task_stats=not args.no_task_stats,
-    )
+    database = contextlib.ExitStack()
+    database_url = args.database_url
+    if args.postgres:
+        from bench.backfill import scratch_database
+
+        database_url, _label = database.enter_context(scratch_database(None))
+    with database:
+        result = _run_from(args, database_url)
     if args.profile:
         print(profile_report(args.profile), file=sys.stderr)
     if args.json:
@@ -1121,6 +1121,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         for table in render(result):
             console.print(table)
     return 1 if args.strict and not result["pass"] else 0
+
+
+def _run_from(args: argparse.Namespace, database_url: str | None) -> dict[str, Any]:
+    return run(
+        orders=args.orders,
+        warmup=args.warmup,
+        database_url=database_url,
+        redis_url=args.redis_url,
+        workers=args.workers,
+        concurrency=args.concurrency,
+        threads=args.send_threads,
+        capture_share=args.capture_share,
+        timeout_s=args.timeout,
+        baseline=not args.no_baseline,
+        log_level=args.log_level,
+        keep=args.keep,
+        profile_dir=args.profile.resolve() if args.profile else None,
+        task_stats=not args.no_task_stats,
+    )
 
 
 if __name__ == "__main__":
