@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 from core.settings import get_settings
 from db.base import utcnow
 from db.models import ChannelAccount, Order, Refund, Shipment
-from db.session import get_sessionmaker
+from db.session import session_scope
 from domain.errors import PermanentError
 from domain.states import OrderState
 from integrations.base import ConnectorSeams, MarketplaceConnector, ShipmentGroup
@@ -167,7 +167,6 @@ def _holder(held_by: str, account_id: int) -> AuthorizationHolder:
     reused by this process while the account is unchanged)."""
     if held_by == "provider":
         return payments_client()
-    from db.session import session_scope
 
     with session_scope() as session:
         account = session.get_one(ChannelAccount, account_id)
@@ -223,8 +222,10 @@ def _splits(channel: str) -> bool:
 
 def _shipment_plan(order_id: int) -> list[ShipmentGroup]:
     """How the order's marketplace splits it by location (Shopify's fulfillment orders); an
-    account we cannot ask (webhook-only) ships it whole from our location."""
-    with get_sessionmaker()() as session:
+    account we cannot ask (webhook-only) ships it whole from our location. The read ends with
+    a COMMIT, not the ROLLBACK of a session closed without one: on PostgreSQL a ROLLBACK makes
+    psycopg drop every statement it prepared on the connection (DEALLOCATE ALL)."""
+    with session_scope() as session:
         row = session.execute(
             select(Order.external_id, ChannelAccount)
             .join(ChannelAccount, ChannelAccount.id == Order.channel_account_id)

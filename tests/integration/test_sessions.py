@@ -117,3 +117,32 @@ def test_a_worker_process_does_not_ping_on_checkout_though_its_cli_made_an_engin
             assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
     finally:
         session.set_pre_ping_default(True)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_the_label_steps_read_leaves_psycopgs_prepared_statements_in_place(
+    settings_for: str,
+) -> None:
+    """``buy_label`` reads the order's account for its shipment plan once per order. Ended
+    with a ROLLBACK, that read made psycopg drop every statement prepared on the connection
+    (73 times for 110 orders in the pipeline benchmark), and each was parsed and planned
+    again; ended with a COMMIT, they stay."""
+    from db.models import ChannelAccount
+    from db.session import get_engine, session_scope
+    from tests.support.shop import Shop
+    from workflows.pipeline import _shipment_plan
+
+    shop = Shop(settings_for)
+    with session_scope() as session:
+        hooks_only = ChannelAccount(name="hooks-only", channel="shopify")  # no API to ask
+        session.add(hooks_only)
+    order_id = shop.order(account=hooks_only)
+    shop.engine.dispose()
+    engine = get_engine()
+    engine.dispose()  # this test's reads on one connection of their own
+    for _ in range(8):  # past psycopg's prepare_threshold (5)
+        assert _shipment_plan(order_id) == []
+    with engine.connect() as conn:
+        names = conn.execute(sa.text("SELECT name FROM pg_prepared_statements")).all()
+    assert names  # the plan's SELECT, prepared on the sixth read, is still there
