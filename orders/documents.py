@@ -82,9 +82,6 @@ def credit_refunds(session: Session, order: Order) -> list[str]:
     ``credit:refund:{refund}:i{invoice}``): invoiced - credited stays what the buyer paid."""
     from orders.invoices import credit_lines, current_invoice
 
-    invoice = current_invoice(session, order.id)
-    if invoice is None:
-        return []
     refunds = session.scalars(
         select(Refund)
         .where(
@@ -94,6 +91,11 @@ def credit_refunds(session: Session, order: Order) -> list[str]:
         )
         .order_by(Refund.id)
     ).all()
+    if not refunds:  # most orders: one read, not the invoices' too (and the new one's PDF)
+        return []
+    invoice = current_invoice(session, order.id)
+    if invoice is None:
+        return []
     credited = session.execute(
         select(Invoice.source_key, Invoice.credits_invoice_id).where(
             Invoice.order_id == order.id, Invoice.source_key.like(f"{CREDIT_REFUND}%")

@@ -252,13 +252,19 @@ def _issue(
 def current_invoice(session: Session, order_id: int) -> Invoice | None:
     """The order's invoice in force: its newest, unless a cancellation or an edit credited it
     (a partial refund's credit note leaves it in force)."""
+    return _in_force(session, order_id)[0]
+
+
+def _in_force(session: Session, order_id: int) -> tuple[Invoice | None, int]:
+    """``current_invoice``, and how many invoices the order has had (its next revision's
+    number less one), from one read of them."""
     invoices = session.scalars(
         select(Invoice)
         .where(Invoice.order_id == order_id, Invoice.kind == INVOICE)
         .order_by(Invoice.id.desc())
     ).all()
     if not invoices:
-        return None
+        return None, 0
     closed = set(
         session.scalars(
             select(Invoice.credits_invoice_id).where(
@@ -269,7 +275,7 @@ def current_invoice(session: Session, order_id: int) -> Invoice | None:
         )
     )
     newest = invoices[0]
-    return None if newest.id in closed else newest
+    return (None if newest.id in closed else newest), len(invoices)
 
 
 def remaining_lines(session: Session, invoice: Invoice) -> list[DocLine]:
@@ -315,16 +321,12 @@ def invoice_for(
 ) -> Invoice:
     """``issue_invoice`` for an order the caller has already locked (``load_for_update``)."""
     # checked under the order's lock: a concurrent worker may have committed it while we waited
-    found = current_invoice(session, order.id)
+    found, issued = _in_force(session, order.id)
     if found is not None:
         return found
     if order.state == OrderState.CANCELLED:
         raise InvoiceRefused(f"order {order.id} is cancelled; no invoice issued")
-    revision = 1 + len(
-        session.scalars(
-            select(Invoice.id).where(Invoice.order_id == order.id, Invoice.kind == INVOICE)
-        ).all()
-    )
+    revision = 1 + issued
     return _issue(session, order, kind=INVOICE, source_key=f"invoice:{order.id}:{revision}",
                   lines=order_lines(order), seller=seller, render=render)  # fmt: skip
 

@@ -98,6 +98,33 @@ def test_a_paid_order_gets_one_invoice_and_after_a_cancel_one_credit_note(shop: 
     assert kinds["credit_note"].credits_invoice_id == invoice.id
 
 
+def test_invoicing_an_order_without_refunds_reads_the_invoices_once_and_never_its_pdf(
+    shop: Shop,
+) -> None:
+    """The pipeline's invoice step: one read of the order's invoices (in force, and how many:
+    the revision) before the INSERT; nothing read after it, as there is no refund to credit
+    (it used to read the new invoice back, its PDF of some 44 KB included)."""
+    import sqlalchemy as sa
+
+    order_id = shop.order(S.PAID)
+    sent: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        sent.append(" ".join(statement.split()))
+
+    sa.event.listen(shop.engine, "before_cursor_execute", record)
+    try:
+        outcome = issue_invoice(shop.transaction, order_id)
+    finally:
+        sa.event.remove(shop.engine, "before_cursor_execute", record)
+    (invoice,) = shop.rows(Invoice, order_id=order_id)
+    assert outcome == Outcome(invoice.full_number) and invoice.pdf is not None
+    inserted = next(i for i, s in enumerate(sent) if s.startswith("INSERT INTO invoices "))
+    reads = [s for s in sent if s.startswith("SELECT") and " FROM invoices " in s]
+    assert len([s for s in reads if "invoices.pdf" in s]) == 1  # the one read, before
+    assert not any(" FROM invoices " in s for s in sent[inserted + 1 :])
+
+
 def test_a_cancelled_order_that_was_never_invoiced_gets_no_credit_note(shop: Shop) -> None:
     order_id = shop.order(S.CANCELLED)
 
