@@ -23,9 +23,12 @@ On PostgreSQL the locks are ``SELECT … FOR UPDATE`` / ``UPDATE`` row locks und
 relies on). On SQLite the session already holds the database write lock from ``BEGIN IMMEDIATE``
 (``db/session.py``), which serialises writers; ``FOR UPDATE`` compiles to nothing there.
 
-The series' lock is held until the caller commits, so keep that transaction short: rendering the
-PDF inside it costs a few milliseconds per invoice (``render=False`` + ``attach_pdf`` later moves
-it out of the lock if that ever matters).
+The series' lock is held until the caller commits, so keep that transaction short. Rendering a
+PDF costs several milliseconds (about as much as the rest of the step), so the pipeline's invoice
+step issues with ``render=False``, commits, renders the ``build_document`` it took inside the
+transaction, and stores the bytes with ``attach_pdf`` in a transaction of one ``UPDATE``: no
+lock (nor, on SQLite, the database's write lock) is held while reportlab runs. A crash in between
+leaves an invoice without its PDF; the step's retry finds the invoice in force and renders it.
 """
 
 from __future__ import annotations
@@ -116,6 +119,12 @@ _BUMP = (
     .returning(_counters.c.next_number)
 )
 _BY_SOURCE = select(Invoice).where(Invoice.source_key == bindparam("b_source"))
+_invoices = table(Invoice)
+_ATTACH_PDF = (
+    update(_invoices)
+    .where(_invoices.c.id == bindparam("b_id"), _invoices.c.pdf.is_(None))
+    .values(pdf=bindparam("b_pdf"))
+)
 
 
 def next_number(session: Session, series: str) -> int:
@@ -388,24 +397,14 @@ def issue_credit_note(
                             seller=seller, render=render)  # fmt: skip
 
 
-def attach_pdf(session: Session, invoice_id: int, *, seller: Seller = DEMO_SELLER) -> Invoice:
-    """Render the PDF of an invoice issued with ``render=False``; a stored PDF is kept as is.
+def attach_pdf(session: Session, invoice_id: int, pdf: bytes) -> bool:
+    """Store the PDF of an invoice issued with ``render=False``; a stored PDF is kept as is.
 
-    Rendering is deterministic, so a retry after a crash produces the same bytes.
+    One ``UPDATE … WHERE pdf IS NULL``: rendering is deterministic, so two workers that both
+    rendered it would store the same bytes, and the second store is a no-op. True when this
+    call stored it.
     """
-    invoice = session.get(Invoice, invoice_id, with_for_update=True, populate_existing=True)
-    if invoice is None:
-        raise LookupError(f"invoice {invoice_id} not found")
-    if invoice.pdf is None:
-        order = session.get_one(Order, invoice.order_id)
-        credits = (
-            session.get_one(Invoice, invoice.credits_invoice_id)
-            if invoice.credits_invoice_id is not None
-            else None
-        )
-        invoice.pdf = render_invoice(build_document(order, invoice, seller=seller, credits=credits))
-        session.flush()
-    return invoice
+    return core(session).execute(_ATTACH_PDF, {"b_id": invoice_id, "b_pdf": pdf}).rowcount == 1
 
 
 def find_gaps(session: Session) -> dict[str, list[int]]:

@@ -25,12 +25,14 @@ from db.base import utcnow
 from db.models import ChannelAccount, Invoice, InvoiceCounter, Order, OrderLine
 from db.session import make_engine
 from domain.states import OrderState
+from orders.invoice_pdf import render_invoice
 from orders.invoices import (
     CREDIT_NOTE,
     DEMO_SELLER,
     INVOICE,
     InvoiceRefused,
     attach_pdf,
+    build_document,
     find_gaps,
     format_number,
     issue_credit_note,
@@ -381,13 +383,17 @@ def test_an_invoice_issued_without_its_pdf_gets_it_attached_once(
         invoice_id = issue_invoice(session, order_id, seller=DEMO_SELLER, render=False).id
     assert _invoices(maker)[0].pdf is None
 
+    with maker() as session:
+        invoice = session.get_one(Invoice, invoice_id)
+        order = session.get_one(Order, invoice.order_id)
+        pdf = render_invoice(build_document(order, invoice, seller=DEMO_SELLER))
     with maker() as session, session.begin():
-        first = attach_pdf(session, invoice_id, seller=DEMO_SELLER).pdf
+        stored = attach_pdf(session, invoice_id, pdf)
     with maker() as session, session.begin():
-        second = attach_pdf(session, invoice_id, seller=DEMO_SELLER).pdf
+        again = attach_pdf(session, invoice_id, b"%PDF- another rendering")
 
-    assert first is not None and first.startswith(b"%PDF-")
-    assert second == first == _invoices(maker)[0].pdf
+    assert pdf.startswith(b"%PDF-") and (stored, again) == (True, False)
+    assert _invoices(maker)[0].pdf == pdf
 
 
 def test_find_gaps_reports_a_missing_invoice_inside_a_series_and_at_its_end(

@@ -13,7 +13,7 @@ from orders.recovery import RESUME_STATE, record_failure, retry
 from orders.reservation import release_waiting, reserve
 from orders.steps import Outcome
 from orders.transitions import IllegalTransition
-from tests.support.shop import FollowUps, Shop
+from tests.support.shop import FollowUps, Shop, WorkerKilled
 
 S = OrderState
 
@@ -123,6 +123,74 @@ def test_invoicing_an_order_without_refunds_reads_the_invoices_once_and_never_it
     reads = [s for s in sent if s.startswith("SELECT") and " FROM invoices " in s]
     assert len([s for s in reads if "invoices.pdf" in s]) == 1  # the one read, before
     assert not any(" FROM invoices " in s for s in sent[inserted + 1 :])
+
+
+def test_the_invoice_pdf_is_printed_after_the_commit_while_another_invoice_can_be_issued(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """reportlab runs outside the series' lock (and SQLite's write lock): while the first
+    order's PDF renders, another worker issues the next number of the same series; the first
+    invoice, already committed, then gets its PDF."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from orders import invoice_pdf, invoices
+    from orders.invoices import issue_invoice as issue_numbered
+
+    first, second = shop.order(S.PAID), shop.order(S.PAID)
+    render = invoice_pdf.render_invoice
+    seen: dict[str, object] = {}
+
+    def render_while_another_issues(document: invoice_pdf.InvoiceDocument) -> bytes:
+        if seen:  # the second invoice's own PDF
+            return render(document)
+        seen["rendering"] = document.full_number
+
+        def issue_second() -> str:
+            with shop.transaction() as session:
+                return issue_numbered(session, second).full_number
+
+        pool = ThreadPoolExecutor(1)
+        try:  # a lock still held times this out (and the step's rollback then frees it)
+            seen["second"] = pool.submit(issue_second).result(timeout=20)
+        finally:
+            pool.shutdown(wait=False)
+        seen["committed"] = [i.full_number for i in shop.rows(Invoice, order_id=first)]
+        return render(document)
+
+    monkeypatch.setattr(invoice_pdf, "render_invoice", render_while_another_issues)
+    monkeypatch.setattr(invoices, "render_invoice", render_while_another_issues)
+    outcome = issue_invoice(shop.transaction, first)
+
+    (invoice,) = shop.rows(Invoice, order_id=first)
+    assert outcome == Outcome(invoice.full_number)
+    assert seen["rendering"] == invoice.full_number
+    assert seen["committed"] == [invoice.full_number]  # committed before the rendering
+    assert str(seen["second"]).endswith(f"{invoice.number + 1:06d}")
+    assert invoice.pdf is not None and invoice.pdf.startswith(b"%PDF-")
+
+
+def test_a_crash_before_the_pdf_is_stored_leaves_the_invoice_and_the_retry_prints_it(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orders import invoice_pdf
+
+    order_id = shop.order(S.PAID)
+    render = invoice_pdf.render_invoice
+
+    def killed(_document: invoice_pdf.InvoiceDocument) -> bytes:
+        raise WorkerKilled
+
+    monkeypatch.setattr(invoice_pdf, "render_invoice", killed)
+    with pytest.raises(WorkerKilled):
+        issue_invoice(shop.transaction, order_id)
+    (unprinted,) = shop.rows(Invoice, order_id=order_id)
+    assert unprinted.pdf is None
+
+    monkeypatch.setattr(invoice_pdf, "render_invoice", render)
+    assert issue_invoice(shop.transaction, order_id) == Outcome(unprinted.full_number)
+    (invoice,) = shop.rows(Invoice, order_id=order_id)
+    assert invoice.id == unprinted.id
+    assert invoice.pdf is not None and invoice.pdf.startswith(b"%PDF-")
 
 
 def test_a_cancelled_order_that_was_never_invoiced_gets_no_credit_note(shop: Shop) -> None:
