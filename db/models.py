@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
     true,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
@@ -245,6 +246,19 @@ class CarrierEvent(Base):
     processed_at: Mapped[dt.datetime | None]
 
 
+# The sweeper's searches (every ``sweep_after_s / 2``) look for the few rows still to do among
+# every row ever written: a partial index of just those rows keeps a sweep's reads flat however
+# large the history (at 300,000 orders, 900,000 keys and 330,000 outbox rows, the full scans
+# took ~110 ms a sweep). The queries use these same predicates, with the values written in the
+# SQL, so that PostgreSQL (generic plans included) and SQLite can prove the index applies.
+#: a key whose call may still need running (``orders.recovery.unfinished_calls``)
+UNFINISHED_KEY = text("recovery_point NOT IN ('finished', 'rejected')")
+#: an effect on a marketplace not delivered yet (``workflows.tasks`` sweep)
+PENDING_EFFECT = text("kind IS NOT NULL AND status = 'pending'")
+#: a sync run still reading (``orders.syncing.ACTIVE``, ``stalled_runs``)
+ACTIVE_RUN = text("status IN ('running', 'retrying')")
+
+
 class OutboxMessage(Base):
     """A task to publish, written in the transaction that needs it; the sweeper republishes.
 
@@ -258,7 +272,9 @@ class OutboxMessage(Base):
         Index("ix_outbox_messages_published_at", "published_at"),
         Index("ix_outbox_messages_order_id", "order_id"),
         Index("ix_outbox_messages_channel_account_id", "channel_account_id"),
-    )
+        Index("ix_outbox_messages_pending_effects", "id",
+              postgresql_where=PENDING_EFFECT, sqlite_where=PENDING_EFFECT),
+    )  # fmt: skip
 
     id: Mapped[int] = mapped_column(primary_key=True)
     task_name: Mapped[str] = mapped_column(String(200))
@@ -316,6 +332,10 @@ class IdempotencyKey(Base):
     """Stripe/brandur-style key for one side effect: request hash, recovery point, response."""
 
     __tablename__ = "idempotency_keys"
+    __table_args__ = (
+        Index("ix_idempotency_keys_unfinished", "id",
+              postgresql_where=UNFINISHED_KEY, sqlite_where=UNFINISHED_KEY),
+    )  # fmt: skip
 
     id: Mapped[int] = mapped_column(primary_key=True)
     # ordered byte by byte (COLLATE "C" on PostgreSQL; SQLite's BINARY already is), so that a
@@ -537,6 +557,8 @@ class Refund(Base):
     "amount": "…", "tax": "…", "restock": bool}]``) for its credit note."""
 
     __tablename__ = "refunds"
+    # the sweeper's search for refunds without their credit note reads the last day of them
+    __table_args__ = (Index("ix_refunds_created_at", "created_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     payment_id: Mapped[int | None] = mapped_column(ForeignKey("payments.id"), index=True)
@@ -666,6 +688,9 @@ class SyncRun(Base):
     """One poll or full sync of one account: window, counts, progress, outcome."""
 
     __tablename__ = "sync_runs"
+    __table_args__ = (
+        Index("ix_sync_runs_active", "id", postgresql_where=ACTIVE_RUN, sqlite_where=ACTIVE_RUN),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     channel_account_id: Mapped[int] = mapped_column(ForeignKey("channel_accounts.id"))

@@ -21,7 +21,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.models import IdempotencyKey, Order, OrderEvent
+from db.models import UNFINISHED_KEY, IdempotencyKey, Order, OrderEvent
 from domain.states import OrderState
 from orders.fulfilment import RETURN_STEP
 from orders.intake import record_event
@@ -162,7 +162,7 @@ def unfinished_calls(
     rows = session.scalars(
         select(IdempotencyKey)
         .where(
-            IdempotencyKey.recovery_point.not_in(["finished", "rejected"]),
+            UNFINISHED_KEY,  # its partial index (db.models)
             or_(IdempotencyKey.locked_at.is_(None), IdempotencyKey.locked_at < cutoff),
             or_(IdempotencyKey.last_run_at.is_(None), IdempotencyKey.last_run_at < cutoff),
         )

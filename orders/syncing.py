@@ -35,7 +35,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.base import utcnow
-from db.models import ChannelAccount, ReconcileReport, SyncRun
+from db.models import ACTIVE_RUN, ChannelAccount, ReconcileReport, SyncRun
 from db.session import Transaction, rowcount
 from domain.canonical import CanonicalOrder
 from orders.intake import IntakeOutcome, IntakeResult, apply_page
@@ -319,7 +319,7 @@ def stalled_runs(session: Session, *, idle_for: dt.timedelta, limit: int) -> lis
     runs = session.scalars(
         select(SyncRun)
         .where(
-            SyncRun.status.in_(ACTIVE),
+            ACTIVE_RUN,  # ACTIVE, as its partial index has it (db.models)
             or_(SyncRun.heartbeat_at.is_(None), SyncRun.heartbeat_at < cutoff),
         )
         .order_by(SyncRun.id)

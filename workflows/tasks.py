@@ -21,7 +21,7 @@ from sqlalchemy import Exists, bindparam, exists, select, update
 
 from core.settings import get_settings
 from db.base import utcnow
-from db.models import CarrierEvent, ChannelAccount, InboxEvent, Order, OutboxMessage
+from db.models import PENDING_EFFECT, CarrierEvent, ChannelAccount, InboxEvent, Order, OutboxMessage
 from domain.errors import OrderNotKnown, PayloadError
 from domain.states import InboxStatus, OrderState
 from integrations import registry
@@ -364,8 +364,7 @@ def _undelivered_effects(
     messages = session.scalars(
         select(OutboxMessage)
         .where(
-            OutboxMessage.kind.is_not(None),
-            OutboxMessage.status == "pending",
+            PENDING_EFFECT,  # its partial index (db.models)
             OutboxMessage.created_at < cutoff,
             OutboxMessage.published_at.is_(None) | (OutboxMessage.published_at < again),
         )
