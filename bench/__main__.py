@@ -172,6 +172,15 @@ def _stock(result: dict[str, Any]) -> list[Figure]:
     return figures
 
 
+def _sweep(result: dict[str, Any]) -> list[Figure]:
+    return [
+        Figure(f"sweep with {result['orders']:,} orders of history, {result['database']}",
+               result["history"]["ms"], "ms", result["empty"]["ms"],
+               "<= 2 x the empty database", bool(result["pass"]),
+               "the database's reads of the sweeper's searches (one task, in process)"),
+    ]  # fmt: skip
+
+
 BENCHMARKS = (
     # the intake with one web process and with two (as many as the cores), on PostgreSQL (a
     # scratch database; SQLite, said so, where none answers): /healthz is the baseline of
@@ -209,6 +218,10 @@ BENCHMARKS = (
               {"smoke": ["--webhooks", "200", "--seconds", "4", "--drain-timeout", "300"],
                "full": ["--webhooks", "20000", "--seconds", "20"]},
               _burst),
+    # the sweeper's cost against the size of the history (PostgreSQL; SQLite where none answers)
+    Benchmark("sweep", "bench.sweep",
+              {"smoke": ["--orders", "3000", "--sweeps", "5"], "full": []},
+              _sweep),
     Benchmark("stock_push", "bench.stock_push",
               {"smoke": ["--changes", "300", "--skus", "30", "--baseline", "4"],
                "full": ["--baseline", "40"]},

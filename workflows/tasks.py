@@ -21,7 +21,16 @@ from sqlalchemy import Exists, bindparam, exists, select, update
 
 from core.settings import get_settings
 from db.base import utcnow
-from db.models import PENDING_EFFECT, CarrierEvent, ChannelAccount, InboxEvent, Order, OutboxMessage
+from db.models import (
+    PENDING_EFFECT,
+    RECEIVED_EVENT,
+    UNPUBLISHED_WORK,
+    CarrierEvent,
+    ChannelAccount,
+    InboxEvent,
+    Order,
+    OutboxMessage,
+)
 from domain.errors import OrderNotKnown, PayloadError
 from domain.states import InboxStatus, OrderState
 from integrations import registry
@@ -267,37 +276,8 @@ def sweep(self: OrdersyncTask, limit: int = 500, now: str | None = None) -> dict
         log.warning("sweep.redis_lost_its_data", action="republishing all unfinished work")
     cutoff = at - dt.timedelta(seconds=0 if lost else get_settings().sweep_after_s)
     with self.transaction() as session:
-        stuck = session.scalars(
-            select(InboxEvent.id)
-            .where(InboxEvent.status == InboxStatus.RECEIVED, InboxEvent.received_at < cutoff)
-            .order_by(InboxEvent.id)
-            .limit(limit)
-        ).all()
-        for inbox_id in stuck:
-            publish_after_commit(session, process_event.si(inbox_id))
-        outbox = session.scalars(
-            select(OutboxMessage)
-            .where(
-                OutboxMessage.kind.is_(None),
-                OutboxMessage.published_at.is_(None),
-                # parked work goes when its time has come; other messages when their own
-                # publish after commit has had time to happen
-                (OutboxMessage.not_before <= at)
-                | (OutboxMessage.not_before.is_(None) & (OutboxMessage.created_at < cutoff)),
-            )
-            .order_by(OutboxMessage.id)
-            .limit(limit)
-        ).all()
-        for message in outbox:
-            options = {**(message.options or {})}
-            if message.queue:
-                options["queue"] = message.queue
-            publish_after_commit(
-                session,
-                Signature(message.task_name, message.args, message.kwargs or {}, options, app=app),
-            )
-            message.published_at = at
-            message.attempts += 1
+        stuck = _unprocessed_webhooks(session, limit, cutoff)
+        outbox = _due_work(session, limit, at, cutoff)
         # the carrier's tracking webhooks stored but not applied (the poll would catch the
         # parcel up anyway; the event is applied all the same, for its timeline row)
         tracked = session.scalars(
@@ -323,6 +303,46 @@ def sweep(self: OrdersyncTask, limit: int = 500, now: str | None = None) -> dict
             "effects": len(effects), "credits": len(credits),
             "orders": len(orders), "calls": len(calls), "runs": len(runs),
             "orphans": orphans}  # fmt: skip
+
+
+def _unprocessed_webhooks(session: Any, limit: int, cutoff: dt.datetime) -> list[int]:
+    """Webhooks committed before ``cutoff`` and not processed: their ``process_event`` again."""
+    stuck = session.scalars(
+        select(InboxEvent.id)
+        # RECEIVED, as its partial index has it (db.models)
+        .where(RECEIVED_EVENT, InboxEvent.received_at < cutoff)
+        .order_by(InboxEvent.id)
+        .limit(limit)
+    ).all()
+    for inbox_id in stuck:
+        publish_after_commit(session, process_event.si(inbox_id))
+    return list(stuck)
+
+
+def _due_work(session: Any, limit: int, at: dt.datetime, cutoff: dt.datetime) -> list[int]:
+    """Tasks in the outbox not published: parked work whose time has come, and messages whose
+    own publish after commit has had time to happen (committed before ``cutoff``)."""
+    outbox = session.scalars(
+        select(OutboxMessage)
+        .where(
+            UNPUBLISHED_WORK,  # its partial index (db.models)
+            (OutboxMessage.not_before <= at)
+            | (OutboxMessage.not_before.is_(None) & (OutboxMessage.created_at < cutoff)),
+        )
+        .order_by(OutboxMessage.id)
+        .limit(limit)
+    ).all()
+    for message in outbox:
+        options = {**(message.options or {})}
+        if message.queue:
+            options["queue"] = message.queue
+        publish_after_commit(
+            session,
+            Signature(message.task_name, message.args, message.kwargs or {}, options, app=app),
+        )
+        message.published_at = at
+        message.attempts += 1
+    return [message.id for message in outbox]
 
 
 def _uncredited(session: Any, limit: int, cutoff: dt.datetime) -> list[int]:

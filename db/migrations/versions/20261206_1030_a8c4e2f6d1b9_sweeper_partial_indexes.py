@@ -1,6 +1,7 @@
 """the sweeper's searches read indexes of the rows still to do instead of every row: unfinished
-idempotency keys, pending effects in the outbox, sync runs still reading (partial indexes, on
-PostgreSQL and SQLite), and refunds by the time they were recorded.
+idempotency keys, pending effects in the outbox, sync runs still reading, webhooks not
+processed, work not published (partial indexes, on PostgreSQL and SQLite), and refunds by the
+time they were recorded.
 
 Revision ID: a8c4e2f6d1b9
 Revises: e5a7c2d9f1b3
@@ -17,13 +18,17 @@ down_revision: str | None = "e5a7c2d9f1b3"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# the predicates of db.models (UNFINISHED_KEY, PENDING_EFFECT, ACTIVE_RUN) as they were written
+# the predicates of db.models (UNFINISHED_KEY, PENDING_EFFECT, ACTIVE_RUN, RECEIVED_EVENT,
+# UNPUBLISHED_WORK) as they were written
 _PARTIAL = (
     ("ix_idempotency_keys_unfinished", "idempotency_keys",
      "recovery_point NOT IN ('finished', 'rejected')"),
     ("ix_outbox_messages_pending_effects", "outbox_messages",
      "kind IS NOT NULL AND status = 'pending'"),
     ("ix_sync_runs_active", "sync_runs", "status IN ('running', 'retrying')"),
+    ("ix_inbox_events_received", "inbox_events", "status = 'received'"),
+    ("ix_outbox_messages_unpublished_work", "outbox_messages",
+     "kind IS NULL AND published_at IS NULL"),
 )  # fmt: skip
 
 
