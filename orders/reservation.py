@@ -32,7 +32,7 @@ def reserve(transaction: Transaction, order_id: int) -> Outcome:
             transition(session, order, S.RESERVED, actor=ACTOR, reserved={},
                        fulfilled_by=order.channel)  # fmt: skip
             return Outcome("reserved: fulfilled by the marketplace")
-        result = stock.reserve(session, order_id)
+        result = stock.reserve(session, order_id, account_id=order.channel_account_id)
         if result.ok:
             transition(session, order, S.RESERVED, actor=ACTOR, reserved=result.reserved)
             return Outcome("reserved")

@@ -40,6 +40,28 @@ def test_reserve_holds_the_stock_of_every_line(shop: Shop) -> None:
     assert moved.to_state == S.RESERVED and moved.detail == {"reserved": {"A": 2, "B": 1}}
 
 
+def test_the_reserve_step_reads_the_order_once(shop: Shop) -> None:
+    """The step holds the order (locked); the stock service is told its account instead of
+    reading the order again."""
+    import sqlalchemy as sa
+
+    _stock(shop, A=5)
+    order_id = shop.order(S.NEW, lines={"A": 2})
+    sent: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        sent.append(" ".join(statement.split()))
+
+    sa.event.listen(shop.engine, "before_cursor_execute", record)
+    try:
+        assert reserve(shop.transaction, order_id) == Outcome("reserved")
+    finally:
+        sa.event.remove(shop.engine, "before_cursor_execute", record)
+    reads = [s for s in sent if s.startswith("SELECT") and s.split(" WHERE ")[0].endswith(
+        "FROM orders")]  # fmt: skip
+    assert len(reads) == 1, reads
+
+
 def test_short_stock_puts_the_order_on_hold_and_stops_the_chain_until_stock_arrives(
     shop: Shop, later: FollowUps
 ) -> None:
