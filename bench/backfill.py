@@ -78,12 +78,25 @@ def rss_mb(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def scratch_database(url: str | None) -> Iterator[tuple[str, str]]:
+def _sqlite_file(label: str) -> Iterator[tuple[str, str]]:
+    folder = Path(tempfile.mkdtemp(prefix="ordersync-bench-db-"))
+    try:
+        yield f"sqlite:///{folder / 'bench.db'}", label
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_database(url: str | None, *, sqlite: bool = False) -> Iterator[tuple[str, str]]:
     """A new, empty PostgreSQL database on ``url``'s server (dropped after): (URL, label);
-    a SQLite file in a temp dir when no PostgreSQL answers."""
+    a SQLite file in a temp dir when asked (``sqlite``) or when no PostgreSQL answers."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
+    if sqlite:
+        with _sqlite_file("sqlite") as found:
+            yield found
+        return
     admin = make_url(url or os.environ.get("ORDERSYNC_TEST_POSTGRES_URL") or DEFAULT_PG)
     name = f"ordersync_bench_{secrets.token_hex(4)}"
     engine = create_engine(admin, isolation_level="AUTOCOMMIT")
@@ -92,13 +105,10 @@ def scratch_database(url: str | None) -> Iterator[tuple[str, str]]:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # no PostgreSQL here: say so, and measure on SQLite
         engine.dispose()
-        folder = Path(tempfile.mkdtemp(prefix="ordersync-bench-db-"))
         _log(f"no PostgreSQL at {admin.render_as_string(hide_password=True)} "
              f"({type(exc).__name__}): SQLite instead")  # fmt: skip
-        try:
-            yield f"sqlite:///{folder / 'bench.db'}", "sqlite (temp file; no PostgreSQL)"
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+        with _sqlite_file("sqlite (temp file; no PostgreSQL)") as found:
+            yield found
         return
     try:
         yield admin.set(database=name).render_as_string(hide_password=False), "postgresql"

@@ -31,7 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -122,20 +122,11 @@ def _sweeps(count: int) -> dict[str, Any]:
             "found": found}  # fmt: skip
 
 
-@contextlib.contextmanager
-def _sqlite_file() -> Iterator[tuple[str, str]]:
-    folder = Path(tempfile.mkdtemp(prefix="ordersync-bench-db-"))
-    try:
-        yield f"sqlite:///{folder / 'bench.db'}", "sqlite"
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def run(
     orders: int, sweeps: int, database_url: str | None = None, *, sqlite: bool = False
 ) -> dict[str, Any]:
     var_dir = Path(tempfile.mkdtemp(prefix="ordersync-bench-"))
-    with _sqlite_file() if sqlite else scratch_database(database_url) as (url, label):
+    with scratch_database(database_url, sqlite=sqlite) as (url, label):
         os.environ["ORDERSYNC_VAR_DIR"] = str(var_dir)
         os.environ["ORDERSYNC_DATABASE_URL"] = url
         os.environ.pop("ORDERSYNC_REDIS_URL", None)
