@@ -211,7 +211,7 @@ PENDING_EFFECT = text("kind IS NOT NULL AND status = 'pending'")
 #: a sync run still reading (``orders.syncing.ACTIVE``, ``stalled_runs``)
 ACTIVE_RUN = text("status IN ('running', 'retrying')")
 #: a webhook committed and not processed yet (``InboxStatus.RECEIVED``)
-RECEIVED_EVENT = text("status = 'received'")
+RECEIVED_EVENT = text(f"status = '{InboxStatus.RECEIVED.value}'")
 #: a task to publish (parked work, or a publish after commit) not published yet
 UNPUBLISHED_WORK = text("kind IS NULL AND published_at IS NULL")
 

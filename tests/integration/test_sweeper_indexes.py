@@ -123,3 +123,16 @@ def test_every_sweep_search_reads_an_index_of_what_is_left_to_do_not_the_history
         if _reads_whole(plan := _plans(history, search), table)
     }
     assert whole == {}
+
+
+def test_the_index_predicates_name_the_values_the_services_use() -> None:
+    """``db.models`` cannot import ``orders`` (layers), so the predicates spell the values out;
+    a status added on one side and not the other would hide rows from the sweeper."""
+    from db.models import ACTIVE_RUN, PENDING_EFFECT, UNFINISHED_KEY
+    from orders.idempotency import FINISHED, REJECTED
+    from orders.outbox import PENDING
+    from orders.syncing import ACTIVE
+
+    assert UNFINISHED_KEY.text == f"recovery_point NOT IN ('{FINISHED}', '{REJECTED}')"
+    assert ACTIVE_RUN.text == f"status IN ({', '.join(repr(s) for s in ACTIVE)})"
+    assert PENDING_EFFECT.text == f"kind IS NOT NULL AND status = '{PENDING}'"
