@@ -1,41 +1,33 @@
 """Tasks. Each takes ids, reloads state, does its one step only if not done yet.
 
 - ``ordersync.intake.process_event(inbox_id)``: parse and apply one webhook delivery.
-- ``ordersync.maintenance.sweep()``: republish committed work that never got processed
-  (webhooks, the carrier's tracking webhooks),
-  parked work (``workflows.base``) once its ``not_before`` has passed, and effects on a
-  marketplace (``orders.outbox``) not delivered yet.
+- ``ordersync.maintenance.sweep()``: republish committed work that never got done
+  (``orders.sweeper`` finds it: webhooks, tracking events, parked work once its
+  ``not_before`` has passed, effects on a marketplace not delivered yet, stuck orders, outside
+  calls whose attempt died, sync runs whose worker died).
+- ``ordersync.maintenance.purge()``: buyer personal data past retention (``orders.retention``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pydantic
 import structlog
 from celery.canvas import Signature
-from sqlalchemy import Exists, bindparam, exists, select, update
+from sqlalchemy import bindparam, select, update
 
 from core.settings import get_settings
 from db.base import utcnow
-from db.models import (
-    PENDING_EFFECT,
-    RECEIVED_EVENT,
-    UNPUBLISHED_WORK,
-    CarrierEvent,
-    ChannelAccount,
-    InboxEvent,
-    Order,
-    OutboxMessage,
-)
+from db.models import ChannelAccount, InboxEvent, Order
 from domain.errors import OrderNotKnown, PayloadError
 from domain.states import InboxStatus, OrderState
 from integrations import registry
 from integrations.marketplace import Delivery
-from orders import carrier_events
+from orders import carrier_events, sweeper
 from orders.intake import IntakeOutcome, IntakeResult
 from workflows.base import OrdersyncTask, describe
 from workflows.celery_app import app
@@ -240,8 +232,12 @@ def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
             _settle(event, InboxStatus.FAILED, attempts, message[:2000])
             return {"inbox_id": inbox_id, "status": event.status, "error": message}
         after_intake(session, result, account.id)
-        _settle(event, InboxStatus.PROCESSED, attempts,
-                "stale: older than the stored order" if result.outcome == "stale" else None)
+        _settle(
+            event,
+            InboxStatus.PROCESSED,
+            attempts,
+            "stale: older than the stored order" if result.outcome == "stale" else None,
+        )
         event.order_id = result.order_id
         log.info(
             "inbox.processed",
@@ -259,201 +255,46 @@ def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
 
 @app.task(base=OrdersyncTask, bind=True, name="ordersync.maintenance.sweep", ignore_result=True)
 def sweep(self: OrdersyncTask, limit: int = 500, now: str | None = None) -> dict[str, int]:
-    """Republish inbox events and outbox messages committed but not processed in time, parked
-    work whose ``not_before`` has passed, push on orders with no progress, run again outside
-    calls whose attempt died, and resume sync runs whose worker died.
+    """Republish committed work that never got done (``orders.sweeper``: webhooks, tracking
+    events, outbox work and effects, credit notes, stuck orders, outside calls whose attempt
+    died, sync runs whose worker died), and restore orphaned messages (``workflows.orphans``).
 
-    After Redis came back empty (``redis_lost_its_data``), nothing in flight can still arrive:
-    everything unfinished is republished at once, not after the usual waits (parked work still
-    waits for its time: it is in the database, not lost). ``now`` (ISO 8601; default: the
-    clock) is the moment the sweep judges parked work and progress by: a test moves it past a
-    parked message's ``not_before`` instead of waiting for it."""
+    After Redis came back empty (``redis_lost_its_data``), everything unfinished is republished
+    at once. ``now`` (ISO 8601; default: the clock) is the moment the sweep judges parked work
+    and progress by: a test moves it past a parked message's ``not_before`` instead of waiting
+    for it."""
     from workflows.locks import redis_lost_its_data
 
     at = dt.datetime.fromisoformat(now).astimezone(dt.UTC) if now else utcnow()
     lost = redis_lost_its_data()
     if lost:
         log.warning("sweep.redis_lost_its_data", action="republishing all unfinished work")
-    cutoff = at - dt.timedelta(seconds=0 if lost else get_settings().sweep_after_s)
     with self.transaction() as session:
-        stuck = _unprocessed_webhooks(session, limit, cutoff)
-        outbox = _due_work(session, limit, at, cutoff)
-        # the carrier's tracking webhooks stored but not applied (the poll would catch the
-        # parcel up anyway; the event is applied all the same, for its timeline row)
-        tracked = session.scalars(
-            select(CarrierEvent.id)
-            .where(CarrierEvent.status == InboxStatus.RECEIVED, CarrierEvent.received_at < cutoff)
-            .order_by(CarrierEvent.id)
-            .limit(limit)
-        ).all()
-        for event_id in tracked:
-            publish_after_commit(session, app.signature(carrier_events.TASK, (event_id,)))
-        effects = _undelivered_effects(session, limit, at, cutoff)
-        credits = _uncredited(session, limit, cutoff)
-        orders = _stuck_orders(session, limit, at, now=lost)
-        calls = _unfinished_calls(session, limit, at, now=lost)
-        runs = _stalled_runs(session, limit, now=lost)
-    orphans = 0 if lost else restore_orphans(app)  # after an empty Redis there are none
-    if stuck or tracked or outbox or effects or credits or orders or calls or runs or orphans:
-        log.info("sweep.republished", inbox=len(stuck), carrier=len(tracked),
-                 outbox=len(outbox), effects=len(effects), credits=len(credits),
-                 orders=len(orders), calls=len(calls), runs=len(runs),
-                 orphans=orphans)  # fmt: skip
-    return {"inbox": len(stuck), "carrier": len(tracked), "outbox": len(outbox),
-            "effects": len(effects), "credits": len(credits),
-            "orders": len(orders), "calls": len(calls), "runs": len(runs),
-            "orphans": orphans}  # fmt: skip
+        found = sweeper.find(session, at=at, limit=limit, lost=lost)
+        for signature in _signatures(found):
+            publish_after_commit(session, signature)
+    counts = {**found.counts(), "orphans": 0 if lost else restore_orphans(app)}
+    if any(counts.values()):  # after an empty Redis there are no orphans
+        log.info("sweep.republished", **counts)
+    return counts
 
 
-def _unprocessed_webhooks(session: Any, limit: int, cutoff: dt.datetime) -> list[int]:
-    """Webhooks committed before ``cutoff`` and not processed: their ``process_event`` again."""
-    stuck = session.scalars(
-        select(InboxEvent.id)
-        # RECEIVED, as its partial index has it (db.models)
-        .where(RECEIVED_EVENT, InboxEvent.received_at < cutoff)
-        .order_by(InboxEvent.id)
-        .limit(limit)
-    ).all()
-    for inbox_id in stuck:
-        publish_after_commit(session, process_event.si(inbox_id))
-    return list(stuck)
-
-
-def _due_work(session: Any, limit: int, at: dt.datetime, cutoff: dt.datetime) -> list[int]:
-    """Tasks in the outbox not published: parked work whose time has come, and messages whose
-    own publish after commit has had time to happen (committed before ``cutoff``)."""
-    outbox = session.scalars(
-        select(OutboxMessage)
-        .where(
-            UNPUBLISHED_WORK,  # its partial index (db.models)
-            (OutboxMessage.not_before <= at)
-            | (OutboxMessage.not_before.is_(None) & (OutboxMessage.created_at < cutoff)),
-        )
-        .order_by(OutboxMessage.id)
-        .limit(limit)
-    ).all()
-    for message in outbox:
-        options = {**(message.options or {})}
-        if message.queue:
-            options["queue"] = message.queue
-        publish_after_commit(
-            session,
-            Signature(message.task_name, message.args, message.kwargs or {}, options, app=app),
-        )
-        message.published_at = at
-        message.attempts += 1
-    return [message.id for message in outbox]
-
-
-def _uncredited(session: Any, limit: int, cutoff: dt.datetime) -> list[int]:
-    """Orders whose refund's credit note was never published (``orders.documents``): their
-    ``credit_note`` again."""
-    from orders.documents import uncredited_refunds
-    from workflows.pipeline import credit_note
-
-    order_ids = uncredited_refunds(session, before=cutoff, limit=limit)
-    for order_id in order_ids:
-        publish_after_commit(session, credit_note.si(order_id))
-    return order_ids
-
-
-def _stalled_runs(session: Any, limit: int, *, now: bool = False) -> list[int]:
-    """Sync runs still reading whose last page is older than a slice can take (the task's
-    hard time limit), or any after Redis came back empty: their next slice is published (a
-    slice whose worker is alive holds the run's lock, and the duplicate returns at once)."""
-    from orders.syncing import stalled_runs
+def _signatures(found: sweeper.Found) -> Iterator[Signature]:
+    """The tasks that do what the sweep found."""
+    from workflows.pipeline import credit_note, deliver, pipeline, refund_payment, void_labels
     from workflows.sync import sync_slice
 
-    idle = dt.timedelta(seconds=0 if now else get_settings().task_time_limit_s)
-    run_ids = stalled_runs(session, idle_for=idle, limit=limit)
-    for run_id in run_ids:
-        publish_after_commit(session, sync_slice.si(run_id))
-    return run_ids
-
-
-def _undelivered_effects(
-    session: Any, limit: int, at: dt.datetime, cutoff: dt.datetime
-) -> list[int]:
-    """Effects on a marketplace (``orders.outbox``) committed but still ``pending`` after their
-    own publish had time to happen (``cutoff``), and not published again in the last
-    ``stuck_after_s`` (a delivery may be waiting out its retries): their delivery again. A
-    message that failed for good waits for staff."""
-    from workflows.pipeline import deliver
-
-    again = at - dt.timedelta(seconds=get_settings().stuck_after_s)
-    messages = session.scalars(
-        select(OutboxMessage)
-        .where(
-            PENDING_EFFECT,  # its partial index (db.models)
-            OutboxMessage.created_at < cutoff,
-            OutboxMessage.published_at.is_(None) | (OutboxMessage.published_at < again),
-        )
-        .order_by(OutboxMessage.id)
-        .limit(limit)
-    ).all()
-    for message in messages:
-        publish_after_commit(session, deliver.si(message.id))
-        message.published_at = at
-        message.attempts += 1
-    return [message.id for message in messages]
-
-
-def _parked_work(at: dt.datetime) -> Exists:
-    """The order has parked work (``workflows.base``): still waiting for its time, or published
-    less than ``stuck_after_s`` before ``at``. Nothing else pushes such an order on."""
-    published_after = at - dt.timedelta(seconds=get_settings().stuck_after_s)
-    return exists().where(
-        OutboxMessage.order_id == Order.id,
-        OutboxMessage.kind.is_(None),  # parked work, not an effect on the marketplace
-        OutboxMessage.published_at.is_(None) | (OutboxMessage.published_at > published_after),
-    )
-
-
-def _unfinished_calls(session: Any, limit: int, at: dt.datetime, *, now: bool = False) -> list[str]:
-    """Outside calls whose attempt died (key claimed, never finished, held by nobody for the
-    idempotency lock timeout, or ``now``): their step runs again and resumes the key. A call
-    whose order has parked work (a 429 that said "in two hours") waits for it."""
-    from orders.recovery import unfinished_calls
-    from workflows.pipeline import pipeline, refund_payment, void_labels
-
-    idle = dt.timedelta(seconds=0 if now else get_settings().idempotency_lock_timeout_s)
-    found = unfinished_calls(session, idle_for=idle, limit=limit)
-    parked = set(
-        session.scalars(
-            select(Order.id).where(Order.id.in_({c.order_id for c in found}), _parked_work(at))
-        )
-    )
-    found = [call for call in found if call.order_id not in parked]
+    yield from (process_event.si(inbox_id) for inbox_id in found.webhooks)
+    yield from (app.signature(carrier_events.TASK, (i,)) for i in found.carrier_events)
+    yield from (Signature(w.task_name, w.args, w.kwargs, w.options, app=app) for w in found.work)
+    yield from (deliver.si(message_id) for message_id in found.effects)
+    yield from (credit_note.si(order_id) for order_id in found.credits)
+    yield from (pipeline(order_id) for order_id in found.orders)
     steps = {"refund_payment": refund_payment, "void_labels": void_labels}
-    for call in found:
+    for call in found.calls:
         step = steps.get(call.step)
-        publish_after_commit(session, step.si(call.order_id) if step else pipeline(call.order_id))
-    return [call.key for call in found]
-
-
-def _stuck_orders(session: Any, limit: int, at: dt.datetime, *, now: bool = False) -> list[int]:
-    """Orders in a pipeline state with no progress for ``stuck_after_s`` (or any, ``now``):
-    push them on again (every step skips what is done, so this is safe however often). An
-    order with parked work is left to it."""
-    from workflows.pipeline import pipeline
-
-    cutoff = at - dt.timedelta(seconds=0 if now else get_settings().stuck_after_s)
-    order_ids = session.scalars(
-        select(Order.id)
-        .where(
-            Order.state.in_(
-                [OrderState.NEW, OrderState.RESERVED, OrderState.PAID, OrderState.DOCUMENTED]
-            ),
-            Order.updated_at < cutoff,
-            ~_parked_work(at),
-        )
-        .order_by(Order.updated_at)
-        .limit(limit)
-    ).all()
-    for order_id in order_ids:
-        publish_after_commit(session, pipeline(order_id))
-        session.execute(update(Order).where(Order.id == order_id).values(updated_at=utcnow()))
-    return list(order_ids)
+        yield step.si(call.order_id) if step else pipeline(call.order_id)
+    yield from (sync_slice.si(run_id) for run_id in found.runs)
 
 
 @app.task(base=OrdersyncTask, bind=True, name="ordersync.maintenance.purge", ignore_result=True)

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from bench.sweep import seed_history
 from db.base import Base, utcnow
 from db.session import make_engine
+from orders import sweeper
 from orders.documents import uncredited_refunds
 from orders.recovery import unfinished_calls
 from orders.syncing import stalled_runs
@@ -68,23 +69,17 @@ def history(migrated_url: str) -> str:
 
 
 def _effects(session: Session) -> None:
-    from workflows.tasks import _undelivered_effects
-
     now = utcnow()
-    assert _undelivered_effects(session, 500, now, now) == []
+    assert sweeper.undelivered_effects(session, 500, now, now) == []
 
 
 def _webhooks(session: Session) -> None:
-    from workflows.tasks import _unprocessed_webhooks
-
-    assert _unprocessed_webhooks(session, 500, utcnow()) == []
+    assert sweeper.unprocessed_webhooks(session, 500, utcnow()) == []
 
 
 def _work(session: Session) -> None:
-    from workflows.tasks import _due_work
-
     now = utcnow()
-    assert _due_work(session, 500, now, now) == []
+    assert sweeper.due_work(session, 500, now, now) == []
 
 
 SEARCHES: dict[str, tuple[Callable[[Session], Any], str]] = {
