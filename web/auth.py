@@ -158,7 +158,9 @@ def cookie_header(request_scheme: str, value: str, *, max_age: int) -> str:
 
 
 def _user_of_session(session: Session) -> Principal | None:
-    with get_sessionmaker()() as db:
+    # a read, ended with a COMMIT (web.sessions.end_reads: a ROLLBACK drops psycopg's
+    # prepared statements), on every request of a logged-in clerk
+    with get_sessionmaker()() as db, db.begin():
         user = db.scalar(select(User).where(User.id == session.user_id, User.active.is_(True)))
         if user is None or user.session_version != session.version:
             return None

@@ -42,7 +42,7 @@ def _form(
     request: Request, *, error: str = "", status: int = 200, name: str = "", next_url: str = "/"
 ) -> HTMLResponse:
     nonce = secrets.token_urlsafe(24)
-    with get_sessionmaker()() as session:
+    with get_sessionmaker()() as session, session.begin():  # a read: COMMIT (web.sessions)
         first_start = not has_users(session)
     response = render(
         request,

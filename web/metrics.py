@@ -110,7 +110,8 @@ class SystemCollector(Collector):
 
     def _database(self) -> Iterator[GaugeMetricFamily]:
         now = utcnow()
-        with (self._maker or get_sessionmaker())() as session:
+        # a read, ended with a COMMIT: a ROLLBACK drops psycopg's prepared statements
+        with (self._maker or get_sessionmaker())() as session, session.begin():
             by_state = dict(
                 session.execute(select(Order.state, func.count()).group_by(Order.state)).all()
             )
