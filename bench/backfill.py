@@ -1,6 +1,6 @@
 """Backfill: a first sync of a Shopify account holding N orders, against a plain bulk insert.
 
-``python -m bench.backfill [--orders N] [--database-url URL] [--redis-url URL] [--json]``
+``python -m bench.backfill [--orders N] [--database-url URL] [--redis-url URL] [--json] [--profile DIR]``
 
 Set-up: a fresh database (a new PostgreSQL database created on ``--database-url``'s server and
 dropped after, by default on ``ORDERSYNC_TEST_POSTGRES_URL``'s; SQLite in a temp dir only when
@@ -52,6 +52,7 @@ from bench.pipeline_throughput import (
     _postmaster,
     _start_workers,
     _wait_ready,
+    profile_report,
 )
 
 __all__ = ["main", "rss_mb", "run", "scratch_database"]
@@ -198,6 +199,7 @@ def _bulk_insert_baseline(chunk: int = 1000) -> tuple[float, int]:
 def run(
     *, orders: int = DEFAULT_ORDERS, database_url: str | None = None,
     redis_url: str | None = None, timeout_s: float = 1800.0, keep: bool = False,
+    profile_dir: Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     var_dir = Path(tempfile.mkdtemp(prefix="ordersync-bench-"))
     with scratch_database(database_url) as (url, label):
@@ -230,7 +232,7 @@ def run(
             _log(f"seeding {orders} orders in the Shopify simulator")
             shop.add_orders(orders)
             account_id = _account(sandbox)
-            _start_workers(procs, "ordersync", 1, 1, get_settings().queue_sync)
+            _start_workers(procs, "ordersync", 1, 1, get_settings().queue_sync, profile_dir)
             _wait_ready(procs, broker, 1, None)
             worker_pid = procs.children[0][1].pid
             roles: dict[str, list[int]] = {WORKER_ROLE: [worker_pid], BENCH_ROLE: [os.getpid()]}
@@ -329,13 +331,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--strict", action="store_true")
+    parser.add_argument(
+        "--profile", type=Path, default=None, metavar="DIR",
+        help="run the worker under cProfile; its .prof file and the top functions (stderr) in DIR",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     logging.basicConfig(level=logging.WARNING)
     result = run(orders=args.orders, database_url=args.database_url, redis_url=args.redis_url,
-                 timeout_s=args.timeout, keep=args.keep)  # fmt: skip
+                 timeout_s=args.timeout, keep=args.keep,
+                 profile_dir=args.profile.resolve() if args.profile else None)  # fmt: skip
+    if args.profile:
+        print(profile_report(args.profile), file=sys.stderr)
     print(json.dumps(result, indent=2, default=str) if args.json else render(result))
     return 1 if args.strict and not result["pass"] else 0
 
