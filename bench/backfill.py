@@ -1,6 +1,7 @@
 """Backfill: a first sync of a Shopify account holding N orders, against a plain bulk insert.
 
-``python -m bench.backfill [--orders N] [--database-url URL] [--redis-url URL] [--json] [--profile DIR]``
+``python -m bench.backfill [--orders N] [--database-url URL] [--redis-url URL] [--json]
+[--profile DIR]``
 
 Set-up: a fresh database (a new PostgreSQL database created on ``--database-url``'s server and
 dropped after, by default on ``ORDERSYNC_TEST_POSTGRES_URL``'s; SQLite in a temp dir only when

@@ -7,7 +7,7 @@ import datetime as dt
 import uuid
 
 from db.base import utcnow
-from db.models import InboxEvent, IdempotencyKey, Order, OutboxMessage
+from db.models import IdempotencyKey, InboxEvent, Order, OutboxMessage
 from domain.states import InboxStatus, OrderState
 from orders import sweeper
 from orders.recovery import UnfinishedCall
