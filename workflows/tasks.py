@@ -1,6 +1,7 @@
 """Tasks. Each takes ids, reloads state, does its one step only if not done yet.
 
-- ``ordersync.intake.process_event(inbox_id)``: parse and apply one webhook delivery.
+- ``ordersync.intake.process_event(inbox_id)``: apply one stored webhook delivery
+  (``integrations.inbox``); ``after_intake`` / ``after_page``: what follows an applied order.
 - ``ordersync.maintenance.sweep()``: republish committed work that never got done
   (``orders.sweeper`` finds it: webhooks, tracking events, parked work once its
   ``not_before`` has passed, effects on a marketplace not delivered yet, stuck orders, outside
@@ -11,22 +12,17 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import pydantic
 import structlog
 from celery.canvas import Signature
-from sqlalchemy import bindparam, select, update
 
 from core.settings import get_settings
 from db.base import utcnow
-from db.models import ChannelAccount, InboxEvent, Order
-from domain.errors import OrderNotKnown, PayloadError
-from domain.states import InboxStatus, OrderState
-from integrations import registry
-from integrations.marketplace import Delivery
+from db.models import Order
+from domain.states import OrderState
+from integrations import inbox
 from orders import carrier_events, sweeper
 from orders.intake import IntakeOutcome, IntakeResult
 from workflows.base import OrdersyncTask, describe
@@ -45,25 +41,7 @@ class IntakeTask(OrdersyncTask):
     ) -> None:
         inbox_id = args[0] if args else kwargs.get("inbox_id")
         with self.transaction() as session:
-            session.execute(
-                update(InboxEvent)
-                .where(InboxEvent.id == inbox_id, InboxEvent.status == InboxStatus.RECEIVED)
-                .values(
-                    status=InboxStatus.FAILED,
-                    error=describe(exc),
-                    attempts=attempts,
-                    processed_at=utcnow(),
-                )
-            )
-
-
-# prebuilt (see db.session.core)
-_LOAD_EVENT = (
-    select(InboxEvent, ChannelAccount)
-    .join(ChannelAccount, ChannelAccount.id == InboxEvent.channel_account_id)
-    .where(InboxEvent.id == bindparam("b_id"))
-    .with_for_update(of=InboxEvent)
-)
+            inbox.fail(session, inbox_id, describe(exc), attempts)
 
 
 def after_page(
@@ -150,32 +128,11 @@ def after_intake(session: Any, result: IntakeResult, account_id: int | None = No
             cancelled_after_shipping(session, result.order_id)  # a return, not a silent no-op
 
 
-def _parse(body: bytes) -> dict[str, Any]:
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError(f"body is not JSON: {exc}") from exc
-    except RecursionError:  # signed, stored, but nested deeper than any order is
-        raise PayloadError("body is not JSON we can read: nested too deeply") from None
-    if not isinstance(payload, dict):
-        raise PayloadError(f"body is JSON {type(payload).__name__}, expected an object")
-    return payload
+def _fetch(session: Any, account_id: int, external_id: str) -> None:
+    """A delivery overtook its order's own: the order is fetched as it is now, after commit."""
+    from workflows.sync import refresh_order
 
-
-def _payload_error_message(exc: Exception) -> str:
-    if isinstance(exc, pydantic.ValidationError):
-        # field paths and error types only: the values may be customer data
-        parts = [
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()[:10]
-        ]
-        return f"payload does not map: {'; '.join(parts)}"
-    return str(exc)
-
-
-def _settle(event: InboxEvent, status: str, attempts: int, error: str | None) -> None:
-    """The inbox row's outcome, with its attempts counted in the same UPDATE."""
-    event.status, event.attempts, event.error = status, attempts, error
-    event.processed_at = utcnow()
+    publish_after_commit(session, refresh_order.si(account_id, external_id))
 
 
 @app.task(
@@ -185,72 +142,9 @@ def _settle(event: InboxEvent, status: str, attempts: int, error: str | None) ->
     ignore_result=True,  # the web app publishes it per webhook and never reads a result
 )
 def process_event(self: IntakeTask, inbox_id: int) -> dict[str, Any]:
+    """One stored webhook delivery applied by its marketplace's handler (``integrations.inbox``)."""
     with self.transaction() as session:
-        row = session.execute(_LOAD_EVENT, {"b_id": inbox_id}).one_or_none()
-        if row is None:
-            log.warning("inbox.missing", inbox_id=inbox_id)
-            return {"inbox_id": inbox_id, "status": "missing"}
-        event, account = row
-        if event.status != InboxStatus.RECEIVED:
-            return {"inbox_id": inbox_id, "status": event.status, "order_id": event.order_id}
-        # counted with the outcome, in the same UPDATE (a rolled-back attempt counts nothing
-        # either way: the failure handler records its attempts itself)
-        attempts = event.attempts + 1
-        # the marketplace's own topic → handler table; unknown topics are logged and kept as
-        # ``ignored`` (a channel no longer registered fails: staff see it, and can retry it
-        # once the plugin is back)
-        try:
-            marketplace = registry.get(event.channel)
-        except registry.UnknownMarketplace as exc:
-            log.warning("inbox.unknown_marketplace", inbox_id=inbox_id, channel=event.channel)
-            _settle(event, InboxStatus.FAILED, attempts, str(exc))
-            return {"inbox_id": inbox_id, "status": event.status, "error": event.error}
-        handler = marketplace.topic_handlers.get(event.topic)
-        if handler is None:
-            log.info("inbox.ignored_topic", inbox_id=inbox_id, topic=event.topic)
-            _settle(event, InboxStatus.IGNORED, attempts, f"topic {event.topic!r} is not handled")
-            return {"inbox_id": inbox_id, "status": event.status}
-        try:
-            delivery = Delivery(account.id, account.name, event.topic, _parse(event.body))
-            with session.begin_nested():  # a failed mapping must not leave half an order
-                result = handler(session, marketplace, delivery)
-        except OrderNotKnown as exc:
-            if not account.credentials:
-                raise  # a webhook-only account: tried again later, when the order is in
-            # it overtook the order's own delivery: the order is fetched as it is now (what
-            # this delivery says comes with it), and this delivery is done
-            from workflows.sync import refresh_order
-
-            publish_after_commit(session, refresh_order.si(account.id, exc.external_id))
-            log.info("inbox.order_fetched", inbox_id=inbox_id, topic=event.topic)
-            _settle(event, InboxStatus.PROCESSED, attempts,
-                    f"{exc}: the order is fetched from the marketplace")  # fmt: skip
-            return {"inbox_id": inbox_id, "status": event.status, "outcome": "fetched"}
-        except (PayloadError, pydantic.ValidationError) as exc:
-            message = _payload_error_message(exc)
-            log.warning("inbox.unparseable", inbox_id=inbox_id, error=message[:300])
-            _settle(event, InboxStatus.FAILED, attempts, message[:2000])
-            return {"inbox_id": inbox_id, "status": event.status, "error": message}
-        after_intake(session, result, account.id)
-        _settle(
-            event,
-            InboxStatus.PROCESSED,
-            attempts,
-            "stale: older than the stored order" if result.outcome == "stale" else None,
-        )
-        event.order_id = result.order_id
-        log.info(
-            "inbox.processed",
-            inbox_id=inbox_id,
-            order_id=result.order_id,
-            outcome=result.outcome,
-        )
-        return {
-            "inbox_id": inbox_id,
-            "status": event.status,
-            "order_id": result.order_id,
-            "outcome": result.outcome,
-        }
+        return inbox.process(session, inbox_id, after_intake=after_intake, fetch=_fetch).as_dict()
 
 
 @app.task(base=OrdersyncTask, bind=True, name="ordersync.maintenance.sweep", ignore_result=True)
