@@ -31,11 +31,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from core.settings import get_settings
 from db.base import utcnow
-from db.models import ACTIVE_RUN, ChannelAccount, ReconcileReport, SyncRun
+from db.models import ACTIVE_RUN, ChannelAccount, OutboxMessage, ReconcileReport, SyncRun
 from db.session import Transaction, rowcount
 from domain.canonical import CanonicalOrder
 from orders.intake import IntakeOutcome, IntakeResult, apply_page
@@ -47,9 +48,13 @@ __all__ = [
     "Page",
     "PageSource",
     "SliceOutcome",
+    "book_failure",
+    "due_for_poll",
     "finish_report",
+    "open_run",
     "run_slice",
     "stalled_runs",
+    "start_night",
     "start_run",
 ]
 
@@ -309,6 +314,83 @@ def finish_report(session: Session, report_id: int) -> bool:
     if finished:
         log.info("sync.reconcile", report_id=report_id, accounts=report.accounts, **totals)
     return bool(finished)
+
+
+def open_run(
+    session: Session,
+    account_id: int,
+    kind: str,
+    since: dt.datetime | None,
+    *,
+    reconcile_report_id: int | None = None,
+) -> int | None:
+    """The account's unfinished run of ``kind``, else a new one up to now (``start_run``)
+    from ``since``, or for a poll (``since`` None) from the account's cursor less the overlap
+    (``first_poll_days`` back for an account never polled). None: no such active account."""
+    settings = get_settings()
+    now = utcnow()
+    account = session.get(ChannelAccount, account_id)
+    if account is None or not account.active:
+        return None
+    if since is None:
+        cursor = account.poll_cursor or now - dt.timedelta(days=settings.first_poll_days)
+        since = cursor - dt.timedelta(seconds=settings.poll_overlap_s)
+    return start_run(session, account_id, kind, window_from=since, window_to=now,
+                     reconcile_report_id=reconcile_report_id)  # fmt: skip
+
+
+def book_failure(session: Session, run_id: int, status: str, error: str) -> None:
+    """A slice failed: the run is ``retrying``, ``parked`` (the marketplace asked us to wait;
+    its page token and the account's cursor stay) or ``failed`` for good, which ends it and,
+    for a run of the night's report, may total the report (an error in it)."""
+    failed = status == "failed"
+    session.execute(
+        update(SyncRun)
+        .where(SyncRun.id == run_id)
+        .values(status=status, error=error, finished_at=utcnow() if failed else None)
+    )
+    report_id = session.scalar(select(SyncRun.reconcile_report_id).where(SyncRun.id == run_id))
+    if failed and report_id is not None:
+        finish_report(session, report_id)
+
+
+def due_for_poll(session: Session, *, polled_before: dt.datetime) -> list[int]:
+    """Active accounts we can ask (with API credentials: a webhook-only one has nothing to
+    poll with) last polled before ``polled_before`` (or never), with no parked work waiting
+    (a poll told to come back later) and no poll still reading (its slices go on by
+    themselves; the sweeper resumes one whose worker died)."""
+    nothing_parked = ~exists().where(OutboxMessage.channel_account_id == ChannelAccount.id,
+                                     OutboxMessage.published_at.is_(None))  # fmt: skip
+    no_poll_reading = ~exists().where(SyncRun.channel_account_id == ChannelAccount.id,
+                                      SyncRun.kind == "poll",
+                                      SyncRun.status.in_(UNFINISHED))  # fmt: skip
+    accounts = session.scalars(
+        select(ChannelAccount)
+        .where(
+            ChannelAccount.active,
+            ChannelAccount.poll_cursor.is_(None) | (ChannelAccount.poll_cursor < polled_before),
+            nothing_parked,
+            no_poll_reading,
+        )
+        .order_by(ChannelAccount.id)
+    ).all()
+    return [account.id for account in accounts if account.credentials]
+
+
+def start_night(session: Session) -> tuple[int | None, list[int]]:
+    """The night's full sync: a ``reconcile_reports`` row for every active account we can ask,
+    and those accounts (each then runs on its own: one account's failure is its own run's,
+    and an error in the report). (None, []) when there is none."""
+    accounts = session.scalars(
+        select(ChannelAccount).where(ChannelAccount.active).order_by(ChannelAccount.id)
+    ).all()
+    ids = [account.id for account in accounts if account.credentials]
+    if not ids:
+        return None, []
+    report = ReconcileReport(accounts=len(ids))
+    session.add(report)
+    session.flush()
+    return report.id, ids
 
 
 def stalled_runs(session: Session, *, idle_for: dt.timedelta, limit: int) -> list[int]:

@@ -25,15 +25,20 @@ import datetime as dt
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, exists, select, update
 from sqlalchemy.orm import Session
 
 from core.settings import get_settings
 from db.base import utcnow
-from db.models import ChannelAccount, OutboxMessage, ReconcileReport, SyncRun
+from db.models import ChannelAccount, OutboxMessage, SyncRun
 from integrations.base import ConnectorSeams, MarketplaceConnector
 from orders.intake import apply_order
-from orders.syncing import UNFINISHED, finish_report, run_slice, start_run
+from orders.syncing import (
+    book_failure,
+    due_for_poll,
+    open_run,
+    run_slice,
+    start_night,
+)
 from workflows.base import OrdersyncTask, describe
 from workflows.celery_app import app
 from workflows.locks import LockBusy, redis_lock
@@ -65,17 +70,8 @@ def _start(
     report_id: int | None = None,
 ) -> int | None:
     """The account's unfinished run of ``kind``, else a new one (None: inactive account)."""
-    settings = get_settings()
-    now = utcnow()
     with task.transaction() as session:
-        account = session.get(ChannelAccount, account_id)
-        if account is None or not account.active:
-            return None
-        if since is None:
-            cursor = account.poll_cursor or now - dt.timedelta(days=settings.first_poll_days)
-            since = cursor - dt.timedelta(seconds=settings.poll_overlap_s)
-        return start_run(session, account_id, kind, window_from=since, window_to=now,
-                         reconcile_report_id=report_id)  # fmt: skip
+        return open_run(session, account_id, kind, since, reconcile_report_id=report_id)
 
 
 def _slice(task: OrdersyncTask, run_id: int) -> dict[str, Any]:
@@ -108,13 +104,7 @@ def _slice(task: OrdersyncTask, run_id: int) -> dict[str, Any]:
             except Exception as exc:
                 status, error = _failed_run(task, exc)
                 with task.transaction() as session:
-                    session.execute(
-                        update(SyncRun).where(SyncRun.id == run_id)
-                        .values(status=status, error=error,
-                                finished_at=utcnow() if status == "failed" else None)
-                    )  # fmt: skip
-                    if status == "failed" and run.reconcile_report_id is not None:
-                        finish_report(session, run.reconcile_report_id)  # an error in it
+                    book_failure(session, run_id, status, error)
                 raise
             finally:
                 if connector is not None:
@@ -152,23 +142,6 @@ class SyncTask(OrdersyncTask):
             message.channel_account_id = run.channel_account_id if run else None
         else:  # args: (account_id,)
             message.channel_account_id = args[0] if args else kwargs["account_id"]
-
-
-def _nothing_parked() -> ColumnElement[bool]:
-    """The account has no parked work waiting (a poll told to come back later)."""
-    return ~exists().where(
-        OutboxMessage.channel_account_id == ChannelAccount.id, OutboxMessage.published_at.is_(None)
-    )
-
-
-def _no_poll_reading() -> ColumnElement[bool]:
-    """The account has no poll still reading (its slices go on by themselves; the sweeper
-    resumes one whose worker died)."""
-    return ~exists().where(
-        SyncRun.channel_account_id == ChannelAccount.id,
-        SyncRun.kind == "poll",
-        SyncRun.status.in_(UNFINISHED),
-    )
 
 
 @app.task(base=SyncTask, bind=True, name="ordersync.sync.poll_account", ignore_result=True)
@@ -223,14 +196,7 @@ def full_sync_all(self: OrdersyncTask) -> int:
     """Nightly: a full sync of every account with credentials, each independent of the
     others (one account's failure is its own run's, and an error in the night's report)."""
     with self.transaction() as session:
-        accounts = session.scalars(select(ChannelAccount).where(ChannelAccount.active)).all()
-        ids = [a.id for a in accounts if a.credentials]
-        if not ids:
-            return 0
-        report = ReconcileReport(accounts=len(ids))
-        session.add(report)
-        session.flush()
-        report_id = report.id
+        report_id, ids = start_night(session)
     for account_id in ids:
         full_sync_account.delay(account_id, report_id=report_id)
     return len(ids)
@@ -240,16 +206,7 @@ def full_sync_all(self: OrdersyncTask) -> int:
 def poll_due(self: OrdersyncTask) -> list[int]:
     cutoff = utcnow() - dt.timedelta(seconds=get_settings().poll_interval_s)
     with self.transaction() as session:
-        accounts = session.scalars(
-            select(ChannelAccount).where(
-                ChannelAccount.active,
-                (ChannelAccount.poll_cursor.is_(None)) | (ChannelAccount.poll_cursor < cutoff),
-                _nothing_parked(),
-                _no_poll_reading(),
-            )
-        ).all()
-        # an account without API credentials is webhook-only: nothing to poll with
-        due = [a.id for a in accounts if a.credentials]
+        due = due_for_poll(session, polled_before=cutoff)
     for account_id in due:
         poll_account.delay(account_id)
     return due

@@ -16,11 +16,20 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from core.settings import get_settings
 from db.base import utcnow
-from db.models import ChannelAccount, Order, SyncRun
+from db.models import ChannelAccount, Order, OutboxMessage, ReconcileReport, SyncRun
 from domain.canonical import CanonicalLine, CanonicalOrder
 from orders.intake import IntakeResult
-from orders.syncing import run_slice, stalled_runs, start_run
+from orders.syncing import (
+    book_failure,
+    due_for_poll,
+    open_run,
+    run_slice,
+    stalled_runs,
+    start_night,
+    start_run,
+)
 from tests.support.shop import Shop, WorkerKilled
 
 NOW = utcnow()
@@ -249,3 +258,87 @@ def test_a_run_whose_worker_died_is_found_once_per_idle_period(shop: Shop) -> No
 
     assert first == [stalled] and second == []
     assert live not in first and parked not in first  # parked work waits for its time
+
+
+def _account(shop: Shop, name: str, **fields: object) -> int:
+    with shop.transaction() as session:
+        account = ChannelAccount(name=name, channel="shopify", **fields)
+        session.add(account)
+        session.flush()
+        return account.id
+
+
+KEYS = {"access_token": "shpat_test"}
+
+
+def test_the_accounts_due_for_a_poll_are_those_we_can_ask_that_nothing_holds_back(
+    shop: Shop,
+) -> None:
+    hour_ago = utcnow() - dt.timedelta(hours=1)
+    due = _account(shop, "due", credentials=KEYS, poll_cursor=hour_ago)
+    never = _account(shop, "never-polled", credentials=KEYS)
+    _account(shop, "fresh", credentials=KEYS, poll_cursor=utcnow())
+    _account(shop, "webhook-only", poll_cursor=hour_ago)
+    _account(shop, "off", credentials=KEYS, poll_cursor=hour_ago, active=False)
+    parked = _account(shop, "parked", credentials=KEYS, poll_cursor=hour_ago)
+    reading = _account(shop, "reading", credentials=KEYS, poll_cursor=hour_ago)
+    with shop.transaction() as session:
+        session.add(OutboxMessage(task_name="ordersync.sync.sync_slice", channel_account_id=parked,
+                                  not_before=utcnow() + dt.timedelta(hours=2)))  # fmt: skip
+        start_run(session, reading, "poll", window_from=SINCE, window_to=NOW)
+        full = start_run(session, due, "full", window_from=SINCE, window_to=NOW)
+
+    def polled_before_a_minute_ago() -> list[int]:
+        with shop.transaction() as session:
+            return due_for_poll(session, polled_before=utcnow() - dt.timedelta(minutes=1))
+
+    assert polled_before_a_minute_ago() == [due, never]  # a full sync reading does not hold it
+    with shop.transaction() as session:
+        book_failure(session, full, "failed", "AuthenticationError")
+        session.execute(update(SyncRun).where(SyncRun.channel_account_id == reading)
+                        .values(status="ok"))  # fmt: skip
+    assert polled_before_a_minute_ago() == [due, never, reading]
+
+
+def test_a_run_opens_from_the_cursor_less_the_overlap_and_goes_on_while_unfinished(
+    shop: Shop,
+) -> None:
+    cursor = utcnow() - dt.timedelta(hours=3)
+    account = _account(shop, "polled", credentials=KEYS, poll_cursor=cursor)
+    off = _account(shop, "off", credentials=KEYS, active=False)
+    with shop.transaction() as session:
+        run_id = open_run(session, account, "poll", None)
+        assert open_run(session, account, "poll", None) == run_id
+        assert open_run(session, off, "poll", None) is None
+        assert open_run(session, 10**9, "poll", None) is None
+    (run,) = shop.rows(SyncRun, id=run_id)
+    overlap = dt.timedelta(seconds=get_settings().poll_overlap_s)
+    assert run.window_to is not None
+    assert run.window_from == cursor - overlap and run.window_to > cursor
+
+
+def test_the_night_reports_on_every_account_we_can_ask_and_a_failed_run_totals_it(
+    shop: Shop,
+) -> None:
+    with shop.transaction() as session:
+        assert start_night(session) == (None, [])  # the shop's account has no credentials
+    one = _account(shop, "one", credentials=KEYS)
+    two = _account(shop, "two", credentials=KEYS)
+    _account(shop, "off", credentials=KEYS, active=False)
+    with shop.transaction() as session:
+        report_id, accounts = start_night(session)
+        assert report_id is not None and accounts == [one, two]
+        runs = [start_run(session, a, "full", window_from=SINCE, window_to=NOW,
+                          reconcile_report_id=report_id) for a in accounts]  # fmt: skip
+    with shop.transaction() as session:
+        session.execute(update(SyncRun).where(SyncRun.id == runs[0]).values(status="ok"))
+        book_failure(session, runs[1], "retrying", "TransportError")
+    (report,) = shop.rows(ReconcileReport, id=report_id)
+    assert report.finished_at is None  # a run still retrying: the night is not over
+    with shop.transaction() as session:
+        book_failure(session, runs[1], "failed", "AuthenticationError: token revoked")
+    (report,) = shop.rows(ReconcileReport, id=report_id)
+    (failed,) = shop.rows(SyncRun, id=runs[1])
+    assert report.finished_at is not None and report.errors == 1
+    assert (failed.status, failed.error) == ("failed", "AuthenticationError: token revoked")
+    assert failed.finished_at is not None
