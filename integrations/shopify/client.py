@@ -547,11 +547,6 @@ class ShopifyClient(ApiClient):
         return _dig(self.graphql("Shop", q.SHOP, {}, cost=1), "shop", "Shop")
 
 
-def _quote(value: str) -> str:
-    # Shopify search syntax: single-quoted value, backslash escapes
-    return value.replace("\\", "\\\\").replace("'", "\\'")
-
-
 def _dig(data: Mapping[str, Any], key: str, operation: str) -> dict[str, Any]:
     value = data.get(key)
     if not isinstance(value, dict):
