@@ -72,6 +72,7 @@ from workflows.publish import publish_after_commit
 from workflows.steps import DeliverTask, RefundTask, StepTask
 
 __all__ = [
+    "after_commit",
     "buy_label",
     "cancel_order",
     "capture_payment",
@@ -110,7 +111,7 @@ def _task(
                     ignore_result=not chord_header)  # fmt: skip
 
 
-def _after_commit(signature: Callable[[int], Signature]) -> FollowUp:
+def after_commit(signature: Callable[[int], Signature]) -> FollowUp:
     """A follow-up that publishes ``signature(order_id)`` once the transaction has committed."""
 
     def publish(session: Session, order_id: int) -> None:
@@ -202,7 +203,7 @@ def reserve_stock(self: StepTask, order_id: int) -> str:
 
 @_task("capture_payment", "orders")
 def capture_payment(self: StepTask, order_id: int) -> str:
-    refund = _after_commit(refund_payment.si)  # money captured after a cancel goes back
+    refund = after_commit(refund_payment.si)  # money captured after a cancel goes back
     with self.lock(order_id):
         outcome = payments.capture(self.transaction, order_id, _holder, self.keys(), refund=refund)
         return self.report(outcome)
@@ -270,7 +271,7 @@ def buy_label(self: StepTask, order_id: int) -> str:
 
 @_task("mark_ready_to_ship", "orders")
 def mark_ready_to_ship(self: StepTask, order_id: int) -> str:
-    ship_it = _after_commit(ship.si)  # the marketplace shipped it meanwhile
+    ship_it = after_commit(ship.si)  # the marketplace shipped it meanwhile
     with self.lock(order_id):
         outcome = fulfilment.mark_ready_to_ship(
             self.transaction, order_id, ship_it=ship_it, void_unused=void_unused
@@ -280,7 +281,7 @@ def mark_ready_to_ship(self: StepTask, order_id: int) -> str:
 
 @_task("ship", "outbound")
 def ship(self: StepTask, order_id: int, shipment_ids: list[int] | None = None) -> str:
-    deliver_it = _after_commit(deliver.si)
+    deliver_it = after_commit(deliver.si)
     with self.lock(order_id):
         outcome = fulfilment.ship(self.transaction, order_id, deliver_it=deliver_it,
                                   shipment_ids=shipment_ids)  # fmt: skip
@@ -296,7 +297,7 @@ def _ship_these(session: Session, order_id: int, shipment_ids: list[int]) -> Non
 def deliver(self: DeliverTask, message_id: int) -> str:
     """One outbox message to its marketplace (``orders.outbox.deliver``)."""
     return outbox.deliver(self.transaction, message_id, _push_effect, self.keys(),
-                          deliver_it=_after_commit(deliver.si)).result  # fmt: skip
+                          deliver_it=after_commit(deliver.si)).result  # fmt: skip
 
 
 @_task("void_labels", "outbound")
@@ -332,7 +333,7 @@ def _tell_delivered(session: Session, shipment_id: int) -> None:
         payload={"tracking_number": shipment.tracking_number,
                  "delivered_at": (shipment.delivered_at or utcnow()).strftime(
                      "%Y-%m-%dT%H:%M:%SZ")},
-        deliver_it=_after_commit(deliver.si), shipment_id=shipment.id,
+        deliver_it=after_commit(deliver.si), shipment_id=shipment.id,
     )  # fmt: skip
 
 
@@ -383,7 +384,7 @@ class StaffRefundTask(StepTask):
 
 @_task("staff_refund", "orders", base=StaffRefundTask)
 def staff_refund(self: StepTask, order_id: int, refund_id: int) -> str:
-    credit = _after_commit(credit_note.si)
+    credit = after_commit(credit_note.si)
     with self.lock(order_id):
         outcome = refunds.make_refund(self.transaction, order_id, refund_id, payments_client,
                                       self.keys(), credit=credit)  # fmt: skip
@@ -439,8 +440,8 @@ def enter_pipelines(self: OrdersyncTask, order_ids: list[int]) -> int:
 def on_cancelled(session: Session, order_id: int) -> None:
     """In the transaction that cancelled the order: stock back, credit note and refund later,
     and the labels that never left voided at the carrier."""
-    cancellation.on_cancelled(session, order_id, credit_note=_after_commit(credit_note.si),
-                              refund=_after_commit(refund_payment.si))  # fmt: skip
+    cancellation.on_cancelled(session, order_id, credit_note=after_commit(credit_note.si),
+                              refund=after_commit(refund_payment.si))  # fmt: skip
     _void_if_labelled(session, order_id)
 
 
@@ -470,14 +471,14 @@ def cancel_order(session: Session, order_id: int, *, reason: str, actor: str) ->
     staff.cancel(
         session, order_id, reason=reason, actor=actor,
         marketplace_cancels=registry.get(order.channel).seller_cancels,
-        on_cancelled=on_cancelled, deliver_it=_after_commit(deliver.si),
+        on_cancelled=on_cancelled, deliver_it=after_commit(deliver.si),
     )  # fmt: skip
 
 
 def retry_order(session: Session, order_id: int, *, actor: str) -> OrderState:
     """Staff retry (``orders.recovery.retry``): the failed step again, or the missing refund."""
-    resume, shipping, refund = (_after_commit(s) for s in (pipeline, ship.si, refund_payment.si))
-    deliver_it = _after_commit(deliver.si)
+    resume, shipping, refund = (after_commit(s) for s in (pipeline, ship.si, refund_payment.si))
+    deliver_it = after_commit(deliver.si)
 
     def push(session: Session, order_id: int) -> None:
         outbox.retry_for_order(session, order_id, actor=actor, deliver_it=deliver_it)
@@ -492,7 +493,7 @@ def void_shipment_label(
 ) -> int | None:
     """Staff void (and re-buy) a shipment's label (``orders.staff.void_label``)."""
     return staff.void_label(session, shipment_id, actor=actor, rebuy=rebuy,
-                            void_it=void_unused, label_it=_after_commit(buy_label.si))  # fmt: skip
+                            void_it=void_unused, label_it=after_commit(buy_label.si))  # fmt: skip
 
 
 def ship_lines(
@@ -503,7 +504,7 @@ def ship_lines(
     shipments, voids, labels and the ship, each after commit."""
     return staff.ship_lines(
         session, order_id, lines, actor=actor, request_key=request_key, void_it=void_unused,
-        label_it=_after_commit(buy_label.si), ship_it=_ship_these,
+        label_it=after_commit(buy_label.si), ship_it=_ship_these,
     )  # fmt: skip
 
 
@@ -513,15 +514,15 @@ def mark_shipped(
     """Staff mark an order shipped by hand with a tracking number (``orders.staff``)."""
     return staff.mark_shipped(
         session, order_id, tracking_number=tracking_number, carrier=carrier, actor=actor,
-        void_it=void_unused, deliver_it=_after_commit(deliver.si),
+        void_it=void_unused, deliver_it=after_commit(deliver.si),
     )  # fmt: skip
 
 
 def retry_message(session: Session, message_id: int, *, actor: str) -> str:
     """Staff retry of one outbox message (``orders.outbox.retry``)."""
-    return outbox.retry(session, message_id, actor=actor, deliver_it=_after_commit(deliver.si))
+    return outbox.retry(session, message_id, actor=actor, deliver_it=after_commit(deliver.si))
 
 
 def release_waiting(session: Session, sku: str) -> list[int]:
     """After stock arrived: push the on-hold orders that wait for ``sku`` through again."""
-    return reservation.release_waiting(session, sku, resume=_after_commit(pipeline))
+    return reservation.release_waiting(session, sku, resume=after_commit(pipeline))

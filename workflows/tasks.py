@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -20,11 +21,10 @@ from celery.canvas import Signature
 
 from core.settings import get_settings
 from db.base import utcnow
-from db.models import Order
-from domain.states import OrderState
 from integrations import inbox
 from orders import carrier_events, sweeper
-from orders.intake import IntakeOutcome, IntakeResult
+from orders.after_intake import Then, batched, follow
+from orders.intake import IntakeResult
 from workflows.base import OrdersyncTask, describe
 from workflows.celery_app import app
 from workflows.orphans import restore_orphans
@@ -52,84 +52,40 @@ def after_page(
     rest one by one (an order whose refund came without its lines is fetched whole)."""
     from workflows.pipeline import pipelines
 
-    new = [r.order_id for r in results if _batched(r)]
+    new = [r.order_id for r in results if batched(r)]
     if new:
         publish_after_commit(session, pipelines(new))
     for result in results:
-        if not _batched(result):
+        if not batched(result):
             after_intake(session, result, account_id)
 
 
-def _enters_pipeline(result: IntakeResult) -> bool:
-    return (result.outcome == IntakeOutcome.CREATED and result.state == OrderState.NEW) or (
-        result.outcome == IntakeOutcome.UPDATED
-        and result.state in (OrderState.NEW, OrderState.RESERVED)  # e.g. a payment: news
-    )
-
-
-def _batched(result: IntakeResult) -> bool:
-    """Nothing but its pipeline to start (no refunds to credit, nothing to fetch)."""
-    return (
-        _enters_pipeline(result)
-        and not result.refunded
-        and not result.relabel
-        and result.refetch is None
-    )
-
-
 def after_intake(session: Any, result: IntakeResult, account_id: int | None = None) -> None:
-    """New orders enter the pipeline; orders cancelled by the marketplace release their stock
-    (and void their labels); an order fulfilled in the marketplace's admin is not shipped again;
-    one cancelled there after it shipped expects a return; refunds it made get their credit
-    notes; an order said to have changed is fetched; an edit that moved a parcel (address,
-    lines) voids its old label and labels the new shipment."""
-    from orders.fulfilment import cancelled_after_shipping, fulfilled_elsewhere
+    """What follows an order applied by intake (``orders.after_intake``), its follow-ups
+    published as tasks after commit."""
+    follow(session, result, account_id, _then())
+
+
+@functools.cache
+def _then() -> Then:
     from workflows.pipeline import (
+        after_commit,
         buy_label,
         credit_note,
-        marketplace_shipped,
         on_cancelled,
         pipeline,
         ship,
         void_unused,
     )
 
-    if result.refunded:
-        publish_after_commit(session, credit_note.si(result.order_id))
-    if result.relabel:
-        void_unused(session, result.order_id)
-        publish_after_commit(session, buy_label.si(result.order_id))
-    if result.refetch is not None and account_id is not None:
-        from workflows.sync import refresh_order
-
-        publish_after_commit(session, refresh_order.si(account_id, result.refetch))
-
-    if _enters_pipeline(result):
-        publish_after_commit(session, pipeline(result.order_id))
-    elif result.outcome == IntakeOutcome.UPDATED and result.cancelled_now:
-        on_cancelled(session, result.order_id)
-    elif result.outcome == IntakeOutcome.UPDATED and result.state in (
-        OrderState.READY_TO_SHIP,
-        OrderState.PARTIALLY_SHIPPED,
-    ):
-        order = session.get(Order, result.order_id)
-        if order is not None and marketplace_shipped(order):  # e.g. Amazon shipped an FBA order
-            publish_after_commit(session, ship.si(result.order_id))
-        elif order is not None and order.fulfillment_status == "fulfilled":
-            # fulfilled in the marketplace's admin: ours do not ship again, labels voided
-            fulfilled_elsewhere(session, result.order_id, void_unused=void_unused)
-    elif result.outcome == IntakeOutcome.UPDATED and result.state in (
-        OrderState.SHIPPED,
-        OrderState.PARTIALLY_SHIPPED,
-        OrderState.DELIVERED,
-    ):
-        order = session.get(Order, result.order_id)
-        if order is not None and order.cancelled_at is not None:
-            cancelled_after_shipping(session, result.order_id)  # a return, not a silent no-op
+    return Then(pipeline=after_commit(pipeline), credit_note=after_commit(credit_note.si),
+                buy_label=after_commit(buy_label.si), void_unused=void_unused,
+                ship=after_commit(ship.si), cancelled=on_cancelled, refetch=_fetch)  # fmt: skip
 
 
 def _fetch(session: Any, account_id: int, external_id: str) -> None:
-    """A delivery overtook its order's own: the order is fetched as it is now, after commit."""
+    """The order fetched as the marketplace has it now, after commit (a delivery overtook the
+    order's own, or said it changed without carrying it)."""
     from workflows.sync import refresh_order
 
     publish_after_commit(session, refresh_order.si(account_id, external_id))
