@@ -209,11 +209,12 @@ def beat() -> None:
     """Run Celery Beat: polls, nightly sync, sweeper. A second Beat waits as a standby (its
     schedule and leader lock are in Redis) and takes over when the first one stops."""
     from workflows import app
+    from workflows.beat import run
 
     _setup_logging()
     settings = get_settings()
     _check_database()
-    app.start(["beat", "--loglevel", settings.log_level])
+    run(app, settings.log_level)
 
 
 def _first_user_hint() -> None:

@@ -88,3 +88,34 @@ def test_two_beats_send_each_scheduled_task_once_per_interval_and_the_standby_ta
     finally:
         client.close()
         group.stop(timeout_s=20)
+
+
+def test_a_beat_stopped_with_sigterm_exits_at_once_and_frees_the_lock_for_the_standby(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    # given: two Beats, the leader sending
+    url = f"sqlite:///{tmp_path / 'ordersync.db'}"
+    upgrade(url)
+    env = {**os.environ, "ORDERSYNC_DATABASE_URL": url, "ORDERSYNC_REDIS_URL": server.url,
+           "ORDERSYNC_VAR_DIR": str(tmp_path / "var"), "ORDERSYNC_SWEEP_AFTER_S": "10",
+           "ORDERSYNC_LOG_LEVEL": "INFO",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # fmt: skip
+    group = ProcessGroup(env=env, log_dir=tmp_path / "logs")
+    try:
+        beats = [group.start("beat-1", ["beat"]), group.start("beat-2", ["beat"])]
+        wait_until(lambda: sum(map(_sent, beats)) >= 1, timeout=60, what="a first sweep")
+        leader, standby = (beats[0], beats[1]) if _sent(beats[0]) else (beats[1], beats[0])
+        assert leader.process is not None
+
+        # when: the leader is told to stop, as systemd or `ordersync up` does
+        os.killpg(leader.process.pid, signal.SIGTERM)
+
+        # then: it exits cleanly at once, and the standby takes over well before the lock
+        # would have expired (a Beat that dies keeps the standby waiting BEAT_LOCK_TIMEOUT_S)
+        assert leader.process.wait(timeout=10) == 0
+        before = _sent(standby)
+        wait_until(lambda: _sent(standby) > before, timeout=BEAT_LOCK_TIMEOUT_S - 10,
+                   what="the standby Beat sending")  # fmt: skip
+        assert "beat: Releasing lock" in (leader.log_path.read_text() if leader.log_path else "")
+    finally:
+        group.stop(timeout_s=20)
