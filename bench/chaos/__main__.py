@@ -92,7 +92,7 @@ def run_scenario(
         if not run.wait(run.drained, 30, "the queues to drain"):
             run.notes += [f"held: {held}" for held in run.held()]
             run.notes += [f"busy: {busy}" for busy in run.busy()]
-        run.stop_beats()
+        stuck_beats = run.stop_beats()
         run.wait(run.drained, 15, "the queues to drain after Beat stopped")
         facts = run.facts()
         scenario.finish(run)
@@ -106,7 +106,7 @@ def run_scenario(
             c.name
             for c in world.stack.group.dead()
             if not c.name.startswith("beat") and c.name not in run.killed
-        ]
+        ] + stuck_beats
     return {
         "scenario": name,
         "orders": len(run.sent),

@@ -624,12 +624,21 @@ class Run:
             out.append(f"{worker}: running {running or 'nothing'}; reserved {waiting or 'none'}")
         return out or ["no worker answered"]
 
-    def stop_beats(self) -> None:
-        """Beat stops before the facts are read: a scheduled poll is not a leftover."""
+    def stop_beats(self) -> list[str]:
+        """Beat stops before the facts are read: a scheduled poll is not a leftover. Returns
+        the Beats that were still running 20 s after SIGTERM (killed then): a finding of the
+        run, which still reads its facts."""
+        stuck = []
         for child in self.world.stack.group.children:
             if child.name.startswith("beat") and child.process and child.process.poll() is None:
                 os.killpg(child.process.pid, signal.SIGTERM)
-                child.process.wait(timeout=20)
+                try:
+                    child.process.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(child.process.pid, signal.SIGKILL)
+                    child.process.wait()
+                    stuck.append(f"{child.name} (still running 20 s after SIGTERM; killed)")
+        return stuck
 
     # -- workers -----------------------------------------------------------------------------
 
