@@ -50,17 +50,22 @@ def _sent(child: Child) -> int:
     return text.count("Sending due task sweep-unprocessed")
 
 
-def test_two_beats_send_each_scheduled_task_once_per_interval_and_the_standby_takes_over(
-    server: RedisServer, tmp_path: Path
-) -> None:
-    # given: two Beats of one deployment, started one after the other
+def _beats_group(server: RedisServer, tmp_path: Path) -> ProcessGroup:
+    """Processes of one deployment: a migrated SQLite database, the test's redis-server."""
     url = f"sqlite:///{tmp_path / 'ordersync.db'}"
     upgrade(url)
     env = {**os.environ, "ORDERSYNC_DATABASE_URL": url, "ORDERSYNC_REDIS_URL": server.url,
            "ORDERSYNC_VAR_DIR": str(tmp_path / "var"), "ORDERSYNC_SWEEP_AFTER_S": "10",
            "ORDERSYNC_LOG_LEVEL": "INFO",
            "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # fmt: skip
-    group = ProcessGroup(env=env, log_dir=tmp_path / "logs")
+    return ProcessGroup(env=env, log_dir=tmp_path / "logs")
+
+
+def test_two_beats_send_each_scheduled_task_once_per_interval_and_the_standby_takes_over(
+    server: RedisServer, tmp_path: Path
+) -> None:
+    # given: two Beats of one deployment, started one after the other
+    group = _beats_group(server, tmp_path)
     client = redis.Redis.from_url(server.url)
     try:
         beats = [group.start("beat-1", ["beat"]), group.start("beat-2", ["beat"])]
@@ -94,13 +99,7 @@ def test_a_beat_stopped_with_sigterm_exits_at_once_and_frees_the_lock_for_the_st
     server: RedisServer, tmp_path: Path
 ) -> None:
     # given: two Beats, the leader sending
-    url = f"sqlite:///{tmp_path / 'ordersync.db'}"
-    upgrade(url)
-    env = {**os.environ, "ORDERSYNC_DATABASE_URL": url, "ORDERSYNC_REDIS_URL": server.url,
-           "ORDERSYNC_VAR_DIR": str(tmp_path / "var"), "ORDERSYNC_SWEEP_AFTER_S": "10",
-           "ORDERSYNC_LOG_LEVEL": "INFO",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # fmt: skip
-    group = ProcessGroup(env=env, log_dir=tmp_path / "logs")
+    group = _beats_group(server, tmp_path)
     try:
         beats = [group.start("beat-1", ["beat"]), group.start("beat-2", ["beat"])]
         wait_until(lambda: sum(map(_sent, beats)) >= 1, timeout=60, what="a first sweep")
