@@ -16,6 +16,7 @@ The broker URL is resolved lazily (on first use), so importing this module never
 
 from __future__ import annotations
 
+import gc
 import inspect
 from typing import Any
 
@@ -155,6 +156,7 @@ def _worker_init(**_kwargs: Any) -> None:
     from db import session
 
     session.set_pre_ping_default(False)  # see db.session: tasks retry a lost connection
+    _freeze_heap()  # the pool is not forked yet: its children inherit a frozen heap
 
 
 @signals.worker_process_init.connect
@@ -162,6 +164,18 @@ def _worker_process_init(**_kwargs: Any) -> None:
     from db import session
 
     session.after_fork()
+    _freeze_heap()
+
+
+def _freeze_heap() -> None:
+    """Move every object that exists now (modules, classes, the app, its tasks, the engine:
+    about 170,000 of them in a worker) out of reach of the cyclic garbage collector, as the
+    Python docs advise for a process that forks workers (``gc.freeze``). Objects that live as
+    long as the process then cost no full collection anything: before, a backfill's worker child
+    spent about a fifth of its CPU in full collections, each walking that whole heap again
+    (``bench/README.md``). Frozen objects are still freed by reference counting; only a cycle
+    among them would stay, and the objects of start-up form none that is dropped later."""
+    gc.freeze()
 
 
 def _id_arguments(task: Any, args: Any, kwargs: Any) -> dict[str, int]:

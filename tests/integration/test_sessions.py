@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -117,6 +118,7 @@ def test_a_worker_process_does_not_ping_on_checkout_though_its_cli_made_an_engin
             assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
     finally:
         session.set_pre_ping_default(True)
+        gc.unfreeze()  # the signals froze this process's heap, as they do a worker's
 
 
 @pytest.mark.postgres
