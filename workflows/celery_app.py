@@ -173,8 +173,9 @@ def _freeze_heap() -> None:
     Python docs advise for a process that forks workers (``gc.freeze``). Objects that live as
     long as the process then cost no full collection anything: before, a backfill's worker child
     spent about a fifth of its CPU in full collections, each walking that whole heap again
-    (``bench/README.md``). Frozen objects are still freed by reference counting; only a cycle
-    among them would stay, and the objects of start-up form none that is dropped later."""
+    (``bench/README.md``). Frozen objects are still freed by reference counting; only cycles
+    among them that later become garbage stay until the process ends: 280 objects in a worker
+    child, the same after 10,000 backfilled orders as after 155 pipeline orders."""
     gc.freeze()
 
 
