@@ -165,7 +165,8 @@ _shipments, _labels = table(Shipment), table(Label)
 _invoices, _events = table(Invoice), table(OrderEvent)
 _shipment_lines = table(ShipmentLine)
 #: what buying a label needs, in one query (the order row locked: shipments are made once):
-#: the order's state and address, its number of lines and whether the marketplace ships it
+#: the order's state and address, its number of lines, whether the marketplace ships it, and
+#: the first shipment it ever had (None: none yet), whose label key is ``label:{order}``
 _LABEL_INPUT = (
     select(
         _orders.c.state,
@@ -174,6 +175,8 @@ _LABEL_INPUT = (
         .scalar_subquery(),
         _orders.c.fulfilled_by_marketplace,
         _orders.c.channel,
+        select(func.min(_shipments.c.id)).where(_shipments.c.order_id == _orders.c.id)
+        .scalar_subquery(),
     )
     .where(_orders.c.id == bindparam("b_order"))
     .with_for_update(of=_orders)
@@ -203,17 +206,21 @@ _ORDER_LINES = (
 )
 _NEW_SHIPMENT = insert(_shipments).returning(_shipments.c.id)
 _NEW_SHIPMENT_LINE = insert(_shipment_lines)
+#: a shipment labelled, unless it has a live label already (no row then); whether staff asked
+#: to ship it once labelled
 _LABELLED = (
     _shipments.update()
-    .where(_shipments.c.id == bindparam("b_id"))
+    .where(
+        _shipments.c.id == bindparam("b_id"),
+        ~select(_labels.c.id)
+        .where(_labels.c.shipment_id == _shipments.c.id, _labels.c.voided_at.is_(None))
+        .exists(),
+    )
     .values(tracking_number=bindparam("b_tracking"), carrier=bindparam("b_carrier"),
             status="labelled")
+    .returning(_shipments.c.ship_request)
 )  # fmt: skip
-_HAS_LABEL = select(_labels.c.id).where(
-    _labels.c.shipment_id == bindparam("b_id"), _labels.c.voided_at.is_(None)
-)
 _RECORD_LABEL = insert(_labels)
-_SHIP_REQUESTED = select(_shipments.c.ship_request).where(_shipments.c.id == bindparam("b_id"))
 _LABEL_NOT_NEEDED_RECORDED = select(_events.c.id).where(
     _events.c.order_id == bindparam("b_order"), _events.c.kind == LABEL_NOT_NEEDED
 )
@@ -302,7 +309,7 @@ def buy_label(
         found = core(session).execute(_LABEL_INPUT, {"b_order": order_id}).one_or_none()
         if found is None:
             raise PermanentError(f"order {order_id} does not exist")
-        state, address, line_count, by_marketplace, channel = found
+        state, address, line_count, by_marketplace, channel, first = found
         if OrderState(state) not in _LABEL_STATES:
             return Outcome(f"skip: {state}")
         if by_marketplace:  # the marketplace ships it with its own label
@@ -316,15 +323,15 @@ def buy_label(
         asks = line_count > 1 and OrderState(state) == S.PAID and splits(str(channel))
         if not shipments and not asks:
             shipments = _make_shipments(session, order_id, [])
-        claimed = _claim_first(session, order_id, shipments, ship_to, keys)
+        claimed = _claim_first(session, order_id, shipments, ship_to, keys, first)
     if not shipments:  # several lines: where does the marketplace ship them from?
         groups = plan(order_id)
         with transaction() as session:
-            core(session).execute(_LABEL_INPUT, {"b_order": order_id}).one()  # the lock
+            first = core(session).execute(_LABEL_INPUT, {"b_order": order_id}).one()[-1]  # lock
             shipments = _active(session, order_id)
             if not shipments:
                 shipments = _make_shipments(session, order_id, groups)
-            claimed = _claim_first(session, order_id, shipments, ship_to, keys)
+            claimed = _claim_first(session, order_id, shipments, ship_to, keys, first)
     tracking = [str(t) for _, t, _ in shipments if t]
     for shipment_id, existing, units in shipments:
         if existing:
@@ -357,12 +364,14 @@ class _Claim:
 
 def _claim(
     session: Session, order_id: int, shipment_id: int, units: int, ship_to: Address,
-    keys: idempotency.Claimant,
+    keys: idempotency.Claimant, first: int | None = None,
 ) -> _Claim:  # fmt: skip
-    """Store (or take back) the idempotency key of one shipment's label, before the call."""
+    """Store (or take back) the idempotency key of one shipment's label, before the call.
+    ``first``: the order's first shipment, when the caller read it in this transaction."""
     parcel = parcel_for(units)
     params = {"ship_to": ship_to.model_dump(), "grams": parcel.weight_grams}
-    first = core(session).execute(_FIRST_SHIPMENT, {"b_order": order_id}).scalar()
+    if first is None:
+        first = core(session).execute(_FIRST_SHIPMENT, {"b_order": order_id}).scalar()
     base, ref = _label_names(order_id, None if first == shipment_id else shipment_id)
     stale = idempotency.unfinished(session, base)
     if stale is not None and stale.request_hash != idempotency.request_hash(params):
@@ -458,12 +467,16 @@ def _supersede(
 
 def _claim_first(
     session: Session, order_id: int, shipments: list[tuple[int, str | None, int]],
-    ship_to: Address, keys: idempotency.Claimant,
+    ship_to: Address, keys: idempotency.Claimant, first: int | None,
 ) -> _Claim | None:  # fmt: skip
-    """The first unlabelled shipment's key, claimed in the transaction that found it."""
+    """The first unlabelled shipment's key, claimed in the transaction that found it (with
+    the order locked). ``first``: the order's first shipment as read before ``shipments``
+    were made, None when it had none: then the first of those made (ids ascend) is it."""
+    if first is None and shipments:
+        first = shipments[0][0]
     for shipment_id, existing, units in shipments:
         if not existing:
-            return _claim(session, order_id, shipment_id, units, ship_to, keys)
+            return _claim(session, order_id, shipment_id, units, ship_to, keys, first)
     return None
 
 
@@ -493,10 +506,10 @@ def _record_label(
     actor: str, ship_requested: ShipThese | None,
 ) -> str | None:  # fmt: skip
     db, now = core(session), utcnow()
-    if db.execute(_HAS_LABEL, {"b_id": shipment_id}).first() is not None:
+    labelled = db.execute(_LABELLED, {"b_id": shipment_id, "b_tracking": label.tracking_number,
+                                      "b_carrier": label.carrier}).first()  # fmt: skip
+    if labelled is None:  # another attempt recorded its label meanwhile
         return None
-    db.execute(_LABELLED, {"b_id": shipment_id, "b_tracking": label.tracking_number,
-                           "b_carrier": label.carrier})  # fmt: skip
     db.execute(
         _RECORD_LABEL,
         {"shipment_id": shipment_id, "carrier": label.carrier, "idempotency_key": key,
@@ -507,8 +520,7 @@ def _record_label(
     idempotency.finish(session, key, response)
     record_event(session, order_id, actor=actor, kind="label",
                  tracking_number=label.tracking_number, carrier=label.carrier)  # fmt: skip
-    requested = db.execute(_SHIP_REQUESTED, {"b_id": shipment_id}).scalar()
-    if requested is not None and ship_requested is not None:
+    if labelled.ship_request is not None and ship_requested is not None:
         ship_requested(session, order_id, [shipment_id])
     return label.tracking_number
 

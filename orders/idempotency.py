@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.base import table, utcnow
@@ -124,26 +124,35 @@ def family(base: str) -> ColumnElement[bool]:
     return or_(key == base, and_(key >= f"{base}:", key < f"{base};"))
 
 
+def _chain(session: Session, base: str) -> tuple[str, IdempotencyKey | None]:
+    """The current key of ``base`` and its row (None: not stored yet), in one read of the
+    family. Only ``base``'s own chain counts (``base``, ``base:2``, …), not the keys under it of
+    another name (a label key's shipments, ``label:7:s3``): a shipment's retired key does not
+    move the order's first label on."""
+    rows = {row.key: row for row in session.scalars(select(IdempotencyKey).where(family(base)))}
+    n = 1
+    while True:
+        key = base if n == 1 else f"{base}:{n}"
+        row = rows.get(key)
+        if row is None or row.recovery_point != REJECTED:
+            return key, row
+        n += 1
+
+
 def current_key(session: Session, base: str) -> str:
-    """``base`` until an attempt under it was rejected, then ``base:2``, ``base:3``, …
+    """``base`` until an attempt under it was rejected, then ``base:2``, ``base:3``, … (the
+    key ``claim`` stores next).
 
     Only a rejected key moves on: a key whose attempt may have been applied (a timeout, a
     crash) is kept, so the provider replays that result instead of doing it twice.
     """
-    rejected = session.scalar(
-        select(func.count())
-        .select_from(IdempotencyKey)
-        .where(family(base), IdempotencyKey.recovery_point == REJECTED)
-    )
-    return base if not rejected else f"{base}:{rejected + 1}"
+    return _chain(session, base)[0]
 
 
 def unfinished(session: Session, base: str) -> IdempotencyKey | None:
     """The current key of ``base`` if an attempt under it started and never finished: its call
     may or may not have been applied by the outside world."""
-    row = session.scalar(
-        select(IdempotencyKey).where(IdempotencyKey.key == current_key(session, base))
-    )
+    row = _chain(session, base)[1]
     if row is None or row.recovery_point in (FINISHED, REJECTED):
         return None
     return row

@@ -116,7 +116,21 @@ _LOCATIONS_OF = (
     .where(_accounts.c.channel_account_id == bindparam("b_account"))
     .order_by(_accounts.c.position)
 )
-_ALL_LOCATIONS = select(table(StockLocation).c.id).order_by(table(StockLocation).c.id)
+_all = table(StockLocation)
+#: ``locations_of`` in one statement: the account's list, else every location in the order
+#: they were made
+_SELLS_FROM = (
+    select(_accounts.c.location_id, _accounts.c.position.label("rank"))
+    .where(_accounts.c.channel_account_id == bindparam("b_account"))
+    .union_all(
+        select(_all.c.id, _all.c.id).where(
+            ~select(_accounts.c.location_id)
+            .where(_accounts.c.channel_account_id == bindparam("b_account"))
+            .exists()
+        )
+    )
+    .order_by("rank")
+)
 _ACCOUNT_OF = select(table(Order).c.channel_account_id).where(
     table(Order).c.id == bindparam("b_order")
 )
@@ -192,8 +206,7 @@ def add_location(session: Session, code: str, name: str = "") -> int:
 def locations_of(session: Session, account_id: int) -> list[int]:
     """The locations the account sells from, in order; an account with no list sells from
     every location (in the order they were made: ``main`` first)."""
-    ids = [int(i) for (i,) in core(session).execute(_LOCATIONS_OF, {"b_account": account_id})]
-    return ids or [int(i) for (i,) in core(session).execute(_ALL_LOCATIONS)]
+    return [int(i) for i, _ in core(session).execute(_SELLS_FROM, {"b_account": account_id})]
 
 
 def set_account_locations(

@@ -219,6 +219,23 @@ def test_claim_stores_the_key_at_its_recovery_point_and_steps_over_rejected_keys
     assert again.key == "label:7:3" and again.recovery_point == "label_requested"
 
 
+def test_a_retired_shipment_key_does_not_move_the_orders_first_label_key_on(
+    migrated_url: str,
+) -> None:
+    maker = _maker(migrated_url)
+    with maker() as session, session.begin():  # the first label's attempt is in flight
+        idempotency.claim(session, "label:7", {"a": 1}, owner="t1", point="label_requested")
+        idempotency.claim(session, "label:7:s3", {"b": 1}, owner="t1", point="label_requested")
+    with maker() as session, session.begin():  # a second shipment's label was refused
+        idempotency.fail(session, "label:7:s3", "400 bad address", rejected=True)
+    with maker() as session:
+        pending = idempotency.unfinished(session, "label:7")
+        assert idempotency.current_key(session, "label:7") == "label:7"
+        assert pending is not None and pending.key == "label:7"
+        assert idempotency.current_key(session, "label:7:s3") == "label:7:s3:2"
+        assert idempotency.unfinished(session, "label:7:s3") is None
+
+
 def test_advance_walks_a_path_in_one_fenced_write_with_a_timeline_row_per_step(
     migrated_url: str,
 ) -> None:
