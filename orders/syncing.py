@@ -344,12 +344,12 @@ def book_failure(session: Session, run_id: int, status: str, error: str) -> None
     its page token and the account's cursor stay) or ``failed`` for good, which ends it and,
     for a run of the night's report, may total the report (an error in it)."""
     failed = status == "failed"
-    session.execute(
+    report_id = session.scalar(
         update(SyncRun)
         .where(SyncRun.id == run_id)
         .values(status=status, error=error, finished_at=utcnow() if failed else None)
+        .returning(SyncRun.reconcile_report_id)
     )
-    report_id = session.scalar(select(SyncRun.reconcile_report_id).where(SyncRun.id == run_id))
     if failed and report_id is not None:
         finish_report(session, report_id)
 
