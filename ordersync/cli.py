@@ -243,7 +243,7 @@ def up(
     """Run everything in one command: web, worker(s), Beat (and the embedded Redis)."""
     from core.runtime import embedded_redis, redis_url
     from db.migrate import upgrade
-    from ordersync.supervisor import ProcessGroup
+    from ordersync.supervisor import ProcessGroup, stopping
 
     _setup_logging()
     settings = get_settings()
@@ -269,8 +269,9 @@ def up(
     except KeyboardInterrupt:
         console.print("stopping…")
     finally:
-        group.stop()
-        embedded_redis().stop()
+        with stopping():
+            group.stop()
+            embedded_redis().stop()
     raise typer.Exit(code)
 
 

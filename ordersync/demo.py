@@ -71,7 +71,7 @@ from db.session import session_scope
 from domain.states import InboxStatus
 from integrations import registry
 from orders.stock import set_on_hand
-from ordersync.supervisor import ProcessGroup, wait_ready
+from ordersync.supervisor import ProcessGroup, stopping, wait_ready
 from sandbox import carrier as sandbox_carrier
 from sandbox import payments as sandbox_payments
 from sandbox.server import Sandbox
@@ -846,9 +846,10 @@ def run_demo(
         err.print("stopping…")
         return 130
     finally:
-        group.stop()
-        sandbox.stop()
-        embedded_redis().stop()
+        with stopping():
+            group.stop()
+            sandbox.stop()
+            embedded_redis().stop()
 
 
 def _interrupt(_signum: int, _frame: Any) -> None:

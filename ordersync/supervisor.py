@@ -13,12 +13,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Child", "ProcessGroup", "wait_ready"]
+__all__ = ["Child", "ProcessGroup", "stopping", "wait_ready"]
 
 
 @dataclass
@@ -86,6 +88,26 @@ class ProcessGroup:
                 except ProcessLookupError:
                     pass
                 child.process.wait()
+
+
+@contextmanager
+def stopping() -> Iterator[None]:
+    """Around a shutdown (``ProcessGroup.stop`` and what else the caller stops): SIGINT and
+    SIGTERM are ignored until it is done (a second Ctrl-C, a service manager repeating its
+    SIGTERM). ``up`` and the demo turn those signals into an exception, which raised halfway
+    through would leave the rest of the children, or the embedded Redis, running; the stop is
+    bounded (``stop``'s timeout, then SIGKILL). Off the main thread (where Python cannot set
+    handlers) it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {signum: signal.signal(signum, signal.SIG_IGN)
+              for signum in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    try:
+        yield
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
 
 
 def wait_ready(
