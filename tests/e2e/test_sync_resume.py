@@ -60,6 +60,12 @@ def test_a_first_sync_killed_at_random_pages_resumes_and_ends_with_every_order_o
         # given: a Shopify account with a history of ORDERS orders, never polled
         spec = world.sandbox.accounts("unused")["shopify"]
         created = set(world.sandbox.shopify.add_orders(ORDERS))
+        # the marketplace's search is second-granular: a window that ends in the second the
+        # orders were made would leave them to the next poll. The account exists only after
+        # that second, so whichever poll starts the first sync (ours below, or Beat's
+        # ``poll_due``, which may find the new account first) reads every order
+        made = utcnow()
+        wait_until(lambda: utcnow() - made > dt.timedelta(seconds=1.1), what="the next second")
         with world.maker() as session, session.begin():
             account = ChannelAccount(name="big-shop", channel="shopify", shop=spec.shop,
                                      api_base_url=spec.api_base_url,
@@ -68,10 +74,6 @@ def test_a_first_sync_killed_at_random_pages_resumes_and_ends_with_every_order_o
             session.flush()
             account_id = account.id
         kills = sorted(random.Random(seed).sample(range(1, PAGES), 2))
-        # the marketplace's search is second-granular: a window that ends in the second the
-        # orders were made would leave them to the next poll
-        made = utcnow()
-        wait_until(lambda: utcnow() - made > dt.timedelta(seconds=1.1), what="the next second")
 
         # when: the first poll runs, and its worker is killed as the run reaches random pages
         probe = Celery("probe", broker=world.redis_url)
