@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from sqlalchemy import bindparam, exists, func, insert, select
+from sqlalchemy import ColumnElement, Select, bindparam, exists, func, insert, select
 from sqlalchemy.orm import Session
 
 from core.settings import get_settings
@@ -164,6 +164,13 @@ _orders, _lines = table(Order), table(OrderLine)
 _shipments, _labels = table(Shipment), table(Label)
 _invoices, _events = table(Invoice), table(OrderEvent)
 _shipment_lines = table(ShipmentLine)
+
+
+def _first_shipment(order: ColumnElement[int]) -> Select[int | None]:
+    """The first shipment the order ever had (its label key is ``label:{order}``)."""
+    return select(func.min(_shipments.c.id)).where(_shipments.c.order_id == order)
+
+
 #: what buying a label needs, in one query (the order row locked: shipments are made once):
 #: the order's state and address, its number of lines, whether the marketplace ships it, and
 #: the first shipment it ever had (None: none yet), whose label key is ``label:{order}``
@@ -175,8 +182,7 @@ _LABEL_INPUT = (
         .scalar_subquery(),
         _orders.c.fulfilled_by_marketplace,
         _orders.c.channel,
-        select(func.min(_shipments.c.id)).where(_shipments.c.order_id == _orders.c.id)
-        .scalar_subquery(),
+        _first_shipment(_orders.c.id).scalar_subquery(),
     )
     .where(_orders.c.id == bindparam("b_order"))
     .with_for_update(of=_orders)
@@ -196,9 +202,7 @@ _ACTIVE_SHIPMENTS = (
     .where(_shipments.c.order_id == bindparam("b_order"), _shipments.c.status != "voided")
     .order_by(_shipments.c.id)
 )
-_FIRST_SHIPMENT = select(func.min(_shipments.c.id)).where(
-    _shipments.c.order_id == bindparam("b_order")
-)
+_FIRST_SHIPMENT = _first_shipment(bindparam("b_order"))
 _ORDER_LINES = (
     select(_lines.c.external_id, _lines.c.quantity)
     .where(_lines.c.order_id == bindparam("b_order"))

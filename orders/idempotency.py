@@ -152,8 +152,8 @@ def current_key(session: Session, base: str) -> str:
 def unfinished(session: Session, base: str) -> IdempotencyKey | None:
     """The current key of ``base`` if an attempt under it started and never finished: its call
     may or may not have been applied by the outside world."""
-    row = _chain(session, base)[1]
-    if row is None or row.recovery_point in (FINISHED, REJECTED):
+    row = _chain(session, base)[1]  # never a rejected one: the chain has moved past it
+    if row is None or row.recovery_point == FINISHED:
         return None
     return row
 

@@ -111,24 +111,16 @@ _TAKE_AT = (
 )
 _HOLD = insert(table(StockReservation))
 _accounts = table(AccountLocation)
-_LOCATIONS_OF = (
-    select(_accounts.c.location_id)
-    .where(_accounts.c.channel_account_id == bindparam("b_account"))
-    .order_by(_accounts.c.position)
-)
+_OF_ACCOUNT = _accounts.c.channel_account_id == bindparam("b_account")
+_LOCATIONS_OF = select(_accounts.c.location_id).where(_OF_ACCOUNT).order_by(_accounts.c.position)
 _all = table(StockLocation)
+_UNLISTED = ~select(_accounts.c.location_id).where(_OF_ACCOUNT).exists()  # the account names none
 #: ``locations_of`` in one statement: the account's list, else every location in the order
 #: they were made
 _SELLS_FROM = (
     select(_accounts.c.location_id, _accounts.c.position.label("rank"))
-    .where(_accounts.c.channel_account_id == bindparam("b_account"))
-    .union_all(
-        select(_all.c.id, _all.c.id).where(
-            ~select(_accounts.c.location_id)
-            .where(_accounts.c.channel_account_id == bindparam("b_account"))
-            .exists()
-        )
-    )
+    .where(_OF_ACCOUNT)
+    .union_all(select(_all.c.id, _all.c.id).where(_UNLISTED))
     .order_by("rank")
 )
 _ACCOUNT_OF = select(table(Order).c.channel_account_id).where(

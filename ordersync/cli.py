@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import sys
-from types import FrameType
 from typing import Annotated
 
 import typer
@@ -232,10 +230,6 @@ def _first_user_hint() -> None:
     )
 
 
-def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
 @cli.command()
 def up(
     workers: Annotated[int, typer.Option(help="worker processes")] = 1,
@@ -243,7 +237,7 @@ def up(
     """Run everything in one command: web, worker(s), Beat (and the embedded Redis)."""
     from core.runtime import embedded_redis, redis_url
     from db.migrate import upgrade
-    from ordersync.supervisor import ProcessGroup, stopping
+    from ordersync.supervisor import ProcessGroup, sigterm_interrupts, stopping
 
     _setup_logging()
     settings = get_settings()
@@ -251,7 +245,7 @@ def up(
     upgrade()
     _first_user_hint()
     group = ProcessGroup(env=dict(os.environ))
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    sigterm_interrupts()
     code = 0
     try:
         group.start("web", ["web"])

@@ -33,7 +33,6 @@ import json
 import os
 import random
 import secrets
-import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -71,7 +70,7 @@ from db.session import session_scope
 from domain.states import InboxStatus
 from integrations import registry
 from orders.stock import set_on_hand
-from ordersync.supervisor import ProcessGroup, stopping, wait_ready
+from ordersync.supervisor import ProcessGroup, sigterm_interrupts, stopping, wait_ready
 from sandbox import carrier as sandbox_carrier
 from sandbox import payments as sandbox_payments
 from sandbox.server import Sandbox
@@ -725,7 +724,7 @@ def run_demo(
         "ORDERSYNC_TRACK_INTERVAL_S": os.environ.get("ORDERSYNC_TRACK_INTERVAL_S", "2"),
     }
     group = ProcessGroup(env=env, log_dir=settings.var_dir / "logs" / f"demo-{run}")
-    signal.signal(signal.SIGTERM, _interrupt)
+    sigterm_interrupts()
     started = time.monotonic()
     try:
         group.start("web", ["web"])
@@ -850,7 +849,3 @@ def run_demo(
             group.stop()
             sandbox.stop()
             embedded_redis().stop()
-
-
-def _interrupt(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 __all__ = ["Child", "ProcessGroup", "stopping", "wait_ready"]
 
@@ -88,6 +89,16 @@ class ProcessGroup:
                 except ProcessLookupError:
                     pass
                 child.process.wait()
+
+
+def sigterm_interrupts() -> None:
+    """SIGTERM raises ``KeyboardInterrupt`` from here on, as Ctrl-C does: ``up`` and the demo
+    stop their children the same way whichever of the two a service manager or a user sent."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _raise_interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from types import FrameType
 
 import pytest
 
-from ordersync.supervisor import stopping
+from ordersync.supervisor import sigterm_interrupts, stopping
 
 
 class Interrupted(Exception):
@@ -60,3 +60,13 @@ def test_off_the_main_thread_it_changes_no_handler(raising_handlers: None) -> No
     thread.join()
 
     assert seen == [_interrupt]
+
+
+def test_after_sigterm_interrupts_a_sigterm_raises_keyboard_interrupt_as_ctrl_c_does() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        sigterm_interrupts()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, before)
