@@ -794,3 +794,46 @@ def test_a_polled_order_with_refunds_gets_them_and_one_without_is_not_asked(
     expected = [r.model_copy(update={"order_external_id": "2"})
                 for r in map_order(payload, "shop-1").refunds]  # fmt: skip
     assert second.refunds == expected and len(expected[0].lines) == 2
+
+
+class _Chunks(httpx.SyncByteStream):
+    def __init__(self, body: bytes, size: int) -> None:
+        self.body, self.size = body, size
+
+    def __iter__(self) -> Iterator[bytes]:
+        for start in range(0, len(self.body), self.size):
+            yield self.body[start : start + self.size]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 1 << 16])
+def test_a_bulk_result_is_split_at_newlines_only_whatever_its_strings_hold_or_its_chunks(
+    mock: respx.MockRouter, time_: FakeTime, chunk: int
+) -> None:
+    # Shopify writes its JSONL as UTF-8 with the text unescaped: a title may hold U+2028,
+    # U+2029 or U+0085 (JSON escapes only the control characters, such as \x1c), at which
+    # str.splitlines (and httpx's iter_lines) breaks a line
+    titles = ["Mug\u2028Blue", "Cap\x85Red", "Tee\u2029", "Sock\x1cPair", "Bag é"]
+    objects = [{"id": f"gid://shopify/LineItem/{n}", "title": t} for n, t in enumerate(titles)]
+    text = "\r\n".join(json.dumps(o, ensure_ascii=False) for o in objects[:2]) + "\n\n"
+    text += "\n".join(json.dumps(o, ensure_ascii=False) for o in objects[2:])  # no last newline
+    url = "https://storage.googleapis.com/shopify-tiers/bulk/1.jsonl"
+    mock.get(url).mock(return_value=httpx.Response(200, stream=_Chunks(text.encode(), chunk)))
+    client = connector(time_).client
+
+    read = [item["title"] for item, _ in client.bulk_lines(url)]
+    resumed = [item["title"] for item, _ in client.bulk_lines(url, skip=3)]
+
+    assert read == titles
+    assert resumed == titles[3:]  # the blank line is not an object: not counted
+
+
+def test_a_bulk_result_line_that_is_not_utf8_is_read_with_replacement_not_dropped(
+    mock: respx.MockRouter, time_: FakeTime
+) -> None:
+    url = "https://storage.googleapis.com/shopify-tiers/bulk/2.jsonl"
+    body = b'{"id":"gid://shopify/Order/1","note":"caf\xe9"}\n'
+    mock.get(url).mock(return_value=httpx.Response(200, content=body))
+
+    [(item, may_hold)] = list(connector(time_).client.bulk_lines(url))
+
+    assert item["note"] == "caf\ufffd" and may_hold is False
