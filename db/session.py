@@ -20,12 +20,22 @@ import functools
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, TypeAlias, cast
 
-from sqlalchemy import Connection, CursorResult, Engine, Result, create_engine, event
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Dialect,
+    Engine,
+    Result,
+    Table,
+    create_engine,
+    event,
+    insert,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,6 +46,7 @@ __all__ = [
     "PRE_PING_DEFAULT",
     "Transaction",
     "after_fork",
+    "append_rows",
     "core",
     "dialect_insert",
     "dialect_insert_for",
@@ -231,6 +242,54 @@ def per_dialect(build: Callable[[Callable[..., Any]], Any]) -> Callable[[Session
         return statement
 
     return get
+
+
+def append_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
+    """New rows of ``table`` (each with the same keys), as one multi-row INSERT would add them:
+    on PostgreSQL one ``COPY … FROM STDIN`` in the session's transaction, each value through
+    its column's bind processing first (``Money`` refuses a float, ``UTCDateTime`` a naive
+    time, JSON is wrapped for psycopg); elsewhere an ``executemany`` INSERT. For rows that
+    cannot conflict (a new order's lines and timeline): COPY has no ``ON CONFLICT``.
+
+    Measured in ``orders.intake.apply_page`` (PostgreSQL, 250-order pages, three such rows an
+    order): what the INSERT path spent per row in SQLAlchemy's parameter handling and
+    psycopg's pipelined executemany, COPY spends once per page."""
+    if not rows:
+        return
+    connection = core(session)
+    dialect = connection.dialect
+    if dialect.name != "postgresql":
+        connection.execute(insert(table), list(rows))
+        return
+    names = list(rows[0])
+    processors = _bind_processors(table, tuple(names), dialect)
+    columns = ", ".join(dialect.identifier_preparer.quote(name) for name in names)
+    sql = f"COPY {dialect.identifier_preparer.format_table(table)} ({columns}) FROM STDIN"
+    cursor = connection.connection.cursor()
+    try:
+        with cursor.copy(sql) as copy:
+            for row in rows:
+                copy.write_row(
+                    [value if process is None else process(value)
+                     for process, value in zip(processors, (row[n] for n in names), strict=True)]
+                )  # fmt: skip
+    finally:
+        cursor.close()
+
+
+_PROCESSORS: dict[tuple[str, tuple[str, ...], str], list[Callable[[Any], Any] | None]] = {}
+
+
+def _bind_processors(
+    table: Table, names: tuple[str, ...], dialect: Dialect
+) -> list[Callable[[Any], Any] | None]:
+    key = (table.name, names, dialect.name)
+    found = _PROCESSORS.get(key)
+    if found is None:
+        found = _PROCESSORS[key] = [
+            table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
+        ]
+    return found
 
 
 def rowcount(result: Result[Any]) -> int:

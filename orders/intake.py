@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from db.base import table, utcnow
 from db.models import ChannelAccount, Order, OrderEvent, OrderLine
-from db.session import core, per_dialect
+from db.session import append_rows, core, per_dialect
 from domain.canonical import CanonicalOrder
 from domain.states import OrderState, can_transition
 
@@ -99,8 +99,9 @@ _CREATE_ORDERS = per_dialect(
         .execution_options(insertmanyvalues_page_size=50)
     )
 )
-_INSERT_LINES = insert(table(OrderLine))
-_INSERT_EVENTS = insert(table(OrderEvent))
+_order_lines, _order_events = table(OrderLine), table(OrderEvent)
+_INSERT_LINES = insert(_order_lines)
+_INSERT_EVENTS = insert(_order_events)
 
 
 def record_event(
@@ -336,12 +337,10 @@ def apply_page(
             _CREATE_ORDERS(session), [_new_order_row(account_id, o, now) for o in batch]
         )
     } if batch else {}  # fmt: skip
-    if created:
-        lines = [r for o in batch if o.external_id in created
-                 for r in _line_rows(created[o.external_id], o)]  # fmt: skip
-        if lines:
-            core(session).execute(_INSERT_LINES, lines)
-        core(session).execute(_INSERT_EVENTS, [
+    if created:  # the new orders' lines and timeline rows: new rows, appended (COPY)
+        append_rows(session, _order_lines, [r for o in batch if o.external_id in created
+                                            for r in _line_rows(created[o.external_id], o)])
+        append_rows(session, _order_events, [
             _event_row(created[o.external_id], now, actor, _received(o))
             for o in batch if o.external_id in created
         ])  # fmt: skip
