@@ -40,6 +40,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from core import jsonio
 from core.settings import ConfigError, get_settings
 
 __all__ = [
@@ -80,6 +81,8 @@ def _is_sqlite(url: str) -> bool:
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
+    # the JSON columns written through orjson, as json would write them (core.jsonio)
+    kwargs.setdefault("json_serializer", jsonio.dumps)
     parsed = make_url(url)
     if _is_sqlite(url):
         if parsed.database and parsed.database != ":memory:":
