@@ -38,6 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import jsonio
@@ -252,7 +253,9 @@ def append_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
     on PostgreSQL one ``COPY … FROM STDIN`` in the session's transaction, each value through
     its column's bind processing first (``Money`` refuses a float, ``UTCDateTime`` a naive
     time, JSON is wrapped for psycopg); elsewhere an ``executemany`` INSERT. For rows that
-    cannot conflict (a new order's lines and timeline): COPY has no ``ON CONFLICT``.
+    cannot conflict (a new order's lines and timeline): COPY has no ``ON CONFLICT``. Its errors
+    are SQLAlchemy's, as an INSERT's would be (``IntegrityError``, ``OperationalError`` with the
+    connection invalidated when the server is gone): the retry rules see no difference.
 
     Measured in ``orders.intake.apply_page`` (PostgreSQL, 250-order pages, three such rows an
     order): what the INSERT path spent per row in SQLAlchemy's parameter handling and
@@ -268,7 +271,8 @@ def append_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
     processors = _bind_processors(table, tuple(names), dialect)
     columns = ", ".join(dialect.identifier_preparer.quote(name) for name in names)
     sql = f"COPY {dialect.identifier_preparer.format_table(table)} ({columns}) FROM STDIN"
-    cursor = connection.connection.cursor()
+    raw = connection.connection
+    cursor = raw.cursor()
     try:
         with cursor.copy(sql) as copy:
             for row in rows:
@@ -276,6 +280,14 @@ def append_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
                     [value if process is None else process(value)
                      for process, value in zip(processors, (row[n] for n in names), strict=True)]
                 )  # fmt: skip
+    except dialect.loaded_dbapi.Error as exc:  # raised as SQLAlchemy raises an INSERT's error
+        gone = dialect.is_disconnect(exc, raw.dbapi_connection, cursor)
+        if gone:
+            connection.invalidate(exc)
+        error = dialect.loaded_dbapi.Error
+        raise DBAPIError.instance(
+            sql, None, exc, error, connection_invalidated=gone, dialect=dialect
+        ) from exc
     finally:
         cursor.close()
 

@@ -7,13 +7,15 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import select
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import IntegrityError, StatementError
 
 from db.base import table
 from db.models import OrderEvent, OrderLine
 from db.session import append_rows
 from tests.support.shop import Shop
+from workflows.base import is_retryable
 
 AT = dt.datetime(2026, 12, 7, 5, 30, 15, 123456, tzinfo=dt.timezone(dt.timedelta(hours=2)))
 
@@ -78,3 +80,31 @@ def test_appended_rows_are_part_of_the_transaction_and_leave_with_its_rollback(s
     with shop.transaction() as session:
         append_rows(session, table(OrderLine), [])  # nothing to append: no statement
     assert shop.rows(OrderLine, order_id=order_id) == []
+
+
+def test_a_row_of_no_order_fails_with_sqlalchemys_integrity_error_as_an_insert_does(
+    shop: Shop,
+) -> None:
+    with pytest.raises(IntegrityError), shop.transaction() as session:
+        append_rows(session, table(OrderLine), [_line(10_000, "a")])
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_connection_the_server_killed_fails_retryably_invalidated_and_the_next_one_works(
+    shop: Shop, migrated_url: str
+) -> None:
+    order_id = shop.order(lines={})
+    admin = sa.create_engine(migrated_url, isolation_level="AUTOCOMMIT")
+    try:
+        with pytest.raises(sa.exc.DBAPIError) as failed, shop.transaction() as session:
+            pid = session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+            with admin.connect() as conn:  # a restart, a failover
+                conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            append_rows(session, table(OrderLine), [_line(order_id, "a")])
+        assert failed.value.connection_invalidated and is_retryable(failed.value)
+        with shop.transaction() as session:  # the retry, on a new connection
+            append_rows(session, table(OrderLine), [_line(order_id, "a")])
+        assert [x.external_id for x in shop.rows(OrderLine, order_id=order_id)] == ["a"]
+    finally:
+        admin.dispose()
