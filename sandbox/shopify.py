@@ -407,6 +407,9 @@ class ShopifySimulator:
         #: (operation, HTTP status); a THROTTLED answer is logged as 429, its REST equivalent
         #: (on the wire it is a 200 with errors[].extensions.code = THROTTLED)
         self.request_log: list[tuple[str, int]] = []
+        #: downloads of export files: (file name, the request's ``Range`` header or None);
+        #: the file is served as Cloud Storage serves it, a range as 206 with its part only
+        self.bulk_downloads: list[tuple[str, str | None]] = []
         #: bulk exports: GID → {status, search, url, counts, and when it completed (this
         #: simulator's clock: a benchmark's, not an answer's)}; their JSONL files live in
         #: a temporary directory of this simulator and are served at ``/_bulk/{n}.jsonl``
@@ -1081,10 +1084,11 @@ class ShopifySimulator:
             )
 
         @router.get("/_bulk/{name}")
-        async def bulk_result(name: str) -> Response:
+        async def bulk_result(name: str, request: Request) -> Response:
             path = self._bulk_file(name)
             if path is None:
                 return JSONResponse({"errors": "Not Found"}, status_code=404)
+            self.bulk_downloads.append((name, request.headers.get("range")))
             return FileResponse(path, media_type="application/jsonl")
 
         return router

@@ -336,19 +336,37 @@ class ShopifyClient(ApiClient):
             raise NotFound("BulkOperation: no such bulk operation", code="NOT_FOUND")
         return node
 
-    def bulk_lines(self, url: str, skip: int = 0) -> Iterator[tuple[dict[str, Any], bool]]:
+    def bulk_lines(
+        self, url: str, skip: int = 0, *, start: int = 0
+    ) -> Iterator[tuple[dict[str, Any], bool, int]]:
         """The result file's objects, one per line, read as a stream (never held whole), after
         the first ``skip`` objects (blank lines are not counted), each with whether its text
-        may hold a lone surrogate (``domain.canonical.may_hold_surrogates``). The URL is signed
-        storage, not the Admin API: no token goes with it."""
+        may hold a lone surrogate (``domain.canonical.may_hold_surrogates``) and the byte of
+        the file at which its line begins. The URL is signed storage, not the Admin API: no
+        token goes with it.
+
+        ``start``, when known, is the byte at which object ``skip + 1`` begins (as this method
+        gave it): the file is asked from there with a ``Range`` request (Cloud Storage answers
+        206 with that part only), so a slice that resumes a large export does not download and
+        split again every line before it. A server that ignores the range (200, the whole
+        file) is read from the start, ``skip`` objects counted past as without it."""
+        headers = {"Range": f"bytes={start}-"} if start > 0 else None
         try:
-            with self.http.stream("GET", url) as response:
-                if response.status_code != 200:
-                    cls = ServerError if response.status_code >= 500 else ValidationError
-                    raise cls(f"bulk result: HTTP {response.status_code}",
-                              status=response.status_code)  # fmt: skip
-                number = 0
+            with self.http.stream("GET", url, headers=headers) as response:
+                status = response.status_code
+                if status == 206 and headers is not None:
+                    asked = response.headers.get("content-range", "")
+                    if not asked.startswith(f"bytes {start}-"):
+                        raise PayloadError(f"bulk result: asked from byte {start}, "
+                                           f"answered {asked or 'no Content-Range'}")  # fmt: skip
+                    number, at = skip, start
+                elif status == 200:
+                    number, at = 0, 0
+                else:
+                    cls = ServerError if status >= 500 else ValidationError
+                    raise cls(f"bulk result: HTTP {status}", status=status)
                 for raw in _jsonl_lines(response.iter_bytes()):
+                    begins, at = at, at + len(raw) + 1
                     if not raw.strip():
                         continue
                     number += 1
@@ -358,7 +376,7 @@ class ShopifyClient(ApiClient):
                     item = json.loads(line)
                     if not isinstance(item, dict):
                         raise PayloadError(f"bulk result object {number} is not an object")
-                    yield item, may_hold_surrogates(line)
+                    yield item, may_hold_surrogates(line), begins
         except httpx.TransportError as exc:
             raise TransportError(f"bulk result: {type(exc).__name__}") from None
         except json.JSONDecodeError:

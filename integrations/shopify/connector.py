@@ -78,8 +78,13 @@ BULK_POLL_MAX_S = 10.0
 _BULK = "bulk:"
 
 
-def _bulk_token(gid: str, at: int) -> str:
-    return _BULK + json.dumps({"op": gid, "at": at}, separators=(",", ":"))
+def _bulk_token(gid: str, at: int, byte: int = 0) -> str:
+    """Where a bulk export's reading stands: the operation, the objects read and the byte of
+    the result file at which the next one begins (0 while unknown)."""
+    state: dict[str, Any] = {"op": gid, "at": at}
+    if byte:
+        state["byte"] = byte
+    return _BULK + json.dumps(state, separators=(",", ":"))
 
 
 def _search(since: dt.datetime, until: dt.datetime | None) -> str:
@@ -225,12 +230,12 @@ class ShopifyConnector(PagedOrders):
     def _bulk_pages(self, search: str, resume: str | None) -> Iterator[OrderPage]:
         state = json.loads(resume[len(_BULK) :]) if resume else {}
         gid: str | None = state.get("op")
-        at = int(state.get("at") or 0)
+        at, byte = int(state.get("at") or 0), int(state.get("byte") or 0)
         restarted = False
         wait = BULK_POLL_S
         while True:
             if gid is None:
-                gid, at = self.client.bulk_run_query(q.bulk_orders(search)), 0
+                gid, at, byte = self.client.bulk_run_query(q.bulk_orders(search)), 0, 0
                 log.info("shopify.bulk_started", account=self.account.name, operation=gid)
                 yield OrderPage([], _bulk_token(gid, 0))
             operation = self.client.bulk_operation(gid)
@@ -249,7 +254,7 @@ class ShopifyConnector(PagedOrders):
                 continue
             self.client.sleep(wait)  # CREATED, RUNNING
             wait = min(BULK_POLL_MAX_S, wait * 2)
-            yield OrderPage([], _bulk_token(gid, at))
+            yield OrderPage([], _bulk_token(gid, at, byte))
         url = operation.get("url")
         if not url:  # no order in the window: Shopify makes no file
             yield OrderPage([], None)
@@ -259,13 +264,13 @@ class ShopifyConnector(PagedOrders):
         lines: list[dict[str, Any]] = []
         escaped = False  # a line of the current order may hold a surrogate
         read = at
-        for item, may_hold in self.client.bulk_lines(str(url), skip=at):
+        for item, may_hold, begins in self.client.bulk_lines(str(url), skip=at, start=byte):
             parent = item.pop("__parentId", None)
             if parent is None:  # the next order: the one before is whole
                 if current is not None:
                     orders.append(self._bulk_order(current, lines, escaped))
-                    if len(orders) >= BULK_PAGE_SIZE:
-                        yield OrderPage(orders, _bulk_token(gid, read))
+                    if len(orders) >= BULK_PAGE_SIZE:  # resumed at this order's first byte
+                        yield OrderPage(orders, _bulk_token(gid, read, begins))
                         orders = []
                 current, lines, escaped = item, [], may_hold
             elif current is None or parent != current.get("id"):

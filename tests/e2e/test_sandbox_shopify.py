@@ -4,6 +4,7 @@ pages, a poll that meets throttling and still completes, and the pushes the ledg
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -206,6 +207,10 @@ def test_a_bulk_export_streams_every_order_with_its_lines_in_pages_and_resumes(
         assert order.model_dump() == polled[order.external_id].model_dump()
     assert [p.resume for p in resumed][-1] is None
     assert all(p.resume and p.resume.startswith("bulk:") for p in [*pages, *resumed][:-1])
+    # the resumed read asked the file from the byte where its first order begins
+    [(name, whole), (again, part)] = sim.bulk_downloads
+    assert again == name and whole is None
+    assert part is not None and re.fullmatch(r"bytes=[1-9][0-9]*-", part)
     shopify.close()
 
 

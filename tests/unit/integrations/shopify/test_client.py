@@ -820,11 +820,70 @@ def test_a_bulk_result_is_split_at_newlines_only_whatever_its_strings_hold_or_it
     mock.get(url).mock(return_value=httpx.Response(200, stream=_Chunks(text.encode(), chunk)))
     client = connector(time_).client
 
-    read = [item["title"] for item, _ in client.bulk_lines(url)]
-    resumed = [item["title"] for item, _ in client.bulk_lines(url, skip=3)]
+    read = list(client.bulk_lines(url))
+    resumed = [item["title"] for item, _, _ in client.bulk_lines(url, skip=3)]
 
-    assert read == titles
+    assert [item["title"] for item, _, _ in read] == titles
     assert resumed == titles[3:]  # the blank line is not an object: not counted
+    # each object's line begins at the byte given with it, whatever the chunks
+    body = text.encode()
+    for item, _, begins in read:
+        line = body[begins:].split(b"\n", 1)[0]
+        assert json.loads(line) == item
+
+
+def _ranged(body: bytes, honour: bool = True) -> Callable[[httpx.Request], httpx.Response]:
+    """A storage server for ``body``: a ``Range: bytes=N-`` answered 206 with that part (as
+    Cloud Storage does), or ignored (200, the whole file) when not ``honour``."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked = request.headers.get("range")
+        if asked is None or not honour:
+            return httpx.Response(200, content=body)
+        first = int(asked.removeprefix("bytes=").removesuffix("-"))
+        return httpx.Response(
+            206, content=body[first:],
+            headers={"Content-Range": f"bytes {first}-{len(body) - 1}/{len(body)}"},
+        )  # fmt: skip
+
+    return answer
+
+
+@pytest.mark.parametrize("honour", [True, False])
+def test_a_bulk_result_resumed_at_a_byte_is_asked_from_there_and_read_the_same(
+    mock: respx.MockRouter, time_: FakeTime, honour: bool
+) -> None:
+    # given: ten objects, a blank line among them, read through once
+    objects = [{"id": f"gid://shopify/Order/{n}", "note": "é" * n} for n in range(10)]
+    lines = [json.dumps(o, ensure_ascii=False) for o in objects]
+    body = ("\n".join(lines[:4]) + "\n\n" + "\n".join(lines[4:]) + "\n").encode()
+    url = "https://storage.googleapis.com/shopify-tiers/bulk/3.jsonl"
+    route = mock.get(url).mock(side_effect=_ranged(body, honour))
+    client = connector(time_).client
+    read = list(client.bulk_lines(url))
+
+    # when: resumed after each number of objects, from the byte given with the next one
+    for skip in range(1, len(objects)):
+        resumed = list(client.bulk_lines(url, skip=skip, start=read[skip][2]))
+
+        # then: the range was asked, and the rest is what reading through gave, at the same
+        # bytes (a server that ignores the range sends the whole file: counted past as before)
+        assert route.calls.last.request.headers["range"] == f"bytes={read[skip][2]}-"
+        assert resumed == read[skip:]
+    assert "range" not in route.calls[0].request.headers  # from the start: no range
+
+
+def test_a_bulk_result_that_answers_another_range_than_asked_is_refused(
+    mock: respx.MockRouter, time_: FakeTime
+) -> None:
+    url = "https://storage.googleapis.com/shopify-tiers/bulk/4.jsonl"
+    mock.get(url).mock(return_value=httpx.Response(
+        206, content=b'{"id":"gid://shopify/Order/1"}\n',
+        headers={"Content-Range": "bytes 0-30/31"},
+    ))  # fmt: skip
+
+    with pytest.raises(PayloadError, match="asked from byte 40"):
+        list(connector(time_).client.bulk_lines(url, skip=2, start=40))
 
 
 def test_a_bulk_result_line_that_is_not_utf8_is_read_with_replacement_not_dropped(
@@ -834,6 +893,6 @@ def test_a_bulk_result_line_that_is_not_utf8_is_read_with_replacement_not_droppe
     body = b'{"id":"gid://shopify/Order/1","note":"caf\xe9"}\n'
     mock.get(url).mock(return_value=httpx.Response(200, content=body))
 
-    [(item, may_hold)] = list(connector(time_).client.bulk_lines(url))
+    [(item, may_hold, _)] = list(connector(time_).client.bulk_lines(url))
 
     assert item["note"] == "caf\ufffd" and may_hold is False
