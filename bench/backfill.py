@@ -260,12 +260,17 @@ def run(
             rss_10 = rss_peak = None
             at_10 = exported = None
             status, seen = None, 0
+            asked = 0.0  # the run's progress, asked every 0.1 s (a query of our database)
             while time.monotonic() - started < timeout_s:
                 if exported is None:  # the export was running at the marketplace
                     exported = _export_completed(shop)
                     if exported is not None:
                         intake_meter.start()
+                    elif time.monotonic() - asked < 0.1:  # the simulator's stamp, every 10 ms
+                        time.sleep(0.01)
+                        continue
                 status, seen = _progress(account_id)
+                asked = time.monotonic()
                 rss = rss_mb(worker_pid)
                 rss_peak = max(rss_peak or 0.0, rss)
                 if rss_10 is None and seen >= orders / 10:

@@ -30,6 +30,7 @@ from sqlalchemy import (
     CursorResult,
     Dialect,
     Engine,
+    Insert,
     Result,
     Table,
     create_engine,
@@ -265,7 +266,7 @@ def append_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
     connection = core(session)
     dialect = connection.dialect
     if dialect.name != "postgresql":
-        connection.execute(insert(table), list(rows))
+        connection.execute(_plain_insert(table), list(rows))
         return
     names = list(rows[0])
     processors = _bind_processors(table, tuple(names), dialect)
@@ -290,6 +291,12 @@ def append_rows(session: Session, table: Table, rows: Sequence[Mapping[str, Any]
         ) from exc
     finally:
         cursor.close()
+
+
+@functools.cache
+def _plain_insert(table: Table) -> Insert:
+    """``insert(table)``, built once per table as the hot paths' prebuilt statements are."""
+    return insert(table)
 
 
 _PROCESSORS: dict[tuple[str, tuple[str, ...], str], list[Callable[[Any], Any] | None]] = {}

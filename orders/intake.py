@@ -338,12 +338,11 @@ def apply_page(
         )
     } if batch else {}  # fmt: skip
     if created:  # the new orders' lines and timeline rows: new rows, appended (COPY)
-        append_rows(session, _order_lines, [r for o in batch if o.external_id in created
-                                            for r in _line_rows(created[o.external_id], o)])
-        append_rows(session, _order_events, [
-            _event_row(created[o.external_id], now, actor, _received(o))
-            for o in batch if o.external_id in created
-        ])  # fmt: skip
+        new = [(created[o.external_id], o) for o in batch if o.external_id in created]
+        append_rows(session, _order_lines,
+                    [row for order_id, o in new for row in _line_rows(order_id, o)])  # fmt: skip
+        append_rows(session, _order_events,
+                    [_event_row(order_id, now, actor, _received(o)) for order_id, o in new])  # fmt: skip
     known = [o.external_id for o in batch if o.external_id not in created]
     stored = {
         row.external_id: row
