@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from db.base import table, utcnow
 from db.models import ChannelAccount, Order, OrderEvent, OrderLine
-from db.session import append_rows, core, per_dialect
+from db.session import append_rows, core, insert_new_rows, per_dialect
 from domain.canonical import CanonicalOrder
 from domain.states import OrderState, can_transition
 
@@ -82,21 +82,6 @@ _CREATE_ORDER = per_dialect(
         insert(_orders)
         .on_conflict_do_nothing(index_elements=["channel_account_id", "external_id"])
         .returning(_orders.c.id)
-    )
-)
-#: the same, for many orders at once: which of them were new (SQLAlchemy sends a list of rows
-#: as multi-row INSERTs, "insertmanyvalues")
-_CREATE_ORDERS = per_dialect(
-    lambda insert: (
-        insert(_orders)
-        .on_conflict_do_nothing(index_elements=["channel_account_id", "external_id"])
-        .returning(_orders.c.id, _orders.c.external_id)
-        # fifty rows per statement (44 KB of SQL, 1,500 parameters): the same text each time,
-        # which psycopg converts once per process within the limits db.session raises; a
-        # 250-row statement (7,500 parameters, 220 KB) would be converted anew each time, a
-        # regex pass that cost more than everything else (apply_page on PostgreSQL: 0.49 ms
-        # of CPU per order in one statement, 0.18 ms in uncached statements of ten)
-        .execution_options(insertmanyvalues_page_size=50)
     )
 )
 _order_lines, _order_events = table(OrderLine), table(OrderEvent)
@@ -307,9 +292,10 @@ def apply_page(
     """A page of orders from a poll, a full sync or a bulk export, with the guarantees of
     ``apply_order`` for each, in a few statements rather than a few per order:
 
-    - one multi-row ``INSERT … ON CONFLICT DO NOTHING RETURNING`` of the orders (the unique key
-      decides which are new, as for one order: invariant 1), then one of all their lines and
-      one of their timeline rows;
+    - the orders inserted unless they exist (``db.session.insert_new_rows``: on PostgreSQL
+      one COPY into a staging table and one ``INSERT … SELECT … ON CONFLICT DO NOTHING
+      RETURNING``; the unique key decides which are new, as for one order: invariant 1),
+      then all their lines and all their timeline rows (``append_rows``: a COPY each);
     - one ``SELECT`` of the others' stored ``external_updated_at``: those we hold as new or
       newer are stale (ours can only get newer), the rest (news on an order we hold: an update,
       an edit, a cancellation) go through ``apply_order`` one by one, its conditional UPDATE
@@ -333,16 +319,17 @@ def apply_page(
     now = utcnow()
     created = {
         row.external_id: row.id
-        for row in core(session).execute(
-            _CREATE_ORDERS(session), [_new_order_row(account_id, o, now) for o in batch]
+        for row in insert_new_rows(
+            session, _orders, [_new_order_row(account_id, o, now) for o in batch],
+            key=("channel_account_id", "external_id"), returning=("id", "external_id"),
         )
-    } if batch else {}  # fmt: skip
+    }  # fmt: skip
     if created:  # the new orders' lines and timeline rows: new rows, appended (COPY)
         new = [(created[o.external_id], o) for o in batch if o.external_id in created]
         append_rows(session, _order_lines,
                     [row for order_id, o in new for row in _line_rows(order_id, o)])  # fmt: skip
-        append_rows(session, _order_events,
-                    [_event_row(order_id, now, actor, _received(o)) for order_id, o in new])  # fmt: skip
+        events = [_event_row(order_id, now, actor, _received(o)) for order_id, o in new]
+        append_rows(session, _order_events, events)
     known = [o.external_id for o in batch if o.external_id not in created]
     stored = {
         row.external_id: row

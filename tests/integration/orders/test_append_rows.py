@@ -1,5 +1,7 @@
 """db.session.append_rows: new rows as an INSERT would add them, by COPY on PostgreSQL (the
-intake of a page writes its new orders' lines and timeline rows so), on both databases."""
+intake of a page writes its new orders' lines and timeline rows so); insert_new_rows: rows
+inserted unless their key exists, as INSERT … ON CONFLICT DO NOTHING RETURNING (by COPY into a
+staging table on PostgreSQL: the intake of a page writes its orders so); on both databases."""
 
 from __future__ import annotations
 
@@ -11,9 +13,9 @@ import sqlalchemy as sa
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, StatementError
 
-from db.base import table
-from db.models import OrderEvent, OrderLine
-from db.session import append_rows
+from db.base import table, utcnow
+from db.models import Order, OrderEvent, OrderLine
+from db.session import append_rows, insert_new_rows
 from tests.support.shop import Shop
 from workflows.base import is_retryable
 
@@ -87,6 +89,101 @@ def test_a_row_of_no_order_fails_with_sqlalchemys_integrity_error_as_an_insert_d
 ) -> None:
     with pytest.raises(IntegrityError), shop.transaction() as session:
         append_rows(session, table(OrderLine), [_line(10_000, "a")])
+
+
+def _order(shop: Shop, external_id: str, total: str = "20") -> dict[str, object]:
+    now = utcnow()
+    return {"channel_account_id": shop.account.id, "channel": "shopify",
+            "external_id": external_id, "state": "new", "currency": "EUR",
+            "subtotal": Decimal(total), "tax_total": Decimal(0), "shipping_total": Decimal(0),
+            "discount_total": Decimal(0), "total": Decimal(total), "raw": {"id": external_id},
+            "payment_collected_by_marketplace": False, "fulfilled_by_marketplace": False,
+            "version": 1, "attempts": 0, "created_at": now, "updated_at": now,
+            "external_updated_at": now}  # fmt: skip
+
+
+_KEY = ("channel_account_id", "external_id")
+
+
+def test_new_rows_go_in_in_key_order_and_a_row_whose_key_exists_is_left_and_not_returned(
+    shop: Shop,
+) -> None:
+    held = shop.order()  # ext-1, total 20.00
+    with shop.transaction() as session:
+        first = insert_new_rows(
+            session, table(Order),
+            [_order(shop, "ext-3"), _order(shop, "ext-1", "99"), _order(shop, "ext-2")],
+            key=_KEY, returning=("id", "external_id"),
+        )  # fmt: skip
+        # again in the same transaction: what the first call staged is not staged again
+        second = insert_new_rows(session, table(Order), [_order(shop, "ext-4")],
+                                 key=_KEY, returning=("external_id",))  # fmt: skip
+
+    made = sorted((row.external_id, row.id) for row in first)
+    assert [external_id for external_id, _ in made] == ["ext-2", "ext-3"]
+    assert made[0][1] < made[1][1]  # written in the key's order (the row locks' order)
+    assert [row.external_id for row in second] == ["ext-4"]
+    orders = {o.external_id: o for o in shop.rows(Order)}
+    assert sorted(orders) == ["ext-1", "ext-2", "ext-3", "ext-4"]
+    assert orders["ext-1"].id == held and orders["ext-1"].total == Decimal(20)  # left as held
+    assert orders["ext-3"].version == 1
+    with shop.transaction() as session:
+        assert session.scalar(select(Order.raw).filter_by(external_id="ext-3")) == {"id": "ext-3"}
+    with shop.transaction() as session:
+        assert insert_new_rows(session, table(Order), [], key=_KEY, returning=("id",)) == []
+
+
+def test_new_rows_of_no_account_fail_with_an_integrity_error_and_a_float_is_refused(
+    shop: Shop,
+) -> None:
+    with pytest.raises(IntegrityError), shop.transaction() as session:
+        insert_new_rows(session, table(Order), [{**_order(shop, "x"), "channel_account_id": 99}],
+                        key=_KEY, returning=("id",))  # fmt: skip
+    with pytest.raises((TypeError, ValueError, StatementError), match="never float"):
+        with shop.transaction() as session:
+            insert_new_rows(session, table(Order), [_order(shop, "y") | {"total": 20.0}],
+                            key=_KEY, returning=("id",))  # fmt: skip
+    assert shop.rows(Order) == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_the_staging_table_is_made_again_after_the_transaction_that_made_it_rolled_back(
+    shop: Shop,
+) -> None:
+    class Abort(Exception):
+        pass
+
+    with pytest.raises(Abort), shop.transaction() as session:  # the first use: made here
+        pid = session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        insert_new_rows(session, table(Order), [_order(shop, "ext-1")], key=_KEY,
+                        returning=("id",))  # fmt: skip
+        raise Abort  # and taken away with the rollback
+
+    with shop.transaction() as session:  # the same connection, back from the pool
+        assert session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() == pid
+        [row] = insert_new_rows(session, table(Order), [_order(shop, "ext-1")], key=_KEY,
+                                returning=("external_id",))  # fmt: skip
+        staged = session.execute(sa.text(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'stage_orders_%' "
+            "AND relpersistence = 't'"
+        )).scalar_one()  # fmt: skip
+    assert row.external_id == "ext-1" and staged >= 1
+    assert [o.external_id for o in shop.rows(Order)] == ["ext-1"]
+
+
+def test_rows_without_a_column_whose_default_is_pythons_are_refused_on_postgresql(
+    shop: Shop,
+) -> None:
+    # COPY applies the database's defaults only: `title` (default "") would be NULL there
+    order_id = shop.order(lines={})
+    line = {k: v for k, v in _line(order_id, "a").items() if k != "title"}
+    with shop.transaction() as session:
+        if session.get_bind().dialect.name != "postgresql":
+            append_rows(session, table(OrderLine), [line])  # SQLAlchemy applies it
+            return
+    with pytest.raises(ValueError, match="without title"), shop.transaction() as session:
+        append_rows(session, table(OrderLine), [line])
 
 
 @pytest.mark.postgres
