@@ -21,3 +21,14 @@ def settings_for(
     yield migrated_url
     monkeypatch.undo()
     get_settings.cache_clear()
+
+
+@pytest.fixture(params=["staged", "inserted"])
+def new_rows_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways ``db.session.insert_new_rows`` writes on PostgreSQL, whatever the number of
+    rows: through its staging table (COPY) and by multi-row INSERTs (SQLite has only these)."""
+    import db.session
+
+    staged = request.param == "staged"
+    monkeypatch.setattr(db.session, "STAGE_FROM_ROWS", 1 if staged else 1_000_000)
+    return str(request.param)

@@ -207,7 +207,7 @@ def _version(fixtures_dir: Path, external_id: str, minute: int, total: str) -> A
 
 
 def test_a_page_creates_the_new_orders_leaves_the_stale_and_updates_the_newer(
-    migrated_url: str, fixtures_dir: Path
+    migrated_url: str, fixtures_dir: Path, new_rows_path: str
 ) -> None:
     # given: order 1 stored at minute 10, order 2 stored at minute 10
     maker, account_id = _setup(migrated_url)
@@ -282,7 +282,7 @@ def test_a_cancellation_on_a_page_cancels_the_order_we_hold(
 
 
 def test_overlapping_pages_and_single_deliveries_at_once_make_one_order_each_newest_data(
-    migrated_url: str, fixtures_dir: Path
+    migrated_url: str, fixtures_dir: Path, new_rows_path: str
 ) -> None:
     # given: 40 orders in 4 versions each; 8 pages of every order in one version each (pages
     # in opposite orders, so their row locks would cross if the intake took them as given),

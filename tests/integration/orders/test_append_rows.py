@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, StatementError
 
+import db.session
 from db.base import table, utcnow
 from db.models import Order, OrderEvent, OrderLine
 from db.session import append_rows, insert_new_rows
@@ -106,7 +107,7 @@ _KEY = ("channel_account_id", "external_id")
 
 
 def test_new_rows_go_in_in_key_order_and_a_row_whose_key_exists_is_left_and_not_returned(
-    shop: Shop,
+    shop: Shop, new_rows_path: str
 ) -> None:
     held = shop.order()  # ext-1, total 20.00
     with shop.transaction() as session:
@@ -134,7 +135,7 @@ def test_new_rows_go_in_in_key_order_and_a_row_whose_key_exists_is_left_and_not_
 
 
 def test_new_rows_of_no_account_fail_with_an_integrity_error_and_a_float_is_refused(
-    shop: Shop,
+    shop: Shop, new_rows_path: str
 ) -> None:
     with pytest.raises(IntegrityError), shop.transaction() as session:
         insert_new_rows(session, table(Order), [{**_order(shop, "x"), "channel_account_id": 99}],
@@ -149,8 +150,9 @@ def test_new_rows_of_no_account_fail_with_an_integrity_error_and_a_float_is_refu
 @pytest.mark.postgres
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 def test_the_staging_table_is_made_again_after_the_transaction_that_made_it_rolled_back(
-    shop: Shop,
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(db.session, "STAGE_FROM_ROWS", 1)  # one row staged
     class Abort(Exception):
         pass
 
