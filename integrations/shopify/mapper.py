@@ -47,6 +47,8 @@ _RESTOCKED = frozenset({"return", "cancel", "legacy_restock"})
 
 T = TypeVar("T")
 
+_ZERO = Decimal(0)
+
 # GraphQL ``OrderDisplayFulfillmentStatus`` → the REST ``fulfillment_status`` words, so both
 # mappers agree (REST says "partial" where GraphQL says PARTIALLY_FULFILLED).
 _GQL_FULFILLMENT = {
@@ -268,21 +270,22 @@ def _amount(bag: GqlMoneyBag | None) -> Decimal | None:
     return None if bag is None else bag.shopMoney.amount
 
 
-def _gql_address(addr: GqlAddress | None) -> Address | None:
+def _gql_address(addr: GqlAddress | None) -> dict[str, str | None] | None:
+    """The fields of the canonical ``Address`` (validated with the order that holds it)."""
     if addr is None:
         return None
     name = addr.name or " ".join(p for p in (addr.firstName, addr.lastName) if p) or None
-    return Address(
-        name=name,
-        company=addr.company or None,
-        line1=addr.address1 or None,
-        line2=addr.address2 or None,
-        city=addr.city or None,
-        region=addr.provinceCode or addr.province or None,
-        postal_code=addr.zip or None,
-        country_code=addr.countryCodeV2 or None,
-        phone=addr.phone or None,
-    )
+    return {
+        "name": name,
+        "company": addr.company or None,
+        "line1": addr.address1 or None,
+        "line2": addr.address2 or None,
+        "city": addr.city or None,
+        "region": addr.provinceCode or addr.province or None,
+        "postal_code": addr.zip or None,
+        "country_code": addr.countryCodeV2 or None,
+        "phone": addr.phone or None,
+    }
 
 
 def _gql_refund(refund: GqlRefund, order_external_id: str) -> CanonicalRefund:
@@ -330,32 +333,33 @@ def map_graphql_order(node: dict[str, Any], account: str) -> CanonicalOrder:
     if order.lineItems.pageInfo.hasNextPage:
         raise PayloadError("shopify graphql order: lineItems is not complete (hasNextPage)")
     with _mapping("graphql", "canonical"):
+        # the canonical order is validated once, its lines and address with it (as dicts):
+        # a model built apart for each costs a validator call of its own
         lines = []
         for item in order.lineItems.nodes:
             unit = item.originalUnitPriceSet.shopMoney.amount
-            discount = sum(
-                (d.allocatedAmountSet.shopMoney.amount for d in item.discountAllocations),
-                Decimal(0),
-            )
-            tax = sum((t.priceSet.shopMoney.amount for t in item.taxLines), Decimal(0))
+            discount = _ZERO
+            for allocation in item.discountAllocations:
+                discount += allocation.allocatedAmountSet.shopMoney.amount
+            tax = _ZERO
+            for tax_line in item.taxLines:
+                tax += tax_line.priceSet.shopMoney.amount
             title = item.title or item.name or ""
             if item.variantTitle:
                 title = f"{title} - {item.variantTitle}"
-            lines.append(
-                CanonicalLine(
-                    external_id=gid_to_id(item.id),
-                    sku=item.sku or None,
-                    title=title,
-                    quantity=item.quantity,
-                    unit_price=unit,
-                    tax=tax,
-                    discount=discount,
-                    total=unit * item.quantity - discount,
-                )
-            )
+            lines.append({
+                "external_id": gid_to_id(item.id),
+                "sku": item.sku or None,
+                "title": title,
+                "quantity": item.quantity,
+                "unit_price": unit,
+                "tax": tax,
+                "discount": discount,
+                "total": unit * item.quantity - discount,
+            })  # fmt: skip
         subtotal = _amount(order.subtotalPriceSet)
         if subtotal is None:
-            subtotal = sum((line.total for line in lines), Decimal(0))
+            subtotal = sum((line["total"] for line in lines), _ZERO)
         financial = order.displayFinancialStatus.lower() if order.displayFinancialStatus else None
         fulfillment = order.displayFulfillmentStatus or "UNFULFILLED"
         customer = order.customer
@@ -363,30 +367,31 @@ def map_graphql_order(node: dict[str, Any], account: str) -> CanonicalOrder:
         if customer is not None:
             buyer_name = " ".join(p for p in (customer.firstName, customer.lastName) if p)
         external_id = order.legacyResourceId or gid_to_id(order.id)
-        return CanonicalOrder(
-            channel="shopify",
-            account=account,
-            external_id=external_id,
-            external_number=order.name,
-            status=OrderState.CANCELLED if order.cancelledAt else OrderState.NEW,
-            marketplace_status=_marketplace_status(bool(order.cancelledAt), bool(order.closedAt)),
-            financial_status=financial,
-            fulfillment_status=_GQL_FULFILLMENT.get(fulfillment, fulfillment.lower()),
-            currency=order.currencyCode,
-            subtotal=subtotal,
-            tax_total=_amount(order.totalTaxSet) or Decimal(0),
-            shipping_total=_amount(order.totalShippingPriceSet) or Decimal(0),
-            discount_total=_amount(order.totalDiscountsSet) or Decimal(0),
-            total=order.totalPriceSet.shopMoney.amount,
-            lines=lines,
-            shipping_address=_gql_address(order.shippingAddress),
-            buyer_name=buyer_name or None,
-            buyer_email=order.email or None,
-            payment_collected_by_marketplace=financial in _COLLECTED,
-            payment=_payment_facts(financial, order.paymentGatewayNames),
-            refunds=[_gql_refund(refund, external_id) for refund in order.refunds],
-            created_at=order.createdAt,
-            updated_at=order.updatedAt,
-            cancelled_at=order.cancelledAt,
-            raw=node,
-        )
+        return CanonicalOrder.model_validate({
+            "channel": "shopify",
+            "account": account,
+            "external_id": external_id,
+            "external_number": order.name,
+            "status": OrderState.CANCELLED if order.cancelledAt else OrderState.NEW,
+            "marketplace_status": _marketplace_status(bool(order.cancelledAt),
+                                                      bool(order.closedAt)),
+            "financial_status": financial,
+            "fulfillment_status": _GQL_FULFILLMENT.get(fulfillment, fulfillment.lower()),
+            "currency": order.currencyCode,
+            "subtotal": subtotal,
+            "tax_total": _amount(order.totalTaxSet) or _ZERO,
+            "shipping_total": _amount(order.totalShippingPriceSet) or _ZERO,
+            "discount_total": _amount(order.totalDiscountsSet) or _ZERO,
+            "total": order.totalPriceSet.shopMoney.amount,
+            "lines": lines,
+            "shipping_address": _gql_address(order.shippingAddress),
+            "buyer_name": buyer_name or None,
+            "buyer_email": order.email or None,
+            "payment_collected_by_marketplace": financial in _COLLECTED,
+            "payment": _payment_facts(financial, order.paymentGatewayNames),
+            "refunds": [_gql_refund(refund, external_id) for refund in order.refunds],
+            "created_at": order.createdAt,
+            "updated_at": order.updatedAt,
+            "cancelled_at": order.cancelledAt,
+            "raw": node,
+        })  # fmt: skip

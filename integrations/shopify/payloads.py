@@ -49,7 +49,9 @@ OptMoney = Annotated[Decimal | None, BeforeValidator(_opt_money)]
 
 
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    #: fields we do not read are let through and not kept (the whole payload is kept as the
+    #: order's ``raw``): keeping them cost a copy of each in every nested object
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
 # --- REST / webhook shape ---------------------------------------------------------------

@@ -102,6 +102,14 @@ def test_an_incomplete_line_item_page_is_refused() -> None:
             "lineItems.nodes.2.quantity",
         ),
         (lambda n: n.update(currencyCode="US"), "canonical.currency"),
+        (  # the GID is long enough for the payload, its id too long for ours (64): which line
+            lambda n: n["lineItems"]["nodes"][1].update(id="gid://shopify/LineItem/" + "9" * 65),
+            "canonical.lines.1.external_id (too_long)",
+        ),
+        (
+            lambda n: n["shippingAddress"].update(city=["Ottawa"]),
+            "shippingAddress.city",
+        ),
     ],
 )
 def test_a_bad_node_raises_payload_error_naming_the_field(mutate: Any, path: str) -> None:
