@@ -64,10 +64,13 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _TEXT_CHECKED: ContextVar[bool] = ContextVar("ordersync_text_checked", default=False)
 
 
-def may_hold_surrogates(json_text: str) -> bool:
-    """Whether the strings parsed from this JSON text may hold a surrogate. Text decoded from
-    UTF-8 holds none (a decoder replaces what it cannot read); only an escape in the range
-    ``\\ud800``-``\\udfff`` makes one (a pair that makes one character is caught too)."""
+def may_hold_surrogates(json_text: str | bytes) -> bool:
+    """Whether the strings parsed from this JSON text (or its UTF-8 bytes) may hold a
+    surrogate. Text decoded from UTF-8 holds none (a decoder replaces what it cannot read);
+    only an escape in the range ``\\ud800``-``\\udfff`` makes one (a pair that makes one
+    character is caught too)."""
+    if isinstance(json_text, bytes):
+        return b"\\ud" in json_text or b"\\uD" in json_text
     return "\\ud" in json_text or "\\uD" in json_text
 
 

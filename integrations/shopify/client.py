@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import structlog
 
+from core import jsonio
 from domain.canonical import may_hold_surrogates
 from domain.errors import (
     AuthError,
@@ -372,11 +373,10 @@ class ShopifyClient(ApiClient):
                     number += 1
                     if number <= skip:
                         continue
-                    line = raw.decode("utf-8", "replace")
-                    item = json.loads(line)
+                    item = jsonio.loads(raw)
                     if not isinstance(item, dict):
                         raise PayloadError(f"bulk result object {number} is not an object")
-                    yield item, may_hold_surrogates(line), begins
+                    yield item, may_hold_surrogates(raw), begins
         except httpx.TransportError as exc:
             raise TransportError(f"bulk result: {type(exc).__name__}") from None
         except json.JSONDecodeError:
