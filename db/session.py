@@ -377,6 +377,9 @@ def _copy(
     an INSERT's."""
     dialect = connection.dialect
     processors = _bind_processors(table, tuple(names), dialect)
+    # only the columns that have a bind processor go through one (a generator zipped with
+    # every column's processor cost a resumption per value: 18 -> 13 us for an order's rows)
+    processed = [(i, process) for i, process in enumerate(processors) if process is not None]
     columns = ", ".join(dialect.identifier_preparer.quote(name) for name in names)
     sql = f"COPY {dialect.identifier_preparer.format_table(target)} ({columns}) FROM STDIN"
     raw = connection.connection
@@ -384,10 +387,10 @@ def _copy(
     try:
         with cursor.copy(sql) as copy:
             for row in rows:
-                copy.write_row(
-                    [value if process is None else process(value)
-                     for process, value in zip(processors, (row[n] for n in names), strict=True)]
-                )  # fmt: skip
+                values = [row[name] for name in names]
+                for i, process in processed:
+                    values[i] = process(values[i])
+                copy.write_row(values)
     except dialect.loaded_dbapi.Error as exc:  # raised as SQLAlchemy raises an INSERT's error
         gone = dialect.is_disconnect(exc, raw.dbapi_connection, cursor)
         if gone:
