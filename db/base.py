@@ -72,8 +72,8 @@ class Money(TypeDecorator[Decimal]):
     cache_ok = True
 
     def process_bind_param(self, value: Decimal | int | str | None, dialect: Dialect) -> Any:
-        if value is None:
-            return None
+        if value is None or type(value) is Decimal:  # immutable: the same value, no copy
+            return value
         if isinstance(value, float):
             raise TypeError("money must be Decimal, int or str, never float")
         return Decimal(value)
