@@ -153,6 +153,10 @@ def test_escapes_that_can_make_a_surrogate_are_found_in_either_case() -> None:
     assert may_hold_surrogates('{"a": "\\uDC00"}')
     assert may_hold_surrogates('{"a": "\\ud83d\\ude00"}')  # a pair: checked, then joined
     assert not may_hold_surrogates('{"a": "Jo\\u00e3o \u6771"}')
+    # the bulk export's lines are checked as bytes, by the same rule
+    assert may_hold_surrogates(b'{"a": "x\\ud800"}')
+    assert may_hold_surrogates(b'{"a": "\\uDC00"}')
+    assert not may_hold_surrogates('{"a": "Jo\\u00e3o \u6771"}'.encode())
 
 
 def test_models_made_from_checked_text_skip_the_check_and_others_do_not() -> None:
