@@ -223,7 +223,7 @@ def get_summary(session: SessionDep) -> dict[str, Any]:
 @router.get("/orders", response_model=OrderListOut)
 def list_orders(
     state: OrderState | None = None,
-    channel: str | None = None,
+    channel: str | None = Query(None, max_length=20, pattern=NO_NUL),
     limit: int = Query(50, ge=1, le=500),
     before_id: int | None = Query(None, ge=1, le=MAX_ID),
     *,

@@ -329,7 +329,9 @@ STOCK_LIMIT = 500
 
 
 @router.get("/stock", response_class=HTMLResponse)
-def stock(request: Request, session: SessionDep, sku: str = "") -> HTMLResponse:
+def stock(
+    request: Request, session: SessionDep, sku: str = Query("", max_length=100, pattern=NO_NUL)
+) -> HTMLResponse:
     from orders.stock_view import stock_overview, stock_view
 
     sku = sku.strip()

@@ -437,3 +437,15 @@ def test_the_order_lists_search_refuses_what_the_database_cannot_take_with_422(
     for params in ({"q": "Ada\x00"}, {"page": 10**18}):
         refused = client.get("/orders", params=params, headers=headers)
         assert refused.status_code == 422, (params, refused.status_code)
+
+
+def test_the_other_text_filters_refuse_a_nul_with_422_not_a_500(staffed: Staffed) -> None:
+    # found by the API's schema test on PostgreSQL: a NUL in a filter reached the query
+    client = TestClient(staffed.app, base_url=BASE)
+    headers = bearer(staff_token(staffed.maker, "viewer"))
+    for path, params in (("/api/orders", {"channel": "shopify"}), ("/stock", {"sku": "SKU-1"})):
+        assert client.get(path, params=params, headers=headers).status_code == 200, path
+    for path, params in (("/api/orders", {"channel": "shop\x00ify"}),
+                         ("/stock", {"sku": "SKU\x001"})):  # fmt: skip
+        refused = client.get(path, params=params, headers=headers)
+        assert refused.status_code == 422, (path, refused.status_code)
