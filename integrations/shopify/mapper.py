@@ -335,7 +335,7 @@ def map_graphql_order(node: dict[str, Any], account: str) -> CanonicalOrder:
     with _mapping("graphql", "canonical"):
         # the canonical order is validated once, its lines and address with it (as dicts):
         # a model built apart for each costs a validator call of its own
-        lines = []
+        lines: list[dict[str, Any]] = []
         for item in order.lineItems.nodes:
             unit = item.originalUnitPriceSet.shopMoney.amount
             discount = _ZERO
