@@ -14,7 +14,7 @@ What is accepted stays the standard library's:
   refused, and a float NaN or infinity is written ``null``, where ``json`` wrote ``NaN``, which
   is not JSON (PostgreSQL refused it); nothing of ours stores either.
 
-Reading (``loads``, a Shopify bulk export's lines: about 2 KB an order, 24 -> 13 us each) is
+Reading (``loads``, a Shopify bulk export's lines: about 2 KB an order, 24 -> 16 us each) is
 orjson's only where it reads what ``json`` would: orjson reads an integer past 64 bits as a float
 (``json`` keeps it exact), so a line with a run of 19 digits or more is read by ``json``, and so is
 whatever orjson refuses (a lone surrogate escape, bytes that are not UTF-8, ``NaN``, a number
