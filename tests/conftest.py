@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -71,9 +72,49 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once per run, that ``migrated_url`` copies."""
+    path = tmp_path_factory.mktemp("template") / "ordersync.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_admin_url: str) -> Iterator[str]:
+    """A PostgreSQL database migrated to head once per run, that ``migrated_url`` copies
+    (``CREATE DATABASE … TEMPLATE``: a file copy, a tenth of the migrations' time)."""
+    name = f"ordersync_tpl_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        upgrade(make_url(postgres_admin_url).set(database=name).render_as_string(False))
+        yield name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 @pytest.fixture
-def migrated_url(database_url: str) -> str:
-    upgrade(database_url)
+def migrated_url(request: pytest.FixtureRequest, database_url: str) -> str:
+    """``database_url`` at the migrations' head: a copy of the run's migrated template (the
+    migrations themselves are tested in ``tests/integration/test_migrations.py``)."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        assert url.database
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), url.database)
+        return database_url
+    template = request.getfixturevalue("postgres_template")
+    admin = sa.create_engine(request.getfixturevalue("postgres_admin_url"),
+                             isolation_level="AUTOCOMMIT")  # fmt: skip
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE "{url.database}"'))
+            conn.execute(sa.text(f'CREATE DATABASE "{url.database}" TEMPLATE "{template}"'))
+    finally:
+        admin.dispose()
     return database_url
 
 
