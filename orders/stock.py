@@ -65,6 +65,7 @@ __all__ = [
     "reserve",
     "return_to_shelf",
     "set_account_locations",
+    "set_counts",
     "set_on_hand",
     "shipment_location",
     "take",
@@ -439,9 +440,32 @@ def set_on_hand(
     """Set the counted quantity of a SKU at ``location`` (creating it) as ``actor``
     (``staff:cli``, a user's name); returns the units of the SKU now available over every
     location. Its listings are marked dirty."""
+    free = _set_level(session, sku, on_hand, location_id(session, location), location, actor)
+    mark_dirty(session, {sku})
+    return free
+
+
+def set_counts(
+    session: Session, counts: list[tuple[str, str, int]], *, actor: str = "system"
+) -> dict[str, int]:
+    """Set many counts, ``(sku, location, on_hand)`` each, in the caller's transaction (all or
+    nothing: a ValueError names the first that cannot be set), as a stock file or a warehouse
+    system sends them; the SKUs are locked in one order, whoever else sets counts at once, and
+    their listings marked dirty once. Returns the units now available of each SKU."""
+    if len({(sku, where) for sku, where, _ in counts}) < len(counts):
+        raise ValueError("a SKU is counted twice at one location")
+    places = {code: location_id(session, code) for code in sorted({c[1] for c in counts})}
+    free = {sku: _set_level(session, sku, on_hand, places[where], where, actor)
+            for sku, where, on_hand in sorted(counts)}  # fmt: skip
+    mark_dirty(session, set(free))
+    return free
+
+
+def _set_level(
+    session: Session, sku: str, on_hand: int, where: int, location: str, actor: str
+) -> int:
     if on_hand < 0:
         raise ValueError("on_hand cannot be negative")
-    where = location_id(session, location)
     now, who = utcnow(), actor[:100]
     insert_ = dialect_insert(session)
     session.execute(
@@ -469,7 +493,6 @@ def set_on_hand(
         update(StockItem).where(StockItem.sku == sku)
         .values(on_hand=StockItem.on_hand + (on_hand - before), counted_by=who, updated_at=now)
     )  # fmt: skip
-    mark_dirty(session, {sku})
     free = session.scalar(
         select(StockItem.on_hand - StockItem.reserved).where(StockItem.sku == sku)
     )

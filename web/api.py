@@ -758,6 +758,59 @@ def get_stock(
     return view.as_dict()
 
 
+COUNTS_MAX = 1000
+
+
+class CountIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sku: str = Field(min_length=1, max_length=100, pattern=NO_NUL)
+    on_hand: int = Field(ge=0, le=2**31 - 1)
+    location: str = Field("main", min_length=1, max_length=50, pattern=NO_NUL)
+
+
+class CountsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    counts: list[CountIn] = Field(min_length=1, max_length=COUNTS_MAX)
+
+    @model_validator(mode="after")
+    def _each_once(self) -> CountsIn:
+        if len({(c.sku, c.location) for c in self.counts}) < len(self.counts):
+            raise ValueError("a SKU is counted twice at one location")
+        return self
+
+
+class CountsOut(BaseModel):
+    set: int
+    available: dict[str, int]  # over every location, by SKU
+    released: list[int]
+
+
+@router.put("/stock", response_model=CountsOut)
+def set_stock_counts(body: CountsIn, session: SessionDep, staff: Staff) -> dict[str, Any]:
+    """Set up to 1,000 counts at once, all or none (a stock file, a warehouse system's sync):
+    what ``PUT /stock/{sku}`` does for each, in one transaction. An unknown location is 404, a
+    count below what open orders hold there 409 naming the SKU; nothing is set then."""
+    from orders.stock import location_id, set_counts
+    from workflows.pipeline import release_waiting
+
+    with session.begin():
+        try:
+            for code in sorted({c.location for c in body.counts}):
+                location_id(session, code)
+        except ValueError as exc:
+            raise HTTPException(404, str(exc)) from None
+        try:
+            available = set_counts(session, [(c.sku, c.location, c.on_hand) for c in body.counts],
+                                   actor=staff.actor)  # fmt: skip
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from None
+        released = sorted({o for sku in available for o in release_waiting(session, sku)})
+        for c in body.counts:
+            audit(session, staff.actor, "stock.set", c.sku, on_hand=c.on_hand,
+                  location=c.location, available=available[c.sku])  # fmt: skip
+    return {"set": len(body.counts), "available": available, "released": released}
+
+
 @router.put("/stock/{sku:path}", response_model=StockOut)  # a SKU may hold a slash
 def set_stock(
     sku: Annotated[str, Path(min_length=1, max_length=100, pattern=NO_NUL)],

@@ -38,6 +38,7 @@ pytestmark = pytest.mark.slow
 
 SKUS = [f"BULK-{i:03d}" for i in range(500)]
 CHANGES = 10_000
+BATCH = 25  # changes a request
 ORDERS = 60
 #: each account's buffer rule (channel_accounts.stock_*): the pushed quantities differ
 RULES = {
@@ -176,13 +177,16 @@ def test_ten_thousand_changes_over_500_skus_with_orders_reserving_reach_every_ch
     changed = 0
     lock = threading.Lock()
 
-    def change(n: int) -> None:
+    def change(first: int) -> None:
+        """Changes ``first`` to ``first + BATCH - 1``: as a warehouse system sends its counts,
+        many in one request (``PUT /api/stock``; each SKU once in a request)."""
         nonlocal changed
-        sku, qty = SKUS[n % len(SKUS)], 30 + random.Random(n).randrange(30)
-        response = client.put(f"/api/stock/{sku}", params={"on_hand": qty})
+        counts = [{"sku": SKUS[n % len(SKUS)], "on_hand": 30 + random.Random(n).randrange(30)}
+                  for n in range(first, first + BATCH)]  # fmt: skip
+        response = client.put("/api/stock", json={"counts": counts})
         assert response.status_code == 200, response.text
         with lock:
-            changed += 1
+            changed += response.json()["set"]
 
     orders = [_order(SKUS, rng, fixtures_dir) for _ in range(ORDERS)]
     with httpx.Client(
@@ -195,7 +199,7 @@ def test_ten_thousand_changes_over_500_skus_with_orders_reserving_reach_every_ch
                     world.post(shop, order, "orders/create")
 
             sender = pool.submit(send_orders)
-            list(pool.map(change, range(CHANGES)))
+            list(pool.map(change, range(0, CHANGES, BATCH)))
             sender.result()
     for order in orders:
         world.wait_state(shop, str(order["id"]), "ready_to_ship", "on_hold", timeout=180)
