@@ -143,12 +143,12 @@ def _rest_shipping_total(order: ShopifyOrder) -> Decimal:
     money = (order.total_shipping_price_set or {}).get("shop_money") or {}
     if isinstance(money, dict) and money.get("amount") is not None:
         return to_decimal(money["amount"])
-    return sum((line.price for line in order.shipping_lines), Decimal(0))
+    return sum((line.price for line in order.shipping_lines), _ZERO)
 
 
 def _money_of(bag: Any) -> Decimal:
     shop = (bag or {}).get("shop_money") if isinstance(bag, dict) else None
-    return to_decimal(shop["amount"]) if isinstance(shop, dict) and "amount" in shop else Decimal(0)
+    return to_decimal(shop["amount"]) if isinstance(shop, dict) and "amount" in shop else _ZERO
 
 
 def _refund(refund: ShopifyRefund) -> CanonicalRefund:
@@ -160,24 +160,24 @@ def _refund(refund: ShopifyRefund) -> CanonicalRefund:
         RefundLine(
             line_external_id=item.line_item_id,
             quantity=item.quantity,
-            subtotal=item.subtotal or Decimal(0),
-            tax=item.total_tax or Decimal(0),
+            subtotal=item.subtotal or _ZERO,
+            tax=item.total_tax or _ZERO,
             restock=(item.restock_type or "") in _RESTOCKED,
         )
         for item in refund.refund_line_items
     ]
     shipping = sum(
         (_money_of(line.get("subtotal_amount_set")) for line in refund.refund_shipping_lines),
-        Decimal(0),
+        _ZERO,
     )
     shipping_tax = sum(
         (_money_of(line.get("tax_amount_set")) for line in refund.refund_shipping_lines),
-        Decimal(0),
+        _ZERO,
     )
     for adjustment in refund.order_adjustments:
         if adjustment.kind == "shipping_refund" and not refund.refund_shipping_lines:
-            shipping -= adjustment.amount or Decimal(0)  # negative on the adjustment
-            shipping_tax -= adjustment.tax_amount or Decimal(0)
+            shipping -= adjustment.amount or _ZERO  # negative on the adjustment
+            shipping_tax -= adjustment.tax_amount or _ZERO
     paid_back = [
         t for t in refund.transactions
         if (t.kind or "").lower() == "refund" and (t.status or "").lower() == "success"
@@ -188,7 +188,7 @@ def _refund(refund: ShopifyRefund) -> CanonicalRefund:
         lines=lines,
         shipping=shipping,
         shipping_tax=shipping_tax,
-        amount=sum((t.amount or Decimal(0) for t in paid_back), Decimal(0)),
+        amount=sum((t.amount or _ZERO for t in paid_back), _ZERO),
         currency=next((t.currency for t in paid_back if t.currency), None),
         created_at=refund.created_at,
     )
@@ -207,10 +207,10 @@ def map_order(payload: dict[str, Any], account: str) -> CanonicalOrder:
     with _mapping("rest", "canonical"):
         lines = []
         for item in order.line_items:
-            discount = sum((d.amount for d in item.discount_allocations), Decimal(0))
+            discount = sum((d.amount for d in item.discount_allocations), _ZERO)
             if not item.discount_allocations and item.total_discount:
                 discount = item.total_discount
-            tax = sum((t.price for t in item.tax_lines), Decimal(0))
+            tax = sum((t.price for t in item.tax_lines), _ZERO)
             title = item.title or item.name or ""
             if item.variant_title:
                 title = f"{title} - {item.variant_title}"
@@ -228,7 +228,7 @@ def map_order(payload: dict[str, Any], account: str) -> CanonicalOrder:
             )
         subtotal = order.subtotal_price
         if subtotal is None:
-            subtotal = sum((line.total for line in lines), Decimal(0))
+            subtotal = sum((line.total for line in lines), _ZERO)
         customer = order.customer
         buyer_name = None
         if customer is not None:
@@ -245,9 +245,9 @@ def map_order(payload: dict[str, Any], account: str) -> CanonicalOrder:
             fulfillment_status=order.fulfillment_status or "unfulfilled",
             currency=order.currency,
             subtotal=subtotal,
-            tax_total=order.total_tax or Decimal(0),
+            tax_total=order.total_tax or _ZERO,
             shipping_total=_rest_shipping_total(order),
-            discount_total=order.total_discounts or Decimal(0),
+            discount_total=order.total_discounts or _ZERO,
             total=order.total_price,
             lines=lines,
             shipping_address=_rest_address(order.shipping_address),
@@ -297,8 +297,8 @@ def _gql_refund(refund: GqlRefund, order_external_id: str) -> CanonicalRefund:
         RefundLine(
             line_external_id=gid_to_id(item.lineItem.id),
             quantity=item.quantity,
-            subtotal=_amount(item.subtotalSet) or Decimal(0),
-            tax=_amount(item.totalTaxSet) or Decimal(0),
+            subtotal=_amount(item.subtotalSet) or _ZERO,
+            tax=_amount(item.totalTaxSet) or _ZERO,
             restock=(item.restockType or "").lower() in _RESTOCKED,
         )
         for item in refund.refundLineItems.nodes
@@ -312,9 +312,9 @@ def _gql_refund(refund: GqlRefund, order_external_id: str) -> CanonicalRefund:
         external_id=refund.legacyResourceId or gid_to_id(refund.id),
         order_external_id=order_external_id,
         lines=lines,
-        shipping=sum((_amount(x.subtotalAmountSet) or Decimal(0) for x in shipping), Decimal(0)),
-        shipping_tax=sum((_amount(x.taxAmountSet) or Decimal(0) for x in shipping), Decimal(0)),
-        amount=sum((_amount(t.amountSet) or Decimal(0) for t in paid_back), Decimal(0)),
+        shipping=sum((_amount(x.subtotalAmountSet) or _ZERO for x in shipping), _ZERO),
+        shipping_tax=sum((_amount(x.taxAmountSet) or _ZERO for x in shipping), _ZERO),
+        amount=sum((_amount(t.amountSet) or _ZERO for t in paid_back), _ZERO),
         currency=next(
             (t.amountSet.shopMoney.currencyCode for t in paid_back if t.amountSet), None
         ),
