@@ -20,8 +20,6 @@ from typing import Any, TypeVar
 import pydantic
 
 from domain.canonical import (
-    Address,
-    CanonicalLine,
     CanonicalOrder,
     CanonicalRefund,
     PaymentFacts,
@@ -122,21 +120,22 @@ def _marketplace_status(cancelled: bool, closed: bool) -> str:
 # --- REST / webhook ---------------------------------------------------------------------
 
 
-def _rest_address(addr: ShopifyAddress | None) -> Address | None:
+def _rest_address(addr: ShopifyAddress | None) -> dict[str, str | None] | None:
+    """The fields of the canonical ``Address`` (validated with the order that holds it)."""
     if addr is None:
         return None
     name = addr.name or " ".join(p for p in (addr.first_name, addr.last_name) if p) or None
-    return Address(
-        name=name,
-        company=addr.company or None,
-        line1=addr.address1 or None,
-        line2=addr.address2 or None,
-        city=addr.city or None,
-        region=addr.province_code or addr.province or None,
-        postal_code=addr.zip or None,
-        country_code=addr.country_code or None,
-        phone=addr.phone or None,
-    )
+    return {
+        "name": name,
+        "company": addr.company or None,
+        "line1": addr.address1 or None,
+        "line2": addr.address2 or None,
+        "city": addr.city or None,
+        "region": addr.province_code or addr.province or None,
+        "postal_code": addr.zip or None,
+        "country_code": addr.country_code or None,
+        "phone": addr.phone or None,
+    }
 
 
 def _rest_shipping_total(order: ShopifyOrder) -> Decimal:
@@ -205,7 +204,8 @@ def map_order(payload: dict[str, Any], account: str) -> CanonicalOrder:
     """Map one REST / webhook order payload. Raises ``PayloadError`` if it cannot be mapped."""
     order = _validate(ShopifyOrder.model_validate, payload, "rest")
     with _mapping("rest", "canonical"):
-        lines = []
+        # plain dicts, validated once with the order (a bad line is named by its index)
+        lines: list[dict[str, Any]] = []
         for item in order.line_items:
             discount = sum((d.amount for d in item.discount_allocations), _ZERO)
             if not item.discount_allocations and item.total_discount:
@@ -214,53 +214,48 @@ def map_order(payload: dict[str, Any], account: str) -> CanonicalOrder:
             title = item.title or item.name or ""
             if item.variant_title:
                 title = f"{title} - {item.variant_title}"
-            lines.append(
-                CanonicalLine(
-                    external_id=item.id,
-                    sku=item.sku or None,
-                    title=title,
-                    quantity=item.quantity,
-                    unit_price=item.price,
-                    tax=tax,
-                    discount=discount,
-                    total=item.price * item.quantity - discount,
-                )
-            )
+            lines.append({
+                "external_id": item.id, "sku": item.sku or None, "title": title,
+                "quantity": item.quantity, "unit_price": item.price, "tax": tax,
+                "discount": discount, "total": item.price * item.quantity - discount,
+            })  # fmt: skip
         subtotal = order.subtotal_price
         if subtotal is None:
-            subtotal = sum((line.total for line in lines), _ZERO)
+            subtotal = sum((line["total"] for line in lines), _ZERO)
         customer = order.customer
         buyer_name = None
         if customer is not None:
             buyer_name = " ".join(p for p in (customer.first_name, customer.last_name) if p)
         number = order.name or (str(order.order_number) if order.order_number else None)
-        return CanonicalOrder(
-            channel="shopify",
-            account=account,
-            external_id=order.id,
-            external_number=number,
-            status=OrderState.CANCELLED if order.cancelled_at else OrderState.NEW,
-            marketplace_status=_marketplace_status(bool(order.cancelled_at), bool(order.closed_at)),
-            financial_status=order.financial_status,
-            fulfillment_status=order.fulfillment_status or "unfulfilled",
-            currency=order.currency,
-            subtotal=subtotal,
-            tax_total=order.total_tax or _ZERO,
-            shipping_total=_rest_shipping_total(order),
-            discount_total=order.total_discounts or _ZERO,
-            total=order.total_price,
-            lines=lines,
-            shipping_address=_rest_address(order.shipping_address),
-            buyer_name=buyer_name or None,
-            buyer_email=order.email or (customer.email if customer else None),
-            payment_collected_by_marketplace=order.financial_status in _COLLECTED,
-            payment=_payment_facts(order.financial_status, order.payment_gateway_names),
-            refunds=[_refund(refund) for refund in order.refunds],
-            created_at=order.created_at,
-            updated_at=order.updated_at,
-            cancelled_at=order.cancelled_at,
-            raw=payload,
-        )
+        return CanonicalOrder.model_validate({
+            "channel": "shopify",
+            "account": account,
+            "external_id": order.id,
+            "external_number": number,
+            "status": OrderState.CANCELLED if order.cancelled_at else OrderState.NEW,
+            "marketplace_status": _marketplace_status(
+                bool(order.cancelled_at), bool(order.closed_at)
+            ),
+            "financial_status": order.financial_status,
+            "fulfillment_status": order.fulfillment_status or "unfulfilled",
+            "currency": order.currency,
+            "subtotal": subtotal,
+            "tax_total": order.total_tax or _ZERO,
+            "shipping_total": _rest_shipping_total(order),
+            "discount_total": order.total_discounts or _ZERO,
+            "total": order.total_price,
+            "lines": lines,
+            "shipping_address": _rest_address(order.shipping_address),
+            "buyer_name": buyer_name or None,
+            "buyer_email": order.email or (customer.email if customer else None),
+            "payment_collected_by_marketplace": order.financial_status in _COLLECTED,
+            "payment": _payment_facts(order.financial_status, order.payment_gateway_names),
+            "refunds": [_refund(refund) for refund in order.refunds],
+            "created_at": order.created_at,
+            "updated_at": order.updated_at,
+            "cancelled_at": order.cancelled_at,
+            "raw": payload,
+        })  # fmt: skip
 
 
 # --- GraphQL ----------------------------------------------------------------------------

@@ -177,6 +177,7 @@ def test_a_cancelled_order_maps_to_cancelled(label: str, payload: dict[str, Any]
         (lambda o: o["line_items"][1].update(quantity=-1), "line_items.1.quantity"),
         (lambda o: o["line_items"][0].update(price="abc"), "line_items.0.price"),
         (lambda o: o.update(id=True), "id"),
+        (lambda o: o.update(currency="US"), "canonical.currency"),
     ],
 )
 def test_a_bad_payload_raises_payload_error_naming_the_field(mutate: Any, path: str) -> None:
