@@ -452,8 +452,11 @@ def set_counts(
     nothing: a ValueError names the first that cannot be set), as a stock file or a warehouse
     system sends them; the SKUs are locked in one order, whoever else sets counts at once, and
     their listings marked dirty once. Returns the units now available of each SKU."""
-    if len({(sku, where) for sku, where, _ in counts}) < len(counts):
-        raise ValueError("a SKU is counted twice at one location")
+    seen: set[tuple[str, str]] = set()
+    for sku, where, _ in counts:
+        if (sku, where) in seen:
+            raise ValueError(f"{sku}: counted twice at {where}")
+        seen.add((sku, where))
     places = {code: location_id(session, code) for code in sorted({c[1] for c in counts})}
     free = {sku: _set_level(session, sku, on_hand, places[where], where, actor)
             for sku, where, on_hand in sorted(counts)}  # fmt: skip

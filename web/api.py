@@ -772,12 +772,6 @@ class CountsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     counts: list[CountIn] = Field(min_length=1, max_length=COUNTS_MAX)
 
-    @model_validator(mode="after")
-    def _each_once(self) -> CountsIn:
-        if len({(c.sku, c.location) for c in self.counts}) < len(self.counts):
-            raise ValueError("a SKU is counted twice at one location")
-        return self
-
 
 class CountsOut(BaseModel):
     set: int
@@ -788,8 +782,9 @@ class CountsOut(BaseModel):
 @router.put("/stock", response_model=CountsOut)
 def set_stock_counts(body: CountsIn, session: SessionDep, staff: Staff) -> dict[str, Any]:
     """Set up to 1,000 counts at once, all or none (a stock file, a warehouse system's sync):
-    what ``PUT /stock/{sku}`` does for each, in one transaction. An unknown location is 404, a
-    count below what open orders hold there 409 naming the SKU; nothing is set then."""
+    what ``PUT /stock/{sku}`` does for each, in one transaction. An unknown location is 404; a
+    count below what open orders hold there, or a SKU counted twice at one location, 409 naming
+    the SKU; nothing is set then."""
     from orders.stock import location_id, set_counts
     from workflows.pipeline import release_waiting
 

@@ -60,9 +60,10 @@ def test_many_counts_are_set_at_once_all_or_none(staffed: Staffed) -> None:  # n
     twice = put({"sku": "SKU-A", "on_hand": 4}, {"sku": "SKU-A", "on_hand": 2})
     empty = put()
     assert (below.status_code, unknown.status_code, twice.status_code, empty.status_code) == (
-        409, 404, 422, 422)  # fmt: skip
+        409, 404, 409, 422)  # fmt: skip
     assert "SKU-R: 3 units at main are reserved" in below.json()["detail"]
     assert "no stock location 'north'" in unknown.json()["detail"]
+    assert twice.json()["detail"] == "SKU-A: counted twice at main"
     assert staffed.shop.rows(StockItem, sku="SKU-A") == []  # the refused batches set nothing
 
     done = put({"sku": "SKU-A", "on_hand": 4}, {"sku": "SKU-A", "on_hand": 2, "location": "east"},
