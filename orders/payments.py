@@ -26,7 +26,9 @@ says it collected the money, the holder is asked whether our capture went throug
 (``find_capture``); if it did, it is recorded as ours (one authorization is captured once: the
 buyer paid once), otherwise the key is retired and the marketplace's collection recorded.
 Captured while the order was being cancelled: the money was taken, so the payment is recorded,
-a ``captured_after_cancel`` event shows it to staff, and a refund follows.
+a ``captured_after_cancel`` event shows it to staff, and a refund follows. So it is too when the
+capture's worker died during the call and the order was cancelled before it ran again: the
+step, run again (by the sweeper, for the unfinished key), asks the holder what happened.
 """
 
 from __future__ import annotations
@@ -208,6 +210,36 @@ def _resolve_unfinished(
     return None
 
 
+def _settle_cut_short(
+    transaction: Transaction, order_id: int, key: str, holders: HolderFactory, refund: FollowUp
+) -> Outcome:
+    """A cancelled order whose capture under ``key`` never finished (its worker died during the
+    call): ask the holder whether it went through. If it did, the money was taken: it is
+    recorded as ours, a ``captured_after_cancel`` event shows it to staff and ``refund`` gives
+    it back; if not, the key is retired. Either way nothing is left in doubt."""
+    with transaction() as session:
+        order = load_for_update(session, order_id)
+        facts, account, external_id = _facts(order), order.channel_account_id, order.external_id
+    holder = holders(_held_by_when_in_doubt(facts), account)
+    found = holder.find_capture(
+        order_external_id=external_id, authorization_id=facts.get("authorization_id")
+    )
+    with transaction() as session:
+        load_for_update(session, order_id)
+        row = idempotency.unfinished(session, f"capture:{order_id}")
+        if row is None or row.key != key or _has_payment(session, order_id):
+            return Outcome("resolved elsewhere", stop=True)
+        if found is None or found.status != "succeeded":
+            idempotency.fail(session, key, "no capture at the holder", rejected=True)
+            return Outcome("skip: cancelled (the capture cut short had not gone through)",
+                           stop=True)  # fmt: skip
+        _record(session, order_id, found, key, holder.name)
+        record_event(session, order_id, actor=ACTOR, kind="captured_after_cancel",
+                     payment=found.id)  # fmt: skip
+        refund(session, order_id)
+    return Outcome("captured before the cancel (found after the fact), refunding", stop=True)
+
+
 def capture(
     transaction: Transaction,
     order_id: int,
@@ -218,6 +250,18 @@ def capture(
 ) -> Outcome:
     """Capture (or record) the payment of a reserved order. ``refund`` gives back money
     captured after the order was cancelled."""
+    with transaction() as session:
+        order = load_for_update(session, order_id)
+        state = OrderState(order.state)
+        cut_short = None
+        if state == S.CANCELLED and not _has_payment(session, order_id):
+            cut_short = idempotency.unfinished(session, f"capture:{order_id}")
+        if cut_short is not None:
+            cut_key = cut_short.key  # our capture died in flight, then the order was cancelled
+        elif state != S.RESERVED:
+            return Outcome(f"skip: {state}", stop=state in DONE_OR_GONE | {S.NEW, S.ON_HOLD})
+    if cut_short is not None:
+        return _settle_cut_short(transaction, order_id, cut_key, holders, refund)
     with transaction() as session:
         order = load_for_update(session, order_id)
         state = OrderState(order.state)

@@ -130,7 +130,8 @@ def _state_before_attention(session: Session, order_id: int) -> OrderState:
 
 #: key prefix → (the step that resumes it, the states in which that step still has work)
 KEY_STEPS: dict[str, tuple[str, frozenset[OrderState]]] = {
-    "capture": ("capture_payment", frozenset({S.RESERVED})),
+    # cancelled while a capture was in flight: the step asks the holder what it did
+    "capture": ("capture_payment", frozenset({S.RESERVED, S.CANCELLED})),
     "label": ("buy_label", frozenset({S.PAID})),
     # a refund is owed by a cancelled order, or by a paid one the buyer paid twice
     "refund": ("refund_payment", frozenset(OrderState) - {S.NEEDS_ATTENTION}),

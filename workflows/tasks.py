@@ -131,7 +131,14 @@ def sweep(self: OrdersyncTask, limit: int = 500, now: str | None = None) -> dict
 
 def _signatures(found: sweeper.Found) -> Iterator[Signature]:
     """The tasks that do what the sweep found."""
-    from workflows.pipeline import credit_note, deliver, pipeline, refund_payment, void_labels
+    from workflows.pipeline import (
+        capture_payment,
+        credit_note,
+        deliver,
+        pipeline,
+        refund_payment,
+        void_labels,
+    )
     from workflows.sync import sync_slice
 
     yield from (process_event.si(inbox_id) for inbox_id in found.webhooks)
@@ -140,7 +147,9 @@ def _signatures(found: sweeper.Found) -> Iterator[Signature]:
     yield from (deliver.si(message_id) for message_id in found.effects)
     yield from (credit_note.si(order_id) for order_id in found.credits)
     yield from (pipeline(order_id) for order_id in found.orders)
-    steps = {"refund_payment": refund_payment, "void_labels": void_labels}
+    # a step its pipeline would not reach (a cancelled order's pipeline stops at once)
+    steps = {"capture_payment": capture_payment, "refund_payment": refund_payment,
+             "void_labels": void_labels}  # fmt: skip
     for call in found.calls:
         step = steps.get(call.step)
         yield step.si(call.order_id) if step else pipeline(call.order_id)

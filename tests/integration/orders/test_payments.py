@@ -16,6 +16,7 @@ from domain.errors import AuthorizationUnusable, TransportError, ValidationError
 from domain.states import OrderState
 from orders import idempotency
 from orders.payments import AuthorizationHolder, capture
+from orders.recovery import UnfinishedCall, unfinished_calls
 from orders.steps import Outcome
 from tests.support.shop import FakePayments, FollowUps, Shop, WorkerKilled, never_built
 
@@ -300,6 +301,67 @@ def test_money_captured_while_the_order_was_cancelled_is_recorded_and_refunded(
     (event,) = shop.events(order_id, "captured_after_cancel")
     assert event.detail == {"payment": "pi_auth"}
     assert later.scheduled == {"refund": [order_id]}
+
+
+def test_a_capture_cut_short_then_the_order_cancelled_is_found_recorded_and_refunded(
+    shop: Shop, provider: FakePayments, later: FollowUps
+) -> None:
+    # given our capture applied at the provider, its worker killed before recording it
+    order_id = _authorized(shop)
+    provider.lose_answer = WorkerKilled()
+    with pytest.raises(WorkerKilled):
+        _capture(shop, order_id, provider, later)
+    # and then the order cancelled on the marketplace
+    shop.move(order_id, S.CANCELLED)
+    # the sweeper finds the key the dead attempt left: its step still has work
+    with shop.transaction() as session:
+        calls = unfinished_calls(session, idle_for=dt.timedelta(0), limit=10)
+    assert calls == [UnfinishedCall("capture_payment", order_id, f"capture:{order_id}")]
+
+    # when the step runs again
+    outcome = _capture(shop, order_id, provider, later, owner="task-2")
+
+    # then the holder was asked (no second capture): the money taken is recorded and refunded
+    assert outcome == Outcome("captured before the cancel (found after the fact), refunding",
+                              stop=True)  # fmt: skip
+    assert provider.calls == [f"capture:{order_id}", "find:pi_auth"]
+    (payment,) = shop.rows(Payment, order_id=order_id)
+    assert payment.external_id == "pi_auth"
+    key = shop.key(f"capture:{order_id}")
+    assert key is not None and key.recovery_point == "finished"
+    (event,) = shop.events(order_id, "captured_after_cancel")
+    assert event.detail == {"payment": "pi_auth"}
+    assert later.scheduled == {"refund": [order_id]}
+    assert shop.get(order_id).state == S.CANCELLED
+    # and nothing is left for the sweeper; the step, run once more, does nothing
+    with shop.transaction() as session:
+        assert unfinished_calls(session, idle_for=dt.timedelta(0), limit=10) == []
+    assert _capture(shop, order_id, provider, later, owner="task-3") == Outcome(
+        "skip: cancelled", stop=True)  # fmt: skip
+
+
+def test_a_capture_cut_short_before_it_reached_the_holder_then_cancelled_retires_its_key(
+    shop: Shop, provider: FakePayments, later: FollowUps
+) -> None:
+    # given a key claimed by a worker that died before its call reached the holder
+    order_id = _authorized(shop)
+    params = {"order_ref": str(order_id), "amount": "20", "currency": "EUR"}
+    with shop.transaction() as session:
+        shop.keys().claim(session, f"capture:{order_id}", params, point="capture_sent")
+    shop.move(order_id, S.CANCELLED)
+
+    outcome = _capture(shop, order_id, provider, later, owner="task-2")
+
+    # then the key is retired: nothing was taken, nothing recorded, nothing to refund
+    assert outcome == Outcome("skip: cancelled (the capture cut short had not gone through)",
+                              stop=True)  # fmt: skip
+    assert provider.calls == ["find:pi_auth"] and provider.captures == {}
+    assert shop.rows(Payment, order_id=order_id) == []
+    retired = shop.key(f"capture:{order_id}")
+    assert retired is not None and retired.recovery_point == "rejected"
+    assert later.scheduled == {}
+    with shop.transaction() as session:
+        assert unfinished_calls(session, idle_for=dt.timedelta(0), limit=10) == []
 
 
 @pytest.mark.parametrize(
