@@ -182,20 +182,28 @@ def _checked(order: Order, facts: dict[str, Any], now: dt.datetime) -> None:
         )
 
 
+def _ask_holder(
+    transaction: Transaction, order_id: int, holders: HolderFactory
+) -> tuple[AuthorizationHolder, CapturedPayment | None]:
+    """Ask where a capture of ours in doubt was made whether it went through (outside any
+    transaction: the caller checks again under the lock that the key is still in doubt)."""
+    with transaction() as session:
+        order = load_for_update(session, order_id)
+        facts, account, external_id = _facts(order), order.channel_account_id, order.external_id
+    holder = holders(_held_by_when_in_doubt(facts), account)
+    found = holder.find_capture(
+        order_external_id=external_id, authorization_id=facts.get("authorization_id")
+    )
+    return holder, found
+
+
 def _resolve_unfinished(
     transaction: Transaction, order_id: int, key: str, holders: HolderFactory
 ) -> Outcome | None:
     """The marketplace collected the money while our capture under ``key`` never finished: ask
     the holder whether our capture went through. Returns the outcome when it did (recorded as
     ours), or None once it is certain it did not (key retired)."""
-    with transaction() as session:
-        order = load_for_update(session, order_id)
-        facts, account, external_id = _facts(order), order.channel_account_id, order.external_id
-    held_by = _held_by_when_in_doubt(facts)
-    holder = holders(held_by, account)
-    found = holder.find_capture(
-        order_external_id=external_id, authorization_id=facts.get("authorization_id")
-    )
+    holder, found = _ask_holder(transaction, order_id, holders)
     with transaction() as session:
         order = load_for_update(session, order_id)
         row = idempotency.unfinished(session, f"capture:{order_id}")
@@ -217,13 +225,7 @@ def _settle_cut_short(
     call): ask the holder whether it went through. If it did, the money was taken: it is
     recorded as ours, a ``captured_after_cancel`` event shows it to staff and ``refund`` gives
     it back; if not, the key is retired. Either way nothing is left in doubt."""
-    with transaction() as session:
-        order = load_for_update(session, order_id)
-        facts, account, external_id = _facts(order), order.channel_account_id, order.external_id
-    holder = holders(_held_by_when_in_doubt(facts), account)
-    found = holder.find_capture(
-        order_external_id=external_id, authorization_id=facts.get("authorization_id")
-    )
+    holder, found = _ask_holder(transaction, order_id, holders)
     with transaction() as session:
         load_for_update(session, order_id)
         row = idempotency.unfinished(session, f"capture:{order_id}")
@@ -250,54 +252,51 @@ def capture(
 ) -> Outcome:
     """Capture (or record) the payment of a reserved order. ``refund`` gives back money
     captured after the order was cancelled."""
-    with transaction() as session:
-        order = load_for_update(session, order_id)
-        state = OrderState(order.state)
-        cut_short = None
-        if state == S.CANCELLED and not _has_payment(session, order_id):
-            cut_short = idempotency.unfinished(session, f"capture:{order_id}")
-        if cut_short is not None:
-            cut_key = cut_short.key  # our capture died in flight, then the order was cancelled
-        elif state != S.RESERVED:
-            return Outcome(f"skip: {state}", stop=state in DONE_OR_GONE | {S.NEW, S.ON_HOLD})
-    if cut_short is not None:
-        return _settle_cut_short(transaction, order_id, cut_key, holders, refund)
+    cut_short: str | None = None
     with transaction() as session:
         order = load_for_update(session, order_id)
         state = OrderState(order.state)
         if state != S.RESERVED:
-            return Outcome(f"skip: {state}", stop=state in DONE_OR_GONE | {S.NEW, S.ON_HOLD})
-        if _has_payment(session, order_id):
-            transition(session, order, S.PAID, actor=ACTOR)
-            return Outcome("already captured")
-        amount, currency, facts = order.total, order.currency, _facts(order)
-        account, external_id = order.channel_account_id, order.external_id
-        held_by = facts.get("held_by")
-        in_doubt: str | None = None
-        if order.payment_collected_by_marketplace:
-            pending = idempotency.unfinished(session, f"capture:{order_id}")
-            if pending is None:
-                _collected(session, order)
-                transition(session, order, S.PAID, actor=ACTOR, collected_by=order.channel)
-                return Outcome("collected by marketplace")
-            in_doubt = pending.key  # our capture may have gone through: settle that first
-        elif held_by is None:
-            financial = (order.financial_status or "").lower()
-            if financial in AWAITING_PAYMENT:
-                # nobody has paid or authorised yet (Amazon "Pending", a bank transfer): wait
-                # for the update that says so; intake pushes the order on then
-                return Outcome("awaiting the marketplace's payment", stop=True)
-            raise AuthorizationUnusable(
-                f"nothing to capture: the marketplace has not collected the payment "
-                f"(financial status {financial or 'unknown'}) and holds no authorization"
-            )
-        else:
-            _checked(order, facts, utcnow())
-            authorization = facts.get("authorization_id")
-            params = {"order_ref": str(order_id), "amount": str(amount), "currency": currency,
-                      "held_by": held_by, "authorization": authorization}  # fmt: skip
-            # a finished key would mean a recorded payment (same transaction): returned above
-            key = keys.claim(session, f"capture:{order_id}", params, point="capture_sent")
+            if state == S.CANCELLED and not _has_payment(session, order_id):
+                row = idempotency.unfinished(session, f"capture:{order_id}")
+                # our capture died in flight, then the order was cancelled: settled below
+                cut_short = row.key if row is not None else None
+            if cut_short is None:
+                return Outcome(f"skip: {state}", stop=state in DONE_OR_GONE | {S.NEW, S.ON_HOLD})
+        else:  # reserved
+            if _has_payment(session, order_id):
+                transition(session, order, S.PAID, actor=ACTOR)
+                return Outcome("already captured")
+            amount, currency, facts = order.total, order.currency, _facts(order)
+            account, external_id = order.channel_account_id, order.external_id
+            held_by = facts.get("held_by")
+            in_doubt: str | None = None
+            if order.payment_collected_by_marketplace:
+                pending = idempotency.unfinished(session, f"capture:{order_id}")
+                if pending is None:
+                    _collected(session, order)
+                    transition(session, order, S.PAID, actor=ACTOR, collected_by=order.channel)
+                    return Outcome("collected by marketplace")
+                in_doubt = pending.key  # our capture may have gone through: settle that first
+            elif held_by is None:
+                financial = (order.financial_status or "").lower()
+                if financial in AWAITING_PAYMENT:
+                    # nobody has paid or authorised yet (Amazon "Pending", a bank transfer): wait
+                    # for the update that says so; intake pushes the order on then
+                    return Outcome("awaiting the marketplace's payment", stop=True)
+                raise AuthorizationUnusable(
+                    f"nothing to capture: the marketplace has not collected the payment "
+                    f"(financial status {financial or 'unknown'}) and holds no authorization"
+                )
+            else:
+                _checked(order, facts, utcnow())
+                authorization = facts.get("authorization_id")
+                params = {"order_ref": str(order_id), "amount": str(amount), "currency": currency,
+                          "held_by": held_by, "authorization": authorization}  # fmt: skip
+                # a finished key would mean a recorded payment (same transaction): returned above
+                key = keys.claim(session, f"capture:{order_id}", params, point="capture_sent")
+    if cut_short is not None:
+        return _settle_cut_short(transaction, order_id, cut_short, holders, refund)
     if in_doubt is not None:
         resolved = _resolve_unfinished(transaction, order_id, in_doubt, holders)
         return resolved or capture(transaction, order_id, holders, keys, refund=refund)

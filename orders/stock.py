@@ -176,12 +176,16 @@ def mark_account_dirty(session: Session, account_id: int) -> None:
 # --- locations ----------------------------------------------------------------------------------
 
 
+class UnknownLocation(ValueError):
+    """No location of ours has that code (the message says which exist)."""
+
+
 def location_id(session: Session, code: str) -> int:
-    """Our location called ``code``; ValueError (saying which exist) when there is none."""
+    """Our location called ``code``; UnknownLocation (saying which exist) when there is none."""
     found = session.scalar(select(StockLocation.id).where(StockLocation.code == code))
     if found is None:
         known = ", ".join(session.scalars(select(StockLocation.code).order_by(StockLocation.id)))
-        raise ValueError(f"no stock location {code!r} (known: {known or 'none'})")
+        raise UnknownLocation(f"no stock location {code!r} (known: {known or 'none'})")
     return int(found)
 
 
@@ -449,7 +453,8 @@ def set_counts(
     session: Session, counts: list[tuple[str, str, int]], *, actor: str = "system"
 ) -> dict[str, int]:
     """Set many counts, ``(sku, location, on_hand)`` each, in the caller's transaction (all or
-    nothing: a ValueError names the first that cannot be set), as a stock file or a warehouse
+    nothing: a ValueError names the first that cannot be set, UnknownLocation a location we do
+    not have), as a stock file or a warehouse
     system sends them; the SKUs are locked in one order, whoever else sets counts at once, and
     their listings marked dirty once. Returns the units now available of each SKU."""
     seen: set[tuple[str, str]] = set()

@@ -785,18 +785,15 @@ def set_stock_counts(body: CountsIn, session: SessionDep, staff: Staff) -> dict[
     what ``PUT /stock/{sku}`` does for each, in one transaction. An unknown location is 404; a
     count below what open orders hold there, or a SKU counted twice at one location, 409 naming
     the SKU; nothing is set then."""
-    from orders.stock import location_id, set_counts
+    from orders.stock import UnknownLocation, set_counts
     from workflows.pipeline import release_waiting
 
     with session.begin():
         try:
-            for code in sorted({c.location for c in body.counts}):
-                location_id(session, code)
-        except ValueError as exc:
-            raise HTTPException(404, str(exc)) from None
-        try:
             available = set_counts(session, [(c.sku, c.location, c.on_hand) for c in body.counts],
                                    actor=staff.actor)  # fmt: skip
+        except UnknownLocation as exc:
+            raise HTTPException(404, str(exc)) from None
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from None
         released = sorted({o for sku in available for o in release_waiting(session, sku)})
@@ -817,16 +814,14 @@ def set_stock(
     """Set the counted quantity at one of our locations (``main`` by default); on-hold orders
     waiting for the SKU are pushed on, and the SKU's listings are pushed the new quantity. An
     unknown location is 404, a count below what open orders hold there 409."""
-    from orders.stock import location_id, set_on_hand
+    from orders.stock import UnknownLocation, set_on_hand
     from workflows.pipeline import release_waiting
 
     with session.begin():
         try:
-            location_id(session, location)
-        except ValueError as exc:
-            raise HTTPException(404, str(exc)) from None
-        try:
             available = set_on_hand(session, sku, on_hand, location=location, actor=staff.actor)
+        except UnknownLocation as exc:
+            raise HTTPException(404, str(exc)) from None
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from None
         waiting = release_waiting(session, sku)
