@@ -22,7 +22,6 @@ import pydantic
 from domain.canonical import (
     CanonicalOrder,
     CanonicalRefund,
-    PaymentFacts,
     RefundLine,
     to_decimal,
 )
@@ -62,15 +61,14 @@ _COLLECTED = frozenset({"paid", "partially_refunded", "refunded"})
 _AUTHORIZED = frozenset({"authorized", "partially_paid"})
 
 
-def _payment_facts(financial: str | None, gateways: list[str]) -> PaymentFacts:
-    """What Shopify's order says about its money: the gateway, and whether Shopify holds an
-    authorization for us to capture. The authorization itself (its transaction id, amount
-    and expiry) is read from the order's transactions when it is captured: neither the order
-    body nor the poll's order node carries them."""
-    return PaymentFacts(
-        gateway=gateways[0] if gateways else None,
-        held_by="marketplace" if financial in _AUTHORIZED else None,
-    )
+def _payment_facts(financial: str | None, gateways: list[str]) -> dict[str, Any]:
+    """What Shopify's order says about its money (``PaymentFacts``, validated with the order):
+    the gateway, and whether Shopify holds an authorization for us to capture. The
+    authorization itself (its transaction id, amount and expiry) is read from the order's
+    transactions when it is captured: neither the order body nor the poll's order node
+    carries them."""
+    return {"gateway": gateways[0] if gateways else None,
+            "held_by": "marketplace" if financial in _AUTHORIZED else None}  # fmt: skip
 
 
 def _describe(exc: pydantic.ValidationError, prefix: str) -> str:
