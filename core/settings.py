@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     # size never meets the task's hard limit
     sync_slice_pages: int = Field(default=50, ge=1)
     sync_slice_s: float = Field(default=120.0, gt=0)
+    # a long window's bulk export (Shopify) is read in up to this many byte ranges at once,
+    # each by slices of its own (on PostgreSQL; SQLite's one writer reads one)
+    sync_lanes: int = Field(default=2, ge=1, le=16)
 
     # stock out to the channels: changes of one account within this window go out in one
     # flush (bulk calls, the quantity as it is at send time)

@@ -53,6 +53,9 @@ class ConnectorSeams:
     limiter: RateLimiter | None = None
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+    #: in how many parts at once a long window may be read (``OrderPage.lanes``): the
+    #: marketplace's bulk export split by bytes, where it has one (Shopify)
+    lanes: int = 1
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,9 @@ class OrderPage:
     #: an opaque token that resumes the same window after this page (the marketplace's page
     #: cursor, page number or offset, with what the connector fixed on the first page)
     resume: str | None
+    #: the rest of the window split in parts read apart, a token each (each read on to its own
+    #: last page, whose ``resume`` is None); given instead of orders, on a page of its own
+    lanes: tuple[str, ...] = ()
 
 
 def orders_of(pages: Iterator[OrderPage]) -> Iterator[CanonicalOrder]:

@@ -24,8 +24,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import datetime as dt
+import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
@@ -73,6 +74,11 @@ class Page(Protocol):
     @property
     def resume(self) -> str | None: ...
 
+    @property
+    def lanes(self) -> Sequence[str]:
+        """The rest of the window in parts, a token each (a page of its own, no orders)."""
+        ...
+
 
 class PageSource(Protocol):
     """What a slice needs of the marketplace's connector."""
@@ -99,9 +105,28 @@ AfterIntake = Callable[[Session, Sequence[IntakeResult], int], None]
 @dataclass(frozen=True)
 class SliceOutcome:
     run_id: int
-    status: str  # "ok" (the window is read), "more" (another slice is needed), or "skip: …"
+    #: "ok" (the window is read, or this lane of it), "more" (another slice is needed),
+    #: "lanes" (the run is read in ``lanes``: a slice for each), or "skip: …"
+    status: str
     pages: int = 0
     orders: int = 0
+    lanes: tuple[int, ...] = ()
+
+
+#: a run read in lanes keeps them in its ``page_token``: ``lanes:{"0": token, "1": null, …}``
+#: (null: that lane is read to its end)
+_LANES = "lanes:"
+
+
+def _lane_tokens(token: str | None) -> dict[str, str | None] | None:
+    if token is None or not token.startswith(_LANES):
+        return None
+    lanes: dict[str, str | None] = json.loads(token[len(_LANES) :])
+    return lanes
+
+
+def _unread(lanes: Mapping[str, str | None]) -> tuple[int, ...]:
+    return tuple(sorted(int(lane) for lane, token in lanes.items() if token is not None))
 
 
 def start_run(
@@ -142,10 +167,17 @@ def run_slice(
     *,
     max_pages: int,
     max_seconds: float,
+    lane: int | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> SliceOutcome:
     """Read and apply up to ``max_pages`` pages (or ``max_seconds``) of the run, each page in
-    one transaction with its resume token."""
+    one transaction with its resume token.
+
+    A source may split the rest of the window in lanes (``Page.lanes``: a bulk export's file
+    by bytes): the run keeps a token per lane, and each lane is read by slices of its own
+    (``lane``), at once; each page's transaction sets its lane's token under the run's row
+    lock, and the page that ends the last lane ends the run. A slice of a run in lanes
+    without ``lane`` (the sweeper's) reads nothing and answers the lanes still unread."""
     with transaction() as session:
         run = session.get(SyncRun, run_id)
         if run is None or run.status not in UNFINISHED:
@@ -156,6 +188,13 @@ def run_slice(
         # a full sync, or a first one, reads a long window: the bulk export if there is one
         history = kind == "full" or (account is not None and account.poll_cursor is None)
         since, until, token = run.window_from, run.window_to, run.page_token
+        lanes = _lane_tokens(token)
+        if lanes is not None and lane is None:
+            return SliceOutcome(run_id, "lanes", lanes=_unread(lanes))
+        if lane is not None:
+            token = lanes.get(str(lane)) if lanes is not None else None
+            if token is None:
+                return SliceOutcome(run_id, f"skip: lane {lane} is read")
         run.status = "running"
     assert since is not None and until is not None
     started = clock()
@@ -163,13 +202,16 @@ def run_slice(
     read = source.fetch_history if history else source.fetch_pages
     with _ReadAhead(read(since, until, token)) as ahead:
         for page in ahead:
+            if page.lanes:
+                split = _split(transaction, run_id, page.lanes)
+                return SliceOutcome(run_id, "lanes", pages, orders, lanes=split)
             # decided as the page comes in: the next one is read while this one is applied
             more = pages + 1 < max_pages and clock() - started < max_seconds
             window_end = source.last_window_end  # as the source left it with this page
             if more and page.resume is not None:
                 ahead.read_next()
             _apply(transaction, run_id, account_id, kind, channel, page, after_intake,
-                   window_end)  # fmt: skip
+                   window_end, lane)  # fmt: skip
             pages, orders = pages + 1, orders + len(page.orders)
             if page.resume is None:
                 return SliceOutcome(run_id, "ok", pages, orders)
@@ -226,6 +268,17 @@ class _ReadAhead:
             close()
 
 
+def _split(transaction: Transaction, run_id: int, tokens: Sequence[str]) -> tuple[int, ...]:
+    """The run is read in lanes from now on, a token each."""
+    lanes = {str(n): token for n, token in enumerate(tokens)}
+    with transaction() as session:
+        session.execute(update(SyncRun).where(SyncRun.id == run_id)
+                        .values(page_token=_LANES + json.dumps(lanes, separators=(",", ":")),
+                                heartbeat_at=utcnow()))  # fmt: skip
+    log.info("sync.lanes", run_id=run_id, lanes=len(lanes))
+    return _unread(lanes)
+
+
 def _apply(
     transaction: Transaction,
     run_id: int,
@@ -235,9 +288,10 @@ def _apply(
     page: Page,
     after_intake: AfterIntake,
     window_end: dt.datetime | None,
+    lane: int | None = None,
 ) -> None:
     """One page's orders applied, with its resume token and the run's progress, in one
-    transaction (the run finished with its last page)."""
+    transaction (the run finished with its last page, or its last lane's)."""
     with transaction() as session:
         seen = changed = created = repaired = flagged = 0
         results = apply_page(session, account_id, page.orders, actor=f"{kind}:{channel}")
@@ -252,8 +306,16 @@ def _apply(
             results, flagged = checked.results, checked.flagged
             repaired += checked.repaired
         after_intake(session, results, account_id)
+        token, done = page.resume, page.resume is None
+        if lane is not None:  # the run's row lock, last: lanes commit their pages in turn
+            stored = session.scalar(select(SyncRun.page_token).where(SyncRun.id == run_id)
+                                    .with_for_update())  # fmt: skip
+            lanes = _lane_tokens(stored) or {}
+            lanes[str(lane)] = page.resume
+            token = _LANES + json.dumps(lanes, separators=(",", ":"))
+            done = not _unread(lanes)
         values = {
-            "page_token": page.resume,
+            "page_token": token,
             "pages": SyncRun.pages + 1,
             "orders_seen": SyncRun.orders_seen + seen,
             "orders_changed": SyncRun.orders_changed + changed,
@@ -265,7 +327,7 @@ def _apply(
         if window_end is not None:  # the marketplace bounded the window
             values["window_to"] = window_end
         session.execute(update(SyncRun).where(SyncRun.id == run_id).values(**values))
-        if page.resume is None:
+        if done:
             _finish(session, run_id, account_id)
 
 

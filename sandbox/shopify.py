@@ -1213,7 +1213,7 @@ class ShopifySimulator:
         gid = f"gid://shopify/BulkOperation/{720918 + len(self.bulk_operations)}"
         self.bulk_operations[gid] = {
             "id": gid, "status": "CREATED", "errorCode": None, "objectCount": "0",
-            "rootObjectCount": "0", "url": None,
+            "rootObjectCount": "0", "fileSize": None, "url": None,
             "search": search.group(1).replace('\\"', '"') if search else "",
         }  # fmt: skip
         operation = {"id": gid, "status": "CREATED"}
@@ -1255,6 +1255,7 @@ class ShopifySimulator:
                 last = page[-1]
                 after = (_parse_time(last["updated_at"]), int(last["id"]))
         op.update(status="COMPLETED", rootObjectCount=str(roots), objectCount=str(objects),
+                  fileSize=str(path.stat().st_size) if roots else None,
                   url=f"{self._public_url}/_bulk/{number}.jsonl" if roots else None,
                   _completed_at=self._clock())  # fmt: skip
 

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from core.settings import get_settings
 from db.base import utcnow
 from db.models import ChannelAccount, OutboxMessage, SyncRun
+from db.session import get_engine
 from integrations.base import ConnectorSeams, MarketplaceConnector
 from orders.intake import apply_order
 from orders.syncing import (
@@ -57,9 +58,16 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 
-def _connector(account: ChannelAccount) -> MarketplaceConnector:
-    """A new connector for one run (the caller closes it), on the buckets every worker shares."""
-    return connector_for(account, ConnectorSeams(limiter=shared_limiter()))
+def _connector(account: ChannelAccount, lanes: int = 1) -> MarketplaceConnector:
+    """A new connector for one run (the caller closes it), on the buckets every worker shares;
+    ``lanes``: in how many parts at once it may read a long window."""
+    return connector_for(account, ConnectorSeams(limiter=shared_limiter(), lanes=lanes))
+
+
+def _lanes() -> int:
+    """``sync_lanes`` on PostgreSQL; one on SQLite (one writer: lanes would take turns)."""
+    postgres = get_engine().dialect.name == "postgresql"
+    return get_settings().sync_lanes if postgres else 1
 
 
 def _start(
@@ -74,10 +82,11 @@ def _start(
         return open_run(session, account_id, kind, since, reconcile_report_id=report_id)
 
 
-def _slice(task: OrdersyncTask, run_id: int) -> dict[str, Any]:
-    """One slice of the run (``orders.syncing.run_slice``); the next one is published when
-    there is more. A failure is booked on the run (``retrying``, ``parked`` or ``failed``,
-    the page token kept) before the task retries."""
+def _slice(task: OrdersyncTask, run_id: int, lane: int | None = None) -> dict[str, Any]:
+    """One slice of the run (``orders.syncing.run_slice``), or of one of its lanes; the next
+    one is published when there is more, one for each lane when the run is (or was just
+    found) read in lanes. A failure is booked on the run (``retrying``, ``parked`` or
+    ``failed``, the page token kept) before the task retries."""
     settings = get_settings()
     with task.transaction() as session:
         run = session.get(SyncRun, run_id)
@@ -89,18 +98,17 @@ def _slice(task: OrdersyncTask, run_id: int) -> dict[str, Any]:
         # worker died may find the run it was reading finished and start the next one, and
         # with the same lock name it takes its own lock back (the token is its task id)
         # instead of leaving the dead one's to run out its TTL
-        with redis_lock(
-            f"sync:{account.id}:{run.kind}", str(task.request.id),
-            ttl_s=settings.task_time_limit_s,
-        ):  # fmt: skip
+        # a lane has a reader of its own
+        reader = f"sync:{account.id}:{run.kind}" + ("" if lane is None else f":{lane}")
+        with redis_lock(reader, str(task.request.id), ttl_s=settings.task_time_limit_s):
             connector: MarketplaceConnector | None = None
             try:
                 # inside the try: an account that cannot be connected (credentials, bad rate
                 # limits) fails its run instead of leaving it "running"
-                connector = _connector(account)
+                connector = _connector(account, _lanes())
                 outcome = run_slice(task.transaction, run_id, connector, after_page,
                                     max_pages=settings.sync_slice_pages,
-                                    max_seconds=settings.sync_slice_s)  # fmt: skip
+                                    max_seconds=settings.sync_slice_s, lane=lane)  # fmt: skip
             except Exception as exc:
                 status, error = _failed_run(task, exc)
                 with task.transaction() as session:
@@ -112,10 +120,12 @@ def _slice(task: OrdersyncTask, run_id: int) -> dict[str, Any]:
     except LockBusy:  # the same slice is being read (a redelivery, or the sweeper's)
         return {"run_id": run_id, "status": "already running"}
     if outcome.status == "more":
-        sync_slice.delay(run_id)
-    log.info("sync.slice", run_id=run_id, status=outcome.status, pages=outcome.pages,
-             orders=outcome.orders)  # fmt: skip
-    return {"run_id": run_id, "status": outcome.status, "pages": outcome.pages,
+        sync_slice.delay(run_id, lane)
+    for each in outcome.lanes:
+        sync_slice.delay(run_id, each)
+    log.info("sync.slice", run_id=run_id, lane=lane, status=outcome.status,
+             pages=outcome.pages, orders=outcome.orders)  # fmt: skip
+    return {"run_id": run_id, "lane": lane, "status": outcome.status, "pages": outcome.pages,
             "orders": outcome.orders}  # fmt: skip
 
 
@@ -168,10 +178,11 @@ def full_sync_account(
 
 
 @app.task(base=SyncTask, bind=True, name="ordersync.sync.sync_slice", ignore_result=True)
-def sync_slice(self: OrdersyncTask, run_id: int) -> dict[str, Any]:
-    """The next slice of a run (published by the previous slice, or by the sweeper for a run
-    whose worker died)."""
-    return _slice(self, run_id)
+def sync_slice(self: OrdersyncTask, run_id: int, lane: int | None = None) -> dict[str, Any]:
+    """The next slice of a run, or of one of its lanes (published by the previous slice, or by
+    the sweeper for a run whose worker died: without a lane, which publishes one for each lane
+    still unread)."""
+    return _slice(self, run_id, lane)
 
 
 @app.task(base=OrdersyncTask, bind=True, name="ordersync.sync.refresh_order", ignore_result=True)

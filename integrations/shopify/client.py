@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -330,7 +330,8 @@ class ShopifyClient(ApiClient):
         return str(operation["id"])
 
     def bulk_operation(self, gid: str) -> dict[str, Any]:
-        """The operation's ``status``, ``errorCode``, ``objectCount`` and ``url``."""
+        """The operation's ``status``, ``errorCode``, ``objectCount``, ``fileSize`` (bytes, a
+        string: ``UnsignedInt64``) and ``url``."""
         data = self.graphql("BulkOperation", q.BULK_OPERATION, {"id": gid}, cost=1)
         node = data.get("node")
         if not isinstance(node, dict) or not isinstance(node.get("status"), str):
@@ -338,8 +339,8 @@ class ShopifyClient(ApiClient):
         return node
 
     def bulk_lines(
-        self, url: str, skip: int = 0, *, start: int = 0
-    ) -> Iterator[tuple[dict[str, Any], bool, int]]:
+        self, url: str, skip: int = 0, *, start: int = 0, from_byte: bool = False
+    ) -> Generator[tuple[dict[str, Any], bool, int], None, None]:
         """The result file's objects, one per line, read as a stream (never held whole), after
         the first ``skip`` objects (blank lines are not counted), each with whether its text
         may hold a lone surrogate (``domain.canonical.may_hold_surrogates``) and the byte of
@@ -350,7 +351,16 @@ class ShopifyClient(ApiClient):
         gave it): the file is asked from there with a ``Range`` request (Cloud Storage answers
         206 with that part only), so a slice that resumes a large export does not download and
         split again every line before it. A server that ignores the range (200, the whole
-        file) is read from the start, ``skip`` objects counted past as without it."""
+        file) is read from the start, ``skip`` objects counted past as without it.
+
+        ``from_byte`` (a lane of the file, ``ShopifyConnector``): the objects whose lines begin
+        at ``start`` or after, whatever byte that is, even one inside a line; ``skip`` is not
+        used. The file is asked from the byte before, so the line cut there, or the newline
+        that ends the line before, is seen and passed over."""
+        if from_byte:
+            skip, start, first = 0, max(start - 1, 0), start
+        else:
+            first = 0
         headers = {"Range": f"bytes={start}-"} if start > 0 else None
         try:
             with self.http.stream("GET", url, headers=headers) as response:
@@ -368,7 +378,7 @@ class ShopifyClient(ApiClient):
                     raise cls(f"bulk result: HTTP {status}", status=status)
                 for raw in _jsonl_lines(response.iter_bytes()):
                     begins, at = at, at + len(raw) + 1
-                    if not raw.strip():
+                    if begins < first or not raw.strip():
                         continue
                     number += 1
                     if number <= skip:

@@ -78,13 +78,29 @@ BULK_POLL_MAX_S = 10.0
 _BULK = "bulk:"
 
 
-def _bulk_token(gid: str, at: int, byte: int = 0) -> str:
+#: the least of a result file a lane reads (about 1,000 orders): a smaller file is one lane
+LANE_MIN_BYTES = 2 * 1024 * 1024
+
+
+def _bulk_token(gid: str, at: int, byte: int = 0, *, lane: tuple[int | None] | None = None) -> str:
     """Where a bulk export's reading stands: the operation, the objects read and the byte of
-    the result file at which the next one begins (0 while unknown)."""
+    the result file at which the next one begins (0 while unknown). A lane's (``lane``: the
+    byte where it ends, None for the last) counts bytes only: its orders are those whose line
+    begins in ``[byte, end)``."""
     state: dict[str, Any] = {"op": gid, "at": at}
     if byte:
         state["byte"] = byte
+    if lane is not None:
+        state["end"] = lane[0]
     return _BULK + json.dumps(state, separators=(",", ":"))
+
+
+def lane_bounds(size: int, lanes: int, least: int) -> list[tuple[int, int | None]]:
+    """A result file of ``size`` bytes cut in at most ``lanes`` ranges of ``least`` bytes or
+    more, ``(start, end)`` each (the last ends with the file: None)."""
+    n = max(1, min(lanes, size // max(least, 1)))
+    cuts = [size * i // n for i in range(n + 1)]
+    return [(cuts[i], cuts[i + 1] if i + 1 < n else None) for i in range(n)]
 
 
 def _search(since: dt.datetime, until: dt.datetime | None) -> str:
@@ -161,6 +177,7 @@ class ShopifyConnector(PagedOrders):
             )
         self.account = account
         self.clock = seams.clock
+        self.lanes = max(1, seams.lanes)
         self.last_window_end: dt.datetime | None = None  # the window asked for is read whole
         self.notify_customer = notify_customer
         self.client = ShopifyClient(
@@ -231,6 +248,8 @@ class ShopifyConnector(PagedOrders):
         state = json.loads(resume[len(_BULK) :]) if resume else {}
         gid: str | None = state.get("op")
         at, byte = int(state.get("at") or 0), int(state.get("byte") or 0)
+        in_lane = "end" in state
+        end: int | None = int(state["end"]) if state.get("end") is not None else None
         restarted = False
         wait = BULK_POLL_S
         while True:
@@ -244,8 +263,10 @@ class ShopifyConnector(PagedOrders):
                 break
             if status in ("FAILED", "CANCELED", "CANCELING", "EXPIRED"):
                 # an expired result (older than 7 days) or a failed export: once more from
-                # the start (pages already applied are applied again: newer data wins)
-                if restarted:
+                # the start (pages already applied are applied again: newer data wins); a
+                # lane cannot (the others read the old file), so its run fails and the next
+                # run exports again
+                if restarted or in_lane:
                     raise ServerError(f"bulk export {status} {operation.get('errorCode')}",
                                       code=str(operation.get("errorCode") or status))  # fmt: skip
                 log.warning("shopify.bulk_restart", account=self.account.name, status=status,
@@ -259,26 +280,41 @@ class ShopifyConnector(PagedOrders):
         if not url:  # no order in the window: Shopify makes no file
             yield OrderPage([], None)
             return
+        if not in_lane and at == 0 and byte == 0 and self.lanes > 1:
+            bounds = lane_bounds(int(operation.get("fileSize") or 0), self.lanes, LANE_MIN_BYTES)
+            if len(bounds) > 1:  # read in lanes, each from its own slices
+                lanes = tuple(_bulk_token(gid, 0, start, lane=(stop,)) for start, stop in bounds)
+                log.info("shopify.bulk_lanes", account=self.account.name, operation=gid,
+                         lanes=len(lanes), bytes=operation.get("fileSize"))  # fmt: skip
+                yield OrderPage([], None, lanes=lanes)
+                return
         orders: list[CanonicalOrder] = []
         current: dict[str, Any] | None = None
         lines: list[dict[str, Any]] = []
         escaped = False  # a line of the current order may hold a surrogate
         read = at
-        for item, may_hold, begins in self.client.bulk_lines(str(url), skip=at, start=byte):
+        lane = (end,) if in_lane else None
+        items = self.client.bulk_lines(str(url), skip=at, start=byte, from_byte=in_lane)
+        for item, may_hold, begins in items:
             parent = item.pop("__parentId", None)
             if parent is None:  # the next order: the one before is whole
+                if end is not None and begins >= end:
+                    break  # the next lane's first order
                 if current is not None:
                     orders.append(self._bulk_order(current, lines, escaped))
                     if len(orders) >= BULK_PAGE_SIZE:  # resumed at this order's first byte
-                        yield OrderPage(orders, _bulk_token(gid, read, begins))
+                        yield OrderPage(orders, _bulk_token(gid, read, begins, lane=lane))
                         orders = []
                 current, lines, escaped = item, [], may_hold
+            elif current is None and in_lane:
+                continue  # a lane begins inside the lines of the lane before's last order
             elif current is None or parent != current.get("id"):
                 raise PayloadError("bulk result: a line item away from its order (not grouped)")
             else:
                 lines.append(item)
                 escaped = escaped or may_hold
             read += 1
+        items.close()  # a lane leaves the file before its end: the download stops
         if current is not None:
             orders.append(self._bulk_order(current, lines, escaped))
         yield OrderPage(orders, None)

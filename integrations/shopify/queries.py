@@ -343,7 +343,7 @@ mutation BulkOperationRunQuery($query: String!) {
 BULK_OPERATION = """
 query BulkOperation($id: ID!) {
   node(id: $id) {
-    ... on BulkOperation { id status errorCode objectCount rootObjectCount url }
+    ... on BulkOperation { id status errorCode objectCount rootObjectCount fileSize url }
   }
 }
 """

@@ -214,6 +214,55 @@ def test_a_bulk_export_streams_every_order_with_its_lines_in_pages_and_resumes(
     shopify.close()
 
 
+@pytest.mark.parametrize("lanes", [2, 3, 7])
+def test_a_bulk_export_read_in_lanes_gives_every_order_once_wherever_the_bytes_are_cut(
+    sim: ShopifySimulator, base_url: str, monkeypatch: pytest.MonkeyPatch, lanes: int
+) -> None:
+    # given: 300 orders of 1 to 3 lines, the file cut in ``lanes`` ranges of equal bytes (each
+    # cut falls inside some line: an order's or a line item's), pages of 40 orders
+    import integrations.shopify.connector as shopify_connector
+
+    monkeypatch.setattr(shopify_connector, "LANE_MIN_BYTES", 1)
+    monkeypatch.setattr(shopify_connector, "BULK_PAGE_SIZE", 40)
+    sim.add_orders(300)
+    poller = ShopifyConnector(account(base_url), cost_bucket=CostBucket())
+    polled = {o.external_id: o for o in poller.fetch_updated_orders(SINCE)}
+    poller.close()
+    seams = ConnectorSeams(sleep=lambda s: None, lanes=lanes)
+    shopify = ShopifyConnector(account(base_url), seams, cost_bucket=CostBucket())
+
+    # when: the export runs, then its split page names the lanes; each lane is read, lane 1
+    # stopped after its first page and resumed from that page's token
+    pages = list(shopify.fetch_history(SINCE, None))
+    assert [len(p.orders) for p in pages[:-1]] == [0] * (len(pages) - 1)
+    assert pages[-1].resume is None and len(pages[-1].lanes) == lanes
+    exported = []
+    for n, token in enumerate(pages[-1].lanes):
+        read = shopify.fetch_history(SINCE, None, token)
+        if n == 1:
+            first = next(read)  # the rest of that read is dropped (the stream closed with it)
+            assert first.resume is not None and first.resume.startswith("bulk:")
+            exported += first.orders
+            read = shopify.fetch_history(SINCE, None, first.resume)
+        lane = list(read)
+        assert lane[-1].resume is None  # each lane ends by itself
+        assert all(len(p.orders) <= 40 for p in lane)
+        exported += [o for p in lane for o in p.orders]
+
+    # then: every order once, whole (its lines), as the poll has it; one export; every lane
+    # but the first asked the file from the byte before its range
+    assert sorted(o.external_id for o in exported) == sorted(polled)
+    for order in exported:
+        assert order.model_dump() == polled[order.external_id].model_dump()
+    assert [op for op, _ in sim.request_log].count("BulkOperationRunQuery") == 1
+    ranges = [r for _, r in sim.bulk_downloads]
+    assert ranges.count(None) == 1 and len(ranges) == lanes + 1
+    [operation] = sim.bulk_operations.values()
+    for start, _ in shopify_connector.lane_bounds(int(operation["fileSize"]), lanes, 1)[1:]:
+        assert f"bytes={start - 1}-" in ranges
+    shopify.close()
+
+
 def test_a_bulk_export_cleans_half_pairs_wherever_its_json_escapes_them(
     sim: ShopifySimulator, base_url: str
 ) -> None:

@@ -3,7 +3,8 @@ processes SIGKILLed mid-run (a new one started each time), Beat's sweeper, Redis
 simulator over real HTTP. A first sync reads Shopify's bulk export (its operation started, asked
 about, then its JSONL result in pages of 250 orders), so a kill may land while the export runs
 or between pages of its result. The run ends with every order once, one export, and the cursor
-at its window's end.
+at its window's end. On PostgreSQL the result is read in two lanes (byte ranges of the file, a
+slice of each at once on the worker's two processes), and a kill takes both.
 """
 
 from __future__ import annotations
@@ -27,10 +28,14 @@ from tests.support.world import World, running_world
 
 pytestmark = pytest.mark.slow
 
-ORDERS = 1000
-#: the export started, one question while it runs, then 4 pages of 250 orders; a page a slice
-#: (a slice resumed after a kill may find the export done at its first question: one fewer)
-PAGES = 6
+#: SQLite: the export started, one question while it runs, then 4 pages of 250 orders; a page
+#: a slice (a slice resumed after a kill may find the export done at its first question: one
+#: fewer). PostgreSQL: 2,400 orders (about 4.8 MB, two lanes of ``LANE_MIN_BYTES`` or more),
+#: the same two pages, then 5 pages in each lane
+CASES = [
+    pytest.param("sqlite", 1000, 6, id="sqlite"),
+    pytest.param("postgres", 2400, 12, id="postgres-lanes", marks=pytest.mark.postgres),
+]
 
 
 def _run(world: World, account_id: int) -> SyncRun | None:
@@ -49,17 +54,23 @@ def _kill(world: World, worker: Child) -> None:
     worker.process.wait()
 
 
-@pytest.mark.parametrize("seed", [1])
+@pytest.mark.parametrize(("database", "orders", "pages"), CASES)
 def test_a_first_sync_killed_at_random_pages_resumes_and_ends_with_every_order_once(
-    tmp_path: Path, redis_url: str, seed: int
+    tmp_path: Path, redis_url: str, request: pytest.FixtureRequest, database: str, orders: int,
+    pages: int,
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'ordersync.db'}"
-    settings = {"ORDERSYNC_SYNC_SLICE_PAGES": "1", "ORDERSYNC_SWEEP_AFTER_S": "4"}
+    seed = 1
+    if database == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ordersync.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    settings = {"ORDERSYNC_SYNC_SLICE_PAGES": "1", "ORDERSYNC_SWEEP_AFTER_S": "4",
+                "ORDERSYNC_SYNC_LANES": "2"}  # fmt: skip
     with running_world(url, redis_url, tmp_path / "var", workers=1, beat=True,
                        extra_env=settings) as world:  # fmt: skip
         # given: a Shopify account with a history of ORDERS orders, never polled
         spec = world.sandbox.accounts("unused")["shopify"]
-        created = set(world.sandbox.shopify.add_orders(ORDERS))
+        created = set(world.sandbox.shopify.add_orders(orders))
         # the marketplace's search is second-granular: a window that ends in the second the
         # orders were made would leave them to the next poll. The account exists only after
         # that second, so whichever poll starts the first sync (ours below, or Beat's
@@ -73,7 +84,7 @@ def test_a_first_sync_killed_at_random_pages_resumes_and_ends_with_every_order_o
             session.add(account)
             session.flush()
             account_id = account.id
-        kills = sorted(random.Random(seed).sample(range(1, PAGES), 2))
+        kills = sorted(random.Random(seed).sample(range(1, pages), 2))
 
         # when: the first poll runs, and its worker is killed as the run reaches random pages
         probe = Celery("probe", broker=world.redis_url)
@@ -92,7 +103,7 @@ def test_a_first_sync_killed_at_random_pages_resumes_and_ends_with_every_order_o
             return run if run is not None and run.status == "ok" else None
 
         run = wait_until(finished, timeout=180, what="the run finished")
-        assert run.pages >= PAGES - 1 and run.page_token is None
+        assert run.pages >= pages - 1 and run.page_token is None
         with world.maker() as session:
             ids = session.scalars(
                 select(Order.external_id).where(Order.channel_account_id == account_id)
@@ -105,3 +116,11 @@ def test_a_first_sync_killed_at_random_pages_resumes_and_ends_with_every_order_o
         assert stored.poll_cursor == run.window_to
         requests = [op for op, _ in world.sandbox.shopify.request_log]
         assert requests.count("BulkOperationRunQuery") == 1
+        if database == "postgres":  # the second lane was asked from the byte before its range
+            from integrations.shopify.connector import LANE_MIN_BYTES, lane_bounds
+
+            [operation] = world.sandbox.shopify.bulk_operations.values()
+            bounds = lane_bounds(int(operation["fileSize"]), 2, LANE_MIN_BYTES)
+            assert len(bounds) == 2
+            ranges = [asked for _, asked in world.sandbox.shopify.bulk_downloads]
+            assert f"bytes={bounds[1][0] - 1}-" in ranges

@@ -51,6 +51,7 @@ def _order(n: int, version: int = 0) -> CanonicalOrder:
 class _Page:
     orders: list[CanonicalOrder]
     resume: str | None
+    lanes: tuple[str, ...] = ()
 
 
 class FakeMarketplace:
@@ -342,3 +343,128 @@ def test_the_night_reports_on_every_account_we_can_ask_and_a_failed_run_totals_i
     assert report.finished_at is not None and report.errors == 1
     assert (failed.status, failed.error) == ("failed", "AuthenticationError: token revoked")
     assert failed.finished_at is not None
+
+
+LANES = 3
+
+
+class LanedMarketplace(FakeMarketplace):
+    """A long window split in ``LANES`` lanes (as a bulk export's file by bytes): lane ``k``
+    holds every ``LANES``-th order from ``k``, in pages of ``PAGE``; a lane's token is
+    ``k:page``. It can kill the worker reading page ``kill_at`` of lane ``kill_lane``."""
+
+    def __init__(self, orders: int, *, kill_lane: int | None = None, kill_at: int = 0) -> None:
+        super().__init__(orders)
+        self.kill_lane, self.kill_at_page = kill_lane, kill_at
+        self.lane_asked: list[tuple[int, int]] = []
+        self._lock = threading.Lock()
+
+    def fetch_history(
+        self, since: dt.datetime, until: dt.datetime | None, resume: str | None = None
+    ) -> Iterator[_Page]:
+        if resume is None:
+            yield _Page([], None, lanes=tuple(f"{k}:0" for k in range(LANES)))
+            return
+        lane, page = (int(part) for part in resume.split(":"))
+        mine = self.orders[lane::LANES]
+        while True:
+            with self._lock:
+                self.lane_asked.append((lane, page))
+            if (lane, page) == (self.kill_lane, self.kill_at_page):
+                self.kill_lane = None
+                raise WorkerKilled
+            last = (page + 1) * PAGE >= len(mine)
+            chunk = mine[page * PAGE : (page + 1) * PAGE]
+            yield _Page(chunk, None if last else f"{lane}:{page + 1}")
+            if last:
+                return
+            page += 1
+
+
+def _first_sync(shop: Shop) -> int:
+    with shop.transaction() as session:  # never polled: the run reads the long window
+        return start_run(session, shop.account.id, "full", window_from=SINCE, window_to=NOW)
+
+
+def test_a_run_split_in_lanes_is_read_by_a_slice_per_lane_at_once_and_ends_once(
+    shop: Shop,
+) -> None:
+    # given: 50 orders that the source splits in 3 lanes (17, 17 and 16 orders: 5, 5 and 4
+    # pages), slices of at most 2 pages
+    source, followed = LanedMarketplace(50), Followed()
+    run_id = _first_sync(shop)
+
+    # when: the first slice runs, it splits the run and reads no order
+    first = run_slice(shop.transaction, run_id, source, followed, max_pages=2, max_seconds=60)
+    assert (first.status, first.lanes, first.orders) == ("lanes", (0, 1, 2), 0)
+    [run] = shop.rows(SyncRun)
+    assert run.status == "running" and (run.page_token or "").startswith("lanes:")
+    # a slice without a lane (the sweeper's) answers the lanes still unread, reading nothing
+    swept = run_slice(shop.transaction, run_id, source, followed, max_pages=2, max_seconds=60)
+    assert (swept.status, swept.lanes) == ("lanes", (0, 1, 2)) and source.lane_asked == []
+
+    # when: each lane is read by slices of its own, the three at once
+    start = threading.Barrier(LANES)
+    outcomes: dict[int, list[str]] = defaultdict(list)
+
+    def read(lane: int) -> None:
+        start.wait(timeout=10)
+        while True:
+            outcome = run_slice(shop.transaction, run_id, source, followed, max_pages=2,
+                                max_seconds=60, lane=lane)  # fmt: skip
+            outcomes[lane].append(outcome.status)
+            if outcome.status != "more":
+                return
+
+    threads = [threading.Thread(target=read, args=(lane,)) for lane in range(LANES)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    # then: every lane read to its end once, every order once, and the run ended once, by
+    # the lane that committed the last page (the cursor at the window's end)
+    assert {lane: statuses[-1] for lane, statuses in outcomes.items()} == dict.fromkeys(
+        range(LANES), "ok"
+    )
+    assert sorted(source.lane_asked) == [*((0, p) for p in range(5)), *((1, p) for p in range(5)),
+                                         *((2, p) for p in range(4))]  # fmt: skip
+    assert _orders(shop) == 50 and len(followed.created) == len(set(followed.created)) == 50
+    [run] = shop.rows(SyncRun)
+    assert (run.status, run.pages, run.orders_seen, run.page_token) == ("ok", 14, 50, None)
+    assert shop.rows(ChannelAccount)[0].poll_cursor == NOW
+    again = run_slice(shop.transaction, run_id, source, followed, max_pages=2, max_seconds=60,
+                      lane=1)  # fmt: skip
+    assert again.status == "skip: ok"
+
+
+def test_a_lane_killed_at_a_page_loses_only_that_page_and_the_other_lanes_go_on(
+    shop: Shop,
+) -> None:
+    # given: a run in 3 lanes; the worker of lane 1 dies reading its page 2
+    source, followed = LanedMarketplace(50, kill_lane=1, kill_at=2), Followed()
+    run_id = _first_sync(shop)
+    assert run_slice(shop.transaction, run_id, source, followed, max_pages=10,
+                     max_seconds=60).status == "lanes"  # fmt: skip
+    with pytest.raises(WorkerKilled):
+        run_slice(shop.transaction, run_id, source, followed, max_pages=10, max_seconds=60,
+                  lane=1)  # fmt: skip
+    for lane in (0, 2):
+        done = run_slice(shop.transaction, run_id, source, followed, max_pages=10,
+                         max_seconds=60, lane=lane)  # fmt: skip
+        assert done.status == "ok"
+
+    # then: the run waits for lane 1, which the sweeper's slice names, and it goes on from
+    # its last committed page
+    [run] = shop.rows(SyncRun)
+    assert run.status == "running" and _orders(shop) == 17 + 2 * PAGE + 16
+    swept = run_slice(shop.transaction, run_id, source, followed, max_pages=10, max_seconds=60)
+    assert (swept.status, swept.lanes) == ("lanes", (1,))
+    done = run_slice(shop.transaction, run_id, source, followed, max_pages=10, max_seconds=60,
+                     lane=1)  # fmt: skip
+    assert done.status == "ok"
+    assert [p for lane, p in source.lane_asked if lane == 1] == [0, 1, 2, 2, 3, 4]
+    assert _orders(shop) == 50 and len(followed.created) == len(set(followed.created)) == 50
+    [run] = shop.rows(SyncRun)
+    assert (run.status, run.page_token) == ("ok", None)
+    assert shop.rows(ChannelAccount)[0].poll_cursor == NOW
