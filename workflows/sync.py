@@ -9,7 +9,10 @@
   the same intake as webhooks (a poll and a webhook for the same order make one order, newest
   data winning) in one transaction with the token that resumes after it; a slice stops after
   ``SYNC_SLICE_PAGES`` pages or ``SYNC_SLICE_S`` and publishes ``sync_slice(run_id)`` for the
-  next. The cursor moves when the whole window was read. A marketplace that asks us to wait
+  next. A long window that the source splits (a Shopify bulk export of 2 MB or more, on
+  PostgreSQL) is read in lanes: ``sync_slice(run_id, lane)`` for each, at once on the free
+  worker processes of the ``sync`` queue, each lane with its own lock and slices. The cursor
+  moves when the whole window was read. A marketplace that asks us to wait
   longer than ``PARK_AFTER_S`` parks the run (``parked``, its token kept; the sweeper publishes
   it again when the wait is over); a run whose worker died is resumed by the sweeper.
 - ``ordersync.sync.full_sync_all`` (Beat, nightly): a ``reconcile_reports`` row, then

@@ -896,3 +896,24 @@ def test_a_bulk_result_line_that_is_not_utf8_is_read_with_replacement_not_droppe
     [(item, may_hold, _)] = list(connector(time_).client.bulk_lines(url))
 
     assert item["note"] == "caf\ufffd" and may_hold is False
+
+
+@pytest.mark.parametrize(
+    ("size", "lanes", "least", "expected"),
+    [
+        (10, 3, 1, [(0, 3), (3, 6), (6, None)]),
+        (5_000_000, 2, 2_000_000, [(0, 2_500_000), (2_500_000, None)]),
+        (3_000_000, 4, 2_000_000, [(0, None)]),  # not two lanes' worth: one
+        (9_000_000, 4, 2_000_000, [(0, 2_250_000), (2_250_000, 4_500_000),
+                                   (4_500_000, 6_750_000), (6_750_000, None)]),
+        (0, 2, 2_000_000, [(0, None)]),  # no size given (fileSize null)
+    ],
+)  # fmt: skip
+def test_a_bulk_result_is_cut_in_lanes_of_at_least_the_least_bytes_covering_it_once(
+    size: int, lanes: int, least: int, expected: list[tuple[int, int | None]]
+) -> None:
+    from integrations.shopify.connector import lane_bounds
+
+    bounds = lane_bounds(size, lanes, least)
+    assert bounds == expected
+    assert [start for start, _ in bounds[1:]] == [end for _, end in bounds[:-1]]
