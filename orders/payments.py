@@ -218,6 +218,16 @@ def _resolve_unfinished(
     return None
 
 
+def _give_back(
+    session: Session, order_id: int, captured: CapturedPayment, refund: FollowUp
+) -> None:
+    """Our capture of an order cancelled meanwhile, recorded: staff see that it was taken after
+    the cancel (a ``captured_after_cancel`` event), and ``refund`` gives it back."""
+    record_event(session, order_id, actor=ACTOR, kind="captured_after_cancel",
+                 payment=captured.id)  # fmt: skip
+    refund(session, order_id)
+
+
 def _settle_cut_short(
     transaction: Transaction, order_id: int, key: str, holders: HolderFactory, refund: FollowUp
 ) -> Outcome:
@@ -236,9 +246,7 @@ def _settle_cut_short(
             return Outcome("skip: cancelled (the capture cut short had not gone through)",
                            stop=True)  # fmt: skip
         _record(session, order_id, found, key, holder.name)
-        record_event(session, order_id, actor=ACTOR, kind="captured_after_cancel",
-                     payment=found.id)  # fmt: skip
-        refund(session, order_id)
+        _give_back(session, order_id, found, refund)
     return Outcome("captured before the cancel (found after the fact), refunding", stop=True)
 
 
@@ -315,11 +323,8 @@ def capture(
             return Outcome("already recorded")
         _record(session, order_id, captured, key, holder.name)
         if OrderState(order.state) != S.RESERVED:
-            # cancelled while the capture was in flight: the money was taken, so it is
-            # recorded, and staff see that it needs refunding
-            record_event(session, order_id, actor=ACTOR, kind="captured_after_cancel",
-                         payment=captured.id)  # fmt: skip
-            refund(session, order_id)  # give it back
+            # cancelled while the capture was in flight: the money was taken (recorded above)
+            _give_back(session, order_id, captured, refund)
             return Outcome(f"captured, but order is {order.state}")
         transition(session, order, S.PAID, actor=ACTOR, payment=captured.id,
                    held_by=holder.name, replayed=captured.replayed)  # fmt: skip

@@ -125,6 +125,10 @@ def _lane_tokens(token: str | None) -> dict[str, str | None] | None:
     return lanes
 
 
+def _as_token(lanes: Mapping[str, str | None]) -> str:
+    return _LANES + json.dumps(lanes, separators=(",", ":"))
+
+
 def _unread(lanes: Mapping[str, str | None]) -> tuple[int, ...]:
     return tuple(sorted(int(lane) for lane, token in lanes.items() if token is not None))
 
@@ -273,8 +277,7 @@ def _split(transaction: Transaction, run_id: int, tokens: Sequence[str]) -> tupl
     lanes = {str(n): token for n, token in enumerate(tokens)}
     with transaction() as session:
         session.execute(update(SyncRun).where(SyncRun.id == run_id)
-                        .values(page_token=_LANES + json.dumps(lanes, separators=(",", ":")),
-                                heartbeat_at=utcnow()))  # fmt: skip
+                        .values(page_token=_as_token(lanes), heartbeat_at=utcnow()))  # fmt: skip
     log.info("sync.lanes", run_id=run_id, lanes=len(lanes))
     return _unread(lanes)
 
@@ -312,7 +315,7 @@ def _apply(
                                     .with_for_update())  # fmt: skip
             lanes = _lane_tokens(stored) or {}
             lanes[str(lane)] = page.resume
-            token = _LANES + json.dumps(lanes, separators=(",", ":"))
+            token = _as_token(lanes)
             done = not _unread(lanes)
         values = {
             "page_token": token,

@@ -46,6 +46,17 @@ def _authorized(shop: Shop, state: OrderState = S.RESERVED, **fields: Any) -> in
     return shop.order(state, payment_facts=fields.pop("facts", AUTHORIZED), **fields)
 
 
+def _killed_after_the_call(shop: Shop, provider: FakePayments, later: FollowUps) -> int:
+    """An authorized order whose capture the holder applied, the worker killed before it
+    recorded it (nothing recorded)."""
+    order_id = _authorized(shop)
+    provider.lose_answer = WorkerKilled()
+    with pytest.raises(WorkerKilled):
+        _capture(shop, order_id, provider, later)
+    assert shop.rows(Payment, order_id=order_id) == []
+    return order_id
+
+
 def test_the_authorization_is_captured_once_at_its_holder_and_exactly_one_payment_recorded(
     shop: Shop, provider: FakePayments, later: FollowUps
 ) -> None:
@@ -90,11 +101,7 @@ def test_a_worker_killed_between_the_call_and_the_record_replays_the_claimed_key
     shop: Shop, provider: FakePayments, later: FollowUps
 ) -> None:
     # given a capture the holder applied, whose worker died before recording it
-    order_id = _authorized(shop)
-    provider.lose_answer = WorkerKilled()
-    with pytest.raises(WorkerKilled):
-        _capture(shop, order_id, provider, later)
-    assert shop.rows(Payment, order_id=order_id) == []
+    order_id = _killed_after_the_call(shop, provider, later)
     key = shop.key(f"capture:{order_id}")
     assert key is not None and (key.recovery_point, key.locked_by) == ("capture_sent", "task-1")
 
@@ -218,10 +225,7 @@ def test_a_capture_in_doubt_when_the_marketplace_says_it_collected_is_found_and_
     shop: Shop, provider: FakePayments, later: FollowUps
 ) -> None:
     # given our capture applied at the provider, its worker killed before recording it
-    order_id = _authorized(shop)
-    provider.lose_answer = WorkerKilled()
-    with pytest.raises(WorkerKilled):
-        _capture(shop, order_id, provider, later)
+    order_id = _killed_after_the_call(shop, provider, later)
     # and then the marketplace's update: it now says the money is collected (the same intent)
     shop.update(order_id, payment_collected_by_marketplace=True, financial_status="paid",
                 payment_facts={"gateway": "stripe", "authorization_id": "pi_auth"})  # fmt: skip
@@ -307,10 +311,7 @@ def test_a_capture_cut_short_then_the_order_cancelled_is_found_recorded_and_refu
     shop: Shop, provider: FakePayments, later: FollowUps
 ) -> None:
     # given our capture applied at the provider, its worker killed before recording it
-    order_id = _authorized(shop)
-    provider.lose_answer = WorkerKilled()
-    with pytest.raises(WorkerKilled):
-        _capture(shop, order_id, provider, later)
+    order_id = _killed_after_the_call(shop, provider, later)
     # and then the order cancelled on the marketplace
     shop.move(order_id, S.CANCELLED)
     # the sweeper finds the key the dead attempt left: its step still has work
